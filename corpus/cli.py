@@ -1,0 +1,142 @@
+"""The ``corpus`` command line: wiring only; every behaviour lives in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+from .settings import Settings, SettingsError, load_local_settings
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _settings() -> Settings:
+    load_local_settings(Path.cwd())
+    return Settings.from_env()
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from .devhost import HostOptions, run_host
+
+    trace = open(args.trace, "a", encoding="utf-8") if args.trace else None  # noqa: SIM115
+    try:
+        summary = run_host(HostOptions(
+            app_dir=Path(args.app_dir).resolve(),
+            until_idle=args.until_idle,
+            idle_timeout=args.timeout,
+            blob_poll_interval=args.blob_poll,
+            lease_seconds=args.lease,
+            deliver_twice=args.deliver_twice,
+            trace=trace,
+        ), _settings())
+    finally:
+        if trace:
+            trace.close()
+    print(json.dumps(summary), file=sys.stderr)
+    if summary.get("timed_out"):
+        raise CliError(f"work was still pending after --timeout {args.timeout:g}s")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import collect, render
+
+    report = collect(_settings(), limit=args.limit)
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    return 0
+
+
+def cmd_sets(args: argparse.Namespace) -> int:
+    from .status import render_sets, set_rows
+
+    rows = set_rows(_settings(), domain=args.domain, tags=tuple(args.tag or ()), transform=args.transform)
+    print(json.dumps(rows, indent=2, default=str, ensure_ascii=False) if args.json else render_sets(rows))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sample import upload_sample
+
+    n = upload_sample(_settings(), domain=args.domain, version=args.version, count=args.count, seed=args.seed)
+    print(f"uploaded {n} sample images to staging/{args.domain}/{args.version}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="corpus", description="Versioned image corpus on Azure Storage.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    h = sub.add_parser("host", help="run the function app locally against the configured storage (development host)")
+    h.add_argument("--app-dir", default=".", help="folder holding function_app.py and host.json")
+    h.add_argument("--until-idle", action="store_true", help="exit once no work is left")
+    h.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+    h.add_argument("--blob-poll", type=float, default=0.5, help="seconds between staging scans")
+    h.add_argument("--lease", type=float, default=60.0, help="message lease (visibility) in seconds while processing")
+    h.add_argument("--deliver-twice", action="store_true", help="testing: deliver every blob event and message twice")
+    h.add_argument("--trace", help="append a JSON line per invocation (start, end, ok) to this file")
+    h.set_defaults(func=cmd_host)
+
+    s = sub.add_parser("status", help="queues (with poison), staging, rejections, failures, sets")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--limit", type=int, default=20, help="how many rejections and failures to list")
+    s.set_defaults(func=cmd_status)
+
+    q = sub.add_parser("sets", help="list image sets")
+    q.add_argument("--domain")
+    q.add_argument("--tag", action="append", help="only sets carrying this tag (repeat: all of them)")
+    q.add_argument("--transform", metavar="NAME[:VERSION]", help="transformed sets of this transform")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_sets)
+
+    g = sub.add_parser("sample", help="upload generated sample images to staging (for demos)")
+    g.add_argument("--domain", default="birds")
+    g.add_argument("--version", default="v1")
+    g.add_argument("--count", type=int, default=50)
+    g.add_argument("--seed", type=int, default=1)
+    g.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("azure", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        return _fail(str(exc))
+    except SettingsError as exc:
+        return _fail(f"configuration: {exc}")
+    except ServiceRequestError as exc:
+        return _fail(f"cannot reach storage ({exc.message}); is Azurite running? `./dev azurite` starts it")
+    except ClientAuthenticationError as exc:
+        return _fail(f"storage refused our credentials: {exc.message}")
+    except HttpResponseError as exc:
+        return _fail(f"storage error {exc.status_code}: {exc.message.splitlines()[0] if exc.message else exc}")
+    except AzureError as exc:
+        return _fail(f"azure: {exc}")
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str) -> int:
+    print(f"corpus: error: {message}", file=sys.stderr)
+    return 1
+
+
+def run() -> Any:
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The wiring shared by every function invocation: settings, clients, catalog, host settings.
+
+Built once per worker process (the Functions Python worker keeps the module loaded between
+invocations), so clients and their connection pool are reused across invocations.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from azure.core.exceptions import ResourceExistsError
+
+from .catalog import Catalog
+from .hostconfig import QueueConfig, load_queue_config
+from .settings import TABLES, Settings
+from .storage import Clients
+
+log = logging.getLogger("corpus")
+
+APP_ROOT = Path(__file__).resolve().parent.parent
+"""Where ``function_app.py`` and ``host.json`` live."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clients: Clients
+    catalog: Catalog
+    queues: QueueConfig
+    _containers: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def create(cls, settings: Settings | None = None, host_json: Path | None = None) -> Runtime:
+        settings = settings or Settings.from_env()
+        clients = Clients(settings.connection)
+        return cls(
+            settings=settings,
+            clients=clients,
+            catalog=Catalog(clients),
+            queues=load_queue_config(host_json or APP_ROOT / "host.json"),
+        )
+
+    def send(self, queue: str, text: str) -> None:
+        """Enqueue plain text; host.json's messageEncoding is 'none' (see README)."""
+        self.clients.queue_client(queue).send_message(text)
+
+    def ensure_container(self, name: str) -> None:
+        """Create a domain container on first use; cached, as containers are never deleted by us."""
+        if name in self._containers:
+            return
+        try:
+            self.clients.container(name).create_container()
+        except ResourceExistsError:
+            pass
+        with self._lock:
+            self._containers.add(name)
+
+    def ensure_resources(self) -> None:
+        """Create the containers, queues and tables the app needs (Bicep does this in Azure)."""
+        s = self.settings
+        self.clients.ensure(
+            containers=(s.staging_container, s.rejected_container),
+            queues=s.queues + tuple(q + "-poison" for q in s.queues),
+            tables=TABLES,
+        )
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime.create()
+        return _runtime

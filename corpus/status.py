@@ -1,0 +1,97 @@
+"""What ``corpus status`` and ``corpus sets`` report: collected as data, rendered separately."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from .catalog import Catalog
+from .devhost import BLOB_POISON_QUEUE
+from .ingest import REJECT_INVALID, REJECT_JUNK
+from .settings import Settings
+from .storage import Clients
+
+
+def _depth(clients: Clients, queue: str) -> int | None:
+    try:
+        return int(clients.queue_client(queue).get_queue_properties().approximate_message_count or 0)
+    except ResourceNotFoundError:
+        return None
+
+
+def collect(settings: Settings, limit: int = 20) -> dict[str, Any]:
+    clients = Clients(settings.connection)
+    catalog = Catalog(clients)
+    queues = {}
+    for q in (*settings.queues, BLOB_POISON_QUEUE):
+        queues[q] = _depth(clients, q)
+        if q != BLOB_POISON_QUEUE:
+            queues[q + "-poison"] = _depth(clients, q + "-poison")
+    try:
+        staged = sum(1 for _ in clients.container(settings.staging_container).list_blobs())
+    except ResourceNotFoundError:
+        staged = 0
+    rejected = catalog.list_rejections(REJECT_INVALID)
+    junk = catalog.list_rejections(REJECT_JUNK)
+    failures = catalog.list_failures(final_only=True)
+    sets = catalog.list_sets()
+    return {
+        "queues": queues,
+        "staged": staged,
+        "rejected": {"count": len(rejected), "container": settings.rejected_container,
+                     "latest": [_pick(r, "Name", "Reason", "KeptAs", "At") for r in rejected[-limit:]]},
+        "junk_removed": len(junk),
+        "failures": {"count": len(failures), "latest": [_pick(f, "Source", "Key", "Reason", "Attempts", "At") for f in failures[-limit:]]},
+        "sets": {"count": len(sets), "images": sum(int(s.get("ImageCount", 0)) for s in sets)},
+    }
+
+
+def _pick(row: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {n: row.get(n) for n in names}
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = ["queues:"]
+    for q, n in report["queues"].items():
+        lines.append(f"  {q:<32} {'(missing)' if n is None else n}")
+    lines.append(f"staged blobs waiting:            {report['staged']}")
+    lines.append(f"junk files removed:              {report['junk_removed']}")
+    rej = report["rejected"]
+    lines.append(f"rejected (kept in '{rej['container']}'): {rej['count']}")
+    for r in rej["latest"]:
+        lines.append(f"  {r['Name']}: {r['Reason']}")
+    fail = report["failures"]
+    lines.append(f"failed messages (poisoned):      {fail['count']}")
+    for f in fail["latest"]:
+        lines.append(f"  {f['Source']} {f['Key']} after {f['Attempts']} attempt(s): {str(f['Reason']).splitlines()[0]}")
+    lines.append(f"image sets: {report['sets']['count']} holding {report['sets']['images']} images")
+    return "\n".join(lines)
+
+
+def set_rows(settings: Settings, domain: str | None = None, tags: tuple[str, ...] = (), transform: str | None = None) -> list[dict[str, Any]]:
+    catalog = Catalog(Clients(settings.connection))
+    rows = catalog.list_sets(domain=domain, tags=tags, transform=transform, originals_only=transform is None)
+    return [{
+        "domain": r["Domain"],
+        "path": r["Path"],
+        "version": r["Version"],
+        "transform": r.get("Transform") or None,
+        "tags": json.loads(r.get("Tags") or "[]"),
+        "images": int(r.get("ImageCount", 0)),
+        "bytes": int(r.get("TotalBytes", 0)),
+        "blob_path": r["BlobPath"],
+        "updated": r.get("UpdatedAt"),
+    } for r in rows]
+
+
+def render_sets(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no image sets match"
+    header = f"{'DOMAIN':<16} {'PATH':<32} {'VERSION':<10} {'IMAGES':>7} {'BYTES':>12}  TAGS"
+    lines = [header]
+    for r in rows:
+        label = r["path"] + (f" [{r['transform']}]" if r["transform"] else "")
+        lines.append(f"{r['domain']:<16} {label:<32} {r['version']:<10} {r['images']:>7} {r['bytes']:>12}  {','.join(r['tags'])}")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""Azure Functions entry points (Python v2 model). Thin by design: bind, parse, call ``corpus``.
+
+Binding values in ``%…%`` are app settings (see ``corpus/settings.py`` and ``infra/``); the
+connection ``CorpusStorage`` is a connection string locally and identity-based in Azure.
+"""
+
+import azure.functions as func
+
+from corpus import ingest
+from corpus.jobs import run_blob_job, run_queue_job
+from corpus.messages import CopyRequest
+from corpus.runtime import get_runtime
+from corpus.settings import CONNECTION
+
+app = func.FunctionApp()
+
+
+@app.function_name("ingest_staged_blob")
+@app.blob_trigger(
+    arg_name="blob",
+    path="%CORPUS_STAGING_CONTAINER%/{name}",
+    connection=CONNECTION,
+    source=func.BlobSource.EVENT_GRID,
+)
+def ingest_staged_blob(blob: func.InputStream) -> None:
+    """A blob landed in staging: classify it and queue its copy, or reject it with a reason."""
+    rt = get_runtime()
+    name = blob.name or ""
+    staged = ingest.staged_from_trigger(
+        name, rt.settings.staging_container, blob.read(), blob.blob_properties, blob.metadata
+    )
+    if staged is None:
+        raise ValueError(f"blob {name!r} is not in the staging container {rt.settings.staging_container!r}")
+    run_blob_job(rt, "ingest_staged_blob", staged.name, lambda: ingest.on_staged_blob(rt, staged))
+
+
+@app.function_name("copy_to_original")
+@app.queue_trigger(arg_name="msg", queue_name="%CORPUS_COPY_QUEUE%", connection=CONNECTION)
+def copy_to_original(msg: func.QueueMessage) -> None:
+    """Copy one validated staged image into original/, verify it, count it, clear staging."""
+    rt = get_runtime()
+    run_queue_job(rt, rt.settings.copy_queue, msg, lambda body: ingest.on_copy_request(rt, CopyRequest.parse(body)))
