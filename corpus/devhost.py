@@ -26,6 +26,7 @@ import binascii
 import importlib
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -439,6 +440,7 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
     """Run every discovered function until stopped (or until idle); return the statistics."""
     settings = settings or Settings.from_env()
     values = dict(settings.values)
+    os.environ["AzureWebJobsScriptRoot"] = str(opts.app_dir)  # as the Functions host sets it
     targets = discover(opts.app_dir, values)
     cfg = load_queue_config(opts.app_dir / "host.json")
     stats = Stats(opts.trace)

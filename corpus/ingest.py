@@ -25,7 +25,7 @@ from azure.storage.blob import BlobClient, ContentSettings
 
 from .catalog import ConflictError, ImageRecord
 from .images import ImageError, inspect
-from .messages import CopyRequest
+from .messages import CopyRequest, MessageError
 from .paths import NameError_, StagedName, is_junk_file, parse_staged_name
 from .runtime import Runtime
 from .storage import error_code
@@ -158,7 +158,10 @@ def reject(rt: Runtime, name: str, etag: str, size: int, reason: str) -> None:
 def on_copy_request(rt: Runtime, req: CopyRequest) -> str:
     """Copy, verify, record, count, then delete the staged blob. Returns what was done."""
     s = rt.settings
-    staged_name = parse_staged_name(req.staged_name, reserved=s.reserved_containers)
+    try:
+        staged_name = parse_staged_name(req.staged_name, reserved=s.reserved_containers)
+    except NameError_ as exc:
+        raise MessageError(f"copy request names no valid staged blob: {exc}") from exc
     src = rt.clients.container(s.staging_container).get_blob_client(req.staged_name)
     rt.ensure_container(staged_name.set.domain)
     dest = rt.clients.container(staged_name.set.domain).get_blob_client(staged_name.original_blob)
@@ -223,7 +226,20 @@ def _ensure_original(src: BlobClient, dest: BlobClient, req: CopyRequest) -> str
 
 
 def _verify(dest: BlobClient, req: CopyRequest, created: bool) -> str | None:
-    """Check length and MD5 of ``dest``; return 'conflict' when an existing blob differs."""
+    """Check length and MD5 of ``dest``; return 'conflict' when an existing blob differs.
+
+    Concurrent deliveries may both fix up the headers; the loser's ETag condition fails, and
+    it simply looks again (by then the headers are right and there is nothing left to do).
+    """
+    for _ in range(10):
+        try:
+            return _verify_once(dest, req, created)
+        except ResourceModifiedError:
+            continue
+    raise CopyFailed(f"{dest.blob_name} kept changing while being verified")
+
+
+def _verify_once(dest: BlobClient, req: CopyRequest, created: bool) -> str | None:
     props = dest.get_blob_properties()
     md5 = bytes(props.content_settings.content_md5 or b"").hex()
     stored_md5 = bool(md5)

@@ -7,6 +7,7 @@ invocations), so clients and their connection pool are reused across invocations
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,12 @@ from .storage import Clients
 log = logging.getLogger("corpus")
 
 APP_ROOT = Path(__file__).resolve().parent.parent
-"""Where ``function_app.py`` and ``host.json`` live."""
+
+
+def app_root() -> Path:
+    """Where ``function_app.py`` and ``host.json`` live: the Functions host (and ours) says so in
+    ``AzureWebJobsScriptRoot``; otherwise this checkout."""
+    return Path(os.environ.get("AzureWebJobsScriptRoot") or APP_ROOT)
 
 
 @dataclass
@@ -41,7 +47,7 @@ class Runtime:
             settings=settings,
             clients=clients,
             catalog=Catalog(clients),
-            queues=load_queue_config(host_json or APP_ROOT / "host.json"),
+            queues=load_queue_config(host_json or app_root() / "host.json"),
         )
 
     def send(self, queue: str, text: str) -> None:

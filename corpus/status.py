@@ -11,7 +11,7 @@ from .catalog import Catalog
 from .devhost import BLOB_POISON_QUEUE
 from .ingest import REJECT_INVALID, REJECT_JUNK
 from .settings import Settings
-from .storage import Clients
+from .storage import FAIL_FAST, Clients
 
 
 def _depth(clients: Clients, queue: str) -> int | None:
@@ -22,7 +22,7 @@ def _depth(clients: Clients, queue: str) -> int | None:
 
 
 def collect(settings: Settings, limit: int = 20) -> dict[str, Any]:
-    clients = Clients(settings.connection)
+    clients = Clients(settings.connection, FAIL_FAST)
     catalog = Catalog(clients)
     queues = {}
     for q in (*settings.queues, BLOB_POISON_QUEUE):
@@ -71,7 +71,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def set_rows(settings: Settings, domain: str | None = None, tags: tuple[str, ...] = (), transform: str | None = None) -> list[dict[str, Any]]:
-    catalog = Catalog(Clients(settings.connection))
+    catalog = Catalog(Clients(settings.connection, FAIL_FAST))
     rows = catalog.list_sets(domain=domain, tags=tags, transform=transform, originals_only=transform is None)
     return [{
         "domain": r["Domain"],

@@ -8,7 +8,7 @@ SDK default (10 connections per host) would otherwise serialise a 24-wide batch 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -48,11 +48,20 @@ def error_code(exc: HttpResponseError) -> str:
     return str(getattr(exc, "error_code", None) or "")
 
 
+FAIL_FAST = {"retry_total": 1, "initial_backoff": 1, "increment_base": 1, "connection_timeout": 5}
+"""Client options for interactive commands: a person waiting should hear of an outage in seconds."""
+
+
 @dataclass
 class Clients:
-    """Service clients for one connection, created lazily and shared by threads."""
+    """Service clients for one connection, created lazily and shared by threads.
+
+    ``options`` go to every client (retry and timeout settings); the SDK defaults, which retry
+    for about a minute with back-off, suit functions, where a retry beats a failed message.
+    """
 
     connection: Connection
+    options: dict[str, Any] = field(default_factory=dict)
 
     def _credential(self) -> Any:
         from azure.identity import DefaultAzureCredential
@@ -67,23 +76,23 @@ class Clients:
     def blob(self) -> BlobServiceClient:
         c = self.connection
         if c.connection_string:
-            return BlobServiceClient.from_connection_string(c.connection_string, transport=_transport())
-        return BlobServiceClient(c.blob_uri or "", credential=self.credential, transport=_transport())
+            return BlobServiceClient.from_connection_string(c.connection_string, transport=_transport(), **self.options)
+        return BlobServiceClient(c.blob_uri or "", credential=self.credential, transport=_transport(), **self.options)
 
     @cached_property
     def queue(self) -> QueueServiceClient:
         # No encode/decode policy: bodies are plain text; see corpus.messages.decode_body.
         c = self.connection
         if c.connection_string:
-            return QueueServiceClient.from_connection_string(c.connection_string, transport=_transport())
-        return QueueServiceClient(c.queue_uri or "", credential=self.credential, transport=_transport())
+            return QueueServiceClient.from_connection_string(c.connection_string, transport=_transport(), **self.options)
+        return QueueServiceClient(c.queue_uri or "", credential=self.credential, transport=_transport(), **self.options)
 
     @cached_property
     def table(self) -> TableServiceClient:
         c = self.connection
         if c.connection_string:
-            return TableServiceClient.from_connection_string(c.connection_string, transport=_transport())
-        return TableServiceClient(c.table_uri or "", credential=self.credential, transport=_transport())
+            return TableServiceClient.from_connection_string(c.connection_string, transport=_transport(), **self.options)
+        return TableServiceClient(c.table_uri or "", credential=self.credential, transport=_transport(), **self.options)
 
     def container(self, name: str) -> ContainerClient:
         return self.blob.get_container_client(name)

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corpus.runtime import Runtime
+from corpus.settings import Settings
+from corpus.storage import Clients
+from tests.support import Azurite, prepare_app_dir
+
+
+@pytest.fixture
+def azurite(tmp_path: Path) -> Iterator[Azurite]:
+    az = Azurite(tmp_path).start()
+    try:
+        yield az
+    finally:
+        az.stop()
+
+
+@pytest.fixture
+def env(azurite: Azurite) -> dict[str, str]:
+    """Environment for subprocesses (host, CLI): both connections point at the private Azurite."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CORPUS_", "CorpusStorage", "AzureWebJobsStorage"))}
+    return {**base, "CorpusStorage": azurite.connection_string, "AzureWebJobsStorage": azurite.connection_string, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Runtime:
+    runtime = Runtime.create(settings)
+    runtime.ensure_resources()
+    return runtime
+
+
+@pytest.fixture
+def clients(rt: Runtime) -> Clients:
+    return rt.clients
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    return prepare_app_dir(tmp_path)

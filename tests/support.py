@@ -1,0 +1,158 @@
+"""Test support: a private Azurite per test, the local host as a subprocess, read-back helpers.
+
+Each Azurite runs in memory on free loopback ports with an account whose key is generated per
+run (``AZURITE_ACCOUNTS``), so no key is written anywhere and tests can't see each other's data.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+AZURITE = REPO / "node_modules" / ".bin" / "azurite"
+ACCOUNT = "corpustest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Azurite:
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    key: str = field(default_factory=lambda: base64.b64encode(secrets.token_bytes(64)).decode())
+
+    def start(self) -> Azurite:
+        if not AZURITE.exists():
+            raise RuntimeError(f"{AZURITE} is missing: run ./dev setup (npm ci) first")
+        self.ports = {"blob": free_port(), "queue": free_port(), "table": free_port()}
+        env = {**os.environ, "AZURITE_ACCOUNTS": f"{ACCOUNT}:{self.key}"}
+        log = open(self.workdir / "azurite.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(AZURITE), "--silent", "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry",
+             "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
+             "--blobPort", str(self.ports["blob"]), "--queuePort", str(self.ports["queue"]), "--tablePort", str(self.ports["table"])],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+        )
+        for port in self.ports.values():
+            wait_for(lambda p=port: _listening(p), 30, f"Azurite on port {port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    @property
+    def connection_string(self) -> str:
+        p = self.ports
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={self.key};"
+            f"BlobEndpoint=http://127.0.0.1:{p['blob']}/{ACCOUNT};"
+            f"QueueEndpoint=http://127.0.0.1:{p['queue']}/{ACCOUNT};"
+            f"TableEndpoint=http://127.0.0.1:{p['table']}/{ACCOUNT};"
+        )
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def jpeg(seed: int, size: tuple[int, int] = (64, 48), quality: int = 85) -> bytes:
+    rng = random.Random(seed)
+    img = Image.new("RGB", size, tuple(rng.randint(0, 255) for _ in range(3)))
+    for _ in range(20):
+        img.putpixel((rng.randrange(size[0]), rng.randrange(size[1])), (rng.randrange(256), 0, 0))
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def png(seed: int, size: tuple[int, int] = (32, 32)) -> bytes:
+    rng = random.Random(seed)
+    img = Image.new("RGBA", size, tuple(rng.randint(0, 255) for _ in range(4)))
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+def prepare_app_dir(tmp: Path, queues: dict[str, Any] | None = None) -> Path:
+    """A copy of the app folder, optionally with host.json's queue settings overridden."""
+    app = tmp / "app"
+    app.mkdir(exist_ok=True)
+    shutil.copy(REPO / "function_app.py", app / "function_app.py")
+    host = json.loads((REPO / "host.json").read_text())
+    if queues:
+        host["extensions"]["queues"].update(queues)
+    (app / "host.json").write_text(json.dumps(host, indent=2))
+    return app
+
+
+def host_command(app_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "corpus", "host", "--app-dir", str(app_dir), "--blob-poll", "0.2", *args]
+
+
+def run_host(env: dict[str, str], app_dir: Path, *args: str, timeout: float = 240) -> dict[str, Any]:
+    """Run the host until idle; return its summary (the last stderr line is JSON)."""
+    proc = subprocess.run(
+        host_command(app_dir, "--until-idle", "--timeout", str(timeout), *args),
+        env=env, cwd=app_dir.parent, capture_output=True, text=True, timeout=timeout + 60,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"host exited {proc.returncode}:\n{proc.stderr[-5000:]}")
+    return json.loads(proc.stderr.strip().splitlines()[-1])
+
+
+def run_cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "corpus", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def max_overlap(trace: Path, fn: str) -> int:
+    """Largest number of ``fn`` invocations whose [start, end] intervals overlap, from a host trace."""
+    events: list[tuple[float, int]] = []
+    for line in trace.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["fn"] == fn:
+            events += [(rec["start"], 1), (rec["end"], -1)]
+    best = cur = 0
+    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):  # ends sort before starts at a tie
+        cur += delta
+        best = max(best, cur)
+    return best

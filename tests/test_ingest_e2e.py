@@ -1,0 +1,332 @@
+"""End to end: staging → ImageSet → original/, through ``corpus host`` on a real Azurite."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import BlobBlock, ContentSettings
+
+from corpus import ingest, keys
+from corpus.hostconfig import load_queue_config
+from corpus.messages import CopyRequest
+from corpus.paths import SetRef
+from corpus.runtime import Runtime
+from corpus.storage import Clients
+from tests.support import host_command, jpeg, max_overlap, png, prepare_app_dir, run_cli, run_host, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def staging(clients: Clients):
+    return clients.container("staging")
+
+
+def originals(clients: Clients, domain: str) -> dict[str, str]:
+    """name → hex MD5 property of every blob under original/ in a domain container."""
+    return {
+        b.name: bytes(b.content_settings.content_md5 or b"").hex()
+        for b in clients.container(domain).list_blobs(name_starts_with="original/")
+    }
+
+
+def sets_json(env: dict[str, str], cwd: Path, *args: str) -> list[dict]:
+    proc = run_cli(env, cwd, "sets", "--json", *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_plain_sdk_upload_becomes_an_original_in_its_set(env, clients, app_dir, tmp_path):
+    red, blue = jpeg(1), png(2)
+    st = staging(clients)
+    # What Storage Explorer and a plain script do: a single Put Blob with whatever content type,
+    st.upload_blob("birds/v1/Red/Angry /robin/a.jpg", red, content_settings=ContentSettings(content_type="application/octet-stream"))
+    # and a block upload of a larger file, which leaves no whole-blob MD5 on the blob.
+    block = st.get_blob_client("birds/v1/blue/b.png")
+    block.stage_block("000", blue[:100])
+    block.stage_block("001", blue[100:])
+    block.commit_block_list([BlobBlock("000"), BlobBlock("001")])
+    assert block.get_blob_properties().content_settings.content_md5 is None
+
+    run_host(env, app_dir)
+
+    got = originals(clients, "birds")
+    assert got == {"original/Red/Angry /robin/v1/a.jpg": md5(red), "original/blue/v1/b.png": md5(blue)}
+    a = clients.container("birds").get_blob_client("original/Red/Angry /robin/v1/a.jpg")
+    assert a.download_blob().readall() == red
+    assert a.get_blob_properties().content_settings.content_type == "image/jpeg"
+    assert list(st.list_blobs()) == []
+
+    rows = {r["path"]: r for r in sets_json(env, tmp_path, "--domain", "birds")}
+    assert set(rows) == {"Red/Angry /robin", "blue"}
+    robin = rows["Red/Angry /robin"]
+    assert robin["tags"] == ["red", "angry", "robin"]
+    assert (robin["images"], robin["bytes"], robin["version"]) == (1, len(red), "v1")
+    assert robin["blob_path"] == "original/Red/Angry /robin/v1/"
+    assert (rows["blue"]["images"], rows["blue"]["bytes"]) == (1, len(blue))
+    # Tag queries are case-insensitive and need every tag.
+    assert [r["path"] for r in sets_json(env, tmp_path, "--tag", "ANGRY", "--tag", "robin")] == ["Red/Angry /robin"]
+    assert sets_json(env, tmp_path, "--tag", "angry", "--tag", "blue") == []
+
+    entity = clients.table_client("ImageSets").get_entity("birds", keys.set_row_key(SetRef("birds", ("Red", "Angry ", "robin"), "v1")))
+    assert entity["TransformPartitionKey"] == "" and entity["TransformRowKey"] == ""
+    assert entity["Domain"] == "birds" and json.loads(entity["Tags"]) == ["red", "angry", "robin"]
+    image = clients.table_client("Images").get_entity(entity["ImagesPartitionKey"], keys.image_row_key("a.jpg"))
+    assert (image["Size"], image["MD5"], image["ContentType"], image["Width"], image["Height"]) == (len(red), md5(red), "image/jpeg", 64, 48)
+
+
+def test_root_set_has_no_double_slash(env, clients, app_dir, tmp_path):
+    data = jpeg(3)
+    staging(clients).upload_blob("cats/2024.1/top.jpg", data)
+    run_host(env, app_dir)
+    assert originals(clients, "cats") == {"original/2024.1/top.jpg": md5(data)}
+    (row,) = sets_json(env, tmp_path, "--domain", "cats")
+    assert (row["path"], row["tags"], row["images"], row["blob_path"]) == ("<root>", [], 1, "original/2024.1/")
+
+
+def _snapshot(clients: Clients, domain: str) -> dict:
+    sets = sorted(
+        (r["Path"], r["Version"], r["Tags"], r["ImageCount"], r["TotalBytes"], r["BlobPath"])
+        for r in clients.table_client("ImageSets").query_entities("PartitionKey eq @d", parameters={"d": domain})
+    )
+    images = sorted(
+        (r["RowKey"], r.get("MD5"), r.get("Size"), r.get("Count"), r.get("Bytes"))
+        for r in clients.table_client("Images").list_entities()
+        if r["PartitionKey"].startswith(domain + "!")
+    )
+    return {"sets": sets, "images": images, "originals": originals(clients, domain)}
+
+
+def _drop(clients: Clients, domain: str, n: int) -> None:
+    st = staging(clients)
+    for i in range(n):
+        st.upload_blob(f"{domain}/v1/{['a', 'b/c', 'd'][i % 3]}/img{i}.jpg", jpeg(i))
+
+
+def test_every_event_and_message_delivered_twice_gives_the_same_result(env, clients, app_dir):
+    _drop(clients, "once", 30)
+    first = run_host(env, app_dir)
+    assert first["ok"]["copy_to_original"] == 30
+    _drop(clients, "twice", 30)
+    second = run_host(env, app_dir, "--deliver-twice")
+    assert second["ok"]["ingest_staged_blob"] == 60 and second["ok"]["copy_to_original"] >= 60  # really twice
+    once, twice = _snapshot(clients, "once"), _snapshot(clients, "twice")
+    assert once["sets"] == twice["sets"]
+    assert once["images"] == twice["images"]
+    assert {k: v for k, v in once["originals"].items()} == twice["originals"]
+    assert [r[3] for r in once["sets"]] == [10, 10, 10]
+    assert list(staging(clients).list_blobs()) == []
+
+
+def test_same_copy_message_concurrently_counts_once(rt: Runtime, clients):
+    data = jpeg(7)
+    staging(clients).upload_blob("race/v1/x/y.jpg", data)
+    blob = staging(clients).get_blob_client("race/v1/x/y.jpg")
+    etag = blob.get_blob_properties().etag
+    assert ingest.on_staged_blob(rt, ingest.StagedBlob("race/v1/x/y.jpg", data, etag, {})) == "queued"
+    body = clients.queue_client("copy-requests").receive_message().content
+    req = CopyRequest.parse(body)
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            results.append(ingest.on_copy_request(rt, req))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results.count("copied") == 1 and set(results) <= {"copied", "exists"}
+    entity = rt.catalog.get_set(SetRef("race", ("x",), "v1"))
+    assert (entity["ImageCount"], entity["TotalBytes"]) == (1, len(data))
+    assert rt.catalog.count(SetRef("race", ("x",), "v1")) == (1, len(data))
+    # And once more, after the staged blob is gone: still one.
+    assert ingest.on_copy_request(rt, req) == "exists"
+    assert rt.catalog.count(SetRef("race", ("x",), "v1")) == (1, len(data))
+
+
+def test_200_images_into_one_set_exact_count_and_throttle(env, clients, tmp_path):
+    app = prepare_app_dir(tmp_path, {"batchSize": 8, "newBatchThreshold": 4})
+    cap = load_queue_config(app / "host.json").max_concurrency
+    assert cap == 12
+    st = staging(clients)
+    sizes = 0
+    for i in range(200):
+        data = jpeg(1000 + i)
+        sizes += len(data)
+        st.upload_blob(f"flock/v2/sky/img{i:03d}.jpg", data)
+    trace = tmp_path / "trace.jsonl"
+    run_host(env, app, "--trace", str(trace))
+    entity = clients.table_client("ImageSets").get_entity("flock", keys.set_row_key(SetRef("flock", ("sky",), "v2")))
+    assert (entity["ImageCount"], entity["TotalBytes"]) == (200, sizes)
+    assert len(originals(clients, "flock")) == 200
+    observed = max_overlap(trace, "copy_to_original")
+    assert 1 < observed <= cap, f"observed {observed} copies in flight, cap {cap}"
+
+
+def test_sigkill_mid_ingest_then_restart_is_exactly_once(env, clients, tmp_path):
+    app = prepare_app_dir(tmp_path)
+    st = staging(clients)
+    expected: dict[str, str] = {}
+    total = 0
+    for i in range(500):
+        data = jpeg(5000 + i, size=(32, 24))
+        total += len(data)
+        st.upload_blob(f"kill/v1/{['x', 'y'][i % 2]}/img{i:03d}.jpg", data)
+        expected[f"original/{['x', 'y'][i % 2]}/v1/img{i:03d}.jpg"] = md5(data)
+    proc = subprocess.Popen(host_command(app, "--lease", "3"), env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(originals(clients, "kill")) >= 120 if clients.container("kill").exists() else False, 180, "120 originals")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    partial = len(originals(clients, "kill"))
+    assert partial < 500, "the host finished before it could be killed; the test proves nothing"
+
+    run_host(env, app, "--lease", "3")
+
+    assert originals(clients, "kill") == expected
+    assert list(st.list_blobs()) == []
+    for d in ("x", "y"):
+        ref = SetRef("kill", (d,), "v1")
+        entity = clients.table_client("ImageSets").get_entity("kill", keys.set_row_key(ref))
+        assert entity["ImageCount"] == 250
+    counted = sum(
+        clients.table_client("ImageSets").get_entity("kill", keys.set_row_key(SetRef("kill", (d,), "v1")))["TotalBytes"]
+        for d in ("x", "y")
+    )
+    assert counted == total
+
+
+def test_bad_input_ends_where_the_user_can_find_it(env, clients, app_dir, tmp_path):
+    st = staging(clients)
+    good = jpeg(9)
+    full = jpeg(10, size=(256, 256))
+    truncated = full[: len(full) // 2]
+    bad = {
+        "birds/v1/notes/readme.jpg": (b"this is not an image at all", "not a recognised image"),
+        "birds/v1/broken/cut.jpg": (truncated, "corrupt or truncated"),
+        "birds/onlytwo.jpg": (good, "too few path segments"),
+        # ('..' segments can't even be uploaded: HTTP clients normalise them away; see test_paths.)
+        "Birds_X/v1/a.jpg": (good, "invalid domain"),
+        "birds/v@1/a.jpg": (good, "invalid version"),
+        "staging/v1/a.jpg": (good, "used by the pipeline"),
+        "birds/v1/a//b.jpg": (good, "empty path segment"),
+    }
+    for name, (data, _) in bad.items():
+        st.upload_blob(name, data)
+    junk = ["birds/v1/x/.DS_Store", "birds/v1/x/Thumbs.db", "birds/v1/x/desktop.ini", "birds/v1/x/empty.jpg"]
+    for name in junk:
+        st.upload_blob(name, b"" if name.endswith("empty.jpg") else b"junk")
+    st.upload_blob("birds/v1/folder", b"", metadata={"hdi_isfolder": "true"})
+    odd = ["birds/v1/ünïcode dir/naïve #1?.jpg", "birds/v1/100% real/sp ace.jpg", "birds/v1/q?/a#b.jpg"]
+    for i, name in enumerate(odd):
+        st.upload_blob(name, jpeg(20 + i))
+
+    run_host(env, app_dir)
+
+    assert list(st.list_blobs()) == []
+    rejections = {r["Name"]: r for r in clients.table_client("Rejections").query_entities("PartitionKey eq 'rejected'")}
+    assert set(rejections) == set(bad)
+    kept = clients.container("rejected")
+    for name, (data, reason) in bad.items():
+        assert reason in rejections[name]["Reason"], (name, rejections[name]["Reason"])
+        assert kept.get_blob_client(name).download_blob().readall() == data
+    junk_rows = {r["Name"] for r in clients.table_client("Rejections").query_entities("PartitionKey eq 'junk'")}
+    assert junk_rows == {*junk, "birds/v1/folder"}
+    paths = {r["path"] for r in sets_json(env, tmp_path, "--domain", "birds")}
+    assert paths == {"ünïcode dir", "100% real", "q?"}
+    assert set(originals(clients, "birds")) == {"original/ünïcode dir/v1/naïve #1?.jpg", "original/100% real/v1/sp ace.jpg", "original/q?/v1/a#b.jpg"}
+
+    status = run_cli(env, tmp_path, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["rejected"]["count"] == len(bad) and report["junk_removed"] == 5 and report["staged"] == 0
+    text = run_cli(env, tmp_path, "status").stdout
+    assert "birds/v1/broken/cut.jpg: corrupt or truncated" in text
+
+
+def test_decompression_bomb_is_rejected_by_the_pixel_cap(env, clients, app_dir):
+    staging(clients).upload_blob("bombs/v1/big.png", png(1, size=(300, 300)))
+    run_host({**env, "CORPUS_MAX_PIXELS": "50000"}, app_dir)
+    row = clients.table_client("Rejections").get_entity("rejected", keys.escape("bombs/v1/big.png"))
+    assert "above the cap of 50000" in row["Reason"]
+    assert not clients.container("bombs").exists()
+
+
+def test_conflicting_reupload_is_rejected_and_identical_one_is_a_no_op(env, clients, app_dir, tmp_path):
+    first, other = jpeg(30), jpeg(31)
+    st = staging(clients)
+    st.upload_blob("dogs/v1/pug/a.jpg", first)
+    run_host(env, app_dir)
+    original = clients.container("dogs").get_blob_client("original/pug/v1/a.jpg")
+    etag = original.get_blob_properties().etag
+
+    st.upload_blob("dogs/v1/pug/a.jpg", other)  # different content, same version: refused
+    run_host(env, app_dir)
+    assert original.download_blob().readall() == first
+    assert original.get_blob_properties().etag == etag
+    row = clients.table_client("Rejections").get_entity("rejected", keys.escape("dogs/v1/pug/a.jpg"))
+    assert row["Reason"].startswith("conflict:") and "immutable" in row["Reason"]
+    assert clients.container("rejected").get_blob_client("dogs/v1/pug/a.jpg").download_blob().readall() == other
+
+    st.upload_blob("dogs/v1/pug/a.jpg", first)  # identical content: accepted, nothing changes
+    run_host(env, app_dir)
+    assert original.get_blob_properties().etag == etag
+    assert list(st.list_blobs()) == []
+    (row,) = sets_json(env, tmp_path, "--domain", "dogs")
+    assert (row["images"], row["bytes"]) == (1, len(first))
+
+
+def test_malformed_and_undecodable_messages_are_poisoned_with_a_reason(env, clients, app_dir, tmp_path):
+    q = clients.queue_client("copy-requests")
+    q.send_message('{"kind": "copy", "v": 1, "staged_name": "x"}')
+    q.send_message("!!! not json, not base64 !!!")
+    run_host(env, app_dir)
+    poison = [m.content for m in clients.queue_client("copy-requests-poison").receive_messages(max_messages=10)]
+    assert sorted(poison) == sorted(['{"kind": "copy", "v": 1, "staged_name": "x"}', "!!! not json, not base64 !!!"])
+    report = json.loads(run_cli(env, tmp_path, "status", "--json").stdout)
+    assert report["queues"]["copy-requests-poison"] == 2
+    reasons = sorted(f["Reason"] for f in report["failures"]["latest"])
+    assert any("missing field 'staged_etag'" in r for r in reasons) and any("neither JSON nor base64" in r for r in reasons)
+
+
+def test_failing_copy_retries_then_poisons_after_max_dequeue(env, clients, tmp_path):
+    """A request whose MD5 does not match the staged bytes fails verification on every attempt."""
+    app = prepare_app_dir(tmp_path, {"maxDequeueCount": 2, "visibilityTimeout": "00:00:00"})
+    data = jpeg(40)
+    staging(clients).upload_blob("fail/v1/a.jpg", data)
+    etag = staging(clients).get_blob_client("fail/v1/a.jpg").get_blob_properties().etag
+    req = CopyRequest("fail/v1/a.jpg", etag, len(data), "0" * 32, "image/jpeg", 64, 48, "JPEG")
+    clients.queue_client("copy-requests").send_message(req.to_json())
+    # Only this request should run: record the blob as delivered, as the host does after a delivery.
+    receipts = clients.table.create_table_if_not_exists("DevHostBlobReceipts")
+    receipts.create_entity({"PartitionKey": keys.escape("ingest_staged_blob/staging"), "RowKey": keys.escape("fail/v1/a.jpg"),
+                            "Name": "fail/v1/a.jpg", "ETag": etag})
+    summary = run_host(env, app)
+    assert summary["failed"]["copy_to_original"] == 2
+    assert clients.queue_client("copy-requests-poison").get_queue_properties().approximate_message_count == 1
+    (failure,) = list(clients.table_client("Failures").list_entities())
+    assert failure["Final"] is True and failure["Attempts"] == 2 and "did not verify" in failure["Reason"]
+    assert not clients.container("fail").get_blob_client("original/v1/a.jpg").exists()  # the bad copy is gone
+    assert staging(clients).get_blob_client("fail/v1/a.jpg").exists()  # and nothing was lost
+
+
+def test_cli_errors_are_one_line_and_non_zero(env, tmp_path):
+    proc = run_cli({**env, "CorpusStorage": "DefaultEndpointsProtocol=http;AccountName=x;AccountKey=eA==;BlobEndpoint=http://127.0.0.1:9/x;QueueEndpoint=http://127.0.0.1:9/x;TableEndpoint=http://127.0.0.1:9/x;"}, tmp_path, "status")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("corpus: error: cannot reach storage") and proc.stderr.count("\n") == 1
