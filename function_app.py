@@ -26,9 +26,7 @@ def ingest_staged_blob(blob: func.InputStream) -> None:
     """A blob landed in staging: classify it and queue its copy, or reject it with a reason."""
     rt = get_runtime()
     name = blob.name or ""
-    staged = ingest.staged_from_trigger(
-        name, rt.settings.staging_container, blob.read(), blob.blob_properties, blob.metadata
-    )
+    staged = ingest.staged_from_trigger(name, rt.settings.staging_container, blob.read(), blob.blob_properties, blob.metadata)
     if staged is None:
         raise ValueError(f"blob {name!r} is not in the staging container {rt.settings.staging_container!r}")
     run_blob_job(rt, "ingest_staged_blob", staged.name, lambda: ingest.on_staged_blob(rt, staged))

@@ -201,11 +201,22 @@ class Catalog:
             if shard is None:
                 ops.append(("create", {"PartitionKey": pk, "RowKey": shard_key, "Count": 1, "Bytes": record.size}))
             else:
-                ops.append((
-                    "update",
-                    {"PartitionKey": pk, "RowKey": shard_key, "Count": shard["Count"] + 1, "Bytes": shard["Bytes"] + record.size},
-                    {"mode": UpdateMode.REPLACE, "etag": shard.metadata["etag"], "match_condition": MatchConditions.IfNotModified},
-                ))
+                ops.append(
+                    (
+                        "update",
+                        {
+                            "PartitionKey": pk,
+                            "RowKey": shard_key,
+                            "Count": shard["Count"] + 1,
+                            "Bytes": shard["Bytes"] + record.size,
+                        },
+                        {
+                            "mode": UpdateMode.REPLACE,
+                            "etag": shard.metadata["etag"],
+                            "match_condition": MatchConditions.IfNotModified,
+                        },
+                    )
+                )
             try:
                 self._images.submit_transaction(ops)
                 return True
@@ -213,9 +224,7 @@ class Catalog:
                 existing = self.get_image(ref, record.file, transform)
                 if existing is not None:
                     if existing["MD5"] != record.md5:
-                        raise ConflictError(
-                            f"{record.blob} is recorded with MD5 {existing['MD5']}, not {record.md5}"
-                        ) from None
+                        raise ConflictError(f"{record.blob} is recorded with MD5 {existing['MD5']}, not {record.md5}") from None
                     return False
                 _backoff(attempt)  # lost the race for the counter shard: try again
         raise RuntimeError(f"could not record {record.blob}: counter contention did not resolve")
@@ -253,7 +262,7 @@ class Catalog:
                 return images, total
             except ResourceModifiedError:
                 _backoff(attempt)
-        raise RuntimeError(f"could not update the counts of set {ref.path}@{ref.version}")
+        raise RuntimeError(f"ImageCount of {ref.path!r} at version {ref.version!r} stayed contended; retry")
 
     def iter_images(self, ref: SetRef, transform: Transform | None = None) -> Iterator[dict[str, Any]]:
         pk = keys.image_partition_key(ref, transform)
@@ -265,36 +274,43 @@ class Catalog:
 
     def record_rejection(self, kind: str, name: str, reason: str, size: int, etag: str, kept_as: str) -> None:
         """Upsert: the latest rejection of a staged name is the one that matters to its owner."""
-        self._rejections.upsert_entity({
-            "PartitionKey": kind,
-            "RowKey": keys.escape(name),
-            "Name": name,
-            "Reason": reason[:16000],
-            "Size": size,
-            "ETag": etag,
-            "KeptAs": kept_as,
-            "At": now(),
-        }, mode=UpdateMode.REPLACE)
+        self._rejections.upsert_entity(
+            {
+                "PartitionKey": kind,
+                "RowKey": keys.escape(name),
+                "Name": name,
+                "Reason": reason[:16000],
+                "Size": size,
+                "ETag": etag,
+                "KeptAs": kept_as,
+                "At": now(),
+            },
+            mode=UpdateMode.REPLACE,
+        )
 
     def list_rejections(self, kind: str | None = None) -> list[dict[str, Any]]:
         rows = (
             self._rejections.query_entities("PartitionKey eq @k", parameters={"k": kind})
-            if kind else self._rejections.list_entities()
+            if kind
+            else self._rejections.list_entities()
         )
         return sorted((dict(r) for r in rows), key=lambda r: r["At"])
 
     def record_failure(self, source: str, key: str, reason: str, attempts: int, final: bool, body: str) -> None:
-        self._failures.upsert_entity({
-            "PartitionKey": keys.escape(source),
-            "RowKey": keys.escape(key),
-            "Source": source,
-            "Key": key,
-            "Reason": reason[:16000],
-            "Attempts": attempts,
-            "Final": final,
-            "Body": body[:16000],
-            "At": now(),
-        }, mode=UpdateMode.REPLACE)
+        self._failures.upsert_entity(
+            {
+                "PartitionKey": keys.escape(source),
+                "RowKey": keys.escape(key),
+                "Source": source,
+                "Key": key,
+                "Reason": reason[:16000],
+                "Attempts": attempts,
+                "Final": final,
+                "Body": body[:16000],
+                "At": now(),
+            },
+            mode=UpdateMode.REPLACE,
+        )
 
     def clear_failure(self, source: str, key: str) -> None:
         self._failures.delete_entity(keys.escape(source), keys.escape(key))

@@ -29,15 +29,18 @@ def cmd_host(args: argparse.Namespace) -> int:
 
     trace = open(args.trace, "a", encoding="utf-8") if args.trace else None  # noqa: SIM115
     try:
-        summary = run_host(HostOptions(
-            app_dir=Path(args.app_dir).resolve(),
-            until_idle=args.until_idle,
-            idle_timeout=args.timeout,
-            blob_poll_interval=args.blob_poll,
-            lease_seconds=args.lease,
-            deliver_twice=args.deliver_twice,
-            trace=trace,
-        ), _settings())
+        summary = run_host(
+            HostOptions(
+                app_dir=Path(args.app_dir).resolve(),
+                until_idle=args.until_idle,
+                idle_timeout=args.timeout,
+                blob_poll_interval=args.blob_poll,
+                lease_seconds=args.lease,
+                deliver_twice=args.deliver_twice,
+                trace=trace,
+            ),
+            _settings(),
+        )
     finally:
         if trace:
             trace.close()

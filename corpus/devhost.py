@@ -104,9 +104,20 @@ def discover(app_dir: Path, values: dict[str, str] | Any) -> list[Target]:
             container, _, pattern = path.partition("/")
             if pattern != "{name}":
                 raise ValueError(f"{fn.get_function_name()}: only '<container>/{{name}}' blob paths are supported here")
-            targets.append(Target(fn.get_function_name(), "blob", container, trigger.connection, trigger.name, fn.get_user_function()))
+            targets.append(
+                Target(fn.get_function_name(), "blob", container, trigger.connection, trigger.name, fn.get_user_function())
+            )
         elif ttype == "queueTrigger":
-            targets.append(Target(fn.get_function_name(), "queue", resolve(trigger.queue_name, values), trigger.connection, trigger.name, fn.get_user_function()))
+            targets.append(
+                Target(
+                    fn.get_function_name(),
+                    "queue",
+                    resolve(trigger.queue_name, values),
+                    trigger.connection,
+                    trigger.name,
+                    fn.get_user_function(),
+                )
+            )
         else:
             log.warning("function %s has a %s trigger, which this host does not run", fn.get_function_name(), ttype)
     return targets
@@ -212,7 +223,13 @@ class QueueListener(_Component):
                 break
             started = time.monotonic()
             try:
-                batch = list(self.queue.receive_messages(messages_per_page=self.cfg.batch_size, max_messages=self.cfg.batch_size, visibility_timeout=int(self.opts.lease_seconds)))
+                batch = list(
+                    self.queue.receive_messages(
+                        messages_per_page=self.cfg.batch_size,
+                        max_messages=self.cfg.batch_size,
+                        visibility_timeout=int(self.opts.lease_seconds),
+                    )
+                )
             except HttpResponseError as exc:
                 log.warning("receive from %s failed: %s", self.t.source, exc)
                 batch = []
@@ -247,7 +264,9 @@ class QueueListener(_Component):
                     if lease.done:
                         continue
                     try:
-                        r = self.queue.update_message(lease.message_id, lease.pop_receipt, visibility_timeout=int(self.opts.lease_seconds))
+                        r = self.queue.update_message(
+                            lease.message_id, lease.pop_receipt, visibility_timeout=int(self.opts.lease_seconds)
+                        )
                         lease.pop_receipt = r.pop_receipt
                     except HttpResponseError as exc:
                         log.warning("could not renew the lease of message %s: %s", lease.message_id, exc)
@@ -260,7 +279,13 @@ class QueueListener(_Component):
             try:
                 body = self._decode(raw)
             except ValueError as exc:
-                log.error("message %s on %s is not valid %s: moved to %s-poison", msg.id, self.t.source, self.cfg.message_encoding, self.t.source)
+                log.error(
+                    "message %s on %s is not valid %s: moved to %s-poison",
+                    msg.id,
+                    self.t.source,
+                    self.cfg.message_encoding,
+                    self.t.source,
+                )
                 self._poison(lease, raw, str(exc))
                 return
             ok = self._invoke(msg, lease, body)
@@ -274,10 +299,12 @@ class QueueListener(_Component):
                     self._poison_locked(lease, raw)
                 else:
                     try:
-                        self.queue.update_message(lease.message_id, lease.pop_receipt, visibility_timeout=int(self.cfg.visibility_timeout))
+                        self.queue.update_message(
+                            lease.message_id, lease.pop_receipt, visibility_timeout=int(self.cfg.visibility_timeout)
+                        )
                     except HttpResponseError as exc:
                         log.warning("could not release message %s: %s", msg.id, exc)
-        except Exception:  # noqa: BLE001 - a host thread must never die of one message
+        except Exception:
             log.exception("host error on message %s", msg.id)
         finally:
             self._leases.pop(msg.id, None)
@@ -334,7 +361,9 @@ class QueueListener(_Component):
 class BlobListener(_Component):
     """A ``source=EventGrid`` blob trigger: one delivery per new or changed blob, remembered."""
 
-    def __init__(self, target: Target, clients: Clients, host_clients: Clients, cfg: QueueConfig, stats: Stats, opts: HostOptions) -> None:
+    def __init__(
+        self, target: Target, clients: Clients, host_clients: Clients, cfg: QueueConfig, stats: Stats, opts: HostOptions
+    ) -> None:
         self.t, self.cfg, self.stats, self.opts = target, cfg, stats, opts
         self.container = clients.container(target.source)
         self.receipts: TableClient = host_clients.table_client(RECEIPTS_TABLE)
@@ -393,15 +422,25 @@ class BlobListener(_Component):
                     break
                 time.sleep(min(0.1 * 2**attempt, 2.0))  # retry back-off, as the host's
             if not ok:
-                self.poison.send_message(json.dumps({
-                    "Type": "BlobTrigger", "FunctionId": self.t.name, "BlobType": "BlockBlob",
-                    "ContainerName": self.t.source, "BlobName": name, "ETag": etag,
-                }))
+                self.poison.send_message(
+                    json.dumps(
+                        {
+                            "Type": "BlobTrigger",
+                            "FunctionId": self.t.name,
+                            "BlobType": "BlockBlob",
+                            "ContainerName": self.t.source,
+                            "BlobName": name,
+                            "ETag": etag,
+                        }
+                    )
+                )
                 log.error("blob %s failed %d times: moved to %s", name, self.cfg.max_dequeue_count, BLOB_POISON_QUEUE)
-            self.receipts.upsert_entity({"PartitionKey": self._pk, "RowKey": keys.escape(name), "Name": name, "ETag": etag}, mode=UpdateMode.REPLACE)
+            self.receipts.upsert_entity(
+                {"PartitionKey": self._pk, "RowKey": keys.escape(name), "Name": name, "ETag": etag}, mode=UpdateMode.REPLACE
+            )
             with self._lock:
                 self._delivered[name] = _bare(etag)
-        except Exception:  # noqa: BLE001 - keep the listener alive; the blob is retried next scan
+        except Exception:
             log.exception("host error delivering blob %s", name)
         finally:
             with self._lock:
@@ -413,7 +452,9 @@ class BlobListener(_Component):
             "ETag": props.etag,
             "Length": props.size,
             "ContentType": props.content_settings.content_type,
-            "ContentMD5": base64.b64encode(bytes(props.content_settings.content_md5)).decode() if props.content_settings.content_md5 else None,
+            "ContentMD5": base64.b64encode(bytes(props.content_settings.content_md5)).decode()
+            if props.content_settings.content_md5
+            else None,
             "LastModified": _iso(props.last_modified),
         }
         metadata = {

@@ -71,9 +71,7 @@ def open_capped(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Imag
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image too large to decode safely: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(
-            "not a recognised image (accepted: " + ", ".join(sorted(CONTENT_TYPES)) + ")"
-        ) from exc
+        raise ImageError("not a recognised image (accepted: " + ", ".join(sorted(CONTENT_TYPES)) + ")") from exc
     except Exception as exc:  # Pillow raises assorted errors on malformed headers
         raise ImageError(f"unreadable image header: {exc}") from exc
     width, height = img.size

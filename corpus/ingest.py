@@ -54,7 +54,11 @@ class StagedBlob:
 
 
 def staged_from_trigger(
-    trigger_name: str, container: str, data: bytes, properties: Mapping[str, Any] | None, metadata: Mapping[str, str] | None,
+    trigger_name: str,
+    container: str,
+    data: bytes,
+    properties: Mapping[str, Any] | None,
+    metadata: Mapping[str, str] | None,
 ) -> StagedBlob | None:
     """Strip the container from the trigger's blob path and find the ETag among the properties.
 
@@ -66,7 +70,7 @@ def staged_from_trigger(
         return None
     props = {k.lower(): v for k, v in (properties or {}).items()}
     etag = str(props.get("etag") or "")
-    return StagedBlob(name=trigger_name[len(prefix):], data=data, etag=etag, metadata=dict(metadata or {}))
+    return StagedBlob(name=trigger_name[len(prefix) :], data=data, etag=etag, metadata=dict(metadata or {}))
 
 
 # -- step 1: the blob trigger ---------------------------------------------------------------
@@ -91,8 +95,10 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> str:
 
     file_name = blob.name.rsplit("/", 1)[-1]
     if blob.name.endswith("/") or is_junk_file(file_name) or not blob.data or _is_folder_marker(blob.metadata):
-        reason = "folder marker" if blob.name.endswith("/") or _is_folder_marker(blob.metadata) else (
-            "empty file" if not blob.data else "operating-system junk file"
+        reason = (
+            "folder marker"
+            if blob.name.endswith("/") or _is_folder_marker(blob.metadata)
+            else ("empty file" if not blob.data else "operating-system junk file")
         )
         rt.catalog.record_rejection(REJECT_JUNK, blob.name, reason, len(blob.data), etag, kept_as="")
         _delete_if_unchanged(client, etag)
@@ -113,7 +119,7 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> str:
         staged_name=blob.name,
         staged_etag=etag,
         size=len(blob.data),
-        md5=hashlib.md5(blob.data).hexdigest(),  # noqa: S324 - integrity check, not security
+        md5=hashlib.md5(blob.data, usedforsecurity=False).hexdigest(),
         content_type=info.content_type,
         width=info.width,
         height=info.height,
@@ -139,7 +145,9 @@ def reject(rt: Runtime, name: str, etag: str, size: int, reason: str) -> None:
     kept = rt.clients.container(s.rejected_container).get_blob_client(name)
     try:
         result = kept.start_copy_from_url(
-            staged.url, source_etag=etag, source_match_condition=MatchConditions.IfNotModified,
+            staged.url,
+            source_etag=etag,
+            source_match_condition=MatchConditions.IfNotModified,
         )
         _wait_for_copy(kept, result)
     except HttpResponseError as exc:
@@ -170,9 +178,14 @@ def on_copy_request(rt: Runtime, req: CopyRequest) -> str:
     if outcome == "conflict":
         existing = dest.get_blob_properties()
         md5 = bytes(existing.content_settings.content_md5 or b"").hex() or "unknown"
-        reject(rt, req.staged_name, req.staged_etag, req.size,
-               f"conflict: {staged_name.set.domain}/{staged_name.original_blob} already exists with different "
-               f"content (MD5 {md5}, {existing.size} bytes); versions are immutable, upload under a new version")
+        reject(
+            rt,
+            req.staged_name,
+            req.staged_etag,
+            req.size,
+            f"conflict: {staged_name.set.domain}/{staged_name.original_blob} already exists with different "
+            f"content (MD5 {md5}, {existing.size} bytes); versions are immutable, upload under a new version",
+        )
         return "conflict"
     if outcome == "source-gone":
         log.info("staged blob %s changed or vanished before copy; its newer upload has its own event", req.staged_name)
@@ -187,8 +200,14 @@ def _record(rt: Runtime, staged: StagedName, req: CopyRequest) -> None:
     ref = staged.set
     rt.catalog.ensure_set(ref, tags_for(ref.dirs, rt.settings.tag_extractor), blob_prefix=ref.original_prefix())
     record = ImageRecord(
-        file=staged.file, blob=staged.original_blob, size=req.size, md5=req.md5,
-        content_type=req.content_type, width=req.width, height=req.height, source=req.staged_name,
+        file=staged.file,
+        blob=staged.original_blob,
+        size=req.size,
+        md5=req.md5,
+        content_type=req.content_type,
+        width=req.width,
+        height=req.height,
+        source=req.staged_name,
     )
     try:
         rt.catalog.record_image(ref, record)
@@ -211,7 +230,10 @@ def _ensure_original(src: BlobClient, dest: BlobClient, req: CopyRequest) -> str
         _wait_for_copy(dest, result)
     except HttpResponseError as exc:
         code = error_code(exc)
-        if isinstance(exc, ResourceModifiedError) and code != "SourceConditionNotMet" or code in ("BlobAlreadyExists", "ConditionNotMet"):
+        if (isinstance(exc, ResourceModifiedError) and code != "SourceConditionNotMet") or code in (
+            "BlobAlreadyExists",
+            "ConditionNotMet",
+        ):
             outcome = "exists"
             _wait_for_copy(dest, None)
         elif _source_changed_or_gone(exc):
@@ -245,12 +267,14 @@ def _verify_once(dest: BlobClient, req: CopyRequest, created: bool) -> str | Non
     stored_md5 = bool(md5)
     if not md5 and props.size == req.size:
         # Block uploads (Storage Explorer, large files) carry no whole-blob MD5: compute it once.
-        md5 = hashlib.md5(dest.download_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified).readall()).hexdigest()  # noqa: S324
+        content = dest.download_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified).readall()
+        md5 = hashlib.md5(content, usedforsecurity=False).hexdigest()
     if props.size == req.size and md5 == req.md5:
         if not stored_md5 or props.content_settings.content_type != req.content_type:
             dest.set_http_headers(
                 ContentSettings(content_type=req.content_type, content_md5=bytearray(bytes.fromhex(req.md5))),
-                etag=props.etag, match_condition=MatchConditions.IfNotModified,
+                etag=props.etag,
+                match_condition=MatchConditions.IfNotModified,
             )
         return None
     if created:

@@ -52,7 +52,9 @@ def run_queue_job(rt: Runtime, queue: str, msg: func.QueueMessage, handler: Call
         final = attempt >= rt.queues.max_dequeue_count
         reason = f"{type(exc).__name__}: {exc}"
         log.error("message %s on %s failed (attempt %d%s): %s", msg.id, queue, attempt, ", final" if final else "", reason)
-        rt.catalog.record_failure(queue, msg.id or body[:200], reason + "\n" + traceback.format_exc(limit=5), attempt, final, body)
+        rt.catalog.record_failure(
+            queue, msg.id or body[:200], reason + "\n" + traceback.format_exc(limit=5), attempt, final, body
+        )
         raise
     if attempt > 1:
         rt.catalog.clear_failure(queue, msg.id or body[:200])  # an earlier attempt failed; this one did not
@@ -68,6 +70,6 @@ def run_blob_job(rt: Runtime, source: str, name: str, handler: Callable[[], T]) 
         log.error("blob %s failed: %s", name, reason)
         try:
             rt.catalog.record_failure(source, name, reason + "\n" + traceback.format_exc(limit=5), 0, False, name)
-        except Exception:  # noqa: BLE001 - the original error matters more than the bookkeeping's
+        except Exception:
             log.exception("could not record the failure of %s", name)
         raise

@@ -27,20 +27,27 @@ class MessageError(ValueError):
 
 def decode_body(body: bytes | str) -> dict[str, Any]:
     """Return the JSON object in ``body``, which may be plain or base64-encoded JSON."""
-    text = body.decode("utf-8") if isinstance(body, bytes) else body
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     text = text.strip()
-    if not text.startswith("{"):
+    value = _json_or_none(text)
+    if value is None:
         try:
-            text = base64.b64decode(text, validate=True).decode("utf-8").strip()
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise MessageError("message is neither JSON nor base64-encoded JSON") from exc
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MessageError(f"message is not valid JSON: {exc}") from exc
+            decoded = base64.b64decode(text, validate=True).decode("utf-8").strip()
+        except (binascii.Error, ValueError):
+            decoded = None
+        value = _json_or_none(decoded) if decoded else None
+        if value is None:
+            raise MessageError("message is neither JSON nor base64-encoded JSON")
     if not isinstance(value, dict):
         raise MessageError("message must be a JSON object")
     return value
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
 
 
 class Fields:

@@ -87,10 +87,7 @@ def validate_domain(domain: str) -> str:
 def validate_version(version: str, what: str = "version") -> str:
     """Return ``version`` if it is 1-64 characters of ``[A-Za-z0-9._-]`` and not a dot segment."""
     if not _VERSION_RE.match(version) or version in (".", ".."):
-        raise NameError_(
-            f"invalid {what} {version!r}: 1-64 characters of letters, digits, '.', '_' or '-'"
-            " (and not '.' or '..')"
-        )
+        raise NameError_(f"invalid {what} {version!r}: 1-64 characters of letters, digits, '.', '_' or '-' (and not '.' or '..')")
     return version
 
 
@@ -110,9 +107,7 @@ def parse_staged_name(name: str, *, reserved: frozenset[str] = frozenset()) -> S
         raise NameError_(f"{name!r} is a folder marker, not a file")
     segments = name.split("/")
     if len(segments) < 3:
-        raise NameError_(
-            f"{name!r} has too few path segments: expected <domain>/<version>/[<dir>/…]<file>"
-        )
+        raise NameError_(f"{name!r} has too few path segments: expected <domain>/<version>/[<dir>/…]<file>")
     for segment in segments:
         if segment in (".", ".."):
             raise NameError_(f"{name!r} contains a '.' or '..' segment")

@@ -40,10 +40,16 @@ def collect(settings: Settings, limit: int = 20) -> dict[str, Any]:
     return {
         "queues": queues,
         "staged": staged,
-        "rejected": {"count": len(rejected), "container": settings.rejected_container,
-                     "latest": [_pick(r, "Name", "Reason", "KeptAs", "At") for r in rejected[-limit:]]},
+        "rejected": {
+            "count": len(rejected),
+            "container": settings.rejected_container,
+            "latest": [_pick(r, "Name", "Reason", "KeptAs", "At") for r in rejected[-limit:]],
+        },
         "junk_removed": len(junk),
-        "failures": {"count": len(failures), "latest": [_pick(f, "Source", "Key", "Reason", "Attempts", "At") for f in failures[-limit:]]},
+        "failures": {
+            "count": len(failures),
+            "latest": [_pick(f, "Source", "Key", "Reason", "Attempts", "At") for f in failures[-limit:]],
+        },
         "sets": {"count": len(sets), "images": sum(int(s.get("ImageCount", 0)) for s in sets)},
     }
 
@@ -70,20 +76,25 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def set_rows(settings: Settings, domain: str | None = None, tags: tuple[str, ...] = (), transform: str | None = None) -> list[dict[str, Any]]:
+def set_rows(
+    settings: Settings, domain: str | None = None, tags: tuple[str, ...] = (), transform: str | None = None
+) -> list[dict[str, Any]]:
     catalog = Catalog(Clients(settings.connection, FAIL_FAST))
     rows = catalog.list_sets(domain=domain, tags=tags, transform=transform, originals_only=transform is None)
-    return [{
-        "domain": r["Domain"],
-        "path": r["Path"],
-        "version": r["Version"],
-        "transform": r.get("Transform") or None,
-        "tags": json.loads(r.get("Tags") or "[]"),
-        "images": int(r.get("ImageCount", 0)),
-        "bytes": int(r.get("TotalBytes", 0)),
-        "blob_path": r["BlobPath"],
-        "updated": r.get("UpdatedAt"),
-    } for r in rows]
+    return [
+        {
+            "domain": r["Domain"],
+            "path": r["Path"],
+            "version": r["Version"],
+            "transform": r.get("Transform") or None,
+            "tags": json.loads(r.get("Tags") or "[]"),
+            "images": int(r.get("ImageCount", 0)),
+            "bytes": int(r.get("TotalBytes", 0)),
+            "blob_path": r["BlobPath"],
+            "updated": r.get("UpdatedAt"),
+        }
+        for r in rows
+    ]
 
 
 def render_sets(rows: list[dict[str, Any]]) -> str:

@@ -25,7 +25,12 @@ def azurite(tmp_path: Path) -> Iterator[Azurite]:
 def env(azurite: Azurite) -> dict[str, str]:
     """Environment for subprocesses (host, CLI): both connections point at the private Azurite."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CORPUS_", "CorpusStorage", "AzureWebJobsStorage"))}
-    return {**base, "CorpusStorage": azurite.connection_string, "AzureWebJobsStorage": azurite.connection_string, "PYTHONUNBUFFERED": "1"}
+    return {
+        **base,
+        "CorpusStorage": azurite.connection_string,
+        "AzureWebJobsStorage": azurite.connection_string,
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 @pytest.fixture

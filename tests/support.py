@@ -61,10 +61,29 @@ class Azurite:
         env = {**os.environ, "AZURITE_ACCOUNTS": f"{ACCOUNT}:{self.key}"}
         log = open(self.workdir / "azurite.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [str(AZURITE), "--silent", "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry",
-             "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
-             "--blobPort", str(self.ports["blob"]), "--queuePort", str(self.ports["queue"]), "--tablePort", str(self.ports["table"])],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+            [
+                str(AZURITE),
+                "--silent",
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--disableTelemetry",
+                "--blobHost",
+                "127.0.0.1",
+                "--queueHost",
+                "127.0.0.1",
+                "--tableHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(self.ports["blob"]),
+                "--queuePort",
+                str(self.ports["queue"]),
+                "--tablePort",
+                str(self.ports["table"]),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.workdir,
         )
         for port in self.ports.values():
             wait_for(lambda p=port: _listening(p), 30, f"Azurite on port {port}")
@@ -133,7 +152,11 @@ def run_host(env: dict[str, str], app_dir: Path, *args: str, timeout: float = 24
     """Run the host until idle; return its summary (the last stderr line is JSON)."""
     proc = subprocess.run(
         host_command(app_dir, "--until-idle", "--timeout", str(timeout), *args),
-        env=env, cwd=app_dir.parent, capture_output=True, text=True, timeout=timeout + 60,
+        env=env,
+        cwd=app_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
     )
     if proc.returncode != 0:
         raise AssertionError(f"host exited {proc.returncode}:\n{proc.stderr[-5000:]}")

@@ -49,7 +49,9 @@ def test_plain_sdk_upload_becomes_an_original_in_its_set(env, clients, app_dir, 
     red, blue = jpeg(1), png(2)
     st = staging(clients)
     # What Storage Explorer and a plain script do: a single Put Blob with whatever content type,
-    st.upload_blob("birds/v1/Red/Angry /robin/a.jpg", red, content_settings=ContentSettings(content_type="application/octet-stream"))
+    st.upload_blob(
+        "birds/v1/Red/Angry /robin/a.jpg", red, content_settings=ContentSettings(content_type="application/octet-stream")
+    )
     # and a block upload of a larger file, which leaves no whole-blob MD5 on the blob.
     block = st.get_blob_client("birds/v1/blue/b.png")
     block.stage_block("000", blue[:100])
@@ -77,11 +79,19 @@ def test_plain_sdk_upload_becomes_an_original_in_its_set(env, clients, app_dir, 
     assert [r["path"] for r in sets_json(env, tmp_path, "--tag", "ANGRY", "--tag", "robin")] == ["Red/Angry /robin"]
     assert sets_json(env, tmp_path, "--tag", "angry", "--tag", "blue") == []
 
-    entity = clients.table_client("ImageSets").get_entity("birds", keys.set_row_key(SetRef("birds", ("Red", "Angry ", "robin"), "v1")))
+    entity = clients.table_client("ImageSets").get_entity(
+        "birds", keys.set_row_key(SetRef("birds", ("Red", "Angry ", "robin"), "v1"))
+    )
     assert entity["TransformPartitionKey"] == "" and entity["TransformRowKey"] == ""
     assert entity["Domain"] == "birds" and json.loads(entity["Tags"]) == ["red", "angry", "robin"]
     image = clients.table_client("Images").get_entity(entity["ImagesPartitionKey"], keys.image_row_key("a.jpg"))
-    assert (image["Size"], image["MD5"], image["ContentType"], image["Width"], image["Height"]) == (len(red), md5(red), "image/jpeg", 64, 48)
+    assert (image["Size"], image["MD5"], image["ContentType"], image["Width"], image["Height"]) == (
+        len(red),
+        md5(red),
+        "image/jpeg",
+        64,
+        48,
+    )
 
 
 def test_root_set_has_no_double_slash(env, clients, app_dir, tmp_path):
@@ -190,7 +200,9 @@ def test_sigkill_mid_ingest_then_restart_is_exactly_once(env, clients, tmp_path)
         expected[f"original/{['x', 'y'][i % 2]}/v1/img{i:03d}.jpg"] = md5(data)
     proc = subprocess.Popen(host_command(app, "--lease", "3"), env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: len(originals(clients, "kill")) >= 120 if clients.container("kill").exists() else False, 180, "120 originals")
+        wait_for(
+            lambda: len(originals(clients, "kill")) >= 120 if clients.container("kill").exists() else False, 180, "120 originals"
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -250,7 +262,11 @@ def test_bad_input_ends_where_the_user_can_find_it(env, clients, app_dir, tmp_pa
     assert junk_rows == {*junk, "birds/v1/folder"}
     paths = {r["path"] for r in sets_json(env, tmp_path, "--domain", "birds")}
     assert paths == {"ünïcode dir", "100% real", "q?"}
-    assert set(originals(clients, "birds")) == {"original/ünïcode dir/v1/naïve #1?.jpg", "original/100% real/v1/sp ace.jpg", "original/q?/v1/a#b.jpg"}
+    assert set(originals(clients, "birds")) == {
+        "original/ünïcode dir/v1/naïve #1?.jpg",
+        "original/100% real/v1/sp ace.jpg",
+        "original/q?/v1/a#b.jpg",
+    }
 
     status = run_cli(env, tmp_path, "status", "--json")
     assert status.returncode == 0, status.stderr
@@ -315,8 +331,14 @@ def test_failing_copy_retries_then_poisons_after_max_dequeue(env, clients, tmp_p
     clients.queue_client("copy-requests").send_message(req.to_json())
     # Only this request should run: record the blob as delivered, as the host does after a delivery.
     receipts = clients.table.create_table_if_not_exists("DevHostBlobReceipts")
-    receipts.create_entity({"PartitionKey": keys.escape("ingest_staged_blob/staging"), "RowKey": keys.escape("fail/v1/a.jpg"),
-                            "Name": "fail/v1/a.jpg", "ETag": etag})
+    receipts.create_entity(
+        {
+            "PartitionKey": keys.escape("ingest_staged_blob/staging"),
+            "RowKey": keys.escape("fail/v1/a.jpg"),
+            "Name": "fail/v1/a.jpg",
+            "ETag": etag,
+        }
+    )
     summary = run_host(env, app)
     assert summary["failed"]["copy_to_original"] == 2
     assert clients.queue_client("copy-requests-poison").get_queue_properties().approximate_message_count == 1
@@ -327,6 +349,13 @@ def test_failing_copy_retries_then_poisons_after_max_dequeue(env, clients, tmp_p
 
 
 def test_cli_errors_are_one_line_and_non_zero(env, tmp_path):
-    proc = run_cli({**env, "CorpusStorage": "DefaultEndpointsProtocol=http;AccountName=x;AccountKey=eA==;BlobEndpoint=http://127.0.0.1:9/x;QueueEndpoint=http://127.0.0.1:9/x;TableEndpoint=http://127.0.0.1:9/x;"}, tmp_path, "status")
+    proc = run_cli(
+        {
+            **env,
+            "CorpusStorage": "DefaultEndpointsProtocol=http;AccountName=x;AccountKey=eA==;BlobEndpoint=http://127.0.0.1:9/x;QueueEndpoint=http://127.0.0.1:9/x;TableEndpoint=http://127.0.0.1:9/x;",
+        },
+        tmp_path,
+        "status",
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("corpus: error: cannot reach storage") and proc.stderr.count("\n") == 1
