@@ -57,6 +57,11 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(0.2, 0.005 * 2 ** min(attempt, 6))))  # noqa: S311 - jitter
 
 
+def _if_unchanged(entity: Any) -> dict[str, Any]:
+    """Transaction options: replace ``entity`` only if nobody changed it since we read it."""
+    return {"mode": UpdateMode.REPLACE, "etag": entity.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+
+
 @dataclass(frozen=True, slots=True)
 class ImageRecord:
     """What is known of one stored image: enough to verify it and to count it."""
@@ -228,6 +233,35 @@ class Catalog:
                     return False
                 _backoff(attempt)  # lost the race for the counter shard: try again
         raise RuntimeError(f"could not record {record.blob}: counter contention did not resolve")
+
+    def record_images(self, ref: SetRef, records: list[ImageRecord], transform: Transform | None = None) -> list[bool]:
+        """Record several images of one set in one transaction; fall back to one by one.
+
+        The batch path is the common case (new images, one writer per partition in this
+        process). Any failure (a duplicate delivery, two deliveries of one file in the same
+        batch, a counter race with another instance) falls back to :meth:`record_image`, which
+        sorts out each image on its own with the same exactly-once guarantee.
+        """
+        if len(records) == 1 or len({r.file for r in records}) != len(records):
+            return [self.record_image(ref, r, transform) for r in records]
+        pk = keys.image_partition_key(ref, transform)
+        shard_key = keys.counter_row_key(random.randrange(SHARDS))  # noqa: S311 - load spreading
+        try:
+            shard = self._images.get_entity(pk, shard_key)
+        except ResourceNotFoundError:
+            shard = None
+        ops: list[Any] = [("create", r.entity(pk)) for r in records]
+        n, size = len(records), sum(r.size for r in records)
+        if shard is None:
+            ops.append(("create", {"PartitionKey": pk, "RowKey": shard_key, "Count": n, "Bytes": size}))
+        else:
+            counter = {"PartitionKey": pk, "RowKey": shard_key, "Count": shard["Count"] + n, "Bytes": shard["Bytes"] + size}
+            ops.append(("update", counter, _if_unchanged(shard)))
+        try:
+            self._images.submit_transaction(ops)
+            return [True] * n
+        except TableTransactionError:
+            return [self.record_image(ref, r, transform) for r in records]
 
     def count(self, ref: SetRef, transform: Transform | None = None) -> tuple[int, int]:
         """(images, bytes) of a set, summed from its counter shards: exact, not cached."""

@@ -210,11 +210,10 @@ def _record(rt: Runtime, staged: StagedName, req: CopyRequest) -> None:
         source=req.staged_name,
     )
     try:
-        rt.catalog.record_image(ref, record)
+        rt.recorder.record(ref, record)
     except ConflictError as exc:
         # The blob verified against this MD5, so the table disagrees with storage: never paper over it.
         raise CopyFailed(str(exc)) from exc
-    rt.catalog.refresh_counts(ref)
 
 
 def _ensure_original(src: BlobClient, dest: BlobClient, req: CopyRequest) -> str:

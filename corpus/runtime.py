@@ -15,6 +15,7 @@ from pathlib import Path
 from azure.core.exceptions import ResourceExistsError
 
 from .catalog import Catalog
+from .groupcommit import ImageRecorder
 from .hostconfig import QueueConfig, load_queue_config
 from .settings import TABLES, Settings
 from .storage import Clients
@@ -36,6 +37,7 @@ class Runtime:
     clients: Clients
     catalog: Catalog
     queues: QueueConfig
+    recorder: ImageRecorder
     _containers: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -43,10 +45,12 @@ class Runtime:
     def create(cls, settings: Settings | None = None, host_json: Path | None = None) -> Runtime:
         settings = settings or Settings.from_env()
         clients = Clients(settings.connection)
+        catalog = Catalog(clients)
         return cls(
             settings=settings,
             clients=clients,
-            catalog=Catalog(clients),
+            catalog=catalog,
+            recorder=ImageRecorder(catalog),
             queues=load_queue_config(host_json or app_root() / "host.json"),
         )
 

@@ -108,11 +108,10 @@ def _snapshot(clients: Clients, domain: str) -> dict:
         (r["Path"], r["Version"], r["Tags"], r["ImageCount"], r["TotalBytes"], r["BlobPath"])
         for r in clients.table_client("ImageSets").query_entities("PartitionKey eq @d", parameters={"d": domain})
     )
-    images = sorted(
-        (r["RowKey"], r.get("MD5"), r.get("Size"), r.get("Count"), r.get("Bytes"))
-        for r in clients.table_client("Images").list_entities()
-        if r["PartitionKey"].startswith(domain + "!")
-    )
+    rows = [r for r in clients.table_client("Images").list_entities() if r["PartitionKey"].startswith(domain + "!")]
+    images = sorted((r["RowKey"], r["MD5"], r["Size"]) for r in rows if not r["RowKey"].startswith(keys.COUNTER_PREFIX))
+    counted = sum(r["Count"] for r in rows if r["RowKey"].startswith(keys.COUNTER_PREFIX))
+    assert counted == len(images)  # the counter shards agree with the records
     return {"sets": sets, "images": images, "originals": originals(clients, domain)}
 
 

@@ -1,0 +1,112 @@
+"""Ingest throughput: staging → original/ with all bookkeeping, beside the raw server-side copy rate.
+
+Both are measured on the same private Azurite in the same run, over the same staged blobs, at the
+same concurrency (the copy function's ``batchSize + newBatchThreshold``), so the ratio is
+meaningful even though absolute numbers on a shared 2-core machine are not.
+
+    .venv/bin/python bench/ingest_bench.py --images 1000 --kb 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from azure.storage.blob import ContentSettings  # noqa: E402
+
+from corpus.hostconfig import load_queue_config  # noqa: E402
+from corpus.settings import Connection  # noqa: E402
+from corpus.storage import Clients  # noqa: E402
+from tests.support import Azurite, jpeg, prepare_app_dir, run_host  # noqa: E402
+
+JPEG = ContentSettings(content_type="image/jpeg")  # as corpus upload and Storage Explorer set it
+
+
+def image_of_about(kb: int, seed: int) -> bytes:
+    side = 64
+    while True:
+        data = jpeg(seed, size=(side, side), quality=95)
+        if len(data) >= kb * 1024 or side > 4000:
+            return data
+        side = int(side * 1.4)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--kb", type=int, default=80, help="approximate size of each image")
+    ap.add_argument("--sets", type=int, default=5)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        az = Azurite(tmp_path).start()
+        try:
+            env = {**os.environ, "CorpusStorage": az.connection_string, "AzureWebJobsStorage": az.connection_string}
+            clients = Clients(Connection(connection_string=az.connection_string))
+            clients.ensure(containers=("staging", "rawcopy"))
+            staging = clients.container("staging")
+            cap = load_queue_config(REPO / "host.json").max_concurrency
+            base = image_of_about(args.kb, 0)
+            names = [f"bench/v1/set{i % args.sets}/img{i:05d}.jpg" for i in range(args.images)]
+
+            def upload(i_name: tuple[int, str]) -> None:
+                i, name = i_name
+                # Same picture, a unique byte appended in a JPEG comment-free tail: unique MD5s.
+                staging.upload_blob(name, base + i.to_bytes(4, "big"), overwrite=True, content_settings=JPEG)
+
+            with ThreadPoolExecutor(cap) as pool:
+                list(pool.map(upload, enumerate(names)))
+            size = len(base) + 4
+
+            raw = clients.container("rawcopy")
+
+            def copy(name: str) -> None:
+                src = staging.get_blob_client(name)
+                r = raw.get_blob_client(name).start_copy_from_url(src.url)
+                assert r["copy_status"] == "success"
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(cap) as pool:
+                list(pool.map(copy, names))
+            raw_s = time.perf_counter() - t0
+
+            app = prepare_app_dir(tmp_path)
+            trace = tmp_path / "trace.jsonl"
+            t0 = time.perf_counter()
+            summary = run_host(env, app, "--trace", str(trace), timeout=1800)
+            wall_s = time.perf_counter() - t0
+            events = [json.loads(line) for line in trace.read_text().splitlines()]
+            busy_s = max(e["end"] for e in events) - min(e["start"] for e in events)
+            assert summary["ok"]["copy_to_original"] == args.images, summary
+            counted = sum(
+                int(e["ImageCount"]) for e in clients.table_client("ImageSets").query_entities("PartitionKey eq 'bench'")
+            )
+            assert counted == args.images, counted
+        finally:
+            az.stop()
+
+    raw_rate, pipe_rate = args.images / raw_s, args.images / busy_s
+    result = {
+        "images": args.images,
+        "bytes_each": size,
+        "concurrency": cap,
+        "raw_copy_images_per_s": round(raw_rate, 1),
+        "pipeline_images_per_s": round(pipe_rate, 1),
+        "pipeline_wall_s_including_host_start": round(wall_s, 2),
+        "ratio_pipeline_to_raw": round(pipe_rate / raw_rate, 3),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
