@@ -8,9 +8,10 @@ import azure.functions as func
 
 from corpus import ingest
 from corpus.jobs import run_blob_job, run_queue_job
-from corpus.messages import CopyRequest
+from corpus.messages import CopyRequest, TransformJob, TransformRequest
 from corpus.runtime import get_runtime
 from corpus.settings import CONNECTION
+from corpus.transform_jobs import on_transform_job, on_transform_request
 
 app = func.FunctionApp()
 
@@ -38,3 +39,19 @@ def copy_to_original(msg: func.QueueMessage) -> None:
     """Copy one validated staged image into original/, verify it, count it, clear staging."""
     rt = get_runtime()
     run_queue_job(rt, rt.settings.copy_queue, msg, lambda body: ingest.on_copy_request(rt, CopyRequest.parse(body)))
+
+
+@app.function_name("transform_request")
+@app.queue_trigger(arg_name="msg", queue_name="%CORPUS_TRANSFORM_QUEUE%", connection=CONNECTION)
+def transform_request(msg: func.QueueMessage) -> None:
+    """A user asked for a transform: validate it, register it, fan out one job per source image."""
+    rt = get_runtime()
+    run_queue_job(rt, rt.settings.transform_queue, msg, lambda body: on_transform_request(rt, TransformRequest.parse(body)))
+
+
+@app.function_name("transform_job")
+@app.queue_trigger(arg_name="msg", queue_name="%CORPUS_TRANSFORM_JOBS_QUEUE%", connection=CONNECTION)
+def transform_job(msg: func.QueueMessage) -> None:
+    """Render one transformed image, store it under transform/, count it exactly once."""
+    rt = get_runtime()
+    run_queue_job(rt, rt.settings.transform_jobs_queue, msg, lambda body: on_transform_job(rt, TransformJob.parse(body)))

@@ -34,7 +34,7 @@ from azure.data.tables import TableTransactionError, UpdateMode
 
 from . import keys
 from .paths import ROOT_PATH, SetRef
-from .settings import TABLE_FAILURES, TABLE_IMAGES, TABLE_REJECTIONS, TABLE_SETS
+from .settings import TABLE_FAILURES, TABLE_IMAGES, TABLE_REJECTIONS, TABLE_SETS, TABLE_TRANSFORMS
 from .storage import Clients
 from .tags import matches
 
@@ -47,6 +47,10 @@ Transform = tuple[str, str]
 
 class ConflictError(Exception):
     """The same image name was already recorded with different content."""
+
+
+class TransformConflictError(Exception):
+    """A transform (name, version) already registered with different arguments."""
 
 
 def now() -> datetime:
@@ -99,6 +103,7 @@ class Catalog:
         self._images = clients.table_client(TABLE_IMAGES)
         self._rejections = clients.table_client(TABLE_REJECTIONS)
         self._failures = clients.table_client(TABLE_FAILURES)
+        self._transforms = clients.table_client(TABLE_TRANSFORMS)
         self._known_sets: set[tuple[str, str]] = set()
 
     # -- image sets -------------------------------------------------------------------------
@@ -303,6 +308,33 @@ class Catalog:
         for row in self._images.query_entities("PartitionKey eq @pk", parameters={"pk": pk}):
             if not row["RowKey"].startswith(keys.COUNTER_PREFIX):
                 yield dict(row)
+
+    # -- transforms ---------------------------------------------------------------------------
+
+    def register_transform(self, name: str, tversion: str, canonical_args: str) -> tuple[str, str]:
+        """Record (name, version) with its canonical arguments, once; refuse different arguments.
+
+        Returns the entity's (PartitionKey, RowKey), which transformed sets link to.
+        """
+        pk, rk = keys.transform_keys(name, tversion)
+        try:
+            self._transforms.create_entity(
+                {"PartitionKey": pk, "RowKey": rk, "Name": name, "Version": tversion, "Args": canonical_args, "CreatedAt": now()}
+            )
+        except ResourceExistsError:
+            existing = self._transforms.get_entity(pk, rk)
+            if existing["Args"] != canonical_args:
+                raise TransformConflictError(
+                    f"transform {name}:{tversion} already exists with {existing['Args']}, not {canonical_args}; "
+                    "a transform version is immutable: use a new version"
+                ) from None
+        return pk, rk
+
+    def get_transform(self, name: str, tversion: str) -> dict[str, Any] | None:
+        try:
+            return dict(self._transforms.get_entity(*keys.transform_keys(name, tversion)))
+        except ResourceNotFoundError:
+            return None
 
     # -- rejections and failures ------------------------------------------------------------
 

@@ -74,6 +74,36 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transform(args: argparse.Namespace) -> int:
+    from .messages import MessageError, SourceSelector, TransformRequest
+    from .storage import FAIL_FAST, Clients
+    from .transforms import TransformError, canonical
+
+    try:
+        raw_args = json.loads(args.args) if args.args else {}
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--args is not JSON: {exc}") from exc
+    if (args.path is None) == (not args.tag):
+        raise CliError("give exactly one of --path (with --version) or --tag")
+    req = TransformRequest(
+        domain=args.domain,
+        source=SourceSelector(path=args.path, version=args.version, tags=tuple(args.tag or ())),
+        name=args.name,
+        version=args.tversion,
+        args=raw_args,
+    )
+    try:
+        req = TransformRequest.parse(req.to_json())  # the same validation the function applies
+        canonical(req.name, req.args)
+    except (MessageError, TransformError) as exc:
+        raise CliError(str(exc)) from exc
+    settings = _settings()
+    body = req.to_json()
+    Clients(settings.connection, FAIL_FAST).queue_client(settings.transform_queue).send_message(body)
+    print(f"queued on {settings.transform_queue}: {body}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="corpus", description="Versioned image corpus on Azure Storage.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -100,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--transform", metavar="NAME[:VERSION]", help="transformed sets of this transform")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_sets)
+
+    t = sub.add_parser("transform", help="request a transform of image sets (queues a message)")
+    t.add_argument("--domain", required=True)
+    t.add_argument("--path", help="source set path (use <root> for the root set)")
+    t.add_argument("--version", help="source set version (required with --path)")
+    t.add_argument("--tag", action="append", help="select every set carrying this tag (repeat: all of them)")
+    t.add_argument("--name", required=True, help="transform name, e.g. thumbnail")
+    t.add_argument("--tversion", required=True, help="transform version; immutable with its arguments")
+    t.add_argument("--args", help="transform arguments as JSON, e.g. '{\"size\": 256}'")
+    t.set_defaults(func=cmd_transform)
 
     g = sub.add_parser("sample", help="upload generated sample images to staging (for demos)")
     g.add_argument("--domain", default="birds")

@@ -137,3 +137,113 @@ class CopyRequest:
         if not _MD5_HEX.match(req.md5):
             raise MessageError("copy request: md5 must be 32 lowercase hex digits")
         return req
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSelector:
+    """Which original sets a transform request covers: one set by path, or all sets with every tag."""
+
+    path: str | None = None
+    version: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TransformRequest:
+    """A user's request, typically typed by hand; see the README's "Transforms" section.
+
+    ``{"domain": "birds", "source": {"path": "red/angry/robin", "version": "v1"},
+       "transform": {"name": "thumbnail", "version": "1", "args": {"size": 256}}}``
+    """
+
+    domain: str
+    source: SourceSelector
+    name: str
+    version: str
+    args: dict[str, Any]
+
+    def to_json(self) -> str:
+        source: dict[str, Any] = {}
+        if self.source.path is not None:
+            source["path"] = self.source.path
+        if self.source.version is not None:
+            source["version"] = self.source.version
+        if self.source.tags:
+            source["tags"] = list(self.source.tags)
+        transform = {"name": self.name, "version": self.version, "args": self.args}
+        return json.dumps({"domain": self.domain, "source": source, "transform": transform}, ensure_ascii=False)
+
+    @classmethod
+    def parse(cls, body: bytes | str) -> TransformRequest:
+        from .paths import NameError_, validate_domain, validate_version
+
+        f = Fields(decode_body(body), "transform request")
+        domain = f.str("domain")
+        src = Fields(f.any("source", dict), "transform request 'source'")
+        t = Fields(f.any("transform", dict), "transform request 'transform'")
+        f.done()
+        path = src.str("path", required=False)
+        version = src.str("version", required=False)
+        tags = src.any("tags", list, required=False, default=[])
+        src.done()
+        name, tversion = t.str("name"), t.str("version")
+        args = t.any("args", dict, required=False, default={})
+        t.done()
+        try:
+            validate_domain(domain)
+            if version is not None:
+                validate_version(version)
+            validate_version(name, "transform name")
+            validate_version(tversion, "transform version")
+        except NameError_ as exc:
+            raise MessageError(f"transform request: {exc}") from exc
+        if not all(isinstance(tag, str) and tag.strip() for tag in tags):
+            raise MessageError("transform request: 'source.tags' must be a list of non-empty strings")
+        if (path is None) == (not tags):
+            raise MessageError("transform request: 'source' needs exactly one of 'path' (with 'version') or 'tags'")
+        if path is not None and version is None:
+            raise MessageError("transform request: 'source.path' needs 'source.version' (versions are what a model trains on)")
+        return cls(domain, SourceSelector(path, version, tuple(tags)), name, tversion, args)
+
+
+@dataclass(frozen=True, slots=True)
+class TransformJob:
+    """One source image to transform; fanned out from a :class:`TransformRequest`."""
+
+    domain: str
+    dirs: tuple[str, ...]
+    version: str
+    file: str
+    name: str
+    tversion: str
+    args: dict[str, Any]
+
+    KIND = "transform-job"
+
+    def to_json(self) -> str:
+        body = {
+            "kind": self.KIND,
+            "v": 1,
+            "domain": self.domain,
+            "dirs": list(self.dirs),
+            "version": self.version,
+            "file": self.file,
+            "name": self.name,
+            "tversion": self.tversion,
+            "args": self.args,
+        }
+        return json.dumps(body, ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def parse(cls, body: bytes | str) -> TransformJob:
+        f = Fields(decode_body(body), "transform job")
+        if f.str("kind") != cls.KIND or f.int("v") != 1:
+            raise MessageError("transform job: wrong kind or schema version")
+        dirs = f.any("dirs", list)
+        if not all(isinstance(d, str) and d for d in dirs):
+            raise MessageError("transform job: 'dirs' must be non-empty strings")
+        job = cls(
+            f.str("domain"), tuple(dirs), f.str("version"), f.str("file"), f.str("name"), f.str("tversion"), f.any("args", dict)
+        )
+        f.done()
+        return job
