@@ -304,9 +304,10 @@ def render(data: bytes, name: str, args: dict[str, Any], max_pixels: int = DEFAU
     try:
         draft = _draft_size(name, args)
         if draft and source_format in ("JPEG", "MPO"):
-            # Let libjpeg decode at the smallest power-of-two scale still >= 2x the target: the
-            # bulk of a thumbnail's cost vanishes, and the final LANCZOS pass keeps the quality.
-            img.draft("RGB", (draft * 2, draft * 2))
+            # Let libjpeg decode at the smallest power-of-two scale still >= the target (DCT
+            # scaling, as pyvips' shrink-on-load does): most of a thumbnail's cost vanishes, and
+            # the final LANCZOS pass keeps the quality.
+            img.draft("RGB", (draft, draft))
         img.load()
         img = ImageOps.exif_transpose(img)
         if img.mode == "CMYK":
