@@ -104,6 +104,52 @@ def cmd_transform(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    from .paths import NameError_, validate_domain, validate_version
+    from .upload import Progress, Uploader, UploadOptions, human_summary, load_retry_file, retry_paths, write_failures
+    from .upload_plan import parse_extensions
+
+    only = None
+    source, domain, version = args.source, args.domain, args.version
+    if args.retry_from:
+        try:
+            data = load_retry_file(Path(args.retry_from))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--retry-from: {exc}") from exc
+        source, domain, version = source or data["source"], domain or data["domain"], version or data["version"]
+        only = retry_paths(data)
+    if not source or not domain or not version:
+        raise CliError("upload needs SRC, --domain and --version (or --retry-from FILE)")
+    src = Path(source)
+    if not src.is_dir():
+        raise CliError(f"{src} is not a directory")
+    try:
+        validate_domain(domain)
+        validate_version(version)
+        extensions = parse_extensions(args.ext)
+    except (NameError_, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    if args.concurrency < 1 or (args.cap_mbps is not None and args.cap_mbps <= 0):
+        raise CliError("--concurrency and --cap-mbps must be positive")
+    opts = UploadOptions(src.resolve(), domain, version, args.concurrency, args.cap_mbps, extensions, args.dry_run, only)
+    settings = _settings()
+    uploader = Uploader(settings, opts)
+    progress = None if args.json else Progress(sys.stderr, uploader)
+    uploader.progress = progress
+    summary = uploader.run()
+    if progress:
+        progress.render(final=True)
+    if args.failures:
+        write_failures(Path(args.failures), summary)
+    if args.json:
+        print(json.dumps(summary.as_json(), indent=2, ensure_ascii=False))
+    else:
+        human_summary(summary)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="corpus", description="Versioned image corpus on Azure Storage.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -140,6 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tversion", required=True, help="transform version; immutable with its arguments")
     t.add_argument("--args", help="transform arguments as JSON, e.g. '{\"size\": 256}'")
     t.set_defaults(func=cmd_transform)
+
+    u = sub.add_parser("upload", help="upload a folder of images to staging: throttled, verified, resumable")
+    u.add_argument("source", nargs="?", metavar="SRC", help="folder whose sub-folders are tags")
+    u.add_argument("--domain")
+    u.add_argument("--version")
+    u.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    u.add_argument("--cap-mbps", type=float, help="bandwidth cap in megabits per second (as AzCopy's --cap-mbps)")
+    u.add_argument("--ext", help="image extensions, comma-separated (default jpg,jpeg,png,gif,bmp,tif,tiff,webp)")
+    u.add_argument("--dry-run", action="store_true", help="show what would be sent; send nothing")
+    u.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    u.add_argument("--failures", metavar="FILE", help="write failures and conflicts here (JSON)")
+    u.add_argument("--retry-from", metavar="FILE", help="retry exactly the files of a failures file")
+    u.set_defaults(func=cmd_upload)
 
     g = sub.add_parser("sample", help="upload generated sample images to staging (for demos)")
     g.add_argument("--domain", default="birds")

@@ -1,0 +1,433 @@
+"""``corpus upload``: a throttled, resumable, verified uploader of image drops into staging.
+
+How it stays correct:
+
+* every file is sent with its MD5 (``Content-MD5``: the service rejects a corrupted body; the blob
+  keeps it as its ``Content-MD5`` property, which ingest then verifies the copy against);
+* a file is sent only if neither staging nor ``original/`` already holds its name, and never over
+  an existing blob (``If-None-Match: *``): same MD5 is skipped, a different one is a *conflict*,
+  reported and left alone;
+* a single Put Blob is atomic, so a killed run leaves no partial blob: running it again sends
+  exactly what is missing.
+
+How it stays fast and small: the tree is walked lazily, directory by directory; what is remote is
+listed once per destination directory (two listings, staging and ``original/``), with a small
+cache; files flow through a bounded queue to ``--concurrency`` workers, so memory is bounded by the
+largest directory's listing, not by the drop. Every request (listings included) holds one of
+``--concurrency`` slots, and ``--cap-mbps`` is a shared token budget, so neither is exceeded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
+from azure.storage.blob import BlobPrefix, ContainerClient, ContentSettings
+
+from .paths import NameError_
+from .settings import Settings
+from .storage import Clients
+from .upload_plan import Action, Skip, classify, content_type, decide, parse_extensions, relative_name, staged_name
+
+UPLOAD_CLIENT_OPTIONS = {"retry_total": 5, "initial_backoff": 1, "increment_base": 2, "max_single_put_size": 256 * 1024 * 1024}
+"""Transient errors are retried with exponential back-off (1, 3, 5, 9, 17 s) before a file fails."""
+
+
+@dataclass
+class UploadOptions:
+    source: Path
+    domain: str
+    version: str
+    concurrency: int = 32
+    cap_mbps: float | None = None
+    extensions: frozenset[str] = field(default_factory=lambda: parse_extensions(None))
+    dry_run: bool = False
+    only: list[str] | None = None  # relative paths (retry-from)
+
+
+@dataclass
+class Failure:
+    path: str
+    staged: str
+    reason: str
+    kind: str = "failed"  # or "conflict"
+
+
+@dataclass
+class Summary:
+    domain: str
+    version: str
+    source: str
+    uploaded: int = 0
+    bytes_uploaded: int = 0
+    already_staged: int = 0
+    already_ingested: int = 0
+    would_upload: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Skip})
+    failures: list[Failure] = field(default_factory=list)
+    seen_files: int = 0
+    seen_bytes: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def conflicts(self) -> int:
+        return sum(1 for f in self.failures if f.kind == "conflict")
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for f in self.failures if f.kind == "failed")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain, "version": self.version, "source": self.source,
+            "uploaded": self.uploaded, "bytes_uploaded": self.bytes_uploaded,
+            "already_staged": self.already_staged, "already_ingested": self.already_ingested,
+            "would_upload": self.would_upload, "skipped": self.skipped, "conflicts": self.conflicts,
+            "failed": self.failed, "seconds": round(self.seconds, 3),
+            "files_per_s": round(self.seen_files / self.seconds, 1) if self.seconds else None,
+            "interrupted": self.interrupted,
+            "failures": [f.__dict__ for f in self.failures],
+        }  # fmt: skip
+
+
+class RateLimiter:
+    """Shared bandwidth budget: each request is scheduled after the bytes before it have drained."""
+
+    def __init__(self, bytes_per_s: float, burst_bytes: float = 256 * 1024) -> None:
+        self._rate = bytes_per_s
+        self._credit = burst_bytes / bytes_per_s
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self, n: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._next, now - self._credit)
+            self._next = start + n / self._rate
+        delay = start - now
+        if delay > 0:
+            time.sleep(delay)  # pacing to the cap is the point: there is no event to wait for
+
+
+@dataclass(frozen=True)
+class _Task:
+    path: Path
+    rel: str
+    staged: str
+    size: int
+
+
+class _RemoteIndex:
+    """MD5s already remote per destination directory: staged blobs and ingested originals."""
+
+    def __init__(self, staging: ContainerClient, corpus: ContainerClient, domain: str, version: str, slots: threading.Semaphore):
+        self._staging, self._corpus, self._domain, self._version, self._slots = staging, corpus, domain, version, slots
+        self._cache: OrderedDict[str, tuple[dict[str, str], dict[str, str]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, rel: str) -> tuple[str | None, str | None]:
+        rdir, _, file = rel.rpartition("/")
+        with self._lock:
+            maps = self._cache.get(rdir)
+            if maps is None:
+                maps = (
+                    self._list(self._staging, f"{self._domain}/{self._version}/" + (rdir + "/" if rdir else "")),
+                    self._list(self._corpus, "original/" + (rdir + "/" if rdir else "") + self._version + "/"),
+                )
+                self._cache[rdir] = maps
+                while len(self._cache) > 8:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(rdir)
+        return maps[0].get(file), maps[1].get(file)
+
+    def _list(self, container: ContainerClient, prefix: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        with self._slots:
+            try:
+                for item in container.walk_blobs(name_starts_with=prefix, delimiter="/"):
+                    if isinstance(item, BlobPrefix):
+                        continue
+                    out[item.name[len(prefix) :]] = bytes(item.content_settings.content_md5 or b"").hex()
+            except HttpResponseError as exc:
+                if exc.status_code != 404:  # no domain container yet: nothing ingested
+                    raise
+        return out
+
+
+def walk(root: Path, extensions: frozenset[str], summary: Summary) -> Iterator[tuple[Path, list[str]]]:
+    """Yield (file path, relative parts) lazily; skip junk, hidden entries and escaping symlinks."""
+    root_real = os.path.realpath(root)
+    visited = {root_real}
+    stack: list[tuple[str, list[str]]] = [(str(root), [])]
+    while stack:
+        directory, parts = stack.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            summary.failures.append(Failure(directory, "", f"cannot list directory: {exc.strerror or exc}"))
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                summary.skipped[(Skip.JUNK if classify(entry.name, extensions) is Skip.JUNK else Skip.HIDDEN).value] += 1
+                continue
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if os.path.commonpath([root_real, target]) != root_real:
+                        summary.skipped[Skip.SYMLINK_OUT.value] += 1
+                        continue
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                real = os.path.realpath(entry.path)
+                if real not in visited:  # a symlink loop inside the source is walked once
+                    visited.add(real)
+                    subdirs.append((entry.path, [*parts, entry.name]))
+                continue
+            skip = classify(entry.name, extensions)
+            if skip is not None:
+                summary.skipped[skip.value] += 1
+                continue
+            yield Path(entry.path), [*parts, entry.name]
+        stack.extend(reversed(subdirs))
+
+
+class Uploader:
+    def __init__(self, settings: Settings, opts: UploadOptions, progress: Progress | None = None) -> None:
+        self.opts = opts
+        self.clients = Clients(settings.connection, dict(UPLOAD_CLIENT_OPTIONS))
+        self.staging = self.clients.container(settings.staging_container)
+        self.corpus = self.clients.container(opts.domain)
+        self.summary = Summary(opts.domain, opts.version, str(opts.source))
+        self.slots = threading.Semaphore(opts.concurrency)
+        self.limiter = RateLimiter(opts.cap_mbps * 1_000_000 / 8) if opts.cap_mbps else None
+        self.remote = _RemoteIndex(self.staging, self.corpus, opts.domain, opts.version, self.slots)
+        self.progress = progress
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    # -- orchestration ---------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        started = time.monotonic()
+        tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=self.opts.concurrency * 4)
+        workers = [threading.Thread(target=self._work, args=(tasks,), daemon=True) for _ in range(self.opts.concurrency)]
+        for w in workers:
+            w.start()
+        try:
+            for task in self._tasks():
+                with self._lock:
+                    self.summary.seen_files += 1
+                    self.summary.seen_bytes += task.size
+                tasks.put(task)
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+            self._stop.set()
+        finally:
+            for _ in workers:
+                tasks.put(None)
+            try:
+                for w in workers:
+                    w.join()
+            except KeyboardInterrupt:
+                self.summary.interrupted = True
+                self._stop.set()
+            self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    def _tasks(self) -> Iterator[_Task]:
+        if self.opts.only is not None:
+            files: Iterator[tuple[Path, list[str]]] = ((self.opts.source / rel, rel.split("/")) for rel in self.opts.only)
+        else:
+            files = walk(self.opts.source, self.opts.extensions, self.summary)
+        for path, parts in files:
+            if self._stop.is_set():
+                return
+            rel = relative_name(parts)
+            try:
+                name = staged_name(self.opts.domain, self.opts.version, rel)
+                size = path.stat().st_size
+            except NameError_ as exc:
+                self._fail(path, rel, f"name does not fit the staging contract: {exc}")
+                continue
+            except OSError as exc:
+                self._fail(path, rel, f"cannot read: {exc.strerror or exc}")
+                continue
+            yield _Task(path, rel, name, size)
+
+    def _work(self, tasks: queue.Queue[_Task | None]) -> None:
+        while (task := tasks.get()) is not None:
+            if self._stop.is_set():
+                continue
+            try:
+                self._one(task)
+            except AzureError as exc:
+                self._fail(task.path, task.staged, _azure_reason(exc))
+            except OSError as exc:
+                self._fail(task.path, task.staged, f"cannot read: {exc.strerror or exc}")
+
+    # -- one file ----------------------------------------------------------------------------
+
+    def _one(self, task: _Task) -> None:
+        data = task.path.read_bytes()
+        md5 = hashlib.md5(data, usedforsecurity=False)
+        md5_hex = md5.hexdigest()
+        staged_md5, original_md5 = self.remote.lookup(task.rel)
+        if staged_md5 == "":  # staged without an MD5 (block upload by another tool): hash it
+            staged_md5 = self._remote_md5(task.staged)
+        decision = decide(md5_hex, staged_md5, original_md5)
+        if decision.action is Action.UPLOAD and not self.opts.dry_run:
+            decision = self._put(task, data, md5.digest())
+        with self._lock:
+            s = self.summary
+            if decision.action is Action.UPLOAD:
+                if self.opts.dry_run:
+                    s.would_upload += 1
+                else:
+                    s.uploaded += 1
+                    s.bytes_uploaded += len(data)
+            elif decision.action is Action.SKIP_STAGED:
+                s.already_staged += 1
+            elif decision.action is Action.SKIP_INGESTED:
+                s.already_ingested += 1
+            else:
+                s.failures.append(Failure(str(task.path), task.staged, decision.reason, "conflict"))
+        if self.progress:
+            self.progress.tick(len(data), task.staged if self.opts.dry_run and decision.action is Action.UPLOAD else None)
+
+    def _put(self, task: _Task, data: bytes, md5: bytes) -> Any:
+        from .upload_plan import Decision
+
+        if self.limiter:
+            self.limiter.acquire(len(data))
+        blob = self.staging.get_blob_client(task.staged)
+        try:
+            with self.slots:
+                blob.upload_blob(
+                    data,
+                    overwrite=False,
+                    content_settings=ContentSettings(content_type=content_type(task.rel), content_md5=bytearray(md5)),
+                    headers={"Content-MD5": base64.b64encode(md5).decode()},  # verified by the service
+                    max_concurrency=1,
+                )
+            return Decision(Action.UPLOAD)
+        except ResourceExistsError:
+            # Staged meanwhile (another run, or a re-upload racing us): same content is fine.
+            remote = self._remote_md5(task.staged)
+            return decide(md5.hex(), remote, None)
+
+    def _remote_md5(self, name: str) -> str:
+        blob = self.staging.get_blob_client(name)
+        with self.slots:
+            props = blob.get_blob_properties()
+            stored = bytes(props.content_settings.content_md5 or b"").hex()
+            if stored:
+                return stored
+            return hashlib.md5(blob.download_blob().readall(), usedforsecurity=False).hexdigest()
+
+    def _fail(self, path: Path, staged: str, reason: str) -> None:
+        with self._lock:
+            self.summary.failures.append(Failure(str(path), staged, reason))
+        if self.progress:
+            self.progress.tick(0, None)
+
+
+def _azure_reason(exc: AzureError) -> str:
+    if isinstance(exc, HttpResponseError):
+        first = (exc.message or str(exc)).splitlines()[0]
+        return f"storage error {exc.status_code} {getattr(exc, 'error_code', '') or ''}: {first}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Progress:
+    """A one-line progress bar on a terminal; a log line every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO, summary_ref: Uploader | None = None, interval: float | None = None) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval = interval or (0.2 if self.tty else 5.0)
+        self.done_files = 0
+        self.done_bytes = 0
+        self.uploader = summary_ref
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._start = time.monotonic()
+
+    def tick(self, nbytes: int, dry_run_name: str | None) -> None:
+        with self._lock:
+            self.done_files += 1
+            self.done_bytes += nbytes
+            if dry_run_name:
+                print(f"would upload {dry_run_name}", file=self.stream)
+            now = time.monotonic()
+            if now - self._last >= self.interval:
+                self._last = now
+                self.render(final=False)
+
+    def render(self, final: bool) -> None:
+        s = self.uploader.summary if self.uploader else None
+        total_files = s.seen_files if s else 0
+        elapsed = max(time.monotonic() - self._start, 1e-6)
+        rate = self.done_bytes / elapsed
+        files_rate = self.done_files / elapsed
+        remaining = max(total_files - self.done_files, 0)
+        eta = f"{remaining / files_rate:,.0f}s" if files_rate and not final else "-"
+        line = (f"{self.done_files:,}/{total_files:,}+ files  {self.done_bytes / 1e6:,.1f} MB  "
+                f"{rate * 8 / 1e6:,.1f} Mbit/s  {files_rate:,.0f} files/s  ETA {eta}")  # fmt: skip
+        if self.tty:
+            self.stream.write("\r\033[K" + line + ("\n" if final else ""))
+            self.stream.flush()
+        else:
+            print(line, file=self.stream)
+
+
+def load_retry_file(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not {"source", "domain", "version", "failures"} <= set(data):
+        raise ValueError(f"{path} is not a failures file written by corpus upload --failures")
+    return data
+
+
+def retry_paths(data: dict[str, Any]) -> list[str]:
+    """Relative paths of the files a failures file lists (directories that failed are re-walked)."""
+    root = Path(data["source"])
+    out = []
+    for failure in data["failures"]:
+        path = Path(failure["path"])
+        try:
+            out.append(path.relative_to(root).as_posix())
+        except ValueError:
+            continue
+    return out
+
+
+def write_failures(path: Path, summary: Summary) -> None:
+    body = summary.as_json()
+    path.write_text(json.dumps(body, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def human_summary(s: Summary, stream: TextIO = sys.stderr) -> None:
+    skipped = ", ".join(f"{n} {k}" for k, n in s.skipped.items() if n) or "none"
+    verb = f"would upload {s.would_upload}" if s.would_upload else f"uploaded {s.uploaded} ({s.bytes_uploaded / 1e6:,.1f} MB)"
+    print(f"{verb}; already staged {s.already_staged}; already ingested {s.already_ingested}; "
+          f"skipped: {skipped}; conflicts {s.conflicts}; failed {s.failed}; {s.seconds:.1f}s", file=stream)  # fmt: skip
+    for f in s.failures:
+        print(f"  {f.kind}: {f.path}: {f.reason}", file=stream)
+    if s.interrupted:
+        print("interrupted: run the same command again to send the rest", file=stream)
