@@ -131,7 +131,17 @@ def cmd_upload(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     if args.concurrency < 1 or (args.cap_mbps is not None and args.cap_mbps <= 0):
         raise CliError("--concurrency and --cap-mbps must be positive")
-    opts = UploadOptions(src.resolve(), domain, version, args.concurrency, args.cap_mbps, extensions, args.dry_run, only)
+    opts = UploadOptions(
+        src.resolve(),
+        domain,
+        version,
+        args.concurrency,
+        args.cap_mbps,
+        extensions,
+        args.dry_run,
+        only,
+        use_cache=not args.no_cache,
+    )
     settings = _settings()
     uploader = Uploader(settings, opts)
     progress = None if args.json else Progress(sys.stderr, uploader)
@@ -195,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--cap-mbps", type=float, help="bandwidth cap in megabits per second (as AzCopy's --cap-mbps)")
     u.add_argument("--ext", help="image extensions, comma-separated (default jpg,jpeg,png,gif,bmp,tif,tiff,webp)")
     u.add_argument("--dry-run", action="store_true", help="show what would be sent; send nothing")
+    u.add_argument("--no-cache", action="store_true", help="hash every file, ignoring the local (path, size, mtime) → MD5 cache")
     u.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     u.add_argument("--failures", metavar="FILE", help="write failures and conflicts here (JSON)")
     u.add_argument("--retry-from", metavar="FILE", help="retry exactly the files of a failures file")

@@ -7,14 +7,18 @@ SDK default (10 connections per host) would otherwise serialise a 24-wide batch 
 
 from __future__ import annotations
 
+import base64
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+from urllib.parse import quote, unquote, urlencode
+from xml.etree import ElementTree
 
 import requests
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.core.pipeline.transport import RequestsTransport
+from azure.core.rest import HttpRequest
 from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient, QueueServiceClient
@@ -41,6 +45,40 @@ def _shared_session() -> requests.Session:
 
 def _transport() -> RequestsTransport:
     return RequestsTransport(session=_shared_session(), session_owner=False)
+
+
+def list_md5s(container: ContainerClient, prefix: str) -> dict[str, str]:
+    """Names (relative to ``prefix``, direct children only) → hex MD5 ("" when the blob has none).
+
+    The SDK's ``walk_blobs`` spends about half a millisecond of CPU per blob turning XML into
+    models; re-running an upload over 20,000 files would spend most of its time there. This sends
+    the same List Blobs request through the client's own pipeline (same auth, retries, version)
+    and reads only the two fields it needs with ElementTree. A 404 (no container) is empty.
+    """
+    out: dict[str, str] = {}
+    marker = ""
+    version = container._client._config.version
+    while True:
+        query = {"restype": "container", "comp": "list", "prefix": prefix, "delimiter": "/", "maxresults": "5000"}
+        if marker:
+            query["marker"] = marker
+        request = HttpRequest("GET", f"{container.url}?{urlencode(query, quote_via=quote)}", headers={"x-ms-version": version})
+        response = container._client._send_request(request)
+        if response.status_code == 404:
+            return out
+        if response.status_code != 200:
+            raise HttpResponseError(response=response)
+        root = ElementTree.fromstring(response.body())  # noqa: S314 - our own storage account; expat refuses entity bombs
+        for blob in root.iterfind("./Blobs/Blob"):
+            name_el = blob.find("Name")
+            name = name_el.text or "" if name_el is not None else ""
+            if name_el is not None and name_el.get("Encoded") == "true":
+                name = unquote(name)
+            md5 = blob.findtext("Properties/Content-MD5") or ""
+            out[name[len(prefix) :]] = base64.b64decode(md5).hex() if md5 else ""
+        marker = root.findtext("NextMarker") or ""
+        if not marker:
+            return out
 
 
 def error_code(exc: HttpResponseError) -> str:

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
-from azure.storage.blob import BlobPrefix, ContainerClient, ContentSettings
+from azure.storage.blob import ContainerClient, ContentSettings
 
+from .hashcache import HashCache
 from .paths import NameError_
 from .settings import Settings
-from .storage import Clients
+from .storage import Clients, list_md5s
 from .upload_plan import Action, Skip, classify, content_type, decide, parse_extensions, relative_name, staged_name
 
 UPLOAD_CLIENT_OPTIONS = {"retry_total": 5, "initial_backoff": 1, "increment_base": 2, "max_single_put_size": 256 * 1024 * 1024}
@@ -55,6 +56,7 @@ class UploadOptions:
     extensions: frozenset[str] = field(default_factory=lambda: parse_extensions(None))
     dry_run: bool = False
     only: list[str] | None = None  # relative paths (retry-from)
+    use_cache: bool = True
 
 
 @dataclass
@@ -128,6 +130,7 @@ class _Task:
     rel: str
     staged: str
     size: int
+    mtime_ns: int
 
 
 class _RemoteIndex:
@@ -155,20 +158,11 @@ class _RemoteIndex:
         return maps[0].get(file), maps[1].get(file)
 
     def _list(self, container: ContainerClient, prefix: str) -> dict[str, str]:
-        out: dict[str, str] = {}
         with self._slots:
-            try:
-                for item in container.walk_blobs(name_starts_with=prefix, delimiter="/"):
-                    if isinstance(item, BlobPrefix):
-                        continue
-                    out[item.name[len(prefix) :]] = bytes(item.content_settings.content_md5 or b"").hex()
-            except HttpResponseError as exc:
-                if exc.status_code != 404:  # no domain container yet: nothing ingested
-                    raise
-        return out
+            return list_md5s(container, prefix)
 
 
-def walk(root: Path, extensions: frozenset[str], summary: Summary) -> Iterator[tuple[Path, list[str]]]:
+def walk(root: Path, extensions: frozenset[str], summary: Summary) -> Iterator[tuple[Path, list[str], os.stat_result | None]]:
     """Yield (file path, relative parts) lazily; skip junk, hidden entries and escaping symlinks."""
     root_real = os.path.realpath(root)
     visited = {root_real}
@@ -204,7 +198,11 @@ def walk(root: Path, extensions: frozenset[str], summary: Summary) -> Iterator[t
             if skip is not None:
                 summary.skipped[skip.value] += 1
                 continue
-            yield Path(entry.path), [*parts, entry.name]
+            try:
+                st: os.stat_result | None = entry.stat()
+            except OSError:
+                st = None  # reported as unreadable by the caller
+            yield Path(entry.path), [*parts, entry.name], st
         stack.extend(reversed(subdirs))
 
 
@@ -219,6 +217,7 @@ class Uploader:
         self.limiter = RateLimiter(opts.cap_mbps * 1_000_000 / 8) if opts.cap_mbps else None
         self.remote = _RemoteIndex(self.staging, self.corpus, opts.domain, opts.version, self.slots)
         self.progress = progress
+        self.cache = HashCache() if opts.use_cache else None
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -235,7 +234,8 @@ class Uploader:
                 with self._lock:
                     self.summary.seen_files += 1
                     self.summary.seen_bytes += task.size
-                tasks.put(task)
+                if not self._settled_from_cache(task):
+                    tasks.put(task)
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._stop.set()
@@ -249,27 +249,45 @@ class Uploader:
                 self.summary.interrupted = True
                 self._stop.set()
             self.summary.seconds = time.monotonic() - started
+            if self.cache:
+                self.cache.close()
         return self.summary
+
+    def _settled_from_cache(self, task: _Task) -> bool:
+        """Skip a file already remote with the MD5 cached for its size and mtime, without reading it."""
+        if not self.cache:
+            return False
+        md5 = self.cache.get(str(task.path), task.size, task.mtime_ns)
+        if md5 is None:
+            return False
+        staged_md5, original_md5 = self.remote.lookup(task.rel)
+        action = decide(md5, staged_md5, original_md5).action
+        if action not in (Action.SKIP_STAGED, Action.SKIP_INGESTED):
+            return False  # to upload or a conflict: a worker reads the file and decides for real
+        self._count(action, task, 0)
+        return True
 
     def _tasks(self) -> Iterator[_Task]:
         if self.opts.only is not None:
-            files: Iterator[tuple[Path, list[str]]] = ((self.opts.source / rel, rel.split("/")) for rel in self.opts.only)
+            files: Iterator[tuple[Path, list[str], os.stat_result | None]] = (
+                (self.opts.source / rel, rel.split("/"), None) for rel in self.opts.only
+            )
         else:
             files = walk(self.opts.source, self.opts.extensions, self.summary)
-        for path, parts in files:
+        for path, parts, st in files:
             if self._stop.is_set():
                 return
             rel = relative_name(parts)
             try:
                 name = staged_name(self.opts.domain, self.opts.version, rel)
-                size = path.stat().st_size
+                st = st or path.stat()
             except NameError_ as exc:
                 self._fail(path, rel, f"name does not fit the staging contract: {exc}")
                 continue
             except OSError as exc:
                 self._fail(path, rel, f"cannot read: {exc.strerror or exc}")
                 continue
-            yield _Task(path, rel, name, size)
+            yield _Task(path, rel, name, st.st_size, st.st_mtime_ns)
 
     def _work(self, tasks: queue.Queue[_Task | None]) -> None:
         while (task := tasks.get()) is not None:
@@ -294,22 +312,31 @@ class Uploader:
         decision = decide(md5_hex, staged_md5, original_md5)
         if decision.action is Action.UPLOAD and not self.opts.dry_run:
             decision = self._put(task, data, md5.digest())
+        if decision.action is Action.CONFLICT:
+            with self._lock:
+                self.summary.failures.append(Failure(str(task.path), task.staged, decision.reason, "conflict"))
+            if self.progress:
+                self.progress.tick(0, None)
+            return
+        if self.cache and not (self.opts.dry_run and decision.action is Action.UPLOAD):
+            self.cache.put(str(task.path), task.size, task.mtime_ns, md5_hex)
+        self._count(decision.action, task, len(data))
+
+    def _count(self, action: Action, task: _Task, nbytes: int) -> None:
         with self._lock:
             s = self.summary
-            if decision.action is Action.UPLOAD:
+            if action is Action.UPLOAD:
                 if self.opts.dry_run:
                     s.would_upload += 1
                 else:
                     s.uploaded += 1
-                    s.bytes_uploaded += len(data)
-            elif decision.action is Action.SKIP_STAGED:
+                    s.bytes_uploaded += nbytes
+            elif action is Action.SKIP_STAGED:
                 s.already_staged += 1
-            elif decision.action is Action.SKIP_INGESTED:
+            elif action is Action.SKIP_INGESTED:
                 s.already_ingested += 1
-            else:
-                s.failures.append(Failure(str(task.path), task.staged, decision.reason, "conflict"))
         if self.progress:
-            self.progress.tick(len(data), task.staged if self.opts.dry_run and decision.action is Action.UPLOAD else None)
+            self.progress.tick(nbytes, task.staged if self.opts.dry_run and action is Action.UPLOAD else None)
 
     def _put(self, task: _Task, data: bytes, md5: bytes) -> Any:
         from .upload_plan import Decision

@@ -22,7 +22,7 @@ def azurite(tmp_path: Path) -> Iterator[Azurite]:
 
 
 @pytest.fixture
-def env(azurite: Azurite) -> dict[str, str]:
+def env(azurite: Azurite, tmp_path: Path) -> dict[str, str]:
     """Environment for subprocesses (host, CLI): both connections point at the private Azurite."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CORPUS_", "CorpusStorage", "AzureWebJobsStorage"))}
     return {
@@ -30,11 +30,13 @@ def env(azurite: Azurite) -> dict[str, str]:
         "CorpusStorage": azurite.connection_string,
         "AzureWebJobsStorage": azurite.connection_string,
         "PYTHONUNBUFFERED": "1",
+        "CORPUS_CACHE_DIR": str(tmp_path / "cache"),  # the upload MD5 cache, per test
     }
 
 
 @pytest.fixture
-def settings(env: dict[str, str]) -> Settings:
+def settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("CORPUS_CACHE_DIR", env["CORPUS_CACHE_DIR"])  # in-process uploads, too
     return Settings.from_env(env)
 
 

@@ -66,3 +66,17 @@ def test_content_types():
 )
 def test_decide(staged, original, action):
     assert decide("a" * 32, staged, original).action is action
+
+
+def test_hash_cache_trusts_only_the_same_size_and_mtime(tmp_path):
+    from corpus.hashcache import HashCache
+
+    cache = HashCache(tmp_path / "c.sqlite")
+    cache.put("/a.jpg", 10, 111, "a" * 32)
+    cache.flush()
+    assert cache.get("/a.jpg", 10, 111) == "a" * 32
+    assert cache.get("/a.jpg", 11, 111) is None
+    assert cache.get("/a.jpg", 10, 112) is None
+    assert cache.get("/b.jpg", 10, 111) is None
+    cache.close()
+    assert HashCache(tmp_path / "c.sqlite").get("/a.jpg", 10, 111) == "a" * 32  # persisted

@@ -1,0 +1,182 @@
+"""Uploading drops to staging: corpus upload vs AzCopy vs rclone, same drop, same Azurite, one run.
+
+Drops: 2,000 JPEGs of about 80 KB in 5 tag directories, and 20,000 small files (about 2 KB).
+Each tool uploads to its own prefix of the staging container, then runs again with nothing
+changed. Wall time of the whole command (start-up included) is what a user waits for. Last, the
+peak memory of ``corpus upload`` over a 100,000-file tree.
+
+Peers: AzCopy from npm (@azure-tools/azcopy-linux; needs Debian's libsecret-1-0) with
+``--from-to LocalBlob`` and a container SAS; rclone from Debian with a ``sas_url`` remote.
+All three send an MD5 per file (``--put-md5``; rclone always does for single-part uploads) and
+use 32 transfers in parallel.
+
+    .venv/bin/python bench/upload_bench.py            # AZCOPY=path/to/azcopy to override
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from azure.storage.blob._shared_access_signature import BlobSharedAccessSignature  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from corpus.settings import Connection  # noqa: E402
+from corpus.storage import Clients  # noqa: E402
+from tests.support import ACCOUNT, Azurite  # noqa: E402
+
+CONCURRENCY = 32
+SAS_VERSION = "2025-11-05"  # the newest Azurite 3.35 accepts
+
+
+def photo_like(seed: int, target: int) -> bytes:
+    rng = random.Random(seed)
+    side = 200
+    while True:
+        img = Image.effect_noise((side, side), 40 + rng.randint(0, 20)).convert("RGB")
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=85)
+        if out.tell() >= target:
+            return out.getvalue()
+        side += 40
+
+
+def make_drop(root: Path, files: int, size: int, dirs: int) -> int:
+    bases = [photo_like(i, size) for i in range(16)]
+    total = 0
+    tags = ["red/angry/robin", "blue/calm/jay", "green/sleepy/parrot", "grey/owl", "brown/wren"][:dirs]
+    for d in tags:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        data = bases[i % len(bases)][:size] if size < 4096 else bases[i % len(bases)]
+        data = data + i.to_bytes(4, "big")
+        (root / tags[i % dirs] / f"img{i:06d}.jpg").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return elapsed, proc
+
+
+def count(clients: Clients, prefix: str) -> int:
+    return sum(1 for _ in clients.container("staging").list_blobs(name_starts_with=prefix))
+
+
+def find_azcopy(tmp: Path) -> str:
+    if os.environ.get("AZCOPY"):
+        return os.environ["AZCOPY"]
+    nm = REPO / "bench" / "node_modules" / "@azure-tools" / "azcopy-linux" / "dist" / "bin" / "azcopy_linux_amd64"
+    if not nm.exists():
+        package = "@azure-tools/azcopy-linux@10.32.2"
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(REPO / "bench"), package], check=True)
+    exe = tmp / "azcopy"
+    shutil.copy(nm, exe)  # the npm package ships it without the executable bit
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return str(exe)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--small", type=int, default=20000)
+    ap.add_argument("--memory-files", type=int, default=100000)
+    args = ap.parse_args()
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        az = Azurite(tmp).start()
+        try:
+            azcopy = find_azcopy(tmp)
+            conn = az.connection_string
+            clients = Clients(Connection(connection_string=conn))
+            clients.ensure(containers=("staging",))
+            blob_url = f"http://127.0.0.1:{az.ports['blob']}/{ACCOUNT}"
+            signer = BlobSharedAccessSignature(ACCOUNT, az.key)
+            signer.x_ms_version = SAS_VERSION  # the SDK would sign with a version Azurite refuses
+            sas = signer.generate_container("staging", permission="racwdl", expiry=datetime.now(UTC) + timedelta(hours=6))
+            env = {**os.environ, "CorpusStorage": conn, "AzureWebJobsStorage": conn,
+                   "AZCOPY_LOG_LOCATION": str(tmp / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp / "azplans"),
+                   "AZCOPY_DISABLE_SYSLOG": "true", "AZCOPY_CONCURRENCY_VALUE": str(CONCURRENCY),
+                   "RCLONE_CONFIG_AZ_TYPE": "azureblob", "RCLONE_CONFIG_AZ_SAS_URL": f"{blob_url}/staging?{sas}"}  # fmt: skip
+            drops = {"2000 x 80 KB": (args.images, 80_000, 5), "20000 small": (args.small, 2_000, 5)}
+            for label, (n, size, dirs) in drops.items():
+                if not n:
+                    continue
+                src = tmp / f"drop-{n}"
+                total = make_drop(src, n, size, dirs)
+                tag = label.split()[0]
+                tools = {
+                    "corpus": [sys.executable, "-m", "corpus", "upload", str(src), "--domain", "bench",
+                               "--version", f"corpus{tag}", "--concurrency", str(CONCURRENCY), "--json"],
+                    "azcopy": [azcopy, "copy", f"{src}/*", f"{blob_url}/staging/bench/azcopy{tag}?{sas}", "--recursive",
+                               "--from-to", "LocalBlob", "--put-md5", "--overwrite=false", "--log-level=ERROR",
+                               "--output-level=quiet", "--skip-version-check"],
+                    "rclone": ["rclone", "copy", str(src), f"az:staging/bench/rclone{tag}", "--transfers", str(CONCURRENCY),
+                               "--checkers", str(CONCURRENCY), "--azureblob-upload-concurrency", "1", "-q"],
+                }  # fmt: skip
+                row: dict[str, dict] = {}
+                for tool, cmd in tools.items():
+                    first, _ = timed(cmd, env)
+                    prefix = f"bench/{tool}{tag}/"
+                    uploaded = count(clients, prefix)
+                    assert uploaded == n, f"{tool} uploaded {uploaded} of {n}"
+                    again, _ = timed(cmd, env)
+                    assert count(clients, prefix) == n
+                    row[tool] = {"first_s": round(first, 2), "first_files_per_s": round(n / first, 1),
+                                 "rerun_s": round(again, 2), "rerun_files_per_s": round(n / again, 1)}  # fmt: skip
+                row["bytes"] = total
+                row["ratio_first_vs_azcopy"] = round(row["corpus"]["first_files_per_s"] / row["azcopy"]["first_files_per_s"], 2)
+                row["ratio_first_vs_rclone"] = round(row["corpus"]["first_files_per_s"] / row["rclone"]["first_files_per_s"], 2)
+                row["ratio_rerun_vs_rclone"] = round(row["rclone"]["rerun_s"] / row["corpus"]["rerun_s"], 2)
+                row["ratio_rerun_vs_azcopy"] = round(row["azcopy"]["rerun_s"] / row["corpus"]["rerun_s"], 2)
+                results[label] = row
+                shutil.rmtree(src)
+                print(json.dumps({label: row}), file=sys.stderr)
+
+            if args.memory_files:
+                src = tmp / "drop-mem"
+                for i in range(args.memory_files):
+                    d = src / f"d{i % 100:03d}"
+                    if i < 100:
+                        d.mkdir(parents=True)
+                    (d / f"f{i:06d}.png").write_bytes(b"\x89PNG" + i.to_bytes(4, "big"))
+                cmd = [sys.executable, "-m", "corpus", "upload", str(src), "--domain", "bench", "--version", "mem",
+                       "--concurrency", str(CONCURRENCY), "--json"]  # fmt: skip
+                # Measured in a fresh parent, so no earlier child (azcopy, rclone) shows in its peak.
+                probe = (
+                    "import json, resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+                    "print(json.dumps({'out': p.stdout, 'peak_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+                )
+                secs, proc = timed([sys.executable, "-c", probe, *cmd], env)
+                probed = json.loads(proc.stdout)
+                peak_mb = probed["peak_kb"] / 1024
+                summary = json.loads(probed["out"])
+                assert summary["uploaded"] == args.memory_files, summary
+                results["memory"] = {"files": args.memory_files, "seconds": round(secs, 1), "peak_rss_mb": round(peak_mb, 1)}
+        finally:
+            az.stop()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
