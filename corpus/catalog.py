@@ -33,7 +33,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableTransactionError, UpdateMode
 
 from . import keys
-from .paths import ROOT_PATH, SetRef
+from .paths import SetRef
 from .settings import TABLE_FAILURES, TABLE_IMAGES, TABLE_REJECTIONS, TABLE_SETS, TABLE_TRANSFORMS
 from .storage import Clients
 from .tags import matches
@@ -330,12 +330,6 @@ class Catalog:
                 ) from None
         return pk, rk
 
-    def get_transform(self, name: str, tversion: str) -> dict[str, Any] | None:
-        try:
-            return dict(self._transforms.get_entity(*keys.transform_keys(name, tversion)))
-        except ResourceNotFoundError:
-            return None
-
     # -- rejections and failures ------------------------------------------------------------
 
     def record_rejection(self, kind: str, name: str, reason: str, size: int, etag: str, kept_as: str) -> None:
@@ -384,7 +378,3 @@ class Catalog:
     def list_failures(self, final_only: bool = True) -> list[dict[str, Any]]:
         rows = self._failures.query_entities("Final eq true") if final_only else self._failures.list_entities()
         return sorted((dict(r) for r in rows), key=lambda r: r["At"])
-
-
-def display_path(entity: dict[str, Any]) -> str:
-    return entity.get("Path") or ROOT_PATH

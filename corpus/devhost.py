@@ -279,14 +279,7 @@ class QueueListener(_Component):
             try:
                 body = self._decode(raw)
             except ValueError as exc:
-                log.error(
-                    "message %s on %s is not valid %s: moved to %s-poison",
-                    msg.id,
-                    self.t.source,
-                    self.cfg.message_encoding,
-                    self.t.source,
-                )
-                self._poison(lease, raw, str(exc))
+                self._poison(lease, raw, f"not valid {self.cfg.message_encoding} text ({exc})")
                 return
             ok = self._invoke(msg, lease, body)
             if self.opts.deliver_twice:
@@ -296,7 +289,7 @@ class QueueListener(_Component):
                 if ok:
                     self._delete(lease)
                 elif msg.dequeue_count >= self.cfg.max_dequeue_count:
-                    self._poison_locked(lease, raw)
+                    self._poison_locked(lease, raw, f"failed {msg.dequeue_count} attempts")
                 else:
                     try:
                         self.queue.update_message(
@@ -347,15 +340,15 @@ class QueueListener(_Component):
         except ResourceNotFoundError:
             pass
 
-    def _poison(self, lease: _Lease, raw: str, reason: str = "") -> None:
+    def _poison(self, lease: _Lease, raw: str, why: str) -> None:
         with lease.lock:
             lease.done = True
-            self._poison_locked(lease, raw)
+            self._poison_locked(lease, raw, why)
 
-    def _poison_locked(self, lease: _Lease, raw: str) -> None:
+    def _poison_locked(self, lease: _Lease, raw: str, why: str) -> None:
         self.poison.send_message(raw)
         self._delete(lease)
-        log.error("message %s moved to %s-poison after %d attempts", lease.message_id, self.t.source, self.cfg.max_dequeue_count)
+        log.error("message %s moved to %s-poison: %s", lease.message_id, self.t.source, why)
 
 
 class BlobListener(_Component):
