@@ -97,9 +97,13 @@ def cmd_transform(args: argparse.Namespace) -> int:
         canonical(req.name, req.args)
     except (MessageError, TransformError) as exc:
         raise CliError(str(exc)) from exc
+    from .hostconfig import load_queue_config
+    from .runtime import app_root, encode_message
+
     settings = _settings()
     body = req.to_json()
-    Clients(settings.connection, FAIL_FAST).queue_client(settings.transform_queue).send_message(body)
+    encoding = load_queue_config(app_root() / "host.json").message_encoding
+    Clients(settings.connection, FAIL_FAST).queue_client(settings.transform_queue).send_message(encode_message(body, encoding))
     print(f"queued on {settings.transform_queue}: {body}")
     return 0
 

@@ -41,6 +41,17 @@ class HashCache:
             return str(row[2])
         return None
 
+    def directory(self, directory: str) -> dict[str, tuple[int, int, str]]:
+        """Every cached file directly inside ``directory``: path → (size, mtime_ns, md5), one query."""
+        lo = directory.rstrip("/") + "/"
+        hi = lo[:-1] + "0"  # the character after '/'
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, size, mtime_ns, md5 FROM files WHERE path >= ? AND path < ? AND instr(substr(path, ?), '/') = 0",
+                (lo, hi, len(lo) + 1),
+            ).fetchall()
+        return {path: (size, mtime, md5) for path, size, mtime, md5 in rows}
+
     def put(self, path: str, size: int, mtime_ns: int, md5: str) -> None:
         with self._lock:
             self._pending.append((path, size, mtime_ns, md5))

@@ -6,6 +6,7 @@ invocations), so clients and their connection pool are reused across invocations
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
@@ -55,8 +56,8 @@ class Runtime:
         )
 
     def send(self, queue: str, text: str) -> None:
-        """Enqueue plain text; host.json's messageEncoding is 'none' (see README)."""
-        self.clients.queue_client(queue).send_message(text)
+        """Enqueue ``text`` encoded as host.json's ``messageEncoding`` says the triggers will decode it."""
+        self.clients.queue_client(queue).send_message(encode_message(text, self.queues.message_encoding))
 
     def ensure_container(self, name: str) -> None:
         """Create a domain container on first use; cached, as containers are never deleted by us."""
@@ -77,6 +78,11 @@ class Runtime:
             queues=s.queues + tuple(q + "-poison" for q in s.queues),
             tables=TABLES,
         )
+
+
+def encode_message(text: str, encoding: str) -> str:
+    """A producer must match the trigger's ``messageEncoding``, or its messages go to poison."""
+    return base64.b64encode(text.encode("utf-8")).decode("ascii") if encoding == "base64" else text
 
 
 _runtime: Runtime | None = None

@@ -126,7 +126,7 @@ class RateLimiter:
 
 @dataclass(frozen=True)
 class _Task:
-    path: Path
+    path: str
     rel: str
     staged: str
     size: int
@@ -162,7 +162,7 @@ class _RemoteIndex:
             return list_md5s(container, prefix)
 
 
-def walk(root: Path, extensions: frozenset[str], summary: Summary) -> Iterator[tuple[Path, list[str], os.stat_result | None]]:
+def walk(root: Path, extensions: frozenset[str], summary: Summary) -> Iterator[tuple[str, list[str], os.stat_result | None]]:
     """Yield (file path, relative parts) lazily; skip junk, hidden entries and escaping symlinks."""
     root_real = os.path.realpath(root)
     visited = {root_real}
@@ -202,7 +202,7 @@ def walk(root: Path, extensions: frozenset[str], summary: Summary) -> Iterator[t
                 st: os.stat_result | None = entry.stat()
             except OSError:
                 st = None  # reported as unreadable by the caller
-            yield Path(entry.path), [*parts, entry.name], st
+            yield entry.path, [*parts, entry.name], st
         stack.extend(reversed(subdirs))
 
 
@@ -218,6 +218,8 @@ class Uploader:
         self.remote = _RemoteIndex(self.staging, self.corpus, opts.domain, opts.version, self.slots)
         self.progress = progress
         self.cache = HashCache() if opts.use_cache else None
+        self._cached_dir: str | None = None
+        self._cached: dict[str, tuple[int, int, str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -257,9 +259,13 @@ class Uploader:
         """Skip a file already remote with the MD5 cached for its size and mtime, without reading it."""
         if not self.cache:
             return False
-        md5 = self.cache.get(str(task.path), task.size, task.mtime_ns)
-        if md5 is None:
+        directory = os.path.dirname(task.path)
+        if directory != self._cached_dir:
+            self._cached_dir, self._cached = directory, self.cache.directory(directory)
+        entry = self._cached.get(task.path)
+        if entry is None or entry[:2] != (task.size, task.mtime_ns):
             return False
+        md5 = entry[2]
         staged_md5, original_md5 = self.remote.lookup(task.rel)
         action = decide(md5, staged_md5, original_md5).action
         if action not in (Action.SKIP_STAGED, Action.SKIP_INGESTED):
@@ -269,8 +275,8 @@ class Uploader:
 
     def _tasks(self) -> Iterator[_Task]:
         if self.opts.only is not None:
-            files: Iterator[tuple[Path, list[str], os.stat_result | None]] = (
-                (self.opts.source / rel, rel.split("/"), None) for rel in self.opts.only
+            files: Iterator[tuple[str, list[str], os.stat_result | None]] = (
+                (os.path.join(self.opts.source, rel), rel.split("/"), None) for rel in self.opts.only
             )
         else:
             files = walk(self.opts.source, self.opts.extensions, self.summary)
@@ -280,7 +286,7 @@ class Uploader:
             rel = relative_name(parts)
             try:
                 name = staged_name(self.opts.domain, self.opts.version, rel)
-                st = st or path.stat()
+                st = st or os.stat(path)
             except NameError_ as exc:
                 self._fail(path, rel, f"name does not fit the staging contract: {exc}")
                 continue
@@ -303,7 +309,8 @@ class Uploader:
     # -- one file ----------------------------------------------------------------------------
 
     def _one(self, task: _Task) -> None:
-        data = task.path.read_bytes()
+        with open(task.path, "rb") as f:
+            data = f.read()
         md5 = hashlib.md5(data, usedforsecurity=False)
         md5_hex = md5.hexdigest()
         staged_md5, original_md5 = self.remote.lookup(task.rel)
@@ -314,12 +321,12 @@ class Uploader:
             decision = self._put(task, data, md5.digest())
         if decision.action is Action.CONFLICT:
             with self._lock:
-                self.summary.failures.append(Failure(str(task.path), task.staged, decision.reason, "conflict"))
+                self.summary.failures.append(Failure(task.path, task.staged, decision.reason, "conflict"))
             if self.progress:
                 self.progress.tick(0, None)
             return
         if self.cache and not (self.opts.dry_run and decision.action is Action.UPLOAD):
-            self.cache.put(str(task.path), task.size, task.mtime_ns, md5_hex)
+            self.cache.put(task.path, task.size, task.mtime_ns, md5_hex)
         self._count(decision.action, task, len(data))
 
     def _count(self, action: Action, task: _Task, nbytes: int) -> None:
@@ -368,9 +375,9 @@ class Uploader:
                 return stored
             return hashlib.md5(blob.download_blob().readall(), usedforsecurity=False).hexdigest()
 
-    def _fail(self, path: Path, staged: str, reason: str) -> None:
+    def _fail(self, path: str, staged: str, reason: str) -> None:
         with self._lock:
-            self.summary.failures.append(Failure(str(path), staged, reason))
+            self.summary.failures.append(Failure(path, staged, reason))
         if self.progress:
             self.progress.tick(0, None)
 

@@ -161,3 +161,16 @@ def test_transform_jobs_in_flight_never_exceed_the_cap(env, clients, tmp_path):
     assert summary["ok"]["transform_job"] == 60
     observed = max_overlap(trace, "transform_job")
     assert 1 < observed <= cap, f"{observed} jobs in flight, cap {cap}"
+
+
+def test_host_honours_base64_message_encoding(env, clients, tmp_path):
+    """With messageEncoding base64 (the Functions default) bodies are decoded; plain text is poisoned."""
+    app = prepare_app_dir(tmp_path, {"messageEncoding": "base64"})
+    ingest(env, clients, app, {"birds/v1/red/robin/a.jpg": photo(1)})
+    q = clients.queue_client("transform-requests")
+    q.send_message(base64.b64encode(THUMB.encode()).decode())
+    q.send_message("{not base64}")
+    run_host(env, app)
+    assert set(blobs(clients, "birds", "transform/")) == {"transform/thumbnail/1/red/robin/v1/a.jpg"}
+    poison = [m.content for m in clients.queue_client("transform-requests-poison").receive_messages(max_messages=5)]
+    assert poison == ["{not base64}"]
