@@ -203,30 +203,7 @@ class Catalog:
         rk = keys.image_row_key(record.file)
         shard_key = keys.counter_row_key(zlib.crc32(rk.encode()) % SHARDS)
         for attempt in range(MAX_ATTEMPTS):
-            try:
-                shard = self._images.get_entity(pk, shard_key)
-            except ResourceNotFoundError:
-                shard = None
-            ops: list[Any] = [("create", record.entity(pk))]
-            if shard is None:
-                ops.append(("create", {"PartitionKey": pk, "RowKey": shard_key, "Count": 1, "Bytes": record.size}))
-            else:
-                ops.append(
-                    (
-                        "update",
-                        {
-                            "PartitionKey": pk,
-                            "RowKey": shard_key,
-                            "Count": shard["Count"] + 1,
-                            "Bytes": shard["Bytes"] + record.size,
-                        },
-                        {
-                            "mode": UpdateMode.REPLACE,
-                            "etag": shard.metadata["etag"],
-                            "match_condition": MatchConditions.IfNotModified,
-                        },
-                    )
-                )
+            ops: list[Any] = [("create", record.entity(pk)), self._counter_op(pk, shard_key, 1, record.size)]
             try:
                 self._images.submit_transaction(ops)
                 return True
@@ -251,22 +228,24 @@ class Catalog:
             return [self.record_image(ref, r, transform) for r in records]
         pk = keys.image_partition_key(ref, transform)
         shard_key = keys.counter_row_key(random.randrange(SHARDS))  # noqa: S311 - load spreading
-        try:
-            shard = self._images.get_entity(pk, shard_key)
-        except ResourceNotFoundError:
-            shard = None
+        n = len(records)
         ops: list[Any] = [("create", r.entity(pk)) for r in records]
-        n, size = len(records), sum(r.size for r in records)
-        if shard is None:
-            ops.append(("create", {"PartitionKey": pk, "RowKey": shard_key, "Count": n, "Bytes": size}))
-        else:
-            counter = {"PartitionKey": pk, "RowKey": shard_key, "Count": shard["Count"] + n, "Bytes": shard["Bytes"] + size}
-            ops.append(("update", counter, _if_unchanged(shard)))
+        ops.append(self._counter_op(pk, shard_key, n, sum(r.size for r in records)))
         try:
             self._images.submit_transaction(ops)
             return [True] * n
         except TableTransactionError:
             return [self.record_image(ref, r, transform) for r in records]
+
+    def _counter_op(self, pk: str, shard_key: str, n: int, size: int) -> tuple[Any, ...]:
+        """The transaction step adding ``n`` images of ``size`` bytes to a counter shard: create it,
+        or replace it only if nobody changed it since this read (else the transaction fails)."""
+        try:
+            shard = self._images.get_entity(pk, shard_key)
+        except ResourceNotFoundError:
+            return ("create", {"PartitionKey": pk, "RowKey": shard_key, "Count": n, "Bytes": size})
+        counter = {"PartitionKey": pk, "RowKey": shard_key, "Count": shard["Count"] + n, "Bytes": shard["Bytes"] + size}
+        return ("update", counter, _if_unchanged(shard))
 
     def count(self, ref: SetRef, transform: Transform | None = None) -> tuple[int, int]:
         """(images, bytes) of a set, summed from its counter shards: exact, not cached."""

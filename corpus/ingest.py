@@ -28,7 +28,7 @@ from .images import ImageError, inspect
 from .messages import CopyRequest, MessageError
 from .paths import NameError_, StagedName, is_junk_file, parse_staged_name
 from .runtime import Runtime
-from .storage import error_code
+from .storage import blob_md5, error_code, stored_md5
 from .tags import tags_for
 
 log = logging.getLogger("corpus.ingest")
@@ -177,7 +177,7 @@ def on_copy_request(rt: Runtime, req: CopyRequest) -> str:
     outcome = _ensure_original(src, dest, req)
     if outcome == "conflict":
         existing = dest.get_blob_properties()
-        md5 = bytes(existing.content_settings.content_md5 or b"").hex() or "unknown"
+        md5 = stored_md5(existing) or "unknown"
         reject(
             rt,
             req.staged_name,
@@ -262,14 +262,12 @@ def _verify(dest: BlobClient, req: CopyRequest, created: bool) -> str | None:
 
 def _verify_once(dest: BlobClient, req: CopyRequest, created: bool) -> str | None:
     props = dest.get_blob_properties()
-    md5 = bytes(props.content_settings.content_md5 or b"").hex()
-    stored_md5 = bool(md5)
-    if not md5 and props.size == req.size:
-        # Block uploads (Storage Explorer, large files) carry no whole-blob MD5: compute it once.
-        content = dest.download_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified).readall()
-        md5 = hashlib.md5(content, usedforsecurity=False).hexdigest()
+    has_md5 = bool(stored_md5(props))
+    # Block uploads (Storage Explorer, large files) carry no whole-blob MD5: computed once, only
+    # when the length already matches.
+    md5 = blob_md5(dest, props) if has_md5 or props.size == req.size else ""
     if props.size == req.size and md5 == req.md5:
-        if not stored_md5 or props.content_settings.content_type != req.content_type:
+        if not has_md5 or props.content_settings.content_type != req.content_type:
             dest.set_http_headers(
                 ContentSettings(content_type=req.content_type, content_md5=bytearray(bytes.fromhex(req.md5))),
                 etag=props.etag,

@@ -8,6 +8,7 @@ SDK default (10 connections per host) would otherwise serialise a 24-wide batch 
 from __future__ import annotations
 
 import base64
+import hashlib
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,11 +17,12 @@ from urllib.parse import quote, unquote, urlencode
 from xml.etree import ElementTree
 
 import requests
+from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
 from azure.data.tables import TableClient, TableServiceClient
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobClient, BlobProperties, BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from .settings import Connection
@@ -79,6 +81,20 @@ def list_md5s(container: ContainerClient, prefix: str) -> dict[str, str]:
         marker = root.findtext("NextMarker") or ""
         if not marker:
             return out
+
+
+def stored_md5(props: BlobProperties) -> str:
+    """The blob's ``Content-MD5`` property as hex, or ``""`` when it has none (block uploads)."""
+    return bytes(props.content_settings.content_md5 or b"").hex()
+
+
+def blob_md5(blob: BlobClient, props: BlobProperties) -> str:
+    """The blob's MD5: its stored property, else computed from the bytes of exactly that version."""
+    md5 = stored_md5(props)
+    if md5:
+        return md5
+    content = blob.download_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified).readall()
+    return hashlib.md5(content, usedforsecurity=False).hexdigest()
 
 
 def error_code(exc: HttpResponseError) -> str:

@@ -30,6 +30,7 @@ from .jobs import PermanentError
 from .messages import MessageError, TransformJob, TransformRequest
 from .paths import ROOT_PATH, SetRef
 from .runtime import Runtime
+from .storage import blob_md5
 from .tags import tags_for
 
 log = logging.getLogger("corpus.transform")
@@ -115,10 +116,7 @@ def on_transform_job(rt: Runtime, job: TransformJob) -> str:
         # Written by an earlier delivery. It stands (transformed images are immutable too); count
         # what is stored, which may differ in bytes if the encoder changed since.
         props = dest.get_blob_properties()
-        stored = bytes(props.content_settings.content_md5 or b"").hex()
-        if not stored:
-            stored = hashlib.md5(dest.download_blob().readall(), usedforsecurity=False).hexdigest()
-        md5, size, outcome = stored, props.size, "exists"
+        md5, size, outcome = blob_md5(dest, props), props.size, "exists"
 
     rt.catalog.ensure_set(
         ref,

@@ -39,7 +39,7 @@ from azure.storage.blob import ContainerClient, ContentSettings
 from .hashcache import HashCache
 from .paths import NameError_
 from .settings import Settings
-from .storage import Clients, list_md5s
+from .storage import Clients, blob_md5, list_md5s
 from .upload_plan import Action, Skip, classify, content_type, decide, parse_extensions, relative_name, staged_name
 
 UPLOAD_CLIENT_OPTIONS = {"retry_total": 5, "initial_backoff": 1, "increment_base": 2, "max_single_put_size": 256 * 1024 * 1024}
@@ -369,11 +369,7 @@ class Uploader:
     def _remote_md5(self, name: str) -> str:
         blob = self.staging.get_blob_client(name)
         with self.slots:
-            props = blob.get_blob_properties()
-            stored = bytes(props.content_settings.content_md5 or b"").hex()
-            if stored:
-                return stored
-            return hashlib.md5(blob.download_blob().readall(), usedforsecurity=False).hexdigest()
+            return blob_md5(blob, blob.get_blob_properties())
 
     def _fail(self, path: str, staged: str, reason: str) -> None:
         with self._lock:
