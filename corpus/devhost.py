@@ -47,13 +47,12 @@ from azure.functions.queue import QueueMessageInConverter
 
 from . import keys
 from .hostconfig import QueueConfig, load_queue_config
-from .settings import Connection, Settings
+from .settings import BLOB_POISON_QUEUE, Connection, Settings
 from .storage import Clients
 
 log = logging.getLogger("corpus.host")
 
 RECEIPTS_TABLE = "DevHostBlobReceipts"
-BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
 _SETTING_EXPR = re.compile(r"%([^%]+)%")
 
 _functions_cache: dict[int, list[Any]] = {}
@@ -360,7 +359,7 @@ class BlobListener(_Component):
         self.t, self.cfg, self.stats, self.opts = target, cfg, stats, opts
         self.container = clients.container(target.source)
         self.receipts: TableClient = host_clients.table_client(RECEIPTS_TABLE)
-        self.poison = host_clients.queue_client(BLOB_POISON_QUEUE)
+        self.poison = clients.queue_client(BLOB_POISON_QUEUE)  # the trigger's account, as the host does
         self.pool = ThreadPoolExecutor(cfg.max_concurrency, thread_name_prefix=target.name)
         self._delivered: dict[str, str] = {}
         self._in_flight: set[str] = set()
@@ -479,7 +478,7 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
     cfg = load_queue_config(opts.app_dir / "host.json")
     stats = Stats(opts.trace)
     host_clients = Clients(Connection.from_env(values, "AzureWebJobsStorage"))
-    host_clients.ensure(queues=(BLOB_POISON_QUEUE,), tables=(RECEIPTS_TABLE,))
+    host_clients.ensure(tables=(RECEIPTS_TABLE,))
 
     from .runtime import Runtime
 
@@ -492,6 +491,7 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
             clients.ensure(queues=(t.source, t.source + "-poison"))
             components.append(QueueListener(t, clients, cfg, stats, opts))
         else:
+            clients.ensure(queues=(BLOB_POISON_QUEUE,))
             listener = BlobListener(t, clients, host_clients, cfg, stats, opts)
             listener.load_receipts()
             components.append(listener)

@@ -35,6 +35,10 @@ TABLE_REJECTIONS = "Rejections"
 TABLE_FAILURES = "Failures"
 TABLES = (TABLE_SETS, TABLE_IMAGES, TABLE_TRANSFORMS, TABLE_REJECTIONS, TABLE_FAILURES)
 
+BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
+"""Where the Functions host puts a blob that failed every attempt: in the trigger's own storage
+account (the Event Grid blob trigger's connection needs a queue endpoint for this reason)."""
+
 # App-setting names and their defaults. Trigger bindings refer to them as %NAME%.
 STAGING_CONTAINER = "CORPUS_STAGING_CONTAINER"
 REJECTED_CONTAINER = "CORPUS_REJECTED_CONTAINER"

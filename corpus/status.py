@@ -8,9 +8,8 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 
 from .catalog import Catalog
-from .devhost import BLOB_POISON_QUEUE
 from .ingest import REJECT_INVALID, REJECT_JUNK
-from .settings import Settings
+from .settings import BLOB_POISON_QUEUE, Settings
 from .storage import FAIL_FAST, Clients
 
 
