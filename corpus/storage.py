@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -70,15 +71,19 @@ def list_md5s(container: ContainerClient, prefix: str) -> dict[str, str]:
             return out
         if response.status_code != 200:
             raise HttpResponseError(response=response)
-        root = ElementTree.fromstring(response.body())  # noqa: S314 - our own storage account; expat refuses entity bombs
-        for blob in root.iterfind("./Blobs/Blob"):
-            name_el = blob.find("Name")
-            name = name_el.text or "" if name_el is not None else ""
-            if name_el is not None and name_el.get("Encoded") == "true":
-                name = unquote(name)
-            md5 = blob.findtext("Properties/Content-MD5") or ""
-            out[name[len(prefix) :]] = base64.b64decode(md5).hex() if md5 else ""
-        marker = root.findtext("NextMarker") or ""
+        marker = ""
+        # Streamed: each <Blob> is read and then cleared, so a 5,000-blob page never becomes a tree.
+        for _, el in ElementTree.iterparse(io.BytesIO(response.body()), events=("end",)):  # noqa: S314 - expat refuses entity bombs
+            if el.tag == "Blob":
+                name_el = el.find("Name")
+                name = (name_el.text or "") if name_el is not None else ""
+                if name_el is not None and name_el.get("Encoded") == "true":
+                    name = unquote(name)
+                md5 = el.findtext("Properties/Content-MD5") or ""
+                out[name[len(prefix) :]] = base64.b64decode(md5).hex() if md5 else ""
+                el.clear()
+            elif el.tag == "NextMarker":
+                marker = el.text or ""
         if not marker:
             return out
 

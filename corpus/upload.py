@@ -10,11 +10,13 @@ How it stays correct:
 * a single Put Blob is atomic, so a killed run leaves no partial blob: running it again sends
   exactly what is missing.
 
-How it stays fast and small: the tree is walked lazily, directory by directory; what is remote is
-listed once per destination directory (two listings, staging and ``original/``), with a small
-cache; files flow through a bounded queue to ``--concurrency`` workers, so memory is bounded by the
-largest directory's listing, not by the drop. Every request (listings included) holds one of
-``--concurrency`` slots, and ``--cap-mbps`` is a shared token budget, so neither is exceeded.
+How it stays fast and small: the tree is walked lazily, directory by directory, a few directories
+ahead of the decisions, and what is remote is listed once per destination directory (staging and
+``original/``) as soon as the walk finds it, so listings overlap with everything else; files flow
+through bounded queues to ``--concurrency`` workers, so memory is bounded by a few directories'
+listings, not by the drop. A re-run reads no file whose size and mtime match the local MD5 cache
+(:mod:`corpus.hashcache`). Every request (listings included) holds one of ``--concurrency``
+slots, and ``--cap-mbps`` is a shared token budget, so neither is exceeded.
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ import queue
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
-from azure.storage.blob import ContainerClient, ContentSettings
+from azure.storage.blob import ContentSettings
 
 from .hashcache import HashCache
 from .paths import NameError_
@@ -124,49 +126,39 @@ class RateLimiter:
             time.sleep(delay)  # pacing to the cap is the point: there is no event to wait for
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Task:
     path: str
     rel: str
     staged: str
     size: int
     mtime_ns: int
+    staged_md5: str | None  # what the listing said is already remote under this name
+    original_md5: str | None
 
 
-class _RemoteIndex:
-    """MD5s already remote per destination directory: staged blobs and ingested originals."""
+@dataclass(slots=True)
+class LocalDir:
+    """One local directory's candidate files, in name order: (path, file name, stat or None)."""
 
-    def __init__(self, staging: ContainerClient, corpus: ContainerClient, domain: str, version: str, slots: threading.Semaphore):
-        self._staging, self._corpus, self._domain, self._version, self._slots = staging, corpus, domain, version, slots
-        self._cache: OrderedDict[str, tuple[dict[str, str], dict[str, str]]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def lookup(self, rel: str) -> tuple[str | None, str | None]:
-        rdir, _, file = rel.rpartition("/")
-        with self._lock:
-            maps = self._cache.get(rdir)
-            if maps is None:
-                maps = (
-                    self._list(self._staging, f"{self._domain}/{self._version}/" + (rdir + "/" if rdir else "")),
-                    self._list(self._corpus, "original/" + (rdir + "/" if rdir else "") + self._version + "/"),
-                )
-                self._cache[rdir] = maps
-                while len(self._cache) > 8:
-                    self._cache.popitem(last=False)
-            else:
-                self._cache.move_to_end(rdir)
-        return maps[0].get(file), maps[1].get(file)
-
-    def _list(self, container: ContainerClient, prefix: str) -> dict[str, str]:
-        with self._slots:
-            return list_md5s(container, prefix)
+    path: str
+    parts: list[str]
+    files: list[tuple[str, str, os.stat_result | None]]
 
 
-def walk(root: Path, extensions: frozenset[str], summary: Summary) -> Iterator[tuple[str, list[str], os.stat_result | None]]:
-    """Yield (file path, relative parts) lazily; skip junk, hidden entries and escaping symlinks."""
+Remote = tuple[dict[str, str], dict[str, str]]
+"""Per destination directory: file name → MD5 of what is staged, and of what is ingested."""
+
+
+def walk(root: Path, extensions: frozenset[str], summary: Summary, under: tuple[str, ...] = ()) -> Iterator[LocalDir]:
+    """Yield directories lazily with their image files; skip junk, hidden entries and escaping symlinks.
+
+    ``under`` walks only that subdirectory of ``root`` (names stay relative to ``root``).
+    """
     root_real = os.path.realpath(root)
-    visited = {root_real}
-    stack: list[tuple[str, list[str]]] = [(str(root), [])]
+    start = os.path.join(root, *under)
+    visited = {os.path.realpath(start)}
+    stack: list[tuple[str, list[str]]] = [(start, list(under))]
     while stack:
         directory, parts = stack.pop()
         try:
@@ -175,6 +167,7 @@ def walk(root: Path, extensions: frozenset[str], summary: Summary) -> Iterator[t
             summary.failures.append(Failure(directory, "", f"cannot list directory: {exc.strerror or exc}"))
             continue
         subdirs = []
+        files: list[tuple[str, str, os.stat_result | None]] = []
         for entry in entries:
             if entry.name.startswith("."):
                 summary.skipped[(Skip.JUNK if classify(entry.name, extensions) is Skip.JUNK else Skip.HIDDEN).value] += 1
@@ -201,9 +194,32 @@ def walk(root: Path, extensions: frozenset[str], summary: Summary) -> Iterator[t
             try:
                 st: os.stat_result | None = entry.stat()
             except OSError:
-                st = None  # reported as unreadable by the caller
-            yield entry.path, [*parts, entry.name], st
+                st = None  # reported as unreadable when it is planned
+            files.append((entry.path, entry.name, st))
+        if files:
+            yield LocalDir(directory, parts, files)
         stack.extend(reversed(subdirs))
+
+
+def retry_dirs(root: Path, rels: list[str], extensions: frozenset[str], summary: Summary) -> Iterator[LocalDir]:
+    """What a failures file names, grouped by directory like the walk: files, and directories
+    that could not be listed, which are walked again."""
+    by_dir: dict[str, list[str]] = {}
+    for rel in rels:
+        if os.path.isdir(os.path.join(root, rel)):
+            yield from walk(root, extensions, summary, tuple(p for p in rel.split("/") if p not in ("", ".")))
+            continue
+        d, _, name = rel.rpartition("/")
+        by_dir.setdefault(d, []).append(name)
+    for d in sorted(by_dir):
+        parts = d.split("/") if d else []
+        directory = os.path.join(root, *parts)
+        yield LocalDir(directory, parts, [(os.path.join(directory, n), n, None) for n in sorted(by_dir[d])])
+
+
+_PLANNED_AHEAD = 8
+"""Directories walked, and listed remotely, ahead of the one being decided: listings overlap with
+deciding, and memory stays bounded by a few directories whatever the size of the drop."""
 
 
 class Uploader:
@@ -215,33 +231,37 @@ class Uploader:
         self.summary = Summary(opts.domain, opts.version, str(opts.source))
         self.slots = threading.Semaphore(opts.concurrency)
         self.limiter = RateLimiter(opts.cap_mbps * 1_000_000 / 8) if opts.cap_mbps else None
-        self.remote = _RemoteIndex(self.staging, self.corpus, opts.domain, opts.version, self.slots)
         self.progress = progress
         self.cache = HashCache() if opts.use_cache else None
-        self._cached_dir: str | None = None
-        self._cached: dict[str, tuple[int, int, str]] = {}
+        self._listers = ThreadPoolExecutor(max_workers=min(4, opts.concurrency), thread_name_prefix="corpus-list")
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
     # -- orchestration ---------------------------------------------------------------------
+    #
+    # A planner thread walks the tree and starts the remote listings of the directories it
+    # finds, a few directories ahead; this thread decides file by file as listings arrive
+    # (skipping, without reading it, a file whose cached MD5 matches what is remote) and hands
+    # the rest to ``--concurrency`` workers, which read, hash, decide for real and upload.
 
     def run(self) -> Summary:
         started = time.monotonic()
+        planned: queue.Queue[tuple[str, list[tuple[str, str, str, str, os.stat_result | None]], dict[str, Future[Remote]]] | None]
+        planned = queue.Queue(maxsize=_PLANNED_AHEAD)
         tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=self.opts.concurrency * 4)
+        planner = threading.Thread(target=self._plan, args=(planned,), daemon=True, name="corpus-plan")
         workers = [threading.Thread(target=self._work, args=(tasks,), daemon=True) for _ in range(self.opts.concurrency)]
+        planner.start()
         for w in workers:
             w.start()
         try:
-            for task in self._tasks():
-                with self._lock:
-                    self.summary.seen_files += 1
-                    self.summary.seen_bytes += task.size
-                if not self._settled_from_cache(task):
-                    tasks.put(task)
+            while (item := planned.get()) is not None:
+                self._decide_dir(*item, tasks)
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._stop.set()
         finally:
+            self._listers.shutdown(wait=False, cancel_futures=True)
             for _ in workers:
                 tasks.put(None)
             try:
@@ -255,45 +275,94 @@ class Uploader:
                 self.cache.close()
         return self.summary
 
-    def _settled_from_cache(self, task: _Task) -> bool:
+    def _local_dirs(self) -> Iterator[LocalDir]:
+        if self.opts.only is not None:
+            return retry_dirs(self.opts.source, self.opts.only, self.opts.extensions, self.summary)
+        return walk(self.opts.source, self.opts.extensions, self.summary)
+
+    def _plan(self, planned: queue.Queue[Any]) -> None:
+        """Name each file, and start listing each destination directory before it is needed."""
+        try:
+            for local in self._local_dirs():
+                base = relative_name(local.parts)
+                entries = []
+                listings: dict[str, Future[Remote]] = {}
+                for path, name, st in local.files:
+                    piece = relative_name([name])  # a backslash in a name is a separator: may go deeper
+                    rel = f"{base}/{piece}" if base else piece
+                    try:
+                        if not piece:
+                            raise NameError_(f"{name!r} is only separators")
+                        staged = staged_name(self.opts.domain, self.opts.version, rel)
+                    except NameError_ as exc:
+                        self._fail(path, rel, f"name does not fit the staging contract: {exc}")
+                        continue
+                    rdir = rel.rpartition("/")[0]
+                    if rdir not in listings:
+                        listings[rdir] = self._listers.submit(self._list_remote, rdir)
+                    entries.append((path, rel, staged, rdir, st))
+                if not self._put_unless_stopped(planned, (local.path, entries, listings)):
+                    return
+        except Exception as exc:  # noqa: BLE001 - a bug here must not hang the run: report it as the run's failure
+            self._fail(str(self.opts.source), "", f"planning stopped: {type(exc).__name__}: {exc}")
+        finally:
+            self._put_unless_stopped(planned, None)
+
+    def _put_unless_stopped(self, q: queue.Queue[Any], item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _list_remote(self, rdir: str) -> Remote:
+        sub = rdir + "/" if rdir else ""
+        with self.slots:
+            staged = list_md5s(self.staging, f"{self.opts.domain}/{self.opts.version}/{sub}")
+        with self.slots:
+            ingested = list_md5s(self.corpus, f"original/{sub}{self.opts.version}/")
+        return staged, ingested
+
+    def _decide_dir(
+        self,
+        directory: str,
+        entries: list[tuple[str, str, str, str, os.stat_result | None]],
+        listings: dict[str, Future[Remote]],
+        tasks: queue.Queue[_Task | None],
+    ) -> None:
+        cached = self.cache.directory(directory) if self.cache else {}
+        for path, rel, staged, rdir, st in entries:
+            if self._stop.is_set():
+                return
+            try:
+                st = st or os.stat(path)
+            except OSError as exc:
+                self._fail(path, staged, f"cannot read: {exc.strerror or exc}")
+                continue
+            try:
+                staged_map, ingested_map = listings[rdir].result()
+            except AzureError as exc:
+                self._fail(path, staged, f"cannot list what is already remote: {_azure_reason(exc)}")
+                continue
+            name = rel.rpartition("/")[2]
+            task = _Task(path, rel, staged, st.st_size, st.st_mtime_ns, staged_map.get(name), ingested_map.get(name))
+            with self._lock:
+                self.summary.seen_files += 1
+                self.summary.seen_bytes += task.size
+            if not self._settled_from_cache(task, cached.get(path)):
+                tasks.put(task)
+
+    def _settled_from_cache(self, task: _Task, entry: tuple[int, int, str] | None) -> bool:
         """Skip a file already remote with the MD5 cached for its size and mtime, without reading it."""
-        if not self.cache:
-            return False
-        directory = os.path.dirname(task.path)
-        if directory != self._cached_dir:
-            self._cached_dir, self._cached = directory, self.cache.directory(directory)
-        entry = self._cached.get(task.path)
         if entry is None or entry[:2] != (task.size, task.mtime_ns):
             return False
-        md5 = entry[2]
-        staged_md5, original_md5 = self.remote.lookup(task.rel)
-        action = decide(md5, staged_md5, original_md5).action
+        action = decide(entry[2], task.staged_md5, task.original_md5).action
         if action not in (Action.SKIP_STAGED, Action.SKIP_INGESTED):
             return False  # to upload or a conflict: a worker reads the file and decides for real
         self._count(action, task, 0)
         return True
-
-    def _tasks(self) -> Iterator[_Task]:
-        if self.opts.only is not None:
-            files: Iterator[tuple[str, list[str], os.stat_result | None]] = (
-                (os.path.join(self.opts.source, rel), rel.split("/"), None) for rel in self.opts.only
-            )
-        else:
-            files = walk(self.opts.source, self.opts.extensions, self.summary)
-        for path, parts, st in files:
-            if self._stop.is_set():
-                return
-            rel = relative_name(parts)
-            try:
-                name = staged_name(self.opts.domain, self.opts.version, rel)
-                st = st or os.stat(path)
-            except NameError_ as exc:
-                self._fail(path, rel, f"name does not fit the staging contract: {exc}")
-                continue
-            except OSError as exc:
-                self._fail(path, rel, f"cannot read: {exc.strerror or exc}")
-                continue
-            yield _Task(path, rel, name, st.st_size, st.st_mtime_ns)
 
     def _work(self, tasks: queue.Queue[_Task | None]) -> None:
         while (task := tasks.get()) is not None:
@@ -313,10 +382,10 @@ class Uploader:
             data = f.read()
         md5 = hashlib.md5(data, usedforsecurity=False)
         md5_hex = md5.hexdigest()
-        staged_md5, original_md5 = self.remote.lookup(task.rel)
+        staged_md5 = task.staged_md5
         if staged_md5 == "":  # staged without an MD5 (block upload by another tool): hash it
             staged_md5 = self._remote_md5(task.staged)
-        decision = decide(md5_hex, staged_md5, original_md5)
+        decision = decide(md5_hex, staged_md5, task.original_md5)
         if decision.action is Action.UPLOAD and not self.opts.dry_run:
             decision = self._put(task, data, md5.digest())
         if decision.action is Action.CONFLICT:

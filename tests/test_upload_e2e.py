@@ -121,6 +121,23 @@ def test_unreadable_file_is_reported_everything_else_uploaded_and_retry_from_ret
     assert "a/new-but-not-listed.jpg" not in staged(clients, "birds/v1/")
 
 
+def test_retry_from_walks_again_a_directory_that_could_not_be_listed(env, clients, tmp_path):
+    # As root (CI) no directory is unreadable, so the failures file is the one the walk would
+    # write when os.scandir fails on "b" (e.g. permission denied); its format is documented.
+    src = tmp_path / "drop"
+    for d in ("a", "b", "b/deeper"):
+        (src / d).mkdir(parents=True)
+        (src / d / "x.jpg").write_bytes(jpeg(len(d)))
+    failures = tmp_path / "failures.json"
+    failures.write_text(json.dumps({
+        "source": str(src), "domain": "birds", "version": "v1",
+        "failures": [{"path": str(src / "b"), "staged": "", "reason": "cannot list directory: denied", "kind": "failed"}],
+    }))  # fmt: skip
+    rc, retry = upload(env, tmp_path, "--retry-from", str(failures))
+    assert rc == 0 and retry["uploaded"] == 2, retry
+    assert set(staged(clients, "birds/v1/")) == {"b/x.jpg", "b/deeper/x.jpg"}
+
+
 def test_conflicting_file_is_reported_not_overwritten(env, clients, app_dir, tmp_path):
     src = tmp_path / "drop"
     (src / "d").mkdir(parents=True)
