@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ServiceRequestError
-
 from .settings import Settings, SettingsError, load_local_settings
 
 
@@ -238,16 +236,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     except SettingsError as exc:
         return _fail(f"configuration: {exc}")
-    except ServiceRequestError as exc:
-        return _fail(f"cannot reach storage ({exc.message}); is Azurite running? `./dev azurite` starts it")
-    except ClientAuthenticationError as exc:
-        return _fail(f"storage refused our credentials: {exc.message}")
-    except HttpResponseError as exc:
-        return _fail(f"storage error {exc.status_code}: {exc.message.splitlines()[0] if exc.message else exc}")
-    except AzureError as exc:
-        return _fail(f"azure: {exc}")
+    except Exception as exc:
+        # The SDK's errors are matched here, not imported at the top: the SDK is slow to load,
+        # and `corpus upload` starts listing without it.
+        from azure.core.exceptions import AzureError
+
+        if not isinstance(exc, AzureError):
+            raise  # a bug: keep the traceback
+        return _fail(_azure_reason(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _azure_reason(exc: Exception) -> str:
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+    if isinstance(exc, ServiceRequestError):
+        return f"cannot reach storage ({exc.message}); is Azurite running? `./dev azurite` starts it"
+    if isinstance(exc, ClientAuthenticationError):
+        return f"storage refused our credentials: {exc.message}"
+    if isinstance(exc, HttpResponseError):
+        return f"storage error {exc.status_code}: {exc.message.splitlines()[0] if exc.message else exc}"
+    return f"azure: {exc}"
 
 
 def _fail(message: str) -> int:

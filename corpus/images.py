@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 100_000_000
-"""100 megapixels: far above any camera in the corpus, far below what would exhaust a worker."""
+from .settings import DEFAULT_MAX_PIXELS
 
 CONTENT_TYPES = {
     "JPEG": "image/jpeg",

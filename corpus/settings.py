@@ -19,8 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import DEFAULT_MAX_PIXELS
 from .tags import DEFAULT_EXTRACTOR
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""100 megapixels: far above any camera in the corpus, far below what would exhaust a worker.
+(Defined here, not in :mod:`corpus.images`, so that reading settings does not load Pillow.)"""
 
 CONNECTION = "CorpusStorage"
 """Name of the connection used by every trigger and by our own clients."""

@@ -1,91 +1,37 @@
 """Thin adapters over the Azure SDK clients: construction, and the few error shapes we branch on.
 
-One HTTP session with a connection pool sized for the throttle is shared by all clients: the
-SDK default (10 connections per host) would otherwise serialise a 24-wide batch and log
-"connection pool is full" warnings.
+All clients share one HTTP session (:mod:`corpus.http`), whose pool is sized for the throttle.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
-import threading
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
-from urllib.parse import quote, unquote, urlencode
-from xml.etree import ElementTree
+from typing import TYPE_CHECKING, Any
 
-import requests
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.core.pipeline.transport import RequestsTransport
-from azure.core.rest import HttpRequest
-from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import BlobClient, BlobProperties, BlobServiceClient, ContainerClient
-from azure.storage.queue import QueueClient, QueueServiceClient
 
+from .http import shared_session
 from .settings import Connection
 
-POOL_SIZE = 64
+if TYPE_CHECKING:  # imported when first used: `corpus upload` needs neither, and each costs ~0.1 s to start
+    from azure.data.tables import TableClient, TableServiceClient
+    from azure.storage.queue import QueueClient, QueueServiceClient
 
-_session_lock = threading.Lock()
-_session: requests.Session | None = None
 
+def identity_credential(connection: Connection) -> Any:
+    """The managed identity in Azure (``clientId`` picks a user-assigned one), else a developer login."""
+    from azure.identity import DefaultAzureCredential
 
-def _shared_session() -> requests.Session:
-    global _session
-    with _session_lock:
-        if _session is None:
-            session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            _session = session
-        return _session
+    return DefaultAzureCredential(managed_identity_client_id=connection.client_id)
 
 
 def _transport() -> RequestsTransport:
-    return RequestsTransport(session=_shared_session(), session_owner=False)
-
-
-def list_md5s(container: ContainerClient, prefix: str) -> dict[str, str]:
-    """Names (relative to ``prefix``, direct children only) → hex MD5 ("" when the blob has none).
-
-    The SDK's ``walk_blobs`` spends about half a millisecond of CPU per blob turning XML into
-    models; re-running an upload over 20,000 files would spend most of its time there. This sends
-    the same List Blobs request through the client's own pipeline (same auth, retries, version)
-    and reads only the two fields it needs with ElementTree. A 404 (no container) is empty.
-    """
-    out: dict[str, str] = {}
-    marker = ""
-    version = container._client._config.version
-    while True:
-        query = {"restype": "container", "comp": "list", "prefix": prefix, "delimiter": "/", "maxresults": "5000"}
-        if marker:
-            query["marker"] = marker
-        request = HttpRequest("GET", f"{container.url}?{urlencode(query, quote_via=quote)}", headers={"x-ms-version": version})
-        response = container._client._send_request(request)
-        if response.status_code == 404:
-            return out
-        if response.status_code != 200:
-            raise HttpResponseError(response=response)
-        marker = ""
-        # Streamed: each <Blob> is read and then cleared, so a 5,000-blob page never becomes a tree.
-        for _, el in ElementTree.iterparse(io.BytesIO(response.body()), events=("end",)):  # noqa: S314 - expat refuses entity bombs
-            if el.tag == "Blob":
-                name_el = el.find("Name")
-                name = (name_el.text or "") if name_el is not None else ""
-                if name_el is not None and name_el.get("Encoded") == "true":
-                    name = unquote(name)
-                md5 = el.findtext("Properties/Content-MD5") or ""
-                out[name[len(prefix) :]] = base64.b64decode(md5).hex() if md5 else ""
-                el.clear()
-            elif el.tag == "NextMarker":
-                marker = el.text or ""
-        if not marker:
-            return out
+    return RequestsTransport(session=shared_session(), session_owner=False)
 
 
 def stored_md5(props: BlobProperties) -> str:
@@ -121,15 +67,13 @@ class Clients:
 
     connection: Connection
     options: dict[str, Any] = field(default_factory=dict)
-
-    def _credential(self) -> Any:
-        from azure.identity import DefaultAzureCredential
-
-        return DefaultAzureCredential(managed_identity_client_id=self.connection.client_id)
+    token_credential: Any = None  # share one identity (and its token cache) with another client
 
     @cached_property
     def credential(self) -> Any:
-        return None if self.connection.connection_string else self._credential()
+        if self.connection.connection_string:
+            return None
+        return self.token_credential or identity_credential(self.connection)
 
     @cached_property
     def blob(self) -> BlobServiceClient:
@@ -140,6 +84,8 @@ class Clients:
 
     @cached_property
     def queue(self) -> QueueServiceClient:
+        from azure.storage.queue import QueueServiceClient
+
         # No encode/decode policy: bodies are plain text; see corpus.messages.decode_body.
         c = self.connection
         if c.connection_string:
@@ -148,6 +94,8 @@ class Clients:
 
     @cached_property
     def table(self) -> TableServiceClient:
+        from azure.data.tables import TableServiceClient
+
         c = self.connection
         if c.connection_string:
             return TableServiceClient.from_connection_string(c.connection_string, transport=_transport(), **self.options)

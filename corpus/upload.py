@@ -33,16 +33,19 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
-from azure.storage.blob import ContentSettings
-
+from .bloblist import BlobLister, ListingError
 from .hashcache import HashCache
 from .paths import NameError_
 from .settings import Settings
-from .storage import Clients, blob_md5, list_md5s
 from .upload_plan import Action, Skip, classify, content_type, decide, parse_extensions, relative_name, staged_name
+
+if TYPE_CHECKING:
+    from azure.core.exceptions import AzureError
+    from azure.storage.blob import ContainerClient
+
+    from .storage import Clients
 
 UPLOAD_CLIENT_OPTIONS = {"retry_total": 5, "initial_backoff": 1, "increment_base": 2, "max_single_put_size": 256 * 1024 * 1024}
 """Transient errors are retried with exponential back-off (1, 3, 5, 9, 17 s) before a file fails."""
@@ -225,9 +228,18 @@ deciding, and memory stays bounded by a few directories whatever the size of the
 class Uploader:
     def __init__(self, settings: Settings, opts: UploadOptions, progress: Progress | None = None) -> None:
         self.opts = opts
-        self.clients = Clients(settings.connection, dict(UPLOAD_CLIENT_OPTIONS))
-        self.staging = self.clients.container(settings.staging_container)
-        self.corpus = self.clients.container(opts.domain)
+        self.settings = settings
+        # Listings go out at once, without the SDK (see corpus.bloblist); the SDK, which does the
+        # writes, is loaded by the first worker while they are under way.
+        credential = None
+        if not settings.connection.connection_string:
+            from .storage import identity_credential
+
+            credential = identity_credential(settings.connection)
+        self._credential = credential
+        self.lister = BlobLister.from_connection(settings.connection, credential)
+        self._staging: ContainerClient | None = None
+        self._sdk_lock = threading.Lock()
         self.summary = Summary(opts.domain, opts.version, str(opts.source))
         self.slots = threading.Semaphore(opts.concurrency)
         self.limiter = RateLimiter(opts.cap_mbps * 1_000_000 / 8) if opts.cap_mbps else None
@@ -320,10 +332,21 @@ class Uploader:
     def _list_remote(self, rdir: str) -> Remote:
         sub = rdir + "/" if rdir else ""
         with self.slots:
-            staged = list_md5s(self.staging, f"{self.opts.domain}/{self.opts.version}/{sub}")
+            staged = self.lister.list_md5s(self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/{sub}")
         with self.slots:
-            ingested = list_md5s(self.corpus, f"original/{sub}{self.opts.version}/")
+            ingested = self.lister.list_md5s(self.opts.domain, f"original/{sub}{self.opts.version}/")
         return staged, ingested
+
+    @property
+    def staging(self) -> ContainerClient:
+        """The SDK client for writes, made on first use (its import is the slow part of start-up)."""
+        with self._sdk_lock:
+            if self._staging is None:
+                from .storage import Clients
+
+                clients: Clients = Clients(self.settings.connection, dict(UPLOAD_CLIENT_OPTIONS), self._credential)
+                self._staging = clients.container(self.settings.staging_container)
+            return self._staging
 
     def _decide_dir(
         self,
@@ -343,8 +366,8 @@ class Uploader:
                 continue
             try:
                 staged_map, ingested_map = listings[rdir].result()
-            except AzureError as exc:
-                self._fail(path, staged, f"cannot list what is already remote: {_azure_reason(exc)}")
+            except ListingError as exc:
+                self._fail(path, staged, f"cannot list what is already remote: {exc}")
                 continue
             name = rel.rpartition("/")[2]
             task = _Task(path, rel, staged, st.st_size, st.st_mtime_ns, staged_map.get(name), ingested_map.get(name))
@@ -365,6 +388,8 @@ class Uploader:
         return True
 
     def _work(self, tasks: queue.Queue[_Task | None]) -> None:
+        from azure.core.exceptions import AzureError  # the first worker loads the SDK, the others wait for it
+
         while (task := tasks.get()) is not None:
             if self._stop.is_set():
                 continue
@@ -415,6 +440,9 @@ class Uploader:
             self.progress.tick(nbytes, task.staged if self.opts.dry_run and action is Action.UPLOAD else None)
 
     def _put(self, task: _Task, data: bytes, md5: bytes) -> Any:
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
         from .upload_plan import Decision
 
         if self.limiter:
@@ -436,6 +464,8 @@ class Uploader:
             return decide(md5.hex(), remote, None)
 
     def _remote_md5(self, name: str) -> str:
+        from .storage import blob_md5
+
         blob = self.staging.get_blob_client(name)
         with self.slots:
             return blob_md5(blob, blob.get_blob_properties())
@@ -448,6 +478,8 @@ class Uploader:
 
 
 def _azure_reason(exc: AzureError) -> str:
+    from azure.core.exceptions import HttpResponseError
+
     if isinstance(exc, HttpResponseError):
         first = (exc.message or str(exc)).splitlines()[0]
         return f"storage error {exc.status_code} {getattr(exc, 'error_code', '') or ''}: {first}".strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import signal
@@ -13,7 +14,6 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from azure.core.pipeline.transport import RequestsTransport
 
 from corpus.upload import Uploader, UploadOptions
 from tests.support import jpeg, run_cli, run_host, wait_for
@@ -203,21 +203,29 @@ def test_requests_in_flight_never_exceed_concurrency(settings, clients, tmp_path
         (src / d).mkdir(parents=True)
         for i in range(25):
             (src / d / f"{i}.jpg").write_bytes(jpeg(i))
+    # Counted where every request goes, whichever client sends it (the SDK through requests and
+    # urllib3, the listings through http.client): from the request line to the response's arrival.
     lock = threading.Lock()
-    state = {"now": 0, "max": 0}
-    original = RequestsTransport.send
+    state = {"now": 0, "max": 0, "total": 0}
+    putrequest, getresponse = http.client.HTTPConnection.putrequest, http.client.HTTPConnection.getresponse
 
-    def counting_send(self, request, **kwargs):
+    def counting_putrequest(self, *args, **kwargs):
         with lock:
             state["now"] += 1
+            state["total"] += 1
             state["max"] = max(state["max"], state["now"])
+        return putrequest(self, *args, **kwargs)
+
+    def counting_getresponse(self, *args, **kwargs):
         try:
-            return original(self, request, **kwargs)
+            return getresponse(self, *args, **kwargs)
         finally:
             with lock:
                 state["now"] -= 1
 
-    monkeypatch.setattr(RequestsTransport, "send", counting_send)
+    monkeypatch.setattr(http.client.HTTPConnection, "putrequest", counting_putrequest)
+    monkeypatch.setattr(http.client.HTTPConnection, "getresponse", counting_getresponse)
     summary = Uploader(settings, UploadOptions(src, "birds", "v1", concurrency=3)).run()
     assert summary.uploaded == 75 and not summary.failures
     assert 1 < state["max"] <= 3, state
+    assert state["total"] >= 75 + 3 * 2, state  # the puts and both listings per folder were all counted
