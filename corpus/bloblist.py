@@ -108,16 +108,18 @@ class BlobLister:
 
     # -- transport -------------------------------------------------------------------------
 
-    def _get(self, container: str, query: dict[str, str]) -> bytes | None:
+    def url(self, container: str, query: dict[str, str]) -> str:
         url = f"{self.account_url}/{container}?{urlencode(query, quote_via=quote)}"
-        if self.sas:
-            url += "&" + self.sas
+        return f"{url}&{self.sas}" if self.sas else url
+
+    def _get(self, container: str, query: dict[str, str]) -> bytes | None:
+        url = self.url(container, query)
         last = ""
         for attempt in range(len(self.retry_delays) + 1):
             if attempt:
                 time.sleep(self.retry_delays[attempt - 1])  # back-off between attempts is the point
             try:
-                status, body = _transport().get(url, self._headers(url, query))
+                status, body = _transport().get(url, self.headers(url, query))
             except (OSError, http.client.HTTPException) as exc:  # refused, reset, timeout, TLS; requests' are OSErrors
                 last = f"cannot reach {self.account_url}: {type(exc).__name__}: {exc}"
                 continue
@@ -131,7 +133,7 @@ class BlobLister:
                 raise ListingError(last, status, code)
         raise ListingError(last)
 
-    def _headers(self, url: str, query: dict[str, str]) -> dict[str, str]:
+    def headers(self, url: str, query: dict[str, str]) -> dict[str, str]:
         headers = {"x-ms-version": API_VERSION, "x-ms-date": format_datetime(datetime.now(UTC), usegmt=True)}
         if self.account_key is not None and not self.sas:
             path = urlparse(url).path

@@ -230,7 +230,7 @@ class Uploader:
         self.opts = opts
         self.settings = settings
         # Listings go out at once, without the SDK (see corpus.bloblist); the SDK, which does the
-        # writes, is loaded by the first worker while they are under way.
+        # writes, is loaded when the first file is to be sent, while later listings are under way.
         credential = None
         if not settings.connection.connection_string:
             from .storage import identity_credential
@@ -388,9 +388,11 @@ class Uploader:
         return True
 
     def _work(self, tasks: queue.Queue[_Task | None]) -> None:
-        from azure.core.exceptions import AzureError  # the first worker loads the SDK, the others wait for it
-
         while (task := tasks.get()) is not None:
+            # The first file to send loads the SDK (the other workers wait for that import); a
+            # re-run that sends nothing never pays for it.
+            from azure.core.exceptions import AzureError
+
             if self._stop.is_set():
                 continue
             try:

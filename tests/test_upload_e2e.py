@@ -11,12 +11,13 @@ import subprocess
 import sys
 import threading
 import unicodedata
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from corpus.upload import Uploader, UploadOptions
-from tests.support import jpeg, run_cli, run_host, wait_for
+from tests.support import ACCOUNT, jpeg, run_cli, run_host, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -229,3 +230,30 @@ def test_requests_in_flight_never_exceed_concurrency(settings, clients, tmp_path
     assert summary.uploaded == 75 and not summary.failures
     assert 1 < state["max"] <= 3, state
     assert state["total"] >= 75 + 3 * 2, state  # the puts and both listings per folder were all counted
+
+
+def test_upload_with_only_a_sas_lists_and_writes(azurite, settings, clients, tmp_path):
+    # A connection string holding an account SAS and no key: the listings (corpus.bloblist) and
+    # the writes (the SDK) both authorise with it. Signed with the newest version Azurite knows.
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob._shared.shared_access_signature import SharedAccessSignature
+
+    from corpus.settings import Connection
+
+    sas = SharedAccessSignature(ACCOUNT, azurite.key, x_ms_version="2025-11-05").generate_account(
+        "b", "sco", "racwdl", datetime.now(UTC) + timedelta(hours=1)
+    )
+    endpoint = f"http://127.0.0.1:{azurite.ports['blob']}/{ACCOUNT}"
+    sas_only = replace(settings, connection=Connection(f"BlobEndpoint={endpoint};SharedAccessSignature={sas}"))
+    src = tmp_path / "drop"
+    (src / "a" / "b").mkdir(parents=True)
+    expected = {}
+    for i in range(6):
+        (src / "a" / "b" / f"{i}.jpg").write_bytes(data := jpeg(i))
+        expected[f"a/b/{i}.jpg"] = md5(data)
+    first = Uploader(sas_only, UploadOptions(src, "birds", "v1", concurrency=4)).run()
+    assert first.uploaded == 6 and not first.failures, first.failures
+    assert staged(clients, "birds/v1/") == expected
+    again = Uploader(sas_only, UploadOptions(src, "birds", "v1", concurrency=4, use_cache=False)).run()
+    assert again.uploaded == 0 and again.already_staged == 6 and not again.failures

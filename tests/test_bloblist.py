@@ -1,0 +1,93 @@
+"""The SDK-free listing client: its Shared Key signature is the SDK's, its parsing is exact."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import pytest
+from azure.core.pipeline import PipelineContext, PipelineRequest
+from azure.core.rest import HttpRequest
+from azure.storage.blob._shared.authentication import SharedKeyCredentialPolicy
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corpus.bloblist import BlobLister, parse_connection_string, parse_listing
+from corpus.settings import Connection, SettingsError
+
+KEY = base64.b64encode(bytes(range(64))).decode()  # any key: both sides sign with the same one
+names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@given(prefix=names, marker=names, path_style=st.booleans())
+def test_shared_key_signature_is_the_sdks(prefix: str, marker: str, path_style: bool) -> None:
+    url_base = "http://127.0.0.1:10000/acct" if path_style else "https://acct.blob.core.windows.net"
+    lister = BlobLister.from_connection(Connection(f"AccountName=acct;AccountKey={KEY};BlobEndpoint={url_base}"))
+    query = {"restype": "container", "comp": "list", "prefix": prefix, "delimiter": "/", "maxresults": "5000"}
+    if marker:
+        query["marker"] = marker
+    url = lister.url("staging", query)
+    ours = lister.headers(url, query)
+    request = HttpRequest("GET", url, headers={k: v for k, v in ours.items() if k != "Authorization"})
+    SharedKeyCredentialPolicy("acct", KEY).on_request(PipelineRequest(request, PipelineContext(None)))
+    assert ours["Authorization"] == request.headers["Authorization"]
+
+
+def test_connection_strings() -> None:
+    sas = "sv=2025-11-05&ss=b&sig=abc%2Fdef%3D"
+    lister = BlobLister.from_connection(Connection(f"BlobEndpoint=https://x.example/;SharedAccessSignature={sas}"))
+    assert lister.account_url == "https://x.example" and lister.sas == sas and lister.account_key is None
+    assert "Authorization" not in lister.headers(lister.url("c", {"comp": "list"}), {"comp": "list"})
+    china = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={KEY};EndpointSuffix=core.chinacloudapi.cn"
+    lister = BlobLister.from_connection(Connection(china))
+    assert lister.account_url == "https://acct.blob.core.chinacloudapi.cn" and lister.account_key == bytes(range(64))
+    dev = BlobLister.from_connection(Connection("UseDevelopmentStorage=true"))
+    assert dev.account_url == "http://127.0.0.1:10000/devstoreaccount1" and dev.account_key
+    assert parse_connection_string("A=1;B=x==;")["b"] == "x=="
+    with pytest.raises(SettingsError):
+        parse_connection_string("not a connection string")
+
+
+@dataclass
+class _Token:
+    token: str
+    expires_on: int
+
+
+class _Identity:
+    """Stands in for DefaultAzureCredential: counts how often a token is fetched."""
+
+    def __init__(self, lifetime: int) -> None:
+        self.lifetime, self.calls = lifetime, 0
+
+    def get_token(self, *scopes: str) -> _Token:
+        import time
+
+        self.calls += 1
+        assert scopes == ("https://storage.azure.com/.default",)
+        return _Token(f"t{self.calls}", int(time.time()) + self.lifetime)
+
+
+def test_bearer_token_is_cached_until_near_expiry() -> None:
+    identity = _Identity(lifetime=3600)
+    lister = BlobLister.from_connection(Connection(blob_uri="https://acct.blob.core.windows.net/"), identity)
+    for _ in range(3):
+        assert lister.headers("https://acct.blob.core.windows.net/c?comp=list", {})["Authorization"] == "Bearer t1"
+    short = _Identity(lifetime=60)  # within the 5-minute margin: fetched afresh each time
+    lister = BlobLister.from_connection(Connection(blob_uri="https://acct.blob.core.windows.net"), short)
+    lister.headers("u", {})
+    lister.headers("u", {})
+    assert short.calls == 2
+
+
+def test_listing_parse_decodes_names_and_md5s() -> None:
+    body = (
+        b'<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs>'
+        b"<Blob><Name>p/a &amp; b.jpg</Name><Properties><Content-MD5>AAECAwQFBgcICQoLDA0ODw==</Content-MD5></Properties></Blob>"
+        b'<Blob><Name Encoded="true">p/%EF%BF%BEodd.jpg</Name><Properties/></Blob>'
+        b"<BlobPrefix><Name>p/sub/</Name></BlobPrefix>"
+        b"</Blobs><NextMarker>m2</NextMarker></EnumerationResults>"
+    )
+    out: dict[str, str] = {}
+    assert parse_listing(body, "p/", out) == "m2"
+    assert out == {"a & b.jpg": bytes(range(16)).hex(), "\ufffeodd.jpg": ""}
