@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass
 
 import pytest
@@ -91,3 +92,25 @@ def test_listing_parse_decodes_names_and_md5s() -> None:
     out: dict[str, str] = {}
     assert parse_listing(body, "p/", out) == "m2"
     assert out == {"a & b.jpg": bytes(range(16)).hex(), "\ufffeodd.jpg": ""}
+
+
+@pytest.mark.parametrize("proxied", [False, True])
+def test_listing_on_azurite_over_either_transport(settings, clients, monkeypatch, proxied: bool) -> None:
+    # With a proxy (or CA bundle) configured, listings go through requests, which honours it the
+    # way the SDK does; here the proxy is for https only, so plain-http Azurite is reached directly.
+    from corpus import bloblist
+
+    monkeypatch.setattr(bloblist, "_the_transport", None)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    if proxied:
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    staging = clients.container(settings.staging_container)
+    staging.upload_blob("d/v/x & y/a.jpg", b"a")
+    staging.upload_blob("d/v/x & y/deeper/b.jpg", b"b")
+    lister = BlobLister.from_connection(settings.connection)
+    listed = lister.list_md5s(settings.staging_container, "d/v/x & y/")
+    assert listed == {"a.jpg": hashlib.md5(b"a").hexdigest()}  # direct children only, with their MD5
+    assert lister.list_md5s("no-such-container", "d/") == {}
+    assert type(bloblist._transport()).__name__ == ("_RequestsTransport" if proxied else "_StdlibTransport")
