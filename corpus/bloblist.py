@@ -9,7 +9,7 @@ alone takes ~0.15 s to import), signs it the way the SDK would (Shared Key for a
 SAS as given, or a bearer token from the same identity), and reads two fields per blob with a
 streaming parser. When a proxy or a custom CA bundle is configured in the environment it uses
 the SDK's ``requests`` session instead, which honours them the way the SDK does. Everything that
-writes still goes through the SDK, which meanwhile loads in a worker thread.
+writes still goes through the SDK, loaded only once a file has to be sent.
 """
 
 from __future__ import annotations
@@ -269,4 +269,5 @@ def _error(body: bytes) -> tuple[str, str]:
         root = ElementTree.fromstring(body)  # noqa: S314 - an error document from our own storage account
     except ElementTree.ParseError:
         return "", body[:200].decode("utf-8", "replace")
-    return root.findtext("Code") or "", (root.findtext("Message") or "").splitlines()[0] if root.findtext("Message") else ""
+    message = root.findtext("Message") or ""
+    return root.findtext("Code") or "", message.splitlines()[0] if message else ""

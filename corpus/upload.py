@@ -152,6 +152,9 @@ class LocalDir:
 Remote = tuple[dict[str, str], dict[str, str]]
 """Per destination directory: file name → MD5 of what is staged, and of what is ingested."""
 
+_Planned = tuple[str, str, str, str, os.stat_result | None]
+"""One file as the planner named it: local path, relative name, staged name, destination folder, stat."""
+
 
 def walk(root: Path, extensions: frozenset[str], summary: Summary, under: tuple[str, ...] = ()) -> Iterator[LocalDir]:
     """Yield directories lazily with their image files; skip junk, hidden entries and escaping symlinks.
@@ -258,8 +261,7 @@ class Uploader:
 
     def run(self) -> Summary:
         started = time.monotonic()
-        planned: queue.Queue[tuple[str, list[tuple[str, str, str, str, os.stat_result | None]], dict[str, Future[Remote]]] | None]
-        planned = queue.Queue(maxsize=_PLANNED_AHEAD)
+        planned: queue.Queue[tuple[str, list[_Planned], dict[str, Future[Remote]]] | None] = queue.Queue(maxsize=_PLANNED_AHEAD)
         tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=self.opts.concurrency * 4)
         planner = threading.Thread(target=self._plan, args=(planned,), daemon=True, name="corpus-plan")
         workers = [threading.Thread(target=self._work, args=(tasks,), daemon=True) for _ in range(self.opts.concurrency)]
@@ -297,7 +299,7 @@ class Uploader:
         try:
             for local in self._local_dirs():
                 base = relative_name(local.parts)
-                entries = []
+                entries: list[_Planned] = []
                 listings: dict[str, Future[Remote]] = {}
                 for path, name, st in local.files:
                     piece = relative_name([name])  # a backslash in a name is a separator: may go deeper
@@ -351,7 +353,7 @@ class Uploader:
     def _decide_dir(
         self,
         directory: str,
-        entries: list[tuple[str, str, str, str, os.stat_result | None]],
+        entries: list[_Planned],
         listings: dict[str, Future[Remote]],
         tasks: queue.Queue[_Task | None],
     ) -> None:
