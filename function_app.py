@@ -1,17 +1,20 @@
 """Azure Functions entry points (Python v2 model). Thin by design: bind, parse, call ``corpus``.
 
-Binding values in ``%…%`` are app settings (see ``corpus/settings.py`` and ``infra/``); the
-connection ``CorpusStorage`` is a connection string locally and identity-based in Azure.
+Binding values in ``%…%`` are app settings (see ``corpus/store/settings.py`` and ``infra/``); the
+connection ``CorpusStorage`` is a connection string locally and identity-based in Azure. Parsing
+happens inside the failure reporter, so a malformed input is recorded like any other failure.
 """
 
 import azure.functions as func
 
-from corpus import ingest
-from corpus.jobs import run_blob_job, run_queue_job
-from corpus.messages import CopyRequest, TransformJob, TransformRequest
-from corpus.runtime import get_runtime
-from corpus.settings import CONNECTION
-from corpus.transform_jobs import on_transform_job, on_transform_request
+from corpus.app import ingest
+from corpus.app.failures import run_blob_job, run_queue_job
+from corpus.app.runtime import check_config, get_runtime
+from corpus.app.transform_jobs import on_transform_job, on_transform_request
+from corpus.domain.messages import CopyRequest, TransformJob, TransformRequest
+from corpus.store.settings import CONNECTION
+
+check_config()  # a bad setting, tag extractor or host.json stops start-up here, with one line
 
 app = func.FunctionApp()
 
@@ -27,10 +30,12 @@ def ingest_staged_blob(blob: func.InputStream) -> None:
     """A blob landed in staging: classify it and queue its copy, or reject it with a reason."""
     rt = get_runtime()
     name = blob.name or ""
-    staged = ingest.staged_from_trigger(name, rt.settings.staging_container, blob.read(), blob.blob_properties, blob.metadata)
-    if staged is None:
-        raise ValueError(f"blob {name!r} is not in the staging container {rt.settings.staging_container!r}")
-    run_blob_job(rt, "ingest_staged_blob", staged.name, lambda: ingest.on_staged_blob(rt, staged))
+
+    def handle() -> ingest.StagedOutcome:
+        staged = ingest.staged_from_trigger(name, rt.settings.staging_container, blob.read(), blob.blob_properties, blob.metadata)
+        return ingest.on_staged_blob(rt, staged)
+
+    run_blob_job(rt, "ingest_staged_blob", name, handle)
 
 
 @app.function_name("copy_to_original")

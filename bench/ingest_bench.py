@@ -23,9 +23,9 @@ sys.path.insert(0, str(REPO))
 
 from azure.storage.blob import ContentSettings  # noqa: E402
 
-from corpus.hostconfig import load_queue_config  # noqa: E402
-from corpus.settings import Connection  # noqa: E402
-from corpus.storage import Clients  # noqa: E402
+from corpus.store.hostconfig import load_queue_config  # noqa: E402
+from corpus.store.settings import Connection  # noqa: E402
+from corpus.store.storage import Clients  # noqa: E402
 from tests.support import Azurite, jpeg, prepare_app_dir, run_host  # noqa: E402
 
 JPEG = ContentSettings(content_type="image/jpeg")  # as corpus upload and Storage Explorer set it

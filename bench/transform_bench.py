@@ -65,7 +65,7 @@ def run_child(method: str, files: list[str]) -> dict:
     """Runs inside the child: time every image, report time and memory growth."""
     datas = [Path(f).read_bytes() for f in files]
     if method == "corpus":
-        from corpus import transforms
+        from corpus.domain import transforms
 
         args = transforms.canonical("thumbnail", {"size": SIZE})
 
@@ -111,8 +111,8 @@ def run_child(method: str, files: list[str]) -> dict:
 def e2e(n: int, tmp: Path) -> dict:
     from azure.storage.blob import ContentSettings
 
-    from corpus.settings import Connection
-    from corpus.storage import Clients
+    from corpus.store.settings import Connection
+    from corpus.store.storage import Clients
     from tests.support import Azurite, prepare_app_dir, run_host
 
     az = Azurite(tmp).start()

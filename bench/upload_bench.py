@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO))
 from azure.storage.blob._shared_access_signature import BlobSharedAccessSignature  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from corpus.settings import Connection  # noqa: E402
-from corpus.storage import Clients  # noqa: E402
+from corpus.store.settings import Connection  # noqa: E402
+from corpus.store.storage import Clients  # noqa: E402
 from tests.support import ACCOUNT, Azurite  # noqa: E402
 
 CONCURRENCY = 32

@@ -1,3 +1,3 @@
-from .cli import run
+from corpus.cli.main import run
 
 run()

@@ -1,59 +1,6 @@
-"""Tags of an image set, derived from its directory path.
+"""Compatibility: ``corpus.tags:path_components`` is the documented default of
+``CORPUS_TAG_EXTRACTOR`` and may be in users' settings. The code lives in :mod:`corpus.domain.tags`."""
 
-The original design let each corpus choose how directories become tags, so the extractor is a
-setting (``CORPUS_TAG_EXTRACTOR``: ``module:function``) rather than code to edit. An extractor
-takes the directory components and returns tags; :func:`normalize` is applied afterwards, so
-every extractor gets the same trimming, case folding and de-duplication for free.
-"""
+from corpus.domain.tags import path_components
 
-from __future__ import annotations
-
-import importlib
-from collections.abc import Callable, Iterable, Sequence
-from functools import cache
-
-TagExtractor = Callable[[Sequence[str]], Iterable[str]]
-
-DEFAULT_EXTRACTOR = "corpus.tags:path_components"
-
-
-def path_components(dirs: Sequence[str]) -> Iterable[str]:
-    """Every directory component is a tag: ``red/angry/robin`` → red, angry, robin."""
-    return dirs
-
-
-def normalize_tag(tag: str) -> str:
-    """The form tags are stored and compared in: trimmed and case-folded."""
-    return tag.strip().casefold()
-
-
-def normalize(tags: Iterable[str]) -> list[str]:
-    """Trim, case-fold, drop empty tags and duplicates, keep first-seen order."""
-    seen: dict[str, None] = {}
-    for tag in tags:
-        norm = normalize_tag(tag)
-        if norm:
-            seen.setdefault(norm)
-    return list(seen)
-
-
-@cache
-def load_extractor(spec: str) -> TagExtractor:
-    """Resolve ``module:function`` once; a bad spec is a configuration error, raised early."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"CORPUS_TAG_EXTRACTOR must look like 'module:function', got {spec!r}")
-    func = getattr(importlib.import_module(module_name), attr, None)
-    if not callable(func):
-        raise ValueError(f"CORPUS_TAG_EXTRACTOR {spec!r} does not name a callable")
-    return func
-
-
-def tags_for(dirs: Sequence[str], spec: str = DEFAULT_EXTRACTOR) -> list[str]:
-    return normalize(load_extractor(spec)(dirs))
-
-
-def matches(set_tags: Iterable[str], wanted: Iterable[str]) -> bool:
-    """True when every wanted tag is among the set's tags (case-insensitive)."""
-    have = {normalize_tag(t) for t in set_tags}
-    return all(normalize_tag(w) in have for w in wanted)
+__all__ = ["path_components"]

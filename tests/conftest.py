@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from corpus.runtime import Runtime
-from corpus.settings import Settings
-from corpus.storage import Clients
+from corpus.app.runtime import Runtime
+from corpus.store.settings import Settings
+from corpus.store.storage import Clients
 from tests.support import Azurite, prepare_app_dir
 
 

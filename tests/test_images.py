@@ -5,7 +5,8 @@ import io
 import pytest
 from PIL import Image
 
-from corpus.images import ImageError, inspect
+from corpus.domain.errors import ImageError
+from corpus.domain.images import inspect
 from tests.support import jpeg, png
 
 

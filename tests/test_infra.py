@@ -1,7 +1,7 @@
 """infra/ agrees with the code: names, identity-based settings, and the security properties.
 
 The Bicep CLI can't be installed here, so the templates are parsed with pycep-parser (CI also
-scans them with checkov). A queue renamed in corpus/settings.py without the matching Bicep change
+scans them with checkov). A queue renamed in corpus/store/settings.py without the matching Bicep change
 fails here.
 """
 
@@ -17,8 +17,8 @@ import pytest
 from pycep import BicepParser
 
 import function_app
-from corpus import settings as s
-from corpus.devhost import app_functions
+from corpus.devhost.discovery import app_functions
+from corpus.store import settings as s
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 

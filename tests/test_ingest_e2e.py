@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobBlock, ContentSettings
 
-from corpus import ingest, keys
-from corpus.hostconfig import load_queue_config
-from corpus.messages import CopyRequest
-from corpus.paths import SetRef
-from corpus.runtime import Runtime
-from corpus.storage import Clients
+from corpus.app import ingest
+from corpus.app.runtime import Runtime
+from corpus.domain import keys
+from corpus.domain.messages import CopyRequest
+from corpus.domain.paths import SetRef
+from corpus.store.hostconfig import load_queue_config
+from corpus.store.rows import as_int
+from corpus.store.storage import Clients
 from tests.support import host_command, jpeg, max_overlap, png, prepare_app_dir, run_cli, run_host, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -85,7 +87,7 @@ def test_plain_sdk_upload_becomes_an_original_in_its_set(env, clients, app_dir, 
     assert entity["TransformPartitionKey"] == "" and entity["TransformRowKey"] == ""
     assert entity["Domain"] == "birds" and json.loads(entity["Tags"]) == ["red", "angry", "robin"]
     image = clients.table_client("Images").get_entity(entity["ImagesPartitionKey"], keys.image_row_key("a.jpg"))
-    assert (image["Size"], image["MD5"], image["ContentType"], image["Width"], image["Height"]) == (
+    assert (as_int(image["Size"]), image["MD5"], image["ContentType"], image["Width"], image["Height"]) == (
         len(red),
         md5(red),
         "image/jpeg",
@@ -105,12 +107,12 @@ def test_root_set_has_no_double_slash(env, clients, app_dir, tmp_path):
 
 def _snapshot(clients: Clients, domain: str) -> dict:
     sets = sorted(
-        (r["Path"], r["Version"], r["Tags"], r["ImageCount"], r["TotalBytes"], r["BlobPath"])
+        (r["Path"], r["Version"], r["Tags"], as_int(r["ImageCount"]), as_int(r["TotalBytes"]), r["BlobPath"])
         for r in clients.table_client("ImageSets").query_entities("PartitionKey eq @d", parameters={"d": domain})
     )
     rows = [r for r in clients.table_client("Images").list_entities() if r["PartitionKey"].startswith(domain + "!")]
-    images = sorted((r["RowKey"], r["MD5"], r["Size"]) for r in rows if not r["RowKey"].startswith(keys.COUNTER_PREFIX))
-    counted = sum(r["Count"] for r in rows if r["RowKey"].startswith(keys.COUNTER_PREFIX))
+    images = sorted((r["RowKey"], r["MD5"], as_int(r["Size"])) for r in rows if not r["RowKey"].startswith(keys.COUNTER_PREFIX))
+    counted = sum(as_int(r["Count"]) for r in rows if r["RowKey"].startswith(keys.COUNTER_PREFIX))
     assert counted == len(images)  # the counter shards agree with the records
     return {"sets": sets, "images": images, "originals": originals(clients, domain)}
 
@@ -160,12 +162,12 @@ def test_same_copy_message_concurrently_counts_once(rt: Runtime, clients):
         t.join()
     assert errors == []
     assert results.count("copied") == 1 and set(results) <= {"copied", "exists"}
-    entity = rt.catalog.get_set(SetRef("race", ("x",), "v1"))
-    assert (entity["ImageCount"], entity["TotalBytes"]) == (1, len(data))
-    assert rt.catalog.count(SetRef("race", ("x",), "v1")) == (1, len(data))
+    row = rt.catalog.sets.get(SetRef("race", ("x",), "v1"))
+    assert row is not None and (row.image_count, row.total_bytes) == (1, len(data))
+    assert rt.catalog.images.count(SetRef("race", ("x",), "v1")) == (1, len(data))
     # And once more, after the staged blob is gone: still one.
     assert ingest.on_copy_request(rt, req) == "exists"
-    assert rt.catalog.count(SetRef("race", ("x",), "v1")) == (1, len(data))
+    assert rt.catalog.images.count(SetRef("race", ("x",), "v1")) == (1, len(data))
 
 
 def test_200_images_into_one_set_exact_count_and_throttle(env, clients, tmp_path):
@@ -181,7 +183,7 @@ def test_200_images_into_one_set_exact_count_and_throttle(env, clients, tmp_path
     trace = tmp_path / "trace.jsonl"
     run_host(env, app, "--trace", str(trace))
     entity = clients.table_client("ImageSets").get_entity("flock", keys.set_row_key(SetRef("flock", ("sky",), "v2")))
-    assert (entity["ImageCount"], entity["TotalBytes"]) == (200, sizes)
+    assert (as_int(entity["ImageCount"]), as_int(entity["TotalBytes"])) == (200, sizes)
     assert len(originals(clients, "flock")) == 200
     observed = max_overlap(trace, "copy_to_original")
     assert 1 < observed <= cap, f"observed {observed} copies in flight, cap {cap}"
@@ -215,9 +217,9 @@ def test_sigkill_mid_ingest_then_restart_is_exactly_once(env, clients, tmp_path)
     for d in ("x", "y"):
         ref = SetRef("kill", (d,), "v1")
         entity = clients.table_client("ImageSets").get_entity("kill", keys.set_row_key(ref))
-        assert entity["ImageCount"] == 250
+        assert as_int(entity["ImageCount"]) == 250
     counted = sum(
-        clients.table_client("ImageSets").get_entity("kill", keys.set_row_key(SetRef("kill", (d,), "v1")))["TotalBytes"]
+        as_int(clients.table_client("ImageSets").get_entity("kill", keys.set_row_key(SetRef("kill", (d,), "v1")))["TotalBytes"])
         for d in ("x", "y")
     )
     assert counted == total

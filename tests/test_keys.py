@@ -5,8 +5,8 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corpus import keys
-from corpus.paths import SetRef
+from corpus.domain import keys
+from corpus.domain.paths import SetRef
 
 ILLEGAL = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 text = st.text(alphabet=st.characters(codec="utf-8"), max_size=300)

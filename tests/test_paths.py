@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corpus.paths import ROOT_PATH, NameError_, SetRef, is_junk_file, parse_staged_name, validate_domain
+from corpus.domain.errors import InvalidNameError
+from corpus.domain.paths import ROOT_PATH, SetRef, is_junk_file, parse_staged_name, validate_domain
 
 
 def test_parse_nested_set():
@@ -46,12 +47,12 @@ def test_root_set_has_no_double_slash():
     ],
 )
 def test_names_outside_the_contract_are_refused_with_a_reason(name, reason):
-    with pytest.raises(NameError_, match=reason.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(InvalidNameError, match=reason.replace("(", r"\(").replace(".", r"\.")):
         parse_staged_name(name)
 
 
 def test_reserved_containers_cannot_be_domains():
-    with pytest.raises(NameError_, match="used by the pipeline"):
+    with pytest.raises(InvalidNameError, match="used by the pipeline"):
         parse_staged_name("staging/v1/x.jpg", reserved=frozenset({"staging"}))
 
 

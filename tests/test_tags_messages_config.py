@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corpus.hostconfig import load_queue_config, parse_timespan
-from corpus.messages import CopyRequest, MessageError, decode_body
-from corpus.tags import load_extractor, matches, normalize, tags_for
+from corpus.domain.errors import MessageError
+from corpus.domain.messages import CopyRequest, decode_body
+from corpus.domain.tags import load_extractor, matches, normalize, tags_for
+from corpus.store.hostconfig import load_queue_config, parse_timespan
 
 REQ = CopyRequest("birds/v1/a/x.jpg", '"0x1"', 10, "0" * 32, "image/jpeg", 3, 4, "JPEG")
 
@@ -90,7 +91,7 @@ def test_host_json_queue_settings(tmp_path):
 
 
 def test_repository_host_json_sets_every_queue_setting_explicitly():
-    from corpus.runtime import APP_ROOT
+    from corpus.app.runtime import APP_ROOT
 
     queues = json.loads((APP_ROOT / "host.json").read_text())["extensions"]["queues"]
     assert {"batchSize", "newBatchThreshold", "maxDequeueCount", "visibilityTimeout", "messageEncoding"} <= set(queues)

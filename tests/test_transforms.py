@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms
 
-from corpus import transforms as t
-from corpus.images import ImageError
+from corpus.domain import transforms as t
+from corpus.domain.errors import ImageError
 
 
 def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:

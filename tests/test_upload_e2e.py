@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from corpus.upload import Uploader, UploadOptions
+from corpus.upload.runner import Uploader, UploadOptions
 from tests.support import ACCOUNT, jpeg, run_cli, run_host, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -233,13 +233,13 @@ def test_requests_in_flight_never_exceed_concurrency(settings, clients, tmp_path
 
 
 def test_upload_with_only_a_sas_lists_and_writes(azurite, settings, clients, tmp_path):
-    # A connection string holding an account SAS and no key: the listings (corpus.bloblist) and
+    # A connection string holding an account SAS and no key: the listings (corpus.upload.bloblist) and
     # the writes (the SDK) both authorise with it. Signed with the newest version Azurite knows.
     from datetime import UTC, datetime, timedelta
 
     from azure.storage.blob._shared.shared_access_signature import SharedAccessSignature
 
-    from corpus.settings import Connection
+    from corpus.store.settings import Connection
 
     sas = SharedAccessSignature(ACCOUNT, azurite.key, x_ms_version="2025-11-05").generate_account(
         "b", "sco", "racwdl", datetime.now(UTC) + timedelta(hours=1)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corpus.paths import NameError_
-from corpus.upload_plan import Action, Skip, classify, content_type, decide, parse_extensions, relative_name, staged_name
+from corpus.domain.errors import InvalidNameError
+from corpus.upload.plan import Action, Skip, classify, content_type, decide, parse_extensions, relative_name, staged_name
 
 EXT = parse_extensions(None)
 
@@ -45,7 +45,7 @@ def test_relative_name_never_has_empty_segments(parts):
 
 def test_staged_name_follows_the_contract():
     assert staged_name("birds", "v1", "red/a b#?%.jpg") == "birds/v1/red/a b#?%.jpg"
-    with pytest.raises(NameError_):
+    with pytest.raises(InvalidNameError):
         staged_name("Birds", "v1", "a.jpg")
 
 
@@ -69,7 +69,7 @@ def test_decide(staged, original, action):
 
 
 def test_hash_cache_trusts_only_the_same_size_and_mtime(tmp_path):
-    from corpus.hashcache import HashCache
+    from corpus.upload.hashcache import HashCache
 
     cache = HashCache(tmp_path / "c.sqlite")
     cache.put("/a.jpg", 10, 111, "a" * 32)

@@ -1,0 +1,340 @@
+"""Ingest: a staged blob becomes an immutable original, recorded in its image set, exactly once.
+
+Two steps, each safe to run twice or concurrently on the same input:
+
+1. :func:`on_staged_blob` (blob trigger): classify the blob by name and content. Junk is
+   removed and counted; anything else that can't be ingested is moved to the rejected container
+   with its reason; a good image gets its set created and a :class:`CopyRequest` queued.
+2. :func:`on_copy_request` (queue trigger, throttled by the queue's batch settings): server-side
+   copy into ``original/`` (never over an existing blob), verify length and MD5, record and count
+   the image, and only then delete the staged blob, conditionally on the ETag that was validated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import BlobClient, ContentSettings
+
+from corpus.app.runtime import Runtime
+from corpus.domain.errors import ConflictError, CopyFailed, ImageError, InvalidNameError, MessageError
+from corpus.domain.images import inspect
+from corpus.domain.messages import CopyRequest
+from corpus.domain.paths import StagedName, is_junk_file, parse_staged_name
+from corpus.domain.tags import tags_for
+from corpus.store.rows import REJECT_INVALID, REJECT_JUNK, ImageRow, RejectionRow
+from corpus.store.storage import blob_md5, error_code, stored_md5
+
+log = logging.getLogger("corpus.ingest")
+
+COPY_DEADLINE_S = 120.0
+
+
+class StagedOutcome(StrEnum):
+    """What the blob trigger did with one staged blob."""
+
+    QUEUED = "queued"
+    JUNK = "junk"
+    REJECTED = "rejected"
+    GONE = "gone"
+    SUPERSEDED = "superseded"
+
+
+class CopyOutcome(StrEnum):
+    """What one copy request did."""
+
+    COPIED = "copied"
+    EXISTS = "exists"
+    CONFLICT = "conflict"
+    SUPERSEDED = "superseded"
+    SOURCE_GONE = "source-gone"
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBlob:
+    """A staged blob as the trigger delivered it."""
+
+    name: str  # relative to the staging container
+    data: bytes
+    etag: str
+    metadata: Mapping[str, str]
+
+
+def staged_from_trigger(
+    trigger_name: str,
+    container: str,
+    data: bytes,
+    properties: Mapping[str, Any] | None,
+    metadata: Mapping[str, str] | None,
+) -> StagedBlob:
+    """Strip the container from the trigger's blob path and find the ETag among the properties.
+
+    A blob outside ``container`` (the trigger path pins it, so that is a misconfiguration) raises
+    :class:`~corpus.domain.errors.InvalidNameError`, recorded by the failure reporter like any failure.
+    """
+    prefix = container + "/"
+    if not trigger_name.startswith(prefix):
+        raise InvalidNameError(f"blob {trigger_name!r} is not in the staging container {container!r}")
+    props = {k.lower(): v for k, v in (properties or {}).items()}
+    etag = str(props.get("etag") or "")
+    return StagedBlob(name=trigger_name[len(prefix) :], data=data, etag=etag, metadata=dict(metadata or {}))
+
+
+# -- step 1: the blob trigger ---------------------------------------------------------------
+
+
+def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
+    """Classify one staged blob; return what was done (for logs and tests)."""
+    s = rt.settings
+    staging = rt.clients.container(s.staging_container)
+    client = staging.get_blob_client(blob.name)
+    etag = blob.etag
+    if not etag:
+        # Some trigger sources omit properties: read the ETag, and make sure it describes the
+        # bytes we were given (same length) rather than a newer upload.
+        try:
+            props = client.get_blob_properties()
+        except ResourceNotFoundError:
+            return StagedOutcome.GONE
+        if props.size != len(blob.data):
+            return StagedOutcome.SUPERSEDED
+        etag = props.etag
+
+    file_name = blob.name.rsplit("/", 1)[-1]
+    if blob.name.endswith("/") or is_junk_file(file_name) or not blob.data or _is_folder_marker(blob.metadata):
+        reason = (
+            "folder marker"
+            if blob.name.endswith("/") or _is_folder_marker(blob.metadata)
+            else ("empty file" if not blob.data else "operating-system junk file")
+        )
+        rt.catalog.rejections.record(RejectionRow(REJECT_JUNK, blob.name, reason, len(blob.data), etag))
+        _delete_if_unchanged(client, etag)
+        return StagedOutcome.JUNK
+
+    try:
+        staged = parse_staged_name(blob.name, reserved=s.reserved_containers)
+        if len(blob.data) > s.max_blob_bytes:
+            raise ImageError(f"file is {len(blob.data)} bytes, above CORPUS_MAX_BLOB_BYTES={s.max_blob_bytes}")
+        info = inspect(blob.data, s.max_pixels)
+    except (InvalidNameError, ImageError) as exc:
+        reject(rt, blob.name, etag, len(blob.data), str(exc))
+        return StagedOutcome.REJECTED
+
+    tags = tags_for(staged.set.dirs, s.tag_extractor)
+    rt.catalog.sets.ensure(staged.set, tags, blob_prefix=staged.set.original_prefix())
+    request = CopyRequest(
+        staged_name=blob.name,
+        staged_etag=etag,
+        size=len(blob.data),
+        md5=hashlib.md5(blob.data, usedforsecurity=False).hexdigest(),
+        content_type=info.content_type,
+        width=info.width,
+        height=info.height,
+        format=info.format,
+    )
+    rt.send(s.copy_queue, request.to_json())
+    return StagedOutcome.QUEUED
+
+
+def _is_folder_marker(metadata: Mapping[str, str]) -> bool:
+    """ADLS Gen2 and Storage Explorer mark folders with zero-byte blobs carrying ``hdi_isfolder``."""
+    return any(k.lower() == "hdi_isfolder" and str(v).lower() == "true" for k, v in metadata.items())
+
+
+def reject(rt: Runtime, name: str, etag: str, size: int, reason: str) -> None:
+    """Move a staged blob to the rejected container, record why, and remove it from staging.
+
+    Order matters for at-least-once delivery: keep a copy, write the record, then delete; a crash
+    at any point leaves the staged blob in place for the redelivery to finish the job.
+    """
+    s = rt.settings
+    staged = rt.clients.container(s.staging_container).get_blob_client(name)
+    kept = rt.clients.container(s.rejected_container).get_blob_client(name)
+    try:
+        result = kept.start_copy_from_url(
+            staged.url,
+            source_etag=etag,
+            source_match_condition=MatchConditions.IfNotModified,
+        )
+        _wait_for_copy(kept, result)
+    except HttpResponseError as exc:
+        if _source_changed_or_gone(exc):
+            log.info("staged blob %s changed or vanished before it could be rejected", name)
+            return
+        raise
+    rt.catalog.rejections.record(RejectionRow(REJECT_INVALID, name, reason, size, etag, f"{s.rejected_container}/{name}"))
+    _delete_if_unchanged(staged, etag)
+    log.warning("rejected staged blob %s: %s", name, reason)
+
+
+# -- step 2: the copy queue -----------------------------------------------------------------
+
+
+def on_copy_request(rt: Runtime, req: CopyRequest) -> CopyOutcome:
+    """Copy, verify, record, count, then delete the staged blob. Returns what was done."""
+    s = rt.settings
+    try:
+        staged_name = parse_staged_name(req.staged_name, reserved=s.reserved_containers)
+    except InvalidNameError as exc:
+        raise MessageError(f"copy request names no valid staged blob: {exc}") from exc
+    src = rt.clients.container(s.staging_container).get_blob_client(req.staged_name)
+    rt.ensure_container(staged_name.set.domain)
+    dest = rt.clients.container(staged_name.set.domain).get_blob_client(staged_name.original_blob)
+
+    outcome = _ensure_original(src, dest, req)
+    if outcome is CopyOutcome.CONFLICT:
+        existing = dest.get_blob_properties()
+        md5 = stored_md5(existing) or "unknown"
+        reject(
+            rt,
+            req.staged_name,
+            req.staged_etag,
+            req.size,
+            f"conflict: {staged_name.set.domain}/{staged_name.original_blob} already exists with different "
+            f"content (MD5 {md5}, {existing.size} bytes); versions are immutable, upload under a new version",
+        )
+        return CopyOutcome.CONFLICT
+    if outcome is CopyOutcome.SOURCE_GONE:
+        log.info("staged blob %s changed or vanished before copy; its newer upload has its own event", req.staged_name)
+        return CopyOutcome.SUPERSEDED
+
+    _record(rt, staged_name, req)
+    _delete_if_unchanged(src, req.staged_etag)
+    return outcome
+
+
+def _record(rt: Runtime, staged: StagedName, req: CopyRequest) -> None:
+    ref = staged.set
+    rt.catalog.sets.ensure(ref, tags_for(ref.dirs, rt.settings.tag_extractor), blob_prefix=ref.original_prefix())
+    record = ImageRow(
+        file=staged.file,
+        blob=staged.original_blob,
+        size=req.size,
+        md5=req.md5,
+        content_type=req.content_type,
+        width=req.width,
+        height=req.height,
+        source=req.staged_name,
+    )
+    try:
+        rt.recorder.record(ref, record)
+    except ConflictError as exc:
+        # The blob verified against this MD5, so the table disagrees with storage: never paper over it.
+        raise CopyFailed(str(exc)) from exc
+
+
+def _ensure_original(src: BlobClient, dest: BlobClient, req: CopyRequest) -> CopyOutcome:
+    """Make ``dest`` hold exactly the validated bytes; 'copied', 'exists', 'conflict' or 'source-gone'."""
+    outcome = CopyOutcome.COPIED
+    try:
+        result = dest.start_copy_from_url(
+            src.url,
+            source_etag=req.staged_etag,
+            source_match_condition=MatchConditions.IfNotModified,
+            match_condition=MatchConditions.IfMissing,
+        )
+        _wait_for_copy(dest, result)
+    except HttpResponseError as exc:
+        code = error_code(exc)
+        if (isinstance(exc, ResourceModifiedError) and code != "SourceConditionNotMet") or code in (
+            "BlobAlreadyExists",
+            "ConditionNotMet",
+        ):
+            outcome = CopyOutcome.EXISTS
+            _wait_for_copy(dest, None)
+        elif _source_changed_or_gone(exc):
+            try:
+                dest.get_blob_properties()
+            except ResourceNotFoundError:
+                return CopyOutcome.SOURCE_GONE
+            outcome = CopyOutcome.EXISTS  # copied by an earlier delivery, which then deleted the staged blob
+        else:
+            raise
+    return _verify(dest, req, created=outcome is CopyOutcome.COPIED) or outcome
+
+
+def _verify(dest: BlobClient, req: CopyRequest, created: bool) -> CopyOutcome | None:
+    """Check length and MD5 of ``dest``; return 'conflict' when an existing blob differs.
+
+    Concurrent deliveries may both fix up the headers; the loser's ETag condition fails, and
+    it simply looks again (by then the headers are right and there is nothing left to do).
+    """
+    for _ in range(10):
+        try:
+            return _verify_once(dest, req, created)
+        except ResourceModifiedError:
+            continue
+    raise CopyFailed(f"{dest.blob_name} kept changing while being verified")
+
+
+def _verify_once(dest: BlobClient, req: CopyRequest, created: bool) -> CopyOutcome | None:
+    props = dest.get_blob_properties()
+    has_md5 = bool(stored_md5(props))
+    # Block uploads (Storage Explorer, large files) carry no whole-blob MD5: computed once, only
+    # when the length already matches.
+    md5 = blob_md5(dest, props) if has_md5 or props.size == req.size else ""
+    if props.size == req.size and md5 == req.md5:
+        if not has_md5 or props.content_settings.content_type != req.content_type:
+            dest.set_http_headers(
+                ContentSettings(content_type=req.content_type, content_md5=bytearray(bytes.fromhex(req.md5))),
+                etag=props.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        return None
+    if created:
+        # We wrote this blob and it does not match what was validated: remove our bad copy so a
+        # retry can start clean, and fail loudly.
+        try:
+            dest.delete_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified)
+        except HttpResponseError:
+            pass
+        raise CopyFailed(
+            f"copy of {req.staged_name} did not verify: got {props.size} bytes MD5 {md5 or '-'}, "
+            f"expected {req.size} bytes MD5 {req.md5}"
+        )
+    return CopyOutcome.CONFLICT
+
+
+def _wait_for_copy(dest: BlobClient, result: Mapping[str, Any] | None) -> None:
+    """Same-account copies usually finish at once; otherwise poll the destination until done."""
+    if result is not None and result.get("copy_status") == "success":
+        return
+    deadline = time.monotonic() + COPY_DEADLINE_S
+    delay = 0.05
+    while True:
+        props = dest.get_blob_properties()
+        status = props.copy.status if props.copy else None
+        if status in (None, "success"):
+            return
+        if status in ("failed", "aborted"):
+            raise CopyFailed(f"server-side copy to {dest.blob_name} {status}: {props.copy.status_description}")
+        if time.monotonic() > deadline:
+            raise CopyFailed(f"server-side copy to {dest.blob_name} still pending after {COPY_DEADLINE_S:.0f}s")
+        time.sleep(delay)  # polling a remote copy: there is no event to wait on
+        delay = min(delay * 2, 2.0)
+
+
+def _source_changed_or_gone(exc: HttpResponseError) -> bool:
+    return error_code(exc) in ("SourceConditionNotMet", "CannotVerifyCopySource", "BlobNotFound") or (
+        isinstance(exc, ResourceNotFoundError)
+    )
+
+
+def _delete_if_unchanged(client: BlobClient, etag: str) -> None:
+    """Delete the staged blob only if it is still the upload we processed."""
+    try:
+        client.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+    except ResourceNotFoundError:
+        pass
+    except ResourceModifiedError:
+        # Replaced by a newer upload (kept: it has its own event), or already deleted by an
+        # earlier delivery (the emulator answers 412 rather than 404 then).
+        log.debug("staged blob %s changed or is gone; not deleting", client.blob_name)

@@ -1,0 +1,267 @@
+"""The ``corpus`` command line: wiring only; every behaviour lives in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from corpus.domain.errors import ConfigError
+from corpus.store.settings import Settings, load_local_settings
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _settings() -> Settings:
+    load_local_settings(Path.cwd())
+    return Settings.from_env()
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from corpus.devhost.supervisor import HostOptions, run_host
+
+    trace = open(args.trace, "a", encoding="utf-8") if args.trace else None  # noqa: SIM115
+    try:
+        summary = run_host(
+            HostOptions(
+                app_dir=Path(args.app_dir).resolve(),
+                until_idle=args.until_idle,
+                idle_timeout=args.timeout,
+                blob_poll_interval=args.blob_poll,
+                lease_seconds=args.lease,
+                deliver_twice=args.deliver_twice,
+                trace=trace,
+            ),
+            _settings(),
+        )
+    finally:
+        if trace:
+            trace.close()
+    print(json.dumps(summary), file=sys.stderr)
+    if summary.get("timed_out"):
+        raise CliError(f"work was still pending after --timeout {args.timeout:g}s")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from corpus.cli.status import collect, render
+
+    report = collect(_settings(), limit=args.limit)
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    return 0
+
+
+def cmd_sets(args: argparse.Namespace) -> int:
+    from corpus.cli.status import render_sets, set_rows
+
+    rows = set_rows(_settings(), domain=args.domain, tags=tuple(args.tag or ()), transform=args.transform)
+    print(json.dumps(rows, indent=2, default=str, ensure_ascii=False) if args.json else render_sets(rows))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from corpus.cli.sample import upload_sample
+
+    n = upload_sample(_settings(), domain=args.domain, version=args.version, count=args.count, seed=args.seed)
+    print(f"uploaded {n} sample images to staging/{args.domain}/{args.version}/")
+    return 0
+
+
+def cmd_transform(args: argparse.Namespace) -> int:
+    from corpus.domain.errors import MessageError, TransformError
+    from corpus.domain.messages import SourceSelector, TransformRequest
+    from corpus.domain.transforms import canonical
+    from corpus.store.storage import FAIL_FAST, Clients
+
+    try:
+        raw_args = json.loads(args.args) if args.args else {}
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--args is not JSON: {exc}") from exc
+    if (args.path is None) == (not args.tag):
+        raise CliError("give exactly one of --path (with --version) or --tag")
+    req = TransformRequest(
+        domain=args.domain,
+        source=SourceSelector(path=args.path, version=args.version, tags=tuple(args.tag or ())),
+        name=args.name,
+        version=args.tversion,
+        args=raw_args,
+    )
+    try:
+        req = TransformRequest.parse(req.to_json())  # the same validation the function applies
+        canonical(req.name, req.args)
+    except (MessageError, TransformError) as exc:
+        raise CliError(str(exc)) from exc
+    from corpus.app.runtime import app_root, encode_message
+    from corpus.store.hostconfig import load_queue_config
+
+    settings = _settings()
+    body = req.to_json()
+    encoding = load_queue_config(app_root() / "host.json").message_encoding
+    Clients(settings.connection, FAIL_FAST).queue_client(settings.transform_queue).send_message(encode_message(body, encoding))
+    print(f"queued on {settings.transform_queue}: {body}")
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from corpus.domain.errors import InvalidNameError
+    from corpus.domain.paths import validate_domain, validate_version
+    from corpus.upload.plan import parse_extensions
+    from corpus.upload.report import Progress, human_summary, load_retry_file, retry_paths, write_failures
+    from corpus.upload.runner import Uploader, UploadOptions
+
+    only = None
+    source, domain, version = args.source, args.domain, args.version
+    if args.retry_from:
+        try:
+            data = load_retry_file(Path(args.retry_from))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--retry-from: {exc}") from exc
+        source, domain, version = source or data["source"], domain or data["domain"], version or data["version"]
+        only = retry_paths(data)
+    if not source or not domain or not version:
+        raise CliError("upload needs SRC, --domain and --version (or --retry-from FILE)")
+    src = Path(source)
+    if not src.is_dir():
+        raise CliError(f"{src} is not a directory")
+    try:
+        validate_domain(domain)
+        validate_version(version)
+        extensions = parse_extensions(args.ext)
+    except (InvalidNameError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    if args.concurrency < 1 or (args.cap_mbps is not None and args.cap_mbps <= 0):
+        raise CliError("--concurrency and --cap-mbps must be positive")
+    opts = UploadOptions(
+        src.resolve(),
+        domain,
+        version,
+        args.concurrency,
+        args.cap_mbps,
+        extensions,
+        args.dry_run,
+        only,
+        use_cache=not args.no_cache,
+    )
+    settings = _settings()
+    uploader = Uploader(settings, opts)
+    progress = None if args.json else Progress(sys.stderr, uploader)
+    uploader.progress = progress
+    summary = uploader.run()
+    if progress:
+        progress.render(final=True)
+    if args.failures:
+        write_failures(Path(args.failures), summary)
+    if args.json:
+        print(json.dumps(summary.as_json(), indent=2, ensure_ascii=False))
+    else:
+        human_summary(summary)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="corpus", description="Versioned image corpus on Azure Storage.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    h = sub.add_parser("host", help="run the function app locally against the configured storage (development host)")
+    h.add_argument("--app-dir", default=".", help="folder holding function_app.py and host.json")
+    h.add_argument("--until-idle", action="store_true", help="exit once no work is left")
+    h.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+    h.add_argument("--blob-poll", type=float, default=0.5, help="seconds between staging scans")
+    h.add_argument("--lease", type=float, default=60.0, help="message lease (visibility) in seconds while processing")
+    h.add_argument("--deliver-twice", action="store_true", help="testing: deliver every blob event and message twice")
+    h.add_argument("--trace", help="append a JSON line per invocation (start, end, ok) to this file")
+    h.set_defaults(func=cmd_host)
+
+    s = sub.add_parser("status", help="queues (with poison), staging, rejections, failures, sets")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--limit", type=int, default=20, help="how many rejections and failures to list")
+    s.set_defaults(func=cmd_status)
+
+    q = sub.add_parser("sets", help="list image sets")
+    q.add_argument("--domain")
+    q.add_argument("--tag", action="append", help="only sets carrying this tag (repeat: all of them)")
+    q.add_argument("--transform", metavar="NAME[:VERSION]", help="transformed sets of this transform")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_sets)
+
+    t = sub.add_parser("transform", help="request a transform of image sets (queues a message)")
+    t.add_argument("--domain", required=True)
+    t.add_argument("--path", help="source set path (use <root> for the root set)")
+    t.add_argument("--version", help="source set version (required with --path)")
+    t.add_argument("--tag", action="append", help="select every set carrying this tag (repeat: all of them)")
+    t.add_argument("--name", required=True, help="transform name, e.g. thumbnail")
+    t.add_argument("--tversion", required=True, help="transform version; immutable with its arguments")
+    t.add_argument("--args", help="transform arguments as JSON, e.g. '{\"size\": 256}'")
+    t.set_defaults(func=cmd_transform)
+
+    u = sub.add_parser("upload", help="upload a folder of images to staging: throttled, verified, resumable")
+    u.add_argument("source", nargs="?", metavar="SRC", help="folder whose sub-folders are tags")
+    u.add_argument("--domain")
+    u.add_argument("--version")
+    u.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    u.add_argument("--cap-mbps", type=float, help="bandwidth cap in megabits per second (as AzCopy's --cap-mbps)")
+    u.add_argument("--ext", help="image extensions, comma-separated (default jpg,jpeg,png,gif,bmp,tif,tiff,webp)")
+    u.add_argument("--dry-run", action="store_true", help="show what would be sent; send nothing")
+    u.add_argument("--no-cache", action="store_true", help="hash every file, ignoring the local (path, size, mtime) → MD5 cache")
+    u.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    u.add_argument("--failures", metavar="FILE", help="write failures and conflicts here (JSON)")
+    u.add_argument("--retry-from", metavar="FILE", help="retry exactly the files of a failures file")
+    u.set_defaults(func=cmd_upload)
+
+    g = sub.add_parser("sample", help="upload generated sample images to staging (for demos)")
+    g.add_argument("--domain", default="birds")
+    g.add_argument("--version", default="v1")
+    g.add_argument("--count", type=int, default=50)
+    g.add_argument("--seed", type=int, default=1)
+    g.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("azure", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        return _fail(str(exc))
+    except ConfigError as exc:
+        return _fail(f"configuration: {exc}")
+    except Exception as exc:
+        # The SDK's errors are matched here, not imported at the top: the SDK is slow to load,
+        # and `corpus upload` starts listing without it.
+        from azure.core.exceptions import AzureError
+
+        if not isinstance(exc, AzureError):
+            raise  # a bug: keep the traceback
+        return _fail(_azure_reason(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _azure_reason(exc: Exception) -> str:
+    from corpus.store.reasons import AZURITE_HINT, azure_reason
+
+    return azure_reason(exc, AZURITE_HINT)
+
+
+def _fail(message: str) -> int:
+    print(f"corpus: error: {message}", file=sys.stderr)
+    return 1
+
+
+def run() -> Any:
+    sys.exit(main())

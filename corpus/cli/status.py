@@ -1,0 +1,112 @@
+"""What ``corpus status`` and ``corpus sets`` report: collected as data, rendered separately."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from corpus.store.catalog import Catalog
+from corpus.store.rows import REJECT_INVALID, REJECT_JUNK, FailureRow, ImageSetRow, RejectionRow
+from corpus.store.settings import BLOB_POISON_QUEUE, Settings, poison_queue
+from corpus.store.storage import FAIL_FAST, Clients
+
+
+def _depth(clients: Clients, queue: str) -> int | None:
+    try:
+        return int(clients.queue_client(queue).get_queue_properties().approximate_message_count or 0)
+    except ResourceNotFoundError:
+        return None
+
+
+def collect(settings: Settings, limit: int = 20) -> dict[str, Any]:
+    clients = Clients(settings.connection, FAIL_FAST)
+    catalog = Catalog(clients)
+    queues = {}
+    for q in (*settings.queues, BLOB_POISON_QUEUE):
+        queues[q] = _depth(clients, q)
+        if q != BLOB_POISON_QUEUE:
+            queues[poison_queue(q)] = _depth(clients, poison_queue(q))
+    try:
+        staged = sum(1 for _ in clients.container(settings.staging_container).list_blobs())
+    except ResourceNotFoundError:
+        staged = 0
+    rejected = catalog.rejections.list(REJECT_INVALID)
+    junk = catalog.rejections.list(REJECT_JUNK)
+    failures = catalog.failures.list(final_only=True)
+    sets = list(catalog.sets.query())
+    return {
+        "queues": queues,
+        "staged": staged,
+        "rejected": {
+            "count": len(rejected),
+            "container": settings.rejected_container,
+            "latest": [_rejection(r) for r in rejected[-limit:]],
+        },
+        "junk_removed": len(junk),
+        "failures": {
+            "count": len(failures),
+            "latest": [_failure(f) for f in failures[-limit:]],
+        },
+        "sets": {"count": len(sets), "images": sum(s.image_count for s in sets)},
+    }
+
+
+def _rejection(r: RejectionRow) -> dict[str, Any]:
+    return {"Name": r.name, "Reason": r.reason, "KeptAs": r.kept_as, "At": r.at}
+
+
+def _failure(f: FailureRow) -> dict[str, Any]:
+    return {"Source": f.source, "Key": f.key, "Reason": f.reason, "Attempts": f.attempts, "At": f.at}
+
+
+def set_row(r: ImageSetRow) -> dict[str, Any]:
+    """One set as ``corpus sets --json`` (and the HTTP API) print it."""
+    return {
+        "domain": r.domain,
+        "path": r.path,
+        "version": r.version,
+        "transform": r.transform_label or None,
+        "tags": list(r.tags),
+        "images": r.image_count,
+        "bytes": r.total_bytes,
+        "blob_path": r.blob_path,
+        "updated": r.updated_at,
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = ["queues:"]
+    for q, n in report["queues"].items():
+        lines.append(f"  {q:<32} {'(missing)' if n is None else n}")
+    lines.append(f"staged blobs waiting:            {report['staged']}")
+    lines.append(f"junk files removed:              {report['junk_removed']}")
+    rej = report["rejected"]
+    lines.append(f"rejected (kept in '{rej['container']}'): {rej['count']}")
+    for r in rej["latest"]:
+        lines.append(f"  {r['Name']}: {r['Reason']}")
+    fail = report["failures"]
+    lines.append(f"failed messages (poisoned):      {fail['count']}")
+    for f in fail["latest"]:
+        lines.append(f"  {f['Source']} {f['Key']} after {f['Attempts']} attempt(s): {str(f['Reason']).splitlines()[0]}")
+    lines.append(f"image sets: {report['sets']['count']} holding {report['sets']['images']} images")
+    return "\n".join(lines)
+
+
+def set_rows(
+    settings: Settings, domain: str | None = None, tags: tuple[str, ...] = (), transform: str | None = None
+) -> list[dict[str, Any]]:
+    catalog = Catalog(Clients(settings.connection, FAIL_FAST))
+    rows = catalog.sets.list(domain=domain, tags=tags, transform=transform, originals_only=transform is None)
+    return [set_row(r) for r in rows]
+
+
+def render_sets(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no image sets match"
+    header = f"{'DOMAIN':<16} {'PATH':<32} {'VERSION':<10} {'IMAGES':>7} {'BYTES':>12}  TAGS"
+    lines = [header]
+    for r in rows:
+        label = r["path"] + (f" [{r['transform']}]" if r["transform"] else "")
+        lines.append(f"{r['domain']:<16} {label:<32} {r['version']:<10} {r['images']:>7} {r['bytes']:>12}  {','.join(r['tags'])}")
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""Discovery for ``corpus host``: the app's own functions, from ``function_app.app.get_functions()``.
+
+Trigger type, path or queue and connection come from the decorators, never from a second list;
+``%SETTING%`` expressions are resolved from app settings, as the Functions host does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+
+log = logging.getLogger("corpus.host")
+
+_SETTING_EXPR = re.compile(r"%([^%]+)%")
+
+_functions_cache: dict[int, list[Any]] = {}
+
+
+def app_functions(app: func.FunctionApp) -> list[Any]:
+    """``get_functions()`` may be called once per app object: cache its answer."""
+    key = id(app)
+    if key not in _functions_cache:
+        _functions_cache[key] = app.get_functions()
+    return _functions_cache[key]
+
+
+def resolve(expr: str, values: dict[str, str] | Any) -> str:
+    """Resolve ``%NAME%`` binding expressions from app settings, as the host does."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in values:
+            raise KeyError(f"binding expression %{name}% names an app setting that is not set")
+        return str(values[name])
+
+    return _SETTING_EXPR.sub(sub, expr)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One discovered function: what triggers it and how to call it."""
+
+    name: str
+    kind: str  # "blob" | "queue"
+    source: str  # container or queue name, resolved
+    connection: str
+    arg_name: str
+    call: Callable[..., Any]
+
+
+def discover(app_dir: Path, values: dict[str, str] | Any) -> list[Target]:
+    if str(app_dir) not in sys.path:
+        sys.path.insert(0, str(app_dir))
+    module = importlib.import_module("function_app")
+    targets = []
+    for fn in app_functions(module.app):
+        trigger = fn.get_trigger()
+        ttype = trigger.get_binding_name()
+        if ttype == "blobTrigger":
+            path = resolve(trigger.path, values)
+            container, _, pattern = path.partition("/")
+            if pattern != "{name}":
+                raise ValueError(f"{fn.get_function_name()}: only '<container>/{{name}}' blob paths are supported here")
+            targets.append(
+                Target(fn.get_function_name(), "blob", container, trigger.connection, trigger.name, fn.get_user_function())
+            )
+        elif ttype == "queueTrigger":
+            targets.append(
+                Target(
+                    fn.get_function_name(),
+                    "queue",
+                    resolve(trigger.queue_name, values),
+                    trigger.connection,
+                    trigger.name,
+                    fn.get_user_function(),
+                )
+            )
+        else:
+            log.warning("function %s has a %s trigger, which this host does not run", fn.get_function_name(), ttype)
+    return targets

@@ -1,0 +1,100 @@
+"""``corpus host``: a local, development-only stand-in for the Azure Functions host.
+
+Core Tools (``func start``) is the real thing where it can be installed. This host exists so the
+app can run and be tested end to end against Azurite on any machine, and it is deliberately
+*faithful* rather than convenient:
+
+* functions are discovered from ``function_app.app.get_functions()`` (trigger type, path or queue,
+  connection), never from a second list; ``%SETTING%`` expressions are resolved from app settings;
+* inputs are built by the azure-functions library's own converters (``BlobConverter``,
+  ``QueueMessageInConverter``) from the same trigger metadata the real host sends;
+* queue triggers follow ``host.json``: a batch of ``batchSize`` messages is fetched whenever the
+  number in flight drops to ``newBatchThreshold`` (so at most ``batchSize + newBatchThreshold`` run
+  at once), polling backs off up to ``maxPollingInterval``, a failed message becomes visible again
+  after ``visibilityTimeout``, and after ``maxDequeueCount`` attempts it moves to ``<queue>-poison``;
+  ``messageEncoding: base64`` bodies are decoded, and undecodable ones are poisoned;
+* blob triggers (``source=EventGrid``) get each new or changed blob once, like one BlobCreated
+  event per upload; what was delivered is remembered in a receipts table across restarts;
+* in-flight messages keep their lease (visibility) renewed, and a killed host's messages
+  reappear after the lease expires, exactly as with the real host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from corpus.devhost.discovery import discover
+from corpus.devhost.listeners import RECEIPTS_TABLE, BlobListener, HostOptions, QueueListener, Stats, _Component
+from corpus.store.hostconfig import load_queue_config
+from corpus.store.settings import BLOB_POISON_QUEUE, Connection, Settings, poison_queue
+from corpus.store.storage import Clients
+
+log = logging.getLogger("corpus.host")
+
+__all__ = ["HostOptions", "run_host"]
+
+
+def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, Any]:
+    """Run every discovered function until stopped (or until idle); return the statistics."""
+    settings = settings or Settings.from_env()
+    values = dict(settings.values)
+    os.environ["AzureWebJobsScriptRoot"] = str(opts.app_dir)  # as the Functions host sets it
+    targets = discover(opts.app_dir, values)
+    cfg = load_queue_config(opts.app_dir / "host.json")
+    stats = Stats(opts.trace)
+    host_clients = Clients(Connection.from_env(values, "AzureWebJobsStorage"))
+    host_clients.ensure(tables=(RECEIPTS_TABLE,))
+
+    from corpus.app.runtime import Runtime
+
+    Runtime.create(settings, opts.app_dir / "host.json").ensure_resources()
+
+    components: list[_Component] = []
+    for t in targets:
+        clients = Clients(Connection.from_env(values, t.connection))
+        if t.kind == "queue":
+            clients.ensure(queues=(t.source, poison_queue(t.source)))
+            components.append(QueueListener(t, clients, cfg, stats, opts))
+        else:
+            clients.ensure(queues=(BLOB_POISON_QUEUE,))
+            listener = BlobListener(t, clients, host_clients, cfg, stats, opts)
+            listener.load_receipts()
+            components.append(listener)
+        log.info("listening: %s (%s trigger on %s, at most %d at once)", t.name, t.kind, t.source, cfg.max_concurrency)
+
+    stop = threading.Event()
+    threads = [threading.Thread(target=c.run, args=(stop,), name=f"listener-{i}", daemon=True) for i, c in enumerate(components)]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + opts.idle_timeout if opts.idle_timeout else None
+    timed_out = False
+    try:
+        while True:
+            if opts.until_idle and _idle(components, stats):
+                break
+            if deadline and time.monotonic() > deadline:
+                timed_out = True
+                break
+            time.sleep(0.1)  # the supervisor's own tick; listeners wait on conditions
+    except KeyboardInterrupt:
+        log.info("stopping: waiting for in-flight invocations")
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    summary = stats.summary()
+    summary["timed_out"] = timed_out
+    return summary
+
+
+def _idle(components: list[_Component], stats: Stats) -> bool:
+    """Idle when every listener saw nothing to do after the last invocation ended, twice over."""
+    if stats.busy():
+        return False
+    last = stats.last_activity
+    marks = [c.idle_since for c in components]
+    return all(m is not None and m > last for m in marks)

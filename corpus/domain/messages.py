@@ -1,0 +1,248 @@
+"""Queue message schemas, defined and validated in one place.
+
+Messages are plain JSON text. Parsing is strict: unknown fields, missing fields and wrong types
+are refused with a message that names the field, because a message that half-parses is worse
+than one that fails loudly (it would be retried forever or, worse, do the wrong thing).
+
+For messages typed by hand (Storage Explorer's "Add message" offers to base64-encode the body),
+:func:`decode_body` accepts both plain JSON and base64-encoded JSON, whatever the host's
+``messageEncoding`` setting: see the README's "Queue messages" section.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from corpus.domain.errors import MessageError
+
+_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+
+
+def decode_body(body: bytes | str) -> dict[str, Any]:
+    """Return the JSON object in ``body``, which may be plain or base64-encoded JSON."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = text.strip()
+    value = _json_or_none(text)
+    if value is None:
+        try:
+            decoded = base64.b64decode(text, validate=True).decode("utf-8").strip()
+        except (binascii.Error, ValueError):
+            decoded = None
+        value = _json_or_none(decoded) if decoded else None
+        if value is None:
+            raise MessageError("message is neither JSON nor base64-encoded JSON")
+    if not isinstance(value, dict):
+        raise MessageError("message must be a JSON object")
+    return value
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+
+
+class Fields:
+    """Strict reader over one JSON object: every field must be read, typed and present."""
+
+    def __init__(self, obj: Any, where: str) -> None:
+        if not isinstance(obj, dict):
+            raise MessageError(f"{where} must be a JSON object")
+        self._obj: dict[str, Any] = obj
+        self._where = where
+        self._seen: set[str] = set()
+
+    def _get(self, key: str, types: type | tuple[type, ...], required: bool, default: Any) -> Any:
+        self._seen.add(key)
+        if key not in self._obj:
+            if required:
+                raise MessageError(f"{self._where}: missing field {key!r}")
+            return default
+        value = self._obj[key]
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise MessageError(f"{self._where}: field {key!r} must not be a boolean")
+        if not isinstance(value, types):
+            raise MessageError(f"{self._where}: field {key!r} has the wrong type")
+        return value
+
+    def str(self, key: str, *, required: bool = True, default: str | None = None) -> Any:
+        value = self._get(key, str, required, default)
+        if required and value == "":
+            raise MessageError(f"{self._where}: field {key!r} must not be empty")
+        return value
+
+    def int(self, key: str, *, required: bool = True, default: int | None = None) -> Any:
+        return self._get(key, int, required, default)
+
+    def any(self, key: str, types: type | tuple[type, ...], *, required: bool = True, default: Any = None) -> Any:
+        return self._get(key, types, required, default)
+
+    def done(self) -> None:
+        extra = sorted(set(self._obj) - self._seen)
+        if extra:
+            raise MessageError(f"{self._where}: unknown field(s) {', '.join(map(repr, extra))}")
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRequest:
+    """Ask the copy function to move one validated staged blob into ``original/``.
+
+    The set is derived again from ``staged_name`` by the copy function, so the message can't
+    disagree with the naming contract. ``staged_etag`` pins the exact upload that was
+    validated: a newer upload under the same name gets its own event and its own message.
+    """
+
+    staged_name: str
+    staged_etag: str
+    size: int
+    md5: str
+    content_type: str
+    width: int
+    height: int
+    format: str
+
+    KIND = "copy"
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.KIND, "v": 1, **asdict(self)}, ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def parse(cls, body: bytes | str) -> CopyRequest:
+        f = Fields(decode_body(body), "copy request")
+        if f.str("kind") != cls.KIND:
+            raise MessageError("copy request: field 'kind' must be 'copy'")
+        if f.int("v") != 1:
+            raise MessageError("copy request: unsupported schema version")
+        req = cls(
+            staged_name=f.str("staged_name"),
+            staged_etag=f.str("staged_etag"),
+            size=f.int("size"),
+            md5=f.str("md5"),
+            content_type=f.str("content_type"),
+            width=f.int("width"),
+            height=f.int("height"),
+            format=f.str("format"),
+        )
+        f.done()
+        if req.size <= 0 or req.width <= 0 or req.height <= 0:
+            raise MessageError("copy request: size, width and height must be positive")
+        if not _MD5_HEX.match(req.md5):
+            raise MessageError("copy request: md5 must be 32 lowercase hex digits")
+        return req
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSelector:
+    """Which original sets a transform request covers: one set by path, or all sets with every tag."""
+
+    path: str | None = None
+    version: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TransformRequest:
+    """A user's request, typically typed by hand; see the README's "Transforms" section.
+
+    ``{"domain": "birds", "source": {"path": "red/angry/robin", "version": "v1"},
+       "transform": {"name": "thumbnail", "version": "1", "args": {"size": 256}}}``
+    """
+
+    domain: str
+    source: SourceSelector
+    name: str
+    version: str
+    args: dict[str, Any]
+
+    def to_json(self) -> str:
+        source: dict[str, Any] = {}
+        if self.source.path is not None:
+            source["path"] = self.source.path
+        if self.source.version is not None:
+            source["version"] = self.source.version
+        if self.source.tags:
+            source["tags"] = list(self.source.tags)
+        transform = {"name": self.name, "version": self.version, "args": self.args}
+        return json.dumps({"domain": self.domain, "source": source, "transform": transform}, ensure_ascii=False)
+
+    @classmethod
+    def parse(cls, body: bytes | str) -> TransformRequest:
+        from corpus.domain.errors import InvalidNameError
+        from corpus.domain.paths import validate_domain, validate_version
+
+        f = Fields(decode_body(body), "transform request")
+        domain = f.str("domain")
+        src = Fields(f.any("source", dict), "transform request 'source'")
+        t = Fields(f.any("transform", dict), "transform request 'transform'")
+        f.done()
+        path = src.str("path", required=False)
+        version = src.str("version", required=False)
+        tags = src.any("tags", list, required=False, default=[])
+        src.done()
+        name, tversion = t.str("name"), t.str("version")
+        args = t.any("args", dict, required=False, default={})
+        t.done()
+        try:
+            validate_domain(domain)
+            if version is not None:
+                validate_version(version)
+            validate_version(name, "transform name")
+            validate_version(tversion, "transform version")
+        except InvalidNameError as exc:
+            raise MessageError(f"transform request: {exc}") from exc
+        if not all(isinstance(tag, str) and tag.strip() for tag in tags):
+            raise MessageError("transform request: 'source.tags' must be a list of non-empty strings")
+        if (path is None) == (not tags):
+            raise MessageError("transform request: 'source' needs exactly one of 'path' (with 'version') or 'tags'")
+        if path is not None and version is None:
+            raise MessageError("transform request: 'source.path' needs 'source.version' (versions are what a model trains on)")
+        return cls(domain, SourceSelector(path, version, tuple(tags)), name, tversion, args)
+
+
+@dataclass(frozen=True, slots=True)
+class TransformJob:
+    """One source image to transform; fanned out from a :class:`TransformRequest`."""
+
+    domain: str
+    dirs: tuple[str, ...]
+    version: str
+    file: str
+    name: str
+    tversion: str
+    args: dict[str, Any]
+
+    KIND = "transform-job"
+
+    def to_json(self) -> str:
+        body = {
+            "kind": self.KIND,
+            "v": 1,
+            "domain": self.domain,
+            "dirs": list(self.dirs),
+            "version": self.version,
+            "file": self.file,
+            "name": self.name,
+            "tversion": self.tversion,
+            "args": self.args,
+        }
+        return json.dumps(body, ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def parse(cls, body: bytes | str) -> TransformJob:
+        f = Fields(decode_body(body), "transform job")
+        if f.str("kind") != cls.KIND or f.int("v") != 1:
+            raise MessageError("transform job: wrong kind or schema version")
+        dirs = f.any("dirs", list)
+        if not all(isinstance(d, str) and d for d in dirs):
+            raise MessageError("transform job: 'dirs' must be non-empty strings")
+        job = cls(
+            f.str("domain"), tuple(dirs), f.str("version"), f.str("file"), f.str("name"), f.str("tversion"), f.any("args", dict)
+        )
+        f.done()
+        return job

@@ -1,0 +1,364 @@
+"""Image transforms: pure functions on Pillow images, registered by name, with strict arguments.
+
+A transform is ``(name, version, args)``. Arguments are validated against the transform's own
+schema and put in a *canonical* form (defaults filled in, keys sorted), so "the same transform"
+means the same canonical JSON, whatever order or defaults a request spelled them in.
+
+Adding a transform is registering one function::
+
+    @register("sepia", Arg("strength", float, default=1.0, low=0, high=1))
+    def sepia(img: Image.Image, strength: float) -> Image.Image: ...
+
+No transform shells out or accepts a command line: everything runs in process on decoded pixels,
+after the decompression-bomb cap of :func:`corpus.domain.images.open_capped`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, ImageCms, ImageOps
+
+from corpus.domain.errors import ImageError, TransformError
+from corpus.domain.images import open_capped
+from corpus.domain.limits import DEFAULT_MAX_PIXELS
+from corpus.domain.media import CONTENT_TYPES, EXTENSIONS
+
+OUTPUT_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+MAX_OUTPUT_SIDE = 16384
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    type: type | tuple[type, ...]
+    required: bool = False
+    default: Any = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def check(self, where: str, value: Any) -> Any:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if isinstance(value, bool) and bool not in types:
+            raise TransformError(f"{where}: argument {self.name!r} must not be a boolean")
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, types):
+            names = " or ".join(t.__name__ for t in types)
+            raise TransformError(f"{where}: argument {self.name!r} must be {names}, got {type(value).__name__}")
+        if self.choices is not None and value not in self.choices:
+            raise TransformError(f"{where}: argument {self.name!r} must be one of {', '.join(map(str, self.choices))}")
+        if isinstance(value, (int, float)) and (
+            (self.low is not None and value < self.low) or (self.high is not None and value > self.high)
+        ):
+            raise TransformError(f"{where}: argument {self.name!r}={value} is outside [{self.low}, {self.high}]")
+        return value
+
+
+@dataclass(frozen=True)
+class Transform:
+    name: str
+    func: Callable[..., Image.Image]
+    args: tuple[Arg, ...]
+    check: Callable[[dict[str, Any]], None] | None = None
+
+    def canonical_args(self, raw: Any) -> dict[str, Any]:
+        where = f"transform {self.name!r}"
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise TransformError(f"{where}: args must be a JSON object")
+        known = {a.name for a in self.args}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise TransformError(
+                f"{where}: unknown argument(s) {', '.join(map(repr, unknown))}; known: {sorted(known) or 'none'}"
+            )
+        out: dict[str, Any] = {}
+        for a in self.args:
+            if a.name in raw and raw[a.name] is not None:
+                out[a.name] = a.check(where, raw[a.name])
+            elif a.required:
+                raise TransformError(f"{where}: missing argument {a.name!r}")
+            elif a.default is not None:
+                out[a.name] = a.default
+        if self.check:
+            self.check(out)
+        return dict(sorted(out.items()))
+
+
+REGISTRY: dict[str, Transform] = {}
+
+
+def register(name: str, *args: Arg, check: Callable[[dict[str, Any]], None] | None = None) -> Callable[..., Any]:
+    def wrap(func: Callable[..., Image.Image]) -> Callable[..., Image.Image]:
+        REGISTRY[name] = Transform(name, func, args, check)
+        return func
+
+    return wrap
+
+
+def get(name: Any) -> Transform:
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise TransformError(f"unknown transform {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def canonical(name: str, args: Any) -> dict[str, Any]:
+    """Validate ``args`` for transform ``name`` and return their canonical form."""
+    return get(name).canonical_args(args)
+
+
+def canonical_json(name: str, args: dict[str, Any]) -> str:
+    return json.dumps({"name": name, "args": args}, sort_keys=True, separators=(",", ":"))
+
+
+# -- the built-ins ------------------------------------------------------------------------------
+
+
+def _rgb_like(img: Image.Image) -> Image.Image:
+    """Bring exotic modes to one transforms can work on, keeping alpha where there is some."""
+    if img.mode in ("RGB", "RGBA", "L", "LA"):
+        return img
+    if img.mode == "P":
+        return img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return img.point(lambda v: v / 256).convert("L") if img.mode != "I" else img.convert("L")
+    return img.convert("RGB")
+
+
+@register("thumbnail", Arg("size", int, required=True, low=1, high=MAX_OUTPUT_SIDE))
+def thumbnail(img: Image.Image, size: int) -> Image.Image:
+    """Fit within ``size`` x ``size``, keeping the aspect ratio; never enlarges."""
+    out = img.copy()
+    out.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return out
+
+
+@register(
+    "resize",
+    Arg("width", int, required=True, low=1, high=MAX_OUTPUT_SIDE),
+    Arg("height", int, required=True, low=1, high=MAX_OUTPUT_SIDE),
+    Arg("fit", str, default="contain", choices=("contain", "cover", "stretch")),
+)
+def resize(img: Image.Image, width: int, height: int, fit: str) -> Image.Image:
+    """``contain``: fit inside, aspect kept; ``cover``: fill and centre-crop; ``stretch``: exact size."""
+    if fit == "stretch":
+        return img.resize((width, height), Image.Resampling.LANCZOS)
+    if fit == "cover":
+        return ImageOps.fit(img, (width, height), Image.Resampling.LANCZOS)
+    return ImageOps.contain(img, (width, height), Image.Resampling.LANCZOS)
+
+
+def _parse_aspect(value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in value.split(":"))
+    except ValueError:
+        raise TransformError(f"transform 'crop': aspect must look like '4:3', got {value!r}") from None
+    if w <= 0 or h <= 0:
+        raise TransformError("transform 'crop': aspect terms must be positive")
+    return w, h
+
+
+def _crop_check(args: dict[str, Any]) -> None:
+    if ("box" in args) == ("aspect" in args):
+        raise TransformError("transform 'crop': give exactly one of 'box' [left, top, right, bottom] or 'aspect' 'W:H'")
+    if "box" in args:
+        box = args["box"]
+        if len(box) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in box):
+            raise TransformError("transform 'crop': box must be 4 non-negative integers [left, top, right, bottom]")
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise TransformError("transform 'crop': box must have right > left and bottom > top")
+    else:
+        _parse_aspect(args["aspect"])
+
+
+@register("crop", Arg("box", list), Arg("aspect", str), check=_crop_check)
+def crop(img: Image.Image, box: list[int] | None = None, aspect: str | None = None) -> Image.Image:
+    """A pixel box, or the largest centred crop with the given aspect ratio."""
+    if box is not None:
+        if box[2] > img.size[0] or box[3] > img.size[1]:
+            raise ImageError(f"crop box {box} exceeds the image ({img.size[0]}x{img.size[1]})")
+        return img.crop(tuple(box))
+    aw, ah = _parse_aspect(aspect or "")
+    w, h = img.size
+    if w * ah > h * aw:
+        cw, ch = h * aw // ah, h
+    else:
+        cw, ch = w, w * ah // aw
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return img.crop((left, top, left + max(cw, 1), top + max(ch, 1)))
+
+
+@register("grayscale")
+def grayscale(img: Image.Image) -> Image.Image:
+    return img.convert("LA" if img.mode in ("RGBA", "LA") else "L")
+
+
+@register("rotate", Arg("degrees", float, required=True, low=-360, high=360))
+def rotate(img: Image.Image, degrees: float) -> Image.Image:
+    """Counter-clockwise; the canvas grows to hold the result. Multiples of 90 are lossless."""
+    if degrees % 90 == 0:
+        turns = int(degrees // 90) % 4
+        return (
+            img.transpose([Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270][turns - 1])
+            if turns
+            else img
+        )
+    return img.rotate(degrees, Image.Resampling.BICUBIC, expand=True)
+
+
+@register("flip", Arg("direction", str, required=True, choices=("horizontal", "vertical")))
+def flip(img: Image.Image, direction: str) -> Image.Image:
+    return ImageOps.mirror(img) if direction == "horizontal" else ImageOps.flip(img)
+
+
+@register("autocontrast", Arg("cutoff", float, default=0.0, low=0, high=49))
+def autocontrast(img: Image.Image, cutoff: float) -> Image.Image:
+    if img.mode in ("RGBA", "LA"):
+        alpha = img.getchannel("A")
+        out = ImageOps.autocontrast(img.convert(img.mode[:-1]), cutoff=cutoff)
+        out.putalpha(alpha)
+        return out
+    return ImageOps.autocontrast(img, cutoff=cutoff)
+
+
+@register("format", Arg("format", str, required=True, choices=tuple(OUTPUT_FORMATS)), Arg("quality", int, low=1, high=100))
+def format_(img: Image.Image, format: str, quality: int | None = None) -> Image.Image:
+    """Choose the output encoding; pixels are untouched (see :func:`render`)."""
+    return img
+
+
+def _pipeline_check(args: dict[str, Any]) -> None:
+    steps = args["steps"]
+    if not steps:
+        raise TransformError("transform 'pipeline': steps must not be empty")
+    canon = []
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict) or set(step) - {"name", "args"} or "name" not in step:
+            raise TransformError(f"transform 'pipeline': step {i} must be {{'name': …, 'args': {{…}}}}")
+        if step["name"] == "pipeline":
+            raise TransformError("transform 'pipeline': steps cannot nest pipelines")
+        canon.append({"name": step["name"], "args": canonical(step["name"], step.get("args"))})
+    args["steps"] = canon
+
+
+@register("pipeline", Arg("steps", list, required=True), check=_pipeline_check)
+def pipeline(img: Image.Image, steps: list[dict[str, Any]]) -> Image.Image:
+    for step in steps:
+        img = _apply_one(img, step["name"], step["args"])
+    return img
+
+
+def _apply_one(img: Image.Image, name: str, args: dict[str, Any]) -> Image.Image:
+    return REGISTRY[name].func(img, **args)
+
+
+# -- decoding and encoding ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Output:
+    data: bytes
+    format: str
+    width: int
+    height: int
+    content_type: str = field(default="")
+    extension: str = field(default="")
+
+
+def _steps(name: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+    return args["steps"] if name == "pipeline" else [{"name": name, "args": args}]
+
+
+def _output_choice(name: str, args: dict[str, Any], source_format: str) -> tuple[str, int | None]:
+    fmt, quality = None, None
+    for step in _steps(name, args):
+        if step["name"] == "format":
+            fmt, quality = OUTPUT_FORMATS[step["args"]["format"]], step["args"].get("quality")
+    if fmt is None:
+        fmt = source_format if source_format in ("JPEG", "PNG", "WEBP") else "PNG"
+        if source_format == "MPO":
+            fmt = "JPEG"
+    return fmt, quality
+
+
+def _draft_size(name: str, args: dict[str, Any]) -> int | None:
+    """For a thumbnail as the first step, the size JPEG may be decoded at (DCT scaling)."""
+    first = _steps(name, args)[0]
+    return first["args"]["size"] if first["name"] == "thumbnail" else None
+
+
+def render(data: bytes, name: str, args: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) -> Output:
+    """Decode ``data`` (capped), honour EXIF orientation, apply the transform, encode."""
+    img = open_capped(data, max_pixels)
+    source_format = img.format or "PNG"
+    icc = img.info.get("icc_profile")
+    fmt, quality = _output_choice(name, args, source_format)
+    try:
+        draft = _draft_size(name, args)
+        if draft and source_format in ("JPEG", "MPO"):
+            # Let libjpeg decode at the smallest power-of-two scale still >= the target (DCT
+            # scaling, as pyvips' shrink-on-load does): most of a thumbnail's cost vanishes, and
+            # the final LANCZOS pass keeps the quality.
+            img.draft("RGB", (draft, draft))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode == "CMYK":
+            img = _cmyk_to_rgb(img, icc)
+            icc = None
+        img = _rgb_like(img)
+        img = _apply_one(img, name, args)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"cannot transform this image: {exc}") from exc
+    if img.size[0] * img.size[1] > max_pixels:
+        raise ImageError(f"transform output {img.size[0]}x{img.size[1]} exceeds the pixel cap {max_pixels}")
+    return _encode(img, fmt, quality, icc)
+
+
+def _cmyk_to_rgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    if icc:
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError):
+            pass
+    return img.convert("RGB")
+
+
+def _encode(img: Image.Image, fmt: str, quality: int | None, icc: bytes | None) -> Output:
+    if fmt == "JPEG" and img.mode not in ("RGB", "L"):
+        if img.mode in ("RGBA", "LA"):
+            background = Image.new("RGB", img.size, (255, 255, 255))
+            background.paste(img.convert("RGBA"), mask=img.getchannel("A"))
+            img = background
+        else:
+            img = img.convert("RGB")
+    options: dict[str, Any] = {}
+    if icc and img.mode in ("RGB", "RGBA"):
+        options["icc_profile"] = icc  # keep the colours the camera meant
+    if fmt == "JPEG":
+        options.update(quality=quality or 85, optimize=False)
+    elif fmt == "WEBP":
+        options.update(quality=quality or 80, method=4)
+    elif fmt == "PNG":
+        options.update(compress_level=6)
+    out = io.BytesIO()
+    img.save(out, fmt, **options)
+    return Output(out.getvalue(), fmt, img.size[0], img.size[1], CONTENT_TYPES[fmt], EXTENSIONS[fmt])
+
+
+def output_name(file: str, extension: str) -> str:
+    """The transformed file's name: unchanged when its extension already fits the output format,
+    else the new extension appended (``a.png`` → ``a.png.jpg``), so ``a.png`` and ``a.jpg`` can
+    never land on the same transformed name."""
+    lowered = file.lower()
+    same = {".jpg": (".jpg", ".jpeg"), ".png": (".png",), ".webp": (".webp",)}[extension]
+    return file if lowered.endswith(same) else file + extension

@@ -1,0 +1,69 @@
+"""The catalog: every table the corpus keeps, each in its own home, behind one object.
+
+* ``sets`` (:mod:`corpus.store.sets_table`): ``ImageSets``;
+* ``images`` (:mod:`corpus.store.images_table`): ``Images`` records and counter shards;
+* ``transforms`` (:mod:`corpus.store.transforms_table`): ``ImageTransforms``;
+* ``rejections``, ``failures`` (:mod:`corpus.store.reports_table`).
+
+Exact counts under at-least-once delivery: each image is recorded by an insert-only row in the
+same transaction as its counter shard (see :mod:`corpus.store.images_table`). The set's
+``ImageCount``/``TotalBytes`` in ``ImageSets`` is then *derived* (:meth:`Catalog.refresh_counts`):
+the shards are summed and written only if larger than what is stored (counts only grow, as
+versions are immutable), with an ETag condition. Whichever writer runs last after the last
+insert writes the exact total; a crash between the two steps is repaired by the redelivery,
+which re-runs the derivation.
+"""
+
+from __future__ import annotations
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError
+from azure.data.tables import UpdateMode
+
+from corpus.domain import keys
+from corpus.domain.paths import SetRef
+from corpus.store.images_table import ImagesTable
+from corpus.store.reports_table import FailuresTable, RejectionsTable
+from corpus.store.rows import ImageRow, ImageSetRow, Transform
+from corpus.store.sets_table import SetsTable
+from corpus.store.settings import TABLE_FAILURES, TABLE_IMAGES, TABLE_REJECTIONS, TABLE_SETS, TABLE_TRANSFORMS
+from corpus.store.storage import Clients
+from corpus.store.tables import MAX_ATTEMPTS, backoff
+from corpus.store.transforms_table import TransformsTable
+
+
+class Catalog:
+    """All table reads and writes; callers never build keys or entities themselves."""
+
+    def __init__(self, clients: Clients) -> None:
+        self.sets = SetsTable(clients.table_client(TABLE_SETS))
+        self.images = ImagesTable(clients.table_client(TABLE_IMAGES))
+        self.transforms = TransformsTable(clients.table_client(TABLE_TRANSFORMS))
+        self.rejections = RejectionsTable(clients.table_client(TABLE_REJECTIONS))
+        self.failures = FailuresTable(clients.table_client(TABLE_FAILURES))
+
+    # The two steps of group commit (corpus.store.groupcommit.Committer).
+
+    def record_images(self, ref: SetRef, records: list[ImageRow], transform: Transform | None = None) -> list[bool]:
+        return self.images.record_many(ref, records, transform)
+
+    def refresh_counts(self, ref: SetRef, transform: Transform | None = None) -> tuple[int, int]:
+        """Copy the exact count into the set's entity, never lowering it; see the module doc."""
+        rk = keys.set_row_key(ref, transform)
+        table = self.sets.table
+        for attempt in range(MAX_ATTEMPTS):
+            images, total = self.images.count(ref, transform)
+            entity = table.get_entity(ref.domain, rk)
+            if ImageSetRow.counts_of(entity) >= (images, total):
+                return images, total
+            try:
+                table.update_entity(
+                    ImageSetRow.counts_entity(ref.domain, rk, images, total),
+                    mode=UpdateMode.MERGE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return images, total
+            except ResourceModifiedError:
+                backoff(attempt)
+        raise RuntimeError(f"ImageCount of {ref.path!r} at version {ref.version!r} stayed contended; retry")

@@ -1,0 +1,123 @@
+"""Table ``Images``: per-image records and the counter shards of each set, exactly once.
+
+A copy message can run twice, or twice at once. Counting "+1 per run" would over-count, and a
+read-modify-write of one counter would lose updates under concurrency. So each image is recorded
+once, by an insert-only row in the ``Images`` table, *in the same entity-group transaction* as
+the increment of a counter row in the same partition (the set's partition). The insert fails if
+the image was already counted, the conditional counter update fails if another writer got there
+first; either way nothing is half-applied, and the loop retries or stops.
+
+Counters are sharded (:data:`SHARDS` rows) so that a few dozen concurrent copies into one set
+rarely contend: a single record picks its shard by a hash of the file name, a batch by this
+process's own shard (:attr:`ImagesTable.batch_shard`), so two instances committing batches into
+the same set collide only when they drew the same shard. Counts are ``Edm.Int64``.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableClient, TableTransactionError
+
+from corpus.domain import keys
+from corpus.domain.errors import ConflictError
+from corpus.domain.paths import SetRef
+from corpus.store.rows import CounterRow, ImageRow, Transform
+from corpus.store.tables import MAX_ATTEMPTS, backoff, if_unchanged
+
+SHARDS = 16
+
+
+class ImagesTable:
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+        self.batch_shard = keys.counter_row_key(random.randrange(SHARDS))  # noqa: S311 - load spreading per process
+
+    def get(self, ref: SetRef, file: str, transform: Transform | None = None) -> ImageRow | None:
+        try:
+            entity = self.table.get_entity(keys.image_partition_key(ref, transform), keys.image_row_key(file))
+        except ResourceNotFoundError:
+            return None
+        return ImageRow.from_entity(entity)
+
+    def record(self, ref: SetRef, record: ImageRow, transform: Transform | None = None) -> bool:
+        """Record one image and count it, exactly once. True if this call counted it."""
+        pk = keys.image_partition_key(ref, transform)
+        rk = keys.image_row_key(record.file)
+        shard_key = keys.counter_row_key(zlib.crc32(rk.encode()) % SHARDS)
+        for attempt in range(MAX_ATTEMPTS):
+            ops: list[Any] = [("create", record.to_entity(pk)), self._counter_op(pk, shard_key, 1, record.size)]
+            try:
+                self.table.submit_transaction(ops)
+                return True
+            except TableTransactionError:
+                existing = self.get(ref, record.file, transform)
+                if existing is not None:
+                    if existing.md5 != record.md5:
+                        raise ConflictError(f"{record.blob} is recorded with MD5 {existing.md5}, not {record.md5}") from None
+                    return False
+                backoff(attempt)  # lost the race for the counter shard: try again
+        raise RuntimeError(f"could not record {record.blob}: counter contention did not resolve")
+
+    def record_many(self, ref: SetRef, records: list[ImageRow], transform: Transform | None = None) -> list[bool]:
+        """Record several images of one set in one transaction; fall back to one by one.
+
+        The batch path is the common case (new images, one writer per partition in this
+        process). A counter race with another instance retries the batch as a batch; anything
+        else (a duplicate delivery, two deliveries of one file in the same batch) falls back to
+        :meth:`record`, which sorts out each image on its own with the same exactly-once guarantee.
+        """
+        if len(records) == 1 or len({r.file for r in records}) != len(records):
+            return [self.record(ref, r, transform) for r in records]
+        pk = keys.image_partition_key(ref, transform)
+        n = len(records)
+        for attempt in range(8):
+            ops: list[Any] = [("create", r.to_entity(pk)) for r in records]
+            ops.append(self._counter_op(pk, self.batch_shard, n, sum(r.size for r in records)))
+            try:
+                self.table.submit_transaction(ops)
+                return [True] * n
+            except TableTransactionError as exc:
+                if exc.index == n and exc.error_code == "UpdateConditionNotSatisfied":  # only the counter lost a race
+                    backoff(attempt)
+                    continue
+                break
+        return [self.record(ref, r, transform) for r in records]
+
+    def _counter_op(self, pk: str, shard_key: str, n: int, size: int) -> tuple[Any, ...]:
+        """The transaction step adding ``n`` images of ``size`` bytes to a counter shard: create it,
+        or replace it only if nobody changed it since this read (else the transaction fails)."""
+        try:
+            entity = self.table.get_entity(pk, shard_key)
+        except ResourceNotFoundError:
+            return ("create", CounterRow(pk, shard_key, n, size).to_entity())
+        shard = CounterRow.from_entity(entity)
+        counter = CounterRow(pk, shard_key, shard.count + n, shard.bytes + size)
+        return ("update", counter.to_entity(), if_unchanged(entity))
+
+    def count(self, ref: SetRef, transform: Transform | None = None) -> tuple[int, int]:
+        """(images, bytes) of a set, summed from its counter shards: exact, not cached."""
+        pk = keys.image_partition_key(ref, transform)
+        lo = keys.COUNTER_PREFIX
+        rows = self.table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            parameters={"pk": pk, "lo": lo, "hi": lo[:-1] + '"'},
+            select=["PartitionKey", "RowKey", "Count", "Bytes"],
+        )
+        images = total = 0
+        for entity in rows:
+            shard = CounterRow.from_entity(entity)
+            images += shard.count
+            total += shard.bytes
+        return images, total
+
+    def iter(self, ref: SetRef, transform: Transform | None = None) -> Iterator[ImageRow]:
+        """Every image record of a set (its partition, counters excluded), in row-key order."""
+        pk = keys.image_partition_key(ref, transform)
+        for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": pk}):
+            if not str(entity["RowKey"]).startswith(keys.COUNTER_PREFIX):
+                yield ImageRow.from_entity(entity)

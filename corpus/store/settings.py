@@ -1,0 +1,162 @@
+"""Every setting in one place, read from the same app settings the Functions host reads.
+
+Names here are the contract with ``infra/`` (Bicep) and ``local.settings.sample.json``; a test
+checks that they agree. Connections follow the Functions conventions exactly, so one set of app
+settings serves the host's bindings and our SDK clients alike:
+
+* ``CorpusStorage`` holding a connection string (Azurite, or keys where a user insists), or
+* ``CorpusStorage__blobServiceUri`` / ``__queueServiceUri`` / ``__tableServiceUri`` with
+  ``__credential=managedidentity`` and ``__clientId`` (production: no keys anywhere).
+
+With nothing set, the connection is ``UseDevelopmentStorage=true``: Azurite on its default ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corpus.domain.errors import ConfigError
+from corpus.domain.limits import DEFAULT_MAX_BLOB_BYTES, DEFAULT_MAX_PIXELS
+from corpus.domain.tags import DEFAULT_EXTRACTOR
+
+CONNECTION = "CorpusStorage"
+"""Name of the connection used by every trigger and by our own clients."""
+
+DEV_CONNECTION_STRING = "UseDevelopmentStorage=true"
+
+# Tables are not bindable by expression in triggers, so their names are fixed constants.
+TABLE_SETS = "ImageSets"
+TABLE_IMAGES = "Images"
+TABLE_TRANSFORMS = "ImageTransforms"
+TABLE_REJECTIONS = "Rejections"
+TABLE_FAILURES = "Failures"
+TABLES = (TABLE_SETS, TABLE_IMAGES, TABLE_TRANSFORMS, TABLE_REJECTIONS, TABLE_FAILURES)
+
+POISON_SUFFIX = "-poison"
+
+
+def poison_queue(queue: str) -> str:
+    """Where the Functions host (and ``corpus host``) moves a message that failed every attempt."""
+    return queue + POISON_SUFFIX
+
+
+BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
+"""Where the Functions host puts a blob that failed every attempt: in the trigger's own storage
+account (the Event Grid blob trigger's connection needs a queue endpoint for this reason)."""
+
+# App-setting names and their defaults. Trigger bindings refer to them as %NAME%.
+STAGING_CONTAINER = "CORPUS_STAGING_CONTAINER"
+REJECTED_CONTAINER = "CORPUS_REJECTED_CONTAINER"
+COPY_QUEUE = "CORPUS_COPY_QUEUE"
+TRANSFORM_QUEUE = "CORPUS_TRANSFORM_QUEUE"
+TRANSFORM_JOBS_QUEUE = "CORPUS_TRANSFORM_JOBS_QUEUE"
+TAG_EXTRACTOR = "CORPUS_TAG_EXTRACTOR"
+MAX_PIXELS = "CORPUS_MAX_PIXELS"
+MAX_BLOB_BYTES = "CORPUS_MAX_BLOB_BYTES"
+
+DEFAULTS: dict[str, str] = {
+    STAGING_CONTAINER: "staging",
+    REJECTED_CONTAINER: "rejected",
+    COPY_QUEUE: "copy-requests",
+    TRANSFORM_QUEUE: "transform-requests",
+    TRANSFORM_JOBS_QUEUE: "transform-jobs",
+    TAG_EXTRACTOR: DEFAULT_EXTRACTOR,
+    MAX_PIXELS: str(DEFAULT_MAX_PIXELS),
+    MAX_BLOB_BYTES: str(DEFAULT_MAX_BLOB_BYTES),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """How to reach the corpus storage account: a connection string or service URIs + identity."""
+
+    connection_string: str | None = None
+    blob_uri: str | None = None
+    queue_uri: str | None = None
+    table_uri: str | None = None
+    client_id: str | None = None
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.connection_string is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], name: str = CONNECTION) -> Connection:
+        if env.get(name):
+            return cls(connection_string=env[name])
+        prefix = name + "__"
+        account = env.get(prefix + "accountName")
+        blob = env.get(prefix + "blobServiceUri") or (account and f"https://{account}.blob.core.windows.net")
+        queue = env.get(prefix + "queueServiceUri") or (account and f"https://{account}.queue.core.windows.net")
+        table = env.get(prefix + "tableServiceUri") or (account and f"https://{account}.table.core.windows.net")
+        if not (blob or queue or table):
+            return cls(connection_string=DEV_CONNECTION_STRING)
+        missing = [k for k, v in (("blobServiceUri", blob), ("queueServiceUri", queue), ("tableServiceUri", table)) if not v]
+        if missing:
+            raise ConfigError(f"identity-based connection {name!r} lacks {', '.join(prefix + m for m in missing)}")
+        return cls(blob_uri=blob, queue_uri=queue, table_uri=table, client_id=env.get(prefix + "clientId") or None)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    connection: Connection
+    staging_container: str
+    rejected_container: str
+    copy_queue: str
+    transform_queue: str
+    transform_jobs_queue: str
+    tag_extractor: str
+    max_pixels: int
+    max_blob_bytes: int
+    values: Mapping[str, str] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        v = {k: env.get(k) or d for k, d in DEFAULTS.items()}
+        try:
+            max_pixels = int(v[MAX_PIXELS])
+            max_blob_bytes = int(v[MAX_BLOB_BYTES])
+        except ValueError as exc:
+            raise ConfigError(f"{MAX_PIXELS} and {MAX_BLOB_BYTES} must be integers") from exc
+        return cls(
+            connection=Connection.from_env(env),
+            staging_container=v[STAGING_CONTAINER],
+            rejected_container=v[REJECTED_CONTAINER],
+            copy_queue=v[COPY_QUEUE],
+            transform_queue=v[TRANSFORM_QUEUE],
+            transform_jobs_queue=v[TRANSFORM_JOBS_QUEUE],
+            tag_extractor=v[TAG_EXTRACTOR],
+            max_pixels=max_pixels,
+            max_blob_bytes=max_blob_bytes,
+            values={**env, **v},
+        )
+
+    @property
+    def reserved_containers(self) -> frozenset[str]:
+        return frozenset({self.staging_container, self.rejected_container})
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return (self.copy_queue, self.transform_queue, self.transform_jobs_queue)
+
+
+def load_local_settings(directory: Path | str = ".", env: dict[str, str] | None = None) -> None:
+    """Merge ``local.settings.json``'s ``Values`` into the environment, as ``func start`` does.
+
+    Values already in the environment win, so a shell export always overrides the file.
+    """
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    path = Path(directory) / "local.settings.json"
+    if not path.is_file():
+        return
+    try:
+        values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    for key, value in values.items():
+        env.setdefault(key, str(value))  # type: ignore[union-attr]

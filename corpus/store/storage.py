@@ -1,0 +1,126 @@
+"""Thin adapters over the Azure SDK clients: construction, and the few error shapes we branch on.
+
+All clients share one HTTP session (:mod:`corpus.http`), whose pool is sized for the throttle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobClient, BlobProperties, BlobServiceClient, ContainerClient
+
+from corpus.store.http import shared_session
+from corpus.store.settings import Connection
+
+if TYPE_CHECKING:  # imported when first used: `corpus upload` needs neither, and each costs ~0.1 s to start
+    from azure.data.tables import TableClient, TableServiceClient
+    from azure.storage.queue import QueueClient, QueueServiceClient
+
+
+def identity_credential(connection: Connection) -> Any:
+    """The managed identity in Azure (``clientId`` picks a user-assigned one), else a developer login."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=connection.client_id)
+
+
+def _transport() -> RequestsTransport:
+    return RequestsTransport(session=shared_session(), session_owner=False)
+
+
+def stored_md5(props: BlobProperties) -> str:
+    """The blob's ``Content-MD5`` property as hex, or ``""`` when it has none (block uploads)."""
+    return bytes(props.content_settings.content_md5 or b"").hex()
+
+
+def blob_md5(blob: BlobClient, props: BlobProperties) -> str:
+    """The blob's MD5: its stored property, else computed from the bytes of exactly that version."""
+    md5 = stored_md5(props)
+    if md5:
+        return md5
+    content = blob.download_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified).readall()
+    return hashlib.md5(content, usedforsecurity=False).hexdigest()
+
+
+def error_code(exc: HttpResponseError) -> str:
+    """The storage error code (``BlobAlreadyExists``, ``ConditionNotMet``…), or ``""``."""
+    return str(getattr(exc, "error_code", None) or "")
+
+
+FAIL_FAST = {"retry_total": 1, "initial_backoff": 1, "increment_base": 1, "connection_timeout": 5}
+"""Client options for interactive commands: a person waiting should hear of an outage in seconds."""
+
+
+@dataclass
+class Clients:
+    """Service clients for one connection, created lazily and shared by threads.
+
+    ``options`` go to every client (retry and timeout settings); the SDK defaults, which retry
+    for about a minute with back-off, suit functions, where a retry beats a failed message.
+    """
+
+    connection: Connection
+    options: dict[str, Any] = field(default_factory=dict)
+    token_credential: Any = None  # share one identity (and its token cache) with another client
+
+    @cached_property
+    def credential(self) -> Any:
+        if self.connection.connection_string:
+            return None
+        return self.token_credential or identity_credential(self.connection)
+
+    @cached_property
+    def blob(self) -> BlobServiceClient:
+        c = self.connection
+        if c.connection_string:
+            return BlobServiceClient.from_connection_string(c.connection_string, transport=_transport(), **self.options)
+        return BlobServiceClient(c.blob_uri or "", credential=self.credential, transport=_transport(), **self.options)
+
+    @cached_property
+    def queue(self) -> QueueServiceClient:
+        from azure.storage.queue import QueueServiceClient
+
+        # No encode/decode policy: bodies are plain text; see corpus.domain.messages.decode_body.
+        c = self.connection
+        if c.connection_string:
+            return QueueServiceClient.from_connection_string(c.connection_string, transport=_transport(), **self.options)
+        return QueueServiceClient(c.queue_uri or "", credential=self.credential, transport=_transport(), **self.options)
+
+    @cached_property
+    def table(self) -> TableServiceClient:
+        from azure.data.tables import TableServiceClient
+
+        c = self.connection
+        if c.connection_string:
+            return TableServiceClient.from_connection_string(c.connection_string, transport=_transport(), **self.options)
+        return TableServiceClient(c.table_uri or "", credential=self.credential, transport=_transport(), **self.options)
+
+    def container(self, name: str) -> ContainerClient:
+        return self.blob.get_container_client(name)
+
+    def queue_client(self, name: str) -> QueueClient:
+        return self.queue.get_queue_client(name)
+
+    def table_client(self, name: str) -> TableClient:
+        return self.table.get_table_client(name)
+
+    def ensure(self, containers: tuple[str, ...] = (), queues: tuple[str, ...] = (), tables: tuple[str, ...] = ()) -> None:
+        """Create what is missing. In Azure the Bicep creates these; locally the host does."""
+        for name in containers:
+            try:
+                self.container(name).create_container()
+            except ResourceExistsError:
+                pass
+        for name in queues:
+            try:
+                self.queue_client(name).create_queue()
+            except ResourceExistsError:
+                pass
+        for name in tables:
+            self.table.create_table_if_not_exists(name)

@@ -1,0 +1,407 @@
+"""``corpus upload``: a throttled, resumable, verified uploader of image drops into staging.
+
+How it stays correct:
+
+* every file is sent with its MD5 (``Content-MD5``: the service rejects a corrupted body; the blob
+  keeps it as its ``Content-MD5`` property, which ingest then verifies the copy against);
+* a file is sent only if neither staging nor ``original/`` already holds its name, and never over
+  an existing blob (``If-None-Match: *``): same MD5 is skipped, a different one is a *conflict*,
+  reported and left alone;
+* a single Put Blob is atomic, so a killed run leaves no partial blob: running it again sends
+  exactly what is missing.
+
+How it stays fast and small: the tree is walked lazily, directory by directory, a few directories
+ahead of the decisions, and what is remote is listed once per destination directory (staging and
+``original/``) as soon as the walk finds it, so listings overlap with everything else; files flow
+through bounded queues to ``--concurrency`` workers, so memory is bounded by a few directories'
+listings, not by the drop. A re-run reads no file whose size and mtime match the local MD5 cache
+(:mod:`corpus.upload.hashcache`). Every request (listings included) holds one of ``--concurrency``
+slots, and ``--cap-mbps`` is a shared token budget, so neither is exceeded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from corpus.domain.errors import InvalidNameError, StorageError
+from corpus.store.reasons import azure_reason
+from corpus.store.settings import Settings
+from corpus.upload.bloblist import BlobLister, ListingError
+from corpus.upload.hashcache import HashCache, Md5Cache, NullHashCache
+from corpus.upload.plan import Action, Decision, content_type, decide, parse_extensions, relative_name, staged_name
+from corpus.upload.report import Failure, Progress, Summary
+from corpus.upload.walk import LocalDir, retry_dirs, walk
+
+UPLOAD_CLIENT_OPTIONS = {"retry_total": 5, "initial_backoff": 1, "increment_base": 2, "max_single_put_size": 256 * 1024 * 1024}
+"""Transient errors are retried with exponential back-off (1, 3, 5, 9, 17 s) before a file fails."""
+
+
+@dataclass
+class UploadOptions:
+    source: Path
+    domain: str
+    version: str
+    concurrency: int = 32
+    cap_mbps: float | None = None
+    extensions: frozenset[str] = field(default_factory=lambda: parse_extensions(None))
+    dry_run: bool = False
+    only: list[str] | None = None  # relative paths (retry-from)
+    use_cache: bool = True
+
+
+class RateLimiter:
+    """Shared bandwidth budget: each request is scheduled after the bytes before it have drained."""
+
+    def __init__(self, bytes_per_s: float, burst_bytes: float = 256 * 1024) -> None:
+        self._rate = bytes_per_s
+        self._credit = burst_bytes / bytes_per_s
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self, n: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._next, now - self._credit)
+            self._next = start + n / self._rate
+        delay = start - now
+        if delay > 0:
+            time.sleep(delay)  # pacing to the cap is the point: there is no event to wait for
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    path: str
+    rel: str
+    staged: str
+    size: int
+    mtime_ns: int
+    staged_md5: str | None  # what the listing said is already remote under this name
+    original_md5: str | None
+
+
+Remote = tuple[dict[str, str], dict[str, str]]
+"""Per destination directory: file name → MD5 of what is staged, and of what is ingested."""
+
+_Planned = tuple[str, str, str, str, os.stat_result | None]
+"""One file as the planner named it: local path, relative name, staged name, destination folder, stat."""
+
+
+_PLANNED_AHEAD = 8
+"""Directories walked, and listed remotely, ahead of the one being decided: listings overlap with
+deciding, and memory stays bounded by a few directories whatever the size of the drop."""
+
+
+class Lister(Protocol):
+    """Lists what is remote: blob name (relative to ``prefix``) → hex MD5, ``""`` when it has none."""
+
+    def list_md5s(self, container: str, prefix: str) -> dict[str, str]: ...
+
+
+class Sender(Protocol):
+    """Writes staged blobs. Errors are :class:`~corpus.domain.errors.StorageError` with a reason."""
+
+    def put(self, name: str, data: bytes, md5: bytes, content_type: str) -> bool:
+        """Create ``name`` with ``data`` unless it exists (``If-None-Match: *``); False if it existed."""
+        ...
+
+    def remote_md5(self, name: str) -> str:
+        """The MD5 of what is staged under ``name`` (stored, or computed from its bytes)."""
+        ...
+
+
+class SdkSender:
+    """The Azure SDK behind :class:`Sender`, loaded when the first file is sent (its import is
+    the slow part of start-up, and a re-run that sends nothing never pays for it)."""
+
+    def __init__(self, settings: Settings, credential: Any = None) -> None:
+        self._settings = settings
+        self._credential = credential
+        self._staging: Any = None
+        self._lock = threading.Lock()
+
+    def _container(self) -> Any:
+        with self._lock:
+            if self._staging is None:
+                from corpus.store.storage import Clients
+
+                clients = Clients(self._settings.connection, dict(UPLOAD_CLIENT_OPTIONS), self._credential)
+                staging = clients.container(self._settings.staging_container)
+                from azure.core.exceptions import HttpResponseError
+
+                try:  # a new account has no staging container yet: create it, as AzCopy and rclone do
+                    staging.create_container()
+                except HttpResponseError:
+                    pass  # it exists, or this identity may not create containers: the put will say which
+                self._staging = staging
+            return self._staging
+
+    def put(self, name: str, data: bytes, md5: bytes, content_type: str) -> bool:
+        from azure.core.exceptions import AzureError, ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        try:
+            self._container().get_blob_client(name).upload_blob(
+                data,
+                overwrite=False,
+                content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)),
+                headers={"Content-MD5": base64.b64encode(md5).decode()},  # verified by the service
+                max_concurrency=1,
+            )
+            return True
+        except ResourceExistsError:
+            return False
+        except AzureError as exc:
+            raise StorageError(azure_reason(exc)) from exc
+
+    def remote_md5(self, name: str) -> str:
+        from azure.core.exceptions import AzureError
+
+        from corpus.store.storage import blob_md5
+
+        blob = self._container().get_blob_client(name)
+        try:
+            return blob_md5(blob, blob.get_blob_properties())
+        except AzureError as exc:
+            raise StorageError(azure_reason(exc)) from exc
+
+
+class Uploader:
+    """Plans, decides and sends one drop. ``lister``, ``sender`` and ``cache`` are seams: by default
+    List Blobs without the SDK, Put Blob through the SDK, and the on-disk MD5 cache."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        opts: UploadOptions,
+        progress: Progress | None = None,
+        *,
+        lister: Lister | None = None,
+        sender: Sender | None = None,
+        cache: Md5Cache | None = None,
+    ) -> None:
+        self.opts = opts
+        self.settings = settings
+        # Listings go out at once, without the SDK (see corpus.upload.bloblist); the SDK, which does the
+        # writes, is loaded when the first file is to be sent, while later listings are under way.
+        credential = None
+        if (lister is None or sender is None) and not settings.connection.connection_string:
+            from corpus.store.storage import identity_credential
+
+            credential = identity_credential(settings.connection)
+        self.lister: Lister = lister or BlobLister.from_connection(settings.connection, credential)
+        self.sender: Sender = sender or SdkSender(settings, credential)
+        self.summary = Summary(opts.domain, opts.version, str(opts.source))
+        self.slots = threading.Semaphore(opts.concurrency)
+        self.limiter = RateLimiter(opts.cap_mbps * 1_000_000 / 8) if opts.cap_mbps else None
+        self.progress = progress
+        self.cache: Md5Cache = cache if cache is not None else (HashCache() if opts.use_cache else NullHashCache())
+        self._listers = ThreadPoolExecutor(max_workers=min(4, opts.concurrency), thread_name_prefix="corpus-list")
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    # -- orchestration ---------------------------------------------------------------------
+    #
+    # A planner thread walks the tree and starts the remote listings of the directories it
+    # finds, a few directories ahead; this thread decides file by file as listings arrive
+    # (skipping, without reading it, a file whose cached MD5 matches what is remote) and hands
+    # the rest to ``--concurrency`` workers, which read, hash, decide for real and upload.
+
+    def run(self) -> Summary:
+        started = time.monotonic()
+        planned: queue.Queue[tuple[str, list[_Planned], dict[str, Future[Remote]]] | None] = queue.Queue(maxsize=_PLANNED_AHEAD)
+        tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=self.opts.concurrency * 4)
+        planner = threading.Thread(target=self._plan, args=(planned,), daemon=True, name="corpus-plan")
+        workers = [threading.Thread(target=self._work, args=(tasks,), daemon=True) for _ in range(self.opts.concurrency)]
+        planner.start()
+        for w in workers:
+            w.start()
+        try:
+            while (item := planned.get()) is not None:
+                self._decide_dir(*item, tasks)
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+            self._stop.set()
+        finally:
+            self._listers.shutdown(wait=False, cancel_futures=True)
+            for _ in workers:
+                tasks.put(None)
+            try:
+                for w in workers:
+                    w.join()
+            except KeyboardInterrupt:
+                self.summary.interrupted = True
+                self._stop.set()
+            self.summary.seconds = time.monotonic() - started
+            self.cache.close()
+        return self.summary
+
+    def _local_dirs(self) -> Iterator[LocalDir]:
+        if self.opts.only is not None:
+            return retry_dirs(self.opts.source, self.opts.only, self.opts.extensions, self.summary)
+        return walk(self.opts.source, self.opts.extensions, self.summary)
+
+    def _plan(self, planned: queue.Queue[Any]) -> None:
+        """Name each file, and start listing each destination directory before it is needed."""
+        try:
+            for local in self._local_dirs():
+                base = relative_name(local.parts)
+                entries: list[_Planned] = []
+                listings: dict[str, Future[Remote]] = {}
+                for path, name, st in local.files:
+                    piece = relative_name([name])  # a backslash in a name is a separator: may go deeper
+                    rel = f"{base}/{piece}" if base else piece
+                    try:
+                        if not piece:
+                            raise InvalidNameError(f"{name!r} is only separators")
+                        staged = staged_name(self.opts.domain, self.opts.version, rel)
+                    except InvalidNameError as exc:
+                        self._fail(path, rel, f"name does not fit the staging contract: {exc}")
+                        continue
+                    rdir = rel.rpartition("/")[0]
+                    if rdir not in listings:
+                        listings[rdir] = self._listers.submit(self._list_remote, rdir)
+                    entries.append((path, rel, staged, rdir, st))
+                if not self._put_unless_stopped(planned, (local.path, entries, listings)):
+                    return
+        except Exception as exc:  # noqa: BLE001 - a bug here must not hang the run: report it as the run's failure
+            self._fail(str(self.opts.source), "", f"planning stopped: {type(exc).__name__}: {exc}")
+        finally:
+            self._put_unless_stopped(planned, None)
+
+    def _put_unless_stopped(self, q: queue.Queue[Any], item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _list_remote(self, rdir: str) -> Remote:
+        sub = rdir + "/" if rdir else ""
+        with self.slots:
+            staged = self.lister.list_md5s(self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/{sub}")
+        with self.slots:
+            ingested = self.lister.list_md5s(self.opts.domain, f"original/{sub}{self.opts.version}/")
+        return staged, ingested
+
+    def _decide_dir(
+        self,
+        directory: str,
+        entries: list[_Planned],
+        listings: dict[str, Future[Remote]],
+        tasks: queue.Queue[_Task | None],
+    ) -> None:
+        cached = self.cache.directory(directory)
+        for path, rel, staged, rdir, st in entries:
+            if self._stop.is_set():
+                return
+            try:
+                st = st or os.stat(path)
+            except OSError as exc:
+                self._fail(path, staged, f"cannot read: {exc.strerror or exc}")
+                continue
+            try:
+                staged_map, ingested_map = listings[rdir].result()
+            except ListingError as exc:
+                self._fail(path, staged, f"cannot list what is already remote: {exc}")
+                continue
+            name = rel.rpartition("/")[2]
+            task = _Task(path, rel, staged, st.st_size, st.st_mtime_ns, staged_map.get(name), ingested_map.get(name))
+            with self._lock:
+                self.summary.seen_files += 1
+                self.summary.seen_bytes += task.size
+            if not self._settled_from_cache(task, cached.get(path)):
+                tasks.put(task)
+
+    def _settled_from_cache(self, task: _Task, entry: tuple[int, int, str] | None) -> bool:
+        """Skip a file already remote with the MD5 cached for its size and mtime, without reading it."""
+        if entry is None or entry[:2] != (task.size, task.mtime_ns):
+            return False
+        action = decide(entry[2], task.staged_md5, task.original_md5).action
+        if action not in (Action.SKIP_STAGED, Action.SKIP_INGESTED):
+            return False  # to upload or a conflict: a worker reads the file and decides for real
+        self._count(action, task, 0)
+        return True
+
+    def _work(self, tasks: queue.Queue[_Task | None]) -> None:
+        while (task := tasks.get()) is not None:
+            if self._stop.is_set():
+                continue
+            try:
+                self._one(task)
+            except StorageError as exc:
+                self._fail(task.path, task.staged, str(exc))
+            except OSError as exc:
+                self._fail(task.path, task.staged, f"cannot read: {exc.strerror or exc}")
+            except Exception as exc:  # noqa: BLE001 - one bad file never stops a worker: it is reported
+                self._fail(task.path, task.staged, f"{type(exc).__name__}: {exc}")
+
+    # -- one file ----------------------------------------------------------------------------
+
+    def _one(self, task: _Task) -> None:
+        with open(task.path, "rb") as f:
+            data = f.read()
+        md5 = hashlib.md5(data, usedforsecurity=False)
+        md5_hex = md5.hexdigest()
+        staged_md5 = task.staged_md5
+        if staged_md5 == "":  # staged without an MD5 (block upload by another tool): hash it
+            staged_md5 = self._remote_md5(task.staged)
+        decision = decide(md5_hex, staged_md5, task.original_md5)
+        if decision.action is Action.UPLOAD and not self.opts.dry_run:
+            decision = self._put(task, data, md5.digest())
+        if decision.action is Action.CONFLICT:
+            with self._lock:
+                self.summary.failures.append(Failure(task.path, task.staged, decision.reason, "conflict"))
+            if self.progress:
+                self.progress.tick(0, None)
+            return
+        if not (self.opts.dry_run and decision.action is Action.UPLOAD):
+            self.cache.put(task.path, task.size, task.mtime_ns, md5_hex)
+        self._count(decision.action, task, len(data))
+
+    def _count(self, action: Action, task: _Task, nbytes: int) -> None:
+        with self._lock:
+            s = self.summary
+            if action is Action.UPLOAD:
+                if self.opts.dry_run:
+                    s.would_upload += 1
+                else:
+                    s.uploaded += 1
+                    s.bytes_uploaded += nbytes
+            elif action is Action.SKIP_STAGED:
+                s.already_staged += 1
+            elif action is Action.SKIP_INGESTED:
+                s.already_ingested += 1
+        if self.progress:
+            self.progress.tick(nbytes, task.staged if self.opts.dry_run and action is Action.UPLOAD else None)
+
+    def _put(self, task: _Task, data: bytes, md5: bytes) -> Decision:
+        if self.limiter:
+            self.limiter.acquire(len(data))
+        with self.slots:
+            written = self.sender.put(task.staged, data, md5, content_type(task.rel))
+        if written:
+            return Decision(Action.UPLOAD)
+        # Staged meanwhile (another run, or a re-upload racing us): same content is fine.
+        return decide(md5.hex(), self._remote_md5(task.staged), None)
+
+    def _remote_md5(self, name: str) -> str:
+        with self.slots:
+            return self.sender.remote_md5(name)
+
+    def _fail(self, path: str, staged: str, reason: str) -> None:
+        with self._lock:
+            self.summary.failures.append(Failure(path, staged, reason))
+        if self.progress:
+            self.progress.tick(0, None)
