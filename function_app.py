@@ -32,7 +32,9 @@ def ingest_staged_blob(blob: func.InputStream) -> None:
     name = blob.name or ""
 
     def handle() -> ingest.StagedOutcome:
-        staged = ingest.staged_from_trigger(name, rt.settings.staging_container, blob.read(), blob.blob_properties, blob.metadata)
+        # The concrete InputStream carries the trigger's properties and metadata; the abstract type does not declare them.
+        properties, metadata = getattr(blob, "blob_properties", None), getattr(blob, "metadata", None)
+        staged = ingest.staged_from_trigger(name, rt.settings.staging_container, blob.read(), properties, metadata)
         return ingest.on_staged_blob(rt, staged)
 
     run_blob_job(rt, "ingest_staged_blob", name, handle)

@@ -193,7 +193,7 @@ class QueueListener(_Component):
                         r = self.queue.update_message(
                             lease.message_id, lease.pop_receipt, visibility_timeout=int(self.opts.lease_seconds)
                         )
-                        lease.pop_receipt = r.pop_receipt
+                        lease.pop_receipt = r.pop_receipt or lease.pop_receipt
                     except HttpResponseError as exc:
                         log.warning("could not renew the lease of message %s: %s", lease.message_id, exc)
 

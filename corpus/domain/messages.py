@@ -12,6 +12,7 @@ For messages typed by hand (Storage Explorer's "Add message" offers to base64-en
 from __future__ import annotations
 
 import base64
+import builtins
 import binascii
 import json
 import re
@@ -77,10 +78,10 @@ class Fields:
             raise MessageError(f"{self._where}: field {key!r} must not be empty")
         return value
 
-    def int(self, key: str, *, required: bool = True, default: int | None = None) -> Any:
-        return self._get(key, int, required, default)
+    def int(self, key: builtins.str, *, required: bool = True, default: builtins.int | None = None) -> Any:
+        return self._get(key, builtins.int, required, default)
 
-    def any(self, key: str, types: type | tuple[type, ...], *, required: bool = True, default: Any = None) -> Any:
+    def any(self, key: builtins.str, types: type | tuple[type, ...], *, required: bool = True, default: Any = None) -> Any:
         return self._get(key, types, required, default)
 
     def done(self) -> None:

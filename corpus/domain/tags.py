@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
+from typing import cast
 
 from corpus.domain.errors import ConfigError
 
@@ -52,7 +53,7 @@ def load_extractor(spec: str) -> TagExtractor:
     func = getattr(module, attr, None)
     if not callable(func):
         raise ConfigError(f"CORPUS_TAG_EXTRACTOR {spec!r} does not name a callable")
-    return func
+    return cast(TagExtractor, func)
 
 
 def tags_for(dirs: Sequence[str], spec: str = DEFAULT_EXTRACTOR) -> list[str]:

@@ -184,7 +184,7 @@ def crop(img: Image.Image, box: list[int] | None = None, aspect: str | None = No
     if box is not None:
         if box[2] > img.size[0] or box[3] > img.size[1]:
             raise ImageError(f"crop box {box} exceeds the image ({img.size[0]}x{img.size[1]})")
-        return img.crop(tuple(box))
+        return img.crop((box[0], box[1], box[2], box[3]))
     aw, ah = _parse_aspect(aspect or "")
     w, h = img.size
     if w * ah > h * aw:
@@ -308,7 +308,7 @@ def render(data: bytes, name: str, args: dict[str, Any], max_pixels: int = DEFAU
             # the final LANCZOS pass keeps the quality.
             img.draft("RGB", (draft, draft))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        img = ImageOps.exif_transpose(img) or img
         if img.mode == "CMYK":
             img = _cmyk_to_rgb(img, icc)
             icc = None
@@ -327,7 +327,9 @@ def _cmyk_to_rgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     if icc:
         try:
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            converted = ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            if converted is not None:
+                return converted
         except (ImageCms.PyCMSError, OSError):
             pass
     return img.convert("RGB")

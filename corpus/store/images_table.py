@@ -82,7 +82,7 @@ class ImagesTable:
                 self.table.submit_transaction(ops)
                 return [True] * n
             except TableTransactionError as exc:
-                if exc.index == n and exc.error_code == "UpdateConditionNotSatisfied":  # only the counter lost a race
+                if exc.index == n:  # only the counter step failed: another writer raced us for the shard
                     backoff(attempt)
                     continue
                 break

@@ -1,0 +1,56 @@
+"""The layers exist in the code, not only in the README: imports may only point downwards.
+
+domain (pure) ← store (SDK adapters) ← app (use cases) ← function_app / cli / devhost.
+The domain knows nothing of Azure; nothing but the entry points knows the app layer's wiring.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "domain": ("azure", "corpus.store", "corpus.app", "corpus.upload", "corpus.devhost", "corpus.cli", "requests"),
+    "store": ("corpus.app", "corpus.upload", "corpus.devhost", "corpus.cli", "azure.functions"),
+    "app": ("corpus.upload", "corpus.devhost", "corpus.cli"),
+    "upload": ("corpus.app", "corpus.devhost", "corpus.cli", "azure.functions", "PIL"),
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layer_imports_only_point_downwards(layer: str) -> None:
+    files = sorted((CORPUS / layer).rglob("*.py"))
+    assert files, f"corpus/{layer}/ is empty"
+    bad = [
+        f"{path.relative_to(CORPUS.parent)} imports {name}"
+        for path in files
+        for name in sorted(imports_of(path))
+        if any(name == banned or name.startswith(banned + ".") for banned in FORBIDDEN[layer])
+    ]
+    assert bad == []
+
+
+def test_every_sub_package_has_an_empty_init() -> None:
+    for init in CORPUS.glob("*/__init__.py"):
+        assert init.read_text() == "", f"{init} is not empty"
+
+
+def test_the_documented_tag_extractor_default_still_resolves() -> None:
+    from corpus.domain.tags import DEFAULT_EXTRACTOR, load_extractor
+
+    assert DEFAULT_EXTRACTOR == "corpus.tags:path_components"
+    assert list(load_extractor(DEFAULT_EXTRACTOR)(["a", "b"])) == ["a", "b"]
