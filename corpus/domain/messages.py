@@ -12,8 +12,8 @@ For messages typed by hand (Storage Explorer's "Add message" offers to base64-en
 from __future__ import annotations
 
 import base64
-import builtins
 import binascii
+import builtins
 import json
 import re
 from dataclasses import asdict, dataclass
