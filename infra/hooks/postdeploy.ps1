@@ -6,7 +6,7 @@ $ErrorActionPreference = 'Stop'
 $ApiVersion = '2025-02-15'
 $SubscriptionName = 'staging-blob-created'
 
-function Fail([string]$Message) { Write-Error "postdeploy: $Message"; exit 1 }
+function Fail([string]$Message) { [Console]::Error.WriteLine("postdeploy: $Message"); exit 1 }
 
 foreach ($name in 'AZURE_RESOURCE_GROUP', 'AZURE_FUNCTION_APP_NAME', 'CORPUS_EVENTGRID_SYSTEM_TOPIC',
                   'CORPUS_STAGING_CONTAINER', 'CORPUS_BLOB_FUNCTION', 'CORPUS_STORAGE_ACCOUNT_ID',
@@ -27,19 +27,26 @@ if ($env:AZURE_SUBSCRIPTION_ID -and $current -ne $env:AZURE_SUBSCRIPTION_ID) {
 
 # 2. Wait for the blobs_extension key, showing az's errors.
 $key = ''
-for ($attempt = 1; $attempt -le 12; $attempt++) {
-  $out = az functionapp keys list -g $rg -n $app --query 'systemKeys.blobs_extension' -o tsv 2>&1
-  if ($LASTEXITCODE -eq 0) {
-    $key = "$out".Trim()
-    if ($key) { break }
-    Write-Host "waiting for the blobs_extension key (the host creates it on first start; $attempt/12)..."
-  } else {
-    Write-Warning "az functionapp keys list failed ($attempt/12): $out"
-    if ("$out" -match 'AuthorizationFailed|ResourceNotFound|ResourceGroupNotFound|az login') {
-      Fail "cannot read the function app's keys; fix the error above and run: azd hooks run postdeploy"
+$errFile = New-TemporaryFile
+try {
+  for ($attempt = 1; $attempt -le 12; $attempt++) {
+    # stderr goes to a file, so az warnings never end up in the key.
+    $out = & { $ErrorActionPreference = 'Continue'; az functionapp keys list -g $rg -n $app --query 'systemKeys.blobs_extension' -o tsv 2>$errFile }
+    if ($LASTEXITCODE -eq 0) {
+      $key = "$out".Trim()
+      if ($key) { break }
+      Write-Host "waiting for the blobs_extension key (the host creates it on first start; $attempt/12)..."
+    } else {
+      $err = Get-Content -Raw $errFile
+      [Console]::Error.WriteLine("az functionapp keys list failed ($attempt/12): $err")
+      if ($err -match 'AuthorizationFailed|ResourceNotFound|ResourceGroupNotFound|az login') {
+        Fail "cannot read the function app's keys; fix the error above and run: azd hooks run postdeploy"
+      }
     }
+    Start-Sleep -Seconds 10
   }
-  Start-Sleep -Seconds 10
+} finally {
+  Remove-Item $errFile -ErrorAction SilentlyContinue
 }
 if (-not $key) { Fail "no blobs_extension key on $app after 2 minutes: is the app deployed and started?" }
 

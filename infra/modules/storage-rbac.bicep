@@ -115,7 +115,6 @@ module operatorQueues 'queue-sender.bicep' = [for q in requestQueueNames: {
     principals: operators
     roleId: storageQueueDataMessageSender
   }
-  dependsOn: [queueService]
 }]
 
 // -- Event Grid: dead-letter container only -------------------------------------------------------
