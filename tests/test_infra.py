@@ -215,6 +215,10 @@ def test_operators_may_write_only_staging_and_the_request_queues():
         body = res[symbol]["config"]["config"]
         assert body["scope"] == "account"
         assert body["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"] == role
+    dead = res["operatorDeadLetterReaders"]["config"]["config"]
+    assert dead["scope"] == "deadLetterContainer"
+    assert dead["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"] == "storageBlobDataReader"
+    assert var["storageBlobDataReader"] == "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
     assert not any("Contributor" in k or "Owner" in k for k in var if k != "storageBlobDataContributor")
     queue_module = mod["modules"]["operatorQueues"]["config"]
     assert queue_module["loop_type"]["detail"]["array_name"] == "requestQueueNames"

@@ -81,4 +81,5 @@ try {
   Remove-Item $file -ErrorAction SilentlyContinue
 }
 Write-Host "Event Grid subscription $SubscriptionName -> $($env:CORPUS_BLOB_FUNCTION) is in place;"
-Write-Host "undeliverable events are dead-lettered to $($env:CORPUS_DEADLETTER_CONTAINER) (check it with: corpus status)."
+Write-Host "undeliverable events are dead-lettered to the $($env:CORPUS_DEADLETTER_CONTAINER) container; list them with:"
+Write-Host "  az storage blob list --auth-mode login --account-name $($env:CORPUS_STORAGE_ACCOUNT) -c $($env:CORPUS_DEADLETTER_CONTAINER) -o table"

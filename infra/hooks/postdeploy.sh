@@ -79,4 +79,5 @@ az rest --method put \
   --body "@$body" --output none \
   || fail "creating the Event Grid subscription failed (see the error above)"
 echo "Event Grid subscription ${SUBSCRIPTION_NAME} → ${CORPUS_BLOB_FUNCTION} is in place;"
-echo "undeliverable events are dead-lettered to ${CORPUS_DEADLETTER_CONTAINER} (check it with: corpus status)."
+echo "undeliverable events are dead-lettered to the ${CORPUS_DEADLETTER_CONTAINER} container; list them with:"
+echo "  az storage blob list --auth-mode login --account-name ${CORPUS_STORAGE_ACCOUNT:-<corpus account>} -c ${CORPUS_DEADLETTER_CONTAINER} -o table"

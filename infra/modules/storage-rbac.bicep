@@ -8,7 +8,8 @@
 //     internal queues and writes the tables); nobody else can write the internal queues;
 //   * operators and upload tools (people, groups, CI): Blob Data Contributor on the `staging`
 //     container only, Queue Data Message Sender on the request queues only, and account-wide
-//     readers for `corpus status` / `corpus sets` (Table Data Reader, Queue Data Reader);
+//     readers for `corpus status` / `corpus sets` (Table Data Reader, Queue Data Reader), and
+//     Blob Data Reader on the dead-letter container (to see lost events);
 //   * the Event Grid system topic's identity: Blob Data Contributor on the dead-letter container.
 param accountName string
 
@@ -38,6 +39,7 @@ var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var storageQueueDataMessageSender = 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
 var storageQueueDataReader = '19e7f393-937e-4f77-808e-94535e297925'
 var storageTableDataReader = '76199698-9eea-4c19-bc75-cec21354c6b6'
+var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: accountName
@@ -102,6 +104,16 @@ resource operatorTableReaders 'Microsoft.Authorization/roleAssignments@2022-04-0
     principalId: p.id
     principalType: p.type
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataReader)
+  }
+}]
+
+resource operatorDeadLetterReaders 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for p in (empty(deadLetterContainerName) ? [] : operators): {
+  name: guid(deadLetterContainer.id, p.id, storageBlobDataReader)
+  scope: deadLetterContainer
+  properties: {
+    principalId: p.id
+    principalType: p.type
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
   }
 }]
 
