@@ -12,20 +12,39 @@ param environmentName string
 @metadata({ azd: { type: 'location' } })
 param location string
 
+// Flex Consumption scales PER FUNCTION: each queue-triggered function (copy_to_original,
+// transform_request, transform_job, and the trainset/export functions to come) scales in its own
+// group of instances, and all Blob (Event Grid) functions share one group. maximumInstanceCount
+// caps the on-demand instances of EACH group, not of the app; always-ready instances don't count
+// (https://learn.microsoft.com/azure/azure-functions/event-driven-scaling#limit-scale-out and
+// #per-function-scaling). So copies and transform jobs can EACH reach
+// (batchSize + newBatchThreshold) x maximumInstanceCount = 24 x 10 = 240 at the same time, and the
+// app's worst case is that figure times the number of queue-triggered functions, plus the blob group.
+// For a real global cap G on all queue work: maximumInstanceCount = floor(G / (24 x N)) with N the
+// number of queue-triggered functions (and lower batchSize in host.json below 24 per instance);
+// a cap shared across functions needs separate function apps or a shared semaphore in the code.
+// Current docs give 1 as the lowest value (the preview docs said 40); see docs/deploy.md.
 @minValue(1)
 @maxValue(1000)
-@description('Most instances the function app scales out to. This MULTIPLIES the queue throttle: at most (batchSize + newBatchThreshold) x maximumInstanceCount copies or transform jobs run at once across the app.')
+@description('Most on-demand instances PER FUNCTION GROUP (Flex per-function scaling), not per app. It MULTIPLIES the queue throttle of each queue-triggered function separately: copies and transform jobs can each run (batchSize + newBatchThreshold) x maximumInstanceCount at once. See docs/deploy.md for a global cap.')
 param maximumInstanceCount int = 10
 
 @allowed([2048, 4096])
 @description('Memory per instance, MB. Image transforms of large photos want 4096.')
 param instanceMemoryMB int = 2048
 
-@description('Object id of a person to grant data access for debugging (azd sets it to the deployer). Empty: none.')
+@description('Object id of the deployer, granted operator access (upload to staging, send requests, read status). azd sets it (AZURE_PRINCIPAL_ID). Empty: none.')
 param principalId string = ''
 
-@allowed(['User', 'ServicePrincipal'])
+@description('Type of principalId: User when a person runs azd, ServicePrincipal from CI (set AZURE_PRINCIPAL_TYPE), else ARM fails with UnmatchedPrincipalType.')
+@allowed(['User', 'ServicePrincipal', 'Group'])
 param principalType string = 'User'
+
+@description('Object id of an extra operator principal, typically the group of people and upload tools (CORPUS_OPERATOR_PRINCIPAL_ID). Empty: none.')
+param operatorPrincipalId string = ''
+
+@allowed(['User', 'ServicePrincipal', 'Group'])
+param operatorPrincipalType string = 'Group'
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
@@ -47,6 +66,8 @@ module app 'resources.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     principalId: principalId
     principalType: principalType
+    operatorPrincipalId: operatorPrincipalId
+    operatorPrincipalType: operatorPrincipalType
   }
 }
 
@@ -55,6 +76,8 @@ output AZURE_TENANT_ID string = tenant().tenantId
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = app.outputs.functionAppName
 output CORPUS_STORAGE_ACCOUNT string = app.outputs.corpusStorageAccountName
+output CORPUS_STORAGE_ACCOUNT_ID string = app.outputs.corpusStorageAccountId
 output CORPUS_EVENTGRID_SYSTEM_TOPIC string = app.outputs.systemTopicName
 output CORPUS_STAGING_CONTAINER string = app.outputs.stagingContainerName
+output CORPUS_DEADLETTER_CONTAINER string = app.outputs.deadLetterContainerName
 output CORPUS_BLOB_FUNCTION string = app.outputs.blobFunctionName

@@ -1,26 +1,65 @@
 // Everything corpus needs inside one resource group. Names of containers, queues, tables and
 // app settings mirror corpus/settings.py; tests/test_infra.py fails CI if they drift apart.
+//
+// Deploy-time constants: every resource `name`, every `scope` and every `guid()` seed of a role
+// assignment is computed from parameters and variables only, never from another resource's
+// runtime output (Bicep rejects that with BCP120; `existing` resources named by module outputs
+// were the original mistake). tests/test_infra.py enforces the rule on the parsed templates.
 param location string
 param tags object
 param resourceToken string
 param maximumInstanceCount int
 param instanceMemoryMB int
 param principalId string
-@allowed(['User', 'ServicePrincipal'])
+@allowed(['User', 'ServicePrincipal', 'Group'])
 param principalType string
+param operatorPrincipalId string
+@allowed(['User', 'ServicePrincipal', 'Group'])
+param operatorPrincipalType string
 
 // -- names the code relies on (corpus/settings.py) --------------------------------------------
 var corpusConnection = 'CorpusStorage'
 var stagingContainerName = 'staging'
 var rejectedContainerName = 'rejected'
+var trainsetsContainerName = 'trainsets'
+var exportsContainerName = 'exports'
+var deadLetterContainerName = 'eventgrid-deadletter'
 var copyQueueName = 'copy-requests'
 var transformQueueName = 'transform-requests'
 var transformJobsQueueName = 'transform-jobs'
-var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures']
+var trainsetQueueName = 'trainset-requests'
+var exportQueueName = 'export-requests'
+var blobPoisonQueueName = 'webjobs-blobtrigger-poison'
+var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'TrainingSets', 'Models', 'Lineage']
 var blobFunctionName = 'ingest_staged_blob'
 
+// Queues operators may send to. The others (copy-requests, transform-jobs, every -poison queue)
+// are internal: only the function app's identity can write them.
+var requestQueueNames = [transformQueueName, trainsetQueueName, exportQueueName]
+// Poison queues exist before they are needed: the host moves a message to <queue>-poison after
+// maxDequeueCount attempts, and the Event Grid blob trigger uses webjobs-blobtrigger-poison.
+// (Spelled out, not map(): checkov's Bicep parser does not know lambdas.)
+var corpusQueueNames = [
+  copyQueueName
+  transformQueueName
+  transformJobsQueueName
+  trainsetQueueName
+  exportQueueName
+  '${copyQueueName}-poison'
+  '${transformQueueName}-poison'
+  '${transformJobsQueueName}-poison'
+  '${trainsetQueueName}-poison'
+  '${exportQueueName}-poison'
+  blobPoisonQueueName
+]
+var corpusContainerNames = [stagingContainerName, rejectedContainerName, trainsetsContainerName, exportsContainerName, deadLetterContainerName]
+
+// -- resource names: variables, so they are deploy-time constants -------------------------------
 var functionAppName = 'func-corpus-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(resourceToken, 12)}'
+var hostAccountName = 'sthost${take(resourceToken, 18)}'
+var corpusAccountName = 'stcorpus${take(resourceToken, 16)}'
+var systemTopicName = 'evgt-corpus-${resourceToken}'
 
 // Built-in role definition ids.
 var roles = {
@@ -29,6 +68,12 @@ var roles = {
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
+
+// People, groups and upload tools: the deployer (azd sets principalId and, with
+// AZURE_PRINCIPAL_TYPE, its type) and an optional operator principal, typically a group.
+var deployerOperator = empty(principalId) ? [] : [{ id: principalId, type: principalType }]
+var extraOperator = empty(operatorPrincipalId) || operatorPrincipalId == principalId ? [] : [{ id: operatorPrincipalId, type: operatorPrincipalType }]
+var operators = concat(deployerOperator, extraOperator)
 
 // -- identity ------------------------------------------------------------------------------------
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
@@ -41,7 +86,7 @@ resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' 
 module hostStorage 'modules/storage-account.bicep' = {
   name: 'host-storage'
   params: {
-    name: 'sthost${take(resourceToken, 18)}'
+    name: hostAccountName
     location: location
     tags: tags
     containers: [deploymentContainerName]
@@ -51,64 +96,48 @@ module hostStorage 'modules/storage-account.bicep' = {
 module corpusStorage 'modules/storage-account.bicep' = {
   name: 'corpus-storage'
   params: {
-    name: 'stcorpus${take(resourceToken, 16)}'
+    name: corpusAccountName
     location: location
     tags: tags
-    containers: [stagingContainerName, rejectedContainerName]
-    // Poison queues (<queue>-poison, webjobs-blobtrigger-poison) are created by the Functions host.
-    queues: [copyQueueName, transformQueueName, transformJobsQueueName]
+    containers: corpusContainerNames
+    queues: corpusQueueNames
     tables: tableNames
   }
 }
 
-resource hostAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
-  name: hostStorage.outputs.name
-}
-
-resource corpusAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
-  name: corpusStorage.outputs.name
-}
-
-// -- least-privilege data roles for the app's identity --------------------------------------------
+// -- least-privilege data roles --------------------------------------------------------------------
 // Host storage: the Functions host keeps leases, keys and the deployment package in blobs and uses
 // queues internally (Storage Blob Data Owner + Storage Queue Data Contributor, per the host's docs).
 // Corpus storage: the blob trigger needs Blob Data Owner (its documented requirement) and the
-// queue role (poison queue); the code copies/deletes blobs, uses the queues and writes the tables.
+// queue role (poison queue); the code creates a container per domain, copies/deletes blobs, uses
+// the queues and writes the tables. The app's identity is the only writer of the internal queues.
 var hostRoles = [roles.storageBlobDataOwner, roles.storageQueueDataContributor]
 var corpusRoles = [roles.storageBlobDataOwner, roles.storageQueueDataContributor, roles.storageTableDataContributor]
 
-resource hostRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for r in hostRoles: {
-  name: guid(hostAccount.id, identity.id, r)
-  scope: hostAccount
-  properties: {
-    principalId: identity.properties.principalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', r)
+module hostRbac 'modules/storage-rbac.bicep' = {
+  name: 'host-storage-rbac'
+  params: {
+    accountName: hostAccountName
+    appPrincipalId: identity.properties.principalId
+    appRoleIds: hostRoles
   }
-}]
+  dependsOn: [hostStorage]
+}
 
-resource corpusRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for r in corpusRoles: {
-  name: guid(corpusAccount.id, identity.id, r)
-  scope: corpusAccount
-  properties: {
-    principalId: identity.properties.principalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', r)
+module corpusRbac 'modules/storage-rbac.bicep' = {
+  name: 'corpus-storage-rbac'
+  params: {
+    accountName: corpusAccountName
+    appPrincipalId: identity.properties.principalId
+    appRoleIds: corpusRoles
+    operators: operators
+    stagingContainerName: stagingContainerName
+    requestQueueNames: requestQueueNames
+    deadLetterWriterPrincipalId: systemTopic.identity.principalId
+    deadLetterContainerName: deadLetterContainerName
   }
-}]
-
-// The deployer gets the same data access to the corpus, to run `corpus status` and uploads.
-var userRoles = empty(principalId) ? [] : corpusRoles
-
-resource userCorpusRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for r in userRoles: {
-  name: guid(corpusAccount.id, principalId, r)
-  scope: corpusAccount
-  properties: {
-    principalId: principalId
-    principalType: principalType
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', r)
-  }
-}]
+  dependsOn: [corpusStorage]
+}
 
 // -- monitoring --------------------------------------------------------------------------------
 resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
@@ -174,14 +203,15 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     // checkov:skip=CKV_AZURE_222: same as CKV_AZURE_221: Event Grid delivers BlobCreated to the app's public webhook.
     // checkov:skip=CKV_AZURE_17: Event Grid webhooks present no client certificate; the webhook is authorised by the blobs_extension key.
     // checkov:skip=CKV_AZURE_212: Flex Consumption scales from zero; failed work is retried from the queues, so always-ready instances would only add cost.
+    // checkov:skip=CKV_AZURE_78: Flex Consumption has no FTP endpoint and rejects siteConfig.ftpsState (error 51021 "... for Flex Consumption sites is invalid", Azure/azure-cli#31414); deployment is by package to blob storage with the managed identity.
     // checkov:skip=CKV_AZURE_213: the app serves no HTTP endpoint to probe; queue and Event Grid retries cover unhealthy instances.
     serverFarmId: plan.id
     httpsOnly: true
     clientCertEnabled: false
     publicNetworkAccess: 'Enabled'
     siteConfig: {
+      // No ftpsState: Flex Consumption rejects it (error 51021, Azure/azure-cli#31414); Flex has no FTP.
       minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       appSettings: [
         // Host storage, identity-based.
@@ -202,6 +232,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'CORPUS_COPY_QUEUE', value: copyQueueName }
         { name: 'CORPUS_TRANSFORM_QUEUE', value: transformQueueName }
         { name: 'CORPUS_TRANSFORM_JOBS_QUEUE', value: transformJobsQueueName }
+        { name: 'CORPUS_TRAINSET_QUEUE', value: trainsetQueueName }
+        { name: 'CORPUS_TRAINSETS_CONTAINER', value: trainsetsContainerName }
+        { name: 'CORPUS_EXPORT_QUEUE', value: exportQueueName }
+        { name: 'CORPUS_EXPORTS_CONTAINER', value: exportsContainerName }
+        { name: 'CORPUS_DEADLETTER_CONTAINER', value: deadLetterContainerName }
         // Monitoring, Entra ID only.
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsights.properties.ConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identity.properties.clientId};Authorization=AAD' }
@@ -228,25 +263,34 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
     }
   }
-  dependsOn: [hostRoleAssignments, corpusRoleAssignments]
+  dependsOn: [hostRbac, corpusRbac]
 }
 
 // -- Event Grid: BlobCreated in staging feeds the blob trigger ------------------------------------
 // The system topic is created here. Its subscription is created by infra/hooks/postdeploy.sh,
 // after the code is deployed, because its webhook URL needs the host's `blobs_extension` system
-// key, which exists only once the host has started with a blob trigger.
-resource systemTopic 'Microsoft.EventGrid/systemTopics@2024-06-01-preview' = {
-  name: 'evgt-corpus-${resourceToken}'
+// key, which exists only once the host has started with a blob trigger. The hook configures
+// dead-lettering into `eventgrid-deadletter` with this topic's system-assigned identity
+// (deadLetterWithResourceIdentity), which holds Storage Blob Data Contributor on that container
+// only (corpusRbac above): the corpus account allows no shared-key access.
+resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
+  name: systemTopicName
   location: location
   tags: tags
+  identity: {
+    type: 'SystemAssigned'
+  }
   properties: {
-    source: corpusAccount.id
+    source: resourceId('Microsoft.Storage/storageAccounts', corpusAccountName)
     topicType: 'Microsoft.Storage.StorageAccounts'
   }
+  dependsOn: [corpusStorage]
 }
 
 output functionAppName string = functionApp.name
-output corpusStorageAccountName string = corpusStorage.outputs.name
+output corpusStorageAccountName string = corpusAccountName
+output corpusStorageAccountId string = resourceId('Microsoft.Storage/storageAccounts', corpusAccountName)
 output systemTopicName string = systemTopic.name
 output stagingContainerName string = stagingContainerName
+output deadLetterContainerName string = deadLetterContainerName
 output blobFunctionName string = blobFunctionName

@@ -1,4 +1,6 @@
 // A keyless storage account: Entra ID only, TLS 1.2, HTTPS only, no public blob access.
+// `name` is a parameter, so inside this module it is a deploy-time constant: callers pass a name
+// computed from variables, never another resource's output (Bicep BCP120 otherwise).
 param name string
 param location string
 param tags object
