@@ -9,6 +9,7 @@ import azure.functions as func
 
 from corpus.app import ingest
 from corpus.app.failures import run_blob_job, run_queue_job
+from corpus.app.reconcile import reconcile
 from corpus.app.runtime import check_config, get_runtime
 from corpus.app.transform_jobs import on_transform_job, on_transform_request
 from corpus.domain.messages import CopyRequest, TransformJob, TransformRequest
@@ -62,3 +63,11 @@ def transform_job(msg: func.QueueMessage) -> None:
     """Render one transformed image, store it under transform/, count it exactly once."""
     rt = get_runtime()
     run_queue_job(rt, rt.settings.transform_jobs_queue, msg, lambda body: on_transform_job(rt, TransformJob.parse(body)))
+
+
+@app.function_name("reconcile_staging")
+@app.timer_trigger(arg_name="timer", schedule="%CORPUS_RECONCILE_SCHEDULE%")
+def reconcile_staging(timer: func.TimerRequest) -> None:
+    """Hand staged blobs whose event was lost (or dead-lettered) to ingest again; see corpus/app/reconcile.py."""
+    rt = get_runtime()
+    run_blob_job(rt, "reconcile_staging", "timer", lambda: reconcile(rt))

@@ -30,7 +30,7 @@ var transformJobsQueueName = 'transform-jobs'
 var trainsetQueueName = 'trainset-requests'
 var exportQueueName = 'export-requests'
 var blobPoisonQueueName = 'webjobs-blobtrigger-poison'
-var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'TrainingSets', 'Models', 'Lineage']
+var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'Redrives', 'TrainingSets', 'Models', 'Lineage']
 var blobFunctionName = 'ingest_staged_blob'
 
 // Queues operators may send to. The others (copy-requests, transform-jobs, every -poison queue)
@@ -237,6 +237,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'CORPUS_EXPORT_QUEUE', value: exportQueueName }
         { name: 'CORPUS_EXPORTS_CONTAINER', value: exportsContainerName }
         { name: 'CORPUS_DEADLETTER_CONTAINER', value: deadLetterContainerName }
+        // Reconciliation (corpus/app/reconcile.py): the timer's NCRONTAB schedule; the grace period and batch use the code's defaults.
+        { name: 'CORPUS_RECONCILE_SCHEDULE', value: '0 */5 * * * *' }
         // Monitoring, Entra ID only.
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsights.properties.ConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identity.properties.clientId};Authorization=AAD' }

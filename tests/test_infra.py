@@ -76,7 +76,7 @@ NEW_SETTINGS = {
     "CORPUS_TRAINSETS_CONTAINER": "trainsets",
     "CORPUS_EXPORT_QUEUE": "export-requests",
     "CORPUS_EXPORTS_CONTAINER": "exports",
-    "CORPUS_DEADLETTER_CONTAINER": "eventgrid-deadletter",
+    "CORPUS_DEADLETTER_CONTAINER": s.DEFAULTS[s.DEADLETTER_CONTAINER],
 }
 NEW_TABLES = ["TrainingSets", "Models", "Lineage"]
 
@@ -92,10 +92,16 @@ def test_containers_queues_tables_match_the_code():
         new["CORPUS_EXPORTS_CONTAINER"],
         new["CORPUS_DEADLETTER_CONTAINER"],
     ]
-    triggered = [d[s.COPY_QUEUE], d[s.TRANSFORM_QUEUE], d[s.TRANSFORM_JOBS_QUEUE], new["CORPUS_TRAINSET_QUEUE"], new["CORPUS_EXPORT_QUEUE"]]
+    triggered = [
+        d[s.COPY_QUEUE],
+        d[s.TRANSFORM_QUEUE],
+        d[s.TRANSFORM_JOBS_QUEUE],
+        new["CORPUS_TRAINSET_QUEUE"],
+        new["CORPUS_EXPORT_QUEUE"],
+    ]
     # Every queue has its poison queue provisioned up front, and so does the blob trigger.
     assert resolve(params["queues"]) == [*triggered, *(q + "-poison" for q in triggered), s.BLOB_POISON_QUEUE]
-    assert resolve(params["tables"]) == [*s.TABLES, *NEW_TABLES]
+    assert set(resolve(params["tables"])) == {*s.TABLES, *NEW_TABLES}
 
 
 def test_new_feature_and_dead_letter_settings_are_set_and_output():
@@ -116,9 +122,13 @@ def test_every_binding_expression_and_connection_is_provided_by_the_app_settings
     got = app_settings()
     for fn in app_functions(function_app.app):
         trigger = fn.get_trigger()
-        expr = getattr(trigger, "path", None) or trigger.queue_name
+        expr = getattr(trigger, "path", None) or getattr(trigger, "queue_name", None) or trigger.schedule
         for setting in re.findall(r"%([^%]+)%", expr):
             assert setting in got, f"{fn.get_function_name()} binds %{setting}%, which Bicep does not set"
+            if setting in s.DEFAULTS:
+                assert resolve(got[setting]) == s.DEFAULTS[setting], setting
+        if trigger.get_binding_name() == "timerTrigger":
+            continue  # no connection
         conn = trigger.connection
         assert conn == s.CONNECTION
         # Identity-based: blob AND queue URIs (the Event Grid blob trigger uses a queue), credential, client id.
@@ -324,7 +334,7 @@ class DeployTimeConstants:
     def interpolation_is_constant(self, text: str, local: frozenset[str]) -> bool:
         for inner in re.findall(r"\$\{([^}]*)\}", text):
             for m in re.finditer(r"([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?", inner):
-                if inner[m.end():].lstrip().startswith("("):
+                if inner[m.end() :].lstrip().startswith("("):
                     continue  # a function name
                 if self.symbol_is_constant(m.group(1), local, m.group(2)) is False:
                     return False
@@ -380,7 +390,11 @@ def deploy_time_violations(tree: dict[str, Any]) -> list[str]:
         body, local = body_and_locals(res["config"], dtc)
         what = f"resource {symbol} ({res['type']})"
         if not dtc.is_constant(body.get("name"), local):
-            kind = "role-assignment name (its guid() seeds)" if res["type"].lower() == "microsoft.authorization/roleassignments" else "name"
+            kind = (
+                "role-assignment name (its guid() seeds)"
+                if res["type"].lower() == "microsoft.authorization/roleassignments"
+                else "name"
+            )
             found.append(f"{what}: {kind} is not a deploy-time constant")
         for key in ("scope", "parent"):
             if key in body and not dtc.is_constant(body[key], local):
@@ -445,12 +459,14 @@ def test_the_deploy_time_constant_check_catches_bcp120(tmp_path):
     sample = tmp_path / "sample.bicep"
     sample.write_text(BCP120_SAMPLE)
     found = deploy_time_violations(BicepParser().parse(file_path=sample))
+    ra = "(Microsoft.Authorization/roleAssignments)"
+    seeds = "role-assignment name (its guid() seeds) is not a deploy-time constant"
     assert sorted(found) == sorted(
         [
             "resource viaOutput (Microsoft.Storage/storageAccounts): name is not a deploy-time constant",
-            "resource bad (Microsoft.Authorization/roleAssignments): role-assignment name (its guid() seeds) is not a deploy-time constant",
-            "resource bad (Microsoft.Authorization/roleAssignments): scope is not a deploy-time constant",
-            "resource badSeed (Microsoft.Authorization/roleAssignments): role-assignment name (its guid() seeds) is not a deploy-time constant",
-            "resource badIf (Microsoft.Authorization/roleAssignments): role-assignment name (its guid() seeds) is not a deploy-time constant",
+            f"resource bad {ra}: {seeds}",
+            f"resource bad {ra}: scope is not a deploy-time constant",
+            f"resource badSeed {ra}: {seeds}",
+            f"resource badIf {ra}: {seeds}",
         ]
     )

@@ -10,17 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from corpus.cli.common import CliError, settings_from_cwd
 from corpus.domain.errors import ConfigError
-from corpus.store.settings import Settings, load_local_settings
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
+from corpus.store.settings import Settings
 
 
 def _settings() -> Settings:
-    load_local_settings(Path.cwd())
-    return Settings.from_env()
+    return settings_from_cwd()
 
 
 def cmd_host(args: argparse.Namespace) -> int:
@@ -36,6 +32,8 @@ def cmd_host(args: argparse.Namespace) -> int:
                 blob_poll_interval=args.blob_poll,
                 lease_seconds=args.lease,
                 deliver_twice=args.deliver_twice,
+                drop_blob_events=args.drop_blob_events,
+                timers_now=args.timers_now,
                 trace=trace,
             ),
             _settings(),
@@ -179,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--lease", type=float, default=60.0, help="message lease (visibility) in seconds while processing")
     h.add_argument("--deliver-twice", action="store_true", help="testing: deliver every blob event and message twice")
     h.add_argument("--trace", help="append a JSON line per invocation (start, end, ok) to this file")
+    h.add_argument("--drop-blob-events", action="store_true", help="testing: lose every blob event, as Event Grid may")
+    h.add_argument("--timers-now", action="store_true", help="run every timer trigger once at start-up, then on schedule")
     h.set_defaults(func=cmd_host)
 
     s = sub.add_parser("status", help="queues (with poison), staging, rejections, failures, sets")
@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--count", type=int, default=50)
     g.add_argument("--seed", type=int, default=1)
     g.set_defaults(func=cmd_sample)
+
+    from corpus.cli import reconcile
+
+    reconcile.add_parsers(sub)
     return p
 
 

@@ -34,6 +34,7 @@ def collect(settings: Settings, limit: int = 20) -> dict[str, Any]:
     rejected = catalog.rejections.list(REJECT_INVALID)
     junk = catalog.rejections.list(REJECT_JUNK)
     failures = catalog.failures.list(final_only=True)
+    redrives = catalog.redrives.list()
     sets = list(catalog.sets.query())
     return {
         "queues": queues,
@@ -49,6 +50,12 @@ def collect(settings: Settings, limit: int = 20) -> dict[str, Any]:
             "latest": [_failure(f) for f in failures[-limit:]],
         },
         "sets": {"count": len(sets), "images": sum(s.image_count for s in sets)},
+        "redriven": {
+            "count": len(redrives),
+            "latest": [
+                {"Name": r.name, "Why": r.why, "Outcome": r.outcome, "Times": r.times, "At": r.at} for r in redrives[-limit:]
+            ],
+        },
     }
 
 
@@ -89,6 +96,10 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"failed messages (poisoned):      {fail['count']}")
     for f in fail["latest"]:
         lines.append(f"  {f['Source']} {f['Key']} after {f['Attempts']} attempt(s): {str(f['Reason']).splitlines()[0]}")
+    red = report["redriven"]
+    lines.append(f"re-driven by reconciliation:     {red['count']}")
+    for r in red["latest"]:
+        lines.append(f"  {r['Name']}: {r['Why']} -> {r['Outcome'] or 'in progress'} ({r['Times']}x)")
     lines.append(f"image sets: {report['sets']['count']} holding {report['sets']['images']} images")
     return "\n".join(lines)
 

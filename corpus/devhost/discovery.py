@@ -49,8 +49,8 @@ class Target:
     """One discovered function: what triggers it and how to call it."""
 
     name: str
-    kind: str  # "blob" | "queue"
-    source: str  # container or queue name, resolved
+    kind: str  # "blob" | "queue" | "timer"
+    source: str  # container, queue name or timer schedule, resolved
     connection: str
     arg_name: str
     call: Callable[..., Any]
@@ -83,6 +83,9 @@ def discover(app_dir: Path, values: dict[str, str] | Any) -> list[Target]:
                     fn.get_user_function(),
                 )
             )
+        elif ttype == "timerTrigger":
+            schedule = resolve(trigger.schedule, values)
+            targets.append(Target(fn.get_function_name(), "timer", schedule, "", trigger.name, fn.get_user_function()))
         else:
             log.warning("function %s has a %s trigger, which this host does not run", fn.get_function_name(), ttype)
     return targets

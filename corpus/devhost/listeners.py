@@ -23,9 +23,10 @@ from azure.data.tables import TableClient, UpdateMode
 from azure.functions import meta
 from azure.functions.blob import BlobConverter
 from azure.functions.queue import QueueMessageInConverter
+from azure.functions.timer import TimerRequestConverter
 
 from corpus.devhost.discovery import Target
-from corpus.domain import keys
+from corpus.domain import cron, keys
 from corpus.store.hostconfig import QueueConfig
 from corpus.store.settings import BLOB_POISON_QUEUE, poison_queue
 from corpus.store.storage import Clients
@@ -106,6 +107,8 @@ class HostOptions:
     lease_seconds: float = 60.0
     deliver_twice: bool = False
     trace: TextIO | None = None
+    drop_blob_events: bool = False  # testing: lose every blob event, as Event Grid sometimes does
+    timers_now: bool = False  # run every timer trigger once at start-up, then on its schedule
 
 
 class _Component:
@@ -315,6 +318,11 @@ class BlobListener(_Component):
 
     def _deliver(self, name: str) -> None:
         try:
+            if self.opts.drop_blob_events:
+                props = self.container.get_blob_client(name).get_blob_properties()
+                log.info("dropping the event of blob %s (--drop-blob-events)", name)
+                self._remember(name, props.etag)
+                return
             client = self.container.get_blob_client(name)
             try:
                 downloader = client.download_blob()
@@ -345,17 +353,21 @@ class BlobListener(_Component):
                     )
                 )
                 log.error("blob %s failed %d times: moved to %s", name, self.cfg.max_dequeue_count, BLOB_POISON_QUEUE)
-            self.receipts.upsert_entity(
-                {"PartitionKey": self._pk, "RowKey": keys.escape(name), "Name": name, "ETag": etag}, mode=UpdateMode.REPLACE
-            )
-            with self._lock:
-                self._delivered[name] = _bare(etag)
+            self._remember(name, etag)
         except Exception:
             log.exception("host error delivering blob %s", name)
         finally:
             with self._lock:
                 self._in_flight.discard(name)
             self._slots.release()
+
+    def _remember(self, name: str, etag: str) -> None:
+        """Record the delivery of this version, so neither this host nor a restarted one sends it again."""
+        self.receipts.upsert_entity(
+            {"PartitionKey": self._pk, "RowKey": keys.escape(name), "Name": name, "ETag": etag}, mode=UpdateMode.REPLACE
+        )
+        with self._lock:
+            self._delivered[name] = _bare(etag)
 
     def _invoke(self, name: str, data: bytes, props: Any) -> bool:
         properties = {
@@ -376,3 +388,32 @@ class BlobListener(_Component):
         }
         arg = BlobConverter.decode(meta.Datum(data, "bytes"), trigger_metadata=metadata)
         return invoke(self.t, self.stats, arg, name, f"blob {name}")
+
+
+class TimerListener(_Component):
+    """A timer trigger on its NCRONTAB schedule (and once at start-up with ``timers_now``).
+
+    Like the Functions host, it never runs one timer function twice at once, and a run that
+    overlaps the next due time is followed at once by the next one (past due). While waiting it
+    reports itself idle, so ``--until-idle`` is not held up by a timer that is not running.
+    """
+
+    def __init__(self, target: Target, stats: Stats, opts: HostOptions) -> None:
+        self.t, self.stats, self.opts = target, stats, opts
+        self.schedule = cron.parse(target.source)
+
+    def run(self, stop: threading.Event) -> None:
+        due = datetime.now(UTC) if self.opts.timers_now else self.schedule.next_after(datetime.now(UTC))
+        while not stop.is_set():
+            now = datetime.now(UTC)
+            if now < due:
+                self.idle_since = time.monotonic()
+                stop.wait(min(0.2, (due - now).total_seconds()))
+                continue
+            self.idle_since = None
+            past_due = (now - due).total_seconds() > 1
+            status = {"Last": _iso(now), "Next": _iso(self.schedule.next_after(now)), "LastUpdated": _iso(now)}
+            body = json.dumps({"Schedule": {"AdjustForDST": True}, "ScheduleStatus": status, "IsPastDue": past_due})
+            arg = TimerRequestConverter.decode(meta.Datum(body, "json"), trigger_metadata=None)
+            invoke(self.t, self.stats, arg, f"timer {_iso(now)}", "its schedule")
+            due = self.schedule.next_after(max(datetime.now(UTC), due))

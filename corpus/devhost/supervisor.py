@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from corpus.devhost.discovery import discover
-from corpus.devhost.listeners import RECEIPTS_TABLE, BlobListener, HostOptions, QueueListener, Stats, _Component
+from corpus.devhost.listeners import RECEIPTS_TABLE, BlobListener, HostOptions, QueueListener, Stats, TimerListener, _Component
 from corpus.store.hostconfig import load_queue_config
 from corpus.store.settings import BLOB_POISON_QUEUE, Connection, Settings, poison_queue
 from corpus.store.storage import Clients
@@ -55,6 +55,10 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
 
     components: list[_Component] = []
     for t in targets:
+        if t.kind == "timer":
+            components.append(TimerListener(t, stats, opts))
+            log.info("scheduled: %s (timer trigger, %s)", t.name, t.source)
+            continue
         clients = Clients(Connection.from_env(values, t.connection))
         if t.kind == "queue":
             clients.ensure(queues=(t.source, poison_queue(t.source)))

@@ -1,12 +1,15 @@
-"""Tables ``Rejections`` and ``Failures``: where users find what did not go through, and why."""
+"""Tables ``Rejections``, ``Failures`` and ``Redrives``: where users find what did not go through, and why."""
 
 from __future__ import annotations
 
-from azure.core.exceptions import ResourceNotFoundError
+from datetime import datetime, timedelta
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from corpus.domain import keys
-from corpus.store.rows import FailureRow, RejectionRow
+from corpus.store.rows import REDRIVE_PARTITION, FailureRow, RedriveRow, RejectionRow
 
 
 class RejectionsTable:
@@ -45,3 +48,47 @@ class FailuresTable:
     def list(self, final_only: bool = True) -> list[FailureRow]:
         rows = self.table.query_entities("Final eq true") if final_only else self.table.list_entities()
         return sorted((FailureRow.from_entity(r) for r in rows), key=lambda r: (r.at is None, r.at))
+
+
+class RedrivesTable:
+    """What reconciliation handed to ingest again: one row per staged name, its latest re-drive."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def claim(self, name: str, etag: str, why: str, at: datetime, grace: timedelta) -> RedriveRow | None:
+        """Claim the re-drive of this version of ``name`` now, or None when another reconciler
+        re-drove the same version less than ``grace`` ago (insert-only create, or replace with
+        If-Match: of two concurrent claims exactly one wins)."""
+        key = keys.escape(name)
+        try:
+            entity = self.table.get_entity(REDRIVE_PARTITION, key)
+        except ResourceNotFoundError:
+            row = RedriveRow(name, etag, why, at=at)
+            try:
+                self.table.create_entity(row.to_entity())
+            except ResourceExistsError:
+                return None
+            return row
+        last = RedriveRow.from_entity(entity)
+        if last.etag == etag and last.at is not None and last.at > at - grace:
+            return None
+        row = RedriveRow(name, etag, why, times=last.times + 1, at=at)
+        try:
+            self.table.update_entity(
+                row.to_entity(),
+                mode=UpdateMode.REPLACE,
+                etag=entity.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        return row
+
+    def finish(self, row: RedriveRow, outcome: str) -> None:
+        entity = {"PartitionKey": REDRIVE_PARTITION, "RowKey": keys.escape(row.name), "Outcome": outcome}
+        self.table.update_entity(entity, mode=UpdateMode.MERGE)
+
+    def list(self) -> list[RedriveRow]:
+        rows = self.table.query_entities("PartitionKey eq @p", parameters={"p": REDRIVE_PARTITION})
+        return sorted((RedriveRow.from_entity(r) for r in rows), key=lambda r: (r.at is None, r.at))

@@ -334,3 +334,45 @@ class FailureRow:
             body=_str(entity, "Body"),
             at=_time(entity, "At"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveRow:
+    """A ``Redrives`` entity: a staged blob that reconciliation handed to ingest again, and why.
+
+    One row per staged name (the latest re-drive), claimed with ETag conditions so that two
+    reconcilers running at once re-drive a blob version at most once per grace period.
+    """
+
+    name: str
+    etag: str
+    why: str
+    outcome: str = ""
+    times: int = 1
+    at: datetime | None = None
+
+    def to_entity(self) -> Entity:
+        return {
+            "PartitionKey": REDRIVE_PARTITION,
+            "RowKey": keys.escape(self.name),
+            "Name": self.name,
+            "ETag": self.etag,
+            "Why": truncate(self.why),
+            "Outcome": self.outcome,
+            "Times": self.times,
+            "At": self.at or now(),
+        }
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> RedriveRow:
+        return cls(
+            name=_str(entity, "Name"),
+            etag=_str(entity, "ETag"),
+            why=_str(entity, "Why"),
+            outcome=_str(entity, "Outcome"),
+            times=as_int(entity.get("Times"), 1),
+            at=_time(entity, "At"),
+        )
+
+
+REDRIVE_PARTITION = "redrive"

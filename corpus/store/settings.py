@@ -34,7 +34,8 @@ TABLE_IMAGES = "Images"
 TABLE_TRANSFORMS = "ImageTransforms"
 TABLE_REJECTIONS = "Rejections"
 TABLE_FAILURES = "Failures"
-TABLES = (TABLE_SETS, TABLE_IMAGES, TABLE_TRANSFORMS, TABLE_REJECTIONS, TABLE_FAILURES)
+TABLE_REDRIVES = "Redrives"
+TABLES = (TABLE_SETS, TABLE_IMAGES, TABLE_TRANSFORMS, TABLE_REJECTIONS, TABLE_FAILURES, TABLE_REDRIVES)
 
 POISON_SUFFIX = "-poison"
 
@@ -57,6 +58,10 @@ TRANSFORM_JOBS_QUEUE = "CORPUS_TRANSFORM_JOBS_QUEUE"
 TAG_EXTRACTOR = "CORPUS_TAG_EXTRACTOR"
 MAX_PIXELS = "CORPUS_MAX_PIXELS"
 MAX_BLOB_BYTES = "CORPUS_MAX_BLOB_BYTES"
+DEADLETTER_CONTAINER = "CORPUS_DEADLETTER_CONTAINER"
+RECONCILE_SCHEDULE = "CORPUS_RECONCILE_SCHEDULE"
+RECONCILE_GRACE_SECONDS = "CORPUS_RECONCILE_GRACE_SECONDS"
+RECONCILE_MAX_BLOBS = "CORPUS_RECONCILE_MAX_BLOBS"
 
 DEFAULTS: dict[str, str] = {
     STAGING_CONTAINER: "staging",
@@ -67,6 +72,10 @@ DEFAULTS: dict[str, str] = {
     TAG_EXTRACTOR: DEFAULT_EXTRACTOR,
     MAX_PIXELS: str(DEFAULT_MAX_PIXELS),
     MAX_BLOB_BYTES: str(DEFAULT_MAX_BLOB_BYTES),
+    DEADLETTER_CONTAINER: "eventgrid-deadletter",
+    RECONCILE_SCHEDULE: "0 */5 * * * *",
+    RECONCILE_GRACE_SECONDS: "900",
+    RECONCILE_MAX_BLOBS: "2000",
 }
 
 
@@ -112,6 +121,9 @@ class Settings:
     tag_extractor: str
     max_pixels: int
     max_blob_bytes: int
+    deadletter_container: str = "eventgrid-deadletter"
+    reconcile_grace_seconds: float = 900.0
+    reconcile_max_blobs: int = 2000
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -121,8 +133,12 @@ class Settings:
         try:
             max_pixels = int(v[MAX_PIXELS])
             max_blob_bytes = int(v[MAX_BLOB_BYTES])
+            grace = float(v[RECONCILE_GRACE_SECONDS])
+            max_redrive = int(v[RECONCILE_MAX_BLOBS])
         except ValueError as exc:
-            raise ConfigError(f"{MAX_PIXELS} and {MAX_BLOB_BYTES} must be integers") from exc
+            raise ConfigError(
+                f"{MAX_PIXELS}, {MAX_BLOB_BYTES}, {RECONCILE_GRACE_SECONDS} and {RECONCILE_MAX_BLOBS} must be numbers"
+            ) from exc
         return cls(
             connection=Connection.from_env(env),
             staging_container=v[STAGING_CONTAINER],
@@ -133,6 +149,9 @@ class Settings:
             tag_extractor=v[TAG_EXTRACTOR],
             max_pixels=max_pixels,
             max_blob_bytes=max_blob_bytes,
+            deadletter_container=v[DEADLETTER_CONTAINER],
+            reconcile_grace_seconds=grace,
+            reconcile_max_blobs=max_redrive,
             values={**env, **v},
         )
 

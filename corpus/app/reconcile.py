@@ -1,0 +1,148 @@
+"""Reconciliation: staged blobs whose BlobCreated event was lost are handed to ingest again.
+
+On Flex Consumption the blob trigger is fed only by Event Grid, and Event Grid drops some events
+for good (webhook 400/401/413 at once, others after its retries or TTL). A staged blob whose event
+was lost would stay in staging forever and nothing would say so. This use case, run by a timer
+trigger (``reconcile_staging``) and by ``corpus reconcile``, closes that gap:
+
+* **Scan**: every staged blob older than the grace period (``CORPUS_RECONCILE_GRACE_SECONDS``)
+  is still in staging only because its handling did not finish (ingest deletes or moves every
+  blob it handles): it is re-driven through the same :func:`corpus.app.ingest.on_staged_blob`
+  the trigger calls. Cost: one List Blobs page per 5,000 staged blobs, O(staged), never O(corpus).
+* **Dead letters**: Event Grid's dead-lettered events (blobs of JSON event arrays in
+  ``CORPUS_DEADLETTER_CONTAINER``) name staged blobs whose delivery failed; those still staged are
+  re-driven at once, whatever their age, and the dead-letter blob is then deleted (If-Match).
+
+Safe at any time: ingest is exactly-once, so a re-drive of a blob whose event is merely late, or
+two reconcilers at once, can cost work but never a duplicate. Each re-drive of a blob version is
+claimed in table ``Redrives`` (insert-only, or replace with If-Match), so a version is re-driven at
+most once per :data:`REDRIVE_INTERVAL` (or grace period, if longer) even by concurrent reconcilers;
+the row is what ``corpus status`` shows. At most ``CORPUS_RECONCILE_MAX_BLOBS`` blobs are re-driven
+per run; the next run continues. One blob that fails is recorded in ``Failures`` (source ``reconcile``) and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+from corpus.app import ingest
+from corpus.app.runtime import Runtime
+from corpus.domain.errors import reason
+from corpus.store.rows import FailureRow
+
+log = logging.getLogger("corpus.reconcile")
+
+SOURCE = "reconcile"
+REDRIVE_INTERVAL = timedelta(minutes=10)
+"""A blob version is re-driven at most once per this interval (or per grace period, if longer), whatever
+the grace period: two reconcilers started together must not both re-drive it, even with ``--grace 0``."""
+WHY_SCAN = "still staged after the grace period (event lost or handling unfinished)"
+
+
+@dataclass
+class ReconcileReport:
+    scanned: int = 0
+    redriven: dict[str, str] = field(default_factory=dict)  # staged name -> outcome
+    skipped_recent: int = 0
+    deadletters: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "scanned": self.scanned,
+            "redriven": len(self.redriven),
+            "outcomes": dict(sorted(self.redriven.items())),
+            "skipped_recent": self.skipped_recent,
+            "deadletter_blobs": self.deadletters,
+            "failed": dict(sorted(self.failed.items())),
+        }
+
+
+def reconcile(rt: Runtime, grace_seconds: float | None = None, max_blobs: int | None = None) -> ReconcileReport:
+    """One reconciliation pass; see the module docstring."""
+    s = rt.settings
+    grace = timedelta(seconds=s.reconcile_grace_seconds if grace_seconds is None else grace_seconds)
+    budget = s.reconcile_max_blobs if max_blobs is None else max_blobs
+    now = datetime.now(UTC)
+    report = ReconcileReport()
+    for name, why in _dead_lettered(rt, report):
+        if len(report.redriven) >= budget:
+            break
+        _redrive(rt, name, None, why, now, REDRIVE_INTERVAL, report)
+    staging = rt.clients.container(s.staging_container)
+    for blob in staging.list_blobs():
+        report.scanned += 1
+        if len(report.redriven) >= budget:
+            break
+        if blob.last_modified is not None and blob.last_modified > now - grace:
+            continue  # its event may still be on the way
+        _redrive(rt, blob.name, blob.etag, WHY_SCAN, now, max(grace, REDRIVE_INTERVAL), report)
+    if report.redriven or report.failed:
+        log.warning("reconcile: re-drove %d staged blob(s), %d failed", len(report.redriven), len(report.failed))
+    return report
+
+
+def _redrive(
+    rt: Runtime, name: str, etag: str | None, why: str, now: datetime, grace: timedelta, report: ReconcileReport
+) -> None:
+    client = rt.clients.container(rt.settings.staging_container).get_blob_client(name)
+    try:
+        downloader = client.download_blob()
+        data = downloader.readall()
+    except ResourceNotFoundError:
+        return  # handled meanwhile
+    props = downloader.properties
+    if etag is not None and props.etag.strip('"') != etag.strip('"'):
+        return  # replaced since the listing: the new upload has its own event
+    claim = rt.catalog.redrives.claim(name, props.etag, why, now, grace)
+    if claim is None:
+        report.skipped_recent += 1
+        return
+    try:
+        staged = ingest.StagedBlob(name=name, data=data, etag=props.etag, metadata=dict(props.metadata or {}))
+        outcome = str(ingest.on_staged_blob(rt, staged))
+        rt.catalog.redrives.finish(claim, outcome)
+        report.redriven[name] = outcome
+    except Exception as exc:  # noqa: BLE001 - one bad blob never stops the others; it is recorded
+        why_failed = reason(exc)
+        report.failed[name] = why_failed
+        rt.record_failure(FailureRow(SOURCE, name, why_failed + "\n" + traceback.format_exc(limit=5), claim.times, False, name))
+
+
+def _dead_lettered(rt: Runtime, report: ReconcileReport) -> Iterator[tuple[str, str]]:
+    """Staged names from Event Grid's dead-letter blobs; each blob is deleted once read."""
+    container = rt.clients.container(rt.settings.deadletter_container)
+    prefix = f"/blobServices/default/containers/{rt.settings.staging_container}/blobs/"
+    try:
+        blobs = list(container.list_blobs())
+    except ResourceNotFoundError:
+        return
+    for item in blobs:
+        client = container.get_blob_client(item.name)
+        try:
+            downloader = client.download_blob()
+            events = json.loads(downloader.readall())
+        except ResourceNotFoundError:
+            continue
+        except (ValueError, HttpResponseError) as exc:
+            rt.record_failure(FailureRow(SOURCE, f"deadletter/{item.name}", f"unreadable dead-letter blob: {exc}", 1, True))
+            continue
+        report.deadletters += 1
+        for event in events if isinstance(events, list) else [events]:
+            subject = str(event.get("subject", "")) if isinstance(event, dict) else ""
+            if subject.startswith(prefix):
+                why = f"dead-lettered by Event Grid: {event.get('deadLetterReason', 'unknown reason')}"
+                yield subject[len(prefix) :], why  # subjects carry the blob name as is
+        try:
+            client.delete_blob(etag=downloader.properties.etag, match_condition=MatchConditions.IfNotModified)
+        except HttpResponseError:
+            pass  # deleted by a concurrent reconciler, or replaced: the next run reads it again
