@@ -18,7 +18,8 @@ two reconcilers at once, can cost work but never a duplicate. Each re-drive of a
 claimed in table ``Redrives`` (insert-only, or replace with If-Match), so a version is re-driven at
 most once per :data:`REDRIVE_INTERVAL` (or grace period, if longer) even by concurrent reconcilers;
 the row is what ``corpus status`` shows. At most ``CORPUS_RECONCILE_MAX_BLOBS`` blobs are re-driven
-per run; the next run continues. One blob that fails is recorded in ``Failures`` (source ``reconcile``) and does not stop the others.
+per run; the next run continues. One blob that fails is recorded in ``Failures`` (source
+``reconcile``) and does not stop the others.
 """
 
 from __future__ import annotations
