@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from azure.data.tables import EdmType, EntityProperty
 
@@ -60,6 +60,55 @@ def _time(entity: Mapping[str, Any], name: str) -> datetime | None:
 def dirs_of(path: str) -> tuple[str, ...]:
     """``red/robin`` → (red, robin); ``<root>`` or empty → ()."""
     return () if path in ("", ROOT_PATH) else tuple(path.split("/"))
+
+
+STR, TEXT, INT, INT64, BOOL, TIME = "str", "text", "int", "int64", "bool", "time"
+"""Column kinds: ``text`` is a string cut to fit a property (:func:`~corpus.domain.errors.truncate`),
+``int64`` an integer stored as ``Edm.Int64``, ``time`` a datetime stamped now when unset."""
+
+
+def column(name: str, kind: str = STR, default: Any = MISSING) -> Any:
+    """A dataclass field stored in the entity property ``name``; see :class:`Columns`."""
+    return field(default=default, metadata={"column": name, "kind": kind})
+
+
+def _encode(value: Any, kind: str) -> Any:
+    if kind == INT64:
+        return int64(value)
+    if kind == TEXT:
+        return truncate(value)
+    if kind == TIME:
+        return value or now()
+    return value
+
+
+def _decode(entity: Mapping[str, Any], name: str, kind: str) -> Any:
+    if kind in (INT, INT64):
+        return as_int(entity.get(name))
+    if kind == BOOL:
+        return bool(entity.get(name))
+    if kind == TIME:
+        return _time(entity, name)
+    return _str(entity, name)
+
+
+class Columns:
+    """Mixin for frozen dataclass rows whose fields are declared with :func:`column`: ``columns()``
+    writes them as entity properties, ``from_entity`` reads them back (missing ones as defaults)."""
+
+    __slots__ = ()
+
+    def columns(self) -> Entity:
+        return {f.metadata["column"]: _encode(getattr(self, f.name), f.metadata["kind"]) for f in _declared(type(self))}
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> Self:
+        present = [f for f in _declared(cls) if f.metadata["column"] in entity]
+        return cls(**{f.name: _decode(entity, f.metadata["column"], f.metadata["kind"]) for f in present})
+
+
+def _declared(cls: type) -> list[Field[Any]]:
+    return [f for f in fields(cls) if "column" in f.metadata]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,50 +210,24 @@ def parse_tags(raw: Any) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class ImageRow:
+class ImageRow(Columns):
     """An ``Images`` entity: what is known of one stored image, enough to verify and count it.
 
     ``source`` is the staged name for an original, the original's blob name for a transformed image.
     """
 
-    file: str
-    blob: str
-    size: int
-    md5: str
-    content_type: str
-    width: int
-    height: int
-    source: str = ""
-    created_at: datetime | None = None
+    file: str = column("File")
+    blob: str = column("BlobPath")
+    size: int = column("Size", INT64)
+    md5: str = column("MD5")
+    content_type: str = column("ContentType")
+    width: int = column("Width", INT)
+    height: int = column("Height", INT)
+    source: str = column("Source", default="")
+    created_at: datetime | None = column("CreatedAt", TIME, default=None)
 
     def to_entity(self, partition_key: str) -> Entity:
-        return {
-            "PartitionKey": partition_key,
-            "RowKey": keys.image_row_key(self.file),
-            "File": self.file,
-            "BlobPath": self.blob,
-            "Size": int64(self.size),
-            "MD5": self.md5,
-            "ContentType": self.content_type,
-            "Width": self.width,
-            "Height": self.height,
-            "Source": self.source,
-            "CreatedAt": self.created_at or now(),
-        }
-
-    @classmethod
-    def from_entity(cls, entity: Mapping[str, Any]) -> ImageRow:
-        return cls(
-            file=_str(entity, "File"),
-            blob=_str(entity, "BlobPath"),
-            size=as_int(entity.get("Size")),
-            md5=_str(entity, "MD5"),
-            content_type=_str(entity, "ContentType"),
-            width=as_int(entity.get("Width")),
-            height=as_int(entity.get("Height")),
-            source=_str(entity, "Source"),
-            created_at=_time(entity, "CreatedAt"),
-        )
+        return {"PartitionKey": partition_key, "RowKey": keys.image_row_key(self.file), **self.columns()}
 
 
 ImageRecord = ImageRow
@@ -212,30 +235,26 @@ ImageRecord = ImageRow
 
 
 @dataclass(frozen=True, slots=True)
-class CounterRow:
+class CounterRow(Columns):
     """A counter shard in a set's ``Images`` partition: images and bytes added through it."""
 
-    partition_key: str
-    shard: str
-    count: int
-    bytes: int
+    partition_key: str = column("PartitionKey")
+    shard: str = column("RowKey")
+    count: int = column("Count", INT64)
+    bytes: int = column("Bytes", INT64)
 
     def to_entity(self) -> Entity:
-        return {"PartitionKey": self.partition_key, "RowKey": self.shard, "Count": int64(self.count), "Bytes": int64(self.bytes)}
-
-    @classmethod
-    def from_entity(cls, entity: Mapping[str, Any]) -> CounterRow:
-        return cls(_str(entity, "PartitionKey"), _str(entity, "RowKey"), as_int(entity.get("Count")), as_int(entity.get("Bytes")))
+        return self.columns()
 
 
 @dataclass(frozen=True, slots=True)
-class TransformRow:
+class TransformRow(Columns):
     """An ``ImageTransforms`` entity: a transform version and its canonical arguments, immutable."""
 
-    name: str
-    version: str
-    args: str
-    created_at: datetime | None = None
+    name: str = column("Name")
+    version: str = column("Version")
+    args: str = column("Args")
+    created_at: datetime | None = column("CreatedAt", TIME, default=None)
 
     @property
     def keys(self) -> tuple[str, str]:
@@ -243,18 +262,7 @@ class TransformRow:
 
     def to_entity(self) -> Entity:
         pk, rk = self.keys
-        return {
-            "PartitionKey": pk,
-            "RowKey": rk,
-            "Name": self.name,
-            "Version": self.version,
-            "Args": self.args,
-            "CreatedAt": self.created_at or now(),
-        }
-
-    @classmethod
-    def from_entity(cls, entity: Mapping[str, Any]) -> TransformRow:
-        return cls(_str(entity, "Name"), _str(entity, "Version"), _str(entity, "Args"), _time(entity, "CreatedAt"))
+        return {"PartitionKey": pk, "RowKey": rk, **self.columns()}
 
 
 REJECT_JUNK = "junk"
@@ -262,117 +270,54 @@ REJECT_INVALID = "rejected"
 
 
 @dataclass(frozen=True, slots=True)
-class RejectionRow:
+class RejectionRow(Columns):
     """A ``Rejections`` entity: a staged name that was rejected (kind ``rejected``) or junk (``junk``)."""
 
-    kind: str
-    name: str
-    reason: str
-    size: int = 0
-    etag: str = ""
-    kept_as: str = ""
-    at: datetime | None = None
+    kind: str = column("PartitionKey")
+    name: str = column("Name")
+    reason: str = column("Reason", TEXT)
+    size: int = column("Size", INT64, default=0)
+    etag: str = column("ETag", default="")
+    kept_as: str = column("KeptAs", default="")
+    at: datetime | None = column("At", TIME, default=None)
 
     def to_entity(self) -> Entity:
-        return {
-            "PartitionKey": self.kind,
-            "RowKey": keys.escape(self.name),
-            "Name": self.name,
-            "Reason": truncate(self.reason),
-            "Size": int64(self.size),
-            "ETag": self.etag,
-            "KeptAs": self.kept_as,
-            "At": self.at or now(),
-        }
-
-    @classmethod
-    def from_entity(cls, entity: Mapping[str, Any]) -> RejectionRow:
-        return cls(
-            kind=_str(entity, "PartitionKey"),
-            name=_str(entity, "Name"),
-            reason=_str(entity, "Reason"),
-            size=as_int(entity.get("Size")),
-            etag=_str(entity, "ETag"),
-            kept_as=_str(entity, "KeptAs"),
-            at=_time(entity, "At"),
-        )
+        return {"RowKey": keys.escape(self.name), **self.columns()}
 
 
 @dataclass(frozen=True, slots=True)
-class FailureRow:
+class FailureRow(Columns):
     """A ``Failures`` entity: why a message or blob delivery failed, per source queue and key."""
 
-    source: str
-    key: str
-    reason: str
-    attempts: int = 0
-    final: bool = False
-    body: str = ""
-    at: datetime | None = field(default=None)
+    source: str = column("Source")
+    key: str = column("Key")
+    reason: str = column("Reason", TEXT)
+    attempts: int = column("Attempts", INT, default=0)
+    final: bool = column("Final", BOOL, default=False)
+    body: str = column("Body", TEXT, default="")
+    at: datetime | None = column("At", TIME, default=None)
 
     def to_entity(self) -> Entity:
-        return {
-            "PartitionKey": keys.escape(self.source),
-            "RowKey": keys.escape(self.key),
-            "Source": self.source,
-            "Key": self.key,
-            "Reason": truncate(self.reason),
-            "Attempts": self.attempts,
-            "Final": self.final,
-            "Body": truncate(self.body),
-            "At": self.at or now(),
-        }
-
-    @classmethod
-    def from_entity(cls, entity: Mapping[str, Any]) -> FailureRow:
-        return cls(
-            source=_str(entity, "Source"),
-            key=_str(entity, "Key"),
-            reason=_str(entity, "Reason"),
-            attempts=as_int(entity.get("Attempts")),
-            final=bool(entity.get("Final")),
-            body=_str(entity, "Body"),
-            at=_time(entity, "At"),
-        )
+        return {"PartitionKey": keys.escape(self.source), "RowKey": keys.escape(self.key), **self.columns()}
 
 
 @dataclass(frozen=True, slots=True)
-class RedriveRow:
+class RedriveRow(Columns):
     """A ``Redrives`` entity: a staged blob that reconciliation handed to ingest again, and why.
 
     One row per staged name (the latest re-drive), claimed with ETag conditions so that two
-    reconcilers running at once re-drive a blob version at most once per grace period.
+    reconcilers running at once re-drive a blob version at most once per interval.
     """
 
-    name: str
-    etag: str
-    why: str
-    outcome: str = ""
-    times: int = 1
-    at: datetime | None = None
+    name: str = column("Name")
+    etag: str = column("ETag")
+    why: str = column("Why", TEXT)
+    outcome: str = column("Outcome", default="")
+    times: int = column("Times", INT, default=1)
+    at: datetime | None = column("At", TIME, default=None)
 
     def to_entity(self) -> Entity:
-        return {
-            "PartitionKey": REDRIVE_PARTITION,
-            "RowKey": keys.escape(self.name),
-            "Name": self.name,
-            "ETag": self.etag,
-            "Why": truncate(self.why),
-            "Outcome": self.outcome,
-            "Times": self.times,
-            "At": self.at or now(),
-        }
-
-    @classmethod
-    def from_entity(cls, entity: Mapping[str, Any]) -> RedriveRow:
-        return cls(
-            name=_str(entity, "Name"),
-            etag=_str(entity, "ETag"),
-            why=_str(entity, "Why"),
-            outcome=_str(entity, "Outcome"),
-            times=as_int(entity.get("Times"), 1),
-            at=_time(entity, "At"),
-        )
+        return {"PartitionKey": REDRIVE_PARTITION, "RowKey": keys.escape(self.name), **self.columns()}
 
 
 REDRIVE_PARTITION = "redrive"
