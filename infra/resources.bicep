@@ -16,7 +16,7 @@ var rejectedContainerName = 'rejected'
 var copyQueueName = 'copy-requests'
 var transformQueueName = 'transform-requests'
 var transformJobsQueueName = 'transform-jobs'
-var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures']
+var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'Validations']
 var blobFunctionName = 'ingest_staged_blob'
 
 var functionAppName = 'func-corpus-${resourceToken}'

@@ -334,3 +334,62 @@ class FailureRow:
             body=_str(entity, "Body"),
             at=_time(entity, "At"),
         )
+
+
+def bare_etag(etag: str) -> str:
+    """Listings return ETags bare, reads return them quoted: keys use them bare."""
+    return etag.strip('"')
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationRow:
+    """A ``Validations`` entity: what the blob trigger found in one staged upload (name + ETag).
+
+    The copy function acts only on such a row, never on what a queue message claims: anyone who
+    can write to the copy queue can name a staged blob, but only the trigger writes these rows,
+    and only after decoding the bytes. The ETag pins the exact bytes that were inspected.
+    """
+
+    name: str
+    etag: str
+    size: int
+    md5: str
+    content_type: str
+    width: int
+    height: int
+    format: str
+    at: datetime | None = None
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        return keys.escape(self.name), keys.escape(bare_etag(self.etag))
+
+    def to_entity(self) -> Entity:
+        pk, rk = self.keys
+        return {
+            "PartitionKey": pk,
+            "RowKey": rk,
+            "Name": self.name,
+            "ETag": self.etag,
+            "Size": int64(self.size),
+            "MD5": self.md5,
+            "ContentType": self.content_type,
+            "Width": int64(self.width),
+            "Height": int64(self.height),
+            "Format": self.format,
+            "At": self.at or now(),
+        }
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> ValidationRow:
+        return cls(
+            name=_str(entity, "Name"),
+            etag=_str(entity, "ETag"),
+            size=as_int(entity.get("Size")),
+            md5=_str(entity, "MD5"),
+            content_type=_str(entity, "ContentType"),
+            width=as_int(entity.get("Width")),
+            height=as_int(entity.get("Height")),
+            format=_str(entity, "Format"),
+            at=_time(entity, "At"),
+        )

@@ -34,7 +34,9 @@ TABLE_IMAGES = "Images"
 TABLE_TRANSFORMS = "ImageTransforms"
 TABLE_REJECTIONS = "Rejections"
 TABLE_FAILURES = "Failures"
-TABLES = (TABLE_SETS, TABLE_IMAGES, TABLE_TRANSFORMS, TABLE_REJECTIONS, TABLE_FAILURES)
+TABLE_VALIDATIONS = "Validations"
+"""What the blob trigger validated, per staged name and ETag: the only thing a copy acts on."""
+TABLES = (TABLE_SETS, TABLE_IMAGES, TABLE_TRANSFORMS, TABLE_REJECTIONS, TABLE_FAILURES, TABLE_VALIDATIONS)
 
 POISON_SUFFIX = "-poison"
 

@@ -49,8 +49,14 @@ def blob_md5(blob: BlobClient, props: BlobProperties) -> str:
 
 
 def error_code(exc: HttpResponseError) -> str:
-    """The storage error code (``BlobAlreadyExists``, ``ConditionNotMet``…), or ``""``."""
-    return str(getattr(exc, "error_code", None) or "")
+    """The storage error code (``BlobAlreadyExists``, ``ConditionNotMet``…), or ``""``.
+
+    The SDK gives a ``StorageErrorCode`` enum member where it knows the code, a ``str`` otherwise;
+    ``str()`` of the enum member is ``"StorageErrorCode.CONDITION_NOT_MET"``, never equal to the
+    wire code, so the member's ``value`` is taken.
+    """
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code) or "")
 
 
 FAIL_FAST = {"retry_total": 1, "initial_backoff": 1, "increment_base": 1, "connection_timeout": 5}

@@ -1,0 +1,222 @@
+"""Hardening against Azure's real limits and hostile inputs (issues 13 and 16), on a private Azurite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.data.tables import EdmType, EntityProperty
+from azure.storage.blob import BlobClient
+
+from corpus.app import ingest
+from corpus.app.runtime import Runtime
+from corpus.domain import keys
+from corpus.domain.messages import CopyRequest
+from corpus.domain.paths import SetRef
+from corpus.store.rows import ImageRow, RejectionRow, as_int
+from corpus.store.storage import Clients
+from tests.support import jpeg, run_cli, run_host
+
+pytestmark = pytest.mark.e2e
+
+GIB = 2**30
+
+
+def _image(i: int, size: int) -> ImageRow:
+    return ImageRow(
+        f"f{i:04d}.jpg", f"original/big/v1/f{i:04d}.jpg", size, f"{i:032x}", "image/jpeg", 64, 48, f"big/v1/big/f{i}.jpg"
+    )
+
+
+# -- 16.1: 64-bit counts through the real record path ----------------------------------------
+
+
+def test_counts_past_2_31_and_2_35_bytes_are_exact(rt: Runtime) -> None:
+    ref = SetRef("huge", ("big",), "v1")
+    rt.catalog.sets.ensure(ref, ["big"], blob_prefix=ref.original_prefix())
+    # Three 1 GiB images one by one through group commit: the set passes 2**31 bytes.
+    for i in range(3):
+        assert rt.recorder.record(ref, _image(i, GIB))
+    row = rt.catalog.sets.get(ref)
+    assert row is not None and (row.image_count, row.total_bytes) == (3, 3 * GIB)
+    # A batch of 33 more, one of them alone larger than Int32, past 2**35 bytes (32 GiB).
+    batch = [_image(100 + i, GIB + i) for i in range(32)] + [_image(200, 2**33)]
+    assert rt.catalog.images.record_many(ref, batch) == [True] * 33
+    expected_bytes = 3 * GIB + sum(GIB + i for i in range(32)) + 2**33
+    assert expected_bytes > 2**35
+    assert rt.catalog.refresh_counts(ref) == (36, expected_bytes)
+    row = rt.catalog.sets.get(ref)
+    assert row is not None and (row.image_count, row.total_bytes) == (36, expected_bytes)
+    assert rt.catalog.images.count(ref) == (36, expected_bytes)
+    assert rt.catalog.images.get(ref, "f0200.jpg").size == 2**33  # type: ignore[union-attr]
+    # Stored as Edm.Int64 on the wire, whatever the value.
+    raw = rt.clients.table_client("ImageSets").get_entity("huge", keys.set_row_key(ref))
+    assert isinstance(raw["TotalBytes"], EntityProperty) and raw["TotalBytes"].edm_type == EdmType.INT64
+
+
+def test_rows_written_as_int32_keep_working(rt: Runtime) -> None:
+    """Rows from before 64-bit counts (plain Python ints: Edm.Int32) are read, raised and rewritten."""
+    ref = SetRef("legacy", (), "v1")
+    pk = keys.image_partition_key(ref)
+    sets, images = rt.clients.table_client("ImageSets"), rt.clients.table_client("Images")
+    rt.catalog.sets.ensure(ref, [], blob_prefix=ref.original_prefix())
+    sets.update_entity({"PartitionKey": "legacy", "RowKey": keys.set_row_key(ref), "ImageCount": 5, "TotalBytes": 1000})
+    shard = keys.counter_row_key(3)
+    images.create_entity({"PartitionKey": pk, "RowKey": shard, "Count": 5, "Bytes": 1000})
+    assert type(images.get_entity(pk, shard)["Count"]) is int  # really Int32 on the wire
+    row = rt.catalog.sets.get(ref)
+    assert row is not None and (row.image_count, row.total_bytes) == (5, 1000)
+    assert rt.catalog.images.count(ref) == (5, 1000)
+
+    rt.catalog.images.batch_shard = shard  # the next batch raises the legacy shard itself
+    assert rt.catalog.images.record_many(ref, [_image(1, 3 * GIB), _image(2, 10)]) == [True, True]
+    assert rt.catalog.refresh_counts(ref) == (7, 1010 + 3 * GIB)
+    updated = images.get_entity(pk, shard)
+    assert (as_int(updated["Count"]), as_int(updated["Bytes"])) == (7, 1010 + 3 * GIB)
+    row = rt.catalog.sets.get(ref)
+    assert row is not None and (row.image_count, row.total_bytes) == (7, 1010 + 3 * GIB)
+
+
+# -- 13.6: a 412 is recognised ----------------------------------------------------------------
+
+
+def _stage_and_validate(rt: Runtime, name: str, data: bytes) -> CopyRequest:
+    staging = rt.clients.container("staging")
+    staging.upload_blob(name, data)
+    etag = staging.get_blob_client(name).get_blob_properties().etag
+    assert ingest.on_staged_blob(rt, ingest.StagedBlob(name, data, etag, {})) == "queued"
+    body = rt.clients.queue_client("copy-requests").receive_message().content
+    return CopyRequest.parse(body)
+
+
+def test_a_staged_blob_replaced_before_its_copy_is_superseded_not_retried(rt: Runtime) -> None:
+    """The copy's source condition fails with 412 SourceConditionNotMet: recognised as 'superseded'."""
+    req = _stage_and_validate(rt, "sup/v1/a.jpg", jpeg(1))
+    newer = jpeg(2)
+    rt.clients.container("staging").upload_blob("sup/v1/a.jpg", newer, overwrite=True)
+    assert ingest.on_copy_request(rt, req) == "superseded"
+    assert not rt.clients.container("sup").get_blob_client("original/v1/a.jpg").exists()
+    assert rt.clients.container("staging").get_blob_client("sup/v1/a.jpg").download_blob().readall() == newer
+
+
+# -- 13.1: crafted copy requests --------------------------------------------------------------
+
+
+def test_crafted_copy_requests_are_refused(env: dict[str, str], rt: Runtime, clients: Clients, app_dir: Path) -> None:
+    staging = clients.container("staging")
+    # An HTML file named .jpg, and a request for it sent before the trigger could reject it,
+    # in schema 1, claiming to be a validated JPEG.
+    staging.upload_blob("web/v1/evil.jpg", b"<html><script>alert(1)</script></html>")
+    etag = staging.get_blob_client("web/v1/evil.jpg").get_blob_properties().etag
+    claim = {"size": 38, "md5": "0" * 32, "content_type": "image/jpeg", "width": 1, "height": 1, "format": "JPEG"}
+    crafted = {"kind": "copy", "v": 1, "staged_name": "web/v1/evil.jpg", "staged_etag": etag, **claim}
+    rt.send("copy-requests", json.dumps(crafted))
+    summary = run_host(env, app_dir)
+    assert summary["ok"]["copy_to_original"] >= 1
+    web = clients.container("web")
+    assert not web.exists() or list(web.list_blobs(name_starts_with="original/")) == []
+    assert clients.container("rejected").get_blob_client("web/v1/evil.jpg").exists()
+    failures = [f for f in rt.catalog.failures.list() if f.source == "copy-requests"]
+    assert len(failures) == 1 and "never validated" in failures[0].reason
+    assert clients.queue_client("copy-requests-poison").get_queue_properties().approximate_message_count == 1
+
+    # A good image is ingested; then a request naming it again, claiming text/html, changes nothing.
+    good = jpeg(3)
+    staging.upload_blob("web/v1/ok.jpg", good)
+    run_host(env, app_dir)
+    original = clients.container("web").get_blob_client("original/v1/ok.jpg")
+    assert original.get_blob_properties().content_settings.content_type == "image/jpeg"
+    staging.upload_blob("web/v1/ok.jpg", good)  # staged again, same bytes: a new ETag, never validated
+    etag = staging.get_blob_client("web/v1/ok.jpg").get_blob_properties().etag
+    rt.send(
+        "copy-requests", json.dumps({**crafted, "staged_name": "web/v1/ok.jpg", "staged_etag": etag, "content_type": "text/html"})
+    )
+    rt.send("copy-requests", CopyRequest("web/v1/ok.jpg", etag).to_json())
+    rt.clients.table_client("DevHostBlobReceipts").upsert_entity(  # the trigger is not to run on it
+        {
+            "PartitionKey": keys.escape("ingest_staged_blob/staging"),
+            "RowKey": keys.escape("web/v1/ok.jpg"),
+            "Name": "web/v1/ok.jpg",
+            "ETag": etag,
+        }
+    )
+    run_host(env, app_dir)
+    assert original.get_blob_properties().content_settings.content_type == "image/jpeg"
+    row = rt.catalog.sets.get(SetRef("web", (), "v1"))
+    assert row is not None and (row.image_count, row.total_bytes) == (1, len(good))
+    assert clients.queue_client("copy-requests-poison").get_queue_properties().approximate_message_count == 3
+
+
+# -- 16.2: asynchronous copies that fail ------------------------------------------------------
+
+
+class AsyncCopyDest:
+    """A destination BlobClient whose first copy Azure-style reports ``pending``, then ``failed``.
+
+    The first copy really happens (the destination exists, as in Azure); property reads then say
+    pending once and failed after, until the destination is deleted. Everything else is the real
+    client, so deletes and conditions run against Azurite.
+    """
+
+    def __init__(self, real: BlobClient) -> None:
+        self._real = real
+        self.copies = 0
+        self.reads_after_first = 0
+        self.deleted_with_etag: list[str] = []
+        self._failing = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def start_copy_from_url(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = self._real.start_copy_from_url(*args, **kwargs)
+        self.copies += 1
+        if self.copies == 1:
+            self._failing = True
+            return {**result, "copy_status": "pending"}
+        return result
+
+    def get_blob_properties(self, **kwargs: Any) -> Any:
+        props = self._real.get_blob_properties(**kwargs)
+        if self._failing:
+            self.reads_after_first += 1
+            props.copy.status = "pending" if self.reads_after_first == 1 else "failed"
+            props.copy.status_description = "500 InternalError: source changed during copy (simulated)"
+        return props
+
+    def delete_blob(self, **kwargs: Any) -> None:
+        self._real.delete_blob(**kwargs)
+        self.deleted_with_etag.append(str(kwargs.get("etag")))
+        self._failing = False
+
+
+def test_a_failed_asynchronous_copy_is_cleared_on_its_etag_and_copied_again(rt: Runtime) -> None:
+    data = jpeg(9)
+    req = _stage_and_validate(rt, "async/v1/x.jpg", data)
+    v = rt.catalog.validations.get(req.staged_name, req.staged_etag)
+    assert v is not None
+    src = rt.clients.container("staging").get_blob_client("async/v1/x.jpg")
+    rt.ensure_container("async")
+    real = rt.clients.container("async").get_blob_client("original/v1/x.jpg")
+    dest = AsyncCopyDest(real)
+    assert ingest._ensure_original(src, dest, v) == "copied"  # type: ignore[arg-type]
+    assert dest.copies == 2 and len(dest.deleted_with_etag) == 1 and dest.deleted_with_etag[0] not in ("", "None")
+    assert real.download_blob().readall() == data
+
+    # A destination left failed by an earlier delivery: "exists", then cleared and copied again.
+    real.delete_blob()
+    real.start_copy_from_url(src.url)
+    dest = AsyncCopyDest(real)
+    dest.copies = 1  # the failed copy is the earlier delivery's
+    dest._failing = True
+    assert ingest._ensure_original(src, dest, v) == "copied"  # type: ignore[arg-type]
+    assert len(dest.deleted_with_etag) == 1 and real.download_blob().readall() == data
+
+
+def test_status_escapes_control_characters(env: dict[str, str], rt: Runtime, tmp_path: Path) -> None:
+    """A name with a newline can't forge a line in ``corpus status``."""
+    rt.catalog.rejections.record(RejectionRow("rejected", "x/v1/a\nFORGED.jpg", "bad"))
+    out = run_cli(env, tmp_path, "status").stdout
+    assert "FORGED" in out and not any(line.startswith("FORGED") for line in out.splitlines())
