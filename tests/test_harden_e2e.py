@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from corpus.app.runtime import Runtime
 from corpus.domain import keys
 from corpus.domain.messages import CopyRequest
 from corpus.domain.paths import SetRef
-from corpus.store.rows import ImageRow, RejectionRow, as_int
+from corpus.store.rows import ImageRow, as_int
 from corpus.store.storage import Clients
 from tests.support import jpeg, run_cli, run_host
 
@@ -215,8 +216,29 @@ def test_a_failed_asynchronous_copy_is_cleared_on_its_etag_and_copied_again(rt: 
     assert len(dest.deleted_with_etag) == 1 and real.download_blob().readall() == data
 
 
-def test_status_escapes_control_characters(env: dict[str, str], rt: Runtime, tmp_path: Path) -> None:
-    """A name with a newline can't forge a line in ``corpus status``."""
-    rt.catalog.rejections.record(RejectionRow("rejected", "x/v1/a\nFORGED.jpg", "bad"))
+def test_names_normalised_limited_and_escaped_end_to_end(
+    env: dict[str, str], rt: Runtime, clients: Clients, app_dir: Path, tmp_path: Path
+) -> None:
+    staging = clients.container("staging")
+    nfc, nfd = unicodedata.normalize("NFC", "café.jpg"), unicodedata.normalize("NFD", "café.jpg")
+    staging.upload_blob(f"names/v1/{nfc}", jpeg(1))
+    staging.upload_blob(f"names/v1/{nfd}", jpeg(2))  # another image under the same name
+    long_name = "names/v1/" + "鳥" * 230 + ".jpg"  # 239 characters, 2 KiB+ as a copy-source URL
+    staging.upload_blob(long_name, jpeg(3))
+    staging.upload_blob("names/v1/a\nFORGED: all good.jpg", jpeg(4))
+    run_host(env, app_dir)
+
+    originals = [b.name for b in clients.container("names").list_blobs()]
+    assert originals == [f"original/v1/{nfc}"]
+    rejected = {r.name: r.reason for r in rt.catalog.rejections.list("rejected")}
+    assert set(rejected) == {f"names/v1/{nfc}", f"names/v1/{nfd}", long_name, "names/v1/a\nFORGED: all good.jpg"} - {
+        next(n for n in (f"names/v1/{nfc}", f"names/v1/{nfd}") if n not in rejected)
+    }
+    assert any(r.startswith("conflict:") for r in rejected.values())
+    assert "percent-encoded URL" in rejected[long_name]
+    assert clients.container("rejected").get_blob_client(long_name).download_blob().readall() == jpeg(3)
+    assert "control character U+000A" in rejected["names/v1/a\nFORGED: all good.jpg"]
+    assert list(staging.list_blobs()) == []
+
     out = run_cli(env, tmp_path, "status").stdout
-    assert "FORGED" in out and not any(line.startswith("FORGED") for line in out.splitlines())
+    assert "a\\nFORGED" in out and not any(line.lstrip().startswith("FORGED") for line in out.splitlines())

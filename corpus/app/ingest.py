@@ -27,8 +27,9 @@ from azure.storage.blob import BlobClient, ContentSettings
 from corpus.app.runtime import Runtime
 from corpus.domain.errors import ConflictError, CopyFailed, ImageError, InvalidNameError, MessageError
 from corpus.domain.images import inspect
+from corpus.domain.limits import MAX_COPY_SOURCE_URL
 from corpus.domain.messages import CopyRequest
-from corpus.domain.paths import StagedName, is_junk_file, parse_staged_name
+from corpus.domain.paths import StagedName, check_copy_source, is_junk_file, parse_staged_name
 from corpus.domain.tags import tags_for
 from corpus.store.rows import REJECT_INVALID, REJECT_JUNK, ImageRow, RejectionRow, ValidationRow, bare_etag
 from corpus.store.storage import blob_md5, error_code, stored_md5
@@ -121,11 +122,12 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
 
     try:
         staged = parse_staged_name(blob.name, reserved=s.reserved_containers)
+        check_copy_source(staging.url, blob.name)
         if len(blob.data) > s.max_blob_bytes:
             raise ImageError(f"file is {len(blob.data)} bytes, above CORPUS_MAX_BLOB_BYTES={s.max_blob_bytes}")
         info = inspect(blob.data, s.max_pixels)
     except (InvalidNameError, ImageError) as exc:
-        reject(rt, blob.name, etag, len(blob.data), str(exc))
+        reject(rt, blob.name, etag, len(blob.data), str(exc), data=blob.data)
         return StagedOutcome.REJECTED
 
     tags = tags_for(staged.set.dirs, s.tag_extractor)
@@ -147,13 +149,20 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
     return StagedOutcome.QUEUED
 
 
+def _too_long_to_copy(client: BlobClient) -> bool:
+    return len(client.url) > MAX_COPY_SOURCE_URL
+
+
 def _is_folder_marker(metadata: Mapping[str, str]) -> bool:
     """ADLS Gen2 and Storage Explorer mark folders with zero-byte blobs carrying ``hdi_isfolder``."""
     return any(k.lower() == "hdi_isfolder" and str(v).lower() == "true" for k, v in metadata.items())
 
 
-def reject(rt: Runtime, name: str, etag: str, size: int, reason: str) -> None:
+def reject(rt: Runtime, name: str, etag: str, size: int, reason: str, data: bytes | None = None) -> None:
     """Move a staged blob to the rejected container, record why, and remove it from staging.
+
+    ``data`` (the bytes at ``etag``, when the caller holds them) is uploaded instead of copied when
+    the name's URL is too long to be a copy source (2 KiB), which may be why it is rejected.
 
     Order matters for at-least-once delivery: keep a copy, write the record, then delete; a crash
     at any point leaves the staged blob in place for the redelivery to finish the job.
@@ -162,11 +171,15 @@ def reject(rt: Runtime, name: str, etag: str, size: int, reason: str) -> None:
     staged = rt.clients.container(s.staging_container).get_blob_client(name)
     kept = rt.clients.container(s.rejected_container).get_blob_client(name)
     try:
-        result = kept.start_copy_from_url(
-            staged.url,
-            source_etag=etag,
-            source_match_condition=MatchConditions.IfNotModified,
-        )
+        if data is not None and _too_long_to_copy(staged):
+            kept.upload_blob(data, overwrite=True)
+            result: Mapping[str, Any] | None = {"copy_status": "success"}
+        else:
+            result = kept.start_copy_from_url(
+                staged.url,
+                source_etag=etag,
+                source_match_condition=MatchConditions.IfNotModified,
+            )
         state = _wait_for_copy(kept, result)
         if state.failed:  # the next attempt overwrites it: rejected/ has no If-None-Match
             raise CopyFailed(f"server-side copy to {s.rejected_container}/{name} {state.status}: {state.why}")

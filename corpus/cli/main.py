@@ -232,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from corpus.domain.display import RedactingFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # SDK errors quote request URLs, SAS signature included
     for noisy in ("azure", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -259,7 +263,9 @@ def _azure_reason(exc: Exception) -> str:
 
 
 def _fail(message: str) -> int:
-    print(f"corpus: error: {message}", file=sys.stderr)
+    from corpus.domain.display import shown
+
+    print(f"corpus: error: {shown(message)}", file=sys.stderr)
     return 1
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from azure.data.tables import EdmType, EntityProperty
 
 from corpus.domain import keys
+from corpus.domain.display import redact
 from corpus.domain.errors import truncate
 from corpus.domain.paths import ROOT_PATH, SetRef
 
@@ -278,7 +279,7 @@ class RejectionRow:
             "PartitionKey": self.kind,
             "RowKey": keys.escape(self.name),
             "Name": self.name,
-            "Reason": truncate(self.reason),
+            "Reason": truncate(redact(self.reason)),
             "Size": int64(self.size),
             "ETag": self.etag,
             "KeptAs": self.kept_as,
@@ -316,10 +317,10 @@ class FailureRow:
             "RowKey": keys.escape(self.key),
             "Source": self.source,
             "Key": self.key,
-            "Reason": truncate(self.reason),
+            "Reason": truncate(redact(self.reason)),
             "Attempts": self.attempts,
             "Final": self.final,
-            "Body": truncate(self.body),
+            "Body": truncate(redact(self.body)),
             "At": self.at or now(),
         }
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from corpus.domain.errors import InvalidNameError, StorageError
+from corpus.domain.paths import WORST_ACCOUNT_BLOB_URL, check_copy_source
 from corpus.store.reasons import azure_reason
 from corpus.store.settings import Settings
 from corpus.upload.bloblist import BlobLister, ListingError
@@ -264,6 +265,7 @@ class Uploader:
                         if not piece:
                             raise InvalidNameError(f"{name!r} is only separators")
                         staged = staged_name(self.opts.domain, self.opts.version, rel)
+                        check_copy_source(WORST_ACCOUNT_BLOB_URL + self.settings.staging_container, staged)
                     except InvalidNameError as exc:
                         self._fail(path, rel, f"name does not fit the staging contract: {exc}")
                         continue
@@ -376,6 +378,7 @@ class Uploader:
             if action is Action.UPLOAD:
                 if self.opts.dry_run:
                     s.would_upload += 1
+                    s.would_upload_files.append(task.staged)
                 else:
                     s.uploaded += 1
                     s.bytes_uploaded += nbytes
