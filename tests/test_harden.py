@@ -50,7 +50,7 @@ def test_corpus_names_are_nfc() -> None:
 
 def test_copy_source_url_limit_counts_percent_encoding() -> None:
     base = WORST_ACCOUNT_BLOB_URL + "staging"
-    check_copy_source(base, "d0m/v1/" + "鳥" * 200 + ".jpg")  # 200 × 9 bytes encoded: fits
+    check_copy_source(base, "d0m/v1/" + "鳥" * 200 + ".jpg")  # 200 characters of 9 encoded bytes each: fits
     with pytest.raises(InvalidNameError, match="percent-encoded URL"):
         check_copy_source(base, "d0m/v1/" + "鳥" * 225 + ".jpg")  # short in characters, 2 KiB encoded
     with pytest.raises(InvalidNameError, match="percent-encoded URL"):
