@@ -70,3 +70,61 @@ def test_printable_never_emits_a_line_break_or_control_character(text: str) -> N
     assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in out)
     if text.isprintable():
         assert out == text
+
+
+SAS_CONNECTION = (
+    "BlobEndpoint=http://127.0.0.1:9/acct;QueueEndpoint=http://127.0.0.1:9/acct;TableEndpoint=http://127.0.0.1:9/acct;"
+    "SharedAccessSignature=sv=2022-11-02&ss=bqt&srt=sco&sp=rwdlacup&se=2030-01-01T00:00:00Z&sig=SECRETSIG%2Fabc%3D"
+)
+
+
+def test_sas_signatures_are_never_printed(tmp_path) -> None:
+    """A CLI error with a SAS connection to a dead endpoint; ``upload --json`` and the failures file."""
+    import json
+    import os
+
+    from corpus.upload.report import Failure, Summary, write_failures
+    from tests.support import run_cli
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CORPUS_", "CorpusStorage"))}
+    env.update(CorpusStorage=SAS_CONNECTION, CORPUS_CACHE_DIR=str(tmp_path / "cache"))
+    status = run_cli(env, tmp_path, "status")
+    assert status.returncode == 1 and "sig=REDACTED" in status.stderr
+    assert "SECRETSIG" not in status.stdout + status.stderr
+
+    # What a dead endpoint makes `corpus upload` report (measured: 35 s of retries, so built here).
+    reason = "cannot reach storage (<urllib3 ...> GET http://127.0.0.1:9/acct/staging?restype=container&sig=SECRETSIG%2Fabc%3D)"
+    summary = Summary("abc", "v1", "src", failures=[Failure("src/a/x.jpg", "abc/v1/a/x.jpg", reason)])
+    write_failures(tmp_path / "f.json", summary)
+    for text in (json.dumps(summary.as_json()), (tmp_path / "f.json").read_text()):
+        assert "SECRETSIG" not in text and "sig=REDACTED" in text
+
+
+def test_decodes_hold_the_memory_budget_their_headers_declare() -> None:
+    import io
+    import threading
+
+    from PIL import Image
+
+    from corpus.app.admission import MemoryBudget
+    from corpus.domain.images import inspect
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1500, 1000), (1, 2, 3)).save(buf, "PNG")
+    data = buf.getvalue()  # a few KB declaring 1.5 MP: 6 MB decoded
+    budget = MemoryBudget(10_000_000)  # room for one decode at a time
+    declared: list[int] = []
+
+    def admit(n: int):  # type: ignore[no-untyped-def]
+        declared.append(n)
+        return budget.hold(n)
+
+    threads = [threading.Thread(target=inspect, args=(data,), kwargs={"admit": admit}) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert declared == [1500 * 1000 * 4] * 6
+    assert budget.peak == 6_000_000  # never two at once
+    with budget.hold(50_000_000):  # larger than the whole budget: admitted alone
+        assert budget.peak == 10_000_000

@@ -18,7 +18,7 @@ from corpus.domain.messages import CopyRequest
 from corpus.domain.paths import SetRef
 from corpus.store.rows import ImageRow, as_int
 from corpus.store.storage import Clients
-from tests.support import jpeg, run_cli, run_host
+from tests.support import jpeg, max_overlap, png, prepare_app_dir, run_cli, run_host
 
 pytestmark = pytest.mark.e2e
 
@@ -242,3 +242,27 @@ def test_names_normalised_limited_and_escaped_end_to_end(
 
     out = run_cli(env, tmp_path, "status").stdout
     assert "a\\nFORGED" in out and not any(line.lstrip().startswith("FORGED") for line in out.splitlines())
+
+
+# -- 16.5, 16.6: poison queues exist and keep their messages; blob triggers follow extensions.blobs
+
+
+def test_blob_trigger_follows_blob_settings_and_poison_messages_never_expire(
+    env: dict[str, str], rt: Runtime, clients: Clients, tmp_path: Path
+) -> None:
+    queues = {q.name for q in clients.queue.list_queues()}
+    assert {"copy-requests-poison", "transform-requests-poison", "transform-jobs-poison", "webjobs-blobtrigger-poison"} <= queues
+
+    app = prepare_app_dir(tmp_path, {"batchSize": 16, "newBatchThreshold": 8})
+    host = json.loads((app / "host.json").read_text())
+    host["extensions"]["blobs"] = {"maxDegreeOfParallelism": 2, "poisonBlobThreshold": 1}
+    (app / "host.json").write_text(json.dumps(host))
+    for i in range(10):
+        clients.container("staging").upload_blob(f"par/v1/{i}.png", png(i, (400, 400)))
+    rt.send("copy-requests", "not a copy request")
+    trace = tmp_path / "trace.jsonl"
+    summary = run_host(env, app, "--trace", str(trace))
+    assert summary["ok"]["ingest_staged_blob"] == 10
+    assert max_overlap(trace, "ingest_staged_blob") <= 2  # not the queue settings' 24
+    (poisoned,) = clients.queue_client("copy-requests-poison").peek_messages()
+    assert poisoned.content == "not a copy request" and poisoned.expires_on.year >= 9999

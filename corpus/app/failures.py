@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 
 from corpus.domain.errors import PermanentError, reason
 from corpus.store.rows import FailureRow
-from corpus.store.settings import poison_queue
+from corpus.store.settings import POISON_TTL, poison_queue
 
 log = logging.getLogger("corpus.failures")
 
@@ -40,7 +40,7 @@ class Reporter(Protocol):
 
     def clear_failure(self, source: str, key: str) -> None: ...
 
-    def send(self, queue: str, text: str) -> None: ...
+    def send(self, queue: str, text: str, time_to_live: int | None = None) -> None: ...
 
     @property
     def max_dequeue_count(self) -> int: ...
@@ -69,7 +69,7 @@ def run_queue_job(rt: Reporter, queue: str, msg: QueueMessage, handler: Callable
         why = reason(exc)
         log.error("message %s on %s refused: %s", msg.id, queue, why)
         rt.record_failure(FailureRow(queue, key, why, attempt, True, body))
-        rt.send(poison_queue(queue), body)
+        rt.send(poison_queue(queue), body, time_to_live=POISON_TTL)
         return None
     except Exception as exc:
         final = attempt >= rt.max_dequeue_count

@@ -125,7 +125,7 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
         check_copy_source(staging.url, blob.name)
         if len(blob.data) > s.max_blob_bytes:
             raise ImageError(f"file is {len(blob.data)} bytes, above CORPUS_MAX_BLOB_BYTES={s.max_blob_bytes}")
-        info = inspect(blob.data, s.max_pixels)
+        info = inspect(blob.data, s.max_pixels, admit=rt.decode_budget.hold)
     except (InvalidNameError, ImageError) as exc:
         reject(rt, blob.name, etag, len(blob.data), str(exc), data=blob.data)
         return StagedOutcome.REJECTED

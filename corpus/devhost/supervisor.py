@@ -29,7 +29,7 @@ from typing import Any
 
 from corpus.devhost.discovery import discover
 from corpus.devhost.listeners import RECEIPTS_TABLE, BlobListener, HostOptions, QueueListener, Stats, _Component
-from corpus.store.hostconfig import load_queue_config
+from corpus.store.hostconfig import load_blob_config, load_queue_config
 from corpus.store.settings import BLOB_POISON_QUEUE, Connection, Settings, poison_queue
 from corpus.store.storage import Clients
 
@@ -45,6 +45,7 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
     os.environ["AzureWebJobsScriptRoot"] = str(opts.app_dir)  # as the Functions host sets it
     targets = discover(opts.app_dir, values)
     cfg = load_queue_config(opts.app_dir / "host.json")
+    blob_cfg = load_blob_config(opts.app_dir / "host.json")
     stats = Stats(opts.trace)
     host_clients = Clients(Connection.from_env(values, "AzureWebJobsStorage"))
     host_clients.ensure(tables=(RECEIPTS_TABLE,))
@@ -61,10 +62,11 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
             components.append(QueueListener(t, clients, cfg, stats, opts))
         else:
             clients.ensure(queues=(BLOB_POISON_QUEUE,))
-            listener = BlobListener(t, clients, host_clients, cfg, stats, opts)
+            listener = BlobListener(t, clients, host_clients, blob_cfg, stats, opts)
             listener.load_receipts()
             components.append(listener)
-        log.info("listening: %s (%s trigger on %s, at most %d at once)", t.name, t.kind, t.source, cfg.max_concurrency)
+        limit = cfg.max_concurrency if t.kind == "queue" else blob_cfg.max_degree_of_parallelism
+        log.info("listening: %s (%s trigger on %s, at most %d at once)", t.name, t.kind, t.source, limit)
 
     stop = threading.Event()
     threads = [threading.Thread(target=c.run, args=(stop,), name=f"listener-{i}", daemon=True) for i, c in enumerate(components)]

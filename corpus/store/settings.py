@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corpus.domain.errors import ConfigError
-from corpus.domain.limits import DEFAULT_MAX_BLOB_BYTES, DEFAULT_MAX_PIXELS
+from corpus.domain.limits import DEFAULT_DECODE_BUDGET_BYTES, DEFAULT_MAX_BLOB_BYTES, DEFAULT_MAX_PIXELS
 from corpus.domain.tags import DEFAULT_EXTRACTOR
 
 CONNECTION = "CorpusStorage"
@@ -46,6 +46,10 @@ def poison_queue(queue: str) -> str:
     return queue + POISON_SUFFIX
 
 
+POISON_TTL = -1
+"""Time to live of a poison message: never expires (a queue's default is 7 days, after which the
+evidence of a failure would silently vanish)."""
+
 BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
 """Where the Functions host puts a blob that failed every attempt: in the trigger's own storage
 account (the Event Grid blob trigger's connection needs a queue endpoint for this reason)."""
@@ -59,6 +63,7 @@ TRANSFORM_JOBS_QUEUE = "CORPUS_TRANSFORM_JOBS_QUEUE"
 TAG_EXTRACTOR = "CORPUS_TAG_EXTRACTOR"
 MAX_PIXELS = "CORPUS_MAX_PIXELS"
 MAX_BLOB_BYTES = "CORPUS_MAX_BLOB_BYTES"
+DECODE_BUDGET_BYTES = "CORPUS_DECODE_BUDGET_BYTES"
 
 DEFAULTS: dict[str, str] = {
     STAGING_CONTAINER: "staging",
@@ -69,6 +74,7 @@ DEFAULTS: dict[str, str] = {
     TAG_EXTRACTOR: DEFAULT_EXTRACTOR,
     MAX_PIXELS: str(DEFAULT_MAX_PIXELS),
     MAX_BLOB_BYTES: str(DEFAULT_MAX_BLOB_BYTES),
+    DECODE_BUDGET_BYTES: str(DEFAULT_DECODE_BUDGET_BYTES),
 }
 
 
@@ -114,6 +120,7 @@ class Settings:
     tag_extractor: str
     max_pixels: int
     max_blob_bytes: int
+    decode_budget_bytes: int
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -123,8 +130,11 @@ class Settings:
         try:
             max_pixels = int(v[MAX_PIXELS])
             max_blob_bytes = int(v[MAX_BLOB_BYTES])
+            decode_budget_bytes = int(v[DECODE_BUDGET_BYTES])
         except ValueError as exc:
-            raise ConfigError(f"{MAX_PIXELS} and {MAX_BLOB_BYTES} must be integers") from exc
+            raise ConfigError(f"{MAX_PIXELS}, {MAX_BLOB_BYTES} and {DECODE_BUDGET_BYTES} must be integers") from exc
+        if min(max_pixels, max_blob_bytes, decode_budget_bytes) <= 0:
+            raise ConfigError(f"{MAX_PIXELS}, {MAX_BLOB_BYTES} and {DECODE_BUDGET_BYTES} must be positive")
         return cls(
             connection=Connection.from_env(env),
             staging_container=v[STAGING_CONTAINER],
@@ -135,6 +145,7 @@ class Settings:
             tag_extractor=v[TAG_EXTRACTOR],
             max_pixels=max_pixels,
             max_blob_bytes=max_blob_bytes,
+            decode_budget_bytes=decode_budget_bytes,
             values={**env, **v},
         )
 
