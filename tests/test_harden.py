@@ -128,3 +128,83 @@ def test_decodes_hold_the_memory_budget_their_headers_declare() -> None:
     assert budget.peak == 6_000_000  # never two at once
     with budget.hold(50_000_000):  # larger than the whole budget: admitted alone
         assert budget.peak == 10_000_000
+
+
+DEAD = (
+    "DefaultEndpointsProtocol=http;AccountName=x;AccountKey=eA==;BlobEndpoint=http://127.0.0.1:9/x;"
+    "QueueEndpoint=http://127.0.0.1:9/x;TableEndpoint=http://127.0.0.1:9/x;"
+)
+
+
+def _cli_env(tmp_path, connection: str = DEAD) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CORPUS_", "CorpusStorage", "AzureWebJobsStorage"))}
+    return {**env, "CorpusStorage": connection, "AzureWebJobsStorage": connection, "CORPUS_CACHE_DIR": str(tmp_path / "c")}
+
+
+def _one_line_error(proc, *words: str) -> None:  # type: ignore[no-untyped-def]
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("corpus: error:") and proc.stderr.count("\n") == 1, proc.stderr
+    for word in words:
+        assert word in proc.stderr
+
+
+def test_cli_mistakes_are_one_line_errors(tmp_path) -> None:
+    import json
+
+    from tests.support import run_cli
+
+    env = _cli_env(tmp_path)
+    (tmp_path / "src").mkdir()
+    bad_retry = tmp_path / "retry.json"
+    bad_retry.write_text(json.dumps({"source": str(tmp_path / "src"), "domain": "abc", "version": "v1", "failures": [1]}))
+    _one_line_error(run_cli(env, tmp_path, "upload", "--retry-from", str(bad_retry)), "every failure needs a 'path'")
+    bad_retry.write_bytes(b"\xff\xfe garbage")
+    _one_line_error(run_cli(env, tmp_path, "upload", "--retry-from", str(bad_retry)), "not UTF-8")
+    _one_line_error(run_cli(env, tmp_path, "host", "--app-dir", str(tmp_path / "nowhere")), "no function_app.py")
+    _one_line_error(run_cli(_cli_env(tmp_path, "this is not a connection string"), tmp_path, "status"), "configuration")
+    _one_line_error(run_cli(env, tmp_path, "sample", "--domain", "BAD"), "invalid domain")
+    _one_line_error(run_cli(env, tmp_path, "sets", "--domain", "No Such Domain!"), "invalid domain")
+
+
+def test_host_with_storage_down_honours_its_timeout(tmp_path) -> None:
+    import socket
+    import subprocess
+    import time
+
+    from tests.support import host_command, prepare_app_dir
+
+    app = prepare_app_dir(tmp_path)
+    # A service that accepts connections and never answers: the SDK waits and retries for minutes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        conn = DEAD.replace("127.0.0.1:9", f"127.0.0.1:{port}")
+        started = time.monotonic()
+        proc = subprocess.run(
+            host_command(app, "--until-idle", "--timeout", "3"),
+            env=_cli_env(tmp_path, conn),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        elapsed = time.monotonic() - started
+    assert proc.returncode == 1 and "--timeout 3s" in proc.stderr and "Traceback" not in proc.stderr
+    assert elapsed < 3 + 15  # start-up and grace, not the SDK's minutes of retries
+
+
+def test_a_corrupt_md5_cache_is_set_aside_and_rebuilt(tmp_path) -> None:
+    from corpus.upload.hashcache import HashCache
+
+    path = tmp_path / "upload-md5.sqlite"
+    path.write_bytes(b"this is not an sqlite database" * 100)
+    cache = HashCache(path)
+    cache.put("/a/b.jpg", 1, 2, "0" * 32)
+    cache.flush()
+    assert cache.get("/a/b.jpg", 1, 2) == "0" * 32
+    cache.close()
+    assert (tmp_path / "upload-md5.sqlite.corrupt").read_bytes().startswith(b"this is not")

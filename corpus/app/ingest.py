@@ -67,6 +67,7 @@ class StagedBlob:
     data: bytes
     etag: str
     metadata: Mapping[str, str]
+    blob_type: str = ""  # "BlockBlob", "AppendBlob", "PageBlob"; "" when the trigger did not say
 
 
 def staged_from_trigger(
@@ -86,7 +87,23 @@ def staged_from_trigger(
         raise InvalidNameError(f"blob {trigger_name!r} is not in the staging container {container!r}")
     props = {k.lower(): v for k, v in (properties or {}).items()}
     etag = str(props.get("etag") or "")
-    return StagedBlob(name=trigger_name[len(prefix) :], data=data, etag=etag, metadata=dict(metadata or {}))
+    return StagedBlob(
+        name=trigger_name[len(prefix) :],
+        data=data,
+        etag=etag,
+        metadata=dict(metadata or {}),
+        blob_type=blob_type(props.get("blobtype")),
+    )
+
+
+def blob_type(value: Any) -> str:
+    """The trigger's ``BlobType`` property as the REST name; .NET may serialise its enum as a number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {0: "BlockBlob", 1: "PageBlob", 2: "AppendBlob"}.get(value, "")
+    text = str(value or "").lower()
+    return next(
+        (name for key, name in (("append", "AppendBlob"), ("page", "PageBlob"), ("block", "BlockBlob")) if key in text), ""
+    )
 
 
 # -- step 1: the blob trigger ---------------------------------------------------------------
@@ -97,17 +114,17 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
     s = rt.settings
     staging = rt.clients.container(s.staging_container)
     client = staging.get_blob_client(blob.name)
-    etag = blob.etag
-    if not etag:
+    etag, kind = blob.etag, blob.blob_type
+    if not etag or not kind:
         # Some trigger sources omit properties: read the ETag, and make sure it describes the
         # bytes we were given (same length) rather than a newer upload.
         try:
             props = client.get_blob_properties()
         except ResourceNotFoundError:
             return StagedOutcome.GONE
-        if props.size != len(blob.data):
+        if props.size != len(blob.data) or (etag and bare_etag(etag) != bare_etag(props.etag)):
             return StagedOutcome.SUPERSEDED
-        etag = props.etag
+        etag, kind = props.etag, blob_type(props.blob_type)
 
     file_name = blob.name.rsplit("/", 1)[-1]
     if blob.name.endswith("/") or is_junk_file(file_name) or not blob.data or _is_folder_marker(blob.metadata):
@@ -121,6 +138,9 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
         return StagedOutcome.JUNK
 
     try:
+        if kind != "BlockBlob":
+            # An append blob copied into original/ would stay appendable: versions must be immutable.
+            raise ImageError(f"{kind or 'unknown blob type'}: only block blobs are stored; upload the file as a block blob")
         staged = parse_staged_name(blob.name, reserved=s.reserved_containers)
         check_copy_source(staging.url, blob.name)
         if len(blob.data) > s.max_blob_bytes:

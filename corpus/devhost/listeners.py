@@ -364,6 +364,7 @@ class BlobListener(_Component):
 
     def _invoke(self, name: str, data: bytes, props: Any) -> bool:
         properties = {
+            "BlobType": str(props.blob_type.value if hasattr(props.blob_type, "value") else props.blob_type),
             "ETag": props.etag,
             "Length": props.size,
             "ContentType": props.content_settings.content_type,

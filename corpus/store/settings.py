@@ -95,7 +95,7 @@ class Connection:
     @classmethod
     def from_env(cls, env: Mapping[str, str], name: str = CONNECTION) -> Connection:
         if env.get(name):
-            return cls(connection_string=env[name])
+            return cls(connection_string=_checked_connection_string(name, env[name]))
         prefix = name + "__"
         account = env.get(prefix + "accountName")
         blob = env.get(prefix + "blobServiceUri") or (account and f"https://{account}.blob.core.windows.net")
@@ -107,6 +107,31 @@ class Connection:
         if missing:
             raise ConfigError(f"identity-based connection {name!r} lacks {', '.join(prefix + m for m in missing)}")
         return cls(blob_uri=blob, queue_uri=queue, table_uri=table, client_id=env.get(prefix + "clientId") or None)
+
+
+_CONNECTION_KEYS = frozenset(
+    k.lower()
+    for k in (
+        "DefaultEndpointsProtocol", "AccountName", "AccountKey", "EndpointSuffix", "BlobEndpoint", "QueueEndpoint",
+        "TableEndpoint", "FileEndpoint", "SharedAccessSignature", "UseDevelopmentStorage", "DevelopmentStorageProxyUri",
+        "BlobSecondaryEndpoint", "QueueSecondaryEndpoint", "TableSecondaryEndpoint",
+    )
+)  # fmt: skip
+
+
+def _checked_connection_string(name: str, value: str) -> str:
+    """A storage connection string is ``Key=Value;`` pairs with known keys and an account; anything
+    else fails here with one line, instead of deep inside the SDK with a traceback."""
+    pairs = [p for p in value.strip().split(";") if p.strip()]
+    keys = set()
+    for pair in pairs:
+        key, eq, _ = pair.partition("=")
+        if not eq or key.strip().lower() not in _CONNECTION_KEYS:
+            raise ConfigError(f"{name} is not a storage connection string (expected Key=Value; pairs such as AccountName=…)")
+        keys.add(key.strip().lower())
+    if not keys & {"accountname", "blobendpoint", "queueendpoint", "tableendpoint", "usedevelopmentstorage"}:
+        raise ConfigError(f"{name} names no account or endpoint")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,14 @@ uploaded is read and hashed afresh.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Protocol
+
+log = logging.getLogger("corpus.upload")
 
 
 class Md5Cache(Protocol):
@@ -51,12 +54,31 @@ class HashCache:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, md5 TEXT)")
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            # A cache is disposable: a corrupt one is set aside (for a bug report) and rebuilt, at
+            # the cost of hashing every file once more.
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            log.warning("MD5 cache %s is unreadable (%s): moved to %s, starting afresh", self.path, exc, aside)
+            for suffix in ("-wal", "-shm"):
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+            os.replace(self.path, aside)
+            self._db = self._open()
         self._lock = threading.Lock()
         self._pending: list[tuple[str, int, int, str]] = []
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, md5 TEXT)")
+            db.execute("SELECT count(*) FROM files WHERE path = ''").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     def get(self, path: str, size: int, mtime_ns: int) -> str | None:
         with self._lock:

@@ -110,9 +110,20 @@ class Progress:
 
 
 def load_retry_file(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    """A failures file, checked field by field: anything else raises ``ValueError`` with one line."""
+    not_ours = f"{path} is not a failures file written by corpus upload --failures"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{not_ours} (not UTF-8 text)") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{not_ours} (not JSON: {exc})") from exc
     if not isinstance(data, dict) or not {"source", "domain", "version", "failures"} <= set(data):
-        raise ValueError(f"{path} is not a failures file written by corpus upload --failures")
+        raise ValueError(not_ours)
+    if not all(isinstance(data[k], str) for k in ("source", "domain", "version")) or not isinstance(data["failures"], list):
+        raise ValueError(f"{not_ours} (source, domain and version must be text, failures a list)")
+    if not all(isinstance(f, dict) and isinstance(f.get("path"), str) for f in data["failures"]):
+        raise ValueError(f"{not_ours} (every failure needs a 'path')")
     return data
 
 
