@@ -267,3 +267,32 @@ def test_blob_trigger_follows_blob_settings_and_poison_messages_never_expire(
     assert max_overlap(trace, "ingest_staged_blob") <= 2  # not the queue settings' 24
     (poisoned,) = clients.queue_client("copy-requests-poison").peek_messages()
     assert poisoned.content == "not a copy request" and poisoned.expires_on.year >= 9999
+
+
+# -- 13.12: the prefix trap ---------------------------------------------------------------------
+
+
+def test_a_root_set_named_like_a_version_never_sees_the_set_below_it(
+    env: dict[str, str], rt: Runtime, clients: Clients, app_dir: Path, tmp_path: Path
+) -> None:
+    """Root set ``v2`` has BlobPath ``original/v2/``, which also holds set ``v2@v1`` (``original/v2/v1/…``)."""
+    staging = clients.container("staging")
+    staging.upload_blob("pfx/v2/a.jpg", jpeg(1, (320, 240)))  # root set, version v2
+    staging.upload_blob("pfx/v1/v2/b.jpg", jpeg(2, (320, 240)))  # set v2, version v1
+    run_host(env, app_dir)
+    assert sorted(b.name for b in clients.container("pfx").list_blobs()) == ["original/v2/a.jpg", "original/v2/v1/b.jpg"]
+    sets = {
+        (r["path"], r["version"]): (r["images"], r["blob_path"])
+        for r in json.loads(run_cli(env, tmp_path, "sets", "--json").stdout)
+    }
+    assert sets == {("<root>", "v2"): (1, "original/v2/"), ("v2", "v1"): (1, "original/v2/v1/")}
+
+    request = {
+        "domain": "pfx",
+        "source": {"path": "<root>", "version": "v2"},
+        "transform": {"name": "thumbnail", "version": "1", "args": {"size": 32}},
+    }
+    rt.send("transform-requests", json.dumps(request))
+    run_host(env, app_dir)
+    transformed = sorted(b.name for b in clients.container("pfx").list_blobs(name_starts_with="transform/"))
+    assert len(transformed) == 1 and "/a." in transformed[0]  # b.jpg is not in the root set

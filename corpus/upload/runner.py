@@ -290,6 +290,12 @@ class Uploader:
         return False
 
     def _list_remote(self, rdir: str) -> Remote:
+        """What is staged and ingested *directly* in one destination folder (a delimited listing).
+
+        ``original/<dir>/<version>/`` is not prefix-free (root set ``v2``'s folder ``original/v2/``
+        also holds set ``v2@v1``'s ``original/v2/v1/``): only the folder's own blobs are read, never
+        everything under the prefix; sets themselves are enumerated from the ``Images`` table.
+        """
         sub = rdir + "/" if rdir else ""
         with self.slots:
             staged = self.lister.list_md5s(self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/{sub}")
