@@ -208,3 +208,74 @@ def test_a_corrupt_md5_cache_is_set_aside_and_rebuilt(tmp_path) -> None:
     assert cache.get("/a/b.jpg", 1, 2) == "0" * 32
     cache.close()
     assert (tmp_path / "upload-md5.sqlite.corrupt").read_bytes().startswith(b"this is not")
+
+
+def test_debounced_refreshes_still_cover_every_returned_record() -> None:
+    """Fewer refreshes than commits, and no invocation returns before a refresh that began after its commit."""
+    import threading
+    import time
+
+    from corpus.domain.paths import SetRef
+    from corpus.store.groupcommit import ImageRecorder
+    from corpus.store.rows import ImageRow
+
+    class Slow:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.committed_at: dict[str, float] = {}
+            self.refreshes: list[tuple[float, float]] = []
+
+        def record_images(self, ref, records, transform=None):  # type: ignore[no-untyped-def]
+            time.sleep(0.01)
+            with self.lock:
+                for r in records:
+                    self.committed_at[r.file] = time.monotonic()
+            return [True] * len(records)
+
+        def refresh_counts(self, ref, transform=None):  # type: ignore[no-untyped-def]
+            started = time.monotonic()
+            time.sleep(0.01)
+            with self.lock:
+                self.refreshes.append((started, time.monotonic()))
+            return (0, 0)
+
+    fake = Slow()
+    recorder = ImageRecorder(fake, max_batch=4, refresh_interval=60)
+    ref = SetRef("d0m", (), "v1")
+    returned: dict[str, float] = {}
+
+    def one(i: int) -> None:
+        recorder.record(ref, ImageRow(f"{i}.jpg", f"original/v1/{i}.jpg", 1, "0" * 32, "image/jpeg", 1, 1))
+        returned[f"{i}.jpg"] = time.monotonic()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(returned) == 40 and recorder.commits >= 10
+    assert recorder.refreshes == len(fake.refreshes) < recorder.commits
+    for name, done in returned.items():
+        assert any(fake.committed_at[name] <= start and end <= done for start, end in fake.refreshes), name
+
+
+def test_function_clients_retry_busy_storage_with_explicit_back_off(tmp_path) -> None:
+    """503 ServerBusy is retried by both SDK policies with the back-off configured in FUNCTION_RETRY."""
+    from azure.core.pipeline.policies import RetryPolicy
+    from azure.storage.blob import ExponentialRetry
+
+    from corpus.app.runtime import Runtime
+    from corpus.store.settings import Settings
+    from corpus.store.storage import FUNCTION_RETRY
+
+    rt = Runtime.create(Settings.from_env({"CorpusStorage": DEAD}))
+    policies = [
+        next(p for p in client._pipeline._impl_policies if hasattr(p, "total_retries"))
+        for client in (rt.clients.blob, rt.clients.queue, rt.clients.table_client("Images")._client._client)
+    ]
+    blob, queue, table = policies
+    for p in (blob, queue):
+        assert type(p).__name__ == ExponentialRetry.__name__ and p.total_retries == FUNCTION_RETRY["retry_total"]
+        assert (p.initial_backoff, p.increment_base) == (1, 2)
+    assert isinstance(table, RetryPolicy) and table.total_retries == FUNCTION_RETRY["retry_total"]
+    assert (table.backoff_factor, table.backoff_max) == (1.0, 30)

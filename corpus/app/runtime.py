@@ -22,7 +22,7 @@ from corpus.store.groupcommit import ImageRecorder
 from corpus.store.hostconfig import QueueConfig, load_queue_config
 from corpus.store.rows import FailureRow
 from corpus.store.settings import BLOB_POISON_QUEUE, TABLES, Settings, poison_queue
-from corpus.store.storage import Clients
+from corpus.store.storage import FUNCTION_RETRY, Clients
 
 log = logging.getLogger("corpus")
 
@@ -52,7 +52,7 @@ class Runtime:
         :class:`~corpus.domain.errors.ConfigError` here, once, before any input is touched."""
         settings = settings or Settings.from_env()
         load_extractor(settings.tag_extractor)
-        clients = Clients(settings.connection)
+        clients = Clients(settings.connection, dict(FUNCTION_RETRY))
         catalog = Catalog(clients)
         return cls(
             settings=settings,
