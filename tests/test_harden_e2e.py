@@ -296,3 +296,77 @@ def test_a_root_set_named_like_a_version_never_sees_the_set_below_it(
     run_host(env, app_dir)
     transformed = sorted(b.name for b in clients.container("pfx").list_blobs(name_starts_with="transform/"))
     assert len(transformed) == 1 and "/a." in transformed[0]  # b.jpg is not in the root set
+
+
+# -- 13.7 and 16.7: fixes made on main before this branch, tested here --------------------------
+
+
+def test_undecodable_names_are_each_sent_skipped_or_failed_and_nothing_hangs(env: dict[str, str], tmp_path: Path) -> None:
+    """Non-UTF-8 file and folder names at --concurrency 2, into an account without a staging container."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    (src / "ok").mkdir(parents=True)
+    for i in range(4):
+        (src / "ok" / f"{i}.jpg").write_bytes(jpeg(i))
+    root = os.fsencode(src)
+    for i in range(3):
+        with open(root + b"/ok/bad" + bytes([0xFF, 0xF0 + i]) + b".jpg", "wb") as f:
+            f.write(jpeg(10 + i))
+    os.mkdir(root + b"/dir\xfe")
+    with open(root + b"/dir\xfe/x.jpg", "wb") as f:
+        f.write(jpeg(20))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "corpus",
+            "upload",
+            str(src),
+            "--domain",
+            "und",
+            "--version",
+            "v1",
+            "--concurrency",
+            "2",
+            "--json",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,  # a hang fails here
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    summary = json.loads(proc.stdout)
+    accounted = summary["uploaded"] + summary["failed"] + summary["conflicts"] + sum(summary["skipped"].values())
+    assert summary["uploaded"] == 4 and accounted == 8, summary
+    assert proc.returncode == 1 and len(summary["failures"]) == 4
+    assert all(f["reason"] for f in summary["failures"])
+
+
+def test_a_counter_race_between_batches_retries_as_a_batch(rt: Runtime) -> None:
+    from corpus.store.images_table import ImagesTable
+
+    ref = SetRef("race", ("b",), "v1")
+    a, b = ImagesTable(rt.clients.table_client("Images")), ImagesTable(rt.clients.table_client("Images"))
+    a.batch_shard = b.batch_shard = keys.counter_row_key(7)
+    fallbacks: list[str] = []
+    a.record = lambda ref, r, transform=None: fallbacks.append(r.file) or True  # type: ignore[method-assign]
+    b.record_many(ref, [_image(900, 5)])  # the shard exists
+    real = a._counter_op
+    raced: list[bool] = []
+
+    def counter_op_then_lose_the_race(pk: str, shard: str, n: int, size: int) -> tuple[Any, ...]:
+        op = real(pk, shard, n, size)
+        if not raced:  # another instance commits into the same shard between our read and our write
+            raced.append(True)
+            assert b.record_many(ref, [_image(1000 + i, 10) for i in range(5)]) == [True] * 5
+        return op
+
+    a._counter_op = counter_op_then_lose_the_race  # type: ignore[method-assign]
+    assert a.record_many(ref, [_image(2000 + i, 100) for i in range(50)]) == [True] * 50
+    assert raced and fallbacks == []  # retried as one batch, not 50 single transactions
+    assert a.count(ref) == (56, 5 + 50 + 5000)

@@ -39,6 +39,12 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: lone surrogates (bytes of an undecodable file name) become
+    ``\\udcXX`` escapes, so JSON output stays UTF-8 whatever the file system held."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def shown(text: object) -> str:
     """What the CLI prints for a value: redacted and escaped."""
     return printable(redact(str(text)))

@@ -81,6 +81,8 @@ class HashCache:
         return db
 
     def get(self, path: str, size: int, mtime_ns: int) -> str | None:
+        if not _storable(path):
+            return None
         with self._lock:
             row = self._db.execute("SELECT size, mtime_ns, md5 FROM files WHERE path = ?", (path,)).fetchone()
         if row and row[0] == size and row[1] == mtime_ns:
@@ -89,6 +91,8 @@ class HashCache:
 
     def directory(self, directory: str) -> dict[str, tuple[int, int, str]]:
         """Every cached file directly inside ``directory``: path → (size, mtime_ns, md5), one query."""
+        if not _storable(directory):
+            return {}
         lo = directory.rstrip("/") + "/"
         hi = lo[:-1] + "0"  # the character after '/'
         with self._lock:
@@ -99,6 +103,8 @@ class HashCache:
         return {path: (size, mtime, md5) for path, size, mtime, md5 in rows}
 
     def put(self, path: str, size: int, mtime_ns: int, md5: str) -> None:
+        if not _storable(path):
+            return  # an undecodable name: hashed every run rather than crash the cache
         with self._lock:
             self._pending.append((path, size, mtime_ns, md5))
             if len(self._pending) >= 1000:
@@ -118,3 +124,12 @@ class HashCache:
     def close(self) -> None:
         self.flush()
         self._db.close()
+
+
+def _storable(path: str) -> bool:
+    """SQLite stores UTF-8 text: a path holding undecodable bytes (lone surrogates) is not cached."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from corpus.domain.display import redact, shown
+from corpus.domain.display import redact, shown, valid_text
 from corpus.upload.plan import Skip
 
 
@@ -57,8 +57,11 @@ class Summary:
             "failed": self.failed, "seconds": round(self.seconds, 3),
             "files_per_s": round(self.seen_files / self.seconds, 1) if self.seconds else None,
             "interrupted": self.interrupted,
-            "failures": [{**f.__dict__, "reason": redact(f.reason)} for f in self.failures],
-            **({"would_upload_files": sorted(self.would_upload_files)} if self.would_upload_files else {}),
+            "failures": [
+                {**f.__dict__, "path": valid_text(f.path), "staged": valid_text(f.staged), "reason": valid_text(redact(f.reason))}
+                for f in self.failures
+            ],
+            **({"would_upload_files": sorted(map(valid_text, self.would_upload_files))} if self.would_upload_files else {}),
         }  # fmt: skip
 
 
