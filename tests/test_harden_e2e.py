@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -227,12 +228,15 @@ def test_names_normalised_limited_and_escaped_end_to_end(
     staging.upload_blob(long_name, jpeg(3))
     staging.upload_blob("names/v1/a\nFORGED: all good.jpg", jpeg(4))
     staging.upload_blob("names/v1/appendable.jpg", jpeg(5), blob_type=BlobType.APPENDBLOB)
+    too_long = "names/v1/" + "n" * 900 + ".jpg"  # fits as an original, not as a transformed name
+    staging.upload_blob(too_long, jpeg(6))
     run_host(env, app_dir)
 
     originals = [b.name for b in clients.container("names").list_blobs()]
     assert originals == [f"original/v1/{nfc}"]
     rejected = {r.name: r.reason for r in rt.catalog.rejections.list("rejected")}
-    others = {long_name, "names/v1/a\nFORGED: all good.jpg", "names/v1/appendable.jpg"}
+    others = {long_name, "names/v1/a\nFORGED: all good.jpg", "names/v1/appendable.jpg", too_long}
+    assert "transformed name can reach" in rejected[too_long] and "1024" in rejected[too_long]
     assert set(rejected) - others in ({f"names/v1/{nfc}"}, {f"names/v1/{nfd}"})  # one of the two forms
     assert rejected[(set(rejected) - others).pop()].startswith("conflict:")
     assert "only block blobs" in rejected["names/v1/appendable.jpg"]
@@ -256,7 +260,13 @@ def test_blob_trigger_follows_blob_settings_and_poison_messages_never_expire(
 
     app = prepare_app_dir(tmp_path, {"batchSize": 16, "newBatchThreshold": 8})
     host = json.loads((app / "host.json").read_text())
-    host["extensions"]["blobs"] = {"maxDegreeOfParallelism": 2, "poisonBlobThreshold": 1}
+    host["extensions"]["blobs"] = {"maxDegreeOfParallelism": 2, "poisonBlobThreshold": 2}
+    # A tag extractor that fails (not permanently) for one folder: the trigger fails on that blob.
+    (tmp_path / "boomtags.py").write_text(
+        "def tags(dirs):\n    if 'boom' in dirs:\n        raise RuntimeError('boom')\n    return list(dirs)\n"
+    )
+    env = {**env, "PYTHONPATH": f"{tmp_path}{os.pathsep}{env.get('PYTHONPATH', '')}", "CORPUS_TAG_EXTRACTOR": "boomtags:tags"}
+    clients.container("staging").upload_blob("par/v1/boom/x.png", png(99))
     (app / "host.json").write_text(json.dumps(host))
     for i in range(10):
         clients.container("staging").upload_blob(f"par/v1/{i}.png", png(i, (400, 400)))
@@ -264,7 +274,10 @@ def test_blob_trigger_follows_blob_settings_and_poison_messages_never_expire(
     trace = tmp_path / "trace.jsonl"
     summary = run_host(env, app, "--trace", str(trace))
     assert summary["ok"]["ingest_staged_blob"] == 10
+    assert summary["failed"]["ingest_staged_blob"] == 2  # poisonBlobThreshold, not maxDequeueCount (5)
     assert max_overlap(trace, "ingest_staged_blob") <= 2  # not the queue settings' 24
+    (blob_poison,) = clients.queue_client("webjobs-blobtrigger-poison").peek_messages()
+    assert json.loads(blob_poison.content)["BlobName"] == "par/v1/boom/x.png" and blob_poison.expires_on.year >= 9999
     (poisoned,) = clients.queue_client("copy-requests-poison").peek_messages()
     assert poisoned.content == "not a copy request" and poisoned.expires_on.year >= 9999
 
