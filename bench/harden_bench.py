@@ -91,6 +91,10 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             app.mkdir()
             for name in ("function_app.py", "host.json"):
                 (app / name).write_bytes((code / name).read_bytes())
+            if args.blob_parallelism:
+                host = json.loads((app / "host.json").read_text())
+                host["extensions"].setdefault("blobs", {})["maxDegreeOfParallelism"] = args.blob_parallelism
+                (app / "host.json").write_text(json.dumps(host))
             cmd = [sys.executable, "-m", "corpus", "host", "--app-dir", str(app), "--until-idle", "--timeout", "600"]
             peak, seconds, last = peak_rss_of(cmd, _env(az, code, tmp), tmp)
             ingested = sum(1 for _ in clients.container("mem").list_blobs()) if clients.container("mem").exists() else 0
@@ -101,6 +105,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
         "code": str(code),
         "images": args.images,
         "side": args.side,
+        "blob_parallelism": args.blob_parallelism,
         "png_bytes": len(data),
         "peak_rss_mb": round(peak / 2**20),
         "seconds": round(seconds, 1),
@@ -208,6 +213,7 @@ def main() -> None:
     m.add_argument("--images", type=int, default=24)
     m.add_argument("--side", type=int, default=9999)
     m.add_argument("--code", default=str(REPO), help="checkout whose corpus/, function_app.py and host.json run")
+    m.add_argument("--blob-parallelism", type=int, help="override host.json's extensions.blobs.maxDegreeOfParallelism")
     r = sub.add_parser("requests")
     r.add_argument("--images", type=int, default=300)
     r.add_argument("--sets", type=int, default=3)
