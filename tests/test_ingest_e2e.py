@@ -18,7 +18,7 @@ from corpus.domain import keys
 from corpus.domain.messages import CopyRequest
 from corpus.domain.paths import SetRef
 from corpus.store.hostconfig import load_queue_config
-from corpus.store.rows import as_int
+from corpus.store.rows import ValidationRow, as_int
 from corpus.store.storage import Clients
 from tests.support import host_command, jpeg, max_overlap, png, prepare_app_dir, run_cli, run_host, wait_for
 
@@ -322,13 +322,14 @@ def test_malformed_and_undecodable_messages_are_poisoned_with_a_reason(env, clie
     assert any("missing field 'staged_etag'" in r for r in reasons) and any("neither JSON nor base64" in r for r in reasons)
 
 
-def test_failing_copy_retries_then_poisons_after_max_dequeue(env, clients, tmp_path):
-    """A request whose MD5 does not match the staged bytes fails verification on every attempt."""
+def test_failing_copy_retries_then_poisons_after_max_dequeue(env, rt, clients, tmp_path):
+    """A validation record whose MD5 does not match the staged bytes fails verification on every attempt."""
     app = prepare_app_dir(tmp_path, {"maxDequeueCount": 2, "visibilityTimeout": "00:00:00"})
     data = jpeg(40)
     staging(clients).upload_blob("fail/v1/a.jpg", data)
     etag = staging(clients).get_blob_client("fail/v1/a.jpg").get_blob_properties().etag
-    req = CopyRequest("fail/v1/a.jpg", etag, len(data), "0" * 32, "image/jpeg", 64, 48, "JPEG")
+    rt.catalog.validations.record(ValidationRow("fail/v1/a.jpg", etag, len(data), "0" * 32, "image/jpeg", 64, 48, "JPEG"))
+    req = CopyRequest("fail/v1/a.jpg", etag)
     clients.queue_client("copy-requests").send_message(req.to_json())
     # Only this request should run: record the blob as delivered, as the host does after a delivery.
     receipts = clients.table.create_table_if_not_exists("DevHostBlobReceipts")

@@ -12,7 +12,7 @@ from corpus.domain.messages import CopyRequest, decode_body
 from corpus.domain.tags import load_extractor, matches, normalize, tags_for
 from corpus.store.hostconfig import load_queue_config, parse_timespan
 
-REQ = CopyRequest("birds/v1/a/x.jpg", '"0x1"', 10, "0" * 32, "image/jpeg", 3, 4, "JPEG")
+REQ = CopyRequest("birds/v1/a/x.jpg", '"0x1"')
 
 
 def test_tags_are_trimmed_folded_deduplicated():
@@ -44,14 +44,13 @@ def test_copy_request_round_trip_plain_and_base64():
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [
-        (lambda d: d.pop("md5"), "missing field 'md5'"),
+        (lambda d: d.pop("staged_etag"), "missing field 'staged_etag'"),
         (lambda d: d.update(extra=1), "unknown field"),
-        (lambda d: d.update(size="10"), "wrong type"),
-        (lambda d: d.update(size=True), "boolean"),
-        (lambda d: d.update(size=0), "positive"),
-        (lambda d: d.update(md5="xyz"), "md5"),
+        (lambda d: d.update(staged_name=1), "wrong type"),
+        (lambda d: d.update(staged_name=True), "boolean"),
+        (lambda d: d.update(md5="0" * 32), "unknown field"),  # schema 2 claims nothing about the bytes
         (lambda d: d.update(kind="other"), "kind"),
-        (lambda d: d.update(v=2), "schema version"),
+        (lambda d: d.update(v=3), "schema version"),
     ],
 )
 def test_copy_request_is_strict(mutate, reason):
@@ -59,6 +58,29 @@ def test_copy_request_is_strict(mutate, reason):
     mutate(data)
     with pytest.raises(MessageError, match=reason):
         CopyRequest.parse(json.dumps(data))
+
+
+def test_copy_request_schema_1_claims_are_accepted_and_ignored():
+    v1 = {"kind": "copy", "v": 1, "staged_name": "birds/v1/a/x.jpg", "staged_etag": '"0x1"', "size": 5, "md5": "x" * 32}
+    assert CopyRequest.parse(json.dumps(v1)) == REQ
+    with pytest.raises(MessageError, match="wrong type"):
+        CopyRequest.parse(json.dumps({**v1, "size": "5"}))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"kind": "copy", "v": ' + "9" * 5001 + ', "staged_name": "a", "staged_etag": "b"}',
+        '{"kind": "copy", "v": NaN, "staged_name": "a", "staged_etag": "b"}',
+        '{"kind": "copy", "v": Infinity, "staged_name": "a", "staged_etag": "b"}',
+        '{"kind": "copy", "v": -Infinity, "staged_name": "a", "staged_etag": "b"}',
+        '{"kind": "copy", "v": 1e999, "staged_name": "a", "staged_etag": "b"}',
+    ],
+)
+def test_huge_integers_and_non_finite_numbers_are_permanent_message_errors(body):
+    """A plain ValueError would be retried maxDequeueCount times; NaN/Infinity would pass range checks."""
+    with pytest.raises(MessageError, match=r"number|finite"):
+        CopyRequest.parse(body)
 
 
 @given(st.text(max_size=200))

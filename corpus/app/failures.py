@@ -21,9 +21,10 @@ import traceback
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from corpus.domain.display import redact
 from corpus.domain.errors import PermanentError, reason
 from corpus.store.rows import FailureRow
-from corpus.store.settings import poison_queue
+from corpus.store.settings import POISON_TTL, poison_queue
 
 log = logging.getLogger("corpus.failures")
 
@@ -40,7 +41,7 @@ class Reporter(Protocol):
 
     def clear_failure(self, source: str, key: str) -> None: ...
 
-    def send(self, queue: str, text: str) -> None: ...
+    def send(self, queue: str, text: str, time_to_live: int | None = None) -> None: ...
 
     @property
     def max_dequeue_count(self) -> int: ...
@@ -66,14 +67,14 @@ def run_queue_job(rt: Reporter, queue: str, msg: QueueMessage, handler: Callable
     try:
         result = handler(body)
     except PermanentError as exc:
-        why = reason(exc)
+        why = redact(reason(exc))
         log.error("message %s on %s refused: %s", msg.id, queue, why)
         rt.record_failure(FailureRow(queue, key, why, attempt, True, body))
-        rt.send(poison_queue(queue), body)
+        rt.send(poison_queue(queue), body, time_to_live=POISON_TTL)
         return None
     except Exception as exc:
         final = attempt >= rt.max_dequeue_count
-        why = reason(exc)
+        why = redact(reason(exc))
         log.error("message %s on %s failed (attempt %d%s): %s", msg.id, queue, attempt, ", final" if final else "", why)
         rt.record_failure(FailureRow(queue, key, why + "\n" + traceback.format_exc(limit=5), attempt, final, body))
         raise
@@ -87,7 +88,7 @@ def run_blob_job(rt: Reporter, source: str, name: str, handler: Callable[[], T])
     try:
         return handler()
     except Exception as exc:
-        why = reason(exc)
+        why = redact(reason(exc))
         log.error("blob %s failed: %s", name, why)
         try:
             rt.record_failure(FailureRow(source, name, why + "\n" + traceback.format_exc(limit=5), 0, False, name))

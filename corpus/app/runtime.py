@@ -15,13 +15,14 @@ from pathlib import Path
 
 from azure.core.exceptions import ResourceExistsError
 
+from corpus.app.admission import MemoryBudget
 from corpus.domain.tags import load_extractor
 from corpus.store.catalog import Catalog
 from corpus.store.groupcommit import ImageRecorder
 from corpus.store.hostconfig import QueueConfig, load_queue_config
 from corpus.store.rows import FailureRow
-from corpus.store.settings import TABLES, Settings, poison_queue
-from corpus.store.storage import Clients
+from corpus.store.settings import BLOB_POISON_QUEUE, TABLES, Settings, poison_queue
+from corpus.store.storage import FUNCTION_RETRY, Clients
 
 log = logging.getLogger("corpus")
 
@@ -41,6 +42,7 @@ class Runtime:
     catalog: Catalog
     queues: QueueConfig
     recorder: ImageRecorder
+    decode_budget: MemoryBudget
     _containers: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -50,13 +52,14 @@ class Runtime:
         :class:`~corpus.domain.errors.ConfigError` here, once, before any input is touched."""
         settings = settings or Settings.from_env()
         load_extractor(settings.tag_extractor)
-        clients = Clients(settings.connection)
+        clients = Clients(settings.connection, dict(FUNCTION_RETRY))
         catalog = Catalog(clients)
         return cls(
             settings=settings,
             clients=clients,
             catalog=catalog,
             recorder=ImageRecorder(catalog),
+            decode_budget=MemoryBudget(settings.decode_budget_bytes),
             queues=load_queue_config(host_json or app_root() / "host.json"),
         )
 
@@ -72,9 +75,14 @@ class Runtime:
     def max_dequeue_count(self) -> int:
         return self.queues.max_dequeue_count
 
-    def send(self, queue: str, text: str) -> None:
-        """Enqueue ``text`` encoded as host.json's ``messageEncoding`` says the triggers will decode it."""
-        self.clients.queue_client(queue).send_message(encode_message(text, self.queues.message_encoding))
+    def send(self, queue: str, text: str, time_to_live: int | None = None) -> None:
+        """Enqueue ``text`` encoded as host.json's ``messageEncoding`` says the triggers will decode it.
+
+        ``time_to_live=-1``: the message never expires (poison messages: the queue default is 7 days).
+        """
+        self.clients.queue_client(queue).send_message(
+            encode_message(text, self.queues.message_encoding), time_to_live=time_to_live
+        )
 
     def ensure_container(self, name: str) -> None:
         """Create a domain container on first use; cached, as containers are never deleted by us."""
@@ -88,11 +96,15 @@ class Runtime:
             self._containers.add(name)
 
     def ensure_resources(self) -> None:
-        """Create the containers, queues and tables the app needs (Bicep does this in Azure)."""
+        """Create the containers, queues and tables the app needs (Bicep does this in Azure).
+
+        Poison queues too: the failure reporter writes to ``<queue>-poison`` before the Functions
+        host ever has (it creates them lazily), and would get 404 on a fresh account.
+        """
         s = self.settings
         self.clients.ensure(
             containers=(s.staging_container, s.rejected_container, s.deadletter_container),
-            queues=s.queues + tuple(poison_queue(q) for q in s.queues),
+            queues=s.queues + tuple(poison_queue(q) for q in s.queues) + (BLOB_POISON_QUEUE,),
             tables=TABLES,
         )
 

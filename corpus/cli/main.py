@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus.cli.common import CliError, settings_from_cwd
+from corpus.domain.display import shown
 from corpus.domain.errors import ConfigError
 from corpus.store.settings import Settings
 
@@ -21,6 +22,10 @@ def _settings() -> Settings:
 
 def cmd_host(args: argparse.Namespace) -> int:
     from corpus.devhost.supervisor import HostOptions, run_host
+
+    app_dir = Path(args.app_dir)
+    if not (app_dir / "function_app.py").is_file():
+        raise CliError(f"--app-dir {shown(args.app_dir)}: no function_app.py there")
 
     trace = open(args.trace, "a", encoding="utf-8") if args.trace else None  # noqa: SIM115
     try:
@@ -55,9 +60,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _domain_arg(domain: str | None) -> None:
+    """A domain given on the command line is checked like any domain: a bad one is an error, not 'no match'."""
+    from corpus.domain.errors import InvalidNameError
+    from corpus.domain.paths import validate_domain
+
+    if domain is not None:
+        try:
+            validate_domain(domain)
+        except InvalidNameError as exc:
+            raise CliError(str(exc)) from exc
+
+
 def cmd_sets(args: argparse.Namespace) -> int:
     from corpus.cli.status import render_sets, set_rows
 
+    _domain_arg(args.domain)
     rows = set_rows(_settings(), domain=args.domain, tags=tuple(args.tag or ()), transform=args.transform)
     print(json.dumps(rows, indent=2, default=str, ensure_ascii=False) if args.json else render_sets(rows))
     return 0
@@ -65,7 +83,16 @@ def cmd_sets(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from corpus.cli.sample import upload_sample
+    from corpus.domain.errors import InvalidNameError
+    from corpus.domain.paths import validate_version
 
+    _domain_arg(args.domain)
+    try:
+        validate_version(args.version)
+    except InvalidNameError as exc:
+        raise CliError(str(exc)) from exc
+    if args.count < 1:
+        raise CliError("--count must be positive")
     n = upload_sample(_settings(), domain=args.domain, version=args.version, count=args.count, seed=args.seed)
     print(f"uploaded {n} sample images to staging/{args.domain}/{args.version}/")
     return 0
@@ -236,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from corpus.domain.display import RedactingFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # SDK errors quote request URLs, SAS signature included
     for noisy in ("azure", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -263,7 +294,7 @@ def _azure_reason(exc: Exception) -> str:
 
 
 def _fail(message: str) -> int:
-    print(f"corpus: error: {message}", file=sys.stderr)
+    print(f"corpus: error: {shown(message)}", file=sys.stderr)
     return 1
 
 

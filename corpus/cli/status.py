@@ -6,6 +6,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from corpus.domain.display import shown
 from corpus.store.catalog import Catalog
 from corpus.store.rows import REJECT_INVALID, REJECT_JUNK, FailureRow, ImageSetRow, RejectionRow
 from corpus.store.settings import BLOB_POISON_QUEUE, Settings, poison_queue
@@ -91,15 +92,16 @@ def render(report: dict[str, Any]) -> str:
     rej = report["rejected"]
     lines.append(f"rejected (kept in '{rej['container']}'): {rej['count']}")
     for r in rej["latest"]:
-        lines.append(f"  {r['Name']}: {r['Reason']}")
+        lines.append(f"  {shown(r['Name'])}: {shown(r['Reason'])}")
     fail = report["failures"]
     lines.append(f"failed messages (poisoned):      {fail['count']}")
     for f in fail["latest"]:
-        lines.append(f"  {f['Source']} {f['Key']} after {f['Attempts']} attempt(s): {str(f['Reason']).splitlines()[0]}")
+        reason = str(f["Reason"]).splitlines()[0] if f["Reason"] else ""
+        lines.append(f"  {shown(f['Source'])} {shown(f['Key'])} after {f['Attempts']} attempt(s): {shown(reason)}")
     red = report["redriven"]
     lines.append(f"re-driven by reconciliation:     {red['count']}")
     for r in red["latest"]:
-        lines.append(f"  {r['Name']}: {r['Why']} -> {r['Outcome'] or 'in progress'} ({r['Times']}x)")
+        lines.append(f"  {shown(r['Name'])}: {r['Why']} -> {r['Outcome'] or 'in progress'} ({r['Times']}x)")
     lines.append(f"image sets: {report['sets']['count']} holding {report['sets']['images']} images")
     return "\n".join(lines)
 
@@ -118,6 +120,7 @@ def render_sets(rows: list[dict[str, Any]]) -> str:
     header = f"{'DOMAIN':<16} {'PATH':<32} {'VERSION':<10} {'IMAGES':>7} {'BYTES':>12}  TAGS"
     lines = [header]
     for r in rows:
-        label = r["path"] + (f" [{r['transform']}]" if r["transform"] else "")
-        lines.append(f"{r['domain']:<16} {label:<32} {r['version']:<10} {r['images']:>7} {r['bytes']:>12}  {','.join(r['tags'])}")
+        label = shown(r["path"]) + (f" [{shown(r['transform'])}]" if r["transform"] else "")
+        tags = shown(",".join(r["tags"]))
+        lines.append(f"{shown(r['domain']):<16} {label:<32} {shown(r['version']):<10} {r['images']:>7} {r['bytes']:>12}  {tags}")
     return "\n".join(lines)

@@ -27,8 +27,8 @@ from azure.functions.timer import TimerRequestConverter
 
 from corpus.devhost.discovery import Target
 from corpus.domain import cron, keys
-from corpus.store.hostconfig import QueueConfig
-from corpus.store.settings import BLOB_POISON_QUEUE, poison_queue
+from corpus.store.hostconfig import BlobConfig, QueueConfig
+from corpus.store.settings import BLOB_POISON_QUEUE, POISON_TTL, poison_queue
 from corpus.store.storage import Clients
 
 log = logging.getLogger("corpus.host")
@@ -266,26 +266,30 @@ class QueueListener(_Component):
             self._poison_locked(lease, raw, why)
 
     def _poison_locked(self, lease: _Lease, raw: str, why: str) -> None:
-        self.poison.send_message(raw)
+        self.poison.send_message(raw, time_to_live=POISON_TTL)
         self._delete(lease)
         log.error("message %s moved to %s-poison: %s", lease.message_id, self.t.source, why)
 
 
 class BlobListener(_Component):
-    """A ``source=EventGrid`` blob trigger: one delivery per new or changed blob, remembered."""
+    """A ``source=EventGrid`` blob trigger: one delivery per new or changed blob, remembered.
+
+    Follows ``host.json``'s ``extensions.blobs`` as the Functions host does: at most
+    ``maxDegreeOfParallelism`` deliveries at once, ``poisonBlobThreshold`` attempts per blob.
+    """
 
     def __init__(
-        self, target: Target, clients: Clients, host_clients: Clients, cfg: QueueConfig, stats: Stats, opts: HostOptions
+        self, target: Target, clients: Clients, host_clients: Clients, cfg: BlobConfig, stats: Stats, opts: HostOptions
     ) -> None:
         self.t, self.cfg, self.stats, self.opts = target, cfg, stats, opts
         self.container = clients.container(target.source)
         self.receipts: TableClient = host_clients.table_client(RECEIPTS_TABLE)
         self.poison = clients.queue_client(BLOB_POISON_QUEUE)  # the trigger's account, as the host does
-        self.pool = ThreadPoolExecutor(cfg.max_concurrency, thread_name_prefix=target.name)
+        self.pool = ThreadPoolExecutor(cfg.max_degree_of_parallelism, thread_name_prefix=target.name)
         self._delivered: dict[str, str] = {}
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
-        self._slots = threading.Semaphore(cfg.max_concurrency)
+        self._slots = threading.Semaphore(cfg.max_degree_of_parallelism)
         self._pk = keys.escape(f"{target.name}/{target.source}")
 
     def load_receipts(self) -> None:
@@ -332,7 +336,7 @@ class BlobListener(_Component):
             props = downloader.properties
             etag = props.etag
             ok = False
-            for attempt in range(1, self.cfg.max_dequeue_count + 1):
+            for attempt in range(1, self.cfg.poison_blob_threshold + 1):
                 ok = self._invoke(name, data, props)
                 if ok and self.opts.deliver_twice:
                     ok = self._invoke(name, data, props)
@@ -350,9 +354,10 @@ class BlobListener(_Component):
                             "BlobName": name,
                             "ETag": etag,
                         }
-                    )
+                    ),
+                    time_to_live=POISON_TTL,
                 )
-                log.error("blob %s failed %d times: moved to %s", name, self.cfg.max_dequeue_count, BLOB_POISON_QUEUE)
+                log.error("blob %s failed %d times: moved to %s", name, self.cfg.poison_blob_threshold, BLOB_POISON_QUEUE)
             self._remember(name, etag)
         except Exception:
             log.exception("host error delivering blob %s", name)
@@ -371,6 +376,7 @@ class BlobListener(_Component):
 
     def _invoke(self, name: str, data: bytes, props: Any) -> bool:
         properties = {
+            "BlobType": str(props.blob_type.value if hasattr(props.blob_type, "value") else props.blob_type),
             "ETag": props.etag,
             "Length": props.size,
             "ContentType": props.content_settings.content_type,

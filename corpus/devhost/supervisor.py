@@ -25,11 +25,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from corpus.devhost.discovery import discover
+from corpus.devhost.discovery import Target, discover
 from corpus.devhost.listeners import RECEIPTS_TABLE, BlobListener, HostOptions, QueueListener, Stats, TimerListener, _Component
-from corpus.store.hostconfig import load_queue_config
+from corpus.store.hostconfig import BlobConfig, QueueConfig, load_blob_config, load_queue_config
 from corpus.store.settings import BLOB_POISON_QUEUE, Connection, Settings, poison_queue
 from corpus.store.storage import Clients
 
@@ -41,40 +42,34 @@ __all__ = ["HostOptions", "run_host"]
 def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, Any]:
     """Run every discovered function until stopped (or until idle); return the statistics."""
     settings = settings or Settings.from_env()
+    deadline = time.monotonic() + opts.idle_timeout if opts.idle_timeout else None
     values = dict(settings.values)
     os.environ["AzureWebJobsScriptRoot"] = str(opts.app_dir)  # as the Functions host sets it
     targets = discover(opts.app_dir, values)
     cfg = load_queue_config(opts.app_dir / "host.json")
+    blob_cfg = load_blob_config(opts.app_dir / "host.json")
     stats = Stats(opts.trace)
-    host_clients = Clients(Connection.from_env(values, "AzureWebJobsStorage"))
-    host_clients.ensure(tables=(RECEIPTS_TABLE,))
-
-    from corpus.app.runtime import Runtime
-
-    Runtime.create(settings, opts.app_dir / "host.json").ensure_resources()
-
     components: list[_Component] = []
-    for t in targets:
-        if t.kind == "timer":
-            components.append(TimerListener(t, stats, opts))
-            log.info("scheduled: %s (timer trigger, %s)", t.name, t.source)
-            continue
-        clients = Clients(Connection.from_env(values, t.connection))
-        if t.kind == "queue":
-            clients.ensure(queues=(t.source, poison_queue(t.source)))
-            components.append(QueueListener(t, clients, cfg, stats, opts))
-        else:
-            clients.ensure(queues=(BLOB_POISON_QUEUE,))
-            listener = BlobListener(t, clients, host_clients, cfg, stats, opts)
-            listener.load_receipts()
-            components.append(listener)
-        log.info("listening: %s (%s trigger on %s, at most %d at once)", t.name, t.kind, t.source, cfg.max_concurrency)
+
+    def setup() -> None:
+        host_clients = Clients(Connection.from_env(values, "AzureWebJobsStorage"))
+        host_clients.ensure(tables=(RECEIPTS_TABLE,))
+
+        from corpus.app.runtime import Runtime
+
+        Runtime.create(settings, opts.app_dir / "host.json").ensure_resources()
+        _listeners(targets, values, cfg, blob_cfg, host_clients, stats, opts, components)
+
+    if not _before(deadline, setup):
+        log.error("storage did not answer within --timeout %gs while starting", opts.idle_timeout or 0)
+        summary = stats.summary()
+        summary["timed_out"] = True
+        return summary
 
     stop = threading.Event()
     threads = [threading.Thread(target=c.run, args=(stop,), name=f"listener-{i}", daemon=True) for i, c in enumerate(components)]
     for th in threads:
         th.start()
-    deadline = time.monotonic() + opts.idle_timeout if opts.idle_timeout else None
     timed_out = False
     try:
         while True:
@@ -89,10 +84,65 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
     finally:
         stop.set()
         for th in threads:
-            th.join()
+            # After a timeout, a listener may be stuck in the SDK's retries against a dead service:
+            # give in-flight work a grace period, not forever (the threads are daemons).
+            th.join(STOP_GRACE_S if timed_out else None)
     summary = stats.summary()
     summary["timed_out"] = timed_out
     return summary
+
+
+STOP_GRACE_S = 10.0
+
+
+def _before(deadline: float | None, fn: Callable[[], None]) -> bool:
+    """Run ``fn``; with a deadline, in a daemon thread given until then. False if it did not finish."""
+    if deadline is None:
+        fn()
+        return True
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+
+    th = threading.Thread(target=run, name="host-setup", daemon=True)
+    th.start()
+    th.join(max(0.0, deadline - time.monotonic()))
+    if failure:
+        raise failure[0]
+    return not th.is_alive()
+
+
+def _listeners(
+    targets: list[Target],
+    values: dict[str, str],
+    cfg: QueueConfig,
+    blob_cfg: BlobConfig,
+    host_clients: Clients,
+    stats: Stats,
+    opts: HostOptions,
+    components: list[_Component],
+) -> None:
+    """One listener per discovered function, its queues created first."""
+    for t in targets:
+        if t.kind == "timer":
+            components.append(TimerListener(t, stats, opts))
+            log.info("scheduled: %s (timer trigger, %s)", t.name, t.source)
+            continue
+        clients = Clients(Connection.from_env(values, t.connection))
+        if t.kind == "queue":
+            clients.ensure(queues=(t.source, poison_queue(t.source)))
+            components.append(QueueListener(t, clients, cfg, stats, opts))
+        else:
+            clients.ensure(queues=(BLOB_POISON_QUEUE,))
+            listener = BlobListener(t, clients, host_clients, blob_cfg, stats, opts)
+            listener.load_receipts()
+            components.append(listener)
+        limit = cfg.max_concurrency if t.kind == "queue" else blob_cfg.max_degree_of_parallelism
+        log.info("listening: %s (%s trigger on %s, at most %d at once)", t.name, t.kind, t.source, limit)
 
 
 def _idle(components: list[_Component], stats: Stats) -> bool:

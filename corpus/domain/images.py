@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -61,8 +63,25 @@ def open_capped(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Imag
     return img
 
 
-def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
-    """Identify and fully decode ``data``; raise :class:`ImageError` with a readable reason."""
+def decoded_bytes(img: Image.Image) -> int:
+    """What decoding ``img`` will allocate, from its header alone: Pillow keeps ``1``, ``L`` and
+    ``P`` images at one byte a pixel, 16-bit greyscale at two, and everything else (RGB included,
+    padded) at four."""
+    width, height = img.size
+    per_pixel = 1 if img.mode in ("1", "L", "P") else 2 if img.mode.startswith("I;16") else 4
+    return width * height * per_pixel
+
+
+def inspect(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    admit: Callable[[int], AbstractContextManager[None]] | None = None,
+) -> ImageInfo:
+    """Identify and fully decode ``data``; raise :class:`ImageError` with a readable reason.
+
+    ``admit(n)`` (see :mod:`corpus.app.admission`) is entered with the bytes the decode will
+    allocate, declared by the header, before a single pixel is decoded, and held until it is done.
+    """
     if not data:
         raise ImageError("empty file")
     img = open_capped(data, max_pixels)
@@ -72,7 +91,8 @@ def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
             # Decoding at 1/8 scale still walks the whole entropy-coded stream, so truncation and
             # corruption are caught, at a fraction of the cost of a full-size decode.
             img.draft(img.mode, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
-        img.load()
+        with admit(decoded_bytes(img)) if admit else nullcontext():
+            img.load()
     except Exception as exc:
         raise ImageError(f"corrupt or truncated {info.format} image: {exc}") from exc
     finally:

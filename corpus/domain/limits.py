@@ -10,6 +10,10 @@ DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_BLOB_BYTES = 256 * 1024 * 1024
 """Largest staged file accepted (``CORPUS_MAX_BLOB_BYTES``)."""
 
+DEFAULT_DECODE_BUDGET_BYTES = 512 * 1024 * 1024
+"""Bytes of decoded pixels one worker process holds at once (``CORPUS_DECODE_BUDGET_BYTES``):
+one largest admissible image (100 MP at up to 4 bytes a pixel = 400 MB) fits, two do not."""
+
 MAX_BLOB_NAME = 1024
 """Characters in a blob name (Azure: "Naming and referencing containers, blobs, and metadata")."""
 

@@ -15,13 +15,11 @@ import base64
 import binascii
 import builtins
 import json
-import re
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from corpus.domain.errors import MessageError
-
-_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 
 
 def decode_body(body: bytes | str) -> dict[str, Any]:
@@ -42,11 +40,32 @@ def decode_body(body: bytes | str) -> dict[str, Any]:
     return value
 
 
+def _refuse_constant(name: str) -> Any:
+    raise MessageError(f"message contains {name}, which is not JSON (numbers must be finite)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        _refuse_constant(text)
+    return value
+
+
 def _json_or_none(text: str) -> Any:
+    """The JSON value in ``text``, ``None`` if it is not JSON at all.
+
+    Refused at once, as :class:`MessageError` (so poisoned, not retried): ``NaN`` and
+    ``Infinity``, which Python's parser accepts and which pass every range check, and integers
+    longer than Python's conversion limit (4,300 digits), which raise a plain ``ValueError``.
+    """
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (json.JSONDecodeError, RecursionError):
         return None
+    except MessageError:
+        raise
+    except ValueError as exc:
+        raise MessageError(f"message holds a number that can't be read: {exc}") from exc
 
 
 class Fields:
@@ -92,49 +111,43 @@ class Fields:
 
 @dataclass(frozen=True, slots=True)
 class CopyRequest:
-    """Ask the copy function to move one validated staged blob into ``original/``.
+    """Ask the copy function to move one validated staged upload into ``original/``.
 
-    The set is derived again from ``staged_name`` by the copy function, so the message can't
-    disagree with the naming contract. ``staged_etag`` pins the exact upload that was
-    validated: a newer upload under the same name gets its own event and its own message.
+    The message names the upload (staged name + ETag) and claims nothing about it: the queue is a
+    trust boundary (anyone who may write to it could craft a message), so size, MD5, content type
+    and dimensions are read from the blob trigger's validation record
+    (:class:`corpus.store.rows.ValidationRow`), and a message naming an upload without one is
+    refused. The set is derived again from ``staged_name``. ``staged_etag`` pins the exact upload
+    that was validated: a newer upload under the same name gets its own event and its own message.
+
+    Schema 1 also carried the trigger's findings; such messages are still accepted (queued before an
+    upgrade), and those fields are type-checked and then ignored.
     """
 
     staged_name: str
     staged_etag: str
-    size: int
-    md5: str
-    content_type: str
-    width: int
-    height: int
-    format: str
 
     KIND = "copy"
+    VERSION = 2
+    _V1_CLAIMS = (("size", int), ("md5", str), ("content_type", str), ("width", int), ("height", int), ("format", str))
 
     def to_json(self) -> str:
-        return json.dumps({"kind": self.KIND, "v": 1, **asdict(self)}, ensure_ascii=False, sort_keys=True)
+        body = {"kind": self.KIND, "v": self.VERSION, "staged_name": self.staged_name, "staged_etag": self.staged_etag}
+        return json.dumps(body, ensure_ascii=False, sort_keys=True)
 
     @classmethod
     def parse(cls, body: bytes | str) -> CopyRequest:
         f = Fields(decode_body(body), "copy request")
         if f.str("kind") != cls.KIND:
             raise MessageError("copy request: field 'kind' must be 'copy'")
-        if f.int("v") != 1:
+        version = f.int("v")
+        if version not in (1, cls.VERSION):
             raise MessageError("copy request: unsupported schema version")
-        req = cls(
-            staged_name=f.str("staged_name"),
-            staged_etag=f.str("staged_etag"),
-            size=f.int("size"),
-            md5=f.str("md5"),
-            content_type=f.str("content_type"),
-            width=f.int("width"),
-            height=f.int("height"),
-            format=f.str("format"),
-        )
+        req = cls(staged_name=f.str("staged_name"), staged_etag=f.str("staged_etag"))
+        if version == 1:
+            for key, kind in cls._V1_CLAIMS:
+                f.any(key, kind, required=False)
         f.done()
-        if req.size <= 0 or req.width <= 0 or req.height <= 0:
-            raise MessageError("copy request: size, width and height must be positive")
-        if not _MD5_HEX.match(req.md5):
-            raise MessageError("copy request: md5 must be 32 lowercase hex digits")
         return req
 
 

@@ -13,9 +13,25 @@ Transform: ``transform/<name>/<tversion>/<dir…>/<version>/<file>``
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from corpus.domain.errors import InvalidNameError
+from corpus.domain.limits import MAX_BLOB_NAME, MAX_BLOB_SEGMENTS, MAX_COPY_SOURCE_URL
+
+MAX_TRANSFORM_FIELD = 64
+"""Characters of a transform name and of its version (:func:`validate_version`)."""
+
+TRANSFORMED_SUFFIX_ROOM = 16
+"""Characters a transform may add to a file name (an output extension such as ``.jpeg``)."""
+
+WORST_ACCOUNT_BLOB_URL = "https://" + "a" * 24 + ".blob.core.windows.net/"
+"""The longest public-cloud blob endpoint (account names have at most 24 characters), for checks
+made where the real endpoint is unknown (``corpus upload`` before it connects)."""
+
+_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+"""Control characters, lone surrogates (undecodable file names) and line/paragraph separators."""
 
 ROOT_PATH = "<root>"
 """How the root set (empty ``<dir…>``) is shown in tables and on the command line."""
@@ -84,9 +100,9 @@ def validate_domain(domain: str) -> str:
 
 def validate_version(version: str, what: str = "version") -> str:
     """Return ``version`` if it is 1-64 characters of ``[A-Za-z0-9._-]`` and not a dot segment."""
-    if not _VERSION_RE.match(version) or version in (".", ".."):
+    if not _VERSION_RE.match(version) or version.endswith("."):
         raise InvalidNameError(
-            f"invalid {what} {version!r}: 1-64 characters of letters, digits, '.', '_' or '-' (and not '.' or '..')"
+            f"invalid {what} {version!r}: 1-64 characters of letters, digits, '.', '_' or '-', not ending in '.'"
         )
     return version
 
@@ -113,6 +129,12 @@ def parse_staged_name(name: str, *, reserved: frozenset[str] = frozenset()) -> S
             raise InvalidNameError(f"{name!r} contains a '.' or '..' segment")
         if not segment:
             raise InvalidNameError(f"{name!r} contains an empty path segment ('//' or a leading '/')")
+        if segment.endswith("."):
+            # Azure's naming rules: a segment ending in '.' may be trimmed, so 'a./x' would become 'a/x'.
+            raise InvalidNameError(f"{name!r}: the path segment {segment!r} ends in '.', which Azure does not allow")
+        bad = next((ch for ch in segment if unicodedata.category(ch) in _BAD_CATEGORIES), None)
+        if bad is not None:
+            raise InvalidNameError(f"{name!r} contains the control character U+{ord(bad):04X}")
     domain, version, *dirs, file = segments
     validate_domain(domain)
     if domain in reserved:
@@ -120,4 +142,54 @@ def parse_staged_name(name: str, *, reserved: frozenset[str] = frozenset()) -> S
     validate_version(version)
     if not file.strip():
         raise InvalidNameError(f"{name!r} has an empty file name")
-    return StagedName(name=name, set=SetRef(domain=domain, dirs=tuple(dirs), version=version), file=file)
+    # Corpus names are NFC: 'café' typed on macOS (NFD) and on Windows (NFC) is one name, and two
+    # uploads that differ only by normalisation are the same image or a conflict, never two images.
+    nfc_dirs = tuple(unicodedata.normalize("NFC", d) for d in dirs)
+    staged = StagedName(name=name, set=SetRef(domain, nfc_dirs, version), file=unicodedata.normalize("NFC", file))
+    check_derived_names(staged)
+    return staged
+
+
+def _utf16_len(text: str) -> int:
+    """Azure counts a blob name's characters as UTF-16 code units (an emoji counts twice)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def worst_derived_name(staged: StagedName) -> str:
+    """The longest blob name this image can ever get: its transformed name under the longest
+    transform name and version, with room for a changed extension."""
+    ref = staged.set
+    t = "t" * MAX_TRANSFORM_FIELD
+    return ref.transform_prefix(t, t) + staged.file + "x" * TRANSFORMED_SUFFIX_ROOM
+
+
+def check_derived_names(staged: StagedName) -> None:
+    """Refuse a name whose original or any transformed name would break Azure's blob-name limits
+    (1,024 characters, 254 segments); Azurite accepts longer ones, Azure does not."""
+    for what, derived in (("original", staged.original_blob), ("transformed", worst_derived_name(staged))):
+        if _utf16_len(derived) > MAX_BLOB_NAME:
+            raise InvalidNameError(
+                f"{staged.name!r} is too long: its {what} name can reach {_utf16_len(derived)} characters, "
+                f"above Azure's limit of {MAX_BLOB_NAME} for a blob name"
+            )
+        segments = derived.count("/") + 1
+        if segments > MAX_BLOB_SEGMENTS:
+            raise InvalidNameError(
+                f"{staged.name!r} is too deep: its {what} name can reach {segments} path segments, "
+                f"above Azure's limit of {MAX_BLOB_SEGMENTS}"
+            )
+
+
+def copy_source_url_length(container_url: str, name: str) -> int:
+    """Length of the percent-encoded URL of blob ``name`` in ``container_url``, as Copy Blob sends it."""
+    return len(container_url.rstrip("/")) + 1 + len(quote(name.encode("utf-8", "surrogatepass"), safe="/~"))
+
+
+def check_copy_source(container_url: str, name: str) -> None:
+    """Refuse a staged name whose URL is too long to be the source of a server-side copy (2 KiB)."""
+    n = copy_source_url_length(container_url, name)
+    if n > MAX_COPY_SOURCE_URL:
+        raise InvalidNameError(
+            f"{name!r} is too long to copy: its percent-encoded URL has {n} characters, above Copy Blob's "
+            f"limit of {MAX_COPY_SOURCE_URL} (non-ASCII characters take up to 12 each; shorten the path)"
+        )

@@ -3,7 +3,8 @@
 * ``sets`` (:mod:`corpus.store.sets_table`): ``ImageSets``;
 * ``images`` (:mod:`corpus.store.images_table`): ``Images`` records and counter shards;
 * ``transforms`` (:mod:`corpus.store.transforms_table`): ``ImageTransforms``;
-* ``rejections``, ``failures``, ``redrives`` (:mod:`corpus.store.reports_table`).
+* ``rejections``, ``failures``, ``redrives`` (:mod:`corpus.store.reports_table`);
+* ``validations`` (:mod:`corpus.store.validations_table`): what the blob trigger validated.
 
 Exact counts under at-least-once delivery: each image is recorded by an insert-only row in the
 same transaction as its counter shard (see :mod:`corpus.store.images_table`). The set's
@@ -26,10 +27,19 @@ from corpus.store.images_table import ImagesTable
 from corpus.store.reports_table import FailuresTable, RedrivesTable, RejectionsTable
 from corpus.store.rows import ImageRow, ImageSetRow, Transform
 from corpus.store.sets_table import SetsTable
-from corpus.store.settings import TABLE_FAILURES, TABLE_IMAGES, TABLE_REDRIVES, TABLE_REJECTIONS, TABLE_SETS, TABLE_TRANSFORMS
+from corpus.store.settings import (
+    TABLE_FAILURES,
+    TABLE_IMAGES,
+    TABLE_REDRIVES,
+    TABLE_REJECTIONS,
+    TABLE_SETS,
+    TABLE_TRANSFORMS,
+    TABLE_VALIDATIONS,
+)
 from corpus.store.storage import Clients
 from corpus.store.tables import MAX_ATTEMPTS, backoff
 from corpus.store.transforms_table import TransformsTable
+from corpus.store.validations_table import ValidationsTable
 
 
 class Catalog:
@@ -42,6 +52,7 @@ class Catalog:
         self.rejections = RejectionsTable(clients.table_client(TABLE_REJECTIONS))
         self.failures = FailuresTable(clients.table_client(TABLE_FAILURES))
         self.redrives = RedrivesTable(clients.table_client(TABLE_REDRIVES))
+        self.validations = ValidationsTable(clients.table_client(TABLE_VALIDATIONS))
 
     # The two steps of group commit (corpus.store.groupcommit.Committer).
 

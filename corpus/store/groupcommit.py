@@ -16,6 +16,7 @@ completed before its bookkeeping is durable: at-least-once delivery semantics ar
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,12 +48,31 @@ class _Item:
     error: BaseException | None = None
 
 
+REFRESH_INTERVAL_S = 1.0
+"""Under continuous load into one set, its count is refreshed at least this often (see below)."""
+
+
 class ImageRecorder:
-    def __init__(self, catalog: Committer, max_batch: int = MAX_BATCH) -> None:
+    """Group commit with debounced count refreshes.
+
+    A leader that commits a batch while more invocations are already queued for the same set
+    does not refresh the set's count: the next leader will, after its own commit. The deferred
+    invocations do not return until a refresh that *started after their commit* has finished, so
+    a completed message always has its image reflected in the set's count, whichever process
+    writes last (the refresh sums every shard). Under a queue that never drains, a refresh still
+    runs every :data:`REFRESH_INTERVAL_S` so nobody waits for long.
+    """
+
+    def __init__(self, catalog: Committer, max_batch: int = MAX_BATCH, refresh_interval: float = REFRESH_INTERVAL_S) -> None:
         self._catalog = catalog
         self._max = max_batch
+        self._interval = refresh_interval
         self._lock = threading.Lock()
         self._pending: dict[str, list[_Item]] = {}
+        self._awaiting: dict[str, list[_Item]] = {}  # committed, waiting for a refresh that covers them
+        self._last_refresh: dict[str, float] = {}
+        self.commits = 0
+        self.refreshes = 0
 
     def record(self, ref: SetRef, record: ImageRow, transform: Transform | None = None) -> bool:
         """Record and count one image exactly once, and refresh its set's totals; True if new."""
@@ -63,10 +83,13 @@ class ImageRecorder:
             queue.append(item)
             if len(queue) == 1:
                 item.promoted = True  # nobody is committing this set: lead
-        if not item.promoted:
-            item.wake.wait()
-        if not item.done:
-            self._commit_next(pk)
+        while not item.done:
+            if item.promoted:
+                item.promoted = False
+                self._commit_next(pk)
+            else:
+                item.wake.wait()
+                item.wake.clear()
         if item.error is not None:
             raise item.error
         return item.result
@@ -76,22 +99,45 @@ class ImageRecorder:
             queue = self._pending[pk]
             batch = queue[: self._max]
         first = batch[0]
+        committed = False
         try:
             results = self._catalog.record_images(first.ref, [i.record for i in batch], first.transform)
-            self._catalog.refresh_counts(first.ref, first.transform)
             for item, result in zip(batch, results, strict=True):
                 item.result = result
+            committed = True
         except BaseException as exc:  # noqa: BLE001 - each waiter re-raises it in its own invocation
             for item in batch:
                 item.error = exc
         with self._lock:
+            self.commits += 1
+            awaiting = self._awaiting.setdefault(pk, [])
+            if committed:
+                awaiting.extend(batch)
+            more = len(queue) > len(batch)
+            due = time.monotonic() - self._last_refresh.get(pk, 0.0) >= self._interval
+            covered = list(awaiting) if awaiting and (not more or due) else []
+            if covered:
+                awaiting.clear()
+        if covered:
+            try:
+                self._catalog.refresh_counts(first.ref, first.transform)
+            except BaseException as exc:  # noqa: BLE001 - the refresh failed: so do the invocations it covers
+                for item in covered:
+                    item.error = exc
+        finished = covered + ([] if committed else batch)
+        with self._lock:
+            if covered:
+                self.refreshes += 1
+                self._last_refresh[pk] = time.monotonic()
             del queue[: len(batch)]
-            for item in batch:
+            for item in finished:
                 item.done = True
             if queue:
                 queue[0].promoted = True
                 queue[0].wake.set()
             else:
                 del self._pending[pk]
-        for item in batch:
+                self._awaiting.pop(pk, None)
+                self._last_refresh.pop(pk, None)
+        for item in finished:
             item.wake.set()

@@ -1,4 +1,8 @@
-"""The parts of ``host.json`` that change behaviour: queue trigger settings.
+"""The parts of ``host.json`` that change behaviour: queue and blob trigger settings.
+
+Blob triggers have their own settings (``extensions.blobs``): ``maxDegreeOfParallelism`` bounds
+concurrent blob-triggered invocations per instance, and ``poisonBlobThreshold`` is how many
+attempts a blob gets before ``webjobs-blobtrigger-poison``. The queue settings do not apply.
 
 Read by the local host (to behave like the Functions host) and by the job runner (to know when
 an attempt is the last one before the poison queue). Defaults are the Functions host's own.
@@ -7,6 +11,7 @@ an attempt is the last one before the poison queue). Defaults are the Functions 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +50,31 @@ class QueueConfig:
     def max_concurrency(self) -> int:
         """Messages one function processes at once on one instance: the throttle."""
         return self.batch_size + self.threshold
+
+
+@dataclass(frozen=True, slots=True)
+class BlobConfig:
+    """``extensions.blobs``; defaults are the Functions host's (8 per core, 5 attempts)."""
+
+    max_degree_of_parallelism: int = 8 * (os.cpu_count() or 1)
+    poison_blob_threshold: int = 5
+
+
+def load_blob_config(host_json: Path | str = "host.json") -> BlobConfig:
+    path = Path(host_json)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        b = data.get("extensions", {}).get("blobs", {})
+        default = BlobConfig()
+        cfg = BlobConfig(
+            max_degree_of_parallelism=int(b.get("maxDegreeOfParallelism", default.max_degree_of_parallelism)),
+            poison_blob_threshold=int(b.get("poisonBlobThreshold", default.poison_blob_threshold)),
+        )
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: unreadable blob settings ({type(exc).__name__}: {exc})") from exc
+    if cfg.max_degree_of_parallelism < 1 or cfg.poison_blob_threshold < 1:
+        raise ConfigError(f"{path}: blobs.maxDegreeOfParallelism and blobs.poisonBlobThreshold must be at least 1")
+    return cfg
 
 
 def load_queue_config(host_json: Path | str = "host.json") -> QueueConfig:

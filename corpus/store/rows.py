@@ -21,6 +21,7 @@ from typing import Any, Self
 from azure.data.tables import EdmType, EntityProperty
 
 from corpus.domain import keys
+from corpus.domain.display import redact
 from corpus.domain.errors import truncate
 from corpus.domain.paths import ROOT_PATH, SetRef
 
@@ -63,7 +64,7 @@ def dirs_of(path: str) -> tuple[str, ...]:
 
 
 STR, TEXT, INT, INT64, BOOL, TIME = "str", "text", "int", "int64", "bool", "time"
-"""Column kinds: ``text`` is a string cut to fit a property (:func:`~corpus.domain.errors.truncate`),
+"""Column kinds: ``text`` is a string with credentials redacted and cut to fit a property,
 ``int64`` an integer stored as ``Edm.Int64``, ``time`` a datetime stamped now when unset."""
 
 
@@ -76,7 +77,7 @@ def _encode(value: Any, kind: str) -> Any:
     if kind == INT64:
         return int64(value)
     if kind == TEXT:
-        return truncate(value)
+        return truncate(redact(value))
     if kind == TIME:
         return value or now()
     return value
@@ -321,3 +322,36 @@ class RedriveRow(Columns):
 
 
 REDRIVE_PARTITION = "redrive"
+
+
+def bare_etag(etag: str) -> str:
+    """Listings return ETags bare, reads return them quoted: keys use them bare."""
+    return etag.strip('"')
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationRow(Columns):
+    """A ``Validations`` entity: what the blob trigger found in one staged upload (name + ETag).
+
+    The copy function acts only on such a row, never on what a queue message claims: anyone who
+    can write to the copy queue can name a staged blob, but only the trigger writes these rows,
+    and only after decoding the bytes. The ETag pins the exact bytes that were inspected.
+    """
+
+    name: str = column("Name")
+    etag: str = column("ETag")
+    size: int = column("Size", INT64)
+    md5: str = column("MD5")
+    content_type: str = column("ContentType")
+    width: int = column("Width", INT64)
+    height: int = column("Height", INT64)
+    format: str = column("Format")
+    at: datetime | None = column("At", TIME, default=None)
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        return keys.escape(self.name), keys.escape(bare_etag(self.etag))
+
+    def to_entity(self) -> Entity:
+        pk, rk = self.keys
+        return {"PartitionKey": pk, "RowKey": rk, **self.columns()}

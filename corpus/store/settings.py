@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corpus.domain.errors import ConfigError
-from corpus.domain.limits import DEFAULT_MAX_BLOB_BYTES, DEFAULT_MAX_PIXELS
+from corpus.domain.limits import DEFAULT_DECODE_BUDGET_BYTES, DEFAULT_MAX_BLOB_BYTES, DEFAULT_MAX_PIXELS
 from corpus.domain.tags import DEFAULT_EXTRACTOR
 
 CONNECTION = "CorpusStorage"
@@ -35,7 +35,9 @@ TABLE_TRANSFORMS = "ImageTransforms"
 TABLE_REJECTIONS = "Rejections"
 TABLE_FAILURES = "Failures"
 TABLE_REDRIVES = "Redrives"
-TABLES = (TABLE_SETS, TABLE_IMAGES, TABLE_TRANSFORMS, TABLE_REJECTIONS, TABLE_FAILURES, TABLE_REDRIVES)
+TABLE_VALIDATIONS = "Validations"
+"""What the blob trigger validated, per staged name and ETag: the only thing a copy acts on."""
+TABLES = (TABLE_SETS, TABLE_IMAGES, TABLE_TRANSFORMS, TABLE_REJECTIONS, TABLE_FAILURES, TABLE_REDRIVES, TABLE_VALIDATIONS)
 
 POISON_SUFFIX = "-poison"
 
@@ -44,6 +46,10 @@ def poison_queue(queue: str) -> str:
     """Where the Functions host (and ``corpus host``) moves a message that failed every attempt."""
     return queue + POISON_SUFFIX
 
+
+POISON_TTL = -1
+"""Time to live of a poison message: never expires (a queue's default is 7 days, after which the
+evidence of a failure would silently vanish)."""
 
 BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
 """Where the Functions host puts a blob that failed every attempt: in the trigger's own storage
@@ -62,6 +68,7 @@ DEADLETTER_CONTAINER = "CORPUS_DEADLETTER_CONTAINER"
 RECONCILE_SCHEDULE = "CORPUS_RECONCILE_SCHEDULE"
 RECONCILE_GRACE_SECONDS = "CORPUS_RECONCILE_GRACE_SECONDS"
 RECONCILE_MAX_BLOBS = "CORPUS_RECONCILE_MAX_BLOBS"
+DECODE_BUDGET_BYTES = "CORPUS_DECODE_BUDGET_BYTES"
 
 DEFAULTS: dict[str, str] = {
     STAGING_CONTAINER: "staging",
@@ -76,6 +83,7 @@ DEFAULTS: dict[str, str] = {
     RECONCILE_SCHEDULE: "0 */5 * * * *",
     RECONCILE_GRACE_SECONDS: "900",
     RECONCILE_MAX_BLOBS: "2000",
+    DECODE_BUDGET_BYTES: str(DEFAULT_DECODE_BUDGET_BYTES),
 }
 
 
@@ -96,7 +104,7 @@ class Connection:
     @classmethod
     def from_env(cls, env: Mapping[str, str], name: str = CONNECTION) -> Connection:
         if env.get(name):
-            return cls(connection_string=env[name])
+            return cls(connection_string=_checked_connection_string(name, env[name]))
         prefix = name + "__"
         account = env.get(prefix + "accountName")
         blob = env.get(prefix + "blobServiceUri") or (account and f"https://{account}.blob.core.windows.net")
@@ -110,6 +118,31 @@ class Connection:
         return cls(blob_uri=blob, queue_uri=queue, table_uri=table, client_id=env.get(prefix + "clientId") or None)
 
 
+_CONNECTION_KEYS = frozenset(
+    k.lower()
+    for k in (
+        "DefaultEndpointsProtocol", "AccountName", "AccountKey", "EndpointSuffix", "BlobEndpoint", "QueueEndpoint",
+        "TableEndpoint", "FileEndpoint", "SharedAccessSignature", "UseDevelopmentStorage", "DevelopmentStorageProxyUri",
+        "BlobSecondaryEndpoint", "QueueSecondaryEndpoint", "TableSecondaryEndpoint",
+    )
+)  # fmt: skip
+
+
+def _checked_connection_string(name: str, value: str) -> str:
+    """A storage connection string is ``Key=Value;`` pairs with known keys and an account; anything
+    else fails here with one line, instead of deep inside the SDK with a traceback."""
+    pairs = [p for p in value.strip().split(";") if p.strip()]
+    keys = set()
+    for pair in pairs:
+        key, eq, _ = pair.partition("=")
+        if not eq or key.strip().lower() not in _CONNECTION_KEYS:
+            raise ConfigError(f"{name} is not a storage connection string (expected Key=Value; pairs such as AccountName=…)")
+        keys.add(key.strip().lower())
+    if not keys & {"accountname", "blobendpoint", "queueendpoint", "tableendpoint", "usedevelopmentstorage"}:
+        raise ConfigError(f"{name} names no account or endpoint")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     connection: Connection
@@ -121,6 +154,7 @@ class Settings:
     tag_extractor: str
     max_pixels: int
     max_blob_bytes: int
+    decode_budget_bytes: int
     deadletter_container: str = "eventgrid-deadletter"
     reconcile_grace_seconds: float = 900.0
     reconcile_max_blobs: int = 2000
@@ -133,12 +167,14 @@ class Settings:
         try:
             max_pixels = int(v[MAX_PIXELS])
             max_blob_bytes = int(v[MAX_BLOB_BYTES])
+            decode_budget_bytes = int(v[DECODE_BUDGET_BYTES])
             grace = float(v[RECONCILE_GRACE_SECONDS])
             max_redrive = int(v[RECONCILE_MAX_BLOBS])
         except ValueError as exc:
-            raise ConfigError(
-                f"{MAX_PIXELS}, {MAX_BLOB_BYTES}, {RECONCILE_GRACE_SECONDS} and {RECONCILE_MAX_BLOBS} must be numbers"
-            ) from exc
+            names = ", ".join((MAX_PIXELS, MAX_BLOB_BYTES, DECODE_BUDGET_BYTES, RECONCILE_GRACE_SECONDS, RECONCILE_MAX_BLOBS))
+            raise ConfigError(f"{names} must be numbers") from exc
+        if min(max_pixels, max_blob_bytes, decode_budget_bytes) <= 0:
+            raise ConfigError(f"{MAX_PIXELS}, {MAX_BLOB_BYTES} and {DECODE_BUDGET_BYTES} must be positive")
         return cls(
             connection=Connection.from_env(env),
             staging_container=v[STAGING_CONTAINER],
@@ -152,6 +188,7 @@ class Settings:
             deadletter_container=v[DEADLETTER_CONTAINER],
             reconcile_grace_seconds=grace,
             reconcile_max_blobs=max_redrive,
+            decode_budget_bytes=decode_budget_bytes,
             values={**env, **v},
         )
 

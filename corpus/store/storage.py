@@ -49,9 +49,29 @@ def blob_md5(blob: BlobClient, props: BlobProperties) -> str:
 
 
 def error_code(exc: HttpResponseError) -> str:
-    """The storage error code (``BlobAlreadyExists``, ``ConditionNotMet``…), or ``""``."""
-    return str(getattr(exc, "error_code", None) or "")
+    """The storage error code (``BlobAlreadyExists``, ``ConditionNotMet``…), or ``""``.
 
+    The SDK gives a ``StorageErrorCode`` enum member where it knows the code, a ``str`` otherwise;
+    ``str()`` of the enum member is ``"StorageErrorCode.CONDITION_NOT_MET"``, never equal to the
+    wire code, so the member's ``value`` is taken.
+    """
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code) or "")
+
+
+FUNCTION_RETRY: dict[str, Any] = {
+    "retry_total": 5,
+    # Blob and queue clients (ExponentialRetry): 1 + 2**n s, jittered: ~3, 5, 9, 17, 33 s.
+    "initial_backoff": 1,
+    "increment_base": 2,
+    # Table clients (azure-core RetryPolicy): 1, 2, 4, 8, 16 s, at most 30.
+    "retry_backoff_factor": 1.0,
+    "retry_backoff_max": 30,
+}
+"""Client options for functions, explicit rather than the SDK's defaults: Azure answers 503
+``ServerBusy`` (and 500 ``OperationTimedOut``) when a partition passes ~2,000 entities/s or an
+account ~20,000 requests/s; both SDK policies retry 408/429/500/502/503/504 with these back-offs,
+about a minute in all, before the failure reaches the failure reporter (and the queue retries)."""
 
 FAIL_FAST = {"retry_total": 1, "initial_backoff": 1, "increment_base": 1, "connection_timeout": 5}
 """Client options for interactive commands: a person waiting should hear of an outage in seconds."""

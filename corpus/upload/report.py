@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from corpus.domain.display import redact, shown, valid_text
 from corpus.upload.plan import Skip
 
 
@@ -33,6 +34,7 @@ class Summary:
     would_upload: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Skip})
     failures: list[Failure] = field(default_factory=list)
+    would_upload_files: list[str] = field(default_factory=list)  # staged names, --dry-run only
     seen_files: int = 0
     seen_bytes: int = 0
     seconds: float = 0.0
@@ -55,7 +57,11 @@ class Summary:
             "failed": self.failed, "seconds": round(self.seconds, 3),
             "files_per_s": round(self.seen_files / self.seconds, 1) if self.seconds else None,
             "interrupted": self.interrupted,
-            "failures": [f.__dict__ for f in self.failures],
+            "failures": [
+                {**f.__dict__, "path": valid_text(f.path), "staged": valid_text(f.staged), "reason": valid_text(redact(f.reason))}
+                for f in self.failures
+            ],
+            **({"would_upload_files": sorted(map(valid_text, self.would_upload_files))} if self.would_upload_files else {}),
         }  # fmt: skip
 
 
@@ -83,7 +89,7 @@ class Progress:
             self.done_files += 1
             self.done_bytes += nbytes
             if dry_run_name:
-                print(f"would upload {dry_run_name}", file=self.stream)
+                print(f"would upload {shown(dry_run_name)}", file=self.stream)
             now = time.monotonic()
             if now - self._last >= self.interval:
                 self._last = now
@@ -107,9 +113,20 @@ class Progress:
 
 
 def load_retry_file(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    """A failures file, checked field by field: anything else raises ``ValueError`` with one line."""
+    not_ours = f"{path} is not a failures file written by corpus upload --failures"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{not_ours} (not UTF-8 text)") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{not_ours} (not JSON: {exc})") from exc
     if not isinstance(data, dict) or not {"source", "domain", "version", "failures"} <= set(data):
-        raise ValueError(f"{path} is not a failures file written by corpus upload --failures")
+        raise ValueError(not_ours)
+    if not all(isinstance(data[k], str) for k in ("source", "domain", "version")) or not isinstance(data["failures"], list):
+        raise ValueError(f"{not_ours} (source, domain and version must be text, failures a list)")
+    if not all(isinstance(f, dict) and isinstance(f.get("path"), str) for f in data["failures"]):
+        raise ValueError(f"{not_ours} (every failure needs a 'path')")
     return data
 
 
@@ -137,6 +154,6 @@ def human_summary(s: Summary, stream: TextIO = sys.stderr) -> None:
     print(f"{verb}; already staged {s.already_staged}; already ingested {s.already_ingested}; "
           f"skipped: {skipped}; conflicts {s.conflicts}; failed {s.failed}; {s.seconds:.1f}s", file=stream)  # fmt: skip
     for f in s.failures:
-        print(f"  {f.kind}: {f.path}: {f.reason}", file=stream)
+        print(f"  {f.kind}: {shown(f.path)}: {shown(f.reason)}", file=stream)
     if s.interrupted:
         print("interrupted: run the same command again to send the rest", file=stream)

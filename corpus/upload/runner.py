@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from corpus.domain.errors import InvalidNameError, StorageError
+from corpus.domain.paths import WORST_ACCOUNT_BLOB_URL, check_copy_source
 from corpus.store.reasons import azure_reason
 from corpus.store.settings import Settings
 from corpus.upload.bloblist import BlobLister, ListingError
@@ -264,6 +265,7 @@ class Uploader:
                         if not piece:
                             raise InvalidNameError(f"{name!r} is only separators")
                         staged = staged_name(self.opts.domain, self.opts.version, rel)
+                        check_copy_source(WORST_ACCOUNT_BLOB_URL + self.settings.staging_container, staged)
                     except InvalidNameError as exc:
                         self._fail(path, rel, f"name does not fit the staging contract: {exc}")
                         continue
@@ -288,6 +290,12 @@ class Uploader:
         return False
 
     def _list_remote(self, rdir: str) -> Remote:
+        """What is staged and ingested *directly* in one destination folder (a delimited listing).
+
+        ``original/<dir>/<version>/`` is not prefix-free (root set ``v2``'s folder ``original/v2/``
+        also holds set ``v2@v1``'s ``original/v2/v1/``): only the folder's own blobs are read, never
+        everything under the prefix; sets themselves are enumerated from the ``Images`` table.
+        """
         sub = rdir + "/" if rdir else ""
         with self.slots:
             staged = self.lister.list_md5s(self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/{sub}")
@@ -376,6 +384,7 @@ class Uploader:
             if action is Action.UPLOAD:
                 if self.opts.dry_run:
                     s.would_upload += 1
+                    s.would_upload_files.append(task.staged)
                 else:
                     s.uploaded += 1
                     s.bytes_uploaded += nbytes

@@ -1,0 +1,227 @@
+"""Hardening benchmarks (issues 13 and 16), each on a private Azurite.
+
+``memory``: peak RSS of ``corpus host`` ingesting N concurrent 9999 x 9999 PNGs (a few hundred KB
+each, under the pixel cap). ``--code DIR`` runs another checkout's code (e.g. the commit before).
+
+    .venv/bin/python bench/harden_bench.py memory --images 24
+    .venv/bin/python bench/harden_bench.py memory --images 24 --code /tmp/harden_base
+
+``requests``: storage requests and table entity operations per ingested image, counted on the
+wire (the shared HTTP session), with the copy function's concurrency so group commit batches.
+
+    .venv/bin/python bench/harden_bench.py requests --images 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support import Azurite, jpeg  # noqa: E402
+
+
+def _env(az: Azurite, code: Path, tmp: Path) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CORPUS_", "CorpusStorage", "AzureWebJobsStorage"))}
+    return {
+        **base,
+        "CorpusStorage": az.connection_string,
+        "AzureWebJobsStorage": az.connection_string,
+        "PYTHONPATH": str(code),
+        "CORPUS_CACHE_DIR": str(tmp / "cache"),
+    }
+
+
+def big_png(side: int) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 30, 60)).save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
+def peak_rss_of(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[int, float, str]:
+    """Run ``cmd``; return its peak RSS (VmHWM, bytes), wall time, and the last stderr line."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+            peak = max(peak, hwm * 1024)
+        except (OSError, StopIteration, ValueError):
+            pass
+        time.sleep(0.05)  # sampling a child's memory: there is no event to wait for
+    reader.join(5)
+    return peak, time.monotonic() - started, (lines[-1].strip() if lines else "")
+
+
+def memory(args: argparse.Namespace) -> dict[str, Any]:
+    from corpus.store.settings import Connection
+    from corpus.store.storage import Clients
+
+    code = Path(args.code).resolve()
+    data = big_png(args.side)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        az = Azurite(tmp).start()
+        try:
+            clients = Clients(Connection(connection_string=az.connection_string))
+            clients.ensure(containers=("staging",))
+            for i in range(args.images):
+                clients.container("staging").upload_blob(f"mem/v1/{i:03d}.png", data)
+            app = tmp / "app"
+            app.mkdir()
+            for name in ("function_app.py", "host.json"):
+                (app / name).write_bytes((code / name).read_bytes())
+            if args.blob_parallelism:
+                host = json.loads((app / "host.json").read_text())
+                host["extensions"].setdefault("blobs", {})["maxDegreeOfParallelism"] = args.blob_parallelism
+                (app / "host.json").write_text(json.dumps(host))
+            cmd = [sys.executable, "-m", "corpus", "host", "--app-dir", str(app), "--until-idle", "--timeout", "600"]
+            peak, seconds, last = peak_rss_of(cmd, _env(az, code, tmp), tmp)
+            ingested = sum(1 for _ in clients.container("mem").list_blobs()) if clients.container("mem").exists() else 0
+        finally:
+            az.stop()
+    return {
+        "bench": "memory",
+        "code": str(code),
+        "images": args.images,
+        "side": args.side,
+        "blob_parallelism": args.blob_parallelism,
+        "png_bytes": len(data),
+        "peak_rss_mb": round(peak / 2**20),
+        "seconds": round(seconds, 1),
+        "ingested": ingested,
+        "host_summary": last,
+    }
+
+
+class WireCounter:
+    """Counts requests per service and table entity operations, from the shared session's responses."""
+
+    def __init__(self, ports: dict[str, int]) -> None:
+        self.by_port = {str(p): s for s, p in ports.items()}
+        self.requests: Counter[str] = Counter()
+        self.entity_ops: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def hook(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        req = response.request
+        port = req.url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[-1]
+        service = self.by_port.get(port, "?")
+        ops = 0
+        if service == "table":
+            body = req.body or b""
+            body = body.encode() if isinstance(body, str) else body
+            if "$batch" in req.url:
+                ops = body.count(b" HTTP/1.1\r\n")
+                kind = "batch"
+            elif req.method == "GET" and ("$filter" in req.url or req.url.rstrip("/").endswith(("()", "Images", "ImageSets"))):
+                try:
+                    ops = max(1, len(response.json().get("value", [])))
+                except ValueError:
+                    ops = 1
+                kind = "query"
+            else:
+                ops = 1
+                kind = req.method
+            with self.lock:
+                self.entity_ops[kind] += ops
+        with self.lock:
+            self.requests[f"{service} {req.method}"] += 1
+
+
+def requests_per_image(args: argparse.Namespace) -> dict[str, Any]:
+    from corpus.app import ingest
+    from corpus.app.runtime import Runtime
+    from corpus.domain.messages import CopyRequest
+    from corpus.store.http import shared_session
+    from corpus.store.settings import Settings
+
+    with tempfile.TemporaryDirectory() as d:
+        az = Azurite(Path(d)).start()
+        try:
+            rt = Runtime.create(Settings.from_env({"CorpusStorage": az.connection_string}))
+            rt.ensure_resources()
+            staging = rt.clients.container("staging")
+            names = [f"req/v1/set{i % args.sets}/{i:05d}.jpg" for i in range(args.images)]
+            blobs = {n: jpeg(i) for i, n in enumerate(names)}
+            for n, data in blobs.items():
+                staging.upload_blob(n, data)
+            etags = {n: staging.get_blob_client(n).get_blob_properties().etag for n in names}
+            counter = WireCounter(az.ports)
+            shared_session().hooks["response"].append(counter.hook)
+            phases: dict[str, Any] = {}
+
+            def trigger(n: str) -> None:
+                ingest.on_staged_blob(rt, ingest.StagedBlob(n, blobs[n], etags[n], {}, "BlockBlob"))
+
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                list(pool.map(trigger, names))
+            phases["blob trigger"] = (dict(counter.requests), dict(counter.entity_ops))
+            counter.requests.clear()
+            counter.entity_ops.clear()
+            q = rt.clients.queue_client("copy-requests")
+            bodies = []
+            while len(bodies) < args.images:
+                bodies += [m.content for m in q.receive_messages(max_messages=32)]
+            counter.requests.clear()  # receiving is the host's work, not the function's
+            counter.entity_ops.clear()
+            commits0, refreshes0 = rt.recorder.commits, rt.recorder.refreshes
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                list(pool.map(lambda b: ingest.on_copy_request(rt, CopyRequest.parse(b)), bodies))
+            phases["copy"] = (dict(counter.requests), dict(counter.entity_ops))
+            commits, refreshes = rt.recorder.commits - commits0, rt.recorder.refreshes - refreshes0
+        finally:
+            az.stop()
+    n = args.images
+    out: dict[str, Any] = {"bench": "requests", "images": n, "sets": args.sets, "concurrency": args.concurrency}
+    for phase, (reqs, ops) in phases.items():
+        out[phase] = {
+            "requests_per_image": round(sum(reqs.values()) / n, 2),
+            "by_kind_per_image": {k: round(v / n, 2) for k, v in sorted(reqs.items())},
+            "entity_ops_per_image": round(sum(ops.values()) / n, 2),
+            "entity_ops_by_kind_per_image": {k: round(v / n, 2) for k, v in sorted(ops.items())},
+        }
+    out["copy"]["group_commits"] = commits
+    out["copy"]["count_refreshes"] = refreshes
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("memory")
+    m.add_argument("--images", type=int, default=24)
+    m.add_argument("--side", type=int, default=9999)
+    m.add_argument("--code", default=str(REPO), help="checkout whose corpus/, function_app.py and host.json run")
+    m.add_argument("--blob-parallelism", type=int, help="override host.json's extensions.blobs.maxDegreeOfParallelism")
+    r = sub.add_parser("requests")
+    r.add_argument("--images", type=int, default=300)
+    r.add_argument("--sets", type=int, default=3)
+    r.add_argument("--concurrency", type=int, default=24)
+    args = p.parse_args()
+    result = memory(args) if args.cmd == "memory" else requests_per_image(args)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
