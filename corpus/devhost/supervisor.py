@@ -15,6 +15,10 @@ app can run and be tested end to end against Azurite on any machine, and it is d
   ``messageEncoding: base64`` bodies are decoded, and undecodable ones are poisoned;
 * blob triggers (``source=EventGrid``) get each new or changed blob once, like one BlobCreated
   event per upload; what was delivered is remembered in a receipts table across restarts;
+* HTTP triggers are served on 127.0.0.1 (``--port``, default 7071 as ``func start``), with the
+  route templates and ``extensions.http.routePrefix`` of ``host.json``; requests and responses
+  pass through the library's own ``HttpRequestConverter``/``HttpResponseConverter``
+  (:mod:`corpus.devhost.httpserver`);
 * in-flight messages keep their lease (visibility) renewed, and a killed host's messages
   reappear after the lease expires, exactly as with the real host.
 """
@@ -23,13 +27,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
 
 from corpus.devhost.discovery import discover
 from corpus.devhost.listeners import RECEIPTS_TABLE, BlobListener, HostOptions, QueueListener, Stats, TimerListener, _Component
-from corpus.store.hostconfig import load_queue_config
+from corpus.store.hostconfig import load_queue_config, load_route_prefix
 from corpus.store.settings import BLOB_POISON_QUEUE, Connection, Settings, poison_queue
 from corpus.store.storage import Clients
 
@@ -55,6 +60,8 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
 
     components: list[_Component] = []
     for t in targets:
+        if t.kind == "http":
+            continue  # served by HttpHost below
         if t.kind == "timer":
             components.append(TimerListener(t, stats, opts))
             log.info("scheduled: %s (timer trigger, %s)", t.name, t.source)
@@ -69,6 +76,15 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
             listener.load_receipts()
             components.append(listener)
         log.info("listening: %s (%s trigger on %s, at most %d at once)", t.name, t.kind, t.source, cfg.max_concurrency)
+
+    http = None
+    if opts.http_port is not None and any(t.kind == "http" for t in targets):
+        from corpus.devhost.httpserver import HttpHost
+
+        http = HttpHost(targets, load_route_prefix(opts.app_dir / "host.json"), opts.http_port)
+        http.start()
+        log.info("serving HTTP triggers on %s", http.url)
+        print(f"corpus host: listening on {http.url}", file=sys.stderr, flush=True)
 
     stop = threading.Event()
     threads = [threading.Thread(target=c.run, args=(stop,), name=f"listener-{i}", daemon=True) for i, c in enumerate(components)]
@@ -88,6 +104,8 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
         log.info("stopping: waiting for in-flight invocations")
     finally:
         stop.set()
+        if http:
+            http.stop()
         for th in threads:
             th.join()
     summary = stats.summary()
