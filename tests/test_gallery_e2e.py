@@ -354,3 +354,91 @@ def test_image_page_shows_its_transforms_side_by_side(world: World) -> None:
     for src in page.imgs:
         if src.startswith("/"):
             assert world.get(src)[0] == 200
+
+
+CHROMIUM = Path(os.environ.get("CORPUS_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("CORPUS_CHROMEDRIVER", "/usr/bin/chromedriver"))
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium (Debian's ``chromium`` and ``chromium-driver``), driven by selenium."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(f"{CHROMIUM} and {CHROMEDRIVER} are needed: apt-get install chromium chromium-driver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _images_rendered(driver: Any) -> list[dict[str, Any]]:
+    """Every <img> once all have finished loading (complete), with their natural width."""
+
+    def done() -> Any:
+        imgs = driver.execute_script(
+            "return Array.from(document.images).map(i => ({src: i.src, complete: i.complete, width: i.naturalWidth}))"
+        )
+        return imgs if imgs and all(i["complete"] for i in imgs) else None
+
+    return list(wait_for(done, 30, "the page's images to finish loading"))
+
+
+def test_the_gallery_in_headless_chromium(world: World, browser: Any, tmp_path: Path) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
+    browser.get(world.base + "/gallery")
+    browser.find_element(By.LINK_TEXT, "birds").click()
+    # Filter by a tag, as a user would: type it, submit.
+    browser.find_element(By.ID, "tag").send_keys("robin")
+    browser.find_element(By.ID, "filter").click()
+    wait_for(lambda: "tag=robin" in browser.current_url, 10, "the filtered page")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.set")
+    assert [r.find_element(By.CLASS_NAME, "set-link").text for r in rows] == ["red/robin", "red/robin"]  # v1 and v2
+    assert all("robin" in r.text for r in rows)
+    rows[0].find_element(By.CLASS_NAME, "set-link").click()
+    wait_for(lambda: "/set?" in browser.current_url, 10, "the set page")
+    assert browser.find_element(By.ID, "set-name").text.startswith("red/robin")
+    imgs = _images_rendered(browser)
+    assert len(imgs) == 3 and all(i["width"] > 0 for i in imgs), imgs
+    assert all("/gallery/birds/file?blob=transform%2Fthumbnail" in i["src"] for i in imgs)  # the thumbnail transform
+    shot = Path(os.environ.get("CORPUS_GALLERY_SCREENSHOT") or tmp_path / "gallery.png")
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
+
+    # A set without thumbnails: previews, made on first request, render too.
+    browser.get(world.base + "/gallery/birds/set?" + urlencode({"path": "blue/jay", "version": "v1"}))
+    assert all(i["width"] > 0 for i in _images_rendered(browser))
+
+    # The hostile-named set: its name is text, no element was injected, nothing ran.
+    browser.get(world.base + "/gallery/birds")
+    link = browser.find_element(By.PARTIAL_LINK_TEXT, "onerror")
+    assert link.text == HOSTILE
+    link.click()
+    wait_for(lambda: "/set?" in browser.current_url, 10, "the hostile set's page")
+    assert browser.find_element(By.ID, "set-name").text.startswith(HOSTILE)
+    assert browser.execute_script("return document.querySelectorAll('img[src=\"x\"], img[onerror]').length") == 0
+    assert all(i["width"] > 0 for i in _images_rendered(browser))
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018 - reading it is the check that no alert opened
+
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert errors == []
