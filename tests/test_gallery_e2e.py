@@ -442,3 +442,12 @@ def test_the_gallery_in_headless_chromium(world: World, browser: Any, tmp_path: 
 
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == []
+
+
+def test_corpus_gallery_prints_the_url_of_a_running_host(world: World) -> None:
+    port = urlsplit(world.base).port
+    proc = run_cli(world.env, world.cwd, "gallery", "--port", str(port))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"http://127.0.0.1:{port}/gallery"
+    nothing = run_cli(world.env, world.cwd, "gallery", "--port", str(free_port()))
+    assert nothing.returncode == 1 and "corpus host" in nothing.stderr

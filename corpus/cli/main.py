@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     from corpus.cli import reconcile
 
     reconcile.add_parsers(sub)
+    from corpus.cli import gallery
+
+    gallery.add_parsers(sub)
     return p
 
 
