@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import subprocess
 import urllib.error
@@ -27,6 +28,7 @@ import pytest
 
 from corpus.app.renditions import preview_name
 from corpus.app.runtime import Runtime
+from corpus.cli.sample import make_image
 from corpus.domain import keys
 from corpus.domain.messages import SourceSelector, TransformRequest
 from corpus.domain.paths import SetRef
@@ -37,6 +39,7 @@ from tests.support import Azurite, free_port, host_command, jpeg, png, prepare_a
 pytestmark = pytest.mark.e2e
 
 HOSTILE = "<img src=x onerror=alert(1)>"
+ROBINS = 8
 BIG = 1000
 
 
@@ -127,7 +130,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         _stage(
             rt,
             {
-                **{f"birds/v1/red/robin/r{i}.jpg": jpeg(i, (320, 240)) for i in range(3)},
+                **{f"birds/v1/red/robin/r{i}.jpg": make_image(random.Random(i), "JPEG", (320, 240)) for i in range(ROBINS)},
                 **{f"birds/v1/blue/jay/j{i}.png": png(10 + i, (300, 200)) for i in range(2)},
                 f"birds/v1/{HOSTILE}/h.jpg": jpeg(20),
                 "birds/v1/root.jpg": jpeg(21),
@@ -136,7 +139,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             },
         )
         run_host(env, app_dir)
-        req = TransformRequest("birds", SourceSelector(path="red/robin", version="v1"), "thumbnail", "1", {"size": 64})
+        req = TransformRequest("birds", SourceSelector(path="red/robin", version="v1"), "thumbnail", "1", {"size": 160})
         rt.send(rt.settings.transform_queue, req.to_json())
         run_host(env, app_dir)
         _big_set(rt)
@@ -419,7 +422,7 @@ def test_the_gallery_in_headless_chromium(world: World, browser: Any, tmp_path: 
     wait_for(lambda: "/set?" in browser.current_url, 10, "the set page")
     assert browser.find_element(By.ID, "set-name").text.startswith("red/robin")
     imgs = _images_rendered(browser)
-    assert len(imgs) == 3 and all(i["width"] > 0 for i in imgs), imgs
+    assert len(imgs) == ROBINS and all(i["width"] > 0 for i in imgs), imgs
     assert all("/gallery/birds/file?blob=transform%2Fthumbnail" in i["src"] for i in imgs)  # the thumbnail transform
     shot = Path(os.environ.get("CORPUS_GALLERY_SCREENSHOT") or tmp_path / "gallery.png")
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
