@@ -182,7 +182,7 @@ def set_page(rt: Runtime, req: Request) -> Response:
     row = queries.get_set(rt.catalog, sel)
     ref, domain = sel.ref, sel.ref.domain
     limit = req.limit(GRID_PAGE, MAX_GRID_PAGE)
-    images, token = queries.page_images(rt.catalog, sel, limit, req.arg("continuation"))
+    images, token = queries.page_images(rt.catalog, sel, limit, req.arg("continuation"), known=row)
     thumbs: dict[str, ImageRow] = {}
     if sel.transform is None:
         thumb = _thumbnail_set(rt, ref)

@@ -110,9 +110,12 @@ def get_set(catalog: Catalog, sel: SetSelector) -> ImageSetRow:
     return row
 
 
-def page_images(catalog: Catalog, sel: SetSelector, limit: int, continuation: str | None) -> tuple[list[ImageRow], str | None]:
-    """One page of a set's image records (404 if the set does not exist)."""
-    get_set(catalog, sel)
+def page_images(
+    catalog: Catalog, sel: SetSelector, limit: int, continuation: str | None, known: ImageSetRow | None = None
+) -> tuple[list[ImageRow], str | None]:
+    """One page of a set's image records (404 if the set does not exist; ``known``: already checked)."""
+    if known is None:
+        get_set(catalog, sel)
     return catalog.images.page(sel.ref, sel.transform, limit, _token(continuation))
 
 
