@@ -16,6 +16,7 @@ import re
 import subprocess
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 
 from corpus.app.renditions import preview_name
 from corpus.app.runtime import Runtime
@@ -65,16 +67,38 @@ class World:
         assert headers["content-type"].startswith("application/json")
         return json.loads(body)
 
+    def _sentinel(self) -> tuple[int, int]:
+        """Send a marker request and wait until Azurite has logged it (its log is written lazily,
+        in order): everything requested before it is in the log before the returned offsets."""
+        name = f"sentinel-{uuid.uuid4().hex}"
+        try:
+            self.rt.clients.container("sentinel").get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError:
+            pass
+        needle = f"/sentinel/{name}".encode()
+
+        def logged() -> tuple[int, int] | None:
+            data = self.debug_log.read_bytes()
+            at = data.find(needle)
+            if at < 0:
+                return None
+            start = data.rfind(b"\n", 0, at) + 1
+            end = data.find(b"\n", at)
+            return (start, end if end >= 0 else len(data))
+
+        return tuple(wait_for(logged, 30, "Azurite to log the marker request"))  # type: ignore[return-value]
+
     def log_mark(self) -> int:
-        return self.debug_log.stat().st_size
+        return self._sentinel()[1]
 
     def blob_requests(self, since: int) -> list[tuple[str, str]]:
-        """(method, path) of every blob request Azurite received after ``since`` (a log offset)."""
+        """(method, path) of every blob request Azurite received after the mark ``since``."""
+        until = self._sentinel()[0]
         with self.debug_log.open("rb") as f:
             f.seek(since)
-            text = f.read().decode("utf-8", "replace")
+            text = f.read(until - since).decode("utf-8", "replace")
         found = re.findall(r"BlobStorageContextMiddleware: RequestMethod=(\w+) RequestURL=(\S+)", text)
-        return [(m, urlsplit(u).path) for m, u in found]
+        return [(m, urlsplit(u).path) for m, u in found if "/sentinel/" not in u]
 
 
 def _stage(rt: Runtime, files: dict[str, bytes]) -> None:

@@ -26,7 +26,7 @@ import hashlib
 import logging
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError, ResourceNotModifiedError
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError, ResourceNotModifiedError
 from azure.storage.blob import ContentSettings
 
 from corpus.app.runtime import Runtime
@@ -70,7 +70,11 @@ def _served(rt: Runtime, domain: str, blob: str, inm: str | None) -> Response:
             downloader = client.download_blob(etag=inm, match_condition=MatchConditions.IfModified)
         else:
             downloader = client.download_blob()
-    except ResourceNotModifiedError:  # storage answered 304: the client's copy is current
+    except (ResourceNotModifiedError, ResourceModifiedError) as exc:
+        # Storage answered 304 (the SDK raises ResourceModifiedError for it, as its error code is
+        # ConditionNotMet): the client's copy is current. Any other status is a real failure.
+        if exc.status_code != 304:
+            raise
         return Response(304, b"", {"ETag": inm or "", "Cache-Control": CACHE_CONTROL})
     props = downloader.properties
     if props.size > MAX_SERVED_BYTES:

@@ -117,11 +117,6 @@ class SetsTable:
         rows = [ImageSetRow.from_entity(e) for e in entities]
         return [r for r in rows if not tags or matches(r.tags, tags)], token
 
-    def domains(self) -> list[str]:
-        """Every domain holding at least one set (reads only the keys)."""
-        found = {str(e["PartitionKey"]) for e in self.table.list_entities(select=["PartitionKey"])}
-        return sorted(found)
-
     def list(
         self,
         domain: str | None = None,
