@@ -102,3 +102,53 @@ def test_blob_names_parse_unambiguously() -> None:
     assert (ref.dirs, ref.version, t, file) == (("a", "b"), "v1", ("thumbnail", "1"), "x.jpg")
     with pytest.raises(HttpError):
         parse_blob("transform/x/y.jpg")
+
+
+def test_the_dev_host_serves_http_triggers_as_the_functions_host_does() -> None:
+    """In process: route values, every query value in the URL, 404 for unknown paths and methods,
+    500 with an empty body when a function raises, HEAD without a body."""
+    import urllib.error
+    import urllib.request
+
+    import azure.functions as func
+
+    from corpus.devhost.discovery import Target
+    from corpus.devhost.httpserver import HttpHost
+
+    seen: list[func.HttpRequest] = []
+
+    def echo(req: func.HttpRequest) -> func.HttpResponse:
+        seen.append(req)
+        body = json.dumps({"route": dict(req.route_params), "params": dict(req.params), "url": req.url})
+        return func.HttpResponse(body, status_code=201, headers={"X-Test": "1"}, mimetype="application/json")
+
+    def boom(req: func.HttpRequest) -> func.HttpResponse:
+        raise RuntimeError("secret internals")
+
+    targets = [
+        Target("echo", "http", "things/{name}", "", "req", echo, ("GET", "HEAD")),
+        Target("boom", "http", "boom", "", "req", boom, ("GET",)),
+    ]
+    host = HttpHost(targets, "", 0)
+    host.start()
+
+    def get(path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(host.url + path, method=method), timeout=10) as res:
+                return res.status, {k.lower(): v for k, v in res.headers.items()}, res.read()
+        except urllib.error.HTTPError as err:
+            return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+    try:
+        status, headers, body = get("/things/a%20b?tag=x&tag=y")
+        assert status == 201 and headers["x-test"] == "1" and headers["content-type"] == "application/json"
+        doc = json.loads(body)
+        assert doc["route"] == {"name": "a b"} and doc["params"] == {"tag": "x,y"} and doc["url"].endswith("?tag=x&tag=y")
+        assert isinstance(seen[0], func.HttpRequest) and seen[0].method == "GET"
+        assert get("/things/a", "HEAD")[0] == 201 and get("/things/a", "HEAD")[2] == b""
+        assert get("/things/a", "POST")[0] == 404
+        assert get("/things")[0] == 404
+        status, _, body = get("/boom")
+        assert status == 500 and body == b""
+    finally:
+        host.stop()
