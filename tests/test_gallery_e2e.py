@@ -462,6 +462,13 @@ def test_the_gallery_in_headless_chromium(world: World, browser: Any, tmp_path: 
     shot = Path(os.environ.get("CORPUS_GALLERY_SCREENSHOT") or tmp_path / "gallery.png")
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
 
+    # One image: its preview and its thumbnail side by side.
+    browser.find_element(By.CSS_SELECTOR, "#grid figure a").click()
+    wait_for(lambda: "/image?" in browser.current_url, 10, "the image page")
+    shown = _images_rendered(browser)
+    assert len(shown) == 2 and all(i["width"] > 0 for i in shown), shown
+    assert "thumbnail:1" in browser.find_element(By.TAG_NAME, "main").text
+
     # A set without thumbnails: previews, made on first request, render too.
     browser.get(world.base + "/gallery/birds/set?" + urlencode({"path": "blue/jay", "version": "v1"}))
     assert all(i["width"] > 0 for i in _images_rendered(browser))
