@@ -5,6 +5,9 @@ connection ``CorpusStorage`` is a connection string locally and identity-based i
 happens inside the failure reporter, so a malformed input is recorded like any other failure.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import azure.functions as func
 
 from corpus.app import ingest
@@ -71,3 +74,74 @@ def reconcile_staging(timer: func.TimerRequest) -> None:
     """Hand staged blobs whose event was lost (or dead-lettered) to ingest again; see corpus/app/reconcile.py."""
     rt = get_runtime()
     run_blob_job(rt, "reconcile_staging", "timer", lambda: reconcile(rt))
+
+
+# -- Read-only HTTP: the JSON API and the gallery ------------------------------------------------
+# Routes are the contract (/api/…, /gallery/…): host.json sets routePrefix to "". Anonymous at the
+# function level because App Service Authentication (Easy Auth, infra/resources.bicep) admits only
+# signed-in users of the tenant before a request reaches the app; see docs/readme/gallery.md.
+
+from corpus.app import gallery, renditions, web  # noqa: E402 - grouped with the functions that use it
+
+
+def _http(
+    req: func.HttpRequest, handler: web.Handler, error: Callable[[int, str], web.Response] = web.json_error
+) -> func.HttpResponse:
+    """Bind: HttpRequest → corpus.app.web.Request; the handler's Response → HttpResponse."""
+    request = web.Request.of(req.method, req.url, req.route_params, dict(req.headers))
+    res = web.handle(get_runtime(), request, handler, error)
+    return func.HttpResponse(res.body, status_code=res.status, headers=res.headers)
+
+
+def _route(route: str) -> Callable[[Callable[..., Any]], Any]:
+    return app.route(route=route, methods=["GET", "HEAD"], auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.function_name("api_sets")
+@_route("api/sets")
+def api_sets(req: func.HttpRequest) -> func.HttpResponse:
+    """The rows of `corpus sets --json`, paged."""
+    return _http(req, web.api_sets)
+
+
+@app.function_name("api_set_images")
+@_route("api/sets/{domain}/images")
+def api_set_images(req: func.HttpRequest) -> func.HttpResponse:
+    """One set's image records, paged."""
+    return _http(req, web.api_set_images)
+
+
+@app.function_name("gallery_home")
+@_route("gallery")
+def gallery_home(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(req, gallery.home, gallery.html_error)
+
+
+@app.function_name("gallery_domain")
+@_route("gallery/{domain}")
+def gallery_domain(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(req, gallery.domain_page, gallery.html_error)
+
+
+@app.function_name("gallery_set")
+@_route("gallery/{domain}/set")
+def gallery_set(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(req, gallery.set_page, gallery.html_error)
+
+
+@app.function_name("gallery_image")
+@_route("gallery/{domain}/image")
+def gallery_image(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(req, gallery.image_page, gallery.html_error)
+
+
+@app.function_name("gallery_file")
+@_route("gallery/{domain}/file")
+def gallery_file(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(req, renditions.serve_blob)
+
+
+@app.function_name("gallery_preview")
+@_route("gallery/{domain}/preview")
+def gallery_preview(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(req, renditions.serve_preview)

@@ -46,6 +46,9 @@ param operatorPrincipalId string = ''
 @allowed(['User', 'ServicePrincipal', 'Group'])
 param operatorPrincipalType string = 'Group'
 
+@description('Client id of the Entra ID app registration for signing in to the API and gallery (CORPUS_GALLERY_CLIENT_ID). Empty: HTTP routes answer 401.')
+param galleryAuthClientId string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
 
@@ -68,6 +71,7 @@ module app 'resources.bicep' = {
     principalType: principalType
     operatorPrincipalId: operatorPrincipalId
     operatorPrincipalType: operatorPrincipalType
+    galleryAuthClientId: galleryAuthClientId
   }
 }
 
@@ -78,6 +82,7 @@ output AZURE_FUNCTION_APP_NAME string = app.outputs.functionAppName
 output CORPUS_STORAGE_ACCOUNT string = app.outputs.corpusStorageAccountName
 output CORPUS_STORAGE_ACCOUNT_ID string = app.outputs.corpusStorageAccountId
 output CORPUS_EVENTGRID_SYSTEM_TOPIC string = app.outputs.systemTopicName
+output CORPUS_GALLERY_URL string = 'https://${app.outputs.functionAppHostName}/gallery'
 output CORPUS_STAGING_CONTAINER string = app.outputs.stagingContainerName
 output CORPUS_DEADLETTER_CONTAINER string = app.outputs.deadLetterContainerName
 output CORPUS_BLOB_FUNCTION string = app.outputs.blobFunctionName

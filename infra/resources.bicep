@@ -16,6 +16,8 @@ param principalType string
 param operatorPrincipalId string
 @allowed(['User', 'ServicePrincipal', 'Group'])
 param operatorPrincipalType string
+@description('Client id of the Entra ID app registration users sign in with to the API and gallery (Easy Auth). Empty: every HTTP route answers 401.')
+param galleryAuthClientId string = ''
 
 // -- names the code relies on (corpus/settings.py) --------------------------------------------
 var corpusConnection = 'CorpusStorage'
@@ -198,13 +200,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     userAssignedIdentities: { '${identity.id}': {} }
   }
   properties: {
-    // checkov:skip=CKV_AZURE_56: no HTTP functions are exposed; triggers are storage queues and Event Grid (webhook secured by the blobs extension key).
     // checkov:skip=CKV_AZURE_221: public network access is needed for the Event Grid webhook without a VNet.
     // checkov:skip=CKV_AZURE_222: same as CKV_AZURE_221: Event Grid delivers BlobCreated to the app's public webhook.
     // checkov:skip=CKV_AZURE_17: Event Grid webhooks present no client certificate; the webhook is authorised by the blobs_extension key.
     // checkov:skip=CKV_AZURE_212: Flex Consumption scales from zero; failed work is retried from the queues, so always-ready instances would only add cost.
     // checkov:skip=CKV_AZURE_78: Flex Consumption has no FTP endpoint and rejects siteConfig.ftpsState (error 51021 "... for Flex Consumption sites is invalid", Azure/azure-cli#31414); deployment is by package to blob storage with the managed identity.
-    // checkov:skip=CKV_AZURE_213: the app serves no HTTP endpoint to probe; queue and Event Grid retries cover unhealthy instances.
+    // checkov:skip=CKV_AZURE_213: Flex Consumption has no health-check probing (it replaces unhealthy instances itself); the HTTP routes are read-only pages, and queue and Event Grid retries cover the rest.
     serverFarmId: plan.id
     httpsOnly: true
     clientCertEnabled: false
@@ -268,6 +269,62 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   dependsOn: [hostRbac, corpusRbac]
 }
 
+// -- App Service Authentication (Easy Auth): the API and gallery for signed-in users of the tenant -
+// Every request is authenticated by the platform before it reaches the app; the HTTP functions are
+// therefore AuthLevel.ANONYMOUS (function keys would be shared secrets in URLs and bookmarks, with
+// no user identity and no revocation per person). The issuer is this tenant's v2.0 endpoint, so only
+// its accounts sign in (a single-tenant app registration). The login uses the ID token (implicit)
+// flow: no client secret exists to leak or rotate. The one path left out is the Event Grid webhook
+// of the blob trigger, which Event Grid calls with the blobs_extension system key.
+// Without galleryAuthClientId no provider is configured and every other request gets 401.
+resource functionAppAuth 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: functionApp
+  name: 'authsettingsV2'
+  properties: {
+    // checkov:skip=CKV_AZURE_13: the check reads authsettings V1's properties.enabled; this is authsettingsV2, enabled by platform.enabled with requireAuthentication (tests/test_infra.py checks it).
+    // checkov:skip=CKV_AZURE_63: a site 'web' config check (httpLoggingEnabled); this config resource is authsettingsV2, not the site's web config.
+    // checkov:skip=CKV_AZURE_65: a site 'web' config check (detailedErrorLoggingEnabled); not applicable to authsettingsV2.
+    // checkov:skip=CKV_AZURE_66: a site 'web' config check (requestTracingEnabled); not applicable to authsettingsV2.
+    // checkov:skip=CKV_AZURE_80: a site 'web' config check (netFrameworkVersion); not applicable to authsettingsV2 (and the app is Python).
+    // checkov:skip=CKV_AZURE_88: a site 'web' config check (azureStorageAccounts); not applicable to authsettingsV2.
+    // checkov:skip=CKV_AZURE_222: a site check (publicNetworkAccess), skipped on the site itself for the Event Grid webhook; not applicable to authsettingsV2.
+    platform: {
+      enabled: true
+    }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: empty(galleryAuthClientId) ? 'Return401' : 'RedirectToLoginPage'
+      redirectToProvider: 'azureactivedirectory'
+      excludedPaths: [
+        '/runtime/webhooks/blobs'
+      ]
+    }
+    httpSettings: {
+      requireHttps: true
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: !empty(galleryAuthClientId)
+        registration: {
+          clientId: galleryAuthClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+        }
+        validation: {
+          allowedAudiences: empty(galleryAuthClientId) ? [] : [
+            galleryAuthClientId
+            'api://${galleryAuthClientId}'
+          ]
+        }
+      }
+    }
+    login: {
+      tokenStore: {
+        enabled: false
+      }
+    }
+  }
+}
+
 // -- Event Grid: BlobCreated in staging feeds the blob trigger ------------------------------------
 // The system topic is created here. Its subscription is created by infra/hooks/postdeploy.sh,
 // after the code is deployed, because its webhook URL needs the host's `blobs_extension` system
@@ -290,6 +347,7 @@ resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
 }
 
 output functionAppName string = functionApp.name
+output functionAppHostName string = functionApp.properties.defaultHostName
 output corpusStorageAccountName string = corpusAccountName
 output corpusStorageAccountId string = resourceId('Microsoft.Storage/storageAccounts', corpusAccountName)
 output systemTopicName string = systemTopic.name

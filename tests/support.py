@@ -53,6 +53,7 @@ class Azurite:
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
     key: str = field(default_factory=lambda: base64.b64encode(secrets.token_bytes(64)).decode())
+    extra_args: tuple[str, ...] = ()  # e.g. ("--debug", path): Azurite logs every request there
 
     def start(self) -> Azurite:
         if not AZURITE.exists():
@@ -79,6 +80,7 @@ class Azurite:
                 str(self.ports["queue"]),
                 "--tablePort",
                 str(self.ports["table"]),
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

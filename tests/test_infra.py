@@ -122,6 +122,8 @@ def test_every_binding_expression_and_connection_is_provided_by_the_app_settings
     got = app_settings()
     for fn in app_functions(function_app.app):
         trigger = fn.get_trigger()
+        if trigger.get_binding_name() == "httpTrigger":
+            continue  # no binding expression, no connection
         expr = getattr(trigger, "path", None) or getattr(trigger, "queue_name", None) or trigger.schedule
         for setting in re.findall(r"%([^%]+)%", expr):
             assert setting in got, f"{fn.get_function_name()} binds %{setting}%, which Bicep does not set"
@@ -470,3 +472,33 @@ def test_the_deploy_time_constant_check_catches_bcp120(tmp_path):
             f"resource badIf {ra}: {seeds}",
         ]
     )
+
+
+def test_api_and_gallery_admit_only_signed_in_users_of_the_tenant():
+    """Easy Auth (authsettingsV2) on the function app: sign-in required, Entra ID of this tenant,
+    only the Event Grid webhook excluded; the HTTP functions rely on it (anonymous at function level)."""
+    auth = parse("resources.bicep")["resources"]["functionAppAuth"]
+    assert auth["type"] == "Microsoft.Web/sites/config"
+    assert auth["config"]["parent"] == "functionApp" and auth["config"]["name"] == "authsettingsV2"
+    props = auth["config"]["properties"]
+    assert props["platform"]["enabled"] is True
+    gv = props["globalValidation"]
+    assert gv["requireAuthentication"] is True
+    assert gv["redirectToProvider"] == "azureactivedirectory"
+    assert gv["excludedPaths"] == ["/runtime/webhooks/blobs"]  # Event Grid's webhook, keyed by the blobs extension
+    action = gv["unauthenticatedClientAction"]["operator"]["operands"]
+    assert {action["true_value"], action["false_value"]} == {"Return401", "RedirectToLoginPage"}  # never AllowAnonymous
+    assert props["httpSettings"]["requireHttps"] is True
+    aad = props["identityProviders"]["azureActiveDirectory"]
+    assert aad["registration"]["clientId"] == "galleryAuthClientId"
+    assert aad["registration"]["openIdIssuer"].endswith("${tenant().tenantId}/v2.0")  # this tenant only
+    assert "clientSecretSettingName" not in aad["registration"]  # no secret to leak or rotate
+    assert "galleryAuthClientId" in parse("resources.bicep")["parameters"]
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert params["galleryAuthClientId"]["value"] == "${CORPUS_GALLERY_CLIENT_ID=}"
+    http = [fn.get_trigger() for fn in app_functions(function_app.app) if fn.get_trigger().get_binding_name() == "httpTrigger"]
+    assert http, "the app has HTTP functions"
+    for trigger in http:
+        assert str(getattr(trigger.auth_level, "value", trigger.auth_level)).lower() == "anonymous"
+        assert trigger.route.startswith(("api/", "gallery"))
+        assert [str(getattr(m, "value", m)) for m in trigger.methods] == ["GET", "HEAD"]  # read-only

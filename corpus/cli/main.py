@@ -15,6 +15,9 @@ from corpus.domain.display import shown
 from corpus.domain.errors import ConfigError
 from corpus.store.settings import Settings
 
+DEFAULT_HTTP_PORT = 7071
+"""Where ``func start`` serves HTTP triggers, and so ``corpus host``."""
+
 
 def _settings() -> Settings:
     return settings_from_cwd()
@@ -39,6 +42,7 @@ def cmd_host(args: argparse.Namespace) -> int:
                 deliver_twice=args.deliver_twice,
                 drop_blob_events=args.drop_blob_events,
                 timers_now=args.timers_now,
+                http_port=args.port if args.port is not None else (None if args.until_idle else DEFAULT_HTTP_PORT),
                 trace=trace,
             ),
             _settings(),
@@ -206,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--trace", help="append a JSON line per invocation (start, end, ok) to this file")
     h.add_argument("--drop-blob-events", action="store_true", help="testing: lose every blob event, as Event Grid may")
     h.add_argument("--timers-now", action="store_true", help="run every timer trigger once at start-up, then on schedule")
+    h.add_argument(
+        "--port",
+        type=int,
+        help=f"serve the HTTP triggers (API, gallery) on 127.0.0.1:PORT (default {DEFAULT_HTTP_PORT}; "
+        "not served with --until-idle unless given; 0: any free port)",
+    )
     h.set_defaults(func=cmd_host)
 
     s = sub.add_parser("status", help="queues (with poison), staging, rejections, failures, sets")
@@ -254,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     from corpus.cli import reconcile
 
     reconcile.add_parsers(sub)
+    from corpus.cli import gallery
+
+    gallery.add_parsers(sub)
     return p
 
 

@@ -6,9 +6,10 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from corpus.app.queries import list_sets, set_row
 from corpus.domain.display import shown
 from corpus.store.catalog import Catalog
-from corpus.store.rows import REJECT_INVALID, REJECT_JUNK, FailureRow, ImageSetRow, RejectionRow
+from corpus.store.rows import REJECT_INVALID, REJECT_JUNK, FailureRow, RejectionRow
 from corpus.store.settings import BLOB_POISON_QUEUE, Settings, poison_queue
 from corpus.store.storage import FAIL_FAST, Clients
 
@@ -68,21 +69,6 @@ def _failure(f: FailureRow) -> dict[str, Any]:
     return {"Source": f.source, "Key": f.key, "Reason": f.reason, "Attempts": f.attempts, "At": f.at}
 
 
-def set_row(r: ImageSetRow) -> dict[str, Any]:
-    """One set as ``corpus sets --json`` (and the HTTP API) print it."""
-    return {
-        "domain": r.domain,
-        "path": r.path,
-        "version": r.version,
-        "transform": r.transform_label or None,
-        "tags": list(r.tags),
-        "images": r.image_count,
-        "bytes": r.total_bytes,
-        "blob_path": r.blob_path,
-        "updated": r.updated_at,
-    }
-
-
 def render(report: dict[str, Any]) -> str:
     lines = ["queues:"]
     for q, n in report["queues"].items():
@@ -110,8 +96,7 @@ def set_rows(
     settings: Settings, domain: str | None = None, tags: tuple[str, ...] = (), transform: str | None = None
 ) -> list[dict[str, Any]]:
     catalog = Catalog(Clients(settings.connection, FAIL_FAST))
-    rows = catalog.sets.list(domain=domain, tags=tags, transform=transform, originals_only=transform is None)
-    return [set_row(r) for r in rows]
+    return [set_row(r) for r in list_sets(catalog, domain=domain, tags=tags, transform=transform)]
 
 
 def render_sets(rows: list[dict[str, Any]]) -> str:

@@ -49,11 +49,12 @@ class Target:
     """One discovered function: what triggers it and how to call it."""
 
     name: str
-    kind: str  # "blob" | "queue" | "timer"
-    source: str  # container, queue name or timer schedule, resolved
+    kind: str  # "blob" | "queue" | "timer" | "http"
+    source: str  # container, queue name, timer schedule or route template, resolved
     connection: str
     arg_name: str
     call: Callable[..., Any]
+    methods: tuple[str, ...] = ()  # http: the methods it answers; empty: all of them
 
 
 def discover(app_dir: Path, values: dict[str, str] | Any) -> list[Target]:
@@ -86,6 +87,10 @@ def discover(app_dir: Path, values: dict[str, str] | Any) -> list[Target]:
         elif ttype == "timerTrigger":
             schedule = resolve(trigger.schedule, values)
             targets.append(Target(fn.get_function_name(), "timer", schedule, "", trigger.name, fn.get_user_function()))
+        elif ttype == "httpTrigger":
+            route = trigger.route if trigger.route is not None else fn.get_function_name()
+            methods = tuple(str(getattr(m, "value", m)).upper() for m in (trigger.methods or ()))
+            targets.append(Target(fn.get_function_name(), "http", route, "", trigger.name, fn.get_user_function(), methods))
         else:
             log.warning("function %s has a %s trigger, which this host does not run", fn.get_function_name(), ttype)
     return targets

@@ -109,6 +109,7 @@ class HostOptions:
     trace: TextIO | None = None
     drop_blob_events: bool = False  # testing: lose every blob event, as Event Grid sometimes does
     timers_now: bool = False  # run every timer trigger once at start-up, then on its schedule
+    http_port: int | None = None  # serve the HTTP triggers on 127.0.0.1:<port> (0: any free port); None: not at all
 
 
 class _Component:

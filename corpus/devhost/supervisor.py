@@ -15,6 +15,10 @@ app can run and be tested end to end against Azurite on any machine, and it is d
   ``messageEncoding: base64`` bodies are decoded, and undecodable ones are poisoned;
 * blob triggers (``source=EventGrid``) get each new or changed blob once, like one BlobCreated
   event per upload; what was delivered is remembered in a receipts table across restarts;
+* HTTP triggers are served on 127.0.0.1 (``--port``, default 7071 as ``func start``), with the
+  route templates and ``extensions.http.routePrefix`` of ``host.json``; requests and responses
+  pass through the library's own ``HttpRequestConverter``/``HttpResponseConverter``
+  (:mod:`corpus.devhost.httpserver`);
 * in-flight messages keep their lease (visibility) renewed, and a killed host's messages
   reappear after the lease expires, exactly as with the real host.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +35,7 @@ from typing import Any
 
 from corpus.devhost.discovery import Target, discover
 from corpus.devhost.listeners import RECEIPTS_TABLE, BlobListener, HostOptions, QueueListener, Stats, TimerListener, _Component
-from corpus.store.hostconfig import BlobConfig, QueueConfig, load_blob_config, load_queue_config
+from corpus.store.hostconfig import BlobConfig, QueueConfig, load_blob_config, load_queue_config, load_route_prefix
 from corpus.store.settings import BLOB_POISON_QUEUE, Connection, Settings, poison_queue
 from corpus.store.storage import Clients
 
@@ -66,6 +71,15 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
         summary["timed_out"] = True
         return summary
 
+    http = None
+    if opts.http_port is not None and any(t.kind == "http" for t in targets):
+        from corpus.devhost.httpserver import HttpHost
+
+        http = HttpHost(targets, load_route_prefix(opts.app_dir / "host.json"), opts.http_port)
+        http.start()
+        log.info("serving HTTP triggers on %s", http.url)
+        print(f"corpus host: listening on {http.url}", file=sys.stderr, flush=True)
+
     stop = threading.Event()
     threads = [threading.Thread(target=c.run, args=(stop,), name=f"listener-{i}", daemon=True) for i, c in enumerate(components)]
     for th in threads:
@@ -83,6 +97,8 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
         log.info("stopping: waiting for in-flight invocations")
     finally:
         stop.set()
+        if http:
+            http.stop()
         for th in threads:
             # After a timeout, a listener may be stuck in the SDK's retries against a dead service:
             # give in-flight work a grace period, not forever (the threads are daemons).
@@ -128,6 +144,8 @@ def _listeners(
 ) -> None:
     """One listener per discovered function, its queues created first."""
     for t in targets:
+        if t.kind == "http":
+            continue  # served by HttpHost
         if t.kind == "timer":
             components.append(TimerListener(t, stats, opts))
             log.info("scheduled: %s (timer trigger, %s)", t.name, t.source)

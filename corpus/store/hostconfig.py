@@ -104,3 +104,23 @@ def _queue_config(q: dict[str, Any]) -> QueueConfig:
     if cfg.message_encoding not in ("base64", "none"):
         raise ConfigError("host.json queues.messageEncoding must be 'base64' or 'none'")
     return cfg
+
+
+DEFAULT_ROUTE_PREFIX = "api"
+"""The Functions host's default ``extensions.http.routePrefix``."""
+
+
+def load_route_prefix(host_json: Path | str = "host.json") -> str:
+    """``extensions.http.routePrefix`` without surrounding slashes (``""``: routes start at the root).
+
+    The corpus sets it to ``""`` so that both ``/api/…`` and ``/gallery/…`` are its own routes.
+    """
+    path = Path(host_json)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        prefix = data.get("extensions", {}).get("http", {}).get("routePrefix", DEFAULT_ROUTE_PREFIX)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{path}: unreadable http settings ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(prefix, str):
+        raise ConfigError(f"{path}: extensions.http.routePrefix must be a string")
+    return prefix.strip("/")

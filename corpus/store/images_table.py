@@ -27,7 +27,7 @@ from corpus.domain import keys
 from corpus.domain.errors import ConflictError
 from corpus.domain.paths import SetRef
 from corpus.store.rows import CounterRow, ImageRow, Transform
-from corpus.store.tables import MAX_ATTEMPTS, backoff, if_unchanged
+from corpus.store.tables import MAX_ATTEMPTS, backoff, first_page, if_unchanged
 
 SHARDS = 16
 
@@ -121,3 +121,43 @@ class ImagesTable:
         for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": pk}):
             if not str(entity["RowKey"]).startswith(keys.COUNTER_PREFIX):
                 yield ImageRow.from_entity(entity)
+
+    def page(
+        self, ref: SetRef, transform: Transform | None, limit: int, continuation: dict[str, Any] | None = None
+    ) -> tuple[list[ImageRow], str | None]:
+        """One page of a set's image records in row-key order, and the next page's token (None: last).
+
+        Counter rows (``!count!NN``) sort before every escaped file name, so the range starts after them.
+        """
+        pk = keys.image_partition_key(ref, transform)
+        found = self.table.query_entities(
+            "PartitionKey eq @pk and RowKey gt @after",
+            parameters={"pk": pk, "after": keys.COUNTER_PREFIX + "~"},
+            results_per_page=limit,
+        )
+        entities, token = first_page(found.by_page(continuation_token=continuation))  # type: ignore[arg-type]  # the Tables SDK's token is a dict
+        return [ImageRow.from_entity(e) for e in entities], token
+
+    def derived_from(self, ref: SetRef, transform: Transform, files: list[str]) -> dict[str, ImageRow]:
+        """The records of ``transform``'s set whose sources are ``files`` of the original set, by source blob.
+
+        A transformed image is named ``file`` or ``file`` + extension
+        (:func:`corpus.domain.transforms.output_name`), so its escaped row key starts with the
+        escaped ``file``: one range query covers a page, from the first file to just past the last
+        (``~~`` sorts after every continuation of an escaped key). Hashed keys of very long names may
+        fall outside the range: those images simply show a preview instead.
+        """
+        if not files:
+            return {}
+        escaped = sorted(keys.image_row_key(f) for f in files)
+        wanted = {ref.original_prefix() + f for f in files}
+        found = self.table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            parameters={"pk": keys.image_partition_key(ref, transform), "lo": escaped[0], "hi": escaped[-1] + "~~"},
+        )
+        out: dict[str, ImageRow] = {}
+        for entity in found:
+            row = ImageRow.from_entity(entity)
+            if row.source in wanted:
+                out[row.source] = row
+        return out

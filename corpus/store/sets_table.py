@@ -8,6 +8,7 @@ is not prefix-free (the root set ``v2`` has BlobPath ``original/v2/``, which als
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient
@@ -16,6 +17,7 @@ from corpus.domain import keys
 from corpus.domain.paths import SetRef
 from corpus.domain.tags import matches
 from corpus.store.rows import ImageSetRow, Transform
+from corpus.store.tables import first_page
 
 
 class SetsTable:
@@ -52,15 +54,10 @@ class SetsTable:
         except ResourceNotFoundError:
             return None
 
-    def query(
-        self,
-        domain: str | None = None,
-        tags: tuple[str, ...] = (),
-        transform: str | None = None,
-        version: str | None = None,
-        originals_only: bool = False,
-    ) -> Iterator[ImageSetRow]:
-        """Sets, optionally of one domain, carrying every tag, of one transform (``NAME[:VER]``), unsorted."""
+    @staticmethod
+    def _filter(
+        domain: str | None, transform: str | None, version: str | None, originals_only: bool
+    ) -> tuple[str, dict[str, str]]:
         clauses: list[str] = []
         params: dict[str, str] = {}
         if domain:
@@ -79,11 +76,46 @@ class SetsTable:
         if version:
             clauses.append("Version eq @version")
             params["version"] = version
-        rows = self.table.query_entities(" and ".join(clauses), parameters=params) if clauses else self.table.list_entities()
+        return " and ".join(clauses), params
+
+    def query(
+        self,
+        domain: str | None = None,
+        tags: tuple[str, ...] = (),
+        transform: str | None = None,
+        version: str | None = None,
+        originals_only: bool = False,
+    ) -> Iterator[ImageSetRow]:
+        """Sets, optionally of one domain, carrying every tag, of one transform (``NAME[:VER]``), unsorted."""
+        query, params = self._filter(domain, transform, version, originals_only)
+        rows = self.table.query_entities(query, parameters=params) if query else self.table.list_entities()
         for entity in rows:
             row = ImageSetRow.from_entity(entity)
             if not tags or matches(row.tags, tags):
                 yield row
+
+    def page(
+        self,
+        limit: int,
+        continuation: dict[str, Any] | None = None,
+        domain: str | None = None,
+        tags: tuple[str, ...] = (),
+        transform: str | None = None,
+        originals_only: bool = False,
+    ) -> tuple[list[ImageSetRow], str | None]:
+        """One page of :meth:`query` in table order (domain, then row key) and the next page's token.
+
+        ``limit`` rows are read; tags are matched here, so a page may hold fewer (even none) while
+        a token remains. Every set is on exactly one page: pages are key ranges.
+        """
+        query, params = self._filter(domain, transform, None, originals_only)
+        if query:
+            found = self.table.query_entities(query, parameters=params, results_per_page=limit)
+        else:
+            found = self.table.list_entities(results_per_page=limit)
+        entities, token = first_page(found.by_page(continuation_token=continuation))  # type: ignore[arg-type]  # the Tables SDK's token is a dict
+        rows = [ImageSetRow.from_entity(e) for e in entities]
+        return [r for r in rows if not tags or matches(r.tags, tags)], token
 
     def list(
         self,

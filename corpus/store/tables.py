@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import random
 import time
 from typing import Any
@@ -20,3 +23,39 @@ def backoff(attempt: int) -> None:
 def if_unchanged(entity: Any) -> dict[str, Any]:
     """Transaction options: replace ``entity`` only if nobody changed it since we read it."""
     return {"mode": UpdateMode.REPLACE, "etag": entity.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+
+
+def encode_continuation(token: Any) -> str | None:
+    """The Tables SDK's continuation (``{"PartitionKey": …, "RowKey": …}``) as one URL-safe string."""
+    if not token:
+        return None
+    raw = json.dumps({"pk": token.get("PartitionKey"), "rk": token.get("RowKey")}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_continuation(text: str | None) -> dict[str, Any] | None:
+    """Inverse of :func:`encode_continuation`; anything else raises ValueError (the caller's 400).
+
+    The token only says where the next page starts: a forged one can skip rows of the same query,
+    never reach another table, so validating its shape is all that is needed.
+    """
+    if not text:
+        return None
+    if len(text) > 4096:
+        raise ValueError("continuation token too long")
+    try:
+        data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise ValueError("malformed continuation token") from exc
+    if not isinstance(data, dict) or set(data) != {"pk", "rk"}:
+        raise ValueError("malformed continuation token")
+    if not all(v is None or (isinstance(v, str) and len(v) <= 1024) for v in data.values()):
+        raise ValueError("malformed continuation token")
+    return {"PartitionKey": data["pk"], "RowKey": data["rk"]}
+
+
+def first_page(pages: Any) -> tuple[list[Any], str | None]:
+    """The first page of an SDK ``by_page()`` iterator and the token of the next one (None: last)."""
+    page = next(pages, None)
+    items = list(page) if page is not None else []
+    return items, encode_continuation(pages.continuation_token)

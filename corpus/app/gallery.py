@@ -1,0 +1,293 @@
+"""The gallery: server-rendered HTML pages over the catalog, no JavaScript, no external assets.
+
+Pages (the URLs are a contract, see ``function_app.py``)::
+
+    /gallery                                   domains
+    /gallery/{domain}?tag=…&transform=…        its sets, filtered by tags (all of them), originals or a transform
+    /gallery/{domain}/set?path=&version=&transform=&limit=&continuation=   a paged grid
+    /gallery/{domain}/image?blob=              one image, its metadata, its transforms side by side
+
+Everything users name (domains are validated; paths, tags, file names and transform names are not
+restricted) is written through :func:`html.escape`, in text and in attributes alike; URLs are built
+with ``urlencode``. The Content-Security-Policy allows no script at all and only this page's own
+style (by hash), so even a missed escape could not run code.
+
+A grid page never reads an original: each cell shows the set's ``thumbnail`` transform of the
+image when it exists (found with one range query per page), else its cached preview
+(:mod:`corpus.app.renditions`), which reads the original once, ever.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+from urllib.parse import urlencode
+
+from corpus.app import queries
+from corpus.app.renditions import PREVIEW_SOURCES
+from corpus.app.runtime import Runtime
+from corpus.app.web import HttpError, Request, Response
+from corpus.domain.errors import NotFoundError
+from corpus.domain.paths import SetRef, validate_version
+from corpus.store.rows import ImageRow, ImageSetRow, Transform
+
+GRID_PAGE = 48
+MAX_GRID_PAGE = 200
+THUMBNAIL = "thumbnail"
+
+CSS = """
+body{font:15px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#1f3a5f;color:#fff;padding:.6em 1em}header a{color:#fff}
+main{padding:1em}a{color:#1f5fa8}
+nav.crumbs{font-size:.95em}nav.crumbs a,nav.crumbs span{margin-right:.4em}
+table{border-collapse:collapse}td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
+.tag{display:inline-block;background:#e4ecf7;border-radius:3px;padding:0 .4em;margin:0 .2em .2em 0;font-size:.9em}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:.8em}
+figure{margin:0;background:#fff;border:1px solid #ddd;padding:.4em;text-align:center}
+figure img{max-width:100%;height:160px;object-fit:contain;display:block;margin:0 auto}
+figcaption{font-size:.8em;word-break:break-all}
+.side{display:flex;flex-wrap:wrap;gap:1em}.side img{max-height:256px}
+form{margin:.5em 0}.muted{color:#777}.error{color:#a00}
+""".strip()
+
+CSP = (
+    "default-src 'none'; img-src 'self' data:; "
+    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()}'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def e(text: object) -> str:
+    """HTML-escape any value, quotes included (safe in text and in quoted attributes)."""
+    return html.escape(str(text), quote=True)
+
+
+def url(where: str, /, **params: str | list[str] | tuple[str, ...] | None) -> str:
+    query = urlencode({k: v for k, v in params.items() if v not in (None, "", (), [])}, doseq=True)
+    return where + ("?" + query if query else "")
+
+
+def html_response(title: str, crumbs: list[tuple[str, str | None]], body: str, status: int = 200) -> Response:
+    nav = " / ".join(f'<a href="{e(href)}">{e(text)}</a>' if href else f"<span>{e(text)}</span>" for text, href in crumbs)
+    page = (
+        "<!doctype html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><title>{e(title)} · corpus</title>'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'
+        f"<style>{CSS}</style></head>"
+        f'<body><header><nav class="crumbs">{nav}</nav></header><main>{body}</main></body></html>\n'
+    )
+    headers = {
+        "Content-Type": "text/html; charset=utf-8",
+        "Content-Security-Policy": CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
+    return Response(status, page.encode("utf-8"), headers)
+
+
+def html_error(status: int, message: str) -> Response:
+    return html_response(f"Error {status}", [("corpus", "/gallery")], f'<p class="error">{e(message)}</p>', status)
+
+
+def _tags(tags: tuple[str, ...], domain: str) -> str:
+    return "".join(f'<a class="tag" href="{e(url(f"/gallery/{domain}", tag=t))}">{e(t)}</a>' for t in tags)
+
+
+def _set_link(r: ImageSetRow) -> str:
+    return url(f"/gallery/{r.domain}/set", path=r.path, version=r.version, transform=r.transform_label or None)
+
+
+def home(rt: Runtime, req: Request) -> Response:
+    """``/gallery``: every domain with its number of sets and images (originals)."""
+    per_domain: dict[str, list[ImageSetRow]] = {}
+    for r in rt.catalog.sets.query(originals_only=True):
+        per_domain.setdefault(r.domain, []).append(r)
+    rows = "".join(
+        f'<tr><td><a href="{e(url("/gallery/" + d))}">{e(d)}</a></td><td>{len(sets)}</td>'
+        f"<td>{sum(s.image_count for s in sets)}</td></tr>"
+        for d, sets in sorted(per_domain.items())
+    )
+    body = (
+        "<h1>Domains</h1><table><tr><th>domain</th><th>sets</th><th>images</th></tr>" + rows + "</table>"
+        if rows
+        else '<p class="muted">No image sets yet: upload a folder with <code>corpus upload</code>.</p>'
+    )
+    return html_response("Domains", [("corpus", None)], body)
+
+
+def domain_page(rt: Runtime, req: Request) -> Response:
+    """``/gallery/{domain}?tag=…&transform=…``: the domain's sets that carry every tag given."""
+    domain = req.domain()
+    tags = req.args("tag")
+    transform = req.arg("transform")
+    everything = rt.catalog.sets.list(domain=domain)
+    if not everything:
+        raise NotFoundError(f"no image sets in domain {domain!r}")
+    labels = sorted({r.transform_label for r in everything if r.transform_label})
+    shown = queries.list_sets(rt.catalog, domain=domain, tags=tags, transform=transform)
+    options = '<option value="">originals</option>' + "".join(
+        f'<option value="{e(t)}"{" selected" if t == transform else ""}>{e(t)}</option>' for t in labels
+    )
+    kept = "".join(f'<input type="hidden" name="tag" value="{e(t)}">' for t in tags)
+    active = "".join(
+        f'<span class="tag">{e(t)} <a href="{e(url(f"/gallery/{domain}", tag=[x for x in tags if x != t], transform=transform))}"'
+        ' title="remove this filter">remove</a></span>'
+        for t in tags
+    )
+    form = (
+        f'<form method="get" action="{e("/gallery/" + domain)}">{kept}'
+        '<label>tag <input name="tag" id="tag" autocomplete="off"></label> '
+        f'<label>show <select name="transform" id="transform">{options}</select></label> '
+        '<button type="submit" id="filter">filter</button></form>'
+    )
+    rows = "".join(
+        f'<tr class="set"><td><a class="set-link" href="{e(_set_link(r))}">{e(r.path)}</a></td><td>{e(r.version)}</td>'
+        f"<td>{e(r.transform_label or 'original')}</td><td>{r.image_count}</td><td>{r.total_bytes}</td>"
+        f"<td>{_tags(r.tags, domain)}</td></tr>"
+        for r in shown
+    )
+    table = (
+        "<table><tr><th>path</th><th>version</th><th>images of</th><th>images</th><th>bytes</th><th>tags</th></tr>"
+        + rows
+        + "</table>"
+        if rows
+        else '<p class="muted">No set matches.</p>'
+    )
+    filters = f"<p>Filtered by {active}</p>" if active else ""
+    body = f"<h1>{e(domain)}</h1>{form}{filters}{table}"
+    return html_response(domain, [("corpus", "/gallery"), (domain, None)], body)
+
+
+def _thumbnail_set(rt: Runtime, ref: SetRef) -> Transform | None:
+    """The newest ``thumbnail`` transform of this set that holds images, if any."""
+    found = [
+        r
+        for r in rt.catalog.sets.list(domain=ref.domain, transform=THUMBNAIL, version=ref.version)
+        if r.path == ref.path and r.image_count > 0 and r.transform
+    ]
+    return found[-1].transform if found else None
+
+
+def rendition_url(domain: str, blob: str, is_small: bool) -> str:
+    """A stored small image as it is, or the preview of a larger one."""
+    return url(f"/gallery/{domain}/file" if is_small else f"/gallery/{domain}/preview", blob=blob)
+
+
+def set_page(rt: Runtime, req: Request) -> Response:
+    """``/gallery/{domain}/set?path=&version=&transform=``: one page of the set's images as a grid."""
+    sel = queries.SetSelector.parse(req.domain(), req.arg("path"), req.arg("version"), req.arg("transform"))
+    row = queries.get_set(rt.catalog, sel)
+    ref, domain = sel.ref, sel.ref.domain
+    limit = req.limit(GRID_PAGE, MAX_GRID_PAGE)
+    images, token = queries.page_images(rt.catalog, sel, limit, req.arg("continuation"), known=row)
+    thumbs: dict[str, ImageRow] = {}
+    if sel.transform is None:
+        thumb = _thumbnail_set(rt, ref)
+        if thumb:
+            thumbs = rt.catalog.images.derived_from(ref, thumb, [i.file for i in images])
+    cells = []
+    for img in images:
+        small = thumbs.get(img.blob)
+        if small is not None:
+            src = rendition_url(domain, small.blob, True)
+        else:
+            src = rendition_url(domain, img.blob, sel.transform is not None and sel.transform[0] == THUMBNAIL)
+        cells.append(
+            f'<figure><a href="{e(url(f"/gallery/{domain}/image", blob=img.blob))}">'
+            f'<img src="{e(src)}" alt="{e(img.file)}"></a><figcaption>{e(img.file)}</figcaption></figure>'
+        )
+    label = f" · {row.transform_label}" if row.transform_label else ""
+    more = (
+        f'<p><a id="next" href="{e(url(f"/gallery/{domain}/set", path=ref.path, version=ref.version, transform=row.transform_label or None, limit=str(limit), continuation=token))}">next page →</a></p>'  # noqa: E501
+        if token
+        else ""
+    )
+    body = (
+        f'<h1 id="set-name">{e(ref.path)} <span class="muted">@ {e(ref.version)}{e(label)}</span></h1>'
+        f"<p>{row.image_count} images, {row.total_bytes} bytes. {_tags(row.tags, domain)}</p>"
+        f'<div class="grid" id="grid">{"".join(cells)}</div>{more}'
+        if cells
+        else f'<h1 id="set-name">{e(ref.path)}</h1><p class="muted">No images on this page.</p>'
+    )
+    crumbs = [("corpus", "/gallery"), (domain, f"/gallery/{domain}"), (f"{ref.path} @ {ref.version}{label}", None)]
+    return html_response(f"{ref.path} @ {ref.version}", crumbs, body)
+
+
+def parse_blob(blob: str) -> tuple[SetRef, Transform | None, str]:
+    """``original/<dir…>/<version>/<file>`` or ``transform/<name>/<tversion>/<dir…>/<version>/<file>``.
+
+    Unambiguous because a file name has no ``/``: the version is always the second-to-last segment.
+    """
+    segs = blob.split("/")
+    if segs[0] == "original" and len(segs) >= 3:
+        return SetRef("", tuple(segs[1:-2]), validate_version(segs[-2])), None, segs[-1]
+    if segs[0] == "transform" and len(segs) >= 5:
+        t = (segs[1], validate_version(segs[2], "transform version"))
+        return SetRef("", tuple(segs[3:-2]), validate_version(segs[-2])), t, segs[-1]
+    raise HttpError(400, "blob must be original/<dir…>/<version>/<file> or transform/<name>/<version>/<dir…>/<version>/<file>")
+
+
+def image_page(rt: Runtime, req: Request) -> Response:
+    """``/gallery/{domain}/image?blob=``: one image, its record, and every transform of it side by side."""
+    domain = req.domain()
+    blob = req.arg("blob") or ""
+    if not blob.startswith(PREVIEW_SOURCES):
+        raise HttpError(400, "blob must name an image under original/ or transform/")
+    bare, transform, file = parse_blob(blob)
+    ref = SetRef(domain, bare.dirs, bare.version)
+    record = rt.catalog.images.get(ref, file, transform)
+    row = rt.catalog.sets.get(ref, transform)
+    if record is None or row is None or record.blob != blob:
+        raise NotFoundError(f"no image {blob!r} in domain {domain!r}")
+    facts = [
+        ("set", f'<a href="{e(_set_link(row))}">{e(ref.path)} @ {e(ref.version)}</a>'),
+        ("file", e(record.file)),
+        ("blob", e(record.blob)),
+        ("size", f"{record.size} bytes"),
+        ("pixels", f"{record.width} x {record.height}"),
+        ("type", e(record.content_type)),
+        ("MD5", e(record.md5)),
+        ("tags", _tags(row.tags, domain)),
+        ("added", e(record.created_at or "")),
+    ]
+    if transform:
+        facts.insert(1, ("transform", e(f"{transform[0]}:{transform[1]}")))
+        facts.append(("made from", f'<a href="{e(url(f"/gallery/{domain}/image", blob=record.source))}">{e(record.source)}</a>'))
+    else:
+        facts.append(("staged as", e(record.source)))
+    table = "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts) + "</table>"
+    is_thumb = transform is not None and transform[0] == THUMBNAIL
+    main = (
+        f'<figure><img id="image" src="{e(rendition_url(domain, blob, is_thumb))}" alt="{e(record.file)}">'
+        f'<figcaption><a href="{e(url(f"/gallery/{domain}/file", blob=blob))}">full size</a></figcaption></figure>'
+    )
+    side = ""
+    if transform is None:
+        cells = []
+        for t in rt.catalog.sets.list(domain=domain, version=ref.version):
+            if t.transform is None or t.path != ref.path:
+                continue
+            made = rt.catalog.images.derived_from(ref, t.transform, [file]).get(blob)
+            if made is None:
+                continue
+            small = t.transform[0] == THUMBNAIL
+            cells.append(
+                f'<figure><a href="{e(url(f"/gallery/{domain}/image", blob=made.blob))}">'
+                f'<img src="{e(rendition_url(domain, made.blob, small))}" alt="{e(t.transform_label)}"></a>'
+                f"<figcaption>{e(t.transform_label)} · {made.width} x {made.height}</figcaption></figure>"
+            )
+        side = "<h2>Transforms</h2>" + (
+            f'<div class="side">{"".join(cells)}</div>' if cells else '<p class="muted">No transform of this image yet.</p>'
+        )
+    used = '<h2>Used in</h2><p class="muted">Training sets and models are not recorded by this version of corpus.</p>'
+    body = f'<h1>{e(record.file)}</h1><div class="side">{main}{table}</div>{side}{used}'
+    crumbs = [
+        ("corpus", "/gallery"),
+        (domain, f"/gallery/{domain}"),
+        (f"{ref.path} @ {ref.version}", _set_link(row)),
+        (file, None),
+    ]
+    return html_response(record.file, crumbs, body)

@@ -1,0 +1,150 @@
+"""The read-only HTTP API: requests and responses as plain data, errors as JSON with a status.
+
+``function_app.py`` turns an ``azure.functions.HttpRequest`` into a :class:`Request` and a
+:class:`Response` back into an ``HttpResponse``; everything between is here, testable without
+the Functions library. Every handler runs inside :func:`handle`, which maps the error tree to a
+status code and never lets a stack trace reach a client (it goes to the log instead).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+from corpus.app import queries
+from corpus.app.runtime import Runtime
+from corpus.domain.errors import ImageError, InvalidNameError, NotFoundError
+from corpus.domain.paths import validate_domain
+
+log = logging.getLogger("corpus.web")
+
+JSON = "application/json; charset=utf-8"
+
+
+class HttpError(Exception):
+    """A client-facing failure with its status code; the message is shown to the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a handler sees: the method, route values, every query value in order, headers (lower-case)."""
+
+    method: str
+    route: Mapping[str, str] = field(default_factory=dict)
+    query: tuple[tuple[str, str], ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, method: str, url: str, route: Mapping[str, str], headers: Mapping[str, str]) -> Request:
+        """Query values come from the URL itself: ``HttpRequest.params`` keeps one value per name."""
+        query = tuple(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+        return cls(method.upper(), dict(route), query, {k.lower(): v for k, v in headers.items()})
+
+    def arg(self, name: str) -> str | None:
+        """The last value of a query parameter, or None (an empty value counts as absent)."""
+        values = [v for k, v in self.query if k == name]
+        return values[-1] if values and values[-1] != "" else None
+
+    def args(self, name: str) -> tuple[str, ...]:
+        return tuple(v for k, v in self.query if k == name and v != "")
+
+    def limit(self, default: int, maximum: int) -> int:
+        raw = self.arg("limit")
+        if raw is None:
+            return default
+        try:
+            n = int(raw)
+        except ValueError:
+            raise HttpError(400, f"limit must be a whole number, not {raw!r}") from None
+        if not 1 <= n <= maximum:
+            raise HttpError(400, f"limit must be 1..{maximum}")
+        return n
+
+    def domain(self) -> str:
+        return validate_domain(self.route.get("domain", ""))
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    body = json.dumps(data, default=str, ensure_ascii=False, indent=2).encode("utf-8")
+    return Response(status, body, {"Content-Type": JSON, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+
+
+def json_error(status: int, message: str) -> Response:
+    return json_response({"error": message, "status": status}, status)
+
+
+Handler = Callable[[Runtime, Request], Response]
+
+
+def status_of(exc: Exception) -> tuple[int, str]:
+    """The status and client-safe message of an error; anything unexpected is a bare 500."""
+    if isinstance(exc, HttpError):
+        return exc.status, str(exc)
+    if isinstance(exc, InvalidNameError):
+        return 400, str(exc)
+    if isinstance(exc, NotFoundError | ResourceNotFoundError):
+        return 404, str(exc) if isinstance(exc, NotFoundError) else "not found"
+    if isinstance(exc, ImageError):
+        return 422, str(exc)
+    if isinstance(exc, HttpResponseError):
+        return 503, "storage is unavailable or refused the request; try again"
+    return 500, "internal error (logged on the server)"
+
+
+def handle(rt: Runtime, req: Request, handler: Handler, error: Callable[[int, str], Response] = json_error) -> Response:
+    """Run ``handler``; map errors to ``error(status, message)``. Only GET and HEAD are served."""
+    if req.method not in ("GET", "HEAD"):
+        return error(405, "read-only: only GET and HEAD")
+    try:
+        return handler(rt, req)
+    except Exception as exc:  # every failure becomes a response; the trace goes to the log
+        status, message = status_of(exc)
+        if status >= 500:
+            log.exception("%s failed", getattr(handler, "__name__", "handler"))
+        return error(status, message)
+
+
+# -- JSON API ------------------------------------------------------------------------------------
+
+SETS_PAGE = queries.MAX_PAGE
+IMAGES_PAGE = 100
+
+
+def api_sets(rt: Runtime, req: Request) -> Response:
+    """``GET /api/sets?domain=&tag=&transform=&limit=&continuation=``: the rows of ``corpus sets --json``.
+
+    Without ``continuation`` and with fewer than ``limit`` (default 1,000) sets, the one page is
+    exactly the CLI's list. With paging, each page is a key range sorted the CLI's way, and every
+    set is on exactly one page; the end is the page without ``continuation``.
+    """
+    domain = req.arg("domain")
+    if domain:
+        validate_domain(domain)
+    limit = req.limit(SETS_PAGE, queries.MAX_PAGE)
+    rows, token = queries.page_sets(rt.catalog, limit, req.arg("continuation"), domain, req.args("tag"), req.arg("transform"))
+    return json_response({"sets": [queries.set_row(r) for r in rows], "continuation": token})
+
+
+def api_set_images(rt: Runtime, req: Request) -> Response:
+    """``GET /api/sets/{domain}/images?path=&version=&transform=&limit=&continuation=``: image records."""
+    sel = queries.SetSelector.parse(req.domain(), req.arg("path"), req.arg("version"), req.arg("transform"))
+    limit = req.limit(IMAGES_PAGE, queries.MAX_PAGE)
+    rows, token = queries.page_images(rt.catalog, sel, limit, req.arg("continuation"))
+    return json_response({"images": [queries.image_row(r) for r in rows], "continuation": token})
