@@ -62,3 +62,14 @@ def transform_job(msg: func.QueueMessage) -> None:
     """Render one transformed image, store it under transform/, count it exactly once."""
     rt = get_runtime()
     run_queue_job(rt, rt.settings.transform_jobs_queue, msg, lambda body: on_transform_job(rt, TransformJob.parse(body)))
+
+
+@app.function_name("export_request")
+@app.queue_trigger(arg_name="msg", queue_name="%CORPUS_EXPORT_QUEUE%", connection=CONNECTION)
+def export_request(msg: func.QueueMessage) -> None:
+    """Export a training set: plan and fan out WebDataset shards, write one shard, or write Azure ML JSONL."""
+    from corpus.app.exports import on_export_message
+    from corpus.domain.exports import parse_export_message
+
+    rt = get_runtime()
+    run_queue_job(rt, rt.settings.export_queue, msg, lambda body: on_export_message(rt, parse_export_message(body)))

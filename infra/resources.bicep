@@ -16,6 +16,9 @@ var rejectedContainerName = 'rejected'
 var copyQueueName = 'copy-requests'
 var transformQueueName = 'transform-requests'
 var transformJobsQueueName = 'transform-jobs'
+var exportQueueName = 'export-requests'
+var trainsetsContainerName = 'trainsets'
+var exportsContainerName = 'exports'
 var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures']
 var blobFunctionName = 'ingest_staged_blob'
 
@@ -56,7 +59,7 @@ module corpusStorage 'modules/storage-account.bicep' = {
     tags: tags
     containers: [stagingContainerName, rejectedContainerName]
     // Poison queues (<queue>-poison, webjobs-blobtrigger-poison) are created by the Functions host.
-    queues: [copyQueueName, transformQueueName, transformJobsQueueName]
+    queues: [copyQueueName, transformQueueName, transformJobsQueueName, exportQueueName]
     tables: tableNames
   }
 }
@@ -202,6 +205,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'CORPUS_COPY_QUEUE', value: copyQueueName }
         { name: 'CORPUS_TRANSFORM_QUEUE', value: transformQueueName }
         { name: 'CORPUS_TRANSFORM_JOBS_QUEUE', value: transformJobsQueueName }
+        { name: 'CORPUS_EXPORT_QUEUE', value: exportQueueName }
+        { name: 'CORPUS_TRAINSETS_CONTAINER', value: trainsetsContainerName }
+        { name: 'CORPUS_EXPORTS_CONTAINER', value: exportsContainerName }
         // Monitoring, Entra ID only.
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsights.properties.ConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identity.properties.clientId};Authorization=AAD' }

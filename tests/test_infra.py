@@ -62,7 +62,7 @@ def test_containers_queues_tables_match_the_code():
     d = s.DEFAULTS
     params = corpus_storage_params()
     assert resolve(params["containers"]) == [d[s.STAGING_CONTAINER], d[s.REJECTED_CONTAINER]]
-    assert resolve(params["queues"]) == [d[s.COPY_QUEUE], d[s.TRANSFORM_QUEUE], d[s.TRANSFORM_JOBS_QUEUE]]
+    assert resolve(params["queues"]) == [d[s.COPY_QUEUE], d[s.TRANSFORM_QUEUE], d[s.TRANSFORM_JOBS_QUEUE], d[s.EXPORT_QUEUE]]
     assert resolve(params["tables"]) == list(s.TABLES)
 
 

@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--count", type=int, default=50)
     g.add_argument("--seed", type=int, default=1)
     g.set_defaults(func=cmd_sample)
+
+    from corpus.cli import pull
+
+    pull.add_parsers(sub)
     return p
 
 

@@ -57,6 +57,9 @@ TRANSFORM_JOBS_QUEUE = "CORPUS_TRANSFORM_JOBS_QUEUE"
 TAG_EXTRACTOR = "CORPUS_TAG_EXTRACTOR"
 MAX_PIXELS = "CORPUS_MAX_PIXELS"
 MAX_BLOB_BYTES = "CORPUS_MAX_BLOB_BYTES"
+TRAINSETS_CONTAINER = "CORPUS_TRAINSETS_CONTAINER"
+EXPORTS_CONTAINER = "CORPUS_EXPORTS_CONTAINER"
+EXPORT_QUEUE = "CORPUS_EXPORT_QUEUE"
 
 DEFAULTS: dict[str, str] = {
     STAGING_CONTAINER: "staging",
@@ -67,6 +70,9 @@ DEFAULTS: dict[str, str] = {
     TAG_EXTRACTOR: DEFAULT_EXTRACTOR,
     MAX_PIXELS: str(DEFAULT_MAX_PIXELS),
     MAX_BLOB_BYTES: str(DEFAULT_MAX_BLOB_BYTES),
+    TRAINSETS_CONTAINER: "trainsets",
+    EXPORTS_CONTAINER: "exports",
+    EXPORT_QUEUE: "export-requests",
 }
 
 
@@ -112,6 +118,9 @@ class Settings:
     tag_extractor: str
     max_pixels: int
     max_blob_bytes: int
+    trainsets_container: str = DEFAULTS[TRAINSETS_CONTAINER]
+    exports_container: str = DEFAULTS[EXPORTS_CONTAINER]
+    export_queue: str = DEFAULTS[EXPORT_QUEUE]
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -133,16 +142,19 @@ class Settings:
             tag_extractor=v[TAG_EXTRACTOR],
             max_pixels=max_pixels,
             max_blob_bytes=max_blob_bytes,
+            trainsets_container=v[TRAINSETS_CONTAINER],
+            exports_container=v[EXPORTS_CONTAINER],
+            export_queue=v[EXPORT_QUEUE],
             values={**env, **v},
         )
 
     @property
     def reserved_containers(self) -> frozenset[str]:
-        return frozenset({self.staging_container, self.rejected_container})
+        return frozenset({self.staging_container, self.rejected_container, self.trainsets_container, self.exports_container})
 
     @property
     def queues(self) -> tuple[str, ...]:
-        return (self.copy_queue, self.transform_queue, self.transform_jobs_queue)
+        return (self.copy_queue, self.transform_queue, self.transform_jobs_queue, self.export_queue)
 
 
 def load_local_settings(directory: Path | str = ".", env: dict[str, str] | None = None) -> None:
