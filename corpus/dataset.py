@@ -155,8 +155,10 @@ class TrainsetDataset(Dataset[Any]):
 
     def _fetch(self, e: ManifestEntry) -> bytes:
         data = self._lazy.fetcher().get(e.container, e.blob)
-        if self.verify_md5 and hashlib.md5(data, usedforsecurity=False).hexdigest() != e.md5_hex:
-            raise IntegrityError(f"{e.container}/{e.blob} does not match the manifest's MD5 {e.md5}")
+        if self.verify_md5 and (got := hashlib.md5(data, usedforsecurity=False).hexdigest()) != e.md5_hex:
+            raise IntegrityError(
+                f"{e.container}/{e.blob} does not match the manifest's MD5 {e.md5_hex}: read {len(data)} bytes, MD5 {got}"
+            )
         return data
 
     def _sample(self, e: ManifestEntry, data: bytes) -> Any:

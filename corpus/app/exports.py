@@ -265,8 +265,7 @@ def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
             tar_blob.commit_block_list(
                 sink.blocks,
                 content_settings=ContentSettings(content_type="application/x-tar", content_md5=bytearray(md5)),
-                etag="*",
-                match_condition=MatchConditions.IfMissing,
+                match_condition=MatchConditions.IfMissing,  # If-None-Match: *
             )
             wrote = True
         except (ResourceExistsError, ResourceModifiedError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import threading
 import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -32,6 +33,7 @@ class BlobNotFound(StorageError):
 def _forget_connections() -> None:
     """A forked child (a DataLoader worker) must not reuse its parent's keep-alive sockets."""
     bloblist._the_transport = None
+    bloblist._transport_lock = threading.Lock()  # it may have been held by another thread at the fork
 
 
 os.register_at_fork(after_in_child=_forget_connections)
