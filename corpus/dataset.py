@@ -36,7 +36,7 @@ import queue
 import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -182,25 +182,38 @@ class TrainsetDataset(Dataset[Any]):
 
 
 class _RangeReader(io.RawIOBase):
-    """A blob read sequentially in ``chunk``-byte range requests: the stream a tar reader needs."""
+    """A blob read sequentially in ``chunk``-byte range requests, the next one always in flight:
+    the stream a tar reader needs, with the network overlapping the parsing."""
 
     def __init__(self, fetcher: BlobFetcher, container: str, blob: str, size: int, chunk: int) -> None:
         self.fetcher, self.container, self.blob, self.size, self.chunk = fetcher, container, blob, size, chunk
-        self.pos = 0
-        self.buf = b""
+        self.next_start = 0
+        self.buf = memoryview(b"")
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-range")
+        self._pending = self._fetch_next()
+
+    def _fetch_next(self) -> Future[bytes] | None:
+        if self.next_start >= self.size:
+            return None
+        start, n = self.next_start, min(self.chunk, self.size - self.next_start)
+        self.next_start += n
+        return self._ahead.submit(self.fetcher.get, self.container, self.blob, start, n)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
-        if not self.buf and self.pos < self.size:
-            n = min(self.chunk, self.size - self.pos)
-            self.buf = self.fetcher.get(self.container, self.blob, self.pos, n)
-            self.pos += len(self.buf)
+        if not self.buf and self._pending is not None:
+            self.buf = memoryview(self._pending.result())
+            self._pending = self._fetch_next()
         n = min(len(b), len(self.buf))
         b[:n] = self.buf[:n]
-        self.buf = self.buf[n:]
+        self.buf = self.buf[n:]  # a view: no copy of the rest
         return n
+
+    def close(self) -> None:
+        self._ahead.shutdown(wait=False, cancel_futures=True)
+        super().close()
 
 
 _END = object()
@@ -269,8 +282,8 @@ class ShardDataset(IterableDataset[Any]):
             fetcher = self._lazy.fetcher()
             for tar_name in shards:
                 index = json.loads(fetcher.get(self.container, tar_name.removesuffix(".tar") + ".index.json"))
-                reader = io.BufferedReader(_RangeReader(fetcher, self.container, tar_name, int(index["size"]), self.chunk_bytes))
-                with tarfile.open(fileobj=reader, mode="r|") as tar:
+                raw = _RangeReader(fetcher, self.container, tar_name, int(index["size"]), self.chunk_bytes)
+                with io.BufferedReader(raw, 1024 * 1024) as reader, tarfile.open(fileobj=reader, mode="r|") as tar:
                     image: bytes | None = None
                     for member in tar:
                         f = tar.extractfile(member)

@@ -108,6 +108,13 @@ def test_pull_both_layouts_rerun_and_a_changed_blob(env, clients, app_dir, rt, t
     train_only = json.loads(pull(env, tmp_path, "birds-cls:1", str(tmp_path / "train"), "--split", "train", "--json").stdout)
     assert train_only["files"] == sum(1 for e in entries if e.split == "train")
 
+    # Ad hoc: the sets carrying a tag, straight from the catalog (no manifest, no splits).
+    adhoc = pull(env, tmp_path, "--domain", "birds", "--tag", "robin", "--set-version", "v1", str(tmp_path / "adhoc"), "--json")
+    assert adhoc.returncode == 0, adhoc.stderr
+    robins = tree(tmp_path / "adhoc")
+    assert sorted(robins) == [f"red+robin/{i}.jpg" for i in range(6)]  # the set's tags are its labels
+    assert sorted(robins.values()) == sorted(e.md5_hex for e in entries if "/robin/" in e.blob)
+
     # A blob changed behind the corpus's back fails with its name; the others are fine.
     victim = next(e for e in entries if e.blob.endswith("robin/v1/3.jpg"))
     clients.container("birds").upload_blob(victim.blob, jpeg(999), overwrite=True)

@@ -28,6 +28,7 @@ import json
 import logging
 import tarfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -143,14 +144,21 @@ def _same_or_conflict(blob: BlobClient, md5: bytes) -> None:
 
 def plan_webdataset(rt: ExportRuntime, req: ExportRequest) -> int:
     """Write ``plan.json`` and fan out one job per shard; the number of shards."""
-    entries = list(read_manifest(rt, req.name, req.version))
-    plans = plan_shards(entries, req.shard_size)
-    classes = sorted({label_key(e.labels) for e in entries})
+    seen_classes: set[str] = set()
+
+    def counted(entries: Iterator[ManifestEntry]) -> Iterator[ManifestEntry]:
+        for e in entries:  # one streaming pass: memory does not grow with the training set
+            seen_classes.add(label_key(e.labels))
+            yield e
+
+    plans = plan_shards(counted(read_manifest(rt, req.name, req.version)), req.shard_size)
+    classes = sorted(seen_classes)
+    samples = sum(p.count for p in plans)
     plan = {
         "trainset": {"name": req.name, "version": req.version},
         "format": "webdataset",
         "shard_size": req.shard_size,
-        "samples": len(entries),
+        "samples": samples,
         "classes": classes,
         "shards": [
             {"split": p.split, "index": p.index, "count": p.count, "tar": shard_path(req.name, req.version, p.split, p.index)}
@@ -162,7 +170,7 @@ def plan_webdataset(rt: ExportRuntime, req: ExportRequest) -> int:
     for p in plans:
         job = ExportShardJob(req.name, req.version, p.split, p.index, p.start, p.count, req.shard_size)
         rt.send(rt.settings.export_queue, job.to_json())
-    log.info("export %s:%s webdataset: %d shards of %d samples", req.name, req.version, len(plans), len(entries))
+    log.info("export %s:%s webdataset: %d shards of %d samples", req.name, req.version, len(plans), samples)
     return len(plans)
 
 
@@ -243,8 +251,7 @@ def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
     sink = _BlockSink(None if tar_exists else tar_blob)
     index: dict[str, Any] = {}
     with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:  # type: ignore[call-overload]
-        for e in entries:
-            data = _download(rt, e)
+        for e, data in _downloads(rt, entries):
             key = sample_key(e)
             image_member, json_member = sample_members(e, key)
             meta = sample_json(e, key)
@@ -273,6 +280,19 @@ def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
     index_body = {"tar": tar_name, "size": sink.pos, "md5": base64.b64encode(md5).decode(), "samples": index}
     put_once(exports, index_path(tar_name), canonical_json(index_body), "application/json")
     return wrote
+
+
+DOWNLOAD_THREADS = 16
+
+
+def _downloads(rt: ExportRuntime, entries: list[ManifestEntry]) -> Iterator[tuple[ManifestEntry, bytes]]:
+    """Each entry with its verified bytes, in order; ``DOWNLOAD_THREADS`` in flight and at most
+    ``4 × DOWNLOAD_THREADS`` held, so memory is bounded by a window, not by the shard."""
+    window = 4 * DOWNLOAD_THREADS
+    with ThreadPoolExecutor(DOWNLOAD_THREADS, thread_name_prefix="corpus-export") as pool:
+        for i in range(0, len(entries), window):
+            chunk = entries[i : i + window]
+            yield from zip(chunk, pool.map(lambda e: _download(rt, e), chunk), strict=True)
 
 
 def _download(rt: ExportRuntime, e: ManifestEntry) -> bytes:
