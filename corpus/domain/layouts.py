@@ -18,8 +18,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,10 @@ _WINDOWS_BAD = set('<>:"\\|?*%') | {chr(c) for c in range(32)} | {"\x7f"}
 _RESERVED = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
 
 
+def _stem(name: str) -> str:
+    return name.split(".")[0].rstrip(" ").casefold()
+
+
 def label_key(labels: Sequence[str]) -> str:
     """The one class name of an image: its label, the sorted labels joined by ``+``, or ``_unlabeled``."""
     return LABEL_JOIN.join(sorted(labels)) if labels else UNLABELED
@@ -63,17 +69,25 @@ class SafeName:
     lossy: bool  # shortened: the original is recoverable only from the pull's name map
 
 
+_PLAIN = re.compile(r"[^<>:\"\\|?*%/\x00-\x1f\x7f]+")
+
+
+@functools.lru_cache(maxsize=65536)
 def safe_component(name: str) -> SafeName:
     """One path component made safe for every common file system (see the module docstring).
 
-    Reversible by percent-decoding unless ``lossy``: ``%`` itself is always encoded.
+    Reversible by percent-decoding unless ``lossy``: ``%`` itself is always encoded. Cached:
+    folder names repeat across a whole training set.
     """
+    plain = _PLAIN.fullmatch(name) and name[-1] not in " ." and len(name.encode("utf-8")) <= MAX_COMPONENT_BYTES
+    if plain and _stem(name) not in _RESERVED:
+        return SafeName(name, False, False)  # the common case, decided without building a new string
     out = "".join(_pct(c) if c in _WINDOWS_BAD or c == "/" else c for c in name)
     if out in ("", ".", ".."):
         out = "".join(_pct(c) for c in out) or "%00"
     if out[-1] in " .":
         out = out[:-1] + _pct(out[-1])
-    if out.split(".")[0].rstrip(" ").casefold() in _RESERVED:
+    if _stem(out) in _RESERVED:
         out = _pct(out[0]) + out[1:]
     lossy = False
     if len(out.encode("utf-8")) > MAX_COMPONENT_BYTES:

@@ -216,10 +216,13 @@ class Puller:
         pool = ThreadPoolExecutor(max_workers=self.opts.concurrency, thread_name_prefix="corpus-pull")
         try:
             for e, p in zip(entries, paths, strict=True):
+                final = self.opts.dest / p.rel
+                if self._settled(e, str(final)):
+                    continue  # already there, by the cache: no thread, no read
                 inflight.acquire()
                 if self._stop.is_set():
                     break
-                fut = pool.submit(self._safe_one, e, self.opts.dest / p.rel)
+                fut = pool.submit(self._safe_one, e, final)
                 fut.add_done_callback(lambda _f: inflight.release())
                 futures.append(fut)
             pool.shutdown(wait=True)
@@ -228,6 +231,22 @@ class Puller:
             self._stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+    def _settled(self, entry: ManifestEntry, path: str) -> bool:
+        """True (and counted) if ``path`` is the entry's file by the MD5 cache: a stat and a lookup."""
+        if not isinstance(self.cache, HashCache):
+            return False
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if st.st_size != entry.size or self.cache.get(path, st.st_size, st.st_mtime_ns) != entry.md5_hex:
+            return False
+        with self._lock:
+            self.summary.present += 1
+        if self.progress:
+            self.progress.tick(0)
+        return True
 
     def _safe_one(self, entry: ManifestEntry, final: Path) -> None:
         if self._stop.is_set():
