@@ -36,8 +36,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobClient, ContainerClient, ContentSettings
 
-from corpus.domain.errors import NotFoundError, PermanentError
-from corpus.domain.exports import ExportRequest, ExportShardJob
+from corpus.domain.errors import MessageError, NotFoundError, PermanentError
+from corpus.domain.exports import MAX_SHARDS, ExportRequest, ExportShardJob
 from corpus.domain.layouts import (
     azureml_line,
     label_key,
@@ -152,6 +152,10 @@ def plan_webdataset(rt: ExportRuntime, req: ExportRequest) -> int:
             yield e
 
     plans = plan_shards(counted(read_manifest(rt, req.name, req.version)), req.shard_size)
+    if len(plans) > MAX_SHARDS:
+        raise MessageError(
+            f"export of {req.name}:{req.version} would make {len(plans)} shards (at most {MAX_SHARDS}): use a larger shard size"
+        )
     classes = sorted(seen_classes)
     samples = sum(p.count for p in plans)
     plan = {

@@ -18,6 +18,8 @@ from corpus.domain.messages import Fields, decode_body
 FORMATS = ("webdataset", "azureml")
 MIN_SHARD_BYTES = 16 * 1024
 MAX_SHARD_BYTES = 16 * 1024**3
+MAX_SHARDS = 20_000
+"""Shard jobs one request may fan out: sending them must fit in one invocation's time."""
 
 
 def _trainset(f: Fields, where: str) -> tuple[str, str]:

@@ -287,6 +287,8 @@ class Puller:
             return 0
         if self.limiter:
             self.limiter.acquire(entry.size)
+        if self._stop.is_set():  # interrupted while waiting for the budget: leave it to the next run
+            return 0
         data = self.fetcher.get(entry.container, entry.blob)
         got = hashlib.md5(data, usedforsecurity=False).hexdigest()
         if got != want:
