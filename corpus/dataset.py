@@ -33,6 +33,7 @@ import io
 import json
 import os
 import queue
+import random
 import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -235,6 +236,9 @@ class ShardDataset(IterableDataset[Any]):
         decode: bool = True,
         prefetch: int = 64,
         chunk_bytes: int = 8 * 1024 * 1024,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
         rank: int | None = None,
         world_size: int | None = None,
         settings: Settings | None = None,
@@ -257,6 +261,12 @@ class ShardDataset(IterableDataset[Any]):
         self.return_meta, self.verify_md5, self.decode = return_meta, verify_md5, decode
         self.prefetch, self.chunk_bytes = max(1, prefetch), chunk_bytes
         self.rank, self.world_size = rank, world_size
+        self.shuffle, self.seed, self.shuffle_buffer, self.epoch = shuffle, seed, max(1, shuffle_buffer), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """With ``shuffle``: the epoch whose order to use (call before each epoch, as with
+        ``DistributedSampler``); every worker and rank derives the same shard order from it."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.samples
@@ -275,7 +285,34 @@ class ShardDataset(IterableDataset[Any]):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         reader, readers = rank * nw + wid, world * nw
-        return self.shards[reader::readers]
+        order = list(self.shards)
+        if self.shuffle:  # the same permutation in every reader: still a partition of the shards
+            random.Random(f"{self.seed}:{self.epoch}").shuffle(order)  # noqa: S311 - reproducible order, not secrecy
+        return order[reader::readers]
+
+    def _items(self, out: queue.Queue[Any]) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        while True:
+            item = out.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _shuffled(self, items: Iterator[tuple[bytes, dict[str, Any]]]) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """A shuffle buffer of ``shuffle_buffer`` samples (as WebDataset's), seeded per epoch and reader."""
+        info = get_worker_info()
+        rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{info.id if info else 0}")  # noqa: S311
+        buf: list[tuple[bytes, dict[str, Any]]] = []
+        for item in items:
+            if len(buf) < self.shuffle_buffer:
+                buf.append(item)
+                continue
+            i = rng.randrange(len(buf))
+            buf[i], item = item, buf[i]
+            yield item
+        rng.shuffle(buf)
+        yield from buf
 
     def _read_shards(self, shards: list[str], out: queue.Queue[Any], stop: threading.Event) -> None:
         try:
@@ -313,13 +350,8 @@ class ShardDataset(IterableDataset[Any]):
         thread = threading.Thread(target=self._read_shards, args=(self._my_shards(), out, stop), daemon=True)
         thread.start()
         try:
-            while True:
-                item = out.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                data, meta = item
+            items = self._items(out)
+            for data, meta in self._shuffled(items) if self.shuffle else items:
                 if self.verify_md5 and hashlib.md5(data, usedforsecurity=False).hexdigest() != b64_to_hex(meta["md5"]):
                     raise IntegrityError(f"{meta['container']}/{meta['blob']} in its shard does not match its MD5 {meta['md5']}")
                 image = _decode(data) if self.decode else data

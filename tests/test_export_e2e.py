@@ -150,6 +150,9 @@ def test_dataloaders_over_both_datasets_yield_every_sample_once(env, clients, ap
     assert len(shards.shards) >= 2
     assert epoch(shards) == want
     assert epoch(shards) == want  # a second epoch: every sample once again
+    mixed = ShardDataset("birds-cls", "1", split="train", return_meta=True, shuffle=True, shuffle_buffer=4, settings=settings)
+    mixed.set_epoch(1)
+    assert epoch(mixed) == want  # shuffled shards and samples: still each exactly once
     # spawn: the datasets pickle without clients and rebuild them in the worker.
     assert epoch(maps, multiprocessing_context="spawn") == want
 
