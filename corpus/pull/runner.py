@@ -332,7 +332,8 @@ def human_summary(s: PullSummary, stream: TextIO = sys.stderr) -> None:
         if s.would_download
         else f"downloaded {s.downloaded} ({s.bytes_downloaded / 1e6:,.1f} MB)"
     )
-    print(f"{verb}; already present {s.present}; of {s.files} files; renamed {s.renamed} (see {NAME_MAP}); "
+    renamed = f"{s.renamed} (see {NAME_MAP})" if s.renamed else "0"
+    print(f"{verb}; already present {s.present}; of {s.files} files; renamed {renamed}; "
           f"failed {len(s.failures)}; {s.seconds:.1f}s", file=stream)  # fmt: skip
     for f in s.failures:
         print(f"  failed: {f.container}/{f.blob}: {f.reason}", file=stream)
