@@ -145,3 +145,14 @@ def gallery_file(req: func.HttpRequest) -> func.HttpResponse:
 @_route("gallery/{domain}/preview")
 def gallery_preview(req: func.HttpRequest) -> func.HttpResponse:
     return _http(req, renditions.serve_preview)
+
+
+@app.function_name("export_request")
+@app.queue_trigger(arg_name="msg", queue_name="%CORPUS_EXPORT_QUEUE%", connection=CONNECTION)
+def export_request(msg: func.QueueMessage) -> None:
+    """Export a training set: plan and fan out WebDataset shards, write one shard, or write Azure ML JSONL."""
+    from corpus.app.exports import on_export_message
+    from corpus.domain.exports import parse_export_message
+
+    rt = get_runtime()
+    run_queue_job(rt, rt.settings.export_queue, msg, lambda body: on_export_message(rt, parse_export_message(body)))

@@ -18,6 +18,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "store": ("corpus.app", "corpus.upload", "corpus.devhost", "corpus.cli", "azure.functions"),
     "app": ("corpus.upload", "corpus.devhost", "corpus.cli"),
     "upload": ("corpus.app", "corpus.devhost", "corpus.cli", "azure.functions", "PIL"),
+    "pull": ("corpus.app", "corpus.devhost", "corpus.cli", "azure.functions", "PIL"),
 }
 
 

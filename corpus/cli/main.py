@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     from corpus.cli import gallery
 
     gallery.add_parsers(sub)
+    from corpus.cli import pull
+
+    pull.add_parsers(sub)
     return p
 
 

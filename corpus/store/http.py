@@ -7,6 +7,7 @@ serialise a 24-wide batch and log "connection pool is full" warnings. It lives a
 
 from __future__ import annotations
 
+import os
 import threading
 
 import requests
@@ -28,3 +29,14 @@ def shared_session() -> requests.Session:
             session.mount("https://", adapter)
             _session = session
         return _session
+
+
+def _forget_in_child() -> None:
+    """A forked child (a DataLoader worker) gets a session of its own: sharing the parent's pooled
+    keep-alive sockets would interleave two processes' requests on one connection (crossed responses)."""
+    global _lock, _session
+    _lock = threading.Lock()
+    _session = None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

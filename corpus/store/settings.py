@@ -69,6 +69,9 @@ RECONCILE_SCHEDULE = "CORPUS_RECONCILE_SCHEDULE"
 RECONCILE_GRACE_SECONDS = "CORPUS_RECONCILE_GRACE_SECONDS"
 RECONCILE_MAX_BLOBS = "CORPUS_RECONCILE_MAX_BLOBS"
 DECODE_BUDGET_BYTES = "CORPUS_DECODE_BUDGET_BYTES"
+TRAINSETS_CONTAINER = "CORPUS_TRAINSETS_CONTAINER"
+EXPORTS_CONTAINER = "CORPUS_EXPORTS_CONTAINER"
+EXPORT_QUEUE = "CORPUS_EXPORT_QUEUE"
 
 DEFAULTS: dict[str, str] = {
     STAGING_CONTAINER: "staging",
@@ -84,6 +87,9 @@ DEFAULTS: dict[str, str] = {
     RECONCILE_GRACE_SECONDS: "900",
     RECONCILE_MAX_BLOBS: "2000",
     DECODE_BUDGET_BYTES: str(DEFAULT_DECODE_BUDGET_BYTES),
+    TRAINSETS_CONTAINER: "trainsets",
+    EXPORTS_CONTAINER: "exports",
+    EXPORT_QUEUE: "export-requests",
 }
 
 
@@ -158,6 +164,9 @@ class Settings:
     deadletter_container: str = "eventgrid-deadletter"
     reconcile_grace_seconds: float = 900.0
     reconcile_max_blobs: int = 2000
+    trainsets_container: str = DEFAULTS[TRAINSETS_CONTAINER]
+    exports_container: str = DEFAULTS[EXPORTS_CONTAINER]
+    export_queue: str = DEFAULTS[EXPORT_QUEUE]
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -189,16 +198,19 @@ class Settings:
             reconcile_grace_seconds=grace,
             reconcile_max_blobs=max_redrive,
             decode_budget_bytes=decode_budget_bytes,
+            trainsets_container=v[TRAINSETS_CONTAINER],
+            exports_container=v[EXPORTS_CONTAINER],
+            export_queue=v[EXPORT_QUEUE],
             values={**env, **v},
         )
 
     @property
     def reserved_containers(self) -> frozenset[str]:
-        return frozenset({self.staging_container, self.rejected_container})
+        return frozenset({self.staging_container, self.rejected_container, self.trainsets_container, self.exports_container})
 
     @property
     def queues(self) -> tuple[str, ...]:
-        return (self.copy_queue, self.transform_queue, self.transform_jobs_queue)
+        return (self.copy_queue, self.transform_queue, self.transform_jobs_queue, self.export_queue)
 
 
 def load_local_settings(directory: Path | str = ".", env: dict[str, str] | None = None) -> None:

@@ -1,0 +1,236 @@
+"""Getting a training set out: ``corpus pull`` vs AzCopy vs rclone, and DataLoader samples/s.
+
+One Azurite, one training set of 2,000 JPEGs of about 80 KB (5 labels, train/val/test by MD5),
+stored in domain container ``bench`` with their Content-MD5, and its manifest.
+
+* **Pull**: each tool downloads the 2,000 blobs to its own empty folder, then runs again with
+  nothing to do, ``--reruns`` times round-robin (median). Wall time of the whole command.
+  ``corpus pull bench-set:1 DEST --layout corpus`` (MD5 of every file checked against the
+  manifest); ``azcopy copy <container SAS URL> DEST --recursive --check-md5 FailIfDifferent``
+  (``--overwrite=false``, so the re-run skips what exists); ``rclone copy`` (rclone checks the
+  MD5 of every download; the re-run compares size and modification time). 32 transfers each.
+* **DataLoader**: one epoch over the whole training set, ``batch_size=32``, ``num_workers=2``,
+  samples as raw bytes (no JPEG decoding, which costs the same whatever the source), over
+  ``TrainsetDataset``, ``ShardDataset`` (shards exported in-process by the export use case, 20 MB
+  each), azstoragetorch's ``BlobDataset`` on the same blobs (installed apart, see below), and the
+  folder ``corpus pull`` wrote, read from local disk.
+
+    .venv/bin/python bench/dataout_bench.py     # AZCOPY=path/to/azcopy to override
+
+azstoragetorch 0.2.0 pins ``azure-storage-blob<=12.27``, below what corpus needs, so it is not
+installed in the project's environment: ``pip install --no-deps --target DIR azstoragetorch==0.2.0``
+and ``AZSTORAGETORCH_PATH=DIR``; without it that row is skipped and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from azure.storage.blob import ContentSettings  # noqa: E402
+from azure.storage.blob._shared_access_signature import BlobSharedAccessSignature  # noqa: E402
+
+from bench.upload_bench import CONCURRENCY, SAS_VERSION, find_azcopy, photo_like, timed  # noqa: E402
+from corpus.domain.manifest import ManifestEntry, hex_to_b64, manifest_blob, write_manifest  # noqa: E402
+from corpus.store.settings import Connection, Settings  # noqa: E402
+from corpus.store.storage import Clients  # noqa: E402
+from tests.support import ACCOUNT, Azurite  # noqa: E402
+
+TAGS = ["robin", "jay", "parrot", "owl", "wren"]
+SPLITS = ("train",) * 8 + ("val", "test")
+
+
+def make_trainset(clients: Clients, n: int, size: int) -> list[ManifestEntry]:
+    clients.ensure(containers=("bench", "trainsets", "exports"))
+    bases = [photo_like(i, size) for i in range(16)]
+    bench = clients.container("bench")
+
+    def one(i: int) -> ManifestEntry:
+        tag = TAGS[i % len(TAGS)]
+        data = bases[i % len(bases)] + i.to_bytes(4, "big")
+        md5 = hashlib.md5(data).digest()
+        blob = f"original/{tag}/v1/img{i:06d}.jpg"
+        bench.upload_blob(blob, data, overwrite=True,
+                          content_settings=ContentSettings(content_type="image/jpeg", content_md5=bytearray(md5)))  # fmt: skip
+        b64 = hex_to_b64(md5.hex())
+        split = SPLITS[int(md5.hex(), 16) % len(SPLITS)]
+        return ManifestEntry("bench", blob, b64, len(data), 200, 200, "bench", tag, "v1", None, blob, b64, (tag,), split)
+
+    with ThreadPoolExecutor(16) as pool:
+        entries = list(pool.map(one, range(n)))
+    clients.container("trainsets").upload_blob(manifest_blob("bench-set", "1"), write_manifest(entries), overwrite=True)
+    return entries
+
+
+def tree_count(root: Path) -> int:
+    return sum(len([f for f in files if f.endswith(".jpg")]) for _, _, files in os.walk(root))
+
+
+class _Rt:
+    """The export use case's runtime seam, with the fan-out collected instead of queued."""
+
+    def __init__(self, settings: Settings, clients: Clients) -> None:
+        self.settings, self.clients, self.sent = settings, clients, []
+
+    def send(self, queue: str, text: str) -> None:
+        self.sent.append(text)
+
+    def ensure_container(self, name: str) -> None:
+        pass
+
+
+def collate(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+class LocalFolder:
+    """The pulled folder read from disk: (bytes, label) per file, as an ImageFolder would without decoding."""
+
+    def __init__(self, root: Path) -> None:
+        self.files = sorted(str(p) for p in root.rglob("*.jpg"))
+        self.classes = sorted({Path(f).parent.parent.parent.name for f in self.files})
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[bytes, int]:
+        with open(self.files[i], "rb") as f:
+            return f.read(), 0
+
+
+def azst_bytes(blob: Any) -> bytes:
+    with blob.reader() as r:
+        return bytes(r.read())
+
+
+def epoch(dataset: Any, n: int) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=32, num_workers=2, collate_fn=collate)
+    t0 = time.perf_counter()
+    seen = sum(len(batch) for batch in loader)
+    secs = time.perf_counter() - t0
+    assert seen == n, f"{seen} samples of {n}"
+    return {"samples": seen, "seconds": round(secs, 2), "samples_per_s": round(seen / secs, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=80_000)
+    ap.add_argument("--reruns", type=int, default=3)
+    ap.add_argument("--tools", default="corpus,azcopy,rclone")
+    args = ap.parse_args()
+    tools = args.tools.split(",")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        az = Azurite(tmp).start()
+        try:
+            conn = az.connection_string
+            clients = Clients(Connection(connection_string=conn))
+            t0 = time.perf_counter()
+            entries = make_trainset(clients, args.images, args.size)
+            total = sum(e.size for e in entries)
+            print(
+                f"training set of {len(entries)} images, {total / 1e6:.0f} MB in {time.perf_counter() - t0:.0f}s", file=sys.stderr
+            )
+            blob_url = f"http://127.0.0.1:{az.ports['blob']}/{ACCOUNT}"
+            signer = BlobSharedAccessSignature(ACCOUNT, az.key)
+            signer.x_ms_version = SAS_VERSION
+            sas = signer.generate_container("bench", permission="rl", expiry=datetime.now(UTC) + timedelta(hours=6))
+            # The CA-bundle variables some machines set make corpus use requests instead of http.client;
+            # they mean nothing to a plain-http emulator, so every tool runs without them.
+            base = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+            env = {**base, "CorpusStorage": conn, "AzureWebJobsStorage": conn, "CORPUS_CACHE_DIR": str(tmp / "cache"),
+                   "PYTHONPATH": str(REPO), "AZCOPY_LOG_LOCATION": str(tmp / "azlogs"),
+                   "AZCOPY_JOB_PLAN_LOCATION": str(tmp / "azplans"), "AZCOPY_DISABLE_SYSLOG": "true",
+                   "AZCOPY_CONCURRENCY_VALUE": str(CONCURRENCY), "RCLONE_CONFIG_AZ_TYPE": "azureblob",
+                   "RCLONE_CONFIG_AZ_SAS_URL": f"{blob_url}/bench?{sas}"}  # fmt: skip
+            azcopy = find_azcopy(tmp) if "azcopy" in tools else ""
+            dest = {t: tmp / f"pull-{t}" for t in tools}
+            commands = {
+                "corpus": [sys.executable, "-m", "corpus", "pull", "bench-set:1", str(dest.get("corpus")), "--layout", "corpus",
+                           "--concurrency", str(CONCURRENCY), "--json"],
+                "azcopy": [azcopy, "copy", f"{blob_url}/bench/original?{sas}", str(dest.get("azcopy")), "--recursive",
+                           "--from-to", "BlobLocal", "--check-md5", "FailIfDifferent", "--overwrite=false", "--log-level=ERROR",
+                           "--output-level=quiet", "--skip-version-check"],
+                "rclone": ["rclone", "copy", "az:bench/original", str(dest.get("rclone")), "--transfers", str(CONCURRENCY),
+                           "--checkers", str(CONCURRENCY), "-q"],
+            }  # fmt: skip
+            pull: dict[str, Any] = {"images": len(entries), "bytes": total}
+            for tool in tools:
+                secs, _ = timed(commands[tool], env)
+                assert tree_count(dest[tool]) == len(entries), f"{tool} pulled {tree_count(dest[tool])}"
+                pull[tool] = {"first_s": round(secs, 2), "first_files_per_s": round(len(entries) / secs, 1), "reruns_s": []}
+                print(json.dumps({tool: pull[tool]}), file=sys.stderr, flush=True)
+            for i in range(args.reruns):
+                for tool in tools if i % 2 == 0 else tools[::-1]:
+                    secs, proc = timed(commands[tool], env)
+                    if tool == "corpus":
+                        assert json.loads(proc.stdout)["downloaded"] == 0
+                    pull[tool]["reruns_s"].append(round(secs, 2))
+            for tool in tools:
+                pull[tool]["rerun_s"] = statistics.median(pull[tool]["reruns_s"])
+            for peer in ("azcopy", "rclone"):
+                if "corpus" in pull and peer in pull:
+                    pull[f"ratio_first_vs_{peer}"] = round(
+                        pull["corpus"]["first_files_per_s"] / pull[peer]["first_files_per_s"], 2
+                    )
+                    pull[f"ratio_rerun_vs_{peer}"] = round(pull[peer]["rerun_s"] / pull["corpus"]["rerun_s"], 2)
+            results["pull"] = pull
+            print(json.dumps({"pull": pull}), file=sys.stderr, flush=True)
+
+            # -- DataLoader ---------------------------------------------------------------------
+            os.environ.update({"CorpusStorage": conn})
+            settings = Settings.from_env({"CorpusStorage": conn})
+            from corpus.app.exports import plan_webdataset, write_shard
+            from corpus.dataset import ShardDataset, TrainsetDataset
+            from corpus.domain.exports import ExportRequest, ExportShardJob
+
+            rt = _Rt(settings, clients)
+            t0 = time.perf_counter()
+            plan_webdataset(rt, ExportRequest("bench-set", "1", "webdataset", 20_000_000))  # type: ignore[arg-type]
+            for body in rt.sent:
+                write_shard(rt, ExportShardJob.parse(body))  # type: ignore[arg-type]
+            loading: dict[str, Any] = {"export_webdataset_s": round(time.perf_counter() - t0, 2), "shards": len(rt.sent)}
+            n = len(entries)
+            loading["TrainsetDataset"] = epoch(TrainsetDataset("bench-set", "1", decode=False, settings=settings), n)
+            loading["ShardDataset"] = epoch(ShardDataset("bench-set", "1", decode=False, settings=settings), n)
+            azst = os.environ.get("AZSTORAGETORCH_PATH")
+            if azst:
+                sys.path.insert(0, azst)
+                from azstoragetorch.datasets import BlobDataset
+
+                try:
+                    ds = BlobDataset.from_container_url(f"{blob_url}/bench?{sas}", prefix="original/", transform=azst_bytes)
+                    loading["azstoragetorch.BlobDataset"] = epoch(ds, n)
+                except Exception as exc:
+                    loading["azstoragetorch.BlobDataset"] = f"did not run against Azurite: {type(exc).__name__}: {str(exc)[:300]}"
+            else:
+                loading["azstoragetorch.BlobDataset"] = "not measured: AZSTORAGETORCH_PATH unset"
+            if "corpus" in dest:
+                loading["local folder (pulled)"] = epoch(LocalFolder(dest["corpus"]), n)
+            results["dataloader"] = loading
+        finally:
+            az.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""``corpus pull`` and ``corpus export``: getting a training set out of the corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from corpus.cli.common import CliError, settings_from_cwd
+from corpus.domain.errors import CorpusError
+from corpus.store.settings import Settings
+
+
+def _cli_error(message: str) -> Exception:
+    return CliError(message)
+
+
+def _settings() -> Settings:
+    return settings_from_cwd()
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``500MB`` → 500,000,000; ``1GiB`` → 2**30; a bare number is bytes."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size like 500MB or 1GiB")
+    unit = (m.group(2) or "").lower().removesuffix("b")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from corpus.domain.manifest import parse_ref
+    from corpus.pull.runner import Puller, PullOptions, human_summary, load_retry, write_failures
+    from corpus.pull.sources import AdHocSource, Source, TrainsetSource, source_from_json
+
+    only = None
+    dest, layout, split = args.dest, args.layout, args.split
+    source: Source | None = None
+    try:
+        if args.retry_from:
+            data, only = load_retry(Path(args.retry_from))
+            source = source_from_json(data["source"])
+            dest, layout, split = dest or data["dest"], data["layout"], data.get("split")
+        elif args.domain:
+            if args.trainset:
+                raise ValueError("give a training set N:V or --domain, not both")
+            if not args.set_version:
+                raise ValueError("--domain needs --set-version")
+            transform = None
+            if args.transform:
+                name, _, ver = args.transform.partition(":")
+                if not name or not ver:
+                    raise ValueError("--transform is NAME:VERSION")
+                transform = (name, ver)
+            source = AdHocSource(args.domain, args.set_version, tuple(args.tag or ()), args.path, transform)
+        elif args.trainset:
+            source = TrainsetSource(*parse_ref(args.trainset))
+    except (OSError, ValueError, CorpusError) as exc:
+        raise _cli_error(str(exc)) from exc
+    if source is None or not dest:
+        raise _cli_error("pull needs N:V DEST, or --domain D (--tag T | --path P) --set-version SV DEST, or --retry-from FILE")
+    if args.concurrency < 1 or (args.cap_mbps is not None and args.cap_mbps <= 0):
+        raise _cli_error("--concurrency and --cap-mbps must be positive")
+    opts = PullOptions(
+        source=source,
+        dest=Path(dest).resolve(),
+        layout=layout,
+        split=split,
+        concurrency=args.concurrency,
+        cap_mbps=args.cap_mbps,
+        dry_run=args.dry_run,
+        only=only,
+        use_cache=not args.no_cache,
+    )
+    puller = Puller(_settings(), opts, progress_stream=None if args.json else sys.stderr)
+    try:
+        summary = puller.run()
+    except CorpusError as exc:
+        raise _cli_error(str(exc)) from exc
+    if args.failures:
+        write_failures(Path(args.failures), summary)
+    if args.json:
+        print(json.dumps(summary.as_json(), indent=2, ensure_ascii=False))
+    else:
+        human_summary(summary)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failures else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from corpus.app.runtime import app_root, encode_message
+    from corpus.domain.errors import MessageError
+    from corpus.domain.exports import ExportRequest
+    from corpus.store.hostconfig import load_queue_config
+    from corpus.store.storage import FAIL_FAST, Clients
+
+    try:
+        from corpus.domain.manifest import parse_ref
+
+        name, version = parse_ref(args.trainset)
+        req = ExportRequest(name, version, args.format, parse_size(args.shard_size), args.datastore)
+        req = ExportRequest.parse(req.to_json())
+    except (ValueError, MessageError) as exc:
+        raise _cli_error(str(exc)) from exc
+    settings = _settings()
+    body = req.to_json()
+    encoding = load_queue_config(app_root() / "host.json").message_encoding
+    Clients(settings.connection, FAIL_FAST).queue_client(settings.export_queue).send_message(encode_message(body, encoding))
+    where = f"{settings.exports_container}/{name}/{version}/{args.format}/"
+    print(f"queued on {settings.export_queue}: {body}\nresults go to {where}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("pull", help="download a training set (or ad-hoc sets) to a folder, verified by MD5, resumable")
+    p.add_argument("trainset", nargs="?", metavar="N:V", help="training set name:version")
+    p.add_argument("dest", nargs="?", metavar="DEST", help="destination folder")
+    p.add_argument("--split", help="only this split (train, val, test…)")
+    p.add_argument("--layout", choices=("imagefolder", "corpus"), default="imagefolder",
+                   help="imagefolder: DEST/<split>/<label>/<file> (default); corpus: DEST/<container>/<blob>")  # fmt: skip
+    p.add_argument("--domain", help="ad hoc: pull sets of this domain instead of a training set")
+    p.add_argument("--tag", action="append", help="ad hoc: sets carrying this tag (repeat: all of them)")
+    p.add_argument("--path", help="ad hoc: one set by path")
+    p.add_argument("--set-version", help="ad hoc: the sets' version")
+    p.add_argument("--transform", metavar="NAME:VER", help="ad hoc: the sets transformed by this transform")
+    p.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    p.add_argument("--cap-mbps", type=float, help="bandwidth cap in megabits per second")
+    p.add_argument("--no-cache", action="store_true", help="hash every local file, ignoring the (path, size, mtime) → MD5 cache")
+    p.add_argument("--dry-run", action="store_true", help="count what would be downloaded; write nothing")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    p.add_argument("--failures", metavar="FILE", help="write failures here (JSON)")
+    p.add_argument("--retry-from", metavar="FILE", help="retry exactly the files of a failures file")
+    p.set_defaults(func=_pull_args)
+
+    e = sub.add_parser("export", help="export a training set to blob storage as WebDataset shards or Azure ML JSONL (queued)")
+    e.add_argument("trainset", metavar="N:V")
+    e.add_argument("--format", choices=("webdataset", "azureml"), required=True)
+    e.add_argument("--shard-size", default="500MB", help="webdataset: bytes per shard (default 500MB)")
+    e.add_argument("--datastore", help="azureml: image_url as azureml://datastores/<DATASTORE>/paths/<blob>; "
+                   "{container} is replaced by the image's container (default: the blob's https URL)")  # fmt: skip
+    e.set_defaults(func=cmd_export)
+
+
+def _pull_args(args: argparse.Namespace) -> int:
+    # With --domain, the one positional given is DEST, not a training set.
+    if args.domain and args.trainset and not args.dest:
+        args.dest, args.trainset = args.trainset, None
+    if args.retry_from and args.trainset and not args.dest:
+        args.dest, args.trainset = args.trainset, None
+    return cmd_pull(args)

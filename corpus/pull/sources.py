@@ -1,0 +1,137 @@
+"""What a pull (or a dataset) reads: a training set's manifest, or an ad-hoc selection of image sets.
+
+A training set is read from its manifest blob alone: the manifest is the immutable list of exact
+files, so nothing else is consulted (when the ``TrainingSets`` table exists, a status check,
+``ready`` only, belongs here). An ad-hoc selection reads the ``ImageSets`` and ``Images`` tables,
+as transform requests select sets; it has no splits, and each image carries its set's tags.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from corpus.domain.errors import NotFoundError
+from corpus.domain.manifest import ManifestEntry, hex_to_b64, iter_manifest, manifest_blob
+from corpus.domain.paths import SetRef, validate_domain, validate_version
+from corpus.pull.fetch import BlobFetcher, BlobNotFound
+from corpus.store.settings import Settings
+
+
+@dataclass(frozen=True)
+class TrainsetSource:
+    name: str
+    version: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"trainset": f"{self.name}:{self.version}"}
+
+
+@dataclass(frozen=True)
+class AdHocSource:
+    domain: str
+    set_version: str
+    tags: tuple[str, ...] = ()
+    path: str | None = None
+    transform: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        validate_domain(self.domain)
+        validate_version(self.set_version, "set version")
+        if (self.path is None) == (not self.tags):
+            raise ValueError("give exactly one of --path or --tag")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "set_version": self.set_version,
+            "tags": list(self.tags),
+            "path": self.path,
+            "transform": ":".join(self.transform) if self.transform else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AdHocSource:
+        t = data.get("transform")
+        name, _, ver = (t or "").partition(":")
+        return cls(
+            data["domain"], data["set_version"], tuple(data.get("tags") or ()), data.get("path"), (name, ver) if t else None
+        )
+
+
+Source = TrainsetSource | AdHocSource
+
+
+def source_from_json(data: dict[str, Any]) -> Source:
+    if "trainset" in data:
+        name, _, version = str(data["trainset"]).partition(":")
+        return TrainsetSource(name, version)
+    return AdHocSource.from_json(data)
+
+
+@dataclass
+class EntryReader:
+    settings: Settings
+    fetcher: BlobFetcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fetcher = BlobFetcher(self.settings.connection)
+
+    def entries(self, source: Source) -> Iterator[ManifestEntry]:
+        if isinstance(source, TrainsetSource):
+            return self.manifest(source.name, source.version)
+        return self.ad_hoc(source)
+
+    def manifest(self, name: str, version: str) -> Iterator[ManifestEntry]:
+        try:
+            data = self.fetcher.get(self.settings.trainsets_container, manifest_blob(name, version))
+        except BlobNotFound as exc:
+            raise NotFoundError(f"training set {name}:{version} has no manifest ({exc})") from exc
+        return iter_manifest(io.BytesIO(data))
+
+    def ad_hoc(self, source: AdHocSource) -> Iterator[ManifestEntry]:
+        from corpus.store.catalog import Catalog
+        from corpus.store.rows import dirs_of
+        from corpus.store.storage import FAIL_FAST, Clients
+
+        catalog = Catalog(Clients(self.settings.connection, dict(FAIL_FAST)))
+        if source.path is not None:
+            row = catalog.sets.get(SetRef(source.domain, dirs_of(source.path), source.set_version), source.transform)
+            if row is None:
+                raise NotFoundError(f"no set {source.domain}/{source.path}@{source.set_version}")
+            rows = [row]
+        else:
+            transform = ":".join(source.transform) if source.transform else None
+            rows = [
+                r
+                for r in catalog.sets.list(
+                    source.domain, source.tags, transform, source.set_version, originals_only=source.transform is None
+                )
+                if r.transform == source.transform
+            ]
+        out: list[ManifestEntry] = []
+        for row in rows:
+            for img in catalog.images.iter(row.ref, row.transform):
+                md5 = hex_to_b64(img.md5)
+                out.append(
+                    ManifestEntry(
+                        container=row.domain,
+                        blob=img.blob,
+                        md5=md5,
+                        size=img.size,
+                        width=img.width,
+                        height=img.height,
+                        domain=row.domain,
+                        path=row.path,
+                        version=row.version,
+                        transform=row.transform,
+                        source_blob=img.source if row.transform else img.blob,
+                        source_md5="" if row.transform else md5,
+                        labels=row.tags,
+                        split="",
+                    )
+                )
+        out.sort(key=lambda e: e.sort_key)
+        return iter(out)

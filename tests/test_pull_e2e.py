@@ -1,0 +1,167 @@
+"""End to end on Azurite: ``corpus pull`` of a training set, both layouts, re-run, SIGKILL, changed blob."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import ContentSettings
+
+from corpus.domain.layouts import PART_SUFFIX
+from corpus.domain.paths import SetRef
+from tests.support import jpeg, run_cli, run_host, wait_for
+from tests.trainset_support import manifest_entries, write_trainset
+
+pytestmark = pytest.mark.e2e
+
+
+def ingest(env, clients, app_dir, files: dict[str, bytes]) -> None:
+    st = clients.container("staging")
+    for name, data in files.items():
+        st.upload_blob(name, data, content_settings=ContentSettings(content_type="image/jpeg"))
+    run_host(env, app_dir)
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every regular file under root (relative path → MD5 hex), the name map excluded."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = Path(dirpath, f)
+            rel = p.relative_to(root).as_posix()
+            if rel != ".corpus-names.jsonl":
+                out[rel] = hashlib.md5(p.read_bytes()).hexdigest()
+    return out
+
+
+def pull(env, cwd, *args):
+    return run_cli(env, cwd, "pull", *args)
+
+
+ROBINS = {f"birds/v1/red/robin/{i}.jpg": jpeg(i, (48, 40)) for i in range(6)}
+JAYS = {f"birds/v1/blue/jay/{i}.jpg": jpeg(100 + i, (48, 40)) for i in range(4)}
+# Names a local file system can't hold as they are: a colon (Windows), a reserved device name,
+# and two names that differ only in case (macOS and Windows fold case).
+ODD = {
+    "birds/v1/blue/jay/a:b.jpg": jpeg(200),
+    "birds/v1/blue/jay/CON.jpg": jpeg(201),
+    "birds/v1/blue/jay/Case.jpg": jpeg(202),
+    "birds/v1/blue/jay/case.jpg": jpeg(203),
+}
+
+
+def make_trainset(env, clients, app_dir, rt):
+    ingest(env, clients, app_dir, ROBINS | JAYS | ODD)
+    entries = manifest_entries(
+        rt, [(SetRef("birds", ("red", "robin"), "v1"), ["robin"]), (SetRef("birds", ("blue", "jay"), "v1"), ["jay"])]
+    )
+    assert len(entries) == 14
+    write_trainset(rt, "birds-cls", "1", entries)
+    return entries
+
+
+def test_pull_both_layouts_rerun_and_a_changed_blob(env, clients, app_dir, rt, tmp_path):
+    entries = make_trainset(env, clients, app_dir, rt)
+    want_md5s = sorted(e.md5_hex for e in entries)
+
+    # imagefolder: <split>/<label>/<file>, every file with its manifest MD5.
+    dest = tmp_path / "if"
+    first = pull(env, tmp_path, "birds-cls:1", str(dest), "--json")
+    assert first.returncode == 0, first.stderr
+    s1 = json.loads(first.stdout)
+    assert (s1["files"], s1["downloaded"], s1["present"], s1["failed"]) == (14, 14, 0, 0)
+    got = tree(dest)
+    assert sorted(got.values()) == want_md5s
+    assert {p.split("/")[0] for p in got} <= {"train", "val", "test"}
+    for e in entries:
+        label_dir = f"{e.split}/{e.labels[0]}/"
+        assert any(p.startswith(label_dir) and got[p] == e.md5_hex for p in got), (e.blob, label_dir)
+    assert len({p.casefold() for p in got}) == len(got), "two files differ only in case"
+    assert not any(":" in p or p.split("/")[-1].split(".")[0].upper() == "CON" for p in got)
+    assert not any(p.endswith(PART_SUFFIX) for p in got)
+    mapped = [json.loads(line) for line in (dest / ".corpus-names.jsonl").read_text().splitlines()]
+    assert {m["blob"].rpartition("/")[2] for m in mapped} >= {"a:b.jpg", "CON.jpg"}
+    assert s1["renamed"] == len(mapped)
+
+    # A second pull transfers nothing.
+    second = json.loads(pull(env, tmp_path, "birds-cls:1", str(dest), "--json").stdout)
+    assert (second["downloaded"], second["bytes_downloaded"], second["present"]) == (0, 0, 14)
+    assert tree(dest) == got
+
+    # corpus layout: <container>/<blob>, names mapped reversibly; --split selects one split.
+    dest2 = tmp_path / "mirror"
+    third = pull(env, tmp_path, "birds-cls:1", str(dest2), "--layout", "corpus", "--json")
+    assert third.returncode == 0, third.stderr
+    mirror = tree(dest2)
+    assert sorted(mirror.values()) == want_md5s
+    from urllib.parse import unquote
+
+    names = {unquote(p) for p in mirror if "~" not in p}
+    plain = {f"{e.container}/{e.blob}" for e in entries if e.blob.rpartition("/")[2] not in ("Case.jpg", "case.jpg")}
+    assert names == plain
+    train_only = json.loads(pull(env, tmp_path, "birds-cls:1", str(tmp_path / "train"), "--split", "train", "--json").stdout)
+    assert train_only["files"] == sum(1 for e in entries if e.split == "train")
+
+    # Ad hoc: the sets carrying a tag, straight from the catalog (no manifest, no splits).
+    adhoc = pull(env, tmp_path, "--domain", "birds", "--tag", "robin", "--set-version", "v1", str(tmp_path / "adhoc"), "--json")
+    assert adhoc.returncode == 0, adhoc.stderr
+    robins = tree(tmp_path / "adhoc")
+    assert sorted(robins) == [f"red+robin/{i}.jpg" for i in range(6)]  # the set's tags are its labels
+    assert sorted(robins.values()) == sorted(e.md5_hex for e in entries if "/robin/" in e.blob)
+
+    # A blob changed behind the corpus's back fails with its name; the others are fine.
+    victim = next(e for e in entries if e.blob.endswith("robin/v1/3.jpg"))
+    clients.container("birds").upload_blob(victim.blob, jpeg(999), overwrite=True)
+    (victim_path,) = [p for p, md5 in got.items() if md5 == victim.md5_hex]
+    (dest / victim_path).unlink()
+    failures = tmp_path / "failures.json"
+    bad = pull(env, tmp_path, "birds-cls:1", str(dest), "--json", "--failures", str(failures))
+    assert bad.returncode == 1
+    s4 = json.loads(bad.stdout)
+    (failure,) = s4["failures"]
+    assert failure["blob"] == victim.blob and "changed" in failure["reason"]
+    assert s4["present"] == 13
+    assert not (dest / victim_path).exists() and not list(dest.rglob("*" + PART_SUFFIX))
+    # --retry-from retries exactly that file (still changed: still failing, by name).
+    retry = pull(env, tmp_path, "--retry-from", str(failures), "--json")
+    assert retry.returncode == 1 and json.loads(retry.stdout)["files"] == 1
+    assert victim.blob in retry.stdout
+
+
+def test_sigkill_mid_pull_then_rerun_gives_a_complete_verified_tree(env, clients, app_dir, rt, tmp_path):
+    files = {f"birds/v1/red/robin/{i}.jpg": jpeg(i, (400, 300), quality=95) for i in range(30)}
+    ingest(env, clients, app_dir, files)
+    entries = manifest_entries(rt, [(SetRef("birds", ("red", "robin"), "v1"), ["robin"])])
+    write_trainset(rt, "slow", "1", entries)
+    total = sum(e.size for e in entries)
+    dest = tmp_path / "dest"
+    # Throttled so that the pull is still running when killed: about 4 s for the whole set.
+    mbps = total * 8 / 1e6 / 4
+    cmd = [sys.executable, "-m", "corpus", "pull", "slow:1", str(dest), "--concurrency", "4", "--cap-mbps", f"{mbps:.3f}"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len([p for p in dest.rglob("*.jpg")]) >= 5, 60, "a few files pulled")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    by_md5 = {e.md5_hex for e in entries}
+    partial = tree(dest)
+    assert 5 <= sum(1 for p in partial if p.endswith(".jpg")) < 30, "the kill came too late to test anything"
+    # Whatever carries a final name is complete and verified.
+    assert all(md5 in by_md5 for p, md5 in partial.items() if not p.endswith(PART_SUFFIX))
+
+    again = pull(env, tmp_path, "slow:1", str(dest), "--json")
+    assert again.returncode == 0, again.stderr
+    s = json.loads(again.stdout)
+    assert s["downloaded"] + s["present"] == 30 and s["present"] >= 5
+    final = tree(dest)
+    assert sorted(final.values()) == sorted(by_md5) and len(final) == 30
+    assert not any(p.endswith(PART_SUFFIX) for p in final)
