@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from corpus.domain.errors import ConfigError
+from corpus.cli import queries
+from corpus.domain.errors import ConfigError, CorpusError
 from corpus.store.settings import Settings, load_local_settings
 
 
@@ -58,11 +59,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sets(args: argparse.Namespace) -> int:
-    from corpus.cli.status import render_sets, set_rows
+    from corpus.cli.queries import cmd_sets as stream_sets
 
-    rows = set_rows(_settings(), domain=args.domain, tags=tuple(args.tag or ()), transform=args.transform)
-    print(json.dumps(rows, indent=2, default=str, ensure_ascii=False) if args.json else render_sets(rows))
-    return 0
+    return stream_sets(args)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -191,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tag", action="append", help="only sets carrying this tag (repeat: all of them)")
     q.add_argument("--transform", metavar="NAME[:VERSION]", help="transformed sets of this transform")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--limit", type=int, help="at most this many sets, then a continuation token")
+    q.add_argument("--continuation", metavar="TOKEN", help="continue a --limit listing where it stopped")
     q.set_defaults(func=cmd_sets)
 
     t = sub.add_parser("transform", help="request a transform of image sets (queues a message)")
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--count", type=int, default=50)
     g.add_argument("--seed", type=int, default=1)
     g.set_defaults(func=cmd_sample)
+    queries.add_parsers(sub)
     return p
 
 
@@ -240,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     except ConfigError as exc:
         return _fail(f"configuration: {exc}")
+    except CorpusError as exc:
+        return _fail(str(exc))
     except Exception as exc:
         # The SDK's errors are matched here, not imported at the top: the SDK is slow to load,
         # and `corpus upload` starts listing without it.

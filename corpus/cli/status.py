@@ -101,12 +101,16 @@ def set_rows(
     return [set_row(r) for r in rows]
 
 
+def set_header() -> str:
+    return f"{'DOMAIN':<16} {'PATH':<32} {'VERSION':<10} {'IMAGES':>7} {'BYTES':>12}  TAGS"
+
+
+def render_set_line(r: dict[str, Any]) -> str:
+    label = r["path"] + (f" [{r['transform']}]" if r["transform"] else "")
+    return f"{r['domain']:<16} {label:<32} {r['version']:<10} {r['images']:>7} {r['bytes']:>12}  {','.join(r['tags'])}"
+
+
 def render_sets(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no image sets match"
-    header = f"{'DOMAIN':<16} {'PATH':<32} {'VERSION':<10} {'IMAGES':>7} {'BYTES':>12}  TAGS"
-    lines = [header]
-    for r in rows:
-        label = r["path"] + (f" [{r['transform']}]" if r["transform"] else "")
-        lines.append(f"{r['domain']:<16} {label:<32} {r['version']:<10} {r['images']:>7} {r['bytes']:>12}  {','.join(r['tags'])}")
-    return "\n".join(lines)
+    return "\n".join([set_header(), *(render_set_line(r) for r in rows)])

@@ -1,4 +1,27 @@
-"""Table ``ImageSets``: one entity per set (domain partition), created once, counts raised later.
+"""Table ``ImageSets``: one entity per set (domain partition), created once, counts raised later,
+and a tag index beside the sets (Azure's *Index Table* pattern, in the same partition).
+
+Layout of a domain's partition (row keys, see :mod:`corpus.domain.keys`)::
+
+    o!<path>!<version>                       a set of originals
+    t!<name>!<tversion>!<path>!<version>     a transformed set
+    x!<tag>!<set row key>                    one per tag of each set: the tag index
+
+Every set row sorts below ``x!``, so readers of sets ask for ``RowKey lt 'x!'`` (or a narrower
+``o!``/``t!`` range) and never see index rows.
+
+**The index can't go stale.** A set's entity and its index rows are created by *one*
+entity-group transaction (:meth:`SetsTable.ensure`), insert-only: if the set exists the whole
+transaction fails and nothing changes. A set's tags are a function of its identity (its path and
+the tag extractor), never updated afterwards, so redelivery, crashes and concurrent creators all
+leave either nothing or the set with all of its index rows. At most ``MAX_TAGS_PER_SET`` (64)
+tags fit one transaction with the set; ingest rejects a path giving more.
+
+**Queries by tag** (:meth:`SetsTable.query` with ``tags``) read one tag's index range, then the
+matching sets by key. With several tags, the ranges are read a page at a time in turn until the
+first one ends: that tag is the most selective one, found for the price of reading k × its size
+(k tags), with no counters to maintain. Sets are then fetched :data:`KEYS_PER_QUERY` at a time by
+``RowKey eq`` filters, so ~10 results cost 2 requests in all, whatever the domain's size.
 
 Never enumerate a set by listing its ``BlobPath`` prefix in blob storage: ``original/<dir>/<version>/``
 is not prefix-free (the root set ``v2`` has BlobPath ``original/v2/``, which also holds set
@@ -7,15 +30,24 @@ is not prefix-free (the root set ``v2`` has BlobPath ``original/v2/``, which als
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import builtins
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.data.tables import TableClient
+from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from corpus.domain import keys
+from corpus.domain.limits import MAX_FILTER_COMPARISONS, MAX_TABLE_BATCH
 from corpus.domain.paths import SetRef
-from corpus.domain.tags import matches
-from corpus.store.rows import ImageSetRow, Transform
+from corpus.domain.tags import check_tag_count, matches, normalize, normalize_tag
+from corpus.store.rows import ImageSetRow, TagIndexRow, Transform, is_set_entity
+
+KEYS_PER_QUERY = MAX_FILTER_COMPARISONS - 1
+"""``PartitionKey eq`` plus this many ``RowKey eq`` comparisons per filter."""
+
+INDEX_PAGE = 1000
 
 
 class SetsTable:
@@ -31,7 +63,8 @@ class SetsTable:
         transform: Transform | None = None,
         transform_keys: tuple[str, str] = ("", ""),
     ) -> None:
-        """Create the set's entity if it does not exist yet; an existing one is left alone.
+        """Create the set's entity and its tag-index rows, in one transaction, if the set does not
+        exist yet; an existing one is left alone (see the module docstring).
 
         Every field written here is a function of the set's identity, so "create if missing" is
         an upsert that can't regress counts another writer has already raised.
@@ -39,18 +72,82 @@ class SetsTable:
         rk = keys.set_row_key(ref, transform)
         if (ref.domain, rk) in self._known:
             return
+        tags = check_tag_count(normalize(tags))
         row = ImageSetRow(ref.domain, ref.path, ref.version, tuple(tags), blob_prefix, transform, transform_keys)
+        ops: list[Any] = [("create", row.to_entity())]
+        ops += [("create", TagIndexRow(ref.domain, tag, rk).to_entity()) for tag in tags]
         try:
-            self.table.create_entity(row.to_entity())
-        except ResourceExistsError:
-            pass
+            self.table.submit_transaction(ops)
+        except TableTransactionError as exc:
+            if exc.index == 0:
+                if getattr(exc, "error_code", None) != "EntityAlreadyExists":
+                    raise
+                # The set exists, hence so do its index rows (or a backfill will write them).
+            else:
+                # An index row exists without its set: only a backfill racing this creation can do
+                # that. Finish both: index rows (idempotent upserts), then the set.
+                self.write_index(row)
+                try:
+                    self.table.create_entity(row.to_entity())
+                except ResourceExistsError:
+                    pass
         self._known.add((ref.domain, rk))
+
+    def write_index(self, row: ImageSetRow) -> int:
+        """Write ``row``'s index rows (idempotent merge upserts; a backfill of sets created before
+        the index existed). Returns how many were written."""
+        entities = [TagIndexRow(row.domain, tag, row.row_key).to_entity() for tag in normalize(row.tags)]
+        for i in range(0, len(entities), MAX_TABLE_BATCH):
+            self.table.submit_transaction([("upsert", e, {"mode": UpdateMode.MERGE}) for e in entities[i : i + MAX_TABLE_BATCH]])
+        return len(entities)
 
     def get(self, ref: SetRef, transform: Transform | None = None) -> ImageSetRow | None:
         try:
             return ImageSetRow.from_entity(self.table.get_entity(ref.domain, keys.set_row_key(ref, transform)))
         except ResourceNotFoundError:
             return None
+
+    def get_many(self, domain: str, set_keys: Iterable[str]) -> Iterator[ImageSetRow]:
+        """The sets with these row keys in ``domain`` (missing ones are skipped), in key order,
+        :data:`KEYS_PER_QUERY` per request."""
+        wanted = sorted(set(set_keys))
+        for i in range(0, len(wanted), KEYS_PER_QUERY):
+            chunk = wanted[i : i + KEYS_PER_QUERY]
+            params = {"pk": domain} | {f"k{j}": k for j, k in enumerate(chunk)}
+            ors = " or ".join(f"RowKey eq @k{j}" for j in range(len(chunk)))
+            entities = self.table.query_entities(f"PartitionKey eq @pk and ( {ors} )", parameters=params)
+            found = [ImageSetRow.from_entity(e) for e in entities]
+            yield from sorted(found, key=lambda r: r.row_key)
+
+    def index_keys(self, domain: str, tag: str, set_prefix: str = "", start_after: str = "") -> Iterator[str]:
+        """Set row keys of ``domain`` carrying ``tag`` (normalised here), in key order, from the index."""
+        tag = normalize_tag(tag)
+        lo = keys.tag_index_prefix(tag, set_prefix)
+        hi = keys.after(lo)
+        if start_after:
+            lo = keys.tag_index_row_key(tag, start_after) + "\x00"  # strictly after that set
+        rows = self.table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            parameters={"pk": domain, "lo": lo, "hi": hi},
+            select=["RowKey"],
+            results_per_page=INDEX_PAGE,
+        )
+        for entity in rows:
+            yield keys.set_key_of_index(tag, str(entity["RowKey"]))
+
+    def most_selective(self, domain: str, tags: tuple[str, ...], set_prefix: str = "") -> list[str]:
+        """The index range of the tag with the fewest sets (see the module docstring): its set
+        keys, read in full, after reading at most as many pages of each other tag."""
+        wanted = normalize(tags)
+        pages = {tag: self.index_keys(domain, tag, set_prefix) for tag in wanted}
+        found: dict[str, list[str]] = {tag: [] for tag in wanted}
+        while True:
+            for tag, it in pages.items():
+                for _ in range(INDEX_PAGE):
+                    key = next(it, None)
+                    if key is None:
+                        return found[tag]
+                    found[tag].append(key)
 
     def query(
         self,
@@ -59,28 +156,46 @@ class SetsTable:
         transform: str | None = None,
         version: str | None = None,
         originals_only: bool = False,
+        start_after: str = "",
     ) -> Iterator[ImageSetRow]:
-        """Sets, optionally of one domain, carrying every tag, of one transform (``NAME[:VER]``), unsorted."""
+        """Sets, optionally of one domain, carrying every tag, of one transform (``NAME[:VER]``).
+
+        In (domain, row key) order when ``domain`` is given. With ``domain`` and ``tags`` the tag
+        index is read (O(result)); without a domain the tags are filtered over every set (callers
+        with many domains should ask per domain, see :mod:`corpus.cli.queries`). ``start_after``
+        (a set row key of ``domain``) resumes a listing after that set.
+        """
+        prefix = ""
+        if originals_only:
+            prefix = keys.ORIGINALS_PREFIX
+        elif transform:
+            name, _, tversion = transform.partition(":")
+            prefix = keys.transform_set_prefix(name, tversion)
+        if domain and tags:
+            candidates = [k for k in self.most_selective(domain, tags, prefix) if k > start_after]
+            for row in self.get_many(domain, candidates):
+                if matches(row.tags, tags) and (not version or row.version == version):
+                    yield row
+            return
         clauses: list[str] = []
         params: dict[str, str] = {}
         if domain:
             clauses.append("PartitionKey eq @pk")
             params["pk"] = domain
-        lo = hi = None
-        if originals_only:
-            lo, hi = "o!", 'o"'
-        elif transform:
-            name, _, tversion = transform.partition(":")
-            lo = "t!" + keys.escape(name) + "!" + (keys.escape(tversion) + "!" if tversion else "")
-            hi = lo[:-1] + '"'
-        if lo and hi:
-            clauses.append("RowKey ge @lo and RowKey lt @hi")
-            params.update(lo=lo, hi=hi)
+        lo, hi = (prefix, keys.after(prefix)) if prefix else ("", keys.SETS_UPPER)
+        if start_after and domain:
+            lo = max(lo, start_after + "\x00")
+        if lo:
+            clauses.append("RowKey ge @lo")
+            params["lo"] = lo
+        clauses.append("RowKey lt @hi")
+        params["hi"] = hi
         if version:
             clauses.append("Version eq @version")
             params["version"] = version
-        rows = self.table.query_entities(" and ".join(clauses), parameters=params) if clauses else self.table.list_entities()
-        for entity in rows:
+        for entity in self.table.query_entities(" and ".join(clauses), parameters=params):
+            if not is_set_entity(entity):
+                continue
             row = ImageSetRow.from_entity(entity)
             if not tags or matches(row.tags, tags):
                 yield row
@@ -96,3 +211,17 @@ class SetsTable:
         """:meth:`query`, sorted by domain, transform, path and version."""
         found = self.query(domain, tags, transform, version, originals_only)
         return sorted(found, key=lambda r: (r.domain, r.transform_label, r.path, r.version))
+
+    def scan_all(
+        self, domain: str | None = None, continuation: str | None = None
+    ) -> Iterator[tuple[builtins.list[ImageSetRow], str | None]]:
+        """Every set (no index rows), a page at a time, with an opaque continuation token (text)
+        after each page, ``None`` after the last."""
+        flt = "RowKey lt @hi" + (" and PartitionKey eq @pk" if domain else "")
+        params = {"hi": keys.SETS_UPPER} | ({"pk": domain} if domain else {})
+        query = self.table.query_entities(flt, parameters=params, results_per_page=INDEX_PAGE)
+        pages: Any = query.by_page(continuation_token=json.loads(continuation) if continuation else None)
+        for page in pages:
+            rows = [ImageSetRow.from_entity(e) for e in page if is_set_entity(e)]
+            token = pages.continuation_token
+            yield rows, json.dumps(token, sort_keys=True) if token else None

@@ -38,4 +38,7 @@ class TransformsTable:
             return None
 
     def list(self) -> list[TransformRow]:
-        return sorted((TransformRow.from_entity(e) for e in self.table.list_entities()), key=lambda r: (r.name, r.version))
+        """Every registered transform version (page markers, partitions ``!page!…``, excluded)."""
+        rows = self.table.query_entities("PartitionKey ge @lo", parameters={"lo": keys.after(keys.SEPARATOR)})
+        found = (TransformRow.from_entity(e) for e in rows)
+        return sorted(found, key=lambda r: (r.name, r.version))

@@ -1,0 +1,155 @@
+"""Queries at corpus scale: sets by tag through the tag index, exact counts by tag × transform,
+and the one-off backfill of the index (``corpus reindex``).
+
+Costs (requests), with ``D`` a domain, ``k`` tags, ``S`` matching sets, ``I`` their images:
+
+* :func:`find_sets` with ``--domain`` and tags: the index range of the most selective tag
+  (k × its size, :meth:`~corpus.store.sets_table.SetsTable.most_selective`) + S / 14 reads;
+  without ``--domain``: the same per domain, domains being the account's containers named like
+  one (a Table partition can't be listed; a container per domain always exists), so one list
+  request per 5,000 containers more. Nothing reads sets that don't carry the tags.
+* :func:`count`: the above, plus one counter-shard query per matching set (O(S)) for images
+  and sets; ``sources`` reads the ``Source`` column of each matching transformed image (O(I)).
+
+Counts are summed from the counter shards (:meth:`corpus.store.images_table.ImagesTable.count`),
+the same exactly-once records ingest and transform jobs write, not from the derived
+``ImageCount`` (which a crash can leave behind until the redelivery refreshes it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from corpus.domain import transforms
+from corpus.domain.errors import InvalidNameError, TransformError
+from corpus.domain.paths import RESERVED_DOMAINS_PREFIXES, validate_domain
+from corpus.store.catalog import Catalog
+from corpus.store.rows import ImageSetRow, TransformRow
+from corpus.store.settings import Settings
+from corpus.store.storage import Clients
+
+PARALLEL = 16
+
+
+def domains(clients: Clients, settings: Settings) -> list[str]:
+    """Every container that can be a domain (valid name, not staging/rejected/host-owned), sorted."""
+    found = []
+    for c in clients.blob.list_containers():
+        name = str(c.name)
+        if name in settings.reserved_containers or name.startswith(RESERVED_DOMAINS_PREFIXES):
+            continue
+        try:
+            found.append(validate_domain(name))
+        except InvalidNameError:
+            continue
+    return sorted(found)
+
+
+def find_sets(
+    catalog: Catalog,
+    domain_list: list[str],
+    tags: tuple[str, ...] = (),
+    transform: str | None = None,
+    version: str | None = None,
+    start: tuple[str, str] | None = None,
+) -> Iterator[ImageSetRow]:
+    """Sets in (domain, row key) order, streamed; ``start`` = (domain, set row key) resumes after that set."""
+    for domain in domain_list:
+        after = ""
+        if start is not None:
+            if domain < start[0]:
+                continue
+            if domain == start[0]:
+                after = start[1]
+        yield from catalog.sets.query(
+            domain, tags, transform=transform, version=version, originals_only=transform is None, start_after=after
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    images: int
+    sets: int
+    sources: int | None = None
+
+    def as_json(self) -> dict[str, int]:
+        out = {"images": self.images, "sets": self.sets}
+        if self.sources is not None:
+            out["sources"] = self.sources
+        return out
+
+
+def steps_of(row: TransformRow) -> list[str]:
+    """The operations a registered transform applies: itself, or each step of a pipeline."""
+    if row.name != "pipeline":
+        return [row.name]
+    try:
+        args: Any = json.loads(row.args)
+        return [str(step["name"]) for step in args["steps"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+def matching_transforms(catalog: Catalog, op: str | None = None, transform: str | None = None) -> list[TransformRow]:
+    """Registered transform versions that are or contain ``op``, or that ``transform`` (``NAME[:VER]``) names."""
+    rows = catalog.transforms.list()
+    if op is not None:
+        transforms.get(op)  # TransformError for an unknown operation
+        return [r for r in rows if op in steps_of(r)]
+    if transform is not None:
+        name, _, tversion = transform.partition(":")
+        return [r for r in rows if r.name == name and (not tversion or r.version == tversion)]
+    return []
+
+
+def count(
+    catalog: Catalog,
+    domain: str,
+    tags: tuple[str, ...] = (),
+    op: str | None = None,
+    transform: str | None = None,
+) -> Count:
+    """Images and sets of the originals carrying ``tags``; with ``op``/``transform``, of the
+    transformed sets of the matching transforms whose source carries them, and the number of
+    distinct source originals with at least one such output (see the module docstring)."""
+    if op is None and transform is None:
+        sets = list(catalog.sets.query(domain, tags, originals_only=True))
+        return Count(_images(catalog, sets), len(sets))
+    if op is not None and transform is not None:
+        raise TransformError("give --op or --transform, not both")
+    sets = []
+    for row in matching_transforms(catalog, op, transform):
+        sets += catalog.sets.query(domain, tags, transform=f"{row.name}:{row.version}")
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        per_set = list(pool.map(lambda s: catalog.images.sources(s.ref, s.transform), sets))
+    sources: set[str] = set().union(*per_set) if per_set else set()
+    return Count(_images(catalog, sets), len(sets), len(sources))
+
+
+def _images(catalog: Catalog, sets: list[ImageSetRow]) -> int:
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        return sum(pool.map(lambda s: catalog.images.count(s.ref, s.transform)[0], sets))
+
+
+@dataclass
+class ReindexProgress:
+    sets: int = 0
+    rows: int = 0
+    continuation: str | None = None
+
+
+def reindex(catalog: Catalog, domain: str | None = None, continuation: str | None = None) -> Iterator[ReindexProgress]:
+    """Write the tag-index rows of every set (idempotent merge upserts: safe to run twice, or
+    while ingest creates sets). Yields progress after each page of sets, with the continuation
+    token to resume from after an interruption (``corpus reindex --resume TOKEN``)."""
+    progress = ReindexProgress(continuation=continuation)
+    for rows, token in catalog.sets.scan_all(domain, continuation):
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            progress.rows += sum(pool.map(catalog.sets.write_index, rows))
+        progress.sets += len(rows)
+        progress.continuation = token
+        yield progress
