@@ -75,7 +75,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_transform(args: argparse.Namespace) -> int:
     from corpus.domain.errors import MessageError, TransformError
     from corpus.domain.messages import SourceSelector, TransformRequest
-    from corpus.domain.transforms import canonical
+    from corpus.domain.transforms import canonical, check_request
     from corpus.store.storage import FAIL_FAST, Clients
 
     try:
@@ -93,7 +93,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     )
     try:
         req = TransformRequest.parse(req.to_json())  # the same validation the function applies
-        canonical(req.name, req.args)
+        check_request(req.name, canonical(req.name, req.args))
     except (MessageError, TransformError) as exc:
         raise CliError(str(exc)) from exc
     from corpus.app.runtime import app_root, encode_message

@@ -107,6 +107,22 @@ class SetsTable:
         except ResourceNotFoundError:
             return None
 
+    def tagged_from(
+        self, domain: str, tags: tuple[str, ...], set_prefix: str, start_at: str = "", version: str | None = None
+    ) -> Iterator[tuple[ImageSetRow, bool]]:
+        """Sets carrying the first tag, in key order from ``start_at``, each with whether it
+        carries every tag (and has ``version``): walking the first tag's index range, a set at a
+        time (bounded work per step, for paged fan-out; put the most selective tag first)."""
+        it = self.index_keys(domain, tags[0], set_prefix, start_at)
+        while True:
+            chunk = [k for k in (next(it, None) for _ in range(KEYS_PER_QUERY)) if k is not None]
+            if not chunk:
+                return
+            for row in self.get_many(domain, chunk):
+                yield row, matches(row.tags, tags) and (not version or row.version == version)
+            if len(chunk) < KEYS_PER_QUERY:
+                return
+
     def get_many(self, domain: str, set_keys: Iterable[str]) -> Iterator[ImageSetRow]:
         """The sets with these row keys in ``domain`` (missing ones are skipped), in key order,
         :data:`KEYS_PER_QUERY` per request."""
@@ -119,13 +135,13 @@ class SetsTable:
             found = [ImageSetRow.from_entity(e) for e in entities]
             yield from sorted(found, key=lambda r: r.row_key)
 
-    def index_keys(self, domain: str, tag: str, set_prefix: str = "", start_after: str = "") -> Iterator[str]:
-        """Set row keys of ``domain`` carrying ``tag`` (normalised here), in key order, from the index."""
+    def index_keys(self, domain: str, tag: str, set_prefix: str = "", start_at: str = "") -> Iterator[str]:
+        """Set row keys of ``domain`` carrying ``tag`` (normalised here), in key order, from the
+        index; from ``start_at`` (a set row key, inclusive) on if given."""
         tag = normalize_tag(tag)
         lo = keys.tag_index_prefix(tag, set_prefix)
         hi = keys.after(lo)
-        if start_after:
-            lo = keys.tag_index_row_key(tag, start_after) + "\x00"  # strictly after that set
+        lo = max(lo, keys.tag_index_row_key(tag, start_at))
         rows = self.table.query_entities(
             "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
             parameters={"pk": domain, "lo": lo, "hi": hi},

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corpus.domain.errors import ConfigError
-from corpus.domain.limits import DEFAULT_MAX_BLOB_BYTES, DEFAULT_MAX_PIXELS
+from corpus.domain.limits import DEFAULT_MAX_BLOB_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_TRANSFORM_PAGE_SIZE
 from corpus.domain.tags import DEFAULT_EXTRACTOR
 
 CONNECTION = "CorpusStorage"
@@ -57,6 +57,7 @@ TRANSFORM_JOBS_QUEUE = "CORPUS_TRANSFORM_JOBS_QUEUE"
 TAG_EXTRACTOR = "CORPUS_TAG_EXTRACTOR"
 MAX_PIXELS = "CORPUS_MAX_PIXELS"
 MAX_BLOB_BYTES = "CORPUS_MAX_BLOB_BYTES"
+TRANSFORM_PAGE_SIZE = "CORPUS_TRANSFORM_PAGE_SIZE"
 
 DEFAULTS: dict[str, str] = {
     STAGING_CONTAINER: "staging",
@@ -67,6 +68,7 @@ DEFAULTS: dict[str, str] = {
     TAG_EXTRACTOR: DEFAULT_EXTRACTOR,
     MAX_PIXELS: str(DEFAULT_MAX_PIXELS),
     MAX_BLOB_BYTES: str(DEFAULT_MAX_BLOB_BYTES),
+    TRANSFORM_PAGE_SIZE: str(DEFAULT_TRANSFORM_PAGE_SIZE),
 }
 
 
@@ -112,6 +114,7 @@ class Settings:
     tag_extractor: str
     max_pixels: int
     max_blob_bytes: int
+    transform_page_size: int = DEFAULT_TRANSFORM_PAGE_SIZE
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -121,8 +124,11 @@ class Settings:
         try:
             max_pixels = int(v[MAX_PIXELS])
             max_blob_bytes = int(v[MAX_BLOB_BYTES])
+            page_size = int(v[TRANSFORM_PAGE_SIZE])
         except ValueError as exc:
-            raise ConfigError(f"{MAX_PIXELS} and {MAX_BLOB_BYTES} must be integers") from exc
+            raise ConfigError(f"{MAX_PIXELS}, {MAX_BLOB_BYTES} and {TRANSFORM_PAGE_SIZE} must be integers") from exc
+        if not 1 <= page_size <= 5000:
+            raise ConfigError(f"{TRANSFORM_PAGE_SIZE} must be between 1 and 5000, got {page_size}")
         return cls(
             connection=Connection.from_env(env),
             staging_container=v[STAGING_CONTAINER],
@@ -133,6 +139,7 @@ class Settings:
             tag_extractor=v[TAG_EXTRACTOR],
             max_pixels=max_pixels,
             max_blob_bytes=max_blob_bytes,
+            transform_page_size=page_size,
             values={**env, **v},
         )
 
