@@ -42,7 +42,9 @@ def cli_json(env, cwd, *args):
 
 
 def test_index_equals_a_full_scan_with_every_event_delivered_twice(env, clients, app_dir, tmp_path):
-    files = {f"birds/v1/{c}/{b}/{i}.jpg": jpeg(i) for i, (c, b) in enumerate([("red", "robin"), ("blue", "jay"), ("red", "jay")] * 3)}
+    files = {
+        f"birds/v1/{c}/{b}/{i}.jpg": jpeg(i) for i, (c, b) in enumerate([("red", "robin"), ("blue", "jay"), ("red", "jay")] * 3)
+    }
     files |= {"birds/v1/Red/Angry/robin/x.jpg": jpeg(50), "birds/v1/root.jpg": jpeg(51)}
     upload(clients, files)
     run_host(env, app_dir, "--deliver-twice")
