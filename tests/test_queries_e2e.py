@@ -119,3 +119,21 @@ def test_a_path_with_too_many_tags_is_rejected_with_the_reason(env, clients, app
     (rej,) = report["rejected"]["latest"]
     assert "70 tags" in rej["Reason"] and "at most 64" in rej["Reason"]
     assert [r["path"] for r in cli_json(env, tmp_path, "sets", "--domain", "birds")] == ["ok"]
+
+
+def test_reindex_resumes_from_its_token_and_skips_index_rows(rt):
+    from corpus.app.queries import reindex
+    from corpus.domain.paths import SetRef
+
+    for i in range(7):
+        rt.catalog.sets.ensure(SetRef("birds", ("all", f"s{i}"), "v1"), ["all", f"s{i}"], f"original/all/s{i}/v1/")
+    table = rt.catalog.sets.table
+    before = {e["RowKey"] for e in table.list_entities()}
+    for e in list(table.query_entities("RowKey ge 'x!'")):
+        table.delete_entity(e["PartitionKey"], e["RowKey"])
+    first = next(reindex(rt.catalog, page=3))  # interrupted after its first page
+    assert (first.sets, first.rows) == (3, 6) and first.continuation
+    *_, last = reindex(rt.catalog, continuation=first.continuation, page=3)
+    assert (last.sets, last.rows, last.continuation) == (4, 8, None)
+    assert {e["RowKey"] for e in table.list_entities()} == before
+    assert [r.path for r in rt.catalog.sets.query("birds", ("s3", "ALL"))] == ["all/s3"]

@@ -142,12 +142,14 @@ class ReindexProgress:
     continuation: str | None = None
 
 
-def reindex(catalog: Catalog, domain: str | None = None, continuation: str | None = None) -> Iterator[ReindexProgress]:
+def reindex(
+    catalog: Catalog, domain: str | None = None, continuation: str | None = None, page: int = 1000
+) -> Iterator[ReindexProgress]:
     """Write the tag-index rows of every set (idempotent merge upserts: safe to run twice, or
     while ingest creates sets). Yields progress after each page of sets, with the continuation
     token to resume from after an interruption (``corpus reindex --resume TOKEN``)."""
     progress = ReindexProgress(continuation=continuation)
-    for rows, token in catalog.sets.scan_all(domain, continuation):
+    for rows, token in catalog.sets.scan_all(domain, continuation, page):
         with ThreadPoolExecutor(PARALLEL) as pool:
             progress.rows += sum(pool.map(catalog.sets.write_index, rows))
         progress.sets += len(rows)

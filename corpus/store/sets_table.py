@@ -30,6 +30,8 @@ is not prefix-free (the root set ``v2`` has BlobPath ``original/v2/``, which als
 
 from __future__ import annotations
 
+import base64
+import binascii
 import builtins
 import json
 from collections.abc import Iterable, Iterator
@@ -39,6 +41,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from corpus.domain import keys
+from corpus.domain.errors import InvalidNameError
 from corpus.domain.limits import MAX_FILTER_COMPARISONS, MAX_TABLE_BATCH
 from corpus.domain.paths import SetRef
 from corpus.domain.tags import check_tag_count, matches, normalize, normalize_tag
@@ -229,15 +232,30 @@ class SetsTable:
         return sorted(found, key=lambda r: (r.domain, r.transform_label, r.path, r.version))
 
     def scan_all(
-        self, domain: str | None = None, continuation: str | None = None
+        self, domain: str | None = None, continuation: str | None = None, page: int = INDEX_PAGE
     ) -> Iterator[tuple[builtins.list[ImageSetRow], str | None]]:
         """Every set (no index rows), a page at a time, with an opaque continuation token (text)
         after each page, ``None`` after the last."""
         flt = "RowKey lt @hi" + (" and PartitionKey eq @pk" if domain else "")
         params = {"hi": keys.SETS_UPPER} | ({"pk": domain} if domain else {})
-        query = self.table.query_entities(flt, parameters=params, results_per_page=INDEX_PAGE)
-        pages: Any = query.by_page(continuation_token=json.loads(continuation) if continuation else None)
+        query = self.table.query_entities(flt, parameters=params, results_per_page=page)
+        pages: Any = query.by_page(continuation_token=_decode_token(continuation) if continuation else None)
         for page in pages:
             rows = [ImageSetRow.from_entity(e) for e in page if is_set_entity(e)]
             token = pages.continuation_token
-            yield rows, json.dumps(token, sort_keys=True) if token else None
+            yield rows, _encode_token(token) if token else None
+
+
+def _encode_token(token: Any) -> str:
+    """The SDK's continuation (a dict of next keys) as one shell-safe word."""
+    return base64.urlsafe_b64encode(json.dumps(token, sort_keys=True).encode()).decode().rstrip("=")
+
+
+def _decode_token(text: str) -> Any:
+    try:
+        token = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, binascii.Error):
+        token = None
+    if not isinstance(token, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in token.items()):
+        raise InvalidNameError("not a continuation token printed by this command")
+    return token
