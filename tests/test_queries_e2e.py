@@ -137,3 +137,21 @@ def test_reindex_resumes_from_its_token_and_skips_index_rows(rt):
     assert (last.sets, last.rows, last.continuation) == (4, 8, None)
     assert {e["RowKey"] for e in table.list_entities()} == before
     assert [r.path for r in rt.catalog.sets.query("birds", ("s3", "ALL"))] == ["all/s3"]
+
+
+def test_several_tags_cost_requests_by_the_most_selective_one(rt):
+    from corpus.domain.paths import SetRef
+    from corpus.store.http import shared_session
+
+    for i in range(300):
+        tags = ["all"] + (["rare"] if i % 100 == 7 else [])
+        rt.catalog.sets.ensure(SetRef("birds", ("all", f"s{i:03d}"), "v1"), tags, "x/")
+    seen: list[str] = []
+    hook = lambda response, *a, **k: seen.append(response.request.url)  # noqa: E731
+    shared_session().hooks["response"].append(hook)
+    try:
+        rows = list(rt.catalog.sets.query("birds", ("all", "rare"), originals_only=True))
+    finally:
+        shared_session().hooks["response"].remove(hook)
+    assert [r.path for r in rows] == ["all/s007", "all/s107", "all/s207"]
+    assert len(seen) == 3  # 16 rows of 'all', all 3 of 'rare' (ended), then the 3 sets by key
