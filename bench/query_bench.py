@@ -172,8 +172,8 @@ def bench_ingest(images: int, sets: int) -> dict[str, Any]:
             blobs = {}
             for i, name in enumerate(names):
                 data = jpeg(i, size=(64, 48))
-                props = staging.upload_blob(name, data, content_settings=ContentSettings(content_type="image/jpeg"))
-                blobs[name] = (data, props["etag"])
+                client = staging.upload_blob(name, data, content_settings=ContentSettings(content_type="image/jpeg"))
+                blobs[name] = (data, client.get_blob_properties().etag)
             counter.take()
 
             def trigger(name: str) -> None:
