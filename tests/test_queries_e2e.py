@@ -81,20 +81,20 @@ def test_sets_pages_with_a_continuation_token(env, clients, app_dir, tmp_path):
 
 def test_index_is_consistent_at_a_sigkill_and_after_the_restart(env, clients, tmp_path):
     app = prepare_app_dir(tmp_path)
-    upload(clients, {f"kill/v1/g{i % 4}/s{i:03d}/{j}.jpg": jpeg(i * 10 + j, size=(16, 12)) for i in range(80) for j in range(2)})
+    upload(clients, {f"kill/v1/g{i % 4}/s{i:03d}/{j}.jpg": jpeg(i * 10 + j, size=(16, 12)) for i in range(60) for j in range(1)})
     proc = subprocess.Popen(host_command(app, "--lease", "3"), env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
     table = clients.table_client("ImageSets")
     try:
-        wait_for(lambda: sum(1 for _ in table.query_entities("PartitionKey eq 'kill' and RowKey lt 'x!'")) >= 20, 120, "20 sets")
+        wait_for(lambda: sum(1 for _ in table.query_entities("PartitionKey eq 'kill' and RowKey lt 'x!'")) >= 12, 120, "12 sets")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     index, scan = index_and_scan(clients, "kill")
-    assert index == scan and len(scan) < 160, "the host finished before it could be killed; the test proves nothing"
+    assert index == scan and len(scan) < 120, "the host finished before it could be killed; the test proves nothing"
     run_host(env, app, "--lease", "3")
     index, scan = index_and_scan(clients, "kill")
-    assert index == scan and len(scan) == 160
-    assert cli_json(env, tmp_path, "count", "--domain", "kill", "--tag", "g1") == {"images": 40, "sets": 20}
+    assert index == scan and len(scan) == 120
+    assert cli_json(env, tmp_path, "count", "--domain", "kill", "--tag", "g1") == {"images": 15, "sets": 15}
 
 
 def test_reindex_backfills_sets_created_before_the_index_idempotently(env, clients, app_dir, tmp_path):
