@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 from azure.storage.blob import ContentSettings  # noqa: E402
 
 from corpus.store.hostconfig import load_queue_config  # noqa: E402
+from corpus.store.rows import as_int  # noqa: E402
 from corpus.store.settings import Connection  # noqa: E402
 from corpus.store.storage import Clients  # noqa: E402
 from tests.support import Azurite, jpeg, prepare_app_dir, run_host  # noqa: E402
@@ -89,7 +90,7 @@ def main() -> None:
             busy_s = max(e["end"] for e in events) - min(e["start"] for e in events)
             assert summary["ok"]["copy_to_original"] == args.images, summary
             counted = sum(
-                int(e["ImageCount"])
+                as_int(e["ImageCount"])
                 for e in clients.table_client("ImageSets").query_entities(
                     "PartitionKey eq 'bench' and RowKey lt 'x!'"  # set rows, not the tag index beside them
                 )

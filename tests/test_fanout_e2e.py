@@ -180,3 +180,35 @@ def test_a_fan_out_killed_mid_way_ends_with_exactly_one_output_per_image(env, cl
             "birds", keys.set_row_key(SetRef("birds", (d, "robin"), "v1"), ("grayscale", "1"))
         )
         assert as_int(entity["ImageCount"]) == 20
+
+
+def test_pages_resume_between_sets_when_the_scan_budget_runs_out(rt):
+    """Page size 1 (4 rows read per page) over 10 sets of which 2 carry both tags: the cursor
+    moves past sets that are read but not selected, and exactly the 2 selected images get jobs."""
+    import dataclasses
+
+    from corpus.app.transform_jobs import on_transform_message
+    from corpus.store.rows import ImageRow
+
+    rt.settings = dataclasses.replace(rt.settings, transform_page_size=1)
+    for i in range(10):
+        ref = SetRef("birds", ("all", f"s{i}"), "v1")
+        rt.catalog.sets.ensure(ref, ["all", f"s{i}"] + (["x"] if i in (3, 8) else []), ref.original_prefix())
+        rt.catalog.images.record(ref, ImageRow(f"{i}.jpg", ref.original_prefix() + f"{i}.jpg", 10, "0" * 32, "image/jpeg", 4, 3))
+    requests = rt.clients.queue_client("transform-requests")
+    requests.send_message(
+        json.dumps({"domain": "birds", "source": {"tags": ["all", "x"]}, "transform": {"name": "grayscale", "version": "1"}})
+    )
+    pages = 0
+    while True:
+        batch = list(requests.receive_messages(max_messages=32))
+        if not batch:
+            break
+        for m in batch:
+            on_transform_message(rt, m.content, m.id)
+            on_transform_message(rt, m.content, m.id)  # every page delivered twice
+            requests.delete_message(m)
+            pages += 1
+    jobs = [json.loads(m.content) for m in rt.clients.queue_client("transform-jobs").receive_messages(max_messages=32)]
+    assert sorted((j["dirs"][1], j["file"]) for j in jobs) == [("s3", "3.jpg"), ("s8", "8.jpg")]
+    assert pages >= 3

@@ -118,7 +118,7 @@ def fan_out_page(rt: Runtime, page: TransformPage) -> int:
                     next_cursor = (row.row_key, rk)
                     break
         if next_cursor is None and budget <= 0:
-            next_cursor = (row.row_key + "\x00", "")  # this set is done; resume with the next one
+            next_cursor = (keys.successor(row.row_key), "")  # this set is done; resume with the next one
         if next_cursor is not None:
             break
     if page.page == 0 and not seen_any and next_cursor is None:

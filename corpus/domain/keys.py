@@ -119,6 +119,13 @@ def after(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
+def successor(key: str) -> str:
+    """The least key above ``key`` among keys built here: every character of an escaped or composed
+    key is above the space, so ``key + " "`` sorts right after ``key`` and before any extension of it
+    (a space is legal in Table keys and in filters, unlike a control character)."""
+    return key + " "
+
+
 def tag_index_prefix(tag: str, set_prefix: str = "") -> str:
     """Start of one tag's index range, optionally narrowed to sets whose row key starts with
     ``set_prefix`` (``o!`` originals, ``t!<name>!`` or ``t!<name>!<tversion>!`` transformed).

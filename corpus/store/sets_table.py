@@ -170,7 +170,7 @@ class SetsTable:
         size = FIRST_PAGE
         while True:
             for tag in wanted:
-                start = found[tag][-1] + "\x00" if found[tag] else ""
+                start = keys.successor(found[tag][-1]) if found[tag] else ""
                 page = list(islice(self.index_keys(domain, tag, set_prefix, start, size), size))  # one request
                 found[tag] += page
                 if len(page) < size:
@@ -212,7 +212,7 @@ class SetsTable:
             params["pk"] = domain
         lo, hi = (prefix, keys.after(prefix)) if prefix else ("", keys.SETS_UPPER)
         if start_after and domain:
-            lo = max(lo, start_after + "\x00")
+            lo = max(lo, keys.successor(start_after))
         if lo:
             clauses.append("RowKey ge @lo")
             params["lo"] = lo
