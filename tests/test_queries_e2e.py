@@ -77,6 +77,10 @@ def test_sets_pages_with_a_continuation_token(env, clients, app_dir, tmp_path):
     assert seen == [f"flock/s{i:02d}" for i in range(7)]
     text = run_cli(env, tmp_path, "sets", "--domain", "birds", "--limit", "2")
     assert "--continuation" in text.stdout and text.stdout.count("flock/") == 2
+    bad = run_cli(env, tmp_path, "sets", "--domain", "No Such Domain!")
+    assert bad.returncode == 1 and "invalid domain" in bad.stderr
+    bad = run_cli(env, tmp_path, "sets", "--domain", "birds", "--continuation", "garbage")
+    assert bad.returncode == 1 and "not a token" in bad.stderr
 
 
 def test_index_is_consistent_at_a_sigkill_and_after_the_restart(env, clients, tmp_path):
