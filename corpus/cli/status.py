@@ -93,14 +93,6 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def set_rows(
-    settings: Settings, domain: str | None = None, tags: tuple[str, ...] = (), transform: str | None = None
-) -> list[dict[str, Any]]:
-    catalog = Catalog(Clients(settings.connection, FAIL_FAST))
-    rows = catalog.sets.list(domain=domain, tags=tags, transform=transform, originals_only=transform is None)
-    return [set_row(r) for r in rows]
-
-
 def set_header() -> str:
     return f"{'DOMAIN':<16} {'PATH':<32} {'VERSION':<10} {'IMAGES':>7} {'BYTES':>12}  TAGS"
 
@@ -108,9 +100,3 @@ def set_header() -> str:
 def render_set_line(r: dict[str, Any]) -> str:
     label = r["path"] + (f" [{r['transform']}]" if r["transform"] else "")
     return f"{r['domain']:<16} {label:<32} {r['version']:<10} {r['images']:>7} {r['bytes']:>12}  {','.join(r['tags'])}"
-
-
-def render_sets(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no image sets match"
-    return "\n".join([set_header(), *(render_set_line(r) for r in rows)])
