@@ -14,8 +14,8 @@ from corpus.app import ingest
 from corpus.app.failures import run_blob_job, run_queue_job
 from corpus.app.reconcile import reconcile
 from corpus.app.runtime import check_config, get_runtime
-from corpus.app.transform_jobs import on_transform_job, on_transform_request
-from corpus.domain.messages import CopyRequest, TransformJob, TransformRequest
+from corpus.app.transform_jobs import on_transform_job, on_transform_message
+from corpus.domain.messages import CopyRequest, TransformJob
 from corpus.store.settings import CONNECTION
 
 check_config()  # a bad setting, tag extractor or host.json stops start-up here, with one line
@@ -55,9 +55,9 @@ def copy_to_original(msg: func.QueueMessage) -> None:
 @app.function_name("transform_request")
 @app.queue_trigger(arg_name="msg", queue_name="%CORPUS_TRANSFORM_QUEUE%", connection=CONNECTION)
 def transform_request(msg: func.QueueMessage) -> None:
-    """A user asked for a transform: validate it, register it, fan out one job per source image."""
+    """A user asked for a transform (validate, register, fan out page 0), or a fan-out continues (one more page)."""
     rt = get_runtime()
-    run_queue_job(rt, rt.settings.transform_queue, msg, lambda body: on_transform_request(rt, TransformRequest.parse(body)))
+    run_queue_job(rt, rt.settings.transform_queue, msg, lambda body: on_transform_message(rt, body, msg.id))
 
 
 @app.function_name("transform_job")

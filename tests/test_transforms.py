@@ -161,7 +161,8 @@ def test_gif_and_tiff_sources_become_png():
 def test_pixel_cap_applies_to_sources_and_outputs():
     with pytest.raises(ImageError, match="above the cap"):
         render(gradient((400, 300)), "thumbnail", {"size": 10}, max_pixels=1000)
-    with pytest.raises(ImageError, match="exceeds the pixel cap"):
+    # Refused before the step runs (issue 13 finding 3), no longer after the whole transform.
+    with pytest.raises(ImageError, match=r"step 0 \(resize\) would output 1000x1000 .* above the pixel cap 5000; not run"):
         render(gradient((40, 30)), "resize", {"width": 1000, "height": 1000, "fit": "stretch"}, max_pixels=5000)
 
 

@@ -55,7 +55,7 @@ def test_hand_written_plain_json_request_produces_the_transformed_set(env, clien
 
     got = blobs(clients, "birds", "transform/")
     assert set(got) == {f"transform/thumbnail/1/red/robin/v1/{i}.jpg" for i in range(5)} | {
-        "transform/thumbnail/1/red/robin/v1/x.png.jpg"
+        "transform/thumbnail/1/red/robin/v1/x.png.jpg.jpg"  # injective naming: x.png would get x.png.jpg
     }
     thumb = Image.open(
         io.BytesIO(

@@ -24,7 +24,7 @@ import hashlib
 import html
 from urllib.parse import urlencode
 
-from corpus.app import queries
+from corpus.app import views
 from corpus.app.renditions import PREVIEW_SOURCES
 from corpus.app.runtime import Runtime
 from corpus.app.web import HttpError, Request, Response
@@ -127,7 +127,7 @@ def domain_page(rt: Runtime, req: Request) -> Response:
     if not everything:
         raise NotFoundError(f"no image sets in domain {domain!r}")
     labels = sorted({r.transform_label for r in everything if r.transform_label})
-    shown = queries.list_sets(rt.catalog, domain=domain, tags=tags, transform=transform)
+    shown = views.list_sets(rt.catalog, domain=domain, tags=tags, transform=transform)
     options = '<option value="">originals</option>' + "".join(
         f'<option value="{e(t)}"{" selected" if t == transform else ""}>{e(t)}</option>' for t in labels
     )
@@ -178,11 +178,11 @@ def rendition_url(domain: str, blob: str, is_small: bool) -> str:
 
 def set_page(rt: Runtime, req: Request) -> Response:
     """``/gallery/{domain}/set?path=&version=&transform=``: one page of the set's images as a grid."""
-    sel = queries.SetSelector.parse(req.domain(), req.arg("path"), req.arg("version"), req.arg("transform"))
-    row = queries.get_set(rt.catalog, sel)
+    sel = views.SetSelector.parse(req.domain(), req.arg("path"), req.arg("version"), req.arg("transform"))
+    row = views.get_set(rt.catalog, sel)
     ref, domain = sel.ref, sel.ref.domain
     limit = req.limit(GRID_PAGE, MAX_GRID_PAGE)
-    images, token = queries.page_images(rt.catalog, sel, limit, req.arg("continuation"), known=row)
+    images, token = views.page_images(rt.catalog, sel, limit, req.arg("continuation"), known=row)
     thumbs: dict[str, ImageRow] = {}
     if sel.transform is None:
         thumb = _thumbnail_set(rt, ref)

@@ -145,12 +145,12 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
         check_copy_source(staging.url, blob.name)
         if len(blob.data) > s.max_blob_bytes:
             raise ImageError(f"file is {len(blob.data)} bytes, above CORPUS_MAX_BLOB_BYTES={s.max_blob_bytes}")
+        tags = tags_for(staged.set.dirs, s.tag_extractor)  # at most MAX_TAGS_PER_SET, else rejected
         info = inspect(blob.data, s.max_pixels, admit=rt.decode_budget.hold)
     except (InvalidNameError, ImageError) as exc:
         reject(rt, blob.name, etag, len(blob.data), str(exc), data=blob.data)
         return StagedOutcome.REJECTED
 
-    tags = tags_for(staged.set.dirs, s.tag_extractor)
     rt.catalog.sets.ensure(staged.set, tags, blob_prefix=staged.set.original_prefix())
     # The verdict is recorded before the request is queued: the copy acts on this row only.
     rt.catalog.validations.record(

@@ -1,126 +1,157 @@
-"""Read-only questions about the corpus, as plain data: shared by ``corpus sets`` and the HTTP API.
+"""Queries at corpus scale: sets by tag through the tag index, exact counts by tag × transform,
+and the one-off backfill of the index (``corpus reindex``).
 
-One function turns a row into what users see (:func:`set_row`, :func:`image_row`), so the CLI's
-``--json`` and ``GET /api/sets`` can't drift apart.
+Costs (requests), with ``D`` a domain, ``k`` tags, ``S`` matching sets, ``I`` their images:
+
+* :func:`find_sets` with ``--domain`` and tags: the index range of the most selective tag
+  (k × its size, :meth:`~corpus.store.sets_table.SetsTable.most_selective`) + S / 14 reads;
+  without ``--domain``: the same per domain, domains being the account's containers named like
+  one (a Table partition can't be listed; a container per domain always exists), so one list
+  request per 5,000 containers more. Nothing reads sets that don't carry the tags.
+* :func:`count`: the above, plus one counter-shard query per matching set (O(S)) for images
+  and sets; ``sources`` reads the ``Source`` column of each matching transformed image (O(I)).
+
+Counts are summed from the counter shards (:meth:`corpus.store.images_table.ImagesTable.count`),
+the same exactly-once records ingest and transform jobs write, not from the derived
+``ImageCount`` (which a crash can leave behind until the redelivery refreshes it).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from corpus.domain.errors import InvalidNameError, NotFoundError
-from corpus.domain.paths import ROOT_PATH, SetRef, validate_domain, validate_version
+from corpus.domain import transforms
+from corpus.domain.errors import InvalidNameError, TransformError
+from corpus.domain.paths import RESERVED_DOMAINS_PREFIXES, validate_domain
 from corpus.store.catalog import Catalog
-from corpus.store.rows import ImageRow, ImageSetRow, Transform, dirs_of
-from corpus.store.tables import decode_continuation
+from corpus.store.rows import ImageSetRow, TransformRow
+from corpus.store.settings import Settings
+from corpus.store.storage import Clients
 
-MAX_PAGE = 1000
-"""The Table service returns at most 1,000 entities per request: a page is one request."""
-
-
-def set_row(r: ImageSetRow) -> dict[str, Any]:
-    """One set as ``corpus sets --json`` and ``GET /api/sets`` show it."""
-    return {
-        "domain": r.domain,
-        "path": r.path,
-        "version": r.version,
-        "transform": r.transform_label or None,
-        "tags": list(r.tags),
-        "images": r.image_count,
-        "bytes": r.total_bytes,
-        "blob_path": r.blob_path,
-        "updated": r.updated_at,
-    }
+PARALLEL = 16
 
 
-def image_row(r: ImageRow) -> dict[str, Any]:
-    """One image record as ``GET /api/sets/{domain}/images`` shows it."""
-    return {
-        "file": r.file,
-        "blob": r.blob,
-        "size": r.size,
-        "md5": r.md5,
-        "content_type": r.content_type,
-        "width": r.width,
-        "height": r.height,
-        "source": r.source or None,
-        "created": r.created_at,
-    }
+def domains(clients: Clients, settings: Settings) -> list[str]:
+    """Every container that can be a domain (valid name, not staging/rejected/host-owned), sorted."""
+    found = []
+    for c in clients.blob.list_containers():
+        name = str(c.name)
+        if name in settings.reserved_containers or name.startswith(RESERVED_DOMAINS_PREFIXES):
+            continue
+        try:
+            found.append(validate_domain(name))
+        except InvalidNameError:
+            continue
+    return sorted(found)
 
 
-def sort_key(r: ImageSetRow) -> tuple[str, str, str, str]:
-    """The order ``corpus sets`` prints: domain, transform (originals first), path, version."""
-    return (r.domain, r.transform_label, r.path, r.version)
-
-
-def list_sets(
-    catalog: Catalog, domain: str | None = None, tags: tuple[str, ...] = (), transform: str | None = None
-) -> list[ImageSetRow]:
-    """Every matching set, sorted; originals only unless a transform is named (as ``corpus sets``)."""
-    return catalog.sets.list(domain=domain, tags=tags, transform=transform, originals_only=transform is None)
-
-
-def page_sets(
+def find_sets(
     catalog: Catalog,
-    limit: int,
-    continuation: str | None,
-    domain: str | None = None,
+    domain_list: list[str],
     tags: tuple[str, ...] = (),
     transform: str | None = None,
-) -> tuple[list[ImageSetRow], str | None]:
-    """One page of :func:`list_sets` (sorted within the page) and the next page's token."""
-    rows, token = catalog.sets.page(
-        limit, _token(continuation), domain=domain, tags=tags, transform=transform, originals_only=transform is None
-    )
-    return sorted(rows, key=sort_key), token
+    version: str | None = None,
+    start: tuple[str, str] | None = None,
+) -> Iterator[ImageSetRow]:
+    """Sets in (domain, row key) order, streamed; ``start`` = (domain, set row key) resumes after that set."""
+    for domain in domain_list:
+        after = ""
+        if start is not None:
+            if domain < start[0]:
+                continue
+            if domain == start[0]:
+                after = start[1]
+        yield from catalog.sets.query(
+            domain, tags, transform=transform, version=version, originals_only=transform is None, start_after=after
+        )
 
 
 @dataclass(frozen=True, slots=True)
-class SetSelector:
-    """What a request names: a set of a domain at a version, originals or transformed."""
+class Count:
+    images: int
+    sets: int
+    sources: int | None = None
 
-    ref: SetRef
-    transform: Transform | None
-
-    @classmethod
-    def parse(cls, domain: str, path: str | None, version: str | None, transform: str | None) -> SetSelector:
-        validate_domain(domain)
-        if not version:
-            raise InvalidNameError("a set is named by path and version: version is missing")
-        validate_version(version)
-        path = path or ROOT_PATH
-        dirs = dirs_of(path)
-        if any(d in ("", ".", "..") for d in dirs):
-            raise InvalidNameError(f"invalid set path {path!r}")
-        t: Transform | None = None
-        if transform:
-            name, sep, tversion = transform.partition(":")
-            if not sep or not name or not tversion:
-                raise InvalidNameError(f"transform must be NAME:VERSION, not {transform!r}")
-            t = (name, validate_version(tversion, "transform version"))
-        return cls(SetRef(domain, dirs, version), t)
+    def as_json(self) -> dict[str, int]:
+        out = {"images": self.images, "sets": self.sets}
+        if self.sources is not None:
+            out["sources"] = self.sources
+        return out
 
 
-def get_set(catalog: Catalog, sel: SetSelector) -> ImageSetRow:
-    row = catalog.sets.get(sel.ref, sel.transform)
-    if row is None:
-        label = f" transformed by {sel.transform[0]}:{sel.transform[1]}" if sel.transform else ""
-        raise NotFoundError(f"no image set {sel.ref.domain}/{sel.ref.path} at version {sel.ref.version}{label}")
-    return row
-
-
-def page_images(
-    catalog: Catalog, sel: SetSelector, limit: int, continuation: str | None, known: ImageSetRow | None = None
-) -> tuple[list[ImageRow], str | None]:
-    """One page of a set's image records (404 if the set does not exist; ``known``: already checked)."""
-    if known is None:
-        get_set(catalog, sel)
-    return catalog.images.page(sel.ref, sel.transform, limit, _token(continuation))
-
-
-def _token(text: str | None) -> dict[str, Any] | None:
+def steps_of(row: TransformRow) -> list[str]:
+    """The operations a registered transform applies: itself, or each step of a pipeline."""
+    if row.name != "pipeline":
+        return [row.name]
     try:
-        return decode_continuation(text)
-    except ValueError as exc:
-        raise InvalidNameError(str(exc)) from exc
+        args: Any = json.loads(row.args)
+        return [str(step["name"]) for step in args["steps"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+def matching_transforms(catalog: Catalog, op: str | None = None, transform: str | None = None) -> list[TransformRow]:
+    """Registered transform versions that are or contain ``op``, or that ``transform`` (``NAME[:VER]``) names."""
+    rows = catalog.transforms.list()
+    if op is not None:
+        transforms.get(op)  # TransformError for an unknown operation
+        return [r for r in rows if op in steps_of(r)]
+    if transform is not None:
+        name, _, tversion = transform.partition(":")
+        return [r for r in rows if r.name == name and (not tversion or r.version == tversion)]
+    return []
+
+
+def count(
+    catalog: Catalog,
+    domain: str,
+    tags: tuple[str, ...] = (),
+    op: str | None = None,
+    transform: str | None = None,
+) -> Count:
+    """Images and sets of the originals carrying ``tags``; with ``op``/``transform``, of the
+    transformed sets of the matching transforms whose source carries them, and the number of
+    distinct source originals with at least one such output (see the module docstring)."""
+    if op is None and transform is None:
+        sets = list(catalog.sets.query(domain, tags, originals_only=True))
+        return Count(_images(catalog, sets), len(sets))
+    if op is not None and transform is not None:
+        raise TransformError("give --op or --transform, not both")
+    sets = []
+    for row in matching_transforms(catalog, op, transform):
+        sets += catalog.sets.query(domain, tags, transform=f"{row.name}:{row.version}")
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        per_set = list(pool.map(lambda s: catalog.images.sources(s.ref, s.transform), sets))
+    sources: set[str] = set().union(*per_set) if per_set else set()
+    return Count(_images(catalog, sets), len(sets), len(sources))
+
+
+def _images(catalog: Catalog, sets: list[ImageSetRow]) -> int:
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        return sum(pool.map(lambda s: catalog.images.count(s.ref, s.transform)[0], sets))
+
+
+@dataclass
+class ReindexProgress:
+    sets: int = 0
+    rows: int = 0
+    continuation: str | None = None
+
+
+def reindex(
+    catalog: Catalog, domain: str | None = None, continuation: str | None = None, page: int = 1000
+) -> Iterator[ReindexProgress]:
+    """Write the tag-index rows of every set (idempotent merge upserts: safe to run twice, or
+    while ingest creates sets). Yields progress after each page of sets, with the continuation
+    token to resume from after an interruption (``corpus reindex --resume TOKEN``)."""
+    progress = ReindexProgress(continuation=continuation)
+    for rows, token in catalog.sets.scan_all(domain, continuation, page):
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            progress.rows += sum(pool.map(catalog.sets.write_index, rows))
+        progress.sets += len(rows)
+        progress.continuation = token
+        yield progress

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from corpus.app import queries
+from corpus.app import views
 from corpus.app.runtime import Runtime
 from corpus.domain.errors import ImageError, InvalidNameError, NotFoundError
 from corpus.domain.paths import validate_domain
@@ -123,7 +123,7 @@ def handle(rt: Runtime, req: Request, handler: Handler, error: Callable[[int, st
 
 # -- JSON API ------------------------------------------------------------------------------------
 
-SETS_PAGE = queries.MAX_PAGE
+SETS_PAGE = views.MAX_PAGE
 IMAGES_PAGE = 100
 
 
@@ -137,14 +137,14 @@ def api_sets(rt: Runtime, req: Request) -> Response:
     domain = req.arg("domain")
     if domain:
         validate_domain(domain)
-    limit = req.limit(SETS_PAGE, queries.MAX_PAGE)
-    rows, token = queries.page_sets(rt.catalog, limit, req.arg("continuation"), domain, req.args("tag"), req.arg("transform"))
-    return json_response({"sets": [queries.set_row(r) for r in rows], "continuation": token})
+    limit = req.limit(SETS_PAGE, views.MAX_PAGE)
+    rows, token = views.page_sets(rt.catalog, limit, req.arg("continuation"), domain, req.args("tag"), req.arg("transform"))
+    return json_response({"sets": [views.set_row(r) for r in rows], "continuation": token})
 
 
 def api_set_images(rt: Runtime, req: Request) -> Response:
     """``GET /api/sets/{domain}/images?path=&version=&transform=&limit=&continuation=``: image records."""
-    sel = queries.SetSelector.parse(req.domain(), req.arg("path"), req.arg("version"), req.arg("transform"))
-    limit = req.limit(IMAGES_PAGE, queries.MAX_PAGE)
-    rows, token = queries.page_images(rt.catalog, sel, limit, req.arg("continuation"))
-    return json_response({"images": [queries.image_row(r) for r in rows], "continuation": token})
+    sel = views.SetSelector.parse(req.domain(), req.arg("path"), req.arg("version"), req.arg("transform"))
+    limit = req.limit(IMAGES_PAGE, views.MAX_PAGE)
+    rows, token = views.page_images(rt.catalog, sel, limit, req.arg("continuation"))
+    return json_response({"images": [views.image_row(r) for r in rows], "continuation": token})

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from corpus.cli import queries
 from corpus.cli.common import CliError, settings_from_cwd
 from corpus.domain.display import shown
-from corpus.domain.errors import ConfigError
+from corpus.domain.errors import ConfigError, CorpusError
 from corpus.store.settings import Settings
 
 DEFAULT_HTTP_PORT = 7071
@@ -77,12 +78,10 @@ def _domain_arg(domain: str | None) -> None:
 
 
 def cmd_sets(args: argparse.Namespace) -> int:
-    from corpus.cli.status import render_sets, set_rows
+    from corpus.cli.queries import cmd_sets as stream_sets
 
     _domain_arg(args.domain)
-    rows = set_rows(_settings(), domain=args.domain, tags=tuple(args.tag or ()), transform=args.transform)
-    print(json.dumps(rows, indent=2, default=str, ensure_ascii=False) if args.json else render_sets(rows))
-    return 0
+    return stream_sets(args)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -105,7 +104,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_transform(args: argparse.Namespace) -> int:
     from corpus.domain.errors import MessageError, TransformError
     from corpus.domain.messages import SourceSelector, TransformRequest
-    from corpus.domain.transforms import canonical
+    from corpus.domain.transforms import canonical, check_request
     from corpus.store.storage import FAIL_FAST, Clients
 
     try:
@@ -123,7 +122,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     )
     try:
         req = TransformRequest.parse(req.to_json())  # the same validation the function applies
-        canonical(req.name, req.args)
+        check_request(req.name, canonical(req.name, req.args))
     except (MessageError, TransformError) as exc:
         raise CliError(str(exc)) from exc
     from corpus.app.runtime import app_root, encode_message
@@ -228,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tag", action="append", help="only sets carrying this tag (repeat: all of them)")
     q.add_argument("--transform", metavar="NAME[:VERSION]", help="transformed sets of this transform")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--limit", type=int, help="at most this many sets, then a continuation token")
+    q.add_argument("--continuation", metavar="TOKEN", help="continue a --limit listing where it stopped")
     q.set_defaults(func=cmd_sets)
 
     t = sub.add_parser("transform", help="request a transform of image sets (queues a message)")
@@ -270,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     from corpus.cli import pull
 
     pull.add_parsers(sub)
+    queries.add_parsers(sub)
     return p
 
 
@@ -291,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     except ConfigError as exc:
         return _fail(f"configuration: {exc}")
+    except CorpusError as exc:
+        return _fail(str(exc))
     except Exception as exc:
         # The SDK's errors are matched here, not imported at the top: the SDK is slow to load,
         # and `corpus upload` starts listing without it.

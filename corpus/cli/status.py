@@ -6,7 +6,6 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from corpus.app.queries import list_sets, set_row
 from corpus.domain.display import shown
 from corpus.store.catalog import Catalog
 from corpus.store.rows import REJECT_INVALID, REJECT_JUNK, FailureRow, RejectionRow
@@ -92,20 +91,11 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def set_rows(
-    settings: Settings, domain: str | None = None, tags: tuple[str, ...] = (), transform: str | None = None
-) -> list[dict[str, Any]]:
-    catalog = Catalog(Clients(settings.connection, FAIL_FAST))
-    return [set_row(r) for r in list_sets(catalog, domain=domain, tags=tags, transform=transform)]
+def set_header() -> str:
+    return f"{'DOMAIN':<16} {'PATH':<32} {'VERSION':<10} {'IMAGES':>7} {'BYTES':>12}  TAGS"
 
 
-def render_sets(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no image sets match"
-    header = f"{'DOMAIN':<16} {'PATH':<32} {'VERSION':<10} {'IMAGES':>7} {'BYTES':>12}  TAGS"
-    lines = [header]
-    for r in rows:
-        label = shown(r["path"]) + (f" [{shown(r['transform'])}]" if r["transform"] else "")
-        tags = shown(",".join(r["tags"]))
-        lines.append(f"{shown(r['domain']):<16} {label:<32} {shown(r['version']):<10} {r['images']:>7} {r['bytes']:>12}  {tags}")
-    return "\n".join(lines)
+def render_set_line(r: dict[str, Any]) -> str:
+    label = shown(r["path"]) + (f" [{shown(r['transform'])}]" if r["transform"] else "")
+    tags = shown(",".join(r["tags"]))
+    return f"{shown(r['domain']):<16} {label:<32} {shown(r['version']):<10} {r['images']:>7} {r['bytes']:>12}  {tags}"

@@ -103,3 +103,62 @@ def counter_row_key(shard: int) -> str:
 def transform_keys(name: str, tversion: str) -> tuple[str, str]:
     """(PartitionKey, RowKey) of an ImageTransforms entity."""
     return escape(name), escape(tversion)
+
+
+INDEX_PREFIX = "x" + SEPARATOR
+"""Tag-index rows share the ``ImageSets`` partition (the domain) with the sets they index:
+``x!<tag>!<set row key>``. Set rows start with ``o!`` or ``t!``, so every set row sorts below
+``x!`` and ``RowKey lt 'x!'`` selects exactly the sets of a partition."""
+
+SETS_UPPER = INDEX_PREFIX
+"""Exclusive upper bound of set row keys in an ``ImageSets`` partition."""
+
+
+def after(prefix: str) -> str:
+    """The least string above every string starting with ``prefix`` (whose last character is ``!``)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def successor(key: str) -> str:
+    """The least key above ``key`` among keys built here: every character of an escaped or composed
+    key is above the space, so ``key + " "`` sorts right after ``key`` and before any extension of it
+    (a space is legal in Table keys and in filters, unlike a control character)."""
+    return key + " "
+
+
+def tag_index_prefix(tag: str, set_prefix: str = "") -> str:
+    """Start of one tag's index range, optionally narrowed to sets whose row key starts with
+    ``set_prefix`` (``o!`` originals, ``t!<name>!`` or ``t!<name>!<tversion>!`` transformed).
+    ``tag`` must be normalised (:func:`corpus.domain.tags.normalize_tag`)."""
+    return INDEX_PREFIX + escape(tag) + SEPARATOR + set_prefix
+
+
+def tag_index_row_key(tag: str, set_key: str) -> str:
+    return tag_index_prefix(tag) + set_key
+
+
+def set_key_of_index(tag: str, index_key: str) -> str:
+    """The set row key an index row points to."""
+    return index_key[len(tag_index_prefix(tag)) :]
+
+
+ORIGINALS_PREFIX = "o" + SEPARATOR
+
+
+def transform_set_prefix(name: str = "", tversion: str = "") -> str:
+    """Row-key prefix of transformed sets: all, of one transform, or of one (name, version)."""
+    prefix = "t" + SEPARATOR
+    if name:
+        prefix += escape(name) + SEPARATOR
+        if tversion:
+            prefix += escape(tversion) + SEPARATOR
+    return prefix
+
+
+PAGE_MARKER_PREFIX = SEPARATOR + "page" + SEPARATOR
+"""Page markers live in ``ImageTransforms`` under partitions no transform name can produce
+(an escaped name never contains ``!``)."""
+
+
+def page_marker_partition(request: str) -> str:
+    return PAGE_MARKER_PREFIX + escape(request)

@@ -32,3 +32,23 @@ service data model")."""
 
 MAX_MESSAGE_BYTES = 64 * 1024
 """A queue message body ("Put Message" REST reference)."""
+
+MAX_TAGS_PER_SET = 64
+"""Tags one image set may carry: the set's entity and one tag-index row per tag are written in ONE
+entity-group transaction (:data:`MAX_TABLE_BATCH` = 100 operations), so the index can never
+disagree with the set. 64 leaves room and is far above any real folder depth."""
+
+MAX_FILTER_COMPARISONS = 15
+"""Discrete comparisons in one Table query filter ("Querying tables and entities")."""
+
+MAX_PIPELINE_STEPS = 32
+"""Steps in one ``pipeline`` transform: every step is decoded pixels in memory, one after the other."""
+
+MAX_TRANSFORM_DEFINITION_CHARS = 8 * 1024
+"""Characters of a transform's canonical JSON definition (stored whole in ``ImageTransforms.Args``,
+far below :data:`MAX_STRING_PROPERTY_CHARS`). Jobs name a transform by (name, version) only and
+read the definition from the registry, so job messages stay small whatever the definition."""
+
+DEFAULT_TRANSFORM_PAGE_SIZE = 256
+"""Jobs one transform-request invocation enqueues before handing the rest to a continuation
+message (``CORPUS_TRANSFORM_PAGE_SIZE``)."""

@@ -16,6 +16,7 @@ import binascii
 import builtins
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,7 +222,15 @@ class TransformRequest:
 
 @dataclass(frozen=True, slots=True)
 class TransformJob:
-    """One source image to transform; fanned out from a :class:`TransformRequest`."""
+    """One source image to transform; fanned out from a :class:`TransformRequest`.
+
+    Names the transform by (name, version) only: the job renders with the arguments *registered*
+    in ``ImageTransforms`` (a message can't choose them, and a long pipeline does not travel in
+    every job). Every name component is validated with ingest's rules
+    (:func:`corpus.domain.paths.parse_staged_name`): a crafted job can't write outside its set's
+    ``transform/<name>/<tversion>/<dir…>/<version>/`` slot. Schema 1 (with ``args``) is still
+    read, its ``args`` ignored.
+    """
 
     domain: str
     dirs: tuple[str, ...]
@@ -229,34 +238,134 @@ class TransformJob:
     file: str
     name: str
     tversion: str
-    args: dict[str, Any]
 
     KIND = "transform-job"
 
     def to_json(self) -> str:
         body = {
             "kind": self.KIND,
-            "v": 1,
+            "v": 2,
             "domain": self.domain,
             "dirs": list(self.dirs),
             "version": self.version,
             "file": self.file,
             "name": self.name,
             "tversion": self.tversion,
-            "args": self.args,
         }
         return json.dumps(body, ensure_ascii=False, sort_keys=True)
 
     @classmethod
     def parse(cls, body: bytes | str) -> TransformJob:
         f = Fields(decode_body(body), "transform job")
-        if f.str("kind") != cls.KIND or f.int("v") != 1:
-            raise MessageError("transform job: wrong kind or schema version")
+        if f.str("kind") != cls.KIND:
+            raise MessageError("transform job: wrong kind")
+        v = f.int("v")
+        if v not in (1, 2):
+            raise MessageError("transform job: unsupported schema version")
+        if v == 1:
+            f.any("args", dict)  # schema 1 carried the arguments; the registry's are used instead
         dirs = f.any("dirs", list)
         if not all(isinstance(d, str) and d for d in dirs):
             raise MessageError("transform job: 'dirs' must be non-empty strings")
-        job = cls(
-            f.str("domain"), tuple(dirs), f.str("version"), f.str("file"), f.str("name"), f.str("tversion"), f.any("args", dict)
-        )
+        job = cls(f.str("domain"), tuple(dirs), f.str("version"), f.str("file"), f.str("name"), f.str("tversion"))
         f.done()
+        job.validate()
         return job
+
+    def validate(self, reserved: frozenset[str] = frozenset()) -> None:
+        """Every component by ingest's rules; refuse anything that would name another slot."""
+        from corpus.domain.errors import InvalidNameError
+        from corpus.domain.paths import parse_staged_name, validate_version
+
+        try:
+            for part in (*self.dirs, self.file):
+                if "/" in part:
+                    raise InvalidNameError(f"{part!r} contains a path separator")
+            staged = parse_staged_name("/".join((self.domain, self.version, *self.dirs, self.file)), reserved=reserved)
+            if staged.set.dirs != self.dirs or staged.file != self.file:
+                raise InvalidNameError("dirs or file do not survive parsing unchanged")
+            validate_version(self.name, "transform name")
+            validate_version(self.tversion, "transform version")
+        except InvalidNameError as exc:
+            raise MessageError(f"transform job: {exc}") from exc
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+MAX_PAGES = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TransformPage:
+    """A continuation of a transform request's fan-out: page ``page`` of request ``request``,
+    starting after ``cursor`` = (source set row key, image row key), see
+    :mod:`corpus.app.transform_jobs`. Sent on the transform-requests queue."""
+
+    request: str
+    page: int
+    domain: str
+    source: SourceSelector
+    name: str
+    tversion: str
+    cursor: tuple[str, str]
+
+    KIND = "transform-page"
+
+    def to_json(self) -> str:
+        source: dict[str, Any] = {"tags": list(self.source.tags)}
+        if self.source.path is not None:
+            source["path"] = self.source.path
+        if self.source.version is not None:
+            source["version"] = self.source.version
+        body = {
+            "kind": self.KIND,
+            "v": 1,
+            "request": self.request,
+            "page": self.page,
+            "domain": self.domain,
+            "source": source,
+            "name": self.name,
+            "tversion": self.tversion,
+            "cursor": list(self.cursor),
+        }
+        return json.dumps(body, ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def parse(cls, body: bytes | str) -> TransformPage:
+        from corpus.domain.errors import InvalidNameError
+        from corpus.domain.paths import validate_domain, validate_version
+
+        f = Fields(decode_body(body), "transform page")
+        if f.str("kind") != cls.KIND or f.int("v") != 1:
+            raise MessageError("transform page: wrong kind or schema version")
+        request, page = f.str("request"), f.int("page")
+        domain, name, tversion = f.str("domain"), f.str("name"), f.str("tversion")
+        cursor = f.any("cursor", list)
+        src = Fields(f.any("source", dict), "transform page 'source'")
+        f.done()
+        path = src.str("path", required=False)
+        version = src.str("version", required=False)
+        tags = src.any("tags", list)
+        src.done()
+        if not _REQUEST_ID.match(request) or not 0 < page < MAX_PAGES:
+            raise MessageError("transform page: bad request id or page number")
+        if len(cursor) != 2 or not all(isinstance(c, str) and len(c) <= 1024 for c in cursor):
+            raise MessageError("transform page: 'cursor' must be two row keys")
+        if not all(isinstance(t, str) and t.strip() for t in tags) or (path is None) == (not tags):
+            raise MessageError("transform page: 'source' needs exactly one of 'path' or 'tags'")
+        try:
+            validate_domain(domain)
+            validate_version(name, "transform name")
+            validate_version(tversion, "transform version")
+            if version is not None:
+                validate_version(version)
+        except InvalidNameError as exc:
+            raise MessageError(f"transform page: {exc}") from exc
+        return cls(request, page, domain, SourceSelector(path, version, tuple(tags)), name, tversion, (cursor[0], cursor[1]))
+
+
+def is_transform_page(body: bytes | str) -> bool:
+    """True for a continuation message (:class:`TransformPage`) on the transform-requests queue."""
+    try:
+        return decode_body(body).get("kind") == TransformPage.KIND
+    except MessageError:
+        return False

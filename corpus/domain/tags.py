@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import cast
 
-from corpus.domain.errors import ConfigError
+from corpus.domain.errors import ConfigError, InvalidNameError
+from corpus.domain.limits import MAX_TAGS_PER_SET
 
 TagExtractor = Callable[[Sequence[str]], Iterable[str]]
 
@@ -57,7 +58,19 @@ def load_extractor(spec: str) -> TagExtractor:
 
 
 def tags_for(dirs: Sequence[str], spec: str = DEFAULT_EXTRACTOR) -> list[str]:
-    return normalize(load_extractor(spec)(dirs))
+    """The set's normalised tags; more than :data:`MAX_TAGS_PER_SET` is refused
+    (:class:`InvalidNameError`: ingest rejects the file with this reason)."""
+    return check_tag_count(normalize(load_extractor(spec)(dirs)))
+
+
+def check_tag_count(tags: list[str]) -> list[str]:
+    """A set and its tag-index rows are written in one transaction of at most 100 operations."""
+    if len(tags) > MAX_TAGS_PER_SET:
+        raise InvalidNameError(
+            f"the folder path gives {len(tags)} tags; a set may carry at most {MAX_TAGS_PER_SET} "
+            "(its tag index is written in one table transaction)"
+        )
+    return tags
 
 
 def matches(set_tags: Iterable[str], wanted: Iterable[str]) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from corpus.domain.errors import ImageError, TransformError
 from corpus.domain.images import open_capped
-from corpus.domain.limits import DEFAULT_MAX_PIXELS
+from corpus.domain.limits import DEFAULT_MAX_PIXELS, MAX_PIPELINE_STEPS, MAX_TRANSFORM_DEFINITION_CHARS
 from corpus.domain.media import CONTENT_TYPES, EXTENSIONS
 
 OUTPUT_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -60,12 +61,20 @@ class Arg:
         return value
 
 
+Size = tuple[int, int]
+
+
 @dataclass(frozen=True)
 class Transform:
+    """A registered transform. ``size`` estimates the output size from the input size and the
+    arguments *before* the transform runs (an upper bound), so no step ever allocates beyond
+    the pixel cap; a transform registered without one is assumed not to grow the image."""
+
     name: str
     func: Callable[..., Image.Image]
     args: tuple[Arg, ...]
     check: Callable[[dict[str, Any]], None] | None = None
+    size: Callable[..., Size] | None = None
 
     def canonical_args(self, raw: Any) -> dict[str, Any]:
         where = f"transform {self.name!r}"
@@ -95,9 +104,14 @@ class Transform:
 REGISTRY: dict[str, Transform] = {}
 
 
-def register(name: str, *args: Arg, check: Callable[[dict[str, Any]], None] | None = None) -> Callable[..., Any]:
+def register(
+    name: str,
+    *args: Arg,
+    check: Callable[[dict[str, Any]], None] | None = None,
+    size: Callable[..., Size] | None = None,
+) -> Callable[..., Any]:
     def wrap(func: Callable[..., Image.Image]) -> Callable[..., Image.Image]:
-        REGISTRY[name] = Transform(name, func, args, check)
+        REGISTRY[name] = Transform(name, func, args, check, size)
         return func
 
     return wrap
@@ -118,6 +132,36 @@ def canonical_json(name: str, args: dict[str, Any]) -> str:
     return json.dumps({"name": name, "args": args}, sort_keys=True, separators=(",", ":"))
 
 
+def args_json(args: dict[str, Any]) -> str:
+    """The canonical arguments as stored in ``ImageTransforms.Args``."""
+    return json.dumps(args, sort_keys=True, separators=(",", ":"))
+
+
+def check_request(name: str, args: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse at request time what could never run or would be unreasonably large: a definition
+    above :data:`MAX_TRANSFORM_DEFINITION_CHARS`, a step whose output exceeds the pixel cap
+    whatever the source (``resize`` to a fixed size above it). Steps whose output depends on the
+    source are checked per image, before each step runs (:func:`render`)."""
+    size = len(args_json(args))
+    if size > MAX_TRANSFORM_DEFINITION_CHARS:
+        raise TransformError(
+            f"transform {name!r}: definition is {size} characters; at most {MAX_TRANSFORM_DEFINITION_CHARS} are allowed"
+        )
+    for i, step in enumerate(steps_of(name, args)):
+        if step["name"] == "resize" and step["args"]["fit"] in ("stretch", "cover"):
+            w, h = step["args"]["width"], step["args"]["height"]
+            if w * h > max_pixels:
+                raise TransformError(
+                    f"transform {name!r}: step {i} ({step['name']}) outputs {w}x{h} = {w * h} pixels, above the cap {max_pixels}"
+                )
+
+
+def estimate(name: str, args: dict[str, Any], size: Size) -> Size:
+    """Upper bound of one step's output size for an input of ``size`` (see :class:`Transform`)."""
+    t = REGISTRY[name]
+    return t.size(size[0], size[1], **args) if t.size else size
+
+
 # -- the built-ins ------------------------------------------------------------------------------
 
 
@@ -132,7 +176,22 @@ def _rgb_like(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-@register("thumbnail", Arg("size", int, required=True, low=1, high=MAX_OUTPUT_SIDE))
+def _fit(w: int, h: int, bw: int, bh: int, enlarge: bool) -> Size:
+    scale = min(bw / w, bh / h)
+    if not enlarge:
+        scale = min(scale, 1.0)
+    return min(max(1, math.ceil(w * scale)), max(bw, w)), min(max(1, math.ceil(h * scale)), max(bh, h))
+
+
+def _thumbnail_size(w: int, h: int, size: int) -> Size:
+    return _fit(w, h, size, size, enlarge=False)
+
+
+def _resize_size(w: int, h: int, width: int, height: int, fit: str) -> Size:
+    return (width, height) if fit in ("stretch", "cover") else _fit(w, h, width, height, enlarge=True)
+
+
+@register("thumbnail", Arg("size", int, required=True, low=1, high=MAX_OUTPUT_SIDE), size=_thumbnail_size)
 def thumbnail(img: Image.Image, size: int) -> Image.Image:
     """Fit within ``size`` x ``size``, keeping the aspect ratio; never enlarges."""
     out = img.copy()
@@ -145,6 +204,7 @@ def thumbnail(img: Image.Image, size: int) -> Image.Image:
     Arg("width", int, required=True, low=1, high=MAX_OUTPUT_SIDE),
     Arg("height", int, required=True, low=1, high=MAX_OUTPUT_SIDE),
     Arg("fit", str, default="contain", choices=("contain", "cover", "stretch")),
+    size=_resize_size,
 )
 def resize(img: Image.Image, width: int, height: int, fit: str) -> Image.Image:
     """``contain``: fit inside, aspect kept; ``cover``: fill and centre-crop; ``stretch``: exact size."""
@@ -178,7 +238,11 @@ def _crop_check(args: dict[str, Any]) -> None:
         _parse_aspect(args["aspect"])
 
 
-@register("crop", Arg("box", list), Arg("aspect", str), check=_crop_check)
+def _crop_size(w: int, h: int, box: list[int] | None = None, aspect: str | None = None) -> Size:
+    return (box[2] - box[0], box[3] - box[1]) if box is not None else (w, h)
+
+
+@register("crop", Arg("box", list), Arg("aspect", str), check=_crop_check, size=_crop_size)
 def crop(img: Image.Image, box: list[int] | None = None, aspect: str | None = None) -> Image.Image:
     """A pixel box, or the largest centred crop with the given aspect ratio."""
     if box is not None:
@@ -200,7 +264,17 @@ def grayscale(img: Image.Image) -> Image.Image:
     return img.convert("LA" if img.mode in ("RGBA", "LA") else "L")
 
 
-@register("rotate", Arg("degrees", float, required=True, low=-360, high=360))
+def _rotate_size(w: int, h: int, degrees: float) -> Size:
+    if degrees % 180 == 0:
+        return w, h
+    if degrees % 90 == 0:
+        return h, w
+    rad = math.radians(degrees)
+    c, s = abs(math.cos(rad)), abs(math.sin(rad))
+    return math.ceil(w * c + h * s) + 2, math.ceil(w * s + h * c) + 2
+
+
+@register("rotate", Arg("degrees", float, required=True, low=-360, high=360), size=_rotate_size)
 def rotate(img: Image.Image, degrees: float) -> Image.Image:
     """Counter-clockwise; the canvas grows to hold the result. Multiples of 90 are lossless."""
     if degrees % 90 == 0:
@@ -238,6 +312,8 @@ def _pipeline_check(args: dict[str, Any]) -> None:
     steps = args["steps"]
     if not steps:
         raise TransformError("transform 'pipeline': steps must not be empty")
+    if len(steps) > MAX_PIPELINE_STEPS:
+        raise TransformError(f"transform 'pipeline': {len(steps)} steps; at most {MAX_PIPELINE_STEPS} are allowed")
     canon = []
     for i, step in enumerate(steps):
         if not isinstance(step, dict) or set(step) - {"name", "args"} or "name" not in step:
@@ -272,13 +348,14 @@ class Output:
     extension: str = field(default="")
 
 
-def _steps(name: str, args: dict[str, Any]) -> list[dict[str, Any]]:
-    return args["steps"] if name == "pipeline" else [{"name": name, "args": args}]
+def steps_of(name: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """A transform as its steps: a pipeline's steps, or itself as the one step."""
+    return list(args["steps"]) if name == "pipeline" else [{"name": name, "args": args}]
 
 
 def _output_choice(name: str, args: dict[str, Any], source_format: str) -> tuple[str, int | None]:
     fmt, quality = None, None
-    for step in _steps(name, args):
+    for step in steps_of(name, args):
         if step["name"] == "format":
             fmt, quality = OUTPUT_FORMATS[step["args"]["format"]], step["args"].get("quality")
     if fmt is None:
@@ -290,7 +367,7 @@ def _output_choice(name: str, args: dict[str, Any], source_format: str) -> tuple
 
 def _draft_size(name: str, args: dict[str, Any]) -> int | None:
     """For a thumbnail as the first step, the size JPEG may be decoded at (DCT scaling)."""
-    first = _steps(name, args)[0]
+    first = steps_of(name, args)[0]
     return first["args"]["size"] if first["name"] == "thumbnail" else None
 
 
@@ -313,7 +390,14 @@ def render(data: bytes, name: str, args: dict[str, Any], max_pixels: int = DEFAU
             img = _cmyk_to_rgb(img, icc)
             icc = None
         img = _rgb_like(img)
-        img = _apply_one(img, name, args)
+        for i, step in enumerate(steps_of(name, args)):
+            w, h = estimate(step["name"], step["args"], img.size)
+            if w * h > max_pixels:
+                raise ImageError(
+                    f"step {i} ({step['name']}) would output {w}x{h} from {img.size[0]}x{img.size[1]}, "
+                    f"above the pixel cap {max_pixels}; not run"
+                )
+            img = _apply_one(img, step["name"], step["args"])
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError) as exc:
@@ -357,10 +441,43 @@ def _encode(img: Image.Image, fmt: str, quality: int | None, icc: bytes | None) 
     return Output(out.getvalue(), fmt, img.size[0], img.size[1], CONTENT_TYPES[fmt], EXTENSIONS[fmt])
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".mpo")
+"""Extensions that mark a name as already naming an image (fixed: :func:`output_name` depends on it)."""
+
+_SAME = {".jpg": (".jpg", ".jpeg"), ".png": (".png",), ".webp": (".webp",)}
+
+
 def output_name(file: str, extension: str) -> str:
-    """The transformed file's name: unchanged when its extension already fits the output format,
-    else the new extension appended (``a.png`` → ``a.png.jpg``), so ``a.png`` and ``a.jpg`` can
-    never land on the same transformed name."""
+    """The transformed file's name for an output encoded as ``extension``: injective per extension.
+
+    1. ``file`` already ends with an extension of the output format, and what precedes it neither
+       ends with an image extension nor with ``~``: unchanged (``a.jpg`` → ``a.jpg``);
+    2. else, ``file`` ends with an image extension: the new one appended (``a.png`` → ``a.png.jpg``,
+       and ``a.png.jpg`` → ``a.png.jpg.jpg``, so the two never meet);
+    3. else (no image extension): ``~`` and the extension appended (``a`` → ``a~.jpg``).
+
+    The three cases produce disjoint sets of names: before the final extension, (1)'s stem has no
+    image extension and no trailing ``~``, (2)'s stem ends with an image extension, (3)'s with
+    ``~``; and each case is injective. Names unique under the earlier rule stay as they were,
+    except files without an image extension (case 3) and names of the form ``x.png.jpg``.
+    """
     lowered = file.lower()
-    same = {".jpg": (".jpg", ".jpeg"), ".png": (".png",), ".webp": (".webp",)}[extension]
-    return file if lowered.endswith(same) else file + extension
+    for ext in _SAME[extension]:
+        if lowered.endswith(ext):
+            stem = lowered[: -len(ext)]
+            if not stem.endswith(IMAGE_EXTENSIONS) and not stem.endswith("~"):
+                return file
+            break
+    if lowered.endswith(IMAGE_EXTENSIONS):
+        return file + extension
+    return file + "~" + extension
+
+
+def output_extension(name: str, args: dict[str, Any], content_type: str) -> str:
+    """The extension of the output for a source recorded with ``content_type`` (as :func:`render`
+    chooses it), so a job can name its output before decoding anything."""
+    fmt, _ = _output_choice(name, args, _FORMAT_OF_TYPE.get(content_type, "PNG"))
+    return EXTENSIONS[fmt]
+
+
+_FORMAT_OF_TYPE = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}

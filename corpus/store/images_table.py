@@ -31,6 +31,9 @@ from corpus.store.tables import MAX_ATTEMPTS, backoff, first_page, if_unchanged
 
 SHARDS = 16
 
+IMAGES_FROM = keys.after(keys.SEPARATOR)
+"""Counter rows (``!count!NN``) sort below every escaped file name; image rows are ``>= '"'``."""
+
 
 class ImagesTable:
     def __init__(self, table: TableClient) -> None:
@@ -161,3 +164,29 @@ class ImagesTable:
             if row.source in wanted:
                 out[row.source] = row
         return out
+
+    def sources(self, ref: SetRef, transform: Transform | None = None) -> set[str]:
+        """The ``Source`` of every image record of a set (one column read; counters excluded)."""
+        pk = keys.image_partition_key(ref, transform)
+        rows = self.table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo", parameters={"pk": pk, "lo": IMAGES_FROM}, select=["RowKey", "Source"]
+        )
+        found = set()
+        for entity in rows:
+            if not str(entity["RowKey"]).startswith(keys.COUNTER_PREFIX):
+                found.add(str(entity.get("Source") or ""))
+        return found
+
+    def iter_after(self, ref: SetRef, after: str = "", page: int = 1000) -> Iterator[tuple[str, ImageRow]]:
+        """(row key, record) of a set's images with row keys above ``after``, in key order, read
+        ``page`` rows per request (a fan-out page reads no more than it needs)."""
+        pk = keys.image_partition_key(ref)
+        rows = self.table.query_entities(
+            "PartitionKey eq @pk and RowKey gt @lo",
+            parameters={"pk": pk, "lo": max(after, IMAGES_FROM)},
+            results_per_page=page,
+        )
+        for entity in rows:
+            rk = str(entity["RowKey"])
+            if not rk.startswith(keys.COUNTER_PREFIX):
+                yield rk, ImageRow.from_entity(entity)

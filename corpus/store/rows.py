@@ -199,6 +199,52 @@ class ImageSetRow:
         return as_int(entity.get("ImageCount")), as_int(entity.get("TotalBytes"))
 
 
+@dataclass(frozen=True, slots=True)
+class TagIndexRow:
+    """A tag-index entity in ``ImageSets``: ``x!<tag>!<set row key>`` in the set's own partition.
+
+    Written in the same entity-group transaction as the set it points to (see
+    :meth:`corpus.store.sets_table.SetsTable.ensure`); its content is a function of the set's
+    identity, so it never needs updating.
+    """
+
+    domain: str
+    tag: str
+    set_key: str
+
+    def to_entity(self) -> Entity:
+        return {
+            "PartitionKey": self.domain,
+            "RowKey": keys.tag_index_row_key(self.tag, self.set_key),
+            "Tag": self.tag,
+            "SetRowKey": self.set_key,
+        }
+
+
+def is_set_entity(entity: Mapping[str, Any]) -> bool:
+    """True for a set's entity, false for the tag-index rows beside it in ``ImageSets``."""
+    return str(entity.get("RowKey", "")) < keys.SETS_UPPER
+
+
+@dataclass(frozen=True, slots=True)
+class PageMarkerRow:
+    """A transform fan-out page that has been enqueued (``ImageTransforms``, partition
+    ``!page!<request id>``, row ``<page index>``); insert-only, see :mod:`corpus.app.transform_jobs`."""
+
+    request: str
+    page: int
+    jobs: int = 0
+    at: datetime | None = None
+
+    def to_entity(self) -> Entity:
+        return {
+            "PartitionKey": keys.page_marker_partition(self.request),
+            "RowKey": f"{self.page:09d}",
+            "Jobs": int64(self.jobs),
+            "At": self.at or now(),
+        }
+
+
 def parse_tags(raw: Any) -> list[str]:
     """The ``Tags`` column: a JSON list of strings; anything else reads as no tags."""
     if not raw:

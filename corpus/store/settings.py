@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corpus.domain.errors import ConfigError
-from corpus.domain.limits import DEFAULT_DECODE_BUDGET_BYTES, DEFAULT_MAX_BLOB_BYTES, DEFAULT_MAX_PIXELS
+from corpus.domain.limits import (
+    DEFAULT_DECODE_BUDGET_BYTES,
+    DEFAULT_MAX_BLOB_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_TRANSFORM_PAGE_SIZE,
+)
 from corpus.domain.tags import DEFAULT_EXTRACTOR
 
 CONNECTION = "CorpusStorage"
@@ -72,6 +77,7 @@ DECODE_BUDGET_BYTES = "CORPUS_DECODE_BUDGET_BYTES"
 TRAINSETS_CONTAINER = "CORPUS_TRAINSETS_CONTAINER"
 EXPORTS_CONTAINER = "CORPUS_EXPORTS_CONTAINER"
 EXPORT_QUEUE = "CORPUS_EXPORT_QUEUE"
+TRANSFORM_PAGE_SIZE = "CORPUS_TRANSFORM_PAGE_SIZE"
 
 DEFAULTS: dict[str, str] = {
     STAGING_CONTAINER: "staging",
@@ -90,6 +96,7 @@ DEFAULTS: dict[str, str] = {
     TRAINSETS_CONTAINER: "trainsets",
     EXPORTS_CONTAINER: "exports",
     EXPORT_QUEUE: "export-requests",
+    TRANSFORM_PAGE_SIZE: str(DEFAULT_TRANSFORM_PAGE_SIZE),
 }
 
 
@@ -167,6 +174,7 @@ class Settings:
     trainsets_container: str = DEFAULTS[TRAINSETS_CONTAINER]
     exports_container: str = DEFAULTS[EXPORTS_CONTAINER]
     export_queue: str = DEFAULTS[EXPORT_QUEUE]
+    transform_page_size: int = DEFAULT_TRANSFORM_PAGE_SIZE
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -179,11 +187,21 @@ class Settings:
             decode_budget_bytes = int(v[DECODE_BUDGET_BYTES])
             grace = float(v[RECONCILE_GRACE_SECONDS])
             max_redrive = int(v[RECONCILE_MAX_BLOBS])
+            page_size = int(v[TRANSFORM_PAGE_SIZE])
         except ValueError as exc:
-            names = ", ".join((MAX_PIXELS, MAX_BLOB_BYTES, DECODE_BUDGET_BYTES, RECONCILE_GRACE_SECONDS, RECONCILE_MAX_BLOBS))
-            raise ConfigError(f"{names} must be numbers") from exc
+            names = (
+                MAX_PIXELS,
+                MAX_BLOB_BYTES,
+                DECODE_BUDGET_BYTES,
+                RECONCILE_GRACE_SECONDS,
+                RECONCILE_MAX_BLOBS,
+                TRANSFORM_PAGE_SIZE,
+            )
+            raise ConfigError(f"{', '.join(names)} must be numbers") from exc
         if min(max_pixels, max_blob_bytes, decode_budget_bytes) <= 0:
             raise ConfigError(f"{MAX_PIXELS}, {MAX_BLOB_BYTES} and {DECODE_BUDGET_BYTES} must be positive")
+        if not 1 <= page_size <= 5000:
+            raise ConfigError(f"{TRANSFORM_PAGE_SIZE} must be between 1 and 5000, got {page_size}")
         return cls(
             connection=Connection.from_env(env),
             staging_container=v[STAGING_CONTAINER],
@@ -201,6 +219,7 @@ class Settings:
             trainsets_container=v[TRAINSETS_CONTAINER],
             exports_container=v[EXPORTS_CONTAINER],
             export_queue=v[EXPORT_QUEUE],
+            transform_page_size=page_size,
             values={**env, **v},
         )
 

@@ -7,12 +7,44 @@ from azure.data.tables import TableClient
 
 from corpus.domain import keys
 from corpus.domain.errors import TransformConflictError
-from corpus.store.rows import TransformRow
+from corpus.store.rows import PageMarkerRow, TransformRow
 
 
 class TransformsTable:
+    """Also holds the fan-out page markers (partitions ``!page!<request>``, which no escaped
+    transform name can equal; :meth:`list` skips them)."""
+
     def __init__(self, table: TableClient) -> None:
         self.table = table
+        self._cache: dict[tuple[str, str], TransformRow] = {}
+
+    def registered(self, name: str, tversion: str) -> TransformRow | None:
+        """:meth:`get`, cached once found: a registered transform version never changes."""
+        row = self._cache.get((name, tversion))
+        if row is None:
+            row = self.get(name, tversion)
+            if row is not None:
+                self._cache[(name, tversion)] = row
+        return row
+
+    def page_done(self, request: str, page: int) -> bool:
+        try:
+            self.table.get_entity(*self._marker_keys(request, page), select=["RowKey"])
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def mark_page(self, request: str, page: int, jobs: int) -> None:
+        """Insert-only: a second marker for the same page (a concurrent duplicate) is left alone."""
+        try:
+            self.table.create_entity(PageMarkerRow(request, page, jobs).to_entity())
+        except ResourceExistsError:
+            pass
+
+    @staticmethod
+    def _marker_keys(request: str, page: int) -> tuple[str, str]:
+        e = PageMarkerRow(request, page).to_entity()
+        return str(e["PartitionKey"]), str(e["RowKey"])
 
     def register(self, name: str, tversion: str, canonical_args: str) -> tuple[str, str]:
         """Record (name, version) with its canonical arguments, once; refuse different arguments.
@@ -38,4 +70,7 @@ class TransformsTable:
             return None
 
     def list(self) -> list[TransformRow]:
-        return sorted((TransformRow.from_entity(e) for e in self.table.list_entities()), key=lambda r: (r.name, r.version))
+        """Every registered transform version (page markers, partitions ``!page!…``, excluded)."""
+        rows = self.table.query_entities("PartitionKey ge @lo", parameters={"lo": keys.after(keys.SEPARATOR)})
+        found = (TransformRow.from_entity(e) for e in rows)
+        return sorted(found, key=lambda r: (r.name, r.version))

@@ -1,0 +1,126 @@
+"""Read-only views of the corpus as plain data, shared by `corpus sets`, the HTTP API and the gallery.
+
+One function turns a row into what users see (:func:`set_row`, :func:`image_row`), so the CLI's
+``--json`` and ``GET /api/sets`` can't drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from corpus.domain.errors import InvalidNameError, NotFoundError
+from corpus.domain.paths import ROOT_PATH, SetRef, validate_domain, validate_version
+from corpus.store.catalog import Catalog
+from corpus.store.rows import ImageRow, ImageSetRow, Transform, dirs_of
+from corpus.store.tables import decode_continuation
+
+MAX_PAGE = 1000
+"""The Table service returns at most 1,000 entities per request: a page is one request."""
+
+
+def set_row(r: ImageSetRow) -> dict[str, Any]:
+    """One set as ``corpus sets --json`` and ``GET /api/sets`` show it."""
+    return {
+        "domain": r.domain,
+        "path": r.path,
+        "version": r.version,
+        "transform": r.transform_label or None,
+        "tags": list(r.tags),
+        "images": r.image_count,
+        "bytes": r.total_bytes,
+        "blob_path": r.blob_path,
+        "updated": r.updated_at,
+    }
+
+
+def image_row(r: ImageRow) -> dict[str, Any]:
+    """One image record as ``GET /api/sets/{domain}/images`` shows it."""
+    return {
+        "file": r.file,
+        "blob": r.blob,
+        "size": r.size,
+        "md5": r.md5,
+        "content_type": r.content_type,
+        "width": r.width,
+        "height": r.height,
+        "source": r.source or None,
+        "created": r.created_at,
+    }
+
+
+def sort_key(r: ImageSetRow) -> tuple[str, str, str, str]:
+    """The order ``corpus sets`` prints: domain, transform (originals first), path, version."""
+    return (r.domain, r.transform_label, r.path, r.version)
+
+
+def list_sets(
+    catalog: Catalog, domain: str | None = None, tags: tuple[str, ...] = (), transform: str | None = None
+) -> list[ImageSetRow]:
+    """Every matching set, sorted; originals only unless a transform is named (as ``corpus sets``)."""
+    return catalog.sets.list(domain=domain, tags=tags, transform=transform, originals_only=transform is None)
+
+
+def page_sets(
+    catalog: Catalog,
+    limit: int,
+    continuation: str | None,
+    domain: str | None = None,
+    tags: tuple[str, ...] = (),
+    transform: str | None = None,
+) -> tuple[list[ImageSetRow], str | None]:
+    """One page of :func:`list_sets` (sorted within the page) and the next page's token."""
+    rows, token = catalog.sets.page(
+        limit, _token(continuation), domain=domain, tags=tags, transform=transform, originals_only=transform is None
+    )
+    return sorted(rows, key=sort_key), token
+
+
+@dataclass(frozen=True, slots=True)
+class SetSelector:
+    """What a request names: a set of a domain at a version, originals or transformed."""
+
+    ref: SetRef
+    transform: Transform | None
+
+    @classmethod
+    def parse(cls, domain: str, path: str | None, version: str | None, transform: str | None) -> SetSelector:
+        validate_domain(domain)
+        if not version:
+            raise InvalidNameError("a set is named by path and version: version is missing")
+        validate_version(version)
+        path = path or ROOT_PATH
+        dirs = dirs_of(path)
+        if any(d in ("", ".", "..") for d in dirs):
+            raise InvalidNameError(f"invalid set path {path!r}")
+        t: Transform | None = None
+        if transform:
+            name, sep, tversion = transform.partition(":")
+            if not sep or not name or not tversion:
+                raise InvalidNameError(f"transform must be NAME:VERSION, not {transform!r}")
+            t = (name, validate_version(tversion, "transform version"))
+        return cls(SetRef(domain, dirs, version), t)
+
+
+def get_set(catalog: Catalog, sel: SetSelector) -> ImageSetRow:
+    row = catalog.sets.get(sel.ref, sel.transform)
+    if row is None:
+        label = f" transformed by {sel.transform[0]}:{sel.transform[1]}" if sel.transform else ""
+        raise NotFoundError(f"no image set {sel.ref.domain}/{sel.ref.path} at version {sel.ref.version}{label}")
+    return row
+
+
+def page_images(
+    catalog: Catalog, sel: SetSelector, limit: int, continuation: str | None, known: ImageSetRow | None = None
+) -> tuple[list[ImageRow], str | None]:
+    """One page of a set's image records (404 if the set does not exist; ``known``: already checked)."""
+    if known is None:
+        get_set(catalog, sel)
+    return catalog.images.page(sel.ref, sel.transform, limit, _token(continuation))
+
+
+def _token(text: str | None) -> dict[str, Any] | None:
+    try:
+        return decode_continuation(text)
+    except ValueError as exc:
+        raise InvalidNameError(str(exc)) from exc

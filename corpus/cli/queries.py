@@ -1,0 +1,168 @@
+"""``corpus sets`` (streamed, paged), ``corpus count`` and ``corpus reindex``: see :mod:`corpus.app.queries`."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import sys
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from corpus.domain.errors import CorpusError, InvalidNameError
+from corpus.domain.paths import validate_domain
+from corpus.store.settings import Settings, load_local_settings
+
+if TYPE_CHECKING:  # the SDK is slow to import; `corpus upload` starts without it
+    from corpus.store.rows import ImageSetRow
+
+
+class QueryError(CorpusError):
+    """A bad argument: printed as one line by ``corpus``'s error handler."""
+
+
+def _settings() -> Settings:
+    load_local_settings(Path.cwd())
+    return Settings.from_env()
+
+
+def _catalog(settings: Settings) -> Any:
+    from corpus.store.catalog import Catalog
+    from corpus.store.storage import FAIL_FAST, Clients
+
+    clients = Clients(settings.connection, FAIL_FAST)
+    return clients, Catalog(clients)
+
+
+def encode_token(domain: str, set_key: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([domain, set_key]).encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> tuple[str, str]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise QueryError(f"--continuation: not a token printed by 'corpus sets' ({exc})") from None
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise QueryError("--continuation: not a token printed by 'corpus sets'")
+    return value[0], value[1]
+
+
+def _domains(clients: Any, settings: Settings, domain: str | None) -> list[str]:
+    from corpus.app.queries import domains
+
+    if domain is None:
+        return domains(clients, settings)
+    try:
+        return [validate_domain(domain)]
+    except InvalidNameError as exc:
+        raise QueryError(str(exc)) from None
+
+
+def iter_sets(args: argparse.Namespace) -> tuple[Iterator[ImageSetRow], Any]:
+    from corpus.app.queries import find_sets
+
+    settings = _settings()
+    clients, catalog = _catalog(settings)
+    start = decode_token(args.continuation) if args.continuation else None
+    rows = find_sets(catalog, _domains(clients, settings, args.domain), tuple(args.tag or ()), args.transform, start=start)
+    return rows, catalog
+
+
+def cmd_sets(args: argparse.Namespace) -> int:
+    """Streamed in (domain, row key) order: the first lines appear before the last set is read."""
+    from corpus.app.views import set_row
+    from corpus.cli.status import render_set_line, set_header
+
+    if args.limit is not None and args.limit < 1:
+        raise QueryError("--limit must be positive")
+    rows, _ = iter_sets(args)
+    out = sys.stdout
+    if args.limit is not None:
+        page = list(islice(rows, args.limit + 1))
+        more = len(page) > args.limit
+        page = page[: args.limit]
+        token = encode_token(page[-1].domain, page[-1].row_key) if more else None
+        if args.json:
+            body = {"sets": [set_row(r) for r in page], "continuation": token}
+            out.write(json.dumps(body, indent=2, default=str, ensure_ascii=False))
+            out.write("\n")
+        else:
+            out.write(set_header() + "\n")
+            for r in page:
+                out.write(render_set_line(set_row(r)) + "\n")
+            if token:
+                out.write(f"more: --continuation {token}\n")
+        return 0
+    n = 0
+    if args.json:
+        out.write("[")
+        for r in rows:
+            out.write(("," if n else "") + "\n" + json.dumps(set_row(r), default=str, ensure_ascii=False))
+            n += 1
+        out.write("\n]\n" if n else "]\n")
+        return 0
+    for r in rows:
+        if n == 0:
+            out.write(set_header() + "\n")
+        out.write(render_set_line(set_row(r)) + "\n")
+        out.flush()
+        n += 1
+    if n == 0:
+        out.write("no image sets match\n")
+    return 0
+
+
+def cmd_count(args: argparse.Namespace) -> int:
+    from corpus.app.queries import count
+
+    settings = _settings()
+    clients, catalog = _catalog(settings)
+    (domain,) = _domains(clients, settings, args.domain)
+    result = count(catalog, domain, tuple(args.tag or ()), op=args.op, transform=args.transform)
+    if args.json:
+        print(json.dumps(result.as_json()))
+    else:
+        what = f" {args.op or args.transform}" if (args.op or args.transform) else ""
+        line = f"{result.images} images in {result.sets}{what} sets"
+        if result.sources is not None:
+            line += f" from {result.sources} source originals"
+        print(line)
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from corpus.app.queries import reindex
+
+    settings = _settings()
+    clients, catalog = _catalog(settings)
+    domain = _domains(clients, settings, args.domain)[0] if args.domain else None
+    last = None
+    for progress in reindex(catalog, domain, args.resume):
+        last = progress
+        if progress.continuation:
+            done = f"{progress.sets} sets, {progress.rows} index rows"
+            print(f"{done}; resume with --resume {progress.continuation}", file=sys.stderr)
+    sets, rows = (last.sets, last.rows) if last else (0, 0)
+    print(json.dumps({"sets": sets, "index_rows": rows}) if args.json else f"reindexed {sets} sets ({rows} index rows)")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    c = sub.add_parser("count", help="count images and sets by tag, and by transform or operation")
+    c.add_argument("--domain", required=True)
+    c.add_argument("--tag", action="append", help="only sets carrying this tag (repeat: all of them)")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--op", help="transformed sets whose transform is or contains this operation (e.g. crop)")
+    g.add_argument("--transform", metavar="NAME[:VERSION]", help="transformed sets of this transform")
+    c.add_argument("--json", action="store_true", help='print {"images": N, "sets": K[, "sources": S]}')
+    c.set_defaults(func=cmd_count)
+
+    r = sub.add_parser("reindex", help="backfill the tag index of sets created before it existed (idempotent)")
+    r.add_argument("--domain", help="only this domain")
+    r.add_argument("--resume", metavar="TOKEN", help="continue after the page this token names")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_reindex)
