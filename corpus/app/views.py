@@ -69,11 +69,10 @@ def page_sets(
     tags: tuple[str, ...] = (),
     transform: str | None = None,
 ) -> tuple[list[ImageSetRow], str | None]:
-    """One page of :func:`list_sets` (sorted within the page) and the next page's token."""
-    rows, token = catalog.sets.page(
+    """One page of the sets ``corpus sets`` lists, in the same (domain, row key) order, and the next page's token."""
+    return catalog.sets.page(
         limit, _token(continuation), domain=domain, tags=tags, transform=transform, originals_only=transform is None
     )
-    return sorted(rows, key=sort_key), token
 
 
 @dataclass(frozen=True, slots=True)
