@@ -16,7 +16,9 @@ var rejectedContainerName = 'rejected'
 var copyQueueName = 'copy-requests'
 var transformQueueName = 'transform-requests'
 var transformJobsQueueName = 'transform-jobs'
-var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures']
+var trainsetQueueName = 'trainset-requests'
+var trainsetsContainerName = 'trainsets'
+var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'TrainingSets', 'Models', 'Lineage']
 var blobFunctionName = 'ingest_staged_blob'
 
 var functionAppName = 'func-corpus-${resourceToken}'
@@ -54,9 +56,9 @@ module corpusStorage 'modules/storage-account.bicep' = {
     name: 'stcorpus${take(resourceToken, 16)}'
     location: location
     tags: tags
-    containers: [stagingContainerName, rejectedContainerName]
+    containers: [stagingContainerName, rejectedContainerName, trainsetsContainerName]
     // Poison queues (<queue>-poison, webjobs-blobtrigger-poison) are created by the Functions host.
-    queues: [copyQueueName, transformQueueName, transformJobsQueueName]
+    queues: [copyQueueName, transformQueueName, transformJobsQueueName, trainsetQueueName]
     tables: tableNames
   }
 }
@@ -202,6 +204,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'CORPUS_COPY_QUEUE', value: copyQueueName }
         { name: 'CORPUS_TRANSFORM_QUEUE', value: transformQueueName }
         { name: 'CORPUS_TRANSFORM_JOBS_QUEUE', value: transformJobsQueueName }
+        { name: 'CORPUS_TRAINSET_QUEUE', value: trainsetQueueName }
+        { name: 'CORPUS_TRAINSETS_CONTAINER', value: trainsetsContainerName }
         // Monitoring, Entra ID only.
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsights.properties.ConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identity.properties.clientId};Authorization=AAD' }

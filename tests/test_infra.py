@@ -61,14 +61,22 @@ def test_every_template_parses():
 def test_containers_queues_tables_match_the_code():
     d = s.DEFAULTS
     params = corpus_storage_params()
-    assert resolve(params["containers"]) == [d[s.STAGING_CONTAINER], d[s.REJECTED_CONTAINER]]
-    assert resolve(params["queues"]) == [d[s.COPY_QUEUE], d[s.TRANSFORM_QUEUE], d[s.TRANSFORM_JOBS_QUEUE]]
+    assert resolve(params["containers"]) == [d[s.STAGING_CONTAINER], d[s.REJECTED_CONTAINER], d[s.TRAINSETS_CONTAINER]]
+    assert resolve(params["queues"]) == [d[s.COPY_QUEUE], d[s.TRANSFORM_QUEUE], d[s.TRANSFORM_JOBS_QUEUE], d[s.TRAINSET_QUEUE]]
     assert resolve(params["tables"]) == list(s.TABLES)
 
 
 def test_app_settings_name_the_same_resources_as_the_code_defaults():
     got = app_settings()
-    for key in (s.STAGING_CONTAINER, s.REJECTED_CONTAINER, s.COPY_QUEUE, s.TRANSFORM_QUEUE, s.TRANSFORM_JOBS_QUEUE):
+    for key in (
+        s.STAGING_CONTAINER,
+        s.REJECTED_CONTAINER,
+        s.COPY_QUEUE,
+        s.TRANSFORM_QUEUE,
+        s.TRANSFORM_JOBS_QUEUE,
+        s.TRAINSET_QUEUE,
+        s.TRAINSETS_CONTAINER,
+    ):
         assert resolve(got[key]) == s.DEFAULTS[key], key
 
 

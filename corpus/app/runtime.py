@@ -91,7 +91,7 @@ class Runtime:
         """Create the containers, queues and tables the app needs (Bicep does this in Azure)."""
         s = self.settings
         self.clients.ensure(
-            containers=(s.staging_container, s.rejected_container),
+            containers=(s.staging_container, s.rejected_container, s.trainsets_container),
             queues=s.queues + tuple(poison_queue(q) for q in s.queues),
             tables=TABLES,
         )

@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--count", type=int, default=50)
     g.add_argument("--seed", type=int, default=1)
     g.set_defaults(func=cmd_sample)
+    __import__("corpus.cli.trainsets", fromlist=["add_parsers"]).add_parsers(sub)
     return p
 
 

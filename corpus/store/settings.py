@@ -34,7 +34,19 @@ TABLE_IMAGES = "Images"
 TABLE_TRANSFORMS = "ImageTransforms"
 TABLE_REJECTIONS = "Rejections"
 TABLE_FAILURES = "Failures"
-TABLES = (TABLE_SETS, TABLE_IMAGES, TABLE_TRANSFORMS, TABLE_REJECTIONS, TABLE_FAILURES)
+TABLE_TRAINSETS = "TrainingSets"
+TABLE_MODELS = "Models"
+TABLE_LINEAGE = "Lineage"
+TABLES = (
+    TABLE_SETS,
+    TABLE_IMAGES,
+    TABLE_TRANSFORMS,
+    TABLE_REJECTIONS,
+    TABLE_FAILURES,
+    TABLE_TRAINSETS,
+    TABLE_MODELS,
+    TABLE_LINEAGE,
+)
 
 POISON_SUFFIX = "-poison"
 
@@ -57,6 +69,10 @@ TRANSFORM_JOBS_QUEUE = "CORPUS_TRANSFORM_JOBS_QUEUE"
 TAG_EXTRACTOR = "CORPUS_TAG_EXTRACTOR"
 MAX_PIXELS = "CORPUS_MAX_PIXELS"
 MAX_BLOB_BYTES = "CORPUS_MAX_BLOB_BYTES"
+TRAINSET_QUEUE = "CORPUS_TRAINSET_QUEUE"
+TRAINSETS_CONTAINER = "CORPUS_TRAINSETS_CONTAINER"
+TRAINSET_BLOCK_IMAGES = "CORPUS_TRAINSET_BLOCK_IMAGES"
+TRAINSET_BUDGET_SECONDS = "CORPUS_TRAINSET_BUDGET_SECONDS"
 
 DEFAULTS: dict[str, str] = {
     STAGING_CONTAINER: "staging",
@@ -67,6 +83,10 @@ DEFAULTS: dict[str, str] = {
     TAG_EXTRACTOR: DEFAULT_EXTRACTOR,
     MAX_PIXELS: str(DEFAULT_MAX_PIXELS),
     MAX_BLOB_BYTES: str(DEFAULT_MAX_BLOB_BYTES),
+    TRAINSET_QUEUE: "trainset-requests",
+    TRAINSETS_CONTAINER: "trainsets",
+    TRAINSET_BLOCK_IMAGES: "10000",
+    TRAINSET_BUDGET_SECONDS: "240",
 }
 
 
@@ -112,6 +132,12 @@ class Settings:
     tag_extractor: str
     max_pixels: int
     max_blob_bytes: int
+    trainset_queue: str = "trainset-requests"
+    trainsets_container: str = "trainsets"
+    trainset_block_images: int = 10000
+    """Manifest lines per block (one gzip member, one Put Block); fixes the compressed bytes."""
+    trainset_budget_seconds: float = 240.0
+    """A build message stops after this long (at a block boundary) and continues in a new message."""
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -121,8 +147,14 @@ class Settings:
         try:
             max_pixels = int(v[MAX_PIXELS])
             max_blob_bytes = int(v[MAX_BLOB_BYTES])
+            block_images = int(v[TRAINSET_BLOCK_IMAGES])
+            budget = float(v[TRAINSET_BUDGET_SECONDS])
         except ValueError as exc:
-            raise ConfigError(f"{MAX_PIXELS} and {MAX_BLOB_BYTES} must be integers") from exc
+            raise ConfigError(
+                f"{MAX_PIXELS}, {MAX_BLOB_BYTES}, {TRAINSET_BLOCK_IMAGES} and {TRAINSET_BUDGET_SECONDS} must be numbers"
+            ) from exc
+        if block_images < 1 or budget < 0:
+            raise ConfigError(f"{TRAINSET_BLOCK_IMAGES} must be positive and {TRAINSET_BUDGET_SECONDS} not negative")
         return cls(
             connection=Connection.from_env(env),
             staging_container=v[STAGING_CONTAINER],
@@ -133,16 +165,20 @@ class Settings:
             tag_extractor=v[TAG_EXTRACTOR],
             max_pixels=max_pixels,
             max_blob_bytes=max_blob_bytes,
+            trainset_queue=v[TRAINSET_QUEUE],
+            trainsets_container=v[TRAINSETS_CONTAINER],
+            trainset_block_images=block_images,
+            trainset_budget_seconds=budget,
             values={**env, **v},
         )
 
     @property
     def reserved_containers(self) -> frozenset[str]:
-        return frozenset({self.staging_container, self.rejected_container})
+        return frozenset({self.staging_container, self.rejected_container, self.trainsets_container})
 
     @property
     def queues(self) -> tuple[str, ...]:
-        return (self.copy_queue, self.transform_queue, self.transform_jobs_queue)
+        return (self.copy_queue, self.transform_queue, self.transform_jobs_queue, self.trainset_queue)
 
 
 def load_local_settings(directory: Path | str = ".", env: dict[str, str] | None = None) -> None:
