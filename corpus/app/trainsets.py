@@ -37,7 +37,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -183,33 +183,55 @@ def _build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
     sets = select_sets(rt, req)
     blob = rt.clients.container(row.manifest_container).get_blob_client(row.manifest_blob)
     per_block = rt.settings.trainset_block_images
-    state = row.state
+    saved = row.state  # the last state stored in the row
+    blocks = saved.blocks  # blocks put or being put (one ahead of ``saved`` at most)
     lines: list[str] = []
     uses: list[BlobUse] = []
-    pending = _Counts.of(state)
-    last = state.cursor
-    for sel, rk, image, source_md5 in _resolved(rt, store, sets, state.cursor, row.snapshot_at):
-        last = (sel.container, sel.prefix, rk)
-        entry, outcome = _entry(sel, image, source_md5, req)
-        pending.skip_or_count(outcome, entry, f"{sel.container}/{image.blob}")
-        if outcome is LabelOutcome.OK:
-            lines.append(ts.manifest_line(entry))
-            uses.append(BlobUse(entry.container, entry.source_blob, entry.blob, (row.name, row.version)))
-        if len(lines) == per_block:
-            _put_block(store, blob, state.blocks, lines, uses)
-            row, state = _advance(store, row, pending.state(state, last, state.blocks + 1))
-            if not row.etag:
-                return BUILDING  # another delivery advanced the build: it carries on
+    pending = _Counts.of(saved)
+    last = saved.cursor
+    inflight: tuple[Future[None], BuildState] | None = None
+
+    def settle() -> bool:
+        """Wait for the block in flight, then save the state that covers it; False if we lost the race."""
+        nonlocal row, saved, inflight
+        if inflight is None:
+            return True
+        done, snap = inflight
+        inflight = None
+        done.result()
+        row, saved = _advance(store, row, replace(snap, step=saved.step + 1))
+        return bool(row.etag)
+
+    # One block is written (Put Block + its index rows) in the background while the next is read.
+    with ThreadPoolExecutor(1) as writer:
+        for sel, rk, image, source_md5 in _resolved(rt, store, sets, saved.cursor, row.snapshot_at):
+            last = (sel.container, sel.prefix, rk)
+            entry, outcome = _entry(sel, image, source_md5, req)
+            pending.skip_or_count(outcome, entry, f"{sel.container}/{image.blob}")
+            if outcome is LabelOutcome.OK:
+                lines.append(ts.manifest_line(entry))
+                uses.append(BlobUse(entry.container, entry.source_blob, entry.blob, (row.name, row.version)))
+            if len(lines) < per_block:
+                continue
+            job = writer.submit(_put_block, store, blob, blocks, lines, uses)
+            blocks += 1
+            snap = pending.state(saved, last, blocks)
             lines, uses = [], []
+            if not settle():
+                return BUILDING  # another delivery advanced the build: it carries on
+            inflight = (job, snap)
             if time.monotonic() > deadline:
-                rt.send(rt.settings.trainset_queue, TrainsetContinue(row.name, row.version, state.step).to_json())
-                log.info("training set %s:%s: %d images so far, continuing", row.name, row.version, state.images)
+                if not settle():
+                    return BUILDING
+                rt.send(rt.settings.trainset_queue, TrainsetContinue(row.name, row.version, saved.step).to_json())
+                log.info("training set %s:%s: %d images so far, continuing", row.name, row.version, saved.images)
                 return BUILDING
-    blocks = state.blocks
+        if not settle():
+            return BUILDING
     if lines:
         _put_block(store, blob, blocks, lines, uses)
         blocks += 1
-    final = pending.state(state, last, blocks)
+    final = pending.state(saved, last, blocks)
     if final.images == 0:
         raise NotFoundError(f"training set {row.name}:{row.version} selects no labelled images; skipped: {final.skipped}")
     return _finish(store, blob, row, final)

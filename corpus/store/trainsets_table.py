@@ -29,6 +29,7 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -48,6 +49,7 @@ READY = "ready"
 FAILED = "failed"
 
 BLOB_BUCKETS = 64
+INDEX_THREADS = 8
 
 
 def _str(entity: Mapping[str, Any], name: str) -> str:
@@ -298,15 +300,17 @@ class LineageTable:
                 "Name": u.trainset[0],
                 "Version": u.trainset[1],
             }
-        sent = 0
-        for rows in by_pk.values():
-            entities = list(rows.values())
-            for i in range(0, len(entities), MAX_TABLE_BATCH):
-                self.table.submit_transaction(
-                    [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in entities[i : i + MAX_TABLE_BATCH]]
-                )
-                sent += 1
-        return sent
+        chunks = [
+            list(rows.values())[i : i + MAX_TABLE_BATCH] for rows in by_pk.values() for i in range(0, len(rows), MAX_TABLE_BATCH)
+        ]
+
+        def send(chunk: list[Entity]) -> None:
+            self.table.submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+
+        # Transactions to different partitions are independent: overlap their round trips.
+        with ThreadPoolExecutor(INDEX_THREADS) as pool:
+            list(pool.map(send, chunks))
+        return len(chunks)
 
     def uses_of(self, container: str, source: str) -> Iterator[BlobUse]:
         """Every indexed use of ``source`` (an original) or of any transform of it: one range query."""
