@@ -199,3 +199,31 @@ def test_refs():
         ts.parse_ref("birds-cls")
     with pytest.raises(MessageError):
         ts.parse_ref("a/b:1")
+
+
+SAFE = st.text(alphabet="abcXYZ019._-", min_size=1, max_size=8)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["birds", "cats"]), st.sampled_from(["original/a/v1/", "original/b/v1/", "transform/t/1/a/v1/"]), SAFE
+        )
+    )
+)
+def test_documented_order_is_plain_order_for_plain_names_and_prefix_free_sets(items):
+    lines = [(c, prefix + f) for c, prefix, f in items]
+    assert sorted(lines, key=lambda cb: ts.manifest_order_key(*cb)) == sorted(lines)
+
+
+def test_documented_order_where_it_differs_from_plain_order():
+    blobs = ["original/v2/B b.jpg", "original/v2/B-a.jpg", "original/v2/a.jpg", "original/v2/v1/x.jpg", "original/v2/zz.jpg"]
+    documented = sorted(blobs, key=lambda b: ts.manifest_order_key("birds", b))
+    assert documented == [
+        "original/v2/B-a.jpg",
+        "original/v2/B b.jpg",
+        "original/v2/a.jpg",
+        "original/v2/zz.jpg",
+        "original/v2/v1/x.jpg",
+    ]
+    assert documented != sorted(blobs)

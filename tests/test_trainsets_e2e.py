@@ -110,6 +110,7 @@ def test_create_lineage_verify_and_immutability(env, clients, app_dir, tmp_path)
     assert len(recs) == 32 and all(tuple(r) == ts.MANIFEST_FIELDS for r in recs)
     # Sorted by container then blob (plain names, prefix-free sets: the documented order is plain order).
     assert [(r["container"], r["blob"]) for r in recs] == sorted((r["container"], r["blob"]) for r in recs)
+    assert recs == sorted(recs, key=lambda r: ts.manifest_order_key(r["container"], r["blob"]))
     # The manifest's MD5s are the blobs' stored MD5s, as Azure reports them.
     birds = clients.container("birds")
     stored = {b.name: ts.md5_b64(bytes(b.content_settings.content_md5).hex()) for b in birds.list_blobs()}
@@ -355,3 +356,25 @@ def test_python_api_registers_models(settings, rt, tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         lineage.register_model("m", "1", ["nope:1"], settings=settings)
     assert lineage.trainset("nope:1", settings=settings) is None
+
+
+def test_manifest_order_is_the_documented_one_where_names_need_escaping_and_sets_nest(env, clients, app_dir, tmp_path):
+    names = ["B b.jpg", "B-a.jpg", "a.jpg", "zz.jpg"]
+    files = {f"birds/v2/{n}": jpeg(i) for i, n in enumerate(names)} | {"birds/v1/v2/x.jpg": jpeg(9)}
+    ingest(env, clients, app_dir, files)
+    sources = [{"domain": "birds", "path": "<root>", "version": "v2"}, {"domain": "birds", "path": "v2", "version": "v1"}]
+    clients.queue_client("trainset-requests").send_message(
+        json.dumps({"trainset": {"name": "order", "version": "1"}, "sources": sources})
+    )
+    run_host(env, app_dir)
+    blobs = [r["blob"] for r in manifest_records(clients, "order")]
+    assert blobs == [
+        "original/v2/B-a.jpg",
+        "original/v2/B b.jpg",
+        "original/v2/a.jpg",
+        "original/v2/zz.jpg",
+        "original/v2/v1/x.jpg",
+    ]
+    assert blobs == sorted(blobs, key=lambda b: ts.manifest_order_key("birds", b))
+    labels = {r["blob"]: r["labels"] for r in manifest_records(clients, "order")}
+    assert labels["original/v2/a.jpg"] == [] and labels["original/v2/v1/x.jpg"] == ["v2"]  # the root set has no tags

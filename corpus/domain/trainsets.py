@@ -358,6 +358,23 @@ def set_order_key(container: str, blob_prefix: str) -> tuple[str, str]:
     return container, blob_prefix
 
 
+def manifest_order_key(container: str, blob: str) -> tuple[str, str, str]:
+    """The documented order of manifest lines, as a function of one line.
+
+    (container, the set's blob prefix, the file's ``Images`` RowKey): sets in order of their
+    prefix (a blob's folder: file names hold no ``/``), then files in the order of their escaped
+    name (:func:`corpus.domain.keys.image_row_key`). Equal to plain (container, blob) order when
+    file names use only ``[A-Za-z0-9._-]`` and no selected set's prefix is a prefix of another's;
+    in general it is not (``"a b"`` escapes to ``a~20b``, after ``a-b``; ``original/v2/`` holds set
+    ``<root>@v2`` while ``original/v2/v1/`` holds set ``v2@v1``). It is what the build can produce
+    by reading each set's partition in key order, with no sort and bounded memory.
+    """
+    from corpus.domain.keys import image_row_key
+
+    folder, _, file = blob.rpartition("/")
+    return container, folder + "/", image_row_key(file)
+
+
 @dataclass(frozen=True, slots=True)
 class TrainsetContinue:
     """A build continues in a new message when its time budget runs out; the state is in the row."""
