@@ -341,6 +341,10 @@ def test_create_wait_reports_ready_and_failed(env, clients, app_dir, tmp_path):
     )
     assert bad.returncode == 1 and "sum to 110" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert cli(env, tmp_path, "trainset", "show", "nope:1").returncode == 1
+    unready = cli(env, tmp_path, "model", "register", "--name", "m", "--version", "1", "--trainset", "w:1", "--trainset", "w:2")
+    assert unready.returncode == 1 and "w:2 is failed, not ready" in unready.stderr
+    lines = cli(env, tmp_path, "lineage", "--trainset", "w:1", "--json").stdout.splitlines()
+    assert sorted(json.loads(x)["blob"] for x in lines) == [f"original/{ROBIN}/v3/r{i}.jpg" for i in range(3)]
     listed = ok_json(env, tmp_path, "trainset", "list")
     assert [(t["name"], t["version"], t["status"]) for t in listed] == [
         ("w", "1", "ready"),
