@@ -227,3 +227,14 @@ def test_documented_order_where_it_differs_from_plain_order():
         "original/v2/v1/x.jpg",
     ]
     assert documented != sorted(blobs)
+
+
+def test_too_many_distinct_labels_fail_the_build_with_a_reason_rather_than_an_oversized_row():
+    from corpus.app.trainsets import _Counts
+    from corpus.store.trainsets_table import BuildState
+
+    few = _Counts(3, {"train": 3}, {"robin": 3}, {}, [])
+    assert few.state(BuildState(step=4), ("birds", "original/a/v1/", "x.jpg"), 1).step == 5
+    many = _Counts(5000, {"train": 5000}, {f"tag-number-{i}": 1 for i in range(5000)}, {}, [])
+    with pytest.raises(MessageError, match="labels.classes"):
+        many.state(BuildState(), None, 1)

@@ -65,6 +65,8 @@ log = logging.getLogger("corpus.trainsets")
 
 GZIP_LEVEL = 6
 MAX_EXAMPLES = 20
+MAX_LABELS_JSON = 24_000
+"""Label counts are stored in one table string property (≤ 32 K characters)."""
 RESOLVE_CHUNK = 256
 RESOLVE_THREADS = 16
 
@@ -261,6 +263,12 @@ class _Counts:
             self.labels[label] = self.labels.get(label, 0) + 1
 
     def state(self, old: BuildState, cursor: tuple[str, str, str] | None, blocks: int) -> BuildState:
+        size = len(json.dumps(self.labels, ensure_ascii=False))
+        if size > MAX_LABELS_JSON:
+            raise MessageError(
+                f"the training set's label counts take {size} characters (over {MAX_LABELS_JSON}): "
+                "too many distinct tags; name the labels with 'labels.classes'"
+            )
         return BuildState(
             step=old.step + 1,
             cursor=cursor,
