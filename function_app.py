@@ -156,3 +156,14 @@ def export_request(msg: func.QueueMessage) -> None:
 
     rt = get_runtime()
     run_queue_job(rt, rt.settings.export_queue, msg, lambda body: on_export_message(rt, parse_export_message(body)))
+
+
+@app.function_name("build_trainset")
+@app.queue_trigger(arg_name="msg", queue_name="%CORPUS_TRAINSET_QUEUE%", connection=CONNECTION)
+def build_trainset(msg: func.QueueMessage) -> None:
+    """Register a training set and build its manifest, continuing in follow-up messages if needed."""
+    from corpus.app.trainsets import on_trainset_message
+    from corpus.domain.trainsets import parse_trainset_message
+
+    rt = get_runtime()
+    run_queue_job(rt, rt.settings.trainset_queue, msg, lambda body: on_trainset_message(rt, parse_trainset_message(body)))

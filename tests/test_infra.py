@@ -114,7 +114,15 @@ def test_new_feature_and_dead_letter_settings_are_set_and_output():
 
 def test_app_settings_name_the_same_resources_as_the_code_defaults():
     got = app_settings()
-    for key in (s.STAGING_CONTAINER, s.REJECTED_CONTAINER, s.COPY_QUEUE, s.TRANSFORM_QUEUE, s.TRANSFORM_JOBS_QUEUE):
+    for key in (
+        s.STAGING_CONTAINER,
+        s.REJECTED_CONTAINER,
+        s.COPY_QUEUE,
+        s.TRANSFORM_QUEUE,
+        s.TRANSFORM_JOBS_QUEUE,
+        s.TRAINSET_QUEUE,
+        s.TRAINSETS_CONTAINER,
+    ):
         assert resolve(got[key]) == s.DEFAULTS[key], key
 
 

@@ -103,7 +103,13 @@ class Runtime:
         """
         s = self.settings
         self.clients.ensure(
-            containers=(s.staging_container, s.rejected_container, s.deadletter_container),
+            containers=(
+                s.staging_container,
+                s.rejected_container,
+                s.deadletter_container,
+                s.trainsets_container,
+                s.exports_container,
+            ),
             queues=s.queues + tuple(poison_queue(q) for q in s.queues) + (BLOB_POISON_QUEUE,),
             tables=TABLES,
         )

@@ -262,16 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1)
     g.set_defaults(func=cmd_sample)
 
-    from corpus.cli import reconcile
+    from corpus.cli import gallery, pull, reconcile, trainsets
 
-    reconcile.add_parsers(sub)
-    from corpus.cli import gallery
-
-    gallery.add_parsers(sub)
-    from corpus.cli import pull
-
-    pull.add_parsers(sub)
-    queries.add_parsers(sub)
+    for feature in (reconcile, gallery, pull, queries, trainsets):
+        feature.add_parsers(sub)
     return p
 
 

@@ -42,7 +42,21 @@ TABLE_FAILURES = "Failures"
 TABLE_REDRIVES = "Redrives"
 TABLE_VALIDATIONS = "Validations"
 """What the blob trigger validated, per staged name and ETag: the only thing a copy acts on."""
-TABLES = (TABLE_SETS, TABLE_IMAGES, TABLE_TRANSFORMS, TABLE_REJECTIONS, TABLE_FAILURES, TABLE_REDRIVES, TABLE_VALIDATIONS)
+TABLE_TRAINSETS = "TrainingSets"
+TABLE_MODELS = "Models"
+TABLE_LINEAGE = "Lineage"
+TABLES = (
+    TABLE_SETS,
+    TABLE_IMAGES,
+    TABLE_TRANSFORMS,
+    TABLE_REJECTIONS,
+    TABLE_FAILURES,
+    TABLE_REDRIVES,
+    TABLE_VALIDATIONS,
+    TABLE_TRAINSETS,
+    TABLE_MODELS,
+    TABLE_LINEAGE,
+)
 
 POISON_SUFFIX = "-poison"
 
@@ -78,6 +92,9 @@ TRAINSETS_CONTAINER = "CORPUS_TRAINSETS_CONTAINER"
 EXPORTS_CONTAINER = "CORPUS_EXPORTS_CONTAINER"
 EXPORT_QUEUE = "CORPUS_EXPORT_QUEUE"
 TRANSFORM_PAGE_SIZE = "CORPUS_TRANSFORM_PAGE_SIZE"
+TRAINSET_QUEUE = "CORPUS_TRAINSET_QUEUE"
+TRAINSET_BLOCK_IMAGES = "CORPUS_TRAINSET_BLOCK_IMAGES"
+TRAINSET_BUDGET_SECONDS = "CORPUS_TRAINSET_BUDGET_SECONDS"
 
 DEFAULTS: dict[str, str] = {
     STAGING_CONTAINER: "staging",
@@ -97,6 +114,9 @@ DEFAULTS: dict[str, str] = {
     EXPORTS_CONTAINER: "exports",
     EXPORT_QUEUE: "export-requests",
     TRANSFORM_PAGE_SIZE: str(DEFAULT_TRANSFORM_PAGE_SIZE),
+    TRAINSET_QUEUE: "trainset-requests",
+    TRAINSET_BLOCK_IMAGES: "10000",
+    TRAINSET_BUDGET_SECONDS: "240",
 }
 
 
@@ -175,6 +195,11 @@ class Settings:
     exports_container: str = DEFAULTS[EXPORTS_CONTAINER]
     export_queue: str = DEFAULTS[EXPORT_QUEUE]
     transform_page_size: int = DEFAULT_TRANSFORM_PAGE_SIZE
+    trainset_queue: str = "trainset-requests"
+    trainset_block_images: int = 10000
+    """Manifest lines per block (one gzip member, one Put Block); fixes the compressed bytes."""
+    trainset_budget_seconds: float = 240.0
+    """A build message stops after this long (at a block boundary) and continues in a new message."""
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -188,6 +213,8 @@ class Settings:
             grace = float(v[RECONCILE_GRACE_SECONDS])
             max_redrive = int(v[RECONCILE_MAX_BLOBS])
             page_size = int(v[TRANSFORM_PAGE_SIZE])
+            block_images = int(v[TRAINSET_BLOCK_IMAGES])
+            budget = float(v[TRAINSET_BUDGET_SECONDS])
         except ValueError as exc:
             names = (
                 MAX_PIXELS,
@@ -196,12 +223,16 @@ class Settings:
                 RECONCILE_GRACE_SECONDS,
                 RECONCILE_MAX_BLOBS,
                 TRANSFORM_PAGE_SIZE,
+                TRAINSET_BLOCK_IMAGES,
+                TRAINSET_BUDGET_SECONDS,
             )
             raise ConfigError(f"{', '.join(names)} must be numbers") from exc
         if min(max_pixels, max_blob_bytes, decode_budget_bytes) <= 0:
             raise ConfigError(f"{MAX_PIXELS}, {MAX_BLOB_BYTES} and {DECODE_BUDGET_BYTES} must be positive")
         if not 1 <= page_size <= 5000:
             raise ConfigError(f"{TRANSFORM_PAGE_SIZE} must be between 1 and 5000, got {page_size}")
+        if block_images < 1 or budget < 0:
+            raise ConfigError(f"{TRAINSET_BLOCK_IMAGES} must be positive and {TRAINSET_BUDGET_SECONDS} not negative")
         return cls(
             connection=Connection.from_env(env),
             staging_container=v[STAGING_CONTAINER],
@@ -220,6 +251,9 @@ class Settings:
             exports_container=v[EXPORTS_CONTAINER],
             export_queue=v[EXPORT_QUEUE],
             transform_page_size=page_size,
+            trainset_queue=v[TRAINSET_QUEUE],
+            trainset_block_images=block_images,
+            trainset_budget_seconds=budget,
             values={**env, **v},
         )
 
@@ -229,7 +263,7 @@ class Settings:
 
     @property
     def queues(self) -> tuple[str, ...]:
-        return (self.copy_queue, self.transform_queue, self.transform_jobs_queue, self.export_queue)
+        return (self.copy_queue, self.transform_queue, self.transform_jobs_queue, self.export_queue, self.trainset_queue)
 
 
 def load_local_settings(directory: Path | str = ".", env: dict[str, str] | None = None) -> None:

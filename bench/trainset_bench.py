@@ -1,0 +1,167 @@
+"""Training-set manifest build rate vs the raw List Blobs rate of the same blobs, and the build's peak memory.
+
+On a private Azurite: N tiny blobs in sets of 1,000 (``original/sNNN/v1/NNNNN.jpg``), their
+``Images`` rows written directly in batched transactions (no ingest), their ``ImageSets`` rows.
+Then, in the same run:
+
+* List Blobs over all N blobs (the raw rate of enumerating them, 5,000 per page);
+* the manifest build of a training set over all N images (``corpus.app.trainsets`` in a child
+  process, one message, no time budget), and of one over the first ``--small`` images, each
+  reporting its wall time and its peak resident memory (VmHWM) above its baseline after imports.
+
+    .venv/bin/python bench/trainset_bench.py --images 100000 --small 10000,30000
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PER_SET = 1000
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def child(name: str, tag: str) -> None:
+    """Runs in the child: build one training set in this process, report time and memory."""
+    from corpus.app.runtime import Runtime
+    from corpus.app.trainsets import on_trainset_message
+    from corpus.domain.trainsets import TrainsetRequest
+    from corpus.store.settings import Settings
+
+    rt = Runtime.create(Settings.from_env())
+    req = TrainsetRequest.parse(
+        json.dumps({"trainset": {"name": name, "version": "1"}, "sources": [{"domain": "bench", "tags": [tag], "version": "v1"}]})
+    )
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kb("VmRSS") / 1024
+    t0 = time.perf_counter()
+    status = on_trainset_message(rt, req)
+    seconds = time.perf_counter() - t0
+    peak = _status_kb("VmHWM") / 1024
+    print(json.dumps({"status": status, "seconds": seconds, "baseline_mb": base, "peak_mb": peak, "growth_mb": peak - base}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--images", type=int, default=100_000)
+    p.add_argument("--small", default="10000,30000", help="smaller training sets over the first images (comma-separated)")
+    p.add_argument("--threads", type=int, default=64)
+    p.add_argument("--child", nargs=2, metavar=("NAME", "TAG"))
+    p.add_argument("--no-blobs", action="store_true", help="write the table rows only (profiling the build)")
+    p.add_argument("--profile", action="store_true", help="profile the child builds (top functions on stderr)")
+    args = p.parse_args()
+    if args.child:
+        if os.environ.get("BENCH_PROFILE"):
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.runcall(child, *args.child)
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
+        else:
+            child(*args.child)
+        return
+
+    from azure.data.tables import TableClient
+
+    from corpus.app.runtime import Runtime
+    from corpus.domain import keys
+    from corpus.domain.paths import SetRef
+    from corpus.store.rows import ImageRow
+    from corpus.store.settings import TABLE_IMAGES, Settings
+    from tests.support import Azurite
+
+    n_sets = args.images // PER_SET
+    smaller = [int(x) for x in args.small.split(",") if x]
+    with tempfile.TemporaryDirectory() as tmp:
+        az = Azurite(Path(tmp)).start()
+        try:
+            env = {**os.environ, "CorpusStorage": az.connection_string, "PYTHONPATH": str(REPO)}
+            env = {k: v for k, v in env.items() if not k.startswith("CORPUS_")}
+            rt = Runtime.create(Settings.from_env(env))
+            rt.ensure_resources()
+            container = rt.clients.container("bench")
+            container.create_container()
+            images: TableClient = rt.clients.table_client(TABLE_IMAGES)
+
+            def fill(k: int) -> None:
+                ref = SetRef("bench", (f"s{k:03d}",), "v1")
+                tags = [f"s{k:03d}", "all"] + [f"first{n}" for n in smaller if k < n // PER_SET]
+                rt.catalog.sets.ensure(ref, tags, ref.original_prefix())
+                rows = []
+                for i in range(PER_SET):
+                    data = f"{k}/{i}".encode()
+                    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+                    name = f"{i:05d}.jpg"
+                    blob = ref.original_prefix() + name
+                    if not args.no_blobs:
+                        container.get_blob_client(blob).upload_blob(data)
+                    rows.append(ImageRow(name, blob, len(data), md5, "image/jpeg", 64, 48, f"bench/v1/s{k:03d}/{name}"))
+                pk = keys.image_partition_key(ref)
+                for j in range(0, PER_SET, 100):
+                    images.submit_transaction([("create", r.to_entity(pk)) for r in rows[j : j + 100]])
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(args.threads) as pool:
+                list(pool.map(fill, range(n_sets)))
+            setup = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            listed = sum(1 for _ in container.list_blobs(name_starts_with="original/"))
+            list_s = time.perf_counter() - t0
+            assert listed == n_sets * PER_SET or args.no_blobs, listed
+            if args.profile:
+                env["BENCH_PROFILE"] = "1"
+
+            results = {}
+            sizes = [(f"first{n}", f"first{n}", n // PER_SET * PER_SET) for n in smaller] + [("all", "all", n_sets * PER_SET)]
+            for name, tag, count in sizes:
+                out = subprocess.run([sys.executable, __file__, "--child", name, tag], env=env, capture_output=True, text=True)
+                if args.profile or out.returncode:
+                    print(out.stderr[-6000:], file=sys.stderr)
+                out.check_returncode()
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                r["images"] = count
+                r["images_per_s"] = count / r["seconds"]
+                results[name] = r
+            report = {
+                "images": n_sets * PER_SET,
+                "setup_seconds": round(setup, 1),
+                "list_blobs": {"blobs": listed, "seconds": round(list_s, 2), "blobs_per_s": round(listed / max(list_s, 1e-9))},
+                "build": {
+                    k: {
+                        "images": v["images"],
+                        "seconds": round(v["seconds"], 2),
+                        "images_per_s": round(v["images_per_s"]),
+                        "peak_growth_mb": round(v["growth_mb"], 1),
+                        "peak_rss_mb": round(v["peak_mb"], 1),
+                        "status": v["status"],
+                    }
+                    for k, v in results.items()
+                },
+                "build_vs_list": round(results["all"]["images_per_s"] * list_s / max(listed, 1), 2),
+            }
+            print(json.dumps(report, indent=2))
+        finally:
+            az.stop()
+
+
+if __name__ == "__main__":
+    main()

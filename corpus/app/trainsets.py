@@ -1,0 +1,532 @@
+"""Training sets and models: build a manifest from a request, register models, answer lineage.
+
+Build (queue ``trainset-requests``): the request's canonical definition is registered in
+``TrainingSets`` (insert-only; the same name+version with another definition is refused as a
+:class:`~corpus.domain.trainsets.TrainsetConflictError`, the same definition again is a no-op).
+The build then walks the selected sets and streams the manifest into blob
+``<name>/<version>/manifest.jsonl.gz`` of container ``trainsets``:
+
+* **Snapshot.** Only image records whose service ``Timestamp`` is no later than the
+  ``TrainingSets`` row's creation are read, by every message and every retry of the build, so
+  images added to a source set later never enter it, and a retried build reads the same records.
+* **Order.** Sets are taken in ``(container, set blob prefix)`` order; within a set, images in the
+  order of their ``Images`` RowKey (the escaped file name, :func:`corpus.domain.keys.escape`).
+  This is plain ``(container, blob)`` order whenever file names use only ``[A-Za-z0-9._-]`` and
+  no selected set's prefix is a prefix of another's (``original/v2/`` vs ``original/v2/v1/``);
+  otherwise it is this documented order, always the same for the same records. It needs no sort
+  in memory, which is what lets a 1,000,000-image build run in bounded memory.
+* **Blocks.** Every :attr:`~corpus.store.settings.Settings.trainset_block_images` lines form one
+  block: a complete gzip member (``mtime=0``, level 6, no file name) sent with Put Block under a
+  deterministic id. The concatenation of members is one valid gzip file. Block boundaries depend
+  only on the line count, so a build killed anywhere and retried, or split over many messages,
+  writes byte-identical blocks, and Put Block List of ids 0..n-1 commits a byte-identical blob.
+* **State.** After each block the row's build state (cursor, block count, counts) is advanced
+  with ``If-Match``: two deliveries of the same build can't both advance it; the loser stops.
+  When the time budget runs out the build sends a continuation message and returns.
+* **Index, then status.** Each block's reverse-index rows (``Lineage``) are written before the
+  state that covers them; the status flips to ``ready`` last, with the manifest's SHA-256
+  (computed from the committed blob, decompressed). Readers ignore index rows of sets not ready.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+from azure.storage.blob import BlobBlock, ContentSettings
+
+from corpus.app.runtime import Runtime
+from corpus.domain import trainsets as ts
+from corpus.domain.errors import MessageError, NotFoundError, PermanentError, reason
+from corpus.domain.paths import SetRef
+from corpus.domain.trainsets import LabelOutcome, ManifestEntry, TrainsetContinue, TrainsetRequest
+from corpus.store.rows import ImageRow, ImageSetRow, dirs_of
+from corpus.store.trainsets_table import (
+    BUILDING,
+    FAILED,
+    READY,
+    BlobUse,
+    BuildState,
+    ModelRow,
+    TrainsetRow,
+    TrainsetStore,
+    snapshot_images,
+)
+
+log = logging.getLogger("corpus.trainsets")
+
+GZIP_LEVEL = 6
+MAX_EXAMPLES = 20
+MAX_LABELS_JSON = 24_000
+"""Label counts are stored in one table string property (≤ 32 K characters)."""
+RESOLVE_CHUNK = 256
+RESOLVE_THREADS = 16
+
+
+def store_of(rt: Runtime) -> TrainsetStore:
+    return TrainsetStore(rt.clients)
+
+
+@dataclass(frozen=True, slots=True)
+class SelectedSet:
+    """One image set a training set reads, in manifest order by :attr:`order`."""
+
+    row: ImageSetRow
+
+    @property
+    def container(self) -> str:
+        return self.row.domain
+
+    @property
+    def prefix(self) -> str:
+        return self.row.blob_path
+
+    @property
+    def order(self) -> tuple[str, str]:
+        return ts.set_order_key(self.container, self.prefix)
+
+
+def select_sets(rt: Runtime, req: TrainsetRequest) -> list[SelectedSet]:
+    """The sets of every source (as transform requests select them), de-duplicated, in manifest order."""
+    found: dict[tuple[str, str], SelectedSet] = {}
+    for src in req.sources:
+        rows: list[ImageSetRow]
+        if src.path is not None:
+            ref = SetRef(src.domain, dirs_of(src.path), src.version or "")
+            row = rt.catalog.sets.get(ref, src.transform)
+            if row is None:
+                what = f" transformed by {src.transform_label}" if src.transform else ""
+                raise NotFoundError(f"no image set {src.domain}/{src.path} at version {src.version}{what}")
+            rows = [row]
+        else:
+            rows = rt.catalog.sets.list(
+                domain=src.domain,
+                tags=src.tags,
+                version=src.version,
+                transform=src.transform_label,
+                originals_only=src.transform is None,
+            )
+            rows = [r for r in rows if r.transform == src.transform]
+            if not rows:
+                raise NotFoundError(f"no image set of domain {src.domain!r} carries all of the tags {list(src.tags)}")
+        for r in rows:
+            sel = SelectedSet(r)
+            found[sel.order] = sel
+    return [found[k] for k in sorted(found)]
+
+
+# -- the build -------------------------------------------------------------------------------
+
+
+def on_trainset_message(rt: Runtime, msg: TrainsetRequest | TrainsetContinue) -> str:
+    """Register (request) and build, or continue a build; returns the status after this message."""
+    store = store_of(rt)
+    if isinstance(msg, TrainsetContinue):
+        row = store.trainsets.get(msg.name, msg.version)
+        if row is None:
+            raise MessageError(f"trainset continuation: no training set {msg.name}:{msg.version}")
+    else:
+        row = register(rt, store, msg)
+    if row.status != BUILDING:
+        return row.status  # the same definition again, or a stale continuation: nothing to do
+    return build(rt, store, row)
+
+
+def register(rt: Runtime, store: TrainsetStore, req: TrainsetRequest) -> TrainsetRow:
+    """Insert the training set's row, or return the existing one if its definition is the same."""
+    definition = req.definition()
+    new = TrainsetRow(
+        req.name,
+        req.version,
+        definition,
+        manifest_container=rt.settings.trainsets_container,
+        manifest_blob=ts.manifest_blob(req.name, req.version),
+    )
+    store.trainsets.create(new)
+    row = store.trainsets.get(req.name, req.version)
+    if row is None:  # pragma: no cover - training sets are never deleted
+        raise RuntimeError(f"training set {req.name}:{req.version} vanished after it was created")
+    if row.definition != definition:
+        raise ts.TrainsetConflictError(
+            f"training set {req.name}:{req.version} already exists with definition {row.definition}, not {definition}; "
+            "a training set version is immutable: use a new version"
+        )
+    return row
+
+
+def build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
+    """Advance the build of ``row`` until done or out of time; see the module docstring."""
+    try:
+        return _build(rt, store, row)
+    except PermanentError as exc:
+        latest = store.trainsets.get(row.name, row.version)
+        if latest is not None and latest.status == BUILDING:
+            store.trainsets.advance(replace(latest, status=FAILED, reason=reason(exc)))
+        raise
+
+
+def _build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
+    deadline = time.monotonic() + rt.settings.trainset_budget_seconds
+    if row.snapshot_at is None:
+        # Nothing has changed the row since it was inserted, so its service Timestamp is the
+        # insert's: every racer reads the same value, the first advance stores it.
+        row = replace(row, snapshot_at=row.server_time)
+    if row.snapshot_at is None:  # pragma: no cover - the service always returns a Timestamp
+        raise RuntimeError("the TrainingSets row has no service Timestamp")
+    req = TrainsetRequest.from_definition(row.name, row.version, row.definition)
+    sets = select_sets(rt, req)
+    blob = rt.clients.container(row.manifest_container).get_blob_client(row.manifest_blob)
+    per_block = rt.settings.trainset_block_images
+    saved = row.state  # the last state stored in the row
+    blocks = saved.blocks  # blocks put or being put (one ahead of ``saved`` at most)
+    lines: list[str] = []
+    uses: list[BlobUse] = []
+    pending = _Counts.of(saved)
+    last = saved.cursor
+    inflight: tuple[Future[None], BuildState] | None = None
+
+    def settle() -> bool:
+        """Wait for the block in flight, then save the state that covers it; False if we lost the race."""
+        nonlocal row, saved, inflight
+        if inflight is None:
+            return True
+        done, snap = inflight
+        inflight = None
+        done.result()
+        row, saved = _advance(store, row, replace(snap, step=saved.step + 1))
+        return bool(row.etag)
+
+    # One block is written (Put Block + its index rows) in the background while the next is read.
+    with ThreadPoolExecutor(1) as writer:
+        for sel, rk, image, source_md5 in _resolved(rt, store, sets, saved.cursor, row.snapshot_at):
+            last = (sel.container, sel.prefix, rk)
+            entry, outcome = _entry(sel, image, source_md5, req)
+            pending.skip_or_count(outcome, entry, f"{sel.container}/{image.blob}")
+            if outcome is LabelOutcome.OK:
+                lines.append(ts.manifest_line(entry))
+                uses.append(BlobUse(entry.container, entry.source_blob, entry.blob, (row.name, row.version)))
+            if len(lines) < per_block:
+                continue
+            job = writer.submit(_put_block, store, blob, blocks, lines, uses)
+            blocks += 1
+            snap = pending.state(saved, last, blocks)
+            lines, uses = [], []
+            if not settle():
+                return BUILDING  # another delivery advanced the build: it carries on
+            inflight = (job, snap)
+            if time.monotonic() > deadline:
+                if not settle():
+                    return BUILDING
+                rt.send(rt.settings.trainset_queue, TrainsetContinue(row.name, row.version, saved.step).to_json())
+                log.info("training set %s:%s: %d images so far, continuing", row.name, row.version, saved.images)
+                return BUILDING
+        if not settle():
+            return BUILDING
+    if lines:
+        _put_block(store, blob, blocks, lines, uses)
+        blocks += 1
+    final = pending.state(saved, last, blocks)
+    if final.images == 0:
+        raise NotFoundError(f"training set {row.name}:{row.version} selects no labelled images; skipped: {final.skipped}")
+    return _finish(store, blob, row, final)
+
+
+class _Counts:
+    """Counts since the last saved state, merged into the next :class:`BuildState`."""
+
+    def __init__(
+        self, images: int, splits: dict[str, int], labels: dict[str, int], skipped: dict[str, int], ex: list[str]
+    ) -> None:
+        self.images, self.splits, self.labels, self.skipped, self.examples = images, splits, labels, skipped, ex
+
+    @classmethod
+    def of(cls, s: BuildState) -> _Counts:
+        return cls(s.images, dict(s.splits), dict(s.labels), dict(s.skipped), list(s.examples))
+
+    def skip_or_count(self, outcome: LabelOutcome, entry: ManifestEntry, where: str) -> None:
+        if outcome is not LabelOutcome.OK:
+            self.skipped[outcome.value] = self.skipped.get(outcome.value, 0) + 1
+            if len(self.examples) < MAX_EXAMPLES:
+                self.examples.append(f"{outcome.value}: {where}")
+            return
+        self.images += 1
+        self.splits[entry.split] = self.splits.get(entry.split, 0) + 1
+        for label in entry.labels:
+            self.labels[label] = self.labels.get(label, 0) + 1
+
+    def state(self, old: BuildState, cursor: tuple[str, str, str] | None, blocks: int) -> BuildState:
+        size = len(json.dumps(self.labels, ensure_ascii=False))
+        if size > MAX_LABELS_JSON:
+            raise MessageError(
+                f"the training set's label counts take {size} characters (over {MAX_LABELS_JSON}): "
+                "too many distinct tags; name the labels with 'labels.classes'"
+            )
+        return BuildState(
+            step=old.step + 1,
+            cursor=cursor,
+            blocks=blocks,
+            images=self.images,
+            splits=dict(self.splits),
+            labels=dict(self.labels),
+            skipped=dict(self.skipped),
+            examples=tuple(self.examples),
+        )
+
+
+def _put_block(store: TrainsetStore, blob: Any, index: int, lines: list[str], uses: list[BlobUse]) -> None:
+    """Put one block (a complete gzip member) and index its images; both idempotent."""
+    data = gzip.compress("".join(lines).encode("utf-8"), compresslevel=GZIP_LEVEL, mtime=0)
+    blob.stage_block(ts.block_id(index), data, length=len(data))
+    store.lineage.add_blob_uses(uses)
+
+
+def _advance(store: TrainsetStore, row: TrainsetRow, new: BuildState) -> tuple[TrainsetRow, BuildState]:
+    """Save ``new``; a row with an empty etag means another delivery got there first."""
+    if not store.trainsets.advance(replace(row, state=new)):
+        return replace(row, etag=""), new
+    fresh = store.trainsets.get(row.name, row.version)
+    if fresh is None or fresh.state.step != new.step:  # pragma: no cover - only we advance it
+        return replace(row, etag=""), new
+    return fresh, fresh.state
+
+
+def _finish(store: TrainsetStore, blob: Any, row: TrainsetRow, state: BuildState) -> str:
+    """Commit the blocks, hash the committed manifest, flip to ``ready`` (If-Match)."""
+    blocks = [BlobBlock(block_id=ts.block_id(i)) for i in range(state.blocks)]
+    blob.commit_block_list(blocks, content_settings=ContentSettings(content_type="application/gzip"))
+    digest, count = manifest_digest(blob_ranges(blob))
+    if count != state.images:
+        raise RuntimeError(f"manifest {row.manifest_blob} holds {count} lines, the build counted {state.images}; retrying")
+    done = replace(row, status=READY, sha256=digest, state=replace(state, cursor=None))
+    if not store.trainsets.advance(done):
+        return BUILDING  # another delivery finished it
+    log.info("training set %s:%s ready: %d images, sha256 %s", row.name, row.version, state.images, digest)
+    return READY
+
+
+RANGE_BYTES = 4 * 1024 * 1024
+
+
+def blob_ranges(blob: Any) -> Iterator[bytes]:
+    """A blob's bytes in 4 MiB ranges: the SDK's own download would fetch its first 32 MiB at once."""
+    size = blob.get_blob_properties().size
+    for offset in range(0, size, RANGE_BYTES):
+        yield blob.download_blob(offset=offset, length=min(RANGE_BYTES, size - offset)).readall()
+
+
+def manifest_digest(chunks: Iterator[bytes]) -> tuple[str, int]:
+    """(SHA-256 hex of the uncompressed bytes, line count) of a gzip stream, in bounded memory."""
+    import zlib
+
+    sha = hashlib.sha256()
+    lines = 0
+    d = zlib.decompressobj(wbits=31)
+    for chunk in chunks:
+        data = chunk
+        while data:
+            out = d.decompress(data)
+            sha.update(out)
+            lines += out.count(b"\n")
+            if d.eof:  # one gzip member ended: the next begins in what is left
+                data = d.unused_data
+                d = zlib.decompressobj(wbits=31)
+            else:
+                data = b""
+    return sha.hexdigest(), lines
+
+
+def _resolved(
+    rt: Runtime, store: TrainsetStore, sets: list[SelectedSet], cursor: tuple[str, str, str] | None, at: Any
+) -> Iterator[tuple[SelectedSet, str, ImageRow, str]]:
+    """(set, RowKey, image, source original MD5) from the cursor on; transformed images' sources
+    are read in chunks, concurrently, so a page costs one round trip of latency, not 256."""
+    raw = _images_from(store, sets, cursor, at)
+    with ThreadPoolExecutor(RESOLVE_THREADS) as pool:
+        while chunk := list(itertools.islice(raw, RESOLVE_CHUNK)):
+            md5s = list(pool.map(lambda item: _source_md5(rt, item[0], item[2]), chunk))
+            for (sel, rk, image), md5 in zip(chunk, md5s, strict=True):
+                yield sel, rk, image, md5
+
+
+def _images_from(
+    store: TrainsetStore, sets: list[SelectedSet], cursor: tuple[str, str, str] | None, at: Any
+) -> Iterator[tuple[SelectedSet, str, ImageRow]]:
+    for sel in sets:
+        after = ""
+        if cursor is not None:
+            if sel.order < (cursor[0], cursor[1]):
+                continue
+            if sel.order == (cursor[0], cursor[1]):
+                after = cursor[2]
+        for rk, image in snapshot_images(store.images, sel.row.images_partition_key, after, at):
+            yield sel, rk, image
+
+
+def _source_md5(rt: Runtime, sel: SelectedSet, image: ImageRow) -> str:
+    if sel.row.transform is None:
+        return image.md5
+    ref = sel.row.ref
+    prefix = ref.original_prefix()
+    if not image.source.startswith(prefix):
+        raise NotFoundError(f"{sel.container}/{image.blob}: its source {image.source!r} is not in {prefix!r}")
+    original = rt.catalog.images.get(ref, image.source[len(prefix) :])
+    if original is None:
+        raise NotFoundError(f"{sel.container}/{image.blob}: no record of its source original {image.source}")
+    return original.md5
+
+
+def _entry(sel: SelectedSet, image: ImageRow, source_md5: str, req: TrainsetRequest) -> tuple[ManifestEntry, LabelOutcome]:
+    outcome, labels = ts.assign_labels(sel.row.tags, req.classes)
+    r = sel.row
+    entry = ManifestEntry(
+        container=sel.container,
+        blob=image.blob,
+        md5=image.md5,
+        size=image.size,
+        width=image.width,
+        height=image.height,
+        domain=r.domain,
+        path=r.path,
+        version=r.version,
+        transform=r.transform,
+        source_blob=image.source if r.transform else image.blob,
+        source_md5=source_md5,
+        labels=labels,
+        split=ts.assign_split(source_md5, req.split),
+    )
+    return entry, outcome
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+class ModelError(PermanentError):
+    """A model registration that can never succeed as given (missing or unready set, conflict)."""
+
+
+def register_model(
+    store: TrainsetStore,
+    name: str,
+    version: str,
+    trainsets: list[tuple[str, str]],
+    uri: str = "",
+    metrics: dict[str, Any] | None = None,
+) -> ModelRow:
+    """Register a model trained on ``trainsets``: each must exist and be ``ready``. Immutable:
+    the same registration again returns the existing model, a different one is refused."""
+    from corpus.domain.paths import validate_version
+
+    validate_version(name, "model name")
+    validate_version(version, "model version")
+    if not trainsets:
+        raise ModelError("a model needs at least one training set")
+    if len(uri) > 4096:
+        raise ModelError("--uri is longer than 4096 characters")
+    metrics_json = json.dumps(metrics, sort_keys=True, separators=(",", ":"), ensure_ascii=False) if metrics is not None else ""
+    if metrics is not None and not isinstance(metrics, dict):
+        raise ModelError("metrics must be a JSON object")
+    if len(metrics_json) > ts.MAX_DEFINITION_CHARS:
+        raise ModelError(f"metrics are {len(metrics_json)} characters of JSON, more than {ts.MAX_DEFINITION_CHARS}")
+    wanted = tuple(sorted(set(trainsets)))
+    for tname, tversion in wanted:
+        row = store.trainsets.get(tname, tversion)
+        if row is None:
+            raise ModelError(f"training set {tname}:{tversion} does not exist")
+        if row.status != READY:
+            raise ModelError(f"training set {tname}:{tversion} is {row.status}, not ready")
+    model = ModelRow(name, version, wanted, uri, metrics_json)
+    for t in wanted:  # index first: a model row never exists without its reverse index
+        store.lineage.add_model_use(t, (name, version))
+    if not store.models.create(model):
+        existing = store.models.get(name, version)
+        if existing is None or existing.definition != model.definition:
+            raise ModelError(f"model {name}:{version} already exists with another definition; a model version is immutable")
+        return existing
+    return store.models.get(name, version) or model
+
+
+# -- lineage ---------------------------------------------------------------------------------
+
+
+def ready_trainset(store: TrainsetStore, name: str, version: str) -> TrainsetRow:
+    row = store.trainsets.get(name, version)
+    if row is None:
+        raise NotFoundError(f"no training set {name}:{version}")
+    if row.status != READY:
+        raise NotFoundError(f"training set {name}:{version} is {row.status}{': ' + row.reason if row.reason else ''}")
+    return row
+
+
+def manifest_lines(rt: Runtime, row: TrainsetRow) -> Iterator[str]:
+    """The manifest's lines (without newline), streamed and decompressed in bounded memory."""
+    import zlib
+
+    blob = rt.clients.container(row.manifest_container).get_blob_client(row.manifest_blob)
+    d = zlib.decompressobj(wbits=31)
+    rest = b""
+    for chunk in blob_ranges(blob):
+        data = chunk
+        while data:
+            out = d.decompress(data)
+            rest += out
+            *complete, rest = rest.split(b"\n")
+            for line in complete:
+                yield line.decode("utf-8")
+            if d.eof:
+                data = d.unused_data
+                d = zlib.decompressobj(wbits=31)
+            else:
+                data = b""
+    if rest:
+        yield rest.decode("utf-8")
+
+
+def trainsets_of_model(store: TrainsetStore, name: str, version: str) -> list[TrainsetRow]:
+    model = store.models.get(name, version)
+    if model is None:
+        raise NotFoundError(f"no model {name}:{version}")
+    return [ready_trainset(store, n, v) for n, v in model.trainsets]
+
+
+def original_of(rt: Runtime, container: str, blob: str) -> str:
+    """The source original of a blob: itself for ``original/…``, its record's ``source`` for ``transform/…``."""
+    parts = blob.split("/")
+    if parts[0] == "original":
+        return blob
+    if parts[0] != "transform" or len(parts) < 5:
+        raise NotFoundError(f"{blob!r} is neither an original nor a transformed image of the corpus")
+    name, tversion, *dirs, version, file = parts[1:]
+    image = rt.catalog.images.get(SetRef(container, tuple(dirs), version), file, (name, tversion))
+    if image is None:
+        raise NotFoundError(f"no record of {container}/{blob}")
+    return image.source
+
+
+def lineage_of_blob(rt: Runtime, store: TrainsetStore, container: str, blob: str) -> dict[str, list[dict[str, str]]]:
+    """Training sets (ready) and models that used ``blob``, or any transform of it when it is an original."""
+    source = original_of(rt, container, blob)
+    direct_only = source != blob
+    found: set[tuple[str, str]] = set()
+    for use in store.lineage.uses_of(container, source):
+        if direct_only and use.blob != blob:
+            continue
+        found.add(use.trainset)
+    ready = sorted(t for t in found if (r := store.trainsets.get(*t)) is not None and r.status == READY)
+    models: set[tuple[str, str]] = set()
+    for t in ready:
+        for m in store.lineage.models_of(t):
+            model = store.models.get(*m)
+            if model is not None and t in model.trainsets:
+                models.add(m)
+    return {
+        "trainsets": [{"name": n, "version": v} for n, v in ready],
+        "models": [{"name": n, "version": v} for n, v in sorted(models)],
+    }

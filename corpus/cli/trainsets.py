@@ -1,0 +1,445 @@
+"""``corpus trainset …``, ``corpus model …`` and ``corpus lineage``: training sets, models, lineage.
+
+Every command takes ``--json``; every failure is one line on stderr and exit status 1 (raised as
+:class:`~corpus.cli.main.CliError`). The work itself is in :mod:`corpus.app.trainsets`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from corpus.cli.common import CliError
+from corpus.cli.common import settings_from_cwd as _settings
+from corpus.domain.errors import CorpusError
+
+VERIFY_THREADS = 8
+POLL_SECONDS = 0.5
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    t = sub.add_parser("trainset", help="training sets: immutable, verifiable lists of exact files")
+    ts = t.add_subparsers(dest="trainset_command", required=True)
+
+    c = ts.add_parser("create", help="request a training set (queues a message on trainset-requests)")
+    c.add_argument("--name", required=True)
+    c.add_argument("--version", required=True)
+    c.add_argument("--domain", help="domain of the source sets")
+    c.add_argument("--tag", action="append", help="every set carrying this tag (repeat: all of them)")
+    c.add_argument("--path", help="one set by path (with --set-version)")
+    c.add_argument("--set-version", help="the source sets' version")
+    c.add_argument("--transform", metavar="NAME:VER", help="the sets of this transform instead of the originals")
+    c.add_argument("--classes", help="comma-separated class tags; each image gets the one its set carries")
+    c.add_argument("--split", default="100", help="TRAIN/VAL[/TEST] percentages or NAME=PCT,… (default: all train)")
+    c.add_argument("--from", dest="from_file", metavar="FILE", help="JSON list of sources (as in the message) instead")
+    c.add_argument("--wait", action="store_true", help="return when ready (exit 0) or failed (exit 1)")
+    c.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits at most (default 600)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_create)
+
+    ls = ts.add_parser("list", help="list training sets")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+    sh = ts.add_parser("show", help="one training set: status, counts per split and label, SHA-256")
+    sh.add_argument("ref", metavar="N:V")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=cmd_show)
+
+    m = ts.add_parser("manifest", help="stream the manifest's JSON lines")
+    m.add_argument("ref", metavar="N:V")
+    m.add_argument("--split", help="only this split")
+    m.add_argument("--json", action="store_true", help="(lines are JSON already)")
+    m.set_defaults(func=cmd_manifest)
+
+    v = ts.add_parser("verify", help="check every listed blob still exists with its MD5; exit 1 naming what changed")
+    v.add_argument("ref", metavar="N:V")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+
+    mo = sub.add_parser("model", help="models and the training sets they were trained on")
+    ms = mo.add_subparsers(dest="model_command", required=True)
+    r = ms.add_parser("register", help="register a model trained on ready training sets (immutable)")
+    r.add_argument("--name", required=True)
+    r.add_argument("--version", required=True)
+    r.add_argument("--trainset", action="append", required=True, metavar="N:V")
+    r.add_argument("--uri", default="", help="where the model is: a run, a registry entry, a file")
+    r.add_argument("--metrics", help="metrics as a JSON object")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_model_register)
+    ml = ms.add_parser("list", help="list models")
+    ml.add_argument("--json", action="store_true")
+    ml.set_defaults(func=cmd_model_list)
+    mh = ms.add_parser("show", help="one model")
+    mh.add_argument("ref", metavar="M:V")
+    mh.add_argument("--json", action="store_true")
+    mh.set_defaults(func=cmd_model_show)
+
+    li = sub.add_parser("lineage", help="images of a model or training set, or the sets and models that used a blob")
+    g = li.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", metavar="M:V")
+    g.add_argument("--trainset", metavar="N:V")
+    g.add_argument("--blob", metavar="CONTAINER/BLOB")
+    li.add_argument("--json", action="store_true")
+    li.set_defaults(func=cmd_lineage)
+
+
+def _guard(fn: Callable[[], int]) -> int:
+    try:
+        return fn()
+    except CorpusError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _rt() -> Any:
+    from corpus.app.runtime import Runtime
+    from corpus.store.storage import FAIL_FAST, Clients
+
+    settings = _settings()
+    rt = Runtime.create(settings)
+    rt.clients = Clients(settings.connection, FAIL_FAST)
+    from corpus.store.catalog import Catalog
+
+    rt.catalog = Catalog(rt.clients)
+    return rt
+
+
+def _store(rt: Any) -> Any:
+    from corpus.app.trainsets import store_of
+
+    return store_of(rt)
+
+
+def _ref(text: str, what: str = "training set") -> tuple[str, str]:
+    from corpus.domain.trainsets import parse_ref
+
+    return parse_ref(text, what)
+
+
+def trainset_json(row: Any) -> dict[str, Any]:
+    s = row.state
+    return {
+        "name": row.name,
+        "version": row.version,
+        "status": row.status,
+        "reason": row.reason or None,
+        "images": s.images,
+        "sha256": row.sha256 or None,
+        "splits": dict(sorted(s.splits.items())),
+        "labels": dict(sorted(s.labels.items())),
+        "skipped": dict(sorted(s.skipped.items())),
+        "skipped_examples": list(s.examples),
+        "manifest": f"{row.manifest_container}/{row.manifest_blob}",
+        "definition": json.loads(row.definition) if row.definition else None,
+        "created": row.created_at.isoformat() if row.created_at else None,
+        "updated": row.updated_at.isoformat() if row.updated_at else None,
+    }
+
+
+def _request(args: argparse.Namespace) -> Any:
+    from corpus.domain.trainsets import TrainsetRequest, parse_split_arg
+
+    if args.from_file:
+        if args.domain or args.tag or args.path or args.set_version or args.transform:
+            raise CliError("--from FILE replaces --domain/--tag/--path/--set-version/--transform")
+        try:
+            raw = json.loads(Path(args.from_file).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CliError(f"--from {args.from_file}: {exc}") from exc
+        sources = raw.get("sources") if isinstance(raw, dict) else raw
+    else:
+        if not args.domain:
+            raise CliError("give --domain (or --from FILE)")
+        if (args.path is None) == (not args.tag):
+            raise CliError("give exactly one of --path (with --set-version) or --tag")
+        src: dict[str, Any] = {"domain": args.domain}
+        if args.path is not None:
+            src["path"] = args.path
+        if args.tag:
+            src["tags"] = args.tag
+        if args.set_version:
+            src["version"] = args.set_version
+        if args.transform:
+            name, sep, ver = args.transform.partition(":")
+            if not sep:
+                raise CliError("--transform must be NAME:VERSION")
+            src["transform"] = {"name": name, "version": ver}
+        sources = [src]
+    body: dict[str, Any] = {"trainset": {"name": args.name, "version": args.version}, "sources": sources}
+    body["split"] = parse_split_arg(args.split)
+    if args.classes:
+        body["labels"] = {"classes": [c.strip() for c in args.classes.split(",")]}
+    return TrainsetRequest.parse(json.dumps(body))  # the same validation the function applies
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from corpus.store.trainsets_table import BUILDING, READY
+
+        req = _request(args)
+        rt = _rt()
+        store = _store(rt)
+        existing = store.trainsets.get(req.name, req.version)
+        if existing is not None and existing.definition != req.definition():
+            raise CliError(
+                f"training set {req.name}:{req.version} already exists with another definition "
+                f"({existing.definition}); a training set version is immutable: use a new version"
+            )
+        if existing is None:
+            rt.send(rt.settings.trainset_queue, req.to_json())
+        if not args.wait:
+            out = {
+                "queued": existing is None,
+                "name": req.name,
+                "version": req.version,
+                "definition": json.loads(req.definition()),
+            }
+            print(json.dumps(out) if args.json else f"queued on {rt.settings.trainset_queue}: {req.to_json()}")
+            return 0
+        deadline = time.monotonic() + args.timeout
+        while True:
+            row = store.trainsets.get(req.name, req.version)
+            if row is not None and row.status != BUILDING:
+                break
+            if time.monotonic() > deadline:
+                raise CliError(f"training set {req.name}:{req.version} not ready after --timeout {args.timeout:g}s")
+            time.sleep(POLL_SECONDS)
+        _print_show(row, args.json)
+        if row.status != READY:
+            print(f"corpus: error: training set {req.name}:{req.version} failed: {row.reason}", file=sys.stderr)
+            return 1
+        return 0
+
+    return _guard(run)
+
+
+def _print_show(row: Any, as_json: bool) -> None:
+    data = trainset_json(row)
+    if as_json:
+        print(json.dumps(data, ensure_ascii=False))
+        return
+    print(f"{row.name}:{row.version}  {row.status}{'  ' + row.reason if row.reason else ''}")
+    print(f"  images   {data['images']}")
+    print(f"  sha256   {data['sha256'] or '-'}")
+    print(f"  manifest {data['manifest']}")
+    print("  splits   " + ", ".join(f"{k} {v}" for k, v in data["splits"].items()))
+    print("  labels   " + ", ".join(f"{k} {v}" for k, v in data["labels"].items()))
+    if data["skipped"]:
+        print("  skipped  " + ", ".join(f"{k} {v}" for k, v in data["skipped"].items()))
+        for ex in data["skipped_examples"]:
+            print(f"    {ex}")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    def run() -> int:
+        rows = _store(_rt()).trainsets.list()
+        if args.json:
+            print(json.dumps([trainset_json(r) for r in rows], ensure_ascii=False))
+        else:
+            for r in rows:
+                print(f"{r.name}:{r.version}\t{r.status}\t{r.state.images} images\t{r.sha256 or '-'}")
+        return 0
+
+    return _guard(run)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    def run() -> int:
+        name, version = _ref(args.ref)
+        row = _store(_rt()).trainsets.get(name, version)
+        if row is None:
+            raise CliError(f"no training set {name}:{version}")
+        _print_show(row, args.json)
+        return 0
+
+    return _guard(run)
+
+
+def _lines(rt: Any, rows: list[Any]) -> Iterator[str]:
+    from corpus.app.trainsets import manifest_lines
+
+    for row in rows:
+        yield from manifest_lines(rt, row)
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from corpus.app.trainsets import ready_trainset
+
+        rt = _rt()
+        row = ready_trainset(_store(rt), *_ref(args.ref))
+        out = sys.stdout
+        for line in _lines(rt, [row]):
+            if args.split and json.loads(line)["split"] != args.split:
+                continue
+            out.write(line + "\n")
+        return 0
+
+    return _guard(run)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from corpus.app.trainsets import ready_trainset
+
+        rt = _rt()
+        row = ready_trainset(_store(rt), *_ref(args.ref))
+        problems: list[dict[str, str]] = []
+        checked = 0
+        futures: list[Future[list[dict[str, str]]]] = []
+        with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+            for group in _groups(_lines(rt, [row])):
+                checked += len(group[2])
+                futures.append(pool.submit(_verify_group, rt, *group))
+                if len(futures) >= 2 * VERIFY_THREADS:
+                    problems += futures.pop(0).result()
+            for f in futures:
+                problems += f.result()
+        if args.json:
+            print(json.dumps({"name": row.name, "version": row.version, "checked": checked, "problems": problems}))
+        else:
+            for p in problems:
+                print(f"{p['problem']}: {p['blob']}{' (' + p['detail'] + ')' if p.get('detail') else ''}")
+        if problems:
+            print(f"corpus: error: {len(problems)} of {checked} images of {row.name}:{row.version} changed", file=sys.stderr)
+            return 1
+        if not args.json:
+            print(f"{row.name}:{row.version}: all {checked} images present with their MD5")
+        return 0
+
+    return _guard(run)
+
+
+def _groups(lines: Iterator[str]) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """Consecutive manifest lines of one (container, folder): a set's images are consecutive."""
+    current: tuple[str, str] | None = None
+    group: dict[str, str] = {}
+    for line in lines:
+        rec = json.loads(line)
+        key = (rec["container"], rec["blob"].rsplit("/", 1)[0] + "/")
+        if key != current and group and current is not None:
+            yield current[0], current[1], group
+            group = {}
+        current = key
+        group[rec["blob"]] = rec["md5"]
+    if group and current is not None:
+        yield current[0], current[1], group
+
+
+def _verify_group(rt: Any, container: str, prefix: str, want: dict[str, str]) -> list[dict[str, str]]:
+    """List the folder once (List Blobs returns each blob's Content-MD5) and compare."""
+    import base64
+
+    from corpus.store.storage import blob_md5
+
+    cc = rt.clients.container(container)
+    seen: set[str] = set()
+    out: list[dict[str, str]] = []
+    for b in cc.list_blobs(name_starts_with=prefix):
+        if b.name not in want:
+            continue
+        seen.add(b.name)
+        raw = b.content_settings.content_md5
+        if raw:
+            got = base64.b64encode(bytes(raw)).decode()
+        else:
+            blob = cc.get_blob_client(b.name)
+            got = base64.b64encode(bytes.fromhex(blob_md5(blob, blob.get_blob_properties()))).decode()
+        if got != want[b.name]:
+            out.append(
+                {"problem": "changed", "blob": f"{container}/{b.name}", "detail": f"md5 {got}, manifest says {want[b.name]}"}
+            )
+    for name in sorted(set(want) - seen):
+        out.append({"problem": "missing", "blob": f"{container}/{name}", "detail": ""})
+    return out
+
+
+def cmd_model_register(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from corpus.app.trainsets import register_model
+
+        try:
+            metrics = json.loads(args.metrics) if args.metrics else None
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--metrics is not JSON: {exc}") from exc
+        if metrics is not None and not isinstance(metrics, dict):
+            raise CliError("--metrics must be a JSON object")
+        sets = [_ref(t) for t in args.trainset]
+        model = register_model(_store(_rt()), args.name, args.version, sets, args.uri, metrics)
+        print(json.dumps(model_json(model)) if args.json else f"registered model {model.name}:{model.version}")
+        return 0
+
+    return _guard(run)
+
+
+def model_json(m: Any) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "version": m.version,
+        "trainsets": [{"name": n, "version": v} for n, v in m.trainsets],
+        "uri": m.uri or None,
+        "metrics": json.loads(m.metrics) if m.metrics else None,
+        "created": m.created_at.isoformat() if m.created_at else None,
+    }
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    def run() -> int:
+        rows = _store(_rt()).models.list()
+        if args.json:
+            print(json.dumps([model_json(m) for m in rows]))
+        else:
+            for m in rows:
+                print(f"{m.name}:{m.version}\t" + ",".join(f"{n}:{v}" for n, v in m.trainsets) + f"\t{m.uri}")
+        return 0
+
+    return _guard(run)
+
+
+def cmd_model_show(args: argparse.Namespace) -> int:
+    def run() -> int:
+        name, version = _ref(args.ref, "model")
+        m = _store(_rt()).models.get(name, version)
+        if m is None:
+            raise CliError(f"no model {name}:{version}")
+        print(json.dumps(model_json(m)) if args.json else json.dumps(model_json(m), indent=2))
+        return 0
+
+    return _guard(run)
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from corpus.app.trainsets import lineage_of_blob, ready_trainset, trainsets_of_model
+
+        rt = _rt()
+        store = _store(rt)
+        if args.blob:
+            container, sep, blob = args.blob.partition("/")
+            if not sep or not blob:
+                raise CliError("--blob must be CONTAINER/BLOB")
+            found = lineage_of_blob(rt, store, container, blob)
+            if args.json:
+                print(json.dumps(found))
+            else:
+                print("training sets: " + (", ".join(f"{t['name']}:{t['version']}" for t in found["trainsets"]) or "none"))
+                print("models:        " + (", ".join(f"{m['name']}:{m['version']}" for m in found["models"]) or "none"))
+            return 0
+        rows = (
+            trainsets_of_model(store, *_ref(args.model, "model")) if args.model else [ready_trainset(store, *_ref(args.trainset))]
+        )
+        for line in _lines(rt, rows):
+            if args.json:
+                sys.stdout.write(line + "\n")
+            else:
+                rec = json.loads(line)
+                sys.stdout.write(f"{rec['split']}\t{','.join(rec['labels'])}\t{rec['container']}/{rec['blob']}\t{rec['md5']}\n")
+        return 0
+
+    return _guard(run)

@@ -1,0 +1,404 @@
+"""Training sets, pure: the request message, the canonical definition, labels, splits, manifest lines.
+
+A training set ``(name, version)`` is an immutable, verifiable list of exact files. Everything that
+decides *which* files and *what they say* lives here, without I/O, so it is unit-tested alone:
+
+* :class:`TrainsetRequest`: the ``trainset-requests`` message, parsed strictly like
+  :mod:`corpus.domain.messages` (unknown fields, wrong types and empty names are refused);
+* :meth:`TrainsetRequest.definition`: the canonical definition JSON. Two requests with the same
+  meaning have the same definition (tags normalised and sorted, sources de-duplicated and sorted,
+  split keys sorted); the definition is what makes "same name+version again" a no-op and "same
+  name+version, other definition" a refusal. It is bounded by :data:`MAX_DEFINITION_CHARS`;
+* :func:`assign_split`: the split of an image is a function of its *source original's* MD5 only,
+  so every variant of one original, and identical files under two names, land in the same split.
+  Bucket = first 8 bytes of SHA-256(md5 bytes) mod 100; splits take consecutive bucket ranges in
+  the *sorted order of their names* (so ``{"train":80,"val":10,"test":10}`` and the same object
+  written in another key order are one definition);
+* :func:`assign_labels`: with ``classes``, an image gets the one class whose tag its set carries;
+  zero or several matching classes are reported (:class:`LabelOutcome`), never guessed;
+* :func:`manifest_line`: one manifest line, its exact field set and order, MD5s in base64 as Azure
+  stores them (the ``Images`` table keeps hex).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from corpus.domain.errors import InvalidNameError, MessageError
+from corpus.domain.messages import Fields, decode_body
+from corpus.domain.paths import ROOT_PATH, validate_domain, validate_version
+from corpus.domain.tags import normalize, normalize_tag
+
+MAX_DEFINITION_CHARS = 32 * 1024
+"""A canonical definition is stored in one table string property (32 K UTF-16 code units); larger
+requests are refused when they are made, not when they are stored."""
+
+MAX_SOURCES = 100
+MAX_CLASSES = 1000
+BUCKETS = 100
+DEFAULT_SPLIT: dict[str, int] = {"train": 100}
+
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class TrainsetConflictError(MessageError):
+    """The training set (name, version) exists with another definition: immutable, use a new version."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainsetSource:
+    """One source of a request: one set by ``path`` + ``version``, or every set carrying all ``tags``
+    (optionally of one ``version``); originals unless ``transform`` = (name, version)."""
+
+    domain: str
+    path: str | None = None
+    version: str | None = None
+    tags: tuple[str, ...] = ()
+    transform: tuple[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"domain": self.domain}
+        if self.path is not None:
+            out["path"] = self.path
+        if self.tags:
+            out["tags"] = list(self.tags)
+        if self.version is not None:
+            out["version"] = self.version
+        if self.transform is not None:
+            out["transform"] = {"name": self.transform[0], "version": self.transform[1]}
+        return out
+
+    @property
+    def transform_label(self) -> str | None:
+        return f"{self.transform[0]}:{self.transform[1]}" if self.transform else None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainsetRequest:
+    """The ``trainset-requests`` message; see the README's "Training sets and lineage" section."""
+
+    name: str
+    version: str
+    sources: tuple[TrainsetSource, ...]
+    classes: tuple[str, ...] | None
+    split: tuple[tuple[str, int], ...]
+
+    def definition(self) -> str:
+        """The canonical definition: compact JSON, independent of how the request was written."""
+        body: dict[str, Any] = {
+            "sources": [s.to_json() for s in self.sources],
+            "labels": {"classes": list(self.classes)} if self.classes is not None else None,
+            "split": dict(self.split),
+        }
+        return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+    def to_json(self) -> str:
+        body: dict[str, Any] = {
+            "trainset": {"name": self.name, "version": self.version},
+            "sources": [s.to_json() for s in self.sources],
+            "split": dict(self.split),
+        }
+        if self.classes is not None:
+            body["labels"] = {"classes": list(self.classes)}
+        return json.dumps(body, ensure_ascii=False)
+
+    @classmethod
+    def from_definition(cls, name: str, version: str, definition: str) -> TrainsetRequest:
+        """The request a stored definition came from (its canonical form)."""
+        body = json.loads(definition)
+        msg = {"trainset": {"name": name, "version": version}, "sources": body["sources"], "split": body["split"]}
+        if body.get("labels") is not None:
+            msg["labels"] = body["labels"]
+        return cls.parse(json.dumps(msg))
+
+    @classmethod
+    def parse(cls, body: bytes | str) -> TrainsetRequest:
+        f = Fields(decode_body(body), "trainset request")
+        ts = Fields(f.any("trainset", dict), "trainset request 'trainset'")
+        raw_sources = f.any("sources", list)
+        labels = f.any("labels", dict, required=False)
+        raw_split = f.any("split", dict, required=False)
+        f.done()
+        name, version = ts.str("name"), ts.str("version")
+        ts.done()
+        try:
+            validate_version(name, "training set name")
+            validate_version(version, "training set version")
+        except InvalidNameError as exc:
+            raise MessageError(f"trainset request: {exc}") from exc
+        if not raw_sources:
+            raise MessageError("trainset request: 'sources' must list at least one source")
+        if len(raw_sources) > MAX_SOURCES:
+            raise MessageError(f"trainset request: at most {MAX_SOURCES} sources")
+        parsed = {_parse_source(s, i) for i, s in enumerate(raw_sources)}
+        sources = tuple(sorted(parsed, key=lambda s: json.dumps(s.to_json(), sort_keys=True)))
+        classes: tuple[str, ...] | None = None
+        if labels is not None:
+            lf = Fields(labels, "trainset request 'labels'")
+            raw_classes = lf.any("classes", list)
+            lf.done()
+            if not raw_classes or not all(isinstance(c, str) and normalize_tag(c) for c in raw_classes):
+                raise MessageError("trainset request: 'labels.classes' must be a non-empty list of non-empty strings")
+            if len(raw_classes) > MAX_CLASSES:
+                raise MessageError(f"trainset request: at most {MAX_CLASSES} classes")
+            classes = tuple(normalize_tag(c) for c in raw_classes)
+            if len(set(classes)) != len(classes):
+                raise MessageError("trainset request: 'labels.classes' names a class twice (classes compare case-insensitively)")
+        split = parse_split(raw_split if raw_split is not None else DEFAULT_SPLIT)
+        req = cls(name, version, sources, classes, split)
+        size = len(req.definition())
+        if size > MAX_DEFINITION_CHARS:
+            raise MessageError(f"trainset request: definition is {size} characters, more than {MAX_DEFINITION_CHARS}")
+        return req
+
+
+def _parse_source(raw: Any, index: int) -> TrainsetSource:
+    where = f"trainset request 'sources[{index}]'"
+    s = Fields(raw, where)
+    domain = s.str("domain")
+    path = s.str("path", required=False)
+    version = s.str("version", required=False)
+    tags = s.any("tags", list, required=False, default=[])
+    transform = s.any("transform", dict, required=False)
+    s.done()
+    tname = tversion = None
+    if transform is not None:
+        t = Fields(transform, where + " 'transform'")
+        tname, tversion = t.str("name"), t.str("version")
+        t.done()
+    try:
+        validate_domain(domain)
+        if version is not None:
+            validate_version(version)
+        if tname is not None and tversion is not None:
+            validate_version(tname, "transform name")
+            validate_version(tversion, "transform version")
+    except InvalidNameError as exc:
+        raise MessageError(f"{where}: {exc}") from exc
+    if not all(isinstance(tag, str) and tag.strip() for tag in tags):
+        raise MessageError(f"{where}: 'tags' must be a list of non-empty strings")
+    if (path is None) == (not tags):
+        raise MessageError(f"{where}: needs exactly one of 'path' (with 'version') or 'tags'")
+    if path is not None:
+        if version is None:
+            raise MessageError(f"{where}: 'path' needs 'version'")
+        if path != ROOT_PATH and any(seg in ("", ".", "..") for seg in path.split("/")):
+            raise MessageError(f"{where}: 'path' {path!r} has an empty, '.' or '..' segment")
+    norm = tuple(sorted(normalize(tags)))
+    return TrainsetSource(domain, path, version, norm, (tname, tversion) if tname and tversion else None)
+
+
+def parse_split(raw: Any) -> tuple[tuple[str, int], ...]:
+    """``{"train": 80, "val": 10, "test": 10}`` → sorted ((test, 10), (train, 80), (val, 10)); sums to 100."""
+    if not isinstance(raw, dict) or not raw:
+        raise MessageError("trainset request: 'split' must be a non-empty object of name → percentage")
+    items: list[tuple[str, int]] = []
+    for name, pct in raw.items():
+        if not isinstance(name, str) or not _SPLIT_NAME.match(name):
+            raise MessageError(f"trainset request: split name {name!r} must be 1-32 of letters, digits, '_' or '-'")
+        if isinstance(pct, bool) or not isinstance(pct, int) or not 0 < pct <= 100:
+            raise MessageError(f"trainset request: split {name!r} must be an integer percentage 1-100")
+        items.append((name, pct))
+    if sum(p for _, p in items) != 100:
+        raise MessageError(f"trainset request: split percentages sum to {sum(p for _, p in items)}, not 100")
+    return tuple(sorted(items))
+
+
+def parse_split_arg(text: str) -> dict[str, int]:
+    """The CLI's ``--split 80/10/10`` (train/val/test) or ``80/20`` (train/val) or ``train=70,val=30``."""
+    if "=" in text:
+        out: dict[str, int] = {}
+        for part in text.split(","):
+            name, _, pct = part.partition("=")
+            if not pct.strip().isdigit():
+                raise MessageError(f"--split {text!r}: {part!r} is not NAME=PERCENT")
+            out[name.strip()] = int(pct)
+        return out
+    parts = text.split("/")
+    names = {1: ["train"], 2: ["train", "val"], 3: ["train", "val", "test"]}.get(len(parts))
+    if names is None or not all(p.strip().isdigit() for p in parts):
+        raise MessageError(f"--split {text!r}: expected TRAIN/VAL[/TEST] percentages or NAME=PERCENT,…")
+    return {n: int(p) for n, p in zip(names, parts, strict=True) if int(p) > 0}
+
+
+def bucket_of(md5_hex: str) -> int:
+    """0..99 from the image's source original's MD5 (hex): SHA-256 of the 16 MD5 bytes, mod 100."""
+    digest = hashlib.sha256(bytes.fromhex(md5_hex)).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def assign_split(md5_hex: str, split: tuple[tuple[str, int], ...]) -> str:
+    """The split whose bucket range holds :func:`bucket_of` (ranges in sorted name order)."""
+    bucket = bucket_of(md5_hex)
+    upper = 0
+    for name, pct in split:
+        upper += pct
+        if bucket < upper:
+            return name
+    raise ValueError("split percentages do not sum to 100")
+
+
+class LabelOutcome(StrEnum):
+    OK = "ok"
+    NO_CLASS = "no-class"
+    SEVERAL_CLASSES = "several-classes"
+
+
+def assign_labels(set_tags: tuple[str, ...], classes: tuple[str, ...] | None) -> tuple[LabelOutcome, tuple[str, ...]]:
+    """Labels of an image from its set's tags.
+
+    Without classes, the set's tags (normalised). With classes, the single class among the set's
+    tags: ``(OK, (cls,))``; none matching or several matching are outcomes of their own, with the
+    matching classes, so the caller can report them rather than drop or guess.
+    """
+    tags = tuple(normalize(set_tags))
+    if classes is None:
+        return LabelOutcome.OK, tags
+    have = set(tags)
+    found = tuple(c for c in classes if c in have)
+    if len(found) == 1:
+        return LabelOutcome.OK, found
+    return (LabelOutcome.NO_CLASS if not found else LabelOutcome.SEVERAL_CLASSES), found
+
+
+def md5_b64(md5_hex: str) -> str:
+    """Hex MD5 (as the ``Images`` table keeps it) → base64 (as Azure's Content-MD5 shows it)."""
+    return base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii")
+
+
+def md5_hex(md5_base64: str) -> str:
+    return base64.b64decode(md5_base64).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    """Everything one manifest line says about one image."""
+
+    container: str
+    blob: str
+    md5: str  # hex
+    size: int
+    width: int
+    height: int
+    domain: str
+    path: str
+    version: str
+    transform: tuple[str, str] | None
+    source_blob: str
+    source_md5: str  # hex
+    labels: tuple[str, ...]
+    split: str
+
+
+def manifest_line(e: ManifestEntry) -> str:
+    """One line (with its ``\\n``): compact JSON, fields in the documented order, UTF-8 unescaped."""
+    body = {
+        "container": e.container,
+        "blob": e.blob,
+        "md5": md5_b64(e.md5),
+        "size": e.size,
+        "width": e.width,
+        "height": e.height,
+        "domain": e.domain,
+        "path": e.path,
+        "version": e.version,
+        "transform": {"name": e.transform[0], "version": e.transform[1]} if e.transform else None,
+        "source": {"blob": e.source_blob, "md5": md5_b64(e.source_md5)},
+        "labels": list(e.labels),
+        "split": e.split,
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+MANIFEST_FIELDS = (
+    "container",
+    "blob",
+    "md5",
+    "size",
+    "width",
+    "height",
+    "domain",
+    "path",
+    "version",
+    "transform",
+    "source",
+    "labels",
+    "split",
+)
+
+
+def manifest_blob(name: str, version: str) -> str:
+    return f"{name}/{version}/manifest.jsonl.gz"
+
+
+def parse_ref(text: str, what: str = "training set") -> tuple[str, str]:
+    """``NAME:VERSION`` → (name, version), both valid names."""
+    name, sep, version = text.partition(":")
+    if not sep:
+        raise MessageError(f"{what} {text!r}: expected NAME:VERSION")
+    try:
+        return validate_version(name, f"{what} name"), validate_version(version, f"{what} version")
+    except InvalidNameError as exc:
+        raise MessageError(str(exc)) from exc
+
+
+def block_id(index: int) -> str:
+    """Deterministic Put Block id of block ``index`` (all ids of one blob have the same length)."""
+    return base64.b64encode(f"manifest-{index:08d}".encode()).decode("ascii")
+
+
+def set_order_key(container: str, blob_prefix: str) -> tuple[str, str]:
+    """The order in which sets are written into a manifest: container, then the set's blob prefix."""
+    return container, blob_prefix
+
+
+def manifest_order_key(container: str, blob: str) -> tuple[str, str, str]:
+    """The documented order of manifest lines, as a function of one line.
+
+    (container, the set's blob prefix, the file's ``Images`` RowKey): sets in order of their
+    prefix (a blob's folder: file names hold no ``/``), then files in the order of their escaped
+    name (:func:`corpus.domain.keys.image_row_key`). Equal to plain (container, blob) order when
+    file names use only ``[A-Za-z0-9._-]`` and no selected set's prefix is a prefix of another's;
+    in general it is not (``"a b"`` escapes to ``a~20b``, after ``a-b``; ``original/v2/`` holds set
+    ``<root>@v2`` while ``original/v2/v1/`` holds set ``v2@v1``). It is what the build can produce
+    by reading each set's partition in key order, with no sort and bounded memory.
+    """
+    from corpus.domain.keys import image_row_key
+
+    folder, _, file = blob.rpartition("/")
+    return container, folder + "/", image_row_key(file)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainsetContinue:
+    """A build continues in a new message when its time budget runs out; the state is in the row."""
+
+    name: str
+    version: str
+    step: int
+
+    KIND = "trainset-continue"
+
+    def to_json(self) -> str:
+        body = {"kind": self.KIND, "v": 1, "name": self.name, "version": self.version, "step": self.step}
+        return json.dumps(body, ensure_ascii=False, sort_keys=True)
+
+
+def parse_trainset_message(body: bytes | str) -> TrainsetRequest | TrainsetContinue:
+    """A user's request, or the build's own continuation (``kind: trainset-continue``)."""
+    obj = decode_body(body)
+    if obj.get("kind") != TrainsetContinue.KIND:
+        return TrainsetRequest.parse(body)
+    f = Fields(obj, "trainset continuation")
+    f.str("kind")
+    if f.int("v") != 1:
+        raise MessageError("trainset continuation: unsupported schema version")
+    msg = TrainsetContinue(f.str("name"), f.str("version"), f.int("step"))
+    f.done()
+    return msg

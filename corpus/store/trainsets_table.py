@@ -1,0 +1,370 @@
+"""Tables ``TrainingSets``, ``Models`` and ``Lineage``: rows and their homes.
+
+``TrainingSets`` (PK = escaped name, RK = escaped version): one entity per training set, with its
+canonical definition, status (``building`` → ``ready`` | ``failed`` with a reason), counts and the
+manifest's blob and SHA-256. While ``building`` it also carries the build state (``Step``,
+``Cursor``, ``Blocks``, partial counts, ``SnapshotAt``), advanced only with ``If-Match``, so two
+deliveries of one build message can't both advance it.
+
+``Models`` (PK = escaped name, RK = escaped version): a model, its training sets, URI and metrics.
+
+``Lineage`` is the reverse index, two kinds of rows:
+
+* blob → training set: PK = ``b`` + bucket (:data:`BLOB_BUCKETS` buckets by a hash of the
+  *source original*), RK = ``compose(container, source original, set name, set version, blob)``.
+  An original and all its transforms share one RK prefix inside one partition, so "which
+  training sets used this original, directly or through any transform" is one range query:
+  O(result). Buckets (rather than one partition per original) let the build write the index in
+  batched transactions: a block of 10,000 images spreads over 64 partitions, ~2 batches each.
+* training set → model: PK = ``m!`` + ``compose(set name, set version)``, RK = ``compose(model,
+  version)``, written before the model's own row, so a model never exists without its index.
+
+Index rows of a set that is not ``ready`` (still building, or failed) are ignored by readers:
+the index is written during the build, the status flips to ``ready`` last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, UpdateMode
+
+from corpus.domain import keys
+from corpus.domain.limits import MAX_TABLE_BATCH
+from corpus.store.rows import Entity, ImageRow, as_int, int64, now
+from corpus.store.settings import TABLE_IMAGES, TABLE_LINEAGE, TABLE_MODELS, TABLE_TRAINSETS
+from corpus.store.storage import Clients
+
+BUILDING = "building"
+READY = "ready"
+FAILED = "failed"
+
+BLOB_BUCKETS = 64
+INDEX_THREADS = 8
+
+
+def _str(entity: Mapping[str, Any], name: str) -> str:
+    value = entity.get(name)
+    return "" if value is None else str(value)
+
+
+def _json(entity: Mapping[str, Any], name: str, default: Any) -> Any:
+    raw = entity.get(name)
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        return default
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class BuildState:
+    """Where a build stands between messages: always at a block boundary."""
+
+    step: int = 0
+    cursor: tuple[str, str, str] | None = None
+    """(container, set blob prefix, last Images RowKey written) or ``None`` at the start."""
+    blocks: int = 0
+    images: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Images left out, by reason (``no-class``, ``several-classes``)."""
+    examples: tuple[str, ...] = ()
+    """A few skipped images (``reason: container/blob``), for ``trainset show``."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainsetRow:
+    name: str
+    version: str
+    definition: str
+    status: str = BUILDING
+    reason: str = ""
+    manifest_container: str = ""
+    manifest_blob: str = ""
+    sha256: str = ""
+    state: BuildState = field(default_factory=BuildState)
+    snapshot_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    etag: str = ""
+    server_time: datetime | None = None
+    """The entity's service ``Timestamp`` when read (used once, as the snapshot time)."""
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        return keys.escape(self.name), keys.escape(self.version)
+
+    def to_entity(self) -> Entity:
+        pk, rk = self.keys
+        s = self.state
+        entity: Entity = {
+            "PartitionKey": pk,
+            "RowKey": rk,
+            "Name": self.name,
+            "Version": self.version,
+            "Definition": self.definition,
+            "Status": self.status,
+            "Reason": self.reason[:16000],
+            "ManifestContainer": self.manifest_container,
+            "ManifestBlob": self.manifest_blob,
+            "SHA256": self.sha256,
+            "Images": int64(s.images),
+            "Splits": _dumps(s.splits),
+            "Labels": _dumps(s.labels),
+            "Skipped": _dumps(s.skipped),
+            "Examples": _dumps(list(s.examples)),
+            "Step": int64(s.step),
+            "Cursor": _dumps(list(s.cursor)) if s.cursor else "",
+            "Blocks": int64(s.blocks),
+            "CreatedAt": self.created_at or now(),
+            "UpdatedAt": now(),
+        }
+        if self.snapshot_at is not None:
+            entity["SnapshotAt"] = self.snapshot_at
+        return entity
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> TrainsetRow:
+        cursor = _json(entity, "Cursor", None)
+        meta = getattr(entity, "metadata", {}) or {}
+        snapshot = entity.get("SnapshotAt")
+        state = BuildState(
+            step=as_int(entity.get("Step")),
+            cursor=(str(cursor[0]), str(cursor[1]), str(cursor[2])) if cursor else None,
+            blocks=as_int(entity.get("Blocks")),
+            images=as_int(entity.get("Images")),
+            splits={str(k): int(v) for k, v in _json(entity, "Splits", {}).items()},
+            labels={str(k): int(v) for k, v in _json(entity, "Labels", {}).items()},
+            skipped={str(k): int(v) for k, v in _json(entity, "Skipped", {}).items()},
+            examples=tuple(str(x) for x in _json(entity, "Examples", [])),
+        )
+        created, updated = entity.get("CreatedAt"), entity.get("UpdatedAt")
+        return cls(
+            name=_str(entity, "Name"),
+            version=_str(entity, "Version"),
+            definition=_str(entity, "Definition"),
+            status=_str(entity, "Status"),
+            reason=_str(entity, "Reason"),
+            manifest_container=_str(entity, "ManifestContainer"),
+            manifest_blob=_str(entity, "ManifestBlob"),
+            sha256=_str(entity, "SHA256"),
+            state=state,
+            snapshot_at=snapshot if isinstance(snapshot, datetime) else None,
+            created_at=created if isinstance(created, datetime) else None,
+            updated_at=updated if isinstance(updated, datetime) else None,
+            etag=str(meta.get("etag") or ""),
+            server_time=meta.get("timestamp"),
+        )
+
+
+class TrainsetsTable:
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def create(self, row: TrainsetRow) -> bool:
+        """Insert a new training set; False if (name, version) exists already (the caller compares)."""
+        try:
+            self.table.create_entity(row.to_entity())
+            return True
+        except ResourceExistsError:
+            return False
+
+    def get(self, name: str, version: str) -> TrainsetRow | None:
+        try:
+            return TrainsetRow.from_entity(self.table.get_entity(keys.escape(name), keys.escape(version)))
+        except ResourceNotFoundError:
+            return None
+
+    def advance(self, row: TrainsetRow) -> bool:
+        """Replace the row if nobody changed it since ``row`` was read (its ETag); False if someone did."""
+        try:
+            self.table.update_entity(
+                row.to_entity(), mode=UpdateMode.REPLACE, etag=row.etag, match_condition=MatchConditions.IfNotModified
+            )
+            return True
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+
+    def list(self) -> list[TrainsetRow]:
+        rows = (TrainsetRow.from_entity(e) for e in self.table.list_entities())
+        return sorted(rows, key=lambda r: (r.name, r.version))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    name: str
+    version: str
+    trainsets: tuple[tuple[str, str], ...]
+    uri: str = ""
+    metrics: str = ""
+    """Canonical JSON of the metrics object, or empty."""
+    created_at: datetime | None = None
+
+    @property
+    def definition(self) -> str:
+        return _dumps({"trainsets": [list(t) for t in self.trainsets], "uri": self.uri, "metrics": self.metrics})
+
+    def to_entity(self) -> Entity:
+        return {
+            "PartitionKey": keys.escape(self.name),
+            "RowKey": keys.escape(self.version),
+            "Name": self.name,
+            "Version": self.version,
+            "Trainsets": _dumps([list(t) for t in self.trainsets]),
+            "URI": self.uri,
+            "Metrics": self.metrics,
+            "CreatedAt": self.created_at or now(),
+        }
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> ModelRow:
+        created = entity.get("CreatedAt")
+        return cls(
+            name=_str(entity, "Name"),
+            version=_str(entity, "Version"),
+            trainsets=tuple((str(t[0]), str(t[1])) for t in _json(entity, "Trainsets", [])),
+            uri=_str(entity, "URI"),
+            metrics=_str(entity, "Metrics"),
+            created_at=created if isinstance(created, datetime) else None,
+        )
+
+
+class ModelsTable:
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def create(self, row: ModelRow) -> bool:
+        try:
+            self.table.create_entity(row.to_entity())
+            return True
+        except ResourceExistsError:
+            return False
+
+    def get(self, name: str, version: str) -> ModelRow | None:
+        try:
+            return ModelRow.from_entity(self.table.get_entity(keys.escape(name), keys.escape(version)))
+        except ResourceNotFoundError:
+            return None
+
+    def list(self) -> list[ModelRow]:
+        return sorted((ModelRow.from_entity(e) for e in self.table.list_entities()), key=lambda r: (r.name, r.version))
+
+
+@dataclass(frozen=True, slots=True)
+class BlobUse:
+    """One image of a training set, as the reverse index keeps it."""
+
+    container: str
+    source: str
+    """The source original's blob (the image itself for an original)."""
+    blob: str
+    trainset: tuple[str, str]
+
+
+def blob_bucket(container: str, source: str) -> str:
+    digest = hashlib.sha256(f"{container}/{source}".encode("utf-8", "surrogatepass")).digest()
+    return f"b{int.from_bytes(digest[:4], 'big') % BLOB_BUCKETS:02d}"
+
+
+class LineageTable:
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def add_blob_uses(self, uses: Iterable[BlobUse]) -> int:
+        """Upsert the index rows, grouped by partition, ≤ 100 per transaction; returns transactions sent."""
+        by_pk: dict[str, dict[str, Entity]] = defaultdict(dict)
+        for u in uses:
+            rk = keys.compose(u.container, u.source, u.trainset[0], u.trainset[1], u.blob)
+            by_pk[blob_bucket(u.container, u.source)][rk] = {
+                "PartitionKey": blob_bucket(u.container, u.source),
+                "RowKey": rk,
+                "Container": u.container,
+                "Source": u.source,
+                "Blob": u.blob,
+                "Name": u.trainset[0],
+                "Version": u.trainset[1],
+            }
+        chunks = [
+            list(rows.values())[i : i + MAX_TABLE_BATCH] for rows in by_pk.values() for i in range(0, len(rows), MAX_TABLE_BATCH)
+        ]
+
+        def send(chunk: list[Entity]) -> None:
+            self.table.submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+
+        # Transactions to different partitions are independent: overlap their round trips.
+        with ThreadPoolExecutor(INDEX_THREADS) as pool:
+            list(pool.map(send, chunks))
+        return len(chunks)
+
+    def uses_of(self, container: str, source: str) -> Iterator[BlobUse]:
+        """Every indexed use of ``source`` (an original) or of any transform of it: one range query."""
+        lo = keys.compose(container, source) + keys.SEPARATOR
+        hi = lo[:-1] + chr(ord(keys.SEPARATOR) + 1)
+        for e in self.table.query_entities(
+            "PartitionKey eq @pk and RowKey gt @lo and RowKey lt @hi",
+            parameters={"pk": blob_bucket(container, source), "lo": lo, "hi": hi},
+        ):
+            yield BlobUse(_str(e, "Container"), _str(e, "Source"), _str(e, "Blob"), (_str(e, "Name"), _str(e, "Version")))
+
+    def add_model_use(self, trainset: tuple[str, str], model: tuple[str, str]) -> None:
+        self.table.upsert_entity(
+            {
+                "PartitionKey": "m" + keys.SEPARATOR + keys.compose(*trainset),
+                "RowKey": keys.compose(*model),
+                "Name": model[0],
+                "Version": model[1],
+            },
+            mode=UpdateMode.REPLACE,
+        )
+
+    def models_of(self, trainset: tuple[str, str]) -> list[tuple[str, str]]:
+        pk = "m" + keys.SEPARATOR + keys.compose(*trainset)
+        rows = self.table.query_entities("PartitionKey eq @pk", parameters={"pk": pk})
+        return [(_str(e, "Name"), _str(e, "Version")) for e in rows]
+
+
+FIRST_IMAGE_KEY = '"'
+"""Below every escaped file name, above the counter rows (``!count!NN``) of a set's partition."""
+
+
+def snapshot_images(images: TableClient, partition_key: str, after: str, at: datetime) -> Iterator[tuple[str, ImageRow]]:
+    """A set's image records with RowKey > ``after``, in RowKey order, recorded no later than ``at``.
+
+    ``at`` is compared with the service's own ``Timestamp`` of each insert-only image row (one
+    clock: the storage service's), so an image recorded after the snapshot is never seen, by this
+    message or by any continuation or retry of the build.
+    """
+    rows = images.query_entities(
+        "PartitionKey eq @pk and RowKey gt @after", parameters={"pk": partition_key, "after": after or FIRST_IMAGE_KEY}
+    )
+    for entity in rows:
+        stamp = entity.metadata.get("timestamp")
+        if stamp is not None and stamp > at:
+            continue
+        yield str(entity["RowKey"]), ImageRow.from_entity(entity)
+
+
+class TrainsetStore:
+    """The three tables of training sets and lineage, plus read access to ``Images`` snapshots."""
+
+    def __init__(self, clients: Clients) -> None:
+        self.trainsets = TrainsetsTable(clients.table_client(TABLE_TRAINSETS))
+        self.models = ModelsTable(clients.table_client(TABLE_MODELS))
+        self.lineage = LineageTable(clients.table_client(TABLE_LINEAGE))
+        self.images = clients.table_client(TABLE_IMAGES)
