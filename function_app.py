@@ -167,3 +167,41 @@ def build_trainset(msg: func.QueueMessage) -> None:
 
     rt = get_runtime()
     run_queue_job(rt, rt.settings.trainset_queue, msg, lambda body: on_trainset_message(rt, parse_trainset_message(body)))
+
+
+# -- Read-only HTTP: training sets, models, lineage (the same JSON as `corpus trainset|model show --json`, `corpus lineage`)
+
+
+@app.function_name("api_trainsets")
+@_route("api/trainsets")
+def api_trainsets(req: func.HttpRequest) -> func.HttpResponse:
+    """The rows of `corpus trainset list --json`, paged."""
+    return _http(req, web.api_trainsets)
+
+
+@app.function_name("api_trainset")
+@_route("api/trainsets/{name}/{version}")
+def api_trainset(req: func.HttpRequest) -> func.HttpResponse:
+    """One training set, as `corpus trainset show N:V --json`."""
+    return _http(req, web.api_trainset)
+
+
+@app.function_name("api_models")
+@_route("api/models")
+def api_models(req: func.HttpRequest) -> func.HttpResponse:
+    """The rows of `corpus model list --json`, paged."""
+    return _http(req, web.api_models)
+
+
+@app.function_name("api_model")
+@_route("api/models/{name}/{version}")
+def api_model(req: func.HttpRequest) -> func.HttpResponse:
+    """One model, as `corpus model show M:V --json`."""
+    return _http(req, web.api_model)
+
+
+@app.function_name("api_lineage")
+@_route("api/lineage")
+def api_lineage(req: func.HttpRequest) -> func.HttpResponse:
+    """The training sets and models that used a blob, as `corpus lineage --blob CONTAINER/BLOB --json`."""
+    return _http(req, web.api_lineage)

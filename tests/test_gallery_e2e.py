@@ -2,8 +2,9 @@
 
 The data are made once per module (the tests only read): a drop ingested by the host (including a
 folder named ``<img src=x onerror=alert(1)>``), a ``thumbnail`` transform of one set made by the
-host, a second domain, and a 1,000-image set whose rows and tiny blobs are written directly (it
-stands for a large set; ingesting it would only slow the test down). Azurite logs every request
+host, two training sets built by the host with two models registered on them, a second domain,
+and a 1,000-image set whose rows and tiny blobs are written directly (it stands for a large set;
+ingesting it would only slow the test down). Azurite logs every request
 (``--debug``), which is how the tests count what a page read from storage.
 """
 
@@ -134,6 +135,21 @@ def _big_set(rt: Runtime) -> None:
         list(pool.map(lambda r: container.upload_blob(r.blob, tiny, content_settings=cs), originals + thumbs))
 
 
+def _trainsets(rt: Runtime, env: dict[str, str], app_dir: Path) -> None:
+    """Two training sets built by the host (the robins' thumbnails; the hostile-named set's
+    originals) and two models registered through the public Python API."""
+    from corpus import lineage
+    from corpus.domain.trainsets import TrainsetRequest
+
+    thumbs = {"domain": "birds", "path": "red/robin", "version": "v1", "transform": {"name": "thumbnail", "version": "1"}}
+    for name, source in (("robins", thumbs), ("hostile", {"domain": "birds", "path": HOSTILE, "version": "v1"})):
+        body = {"trainset": {"name": name, "version": "1"}, "sources": [source], "split": {"train": 100}}
+        rt.send(rt.settings.trainset_queue, TrainsetRequest.parse(json.dumps(body)).to_json())
+    run_host(env, app_dir)
+    lineage.register_model("robin-net", "1", ["robins:1"], "runs:/robin-net/1", {"acc": 0.9}, settings=rt.settings)
+    lineage.register_model("all-net", "2", ["robins:1", ("hostile", "1")], settings=rt.settings)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("gallery")
@@ -166,6 +182,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         req = TransformRequest("birds", SourceSelector(path="red/robin", version="v1"), "thumbnail", "1", {"size": 160})
         rt.send(rt.settings.transform_queue, req.to_json())
         run_host(env, app_dir)
+        _trainsets(rt, env, app_dir)
         _big_set(rt)
         port = free_port()
         host = subprocess.Popen(
@@ -265,6 +282,15 @@ def test_image_paging_covers_a_large_set_exactly_once(world: World) -> None:
         ("/api/sets/birds/images?version=v1&transform=thumbnail", 400),
         ("/gallery/birds/file?blob=../../etc/passwd", 400),
         ("/gallery/birds/file?blob=original/nope/v1/x.jpg", 404),
+        ("/api/trainsets?limit=0", 400),
+        ("/api/models?continuation=%2A%2Anot-a-token", 400),
+        ("/api/trainsets/robins/%3Cx%3E", 400),
+        ("/api/trainsets/nope/1", 404),
+        ("/api/models/robin-net/9", 404),
+        ("/api/lineage", 400),
+        ("/api/lineage?blob=birds", 400),
+        ("/api/lineage?blob=Not_A_Domain/original/red/robin/v1/r1.jpg", 400),
+        ("/api/lineage?blob=birds/elsewhere/r1.jpg", 404),
     ],
 )
 def test_errors_are_json_with_a_status_never_a_trace(world: World, path: str, status: int) -> None:
@@ -381,6 +407,77 @@ def test_image_page_shows_its_transforms_side_by_side(world: World) -> None:
     for src in page.imgs:
         if src.startswith("/"):
             assert world.get(src)[0] == 200
+
+
+def cli_json(w: World, *args: str) -> Any:
+    proc = run_cli(w.env, w.cwd, *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_trainsets_models_and_lineage_equal_the_cli(world: World) -> None:
+    original, thumb = "birds/original/red/robin/v1/r1.jpg", "birds/transform/thumbnail/1/red/robin/v1/r1.jpg"
+    unused = "birds/original/v1/root.jpg"
+    queries = {
+        "/api/trainsets": ("trainset", "list"),
+        "/api/trainsets/robins/1": ("trainset", "show", "robins:1"),
+        "/api/trainsets/hostile/1": ("trainset", "show", "hostile:1"),
+        "/api/models": ("model", "list"),
+        "/api/models/robin-net/1": ("model", "show", "robin-net:1"),
+        **{"/api/lineage?" + urlencode({"blob": b}): ("lineage", "--blob", b) for b in (original, thumb, unused)},
+    }
+    with ThreadPoolExecutor(4) as pool:  # each CLI run is a Python start-up: overlap them
+        cli = dict(zip(queries, pool.map(lambda args: cli_json(world, *args), queries.values()), strict=True))
+    api = {path: world.json(path) for path in queries}
+    assert api["/api/trainsets"] == {"trainsets": cli["/api/trainsets"], "continuation": None}
+    assert api["/api/models"] == {"models": cli["/api/models"], "continuation": None}
+    for path in queries:
+        if path not in ("/api/trainsets", "/api/models"):
+            assert api[path] == cli[path], path
+    robins = api["/api/trainsets/robins/1"]
+    assert (robins["status"], robins["images"]) == ("ready", ROBINS)
+    assert [t["name"] for t in api["/api/trainsets"]["trainsets"]] == ["hostile", "robins"]
+    assert api["/api/models/robin-net/1"]["metrics"] == {"acc": 0.9}
+    # The original trained through its thumbnail; the thumbnail itself; an image no set lists.
+    both = [{"name": "all-net", "version": "2"}, {"name": "robin-net", "version": "1"}]
+    assert api[f"/api/lineage?{urlencode({'blob': original})}"] == {
+        "trainsets": [{"name": "robins", "version": "1"}],
+        "models": both,
+    }
+    assert api[f"/api/lineage?{urlencode({'blob': thumb})}"]["models"] == both
+    assert api[f"/api/lineage?{urlencode({'blob': unused})}"] == {"trainsets": [], "models": []}
+
+
+@pytest.mark.parametrize("kind", ["trainsets", "models"])
+def test_trainset_and_model_paging_returns_each_once_in_the_cli_order(world: World, kind: str) -> None:
+    seen: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        page = world.json(f"/api/{kind}?" + urlencode({"limit": 1, **({"continuation": token} if token else {})}))
+        assert len(page[kind]) <= 1
+        seen += page[kind]
+        token = page["continuation"]
+        if not token:
+            break
+    assert seen == world.json(f"/api/{kind}")[kind] and len(seen) == 2
+
+
+def test_image_page_names_the_training_sets_and_models_that_used_it(world: World) -> None:
+    status, _, body = world.get("/gallery/birds/image?" + urlencode({"blob": "original/red/robin/v1/r1.jpg"}))
+    assert status == 200
+    page = parse_page(body)
+    text = "".join(page.text)
+    assert "robins:1" in text and "robin-net:1" in text and "all-net:2" in text and "hostile:1" not in text
+    assert {"/api/trainsets/robins/1", "/api/models/robin-net/1", "/api/models/all-net/2"} <= set(page.links)
+    # The hostile-named set's image: used by its own training set, its folder shown as text only.
+    hostile = world.json("/api/sets/birds/images?" + urlencode({"path": HOSTILE, "version": "v1"}))["images"][0]["blob"]
+    status, _, body = world.get("/gallery/birds/image?" + urlencode({"blob": hostile}))
+    assert status == 200 and HOSTILE.encode() not in body
+    page = parse_page(body)
+    text = "".join(page.text)
+    assert HOSTILE in text and "hostile:1" in text and "all-net:2" in text and "robin-net:1" not in text
+    status, _, body = world.get("/gallery/birds/image?" + urlencode({"blob": "original/v1/root.jpg"}))
+    assert status == 200 and "No ready training set lists this image" in "".join(parse_page(body).text)
 
 
 CHROMIUM = Path(os.environ.get("CORPUS_CHROMIUM", "/usr/bin/chromium"))

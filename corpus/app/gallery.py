@@ -5,7 +5,8 @@ Pages (the URLs are a contract, see ``function_app.py``)::
     /gallery                                   domains
     /gallery/{domain}?tag=…&transform=…        its sets, filtered by tags (all of them), originals or a transform
     /gallery/{domain}/set?path=&version=&transform=&limit=&continuation=   a paged grid
-    /gallery/{domain}/image?blob=              one image, its metadata, its transforms side by side
+    /gallery/{domain}/image?blob=              one image, its metadata, its transforms side by side,
+                                               the training sets and models that used it
 
 Everything users name (domains are validated; paths, tags, file names and transform names are not
 restricted) is written through :func:`html.escape`, in text and in attributes alike; URLs are built
@@ -22,11 +23,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from corpus.app import views
 from corpus.app.renditions import PREVIEW_SOURCES
 from corpus.app.runtime import Runtime
+from corpus.app.trainsets import lineage_of_blob, store_of
 from corpus.app.web import HttpError, Request, Response
 from corpus.domain.errors import NotFoundError
 from corpus.domain.paths import SetRef, validate_version
@@ -282,7 +284,7 @@ def image_page(rt: Runtime, req: Request) -> Response:
         side = "<h2>Transforms</h2>" + (
             f'<div class="side">{"".join(cells)}</div>' if cells else '<p class="muted">No transform of this image yet.</p>'
         )
-    used = '<h2>Used in</h2><p class="muted">Training sets and models are not recorded by this version of corpus.</p>'
+    used = _used_in(rt, domain, blob, transform is None)
     body = f'<h1>{e(record.file)}</h1><div class="side">{main}{table}</div>{side}{used}'
     crumbs = [
         ("corpus", "/gallery"),
@@ -291,3 +293,29 @@ def image_page(rt: Runtime, req: Request) -> Response:
         (file, None),
     ]
     return html_response(record.file, crumbs, body)
+
+
+def _used_in(rt: Runtime, domain: str, blob: str, original: bool) -> str:
+    """The "Used in" section: what ``GET /api/lineage`` (and ``corpus lineage --blob``) returns for the image.
+
+    For an original, the ready training sets that list it or any transform of it; for a transformed
+    image, those that list it. Each links to its JSON record (``/api/trainsets/…``, ``/api/models/…``).
+    """
+    found = lineage_of_blob(rt, store_of(rt), domain, blob)
+
+    def links(kind: str, refs: list[dict[str, str]]) -> str:
+        out = []
+        for r in refs:
+            href = f"/api/{kind}s/{quote(r['name'], safe='')}/{quote(r['version'], safe='')}"
+            out.append(f'<a class="{kind}" href="{e(href)}">{e(r["name"])}:{e(r["version"])}</a>')
+        return ", ".join(out)
+
+    how = "this image or any transform of it" if original else "this image"
+    if not found["trainsets"]:
+        return f'<h2>Used in</h2><p class="muted" id="used-in">No ready training set lists {how}.</p>'
+    models = links("model", found["models"]) or '<span class="muted">none registered</span>'
+    return (
+        f'<h2>Used in</h2><table id="used-in"><tr><th>training sets</th><td>{links("trainset", found["trainsets"])}</td></tr>'
+        f"<tr><th>models</th><td>{models}</td></tr></table>"
+        f'<p class="muted">Training sets that list {how}, and the models trained on them.</p>'
+    )

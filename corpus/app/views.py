@@ -1,19 +1,24 @@
 """Read-only views of the corpus as plain data, shared by `corpus sets`, the HTTP API and the gallery.
 
-One function turns a row into what users see (:func:`set_row`, :func:`image_row`), so the CLI's
-``--json`` and ``GET /api/sets`` can't drift apart.
+One function turns a row into what users see (:func:`set_row`, :func:`image_row`,
+:func:`trainset_json`, :func:`model_json`), so the CLI's ``--json`` and the API's
+``GET /api/sets``, ``/api/trainsets`` and ``/api/models`` can't drift apart.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
+
+from azure.data.tables import TableClient
 
 from corpus.domain.errors import InvalidNameError, NotFoundError
 from corpus.domain.paths import ROOT_PATH, SetRef, validate_domain, validate_version
 from corpus.store.catalog import Catalog
 from corpus.store.rows import ImageRow, ImageSetRow, Transform, dirs_of
-from corpus.store.tables import decode_continuation
+from corpus.store.tables import decode_continuation, first_page
+from corpus.store.trainsets_table import ModelRow, TrainsetRow, TrainsetStore
 
 MAX_PAGE = 1000
 """The Table service returns at most 1,000 entities per request: a page is one request."""
@@ -123,3 +128,62 @@ def _token(text: str | None) -> dict[str, Any] | None:
         return decode_continuation(text)
     except ValueError as exc:
         raise InvalidNameError(str(exc)) from exc
+
+
+# -- training sets and models ----------------------------------------------------------------
+
+
+def trainset_json(row: TrainsetRow) -> dict[str, Any]:
+    """One training set as ``corpus trainset show --json`` and ``GET /api/trainsets/{name}/{version}`` show it."""
+    s = row.state
+    return {
+        "name": row.name,
+        "version": row.version,
+        "status": row.status,
+        "reason": row.reason or None,
+        "images": s.images,
+        "sha256": row.sha256 or None,
+        "splits": dict(sorted(s.splits.items())),
+        "labels": dict(sorted(s.labels.items())),
+        "skipped": dict(sorted(s.skipped.items())),
+        "skipped_examples": list(s.examples),
+        "manifest": f"{row.manifest_container}/{row.manifest_blob}",
+        "definition": json.loads(row.definition) if row.definition else None,
+        "created": row.created_at.isoformat() if row.created_at else None,
+        "updated": row.updated_at.isoformat() if row.updated_at else None,
+    }
+
+
+def model_json(m: ModelRow) -> dict[str, Any]:
+    """One model as ``corpus model show --json`` and ``GET /api/models/{name}/{version}`` show it."""
+    return {
+        "name": m.name,
+        "version": m.version,
+        "trainsets": [{"name": n, "version": v} for n, v in m.trainsets],
+        "uri": m.uri or None,
+        "metrics": json.loads(m.metrics) if m.metrics else None,
+        "created": m.created_at.isoformat() if m.created_at else None,
+    }
+
+
+def page_trainsets(store: TrainsetStore, limit: int, continuation: str | None) -> tuple[list[TrainsetRow], str | None]:
+    """One page of training sets in table order, and the next page's token (None: the last page).
+
+    Table order is the CLI's (name, version) order: names and versions are validated to
+    ``[A-Za-z0-9._-]``, which :func:`corpus.domain.keys.escape` leaves as they are, so the keys sort
+    as the names do. Pages are key ranges: every training set is on exactly one page.
+    """
+    entities, token = _table_page(store.trainsets.table, limit, continuation)
+    return sorted((TrainsetRow.from_entity(e) for e in entities), key=lambda r: (r.name, r.version)), token
+
+
+def page_models(store: TrainsetStore, limit: int, continuation: str | None) -> tuple[list[ModelRow], str | None]:
+    """One page of models, as :func:`page_trainsets` (the same keys, the same order as ``corpus model list``)."""
+    entities, token = _table_page(store.models.table, limit, continuation)
+    return sorted((ModelRow.from_entity(e) for e in entities), key=lambda r: (r.name, r.version)), token
+
+
+def _table_page(table: TableClient, limit: int, continuation: str | None) -> tuple[list[Any], str | None]:
+    """One request's worth (≤ ``limit``) of a whole table's entities, in key order, and the next token."""
+    pages = table.list_entities(results_per_page=limit).by_page(continuation_token=_token(continuation))  # type: ignore[arg-type]  # the SDK's token is a dict
+    return first_page(pages)

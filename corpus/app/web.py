@@ -19,8 +19,10 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from corpus.app import views
 from corpus.app.runtime import Runtime
+from corpus.app.trainsets import lineage_of_blob, store_of
 from corpus.domain.errors import ImageError, InvalidNameError, NotFoundError
-from corpus.domain.paths import validate_domain
+from corpus.domain.limits import MAX_BLOB_NAME
+from corpus.domain.paths import validate_domain, validate_version
 
 log = logging.getLogger("corpus.web")
 
@@ -148,3 +150,73 @@ def api_set_images(rt: Runtime, req: Request) -> Response:
     limit = req.limit(IMAGES_PAGE, views.MAX_PAGE)
     rows, token = views.page_images(rt.catalog, sel, limit, req.arg("continuation"))
     return json_response({"images": [views.image_row(r) for r in rows], "continuation": token})
+
+
+# -- training sets, models, lineage --------------------------------------------------------------
+
+TRAINSETS_PAGE = 100
+"""A training set's row can carry ~90 KB (definition, label counts, reason): 100 keep a page small."""
+MODELS_PAGE = 100
+
+
+def _name_version(req: Request, what: str) -> tuple[str, str]:
+    """``{name}/{version}`` of the route, validated as ``corpus trainset show N:V`` validates them."""
+    name = validate_version(req.route.get("name", ""), f"{what} name")
+    return name, validate_version(req.route.get("version", ""), f"{what} version")
+
+
+def api_trainsets(rt: Runtime, req: Request) -> Response:
+    """``GET /api/trainsets?limit=&continuation=``: the rows of ``corpus trainset list --json``, paged.
+
+    Pages are key ranges in the CLI's (name, version) order; with fewer than ``limit`` (default
+    100) training sets and no ``continuation``, the one page is exactly the CLI's list.
+    """
+    limit = req.limit(TRAINSETS_PAGE, views.MAX_PAGE)
+    rows, token = views.page_trainsets(store_of(rt), limit, req.arg("continuation"))
+    return json_response({"trainsets": [views.trainset_json(r) for r in rows], "continuation": token})
+
+
+def api_trainset(rt: Runtime, req: Request) -> Response:
+    """``GET /api/trainsets/{name}/{version}``: what ``corpus trainset show N:V --json`` prints (any status)."""
+    name, version = _name_version(req, "training set")
+    row = store_of(rt).trainsets.get(name, version)
+    if row is None:
+        raise NotFoundError(f"no training set {name}:{version}")
+    return json_response(views.trainset_json(row))
+
+
+def api_models(rt: Runtime, req: Request) -> Response:
+    """``GET /api/models?limit=&continuation=``: the rows of ``corpus model list --json``, paged as training sets."""
+    limit = req.limit(MODELS_PAGE, views.MAX_PAGE)
+    rows, token = views.page_models(store_of(rt), limit, req.arg("continuation"))
+    return json_response({"models": [views.model_json(m) for m in rows], "continuation": token})
+
+
+def api_model(rt: Runtime, req: Request) -> Response:
+    """``GET /api/models/{name}/{version}``: what ``corpus model show M:V --json`` prints."""
+    name, version = _name_version(req, "model")
+    model = store_of(rt).models.get(name, version)
+    if model is None:
+        raise NotFoundError(f"no model {name}:{version}")
+    return json_response(views.model_json(model))
+
+
+def blob_arg(req: Request) -> tuple[str, str]:
+    """``?blob=CONTAINER/BLOB`` → (container, blob): a valid domain container, a blob name Azure allows."""
+    raw = req.arg("blob")
+    container, sep, blob = (raw or "").partition("/")
+    if not sep or not blob:
+        raise HttpError(400, "blob must be CONTAINER/BLOB, e.g. birds/original/red/v1/r0.jpg")
+    if len(blob) > MAX_BLOB_NAME:
+        raise HttpError(400, f"a blob name has at most {MAX_BLOB_NAME} characters")
+    return validate_domain(container), blob
+
+
+def api_lineage(rt: Runtime, req: Request) -> Response:
+    """``GET /api/lineage?blob=CONTAINER/BLOB``: what ``corpus lineage --blob CONTAINER/BLOB --json`` prints.
+
+    ``{"trainsets": [{"name", "version"}…], "models": [{"name", "version"}…]}``: the ready training
+    sets that list the blob (an original: it or any transform of it), and the models trained on them.
+    """
+    container, blob = blob_arg(req)
+    return json_response(lineage_of_blob(rt, store_of(rt), container, blob))
