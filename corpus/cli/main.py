@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus.cli import queries
-from corpus.cli.common import CliError, settings_from_cwd
+from corpus.cli.common import CliError, enqueue, settings_from_cwd
 from corpus.domain.display import shown
 from corpus.domain.errors import ConfigError, CorpusError
 from corpus.store.settings import Settings
@@ -105,7 +105,6 @@ def cmd_transform(args: argparse.Namespace) -> int:
     from corpus.domain.errors import MessageError, TransformError
     from corpus.domain.messages import SourceSelector, TransformRequest
     from corpus.domain.transforms import canonical, check_request
-    from corpus.store.storage import FAIL_FAST, Clients
 
     try:
         raw_args = json.loads(args.args) if args.args else {}
@@ -125,13 +124,9 @@ def cmd_transform(args: argparse.Namespace) -> int:
         check_request(req.name, canonical(req.name, req.args))
     except (MessageError, TransformError) as exc:
         raise CliError(str(exc)) from exc
-    from corpus.app.runtime import app_root, encode_message
-    from corpus.store.hostconfig import load_queue_config
-
     settings = _settings()
     body = req.to_json()
-    encoding = load_queue_config(app_root() / "host.json").message_encoding
-    Clients(settings.connection, FAIL_FAST).queue_client(settings.transform_queue).send_message(encode_message(body, encoding))
+    enqueue(settings, settings.transform_queue, body)
     print(f"queued on {settings.transform_queue}: {body}")
     return 0
 

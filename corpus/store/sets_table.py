@@ -33,7 +33,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
@@ -51,6 +51,16 @@ KEYS_PER_QUERY = MAX_FILTER_COMPARISONS - 1
 
 INDEX_PAGE = 1000
 FIRST_PAGE = 16
+
+
+class SetQuery(TypedDict, total=False):
+    """Which sets :meth:`SetsTable.query` and :meth:`SetsTable.list` return."""
+
+    domain: str | None
+    tags: tuple[str, ...]
+    transform: str | None
+    version: str | None
+    originals_only: bool
 
 
 class SetsTable:
@@ -226,17 +236,9 @@ class SetsTable:
         rows = [ImageSetRow.from_entity(e) for e in entities if is_set_entity(e)]
         return [r for r in rows if not tags or matches(r.tags, tags)], token
 
-    def list(
-        self,
-        domain: str | None = None,
-        tags: tuple[str, ...] = (),
-        transform: str | None = None,
-        version: str | None = None,
-        originals_only: bool = False,
-    ) -> list[ImageSetRow]:
+    def list(self, **where: Unpack[SetQuery]) -> builtins.list[ImageSetRow]:
         """:meth:`query`, sorted by domain, transform, path and version."""
-        found = self.query(domain, tags, transform, version, originals_only)
-        return sorted(found, key=lambda r: (r.domain, r.transform_label, r.path, r.version))
+        return sorted(self.query(**where), key=lambda r: (r.domain, r.transform_label, r.path, r.version))
 
     def scan_all(
         self, domain: str | None = None, continuation: str | None = None, page: int = INDEX_PAGE

@@ -95,31 +95,31 @@ class Clients:
             return None
         return self.token_credential or identity_credential(self.connection)
 
+    def _service(self, cls: Any, uri: str | None, options: dict[str, Any]) -> Any:
+        """A service client from the connection string, or from the service URI and identity."""
+        if self.connection.connection_string:
+            return cls.from_connection_string(self.connection.connection_string, transport=_transport(), **options)
+        return cls(uri or "", credential=self.credential, transport=_transport(), **options)
+
     @cached_property
     def blob(self) -> BlobServiceClient:
-        c = self.connection
-        if c.connection_string:
-            return BlobServiceClient.from_connection_string(c.connection_string, transport=_transport(), **self.options)
-        return BlobServiceClient(c.blob_uri or "", credential=self.credential, transport=_transport(), **self.options)
+        client: BlobServiceClient = self._service(BlobServiceClient, self.connection.blob_uri, self.options)
+        return client
 
     @cached_property
     def queue(self) -> QueueServiceClient:
         from azure.storage.queue import QueueServiceClient
 
         # No encode/decode policy: bodies are plain text; see corpus.domain.messages.decode_body.
-        c = self.connection
-        if c.connection_string:
-            return QueueServiceClient.from_connection_string(c.connection_string, transport=_transport(), **self.options)
-        return QueueServiceClient(c.queue_uri or "", credential=self.credential, transport=_transport(), **self.options)
+        client: QueueServiceClient = self._service(QueueServiceClient, self.connection.queue_uri, self.options)
+        return client
 
     @cached_property
     def table(self) -> TableServiceClient:
         from azure.data.tables import TableServiceClient
 
-        c = self.connection
-        if c.connection_string:
-            return TableServiceClient.from_connection_string(c.connection_string, transport=_transport(), **self.options)
-        return TableServiceClient(c.table_uri or "", credential=self.credential, transport=_transport(), **self.options)
+        client: TableServiceClient = self._service(TableServiceClient, self.connection.table_uri, self.options)
+        return client
 
     def container(self, name: str) -> ContainerClient:
         return self.blob.get_container_client(name)
