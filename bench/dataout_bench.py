@@ -45,10 +45,11 @@ from azure.storage.blob import ContentSettings  # noqa: E402
 from azure.storage.blob._shared_access_signature import BlobSharedAccessSignature  # noqa: E402
 
 from bench.upload_bench import CONCURRENCY, SAS_VERSION, find_azcopy, photo_like, timed  # noqa: E402
-from corpus.domain.manifest import ManifestEntry, hex_to_b64, manifest_blob, write_manifest  # noqa: E402
+from corpus.domain.manifest import ManifestEntry, hex_to_b64  # noqa: E402
 from corpus.store.settings import Connection, Settings  # noqa: E402
 from corpus.store.storage import Clients  # noqa: E402
 from tests.support import ACCOUNT, Azurite  # noqa: E402
+from tests.trainset_support import publish_ready  # noqa: E402
 
 TAGS = ["robin", "jay", "parrot", "owl", "wren"]
 SPLITS = ("train",) * 8 + ("val", "test")
@@ -72,7 +73,7 @@ def make_trainset(clients: Clients, n: int, size: int) -> list[ManifestEntry]:
 
     with ThreadPoolExecutor(16) as pool:
         entries = list(pool.map(one, range(n)))
-    clients.container("trainsets").upload_blob(manifest_blob("bench-set", "1"), write_manifest(entries), overwrite=True)
+    publish_ready(clients, "trainsets", "bench-set", "1", entries)  # manifest + a ready TrainingSets row
     return entries
 
 

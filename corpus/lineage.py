@@ -29,7 +29,7 @@ def _runtime(settings: Settings | None) -> Runtime:
 def _pair(ref: str | tuple[str, str]) -> tuple[str, str]:
     if isinstance(ref, tuple):
         return ref
-    from corpus.domain.trainsets import parse_ref
+    from corpus.domain.manifest import parse_ref
 
     return parse_ref(ref)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 
 import pytest
@@ -12,9 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from corpus.app.trainsets import manifest_digest
+from corpus.domain import manifest as mf
 from corpus.domain import trainsets as ts
 from corpus.domain.errors import MessageError
-from corpus.domain.trainsets import LabelOutcome, ManifestEntry, TrainsetContinue, TrainsetRequest
+from corpus.domain.manifest import ManifestEntry
+from corpus.domain.trainsets import LabelOutcome, TrainsetContinue, TrainsetRequest
 
 ISSUE_EXAMPLE = """{"trainset": {"name": "birds-cls", "version": "1"},
  "sources": [{"domain": "birds", "tags": ["robin"], "version": "v3"},
@@ -134,7 +137,7 @@ def entry(**kw) -> ManifestEntry:
     base = dict(
         container="birds",
         blob="transform/thumbnail/1/blue/calm/jay/v3/a.jpg",
-        md5="00" * 16,
+        md5=mf.hex_to_b64("00" * 16),
         size=10240,
         width=256,
         height=192,
@@ -143,7 +146,7 @@ def entry(**kw) -> ManifestEntry:
         version="v3",
         transform=("thumbnail", "1"),
         source_blob="original/blue/calm/jay/v3/a.jpg",
-        source_md5="ff" * 16,
+        source_md5=mf.hex_to_b64("ff" * 16),
         labels=("jay",),
         split="train",
     )
@@ -152,27 +155,27 @@ def entry(**kw) -> ManifestEntry:
 
 
 def test_manifest_line_has_exactly_the_documented_fields_in_order():
-    line = ts.manifest_line(entry())
+    line = entry().to_line() + "\n"
     assert line.endswith("\n") and line.count("\n") == 1
     rec = json.loads(line)
-    assert tuple(rec) == ts.MANIFEST_FIELDS
-    assert rec["md5"] == base64.b64encode(bytes(16)).decode() and ts.md5_hex(rec["md5"]) == "00" * 16
+    assert tuple(rec) == mf.MANIFEST_FIELDS
+    assert rec["md5"] == base64.b64encode(bytes(16)).decode() and mf.b64_to_hex(rec["md5"]) == "00" * 16
     assert rec["source"] == {"blob": "original/blue/calm/jay/v3/a.jpg", "md5": base64.b64encode(b"\xff" * 16).decode()}
     assert rec["transform"] == {"name": "thumbnail", "version": "1"}
-    assert json.loads(ts.manifest_line(entry(transform=None)))["transform"] is None
+    assert json.loads(entry(transform=None).to_line())["transform"] is None
 
 
 @given(st.text(min_size=1, max_size=30).filter(lambda s: "\n" not in s and "\r" not in s))
 def test_any_blob_name_stays_on_one_line(name):
-    line = ts.manifest_line(entry(blob=name))
-    assert line.count("\n") == 1 and json.loads(line)["blob"] == name
+    line = entry(blob=name).to_line() + "\n"
+    assert line.count("\n") == 1 and mf.parse_line(line) == entry(blob=name) and json.loads(line)["blob"] == name
 
 
 @given(st.lists(st.text(max_size=20), max_size=30), st.integers(1, 7))
 def test_blocks_of_gzip_members_decompress_to_the_lines_and_hash_the_same(texts, per_block):
     lines = [json.dumps(t) + "\n" for t in texts]
     parts = ["".join(lines[i : i + per_block]) for i in range(0, len(lines), per_block)]
-    blocks = [gzip.compress(p.encode(), compresslevel=6, mtime=0) for p in parts]
+    blocks = [mf.gzip_member(p.encode()) for p in parts]
     whole = b"".join(blocks)
     raw = "".join(lines).encode()
     if whole:
@@ -184,21 +187,21 @@ def test_blocks_of_gzip_members_decompress_to_the_lines_and_hash_the_same(texts,
 
 def test_gzip_blocks_are_deterministic():
     data = b'{"a":1}\n' * 100
-    assert gzip.compress(data, compresslevel=6, mtime=0) == gzip.compress(data, compresslevel=6, mtime=0)
-    assert gzip.compress(data, compresslevel=6, mtime=0)[4:8] == b"\0\0\0\0"  # no time in the header
+    assert mf.gzip_member(data) == mf.gzip_member(data) == gzip.compress(data, compresslevel=6, mtime=0)
+    assert mf.gzip_member(data)[4:8] == b"\0\0\0\0"  # no time in the header
 
 
 def test_block_ids_have_one_length():
-    assert {len(ts.block_id(i)) for i in (0, 9, 10, 49_999)} == {len(ts.block_id(0))}
-    assert ts.block_id(1) != ts.block_id(10)
+    assert {len(mf.block_id(i)) for i in (0, 9, 10, 49_999)} == {len(mf.block_id(0))}
+    assert mf.block_id(1) != mf.block_id(10)
 
 
 def test_refs():
-    assert ts.parse_ref("birds-cls:1") == ("birds-cls", "1")
+    assert mf.parse_ref("birds-cls:1") == ("birds-cls", "1")
     with pytest.raises(MessageError):
-        ts.parse_ref("birds-cls")
+        mf.parse_ref("birds-cls")
     with pytest.raises(MessageError):
-        ts.parse_ref("a/b:1")
+        mf.parse_ref("a/b:1")
 
 
 SAFE = st.text(alphabet="abcXYZ019._-", min_size=1, max_size=8)
@@ -213,12 +216,12 @@ SAFE = st.text(alphabet="abcXYZ019._-", min_size=1, max_size=8)
 )
 def test_documented_order_is_plain_order_for_plain_names_and_prefix_free_sets(items):
     lines = [(c, prefix + f) for c, prefix, f in items]
-    assert sorted(lines, key=lambda cb: ts.manifest_order_key(*cb)) == sorted(lines)
+    assert sorted(lines, key=lambda cb: mf.manifest_order_key(*cb)) == sorted(lines)
 
 
 def test_documented_order_where_it_differs_from_plain_order():
     blobs = ["original/v2/B b.jpg", "original/v2/B-a.jpg", "original/v2/a.jpg", "original/v2/v1/x.jpg", "original/v2/zz.jpg"]
-    documented = sorted(blobs, key=lambda b: ts.manifest_order_key("birds", b))
+    documented = sorted(blobs, key=lambda b: mf.manifest_order_key("birds", b))
     assert documented == [
         "original/v2/B-a.jpg",
         "original/v2/B b.jpg",
@@ -238,3 +241,20 @@ def test_too_many_distinct_labels_fail_the_build_with_a_reason_rather_than_an_ov
     many = _Counts(5000, {"train": 5000}, {f"tag-number-{i}": 1 for i in range(5000)}, {}, [])
     with pytest.raises(MessageError, match=r"labels\.classes"):
         many.state(BuildState(), None, 1)
+
+
+def test_the_reader_accepts_the_builders_documented_order_in_gzip_blocks():
+    """iter_manifest (pull, exports, datasets) reads what the builder writes: documented order, one
+    gzip member per block; plain (container, blob) order, which differs here, is refused."""
+    blobs = ["original/v2/B b.jpg", "original/v2/B-a.jpg", "original/v2/a.jpg", "original/v2/v1/x.jpg", "original/v2/zz.jpg"]
+    documented = sorted(blobs, key=lambda b: mf.manifest_order_key("birds", b))
+    lines = [entry(blob=b, transform=None).to_line() + "\n" for b in documented]
+    blocks = b"".join(mf.gzip_member("".join(lines[i : i + 2]).encode()) for i in range(0, len(lines), 2))
+    assert [e.blob for e in mf.iter_manifest(io.BytesIO(blocks))] == documented
+    assert mf.write_manifest([entry(blob=b, transform=None) for b in blobs]) == mf.gzip_member("".join(lines).encode())
+    plain = mf.gzip_member("".join(entry(blob=b, transform=None).to_line() + "\n" for b in sorted(blobs)).encode())
+    with pytest.raises(MessageError, match="out of order"):
+        list(mf.iter_manifest(io.BytesIO(plain)))
+    assert [x.decode() for x in mf.split_lines(mf.gunzip_chunks([blocks[i : i + 7] for i in range(0, len(blocks), 7)]))] == [
+        line.rstrip("\n") for line in lines
+    ]

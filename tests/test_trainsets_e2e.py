@@ -11,6 +11,7 @@ import subprocess
 import pytest
 from azure.storage.blob import ContentSettings
 
+from corpus.domain import manifest as mf
 from corpus.domain import trainsets as ts
 from tests.support import host_command, jpeg, run_cli, run_host, wait_for
 
@@ -51,7 +52,7 @@ def ok_json(env, cwd, *args: str):
 
 
 def manifest_bytes(clients, name: str, version: str = "1") -> bytes:
-    return clients.container("trainsets").get_blob_client(ts.manifest_blob(name, version)).download_blob().readall()
+    return clients.container("trainsets").get_blob_client(mf.manifest_blob(name, version)).download_blob().readall()
 
 
 def manifest_records(clients, name: str, version: str = "1") -> list[dict]:
@@ -107,18 +108,18 @@ def test_create_lineage_verify_and_immutability(env, clients, app_dir, tmp_path)
     raw = manifest_bytes(clients, "birds-cls")
     assert show["sha256"] == hashlib.sha256(gzip.decompress(raw)).hexdigest()
     recs = manifest_records(clients, "birds-cls")
-    assert len(recs) == 32 and all(tuple(r) == ts.MANIFEST_FIELDS for r in recs)
+    assert len(recs) == 32 and all(tuple(r) == mf.MANIFEST_FIELDS for r in recs)
     # Sorted by container then blob (plain names, prefix-free sets: the documented order is plain order).
     assert [(r["container"], r["blob"]) for r in recs] == sorted((r["container"], r["blob"]) for r in recs)
-    assert recs == sorted(recs, key=lambda r: ts.manifest_order_key(r["container"], r["blob"]))
+    assert recs == sorted(recs, key=lambda r: mf.manifest_order_key(r["container"], r["blob"]))
     # The manifest's MD5s are the blobs' stored MD5s, as Azure reports them.
     birds = clients.container("birds")
-    stored = {b.name: ts.md5_b64(bytes(b.content_settings.content_md5).hex()) for b in birds.list_blobs()}
+    stored = {b.name: mf.hex_to_b64(bytes(b.content_settings.content_md5).hex()) for b in birds.list_blobs()}
     assert all(stored[r["blob"]] == r["md5"] for r in recs)
     # Every original and its transforms are in the same split; the source is the original.
     by_source: dict[str, set[str]] = {}
     for r in recs:
-        assert r["source"]["md5"] == ts.md5_b64(originals[r["source"]["blob"]])
+        assert r["source"]["md5"] == mf.hex_to_b64(originals[r["source"]["blob"]])
         by_source.setdefault(r["source"]["blob"], set()).add(r["split"])
         if r["transform"] is None:
             assert r["source"]["blob"] == r["blob"]
@@ -379,6 +380,6 @@ def test_manifest_order_is_the_documented_one_where_names_need_escaping_and_sets
         "original/v2/zz.jpg",
         "original/v2/v1/x.jpg",
     ]
-    assert blobs == sorted(blobs, key=lambda b: ts.manifest_order_key("birds", b))
+    assert blobs == sorted(blobs, key=lambda b: mf.manifest_order_key("birds", b))
     labels = {r["blob"]: r["labels"] for r in manifest_records(clients, "order")}
     assert labels["original/v2/a.jpg"] == [] and labels["original/v2/v1/x.jpg"] == ["v2"]  # the root set has no tags

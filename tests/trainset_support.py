@@ -1,16 +1,20 @@
 """Test helper: a training set's manifest written straight from the Images records.
 
-The training-sets builder (another issue) writes manifests in production; these tests only need
-the contract (:mod:`corpus.domain.manifest`), so the manifest is built here from what ``corpus
-host`` really ingested: same container, blob, MD5, size and dimensions as the stored images.
+The training-sets builder writes manifests in production (tests/test_trainset_dataout_e2e.py reads
+a real one); these tests only need the contract (:mod:`corpus.domain.manifest`), so the manifest is
+built here from what ``corpus host`` really ingested (same container, blob, MD5, size and
+dimensions as the stored images), with a ``ready`` TrainingSets row beside it.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 
 from corpus.domain.manifest import ManifestEntry, hex_to_b64, manifest_blob, write_manifest
 from corpus.domain.paths import SetRef
+from corpus.store.settings import TABLE_TRAINSETS
+from corpus.store.trainsets_table import READY, BuildState, TrainsetRow, TrainsetStore
 
 
 def split_of(md5_hex: str, splits: tuple[str, ...] = ("train", "train", "val", "test")) -> str:
@@ -35,9 +39,17 @@ def manifest_entries(rt, sets: list[tuple[SetRef, list[str]]], transform: tuple[
 
 
 def write_trainset(rt, name: str, version: str, entries: list[ManifestEntry]) -> None:
-    container = rt.clients.container(rt.settings.trainsets_container)
-    try:
-        container.create_container()
-    except Exception:
-        pass
-    container.upload_blob(manifest_blob(name, version), write_manifest(entries), overwrite=True)
+    publish_ready(rt.clients, rt.settings.trainsets_container, name, version, entries)
+
+
+def publish_ready(clients, container: str, name: str, version: str, entries: list[ManifestEntry]) -> None:
+    """The manifest blob and a ``ready`` TrainingSets row for it (readers refuse a set that is not ready)."""
+    clients.ensure(containers=(container,), tables=(TABLE_TRAINSETS,))
+    data = write_manifest(entries)
+    clients.container(container).upload_blob(manifest_blob(name, version), data, overwrite=True)
+    row = TrainsetRow(
+        name, version, '{"test":"trainset_support"}', status=READY, manifest_container=container,
+        manifest_blob=manifest_blob(name, version), sha256=hashlib.sha256(gzip.decompress(data)).hexdigest(),
+        state=BuildState(images=len(entries)),
+    )  # fmt: skip
+    TrainsetStore(clients).trainsets.create(row)

@@ -21,10 +21,8 @@ Azure ML: one ``<split>/images.jsonl`` per split in AutoML's image-classificatio
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
-import json
 import logging
 import tarfile
 from collections.abc import Iterator
@@ -40,6 +38,7 @@ from corpus.domain.errors import MessageError, NotFoundError, PermanentError
 from corpus.domain.exports import MAX_SHARDS, ExportRequest, ExportShardJob
 from corpus.domain.layouts import (
     azureml_line,
+    canonical_json,
     label_key,
     mltable_yaml,
     plan_shards,
@@ -48,7 +47,8 @@ from corpus.domain.layouts import (
     sample_members,
     split_folder,
 )
-from corpus.domain.manifest import ManifestEntry, iter_manifest, manifest_blob
+from corpus.domain.manifest import ManifestEntry, block_id, hex_to_b64
+from corpus.store.trainsets_table import TrainsetStore
 
 log = logging.getLogger("corpus.exports")
 
@@ -90,10 +90,6 @@ def index_path(tar_path: str) -> str:
     return tar_path.removesuffix(".tar") + ".index.json"
 
 
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
-
-
 def on_export_message(rt: ExportRuntime, msg: ExportRequest | ExportShardJob) -> None:
     rt.ensure_container(rt.settings.exports_container)
     if isinstance(msg, ExportShardJob):
@@ -105,12 +101,8 @@ def on_export_message(rt: ExportRuntime, msg: ExportRequest | ExportShardJob) ->
 
 
 def read_manifest(rt: ExportRuntime, name: str, version: str) -> Iterator[ManifestEntry]:
-    blob = rt.clients.container(rt.settings.trainsets_container).get_blob_client(manifest_blob(name, version))
-    try:
-        data = blob.download_blob().readall()
-    except ResourceNotFoundError as exc:
-        raise NotFoundError(f"training set {name}:{version} has no manifest") from exc
-    return iter_manifest(io.BytesIO(data))
+    """The entries of a ``ready`` training set; any other status (or none) is a ``NotFoundError``."""
+    return TrainsetStore(rt.clients).entries(name, version)
 
 
 def put_once(container: ContainerClient, name: str, data: bytes, content_type: str) -> bool:
@@ -203,9 +195,9 @@ class _BlockSink:
 
     def _stage(self, chunk: bytes) -> None:
         assert self.blob is not None
-        block_id = base64.b64encode(f"{len(self.blocks):08d}".encode()).decode()  # deterministic ids
-        self.blob.stage_block(block_id, chunk)
-        self.blocks.append(BlobBlock(block_id))
+        bid = block_id(len(self.blocks), "shard")  # deterministic ids
+        self.blob.stage_block(bid, chunk)
+        self.blocks.append(BlobBlock(bid))
 
     def finish(self) -> None:
         if self.blob is not None and self.buf:
@@ -281,7 +273,7 @@ def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
             wrote = True
         except (ResourceExistsError, ResourceModifiedError):
             _same_or_conflict(tar_blob, md5)
-    index_body = {"tar": tar_name, "size": sink.pos, "md5": base64.b64encode(md5).decode(), "samples": index}
+    index_body = {"tar": tar_name, "size": sink.pos, "md5": hex_to_b64(md5.hex()), "samples": index}
     put_once(exports, index_path(tar_name), canonical_json(index_body), "application/json")
     return wrote
 
@@ -304,7 +296,7 @@ def _download(rt: ExportRuntime, e: ManifestEntry) -> bytes:
         data: bytes = rt.clients.container(e.container).get_blob_client(e.blob).download_blob().readall()
     except ResourceNotFoundError as exc:
         raise NotFoundError(f"{e.container}/{e.blob} is in the manifest but no longer exists") from exc
-    got = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+    got = hex_to_b64(hashlib.md5(data, usedforsecurity=False).hexdigest())
     if got != e.md5:
         raise ChangedBlobError(f"{e.container}/{e.blob} changed behind the corpus's back: MD5 {got}, the manifest says {e.md5}")
     return data

@@ -30,7 +30,6 @@ The build then walks the selected sets and streams the manifest into blob
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import itertools
 import json
@@ -46,8 +45,17 @@ from azure.storage.blob import BlobBlock, ContentSettings
 from corpus.app.runtime import Runtime
 from corpus.domain import trainsets as ts
 from corpus.domain.errors import MessageError, NotFoundError, PermanentError, reason
+from corpus.domain.manifest import (
+    ManifestEntry,
+    block_id,
+    gunzip_chunks,
+    gzip_member,
+    manifest_blob,
+    set_order_key,
+    split_lines,
+)
 from corpus.domain.paths import SetRef
-from corpus.domain.trainsets import LabelOutcome, ManifestEntry, TrainsetContinue, TrainsetRequest
+from corpus.domain.trainsets import LabelOutcome, TrainsetContinue, TrainsetRequest
 from corpus.store.rows import ImageRow, ImageSetRow, dirs_of
 from corpus.store.trainsets_table import (
     BUILDING,
@@ -58,12 +66,13 @@ from corpus.store.trainsets_table import (
     ModelRow,
     TrainsetRow,
     TrainsetStore,
+    blob_ranges,
+    manifest_entry,
     snapshot_images,
 )
 
 log = logging.getLogger("corpus.trainsets")
 
-GZIP_LEVEL = 6
 MAX_EXAMPLES = 20
 MAX_LABELS_JSON = 24_000
 """Label counts are stored in one table string property (≤ 32 K characters)."""
@@ -91,7 +100,7 @@ class SelectedSet:
 
     @property
     def order(self) -> tuple[str, str]:
-        return ts.set_order_key(self.container, self.prefix)
+        return set_order_key(self.container, self.prefix)
 
 
 def select_sets(rt: Runtime, req: TrainsetRequest) -> list[SelectedSet]:
@@ -148,7 +157,7 @@ def register(rt: Runtime, store: TrainsetStore, req: TrainsetRequest) -> Trainse
         req.version,
         definition,
         manifest_container=rt.settings.trainsets_container,
-        manifest_blob=ts.manifest_blob(req.name, req.version),
+        manifest_blob=manifest_blob(req.name, req.version),
     )
     store.trainsets.create(new)
     row = store.trainsets.get(req.name, req.version)
@@ -211,7 +220,7 @@ def _build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
             entry, outcome = _entry(sel, image, source_md5, req)
             pending.skip_or_count(outcome, entry, f"{sel.container}/{image.blob}")
             if outcome is LabelOutcome.OK:
-                lines.append(ts.manifest_line(entry))
+                lines.append(entry.to_line() + "\n")
                 uses.append(BlobUse(entry.container, entry.source_blob, entry.blob, (row.name, row.version)))
             if len(lines) < per_block:
                 continue
@@ -283,8 +292,8 @@ class _Counts:
 
 def _put_block(store: TrainsetStore, blob: Any, index: int, lines: list[str], uses: list[BlobUse]) -> None:
     """Put one block (a complete gzip member) and index its images; both idempotent."""
-    data = gzip.compress("".join(lines).encode("utf-8"), compresslevel=GZIP_LEVEL, mtime=0)
-    blob.stage_block(ts.block_id(index), data, length=len(data))
+    data = gzip_member("".join(lines).encode("utf-8"))
+    blob.stage_block(block_id(index), data, length=len(data))
     store.lineage.add_blob_uses(uses)
 
 
@@ -300,7 +309,7 @@ def _advance(store: TrainsetStore, row: TrainsetRow, new: BuildState) -> tuple[T
 
 def _finish(store: TrainsetStore, blob: Any, row: TrainsetRow, state: BuildState) -> str:
     """Commit the blocks, hash the committed manifest, flip to ``ready`` (If-Match)."""
-    blocks = [BlobBlock(block_id=ts.block_id(i)) for i in range(state.blocks)]
+    blocks = [BlobBlock(block_id=block_id(i)) for i in range(state.blocks)]
     blob.commit_block_list(blocks, content_settings=ContentSettings(content_type="application/gzip"))
     digest, count = manifest_digest(blob_ranges(blob))
     if count != state.images:
@@ -312,34 +321,13 @@ def _finish(store: TrainsetStore, blob: Any, row: TrainsetRow, state: BuildState
     return READY
 
 
-RANGE_BYTES = 4 * 1024 * 1024
-
-
-def blob_ranges(blob: Any) -> Iterator[bytes]:
-    """A blob's bytes in 4 MiB ranges: the SDK's own download would fetch its first 32 MiB at once."""
-    size = blob.get_blob_properties().size
-    for offset in range(0, size, RANGE_BYTES):
-        yield blob.download_blob(offset=offset, length=min(RANGE_BYTES, size - offset)).readall()
-
-
 def manifest_digest(chunks: Iterator[bytes]) -> tuple[str, int]:
     """(SHA-256 hex of the uncompressed bytes, line count) of a gzip stream, in bounded memory."""
-    import zlib
-
     sha = hashlib.sha256()
     lines = 0
-    d = zlib.decompressobj(wbits=31)
-    for chunk in chunks:
-        data = chunk
-        while data:
-            out = d.decompress(data)
-            sha.update(out)
-            lines += out.count(b"\n")
-            if d.eof:  # one gzip member ended: the next begins in what is left
-                data = d.unused_data
-                d = zlib.decompressobj(wbits=31)
-            else:
-                data = b""
+    for out in gunzip_chunks(chunks):
+        sha.update(out)
+        lines += out.count(b"\n")
     return sha.hexdigest(), lines
 
 
@@ -385,23 +373,7 @@ def _source_md5(rt: Runtime, sel: SelectedSet, image: ImageRow) -> str:
 
 def _entry(sel: SelectedSet, image: ImageRow, source_md5: str, req: TrainsetRequest) -> tuple[ManifestEntry, LabelOutcome]:
     outcome, labels = ts.assign_labels(sel.row.tags, req.classes)
-    r = sel.row
-    entry = ManifestEntry(
-        container=sel.container,
-        blob=image.blob,
-        md5=image.md5,
-        size=image.size,
-        width=image.width,
-        height=image.height,
-        domain=r.domain,
-        path=r.path,
-        version=r.version,
-        transform=r.transform,
-        source_blob=image.source if r.transform else image.blob,
-        source_md5=source_md5,
-        labels=labels,
-        split=ts.assign_split(source_md5, req.split),
-    )
+    entry = manifest_entry(sel.row, image, source_md5_hex=source_md5, labels=labels, split=ts.assign_split(source_md5, req.split))
     return entry, outcome
 
 
@@ -457,36 +429,13 @@ def register_model(
 
 
 def ready_trainset(store: TrainsetStore, name: str, version: str) -> TrainsetRow:
-    row = store.trainsets.get(name, version)
-    if row is None:
-        raise NotFoundError(f"no training set {name}:{version}")
-    if row.status != READY:
-        raise NotFoundError(f"training set {name}:{version} is {row.status}{': ' + row.reason if row.reason else ''}")
-    return row
+    return store.trainsets.require_ready(name, version)
 
 
 def manifest_lines(rt: Runtime, row: TrainsetRow) -> Iterator[str]:
     """The manifest's lines (without newline), streamed and decompressed in bounded memory."""
-    import zlib
-
-    blob = rt.clients.container(row.manifest_container).get_blob_client(row.manifest_blob)
-    d = zlib.decompressobj(wbits=31)
-    rest = b""
-    for chunk in blob_ranges(blob):
-        data = chunk
-        while data:
-            out = d.decompress(data)
-            rest += out
-            *complete, rest = rest.split(b"\n")
-            for line in complete:
-                yield line.decode("utf-8")
-            if d.eof:
-                data = d.unused_data
-                d = zlib.decompressobj(wbits=31)
-            else:
-                data = b""
-    if rest:
-        yield rest.decode("utf-8")
+    for line in split_lines(gunzip_chunks(store_of(rt).manifest_chunks(row))):
+        yield line.decode("utf-8")
 
 
 def trainsets_of_model(store: TrainsetStore, name: str, version: str) -> list[TrainsetRow]:

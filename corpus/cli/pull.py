@@ -100,6 +100,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from corpus.domain.exports import ExportRequest
     from corpus.store.hostconfig import load_queue_config
     from corpus.store.storage import FAIL_FAST, Clients
+    from corpus.store.trainsets_table import TrainsetStore
 
     try:
         from corpus.domain.manifest import parse_ref
@@ -110,9 +111,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (ValueError, MessageError) as exc:
         raise _cli_error(str(exc)) from exc
     settings = _settings()
+    clients = Clients(settings.connection, FAIL_FAST)
+    try:  # refused here, not only by the job: a manifest of a set still building is not a training set
+        TrainsetStore(clients).trainsets.require_ready(name, version)
+    except CorpusError as exc:
+        raise _cli_error(str(exc)) from exc
     body = req.to_json()
     encoding = load_queue_config(app_root() / "host.json").message_encoding
-    Clients(settings.connection, FAIL_FAST).queue_client(settings.export_queue).send_message(encode_message(body, encoding))
+    clients.queue_client(settings.export_queue).send_message(encode_message(body, encoding))
     where = f"{settings.exports_container}/{name}/{version}/{args.format}/"
     print(f"queued on {settings.export_queue}: {body}\nresults go to {where}")
     return 0

@@ -117,29 +117,16 @@ def _store(rt: Any) -> Any:
 
 
 def _ref(text: str, what: str = "training set") -> tuple[str, str]:
-    from corpus.domain.trainsets import parse_ref
+    from corpus.domain.manifest import parse_ref
 
     return parse_ref(text, what)
 
 
 def trainset_json(row: Any) -> dict[str, Any]:
-    s = row.state
-    return {
-        "name": row.name,
-        "version": row.version,
-        "status": row.status,
-        "reason": row.reason or None,
-        "images": s.images,
-        "sha256": row.sha256 or None,
-        "splits": dict(sorted(s.splits.items())),
-        "labels": dict(sorted(s.labels.items())),
-        "skipped": dict(sorted(s.skipped.items())),
-        "skipped_examples": list(s.examples),
-        "manifest": f"{row.manifest_container}/{row.manifest_blob}",
-        "definition": json.loads(row.definition) if row.definition else None,
-        "created": row.created_at.isoformat() if row.created_at else None,
-        "updated": row.updated_at.isoformat() if row.updated_at else None,
-    }
+    """:func:`corpus.app.views.trainset_json`, shared with ``GET /api/trainsets`` (imported late, as all app code here)."""
+    from corpus.app.views import trainset_json as shared
+
+    return shared(row)
 
 
 def _request(args: argparse.Namespace) -> Any:
@@ -334,8 +321,7 @@ def _groups(lines: Iterator[str]) -> Iterator[tuple[str, str, dict[str, str]]]:
 
 def _verify_group(rt: Any, container: str, prefix: str, want: dict[str, str]) -> list[dict[str, str]]:
     """List the folder once (List Blobs returns each blob's Content-MD5) and compare."""
-    import base64
-
+    from corpus.domain.manifest import hex_to_b64
     from corpus.store.storage import blob_md5
 
     cc = rt.clients.container(container)
@@ -347,10 +333,10 @@ def _verify_group(rt: Any, container: str, prefix: str, want: dict[str, str]) ->
         seen.add(b.name)
         raw = b.content_settings.content_md5
         if raw:
-            got = base64.b64encode(bytes(raw)).decode()
+            got = hex_to_b64(bytes(raw).hex())
         else:
             blob = cc.get_blob_client(b.name)
-            got = base64.b64encode(bytes.fromhex(blob_md5(blob, blob.get_blob_properties()))).decode()
+            got = hex_to_b64(blob_md5(blob, blob.get_blob_properties()))
         if got != want[b.name]:
             out.append(
                 {"problem": "changed", "blob": f"{container}/{b.name}", "detail": f"md5 {got}, manifest says {want[b.name]}"}
@@ -379,14 +365,10 @@ def cmd_model_register(args: argparse.Namespace) -> int:
 
 
 def model_json(m: Any) -> dict[str, Any]:
-    return {
-        "name": m.name,
-        "version": m.version,
-        "trainsets": [{"name": n, "version": v} for n, v in m.trainsets],
-        "uri": m.uri or None,
-        "metrics": json.loads(m.metrics) if m.metrics else None,
-        "created": m.created_at.isoformat() if m.created_at else None,
-    }
+    """:func:`corpus.app.views.model_json`, shared with ``GET /api/models``."""
+    from corpus.app.views import model_json as shared
+
+    return shared(m)
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:

@@ -190,8 +190,12 @@ def sample_members(entry: ManifestEntry, key: str) -> tuple[str, str]:
 
 def sample_json(entry: ManifestEntry, key: str) -> bytes:
     """The ``<key>.json`` member: the manifest line plus the key; canonical bytes."""
-    body = {"__key__": key, **entry.to_json()}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    return canonical_json({"__key__": key, **entry.to_json()})
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Compact, key-sorted UTF-8 JSON: equal objects, equal bytes (deterministic export blobs)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)

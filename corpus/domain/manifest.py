@@ -1,4 +1,4 @@
-"""A training set's manifest: one JSON object per line, gzip, sorted by container then blob.
+"""A training set's manifest: one JSON object per line, gzip, in the documented order.
 
 The contract (training-sets issue): blob ``<name>/<version>/manifest.jsonl.gz`` in the container
 ``CORPUS_TRAINSETS_CONTAINER`` (default ``trainsets``), each line exactly::
@@ -7,9 +7,20 @@ The contract (training-sets issue): blob ``<name>/<version>/manifest.jsonl.gz`` 
      "domain", "path", "version", "transform": {"name", "version"} | null,
      "source": {"blob", "md5"}, "labels": [...], "split": "train" | "val" | "test" | ...}
 
-This module is the one reader and writer of that line, shared by the builder, ``corpus pull``,
-the exports and :mod:`corpus.dataset`; it is pure (no I/O but the stream it is handed), and
-:func:`iter_manifest` streams, so a manifest of millions of lines is read in constant memory.
+This module is the one model (:class:`ManifestEntry`), reader and writer of that line, shared by
+the builder (:mod:`corpus.app.trainsets`), ``corpus pull``, the exports and :mod:`corpus.dataset`;
+it is pure (no I/O but the stream it is handed), and :func:`iter_manifest` streams, so a manifest
+of millions of lines is read in constant memory.
+
+**Order.** Lines are in :func:`manifest_order_key` order: (container, the set's blob prefix, the
+file's escaped name). That is what the builder produces without sorting (it reads each set's
+``Images`` partition in key order), and it equals plain (container, blob) order only when file
+names use ``[A-Za-z0-9._-]`` and no selected set's prefix is a prefix of another's.
+
+**Gzip.** A manifest is one or more complete gzip members (:func:`gzip_member`: level 6, mtime 0,
+no file name), so it is byte-deterministic whether written at once (:func:`write_manifest`) or
+as Put Block blocks of a fixed number of lines (the builder).
+
 A line that does not fit raises :class:`~corpus.domain.errors.MessageError` with its line number:
 a manifest is written by us, so a bad line means corruption, never something to skip.
 """
@@ -20,11 +31,14 @@ import base64
 import binascii
 import gzip
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from corpus.domain.errors import MessageError
+from corpus.domain.errors import InvalidNameError, MessageError
+from corpus.domain.keys import image_row_key
+from corpus.domain.paths import validate_version
 
 MANIFEST_NAME = "manifest.jsonl.gz"
 
@@ -34,13 +48,15 @@ def manifest_blob(name: str, version: str) -> str:
     return f"{name}/{version}/{MANIFEST_NAME}"
 
 
-def parse_ref(text: str) -> tuple[str, str]:
-    """``NAME:VERSION`` → (name, version); both non-empty, no ``/`` (they become blob path segments)."""
+def parse_ref(text: str, what: str = "training set") -> tuple[str, str]:
+    """``NAME:VERSION`` → (name, version), both valid version-like names (they become blob path segments)."""
     name, sep, version = text.partition(":")
-    for part in (name, version):
-        if not sep or not part or "/" in part or part in (".", "..") or len(part) > 128:
-            raise MessageError(f"training set {text!r}: expected NAME:VERSION, each 1-128 characters without '/'")
-    return name, version
+    if not sep:
+        raise MessageError(f"{what} {text!r}: expected NAME:VERSION")
+    try:
+        return validate_version(name, f"{what} name"), validate_version(version, f"{what} version")
+    except InvalidNameError as exc:
+        raise MessageError(str(exc)) from exc
 
 
 def b64_to_hex(md5_b64: str) -> str:
@@ -54,7 +70,87 @@ def b64_to_hex(md5_b64: str) -> str:
 
 
 def hex_to_b64(md5_hex: str) -> str:
+    """Hex MD5 (as the ``Images`` table keeps it) → base64 (as Azure's Content-MD5 and the manifest show it)."""
     return base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii")
+
+
+def set_order_key(container: str, blob_prefix: str) -> tuple[str, str]:
+    """The order in which sets are written into a manifest: container, then the set's blob prefix."""
+    return container, blob_prefix
+
+
+def manifest_order_key(container: str, blob: str) -> tuple[str, str, str]:
+    """The documented order of manifest lines, as a function of one line.
+
+    (container, the set's blob prefix, the file's ``Images`` RowKey): sets in order of their
+    prefix (a blob's folder: file names hold no ``/``), then files in the order of their escaped
+    name (:func:`corpus.domain.keys.image_row_key`). Equal to plain (container, blob) order when
+    file names use only ``[A-Za-z0-9._-]`` and no selected set's prefix is a prefix of another's;
+    in general it is not (``"a b"`` escapes to ``a~20b``, after ``a-b``; ``original/v2/`` holds set
+    ``<root>@v2`` while ``original/v2/v1/`` holds set ``v2@v1``). It is what the build can produce
+    by reading each set's partition in key order, with no sort and bounded memory.
+    """
+    folder, _, file = blob.rpartition("/")
+    return (*set_order_key(container, folder + "/"), image_row_key(file))
+
+
+GZIP_LEVEL = 6
+
+
+def gzip_member(data: bytes) -> bytes:
+    """One complete, deterministic gzip member (mtime 0, no file name, level :data:`GZIP_LEVEL`)."""
+    return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+
+
+def gunzip_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The decompressed bytes of a gzip stream of one or more members (a builder's blocks), as the
+    compressed chunks arrive (e.g. ranged downloads): bounded memory whatever the manifest's size."""
+    d = zlib.decompressobj(wbits=31)
+    for chunk in chunks:
+        data = chunk
+        while data:
+            out = d.decompress(data)
+            if out:
+                yield out
+            if d.eof:  # one gzip member ended: the next begins in what is left
+                data = d.unused_data
+                d = zlib.decompressobj(wbits=31)
+            else:
+                data = b""
+
+
+def split_lines(parts: Iterable[bytes]) -> Iterator[bytes]:
+    """Whole lines (without ``\n``) of a byte stream that arrives in arbitrary parts."""
+    rest = b""
+    for part in parts:
+        rest += part
+        *complete, rest = rest.split(b"\n")
+        yield from complete
+    if rest:
+        yield rest
+
+
+def block_id(index: int, prefix: str = "manifest") -> str:
+    """Deterministic Put Block id of block ``index`` (all ids of one blob have the same length)."""
+    return base64.b64encode(f"{prefix}-{index:08d}".encode()).decode("ascii")
+
+
+MANIFEST_FIELDS = (
+    "container",
+    "blob",
+    "md5",
+    "size",
+    "width",
+    "height",
+    "domain",
+    "path",
+    "version",
+    "transform",
+    "source",
+    "labels",
+    "split",
+)
+"""The fields of a line, in the order :meth:`ManifestEntry.to_line` writes them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +168,7 @@ class ManifestEntry:
     version: str
     transform: tuple[str, str] | None
     source_blob: str
-    source_md5: str
+    source_md5: str  # base64, or "" when unknown (ad-hoc pulls of transformed sets)
     labels: tuple[str, ...]
     split: str
 
@@ -81,8 +177,9 @@ class ManifestEntry:
         return b64_to_hex(self.md5)
 
     @property
-    def sort_key(self) -> tuple[str, str]:
-        return (self.container, self.blob)
+    def sort_key(self) -> tuple[str, str, str]:
+        """Its place in a manifest: :func:`manifest_order_key`."""
+        return manifest_order_key(self.container, self.blob)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,24 +259,33 @@ def parse_line(line: str | bytes, lineno: int = 0) -> ManifestEntry:
 
 
 def iter_manifest(stream: IO[bytes]) -> Iterator[ManifestEntry]:
-    """Stream the entries of a gzip manifest (a binary stream of the blob's bytes), in file order.
+    """Stream the entries of a gzip manifest (a binary stream of the blob's bytes); :func:`iter_entries`."""
+    return iter_entries(iter(lambda: stream.read(1024 * 1024), b""))
 
-    The order is checked (container then blob, strictly increasing): consumers rely on it to
-    page, shard and find duplicates without holding the manifest in memory.
+
+def iter_entries(chunks: Iterable[bytes]) -> Iterator[ManifestEntry]:
+    """The entries of a gzip manifest arriving as compressed ``chunks`` (e.g. ranged downloads), in order.
+
+    The order is checked (:func:`manifest_order_key`, strictly increasing): consumers rely on it
+    to page, shard and find duplicates without holding the manifest in memory. A manifest of
+    several gzip members (as the builder writes it, one per block) reads as one stream.
     """
-    previous: tuple[str, str] | None = None
-    with gzip.GzipFile(fileobj=stream, mode="rb") as lines:
-        for lineno, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            entry = parse_line(raw, lineno)
-            if previous is not None and entry.sort_key <= previous:
-                raise MessageError(f"manifest line {lineno}: {entry.container}/{entry.blob} is out of order or repeated")
-            previous = entry.sort_key
-            yield entry
+    previous: tuple[str, str, str] | None = None
+    for lineno, raw in enumerate(split_lines(gunzip_chunks(chunks)), start=1):
+        if not raw.strip():
+            continue
+        entry = parse_line(raw, lineno)
+        if previous is not None and entry.sort_key <= previous:
+            raise MessageError(f"manifest line {lineno}: {entry.container}/{entry.blob} is out of order or repeated")
+        previous = entry.sort_key
+        yield entry
 
 
 def write_manifest(entries: Iterable[ManifestEntry]) -> bytes:
-    """The gzip bytes of a manifest of ``entries`` (sorted here); deterministic (gzip mtime 0)."""
-    body = "".join(e.to_line() + "\n" for e in sorted(entries, key=lambda e: e.sort_key)).encode("utf-8")
-    return gzip.compress(body, mtime=0)
+    """The gzip bytes of a manifest of ``entries`` (sorted here); deterministic (:func:`gzip_member`)."""
+    return gzip_member(encode_lines(sorted(entries, key=lambda e: e.sort_key)))
+
+
+def encode_lines(entries: Iterable[ManifestEntry]) -> bytes:
+    """The uncompressed bytes of ``entries`` as manifest lines, in the order given, each ending in ``\n``."""
+    return "".join(e.to_line() + "\n" for e in entries).encode("utf-8")

@@ -16,13 +16,12 @@ decides *which* files and *what they say* lives here, without I/O, so it is unit
   written in another key order are one definition);
 * :func:`assign_labels`: with ``classes``, an image gets the one class whose tag its set carries;
   zero or several matching classes are reported (:class:`LabelOutcome`), never guessed;
-* :func:`manifest_line`: one manifest line, its exact field set and order, MD5s in base64 as Azure
-  stores them (the ``Images`` table keeps hex).
+* the manifest line itself (model, codec, order) is :mod:`corpus.domain.manifest`'s, shared with
+  ``corpus pull``, the exports and the datasets.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
@@ -265,114 +264,6 @@ def assign_labels(set_tags: tuple[str, ...], classes: tuple[str, ...] | None) ->
     if len(found) == 1:
         return LabelOutcome.OK, found
     return (LabelOutcome.NO_CLASS if not found else LabelOutcome.SEVERAL_CLASSES), found
-
-
-def md5_b64(md5_hex: str) -> str:
-    """Hex MD5 (as the ``Images`` table keeps it) → base64 (as Azure's Content-MD5 shows it)."""
-    return base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii")
-
-
-def md5_hex(md5_base64: str) -> str:
-    return base64.b64decode(md5_base64).hex()
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestEntry:
-    """Everything one manifest line says about one image."""
-
-    container: str
-    blob: str
-    md5: str  # hex
-    size: int
-    width: int
-    height: int
-    domain: str
-    path: str
-    version: str
-    transform: tuple[str, str] | None
-    source_blob: str
-    source_md5: str  # hex
-    labels: tuple[str, ...]
-    split: str
-
-
-def manifest_line(e: ManifestEntry) -> str:
-    """One line (with its ``\\n``): compact JSON, fields in the documented order, UTF-8 unescaped."""
-    body = {
-        "container": e.container,
-        "blob": e.blob,
-        "md5": md5_b64(e.md5),
-        "size": e.size,
-        "width": e.width,
-        "height": e.height,
-        "domain": e.domain,
-        "path": e.path,
-        "version": e.version,
-        "transform": {"name": e.transform[0], "version": e.transform[1]} if e.transform else None,
-        "source": {"blob": e.source_blob, "md5": md5_b64(e.source_md5)},
-        "labels": list(e.labels),
-        "split": e.split,
-    }
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
-
-
-MANIFEST_FIELDS = (
-    "container",
-    "blob",
-    "md5",
-    "size",
-    "width",
-    "height",
-    "domain",
-    "path",
-    "version",
-    "transform",
-    "source",
-    "labels",
-    "split",
-)
-
-
-def manifest_blob(name: str, version: str) -> str:
-    return f"{name}/{version}/manifest.jsonl.gz"
-
-
-def parse_ref(text: str, what: str = "training set") -> tuple[str, str]:
-    """``NAME:VERSION`` → (name, version), both valid names."""
-    name, sep, version = text.partition(":")
-    if not sep:
-        raise MessageError(f"{what} {text!r}: expected NAME:VERSION")
-    try:
-        return validate_version(name, f"{what} name"), validate_version(version, f"{what} version")
-    except InvalidNameError as exc:
-        raise MessageError(str(exc)) from exc
-
-
-def block_id(index: int) -> str:
-    """Deterministic Put Block id of block ``index`` (all ids of one blob have the same length)."""
-    return base64.b64encode(f"manifest-{index:08d}".encode()).decode("ascii")
-
-
-def set_order_key(container: str, blob_prefix: str) -> tuple[str, str]:
-    """The order in which sets are written into a manifest: container, then the set's blob prefix."""
-    return container, blob_prefix
-
-
-def manifest_order_key(container: str, blob: str) -> tuple[str, str, str]:
-    """The documented order of manifest lines, as a function of one line.
-
-    (container, the set's blob prefix, the file's ``Images`` RowKey): sets in order of their
-    prefix (a blob's folder: file names hold no ``/``), then files in the order of their escaped
-    name (:func:`corpus.domain.keys.image_row_key`). Equal to plain (container, blob) order when
-    file names use only ``[A-Za-z0-9._-]`` and no selected set's prefix is a prefix of another's;
-    in general it is not (``"a b"`` escapes to ``a~20b``, after ``a-b``; ``original/v2/`` holds set
-    ``<root>@v2`` while ``original/v2/v1/`` holds set ``v2@v1``). It is what the build can produce
-    by reading each set's partition in key order, with no sort and bounded memory.
-    """
-    from corpus.domain.keys import image_row_key
-
-    folder, _, file = blob.rpartition("/")
-    return container, folder + "/", image_row_key(file)
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,7 +158,7 @@ class Puller:
             e
             for e in found
             if (self.opts.split is None or e.split == self.opts.split)
-            and (self.opts.only is None or e.sort_key in self.opts.only)
+            and (self.opts.only is None or (e.container, e.blob) in self.opts.only)
         ]
 
     def run(self) -> PullSummary:

@@ -1,22 +1,21 @@
 """What a pull (or a dataset) reads: a training set's manifest, or an ad-hoc selection of image sets.
 
-A training set is read from its manifest blob alone: the manifest is the immutable list of exact
-files, so nothing else is consulted (when the ``TrainingSets`` table exists, a status check,
-``ready`` only, belongs here). An ad-hoc selection reads the ``ImageSets`` and ``Images`` tables,
-as transform requests select sets; it has no splits, and each image carries its set's tags.
+A training set is read from its manifest, the immutable list of exact files, once its
+``TrainingSets`` row says it is ``ready``: a manifest blob alone may be a half-built or failed
+one. An ad-hoc selection reads the ``ImageSets`` and ``Images`` tables, as transform requests
+select sets; it has no splits, and each image carries its set's tags.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from corpus.domain.errors import NotFoundError
-from corpus.domain.manifest import ManifestEntry, hex_to_b64, iter_manifest, manifest_blob
+from corpus.domain.manifest import ManifestEntry
 from corpus.domain.paths import SetRef, validate_domain, validate_version
-from corpus.pull.fetch import BlobFetcher, BlobNotFound
+from corpus.pull.fetch import BlobFetcher
 from corpus.store.settings import Settings
 
 
@@ -85,16 +84,17 @@ class EntryReader:
         return self.ad_hoc(source)
 
     def manifest(self, name: str, version: str) -> Iterator[ManifestEntry]:
-        try:
-            data = self.fetcher.get(self.settings.trainsets_container, manifest_blob(name, version))
-        except BlobNotFound as exc:
-            raise NotFoundError(f"training set {name}:{version} has no manifest ({exc})") from exc
-        return iter_manifest(io.BytesIO(data))
+        """The entries of a ``ready`` training set (any other status, or none, is a ``NotFoundError``)."""
+        from corpus.store.storage import FAIL_FAST, Clients
+        from corpus.store.trainsets_table import TrainsetStore
+
+        return TrainsetStore(Clients(self.settings.connection, dict(FAIL_FAST))).entries(name, version)
 
     def ad_hoc(self, source: AdHocSource) -> Iterator[ManifestEntry]:
         from corpus.store.catalog import Catalog
         from corpus.store.rows import dirs_of
         from corpus.store.storage import FAIL_FAST, Clients
+        from corpus.store.trainsets_table import manifest_entry
 
         catalog = Catalog(Clients(self.settings.connection, dict(FAIL_FAST)))
         if source.path is not None:
@@ -107,31 +107,18 @@ class EntryReader:
             rows = [
                 r
                 for r in catalog.sets.list(
-                    source.domain, source.tags, transform, source.set_version, originals_only=source.transform is None
+                    domain=source.domain,
+                    tags=source.tags,
+                    transform=transform,
+                    version=source.set_version,
+                    originals_only=source.transform is None,
                 )
                 if r.transform == source.transform
             ]
-        out: list[ManifestEntry] = []
-        for row in rows:
-            for img in catalog.images.iter(row.ref, row.transform):
-                md5 = hex_to_b64(img.md5)
-                out.append(
-                    ManifestEntry(
-                        container=row.domain,
-                        blob=img.blob,
-                        md5=md5,
-                        size=img.size,
-                        width=img.width,
-                        height=img.height,
-                        domain=row.domain,
-                        path=row.path,
-                        version=row.version,
-                        transform=row.transform,
-                        source_blob=img.source if row.transform else img.blob,
-                        source_md5="" if row.transform else md5,
-                        labels=row.tags,
-                        split="",
-                    )
-                )
+        out = [
+            manifest_entry(row, img, source_md5_hex=None if row.transform else img.md5, labels=row.tags, split="")
+            for row in rows
+            for img in catalog.images.iter(row.ref, row.transform)
+        ]
         out.sort(key=lambda e: e.sort_key)
         return iter(out)

@@ -37,10 +37,13 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
+from azure.storage.blob import BlobClient
 
 from corpus.domain import keys
+from corpus.domain.errors import NotFoundError
 from corpus.domain.limits import MAX_TABLE_BATCH
-from corpus.store.rows import Entity, ImageRow, as_int, int64, now
+from corpus.domain.manifest import ManifestEntry, hex_to_b64, iter_entries
+from corpus.store.rows import Entity, ImageRow, ImageSetRow, as_int, int64, now
 from corpus.store.settings import TABLE_IMAGES, TABLE_LINEAGE, TABLE_MODELS, TABLE_TRAINSETS
 from corpus.store.storage import Clients
 
@@ -191,6 +194,21 @@ class TrainsetsTable:
         except ResourceNotFoundError:
             return None
 
+    def require_ready(self, name: str, version: str) -> TrainsetRow:
+        """The row of a ``ready`` training set, or :class:`NotFoundError` naming why not.
+
+        Everything that reads a training set's files (lineage, ``corpus pull``, exports, the
+        datasets) goes through here: a manifest blob alone is not a training set (it may be a
+        half-built one, or one whose build failed), only a ``ready`` row says its manifest is complete.
+        """
+        row = self.get(name, version)
+        if row is None:
+            raise NotFoundError(f"no training set {name}:{version}")
+        if row.status != READY:
+            why = f" ({row.reason})" if row.reason else ""
+            raise NotFoundError(f"training set {name}:{version} is {row.status}{why}, not ready")
+        return row
+
     def advance(self, row: TrainsetRow) -> bool:
         """Replace the row if nobody changed it since ``row`` was read (its ETag); False if someone did."""
         try:
@@ -339,6 +357,33 @@ class LineageTable:
         return [(_str(e, "Name"), _str(e, "Version")) for e in rows]
 
 
+def manifest_entry(
+    set_row: ImageSetRow, image: ImageRow, *, source_md5_hex: str | None, labels: tuple[str, ...], split: str
+) -> ManifestEntry:
+    """The manifest entry of one image record of ``set_row`` (the builder's, and ad-hoc pulls').
+
+    MD5s go from the ``Images`` table's hex to the manifest's base64; ``source`` is the image itself
+    for an original, its source original for a transformed image (``source_md5_hex`` ``None`` when
+    the caller did not look it up: the entry then says ``""``).
+    """
+    return ManifestEntry(
+        container=set_row.domain,
+        blob=image.blob,
+        md5=hex_to_b64(image.md5),
+        size=image.size,
+        width=image.width,
+        height=image.height,
+        domain=set_row.domain,
+        path=set_row.path,
+        version=set_row.version,
+        transform=set_row.transform,
+        source_blob=image.source if set_row.transform else image.blob,
+        source_md5=hex_to_b64(source_md5_hex) if source_md5_hex else "",
+        labels=labels,
+        split=split,
+    )
+
+
 FIRST_IMAGE_KEY = '"'
 """Below every escaped file name, above the counter rows (``!count!NN``) of a set's partition."""
 
@@ -360,11 +405,40 @@ def snapshot_images(images: TableClient, partition_key: str, after: str, at: dat
         yield str(entity["RowKey"]), ImageRow.from_entity(entity)
 
 
+RANGE_BYTES = 4 * 1024 * 1024
+
+
+def blob_ranges(blob: BlobClient) -> Iterator[bytes]:
+    """A blob's bytes in 4 MiB ranges: the SDK's own download would fetch its first 32 MiB at once."""
+    size = blob.get_blob_properties().size
+    for offset in range(0, size, RANGE_BYTES):
+        yield blob.download_blob(offset=offset, length=min(RANGE_BYTES, size - offset)).readall()
+
+
 class TrainsetStore:
     """The three tables of training sets and lineage, plus read access to ``Images`` snapshots."""
 
     def __init__(self, clients: Clients) -> None:
+        self.clients = clients
         self.trainsets = TrainsetsTable(clients.table_client(TABLE_TRAINSETS))
         self.models = ModelsTable(clients.table_client(TABLE_MODELS))
         self.lineage = LineageTable(clients.table_client(TABLE_LINEAGE))
         self.images = clients.table_client(TABLE_IMAGES)
+
+    def manifest_blob(self, row: TrainsetRow) -> BlobClient:
+        return self.clients.container(row.manifest_container).get_blob_client(row.manifest_blob)
+
+    def manifest_chunks(self, row: TrainsetRow) -> Iterator[bytes]:
+        """The compressed bytes of ``row``'s manifest, in ranges (bounded memory)."""
+        try:
+            yield from blob_ranges(self.manifest_blob(row))
+        except ResourceNotFoundError as exc:
+            raise NotFoundError(
+                f"training set {row.name}:{row.version} is {row.status} but its manifest "
+                f"{row.manifest_container}/{row.manifest_blob} is missing"
+            ) from exc
+
+    def entries(self, name: str, version: str) -> Iterator[ManifestEntry]:
+        """The manifest entries of a ``ready`` training set (:meth:`TrainsetsTable.require_ready`),
+        streamed: the one way ``corpus pull``, the exports and the datasets read a training set."""
+        return iter_entries(self.manifest_chunks(self.trainsets.require_ready(name, version)))
