@@ -84,7 +84,11 @@ def test_lost_events_are_ingested_once_with_two_reconcilers_at_once_while_delive
 
     status = json.loads(run_cli(env, tmp_path, "status", "--json").stdout)
     assert status["redriven"]["count"] == len(redriven)
-    assert all(r["Times"] == 1 and r["Outcome"] == "queued" for r in status["redriven"]["latest"])
+    rows = {r["Name"]: r for r in status["redriven"]["latest"]}
+    assert all(r["Times"] == 1 for r in rows.values())  # each version re-driven once, by one of the two
+    # The lost blobs were validated and queued by their re-drive; a later upload may also have been
+    # re-driven (grace 0) while its own event was being handled: any outcome is fine for those.
+    assert all(rows[f"lost/v1/a/img{i:03d}.jpg"]["Outcome"] == "queued" for i in range(12))
     assert "re-driven by reconciliation" in run_cli(env, tmp_path, "status").stdout
 
 
