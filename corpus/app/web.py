@@ -178,11 +178,7 @@ def api_trainsets(rt: Runtime, req: Request) -> Response:
 
 def api_trainset(rt: Runtime, req: Request) -> Response:
     """``GET /api/trainsets/{name}/{version}``: what ``corpus trainset show N:V --json`` prints (any status)."""
-    name, version = _name_version(req, "training set")
-    row = store_of(rt).trainsets.get(name, version)
-    if row is None:
-        raise NotFoundError(f"no training set {name}:{version}")
-    return json_response(views.trainset_json(row))
+    return _show(req, "training set", store_of(rt).trainsets.get, views.trainset_json)
 
 
 def api_models(rt: Runtime, req: Request) -> Response:
@@ -194,11 +190,16 @@ def api_models(rt: Runtime, req: Request) -> Response:
 
 def api_model(rt: Runtime, req: Request) -> Response:
     """``GET /api/models/{name}/{version}``: what ``corpus model show M:V --json`` prints."""
-    name, version = _name_version(req, "model")
-    model = store_of(rt).models.get(name, version)
-    if model is None:
-        raise NotFoundError(f"no model {name}:{version}")
-    return json_response(views.model_json(model))
+    return _show(req, "model", store_of(rt).models.get, views.model_json)
+
+
+def _show(req: Request, what: str, get: Callable[[str, str], Any], to_json: Callable[[Any], dict[str, Any]]) -> Response:
+    """One training set or model named by the route, as JSON; 404 when there is none."""
+    name, version = _name_version(req, what)
+    row = get(name, version)
+    if row is None:
+        raise NotFoundError(f"no {what} {name}:{version}")
+    return json_response(to_json(row))
 
 
 def blob_arg(req: Request) -> tuple[str, str]:

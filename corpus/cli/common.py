@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 from corpus.store.settings import Settings, load_local_settings
 
@@ -26,3 +28,37 @@ def enqueue(settings: Settings, queue: str, body: str) -> None:
 
     encoding = load_queue_config(app_root() / "host.json").message_encoding
     Clients(settings.connection, FAIL_FAST).queue_client(queue).send_message(encode_message(body, encoding))
+
+
+class RunSummary(Protocol):
+    """What ``corpus upload`` and ``corpus pull`` report at the end of a run."""
+
+    @property
+    def failures(self) -> Any: ...
+
+    @property
+    def interrupted(self) -> bool: ...
+
+    def as_json(self) -> dict[str, Any]: ...
+
+
+def finish(
+    summary: RunSummary,
+    failures_file: str | None,
+    as_json: bool,
+    write_failures: Callable[[Path, Any], None],
+    human_summary: Callable[[Any], None],
+) -> int:
+    """The end of a transfer: the failures file, the summary (JSON or lines), the exit status
+    (130 interrupted: run it again; 1 if anything failed)."""
+    import json
+
+    if failures_file:
+        write_failures(Path(failures_file), summary)
+    if as_json:
+        print(json.dumps(summary.as_json(), indent=2, ensure_ascii=False))
+    else:
+        human_summary(summary)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failures else 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus.cli import queries
-from corpus.cli.common import CliError, enqueue, settings_from_cwd
+from corpus.cli.common import CliError, enqueue, finish, settings_from_cwd
 from corpus.domain.display import shown
 from corpus.domain.errors import ConfigError, CorpusError
 from corpus.store.settings import Settings
@@ -178,15 +178,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     summary = uploader.run()
     if progress:
         progress.render(final=True)
-    if args.failures:
-        write_failures(Path(args.failures), summary)
-    if args.json:
-        print(json.dumps(summary.as_json(), indent=2, ensure_ascii=False))
-    else:
-        human_summary(summary)
-    if summary.interrupted:
-        return 130
-    return 1 if summary.failures else 0
+    return finish(summary, args.failures, args.json, write_failures, human_summary)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
-from corpus.cli.common import CliError, settings_from_cwd
+from corpus.cli.common import CliError, finish, settings_from_cwd
 from corpus.domain.errors import CorpusError
 from corpus.store.settings import Settings
 
@@ -83,15 +82,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         summary = puller.run()
     except CorpusError as exc:
         raise _cli_error(str(exc)) from exc
-    if args.failures:
-        write_failures(Path(args.failures), summary)
-    if args.json:
-        print(json.dumps(summary.as_json(), indent=2, ensure_ascii=False))
-    else:
-        human_summary(summary)
-    if summary.interrupted:
-        return 130
-    return 1 if summary.failures else 0
+    return finish(summary, args.failures, args.json, write_failures, human_summary)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
