@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from azure.data.tables import TableClient
@@ -17,7 +18,7 @@ from corpus.domain.errors import InvalidNameError, NotFoundError
 from corpus.domain.paths import ROOT_PATH, SetRef, validate_domain, validate_version
 from corpus.store.catalog import Catalog
 from corpus.store.rows import ImageRow, ImageSetRow, Transform, dirs_of
-from corpus.store.tables import decode_continuation, first_page
+from corpus.store.tables import decode_continuation, encode_continuation, first_page
 from corpus.store.trainsets_table import ModelRow, TrainsetRow, TrainsetStore
 
 MAX_PAGE = 1000
@@ -74,10 +75,22 @@ def page_sets(
     tags: tuple[str, ...] = (),
     transform: str | None = None,
 ) -> tuple[list[ImageSetRow], str | None]:
-    """One page of the sets ``corpus sets`` lists, in the same (domain, row key) order, and the next page's token."""
-    return catalog.sets.page(
-        limit, _token(continuation), domain=domain, tags=tags, transform=transform, originals_only=transform is None
-    )
+    """One page of the sets ``corpus sets`` lists, in the same (domain, row key) order, and the next page's token.
+
+    With a domain and tags the tag index is read, as ``corpus sets --domain D --tag T`` reads it
+    (O(result)), and the token is the last set's key; otherwise pages are key ranges of the table.
+    """
+    start = _token(continuation)
+    if domain and tags:
+        after = str(start.get("RowKey") or "") if start and start.get("PartitionKey") == domain else ""
+        found = catalog.sets.query(
+            domain=domain, tags=tags, transform=transform, originals_only=transform is None, start_after=after
+        )
+        rows = list(islice(found, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, encode_continuation({"PartitionKey": domain, "RowKey": rows[-1].row_key}) if more else None
+    return catalog.sets.page(limit, start, domain=domain, tags=tags, transform=transform, originals_only=transform is None)
 
 
 @dataclass(frozen=True, slots=True)
