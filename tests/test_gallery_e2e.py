@@ -295,6 +295,10 @@ def test_image_paging_covers_a_large_set_exactly_once(world: World) -> None:
         ("/api/lineage?blob=birds", 400),
         ("/api/lineage?blob=Not_A_Domain/original/red/robin/v1/r1.jpg", 400),
         ("/api/lineage?blob=birds/elsewhere/r1.jpg", 404),
+        # The pipeline's own containers are not domains: nothing is served or rendered from them.
+        ("/api/sets/staging/images?version=v1", 404),
+        ("/gallery/rejected/file?blob=original/x/v1/a.jpg", 404),
+        ("/gallery/staging/preview?blob=original/x/v1/a.jpg", 404),
     ],
 )
 def test_errors_are_json_with_a_status_never_a_trace(world: World, path: str, status: int) -> None:

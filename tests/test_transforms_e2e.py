@@ -181,3 +181,28 @@ def test_host_honours_base64_message_encoding(env, clients, tmp_path):
     assert set(blobs(clients, "birds", "transform/")) == {"transform/thumbnail/1/red/robin/v1/a.jpg"}
     poison = [m.content for m in clients.queue_client("transform-requests-poison").receive_messages(max_messages=5)]
     assert poison == ["{not base64}"]
+
+
+def test_a_duplicate_job_repairs_a_count_its_first_delivery_left_behind(env, clients, app_dir):
+    """Group commit may defer a count refresh to a leader that then dies; the redelivered job finds
+    its image recorded and must still leave the set's count exact."""
+    from azure.data.tables import UpdateMode
+
+    from corpus.domain.messages import TransformJob
+    from corpus.store.rows import int64
+
+    ingest(env, clients, app_dir, {"birds/v1/red/robin/a.jpg": photo(1), "birds/v1/red/robin/b.jpg": photo(2)})
+    clients.queue_client("transform-requests").send_message(THUMB)
+    run_host(env, app_dir)
+    sets = clients.table_client("ImageSets")
+    rk = keys.set_row_key(SetRef("birds", ("red", "robin"), "v1"), ("thumbnail", "1"))
+    assert as_int(sets.get_entity("birds", rk)["ImageCount"]) == 2
+    # The state a dead leader leaves: both images recorded and counted in the shards, the set's count behind.
+    sets.update_entity(
+        {"PartitionKey": "birds", "RowKey": rk, "ImageCount": int64(0), "TotalBytes": int64(0)}, mode=UpdateMode.MERGE
+    )
+    job = TransformJob("birds", ("red", "robin"), "v1", "a.jpg", "thumbnail", "1")
+    clients.queue_client("transform-jobs").send_message(job.to_json())
+    summary = run_host(env, app_dir)
+    assert summary["ok"]["transform_job"] == 1
+    assert as_int(sets.get_entity("birds", rk)["ImageCount"]) == 2

@@ -124,7 +124,9 @@ def ensure_preview(rt: Runtime, domain: str, source: str) -> str:
     downloader = container.get_blob_client(source).download_blob()
     if downloader.properties.size > rt.settings.max_blob_bytes:
         raise HttpError(413, f"{source} is larger than {rt.settings.max_blob_bytes} bytes")
-    out = transforms.render(downloader.readall(), "thumbnail", {"size": PREVIEW_SIZE}, rt.settings.max_pixels)
+    out = transforms.render(
+        downloader.readall(), "thumbnail", {"size": PREVIEW_SIZE}, rt.settings.max_pixels, admit=rt.decode_budget.hold
+    )
     try:
         container.get_blob_client(name).upload_blob(
             out.data, overwrite=False, content_settings=ContentSettings(content_type=out.content_type)

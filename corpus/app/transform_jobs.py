@@ -186,7 +186,10 @@ def on_transform_job(rt: Runtime, job: TransformJob) -> JobOutcome:
         raise NotFoundError(f"transform job: {job.domain}/{ref.original_prefix()}{job.file} is not a recorded original")
     name = transforms.output_name(job.file, transforms.output_extension(job.name, args, source.content_type))
     if rt.catalog.images.get(ref, name, transform) is not None:
-        return JobOutcome.EXISTS  # a duplicate job: done by an earlier one, nothing to render
+        # A duplicate job, done by an earlier one: nothing to render. Its count refresh may have been
+        # deferred to a leader that then died (group commit debounces refreshes): make sure of it here.
+        rt.catalog.refresh_counts(ref, transform)
+        return JobOutcome.EXISTS
 
     container = rt.clients.container(job.domain)
     try:
@@ -194,7 +197,7 @@ def on_transform_job(rt: Runtime, job: TransformJob) -> JobOutcome:
     except ResourceNotFoundError as exc:
         raise NotFoundError(f"source image {job.domain}/{source.blob} does not exist") from exc
 
-    out = transforms.render(data, job.name, args, rt.settings.max_pixels)
+    out = transforms.render(data, job.name, args, rt.settings.max_pixels, admit=rt.decode_budget.hold)
     name = transforms.output_name(job.file, out.extension)
     dest_name = ref.transform_prefix(*transform) + name
     dest = container.get_blob_client(dest_name)

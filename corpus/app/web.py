@@ -114,6 +114,10 @@ def handle(rt: Runtime, req: Request, handler: Handler, error: Callable[[int, st
     """Run ``handler``; map errors to ``error(status, message)``. Only GET and HEAD are served."""
     if req.method not in ("GET", "HEAD"):
         return error(405, "read-only: only GET and HEAD")
+    named = req.route.get("domain")
+    if named is not None and named in rt.settings.reserved_containers:
+        # The pipeline's own containers (staging, rejected, ...) are not domains: never serve or render from them.
+        return error(404, f"{named!r} is not a domain of the corpus")
     try:
         return handler(rt, req)
     except Exception as exc:  # every failure becomes a response; the trace goes to the log

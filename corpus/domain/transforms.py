@@ -19,13 +19,14 @@ import io
 import json
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image, ImageCms, ImageOps
 
 from corpus.domain.errors import ImageError, TransformError
-from corpus.domain.images import open_capped
+from corpus.domain.images import decoded_bytes, open_capped
 from corpus.domain.limits import DEFAULT_MAX_PIXELS, MAX_PIPELINE_STEPS, MAX_TRANSFORM_DEFINITION_CHARS
 from corpus.domain.media import CONTENT_TYPES, EXTENSIONS
 
@@ -371,9 +372,25 @@ def _draft_size(name: str, args: dict[str, Any]) -> int | None:
     return first["args"]["size"] if first["name"] == "thumbnail" else None
 
 
-def render(data: bytes, name: str, args: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) -> Output:
-    """Decode ``data`` (capped), honour EXIF orientation, apply the transform, encode."""
+def render(
+    data: bytes,
+    name: str,
+    args: dict[str, Any],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    admit: Callable[[int], AbstractContextManager[None]] | None = None,
+) -> Output:
+    """Decode ``data`` (capped), honour EXIF orientation, apply the transform, encode.
+
+    ``admit(n)`` (:mod:`corpus.app.admission`) is entered before any pixel is decoded with twice
+    the decoded size the header declares (the source and one working copy: each step replaces the
+    image it was given) and held until the output is encoded, as ingest's decode is.
+    """
     img = open_capped(data, max_pixels)
+    with admit(2 * decoded_bytes(img)) if admit else nullcontext():
+        return _render(img, name, args, max_pixels)
+
+
+def _render(img: Image.Image, name: str, args: dict[str, Any], max_pixels: int) -> Output:
     source_format = img.format or "PNG"
     icc = img.info.get("icc_profile")
     fmt, quality = _output_choice(name, args, source_format)

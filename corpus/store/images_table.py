@@ -75,7 +75,7 @@ class ImagesTable:
         :meth:`record`, which sorts out each image on its own with the same exactly-once guarantee.
         """
         if len(records) == 1 or len({r.file for r in records}) != len(records):
-            return [self.record(ref, r, transform) for r in records]
+            return self._one_by_one(ref, records, transform)
         pk = keys.image_partition_key(ref, transform)
         n = len(records)
         for attempt in range(8):
@@ -89,7 +89,22 @@ class ImagesTable:
                     backoff(attempt)
                     continue
                 break
-        return [self.record(ref, r, transform) for r in records]
+        return self._one_by_one(ref, records, transform)
+
+    def _one_by_one(self, ref: SetRef, records: list[ImageRow], transform: Transform | None) -> list[bool]:
+        """:meth:`record` each image; one that fails does not stop the others being recorded (the
+        first error is raised after all were tried, so their retries find them done)."""
+        results: list[bool] = []
+        first: Exception | None = None
+        for r in records:
+            try:
+                results.append(self.record(ref, r, transform))
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the others
+                first = first or exc
+                results.append(False)
+        if first is not None:
+            raise first
+        return results
 
     def _counter_op(self, pk: str, shard_key: str, n: int, size: int) -> tuple[Any, ...]:
         """The transaction step adding ``n`` images of ``size`` bytes to a counter shard: create it,

@@ -259,7 +259,15 @@ class Settings:
 
     @property
     def reserved_containers(self) -> frozenset[str]:
-        return frozenset({self.staging_container, self.rejected_container, self.trainsets_container, self.exports_container})
+        return frozenset(
+            {
+                self.staging_container,
+                self.rejected_container,
+                self.trainsets_container,
+                self.exports_container,
+                self.deadletter_container,
+            }
+        )
 
     @property
     def queues(self) -> tuple[str, ...]:
