@@ -43,6 +43,9 @@ from corpus.store.rows import FailureRow
 log = logging.getLogger("corpus.reconcile")
 
 SOURCE = "reconcile"
+VALIDATED_RECENTLY = timedelta(hours=24)
+"""A staged version the blob trigger validated less than this long ago is in the copy backlog, not
+lost: the scan leaves it alone (dead-lettered events are re-driven whatever their validation)."""
 REDRIVE_INTERVAL = timedelta(minutes=10)
 """A blob version is re-driven at most once per this interval (or per grace period, if longer), whatever
 the grace period: two reconcilers started together must not both re-drive it, even with ``--grace 0``."""
@@ -104,6 +107,12 @@ def _redrive(
     props = downloader.properties
     if etag is not None and props.etag.strip('"') != etag.strip('"'):
         return  # replaced since the listing: the new upload has its own event
+    validated = rt.catalog.validations.get(name, props.etag)
+    if etag is not None and validated is not None and validated.at is not None and validated.at > now - VALIDATED_RECENTLY:
+        # The trigger saw this version and queued its copy: it is in the copy backlog (or poisoned,
+        # with its reason in `corpus status`), not lost. Re-driving it would only add to the backlog.
+        report.skipped_recent += 1
+        return
     claim = rt.catalog.redrives.claim(name, props.etag, why, now, grace)
     if claim is None:
         report.skipped_recent += 1
