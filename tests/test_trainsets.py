@@ -258,3 +258,17 @@ def test_the_reader_accepts_the_builders_documented_order_in_gzip_blocks():
     assert [x.decode() for x in mf.split_lines(mf.gunzip_chunks([blocks[i : i + 7] for i in range(0, len(blocks), 7)]))] == [
         line.rstrip("\n") for line in lines
     ]
+
+
+def test_a_request_must_fit_a_queue_message_and_a_table_property_in_azure_units():
+    def request(tag: str, n: int) -> str:
+        sources = [{"domain": "birds", "tags": [f"{tag}{i}"], "version": "v1"} for i in range(n)]
+        return json.dumps({"trainset": {"name": "big", "version": "1"}, "sources": sources})
+
+    # 3-byte UTF-8 characters: under 32 K UTF-16 units, but the message would pass 48 KiB of UTF-8.
+    with pytest.raises(MessageError, match="bytes, more than"):
+        TrainsetRequest.parse(request("鳥" * 200, 100))
+    # Characters outside the BMP count twice in Azure's 32 K-unit properties.
+    with pytest.raises(MessageError, match="characters, more than"):
+        TrainsetRequest.parse(request("🐦" * 200, 100))
+    assert TrainsetRequest.parse(request("robin", 50)).name == "big"

@@ -281,14 +281,31 @@ def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
 DOWNLOAD_THREADS = 16
 
 
+WINDOW_BYTES = 32 * 1024 * 1024
+"""Bytes of images one shard job holds at once (by the manifest's sizes): with the queue throttle's
+24 jobs per instance, at most ~768 MB, whatever the image sizes."""
+
+
 def _downloads(rt: ExportRuntime, entries: list[ManifestEntry]) -> Iterator[tuple[ManifestEntry, bytes]]:
-    """Each entry with its verified bytes, in order; ``DOWNLOAD_THREADS`` in flight and at most
-    ``4 × DOWNLOAD_THREADS`` held, so memory is bounded by a window, not by the shard."""
-    window = 4 * DOWNLOAD_THREADS
+    """Each entry with its verified bytes, in order; ``DOWNLOAD_THREADS`` in flight and a window of
+    at most ``4 × DOWNLOAD_THREADS`` images and :data:`WINDOW_BYTES` held (one larger image alone),
+    so memory is bounded by the window, not by the shard or the images' sizes."""
     with ThreadPoolExecutor(DOWNLOAD_THREADS, thread_name_prefix="corpus-export") as pool:
-        for i in range(0, len(entries), window):
-            chunk = entries[i : i + window]
+        for chunk in _windows(entries):
             yield from zip(chunk, pool.map(lambda e: _download(rt, e), chunk), strict=True)
+
+
+def _windows(entries: list[ManifestEntry]) -> Iterator[list[ManifestEntry]]:
+    chunk: list[ManifestEntry] = []
+    held = 0
+    for e in entries:
+        if chunk and (len(chunk) >= 4 * DOWNLOAD_THREADS or held + e.size > WINDOW_BYTES):
+            yield chunk
+            chunk, held = [], 0
+        chunk.append(e)
+        held += e.size
+    if chunk:
+        yield chunk
 
 
 def _download(rt: ExportRuntime, e: ManifestEntry) -> bytes:

@@ -30,10 +30,13 @@ from enum import StrEnum
 from typing import Any
 
 from corpus.domain.errors import InvalidNameError, MessageError
+from corpus.domain.limits import MAX_MESSAGE_BYTES
 from corpus.domain.messages import Fields, decode_body
 from corpus.domain.paths import ROOT_PATH, validate_domain, validate_version
 from corpus.domain.tags import normalize, normalize_tag
 
+MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES * 3 // 4
+"""A request must fit one queue message (64 KiB) even after base64 (host.json's messageEncoding)."""
 MAX_DEFINITION_CHARS = 32 * 1024
 """A canonical definition is stored in one table string property (32 K UTF-16 code units); larger
 requests are refused when they are made, not when they are stored."""
@@ -151,9 +154,12 @@ class TrainsetRequest:
                 raise MessageError("trainset request: 'labels.classes' names a class twice (classes compare case-insensitively)")
         split = parse_split(raw_split if raw_split is not None else DEFAULT_SPLIT)
         req = cls(name, version, sources, classes, split)
-        size = len(req.definition())
+        size = len(req.definition().encode("utf-16-le", "surrogatepass")) // 2  # Azure counts UTF-16 code units
         if size > MAX_DEFINITION_CHARS:
             raise MessageError(f"trainset request: definition is {size} characters, more than {MAX_DEFINITION_CHARS}")
+        message = len(req.to_json().encode("utf-8"))
+        if message > MAX_REQUEST_BYTES:
+            raise MessageError(f"trainset request: the message is {message} bytes, more than {MAX_REQUEST_BYTES}")
         return req
 
 
