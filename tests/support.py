@@ -181,3 +181,21 @@ def max_overlap(trace: Path, fn: str) -> int:
         cur += delta
         best = max(best, cur)
     return best
+
+
+def photo(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A flat-coloured JPEG, distinct per seed (quality 90)."""
+    img = Image.new("RGB", size, (seed * 37 % 256, seed * 91 % 256, 128))
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def ingest(env: dict[str, str], clients: Any, app_dir: Path, files: dict[str, bytes]) -> None:
+    """Stage ``files`` (staged name → bytes) as plain uploads, then run the host until idle."""
+    from azure.storage.blob import ContentSettings
+
+    st = clients.container("staging")
+    for name, data in files.items():
+        st.upload_blob(name, data, content_settings=ContentSettings(content_type="image/jpeg"))
+    run_host(env, app_dir)

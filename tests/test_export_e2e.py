@@ -13,23 +13,15 @@ import tarfile
 import pytest
 import torch
 import yaml
-from azure.storage.blob import ContentSettings
 from torch.utils.data import DataLoader
 
 from corpus.domain.exports import ExportRequest
 from corpus.domain.layouts import label_key, sample_key
 from corpus.domain.paths import SetRef
-from tests.support import jpeg, run_cli, run_host
+from tests.support import ingest, jpeg, run_cli, run_host
 from tests.trainset_support import manifest_entries, write_trainset
 
 pytestmark = pytest.mark.e2e
-
-
-def ingest(env, clients, app_dir, files: dict[str, bytes]) -> None:
-    st = clients.container("staging")
-    for name, data in files.items():
-        st.upload_blob(name, data, content_settings=ContentSettings(content_type="image/jpeg"))
-    run_host(env, app_dir)
 
 
 FILES = (

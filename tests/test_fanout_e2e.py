@@ -6,29 +6,19 @@ import io
 import json
 
 import pytest
-from azure.storage.blob import ContentSettings
 from PIL import Image
 
 from corpus.domain import keys
 from corpus.domain.paths import SetRef
 from corpus.store.rows import as_int
-from tests.support import run_cli, run_host
+from tests.support import ingest, run_cli, run_host
+from tests.support import photo as support_photo
 
 pytestmark = pytest.mark.e2e
 
 
-def photo(seed: int, size=(64, 48)) -> bytes:
-    img = Image.new("RGB", size, (seed * 37 % 256, seed * 91 % 256, 128))
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
-def ingest(env, clients, app_dir, files: dict[str, bytes]) -> None:
-    st = clients.container("staging")
-    for name, data in files.items():
-        st.upload_blob(name, data, content_settings=ContentSettings(content_type="image/jpeg"))
-    run_host(env, app_dir)
+def photo(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    return support_photo(seed, size)
 
 
 def request(clients, domain: str, source: dict, name: str, tversion: str, args: dict | None = None) -> None:

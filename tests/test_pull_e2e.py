@@ -11,21 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from azure.storage.blob import ContentSettings
 
 from corpus.domain.layouts import PART_SUFFIX
 from corpus.domain.paths import SetRef
-from tests.support import jpeg, run_cli, run_host, wait_for
+from tests.support import ingest, jpeg, run_cli, wait_for
 from tests.trainset_support import manifest_entries, write_trainset
 
 pytestmark = pytest.mark.e2e
-
-
-def ingest(env, clients, app_dir, files: dict[str, bytes]) -> None:
-    st = clients.container("staging")
-    for name, data in files.items():
-        st.upload_blob(name, data, content_settings=ContentSettings(content_type="image/jpeg"))
-    run_host(env, app_dir)
 
 
 def tree(root: Path) -> dict[str, str]:

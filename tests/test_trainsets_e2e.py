@@ -9,11 +9,10 @@ import signal
 import subprocess
 
 import pytest
-from azure.storage.blob import ContentSettings
 
 from corpus.domain import manifest as mf
 from corpus.domain import trainsets as ts
-from tests.support import host_command, jpeg, run_cli, run_host, wait_for
+from tests.support import host_command, ingest, jpeg, run_cli, run_host, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -22,13 +21,6 @@ ROBIN, JAY, BOTH, FINCH = "red/angry/robin", "blue/calm/jay", "red/jay/robin", "
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def ingest(env, clients, app_dir, files: dict[str, bytes]) -> None:
-    st = clients.container("staging")
-    for name, data in files.items():
-        st.upload_blob(name, data, content_settings=ContentSettings(content_type="image/jpeg"))
-    run_host(env, app_dir)
 
 
 def thumbnails(env, clients, app_dir, path: str) -> None:

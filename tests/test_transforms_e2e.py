@@ -7,14 +7,13 @@ import io
 import json
 
 import pytest
-from azure.storage.blob import ContentSettings
 from PIL import Image
 
 from corpus.domain import keys
 from corpus.domain.paths import SetRef
 from corpus.store.hostconfig import load_queue_config
 from corpus.store.rows import as_int
-from tests.support import max_overlap, prepare_app_dir, run_cli, run_host
+from tests.support import ingest, max_overlap, photo, prepare_app_dir, run_cli, run_host
 
 pytestmark = pytest.mark.e2e
 
@@ -22,20 +21,6 @@ THUMB = (
     '{"domain": "birds", "source": {"path": "red/robin", "version": "v1"},'
     ' "transform": {"name": "thumbnail", "version": "1", "args": {"size": 64}}}'
 )
-
-
-def photo(seed: int, size=(320, 240)) -> bytes:
-    img = Image.new("RGB", size, (seed * 37 % 256, seed * 91 % 256, 128))
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
-def ingest(env, clients, app_dir, files: dict[str, bytes]) -> None:
-    st = clients.container("staging")
-    for name, data in files.items():
-        st.upload_blob(name, data, content_settings=ContentSettings(content_type="image/jpeg"))
-    run_host(env, app_dir)
 
 
 def blobs(clients, domain: str, prefix: str) -> dict[str, tuple[str, int]]:
