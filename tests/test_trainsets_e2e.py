@@ -248,90 +248,29 @@ def _step(table, name: str) -> int:
 
 
 def test_create_wait_reports_ready_and_failed(env, clients, app_dir, tmp_path):
+    def create(version: str, tag: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        args = ("trainset", "create", "--name", "w", "--version", version, "--domain", "birds", "--tag", tag)
+        return cli(env, tmp_path, *args, *extra)
+
+    wait = ("--wait", "--timeout", "60")
     ingest(env, clients, app_dir, {f"birds/v3/{ROBIN}/r{i}.jpg": jpeg(i) for i in range(3)})
     host = subprocess.Popen(host_command(app_dir), env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
     try:
-        ready = cli(
-            env,
-            tmp_path,
-            "trainset",
-            "create",
-            "--name",
-            "w",
-            "--version",
-            "1",
-            "--domain",
-            "birds",
-            "--tag",
-            "robin",
-            "--wait",
-            "--timeout",
-            "60",
-            "--json",
-        )
+        ready = create("1", "robin", *wait, "--json")
         assert ready.returncode == 0, ready.stderr
         assert json.loads(ready.stdout)["images"] == 3 and json.loads(ready.stdout)["labels"] == {
             "angry": 3,
             "red": 3,
             "robin": 3,
         }
-        failed = cli(
-            env,
-            tmp_path,
-            "trainset",
-            "create",
-            "--name",
-            "w",
-            "--version",
-            "2",
-            "--domain",
-            "birds",
-            "--tag",
-            "robin",
-            "--classes",
-            "jay",
-            "--wait",
-            "--timeout",
-            "60",
-        )
+        failed = create("2", "robin", "--classes", "jay", *wait)
         assert failed.returncode == 1 and "selects no labelled images" in failed.stderr
-        missing = cli(
-            env,
-            tmp_path,
-            "trainset",
-            "create",
-            "--name",
-            "w",
-            "--version",
-            "3",
-            "--domain",
-            "birds",
-            "--tag",
-            "nosuch",
-            "--wait",
-            "--timeout",
-            "60",
-        )
+        missing = create("3", "nosuch", *wait)
         assert missing.returncode == 1 and "carries all of the tags" in missing.stderr
     finally:
         host.send_signal(signal.SIGKILL)
         host.wait()
-    bad = cli(
-        env,
-        tmp_path,
-        "trainset",
-        "create",
-        "--name",
-        "w",
-        "--version",
-        "4",
-        "--domain",
-        "birds",
-        "--tag",
-        "x",
-        "--split",
-        "80/30",
-    )
+    bad = create("4", "x", "--split", "80/30")
     assert bad.returncode == 1 and "sum to 110" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert cli(env, tmp_path, "trainset", "show", "nope:1").returncode == 1
     unready = cli(env, tmp_path, "model", "register", "--name", "m", "--version", "1", "--trainset", "w:1", "--trainset", "w:2")

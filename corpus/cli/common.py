@@ -62,3 +62,14 @@ def finish(
     if summary.interrupted:
         return 130
     return 1 if summary.failures else 0
+
+
+def add_transfer_options(p: Any, dry_run_help: str, failures_help: str) -> None:
+    """The options ``corpus upload`` and ``corpus pull`` share, with the same meaning in both."""
+    p.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    p.add_argument("--cap-mbps", type=float, help="bandwidth cap in megabits per second (as AzCopy's --cap-mbps)")
+    p.add_argument("--no-cache", action="store_true", help="hash every file, ignoring the local (path, size, mtime) → MD5 cache")
+    p.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    p.add_argument("--failures", metavar="FILE", help=failures_help)
+    p.add_argument("--retry-from", metavar="FILE", help="retry exactly the files of a failures file")

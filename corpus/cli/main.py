@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus.cli import queries
-from corpus.cli.common import CliError, enqueue, finish, settings_from_cwd
+from corpus.cli.common import CliError, add_transfer_options, enqueue, finish, settings_from_cwd
 from corpus.domain.display import shown
 from corpus.domain.errors import ConfigError, CorpusError
 from corpus.store.settings import Settings
@@ -232,14 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("source", nargs="?", metavar="SRC", help="folder whose sub-folders are tags")
     u.add_argument("--domain")
     u.add_argument("--version")
-    u.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
-    u.add_argument("--cap-mbps", type=float, help="bandwidth cap in megabits per second (as AzCopy's --cap-mbps)")
     u.add_argument("--ext", help="image extensions, comma-separated (default jpg,jpeg,png,gif,bmp,tif,tiff,webp)")
-    u.add_argument("--dry-run", action="store_true", help="show what would be sent; send nothing")
-    u.add_argument("--no-cache", action="store_true", help="hash every file, ignoring the local (path, size, mtime) → MD5 cache")
-    u.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
-    u.add_argument("--failures", metavar="FILE", help="write failures and conflicts here (JSON)")
-    u.add_argument("--retry-from", metavar="FILE", help="retry exactly the files of a failures file")
+    add_transfer_options(u, "show what would be sent; send nothing", "write failures and conflicts here (JSON)")
     u.set_defaults(func=cmd_upload)
 
     g = sub.add_parser("sample", help="upload generated sample images to staging (for demos)")

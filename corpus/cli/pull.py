@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from corpus.cli.common import CliError, finish, settings_from_cwd
+from corpus.cli.common import CliError, add_transfer_options, finish, settings_from_cwd
 from corpus.domain.errors import CorpusError
 from corpus.store.settings import Settings
 
@@ -127,13 +127,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--path", help="ad hoc: one set by path")
     p.add_argument("--set-version", help="ad hoc: the sets' version")
     p.add_argument("--transform", metavar="NAME:VER", help="ad hoc: the sets transformed by this transform")
-    p.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
-    p.add_argument("--cap-mbps", type=float, help="bandwidth cap in megabits per second")
-    p.add_argument("--no-cache", action="store_true", help="hash every local file, ignoring the (path, size, mtime) → MD5 cache")
-    p.add_argument("--dry-run", action="store_true", help="count what would be downloaded; write nothing")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
-    p.add_argument("--failures", metavar="FILE", help="write failures here (JSON)")
-    p.add_argument("--retry-from", metavar="FILE", help="retry exactly the files of a failures file")
+    add_transfer_options(p, "count what would be downloaded; write nothing", "write failures here (JSON)")
     p.set_defaults(func=_pull_args)
 
     e = sub.add_parser("export", help="export a training set to blob storage as WebDataset shards or Azure ML JSONL (queued)")

@@ -39,6 +39,7 @@ from corpus.pull.fetch import BlobFetcher
 from corpus.pull.sources import EntryReader, Source
 from corpus.store.settings import Settings
 from corpus.upload.hashcache import HashCache, Md5Cache, NullHashCache, default_path
+from corpus.upload.report import write_status
 from corpus.upload.runner import RateLimiter
 
 NAME_MAP = ".corpus-names.jsonl"
@@ -124,11 +125,7 @@ class PullProgress:
         elapsed = max(time.monotonic() - self._start, 1e-6)
         line = (f"{self.files:,}/{self.total:,} files  {self.nbytes / 1e6:,.1f} MB  "
                 f"{self.nbytes * 8 / 1e6 / elapsed:,.1f} Mbit/s  {self.files / elapsed:,.0f} files/s")  # fmt: skip
-        if self.tty:
-            self.stream.write("\r\033[K" + line + ("\n" if final else ""))
-            self.stream.flush()
-        else:
-            print(line, file=self.stream)
+        write_status(self.stream, self.tty, line, final)
 
 
 class Puller:

@@ -105,11 +105,16 @@ class Progress:
         eta = f"{remaining / files_rate:,.0f}s" if files_rate and not final else "-"
         line = (f"{self.done_files:,}/{total_files:,}+ files  {self.done_bytes / 1e6:,.1f} MB  "
                 f"{rate * 8 / 1e6:,.1f} Mbit/s  {files_rate:,.0f} files/s  ETA {eta}")  # fmt: skip
-        if self.tty:
-            self.stream.write("\r\033[K" + line + ("\n" if final else ""))
-            self.stream.flush()
-        else:
-            print(line, file=self.stream)
+        write_status(self.stream, self.tty, line, final)
+
+
+def write_status(stream: TextIO, tty: bool, line: str, final: bool) -> None:
+    """A progress line: rewritten in place on a terminal (kept when ``final``), a log line otherwise."""
+    if tty:
+        stream.write("\r\033[K" + line + ("\n" if final else ""))
+        stream.flush()
+    else:
+        print(line, file=stream)
 
 
 def load_retry_file(path: Path) -> dict[str, Any]:
