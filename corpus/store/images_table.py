@@ -135,10 +135,8 @@ class ImagesTable:
 
     def iter(self, ref: SetRef, transform: Transform | None = None) -> Iterator[ImageRow]:
         """Every image record of a set (its partition, counters excluded), in row-key order."""
-        pk = keys.image_partition_key(ref, transform)
-        for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": pk}):
-            if not str(entity["RowKey"]).startswith(keys.COUNTER_PREFIX):
-                yield ImageRow.from_entity(entity)
+        for _, row in self.iter_after(ref, transform=transform):
+            yield row
 
     def page(
         self, ref: SetRef, transform: Transform | None, limit: int, continuation: dict[str, Any] | None = None
@@ -149,9 +147,7 @@ class ImagesTable:
         """
         pk = keys.image_partition_key(ref, transform)
         found = self.table.query_entities(
-            "PartitionKey eq @pk and RowKey gt @after",
-            parameters={"pk": pk, "after": keys.COUNTER_PREFIX + "~"},
-            results_per_page=limit,
+            "PartitionKey eq @pk and RowKey ge @lo", parameters={"pk": pk, "lo": IMAGES_FROM}, results_per_page=limit
         )
         entities, token = first_page(found.by_page(continuation_token=continuation))  # type: ignore[arg-type]  # the Tables SDK's token is a dict
         return [ImageRow.from_entity(e) for e in entities], token
@@ -186,22 +182,19 @@ class ImagesTable:
         rows = self.table.query_entities(
             "PartitionKey eq @pk and RowKey ge @lo", parameters={"pk": pk, "lo": IMAGES_FROM}, select=["RowKey", "Source"]
         )
-        found = set()
-        for entity in rows:
-            if not str(entity["RowKey"]).startswith(keys.COUNTER_PREFIX):
-                found.add(str(entity.get("Source") or ""))
-        return found
+        return {str(entity.get("Source") or "") for entity in rows}
 
-    def iter_after(self, ref: SetRef, after: str = "", page: int = 1000) -> Iterator[tuple[str, ImageRow]]:
+    def iter_after(
+        self, ref: SetRef, after: str = "", page: int = 1000, transform: Transform | None = None
+    ) -> Iterator[tuple[str, ImageRow]]:
         """(row key, record) of a set's images with row keys above ``after``, in key order, read
-        ``page`` rows per request (a fan-out page reads no more than it needs)."""
-        pk = keys.image_partition_key(ref)
+        ``page`` rows per request (a fan-out page reads no more than it needs). The key range starts
+        at :data:`IMAGES_FROM`, so counter rows are never read."""
+        pk = keys.image_partition_key(ref, transform)
         rows = self.table.query_entities(
             "PartitionKey eq @pk and RowKey gt @lo",
             parameters={"pk": pk, "lo": max(after, IMAGES_FROM)},
             results_per_page=page,
         )
         for entity in rows:
-            rk = str(entity["RowKey"])
-            if not rk.startswith(keys.COUNTER_PREFIX):
-                yield rk, ImageRow.from_entity(entity)
+            yield str(entity["RowKey"]), ImageRow.from_entity(entity)
