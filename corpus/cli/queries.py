@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import json
 import sys
 from collections.abc import Iterator
@@ -38,17 +36,22 @@ def _catalog(settings: Settings) -> Any:
 
 
 def encode_token(domain: str, set_key: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([domain, set_key]).encode()).decode().rstrip("=")
+    """The cursor after one set: the same token ``GET /api/sets`` pages with."""
+    from corpus.store.tables import encode_continuation  # not at import: the CLI starts without the Tables SDK
+
+    return encode_continuation({"PartitionKey": domain, "RowKey": set_key}) or ""
 
 
 def decode_token(token: str) -> tuple[str, str]:
+    from corpus.store.tables import decode_continuation
+
     try:
-        value = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error) as exc:
+        value = decode_continuation(token)
+    except ValueError as exc:
         raise QueryError(f"--continuation: not a token printed by 'corpus sets' ({exc})") from None
-    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+    if not value or not isinstance(value.get("PartitionKey"), str) or not isinstance(value.get("RowKey"), str):
         raise QueryError("--continuation: not a token printed by 'corpus sets'")
-    return value[0], value[1]
+    return value["PartitionKey"], value["RowKey"]
 
 
 def _domains(clients: Any, settings: Settings, domain: str | None) -> list[str]:
