@@ -201,7 +201,9 @@ def test_list_page_in_name_order_with_a_cursor(store: BlobStore, box: str) -> No
     page = store.list_page(box, "p/", page.cursor, limit=3)
     assert [b.name for b in page.items] == names[6:7] and page.cursor is None
     assert [b.name for b in iter_blobs(store, box)] == names
-    assert all(b.etag and b.last_modified for b in iter_blobs(store, box))
+    assert all(b.last_modified for b in iter_blobs(store, box))
+    # Azure lists ETags bare and returns them quoted on reads: the port quotes both
+    assert [b.etag for b in iter_blobs(store, box)] == [store.info(box, n).etag for n in names]
 
 
 def test_names_above_1024_characters_are_refused_alike(store: BlobStore, box: str) -> None:

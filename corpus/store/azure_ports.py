@@ -57,12 +57,18 @@ from corpus.store.storage import Clients, error_code
 COPY_DEADLINE_S = 120.0
 
 
+def _quoted(etag: Any) -> str:
+    """Listings return ETags bare, reads quoted: the port always quotes them."""
+    text = str(etag or "")
+    return text if not text or text.startswith('"') else f'"{text}"'
+
+
 def _info(name: str, props: Any) -> BlobInfo:
     settings = props.content_settings
     return BlobInfo(
         name=name,
         size=int(props.size or 0),
-        etag=str(props.etag or ""),
+        etag=_quoted(props.etag),
         md5=bytes(settings.content_md5 or b"").hex() if settings else "",
         content_type=str(settings.content_type or "") if settings else "",
         metadata=dict(props.metadata or {}),
@@ -84,6 +90,16 @@ def _storage_error(exc: HttpResponseError) -> StorageError:
     if status == 412:
         return PreconditionFailed(str(exc.message or "condition not met"), status, code)
     return StorageError(str(exc.message or exc), status, code)
+
+
+def as_storage_error(exc: BaseException) -> StorageError | None:
+    """The typed error for a storage failure, whichever layer raised it (the table adapters still
+    let SDK errors through): for callers that answer with a status, e.g. the HTTP handlers."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, HttpResponseError):
+        return _storage_error(exc)
+    return None
 
 
 @contextmanager

@@ -59,3 +59,8 @@ def first_page(pages: Any) -> tuple[list[Any], str | None]:
     page = next(pages, None)
     items = list(page) if page is not None else []
     return items, encode_continuation(pages.continuation_token)
+
+
+def table_page(table: Any, limit: int, continuation: dict[str, Any] | None) -> tuple[list[Any], str | None]:
+    """One request's worth (≤ ``limit``) of a whole table's entities, in key order, and the next token."""
+    return first_page(table.list_entities(results_per_page=limit).by_page(continuation_token=continuation))
