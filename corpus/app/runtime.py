@@ -12,7 +12,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from corpus.app.admission import MemoryBudget
 from corpus.domain.tags import load_extractor
@@ -20,6 +20,8 @@ from corpus.store.azure_ports import AzureBlobStore, AzureOutbox, encode_message
 from corpus.store.catalog import Catalog
 from corpus.store.groupcommit import ImageRecorder
 from corpus.store.hostconfig import QueueConfig, load_queue_config
+from corpus.store.memory import MemoryBlobStore, MemoryOutbox
+from corpus.store.memory_tables import MemoryTables
 from corpus.store.ports import BlobStore, Outbox
 from corpus.store.rows import FailureRow
 from corpus.store.settings import BLOB_POISON_QUEUE, TABLES, Settings, poison_queue
@@ -68,7 +70,8 @@ class Runtime:
         settings = settings or Settings.from_env()
         load_extractor(settings.tag_extractor)
         clients = Clients(settings.connection, dict(profile))
-        catalog = Catalog(clients)
+        blobs = AzureBlobStore(clients)
+        catalog = Catalog(clients, blobs)
         queues = load_queue_config(host_json or app_root() / "host.json")
         return cls(
             settings=settings,
@@ -77,8 +80,31 @@ class Runtime:
             recorder=ImageRecorder(catalog),
             decode_budget=MemoryBudget(settings.decode_budget_bytes),
             queues=queues,
-            blobs=AzureBlobStore(clients),
+            blobs=blobs,
             outbox=AzureOutbox(clients, queues.message_encoding),
+        )
+
+    @classmethod
+    def in_memory(cls, settings: Settings | None = None, host_json: Path | None = None) -> Runtime:
+        """Every store in memory (:mod:`corpus.store.memory`, :mod:`corpus.store.memory_tables`),
+        with the same use-case code: fast unit tests and scale runs, no Azurite."""
+        settings = settings or Settings.from_env({"CorpusStorage": "UseDevelopmentStorage=true"})
+        load_extractor(settings.tag_extractor)
+        tables = MemoryTables()
+        blobs = MemoryBlobStore()
+        catalog = Catalog(tables, blobs)
+        queues = load_queue_config(host_json or app_root() / "host.json")
+        return cls(
+            settings=settings,
+            # MemoryTables answers table_client() and ensure(): all that is asked of clients once
+            # blobs and queues go through the ports.
+            clients=cast(Clients, tables),
+            catalog=catalog,
+            recorder=ImageRecorder(catalog),
+            decode_budget=MemoryBudget(settings.decode_budget_bytes),
+            queues=queues,
+            blobs=blobs,
+            outbox=MemoryOutbox(queues.message_encoding),
         )
 
     # -- the failure reporter's seam (corpus.app.failures.Reporter) ---------------------------
@@ -115,14 +141,16 @@ class Runtime:
         host ever has (it creates them lazily), and would get 404 on a fresh account.
         """
         s = self.settings
+        containers = (
+            s.staging_container,
+            s.rejected_container,
+            s.deadletter_container,
+            s.trainsets_container,
+            s.exports_container,
+        )
+        for name in containers:
+            self.blobs.ensure_container(name)
         self.clients.ensure(
-            containers=(
-                s.staging_container,
-                s.rejected_container,
-                s.deadletter_container,
-                s.trainsets_container,
-                s.exports_container,
-            ),
             queues=s.queues + tuple(poison_queue(q) for q in s.queues) + (BLOB_POISON_QUEUE,),
             tables=TABLES,
         )

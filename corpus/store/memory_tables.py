@@ -475,6 +475,11 @@ class MemoryTables:
         with self._lock:
             return self._tables.setdefault(name, MemoryTable(name))
 
+    def ensure(self, containers: tuple[str, ...] = (), queues: tuple[str, ...] = (), tables: tuple[str, ...] = ()) -> None:
+        """Tables exist on first use; containers and queues are the ports' business."""
+        for name in tables:
+            self.table_client(name)
+
     def requests(self) -> Counter[str]:
         """Entity operations by ``table/partition`` across every table."""
         total: Counter[str] = Counter()

@@ -207,3 +207,15 @@ def iter_blobs(store: BlobStore, container: str, prefix: str = "") -> Iterator[B
         if page.cursor is None:
             return
         cursor = page.cursor
+
+
+RANGE_BYTES = 4 * 1024 * 1024
+
+
+def iter_ranges(store: BlobStore, container: str, name: str, step: int = RANGE_BYTES) -> Iterator[bytes]:
+    """A blob's bytes in ``step``-byte ranges (memory bounded by one range), read at one version:
+    a blob replaced meanwhile raises :class:`~corpus.domain.errors.PreconditionFailed` rather than
+    mixing two versions' bytes."""
+    info = store.info(container, name)
+    for offset in range(0, info.size, step):
+        yield store.read_ranges(container, name, [(offset, min(step, info.size - offset))])[0]

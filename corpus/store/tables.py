@@ -7,12 +7,19 @@ import binascii
 import json
 import random
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
 
 MAX_ATTEMPTS = 200
+
+
+class TableSource(Protocol):
+    """Where the table stores get their ``TableClient`` s: :class:`~corpus.store.storage.Clients`,
+    or :class:`~corpus.store.memory_tables.MemoryTables` in memory."""
+
+    def table_client(self, name: str) -> Any: ...
 
 
 def backoff(attempt: int) -> None:
