@@ -14,6 +14,7 @@ from typing import Any
 
 from corpus.domain.errors import InvalidNameError, NotFoundError
 from corpus.domain.paths import ROOT_PATH, SetRef, validate_domain, validate_version
+from corpus.domain.refs import TransformRef
 from corpus.store.catalog import Catalog
 from corpus.store.rows import ImageRow, ImageSetRow, Transform, dirs_of
 from corpus.store.tables import decode_continuation, encode_continuation, table_page
@@ -110,10 +111,7 @@ class SetSelector:
             raise InvalidNameError(f"invalid set path {path!r}")
         t: Transform | None = None
         if transform:
-            name, sep, tversion = transform.partition(":")
-            if not sep or not name or not tversion:
-                raise InvalidNameError(f"transform must be NAME:VERSION, not {transform!r}")
-            t = (name, validate_version(tversion, "transform version"))
+            t = TransformRef.parse(transform).pair
         return cls(SetRef(domain, dirs, version), t)
 
 
