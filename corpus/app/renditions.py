@@ -59,11 +59,43 @@ def _blob_arg(req: Request, prefixes: tuple[str, ...]) -> str:
     return blob
 
 
+def entity_tags(header: str | None) -> tuple[str, ...]:
+    """The entity tags of an ``If-None-Match`` header, each as ``"opaque"`` (``W/`` dropped: the
+    comparison for If-None-Match is weak, RFC 9110 13.1.2), or ``("*",)``; ``()`` without one."""
+    if header is None or not header.strip():
+        return ()
+    if header.strip() == "*":
+        return ("*",)
+    tags = []
+    for part in header.split(","):
+        tag = part.strip().removeprefix("W/")
+        if tag:
+            tags.append(tag if tag.startswith('"') else f'"{tag}"')
+    return tuple(tags)
+
+
+def _not_modified(etag: str) -> Response:
+    return Response(304, b"", {"ETag": etag, "Cache-Control": CACHE_CONTROL})
+
+
 def _served(rt: Runtime, domain: str, blob: str, inm: str | None) -> Response:
-    """Read one blob (conditionally on ``If-None-Match``) and answer it as an image."""
-    got = rt.blobs.read_if_changed(domain, blob, inm) if inm else rt.blobs.read(domain, blob)
-    if got is None:  # storage answered 304: the client's copy is current
-        return Response(304, b"", {"ETag": inm or "", "Cache-Control": CACHE_CONTROL})
+    """Read one blob (conditionally on ``If-None-Match``) and answer it as an image.
+
+    RFC 9110 13.1.2 for GET/HEAD: ``*`` is false when the blob exists (304 from its properties,
+    no bytes read; storage itself refuses a read conditioned on ``*``, issue 25 B8); one tag is
+    passed to storage as a conditional read; a list is compared here after one read.
+    """
+    tags = entity_tags(inm)
+    if tags == ("*",):
+        return _not_modified(rt.blobs.info(domain, blob).etag)  # BlobNotFound: '*' is true, nothing to serve
+    if len(tags) == 1:
+        got = rt.blobs.read_if_changed(domain, blob, tags[0])
+        if got is None:  # storage answered 304: the client's copy is current
+            return _not_modified(tags[0])
+    else:
+        got = rt.blobs.read(domain, blob)
+        if got.info.etag in tags:
+            return _not_modified(got.info.etag)
     props = got.info
     if props.size > MAX_SERVED_BYTES:
         raise HttpError(413, f"{blob} is {props.size} bytes: too large to show here")

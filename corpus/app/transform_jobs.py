@@ -11,6 +11,10 @@ their images in row-key order from a cursor (source set row key, image row key),
 transformed sets it meets, and queues a job for each image with no transformed record yet, until
 ``CORPUS_TRANSFORM_PAGE_SIZE`` jobs are queued (or 4 × that many rows were read); then it sends
 a :class:`~corpus.domain.messages.TransformPage` continuation for the rest on the same queue.
+Before sending it, the page stores the continuation's *plan* (cursor and the SHA-256 of the
+message, insert-only); a ``transform-page`` message is run only if it equals its plan. This queue
+is operator-writable (it carries the users' requests), so a continuation carries nothing the
+worker trusts beyond what the corpus itself stored: a crafted page is refused (issue 25 B7).
 No invocation's work grows with the selection. The request id is the id of the user's request
 message (stable across its redeliveries), so pages are named (request, page index).
 
@@ -41,6 +45,7 @@ import logging
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from enum import StrEnum
 
 from corpus.app.runtime import Runtime
@@ -49,7 +54,7 @@ from corpus.domain.errors import BlobConflict, BlobNotFound, MessageError, NotFo
 from corpus.domain.messages import TransformJob, TransformPage, TransformRequest, is_transform_page
 from corpus.domain.paths import SetRef
 from corpus.domain.tags import tags_for
-from corpus.store.rows import ImageRow, ImageSetRow, dirs_of
+from corpus.store.rows import ImageRow, ImageSetRow, PagePlanRow, dirs_of
 
 log = logging.getLogger("corpus.transform")
 
@@ -65,10 +70,33 @@ class JobOutcome(StrEnum):
 
 
 def on_transform_message(rt: Runtime, body: str, message_id: str | None = None) -> int:
-    """The transform-requests queue carries user requests and fan-out continuations."""
+    """The transform-requests queue carries user requests and fan-out continuations.
+
+    Operators may send to this queue, so a continuation is trusted only as far as it equals the
+    plan its previous page stored before sending it (:func:`check_planned`): a crafted
+    ``transform-page`` (reusing a request's message id, say) is refused without touching the
+    request's pages (issue 25 B7).
+    """
     if is_transform_page(body):
-        return fan_out_page(rt, TransformPage.parse(body))
+        page = TransformPage.parse(body)
+        check_planned(rt, page)
+        return fan_out_page(rt, page)
     return on_transform_request(rt, TransformRequest.parse(body), message_id)
+
+
+def page_digest(page: TransformPage) -> str:
+    """SHA-256 of the page's canonical message: everything a page acts on."""
+    return hashlib.sha256(page.to_json().encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_planned(rt: Runtime, page: TransformPage) -> None:
+    """Refuse a continuation the fan-out did not plan (permanent: poisoned with this reason)."""
+    plan = rt.catalog.transforms.planned(page.request, page.page)
+    if plan is None or plan.digest != page_digest(page):
+        raise MessageError(
+            f"transform page: request {page.request} page {page.page} is not a continuation this corpus sent "
+            "(no stored plan matches it); refused"
+        )
 
 
 def on_transform_request(rt: Runtime, req: TransformRequest, message_id: str | None = None) -> int:
@@ -133,6 +161,8 @@ def fan_out_page(rt: Runtime, page: TransformPage) -> int:
         list(pool.map(lambda body: rt.send(queue, body), jobs))
     if next_cursor is not None:
         cont = TransformPage(page.request, page.page + 1, page.domain, page.source, page.name, page.tversion, next_cursor)
+        plan = catalog.transforms.plan_page(PagePlanRow(cont.request, cont.page, cont.cursor, page_digest(cont)))
+        cont = replace(cont, cursor=plan.cursor)  # a rerun sends what its first run planned
         rt.send(rt.settings.transform_queue, cont.to_json())
     catalog.transforms.mark_page(page.request, page.page, len(jobs))
     log.info(

@@ -245,6 +245,36 @@ class PageMarkerRow:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class PagePlanRow:
+    """The continuation a fan-out page sent (``ImageTransforms``, partition ``!page!<request id>``,
+    row ``plan-<page index>``): its cursor and the SHA-256 of its canonical message. Insert-only and
+    written *before* the message is sent, so a ``transform-page`` message is accepted only when it
+    is exactly the one the fan-out planned (issue 25 B7); a rerun of the page sends the stored cursor."""
+
+    request: str
+    page: int
+    cursor: tuple[str, str]
+    digest: str
+
+    @staticmethod
+    def row_key(page: int) -> str:
+        return f"plan-{page:09d}"
+
+    def to_entity(self) -> Entity:
+        return {
+            "PartitionKey": keys.page_marker_partition(self.request),
+            "RowKey": self.row_key(self.page),
+            "CursorSet": self.cursor[0],
+            "CursorImage": self.cursor[1],
+            "Digest": self.digest,
+        }
+
+    @classmethod
+    def from_entity(cls, request: str, page: int, e: Mapping[str, Any]) -> PagePlanRow:
+        return cls(request, page, (_str(e, "CursorSet"), _str(e, "CursorImage")), _str(e, "Digest"))
+
+
 def parse_tags(raw: Any) -> list[str]:
     """The ``Tags`` column: a JSON list of strings; anything else reads as no tags."""
     if not raw:

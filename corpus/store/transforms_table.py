@@ -7,7 +7,7 @@ from azure.data.tables import TableClient
 
 from corpus.domain import keys
 from corpus.domain.errors import TransformConflictError
-from corpus.store.rows import PageMarkerRow, TransformRow
+from corpus.store.rows import PageMarkerRow, PagePlanRow, TransformRow
 
 
 class TransformsTable:
@@ -40,6 +40,25 @@ class TransformsTable:
             self.table.create_entity(PageMarkerRow(request, page, jobs).to_entity())
         except ResourceExistsError:
             pass
+
+    def plan_page(self, plan: PagePlanRow) -> PagePlanRow:
+        """Insert the plan of the next page unless one exists; return the stored one (the first
+        run's cursor wins, so a rerun of a page sends the very continuation it planned)."""
+        try:
+            self.table.create_entity(plan.to_entity())
+        except ResourceExistsError:
+            stored = self.planned(plan.request, plan.page)
+            if stored is not None:
+                return stored
+        return plan
+
+    def planned(self, request: str, page: int) -> PagePlanRow | None:
+        """The plan a fan-out stored for page ``page`` of ``request``, or None (never planned)."""
+        try:
+            e = self.table.get_entity(keys.page_marker_partition(request), PagePlanRow.row_key(page))
+        except ResourceNotFoundError:
+            return None
+        return PagePlanRow.from_entity(request, page, e)
 
     @staticmethod
     def _marker_keys(request: str, page: int) -> tuple[str, str]:
