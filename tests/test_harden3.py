@@ -6,6 +6,8 @@ The end-to-end ones (through ``corpus host`` on Azurite) are in test_harden3_e2e
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from corpus.app.runtime import Runtime
@@ -13,7 +15,7 @@ from corpus.app.transform_jobs import on_transform_message
 from corpus.domain.errors import MessageError
 from corpus.domain.messages import SourceSelector, TransformPage, TransformRequest
 from corpus.domain.paths import SetRef
-from corpus.store.memory import MemoryOutbox
+from corpus.store.memory import MemoryBlobStore, MemoryOutbox
 from corpus.store.settings import Settings
 from tests.support import jpeg
 from tests.test_usecases_memory import drain, stage
@@ -62,3 +64,102 @@ def test_a_crafted_transform_page_reusing_a_request_id_is_refused_and_the_reques
     tampered = TransformPage("msg-42", 2, "birds", source, "thumbnail", "1", ("~", "x"))
     with pytest.raises(MessageError, match="not a continuation"):
         on_transform_message(rt, tampered.to_json())
+
+
+# -- R9: names with a '.' or '..' segment at ingest ------------------------------------------------
+
+
+def test_ingest_rejects_a_dot_segment_name_in_place_before_any_blob_request(rt: Runtime) -> None:
+    """R9: the blob trigger's function records the rejection and makes no blob request by that
+    name (before: it copied ``rejected/<name>`` and deleted the staged name, requests a token
+    credential sends to the normalised name, i.e. another blob)."""
+    from corpus.app import ingest
+
+    blobs = rt.blobs
+    assert isinstance(blobs, MemoryBlobStore)
+    before = dict(blobs.requests)
+    for name in ("birds/v1/red/../x.jpg", "birds/v1/./y.jpg"):
+        outcome = ingest.on_staged_blob(rt, ingest.StagedBlob(name, jpeg(1), '"0x1"', {}, "BlockBlob"))
+        assert outcome == ingest.StagedOutcome.REJECTED
+        row = rt.catalog.rejections.get("rejected", name)
+        assert row is not None and "'.' or '..' path segment" in row.reason and row.kept_as == ""
+    assert dict(blobs.requests) == before
+
+
+# -- R3 + B5: builds that cannot get stuck ----------------------------------------------------------
+
+
+def sparse_request(name: str) -> str:
+    """All of 'birds' at v1, labelled by class 'red': the 'blue' set (read first) is all unlabelled."""
+    from corpus.domain.trainsets import TrainsetRequest
+
+    body = {
+        "trainset": {"name": name, "version": "1"},
+        "sources": [{"domain": "birds", "path": p, "version": "v1"} for p in ("blue", "red")],
+        "labels": {"classes": ["red", "blue-not"]},
+        "split": {"train": 100},
+    }
+    return TrainsetRequest.parse(json.dumps(body)).to_json()
+
+
+def sparse_corpus(rt: Runtime) -> None:
+    for i in range(120):
+        stage(rt, f"birds/v1/blue/{i}.jpg", jpeg(i, size=(8, 8)))
+    for i in range(3):
+        stage(rt, f"birds/v1/red/{i}.jpg", jpeg(500 + i, size=(8, 8)))
+    drain(rt)
+
+
+def test_a_sparse_build_checks_its_time_budget_while_reading_not_only_per_block_written() -> None:
+    """R3: before, the budget was checked only when a block of *written* lines filled; a mostly
+    unlabelled selection read everything in one message (here 123 images with a 0 s budget and
+    20-line blocks: one message). Now a checkpoint falls every ``trainset_block_images`` images
+    *read*, and the budget is checked after every image read once this message saved progress:
+    the build continues in several messages and its manifest is byte-identical to a one-message build."""
+    fast = runtime(CORPUS_TRAINSET_BLOCK_IMAGES="20", CORPUS_TRAINSET_BUDGET_SECONDS="0")
+    sparse_corpus(fast)
+    fast.send(fast.settings.trainset_queue, sparse_request("sparse"))
+    messages = drain(fast)
+    row = fast.catalog.training.trainsets.require_ready("sparse", "1")
+    assert row.state.images == 3 and row.state.skipped == {"no-class": 120}
+    assert messages >= 123 // 20  # at least one message per checkpoint of 20 reads
+
+    slow = runtime(CORPUS_TRAINSET_BLOCK_IMAGES="20")
+    sparse_corpus(slow)
+    slow.send(slow.settings.trainset_queue, sparse_request("sparse"))
+    assert drain(slow) == 1
+    one = slow.catalog.training.trainsets.require_ready("sparse", "1")
+    assert one.sha256 == row.sha256 and one.state.blocks == row.state.blocks
+    manifest = (row.manifest_container, row.manifest_blob)
+    assert fast.blobs.read(*manifest).data == slow.blobs.read(*manifest).data
+
+
+# -- R4: paging /api/sets?domain=&tag= resumes from its position in the tag index -----------------
+
+
+def test_tag_paging_resumes_from_its_position_in_the_index_not_from_the_start() -> None:
+    """R4: before, each page re-read the whole index range of the tag (and every set after the
+    position): paging n sets by p cost about n²/p rows. Now a page reads the index from the
+    position on, lazily: O(n) rows for the whole walk, and every set is still on exactly one page."""
+    from corpus.app.views import page_sets
+    from corpus.store.memory_tables import MemoryTable
+
+    rt = runtime()
+    n, limit = 300, 10
+    for i in range(n):
+        ref = SetRef("birds", (f"s{i:04d}",), "v1")
+        rt.catalog.sets.ensure(ref, ["bird", f"s{i:04d}"] + (["red"] if i % 3 == 0 else []), ref.original_prefix())
+    table = rt.clients.table_client("ImageSets")
+    assert isinstance(table, MemoryTable)
+    for tags, expected in ((("bird",), n), (("bird", "red"), n // 3)):
+        table.rows_read.clear()
+        table.requests.clear()
+        seen, token, pages = [], None, 0
+        while True:
+            rows, token = page_sets(rt.catalog, limit, token, "birds", tags)
+            seen += [r.path for r in rows]
+            pages += 1
+            if token is None:
+                break
+        assert seen == sorted(seen) and len(seen) == len(set(seen)) == expected, tags
+        assert table.rows_read["birds"] <= 4 * n, (tags, table.rows_read["birds"], pages)

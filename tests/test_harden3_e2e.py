@@ -5,6 +5,7 @@ Each test failed on the code before its fix (the closing note of issue 25 says h
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import urllib.error
@@ -12,12 +13,17 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from corpus.app.runtime import Runtime
+from corpus.domain.errors import StorageError
+from corpus.domain.paths import SetRef
+from corpus.store.azure_ports import AzureBlobStore
+from corpus.store.ports import iter_blobs
 from corpus.store.settings import Settings
-from tests.support import Azurite, free_port, host_command, photo, prepare_app_dir, run_host, wait_for
+from tests.support import Azurite, free_port, host_command, ingest, photo, prepare_app_dir, run_cli, run_host, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -107,3 +113,118 @@ def test_if_none_match_star_and_lists_on_a_stored_image_follow_rfc_9110(served: 
     assert status == 200 and body
     status, _, body = served.get(preview, {"If-None-Match": "*"})
     assert (status, body) == (304, b"")
+
+
+# -- R9: names with a '.' or '..' segment ---------------------------------------------------------
+
+
+def put_raw(rt: Runtime, container: str, name: str, data: bytes) -> None:
+    """Put Blob with ``name`` exactly as given (an HTTP client that keeps dot segments, a container
+    SAS): how a '..' name gets into staging. The SDKs normalise the URL path (and a shared-key
+    signature then no longer matches), so they cannot write such a name."""
+    import http.client
+    from datetime import UTC, datetime, timedelta
+    from urllib.parse import urlsplit
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    client = rt.clients.container(container)
+    perms = ContainerSasPermissions(write=True, create=True)
+    expiry = datetime.now(UTC) + timedelta(hours=1)
+    key = client.credential.account_key
+    sas = generate_container_sas(
+        client.account_name, container, account_key=key, permission=perms, expiry=expiry, version="2025-05-05"
+    )
+    url = urlsplit(rt.blobs.url(container))
+    conn = http.client.HTTPConnection(url.hostname or "", url.port)
+    headers = {"x-ms-blob-type": "BlockBlob", "x-ms-version": "2025-05-05", "Content-Type": "image/jpeg"}
+    conn.request("PUT", f"{url.path}/{name}?{sas}", body=data, headers=headers)
+    res = conn.getresponse()
+    assert res.status == 201, res.read()
+    conn.close()
+
+
+DOTTED = ("birds/v1/red/../x.jpg", "birds/v1/./y.jpg", "birds/v1/red/../../../staging/birds/v1/z.jpg")
+
+
+def test_dot_segment_names_are_rejected_in_place_and_the_host_goes_idle(env: dict[str, str], rt: Runtime, app_dir: Path) -> None:
+    """R9: a staged name with a '.' or '..' segment is never copied, moved, deleted or re-driven
+    (a client normalises its URL to another blob, even another container): ``host --until-idle``
+    finishes while it stays staged (before: it re-read it forever); the reconciler records it as a
+    rejection with its reason, without downloading it, once per version."""
+    from corpus.app.reconcile import reconcile
+
+    staging = rt.settings.staging_container
+    for i, name in enumerate(DOTTED):
+        put_raw(rt, staging, name, photo(i))
+    rt.blobs.put(staging, "birds/v1/red/ok.jpg", photo(9), "image/jpeg")
+    summary = run_host(env, app_dir, timeout=90)  # exits when idle
+    assert summary["ok"] == {"ingest_staged_blob": 1, "copy_to_original": 1}
+    assert rt.catalog.images.get(SetRef("birds", ("red",), "v1"), "ok.jpg") is not None
+    poisoned = rt.outbox.receive("webjobs-blobtrigger-poison", 32, 5)
+    assert sorted(json.loads(m.text)["BlobName"] for m in poisoned) == sorted(DOTTED)
+    assert [b.name for b in iter_blobs(rt.blobs, rt.settings.rejected_container)] == []
+    report = reconcile(rt, grace_seconds=0)
+    assert report.downloaded == 0 and not report.redriven and not report.failed
+    assert sorted(report.refused) == sorted(DOTTED)
+    rejected = {r.name: r for r in rt.catalog.rejections.list("rejected")}
+    for name in DOTTED:
+        assert "'.' or '..' path segment" in rejected[name].reason and rejected[name].kept_as == "", name
+    assert sorted(b.name for b in iter_blobs(rt.blobs, staging)) == sorted(DOTTED)  # left for an operator
+    again = reconcile(rt, grace_seconds=0)  # recorded once per version: nothing read, nothing recorded
+    assert again.downloaded == 0 and not again.refused and again.skipped_recent == len(DOTTED)
+    assert run_host(env, app_dir, timeout=60)["ok"] == {}  # a restarted host remembers the poisoned versions
+
+
+# -- B5: a build whose message reached the poison queue ----------------------------------------------
+
+
+class _FailingBlocks(AzureBlobStore):
+    """Put Block fails (as a timeout or a kill would), every attempt: the message ends in the poison queue."""
+
+    def stage_block(self, container: str, name: str, block_id: str, data: bytes) -> None:
+        raise StorageError("injected: Put Block timed out", 500, "OperationTimedOut")
+
+
+def _stuck_build(rt: Runtime, name: str) -> None:
+    """Register a build and fail it the way a poisoned message leaves it: ``building``, no message."""
+    from dataclasses import replace
+
+    from corpus.app.trainsets import on_trainset_message
+    from corpus.domain.trainsets import TrainsetRequest, parse_trainset_message
+
+    body = {"trainset": {"name": name, "version": "1"}, "sources": [{"domain": "birds", "path": "red", "version": "v1"}]}
+    failing = replace(rt, blobs=_FailingBlocks(rt.clients))
+    request = TrainsetRequest.parse(json.dumps(body)).to_json()
+    for _ in range(rt.queues.max_dequeue_count):
+        with pytest.raises(StorageError):
+            on_trainset_message(failing, parse_trainset_message(request))
+    row = rt.catalog.training.trainsets.get(name, "1")
+    assert row is not None and row.status == "building"
+
+
+def test_a_build_left_building_is_resumed_by_the_cli_and_by_reconciliation(
+    env: dict[str, str], rt: Runtime, clients: Any, app_dir: Path
+) -> None:
+    """B5: before, a build whose message was poisoned stayed ``building`` forever and nothing could
+    resume it. Now ``corpus trainset resume N:V`` re-sends it, and ``corpus reconcile`` resumes every
+    build with no progress for the bound (``--stuck-after``); the host then finishes them."""
+    ingest(env, clients, app_dir, {f"birds/v1/red/{i}.jpg": photo(i) for i in range(3)})
+    _stuck_build(rt, "cli")
+    _stuck_build(rt, "timer")
+    run_host(env, app_dir, timeout=60)
+    assert rt.catalog.training.trainsets.get("cli", "1").status == "building"  # type: ignore[union-attr]
+
+    proc = run_cli(env, app_dir.parent, "trainset", "resume", "cli:1", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["queued"] is True, proc.stderr
+    run_host(env, app_dir, timeout=60)
+    assert rt.catalog.training.trainsets.require_ready("cli", "1").state.images == 3
+    assert rt.catalog.training.trainsets.get("timer", "1").status == "building"  # type: ignore[union-attr]
+
+    proc = run_cli(env, app_dir.parent, "reconcile", "--json")  # the default bound: not stuck long enough yet
+    assert proc.returncode == 0 and json.loads(proc.stdout)["resumed_trainsets"] == [], proc.stderr
+    proc = run_cli(env, app_dir.parent, "reconcile", "--stuck-after", "0", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["resumed_trainsets"] == ["timer:1"], proc.stderr
+    run_host(env, app_dir, timeout=60)
+    ready = rt.catalog.training.trainsets.require_ready("timer", "1")
+    assert ready.state.images == 3 and ready.sha256 == rt.catalog.training.trainsets.require_ready("cli", "1").sha256

@@ -34,7 +34,14 @@ from corpus.domain.errors import (
 from corpus.domain.images import inspect
 from corpus.domain.limits import MAX_COPY_SOURCE_URL
 from corpus.domain.messages import CopyRequest
-from corpus.domain.paths import StagedName, check_copy_source, is_junk_file, parse_staged_name
+from corpus.domain.paths import (
+    DOT_SEGMENT_REASON,
+    StagedName,
+    check_copy_source,
+    has_dot_segment,
+    is_junk_file,
+    parse_staged_name,
+)
 from corpus.domain.tags import tags_for
 from corpus.store.ports import BlobStore, CopyState
 from corpus.store.rows import REJECT_INVALID, REJECT_JUNK, ImageRow, RejectionRow, ValidationRow, bare_etag
@@ -117,6 +124,10 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
     s = rt.settings
     staging = s.staging_container
     etag, kind = blob.etag, blob.blob_type
+    if has_dot_segment(blob.name):
+        # Before any blob request: every request by this name would reach another blob.
+        reject_in_place(rt, blob.name, etag, len(blob.data))
+        return StagedOutcome.REJECTED
     if not etag or not kind:
         # Some trigger sources omit properties: read the ETag, and make sure it describes the
         # bytes we were given (same length) rather than a newer upload.
@@ -178,6 +189,17 @@ def _too_long_to_copy(blobs: BlobStore, container: str, name: str) -> bool:
 def _is_folder_marker(metadata: Mapping[str, str]) -> bool:
     """ADLS Gen2 and Storage Explorer mark folders with zero-byte blobs carrying ``hdi_isfolder``."""
     return any(k.lower() == "hdi_isfolder" and str(v).lower() == "true" for k, v in metadata.items())
+
+
+def reject_in_place(rt: Runtime, name: str, etag: str, size: int) -> None:
+    """Record a staged name with a '.' or '..' segment as rejected, and touch no blob (issue 25 R9).
+
+    Storage clients (the SDK with a token credential, the Functions host) normalise the URL path,
+    so a copy, delete or read "of" ``a/../b`` acts on ``b``: the blob stays staged, and the
+    rejection (``corpus status``) says why and how to remove it. Idempotent (an upsert).
+    """
+    rt.catalog.rejections.record(RejectionRow(REJECT_INVALID, name, f"{name!r}: {DOT_SEGMENT_REASON}", size, etag, ""))
+    log.warning("rejected staged blob %s in place: '.' or '..' segment", name)
 
 
 def reject(rt: Runtime, name: str, etag: str, size: int, reason: str, data: bytes | None = None) -> None:

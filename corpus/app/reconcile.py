@@ -22,6 +22,12 @@ the row is what ``corpus status`` shows. At most ``CORPUS_RECONCILE_MAX_BLOBS`` 
 looked up *before* its bytes are read: a version in the copy backlog, or re-driven recently by
 another pass, costs one table read, not a download, so an aged backlog is not re-read every run.
 One blob that fails is recorded in ``Failures`` (source ``reconcile``) and does not stop the others.
+
+* **Names with '.' or '..' segments** are never read nor re-driven (a client resolves them to
+  another blob): recorded as rejected in place, once per version (issue 25 R9).
+* **Stuck training-set builds**: a ``building`` row with no progress for
+  :func:`corpus.app.trainsets.stuck_after` (its message most likely poisoned) gets a continuation
+  (issue 25 B5): O(training sets) per pass, a property filter on a small table.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from typing import Any
 
 from corpus.app import ingest
 from corpus.app.runtime import Runtime
+from corpus.app.trainsets import resume_stuck
 from corpus.domain.errors import BlobNotFound, PreconditionFailed, StorageError, reason
+from corpus.domain.paths import DOT_SEGMENT_REASON, has_dot_segment
 from corpus.store.ports import iter_blobs
-from corpus.store.rows import FailureRow
+from corpus.store.rows import REJECT_INVALID, FailureRow
 
 log = logging.getLogger("corpus.reconcile")
 
@@ -60,6 +68,8 @@ class ReconcileReport:
     deadletters: int = 0
     downloaded: int = 0  # staged blobs read: bounded by max_blobs
     failed: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # staged name -> why it is rejected in place (never read)
+    resumed: list[str] = field(default_factory=list)  # training sets N:V found stuck in 'building' and resumed
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -70,11 +80,16 @@ class ReconcileReport:
             "deadletter_blobs": self.deadletters,
             "downloaded": self.downloaded,
             "failed": dict(sorted(self.failed.items())),
+            "refused": dict(sorted(self.refused.items())),
+            "resumed_trainsets": list(self.resumed),
         }
 
 
-def reconcile(rt: Runtime, grace_seconds: float | None = None, max_blobs: int | None = None) -> ReconcileReport:
-    """One reconciliation pass; see the module docstring."""
+def reconcile(
+    rt: Runtime, grace_seconds: float | None = None, max_blobs: int | None = None, stuck_after: timedelta | None = None
+) -> ReconcileReport:
+    """One reconciliation pass; see the module docstring. ``stuck_after``: how long a training-set
+    build may go without progress before it is resumed (default :func:`corpus.app.trainsets.stuck_after`)."""
     s = rt.settings
     grace = timedelta(seconds=s.reconcile_grace_seconds if grace_seconds is None else grace_seconds)
     budget = s.reconcile_max_blobs if max_blobs is None else max_blobs
@@ -91,6 +106,10 @@ def reconcile(rt: Runtime, grace_seconds: float | None = None, max_blobs: int | 
         if blob.last_modified is not None and blob.last_modified > now - grace:
             continue  # its event may still be on the way
         _redrive(rt, blob.name, blob.etag, WHY_SCAN, now, max(grace, REDRIVE_INTERVAL), report)
+    try:
+        report.resumed = resume_stuck(rt, now, stuck_after)
+    except Exception as exc:  # noqa: BLE001 - staging's reconciliation stands; the failure is recorded
+        rt.record_failure(FailureRow(SOURCE, "trainsets", f"resuming stuck builds failed: {reason(exc)}", 1, False))
     if report.redriven or report.failed:
         log.warning("reconcile: re-drove %d staged blob(s), %d failed", len(report.redriven), len(report.failed))
     return report
@@ -105,6 +124,9 @@ def _redrive(
     (a HEAD, not a download) and re-driven whatever its validation.
     """
     container = rt.settings.staging_container
+    if has_dot_segment(name):
+        _refuse(rt, name, etag or "", report)
+        return
     if etag is None:
         try:
             etag = rt.blobs.info(container, name).etag
@@ -138,6 +160,17 @@ def _redrive(
         why_failed = reason(exc)
         report.failed[name] = why_failed
         rt.record_failure(FailureRow(SOURCE, name, why_failed + "\n" + traceback.format_exc(limit=5), claim.times, False, name))
+
+
+def _refuse(rt: Runtime, name: str, etag: str, report: ReconcileReport) -> None:
+    """A staged name with a '.' or '..' segment is never read nor re-driven (every request by that
+    name reaches another blob, issue 25 R9): recorded as rejected in place, once per version."""
+    known = rt.catalog.rejections.get(REJECT_INVALID, name)
+    if known is not None and known.kept_as == "" and (not etag or known.etag == etag):
+        report.skipped_recent += 1
+        return
+    ingest.reject_in_place(rt, name, etag, 0)
+    report.refused[name] = DOT_SEGMENT_REASON
 
 
 def _dead_lettered(rt: Runtime, report: ReconcileReport) -> Iterator[tuple[str, str]]:

@@ -15,14 +15,22 @@ The build then walks the selected sets and streams the manifest into blob
   no selected set's prefix is a prefix of another's (``original/v2/`` vs ``original/v2/v1/``);
   otherwise it is this documented order, always the same for the same records. It needs no sort
   in memory, which is what lets a 1,000,000-image build run in bounded memory.
-* **Blocks.** Every :attr:`~corpus.store.settings.Settings.trainset_block_images` lines form one
+* **Blocks.** Every :attr:`~corpus.store.settings.Settings.trainset_block_images` images *read*
+  end a checkpoint, and its lines (as many or fewer: unlabelled images write none) form one
   block: a complete gzip member (``mtime=0``, level 6, no file name) sent with Put Block under a
   deterministic id. The concatenation of members is one valid gzip file. Block boundaries depend
   only on the line count, so a build killed anywhere and retried, or split over many messages,
   writes byte-identical blocks, and Put Block List of ids 0..n-1 commits a byte-identical blob.
-* **State.** After each block the row's build state (cursor, block count, counts) is advanced
+  (Block boundaries used to be counted in lines *written*: a mostly unlabelled selection then
+  read without a checkpoint or a look at the clock, past the function timeout, issue 25 R3.)
+* **State.** After each checkpoint the row's build state (cursor, block count, counts) is advanced
   with ``If-Match``: two deliveries of the same build can't both advance it; the loser stops.
-  When the time budget runs out the build sends a continuation message and returns.
+  The time budget is checked after every image read once this message has saved a checkpoint
+  (so every message makes progress); when it runs out the build sends a continuation message and
+  returns. A build left ``building`` with no message (its message poisoned) is resumed by
+  ``corpus trainset resume``, by ``trainset create`` of the same definition, and by
+  reconciliation, which re-sends a continuation for builds with no progress for a while
+  (:func:`resume_stuck`).
 * **Index, then status.** Each block's reverse-index rows (``Lineage``) are written before the
   state that covers them; the status flips to ``ready`` last, with the manifest's SHA-256
   (computed from the committed blob, decompressed). Readers ignore index rows of sets not ready.
@@ -38,6 +46,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from corpus.app.runtime import Runtime
@@ -212,30 +221,45 @@ def _build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
         row, saved = _advance(store, row, replace(snap, step=saved.step + 1))
         return bool(row.etag)
 
+    started_at = saved.step
+    reads = 0  # images read since the last checkpoint
+
+    def carry_on() -> str:
+        """Out of time: send the continuation (the row holds the state) and stop."""
+        rt.send(rt.settings.trainset_queue, TrainsetContinue(row.name, row.version, saved.step).to_json())
+        log.info("training set %s:%s: %d images so far, continuing", row.name, row.version, saved.images)
+        return BUILDING
+
     # One block is written (Put Block + its index rows) in the background while the next is read.
     with ThreadPoolExecutor(1) as writer:
         for sel, rk, image, source_md5 in _resolved(rt, store, sets, saved.cursor, row.snapshot_at):
+            if saved.step > started_at and time.monotonic() > deadline:
+                # Checked per image read (issue 25 R3), once this message has saved progress: the
+                # lines read since the last checkpoint (< per_block images) are read again next time.
+                return carry_on() if settle() else BUILDING
             last = (sel.container, sel.prefix, rk)
+            reads += 1
             entry, outcome = _entry(sel, image, source_md5, req)
             pending.skip_or_count(outcome, entry, f"{sel.container}/{image.blob}")
             if outcome is LabelOutcome.OK:
                 lines.append(entry.to_line() + "\n")
                 uses.append(BlobUse(entry.container, entry.source_blob, entry.blob, (row.name, row.version)))
-            if len(lines) < per_block:
+            if reads < per_block:
                 continue
-            job = writer.submit(_put_block, store, blob, blocks, lines, uses)
-            blocks += 1
+            # A checkpoint every per_block images *read* (lines <= reads): its place depends only on
+            # the snapshot, so blocks stay byte-identical however the build is split or retried.
+            reads = 0
+            job = _DONE
+            if lines:
+                job = writer.submit(_put_block, store, blob, blocks, lines, uses)
+                blocks += 1
             snap = pending.state(saved, last, blocks)
             lines, uses = [], []
             if not settle():
                 return BUILDING  # another delivery advanced the build: it carries on
             inflight = (job, snap)
             if time.monotonic() > deadline:
-                if not settle():
-                    return BUILDING
-                rt.send(rt.settings.trainset_queue, TrainsetContinue(row.name, row.version, saved.step).to_json())
-                log.info("training set %s:%s: %d images so far, continuing", row.name, row.version, saved.images)
-                return BUILDING
+                return carry_on() if settle() else BUILDING
         if not settle():
             return BUILDING
     if lines:
@@ -245,6 +269,11 @@ def _build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
     if final.images == 0:
         raise NotFoundError(f"training set {row.name}:{row.version} selects no labelled images; skipped: {final.skipped}")
     return _finish(store, blob, row, final)
+
+
+_DONE: Future[None] = Future()
+_DONE.set_result(None)
+"""A checkpoint that wrote no block (every image since the last one unlabelled) waits for nothing."""
 
 
 class _Counts:
@@ -383,6 +412,56 @@ def _entry(sel: SelectedSet, image: ImageRow, source_md5: str, req: TrainsetRequ
     outcome, labels = ts.assign_labels(sel.row.tags, req.classes)
     entry = manifest_entry(sel.row, image, source_md5_hex=source_md5, labels=labels, split=ts.assign_split(source_md5, req.split))
     return entry, outcome
+
+
+# -- stuck builds (issue 25 B5) -----------------------------------------------------------------
+
+STUCK_AFTER_MIN = timedelta(minutes=15)
+
+
+def stuck_after(rt: Runtime) -> timedelta:
+    """How long a ``building`` row may go without progress before it counts as stuck: well past a
+    message's budget plus the queue's retries (a build advances its row at every checkpoint)."""
+    return max(STUCK_AFTER_MIN, timedelta(seconds=4 * rt.settings.trainset_budget_seconds))
+
+
+def last_progress(row: TrainsetRow) -> datetime | None:
+    """When the row last changed (the service Timestamp; the row's own UpdatedAt if absent)."""
+    return row.server_time or row.updated_at or row.created_at
+
+
+def is_stuck(row: TrainsetRow, now: datetime, bound: timedelta) -> bool:
+    """``building`` with no progress for ``bound``: its message most likely reached the poison queue."""
+    at = last_progress(row)
+    return row.status == BUILDING and (at is None or at <= now - bound)
+
+
+def resume(rt: Runtime, name: str, version: str) -> TrainsetRow:
+    """Send a continuation for a ``building`` training set, whatever its age.
+
+    Safe at any time: a continuation is one more delivery of the build, which advances its row
+    with If-Match (two deliveries never both advance it; the loser stops), so resuming a build that
+    is in fact still running costs work, never correctness. A ready one needs nothing; a failed
+    one is rebuilt by requesting its definition again (``trainset create``).
+    """
+    row = store_of(rt).trainsets.get(name, version)
+    if row is None:
+        raise NotFoundError(f"no training set {name}:{version}")
+    if row.status == BUILDING:
+        rt.send(rt.settings.trainset_queue, TrainsetContinue(name, version, row.state.step).to_json())
+        log.warning("training set %s:%s resumed at step %d (%d images so far)", name, version, row.state.step, row.state.images)
+    return row
+
+
+def resume_stuck(rt: Runtime, now: datetime, bound: timedelta | None = None) -> list[str]:
+    """Resume every build with no progress for ``bound`` (default :func:`stuck_after`); ``N:V`` of each."""
+    bound = stuck_after(rt) if bound is None else bound
+    resumed = []
+    for row in store_of(rt).trainsets.building():
+        if is_stuck(row, now, bound):
+            resume(rt, row.name, row.version)
+            resumed.append(f"{row.name}:{row.version}")
+    return resumed
 
 
 # -- models ----------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def page_sets(
     if domain and tags:
         after = str(start.get("RowKey") or "") if start and start.get("PartitionKey") == domain else ""
         found = catalog.sets.query(
-            domain=domain, tags=tags, transform=transform, originals_only=transform is None, start_after=after
+            domain=domain, tags=tags, transform=transform, originals_only=transform is None, start_after=after, paged=limit
         )
         rows = list(islice(found, limit + 1))
         more = len(rows) > limit

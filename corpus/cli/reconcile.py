@@ -14,7 +14,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from corpus.app.runtime import Runtime, app_root
 
     rt = Runtime.create(settings_from_cwd(), app_root() / "host.json")
-    report = reconcile(rt, grace_seconds=args.grace, max_blobs=args.max).as_json()
+    from datetime import timedelta
+
+    stuck = None if args.stuck_after is None else timedelta(seconds=args.stuck_after)
+    report = reconcile(rt, grace_seconds=args.grace, max_blobs=args.max, stuck_after=stuck).as_json()
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
@@ -27,6 +30,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(f"  {outcome}: {name!r}")
         for name, why in report["failed"].items():
             print(f"  failed: {name!r}: {why}")
+        for name in report["refused"]:
+            print(f"  rejected in place ('.' or '..' segment): {name!r}")
+        for ref in report["resumed_trainsets"]:
+            print(f"  resumed stuck training-set build {ref}")
     return 1 if report["failed"] else 0
 
 
@@ -34,5 +41,11 @@ def add_parsers(sub: Any) -> None:
     r = sub.add_parser("reconcile", help="hand staged blobs whose event was lost (or dead-lettered) to ingest again")
     r.add_argument("--grace", type=float, help="only blobs staged longer ago than this many seconds (default: the setting)")
     r.add_argument("--max", type=int, help="re-drive at most this many blobs (default: the setting)")
+    r.add_argument(
+        "--stuck-after",
+        type=float,
+        metavar="SECONDS",
+        help="resume training-set builds with no progress for this long (default: max(900, 4 x the build budget))",
+    )
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_reconcile)

@@ -52,6 +52,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     sh.add_argument("--json", action="store_true")
     sh.set_defaults(func=cmd_show)
 
+    rs = ts.add_parser("resume", help="re-send a build left 'building' (its message poisoned); harmless if it runs")
+    rs.add_argument("ref", metavar="N:V")
+    rs.add_argument("--json", action="store_true")
+    rs.set_defaults(func=cmd_resume)
+
     m = ts.add_parser("manifest", help="stream the manifest's JSON lines")
     m.add_argument("ref", metavar="N:V")
     m.add_argument("--split", help="only this split")
@@ -237,6 +242,31 @@ def cmd_show(args: argparse.Namespace) -> int:
         if row is None:
             raise CliError(f"no training set {name}:{version}")
         _print_show(row, args.json)
+        return 0
+
+    return _guard(run)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Send a continuation for a ``building`` training set (see :func:`corpus.app.trainsets.resume`)."""
+
+    def run() -> int:
+        from corpus.app.trainsets import last_progress, resume
+        from corpus.store.trainsets_table import BUILDING
+
+        name, version = _ref(args.ref)
+        rt = _rt()
+        row = resume(rt, name, version)
+        sent = row.status == BUILDING
+        at = last_progress(row)
+        out = {"name": name, "version": version, "status": row.status, "queued": sent, "last_progress": str(at or "")}
+        if args.json:
+            print(json.dumps(out))
+        elif sent:
+            print(f"training set {name}:{version}: continuation queued on {rt.settings.trainset_queue} (last progress {at})")
+        else:
+            what = "request its definition again to rebuild it" if row.status != "ready" else "nothing to resume"
+            print(f"training set {name}:{version} is {row.status}: {what}")
         return 0
 
     return _guard(run)

@@ -311,7 +311,7 @@ class BlobListener(_Component):
                         self._in_flight.add(blob.name)
                     found += 1
                     self._slots.acquire()
-                    self.pool.submit(self._deliver, blob.name)
+                    self.pool.submit(self._deliver, blob.name, blob.etag)
             except HttpResponseError as exc:
                 log.warning("listing %s failed: %s", self.t.source, exc)
                 found = 1
@@ -321,20 +321,24 @@ class BlobListener(_Component):
             stop.wait(self.opts.blob_poll_interval)
         self.pool.shutdown(wait=True)
 
-    def _deliver(self, name: str) -> None:
+    def _deliver(self, name: str, listed_etag: str) -> None:
         try:
             if self.opts.drop_blob_events:
-                props = self.container.get_blob_client(name).get_blob_properties()
                 log.info("dropping the event of blob %s (--drop-blob-events)", name)
-                self._remember(name, props.etag)
+                self._remember(name, listed_etag)
                 return
             client = self.container.get_blob_client(name)
             try:
-                downloader = client.download_blob()
-                data = downloader.readall()
+                data, props = self._download(client)
             except ResourceNotFoundError:
                 return
-            props = downloader.properties
+            except HttpResponseError as exc:
+                # The host cannot read the blob it was told about (a name whose URL the client
+                # normalises to another blob, '..'): after its retries it is poisoned like a failing
+                # invocation and remembered, so it is not read again until it changes.
+                self._poison_blob(name, listed_etag, f"unreadable: {exc.reason or exc.status_code}")
+                self._remember(name, listed_etag)
+                return
             etag = props.etag
             ok = False
             for attempt in range(1, self.cfg.poison_blob_threshold + 1):
@@ -345,20 +349,7 @@ class BlobListener(_Component):
                     break
                 time.sleep(min(0.1 * 2**attempt, 2.0))  # retry back-off, as the host's
             if not ok:
-                self.poison.send_message(
-                    json.dumps(
-                        {
-                            "Type": "BlobTrigger",
-                            "FunctionId": self.t.name,
-                            "BlobType": "BlockBlob",
-                            "ContainerName": self.t.source,
-                            "BlobName": name,
-                            "ETag": etag,
-                        }
-                    ),
-                    time_to_live=POISON_TTL,
-                )
-                log.error("blob %s failed %d times: moved to %s", name, self.cfg.poison_blob_threshold, BLOB_POISON_QUEUE)
+                self._poison_blob(name, etag, "failed")
             self._remember(name, etag)
         except Exception:
             log.exception("host error delivering blob %s", name)
@@ -366,6 +357,25 @@ class BlobListener(_Component):
             with self._lock:
                 self._in_flight.discard(name)
             self._slots.release()
+
+    def _download(self, client: Any) -> tuple[bytes, Any]:
+        """(bytes, properties) of the blob, retrying a failed read (not a missing blob) with the host's back-off."""
+        for attempt in range(1, self.cfg.poison_blob_threshold + 1):
+            try:
+                downloader = client.download_blob()
+                return downloader.readall(), downloader.properties
+            except ResourceNotFoundError:
+                raise
+            except HttpResponseError:
+                if attempt == self.cfg.poison_blob_threshold:
+                    raise
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _poison_blob(self, name: str, etag: str, why: str) -> None:
+        body = {"Type": "BlobTrigger", "FunctionId": self.t.name, "BlobType": "BlockBlob", "ContainerName": self.t.source}
+        self.poison.send_message(json.dumps({**body, "BlobName": name, "ETag": etag}), time_to_live=POISON_TTL)
+        log.error("blob %s %s %d times: moved to %s", name, why, self.cfg.poison_blob_threshold, BLOB_POISON_QUEUE)
 
     def _remember(self, name: str, etag: str) -> None:
         """Record the delivery of this version, so neither this host nor a restarted one sends it again."""

@@ -113,6 +113,18 @@ def is_junk_file(file_name: str) -> bool:
     return lowered in JUNK_FILE_NAMES or lowered.startswith("._")
 
 
+DOT_SEGMENT_REASON = (
+    "the name has a '.' or '..' path segment: storage clients resolve such a URL to another blob "
+    "(even another container), so it is neither copied, moved nor deleted; remove it from staging with "
+    "a tool that sends the name unchanged and upload it again under a plain name"
+)
+
+
+def has_dot_segment(name: str) -> bool:
+    """True when a '/'-separated segment of ``name`` is '.' or '..' (issue 25 R9)."""
+    return any(segment in (".", "..") for segment in name.split("/"))
+
+
 def parse_staged_name(name: str, *, reserved: frozenset[str] = frozenset()) -> StagedName:
     """Parse a blob name relative to the staging container.
 
@@ -126,7 +138,7 @@ def parse_staged_name(name: str, *, reserved: frozenset[str] = frozenset()) -> S
         raise InvalidNameError(f"{name!r} has too few path segments: expected <domain>/<version>/[<dir>/…]<file>")
     for segment in segments:
         if segment in (".", ".."):
-            raise InvalidNameError(f"{name!r} contains a '.' or '..' segment")
+            raise InvalidNameError(f"{name!r}: {DOT_SEGMENT_REASON}")
         if not segment:
             raise InvalidNameError(f"{name!r} contains an empty path segment ('//' or a leading '/')")
         if segment.endswith("."):

@@ -261,6 +261,7 @@ class MemoryTable:
         self._lock = threading.RLock()
         self._n = itertools.count(1)
         self.requests: Counter[str] = Counter()  # entity operations by partition key
+        self.rows_read: Counter[str] = Counter()  # entities a query examined, by partition key (what the service reads)
 
     # -- helpers
 
@@ -353,6 +354,7 @@ class MemoryTable:
                 if len(out) == size:
                     self.requests[lo[0]] += 1
                     return out, {"PartitionKey": key[0], "RowKey": key[1]}
+                self.rows_read[key[0]] += 1
                 entity = self._entity(key)
                 if flt is None or flt.predicate(entity):
                     out.append(self._entity(key, select) if select else entity)
@@ -368,6 +370,7 @@ class MemoryTable:
     def get_entity(self, partition_key: str, row_key: str, **kw: Any) -> TableEntity:
         with self._lock:
             self.requests[partition_key] += 1
+            self.rows_read[partition_key] += 1
             key = (partition_key, row_key)
             if key not in self._rows:
                 raise _error(ResourceNotFoundError, 404, "ResourceNotFound", "The specified resource does not exist.")

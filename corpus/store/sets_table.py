@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any, TypedDict, Unpack
 
@@ -51,6 +52,8 @@ KEYS_PER_QUERY = MAX_FILTER_COMPARISONS - 1
 """``PartitionKey eq`` plus this many ``RowKey eq`` comparisons per filter."""
 
 INDEX_PAGE = 1000
+POINT_READS = 8
+"""Concurrent point reads of :meth:`SetsTable.get_many`."""
 FIRST_PAGE = 16
 
 
@@ -138,16 +141,26 @@ class SetsTable:
                 return
 
     def get_many(self, domain: str, set_keys: Iterable[str]) -> Iterator[ImageSetRow]:
-        """The sets with these row keys in ``domain`` (missing ones are skipped), in key order,
-        :data:`KEYS_PER_QUERY` per request."""
+        """The sets with these row keys in ``domain`` (missing ones are skipped), in key order.
+
+        Point reads, :data:`KEYS_PER_QUERY` at a time concurrently: a filter of ``RowKey eq``
+        comparisons joined by ``or`` is *not* a range query for the Table service but a scan of the
+        whole partition (every set of the domain, per request), which made each page of
+        ``/api/sets?domain=&tag=`` cost O(domain) rows (issue 25 R4).
+        """
         wanted = sorted(set(set_keys))
-        for i in range(0, len(wanted), KEYS_PER_QUERY):
-            chunk = wanted[i : i + KEYS_PER_QUERY]
-            params = {"pk": domain} | {f"k{j}": k for j, k in enumerate(chunk)}
-            ors = " or ".join(f"RowKey eq @k{j}" for j in range(len(chunk)))
-            entities = self.table.query_entities(f"PartitionKey eq @pk and ( {ors} )", parameters=params)
-            found = [ImageSetRow.from_entity(e) for e in entities]
-            yield from sorted(found, key=lambda r: r.row_key)
+        with ThreadPoolExecutor(POINT_READS) as pool:
+            for i in range(0, len(wanted), KEYS_PER_QUERY):
+                chunk = wanted[i : i + KEYS_PER_QUERY]
+                for row in pool.map(lambda k: self._get_key(domain, k), chunk):
+                    if row is not None:
+                        yield row
+
+    def _get_key(self, domain: str, row_key: str) -> ImageSetRow | None:
+        try:
+            return ImageSetRow.from_entity(self.table.get_entity(domain, row_key))
+        except ResourceNotFoundError:
+            return None
 
     def index_keys(
         self, domain: str, tag: str, set_prefix: str = "", start_at: str = "", page: int = INDEX_PAGE
@@ -186,6 +199,20 @@ class SetsTable:
                     return found[tag]
             size = min(size * 4, INDEX_PAGE)
 
+    def _lazy_candidates(self, domain: str, tags: tuple[str, ...], prefix: str, start: str, page: int) -> Iterator[str]:
+        """Set keys from ``start`` on carrying every tag: the tags' index ranges walked together
+        (a sorted merge, each read lazily in requests of ``page`` rows) and intersected, so a page
+        costs the index rows between its first and last set, per tag."""
+        streams = [self.index_keys(domain, tag, prefix, start, page) for tag in normalize(tags)]
+        heads = [next(it, None) for it in streams]
+        while all(h is not None for h in heads):
+            top = max(h for h in heads if h is not None)
+            if all(h == top for h in heads):
+                yield top
+                heads = [next(it, None) for it in streams]
+                continue
+            heads = [h if h == top else _advance_to(it, h, top) for it, h in zip(streams, heads, strict=True)]
+
     def query(
         self,
         domain: str | None = None,
@@ -194,6 +221,7 @@ class SetsTable:
         version: str | None = None,
         originals_only: bool = False,
         start_after: str = "",
+        paged: int = 0,
     ) -> Iterator[ImageSetRow]:
         """Sets, optionally of one domain, carrying every tag, of one transform (``NAME[:VER]``).
 
@@ -201,13 +229,23 @@ class SetsTable:
         index is read (O(result)); without a domain the tags are filtered over every set (callers
         with many domains should ask per domain, see :mod:`corpus.cli.queries`). ``start_after``
         (a set row key of ``domain``) resumes a listing after that set.
+
+        ``paged``: the caller takes a page of this many sets and stops (the API): the index is read
+        from ``start_after`` on, lazily, in requests of about a page, so a page costs O(page) rows,
+        not the whole range (issue 25 R4).
         """
         prefix = _set_prefix(transform, originals_only)
         if domain and tags:
-            candidates = [k for k in self.most_selective(domain, tags, prefix) if k > start_after]
-            for row in self.get_many(domain, candidates):
-                if matches(row.tags, tags) and (not version or row.version == version):
-                    yield row
+            start = keys.successor(start_after) if start_after else ""
+            candidates = (
+                self._lazy_candidates(domain, tags, prefix, start, min(INDEX_PAGE, paged + 1))
+                if paged
+                else self.most_selective(domain, tags, prefix)
+            )
+            for chunk in _chunks((k for k in candidates if k > start_after), KEYS_PER_QUERY):
+                for row in self.get_many(domain, chunk):
+                    if matches(row.tags, tags) and (not version or row.version == version):
+                        yield row
             return
         flt, params = _range_filter(domain, prefix, keys.successor(start_after) if start_after and domain else "", version)
         for entity in self.table.query_entities(flt, parameters=params):
@@ -257,6 +295,19 @@ class SetsTable:
         for entities in pages:
             rows = [ImageSetRow.from_entity(e) for e in entities if is_set_entity(e)]
             yield rows, encode_continuation(pages.continuation_token)
+
+
+def _advance_to(it: Iterator[str], head: str | None, target: str) -> str | None:
+    """The first key of ``it`` (whose current key is ``head``) at or past ``target``."""
+    while head is not None and head < target:
+        head = next(it, None)
+    return head
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[builtins.list[str]]:
+    it = iter(items)
+    while chunk := builtins.list(islice(it, size)):
+        yield chunk
 
 
 def _set_prefix(transform: str | None, originals_only: bool) -> str:
