@@ -163,3 +163,37 @@ def test_tag_paging_resumes_from_its_position_in_the_index_not_from_the_start() 
                 break
         assert seen == sorted(seen) and len(seen) == len(set(seen)) == expected, tags
         assert table.rows_read["birds"] <= 4 * n, (tags, table.rows_read["birds"], pages)
+
+
+# -- R8: API pages bounded in bytes --------------------------------------------------------------
+
+
+def test_api_trainsets_pages_are_bounded_in_bytes_and_continue() -> None:
+    """R8: ``/api/trainsets?limit=1000`` answered every row at once (29 MiB for 1,000 large rows).
+    Now a page stops before :data:`corpus.app.web.MAX_PAGE_BYTES` of JSON (never fewer than one
+    row) and continues from the first row left out: every row exactly once."""
+    from corpus.app import web
+    from corpus.store.trainsets_table import BuildState, TrainsetRow
+
+    rt = runtime()
+    store = rt.catalog.training
+    labels = {f"label-{i:05d}-{'x' * 40}": i for i in range(400)}  # ~20 KB of label counts per row
+    definition = json.dumps({"sources": [{"domain": "birds", "tags": [f"t{i}-{'y' * 40}" for i in range(300)]}]})
+    names = [f"big-{i:03d}" for i in range(120)]
+    for name in names:
+        store.trainsets.create(TrainsetRow(name, "1", definition, state=BuildState(labels=labels)))
+    seen: list[str] = []
+    token: str | None = None
+    sizes = []
+    while True:
+        query = (("limit", "1000"),) + ((("continuation", token),) if token else ())
+        res = web.handle(rt, web.Request("GET", {}, query), web.api_trainsets)
+        assert res.status == 200
+        sizes.append(len(res.body))
+        body = json.loads(res.body)
+        seen += [t["name"] for t in body["trainsets"]]
+        token = body["continuation"]
+        if token is None:
+            break
+    assert seen == names
+    assert len(sizes) > 1 and max(sizes) <= web.MAX_PAGE_BYTES

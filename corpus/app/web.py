@@ -18,10 +18,12 @@ from urllib.parse import parse_qsl, urlsplit
 from corpus.app import views
 from corpus.app.runtime import Runtime
 from corpus.app.trainsets import lineage_of_blob, store_of
+from corpus.domain import keys
 from corpus.domain.errors import BlobNotFound, ImageError, InvalidNameError, NotFoundError
 from corpus.domain.limits import MAX_BLOB_NAME
 from corpus.domain.paths import validate_domain, validate_version
 from corpus.store.azure_ports import as_storage_error
+from corpus.store.tables import encode_continuation
 
 log = logging.getLogger("corpus.web")
 
@@ -158,6 +160,31 @@ def api_set_images(rt: Runtime, req: Request) -> Response:
 
 # -- training sets, models, lineage --------------------------------------------------------------
 
+MAX_PAGE_BYTES = 1024 * 1024
+"""A page of ``/api/trainsets`` or ``/api/models`` stops before this much JSON (issue 25 R8: a
+training set's row can carry ~90 KB, so 1,000 rows were 29 MiB); never fewer than one row."""
+
+
+def bounded_page(
+    rows: list[Any], token: str | None, to_json: Callable[[Any], dict[str, Any]], keys_of: Callable[[Any], tuple[str, str]]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows' JSON up to :data:`MAX_PAGE_BYTES` as :func:`json_response` prints it (each line of
+    a row indented 4 more), and the token of the first row left out (a table continuation starts
+    *at* its keys), else ``token``."""
+    out: list[dict[str, Any]] = []
+    size = 128  # the envelope and the continuation
+    for row in rows:
+        data = to_json(row)
+        text = json.dumps(data, default=str, ensure_ascii=False, indent=2)
+        n = len(text.encode("utf-8")) + 4 * (text.count("\n") + 1) + 2
+        if out and size + n > MAX_PAGE_BYTES:
+            pk, rk = keys_of(row)
+            return out, encode_continuation({"PartitionKey": pk, "RowKey": rk})
+        out.append(data)
+        size += n
+    return out, token
+
+
 TRAINSETS_PAGE = 100
 """A training set's row can carry ~90 KB (definition, label counts, reason): 100 keep a page small."""
 MODELS_PAGE = 100
@@ -173,11 +200,13 @@ def api_trainsets(rt: Runtime, req: Request) -> Response:
     """``GET /api/trainsets?limit=&continuation=``: the rows of ``corpus trainset list --json``, paged.
 
     Pages are key ranges in the CLI's (name, version) order; with fewer than ``limit`` (default
-    100) training sets and no ``continuation``, the one page is exactly the CLI's list.
+    100) training sets and no ``continuation``, the one page is exactly the CLI's list. A page is
+    also bounded in bytes (:data:`MAX_PAGE_BYTES`): it may hold fewer rows, with a continuation.
     """
     limit = req.limit(TRAINSETS_PAGE, views.MAX_PAGE)
     rows, token = views.page_trainsets(store_of(rt), limit, req.arg("continuation"))
-    return json_response({"trainsets": [views.trainset_json(r) for r in rows], "continuation": token})
+    page, token = bounded_page(rows, token, views.trainset_json, lambda r: r.keys)
+    return json_response({"trainsets": page, "continuation": token})
 
 
 def api_trainset(rt: Runtime, req: Request) -> Response:
@@ -189,7 +218,8 @@ def api_models(rt: Runtime, req: Request) -> Response:
     """``GET /api/models?limit=&continuation=``: the rows of ``corpus model list --json``, paged as training sets."""
     limit = req.limit(MODELS_PAGE, views.MAX_PAGE)
     rows, token = views.page_models(store_of(rt), limit, req.arg("continuation"))
-    return json_response({"models": [views.model_json(m) for m in rows], "continuation": token})
+    page, token = bounded_page(rows, token, views.model_json, lambda m: (keys.escape(m.name), keys.escape(m.version)))
+    return json_response({"models": page, "continuation": token})
 
 
 def api_model(rt: Runtime, req: Request) -> Response:
