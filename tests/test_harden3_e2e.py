@@ -228,3 +228,38 @@ def test_a_build_left_building_is_resumed_by_the_cli_and_by_reconciliation(
     run_host(env, app_dir, timeout=60)
     ready = rt.catalog.training.trainsets.require_ready("timer", "1")
     assert ready.state.images == 3 and ready.sha256 == rt.catalog.training.trainsets.require_ready("cli", "1").sha256
+
+
+# -- R10: verify --deep re-reads bytes ----------------------------------------------------------------
+
+
+def test_verify_deep_catches_an_overwrite_that_kept_the_old_content_md5(
+    env: dict[str, str], rt: Runtime, clients: Any, app_dir: Path
+) -> None:
+    """R10: ``trainset verify`` compares the stored Content-MD5 property, which an overwrite can
+    keep (Set Blob Properties writes any value): it passes. ``--deep`` hashes the bytes it reads
+    (paced by ``--rate``) and names the changed blob."""
+    from azure.storage.blob import ContentSettings
+
+    from corpus.domain.trainsets import TrainsetRequest
+
+    ingest(env, clients, app_dir, {f"birds/v1/red/{i}.jpg": photo(i) for i in range(3)})
+    body = {"trainset": {"name": "deep", "version": "1"}, "sources": [{"domain": "birds", "path": "red", "version": "v1"}]}
+    rt.send(rt.settings.trainset_queue, TrainsetRequest.parse(json.dumps(body)).to_json())
+    run_host(env, app_dir)
+    cwd = app_dir.parent
+    proc = run_cli(env, cwd, "trainset", "verify", "deep:1", "--deep", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["bytes_read"] > 0, proc.stderr
+
+    blob = clients.container("birds").get_blob_client("original/red/v1/1.jpg")
+    old = blob.get_blob_properties().content_settings
+    blob.upload_blob(photo(77), overwrite=True)
+    blob.set_http_headers(ContentSettings(content_type=old.content_type, content_md5=old.content_md5))
+    assert blob.get_blob_properties().content_settings.content_md5 == old.content_md5
+
+    shallow = run_cli(env, cwd, "trainset", "verify", "deep:1", "--json")
+    assert shallow.returncode == 0 and json.loads(shallow.stdout)["problems"] == []  # the property was kept
+    deep = run_cli(env, cwd, "trainset", "verify", "deep:1", "--deep", "--rate", "5", "--json")
+    assert deep.returncode == 1, deep.stderr
+    problems = json.loads(deep.stdout)["problems"]
+    assert [(p["problem"], p["blob"]) for p in problems] == [("changed", "birds/original/red/v1/1.jpg")]

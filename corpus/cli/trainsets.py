@@ -7,8 +7,10 @@ Every command takes ``--json``; every failure is one line on stderr and exit sta
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +22,8 @@ from corpus.cli.common import settings_from_cwd as _settings
 from corpus.domain.errors import CorpusError
 
 VERIFY_THREADS = 8
+DEEP_RATE_MB = 50.0
+"""``verify --deep`` default read rate, MB/s (10^6 bytes): a full re-read must not starve the account."""
 POLL_SECONDS = 0.5
 
 
@@ -65,6 +69,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
     v = ts.add_parser("verify", help="check every listed blob still exists with its MD5; exit 1 naming what changed")
     v.add_argument("ref", metavar="N:V")
+    v.add_argument("--deep", action="store_true", help="re-read every blob and compute its MD5 (not the stored Content-MD5)")
+    v.add_argument("--rate", type=float, default=DEEP_RATE_MB, metavar="MB/s", help="--deep reads at most this fast (default 50)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
@@ -298,22 +304,29 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     def run() -> int:
         from corpus.app.trainsets import ready_trainset
+        from corpus.transfer.pacing import RateLimiter
 
+        if not args.rate > 0 or args.rate == float("inf"):
+            raise CliError("--rate must be a positive number of MB/s")
         rt = _rt()
         row = ready_trainset(_store(rt), *_ref(args.ref))
         problems: list[dict[str, str]] = []
         checked = 0
         futures: list[Future[list[dict[str, str]]]] = []
+        deep = _DeepRead(RateLimiter(args.rate * 1e6)) if args.deep else None
         with ThreadPoolExecutor(VERIFY_THREADS) as pool:
             for group in _groups(_lines(rt, [row])):
                 checked += len(group[2])
-                futures.append(pool.submit(_verify_group, rt, *group))
+                futures.append(pool.submit(_verify_group, rt, *group, deep))
                 if len(futures) >= 2 * VERIFY_THREADS:
                     problems += futures.pop(0).result()
             for f in futures:
                 problems += f.result()
         if args.json:
-            print(json.dumps({"name": row.name, "version": row.version, "checked": checked, "problems": problems}))
+            out = {"name": row.name, "version": row.version, "checked": checked, "problems": problems}
+            if deep is not None:
+                out |= {"deep": True, "bytes_read": deep.bytes_read}
+            print(json.dumps(out))
         else:
             for p in problems:
                 print(f"{p['problem']}: {p['blob']}{' (' + p['detail'] + ')' if p.get('detail') else ''}")
@@ -321,7 +334,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"corpus: error: {len(problems)} of {checked} images of {row.name}:{row.version} changed", file=sys.stderr)
             return 1
         if not args.json:
-            print(f"{row.name}:{row.version}: all {checked} images present with their MD5")
+            how = f", {deep.bytes_read} bytes re-read" if deep is not None else " (stored Content-MD5; --deep re-reads)"
+            print(f"{row.name}:{row.version}: all {checked} images present with their MD5{how}")
         return 0
 
     return _guard(run)
@@ -343,8 +357,34 @@ def _groups(lines: Iterator[str]) -> Iterator[tuple[str, str, dict[str, str]]]:
         yield current[0], current[1], group
 
 
-def _verify_group(rt: Any, container: str, prefix: str, want: dict[str, str]) -> list[dict[str, str]]:
-    """List the folder once (List Blobs returns each blob's Content-MD5) and compare."""
+class _DeepRead:
+    """``verify --deep``: every blob's bytes are read (paced by one shared rate) and hashed here:
+    the stored Content-MD5 is a property anyone with write access can set to anything, so an
+    overwrite that keeps the old one passes the shallow check (issue 25 R10)."""
+
+    def __init__(self, limiter: Any) -> None:
+        self.limiter = limiter
+        self.bytes_read = 0
+        self._lock = threading.Lock()
+
+    def md5_b64(self, rt: Any, container: str, name: str) -> str:
+        from corpus.domain.manifest import hex_to_b64
+        from corpus.store.ports import iter_ranges
+
+        digest = hashlib.md5(usedforsecurity=False)
+        for chunk in iter_ranges(rt.blobs, container, name):
+            self.limiter.acquire(len(chunk))
+            digest.update(chunk)
+            with self._lock:
+                self.bytes_read += len(chunk)
+        return hex_to_b64(digest.hexdigest())
+
+
+def _verify_group(
+    rt: Any, container: str, prefix: str, want: dict[str, str], deep: _DeepRead | None = None
+) -> list[dict[str, str]]:
+    """List the folder once (List Blobs returns each blob's Content-MD5) and compare; ``deep``:
+    re-read each listed blob and compare the MD5 of its bytes instead."""
     from corpus.domain.manifest import hex_to_b64
     from corpus.store.storage import blob_md5
 
@@ -356,7 +396,9 @@ def _verify_group(rt: Any, container: str, prefix: str, want: dict[str, str]) ->
             continue
         seen.add(b.name)
         raw = b.content_settings.content_md5
-        if raw:
+        if deep is not None:
+            got = deep.md5_b64(rt, container, b.name)
+        elif raw:
             got = hex_to_b64(bytes(raw).hex())
         else:
             blob = cc.get_blob_client(b.name)
