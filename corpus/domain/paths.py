@@ -114,7 +114,7 @@ def is_junk_file(file_name: str) -> bool:
 
 
 DOT_SEGMENT_REASON = (
-    "the name has a '.' or '..' path segment: storage clients resolve such a URL to another blob "
+    "the name has a '.' or '..' segment: storage clients resolve such a URL to another blob "
     "(even another container), so it is neither copied, moved nor deleted; remove it from staging with "
     "a tool that sends the name unchanged and upload it again under a plain name"
 )

@@ -195,9 +195,30 @@ def _resize_size(w: int, h: int, width: int, height: int, fit: str) -> Size:
 @register("thumbnail", Arg("size", int, required=True, low=1, high=MAX_OUTPUT_SIDE), size=_thumbnail_size)
 def thumbnail(img: Image.Image, size: int) -> Image.Image:
     """Fit within ``size`` x ``size``, keeping the aspect ratio; never enlarges."""
-    out = img.copy()
-    out.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return out
+    # What Image.thumbnail does (the same size rounding and resize call), without its copy of the
+    # whole input first: the peak is the input plus the reduced intermediate, not two inputs.
+    target = _thumbnail_box(img.size, size)
+    if target is None:
+        return img  # fits already: never enlarged
+    return img.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _thumbnail_box(current: Size, size: int) -> Size | None:
+    """Image.thumbnail's output size for a ``size`` x ``size`` box (None: already fits)."""
+    width, height = current
+    x, y = size, size
+    if x >= width and y >= height:
+        return None
+
+    def round_aspect(number: float, key: Callable[[int], float]) -> int:
+        return max(min(math.floor(number), math.ceil(number), key=key), 1)
+
+    aspect = width / height
+    if x / y >= aspect:
+        x = round_aspect(y * aspect, key=lambda n: abs(aspect - n / y))
+    else:
+        y = round_aspect(x / aspect, key=lambda n: 0 if n == 0 else abs(aspect - x / n))
+    return x, y
 
 
 @register(
@@ -402,7 +423,7 @@ def _render(img: Image.Image, name: str, args: dict[str, Any], max_pixels: int) 
             # the final LANCZOS pass keeps the quality.
             img.draft("RGB", (draft, draft))
         img.load()
-        img = ImageOps.exif_transpose(img) or img
+        ImageOps.exif_transpose(img, in_place=True)  # not a copy of the whole image when nothing turns
         if img.mode == "CMYK":
             img = _cmyk_to_rgb(img, icc)
             icc = None
