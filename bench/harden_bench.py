@@ -10,6 +10,18 @@ each, under the pixel cap). ``--code DIR`` runs another checkout's code (e.g. th
 wire (the shared HTTP session), with the copy function's concurrency so group commit batches.
 
     .venv/bin/python bench/harden_bench.py requests --images 300
+
+``previews`` (issue 25 R1): peak RSS of ``corpus host`` serving N concurrent first requests for
+the previews of N 100 MP images (JPEG photos, or PNG with ``--format png``); ``--code DIR`` as above.
+
+    .venv/bin/python bench/harden_bench.py previews --images 8 --side 10000
+    .venv/bin/python bench/harden_bench.py previews --images 8 --side 10000 --code /tmp/before
+
+``tagpages`` (issue 25 R4): table requests and rows read to page N sets of a domain by tag through
+``GET /api/sets?domain=&tag=`` (its handler, on the in-memory store, which counts both).
+
+    .venv/bin/python bench/harden_bench.py tagpages --sets 5000 --limit 100
+    .venv/bin/python bench/harden_bench.py tagpages --sets 5000 --limit 100 --code /tmp/before
 """
 
 from __future__ import annotations
@@ -112,6 +124,133 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
         "ingested": ingested,
         "host_summary": last,
     }
+
+
+def photo_jpeg(side: int, seed: int) -> bytes:
+    """A smooth, photo-like ``side`` x ``side`` JPEG (noise upscaled), distinct per seed."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 255, (side // 64 + 1, side // 64 + 1, 3), dtype=np.uint8))
+    out = io.BytesIO()
+    small.resize((side, side), Image.Resampling.BILINEAR).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def previews(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of the host while N first preview requests of N huge images run at once."""
+    import urllib.request
+
+    from corpus.store.settings import Connection
+    from corpus.store.storage import Clients
+    from tests.support import free_port, wait_for
+
+    code = Path(args.code).resolve()
+    data = [photo_jpeg(args.side, i) if args.format == "jpeg" else big_png(args.side) for i in range(2)]
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        az = Azurite(tmp).start()
+        host = None
+        try:
+            clients = Clients(Connection(connection_string=az.connection_string))
+            clients.ensure(containers=("big",))
+            for i in range(args.images):
+                clients.container("big").upload_blob(f"original/a/v1/{i:03d}.{args.format}", data[i % 2])
+            app = tmp / "app"
+            app.mkdir()
+            for name in ("function_app.py", "host.json"):
+                (app / name).write_bytes((code / name).read_bytes())
+            port = free_port()
+            env = _env(az, code, tmp)
+            cmd = [sys.executable, "-m", "corpus", "host", "--app-dir", str(app), "--port", str(port)]
+            host = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            base = f"http://127.0.0.1:{port}"
+
+            def up() -> bool:
+                try:
+                    urllib.request.urlopen(base + "/api/sets?limit=1", timeout=2).close()
+                    return True
+                except OSError:
+                    return False
+
+            wait_for(up, 120, "the host serving HTTP")
+            status_file = Path(f"/proc/{host.pid}/status")
+
+            def hwm() -> int:
+                text = status_file.read_text()
+                return next(int(line.split()[1]) for line in text.splitlines() if line.startswith("VmHWM:")) * 1024
+
+            before = hwm()
+
+            def get(i: int) -> int:
+                url = f"{base}/gallery/big/preview?blob=original/a/v1/{i:03d}.{args.format}"
+                with urllib.request.urlopen(url, timeout=600) as res:
+                    return len(res.read())
+
+            started = time.monotonic()
+            with ThreadPoolExecutor(args.images) as pool:
+                sizes = list(pool.map(get, range(args.images)))
+            seconds = time.monotonic() - started
+            peak = hwm()
+        finally:
+            if host is not None:
+                host.terminate()
+                host.wait(30)
+            az.stop()
+    return {
+        "bench": "previews",
+        "code": str(code),
+        "images": args.images,
+        "side": args.side,
+        "format": args.format,
+        "source_bytes": [len(x) for x in data],
+        "served_previews": len([n for n in sizes if n > 0]),
+        "host_rss_before_mb": round(before / 2**20),
+        "host_peak_rss_mb": round(peak / 2**20),
+        "seconds": round(seconds, 1),
+        "load_average": os.getloadavg(),
+    }
+
+
+def tagpages(args: argparse.Namespace) -> dict[str, Any]:
+    """Requests and rows read to page ``--sets`` sets by tag through the /api/sets handler."""
+    code = Path(args.code).resolve()
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(code)!r})
+from corpus.app.runtime import Runtime
+from corpus.app import web
+from corpus.domain.paths import SetRef
+rt = Runtime.in_memory()
+rt.ensure_resources()
+for i in range({args.sets}):
+    ref = SetRef("birds", (f"s{{i:05d}}",), "v1")
+    rt.catalog.sets.ensure(ref, ["bird", "red" if i % 2 else "blue"], ref.original_prefix())
+table = rt.clients.table_client("ImageSets")
+out = {{}}
+for tags in (["bird"], ["bird", "red"]):
+    table.requests.clear()
+    rows_read = getattr(table, "rows_read", None)
+    if rows_read is not None:
+        rows_read.clear()
+    token, pages, sets = None, 0, 0
+    while True:
+        q = [("domain", "birds"), ("limit", "{args.limit}")] + [("tag", t) for t in tags]
+        q += [("continuation", token)] if token else []
+        res = web.handle(rt, web.Request("GET", {{}}, tuple(q)), web.api_sets)
+        body = json.loads(res.body)
+        pages += 1
+        sets += len(body["sets"])
+        token = body["continuation"]
+        if token is None:
+            break
+    out["+".join(tags)] = {{"pages": pages, "sets": sets, "requests": table.requests["birds"],
+                          "rows_read": rows_read["birds"] if rows_read is not None else None}}
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=code)
+    return {"bench": "tagpages", "code": str(code), "sets": args.sets, "limit": args.limit, **json.loads(proc.stdout)}
 
 
 class WireCounter:
@@ -218,8 +357,18 @@ def main() -> None:
     r.add_argument("--images", type=int, default=300)
     r.add_argument("--sets", type=int, default=3)
     r.add_argument("--concurrency", type=int, default=24)
+    pv = sub.add_parser("previews")
+    pv.add_argument("--images", type=int, default=8)
+    pv.add_argument("--side", type=int, default=10000)
+    pv.add_argument("--format", choices=("jpeg", "png"), default="jpeg")
+    pv.add_argument("--code", default=str(REPO))
+    tp = sub.add_parser("tagpages")
+    tp.add_argument("--sets", type=int, default=5000)
+    tp.add_argument("--limit", type=int, default=100)
+    tp.add_argument("--code", default=str(REPO))
     args = p.parse_args()
-    result = memory(args) if args.cmd == "memory" else requests_per_image(args)
+    runs = {"memory": memory, "requests": requests_per_image, "previews": previews, "tagpages": tagpages}
+    result = runs[args.cmd](args)
     print(json.dumps(result, indent=2))
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from PIL import Image, ImageCms, ImageOps
 
 from corpus.domain.errors import ImageError, TransformError
-from corpus.domain.images import decoded_bytes, open_capped
+from corpus.domain.images import open_capped
 from corpus.domain.limits import DEFAULT_MAX_PIXELS, MAX_PIPELINE_STEPS, MAX_TRANSFORM_DEFINITION_CHARS
 from corpus.domain.media import CONTENT_TYPES, EXTENSIONS
 
@@ -402,13 +402,59 @@ def render(
 ) -> Output:
     """Decode ``data`` (capped), honour EXIF orientation, apply the transform, encode.
 
-    ``admit(n)`` (:mod:`corpus.app.admission`) is entered before any pixel is decoded with twice
-    the decoded size the header declares (the source and one working copy: each step replaces the
-    image it was given) and held until the output is encoded, as ingest's decode is.
+    ``admit(n)`` (:mod:`corpus.app.admission`) is entered before any pixel is decoded with the
+    render's measured peak (:func:`peak_bytes`: per op, per pixel decoded after ``draft``) and
+    held until the output is encoded, as ingest's decode is.
     """
     img = open_capped(data, max_pixels)
-    with admit(2 * decoded_bytes(img)) if admit else nullcontext():
+    try:
+        draft = _draft_size(name, args)
+        if draft and (img.format or "") in ("JPEG", "MPO"):
+            # Let libjpeg decode at the smallest power-of-two scale still >= the target (DCT
+            # scaling, as pyvips' shrink-on-load does): most of a thumbnail's cost vanishes, and
+            # the final LANCZOS pass keeps the quality. Before admission: it sets the size decoded.
+            img.draft("RGB", (draft, draft))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"cannot transform this image: {exc}") from exc
+    with admit(peak_bytes(name, args, img.size, img.format or "PNG")) if admit else nullcontext():
         return _render(img, name, args, max_pixels)
+
+
+PEAK_BYTES_PER_PIXEL: dict[str, float] = {
+    "thumbnail": 8.5,
+    "resize": 8.3,
+    "crop": 6.7,
+    "grayscale": 5.0,
+    "rotate": 8.3,
+    "flip": 8.3,
+    "autocontrast": 8.3,
+    "format": 8.3,
+}
+"""Measured peak RSS of one render, per pixel of the larger of a step's input (as decoded, after
+``draft``) and output: decode, the step's working copies and the encode (``bench/harden_bench.py
+peaks``, 24 MP JPEG and PNG sources, the larger of the two; docs/benchmarks.md). Reserved with
+:data:`PEAK_MARGIN` by :func:`peak_bytes` (issue 25 R1: a render used to reserve 2 x the decoded
+size and peaked at 11.5 x)."""
+WEBP_ENCODE_BYTES_PER_PIXEL = 13.2
+"""libwebp's encoder alone holds about this much per output pixel (measured as above)."""
+PEAK_MARGIN = 1.25
+PEAK_FLOOR = 8 * 1024 * 1024
+"""Below this, a render's reservation is this: interpreter and codec overheads do not shrink."""
+
+
+def peak_bytes(name: str, args: dict[str, Any], decoded: Size, source_format: str = "PNG") -> int:
+    """What rendering ``name`` on an image decoded at ``decoded`` pixels is reserved: for each step,
+    its measured peak per pixel times the larger of its input and output (steps run one at a time,
+    each replacing the image it was given), the largest of these, with a margin."""
+    size, worst = decoded, 0.0
+    for step in steps_of(name, args):
+        out = estimate(step["name"], step["args"], size)
+        per_pixel = PEAK_BYTES_PER_PIXEL.get(step["name"], max(PEAK_BYTES_PER_PIXEL.values()))
+        worst = max(worst, per_pixel * max(size[0] * size[1], out[0] * out[1]))
+        size = out
+    if _output_choice(name, args, source_format)[0] == "WEBP":
+        worst = max(worst, WEBP_ENCODE_BYTES_PER_PIXEL * size[0] * size[1])
+    return max(PEAK_FLOOR, math.ceil(worst * PEAK_MARGIN))
 
 
 def _render(img: Image.Image, name: str, args: dict[str, Any], max_pixels: int) -> Output:
@@ -416,12 +462,6 @@ def _render(img: Image.Image, name: str, args: dict[str, Any], max_pixels: int) 
     icc = img.info.get("icc_profile")
     fmt, quality = _output_choice(name, args, source_format)
     try:
-        draft = _draft_size(name, args)
-        if draft and source_format in ("JPEG", "MPO"):
-            # Let libjpeg decode at the smallest power-of-two scale still >= the target (DCT
-            # scaling, as pyvips' shrink-on-load does): most of a thumbnail's cost vanishes, and
-            # the final LANCZOS pass keeps the quality.
-            img.draft("RGB", (draft, draft))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # not a copy of the whole image when nothing turns
         if img.mode == "CMYK":
