@@ -236,3 +236,50 @@ def test_exports_a_training_loop_uses_as_is(env, clients, app_dir, rt, settings,
 def test_rules_files_are_where_the_docs_say():
     docs = (Path(__file__).resolve().parent.parent / "docs" / "data-out.md").read_text()
     assert KEEP_EXTENSIONS in docs and '.decode("pil")' in docs and "az ml data create" in docs
+
+
+class CollectingRuntime:
+    """The export use case's runtime seam with the fan-out collected instead of queued."""
+
+    def __init__(self, rt) -> None:
+        self.settings, self.clients, self.sent = rt.settings, rt.clients, []
+
+    def send(self, queue: str, text: str) -> None:
+        self.sent.append(text)
+
+    def ensure_container(self, name: str) -> None:
+        self.clients.ensure(containers=(name,))
+
+
+def test_shard_jobs_read_only_their_work_list_never_the_manifest(env, clients, app_dir, rt, tmp_path):
+    """Issue 25, R6: every shard job used to re-read the manifest from its start; now the manifest can
+    be gone once the plan is written. B1: a work list changed behind the plan's back is refused."""
+    from corpus.app.exports import ChangedBlobError, on_export_message
+    from corpus.domain.exports import parse_export_message
+    from corpus.domain.manifest import manifest_blob
+
+    small = {k: v for k, v in FILES.items() if "IMG_000" in k}  # 30 images
+    ingest(env, clients, app_dir, small)
+    entries = manifest_entries(rt, SETS)
+    write_trainset(rt, "birds", "1", entries)
+    crt = CollectingRuntime(rt)
+    req = ExportRequest("birds", "1", ExportParams("webdataset", 30_000))
+    on_export_message(crt, req)
+    jobs = [parse_export_message(t) for t in crt.sent]
+    assert len(jobs) >= 4
+    clients.container("trainsets").delete_blob(manifest_blob("birds", "1"))  # shard jobs must not need it
+    exports = clients.container("exports")
+    plan = json.loads(exports.download_blob(req.prefix + "plan.json").readall())
+    tampered = plan["shards"][0]
+    work = exports.download_blob(req.prefix + tampered["work"]).readall()
+    exports.upload_blob(req.prefix + tampered["work"], work.splitlines()[0] + b"\n", overwrite=True)
+    for job in jobs:
+        if (job.split, job.index) == (tampered["split"], tampered["index"]):
+            with pytest.raises(ChangedBlobError, match="MD5"):
+                on_export_message(crt, job)
+        else:
+            on_export_message(crt, job)
+    written = {b.name for b in exports.list_blobs(name_starts_with=req.prefix)}
+    assert {req.prefix + sh["file"] for sh in plan["shards"] if sh is not tampered} <= written
+    assert req.prefix + tampered["file"] not in written and req.prefix + "croissant.json" not in written
+    assert req.prefix + "_work/failed.json" in written
