@@ -277,3 +277,20 @@ def test_croissant_validates_with_mlcroissant(fmt):
     assert {d["contentUrl"]: d["sha256"] for d in doc["distribution"] if d["@type"] == "cr:FileObject"} == {
         f: "ab" * 32 for f in files
     }
+
+
+def test_image_format_reencodes_only_what_is_not_already_in_that_format():
+    from PIL import Image
+
+    from corpus.app.exports import _image_bytes
+
+    jpg = io.BytesIO()
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(jpg, "JPEG")
+    e = entry("original/a.jpg")
+    assert _image_bytes(e, jpg.getvalue(), "keep") == jpg.getvalue()
+    assert _image_bytes(e, jpg.getvalue(), "jpg") == jpg.getvalue()
+    png = _image_bytes(e, jpg.getvalue(), "png")
+    assert png == _image_bytes(e, jpg.getvalue(), "png")  # deterministic
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.format == "PNG" and img.size == (8, 6)
+    assert sample_members(e, "k", "png")[0] == "k.png"

@@ -195,6 +195,10 @@ def test_class_indices_agree_with_imagefolder_over_a_pulled_copy(env, clients, a
     from corpus.domain.layouts import class_folder
 
     assert {class_folder(c): i for c, i in ds.class_to_idx.items()} == imagefolder
+    # R7: the dataset holds offsets into a spill file, not the entries (8 bytes a sample, pickled too).
+    import pickle
+
+    assert len(pickle.dumps(ds.entries)) < 512 + 16 * len(ds)
     # And each pulled file's folder index is the dataset's label for that blob.
     for i in range(len(ds)):
         e = ds.entries[i]
