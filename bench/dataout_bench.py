@@ -124,7 +124,7 @@ class HFBytes:
     def __init__(self, files: list[str]) -> None:
         import datasets
 
-        ds = datasets.load_dataset("parquet", data_files={"all": files}, split="all")
+        ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train")
         self.ds = ds.cast_column("image", datasets.Image(decode=False))
 
     def __len__(self) -> int:

@@ -220,17 +220,27 @@ def test_exports_a_training_loop_uses_as_is(env, clients, app_dir, rt, settings,
     assert [r["state"] for r in listing if r["export"].startswith("webdataset-")] == ["done", "done"]
     assert blobs(clients, wds) == {k: v for k, v in before.items() if k.startswith(wds)}
     victim = entries[0]
+    kept = clients.container(victim.container).download_blob(victim.blob).readall()
     clients.container(victim.container).delete_blob(victim.blob)
-    broken = subprocess.Popen([sys.executable, "-m", "corpus", "export", "birds:1", "--format", "webdataset",
-                               "--shard-size", "1MB", "--wait", "--timeout", "300"],
-                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        run_host(env, app_dir)
-        out, err = broken.communicate(timeout=300)
-    finally:
-        if broken.poll() is None:
-            broken.kill()
-    assert broken.returncode == 1 and victim.blob in err, (out, err)
+
+    def export_and_wait() -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "corpus", "export", "birds:1", "--format", "webdataset", "--shard-size", "1MB",
+               "--wait", "--timeout", "300"]  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            run_host(env, app_dir)
+            out, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+    broken = export_and_wait()
+    assert broken.returncode == 1 and victim.blob in broken.stderr, broken
+    # Put right and asked again: the earlier failure does not stick; the export completes.
+    clients.container(victim.container).upload_blob(victim.blob, kept)
+    fixed = export_and_wait()
+    assert fixed.returncode == 0 and fixed.stdout.startswith("done:"), fixed
 
 
 def test_rules_files_are_where_the_docs_say():

@@ -150,6 +150,14 @@ def record_failure(exports: ContainerClient, prefix: str, reason: str) -> None:
     exports.upload_blob(prefix + FAILED_NAME, body, overwrite=True, content_settings=ContentSettings("application/json"))
 
 
+def clear_failure(exports: ContainerClient, prefix: str) -> None:
+    """A new request for the export retries it: an earlier failure no longer describes it."""
+    try:
+        exports.delete_blob(prefix + FAILED_NAME)
+    except ResourceNotFoundError:
+        pass
+
+
 def read_manifest(rt: ExportRuntime, name: str, version: str) -> Iterator[ManifestEntry]:
     """The entries of a ``ready`` training set; any other status (or none) is a ``NotFoundError``."""
     return TrainsetStore(rt.clients).entries(name, version)
@@ -254,6 +262,7 @@ def plan_sharded(rt: ExportRuntime, req: ExportRequest) -> int:
     prefix = req.prefix
     if _exists(exports, prefix + CROISSANT_NAME):
         return 0  # the same parameters again: the export is there
+    clear_failure(exports, prefix)
     existing = _read_json(exports, prefix + PLAN_NAME)
     plan = existing if existing is not None else _write_plan(rt, exports, req)
     done = {b.name for b in exports.list_blobs(name_starts_with=prefix + RECEIPTS)}
@@ -597,6 +606,7 @@ def write_azureml(rt: ExportRuntime, req: ExportRequest) -> dict[str, int]:
     prefix = req.prefix
     if _exists(exports, prefix + CROISSANT_NAME):
         return {}
+    clear_failure(exports, prefix)
     counts: dict[str, int] = {}
     classes: set[str] = set()
     label_counts: set[int] = set()

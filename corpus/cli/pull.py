@@ -89,7 +89,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from corpus.app.exports import export_status, list_exports
+    from corpus.app.exports import clear_failure, export_status, list_exports
     from corpus.app.runtime import app_root, encode_message
     from corpus.domain.errors import MessageError
     from corpus.domain.exports import ExportParams, ExportRequest
@@ -133,6 +133,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if exports.exists() and export_status(exports, req.prefix)["state"] == "done":
         print(f"already exported: {where} (croissant.json lists its files)")
         return 0
+    if exports.exists():
+        clear_failure(exports, req.prefix)  # a retry: --wait must not see the last run's failure
     body = req.to_json()
     encoding = load_queue_config(app_root() / "host.json").message_encoding
     clients.queue_client(settings.export_queue).send_message(encode_message(body, encoding))
