@@ -298,20 +298,19 @@ _END = object()
 
 
 def find_export(settings: Settings, name: str, version: str, fmt: str) -> str:
-    """The id of the one finished ``fmt`` export of ``name``:``version``; an error naming them all
-    when there are several (pass ``export=``) or none."""
-    from corpus.app.exports import list_exports
+    """The id of the one finished ``fmt`` export of ``name``:``version`` (one with ``croissant.json``,
+    written last); an error naming them all when there are several (pass ``export=``) or none."""
     from corpus.store.storage import FAIL_FAST, Clients
 
+    base = f"{name}/{version}/"
     exports = Clients(settings.connection, dict(FAIL_FAST)).container(settings.exports_container)
-    found = [r for r in list_exports(exports, name, version) if r["export"].startswith(f"{fmt}-")]
-    done: list[str] = [str(r["export"]) for r in found if r["state"] == "done"]
+    listed = exports.list_blobs(name_starts_with=f"{base}{fmt}-") if exports.exists() else []
+    done = sorted({b.name[len(base) :].split("/")[0] for b in listed if b.name.endswith("/croissant.json")})
     if len(done) == 1:
         return done[0]
     if not done:
-        raise CorpusError(
-            f"{name}:{version} has no finished {fmt} export (run `corpus export {name}:{version} --format {fmt} --wait`)"
-        )
+        hint = f"corpus export {name}:{version} --format {fmt} --wait"
+        raise CorpusError(f"{name}:{version} has no finished {fmt} export (run `{hint}`)")
     raise CorpusError(f"{name}:{version} has several {fmt} exports ({', '.join(done)}): pass export=<one of them>")
 
 
