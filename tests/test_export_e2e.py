@@ -252,7 +252,7 @@ class CollectingRuntime:
     """The export use case's runtime seam with the fan-out collected instead of queued."""
 
     def __init__(self, rt) -> None:
-        self.settings, self.clients, self.sent = rt.settings, rt.clients, []
+        self.settings, self.clients, self.blobs, self.sent = rt.settings, rt.clients, rt.blobs, []
 
     def send(self, queue: str, text: str) -> None:
         self.sent.append(text)

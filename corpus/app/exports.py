@@ -42,12 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobBlock, BlobClient, ContainerClient, ContentSettings
-
 from corpus.domain.datacards import ExportFile, croissant, dataset_card
-from corpus.domain.errors import MessageError, NotFoundError, PermanentError
+from corpus.domain.errors import BlobConflict, BlobNotFound, MessageError, NotFoundError, PermanentError
 from corpus.domain.exports import MAX_SHARDS, ExportParams, ExportRequest, ExportShardJob, export_prefix
 from corpus.domain.layouts import (
     SplitPlan,
@@ -64,6 +60,7 @@ from corpus.domain.layouts import (
     split_folder,
 )
 from corpus.domain.manifest import ManifestEntry, block_id, hex_to_b64, parse_line
+from corpus.store.ports import BlobStore, iter_blobs
 from corpus.store.trainsets_table import TrainsetStore
 
 log = logging.getLogger("corpus.exports")
@@ -102,6 +99,9 @@ class ExportRuntime(Protocol):
     @property
     def clients(self) -> Any: ...
 
+    @property
+    def blobs(self) -> BlobStore: ...
+
     def send(self, queue: str, text: str) -> None: ...
 
     def ensure_container(self, name: str) -> None: ...
@@ -129,7 +129,7 @@ def index_path(tar_path: str) -> str:
 
 def on_export_message(rt: ExportRuntime, msg: ExportRequest | ExportShardJob) -> None:
     rt.ensure_container(rt.settings.exports_container)
-    exports = rt.clients.container(rt.settings.exports_container)
+    exports = Exports(rt.blobs, rt.settings.exports_container)
     try:
         if isinstance(msg, ExportShardJob):
             write_shard(rt, msg)
@@ -144,77 +144,87 @@ def on_export_message(rt: ExportRuntime, msg: ExportRequest | ExportShardJob) ->
         raise
 
 
-def record_failure(exports: ContainerClient, prefix: str, reason: str) -> None:
-    """``_work/failed.json``: where ``corpus export --wait`` and ``export list`` find why."""
-    body = canonical_json({"failed": reason[:4000]})
-    exports.upload_blob(prefix + FAILED_NAME, body, overwrite=True, content_settings=ContentSettings("application/json"))
+class Exports:
+    """The exports container through the :class:`~corpus.store.ports.BlobStore` port, by blob name."""
+
+    def __init__(self, blobs: BlobStore, container: str) -> None:
+        self.blobs, self.container_name = blobs, container
+
+    def exists(self, name: str) -> bool:
+        return self.blobs.exists(self.container_name, name)
+
+    def read(self, name: str) -> bytes:
+        return self.blobs.read(self.container_name, name).data
+
+    def read_json(self, name: str) -> Any:
+        """The parsed JSON blob, ``None`` when there is none."""
+        try:
+            return json.loads(self.read(name))
+        except BlobNotFound:
+            return None
+
+    def names(self, prefix: str) -> Iterator[str]:
+        return (b.name for b in iter_blobs(self.blobs, self.container_name, prefix))
+
+    def put_once(self, name: str, data: bytes, content_type: str) -> bool:
+        """``If-None-Match: *``; True if written. The same MD5 there is success (a duplicate run);
+        another MD5 is an :class:`ExportConflict`."""
+        try:
+            return self.blobs.put_once(self.container_name, name, data, content_type)
+        except BlobConflict as exc:
+            raise _conflict(
+                self.container_name, name, exc.stored_md5, hashlib.md5(data, usedforsecurity=False).hexdigest()
+            ) from exc
+
+    def sink(self, name: str | None, tag: str = "shard") -> BlockSink:
+        return BlockSink(self, name, tag)
 
 
-def clear_failure(exports: ContainerClient, prefix: str) -> None:
+def _conflict(container: str, name: str, stored: str, made: str) -> ExportConflict:
+    return ExportConflict(
+        f"{container}/{name} exists with other content (MD5 {stored or 'none'}, this export makes {made}): "
+        "the export was changed behind corpus's back"
+    )
+
+
+def record_failure(exports: Exports, prefix: str, reason: str) -> None:
+    """``_work/failed.json``: where ``corpus export --wait`` and ``export list`` find why (overwritten:
+    it describes the latest failure)."""
+    exports.blobs.put(exports.container_name, prefix + FAILED_NAME, canonical_json({"failed": reason[:4000]}), "application/json")
+
+
+def clear_failure(exports: Exports, prefix: str) -> None:
     """A new request for the export retries it: an earlier failure no longer describes it."""
     try:
-        exports.delete_blob(prefix + FAILED_NAME)
-    except ResourceNotFoundError:
-        pass
+        info = exports.blobs.info(exports.container_name, prefix + FAILED_NAME)
+    except BlobNotFound:
+        return
+    exports.blobs.delete_if_unchanged(exports.container_name, prefix + FAILED_NAME, info.etag)
 
 
 def read_manifest(rt: ExportRuntime, name: str, version: str) -> Iterator[ManifestEntry]:
     """The entries of a ``ready`` training set; any other status (or none) is a ``NotFoundError``."""
-    return TrainsetStore(rt.clients).entries(name, version)
-
-
-def _md5(data: bytes) -> bytes:
-    return hashlib.md5(data, usedforsecurity=False).digest()
-
-
-def put_once(container: ContainerClient, name: str, data: bytes, content_type: str) -> bool:
-    """Create ``name`` with ``data`` unless it exists; True if written. Existing with the same MD5
-    is success (a duplicate run); with another MD5 it is an :class:`ExportConflict`."""
-    md5 = _md5(data)
-    try:
-        container.upload_blob(
-            name,
-            data,
-            overwrite=False,
-            content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)),
-        )
-        return True
-    except ResourceExistsError:
-        _same_or_conflict(container.get_blob_client(name), md5)
-        return False
-
-
-def _same_or_conflict(blob: BlobClient, md5: bytes) -> None:
-    stored = bytes(blob.get_blob_properties().content_settings.content_md5 or b"")
-    if stored != md5:
-        raise ExportConflict(
-            f"{blob.container_name}/{blob.blob_name} exists with other content (MD5 {stored.hex() or 'none'}, "
-            f"this export makes {md5.hex()}): the export was changed behind corpus's back"
-        )
-
-
-def _exists(container: ContainerClient, name: str) -> bool:
-    return bool(container.get_blob_client(name).exists())
+    return TrainsetStore(rt.clients, rt.blobs).entries(name, version)
 
 
 class BlockSink:
-    """A write-only stream that hashes what passes (MD5, SHA-256) and, when ``blob`` is given,
+    """A write-only stream that hashes what passes (MD5, SHA-256) and, when ``name`` is given,
     stages it in :data:`BLOCK_BYTES` blocks with deterministic ids."""
 
-    def __init__(self, blob: BlobClient | None, tag: str = "shard") -> None:
-        self.blob, self.tag = blob, tag
+    def __init__(self, exports: Exports, name: str | None, tag: str = "shard") -> None:
+        self.exports, self.name, self.tag = exports, name, tag
         self.pos = 0
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.sha256 = hashlib.sha256()
         self.buf = bytearray()
-        self.blocks: list[BlobBlock] = []
+        self.blocks: list[str] = []
         self.closed = False
 
     def write(self, data: bytes) -> int:
         self.pos += len(data)
         self.md5.update(data)
         self.sha256.update(data)
-        if self.blob is not None:
+        if self.name is not None:
             self.buf += data
             while len(self.buf) >= BLOCK_BYTES:
                 self._stage(bytes(self.buf[:BLOCK_BYTES]))
@@ -226,31 +236,32 @@ class BlockSink:
 
     def flush(self) -> None:
         """Stage what is buffered as a block of its own (work lists: bounded memory)."""
-        if self.blob is not None and self.buf:
+        if self.name is not None and self.buf:
             self._stage(bytes(self.buf))
             self.buf.clear()
 
     def _stage(self, chunk: bytes) -> None:
-        assert self.blob is not None
+        assert self.name is not None
         bid = block_id(len(self.blocks), self.tag)
-        self.blob.stage_block(bid, chunk)
-        self.blocks.append(BlobBlock(bid))
+        self.exports.blobs.stage_block(self.exports.container_name, self.name, bid, chunk)
+        self.blocks.append(bid)
 
     def commit(self, content_type: str) -> bool:
         """Commit the staged blocks with ``If-None-Match: *``; an existing blob must have these bytes."""
-        assert self.blob is not None
+        assert self.name is not None
         self.flush()
-        md5 = self.md5.digest()
+        md5 = self.md5.hexdigest()
         try:
-            self.blob.commit_block_list(
-                self.blocks,
-                content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)),
-                match_condition=MatchConditions.IfMissing,
-            )
-            return True
-        except (ResourceExistsError, ResourceModifiedError):
-            _same_or_conflict(self.blob, md5)
-            return False
+            return self.exports.blobs.commit_blocks_once(self.exports.container_name, self.name, self.blocks, content_type, md5)
+        except BlobConflict as exc:
+            raise _conflict(self.exports.container_name, self.name, exc.stored_md5, md5) from exc
+
+    def same_as_stored(self, name: str) -> None:
+        """The blob ``name`` (already there) has the bytes that passed, or an :class:`ExportConflict`."""
+        blobs, container = self.exports.blobs, self.exports.container_name
+        stored = blobs.content_md5(container, blobs.info(container, name))
+        if stored != self.md5.hexdigest():
+            raise _conflict(container, name, stored, self.md5.hexdigest())
 
 
 # -- sharded exports: the plan -------------------------------------------------------------------
@@ -258,14 +269,14 @@ class BlockSink:
 
 def plan_sharded(rt: ExportRuntime, req: ExportRequest) -> int:
     """Plan a WebDataset or Parquet export and send its shard jobs; the number of jobs sent."""
-    exports = rt.clients.container(rt.settings.exports_container)
+    exports = Exports(rt.blobs, rt.settings.exports_container)
     prefix = req.prefix
-    if _exists(exports, prefix + CROISSANT_NAME):
+    if exports.exists(prefix + CROISSANT_NAME):
         return 0  # the same parameters again: the export is there
     clear_failure(exports, prefix)
-    existing = _read_json(exports, prefix + PLAN_NAME)
+    existing = exports.read_json(prefix + PLAN_NAME)
     plan = existing if existing is not None else _write_plan(rt, exports, req)
-    done = {b.name for b in exports.list_blobs(name_starts_with=prefix + RECEIPTS)}
+    done = set(exports.names(prefix + RECEIPTS))
     sent = 0
     for sh in plan["shards"]:
         if prefix + receipt_file(sh["split"], sh["index"]) in done:
@@ -279,14 +290,7 @@ def plan_sharded(rt: ExportRuntime, req: ExportRequest) -> int:
     return sent
 
 
-def _read_json(container: ContainerClient, name: str) -> Any:
-    try:
-        return json.loads(container.get_blob_client(name).download_blob().readall())
-    except ResourceNotFoundError:
-        return None
-
-
-def _write_plan(rt: ExportRuntime, exports: ContainerClient, req: ExportRequest) -> dict[str, Any]:
+def _write_plan(rt: ExportRuntime, exports: Exports, req: ExportRequest) -> dict[str, Any]:
     p = req.params
     classes: set[str] = set()
     sizes: dict[str, array[int]] = {}
@@ -305,7 +309,7 @@ def _write_plan(rt: ExportRuntime, exports: ContainerClient, req: ExportRequest)
     writers: dict[tuple[str, int], BlockSink] = {}
     for s, sp in splits.items():
         for k in range(sp.shards):
-            writers[(s, k)] = BlockSink(exports.get_blob_client(req.prefix + work_file(s, k)), "work")
+            writers[(s, k)] = exports.sink(req.prefix + work_file(s, k), "work")
     held = 0
     ordinal: dict[str, int] = {}
     for e in read_manifest(rt, req.name, req.version):  # pass 2: each line into its shard's work list
@@ -338,12 +342,12 @@ def _write_plan(rt: ExportRuntime, exports: ContainerClient, req: ExportRequest)
         "classes": ordered,
         "shards": shards,
     }
-    put_once(exports, req.prefix + CLASSES_NAME, "".join(c + "\n" for c in ordered).encode("utf-8"), "text/plain")
+    exports.put_once(req.prefix + CLASSES_NAME, "".join(c + "\n" for c in ordered).encode("utf-8"), "text/plain")
     if p.format == "parquet":
         card = dataset_card(name=req.name, version=req.version, export_id=req.export_id, splits=list(counts),
                             classes=ordered, counts=counts)  # fmt: skip
-        put_once(exports, req.prefix + CARD_NAME, card.encode("utf-8"), "text/markdown")
-    put_once(exports, req.prefix + PLAN_NAME, canonical_json(plan), "application/json")
+        exports.put_once(req.prefix + CARD_NAME, card.encode("utf-8"), "text/markdown")
+    exports.put_once(req.prefix + PLAN_NAME, canonical_json(plan), "application/json")
     return plan
 
 
@@ -361,11 +365,11 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _work(rt: ExportRuntime, exports: ContainerClient, prefix: str, shard: dict[str, Any]) -> list[ManifestEntry]:
+def _work(rt: ExportRuntime, exports: Exports, prefix: str, shard: dict[str, Any]) -> list[ManifestEntry]:
     """The shard's entries in shard order, from its work list, checked against the plan."""
     try:
-        data = exports.get_blob_client(prefix + shard["work"]).download_blob().readall()
-    except ResourceNotFoundError as exc:
+        data = exports.read(prefix + shard["work"])
+    except BlobNotFound as exc:
         raise NotFoundError(f"{prefix}{shard['work']} is missing: the export's plan is incomplete") from exc
     if hex_to_b64(hashlib.md5(data, usedforsecurity=False).hexdigest()) != shard["work_md5"]:
         raise ChangedBlobError(f"{prefix}{shard['work']} does not match the MD5 its plan records")
@@ -382,16 +386,16 @@ def _work(rt: ExportRuntime, exports: ContainerClient, prefix: str, shard: dict[
 
 def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
     """Write one shard, its receipt and maybe ``croissant.json``; True if this call wrote the shard."""
-    exports = rt.clients.container(rt.settings.exports_container)
+    exports = Exports(rt.blobs, rt.settings.exports_container)
     prefix = job.prefix
-    plan = _read_json(exports, prefix + PLAN_NAME)
+    plan = exports.read_json(prefix + PLAN_NAME)
     if plan is None:
         raise RefusedJob(f"export shard job for {prefix}: the export has no plan")
     shard = next((sh for sh in plan["shards"] if sh["split"] == job.split and sh["index"] == job.index), None)
     if shard is None:
         raise RefusedJob(f"export shard job: {prefix}plan.json lists no shard {job.index} of split {job.split!r}")
     receipt = prefix + receipt_file(job.split, job.index)
-    if _exists(exports, receipt):
+    if exports.exists(receipt):
         return False  # a duplicate of a finished job
     entries = _work(rt, exports, prefix, shard)
     classes = {c: i for i, c in enumerate(plan["classes"])}
@@ -401,7 +405,7 @@ def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
     else:
         wrote, files = _write_tar(rt, exports, prefix, shard, entries, classes, image_format)
     body = {"files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files], "samples": len(entries)}
-    put_once(exports, receipt, canonical_json(body), "application/json")
+    exports.put_once(receipt, canonical_json(body), "application/json")
     finish_if_complete(rt, exports, prefix, plan)
     return wrote
 
@@ -428,12 +432,11 @@ def _image_bytes(e: ManifestEntry, data: bytes, image_format: str) -> bytes:
         return out.getvalue()
 
 
-def _write_tar(rt: ExportRuntime, exports: ContainerClient, prefix: str, shard: dict[str, Any], entries: list[ManifestEntry],
+def _write_tar(rt: ExportRuntime, exports: Exports, prefix: str, shard: dict[str, Any], entries: list[ManifestEntry],
                classes: dict[str, int], image_format: str) -> tuple[bool, list[ExportFile]]:  # fmt: skip
     tar_name = prefix + shard["file"]
-    tar_blob = exports.get_blob_client(tar_name)
-    tar_exists = tar_blob.exists()
-    sink = BlockSink(None if tar_exists else tar_blob)
+    tar_exists = exports.exists(tar_name)
+    sink = exports.sink(None if tar_exists else tar_name)
     index: dict[str, Any] = {}
     with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:  # type: ignore[call-overload]
         for e, data in _downloads(rt, entries):
@@ -448,13 +451,13 @@ def _write_tar(rt: ExportRuntime, exports: ContainerClient, prefix: str, shard: 
             index[key] = members
     wrote = False
     if tar_exists:
-        _same_or_conflict(tar_blob, sink.md5.digest())
+        sink.same_as_stored(tar_name)
     else:
         wrote = sink.commit("application/x-tar")
     index_body = canonical_json(
         {"tar": shard["file"], "size": sink.pos, "md5": hex_to_b64(sink.md5.hexdigest()), "samples": index}
     )
-    put_once(exports, index_path(tar_name), index_body, "application/json")
+    exports.put_once(index_path(tar_name), index_body, "application/json")
     files = [
         ExportFile(shard["file"], sink.pos, sink.sha256.hexdigest()),
         ExportFile(index_path(shard["file"]), len(index_body), hashlib.sha256(index_body).hexdigest()),
@@ -462,7 +465,7 @@ def _write_tar(rt: ExportRuntime, exports: ContainerClient, prefix: str, shard: 
     return wrote, files
 
 
-def _write_parquet(rt: ExportRuntime, exports: ContainerClient, prefix: str, shard: dict[str, Any],
+def _write_parquet(rt: ExportRuntime, exports: Exports, prefix: str, shard: dict[str, Any],
                    entries: list[ManifestEntry], classes: dict[str, int],
                    image_format: str) -> tuple[bool, list[ExportFile]]:  # fmt: skip
     """One Parquet file: ``image`` (struct bytes/path, Hugging Face's Image), ``label`` (int64,
@@ -488,9 +491,8 @@ def _write_parquet(rt: ExportRuntime, exports: ContainerClient, prefix: str, sha
         metadata={"huggingface": json.dumps({"info": {"features": features}}, sort_keys=True)},
     )
     name = prefix + shard["file"]
-    blob = exports.get_blob_client(name)
-    exists = blob.exists()
-    sink = BlockSink(None if exists else blob)
+    exists = exports.exists(name)
+    sink = exports.sink(None if exists else name)
     rows: list[tuple[ManifestEntry, bytes]] = []
     with pq.ParquetWriter(sink, schema, compression="none", write_statistics=False) as writer:
 
@@ -515,7 +517,7 @@ def _write_parquet(rt: ExportRuntime, exports: ContainerClient, prefix: str, sha
             flush()
     wrote = False
     if exists:
-        _same_or_conflict(blob, sink.md5.digest())
+        sink.same_as_stored(name)
     else:
         wrote = sink.commit("application/x-parquet")
     return wrote, [ExportFile(shard["file"], sink.pos, sink.sha256.hexdigest())]
@@ -553,8 +555,8 @@ def _windows(entries: list[ManifestEntry]) -> Iterator[list[ManifestEntry]]:
 
 def _download(rt: ExportRuntime, e: ManifestEntry) -> bytes:
     try:
-        data: bytes = rt.clients.container(e.container).get_blob_client(e.blob).download_blob().readall()
-    except ResourceNotFoundError as exc:
+        data = rt.blobs.read(e.container, e.blob).data
+    except BlobNotFound as exc:
         raise NotFoundError(f"{e.container}/{e.blob} is in the manifest but no longer exists") from exc
     got = hex_to_b64(hashlib.md5(data, usedforsecurity=False).hexdigest())
     if got != e.md5:
@@ -565,20 +567,20 @@ def _download(rt: ExportRuntime, e: ManifestEntry) -> bytes:
 # -- the end: croissant.json ---------------------------------------------------------------------
 
 
-def _file_of(exports: ContainerClient, prefix: str, rel: str) -> ExportFile:
-    data = exports.get_blob_client(prefix + rel).download_blob().readall()
+def _file_of(exports: Exports, prefix: str, rel: str) -> ExportFile:
+    data = exports.read(prefix + rel)
     return ExportFile(rel, len(data), hashlib.sha256(data).hexdigest())
 
 
-def finish_if_complete(rt: ExportRuntime, exports: ContainerClient, prefix: str, plan: dict[str, Any]) -> bool:
+def finish_if_complete(rt: ExportRuntime, exports: Exports, prefix: str, plan: dict[str, Any]) -> bool:
     """Write ``croissant.json`` once every shard has its receipt (any job may be the last; all
     write the same bytes). True if the export is complete."""
-    receipts = [b.name for b in exports.list_blobs(name_starts_with=prefix + RECEIPTS)]
+    receipts = list(exports.names(prefix + RECEIPTS))
     if len(receipts) < len(plan["shards"]):
         return False
     files: list[ExportFile] = []
     for sh in plan["shards"]:
-        r = _read_json(exports, prefix + receipt_file(sh["split"], sh["index"]))
+        r = exports.read_json(prefix + receipt_file(sh["split"], sh["index"]))
         files += [ExportFile(f["path"], f["size"], f["sha256"]) for f in r["files"]]
     fmt = plan["params"]["format"]
     extra = [PLAN_NAME, CLASSES_NAME] + ([CARD_NAME] if fmt == "parquet" else [])
@@ -586,7 +588,7 @@ def finish_if_complete(rt: ExportRuntime, exports: ContainerClient, prefix: str,
     name, version = plan["trainset"]["name"], plan["trainset"]["version"]
     doc = croissant(name=name, version=version, export_id=plan["export"], fmt=fmt, files=files,
                     splits=list(plan["splits"]), classes=plan["classes"], samples=plan["samples"])  # fmt: skip
-    put_once(exports, prefix + CROISSANT_NAME, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"), "application/ld+json")
+    exports.put_once(prefix + CROISSANT_NAME, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"), "application/ld+json")
     return True
 
 
@@ -596,15 +598,15 @@ def finish_if_complete(rt: ExportRuntime, exports: ContainerClient, prefix: str,
 def image_url(rt: ExportRuntime, e: ManifestEntry, datastore: str | None) -> str:
     if datastore:
         return f"azureml://datastores/{datastore.replace('{container}', e.container)}/paths/{quote(e.blob, safe='/~')}"
-    return f"{rt.clients.blob.url.rstrip('/')}/{e.container}/{quote(e.blob, safe='/~')}"
+    return f"{rt.blobs.url(e.container).rstrip('/')}/{quote(e.blob, safe='/~')}"
 
 
 def write_azureml(rt: ExportRuntime, req: ExportRequest) -> dict[str, int]:
     """``<split>/images.jsonl`` + ``<split>/MLTable`` per split, streamed: two passes over the
     manifest (the first decides the label type for every file), 8 MiB blocks per split."""
-    exports = rt.clients.container(rt.settings.exports_container)
+    exports = Exports(rt.blobs, rt.settings.exports_container)
     prefix = req.prefix
-    if _exists(exports, prefix + CROISSANT_NAME):
+    if exports.exists(prefix + CROISSANT_NAME):
         return {}
     clear_failure(exports, prefix)
     counts: dict[str, int] = {}
@@ -615,7 +617,7 @@ def write_azureml(rt: ExportRuntime, req: ExportRequest) -> dict[str, int]:
         classes.add(label_key(e.labels))
         label_counts.add(len(e.labels))
     multilabel = azureml_multilabel(label_counts)
-    sinks = {s: BlockSink(exports.get_blob_client(f"{prefix}{split_folder(s)}/images.jsonl"), "jsonl") for s in sorted(counts)}
+    sinks = {s: exports.sink(f"{prefix}{split_folder(s)}/images.jsonl", "jsonl") for s in sorted(counts)}
     for e in read_manifest(rt, req.name, req.version):
         sinks[e.split].write((azureml_line(e, image_url(rt, e, req.params.datastore), multilabel) + "\n").encode("utf-8"))
     files: list[ExportFile] = []
@@ -623,48 +625,48 @@ def write_azureml(rt: ExportRuntime, req: ExportRequest) -> dict[str, int]:
     for s, sink in sinks.items():
         folder = split_folder(s)
         sink.commit("application/jsonl")
-        put_once(exports, f"{prefix}{folder}/MLTable", table, "application/yaml")
+        exports.put_once(f"{prefix}{folder}/MLTable", table, "application/yaml")
         files += [ExportFile(f"{folder}/images.jsonl", sink.pos, sink.sha256.hexdigest()),
                   ExportFile(f"{folder}/MLTable", len(table), hashlib.sha256(table).hexdigest())]  # fmt: skip
     ordered = class_order(classes)
-    put_once(exports, prefix + CLASSES_NAME, "".join(c + "\n" for c in ordered).encode("utf-8"), "text/plain")
+    exports.put_once(prefix + CLASSES_NAME, "".join(c + "\n" for c in ordered).encode("utf-8"), "text/plain")
     p = req.params
     plan = {"trainset": {"name": req.name, "version": req.version}, "export": req.export_id,
             "params": {"format": p.format, "datastore": p.datastore}, "samples": sum(counts.values()),
             "splits": counts, "classes": ordered, "multilabel": multilabel, "shards": []}  # fmt: skip
-    put_once(exports, prefix + PLAN_NAME, canonical_json(plan), "application/json")
+    exports.put_once(prefix + PLAN_NAME, canonical_json(plan), "application/json")
     files += [_file_of(exports, prefix, rel) for rel in (PLAN_NAME, CLASSES_NAME)]
     doc = croissant(name=req.name, version=req.version, export_id=req.export_id, fmt="azureml", files=files,
                     splits=list(counts), classes=ordered, samples=sum(counts.values()))  # fmt: skip
-    put_once(exports, prefix + CROISSANT_NAME, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"), "application/ld+json")
+    exports.put_once(prefix + CROISSANT_NAME, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"), "application/ld+json")
     return counts
 
 
 # -- reading side: what exports a training set has -----------------------------------------------
 
 
-def export_status(exports: ContainerClient, prefix: str) -> dict[str, Any]:
+def export_status(exports: Exports, prefix: str) -> dict[str, Any]:
     """``{"state": "done" | "failed" | "running" | "queued", ...}`` of the export at ``prefix``."""
-    if _exists(exports, prefix + CROISSANT_NAME):
+    if exports.exists(prefix + CROISSANT_NAME):
         return {"state": "done"}
-    failed = _read_json(exports, prefix + FAILED_NAME)
+    failed = exports.read_json(prefix + FAILED_NAME)
     if failed is not None:
         return {"state": "failed", "reason": failed.get("failed", "")}
-    plan = _read_json(exports, prefix + PLAN_NAME)
+    plan = exports.read_json(prefix + PLAN_NAME)
     if plan is None:
         return {"state": "queued"}
-    done = sum(1 for _ in exports.list_blobs(name_starts_with=prefix + RECEIPTS))
+    done = sum(1 for _ in exports.names(prefix + RECEIPTS))
     return {"state": "running", "shards_done": done, "shards": len(plan["shards"])}
 
 
-def list_exports(exports: ContainerClient, name: str, version: str) -> list[dict[str, Any]]:
-    """Every export of ``name``:``version``: its id, location, parameters and state."""
+def list_exports(exports: Exports, name: str, version: str) -> list[dict[str, Any]]:
+    """Every export of ``name``:``version``: its id, location, parameters and state (a listing of
+    its blobs: the port has no delimiter listing)."""
     base = f"{name}/{version}/"
     out = []
-    for item in exports.walk_blobs(name_starts_with=base, delimiter="/"):
-        export_id = item.name[len(base) :].rstrip("/")
+    for export_id in sorted({n[len(base) :].split("/")[0] for n in exports.names(base)}):
         prefix = export_prefix(name, version, export_id)
-        plan = _read_json(exports, prefix + PLAN_NAME) or {}
+        plan = exports.read_json(prefix + PLAN_NAME) or {}
         out.append({"export": export_id, "location": f"{exports.container_name}/{prefix}", "params": plan.get("params"),
                     "samples": plan.get("samples"), **export_status(exports, prefix)})  # fmt: skip
     return out

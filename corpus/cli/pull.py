@@ -89,11 +89,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from corpus.app.exports import clear_failure, export_status, list_exports
+    from corpus.app.exports import Exports, clear_failure, export_status, list_exports
     from corpus.app.runtime import app_root, encode_message
     from corpus.domain.errors import MessageError
     from corpus.domain.exports import ExportParams, ExportRequest
     from corpus.domain.manifest import parse_ref
+    from corpus.store.azure_ports import AzureBlobStore
     from corpus.store.hostconfig import load_queue_config
     from corpus.store.storage import FAIL_FAST, Clients
     from corpus.store.trainsets_table import TrainsetStore
@@ -112,9 +113,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise _cli_error(str(exc)) from exc
     settings = _settings()
     clients = Clients(settings.connection, FAIL_FAST)
-    exports = clients.container(settings.exports_container)
+    store = AzureBlobStore(clients)
+    store.ensure_container(settings.exports_container)
+    exports = Exports(store, settings.exports_container)
     if listing:
-        rows = list_exports(exports, name, version) if exports.exists() else []
+        rows = list_exports(exports, name, version)
         if args.json:
             print(json.dumps(rows, indent=2, ensure_ascii=False))
         for r in [] if args.json else rows:
@@ -130,11 +133,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     except CorpusError as exc:
         raise _cli_error(str(exc)) from exc
     where = f"{settings.exports_container}/{req.prefix}"
-    if exports.exists() and export_status(exports, req.prefix)["state"] == "done":
+    if export_status(exports, req.prefix)["state"] == "done":
         print(f"already exported: {where} (croissant.json lists its files)")
         return 0
-    if exports.exists():
-        clear_failure(exports, req.prefix)  # a retry: --wait must not see the last run's failure
+    clear_failure(exports, req.prefix)  # a retry: --wait must not see the last run's failure
     body = req.to_json()
     encoding = load_queue_config(app_root() / "host.json").message_encoding
     clients.queue_client(settings.export_queue).send_message(encode_message(body, encoding))
