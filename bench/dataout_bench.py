@@ -88,7 +88,10 @@ class _Rt:
     """The export use case's runtime seam, with the fan-out collected instead of queued."""
 
     def __init__(self, settings: Settings, clients: Clients) -> None:
+        from corpus.store.azure_ports import AzureBlobStore
+
         self.settings, self.clients, self.sent = settings, clients, []
+        self.blobs = AzureBlobStore(clients)
 
     def send(self, queue: str, text: str) -> None:
         self.sent.append(text)
