@@ -294,3 +294,25 @@ def test_image_format_reencodes_only_what_is_not_already_in_that_format():
     with Image.open(io.BytesIO(png)) as img:
         assert img.format == "PNG" and img.size == (8, 6)
     assert sample_members(e, "k", "png")[0] == "k.png"
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a.jpg", "A.jpg", "b.JPG", "a:b.jpg", "con.png", "IMG_0001.jpg"]),
+                  st.sampled_from(["red/robin", "red", "blue/jay"]), st.sampled_from(["train", "val"])),
+        min_size=1, max_size=10,
+    )
+)  # fmt: skip
+def test_the_pulls_on_disk_name_index_gives_the_in_memory_names(items):
+    """Issue 25, R7: pull keeps its collision counts in SQLite, not memory; same names as local_paths."""
+    from corpus.pull.names import NameIndex
+
+    entries = list({e.blob: e for e in (entry(f"original/{p}/v1/{f}", path=p, split=s) for f, p, s in items)}.values())
+    for layout in ("imagefolder", "corpus"):
+        names = NameIndex(layout)
+        try:
+            for e in entries:
+                names.add(e)
+            assert [names.local_path(e) for e in entries] == local_paths(entries, layout)
+        finally:
+            names.close()
