@@ -242,3 +242,23 @@ def test_gallery_views_page_images_and_previews_are_stored_once(rt: Runtime) -> 
         rt, Request("GET", {"domain": "birds"}, (("blob", "original/red/v1/0.jpg"),), {"if-none-match": first.headers["ETag"]})
     )
     assert first.status == 200 and again.status == 304 and blobs_of(rt).requests["put"] == puts
+
+
+def test_azureml_export_streams_its_jsonl_in_blocks(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25, R7: the Azure ML export held every line in memory; now it stages blocks as lines
+    come (here 300-byte blocks: several per file) and the committed file is every line once."""
+    import corpus.app.exports as exports_mod
+
+    monkeypatch.setattr(exports_mod, "BLOCK_BYTES", 300)
+    for i in range(6):
+        stage(rt, f"birds/v1/red/{i}.jpg", jpeg(i))
+    drain(rt)
+    build_trainset(rt, ("red",))
+    staged = blobs_of(rt).requests["stage_block"]
+    params = ExportParams("azureml")
+    rt.send(rt.settings.export_queue, ExportRequest("birds-cls", "1", params).to_json())
+    drain(rt)
+    assert blobs_of(rt).requests["stage_block"] - staged >= 3
+    body = rt.blobs.read(rt.settings.exports_container, f"birds-cls/1/{params.export_id()}/train/images.jsonl").data
+    lines = [json.loads(x) for x in body.splitlines()]
+    assert len(lines) == 6 and {type(x["label"]) for x in lines} == {str}
