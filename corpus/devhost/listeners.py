@@ -35,6 +35,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -164,6 +165,15 @@ class Worker:
                 self.function_timeout or 0,
             )
             return False
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on a worker thread and return its result (HTTP triggers); TimeoutError after functionTimeout."""
+        future = self.pool.submit(fn)
+        try:
+            return future.result(timeout=self.function_timeout)
+        except FutureTimeout:
+            self.timed_out += 1
+            raise TimeoutError(f"functionTimeout {self.function_timeout:g}s") from None
 
     @staticmethod
     def _run(target: Target, stats: Stats, arg: Any, key: str, what: str) -> bool:

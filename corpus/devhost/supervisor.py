@@ -111,7 +111,7 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
     if opts.http_port is not None and any(t.kind == "http" for t in targets):
         from corpus.devhost.httpserver import HttpHost
 
-        http = HttpHost(targets, load_route_prefix(opts.app_dir / "host.json"), opts.http_port)
+        http = HttpHost(targets, load_route_prefix(opts.app_dir / "host.json"), opts.http_port, run=worker.call)
         http.start()
         log.info("serving HTTP triggers on %s", http.url)
         print(f"corpus host: listening on {http.url}", file=sys.stderr, flush=True)
