@@ -660,3 +660,19 @@ def test_postdeploy_hook_fails_with_one_line_on_an_anonymous_200(tmp_path):
 def test_postdeploy_hook_waits_through_a_cold_start_then_accepts_a_redirect_to_sign_in(tmp_path):
     done = run_hook(tmp_path, ["Succeeded"], "302")
     assert done.returncode == 0, done.stderr
+
+
+def test_the_keyless_rule_catches_shared_keys_and_a_non_fatal_hook(tmp_path):
+    import shutil
+
+    from corpus.deploycheck.rules import keyless_and_flex
+
+    broken = tmp_path / "infra"
+    shutil.copytree(INFRA, broken)
+    account = broken / "modules" / "storage-account.bicep"
+    account.write_text(account.read_text().replace("allowSharedKeyAccess: false", "allowSharedKeyAccess: true"))
+    azure_yaml = (INFRA.parent / "azure.yaml").read_text()
+    (tmp_path / "azure.yaml").write_text(azure_yaml.replace("continueOnError: false", "continueOnError: true"))
+    found = keyless_and_flex(Infra(broken))
+    assert "modules/storage-account.bicep: allowSharedKeyAccess is True, not False" in found
+    assert any(line.startswith("azure.yaml:") for line in found)

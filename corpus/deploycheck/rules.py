@@ -287,6 +287,39 @@ def storage_redundancy(infra: Infra) -> list[str]:
     return found
 
 
+# -- turn 2's rules: keyless storage, no secrets in settings, Flex specifics, the hook is fatal -----------
+SECRET_MARKERS = ("accountkey", "sharedaccesssignature", "defaultendpointsprotocol", "usedevelopmentstorage", "listkeys", "sig=")
+
+
+def keyless_and_flex(infra: Infra) -> list[str]:
+    found = []
+    account = body_of(infra.template("modules/storage-account.bicep").resources["account"]["config"])["properties"]
+    for key, want in (
+        ("allowSharedKeyAccess", False),
+        ("allowBlobPublicAccess", False),
+        ("minimumTlsVersion", "TLS1_2"),
+        ("supportsHttpsTrafficOnly", True),
+    ):
+        if account.get(key) != want:
+            found.append(f"modules/storage-account.bicep: {key} is {account.get(key)!r}, not {want!r}")
+    res = infra.template("resources.bicep")
+    settings = _app_settings(res)
+    text = json.dumps(settings).lower()
+    found += [f"resources.bicep: an app setting holds a secret ({m})" for m in SECRET_MARKERS if m in text]
+    for conn in ("AzureWebJobsStorage", "CorpusStorage"):
+        if settings.get(f"{conn}__credential") != "managedidentity":
+            found.append(f"resources.bicep: {conn} is not identity-based ({conn}__credential)")
+    site = body_of(res.resources["functionApp"]["config"])["properties"]
+    if "ftpsState" in site.get("siteConfig", {}):
+        found.append("resources.bicep: siteConfig.ftpsState is rejected by Flex Consumption (error 51021)")
+    if "preview" in res.resources["systemTopic"]["api_version"]:
+        found.append("resources.bicep: the Event Grid system topic uses a preview API version")
+    azure_yaml = (infra.root.parent / "azure.yaml").read_text()
+    if "continueOnError: true" in azure_yaml or azure_yaml.count("continueOnError: false") < 2:
+        found.append("azure.yaml: a postdeploy hook failure must stop azd up (continueOnError: false, both shells)")
+    return found
+
+
 RULES: dict[str, Callable[[Infra], list[str]]] = {
     "deploy-time constants (BCP120)": deploy_time_constants,
     "no empty-segment scopes, whatever the condition": empty_segment_scopes,
@@ -296,6 +329,7 @@ RULES: dict[str, Callable[[Infra], list[str]]] = {
     "operators' and admins' roles cover corpus/cli/access.py": operator_roles,
     "postdeploy hook: defaultHostName, waits, anonymous check": hook_contract,
     "storage redundancy is a parameter, GRS by default": storage_redundancy,
+    "keyless storage, no secrets, Flex-valid site, GA Event Grid, fatal hook": keyless_and_flex,
 }
 
 
