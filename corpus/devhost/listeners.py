@@ -521,6 +521,11 @@ class BlobQueueListener(QueueListener):
         except ResourceNotFoundError:
             log.info("blob %s is gone since its event: nothing to do", name)
             return True
+        except HttpResponseError as exc:
+            # A read that fails (a name with a '..' segment, whose URL the client normalises to
+            # another blob: issue 25 R9) is a failed attempt: retried, then poisoned, never a hang.
+            log.error("blob %s cannot be read: %s", name, exc.reason or exc.status_code)
+            return False
         props = downloader.properties
         if _bare(props.etag) != _bare(str(event.get("ETag", ""))):
             log.info("blob %s changed since its event: the newer version has its own", name)
