@@ -422,13 +422,13 @@ def render(
 
 PEAK_BYTES_PER_PIXEL: dict[str, float] = {
     "thumbnail": 8.5,
-    "resize": 8.3,
-    "crop": 6.7,
+    "resize": 9.8,
+    "crop": 7.9,
     "grayscale": 5.0,
-    "rotate": 8.3,
-    "flip": 8.3,
-    "autocontrast": 8.3,
-    "format": 8.3,
+    "rotate": 9.8,
+    "flip": 9.8,
+    "autocontrast": 9.8,
+    "format": 6.8,
 }
 """Measured peak RSS of one render, per pixel of the larger of a step's input (as decoded, after
 ``draft``) and output: decode, the step's working copies and the encode (``bench/harden_bench.py
