@@ -251,7 +251,7 @@ def image_page(rt: Runtime, req: Request) -> Response:
         ("size", f"{record.size} bytes"),
         ("pixels", f"{record.width} x {record.height}"),
         ("type", e(record.content_type)),
-        ("MD5", e(record.md5)),
+        ("MD5 (base64)", e(views.md5_shown(record.md5))),
         ("tags", _tags(row.tags, domain)),
         ("added", e(record.created_at or "")),
     ]

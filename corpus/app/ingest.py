@@ -24,6 +24,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, ContentSettings
 
+from corpus.app.progress import INGESTED
 from corpus.app.runtime import Runtime
 from corpus.domain.errors import ConflictError, CopyFailed, ImageError, InvalidNameError, MessageError
 from corpus.domain.images import inspect
@@ -301,7 +302,8 @@ def _record(rt: Runtime, staged: StagedName, validated: ValidationRow) -> None:
         source=validated.name,
     )
     try:
-        rt.recorder.record(ref, record)
+        if rt.recorder.record(ref, record):
+            INGESTED.done(f"{ref.domain}/{ref.version}")
     except ConflictError as exc:
         # The blob verified against this MD5, so the table disagrees with storage: never paper over it.
         raise CopyFailed(str(exc)) from exc

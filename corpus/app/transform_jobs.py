@@ -46,6 +46,7 @@ from enum import StrEnum
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings
 
+from corpus.app.progress import TRANSFORMED
 from corpus.app.runtime import Runtime
 from corpus.domain import keys, transforms
 from corpus.domain.errors import MessageError, NotFoundError
@@ -233,5 +234,6 @@ def on_transform_job(rt: Runtime, job: TransformJob) -> JobOutcome:
         height=out.height,
         source=source.blob,
     )
-    rt.recorder.record(ref, record, transform)
+    if rt.recorder.record(ref, record, transform):
+        TRANSFORMED.done(f"{job.name}:{job.tversion} {ref.domain}/{ref.version}")
     return outcome

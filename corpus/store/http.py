@@ -1,6 +1,6 @@
 """The one HTTP session every storage client in the process shares.
 
-Its connection pool is sized for the throttle: the SDK default (10 connections per host) would
+Its connection pool is sized for the thread pools that share it (see :data:`POOL_SIZE`): the SDK default (10 per host) would
 serialise a 24-wide batch and log "connection pool is full" warnings. It lives apart from
 :mod:`corpus.store.storage` so that :mod:`corpus.upload.bloblist` can use it without loading the Azure SDK.
 """
@@ -13,7 +13,11 @@ import threading
 import requests
 import requests.adapters
 
-POOL_SIZE = 64
+POOL_SIZE = 256
+"""Connections kept per host (blob, queue, table endpoint). One process runs up to five queue functions
+x 24 messages at once (host.json: batchSize 16 + newBatchThreshold 8), plus the blob trigger's 4, and
+an export or training-set job adds 16 download threads of its own: 64 was below that, so urllib3
+discarded connections ("Connection pool is full") under load. A larger limit opens nothing by itself."""
 
 _lock = threading.Lock()
 _session: requests.Session | None = None
