@@ -22,7 +22,7 @@ from itertools import islice
 
 from corpus.domain.errors import NotFoundError, TransformConflictError
 from corpus.domain.paths import SetRef
-from corpus.domain.tags import normalize, normalize_tag
+from corpus.domain.tags import normalize
 from corpus.store.catalog import Catalog
 from corpus.store.rows import dirs_of
 from corpus.store.settings import Settings
@@ -69,9 +69,13 @@ def require_tags(
         return
     for tag in wanted:
         if next(catalog.sets.query(domain, (tag,)), None) is None:
-            raise NotFoundError(
-                f"no set of domain {domain!r} carries the tag {tag!r}{did_you_mean(tag, _known_tags(catalog, domain))}"
-            )
+            known = _known_tags(catalog, domain)
+            if tag in known:  # sets carry it, the index does not: sets made before the index existed
+                raise NotFoundError(
+                    f"the tag index of domain {domain!r} has no entry for {tag!r}, which sets carry: "
+                    f"run `corpus reindex --domain {domain}` once"
+                )
+            raise NotFoundError(f"no set of domain {domain!r} carries the tag {tag!r}{did_you_mean(tag, known)}")
     where = (f" at version {version}" if version else "") + (f" transformed by {transform}" if transform else "")
     raise NotFoundError(f"no set of domain {domain!r} carries all of the tags {list(wanted)}{where}")
 
@@ -111,7 +115,3 @@ def require_blob(clients: Clients, container: str, blob: str) -> None:
     folder = blob.rsplit("/", 1)[0] + "/" if "/" in blob else ""
     names = [b.name for b in islice(cc.list_blobs(name_starts_with=folder), SAMPLE)] if cc.exists() else []
     raise NotFoundError(f"no blob {container}/{blob}{did_you_mean(blob, names)}")
-
-
-def normal_tags(tags: Iterable[str]) -> tuple[str, ...]:
-    return tuple(normalize_tag(t) for t in tags)
