@@ -14,8 +14,8 @@ from typing import Any
 
 from azure.data.tables import TableClient
 
+from corpus.domain import display
 from corpus.domain.errors import InvalidNameError, NotFoundError
-from corpus.domain.manifest import hex_to_b64
 from corpus.domain.paths import ROOT_PATH, SetRef, validate_domain, validate_version
 from corpus.store.catalog import Catalog
 from corpus.store.rows import ImageRow, ImageSetRow, Transform, dirs_of
@@ -44,7 +44,7 @@ def set_row(r: ImageSetRow) -> dict[str, Any]:
 def md5_shown(md5_hex: str) -> str:
     """MD5 as a person reads it everywhere (API, gallery, manifests, lineage): base64, Azure's
     Content-MD5 spelling, which manifests already carry. The Images table keeps hex; "" stays ""."""
-    return hex_to_b64(md5_hex) if md5_hex else ""
+    return display.md5_shown(md5_hex)
 
 
 def image_row(r: ImageRow) -> dict[str, Any]:

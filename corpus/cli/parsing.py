@@ -62,8 +62,25 @@ class CorpusParser(argparse.ArgumentParser):
             what = "command" if match["arg"] in ("command",) or match["arg"].endswith("_command") else match["arg"]
             hint = suggestion(got, choices) or f" (one of: {', '.join(choices)})"
             self.exit(2, f"{self.prog}: error: unknown {what} {got!r}{hint}\n")
+        if message.startswith("unrecognized arguments:"):
+            options = _option_strings(self)
+            unknown = [o for o in message.split(":", 1)[1].split() if o.startswith("-")]
+            hints = [f"{o!r}{suggestion(o.split('=')[0], options)}" for o in unknown]
+            if hints:
+                self.exit(2, f"{self.prog}: error: unknown option {', '.join(hints)}\n")
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every ``--option`` of the parser and of its sub-commands (argparse reports unknown ones at the top)."""
+    found: list[str] = []
+    for action in parser._actions:
+        found += [o for o in action.option_strings if o.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _option_strings(sub)
+    return sorted(set(found))
 
 
 def bounded_int(low: int, high: int) -> Callable[[str], int]:
