@@ -67,6 +67,8 @@ def test_mistyped_commands_and_options_suggest_the_intended_one(capsys: pytest.C
         (["sest"], "unknown command 'sest' (did you mean 'sets'?)"),
         (["sets", "--domian", "birds"], "unknown option '--domian' (did you mean '--domain'?)"),
         (["trainset", "craete"], "(did you mean 'create'?)"),
+        (["host", "--timeout", "nan"], "not a finite number: 'nan'"),
+        (["trainset", "create", "--name", "a", "--version", "1", "--timeout", "1e999"], "not a finite number"),
     ):
         with pytest.raises(SystemExit) as exit_:
             build_parser().parse_args(argv)

@@ -102,12 +102,31 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
 ANY_INT = bounded_int(-INT64, INT64)
 
 
+def finite_float(text: str) -> float:
+    """An argparse ``type`` for a finite number (``nan`` and ``inf`` would make a deadline that never comes)."""
+    import math
+
+    try:
+        value = float(text) if len(text) <= 32 else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text[:24]!r}")
+    return value
+
+
+finite_float.__name__ = "number"
+
+
 def bound_every_int(parser: argparse.ArgumentParser) -> None:
     """Replace ``type=int`` on every option of every sub-command (including ones other modules
-    add) with :data:`ANY_INT`, so no integer option can be a traceback or an unbounded value."""
+    add) with :data:`ANY_INT`, and ``type=float`` with :func:`finite_float`, so no number option
+    can be a traceback, an unbounded value or a NaN."""
     for action in parser._actions:
         if action.type is int:
             action.type = ANY_INT
+        elif action.type is float:
+            action.type = finite_float
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 bound_every_int(sub)
