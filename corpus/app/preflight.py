@@ -37,13 +37,25 @@ def did_you_mean(got: str, names: Iterable[str]) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
-def require_domain(clients: Clients, settings: Settings, domain: str) -> None:
-    """A domain is a container of the account that the catalog knows: refuse one that is not."""
-    if domain not in settings.reserved_containers and clients.container(domain).exists():
+def require_domain(clients: Clients, settings: Settings, domain: str, catalog: Catalog | None = None) -> None:
+    """A domain is one the catalog holds sets of: refuse one that it does not.
+
+    Only the ``ImageSets`` table is read (one request), which every operator may read
+    (Table Data Reader); the list of domains for "did you mean" needs List Containers, which an
+    operator's roles may not grant: without it, the error has no suggestion.
+    """
+    catalog = catalog or Catalog(clients)
+    if domain not in settings.reserved_containers and next(catalog.sets.query(domain), None) is not None:
         return
+    from azure.core.exceptions import HttpResponseError
+
     from corpus.app.queries import domains
 
-    raise NotFoundError(f"no domain {domain!r}{did_you_mean(domain, domains(clients, settings))}")
+    try:
+        near = did_you_mean(domain, domains(clients, settings))
+    except HttpResponseError:
+        near = ""
+    raise NotFoundError(f"no domain {domain!r}{near}")
 
 
 def _known_tags(catalog: Catalog, domain: str) -> set[str]:
@@ -107,11 +119,26 @@ def require_free_or_equal(catalog: Catalog, name: str, tversion: str, args_json:
         )
 
 
-def require_blob(clients: Clients, container: str, blob: str) -> None:
-    """The blob exists; otherwise name it, with the nearest name in its folder."""
-    cc = clients.container(container)
-    if cc.exists() and cc.get_blob_client(blob).exists():
-        return
-    folder = blob.rsplit("/", 1)[0] + "/" if "/" in blob else ""
-    names = [b.name for b in islice(cc.list_blobs(name_starts_with=folder), SAMPLE)] if cc.exists() else []
-    raise NotFoundError(f"no blob {container}/{blob}{did_you_mean(blob, names)}")
+def require_blob(catalog: Catalog, container: str, blob: str) -> None:
+    """``container/blob`` is an image of the corpus (an original or a transformed image with its
+    record in the ``Images`` table: table reads only); otherwise name it, with the nearest file of
+    its set."""
+    parsed = _parse_image_blob(blob)
+    if parsed is not None:
+        ref, transform, file = SetRef(container, parsed[0], parsed[1]), parsed[2], parsed[3]
+        if catalog.images.get(ref, file, transform) is not None:
+            return
+        names = [row.blob for _, row in islice(catalog.images.iter_after(ref, transform=transform), SAMPLE)]
+        raise NotFoundError(f"no blob {container}/{blob}{did_you_mean(blob, names)}")
+    raise NotFoundError(f"no blob {container}/{blob}: an image of the corpus is original/… or transform/…")
+
+
+def _parse_image_blob(blob: str) -> tuple[tuple[str, ...], str, tuple[str, str] | None, str] | None:
+    """(dirs, version, transform, file) of ``original/<dir…>/<version>/<file>`` or
+    ``transform/<name>/<tversion>/<dir…>/<version>/<file>``; None for anything else."""
+    segs = blob.split("/")
+    if segs[0] == "original" and len(segs) >= 3 and all(segs):
+        return tuple(segs[1:-2]), segs[-2], None, segs[-1]
+    if segs[0] == "transform" and len(segs) >= 5 and all(segs):
+        return tuple(segs[3:-2]), segs[-2], (segs[1], segs[2]), segs[-1]
+    return None

@@ -74,7 +74,7 @@ def _require(
 
     if domain is None:
         return
-    preflight.require_domain(clients, settings, domain)
+    preflight.require_domain(clients, settings, domain, catalog)
     if tags:
         preflight.require_tags(catalog, domain, tags, transform=transform)
 

@@ -226,7 +226,7 @@ def _preflight(rt: Any, req: Any) -> None:
 
     try:
         for src in req.sources:
-            preflight.require_domain(rt.clients, rt.settings, src.domain)
+            preflight.require_domain(rt.clients, rt.settings, src.domain, rt.catalog)
             if src.transform is not None:
                 preflight.require_transform(rt.catalog, *src.transform)
             if src.path is not None:
@@ -439,7 +439,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
                 raise CliError("--blob must be CONTAINER/BLOB")
             from corpus.app.preflight import require_blob
 
-            require_blob(rt.clients, container, blob)  # a mistyped name is not "no model used it"
+            require_blob(rt.catalog, container, blob)  # a mistyped name is not "no model used it"
             found = lineage_of_blob(rt, store, container, blob)
             if args.json:
                 print(json.dumps(found))

@@ -61,7 +61,7 @@ def _preflight(clients: Any, settings: Any, catalog: Any, req: Any, args_json: s
     from corpus.app import preflight
 
     try:
-        preflight.require_domain(clients, settings, req.domain)
+        preflight.require_domain(clients, settings, req.domain, catalog)
         if req.source.path is not None:
             preflight.require_set(catalog, req.domain, req.source.path, req.source.version or "")
         else:
