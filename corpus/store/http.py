@@ -13,11 +13,13 @@ import threading
 import requests
 import requests.adapters
 
-POOL_SIZE = 256
-"""Connections kept per host (blob, queue, table endpoint). One process runs up to five queue functions
-x 24 messages at once (host.json: batchSize 16 + newBatchThreshold 8), plus the blob trigger's 4, and
-an export or training-set job adds 16 download threads of its own: 64 was below that, so urllib3
-discarded connections ("Connection pool is full") under load. A larger limit opens nothing by itself."""
+POOL_SIZE = 512
+"""Connections kept per endpoint (blob, queue, table), at least the threads that may use one at
+once in one process: five queue functions x 24 messages (host.json: batchSize 16 +
+newBatchThreshold 8) + the blob trigger's 4 = 124 invocations, and the messages of one function
+may each run a pool of their own (an export shard job downloads with 16 threads: 24 x 16 = 384);
+124 + 384 = 508. Below that, urllib3 discards connections with "Connection pool is full" (64 did,
+during exports). The limit opens nothing by itself: it is how many idle connections are kept."""
 
 _lock = threading.Lock()
 _session: requests.Session | None = None
