@@ -47,13 +47,11 @@ def require_domain(clients: Clients, settings: Settings, domain: str, catalog: C
     catalog = catalog or Catalog(clients)
     if domain not in settings.reserved_containers and next(catalog.sets.query(domain), None) is not None:
         return
-    from azure.core.exceptions import HttpResponseError
-
     from corpus.app.queries import domains
 
     try:
         near = did_you_mean(domain, domains(clients, settings))
-    except HttpResponseError:
+    except Exception:  # noqa: BLE001 - a suggestion is best effort: whatever denies the listing (403), the error stands
         near = ""
     raise NotFoundError(f"no domain {domain!r}{near}")
 
