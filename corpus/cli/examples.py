@@ -56,7 +56,9 @@ corpus lineage --model robin-net:3 | head                 # every image that tra
 corpus lineage --blob birds/original/red/robin/v1/0001.jpg   # training sets and models that used it
 """,
     "export": """
-corpus export birds-cls:1 --format webdataset --shard-size 200MB
+corpus export birds-cls:1 --format webdataset --shard-size 200MB --wait
+corpus export birds-cls:1 --format parquet
+corpus export list birds-cls:1
 """,
     "pull": """
 corpus pull birds-cls:1 ./data
