@@ -193,7 +193,8 @@ def _stuck_build(rt: Runtime, name: str) -> None:
     from corpus.app.trainsets import on_trainset_message
     from corpus.domain.trainsets import TrainsetRequest, parse_trainset_message
 
-    body = {"trainset": {"name": name, "version": "1"}, "sources": [{"domain": "birds", "path": "red", "version": "v1"}]}
+    source = {"domain": "birds", "path": "red", "version": "v1"}
+    body = {"trainset": {"name": name, "version": "1"}, "sources": [source], "split": {"train": 100}}
     failing = replace(rt, blobs=_FailingBlocks(rt.clients))
     request = TrainsetRequest.parse(json.dumps(body)).to_json()
     for _ in range(rt.queues.max_dequeue_count):
@@ -207,8 +208,9 @@ def test_a_build_left_building_is_resumed_by_the_cli_and_by_reconciliation(
     env: dict[str, str], rt: Runtime, clients: Any, app_dir: Path
 ) -> None:
     """B5: before, a build whose message was poisoned stayed ``building`` forever and nothing could
-    resume it. Now ``corpus trainset resume N:V`` re-sends it, and ``corpus reconcile`` resumes every
-    build with no progress for the bound (``--stuck-after``); the host then finishes them."""
+    resume it (``trainset create`` of it again: ``"queued": false``). Now ``corpus trainset resume
+    N:V`` re-sends it, ``corpus reconcile`` resumes every build with no progress for the bound
+    (``--stuck-after``), and so does ``trainset create`` of the same definition; the host finishes them."""
     ingest(env, clients, app_dir, {f"birds/v1/red/{i}.jpg": photo(i) for i in range(3)})
     _stuck_build(rt, "cli")
     _stuck_build(rt, "timer")
@@ -228,6 +230,17 @@ def test_a_build_left_building_is_resumed_by_the_cli_and_by_reconciliation(
     run_host(env, app_dir, timeout=60)
     ready = rt.catalog.training.trainsets.require_ready("timer", "1")
     assert ready.state.images == 3 and ready.sha256 == rt.catalog.training.trainsets.require_ready("cli", "1").sha256
+
+    # `trainset create` of the same definition: a build in progress is left alone, a stuck one resumed
+    _stuck_build(rt, "again")
+    create = ("trainset", "create", "--name", "again", "--version", "1", "--domain", "birds", "--path", "red")
+    create += ("--set-version", "v1", "--json")
+    proc = run_cli(env, app_dir.parent, *create)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["queued"] is False, proc.stderr
+    proc = run_cli(env, app_dir.parent, *create, "--stuck-after", "0")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["resumed"] is True, proc.stderr
+    run_host(env, app_dir, timeout=60)
+    assert rt.catalog.training.trainsets.require_ready("again", "1").state.images == 3
 
 
 # -- R10: verify --deep re-reads bytes ----------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 from corpus.cli.common import CliError, wait_for_progress
 from corpus.cli.common import settings_from_cwd as _settings
-from corpus.cli.parsing import json_arg
+from corpus.cli.parsing import finite_float, json_arg
 from corpus.domain.errors import CorpusError
 
 VERIFY_THREADS = 8
@@ -44,6 +44,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     c.add_argument("--wait", action="store_true", help="return when ready (exit 0) or failed (exit 1)")
     c.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits at most (default 600)")
     c.add_argument("--force", action="store_true", help="queue without checking that the sources select sets")
+    c.add_argument(
+        "--stuck-after",
+        type=finite_float,
+        metavar="SECONDS",
+        help="resume it if it is building with no progress for this long (default: max(900, 4 x the build budget))",
+    )
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_create)
 
@@ -70,7 +76,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     v = ts.add_parser("verify", help="check every listed blob still exists with its MD5; exit 1 naming what changed")
     v.add_argument("ref", metavar="N:V")
     v.add_argument("--deep", action="store_true", help="re-read every blob and compute its MD5 (not the stored Content-MD5)")
-    v.add_argument("--rate", type=float, default=DEEP_RATE_MB, metavar="MB/s", help="--deep reads at most this fast (default 50)")
+    v.add_argument(
+        "--rate",
+        type=finite_float,
+        default=DEEP_RATE_MB,
+        metavar="MB/s",
+        help="--deep reads at most this fast (default 50)",
+    )
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
@@ -189,9 +201,11 @@ def cmd_create(args: argparse.Namespace) -> int:
             _preflight(rt, req)
         if send:
             rt.send(rt.settings.trainset_queue, req.to_json())
+        resumed = existing is not None and existing.status == BUILDING and _resume_if_stuck(rt, existing, args.stuck_after)
         if not args.wait:
             out = {
-                "queued": send,
+                "queued": send or resumed,
+                "resumed": resumed,
                 "name": req.name,
                 "version": req.version,
                 "definition": json.loads(req.definition()),
@@ -200,6 +214,8 @@ def cmd_create(args: argparse.Namespace) -> int:
                 print(json.dumps(out))
             elif send:
                 print(f"queued on {rt.settings.trainset_queue}: {req.to_json()}")
+            elif resumed:
+                print(f"training set {req.name}:{req.version} was building with no progress: continuation queued")
             else:
                 print(f"training set {req.name}:{req.version} exists ({existing.status}); nothing queued")
             return 0
@@ -223,6 +239,21 @@ def cmd_create(args: argparse.Namespace) -> int:
         return 0
 
     return _guard(run)
+
+
+def _resume_if_stuck(rt: Any, row: Any, stuck_after: float | None) -> bool:
+    """A ``building`` row with no progress for the bound (its message poisoned, issue 25 B5) is
+    resumed when its definition is requested again; a build in progress is left alone."""
+    from datetime import UTC, datetime, timedelta
+
+    from corpus.app.trainsets import is_stuck, resume
+    from corpus.app.trainsets import stuck_after as default_bound
+
+    bound = default_bound(rt) if stuck_after is None else timedelta(seconds=stuck_after)
+    if not is_stuck(row, datetime.now(UTC), bound):
+        return False
+    resume(rt, row.name, row.version)
+    return True
 
 
 def _preflight(rt: Any, req: Any) -> None:
