@@ -250,3 +250,38 @@ def test_a_render_reserves_at_least_its_measured_peak(fmt: str, name: str, args:
     )
     got = json.loads(proc.stdout)
     assert got["peak"] <= got["held"], got
+
+
+# -- R5: gallery pages read a page of sets, not the domain ----------------------------------------
+
+
+def test_gallery_pages_read_a_page_of_sets_not_every_set_of_the_domain() -> None:
+    """R5: the domain page, a set's grid and an image page each read every set of the domain (the
+    home page every set of the corpus) per request. Now each reads O(page) set rows: a page of sets
+    with a continuation, and the transformed sets of one set by key."""
+    from corpus.app import gallery
+    from corpus.app.web import Request, handle
+    from corpus.store.memory_tables import MemoryTable
+
+    rt = runtime()
+    stage(rt, "birds/v1/s0000/a.jpg", jpeg(1))
+    drain(rt)
+    n = 2500
+    for i in range(1, n):
+        ref = SetRef("birds", (f"s{i:04d}",), "v1")
+        rt.catalog.sets.ensure(ref, [f"s{i:04d}"], ref.original_prefix())
+    table = rt.clients.table_client("ImageSets")
+    assert isinstance(table, MemoryTable)
+    pages = {
+        "home": (gallery.home, Request("GET")),
+        "domain": (gallery.domain_page, Request("GET", {"domain": "birds"})),
+        "set": (gallery.set_page, Request("GET", {"domain": "birds"}, (("path", "s0000"), ("version", "v1")))),
+        "image": (gallery.image_page, Request("GET", {"domain": "birds"}, (("blob", "original/s0000/v1/a.jpg"),))),
+    }
+    for what, (handler, req) in pages.items():
+        table.rows_read.clear()
+        res = handle(rt, req, handler, gallery.html_error)
+        assert res.status == 200, (what, res.body[:300])
+        assert sum(table.rows_read.values()) <= n // 2, (what, sum(table.rows_read.values()))
+    body = handle(rt, pages["domain"][1], gallery.domain_page, gallery.html_error).body.decode()
+    assert 'id="next-sets"' in body and "s0000" in body

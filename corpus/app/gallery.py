@@ -36,6 +36,10 @@ from corpus.domain.paths import SetRef, validate_version
 from corpus.store.rows import ImageRow, ImageSetRow, Transform
 
 GRID_PAGE = 48
+DOMAIN_SETS = 100
+"""Sets on one page of a domain (``?limit=`` up to 1,000), with a link to the next."""
+HOME_SETS = 1000
+"""Set rows one page of ``/gallery`` counts (one table request)."""
 MAX_GRID_PAGE = 200
 THUMBNAIL = "thumbnail"
 
@@ -104,17 +108,22 @@ def _set_link(r: ImageSetRow) -> str:
 
 
 def home(rt: Runtime, req: Request) -> Response:
-    """``/gallery``: every domain with its number of sets and images (originals)."""
+    """``/gallery``: the domains with their number of sets and images (originals), a page of
+    :data:`HOME_SETS` set rows at a time (issue 25 R5: it read every set of the corpus per request);
+    a domain whose sets continue on the next page says so."""
+    rows_read, token = rt.catalog.sets.page(HOME_SETS, views.decode_token(req.arg("continuation")), originals_only=True)
     per_domain: dict[str, list[ImageSetRow]] = {}
-    for r in rt.catalog.sets.query(originals_only=True):
+    for r in rows_read:
         per_domain.setdefault(r.domain, []).append(r)
+    last = max(per_domain) if per_domain and token else None
     rows = "".join(
-        f'<tr><td><a href="{e(url("/gallery/" + d))}">{e(d)}</a></td><td>{len(sets)}</td>'
-        f"<td>{sum(s.image_count for s in sets)}</td></tr>"
+        f'<tr><td><a href="{e(url("/gallery/" + d))}">{e(d)}</a></td><td>{len(sets)}{"+" if d == last else ""}</td>'
+        f"<td>{sum(s.image_count for s in sets)}{'+' if d == last else ''}</td></tr>"
         for d, sets in sorted(per_domain.items())
     )
+    more = f'<p><a id="next-domains" href="{e(url("/gallery", continuation=token))}">more domains →</a></p>' if token else ""
     body = (
-        "<h1>Domains</h1><table><tr><th>domain</th><th>sets</th><th>images</th></tr>" + rows + "</table>"
+        "<h1>Domains</h1><table><tr><th>domain</th><th>sets</th><th>images</th></tr>" + rows + "</table>" + more
         if rows
         else '<p class="muted">No image sets yet: upload a folder with <code>corpus upload</code>.</p>'
     )
@@ -127,11 +136,14 @@ def domain_page(rt: Runtime, req: Request) -> Response:
     domain = req.domain()
     tags = req.args("tag")
     transform = req.arg("transform")
-    everything = rt.catalog.sets.list(domain=domain)
-    if not everything:
+    limit = req.limit(DOMAIN_SETS, views.MAX_PAGE)
+    here = req.arg("continuation")
+    # A page of sets (issue 25 R5: every set of the domain was read per request), and the
+    # registered transforms for the menu (the ImageTransforms table, not the domain's sets).
+    shown, token = views.page_sets(rt.catalog, limit, here, domain, tags, transform)
+    if not shown and token is None and not (tags or transform or here):
         raise NotFoundError(f"no image sets in domain {domain!r}")
-    labels = sorted({r.transform_label for r in everything if r.transform_label})
-    shown = views.list_sets(rt.catalog, domain=domain, tags=tags, transform=transform)
+    labels = sorted(f"{t.name}:{t.version}" for t in rt.catalog.transforms.list())
     options = '<option value="">originals</option>' + "".join(
         f'<option value="{e(t)}"{" selected" if t == transform else ""}>{e(t)}</option>' for t in labels
     )
@@ -161,18 +173,32 @@ def domain_page(rt: Runtime, req: Request) -> Response:
         else '<p class="muted">No set matches.</p>'
     )
     filters = f"<p>Filtered by {active}</p>" if active else ""
-    body = f"<h1>{e(domain)}</h1>{form}{filters}{table}"
+    more = (
+        f'<p><a id="next-sets" href="{e(url(f"/gallery/{domain}", tag=list(tags), transform=transform, limit=str(limit), continuation=token))}">'  # noqa: E501
+        "more sets →</a></p>"
+        if token
+        else ""
+    )
+    body = f"<h1>{e(domain)}</h1>{form}{filters}{table}{more}"
     return html_response(domain, [("corpus", "/gallery"), (domain, None)], body)
 
 
 def _thumbnail_set(rt: Runtime, ref: SetRef) -> Transform | None:
     """The newest ``thumbnail`` transform of this set that holds images, if any."""
-    found = [
-        r
-        for r in rt.catalog.sets.list(domain=ref.domain, transform=THUMBNAIL, version=ref.version)
-        if r.path == ref.path and r.image_count > 0 and r.transform
-    ]
+    found = [r for r in _transformed_sets(rt, ref, THUMBNAIL) if r.image_count > 0 and r.transform]
     return found[-1].transform if found else None
+
+
+def _transformed_sets(rt: Runtime, ref: SetRef, name: str | None = None) -> list[ImageSetRow]:
+    """The transformed sets of ``ref`` (of transform ``name`` only, if given), by label: a point
+    read per registered transform version, not a read of every set of the domain (issue 25 R5)."""
+    found = []
+    for t in rt.catalog.transforms.list():
+        if name is None or t.name == name:
+            row = rt.catalog.sets.get(ref, (t.name, t.version))
+            if row is not None:
+                found.append(row)
+    return sorted(found, key=lambda r: r.transform_label)
 
 
 def rendition_url(domain: str, blob: str, is_small: bool) -> str:
@@ -254,7 +280,7 @@ def _pager(domain: str, ref: SetRef, row: ImageSetRow, limit: int, req: Request,
 def _versions(rt: Runtime, domain: str, ref: SetRef, file: str) -> str:
     """Links to the same file in the other versions of its set (originals), newest listed last."""
     found = []
-    for s in islice(rt.catalog.sets.query(domain, originals_only=True), MAX_SETS_SCANNED):
+    for s in islice(rt.catalog.sets.versions_of(domain, ref.dirs), MAX_SETS_SCANNED):  # O(versions), issue 25 R5
         if s.path != ref.path or s.version == ref.version:
             continue
         other = rt.catalog.images.get(SetRef(domain, ref.dirs, s.version), file)
@@ -328,8 +354,8 @@ def image_page(rt: Runtime, req: Request) -> Response:
     side = ""
     if transform is None:
         cells = []
-        for t in rt.catalog.sets.list(domain=domain, version=ref.version):
-            if t.transform is None or t.path != ref.path:
+        for t in _transformed_sets(rt, ref):
+            if t.transform is None:
                 continue
             made = rt.catalog.images.derived_from(ref, t.transform, [file]).get(blob)
             if made is None:

@@ -139,6 +139,11 @@ def page_images(
     return catalog.images.page(sel.ref, sel.transform, limit, _token(continuation))
 
 
+def decode_token(text: str | None) -> dict[str, Any] | None:
+    """A continuation printed by the API or the gallery, as the table's token (400 if it is not one)."""
+    return _token(text)
+
+
 def _token(text: str | None) -> dict[str, Any] | None:
     try:
         return decode_continuation(text)

@@ -140,6 +140,14 @@ class SetsTable:
             if len(chunk) < KEYS_PER_QUERY:
                 return
 
+    def versions_of(self, domain: str, dirs: tuple[str, ...]) -> builtins.list[ImageSetRow]:
+        """Every version of one set path (originals): a key range ``o!<path>!…``, O(versions)."""
+        lo = keys.set_row_key(SetRef(domain, dirs, "")).removesuffix(keys.escape(""))
+        rows = self.table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi", parameters={"pk": domain, "lo": lo, "hi": keys.after(lo)}
+        )
+        return [ImageSetRow.from_entity(e) for e in rows]
+
     def get_many(self, domain: str, set_keys: Iterable[str]) -> Iterator[ImageSetRow]:
         """The sets with these row keys in ``domain`` (missing ones are skipped), in key order.
 
