@@ -17,6 +17,13 @@ the previews of N 100 MP images (JPEG photos, or PNG with ``--format png``); ``-
     .venv/bin/python bench/harden_bench.py previews --images 8 --side 10000
     .venv/bin/python bench/harden_bench.py previews --images 8 --side 10000 --code /tmp/before
 
+``peaks`` (issue 25 R1): peak RSS of one render per operation and source format, each in a fresh
+process (VmHWM reset by /proc/self/clear_refs), in bytes per source pixel: what
+``corpus.domain.transforms.PEAK_BYTES_PER_PIXEL`` reserves is calibrated from this.
+
+    .venv/bin/python bench/harden_bench.py peaks --width 6000 --height 4000
+    .venv/bin/python bench/harden_bench.py peaks --width 6000 --height 4000 --code /tmp/before
+
 ``tagpages`` (issue 25 R4): table requests and rows read to page N sets of a domain by tag through
 ``GET /api/sets?domain=&tag=`` (its handler, on the in-memory store, which counts both).
 
@@ -213,6 +220,61 @@ def previews(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+PEAK_OPS: list[tuple[str, dict[str, Any]]] = [
+    ("thumbnail", {"size": 256}),
+    ("thumbnail", {"size": 2000}),
+    ("resize", {"width": 2000, "height": 2000, "fit": "contain"}),
+    ("resize", {"width": 6000, "height": 4000, "fit": "stretch"}),
+    ("resize", {"width": 3000, "height": 3000, "fit": "cover"}),
+    ("crop", {"aspect": "1:1"}),
+    ("grayscale", {}),
+    ("rotate", {"degrees": 45}),
+    ("rotate", {"degrees": 90}),
+    ("flip", {"direction": "horizontal"}),
+    ("autocontrast", {"cutoff": 1}),
+    ("format", {"format": "png"}),
+    ("format", {"format": "jpeg"}),
+    ("format", {"format": "webp"}),
+]
+
+_PEAK_SCRIPT = """
+import gc, io, json, sys
+import numpy as np
+from PIL import Image
+fmt, op, args, w, h = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+rng = np.random.default_rng(0)
+img = Image.fromarray(rng.integers(0, 255, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)).resize((w, h))
+buf = io.BytesIO()
+img.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {"compress_level": 1}))
+data = buf.getvalue()
+del img, buf
+gc.collect()
+from corpus.domain import transforms
+open("/proc/self/clear_refs", "w").write("5")
+base = status("VmRSS:")
+transforms.render(data, op, args, 200_000_000)
+peak = status("VmHWM:") - base
+print(json.dumps({"fmt": fmt, "op": op, "args": args, "peak_mb": round(peak / 1e6, 1), "bytes_per_px": round(peak / (w * h), 2)}))
+"""
+
+
+def peaks(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of each render, in a fresh process per (source format, operation)."""
+    code = Path(args.code).resolve()
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    rows = []
+    for fmt in ("JPEG", "PNG"):
+        for op, op_args in PEAK_OPS:
+            cmd = [sys.executable, "-c", _PEAK_SCRIPT, fmt, op, json.dumps(op_args), str(args.width), str(args.height)]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=code)
+            rows.append(json.loads(proc.stdout))
+    return {"bench": "peaks", "code": str(code), "width": args.width, "height": args.height, "runs": rows}
+
+
 def tagpages(args: argparse.Namespace) -> dict[str, Any]:
     """Requests and rows read to page ``--sets`` sets by tag through the /api/sets handler."""
     code = Path(args.code).resolve()
@@ -362,12 +424,16 @@ def main() -> None:
     pv.add_argument("--side", type=int, default=10000)
     pv.add_argument("--format", choices=("jpeg", "png"), default="jpeg")
     pv.add_argument("--code", default=str(REPO))
+    pk = sub.add_parser("peaks")
+    pk.add_argument("--width", type=int, default=6000)
+    pk.add_argument("--height", type=int, default=4000)
+    pk.add_argument("--code", default=str(REPO))
     tp = sub.add_parser("tagpages")
     tp.add_argument("--sets", type=int, default=5000)
     tp.add_argument("--limit", type=int, default=100)
     tp.add_argument("--code", default=str(REPO))
     args = p.parse_args()
-    runs = {"memory": memory, "requests": requests_per_image, "previews": previews, "tagpages": tagpages}
+    runs = {"memory": memory, "requests": requests_per_image, "previews": previews, "peaks": peaks, "tagpages": tagpages}
     result = runs[args.cmd](args)
     print(json.dumps(result, indent=2))
 
