@@ -61,6 +61,8 @@ COMMANDS: dict[str, tuple[Access, ...]] = {
     "lineage": (READ_TABLES,),
     "transform": (READ_TABLES, Access("queue", "send", _d(s.TRANSFORM_QUEUE))),
     "trainset create": (READ_TABLES, Access("queue", "send", _d(s.TRAINSET_QUEUE))),
+    # resume: a continuation for a build left 'building' (issue 25 B5), on the same queue as create.
+    "trainset resume": (READ_TABLES, Access("queue", "send", _d(s.TRAINSET_QUEUE))),
     "trainset list": (READ_TABLES,),
     "trainset show": (READ_TABLES,),
     # manifest: the manifest blob; verify: every listed blob's properties, in the domain containers.
@@ -86,6 +88,7 @@ COMMANDS: dict[str, tuple[Access, ...]] = {
         READ_TABLES,
         Access("table", "write"),
         Access("queue", "send", _d(s.COPY_QUEUE)),
+        Access("queue", "send", _d(s.TRAINSET_QUEUE)),  # resumes stuck training-set builds (issue 25 B5)
     ),
 }
 
