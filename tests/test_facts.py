@@ -75,3 +75,19 @@ def test_small_jpegs_are_decoded_at_enough_pixels_for_the_facts() -> None:
     assert draft_request((4000, 3000)) == (500, 375)  # 1/8, as ingest always decoded
     assert draft_request((320, 240)) == (256, 240)
     assert draft_request((10, 5)) == (10, 5)
+
+
+def test_image_row_keeps_facts_and_cluster_and_reads_old_rows() -> None:
+    from corpus.domain.dupindex import Cluster
+    from corpus.store.rows import ImageRow
+
+    f = facts(jpeg_of(2))
+    row = ImageRow(
+        "a.jpg", "original/v1/a.jpg", 10, "ab" * 16, "image/jpeg", f.width, f.height, facts=f, cluster=Cluster("c" * 64, "d" * 32)
+    )
+    entity = row.to_entity("pk")
+    assert entity["SHA256"] == f.sha256 and entity["Grey"] is False and entity["Cluster"] == "c" * 64
+    again = ImageRow.from_entity(entity)
+    assert again.facts == f and again.cluster == row.cluster
+    old = ImageRow("a.jpg", "original/v1/a.jpg", 10, "ab" * 16, "image/jpeg", 3, 4)
+    assert "SHA256" not in old.to_entity("pk") and ImageRow.from_entity(old.to_entity("pk")).facts is None
