@@ -91,3 +91,11 @@ def test_image_row_keeps_facts_and_cluster_and_reads_old_rows() -> None:
     assert again.facts == f and again.cluster == row.cluster
     old = ImageRow("a.jpg", "original/v1/a.jpg", 10, "ab" * 16, "image/jpeg", 3, 4)
     assert "SHA256" not in old.to_entity("pk") and ImageRow.from_entity(old.to_entity("pk")).facts is None
+
+
+def test_validation_row_carries_the_facts_to_the_copy_step() -> None:
+    from corpus.store.rows import ValidationRow
+
+    f = facts(jpeg_of(4))
+    row = ValidationRow("d/v1/a.jpg", '"0x1"', 10, "ab" * 16, "image/jpeg", f.width, f.height, "JPEG", facts=f)
+    assert ValidationRow.from_entity(row.to_entity()).facts == f

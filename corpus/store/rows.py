@@ -324,7 +324,9 @@ def facts_properties(facts: ImageFacts | None, cluster: Cluster | None) -> Entit
 
 def facts_of_entity(entity: Mapping[str, Any]) -> tuple[ImageFacts | None, Cluster | None]:
     """Inverse of :func:`facts_properties`."""
-    facts = ImageFacts.from_json({k: entity.get(col) for k, col in FACT_COLUMNS.items()}) if entity.get("SHA256") else None
+    values = {k: entity.get(col) for k, col in FACT_COLUMNS.items()}
+    values["width"], values["height"] = as_int(values["width"]), as_int(values["height"])
+    facts = ImageFacts.from_json(values) if entity.get("SHA256") else None
     cluster = Cluster(str(entity["Cluster"]), str(entity.get("ClusterMD5") or "")) if entity.get("Cluster") else None
     return facts, cluster
 
@@ -445,6 +447,8 @@ class ValidationRow(Columns):
     height: int = column("Height", INT64)
     format: str = column("Format")
     at: datetime | None = column("At", TIME, default=None)
+    facts: ImageFacts | None = None
+    """The facts the trigger's decode found (:mod:`corpus.domain.facts`), carried to the record."""
 
     @property
     def keys(self) -> tuple[str, str]:
@@ -452,4 +456,8 @@ class ValidationRow(Columns):
 
     def to_entity(self) -> Entity:
         pk, rk = self.keys
-        return {"PartitionKey": pk, "RowKey": rk, **self.columns()}
+        return {"PartitionKey": pk, "RowKey": rk, **self.columns()} | facts_properties(self.facts, None)
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> Self:
+        return cls(**_read_columns(cls, entity), facts=facts_of_entity(entity)[0])
