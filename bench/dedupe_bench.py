@@ -76,7 +76,7 @@ class BandIndex:
     """The table's band partitions, in memory: partition → [(sha, phash, dhash, image)]."""
 
     def __init__(self) -> None:
-        self.parts: dict[str, list[tuple[str, int, int, int]]] = defaultdict(list)
+        self.parts: dict[tuple[str, str], list[tuple[str, int, int, int]]] = defaultdict(list)
         self.cluster: dict[str, d.Cluster] = {}
 
     def arrive(self, i: int, f: ImageFacts) -> tuple[d.Cluster, list[int], int]:
@@ -85,7 +85,7 @@ class BandIndex:
         rows: list[d.Neighbour] = []
         found: list[int] = []
         read = 0
-        for part in d.band_partitions("bench", p):
+        for part in d.band_ranges(p):
             for sha, rp, rh, j in self.parts[part][: d.MAX_BAND_ROWS]:
                 read += 1
                 if sha != f.sha256 and d.is_near(p, h, rp, rh):
@@ -97,7 +97,7 @@ class BandIndex:
         else:
             cluster = d.choose_cluster(f.sha256, f.sha256[:32], d.candidates(p, h, rows, f.sha256))
             self.cluster[f.sha256] = cluster
-        for part in d.band_partitions("bench", p):
+        for part in d.band_ranges(p):
             self.parts[part].append((f.sha256, p, h, i))
         return cluster, found, read
 

@@ -28,19 +28,21 @@ def test_every_pair_within_the_threshold_shares_a_band(pair: tuple[int, int]) ->
     a, b = pair
     assert d.hamming(a, b) <= d.NEAR_PHASH
     assert d.share_band(a, b)
-    assert set(d.band_partitions("dom", a)) & set(d.band_partitions("dom", b))
+    assert set(d.band_ranges(a)) & set(d.band_ranges(b))
 
 
 @given(st.lists(hashes, min_size=1, max_size=40), st.data())
 def test_the_index_finds_exactly_the_brute_force_neighbours(stored: list[int], data: st.DataObject) -> None:
     """An in-memory band index (partition → hashes) answers like an all-pairs scan."""
-    index: dict[str, set[int]] = {}
+    index: dict[tuple[str, str], set[int]] = {}
     for h in stored:
-        for p in d.band_partitions("dom", h):
-            index.setdefault(p, set()).add(h)
+        for key in d.band_row_keys(f"{h:016x}", "sha"):
+            found_in = [r for r in d.band_ranges(h) if r[0] <= key < r[1]]
+            assert len(found_in) == 1
+            index.setdefault(found_in[0], set()).add(h)
     base = data.draw(st.sampled_from(stored))
     query = base ^ sum(1 << b for b in data.draw(st.sets(st.integers(0, 63), max_size=d.NEAR_PHASH)))
-    found = {h for p in d.band_partitions("dom", query) for h in index.get(p, ()) if d.hamming(h, query) <= d.NEAR_PHASH}
+    found = {h for r in d.band_ranges(query) for h in index.get(r, ()) if d.hamming(h, query) <= d.NEAR_PHASH}
     assert found == {h for h in stored if d.hamming(h, query) <= d.NEAR_PHASH}
     assert base in found
 
@@ -53,8 +55,12 @@ def test_four_bits_can_escape_every_band() -> None:
 
 def test_bands_and_keys() -> None:
     assert d.bands(0x0123456789ABCDEF) == (0x0123, 0x4567, 0x89AB, 0xCDEF)
-    assert d.band_partition("cats", 2, 0x89AB) == "cats!b2!89ab"
-    assert d.band_row_key("0123456789abcdef", "ff" * 32) == "0123456789abcdef!" + "ff" * 32
+    assert d.partition("cats") == "cats"
+    assert d.band_row_keys("0123456789abcdef", "ff")[2] == "b2!89ab!0123456789abcdef!ff"
+    lo, hi = d.band_range(2, 0x89AB)
+    assert lo <= d.band_row_keys("0123456789abcdef", "ff")[2] < hi and not lo <= d.band_row_key(2, 0x89AC, "0", "f") < hi
+    assert d.MEMBERS[0] <= d.member_row_key("aa", "bb", "cats", "x") < d.MEMBERS[1]
+    assert not d.MEMBERS[0] <= d.content_row_key("aa") < d.MEMBERS[1]
     low, high = d.cluster_range("aa")
     key = d.member_row_key("aa", "bb", "cats", "original/a b/v1/x.jpg")
     assert low <= key < high and "/" not in key and " " not in key

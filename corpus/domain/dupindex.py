@@ -11,15 +11,21 @@ conversions and ±10 % brightness versions).
 
 **Bands.** The pHash is cut into :data:`BANDS` bands of :data:`BAND_BITS` bits. Two hashes within
 Hamming distance ``BANDS - 1`` = 3 agree *exactly* on at least one band (pigeonhole: 3 differing
-bits touch at most 3 of the 4 bands). So an image is indexed under one row per band, in partition
-:func:`band_partition` (domain, band number, band value), and an arriving image finds every
-earlier image within the threshold by reading just its own 4 band partitions, whatever the size
-of the corpus; :data:`NEAR_PHASH` may therefore not exceed ``BANDS - 1`` (asserted below, and a
-property test checks that every pair within the threshold is found). A band partition holds one row
-per *distinct content* (RowKey ``phash!sha256``), so exact copies do not grow it; with uniformly
-spread hashes a domain of N distinct pictures has N / 65,536 rows per band partition on average
-(15 at a million); a read is bounded to :data:`MAX_BAND_ROWS` rows per band, documented as the
-point where a pathological band (e.g. thousands of flat, featureless pictures) stops being searched.
+bits touch at most 3 of the 4 bands). So an image is indexed under one row per band, RowKey
+``b<band>!<value>!<phash>!<sha256>`` (:func:`band_row_key`), and an arriving image finds every
+earlier image within the threshold by reading its own 4 band ranges (:func:`band_range`),
+whatever the size of the corpus; :data:`NEAR_PHASH` may therefore not exceed ``BANDS - 1``
+(asserted below; a property test checks that every pair within the threshold is found). A band
+range holds one row per *distinct content*, so exact copies do not grow it; with uniformly spread
+hashes a domain of N distinct pictures has N / 65,536 rows per band value on average (15 at a
+million); a read is bounded to :data:`MAX_BAND_ROWS` rows per band, documented as the point where
+a pathological band (thousands of flat, featureless pictures) stops being searched.
+
+**One partition per domain.** Band, content and member rows of a domain share one partition
+(:func:`partition`), so the rows one image adds are written in entity-group transactions (all or
+nothing, one request each) rather than one request per row. The price is that one domain's index
+writes share one partition's throughput (Azure: about 2,000 entities a second), hundreds of
+images a second per domain.
 
 **Clusters.** A domain is the scope: originals of every set and version of one domain (container)
 are compared with each other. Each distinct content joins one cluster when it is first indexed,
@@ -99,39 +105,53 @@ def is_near(phash_a: int, dhash_a: int, phash_b: int, dhash_b: int) -> bool:
 # -- table keys -------------------------------------------------------------------------------
 
 
-def band_partition(domain: str, band: int, value: int) -> str:
-    """PartitionKey of band ``band`` (0..3) with value ``value`` in ``domain``: ``domain!b2!0f3a``."""
-    return SEPARATOR.join((escape(domain), f"b{band}", f"{value:04x}"))
+def partition(domain: str) -> str:
+    """PartitionKey of every index row of ``domain`` (see the module docstring)."""
+    return escape(domain)
 
 
-def band_partitions(domain: str, phash: int) -> list[str]:
-    """The :data:`BANDS` partitions an image is indexed under and looked up in."""
-    return [band_partition(domain, i, v) for i, v in enumerate(bands(phash))]
+def _range(prefix: str) -> tuple[str, str]:
+    """[low, high) of the RowKeys that start with ``prefix`` (which ends in the separator)."""
+    return prefix, prefix[:-1] + chr(ord(SEPARATOR) + 1)
 
 
-def band_row_key(phash_hex: str, sha256: str) -> str:
-    """RowKey of a content in a band partition: one row per distinct content."""
-    return f"{phash_hex}{SEPARATOR}{sha256}"
+def band_row_key(band: int, value: int, phash_hex: str, sha256: str) -> str:
+    """RowKey of a content under one of its bands: one row per distinct content and band."""
+    return SEPARATOR.join((f"b{band}", f"{value:04x}", phash_hex, sha256))
 
 
-def content_partition(domain: str) -> str:
-    """PartitionKey of the content rows (one per distinct SHA-256) of ``domain``."""
-    return SEPARATOR.join((escape(domain), "c"))
+def band_row_keys(phash_hex: str, sha256: str) -> list[str]:
+    """The :data:`BANDS` band rows of a content."""
+    return [band_row_key(i, v, phash_hex, sha256) for i, v in enumerate(bands(hash_int(phash_hex)))]
 
 
-def member_partition(domain: str) -> str:
-    """PartitionKey of the member rows (images of clusters with two or more images) of ``domain``."""
-    return SEPARATOR.join((escape(domain), "m"))
+def band_range(band: int, value: int) -> tuple[str, str]:
+    """[low, high) RowKeys of every content whose band ``band`` has ``value``."""
+    return _range(SEPARATOR.join((f"b{band}", f"{value:04x}", "")))
+
+
+def band_ranges(phash: int) -> list[tuple[str, str]]:
+    """The :data:`BANDS` ranges an arriving image reads."""
+    return [band_range(i, v) for i, v in enumerate(bands(phash))]
+
+
+def content_row_key(sha256: str) -> str:
+    """RowKey of a content's row: its cluster, decided once (insert-only)."""
+    return SEPARATOR.join(("c", sha256))
+
+
+MEMBERS = _range("m" + SEPARATOR)
+"""[low, high) RowKeys of every member row of a domain (clusters of two or more images)."""
 
 
 def member_row_key(cluster: str, sha256: str, container: str, blob: str) -> str:
     """RowKey of one member: sorted by cluster, then content, then place, so a cluster reads in one range."""
-    return SEPARATOR.join((cluster, sha256, escape(container), escape(blob)))
+    return SEPARATOR.join(("m", cluster, sha256, escape(container), escape(blob)))
 
 
 def cluster_range(cluster: str) -> tuple[str, str]:
     """[low, high) RowKeys of one cluster's member rows."""
-    return cluster + SEPARATOR, cluster + chr(ord(SEPARATOR) + 1)
+    return _range(SEPARATOR.join(("m", cluster, "")))
 
 
 # -- clusters ---------------------------------------------------------------------------------
