@@ -32,7 +32,7 @@ var transformJobsQueueName = 'transform-jobs'
 var trainsetQueueName = 'trainset-requests'
 var exportQueueName = 'export-requests'
 var blobPoisonQueueName = 'webjobs-blobtrigger-poison'
-var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'Redrives', 'Validations', 'TrainingSets', 'Models', 'Lineage']
+var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'Redrives', 'Validations', 'TrainingSets', 'Models', 'Lineage', 'Duplicates']
 var blobFunctionName = 'ingest_staged_blob'
 
 // Queues operators may send to. The others (copy-requests, transform-jobs, every -poison queue)

@@ -78,7 +78,7 @@ NEW_SETTINGS = {
     "CORPUS_EXPORTS_CONTAINER": "exports",
     "CORPUS_DEADLETTER_CONTAINER": s.DEFAULTS[s.DEADLETTER_CONTAINER],
 }
-NEW_TABLES = ["TrainingSets", "Models", "Lineage"]
+NEW_TABLES = ["TrainingSets", "Models", "Lineage", "Duplicates"]
 
 
 def test_containers_queues_tables_match_the_code():

@@ -45,6 +45,8 @@ TABLE_VALIDATIONS = "Validations"
 TABLE_TRAINSETS = "TrainingSets"
 TABLE_MODELS = "Models"
 TABLE_LINEAGE = "Lineage"
+TABLE_DUPES = "Duplicates"
+"""The duplicate index of every domain (:mod:`corpus.store.dupes_table`)."""
 TABLES = (
     TABLE_SETS,
     TABLE_IMAGES,
@@ -56,6 +58,7 @@ TABLES = (
     TABLE_TRAINSETS,
     TABLE_MODELS,
     TABLE_LINEAGE,
+    TABLE_DUPES,
 )
 
 POISON_SUFFIX = "-poison"

@@ -1,0 +1,123 @@
+"""Duplicates and versions, the use cases: index an arriving original, list clusters, diff versions.
+
+:func:`index_original` is what ingest runs for every original before recording it (the rules are
+:mod:`corpus.domain.dupindex`'s, the rows :mod:`corpus.store.dupes_table`'s). Per image it costs
+one transaction (band rows), one point read (its content row), 4 bounded range reads (band
+ranges) plus one point read per near neighbour found, one insert (its content row) and, only when
+it has duplicates, one member transaction: a fixed number whatever the size of the corpus. It is
+idempotent: delivered twice, or two exact copies at once, give the same content row (insert-only,
+the first decision stands) and the same member rows (fixed values).
+
+Waiting: a content whose undecided neighbour has a smaller SHA-256 waits (polling the neighbour's
+content row with back-off, up to :data:`WAIT_SECONDS`) for it to decide, then retries; past the
+deadline it raises :class:`~corpus.domain.dupindex.NotReady`, a transient error, and the queue
+delivers the copy request again later.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from corpus.domain import dupindex as d
+from corpus.domain.diff import Diff, diff
+from corpus.domain.facts import ImageFacts
+from corpus.domain.keys import image_row_key
+from corpus.domain.paths import SetRef
+from corpus.store.dupes_table import Content, DupesTable
+
+WAIT_SECONDS = 20.0
+
+
+def index_original(
+    dupes: DupesTable,
+    domain: str,
+    blob: str,
+    md5: str,
+    facts: ImageFacts,
+    wait_seconds: float = WAIT_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> d.Cluster:
+    """Index one original of ``domain`` and return its cluster; see the module docstring."""
+    dupes.add_bands(domain, facts, md5)
+    deadline = clock() + wait_seconds
+    delay = 0.05
+    while True:
+        neighbours = dupes.neighbours(domain, facts)
+        own = dupes.content(domain, facts.sha256)
+        if own is None:
+            try:
+                cluster = d.choose_cluster(facts.sha256, md5, [n for n, _ in neighbours])
+            except d.NotReady:
+                if clock() > deadline:
+                    raise
+                time.sleep(delay)  # another worker's decision: there is no event to wait on
+                delay = min(2 * delay, 1.0)
+                continue
+            own = dupes.decide(domain, Content(facts.sha256, cluster, domain, blob, facts.phash))
+        break
+    _add_members(dupes, domain, blob, facts, own, [c for _, c in neighbours if c is not None])
+    return own.cluster
+
+
+def _add_members(dupes: DupesTable, domain: str, blob: str, facts: ImageFacts, own: Content, near: list[Content]) -> None:
+    """Member rows for this image, the first image of its content and its neighbours in its cluster,
+    when that makes a cluster of two or more (single images are not listed)."""
+    cluster = own.cluster.id
+    others = [c for c in near if c.cluster.id == cluster]
+    if own.blob == blob and not others:
+        return
+    members = [d.Member(cluster, domain, blob, facts.sha256, facts.phash_int)]
+    for c in [own, *others]:
+        if c.blob and c.phash:
+            members.append(d.Member(cluster, c.container, c.blob, c.sha256, d.hash_int(c.phash)))
+    dupes.add_members(domain, members)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def set_of_original(domain: str, blob: str) -> SetRef | None:
+    """The set an original's blob name (``original/<dirs…>/<version>/<file>``) belongs to."""
+    parts = blob.split("/")
+    if len(parts) < 3 or parts[0] != "original":
+        return None
+    return SetRef(domain, tuple(parts[1:-2]), parts[-2])
+
+
+@dataclass(frozen=True, slots=True)
+class MemberFilter:
+    """Which members ``corpus dupes`` shows: originals of sets carrying all ``tags``, of ``version``."""
+
+    tags: tuple[str, ...] = ()
+    version: str | None = None
+
+    def keeps(self, ref: SetRef | None, set_tags: Callable[[SetRef], tuple[str, ...]]) -> bool:
+        if ref is None:
+            return False
+        if self.version is not None and ref.version != self.version:
+            return False
+        return not self.tags or set(self.tags) <= set(set_tags(ref))
+
+
+def dupes_lines(
+    dupes: DupesTable,
+    domain: str,
+    near: bool,
+    keep: MemberFilter | None = None,
+    set_tags: Callable[[SetRef], tuple[str, ...]] = lambda ref: (),
+) -> Iterator[dict[str, object]]:
+    """``corpus dupes``: one line per cluster (see :func:`corpus.domain.dupindex.cluster_lines`),
+    streamed from the member rows in key order: time and memory proportional to the result."""
+    keep = keep or MemberFilter()
+    members = (m for m in dupes.members(domain) if keep.keeps(set_of_original(domain, m.blob), set_tags))
+    yield from d.cluster_lines(members, near)
+
+
+def diff_versions(
+    images: Callable[[SetRef], Iterable[tuple[str, str]]], domain: str, dirs: tuple[str, ...], old: str, new: str, listing: bool
+) -> Diff:
+    """``corpus diff``: the sets (domain, dirs) at versions ``old`` and ``new`` compared by SHA-256;
+    ``images(ref)`` yields a set's (file, sha256) in ``Images`` RowKey order (None if no set)."""
+    return diff(images(SetRef(domain, dirs, old)), images(SetRef(domain, dirs, new)), key=image_row_key, listing=listing)
