@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from corpus.domain import dupindex as d
 from corpus.domain.diff import Diff, diff
@@ -121,3 +122,39 @@ def diff_versions(
     """``corpus diff``: the sets (domain, dirs) at versions ``old`` and ``new`` compared by SHA-256;
     ``images(ref)`` yields a set's (file, sha256) in ``Images`` RowKey order (None if no set)."""
     return diff(images(SetRef(domain, dirs, old)), images(SetRef(domain, dirs, new)), key=image_row_key, listing=listing)
+
+
+def crossing_pairs(dupes: DupesTable, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """``corpus dupes --trainset``: duplicate pairs a training set put in different splits.
+
+    The member rows of each domain the manifest names are read once (memory proportional to the
+    domain's *duplicates*, not its size); the manifest then streams, and each line whose image (or,
+    for a transformed image, its original) is a member is noted under its cluster. For every
+    cluster found in two or more splits, one pair per extra split is reported: the first image of
+    the first split beside the first image of each other split, ``kind`` ``exact`` when they have
+    the same SHA-256 (or, for transformed images, the same original).
+    """
+    from corpus.domain.manifest import parse_line
+
+    clusters: dict[str, dict[tuple[str, str], tuple[str, str]]] = {}  # domain → (container, blob) → (cluster, sha)
+    seen: dict[str, dict[str, tuple[str, str]]] = {}  # cluster → split → (blob, original's sha)
+    for lineno, line in enumerate(lines, start=1):
+        entry = parse_line(line, lineno)
+        members = clusters.get(entry.domain)
+        if members is None:
+            members = {(m.container, m.blob): (m.cluster, m.sha256) for m in dupes.members(entry.domain)}
+            clusters[entry.domain] = members
+        found = members.get((entry.container, entry.source_blob or entry.blob))
+        if found is None:
+            continue
+        seen.setdefault(found[0], {}).setdefault(entry.split, (entry.blob, found[1]))
+    for splits in seen.values():
+        if len(splits) < 2:
+            continue
+        (split_a, (blob_a, sha_a)), *rest = sorted(splits.items())
+        for split_b, (blob_b, sha_b) in rest:
+            yield {
+                "kind": "exact" if sha_a == sha_b else "near",
+                "a": {"blob": blob_a, "split": split_a},
+                "b": {"blob": blob_b, "split": split_b},
+            }
