@@ -99,3 +99,30 @@ def test_validation_row_carries_the_facts_to_the_copy_step() -> None:
     f = facts(jpeg_of(4))
     row = ValidationRow("d/v1/a.jpg", '"0x1"', 10, "ab" * 16, "image/jpeg", f.width, f.height, "JPEG", facts=f)
     assert ValidationRow.from_entity(row.to_entity()).facts == f
+
+
+def test_manifest_lines_carry_the_facts_when_known() -> None:
+    from corpus.domain.manifest import MANIFEST_FIELDS, ManifestEntry, parse_line
+
+    f = facts(jpeg_of(5))
+    base = ManifestEntry(
+        "birds",
+        "original/v1/a.jpg",
+        "q83vEj/4n4Y/rAifFGdz5A==",
+        10,
+        f.width,
+        f.height,
+        "birds",
+        "<root>",
+        "v1",
+        None,
+        "original/v1/a.jpg",
+        "",
+        (),
+        "train",
+    )
+    assert list(base.to_json()) == list(MANIFEST_FIELDS) and parse_line(base.to_line()).facts is None
+    with_facts = ManifestEntry(*[getattr(base, k) for k in base.__slots__ if k != "facts"], facts=f)  # type: ignore[attr-defined]
+    line = with_facts.to_json()
+    assert line["sha256"] == f.sha256 and line["sharpness"] == f.sharpness and line["grey"] is False
+    assert parse_line(with_facts.to_line()) == with_facts

@@ -381,6 +381,7 @@ def manifest_entry(
         source_md5=hex_to_b64(source_md5_hex) if source_md5_hex else "",
         labels=labels,
         split=split,
+        facts=image.facts,
     )
 
 
