@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.add_argument("--limit", type=int, help="at most this many sets, then a continuation token")
     q.add_argument("--continuation", metavar="TOKEN", help="continue a --limit listing where it stopped")
+    q.add_argument("--where", help="only sets holding images whose facts match, e.g. 'sharpness>=100' (docs/dedupe.md)")
     q.set_defaults(func=cmd_sets)
 
     t = sub.add_parser("transform", help="request a transform of image sets (queues a message)")

@@ -72,6 +72,12 @@ def iter_sets(args: argparse.Namespace) -> tuple[Iterator[ImageSetRow], Any]:
     clients, catalog = _catalog(settings)
     start = decode_token(args.continuation) if args.continuation else None
     rows = find_sets(catalog, _domains(clients, settings, args.domain), tuple(args.tag or ()), args.transform, start=start)
+    where = _where(args)
+    if where is not None:
+        from corpus.app.queries import matching_per_set
+
+        found = list(rows)  # sets (not images) are held: --where reads each set's image records
+        rows = iter([r for r, n in zip(found, matching_per_set(catalog, found, where), strict=True) if n])
     return rows, catalog
 
 
@@ -125,7 +131,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     settings = _settings()
     clients, catalog = _catalog(settings)
     (domain,) = _domains(clients, settings, args.domain)
-    result = count(catalog, domain, tuple(args.tag or ()), op=args.op, transform=args.transform)
+    result = count(catalog, domain, tuple(args.tag or ()), op=args.op, transform=args.transform, where=_where(args))
     if args.json:
         print(json.dumps(result.as_json()))
     else:
@@ -135,6 +141,13 @@ def cmd_count(args: argparse.Namespace) -> int:
             line += f" from {result.sources} source originals"
         print(line)
     return 0
+
+
+def _where(args: argparse.Namespace) -> Any:
+    """``--where`` parsed (docs/dedupe.md), or None."""
+    from corpus.domain.where import parse
+
+    return parse(args.where) if getattr(args, "where", None) else None
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
@@ -161,6 +174,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     g = c.add_mutually_exclusive_group()
     g.add_argument("--op", help="transformed sets whose transform is or contains this operation (e.g. crop)")
     g.add_argument("--transform", metavar="NAME[:VERSION]", help="transformed sets of this transform")
+    c.add_argument("--where", help="only images whose facts match, e.g. 'width>=224 and not grey' (docs/dedupe.md)")
     c.add_argument("--json", action="store_true", help='print {"images": N, "sets": K[, "sources": S]}')
     c.set_defaults(func=cmd_count)
 

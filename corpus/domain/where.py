@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from corpus.domain.errors import MessageError
+from corpus.domain.facts import ImageFacts
 
 MAX_WHERE = 512
 MAX_DEPTH = 32
@@ -235,3 +236,12 @@ def fields_of(e: Expr) -> set[str]:
     if isinstance(e, Not):
         return fields_of(e.operand)
     return fields_of(e.left) | fields_of(e.right)
+
+
+def values_of(size: int, width: int, height: int, facts: ImageFacts | None) -> dict[str, float | int | bool | None]:
+    """The fields of one image for :func:`evaluate`: ``size``, ``width`` and ``height`` from its
+    record (as displayed once it has facts), the rest from its facts (None without facts)."""
+    out: dict[str, float | int | bool | None] = {"size": size, "width": width, "height": height}
+    for name in ("sharpness", "brightness", "contrast", "entropy", "aspect", "grey"):
+        out[name] = getattr(facts, name) if facts is not None else None
+    return out
