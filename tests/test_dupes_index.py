@@ -73,3 +73,40 @@ def test_an_original_and_its_variants_indexed_at_once_end_in_one_cluster(rt: Run
         with ThreadPoolExecutor(len(group)) as pool:
             clusters = list(pool.map(index, blobs, group))
         assert len(set(clusters)) == 1, clusters
+
+
+def test_backfill_fills_facts_and_clusters_once_and_resumes(rt: Runtime) -> None:
+    from corpus.app.backfill import backfill_facts
+    from corpus.domain.paths import SetRef
+    from corpus.store.rows import ImageRow
+    from tests.photolike import rotated_exif
+
+    ref = SetRef(DOMAIN, ("old",), "v1")
+    rt.catalog.sets.ensure(ref, ("old",), blob_prefix=ref.original_prefix())
+    rt.ensure_container(DOMAIN)
+    a = jpeg_of(30)
+    files = {
+        "a.jpg": a,
+        "copy.jpg": a,
+        "near.jpg": variant(a, "half", 1),
+        "other.jpg": jpeg_of(31),
+        "turned.jpg": rotated_exif(32, (96, 64)),
+    }
+    for name, data in files.items():
+        blob = ref.original_prefix() + name
+        rt.clients.container(DOMAIN).get_blob_client(blob).upload_blob(data, overwrite=True)
+        stored = (64, 96) if name == "turned.jpg" else (1, 1)  # as recorded before facts: the stored size
+        rt.catalog.images.record(ref, ImageRow(name, blob, len(data), md5(data), "image/jpeg", *stored, source=f"x/{name}"))
+
+    def read(container: str, blob: str) -> bytes:
+        return bytes(rt.clients.container(container).get_blob_client(blob).download_blob().readall())
+
+    first = list(backfill_facts(rt.catalog, read, rt.settings.max_pixels, DOMAIN, page=2))
+    assert first[-1].filled == 5 and first[-1].failed == 0
+    rows = {r.file: r for r in rt.catalog.images.iter(ref)}
+    assert all(r.facts is not None and r.cluster is not None for r in rows.values())
+    assert rows["a.jpg"].cluster == rows["copy.jpg"].cluster == rows["near.jpg"].cluster != rows["other.jpg"].cluster
+    assert (rows["turned.jpg"].width, rows["turned.jpg"].height) == (96, 64)  # fixed: as displayed
+    again = list(backfill_facts(rt.catalog, read, rt.settings.max_pixels, DOMAIN))
+    assert again[-1].filled == 0 and again[-1].skipped == 5
+    assert {r.file: r for r in rt.catalog.images.iter(ref)} == rows

@@ -131,6 +131,34 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def reindex_facts(settings: Any, clients: Any, catalog: Any, domain: str | None, resume: str | None, as_json: bool) -> int:
+    """``corpus reindex --facts``: :func:`corpus.app.backfill.backfill_facts`, with progress on stderr."""
+    import sys
+
+    from corpus.app.backfill import backfill_facts
+
+    def read(container: str, blob: str) -> bytes:
+        return bytes(clients.container(container).get_blob_client(blob).download_blob().readall())
+
+    last = None
+    for progress in backfill_facts(catalog, read, settings.max_pixels, domain, resume):
+        last = progress
+        print(
+            f"{progress.sets} sets, {progress.images} images: {progress.filled} filled, {progress.skipped} had facts, "
+            f"{progress.failed} failed" + (f"; resume with --resume {progress.continuation}" if progress.continuation else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+    report = last.as_json() if last else {"sets": 0, "images": 0, "filled": 0, "skipped": 0, "failed": 0, "examples": []}
+    if as_json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        print(f"facts: {report['filled']} images filled, {report['skipped']} had them, {report['failed']} failed")
+        for example in report["examples"]:  # type: ignore[attr-defined]
+            print(f"  failed: {example}")
+    return 1 if report["failed"] else 0
+
+
 def add_parsers(sub: Any) -> None:
     d = sub.add_parser("dupes", help="duplicate clusters of a domain, or duplicates crossing a training set's splits")
     d.add_argument("--domain", help="the domain (duplicates are found within one domain)")

@@ -156,6 +156,10 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     settings = _settings()
     clients, catalog = _catalog(settings)
     domain = _domains(clients, settings, args.domain)[0] if args.domain else None
+    if args.facts:
+        from corpus.cli.dupes import reindex_facts
+
+        return reindex_facts(settings, clients, catalog, domain, args.resume, args.json)
     last = None
     for progress in reindex(catalog, domain, args.resume):
         last = progress
@@ -181,5 +185,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     r = sub.add_parser("reindex", help="backfill the tag index of sets created before it existed (idempotent)")
     r.add_argument("--domain", help="only this domain")
     r.add_argument("--resume", metavar="TOKEN", help="continue after the page this token names")
+    r.add_argument("--facts", action="store_true", help="backfill image facts and the duplicate index instead (docs/dedupe.md)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_reindex)

@@ -58,6 +58,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from corpus.domain.errors import CorpusError
 from corpus.domain.keys import SEPARATOR, escape
 
 BANDS = 4
@@ -178,8 +179,8 @@ class Neighbour:
     age_seconds: float = 0.0
 
 
-class NotReady(Exception):
-    """A neighbour with a smaller SHA-256 has not decided its cluster yet: try again later."""
+class NotReady(CorpusError):
+    """A neighbour with a smaller SHA-256 has not decided its cluster yet: try again later (transient)."""
 
     def __init__(self, waiting_for: str) -> None:
         super().__init__(f"waiting for content {waiting_for} to join its cluster first")

@@ -21,12 +21,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableClient, TableTransactionError
+from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from corpus.domain import keys
 from corpus.domain.errors import ConflictError
 from corpus.domain.paths import SetRef
-from corpus.store.rows import CounterRow, ImageRow, Transform
+from corpus.store.rows import CounterRow, ImageRow, Transform, facts_properties
 from corpus.store.tables import MAX_ATTEMPTS, backoff, first_page, if_unchanged
 
 SHARDS = 16
@@ -132,6 +132,19 @@ class ImagesTable:
             images += shard.count
             total += shard.bytes
         return images, total
+
+    def add_facts(self, ref: SetRef, image: ImageRow, transform: Transform | None = None) -> None:
+        """Merge ``image``'s facts and cluster into its existing record (``corpus reindex --facts``).
+
+        The one write to an ``Images`` row after its insert: the facts are a pure function of the
+        immutable bytes (and the cluster is decided once, insert-only, in ``Duplicates``), so
+        writing them twice, or racing another backfill, writes the same values."""
+        entity = {
+            "PartitionKey": keys.image_partition_key(ref, transform),
+            "RowKey": keys.image_row_key(image.file),
+            **facts_properties(image.facts, image.cluster),
+        }
+        self.table.update_entity(entity, mode=UpdateMode.MERGE)
 
     def iter(self, ref: SetRef, transform: Transform | None = None) -> Iterator[ImageRow]:
         """Every image record of a set (its partition, counters excluded), in row-key order."""
