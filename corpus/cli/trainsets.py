@@ -223,6 +223,7 @@ def _print_show(row: Any, as_json: bool) -> None:
     print(f"  manifest {data['manifest']}")
     print("  splits   " + ", ".join(f"{k} {v}" for k, v in data["splits"].items()))
     print("  labels   " + ", ".join(f"{k} {v}" for k, v in data["labels"].items()))
+    print(f"  moved    {data['moved']} (put in their duplicate cluster's split, to keep clusters whole)")
     if data["skipped"]:
         print("  skipped  " + ", ".join(f"{k} {v}" for k, v in data["skipped"].items()))
         for ex in data["skipped_examples"]:

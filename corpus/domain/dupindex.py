@@ -150,6 +150,12 @@ def member_row_key(cluster: str, sha256: str, container: str, blob: str) -> str:
     return SEPARATOR.join(("m", cluster, sha256, escape(container), escape(blob)))
 
 
+def claims_partition(trainset: str, version: str) -> str:
+    """PartitionKey of a training set's ``--dedupe`` claims (RowKey: the content or cluster kept).
+    ``~`` starts no escaped domain name, so it never meets a domain's index partition."""
+    return SEPARATOR.join(("~ts", escape(trainset), escape(version)))
+
+
 def cluster_range(cluster: str) -> tuple[str, str]:
     """[low, high) RowKeys of one cluster's member rows."""
     return _range(SEPARATOR.join(("m", cluster, "")))

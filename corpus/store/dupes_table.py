@@ -158,3 +158,15 @@ class DupesTable:
             results_per_page=1000,
         ):
             yield d.Member(str(e["Cluster"]), str(e["Container"]), str(e["Blob"]), str(e["SHA256"]), d.hash_int(str(e["PHash"])))
+
+    def claim(self, trainset: tuple[str, str], key: str, place: str) -> bool:
+        """``--dedupe``: does ``place`` (``container/blob``) hold ``key`` (a content or cluster) in the
+        training set? The first claim is inserted and stands; a claim by the same place again (a
+        retried build) is still true; any other place's is false. A build claims in manifest order,
+        one chunk after the other, so the first image in manifest order holds each key."""
+        entity = {"PartitionKey": d.claims_partition(*trainset), "RowKey": key, "Place": place}
+        try:
+            self.table.create_entity(entity)
+            return True
+        except ResourceExistsError:
+            return str(self.table.get_entity(entity["PartitionKey"], key).get("Place")) == place

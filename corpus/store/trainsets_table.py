@@ -89,6 +89,8 @@ class BuildState:
     """Images left out, by reason (``no-class``, ``several-classes``)."""
     examples: tuple[str, ...] = ()
     """A few skipped images (``reason: container/blob``), for ``trainset show``."""
+    moved: int = 0
+    """Images put in another split than their own MD5 gives, to keep their duplicate cluster whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,7 @@ class TrainsetRow:
             "Step": int64(s.step),
             "Cursor": _dumps(list(s.cursor)) if s.cursor else "",
             "Blocks": int64(s.blocks),
+            "Moved": int64(s.moved),
             "CreatedAt": self.created_at or now(),
             "UpdatedAt": now(),
         }
@@ -156,6 +159,7 @@ class TrainsetRow:
             labels={str(k): int(v) for k, v in _json(entity, "Labels", {}).items()},
             skipped={str(k): int(v) for k, v in _json(entity, "Skipped", {}).items()},
             examples=tuple(str(x) for x in _json(entity, "Examples", [])),
+            moved=as_int(entity.get("Moved")),
         )
         created, updated = entity.get("CreatedAt"), entity.get("UpdatedAt")
         return cls(
