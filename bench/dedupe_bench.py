@@ -82,6 +82,7 @@ class BandIndex:
     def arrive(self, i: int, f: ImageFacts) -> tuple[d.Cluster, list[int], int]:
         """Index image ``i``: its cluster, the images found near it, band rows read."""
         p, h = f.phash_int, f.dhash_int
+        assert d.has_structure(f.contrast), "generated pictures are never flat"
         rows: list[d.Neighbour] = []
         found: list[int] = []
         read = 0

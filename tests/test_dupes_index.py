@@ -110,3 +110,16 @@ def test_backfill_fills_facts_and_clusters_once_and_resumes(rt: Runtime) -> None
     again = list(backfill_facts(rt.catalog, read, rt.settings.max_pixels, DOMAIN))
     assert again[-1].filled == 0 and again[-1].skipped == 5
     assert {r.file: r for r in rt.catalog.images.iter(ref)} == rows
+
+
+def test_flat_pictures_of_different_colours_are_not_near_duplicates(rt: Runtime) -> None:
+    from tests.support import photo
+
+    dupes = rt.catalog.dupes
+    red, blue = photo(1), photo(2)
+    clusters = {
+        index_original(dupes, DOMAIN, f"original/flat/v1/{i}.jpg", md5(x), facts(x)).id for i, x in enumerate((red, blue))
+    }
+    assert len(clusters) == 2
+    assert index_original(dupes, DOMAIN, "original/flat/v2/0.jpg", md5(red), facts(red)).id == facts(red).sha256  # exact copy
+    assert [len(line["members"]) for line in dupes_lines(dupes, DOMAIN, near=True)] == [2]  # type: ignore[arg-type]

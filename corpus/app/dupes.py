@@ -41,11 +41,13 @@ def index_original(
     clock: Callable[[], float] = time.monotonic,
 ) -> d.Cluster:
     """Index one original of ``domain`` and return its cluster; see the module docstring."""
-    dupes.add_bands(domain, facts, md5)
+    structured = d.has_structure(facts.contrast)
+    if structured:
+        dupes.add_bands(domain, facts, md5)
     deadline = clock() + wait_seconds
     delay = 0.05
     while True:
-        neighbours = dupes.neighbours(domain, facts)
+        neighbours = dupes.neighbours(domain, facts) if structured else []
         own = dupes.content(domain, facts.sha256)
         if own is None:
             try:

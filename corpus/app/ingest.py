@@ -24,6 +24,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, ContentSettings
 
+from corpus.app.dupes import index_original
 from corpus.app.runtime import Runtime
 from corpus.domain.errors import ConflictError, CopyFailed, ImageError, InvalidNameError, MessageError
 from corpus.domain.images import inspect
@@ -163,6 +164,7 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
             width=info.width,
             height=info.height,
             format=info.format,
+            facts=info.facts,
         )
     )
     rt.send(s.copy_queue, CopyRequest(staged_name=blob.name, staged_etag=etag).to_json())
@@ -290,6 +292,12 @@ def _forget(rt: Runtime, validated: ValidationRow) -> None:
 def _record(rt: Runtime, staged: StagedName, validated: ValidationRow) -> None:
     ref = staged.set
     rt.catalog.sets.ensure(ref, tags_for(ref.dirs, rt.settings.tag_extractor), blob_prefix=ref.original_prefix())
+    # The duplicate index first (idempotent), so the record, insert-only, carries the cluster.
+    cluster = (
+        index_original(rt.catalog.dupes, ref.domain, staged.original_blob, validated.md5, validated.facts)
+        if validated.facts is not None
+        else None
+    )
     record = ImageRow(
         file=staged.file,
         blob=staged.original_blob,
@@ -299,6 +307,8 @@ def _record(rt: Runtime, staged: StagedName, validated: ValidationRow) -> None:
         width=validated.width,
         height=validated.height,
         source=validated.name,
+        facts=validated.facts,
+        cluster=cluster,
     )
     try:
         rt.recorder.record(ref, record)

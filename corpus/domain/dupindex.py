@@ -27,6 +27,9 @@ nothing, one request each) rather than one request per row. The price is that on
 writes share one partition's throughput (Azure: about 2,000 entities a second), hundreds of
 images a second per domain.
 
+**Featureless pictures** (RMS contrast below :data:`FLAT_CONTRAST`) are not put in the bands:
+they are their own cluster, and only exact copies join it.
+
 **Clusters.** A domain is the scope: originals of every set and version of one domain (container)
 are compared with each other. Each distinct content joins one cluster when it is first indexed,
 recorded insert-only in its *content row* and never changed (:func:`choose_cluster`):
@@ -73,7 +76,18 @@ MAX_BAND_ROWS = 1000
 STALE_SECONDS = 600.0
 """An undecided neighbour older than this is not waited for (its ingest failed; see the module docstring)."""
 
+FLAT_CONTRAST = 0.01
+"""Below this RMS contrast (:attr:`corpus.domain.facts.ImageFacts.contrast`) a picture is featureless
+(one flat colour, a blank scan): its perceptual hashes say nothing (every flat picture hashes
+alike, whatever its colour), so it is matched only exactly, never as a near duplicate."""
+
 assert NEAR_PHASH <= BANDS - 1, "the band scheme finds pairs within BANDS - 1 bits only"
+
+
+def has_structure(contrast: float) -> bool:
+    """Is a picture with this RMS contrast indexed for near duplicates? (:data:`FLAT_CONTRAST`)"""
+    return contrast >= FLAT_CONTRAST
+
 
 _MASK = (1 << BAND_BITS) - 1
 
