@@ -205,3 +205,10 @@ def api_model(req: func.HttpRequest) -> func.HttpResponse:
 def api_lineage(req: func.HttpRequest) -> func.HttpResponse:
     """The training sets and models that used a blob, as `corpus lineage --blob CONTAINER/BLOB --json`."""
     return _http(req, web.api_lineage)
+
+
+@app.function_name("api_dupes")
+@_route("api/dupes")
+def api_dupes(req: func.HttpRequest) -> func.HttpResponse:
+    """An original's facts and duplicates, as the gallery's image page lists them."""
+    return _http(req, web.api_dupes)

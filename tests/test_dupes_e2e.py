@@ -81,7 +81,7 @@ def manifest(clients: Any, name: str) -> list[dict[str, Any]]:
     return [json.loads(x) for x in gzip.decompress(data).decode().splitlines()]
 
 
-def test_duplicates_splits_dedupe_where_diff(env, clients, app_dir, tmp_path) -> None:
+def test_duplicates_splits_dedupe_where_diff(env, clients, app_dir, tmp_path, rt) -> None:
     files, group = drop()
     stage(clients, files)
     run_host(env, app_dir)
@@ -149,6 +149,28 @@ def test_duplicates_splits_dedupe_where_diff(env, clients, app_dir, tmp_path) ->
         ok(env, tmp_path, "diff", "--domain", "birds", "--path", "all/robin", "--from", "v1", "--to", "v2", "--json")
     )
     assert got == {"added": 1, "removed": 1, "changed": 1, "unchanged": 3, "moved": 1}
+
+    # -- the API and the gallery's image page list an image's duplicates (linked) and its facts
+    from corpus.app import gallery, web
+
+    def get(path: str, handler: Any, route: dict[str, str] | None = None) -> web.Response:
+        return web.handle(rt, web.Request.of("GET", path, route or {}, {}), handler)
+
+    r0 = "original/all/robin/v1/r0.jpg"
+    api = json.loads(get(f"/api/dupes?blob=birds/{r0}", web.api_dupes).body)
+    assert {(d["blob"], d["kind"]) for d in api["duplicates"]} == {
+        ("original/all/copies/v1/r0.jpg", "exact"),
+        ("original/all/robin/v2/r0.jpg", "exact"),
+    }
+    assert api["facts"]["sha256"] == inspect(files["birds/v1/all/robin/r0.jpg"]).facts.sha256  # type: ignore[union-attr]
+    assert [
+        d["kind"] for d in json.loads(get("/api/dupes?blob=birds/original/all/half/v1/r2.jpg", web.api_dupes).body)["duplicates"]
+    ] == ["near"]
+    assert get("/api/dupes?blob=birds/original/all/robin/v1/nope.jpg", web.api_dupes).status == 404
+    page = get(f"/gallery/birds/image?blob={r0}", gallery.image_page, {"domain": "birds"})
+    html_text = page.body.decode() if isinstance(page.body, bytes) else str(page.body)
+    assert page.status == 200 and 'id="duplicates"' in html_text and "original/all/copies/v1/r0.jpg" in html_text
+    assert 'id="facts"' in html_text and "sharpness" in html_text
 
     # -- a duplicate delivery (the same uploads again) changes nothing
     dupes_rows = sorted((e["PartitionKey"], e["RowKey"]) for e in clients.table_client("Duplicates").list_entities())

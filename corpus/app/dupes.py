@@ -27,6 +27,7 @@ from corpus.domain.facts import ImageFacts
 from corpus.domain.keys import image_row_key
 from corpus.domain.paths import SetRef
 from corpus.store.dupes_table import Content, DupesTable
+from corpus.store.rows import ImageRow
 
 WAIT_SECONDS = 20.0
 
@@ -160,3 +161,32 @@ def crossing_pairs(dupes: DupesTable, lines: Iterable[str]) -> Iterator[dict[str
                 "a": {"blob": blob_a, "split": split_a},
                 "b": {"blob": blob_b, "split": split_b},
             }
+
+
+MAX_SHOWN = 200
+"""Members of one cluster listed on an image's page and by ``GET /api/dupes`` (the rest are counted)."""
+
+
+def duplicates_of(dupes: DupesTable, domain: str, blob: str, record: ImageRow) -> dict[str, Any]:
+    """An original's facts and its duplicates (its cluster's other members), for the gallery and
+    ``GET /api/dupes``: one range read of one cluster, at most :data:`MAX_SHOWN` listed."""
+    facts = record.facts
+    out: dict[str, Any] = {
+        "blob": f"{domain}/{blob}",
+        "facts": facts.to_json() if facts else None,
+        "cluster": record.cluster.id if record.cluster else None,
+        "duplicates": [],
+        "more": 0,
+    }
+    if record.cluster is None or facts is None:
+        return out
+    for m in dupes.members(domain, record.cluster.id):
+        if (m.container, m.blob) == (domain, blob):
+            continue
+        if len(out["duplicates"]) >= MAX_SHOWN:
+            out["more"] += 1
+            continue
+        item = m.to_json(d.hamming(facts.phash_int, m.phash))
+        item["kind"] = "exact" if m.sha256 == facts.sha256 else "near"
+        out["duplicates"].append(item)
+    return out

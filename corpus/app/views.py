@@ -52,6 +52,8 @@ def image_row(r: ImageRow) -> dict[str, Any]:
         "height": r.height,
         "source": r.source or None,
         "created": r.created_at,
+        "facts": r.facts.to_json() if r.facts else None,
+        "cluster": r.cluster.id if r.cluster else None,
     }
 
 
