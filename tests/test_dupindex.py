@@ -126,3 +126,42 @@ def test_cluster_lines() -> None:
     assert [m["distance"] for m in near[0]["members"]] == [0, 0, 2]  # type: ignore[index]
     assert list(d.cluster_lines(ms[:1], near=True)) == []
     assert list(itertools.chain(d.cluster_lines([], near=True))) == []
+
+
+def test_crossing_pairs_reports_clusters_split_across_splits() -> None:
+    from typing import Any
+
+    from corpus.app.dupes import crossing_pairs
+    from corpus.domain.manifest import ManifestEntry
+
+    class Members:
+        def members(self, domain: str) -> list[d.Member]:
+            return [
+                d.Member("c1", "birds", "original/a/v1/x.jpg", "s1", 0),
+                d.Member("c1", "birds", "original/b/v1/x.jpg", "s1", 0),
+                d.Member("c1", "birds", "original/c/v1/y.png", "s2", 3),
+                d.Member("c2", "birds", "original/a/v1/z.jpg", "s3", 0),
+                d.Member("c2", "birds", "original/b/v1/z.jpg", "s3", 0),
+            ]
+
+    def line(blob: str, split: str, source: str = "") -> str:
+        md5 = "q83vEj/4n4Y/rAifFGdz5A=="
+        t = ("thumb", "1") if source else None
+        return ManifestEntry("birds", blob, md5, 1, 1, 1, "birds", "a", "v1", t, source or blob, md5, (), split).to_line()
+
+    lines = [
+        line("original/a/v1/x.jpg", "train"),
+        line("original/b/v1/x.jpg", "train"),
+        line("transform/thumb/1/c/v1/y.png", "val", source="original/c/v1/y.png"),
+        line("original/a/v1/z.jpg", "test"),
+        line("original/b/v1/z.jpg", "test"),
+        line("original/a/v1/alone.jpg", "val"),
+    ]
+    stub: Any = Members()
+    assert list(crossing_pairs(stub, lines)) == [
+        {
+            "kind": "near",
+            "a": {"blob": "original/a/v1/x.jpg", "split": "train"},
+            "b": {"blob": "transform/thumb/1/c/v1/y.png", "split": "val"},
+        }
+    ]
