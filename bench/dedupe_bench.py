@@ -30,6 +30,7 @@ import time
 import tracemalloc
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -192,11 +193,100 @@ def growth(facts: list[ImageFacts], order: list[int], sizes: list[int], probe: i
     return out
 
 
+class WireCounter:
+    """Counts HTTP requests on the wire (every SDK request goes through ``requests.Session.send``)."""
+
+    def __init__(self) -> None:
+        import requests
+
+        self.n = 0
+        original = requests.Session.send
+
+        def send(session: Any, request: Any, **kwargs: Any) -> Any:
+            self.n += 1
+            return original(session, request, **kwargs)
+
+        requests.Session.send = send  # type: ignore[method-assign]
+
+
+def on_azurite(images: list[tuple[int, str, bytes]], facts: list[ImageFacts], n: int) -> dict[str, object]:
+    """Requests on the wire per indexed original, and the backfill's rate and peak memory, on a
+    private Azurite (tests.support.Azurite)."""
+    import hashlib
+    import tempfile
+
+    from corpus.app.backfill import backfill_facts
+    from corpus.app.dupes import index_original
+    from corpus.app.runtime import Runtime
+    from corpus.domain.paths import SetRef
+    from corpus.store.rows import ImageRow
+    from corpus.store.settings import Settings
+    from tests.support import Azurite
+
+    counter = WireCounter()
+    with tempfile.TemporaryDirectory() as tmp:
+        az = Azurite(Path(tmp)).start()
+        try:
+            rt = Runtime.create(Settings.from_env({"CorpusStorage": az.connection_string}))
+            rt.ensure_resources()
+            picked = list(range(min(n, len(images))))
+            per: list[int] = []
+            dup_per: list[int] = []
+            start = time.perf_counter()
+            for i in picked:
+                group, kind, data = images[i]
+                before = counter.n
+                md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+                index_original(rt.catalog.dupes, "bench", f"original/g{group}/v1/{kind}.jpg", md5, facts[i])
+                (per if kind == "original" else dup_per).append(counter.n - before)
+            index_s = time.perf_counter() - start
+
+            ref = SetRef("bench", ("old",), "v1")
+            rt.catalog.sets.ensure(ref, ("old",), blob_prefix=ref.original_prefix())
+            rt.ensure_container("bench")
+            container = rt.clients.container("bench")
+            for i in picked:
+                _, _, data = images[i]
+                blob = ref.original_prefix() + f"{i}.jpg"
+                container.get_blob_client(blob).upload_blob(data, overwrite=True)
+                md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+                rt.catalog.images.record(ref, ImageRow(f"{i}.jpg", blob, len(data), md5, "image/jpeg", 1, 1, source="x"))
+
+            def read(c: str, b: str) -> bytes:
+                return bytes(rt.clients.container(c).get_blob_client(b).download_blob().readall())
+
+            tracemalloc.start()
+            before = counter.n
+            start = time.perf_counter()
+            last = None
+            for progress in backfill_facts(rt.catalog, read, rt.settings.max_pixels, "bench"):
+                last = progress
+            backfill_s = time.perf_counter() - start
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert last is not None
+        finally:
+            az.stop()
+    return {
+        "images": len(picked),
+        "requests_per_original_without_duplicates": sum(per) / max(1, len(per)),
+        "requests_per_image_with_duplicates": sum(dup_per) / max(1, len(dup_per)),
+        "index_s_per_image": index_s / len(picked),
+        "backfill": {
+            "filled": last.filled,
+            "images_per_s": last.filled / backfill_s,
+            "requests_per_image": (counter.n - before) / max(1, last.filled),
+            "python_heap_peak_mib": peak / 2**20,
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--originals", type=int, default=2000)
     ap.add_argument("--cpu-sample", type=int, default=300, help="images timed for the added CPU")
     ap.add_argument("--probe", type=int, default=500, help="arrivals timed at each corpus size")
+    ap.add_argument("--azurite", type=int, default=300, help="images indexed and backfilled on a private Azurite (0: skip)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -228,6 +318,8 @@ def main() -> None:
     }
     sizes = [n for n in (1000, 2000, 5000, 10000) if n <= len(images)]
     report["growth"] = growth(facts, order, sizes, min(args.probe, sizes[0] // 2))
+    if args.azurite:
+        report["azurite"] = on_azurite(images, facts, args.azurite)
     report["load_average_end"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     print(text)

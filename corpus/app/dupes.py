@@ -2,9 +2,10 @@
 
 :func:`index_original` is what ingest runs for every original before recording it (the rules are
 :mod:`corpus.domain.dupindex`'s, the rows :mod:`corpus.store.dupes_table`'s). Per image it costs
-one transaction (band rows), one point read (its content row), 4 bounded range reads (band
-ranges) plus one point read per near neighbour found, one insert (its content row) and, only when
-it has duplicates, one member transaction: a fixed number whatever the size of the corpus. It is
+one transaction (band rows), 4 bounded range reads (band ranges) plus one point read per near
+neighbour found, one insert (its content row) and, only when it has duplicates, one member
+transaction (an exact copy, or a second delivery, also reads its content row): a fixed number
+whatever the size of the corpus: 6 requests for an original without duplicates. It is
 idempotent: delivered twice, or two exact copies at once, give the same content row (insert-only,
 the first decision stands) and the same member rows (fixed values).
 
@@ -43,13 +44,15 @@ def index_original(
 ) -> d.Cluster:
     """Index one original of ``domain`` and return its cluster; see the module docstring."""
     structured = d.has_structure(facts.contrast)
-    if structured:
-        dupes.add_bands(domain, facts, md5)
+    # New band rows mean nobody indexed this content before: its content row can only appear
+    # through a concurrent exact copy, which decide() below resolves; so it is not read.
+    fresh = structured and dupes.add_bands(domain, facts, md5)
     deadline = clock() + wait_seconds
     delay = 0.05
     while True:
         neighbours = dupes.neighbours(domain, facts) if structured else []
-        own = dupes.content(domain, facts.sha256)
+        own = None if fresh else dupes.content(domain, facts.sha256)
+        fresh = False
         if own is None:
             try:
                 cluster = d.choose_cluster(facts.sha256, md5, [n for n, _ in neighbours])
