@@ -244,16 +244,15 @@ def on_azurite(images: list[tuple[int, str, bytes]], facts: list[ImageFacts], n:
             ref = SetRef("bench", ("old",), "v1")
             rt.catalog.sets.ensure(ref, ("old",), blob_prefix=ref.original_prefix())
             rt.ensure_container("bench")
-            container = rt.clients.container("bench")
             for i in picked:
                 _, _, data = images[i]
                 blob = ref.original_prefix() + f"{i}.jpg"
-                container.get_blob_client(blob).upload_blob(data, overwrite=True)
+                rt.blobs.put("bench", blob, data, "image/jpeg")
                 md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
                 rt.catalog.images.record(ref, ImageRow(f"{i}.jpg", blob, len(data), md5, "image/jpeg", 1, 1, source="x"))
 
             def read(c: str, b: str) -> bytes:
-                return bytes(rt.clients.container(c).get_blob_client(b).download_blob().readall())
+                return rt.blobs.read(c, b).data
 
             tracemalloc.start()
             before = counter.n

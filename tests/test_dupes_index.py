@@ -94,12 +94,12 @@ def test_backfill_fills_facts_and_clusters_once_and_resumes(rt: Runtime) -> None
     }
     for name, data in files.items():
         blob = ref.original_prefix() + name
-        rt.clients.container(DOMAIN).get_blob_client(blob).upload_blob(data, overwrite=True)
+        rt.blobs.put(DOMAIN, blob, data, "image/jpeg")
         stored = (64, 96) if name == "turned.jpg" else (1, 1)  # as recorded before facts: the stored size
         rt.catalog.images.record(ref, ImageRow(name, blob, len(data), md5(data), "image/jpeg", *stored, source=f"x/{name}"))
 
     def read(container: str, blob: str) -> bytes:
-        return bytes(rt.clients.container(container).get_blob_client(blob).download_blob().readall())
+        return rt.blobs.read(container, blob).data
 
     first = list(backfill_facts(rt.catalog, read, rt.settings.max_pixels, DOMAIN, page=2))
     assert first[-1].filled == 5 and first[-1].failed == 0
@@ -123,3 +123,15 @@ def test_flat_pictures_of_different_colours_are_not_near_duplicates(rt: Runtime)
     assert len(clusters) == 2
     assert index_original(dupes, DOMAIN, "original/flat/v2/0.jpg", md5(red), facts(red)).id == facts(red).sha256  # exact copy
     assert [len(line["members"]) for line in dupes_lines(dupes, DOMAIN, near=True)] == [2]  # type: ignore[arg-type]
+
+
+def test_the_index_runs_on_the_in_memory_store_too() -> None:
+    """The same use case on Runtime.in_memory (corpus.store.memory_tables): same clusters, no Azurite."""
+    mem = Runtime.in_memory()
+    mem.ensure_resources()
+    dupes = mem.catalog.dupes
+    a = jpeg_of(50)
+    group = [a, a, variant(a, "half", 2), jpeg_of(51)]
+    got = [index_original(dupes, DOMAIN, f"original/m/v1/{i}.jpg", md5(x), facts(x)).id for i, x in enumerate(group)]
+    assert got[0] == got[1] == got[2] != got[3]
+    assert [len(line["members"]) for line in dupes_lines(dupes, DOMAIN, near=True)] == [3]  # type: ignore[arg-type]

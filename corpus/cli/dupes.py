@@ -131,15 +131,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
-def reindex_facts(settings: Any, clients: Any, catalog: Any, domain: str | None, resume: str | None, as_json: bool) -> int:
+def reindex_facts(domain: str | None, resume: str | None, as_json: bool) -> int:
     """``corpus reindex --facts``: :func:`corpus.app.backfill.backfill_facts`, with progress on stderr."""
     import sys
 
     from corpus.app.backfill import backfill_facts
 
-    def read(container: str, blob: str) -> bytes:
-        return bytes(clients.container(container).get_blob_client(blob).download_blob().readall())
+    rt = _runtime()
 
+    def read(container: str, blob: str) -> bytes:
+        return bytes(rt.blobs.read(container, blob).data)
+
+    catalog, settings = rt.catalog, rt.settings
     last = None
     for progress in backfill_facts(catalog, read, settings.max_pixels, domain, resume):
         last = progress

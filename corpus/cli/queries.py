@@ -159,7 +159,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     if args.facts:
         from corpus.cli.dupes import reindex_facts
 
-        return reindex_facts(settings, clients, catalog, domain, args.resume, args.json)
+        return reindex_facts(domain, args.resume, args.json)
     last = None
     for progress in reindex(catalog, domain, args.resume):
         last = progress
