@@ -316,7 +316,7 @@ def main() -> None:
         "quality": quality(groups, kinds, facts, order),
     }
     sizes = [n for n in (1000, 2000, 5000, 10000) if n <= len(images)]
-    report["growth"] = growth(facts, order, sizes, min(args.probe, sizes[0] // 2))
+    report["growth"] = growth(facts, order, sizes, min(args.probe, sizes[0] // 2)) if sizes else []
     if args.azurite:
         report["azurite"] = on_azurite(images, facts, args.azurite)
     report["load_average_end"] = os.getloadavg()
