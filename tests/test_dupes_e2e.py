@@ -184,3 +184,34 @@ def test_duplicates_splits_dedupe_where_diff(env, clients, app_dir, tmp_path, rt
 def test_png_variant_is_a_png(tmp_path) -> None:
     """The drop's PNG conversion really is one (so the e2e test covers another format)."""
     assert Image.open(io.BytesIO(variant(jpg(13), "png"))).format == "PNG"
+
+
+def test_a_host_killed_mid_ingest_leaves_the_same_clusters(env, clients, app_dir, tmp_path) -> None:
+    """SIGKILL the host once some originals are indexed; the restarted host ends with every copy in
+    its original's cluster, exactly as an uninterrupted run (the first test) does."""
+    import signal
+    import subprocess
+
+    from tests.support import host_command, wait_for
+
+    files: dict[str, bytes] = {}
+    for i in range(8):
+        files[f"birds/v1/k/o{i}.jpg"] = jpg(60 + i)
+        files[f"birds/v1/kre/o{i}.jpg"] = variant(jpg(60 + i), "reencode", i)
+        files[f"birds/v1/kcp/o{i}.jpg"] = jpg(60 + i)
+    stage(clients, files)
+    dupes = clients.table_client("Duplicates")
+    proc = subprocess.Popen(host_command(app_dir), env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(
+            lambda: sum(1 for _ in dupes.query_entities("RowKey ge 'c!' and RowKey lt 'c\"'")) >= 3, 120, "3 contents indexed"
+        )
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert len(list(clients.container("staging").list_blobs())) > 0, "ingest finished before the kill; the test proves nothing"
+    run_host(env, app_dir)
+    near = lines(env, tmp_path, "dupes", "--domain", "birds", "--near")
+    got = sorted(sorted(m["blob"] for m in line["members"]) for line in near)
+    want = sorted(sorted(f"original/{d}/v1/o{i}.jpg" for d in ("k", "kre", "kcp")) for i in range(8))
+    assert got == want
