@@ -126,3 +126,16 @@ def test_manifest_lines_carry_the_facts_when_known() -> None:
     line = with_facts.to_json()
     assert line["sha256"] == f.sha256 and line["sharpness"] == f.sharpness and line["grey"] is False
     assert parse_line(with_facts.to_line()) == with_facts
+
+
+def test_transformed_images_carry_facts_of_their_own_bytes() -> None:
+    from corpus.domain import transforms
+
+    out = transforms.render(rotated_exif(9, (96, 64)), "thumbnail", {"size": 32}, 10_000_000)
+    assert out.facts is not None
+    assert out.facts == facts(out.data) or (out.facts.sha256, out.facts.width, out.facts.height) == (
+        hashlib.sha256(out.data).hexdigest(),
+        out.width,
+        out.height,
+    )
+    assert (out.width, out.height) == (32, 21)  # upright: the EXIF turn was applied before the thumbnail
