@@ -141,7 +141,10 @@ def test_duplicates_splits_dedupe_where_diff(env, clients, app_dir, tmp_path, rt
     assert len(manifest(clients, "sharp")) == len(v1_truth)
     tagged = json.loads(ok(env, tmp_path, "count", "--domain", "birds", "--tag", "jay", "--where", "sharpness>=0", "--json"))
     assert tagged == {"images": 6, "sets": 1}
+    narrow = json.loads(ok(env, tmp_path, "sets", "--domain", "birds", "--where", "width<100", "--json"))
+    assert sorted(r["path"] for r in narrow) == ["all/half", "all/turned"]  # 80 px wide, and 96 px upright
     bad = run_cli(env, tmp_path, "count", "--domain", "birds", "--where", "sharpnes>=1")
+
     assert bad.returncode != 0 and "unknown field 'sharpnes'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
     # -- diff v1 → v2 of robin, exactly
