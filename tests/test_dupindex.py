@@ -165,3 +165,8 @@ def test_crossing_pairs_reports_clusters_split_across_splits() -> None:
             "b": {"blob": "transform/thumb/1/c/v1/y.png", "split": "val"},
         }
     ]
+
+
+def test_past_the_deadline_an_undecided_neighbour_is_passed_over() -> None:
+    assert d.choose_cluster("b", "mb", [n("a")], wait=False) == d.Cluster("b", "mb")
+    assert d.choose_cluster("b", "mb", [n("a"), n("c", "z")], wait=False) == d.Cluster("z", "mz")

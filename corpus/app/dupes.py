@@ -10,9 +10,9 @@ idempotent: delivered twice, or two exact copies at once, give the same content 
 the first decision stands) and the same member rows (fixed values).
 
 Waiting: a content whose undecided neighbour has a smaller SHA-256 waits (polling the neighbour's
-content row with back-off, up to :data:`WAIT_SECONDS`) for it to decide, then retries; past the
-deadline it raises :class:`~corpus.domain.dupindex.NotReady`, a transient error, and the queue
-delivers the copy request again later.
+content row with back-off, up to :data:`WAIT_SECONDS`) for it to decide; past the deadline it
+decides without it (the neighbour's worker died mid-way; waiting longer would only poison this
+image's copy request while that message is invisible).
 """
 
 from __future__ import annotations
@@ -55,10 +55,8 @@ def index_original(
         fresh = False
         if own is None:
             try:
-                cluster = d.choose_cluster(facts.sha256, md5, [n for n, _ in neighbours])
+                cluster = d.choose_cluster(facts.sha256, md5, [n for n, _ in neighbours], wait=clock() <= deadline)
             except d.NotReady:
-                if clock() > deadline:
-                    raise
                 time.sleep(delay)  # another worker's decision: there is no event to wait on
                 delay = min(2 * delay, 1.0)
                 continue

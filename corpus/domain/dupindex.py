@@ -42,7 +42,9 @@ recorded insert-only in its *content row* and never changed (:func:`choose_clust
   the same upload) thus end in the same cluster, whichever is delivered first, and delivering
   either twice changes nothing (its content row is already there). The smallest undecided content
   never waits, so nobody waits forever; a neighbour undecided for longer than :data:`STALE_SECONDS`
-  (its ingest failed for good) is ignored.
+  (its ingest failed for good) is ignored, and so is one still undecided when the waiter's own
+  deadline passes (its worker died mid-way and its message is not yet visible again): then the
+  two may end in different clusters, the price of never blocking ingest on a dead worker.
 * Clusters are never merged (rows are insert-only): a picture that arrives near two *existing*
   clusters joins the smaller one; the other stays apart. That bridge is the one way two near
   duplicates can land in different clusters; ``corpus dupes --trainset`` lists such pairs.
@@ -218,13 +220,14 @@ def candidates(phash: int, dhash: int, rows: Iterable[Neighbour], own_sha: str =
             yield row
 
 
-def choose_cluster(sha256: str, md5: str, neighbours: Iterable[Neighbour]) -> Cluster:
-    """The cluster a new content joins; see the module docstring. Raises :class:`NotReady`."""
+def choose_cluster(sha256: str, md5: str, neighbours: Iterable[Neighbour], wait: bool = True) -> Cluster:
+    """The cluster a new content joins; see the module docstring. Raises :class:`NotReady` (only
+    with ``wait``: without it, undecided neighbours are passed over, as stale ones always are)."""
     decided: list[Cluster] = []
     for n in neighbours:
         if n.cluster is not None:
             decided.append(n.cluster)
-        elif n.sha256 < sha256 and n.age_seconds <= STALE_SECONDS:
+        elif wait and n.sha256 < sha256 and n.age_seconds <= STALE_SECONDS:
             raise NotReady(n.sha256)
     if decided:
         return min(decided, key=lambda c: c.id)
