@@ -19,7 +19,22 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "app": ("corpus.upload", "corpus.devhost", "corpus.cli"),
     "upload": ("corpus.app", "corpus.devhost", "corpus.cli", "azure.functions", "PIL"),
     "pull": ("corpus.app", "corpus.devhost", "corpus.cli", "azure.functions", "PIL"),
+    "catalog": ("corpus.app", "corpus.upload", "corpus.pull", "corpus.devhost", "corpus.cli", "azure.functions"),
 }
+
+CATALOG_STORAGE = ("azure", "corpus.store.storage", "corpus.store.settings", "corpus.store.catalog")
+"""Only the catalog's adapter (corpus/catalog/storage.py) touches storage: moving it onto other ports is one file."""
+
+
+def test_the_catalog_touches_storage_in_one_module_only() -> None:
+    bad = [
+        f"{path.name} imports {name}"
+        for path in sorted((CORPUS / "catalog").glob("*.py"))
+        if path.name != "storage.py"
+        for name in sorted(imports_of(path))
+        if any(name == banned or name.startswith(banned + ".") for banned in CATALOG_STORAGE)
+    ]
+    assert bad == []
 
 
 def imports_of(path: Path) -> set[str]:

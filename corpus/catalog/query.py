@@ -63,8 +63,7 @@ class FileCache:
 
     @classmethod
     def for_store(cls, store: CatalogStorage, root: Path | None = None) -> FileCache:
-        where = f"{store.container.url}".encode()
-        return cls((root or cache_root()) / hashlib.sha256(where).hexdigest()[:16])
+        return cls((root or cache_root()) / hashlib.sha256(store.location.encode()).hexdigest()[:16])
 
     def path(self, name: str) -> Path:
         return self.root / name

@@ -59,6 +59,11 @@ class CatalogStorage:
         self.container_name = container
         self.container = clients.container(container)
 
+    @property
+    def location(self) -> str:
+        """The container's URL: what a local cache of its files is keyed by."""
+        return str(self.container.url)
+
     @classmethod
     def of(cls, clients: Clients, settings: Settings) -> CatalogStorage:
         return cls(clients, catalog_container(settings))
