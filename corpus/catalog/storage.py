@@ -48,6 +48,8 @@ from corpus.store.trainsets_table import ModelRow, TrainsetRow, blob_ranges
 
 MANIFEST = "manifest.json"
 
+__all__ = ["MANIFEST", "CatalogStorage", "Clients", "Settings", "catalog_container"]
+
 
 def catalog_container(settings: Settings) -> str:
     return str(settings.values.get(CATALOG_CONTAINER) or DEFAULTS[CATALOG_CONTAINER])

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -61,7 +61,8 @@ from corpus.catalog.snapshot import (
     merged_range,
     parquet_bytes,
 )
-from corpus.catalog.storage import CatalogStorage
+from corpus.catalog.storage import CatalogStorage, Clients, Settings
+from corpus.domain.errors import ConfigError
 from corpus.store.trainsets_table import READY
 
 log = logging.getLogger("corpus.catalog")
@@ -95,6 +96,27 @@ class SyncResult:
 
 Fault = Callable[[str], None]
 """Called between steps (``"files-written"``): tests inject a crash there."""
+
+
+def lag_of(values: Mapping[str, str]) -> timedelta:
+    """``CORPUS_CATALOG_LAG_SECONDS`` (default :data:`DEFAULT_LAG`); a bad value is a ConfigError."""
+    raw = values.get(LAG_SETTING)
+    if not raw:
+        return DEFAULT_LAG
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"{LAG_SETTING} must be a number of seconds, not {raw!r}") from None
+    if not 0 <= seconds <= 86400:
+        raise ConfigError(f"{LAG_SETTING} must be between 0 and 86400")
+    return timedelta(seconds=seconds)
+
+
+def sync_settings(clients: Clients, settings: Settings) -> SyncResult:
+    """One sync of the catalog these settings name (the timer function's and the CLI's entry point)."""
+    result = sync(CatalogStorage.of(clients, settings), lag_of(settings.values))
+    log.info("catalog sync: %s", result.as_json())
+    return result
 
 
 def _no_fault(step: str) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +19,12 @@ def _store() -> Any:
     return CatalogStorage.of(Clients(settings.connection, FAIL_FAST), settings), settings
 
 
-def lag_of(values: Any) -> timedelta:
-    from corpus.catalog.sync import DEFAULT_LAG, LAG_SETTING
-
-    raw = values.get(LAG_SETTING) or os.environ.get(LAG_SETTING)
-    if not raw:
-        return DEFAULT_LAG
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise CliError(f"{LAG_SETTING} must be a number of seconds, not {raw!r}") from None
-    if seconds < 0:
-        raise CliError(f"{LAG_SETTING} must not be negative")
-    return timedelta(seconds=seconds)
-
-
 def cmd_sync(args: argparse.Namespace) -> int:
-    from corpus.catalog.sync import sync
+    from corpus.catalog.sync import sync_settings
+    from corpus.store.storage import FAIL_FAST, Clients
 
-    store, settings = _store()
-    result = sync(store, lag_of(settings.values))
+    settings = settings_from_cwd()
+    result = sync_settings(Clients(settings.connection, FAIL_FAST), settings)
     if args.json:
         print(json.dumps(result.as_json()))
     else:
