@@ -228,7 +228,7 @@ def run(cat: Catalog, sql: str, timeout: float = DEFAULT_TIMEOUT) -> pa.Table:
     timer = threading.Timer(timeout, cat.con.interrupt)
     timer.start()
     try:
-        return cat.con.execute(sql).to_arrow_table()
+        return cat.con.sql(sql).to_arrow_table()
     except duckdb.InterruptException:
         raise QueryError(f"query stopped after the {timeout:g} s timeout") from None
     except duckdb.Error as exc:

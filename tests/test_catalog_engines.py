@@ -1,0 +1,140 @@
+"""The snapshot on Azurite: compaction, concurrent syncs, and other engines reading the same files.
+
+Rows are recorded through the real table stores (``Catalog.sets.ensure``, ``images.record_many``),
+as ingest records them, without running the host: these tests are about the catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from corpus.catalog import query as q
+from corpus.catalog.snapshot import COMPACT_AT, Snapshot
+from corpus.catalog.storage import CatalogStorage
+from corpus.catalog.sync import sync
+from corpus.domain.paths import SetRef
+from corpus.store.rows import ImageRow
+
+pytestmark = pytest.mark.e2e
+
+
+def record(rt, domain: str, path: str, files: range, tags: list[str]) -> None:
+    ref = SetRef(domain, tuple(path.split("/")), "v1")
+    rt.ensure_container(domain)
+    rt.catalog.sets.ensure(ref, tags, f"original/{path}/v1/")
+    rows = [
+        ImageRow(
+            f"f{i:05d}.jpg", f"original/{path}/v1/f{i:05d}.jpg", 1000 + i, hashlib.md5(str(i).encode()).hexdigest(),
+            "image/jpeg", 64, 48, f"{domain}/v1/{path}/f{i:05d}.jpg",
+        )
+        for i in files
+    ]  # fmt: skip
+    for i in range(0, len(rows), 50):  # with the counter step, a transaction holds at most 100 operations
+        rt.catalog.record_images(ref, rows[i : i + 50])
+
+
+def snapshot(store: CatalogStorage) -> Snapshot:
+    raw, _ = store.read_manifest()
+    assert raw is not None
+    return Snapshot.from_json(raw)
+
+
+def duck(store: CatalogStorage, cache: Path, sql: str, exact: bool = True) -> list[tuple]:
+    cat = q.open_catalog(store, q.FileCache(cache), exact=exact)
+    try:
+        return [tuple(r.values()) for r in q.run(cat, sql).to_pylist()]
+    finally:
+        cat.close()
+
+
+def test_small_files_are_compacted_and_concurrent_syncs_commit_each_row_once(rt, tmp_path):
+    store = CatalogStorage.of(rt.clients, rt.settings)
+    for k in range(COMPACT_AT):
+        record(rt, "birds", "red/robin", range(k * 10, k * 10 + 10), ["red", "robin"])
+        record(rt, "cats", "tabby", range(k * 5, k * 5 + 5), ["tabby"])
+        sync(store, timedelta(0))
+    snap = snapshot(store)
+    birds = [f for f in snap.of("images") if f.domain == "birds"]
+    assert len(birds) == 1 and birds[0].rows == 10 * COMPACT_AT, "the small files of a domain were merged into one"
+    assert len(snap.retired) >= COMPACT_AT - 1  # the files it replaced stay for readers of the last manifest
+    assert duck(store, tmp_path / "c", "SELECT domain, count(*) FROM images GROUP BY domain ORDER BY domain") == [
+        ("birds", 10 * COMPACT_AT),
+        ("cats", 5 * COMPACT_AT),
+    ]
+
+    # Four syncs at once over new rows: one commit wins each round, the others start again from it.
+    record(rt, "birds", "blue/jay", range(300), ["blue", "jay"])
+    results, errors = [], []
+
+    def one() -> None:
+        try:
+            results.append(sync(CatalogStorage.of(rt.clients, rt.settings), timedelta(0)))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and len(results) == 4
+    snap = snapshot(store)
+    assert sum(f.rows for f in snap.of("images")) == 10 * COMPACT_AT + 5 * COMPACT_AT + 300
+    assert sum(r.rows_added.get("images", 0) for r in results) == 300, "exactly one of the syncs added the new rows"
+    assert duck(store, tmp_path / "c", "SELECT count(*), count(DISTINCT blob) FROM images", exact=False) == [(360, 360)]
+
+
+def test_pyarrow_and_spark_read_the_snapshot_with_duckdbs_counts(rt, tmp_path):
+    store = CatalogStorage.of(rt.clients, rt.settings)
+    record(rt, "birds", "red/robin", range(120), ["red", "robin"])
+    record(rt, "birds", "blue/jay", range(80), ["blue", "jay"])
+    record(rt, "cats", "tabby", range(30), ["tabby"])
+    sync(store, timedelta(0))
+    snap = snapshot(store)
+    cache = q.FileCache(tmp_path / "cache")
+    files = cache.fetch(store, [f.name for f in snap.of("images")])
+    per_tag_sql = "SELECT tag, count(*) FROM images, unnest(tags) AS t(tag) GROUP BY tag ORDER BY tag"
+    expected = duck(store, tmp_path / "cache", per_tag_sql)
+    assert expected == [("blue", 80), ("jay", 80), ("red", 120), ("robin", 120), ("tabby", 30)]
+
+    # pyarrow's dataset API over the manifest's files.
+    dataset = ds.dataset([str(p) for p in files], format="parquet")
+    assert dataset.count_rows() == 230
+    counts: dict[str, int] = {}
+    for tags in dataset.to_table(columns=["tags"]).column("tags").to_pylist():
+        for tag in tags:
+            counts[tag] = counts.get(tag, 0) + 1
+    assert sorted(counts.items()) == expected
+
+    # Local-mode Spark, when it and Java are installed (pip install '.[spark]'; Debian's default-jre-headless).
+    if importlib.util.find_spec("pyspark") is None:
+        pytest.skip("pyspark is not installed (optional extra 'spark', ~450 MB): the Spark read was not checked")
+    if shutil.which("java") is None:
+        pytest.skip("no Java runtime (Debian: default-jre-headless): the Spark read was not checked")
+    script = tmp_path / "spark_count.py"
+    script.write_text(
+        "import json, sys\n"
+        "from pyspark.sql import SparkSession\n"
+        "spark = SparkSession.builder.master('local[1]').config('spark.ui.enabled', 'false')"
+        ".config('spark.sql.shuffle.partitions', '2').getOrCreate()\n"
+        "spark.read.option('mergeSchema', 'true').parquet(*sys.argv[1:]).createOrReplaceTempView('images')\n"
+        "sql = 'SELECT tag, count(*) AS n FROM images LATERAL VIEW explode(tags) t AS tag GROUP BY tag ORDER BY tag'\n"
+        "rows = spark.sql(sql)\n"
+        "print(json.dumps([[r.tag, r.n] for r in rows.collect()]))\n"
+        "spark.stop()\n"
+    )
+    import sys
+
+    proc = subprocess.run([sys.executable, str(script), *map(str, files)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [tuple(x) for x in json.loads(proc.stdout.strip().splitlines()[-1])] == expected
