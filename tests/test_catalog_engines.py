@@ -18,7 +18,10 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
+from corpus.app import gallery
+from corpus.app.web import Request
 from corpus.catalog import query as q
+from corpus.catalog.facets import facets
 from corpus.catalog.snapshot import COMPACT_AT, Snapshot
 from corpus.catalog.storage import CatalogStorage
 from corpus.catalog.sync import sync
@@ -106,6 +109,18 @@ def test_pyarrow_and_spark_read_the_snapshot_with_duckdbs_counts(rt, tmp_path):
     per_tag_sql = "SELECT tag, count(*) FROM images, unnest(tags) AS t(tag) GROUP BY tag ORDER BY tag"
     expected = duck(store, tmp_path / "cache", per_tag_sql)
     assert expected == [("blue", 80), ("jay", 80), ("red", 120), ("robin", 120), ("tabby", 30)]
+
+    # The gallery's facet table (pyarrow, per file, cached) equals DuckDB's GROUP BY, and the page shows it.
+    facet_sql = (
+        "SELECT version, tag, coalesce(transform_name || ':' || transform_version, ''), count(*) "
+        "FROM images, unnest(tags) AS t(tag) WHERE domain = 'birds' GROUP BY ALL ORDER BY ALL"
+    )
+    found = facets(store, "birds")
+    assert found is not None and found.watermark == snap.watermark
+    assert sorted((*k, n) for k, n in found.counts.items()) == duck(store, tmp_path / "cache", facet_sql)
+    page = gallery.domain_page(rt, Request("GET", {"domain": "birds"})).body.decode()
+    assert '<table id="facets">' in page and "<td>v1</td><td>robin</td><td>original</td><td>120</td>" in page
+    assert f"as of {snap.watermark}" in page
 
     # pyarrow's dataset API over the manifest's files.
     dataset = ds.dataset([str(p) for p in files], format="parquet")
