@@ -98,12 +98,14 @@ class Tail:
         return sum(t.num_rows for t in self.tables.values())
 
 
-def read_tail(store: CatalogStorage, snap: Snapshot) -> Tail:
+def read_tail(store: CatalogStorage, snap: Snapshot, scan: bool = False) -> Tail:
+    """Every row written after the snapshot's watermark. ``scan``: find new images by scanning all
+    of ``Images`` rather than through the sets written since (see :meth:`CatalogStorage.images`)."""
     lo = snap.watermark_time
     trainsets = store.trainsets(lo, None)
     models = store.models(lo, None)
     rows: dict[str, list[Row]] = {
-        "images": store.images(lo, None),
+        "images": store.images(lo, None, scan=scan),
         "sets": store.sets(lo, None),
         "transforms": store.transforms(lo, None),
         "rejections": store.rejections(lo, None),
@@ -142,6 +144,7 @@ def open_catalog(
     threads: int | None = None,
     mode: str = "parquet",
     exact: bool = True,
+    scan: bool = False,
 ) -> Catalog:
     """Read the manifest, make its files local, read the tail, and define the views.
 
@@ -152,7 +155,7 @@ def open_catalog(
     raw, _ = store.read_manifest()
     snap = Snapshot.from_json(raw) if raw else Snapshot()
     paths = {f.name: p for f, p in zip(snap.files, cache.fetch(store, [f.name for f in snap.files]), strict=True)}
-    tail = read_tail(store, snap) if exact else Tail({name: empty(t) for name, t in TABLES.items()})
+    tail = read_tail(store, snap, scan) if exact else Tail({name: empty(t) for name, t in TABLES.items()})
     config: dict[str, Any] = {"memory_limit": memory_limit, "autoinstall_known_extensions": False}
     if threads:
         config["threads"] = threads

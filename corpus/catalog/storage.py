@@ -19,6 +19,7 @@ the other finds out and starts again from the new manifest.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ from corpus.store.storage import Clients
 from corpus.store.trainsets_table import ModelRow, TrainsetRow, blob_ranges
 
 MANIFEST = "manifest.json"
+READERS = 8
+"""Concurrent table reads of one sync or tail (partition-key ranges, or sets)."""
 
 __all__ = ["MANIFEST", "CatalogStorage", "Clients", "Settings", "catalog_container"]
 
@@ -72,45 +75,77 @@ class CatalogStorage:
 
     # -- tables --------------------------------------------------------------------------------
 
-    def changed(self, table: str, lo: datetime | None, hi: datetime | None, row_from: str = "") -> Iterator[Any]:
+    def changed(
+        self, table: str, lo: datetime | None, hi: datetime | None, row_from: str = "", pk_range: tuple[str, str] = ("", "")
+    ) -> Iterator[Any]:
         """Entities of ``table`` whose service ``Timestamp`` is in (lo, hi] (unbounded where None),
-        with ``RowKey >= row_from`` if given."""
+        with ``RowKey >= row_from`` and ``pk_range[0] <= PartitionKey < pk_range[1]`` where given
+        (``(pk, "=")``: that partition only)."""
         clauses: list[str] = []
         params: dict[str, Any] = {}
-        if row_from:
-            clauses.append("RowKey ge @from")
-            params["from"] = row_from
-        if lo is not None:
-            clauses.append("Timestamp gt @lo")
-            params["lo"] = lo
-        if hi is not None:
-            clauses.append("Timestamp le @hi")
-            params["hi"] = hi
+        if pk_range[1] == "=":
+            clauses.append("PartitionKey eq @pk")
+            params["pk"] = pk_range[0]
+            pk_range = ("", "")
+        for clause, name, value in (
+            ("PartitionKey ge @pklo", "pklo", pk_range[0]),
+            ("PartitionKey lt @pkhi", "pkhi", pk_range[1]),
+            ("RowKey ge @from", "from", row_from),
+            ("Timestamp gt @lo", "lo", lo),
+            ("Timestamp le @hi", "hi", hi),
+        ):
+            if value:
+                clauses.append(clause)
+                params[name] = value
         client = self.clients.table_client(table)
         if not clauses:
             return iter(client.list_entities(results_per_page=1000))
         return iter(client.query_entities(" and ".join(clauses), parameters=params, results_per_page=1000))
 
-    def all_sets(self) -> dict[str, ImageSetRow]:
-        """Every set (originals and transformed) by its ``Images`` partition key."""
+    def all_sets(self) -> dict[str, tuple[ImageSetRow, datetime | None]]:
+        """Every set (originals and transformed) by its ``Images`` partition key, with the service
+        time of its entity's last write."""
         found = self.clients.table_client(TABLE_SETS).query_entities("RowKey lt @hi", parameters={"hi": keys.SETS_UPPER})
-        return {s.images_partition_key: s for s in (ImageSetRow.from_entity(e) for e in found)}
+        out = {}
+        for e in found:
+            s = ImageSetRow.from_entity(e)
+            out[s.images_partition_key] = (s, records.service_time(e))
+        return out
 
-    def images(self, lo: datetime | None, hi: datetime | None) -> list[Row]:
-        """``images`` rows recorded in (lo, hi]. Counter shards (updated in place) are skipped by key range."""
-        sets: dict[str, ImageSetRow] | None = None
+    def images(self, lo: datetime | None, hi: datetime | None, scan: bool = True) -> list[Row]:
+        """``images`` rows recorded in (lo, hi]; counter shards (updated in place) are skipped by key range.
+
+        ``scan=True`` (the sync): every partition is read, in :data:`READERS` partition-key ranges
+        at once, the service filtering by ``Timestamp``: exact whatever happened.
+
+        ``scan=False`` (a query's tail): only the partitions of sets whose entity was written after
+        ``lo``. Recording images ends with raising the set's count (:meth:`Catalog.refresh_counts`,
+        an update of the set's entity, hence of its ``Timestamp``), so a set that gained images
+        after ``lo`` was written after ``lo`` too: one cheap read of ``ImageSets`` finds them, and
+        the tail reads their partitions only, instead of the service scanning all of ``Images``.
+        The one thing it misses is an image whose copy died between recording it and raising the
+        count, until the redelivery raises it (the moment ``corpus sets`` shows it too).
+        """
+        sets = self.all_sets()
+        if scan:
+            bounds = sorted(sets)[:: max(1, len(sets) // READERS)][1:]
+            ranges = list(zip(["", *bounds], [*bounds, ""], strict=True))
+        else:
+            ranges = [(pk, "=") for pk, (_, ts) in sorted(sets.items()) if lo is None or ts is None or ts > lo]
+
+        def read(pk_range: tuple[str, str]) -> list[Any]:
+            return list(self.changed(TABLE_IMAGES, lo, hi, row_from=IMAGES_FROM, pk_range=pk_range))
+
+        with ThreadPoolExecutor(READERS) as pool:
+            found = [e for part in pool.map(read, ranges) for e in part]
         out: list[Row] = []
-        for e in self.changed(TABLE_IMAGES, lo, hi, row_from=IMAGES_FROM):
-            if sets is None:
-                sets = self.all_sets()  # read only when there is something to join: the tail is usually empty
+        for e in found:
             pk = str(e["PartitionKey"])
-            s = sets.get(pk)
-            if s is None:  # recorded under a set created after the set listing: list again, once per miss
+            if pk not in sets:  # recorded under a set created after the set listing: list again
                 sets = self.all_sets()
-                s = sets.get(pk)
-                if s is None:
+                if pk not in sets:
                     raise RuntimeError(f"Images partition {pk!r} has no set in ImageSets")
-            out.append(records.image(s, e))
+            out.append(records.image(sets[pk][0], e))
         return out
 
     def sets(self, lo: datetime | None, hi: datetime | None) -> list[Row]:

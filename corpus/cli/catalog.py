@@ -39,7 +39,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise CliError("--timeout must be positive")
     store, _ = _store()
-    cat = q.open_catalog(store, memory_limit=args.memory_limit)
+    cat = q.open_catalog(store, memory_limit=args.memory_limit, scan=args.scan)
     try:
         result = q.run(cat, args.sql, timeout=args.timeout)
     finally:
@@ -78,4 +78,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     fmt.add_argument("--parquet", metavar="FILE", help="write the result to this Parquet file")
     q.add_argument("--memory-limit", default=DEFAULT_MEMORY, help=f"DuckDB memory_limit (default {DEFAULT_MEMORY})")
     q.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help=f"seconds (default {DEFAULT_TIMEOUT:g})")
+    q.add_argument(
+        "--scan",
+        action="store_true",
+        help="find the images recorded since the snapshot by scanning all of Images, not through the sets written since "
+        "(also counts an image whose copy died before raising its set's count and awaits its retry; slower)",
+    )
     q.set_defaults(func=cmd_query)
