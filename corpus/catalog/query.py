@@ -28,6 +28,7 @@ import io
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,18 +103,22 @@ def read_tail(store: CatalogStorage, snap: Snapshot, scan: bool = False) -> Tail
     """Every row written after the snapshot's watermark. ``scan``: find new images by scanning all
     of ``Images`` rather than through the sets written since (see :meth:`CatalogStorage.images`)."""
     lo = snap.watermark_time
-    trainsets = store.trainsets(lo, None)
-    models = store.models(lo, None)
-    rows: dict[str, list[Row]] = {
-        "images": store.images(lo, None, scan=scan),
-        "sets": store.sets(lo, None),
-        "transforms": store.transforms(lo, None),
-        "rejections": store.rejections(lo, None),
-        TRAINSETS.name: [records.trainset(r) for r in trainsets],
-        MODELS.name: [records.model(m) for m in models],
-        MODEL_TRAINSETS.name: [x for m in models for x in records.model_trainsets(m)],
-        TRAINSET_IMAGES.name: [],
-    }
+    with ThreadPoolExecutor(6) as pool:  # independent reads: overlap their round trips
+        images = pool.submit(store.images, lo, None, scan)
+        sets, transforms = pool.submit(store.sets, lo, None), pool.submit(store.transforms, lo, None)
+        rejections, trainsets_f = pool.submit(store.rejections, lo, None), pool.submit(store.trainsets, lo, None)
+        models_f = pool.submit(store.models, lo, None)
+        trainsets, models = trainsets_f.result(), models_f.result()
+        rows: dict[str, list[Row]] = {
+            "images": images.result(),
+            "sets": sets.result(),
+            "transforms": transforms.result(),
+            "rejections": rejections.result(),
+            TRAINSETS.name: [records.trainset(r) for r in trainsets],
+            MODELS.name: [records.model(m) for m in models],
+            MODEL_TRAINSETS.name: [x for m in models for x in records.model_trainsets(m)],
+            TRAINSET_IMAGES.name: [],
+        }
     done = snap.expanded
     for r in trainsets:
         if r.status == READY and f"{r.name}:{r.version}" not in done:
