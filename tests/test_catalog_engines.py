@@ -12,7 +12,7 @@ import json
 import shutil
 import subprocess
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -22,9 +22,9 @@ from corpus.app import gallery
 from corpus.app.web import Request
 from corpus.catalog import query as q
 from corpus.catalog.facets import facets
-from corpus.catalog.snapshot import COMPACT_AT, Snapshot
+from corpus.catalog.snapshot import COMPACT_AT, GRACE, Snapshot
 from corpus.catalog.storage import CatalogStorage
-from corpus.catalog.sync import sync
+from corpus.catalog.sync import sweep, sync
 from corpus.domain.paths import SetRef
 from corpus.store.rows import ImageRow
 
@@ -95,6 +95,13 @@ def test_small_files_are_compacted_and_concurrent_syncs_commit_each_row_once(rt,
     assert sum(f.rows for f in snap.of("images")) == 10 * COMPACT_AT + 5 * COMPACT_AT + 300
     assert sum(r.rows_added.get("images", 0) for r in results) == 300, "exactly one of the syncs added the new rows"
     assert duck(store, tmp_path / "c", "SELECT count(*), count(DISTINCT blob) FROM images", exact=False) == [(360, 360)]
+
+    # Unlisted files (a dead sync's) are swept once past the grace period; listed and retired ones stay.
+    store.put_file("images/birds/orphan.parquet", b"left by a sync that died")
+    assert sweep(store, snap, datetime.now(UTC)) == 0
+    assert sweep(store, snap, datetime.now(UTC) + GRACE + timedelta(minutes=1)) >= 1  # + files a compaction merged at once
+    left = {name for name, _ in store.list_files()}
+    assert left == {f.name for f in snap.files} | {r.name for r in snap.retired}
 
 
 def test_pyarrow_and_spark_read_the_snapshot_with_duckdbs_counts(rt, tmp_path):

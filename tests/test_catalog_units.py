@@ -134,3 +134,16 @@ def test_query_values_print_as_json() -> None:
 
     row = {"n": Decimal(3), "x": Decimal("1.5"), "at": datetime(2026, 1, 1, tzinfo=UTC), "tags": ["a"]}
     assert records.dumps_row(row) == '{"n": 3, "x": 1.5, "at": "2026-01-01T00:00:00+00:00", "tags": ["a"]}'
+
+
+def test_the_function_app_side_of_the_catalog_needs_pyarrow_but_not_duckdb() -> None:
+    """requirements.txt (the function app's) lists pyarrow only: the timer's sync and the gallery's facets must not
+    import DuckDB."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['duckdb'] = None\nimport corpus.catalog.sync, corpus.catalog.facets, corpus.app.gallery"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=DOCS.parent.parent, check=False)
+    assert proc.returncode == 0, proc.stderr
+    requirements = (DOCS.parent.parent / "requirements.txt").read_text()
+    assert "pyarrow==" in requirements and "duckdb" not in requirements
