@@ -11,6 +11,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -104,19 +105,25 @@ def test_small_files_are_compacted_and_concurrent_syncs_commit_each_row_once(rt,
     assert left == {f.name for f in snap.files} | {r.name for r in snap.retired}
 
 
-def test_pyarrow_and_spark_read_the_snapshot_with_duckdbs_counts(rt, tmp_path):
+PER_TAG = "SELECT tag, count(*) FROM images, unnest(tags) AS t(tag) GROUP BY tag ORDER BY tag"
+
+
+def small_snapshot(rt, tmp_path) -> tuple[CatalogStorage, Snapshot, list[Path], list[tuple]]:
+    """230 images in 3 sets of 2 domains, synced; the images files in a local cache; DuckDB's count per tag."""
     store = CatalogStorage.of(rt.clients, rt.settings)
     record(rt, "birds", "red/robin", range(120), ["red", "robin"])
     record(rt, "birds", "blue/jay", range(80), ["blue", "jay"])
     record(rt, "cats", "tabby", range(30), ["tabby"])
     sync(store, timedelta(0))
     snap = snapshot(store)
-    cache = q.FileCache(tmp_path / "cache")
-    files = cache.fetch(store, [f.name for f in snap.of("images")])
-    per_tag_sql = "SELECT tag, count(*) FROM images, unnest(tags) AS t(tag) GROUP BY tag ORDER BY tag"
-    expected = duck(store, tmp_path / "cache", per_tag_sql)
+    files = q.FileCache(tmp_path / "cache").fetch(store, [f.name for f in snap.of("images")])
+    expected = duck(store, tmp_path / "cache", PER_TAG)
     assert expected == [("blue", 80), ("jay", 80), ("red", 120), ("robin", 120), ("tabby", 30)]
+    return store, snap, files, expected
 
+
+def test_pyarrow_and_the_gallery_facets_read_the_snapshot_with_duckdbs_counts(rt, tmp_path):
+    store, snap, files, expected = small_snapshot(rt, tmp_path)
     # The gallery's facet table (pyarrow, per file, cached) equals DuckDB's GROUP BY, and the page shows it.
     facet_sql = (
         "SELECT version, tag, coalesce(transform_name || ':' || transform_version, ''), count(*) "
@@ -138,11 +145,14 @@ def test_pyarrow_and_spark_read_the_snapshot_with_duckdbs_counts(rt, tmp_path):
             counts[tag] = counts.get(tag, 0) + 1
     assert sorted(counts.items()) == expected
 
-    # Local-mode Spark, when it and Java are installed (pip install '.[spark]'; Debian's default-jre-headless).
+
+def test_local_spark_reads_the_snapshot_with_duckdbs_counts(rt, tmp_path):
+    """Where pyspark (optional extra 'spark', ``./dev spark``) and Java are installed; skipped with the reason otherwise."""
     if importlib.util.find_spec("pyspark") is None:
-        pytest.skip("pyspark is not installed (optional extra 'spark', ~450 MB): the Spark read was not checked")
+        pytest.skip("pyspark is not installed (optional extra 'spark', ~450 MB; ./dev spark): the Spark read was not checked")
     if shutil.which("java") is None:
-        pytest.skip("no Java runtime (Debian: default-jre-headless): the Spark read was not checked")
+        pytest.skip("no Java runtime (Debian: default-jre-headless; ./dev spark): the Spark read was not checked")
+    _, _, files, expected = small_snapshot(rt, tmp_path)
     script = tmp_path / "spark_count.py"
     script.write_text(
         "import json, sys\n"
@@ -155,8 +165,6 @@ def test_pyarrow_and_spark_read_the_snapshot_with_duckdbs_counts(rt, tmp_path):
         "print(json.dumps([[r.tag, r.n] for r in rows.collect()]))\n"
         "spark.stop()\n"
     )
-    import sys
-
     proc = subprocess.run([sys.executable, str(script), *map(str, files)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [tuple(x) for x in json.loads(proc.stdout.strip().splitlines()[-1])] == expected
