@@ -27,6 +27,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from corpus.catalog import records
 from corpus.catalog.limits import DEFAULT_MEMORY, DEFAULT_TIMEOUT
 from corpus.catalog.records import Row
 from corpus.catalog.schema import MODEL_TRAINSETS, MODELS, TABLES, TRAINSET_IMAGES, TRAINSETS, Table, empty, to_arrow
-from corpus.catalog.snapshot import Snapshot
+from corpus.catalog.snapshot import GRACE, Snapshot
 from corpus.catalog.storage import CatalogStorage
 from corpus.domain.errors import CorpusError
 from corpus.store.trainsets_table import READY
@@ -80,11 +81,13 @@ class FileCache:
         return paths
 
     def prune(self, keep: set[str]) -> None:
-        """Drop cached files the current snapshot no longer lists (compacted or replaced)."""
+        """Drop cached files the current snapshot no longer lists (compacted or replaced), once they
+        are older than the grace period: another query may still be reading an older manifest."""
         if not self.root.is_dir():
             return
+        old = time.time() - GRACE.total_seconds()
         for p in self.root.rglob("*.parquet"):
-            if p.relative_to(self.root).as_posix() not in keep:
+            if p.relative_to(self.root).as_posix() not in keep and p.stat().st_mtime < old:
                 p.unlink(missing_ok=True)
 
 
@@ -157,9 +160,16 @@ def open_catalog(
     table, which says so, and the benchmarks' snapshot-only figures.
     """
     cache = cache or FileCache.for_store(store)
-    raw, _ = store.read_manifest()
-    snap = Snapshot.from_json(raw) if raw else Snapshot()
-    paths = {f.name: p for f, p in zip(snap.files, cache.fetch(store, [f.name for f in snap.files]), strict=True)}
+    for attempt in range(3):
+        raw, _ = store.read_manifest()
+        snap = Snapshot.from_json(raw) if raw else Snapshot()
+        try:
+            fetched = cache.fetch(store, [f.name for f in snap.files])
+            break
+        except FileNotFoundError:  # swept between the manifest read and the download: read it again
+            if attempt == 2:
+                raise
+    paths = {f.name: p for f, p in zip(snap.files, fetched, strict=True)}
     tail = read_tail(store, snap, scan) if exact else Tail({name: empty(t) for name, t in TABLES.items()})
     config: dict[str, Any] = {"memory_limit": memory_limit, "autoinstall_known_extensions": False}
     if threads:

@@ -18,6 +18,7 @@ the other finds out and starts again from the new manifest.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -209,10 +210,15 @@ class CatalogStorage:
         return bytes(self.container.get_blob_client(name).download_blob().readall())
 
     def download_to(self, name: str, path: Path) -> None:
-        """Download a file to ``path`` through a temporary name, so a cache never holds half a file."""
-        part = path.with_name(path.name + ".part")
-        with open(part, "wb") as out:
-            self.container.get_blob_client(name).download_blob(max_concurrency=4).readinto(out)
+        """Download a file to ``path`` through a temporary name, so a cache never holds half a file;
+        FileNotFoundError if it is gone (swept: the manifest that listed it is more than an hour old)."""
+        part = path.with_name(f"{path.name}.{os.getpid()}.part")
+        try:
+            with open(part, "wb") as out:
+                self.container.get_blob_client(name).download_blob(max_concurrency=4).readinto(out)
+        except ResourceNotFoundError:
+            part.unlink(missing_ok=True)
+            raise FileNotFoundError(f"{self.container_name}/{name} is gone") from None
         part.replace(path)
 
     def list_files(self) -> list[tuple[str, datetime]]:
