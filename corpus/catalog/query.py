@@ -113,20 +113,21 @@ def read_tail(store: CatalogStorage, snap: Snapshot, scan: bool = False) -> Tail
         models_f = pool.submit(store.models, lo, None)
         trainsets, models = trainsets_f.result(), models_f.result()
         rows: dict[str, list[Row]] = {
-            "images": images.result(),
+            "images": [],
             "sets": sets.result(),
             "transforms": transforms.result(),
             "rejections": rejections.result(),
             TRAINSETS.name: [records.trainset(r) for r in trainsets],
             MODELS.name: [records.model(m) for m in models],
             MODEL_TRAINSETS.name: [x for m in models for x in records.model_trainsets(m)],
-            TRAINSET_IMAGES.name: [],
+            TRAINSET_IMAGES.name: [],  # the manifests of training sets that became ready: below
         }
+    tables = {name: to_arrow(TABLES[name], rows[name]) for name in TABLES}
+    tables["images"] = images.result()
     done = snap.expanded
-    for r in trainsets:
-        if r.status == READY and f"{r.name}:{r.version}" not in done:
-            rows[TRAINSET_IMAGES.name] += store.trainset_images(r)
-    return Tail({name: to_arrow(TABLES[name], rows[name]) for name in TABLES})
+    lines = [store.trainset_images(r) for r in trainsets if r.status == READY and f"{r.name}:{r.version}" not in done]
+    tables[TRAINSET_IMAGES.name] = pa.concat_tables([tables[TRAINSET_IMAGES.name], *lines])
+    return Tail(tables)
 
 
 @dataclass

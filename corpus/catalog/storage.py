@@ -25,11 +25,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
 from corpus.catalog import records
 from corpus.catalog.records import Row
+from corpus.catalog.schema import IMAGES, TRAINSET_IMAGES, empty, to_arrow
 from corpus.domain import keys
 from corpus.domain.manifest import iter_entries
 from corpus.store.images_table import IMAGES_FROM
@@ -51,6 +53,7 @@ from corpus.store.trainsets_table import ModelRow, TrainsetRow, blob_ranges
 MANIFEST = "manifest.json"
 READERS = 8
 """Concurrent table reads of one sync or tail (partition-key ranges, or sets)."""
+CHUNK = 20_000
 
 __all__ = ["MANIFEST", "CatalogStorage", "Clients", "Settings", "catalog_container"]
 
@@ -113,7 +116,7 @@ class CatalogStorage:
             out[s.images_partition_key] = (s, records.service_time(e))
         return out
 
-    def images(self, lo: datetime | None, hi: datetime | None, scan: bool = True) -> list[Row]:
+    def images(self, lo: datetime | None, hi: datetime | None, scan: bool = True) -> pa.Table:
         """``images`` rows recorded in (lo, hi]; counter shards (updated in place) are skipped by key range.
 
         ``scan=True`` (the sync): every partition is read, in :data:`READERS` partition-key ranges
@@ -134,20 +137,29 @@ class CatalogStorage:
         else:
             ranges = [(pk, "=") for pk, (_, ts) in sorted(sets.items()) if lo is None or ts is None or ts > lo]
 
-        def read(pk_range: tuple[str, str]) -> list[Any]:
-            return list(self.changed(TABLE_IMAGES, lo, hi, row_from=IMAGES_FROM, pk_range=pk_range))
+        def read(pk_range: tuple[str, str]) -> list[pa.Table]:
+            """One range's rows as Arrow tables of at most :data:`CHUNK` rows: memory stays
+            proportional to the Arrow data, not to millions of Python dicts."""
+            known = sets
+            chunks: list[pa.Table] = []
+            rows: list[Row] = []
+            for e in self.changed(TABLE_IMAGES, lo, hi, row_from=IMAGES_FROM, pk_range=pk_range):
+                pk = str(e["PartitionKey"])
+                if pk not in known:  # recorded under a set created after the set listing: list again
+                    known = self.all_sets()
+                    if pk not in known:
+                        raise RuntimeError(f"Images partition {pk!r} has no set in ImageSets")
+                rows.append(records.image(known[pk][0], e))
+                if len(rows) == CHUNK:
+                    chunks.append(to_arrow(IMAGES, rows))
+                    rows = []
+            if rows:
+                chunks.append(to_arrow(IMAGES, rows))
+            return chunks
 
         with ThreadPoolExecutor(READERS) as pool:
-            found = [e for part in pool.map(read, ranges) for e in part]
-        out: list[Row] = []
-        for e in found:
-            pk = str(e["PartitionKey"])
-            if pk not in sets:  # recorded under a set created after the set listing: list again
-                sets = self.all_sets()
-                if pk not in sets:
-                    raise RuntimeError(f"Images partition {pk!r} has no set in ImageSets")
-            out.append(records.image(sets[pk][0], e))
-        return out
+            parts = [t for chunk in pool.map(read, ranges) for t in chunk]
+        return pa.concat_tables(parts) if parts else empty(IMAGES)
 
     def sets(self, lo: datetime | None, hi: datetime | None) -> list[Row]:
         return [records.set_(ImageSetRow.from_entity(e)) for e in self.changed(TABLE_SETS, lo, hi) if is_set_entity(e)]
@@ -166,10 +178,18 @@ class CatalogStorage:
     def rejections(self, lo: datetime | None, hi: datetime | None) -> list[Row]:
         return [records.rejection(RejectionRow.from_entity(e)) for e in self.changed(TABLE_REJECTIONS, lo, hi)]
 
-    def trainset_images(self, row: TrainsetRow) -> list[Row]:
-        """The manifest lines of a ready training set, as ``trainset_images`` rows (streamed in 4 MiB ranges)."""
+    def trainset_images(self, row: TrainsetRow) -> pa.Table:
+        """The manifest lines of a ready training set, as ``trainset_images`` rows (read in 4 MiB
+        ranges, converted :data:`CHUNK` lines at a time)."""
         blob = self.clients.container(row.manifest_container).get_blob_client(row.manifest_blob)
-        return [records.trainset_image(row.name, row.version, e) for e in iter_entries(blob_ranges(blob))]
+        chunks, rows = [], []
+        for e in iter_entries(blob_ranges(blob)):
+            rows.append(records.trainset_image(row.name, row.version, e))
+            if len(rows) == CHUNK:
+                chunks.append(to_arrow(TRAINSET_IMAGES, rows))
+                rows = []
+        chunks.append(to_arrow(TRAINSET_IMAGES, rows))
+        return pa.concat_tables(chunks)
 
     # -- blobs ---------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corpus.catalog import records
@@ -49,6 +50,7 @@ from corpus.catalog.schema import (
     TRAINSETS,
     TRANSFORMS,
     Table,
+    empty,
     to_arrow,
 )
 from corpus.catalog.snapshot import (
@@ -171,13 +173,10 @@ def _delta(
         return entry
 
     # images: appended, a file per domain
-    images = store.images(lo, hi) if lo is None or hi > lo else []
-    by_domain: dict[str, list[Row]] = {}
-    for row in images:
-        by_domain.setdefault(row["domain"], []).append(row)
-    for domain, rows in sorted(by_domain.items()):
-        write(IMAGES, to_arrow(IMAGES, rows), domain=domain)
-    result.rows_added["images"] = len(images)
+    images = store.images(lo, hi) if lo is None or hi > lo else empty(IMAGES)
+    for domain in sorted(set(images.column("domain").to_pylist())):
+        write(IMAGES, images.filter(pc.equal(images.column("domain"), domain)), domain=domain)
+    result.rows_added["images"] = images.num_rows
 
     # small tables: rewritten whole when any row changed
     if lo is None or hi > lo:
@@ -210,9 +209,9 @@ def _delta(
         for r in trainsets:
             label = f"{r.name}:{r.version}"
             if r.status == READY and label not in done:
-                rows = store.trainset_images(r)
-                write(TRAINSET_IMAGES, to_arrow(TRAINSET_IMAGES, rows), trainset=(r.name, r.version))
-                result.rows_added["trainset_images"] = result.rows_added.get("trainset_images", 0) + len(rows)
+                lines = store.trainset_images(r)
+                write(TRAINSET_IMAGES, lines, trainset=(r.name, r.version))
+                result.rows_added["trainset_images"] = result.rows_added.get("trainset_images", 0) + lines.num_rows
 
     # compaction: the small images files of a domain, merged
     pending = Snapshot(files=tuple(f for f in old.files if f not in removed) + tuple(added))
