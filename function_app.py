@@ -83,7 +83,7 @@ def catalog_sync(timer: func.TimerRequest) -> None:
     from corpus.catalog.sync import sync_settings
 
     rt = get_runtime()
-    run_blob_job(rt, "catalog_sync", "timer", lambda: sync_settings(rt.clients, rt.settings))
+    run_blob_job(rt, "catalog_sync", "timer", lambda: sync_settings(rt.clients, rt.settings, rt.blobs))
 
 
 # -- Read-only HTTP: the JSON API and the gallery ------------------------------------------------

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from corpus.domain.errors import ConfigError
 from corpus.store.settings import Connection
-from corpus.upload.bloblist import BlobLister, parse_connection_string, parse_listing
+from corpus.transfer.bloblist import BlobLister, parse_connection_string, parse_listing
 
 KEY = base64.b64encode(bytes(range(64))).decode()  # any key: both sides sign with the same one
 names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
@@ -99,7 +99,7 @@ def test_listing_parse_decodes_names_and_md5s() -> None:
 def test_listing_on_azurite_over_either_transport(settings, clients, monkeypatch, proxied: bool) -> None:
     # With a proxy (or CA bundle) configured, listings go through requests, which honours it the
     # way the SDK does; here the proxy is for https only, so plain-http Azurite is reached directly.
-    from corpus.upload import bloblist
+    from corpus.transfer import bloblist
 
     monkeypatch.setattr(bloblist, "_the_transport", None)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):

@@ -101,7 +101,7 @@ def test_small_files_are_compacted_and_concurrent_syncs_commit_each_row_once(rt,
     store.put_file("images/birds/orphan.parquet", b"left by a sync that died")
     assert sweep(store, snap, datetime.now(UTC)) == 0
     assert sweep(store, snap, datetime.now(UTC) + GRACE + timedelta(minutes=1)) >= 1  # + files a compaction merged at once
-    left = {name for name, _ in store.list_files()}
+    left = {name for name, _, _ in store.list_files()}
     assert left == {f.name for f in snap.files} | {r.name for r in snap.retired}
 
 

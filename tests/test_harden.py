@@ -198,7 +198,7 @@ def test_host_with_storage_down_honours_its_timeout(tmp_path) -> None:
 
 
 def test_a_corrupt_md5_cache_is_set_aside_and_rebuilt(tmp_path) -> None:
-    from corpus.upload.hashcache import HashCache
+    from corpus.transfer.hashcache import HashCache
 
     path = tmp_path / "upload-md5.sqlite"
     path.write_bytes(b"this is not an sqlite database" * 100)

@@ -17,6 +17,7 @@ from corpus.app.runtime import Runtime
 from corpus.domain import keys
 from corpus.domain.messages import CopyRequest
 from corpus.domain.paths import SetRef
+from corpus.store.azure_ports import AzureBlobStore
 from corpus.store.rows import ImageRow, as_int
 from corpus.store.storage import Clients
 from tests.support import jpeg, max_overlap, png, prepare_app_dir, run_cli, run_host
@@ -194,6 +195,19 @@ class AsyncCopyDest:
         self._failing = False
 
 
+class AsyncCopyStore(AzureBlobStore):
+    """The real Azure adapter, whose client for one destination is an :class:`AsyncCopyDest`."""
+
+    def __init__(self, clients: Clients, dest: AsyncCopyDest) -> None:
+        super().__init__(clients)
+        self.dest = dest
+
+    def _blob(self, container: str, name: str) -> BlobClient:
+        if (container, name) == ("async", "original/v1/x.jpg"):
+            return self.dest  # type: ignore[return-value]
+        return super()._blob(container, name)
+
+
 def test_a_failed_asynchronous_copy_is_cleared_on_its_etag_and_copied_again(rt: Runtime) -> None:
     data = jpeg(9)
     req = _stage_and_validate(rt, "async/v1/x.jpg", data)
@@ -203,7 +217,8 @@ def test_a_failed_asynchronous_copy_is_cleared_on_its_etag_and_copied_again(rt: 
     rt.ensure_container("async")
     real = rt.clients.container("async").get_blob_client("original/v1/x.jpg")
     dest = AsyncCopyDest(real)
-    assert ingest._ensure_original(src, dest, v) == "copied"  # type: ignore[arg-type]
+    store = AsyncCopyStore(rt.clients, dest)
+    assert ingest._ensure_original(store, v, "staging", "async", "original/v1/x.jpg") == "copied"
     assert dest.copies == 2 and len(dest.deleted_with_etag) == 1 and dest.deleted_with_etag[0] not in ("", "None")
     assert real.download_blob().readall() == data
 
@@ -213,7 +228,8 @@ def test_a_failed_asynchronous_copy_is_cleared_on_its_etag_and_copied_again(rt: 
     dest = AsyncCopyDest(real)
     dest.copies = 1  # the failed copy is the earlier delivery's
     dest._failing = True
-    assert ingest._ensure_original(src, dest, v) == "copied"  # type: ignore[arg-type]
+    store = AsyncCopyStore(rt.clients, dest)
+    assert ingest._ensure_original(store, v, "staging", "async", "original/v1/x.jpg") == "copied"
     assert len(dest.deleted_with_etag) == 1 and real.download_blob().readall() == data
 
 

@@ -15,11 +15,31 @@ CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "domain": ("azure", "corpus.store", "corpus.app", "corpus.upload", "corpus.devhost", "corpus.cli", "requests"),
-    "store": ("corpus.app", "corpus.upload", "corpus.devhost", "corpus.cli", "azure.functions"),
-    "app": ("corpus.upload", "corpus.devhost", "corpus.cli"),
-    "upload": ("corpus.app", "corpus.devhost", "corpus.cli", "azure.functions", "PIL"),
-    "pull": ("corpus.app", "corpus.devhost", "corpus.cli", "azure.functions", "PIL"),
-    "catalog": ("corpus.app", "corpus.upload", "corpus.pull", "corpus.devhost", "corpus.cli", "azure.functions"),
+    "store": ("corpus.app", "corpus.upload", "corpus.pull", "corpus.transfer", "corpus.devhost", "corpus.cli", "azure.functions"),
+    # The ports and the in-memory store are the seam: the use cases and their unit tests run on them
+    # without the Azure SDK.
+    "store/ports.py": ("azure",),
+    "store/memory.py": ("azure",),
+    # Use cases reach storage only through the ports (corpus.store.ports) and the table stores.
+    "app": ("azure", "corpus.upload", "corpus.pull", "corpus.transfer", "corpus.devhost", "corpus.cli"),
+    "upload": ("corpus.app", "corpus.pull", "corpus.devhost", "corpus.cli", "azure.functions", "PIL"),
+    "pull": ("corpus.app", "corpus.upload", "corpus.devhost", "corpus.cli", "azure.functions", "PIL"),
+    # What upload and pull share (listings, the hash cache, pacing and progress lines).
+    "transfer": ("azure.functions", "corpus.app", "corpus.upload", "corpus.pull", "corpus.devhost", "corpus.cli", "PIL"),
+    "cli": ("azure.functions", "function_app"),
+    "devhost": ("corpus.cli", "corpus.upload", "corpus.pull", "corpus.transfer"),
+    "dataset.py": ("azure", "corpus.app", "corpus.cli", "corpus.devhost", "corpus.upload"),
+    "lineage.py": ("azure", "corpus.cli", "corpus.devhost", "corpus.upload", "corpus.pull"),
+    # The catalog (issue 21): a capability over the store; storage only in corpus/catalog/storage.py (below).
+    "catalog": (
+        "corpus.app",
+        "corpus.upload",
+        "corpus.pull",
+        "corpus.transfer",
+        "corpus.devhost",
+        "corpus.cli",
+        "azure.functions",
+    ),
 }
 
 CATALOG_STORAGE = ("azure", "corpus.store.storage", "corpus.store.settings", "corpus.store.catalog")
@@ -49,8 +69,8 @@ def imports_of(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_layer_imports_only_point_downwards(layer: str) -> None:
-    files = sorted((CORPUS / layer).rglob("*.py"))
-    assert files, f"corpus/{layer}/ is empty"
+    files = [CORPUS / layer] if layer.endswith(".py") else sorted((CORPUS / layer).rglob("*.py"))
+    assert files and files[0].exists(), f"corpus/{layer} is missing or empty"
     bad = [
         f"{path.relative_to(CORPUS.parent)} imports {name}"
         for path in files

@@ -233,7 +233,7 @@ def test_requests_in_flight_never_exceed_concurrency(settings, clients, tmp_path
 
 
 def test_upload_with_only_a_sas_lists_and_writes(azurite, settings, clients, tmp_path):
-    # A connection string holding an account SAS and no key: the listings (corpus.upload.bloblist) and
+    # A connection string holding an account SAS and no key: the listings (corpus.transfer.bloblist) and
     # the writes (the SDK) both authorise with it. Signed with the newest version Azurite knows.
     from datetime import UTC, datetime, timedelta
 

@@ -69,7 +69,7 @@ def test_decide(staged, original, action):
 
 
 def test_hash_cache_trusts_only_the_same_size_and_mtime(tmp_path):
-    from corpus.upload.hashcache import HashCache
+    from corpus.transfer.hashcache import HashCache
 
     cache = HashCache(tmp_path / "c.sqlite")
     cache.put("/a.jpg", 10, 111, "a" * 32)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from corpus.domain.errors import StorageError
 from corpus.store.settings import Settings
-from corpus.upload.hashcache import NullHashCache
+from corpus.transfer.hashcache import NullHashCache
 from corpus.upload.runner import Uploader, UploadOptions
 
 SETTINGS = Settings.from_env({})

@@ -30,11 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobBlock, BlobClient, ContainerClient, ContentSettings
-
-from corpus.domain.errors import MessageError, NotFoundError, PermanentError
+from corpus.domain.errors import BlobConflict, BlobNotFound, MessageError, NotFoundError, PermanentError
 from corpus.domain.exports import MAX_SHARDS, ExportRequest, ExportShardJob
 from corpus.domain.layouts import (
     azureml_line,
@@ -48,6 +44,7 @@ from corpus.domain.layouts import (
     split_folder,
 )
 from corpus.domain.manifest import ManifestEntry, block_id, hex_to_b64
+from corpus.store.ports import BlobStore
 from corpus.store.trainsets_table import TrainsetStore
 
 log = logging.getLogger("corpus.exports")
@@ -72,6 +69,9 @@ class ExportRuntime(Protocol):
 
     @property
     def clients(self) -> Any: ...
+
+    @property
+    def blobs(self) -> BlobStore: ...
 
     def send(self, queue: str, text: str) -> None: ...
 
@@ -102,33 +102,23 @@ def on_export_message(rt: ExportRuntime, msg: ExportRequest | ExportShardJob) ->
 
 def read_manifest(rt: ExportRuntime, name: str, version: str) -> Iterator[ManifestEntry]:
     """The entries of a ``ready`` training set; any other status (or none) is a ``NotFoundError``."""
-    return TrainsetStore(rt.clients).entries(name, version)
+    return TrainsetStore(rt.clients, rt.blobs).entries(name, version)
 
 
-def put_once(container: ContainerClient, name: str, data: bytes, content_type: str) -> bool:
+def put_once(blobs: BlobStore, container: str, name: str, data: bytes, content_type: str) -> bool:
     """Create ``name`` with ``data`` unless it exists; True if written. Existing with the same MD5
     is success (a duplicate run); with another MD5 it is an :class:`ExportConflict`."""
-    md5 = hashlib.md5(data, usedforsecurity=False).digest()
     try:
-        container.upload_blob(
-            name,
-            data,
-            overwrite=False,
-            content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)),
-        )
-        return True
-    except ResourceExistsError:
-        _same_or_conflict(container.get_blob_client(name), md5)
-        return False
+        return blobs.put_once(container, name, data, content_type)
+    except BlobConflict as exc:
+        raise _conflict(container, name, exc, hashlib.md5(data, usedforsecurity=False).hexdigest()) from exc
 
 
-def _same_or_conflict(blob: BlobClient, md5: bytes) -> None:
-    stored = bytes(blob.get_blob_properties().content_settings.content_md5 or b"")
-    if stored != md5:
-        raise ExportConflict(
-            f"{blob.container_name}/{blob.blob_name} exists with other content (MD5 {stored.hex() or 'none'}, "
-            f"this export makes {md5.hex()}): it was exported with other parameters; export under a new training set version"
-        )
+def _conflict(container: str, name: str, exc: BlobConflict, md5: str) -> ExportConflict:
+    return ExportConflict(
+        f"{container}/{name} exists with other content (MD5 {exc.stored_md5 or 'none'}, "
+        f"this export makes {md5}): it was exported with other parameters; export under a new training set version"
+    )
 
 
 # -- webdataset ----------------------------------------------------------------------------------
@@ -161,8 +151,14 @@ def plan_webdataset(rt: ExportRuntime, req: ExportRequest) -> int:
             for p in plans
         ],
     }
-    exports = rt.clients.container(rt.settings.exports_container)
-    put_once(exports, export_prefix(req.name, req.version, "webdataset") + PLAN_NAME, canonical_json(plan), "application/json")
+    exports = rt.settings.exports_container
+    put_once(
+        rt.blobs,
+        exports,
+        export_prefix(req.name, req.version, "webdataset") + PLAN_NAME,
+        canonical_json(plan),
+        "application/json",
+    )
     for p in plans:
         job = ExportShardJob(req.name, req.version, p.split, p.index, p.start, p.count, req.shard_size)
         rt.send(rt.settings.export_queue, job.to_json())
@@ -173,12 +169,12 @@ def plan_webdataset(rt: ExportRuntime, req: ExportRequest) -> int:
 class _BlockSink:
     """A write-only stream that hashes what passes and, when ``blob`` is given, stages it in blocks."""
 
-    def __init__(self, blob: BlobClient | None) -> None:
-        self.blob = blob
+    def __init__(self, blobs: BlobStore, container: str, blob: str | None) -> None:
+        self.blobs, self.container, self.blob = blobs, container, blob
         self.pos = 0
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.buf = bytearray()
-        self.blocks: list[BlobBlock] = []
+        self.blocks: list[str] = []
 
     def write(self, data: bytes) -> int:
         self.pos += len(data)
@@ -196,8 +192,8 @@ class _BlockSink:
     def _stage(self, chunk: bytes) -> None:
         assert self.blob is not None
         bid = block_id(len(self.blocks), "shard")  # deterministic ids
-        self.blob.stage_block(bid, chunk)
-        self.blocks.append(BlobBlock(bid))
+        self.blobs.stage_block(self.container, self.blob, bid, chunk)
+        self.blocks.append(bid)
 
     def finish(self) -> None:
         if self.blob is not None and self.buf:
@@ -236,15 +232,13 @@ def _window(rt: ExportRuntime, job: ExportShardJob) -> list[ManifestEntry]:
 
 def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
     """Write one shard and its index; True if this call wrote the tar. See the module docstring."""
-    exports = rt.clients.container(rt.settings.exports_container)
+    exports = rt.settings.exports_container
     tar_name = shard_path(job.name, job.version, job.split, job.index)
-    tar_blob = exports.get_blob_client(tar_name)
-    idx_blob = exports.get_blob_client(index_path(tar_name))
-    tar_exists = tar_blob.exists()
-    if tar_exists and idx_blob.exists():
+    tar_exists = rt.blobs.exists(exports, tar_name)
+    if tar_exists and rt.blobs.exists(exports, index_path(tar_name)):
         return False  # a duplicate of a finished job
     entries = _window(rt, job)
-    sink = _BlockSink(None if tar_exists else tar_blob)
+    sink = _BlockSink(rt.blobs, exports, None if tar_exists else tar_name)
     index: dict[str, Any] = {}
     with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:  # type: ignore[call-overload]
         for e, data in _downloads(rt, entries):
@@ -259,22 +253,20 @@ def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
                 members[member.rpartition(".")[2]] = [data_offset, len(body)]
             index[key] = members
     sink.finish()
-    md5 = sink.md5.digest()
-    wrote = False
-    if tar_exists:
-        _same_or_conflict(tar_blob, md5)
-    else:
-        try:
-            tar_blob.commit_block_list(
-                sink.blocks,
-                content_settings=ContentSettings(content_type="application/x-tar", content_md5=bytearray(md5)),
-                match_condition=MatchConditions.IfMissing,  # If-None-Match: *
-            )
-            wrote = True
-        except (ResourceExistsError, ResourceModifiedError):
-            _same_or_conflict(tar_blob, md5)
-    index_body = {"tar": tar_name, "size": sink.pos, "md5": hex_to_b64(md5.hex()), "samples": index}
-    put_once(exports, index_path(tar_name), canonical_json(index_body), "application/json")
+    md5 = sink.md5.hexdigest()
+    try:
+        if tar_exists:
+            stored = rt.blobs.info(exports, tar_name)
+            stored_md5 = rt.blobs.content_md5(exports, stored)
+            if stored_md5 != md5:
+                raise BlobConflict(f"{exports}/{tar_name} exists with other content", stored_md5, stored.size)
+            wrote = False
+        else:  # If-None-Match: *
+            wrote = rt.blobs.commit_blocks_once(exports, tar_name, sink.blocks, "application/x-tar", md5)
+    except BlobConflict as exc:
+        raise _conflict(exports, tar_name, exc, md5) from exc
+    index_body = {"tar": tar_name, "size": sink.pos, "md5": hex_to_b64(md5), "samples": index}
+    put_once(rt.blobs, exports, index_path(tar_name), canonical_json(index_body), "application/json")
     return wrote
 
 
@@ -310,8 +302,8 @@ def _windows(entries: list[ManifestEntry]) -> Iterator[list[ManifestEntry]]:
 
 def _download(rt: ExportRuntime, e: ManifestEntry) -> bytes:
     try:
-        data: bytes = rt.clients.container(e.container).get_blob_client(e.blob).download_blob().readall()
-    except ResourceNotFoundError as exc:
+        data = rt.blobs.read(e.container, e.blob).data
+    except BlobNotFound as exc:
         raise NotFoundError(f"{e.container}/{e.blob} is in the manifest but no longer exists") from exc
     got = hex_to_b64(hashlib.md5(data, usedforsecurity=False).hexdigest())
     if got != e.md5:
@@ -325,7 +317,7 @@ def _download(rt: ExportRuntime, e: ManifestEntry) -> bytes:
 def image_url(rt: ExportRuntime, e: ManifestEntry, datastore: str | None) -> str:
     if datastore:
         return f"azureml://datastores/{datastore.replace('{container}', e.container)}/paths/{quote(e.blob, safe='/~')}"
-    return f"{rt.clients.blob.url.rstrip('/')}/{e.container}/{quote(e.blob, safe='/~')}"
+    return f"{rt.blobs.url(e.container)}/{quote(e.blob, safe='/~')}"
 
 
 def write_azureml(rt: ExportRuntime, req: ExportRequest) -> dict[str, int]:
@@ -333,10 +325,10 @@ def write_azureml(rt: ExportRuntime, req: ExportRequest) -> dict[str, int]:
     lines: dict[str, list[str]] = {}
     for e in read_manifest(rt, req.name, req.version):
         lines.setdefault(e.split, []).append(azureml_line(e, image_url(rt, e, req.datastore)))
-    exports = rt.clients.container(rt.settings.exports_container)
+    exports = rt.settings.exports_container
     prefix = export_prefix(req.name, req.version, "azureml")
     for split, body in sorted(lines.items()):
         folder = f"{prefix}{split_folder(split)}/"
-        put_once(exports, folder + "images.jsonl", ("\n".join(body) + "\n").encode("utf-8"), "application/jsonl")
-        put_once(exports, folder + "MLTable", mltable_yaml("images.jsonl").encode("utf-8"), "application/yaml")
+        put_once(rt.blobs, exports, folder + "images.jsonl", ("\n".join(body) + "\n").encode("utf-8"), "application/jsonl")
+        put_once(rt.blobs, exports, folder + "MLTable", mltable_yaml("images.jsonl").encode("utf-8"), "application/yaml")
     return {split: len(body) for split, body in lines.items()}

@@ -174,7 +174,7 @@ MAX_FACETS = 300
 def _facet_table(rt: Runtime, domain: str) -> str:
     """Images per tag × transform, per version, from the catalog snapshot (docs/query.md), as of its watermark."""
     try:
-        found = facets(CatalogStorage.of(rt.clients, rt.settings), domain)
+        found = facets(CatalogStorage.of(rt.clients, rt.settings, rt.blobs), domain)
     except Exception:
         log.exception("facet table of %s", domain)
         return '<h2>Facets</h2><p class="muted" id="facets">The catalog snapshot could not be read.</p>'

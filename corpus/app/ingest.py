@@ -14,29 +14,32 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobClient, ContentSettings
-
 from corpus.app.runtime import Runtime
-from corpus.domain.errors import ConflictError, CopyFailed, ImageError, InvalidNameError, MessageError
+from corpus.domain.errors import (
+    BlobExists,
+    BlobNotFound,
+    ConflictError,
+    CopyFailed,
+    ImageError,
+    InvalidNameError,
+    MessageError,
+    PreconditionFailed,
+    SourceChanged,
+)
 from corpus.domain.images import inspect
 from corpus.domain.limits import MAX_COPY_SOURCE_URL
 from corpus.domain.messages import CopyRequest
 from corpus.domain.paths import StagedName, check_copy_source, is_junk_file, parse_staged_name
 from corpus.domain.tags import tags_for
+from corpus.store.ports import BlobStore, CopyState
 from corpus.store.rows import REJECT_INVALID, REJECT_JUNK, ImageRow, RejectionRow, ValidationRow, bare_etag
-from corpus.store.storage import blob_md5, error_code, stored_md5
 
 log = logging.getLogger("corpus.ingest")
-
-COPY_DEADLINE_S = 120.0
 
 
 class StagedOutcome(StrEnum):
@@ -112,19 +115,18 @@ def blob_type(value: Any) -> str:
 def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
     """Classify one staged blob; return what was done (for logs and tests)."""
     s = rt.settings
-    staging = rt.clients.container(s.staging_container)
-    client = staging.get_blob_client(blob.name)
+    staging = s.staging_container
     etag, kind = blob.etag, blob.blob_type
     if not etag or not kind:
         # Some trigger sources omit properties: read the ETag, and make sure it describes the
         # bytes we were given (same length) rather than a newer upload.
         try:
-            props = client.get_blob_properties()
-        except ResourceNotFoundError:
+            props = rt.blobs.info(staging, blob.name)
+        except BlobNotFound:
             return StagedOutcome.GONE
         if props.size != len(blob.data) or (etag and bare_etag(etag) != bare_etag(props.etag)):
             return StagedOutcome.SUPERSEDED
-        etag, kind = props.etag, blob_type(props.blob_type)
+        etag, kind = props.etag, props.blob_type
 
     file_name = blob.name.rsplit("/", 1)[-1]
     if blob.name.endswith("/") or is_junk_file(file_name) or not blob.data or _is_folder_marker(blob.metadata):
@@ -134,7 +136,7 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
             else ("empty file" if not blob.data else "operating-system junk file")
         )
         rt.catalog.rejections.record(RejectionRow(REJECT_JUNK, blob.name, reason, len(blob.data), etag))
-        _delete_if_unchanged(client, etag)
+        _delete_if_unchanged(rt.blobs, staging, blob.name, etag)
         return StagedOutcome.JUNK
 
     try:
@@ -142,7 +144,7 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
             # An append blob copied into original/ would stay appendable: versions must be immutable.
             raise ImageError(f"{kind or 'unknown blob type'}: only block blobs are stored; upload the file as a block blob")
         staged = parse_staged_name(blob.name, reserved=s.reserved_containers)
-        check_copy_source(staging.url, blob.name)
+        check_copy_source(rt.blobs.url(staging), blob.name)
         if len(blob.data) > s.max_blob_bytes:
             raise ImageError(f"file is {len(blob.data)} bytes, above CORPUS_MAX_BLOB_BYTES={s.max_blob_bytes}")
         tags = tags_for(staged.set.dirs, s.tag_extractor)  # at most MAX_TAGS_PER_SET, else rejected
@@ -169,8 +171,8 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
     return StagedOutcome.QUEUED
 
 
-def _too_long_to_copy(client: BlobClient) -> bool:
-    return len(client.url) > MAX_COPY_SOURCE_URL
+def _too_long_to_copy(blobs: BlobStore, container: str, name: str) -> bool:
+    return len(blobs.url(container, name)) > MAX_COPY_SOURCE_URL
 
 
 def _is_folder_marker(metadata: Mapping[str, str]) -> bool:
@@ -188,28 +190,20 @@ def reject(rt: Runtime, name: str, etag: str, size: int, reason: str, data: byte
     at any point leaves the staged blob in place for the redelivery to finish the job.
     """
     s = rt.settings
-    staged = rt.clients.container(s.staging_container).get_blob_client(name)
-    kept = rt.clients.container(s.rejected_container).get_blob_client(name)
+    staging, rejected = s.staging_container, s.rejected_container
     try:
-        if data is not None and _too_long_to_copy(staged):
-            kept.upload_blob(data, overwrite=True)
-            result: Mapping[str, Any] | None = {"copy_status": "success"}
+        if data is not None and _too_long_to_copy(rt.blobs, staging, name):
+            rt.blobs.put(rejected, name, data)
+            state = CopyState("success", "")
         else:
-            result = kept.start_copy_from_url(
-                staged.url,
-                source_etag=etag,
-                source_match_condition=MatchConditions.IfNotModified,
-            )
-        state = _wait_for_copy(kept, result)
+            state = rt.blobs.copy_over(rejected, name, source_container=staging, source_name=name, source_etag=etag)
         if state.failed:  # the next attempt overwrites it: rejected/ has no If-None-Match
-            raise CopyFailed(f"server-side copy to {s.rejected_container}/{name} {state.status}: {state.why}")
-    except HttpResponseError as exc:
-        if _source_changed_or_gone(exc):
-            log.info("staged blob %s changed or vanished before it could be rejected", name)
-            return
-        raise
-    rt.catalog.rejections.record(RejectionRow(REJECT_INVALID, name, reason, size, etag, f"{s.rejected_container}/{name}"))
-    _delete_if_unchanged(staged, etag)
+            raise CopyFailed(f"server-side copy to {rejected}/{name} {state.status}: {state.why}")
+    except (SourceChanged, BlobNotFound):
+        log.info("staged blob %s changed or vanished before it could be rejected", name)
+        return
+    rt.catalog.rejections.record(RejectionRow(REJECT_INVALID, name, reason, size, etag, f"{rejected}/{name}"))
+    _delete_if_unchanged(rt.blobs, staging, name, etag)
     log.warning("rejected staged blob %s: %s", name, reason)
 
 
@@ -227,17 +221,16 @@ def on_copy_request(rt: Runtime, req: CopyRequest) -> CopyOutcome:
         staged_name = parse_staged_name(req.staged_name, reserved=s.reserved_containers)
     except InvalidNameError as exc:
         raise MessageError(f"copy request names no valid staged blob: {exc}") from exc
-    src = rt.clients.container(s.staging_container).get_blob_client(req.staged_name)
     validated = rt.catalog.validations.get(req.staged_name, req.staged_etag)
     if validated is None:
-        return _unvalidated(rt, staged_name, req, src)
-    rt.ensure_container(staged_name.set.domain)
-    dest = rt.clients.container(staged_name.set.domain).get_blob_client(staged_name.original_blob)
+        return _unvalidated(rt, staged_name, req)
+    domain, dest = staged_name.set.domain, staged_name.original_blob
+    rt.ensure_container(domain)
 
-    outcome = _ensure_original(src, dest, validated)
+    outcome = _ensure_original(rt.blobs, validated, s.staging_container, domain, dest)
     if outcome is CopyOutcome.CONFLICT:
-        existing = dest.get_blob_properties()
-        md5 = stored_md5(existing) or "unknown"
+        existing = rt.blobs.info(domain, dest)
+        md5 = existing.md5 or "unknown"
         reject(
             rt,
             validated.name,
@@ -253,20 +246,20 @@ def on_copy_request(rt: Runtime, req: CopyRequest) -> CopyOutcome:
         return CopyOutcome.SUPERSEDED
 
     _record(rt, staged_name, validated)
-    _delete_if_unchanged(src, validated.etag)
+    _delete_if_unchanged(rt.blobs, s.staging_container, req.staged_name, validated.etag)
     _forget(rt, validated)
     return outcome
 
 
-def _unvalidated(rt: Runtime, staged: StagedName, req: CopyRequest, src: BlobClient) -> CopyOutcome:
+def _unvalidated(rt: Runtime, staged: StagedName, req: CopyRequest) -> CopyOutcome:
     """A request without a validation record: done already, superseded, or never validated (refused).
 
     The record is deleted only after the staged blob is, so a staged blob still at the requested
     ETag with no record was never validated: the request did not come from the blob trigger.
     """
     try:
-        current = bare_etag(src.get_blob_properties().etag)
-    except ResourceNotFoundError:
+        current = bare_etag(rt.blobs.info(rt.settings.staging_container, req.staged_name).etag)
+    except BlobNotFound:
         current = ""
     if current == bare_etag(req.staged_etag):
         raise MessageError(
@@ -281,10 +274,7 @@ def _unvalidated(rt: Runtime, staged: StagedName, req: CopyRequest, src: BlobCli
 
 def _forget(rt: Runtime, validated: ValidationRow) -> None:
     """Drop the validation record once the staged blob is gone (or kept in ``rejected``)."""
-    try:
-        rt.catalog.validations.delete(validated.name, validated.etag)
-    except ResourceNotFoundError:
-        pass
+    rt.catalog.validations.delete(validated.name, validated.etag)
 
 
 def _record(rt: Runtime, staged: StagedName, validated: ValidationRow) -> None:
@@ -311,53 +301,40 @@ COPY_ATTEMPTS = 3
 """Server-side copies started per delivery; a failed or aborted copy is cleared and tried again."""
 
 
-def _ensure_original(src: BlobClient, dest: BlobClient, v: ValidationRow) -> CopyOutcome:
-    """Make ``dest`` hold exactly the validated bytes; 'copied', 'exists', 'conflict' or 'source-gone'.
+def _ensure_original(blobs: BlobStore, v: ValidationRow, staging: str, domain: str, dest: str) -> CopyOutcome:
+    """Make ``domain/dest`` hold exactly the validated bytes; 'copied', 'exists', 'conflict' or 'source-gone'.
 
     Azure may finish a copy asynchronously: it creates the destination at once, and marks the copy
-    ``failed`` or ``aborted`` if, say, the source changes meanwhile. Such a destination would block
-    the name for good (If-None-Match: * says "exists"), so it is deleted, on its own ETag (never a
-    destination that someone else has since replaced), and the copy started again.
+    ``failed`` or ``aborted`` if, say, the source changes meanwhile (the port waits for the end).
+    Such a destination would block the name for good (If-None-Match: * says "exists"), so it is
+    deleted, on its own ETag (never a destination that someone else has since replaced), and the
+    copy started again.
     """
     for _ in range(COPY_ATTEMPTS):
         outcome = CopyOutcome.COPIED
         try:
-            result = dest.start_copy_from_url(
-                src.url,
-                source_etag=v.etag,
-                source_match_condition=MatchConditions.IfNotModified,
-                match_condition=MatchConditions.IfMissing,
-            )
-            state = _wait_for_copy(dest, result)
-        except HttpResponseError as exc:
-            # 409/412 from the destination's If-None-Match, or 412/404 from the source's If-Match
-            # (Azure says SourceConditionNotMet, Azurite ConditionNotMet): the destination decides.
-            if not (isinstance(exc, ResourceModifiedError) or _refused(exc)):
-                raise
+            state = blobs.copy_once(domain, dest, source_container=staging, source_name=v.name, source_etag=v.etag)
+        except (BlobExists, SourceChanged):
+            # The destination is taken, or the source moved on (perhaps because an earlier delivery
+            # copied and deleted it): the destination decides.
             outcome = CopyOutcome.EXISTS
             try:
-                state = _wait_for_copy(dest, None)
-            except ResourceNotFoundError:
-                if _source_is(src, v.etag):
+                state = blobs.wait_copy(domain, dest)
+            except BlobNotFound:
+                if _source_is(blobs, staging, v.name, v.etag):
                     continue  # a failed copy was cleared meanwhile: start again
                 return CopyOutcome.SOURCE_GONE
         if state.failed:
-            log.warning("server-side copy to %s %s (%s): clearing it to copy again", dest.blob_name, state.status, state.why)
-            _delete_failed_copy(dest, state.etag)
+            log.warning("server-side copy to %s %s (%s): clearing it to copy again", dest, state.status, state.why)
+            # only if it is still that blob (If-Match): else already cleared, or replaced by another
+            # delivery's copy: look again
+            blobs.delete_if_unchanged(domain, dest, state.etag)
             continue
-        return _verify(dest, v, created=outcome is CopyOutcome.COPIED) or outcome
-    raise CopyFailed(f"server-side copy to {dest.blob_name} failed {COPY_ATTEMPTS} times in a row")
+        return _verify(blobs, domain, dest, v, created=outcome is CopyOutcome.COPIED) or outcome
+    raise CopyFailed(f"server-side copy to {dest} failed {COPY_ATTEMPTS} times in a row")
 
 
-def _delete_failed_copy(dest: BlobClient, etag: str) -> None:
-    """Delete the destination of a failed copy, only if it is still that blob (If-Match)."""
-    try:
-        dest.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
-    except (ResourceNotFoundError, ResourceModifiedError):
-        pass  # already cleared, or replaced by another delivery's copy: look again
-
-
-def _verify(dest: BlobClient, req: ValidationRow, created: bool) -> CopyOutcome | None:
+def _verify(blobs: BlobStore, domain: str, dest: str, req: ValidationRow, created: bool) -> CopyOutcome | None:
     """Check length and MD5 of ``dest``; return 'conflict' when an existing blob differs.
 
     Concurrent deliveries may both fix up the headers; the loser's ETag condition fails, and
@@ -365,100 +342,43 @@ def _verify(dest: BlobClient, req: ValidationRow, created: bool) -> CopyOutcome 
     """
     for _ in range(10):
         try:
-            return _verify_once(dest, req, created)
-        except ResourceModifiedError:
+            return _verify_once(blobs, domain, dest, req, created)
+        except PreconditionFailed:
             continue
-    raise CopyFailed(f"{dest.blob_name} kept changing while being verified")
+    raise CopyFailed(f"{dest} kept changing while being verified")
 
 
-def _verify_once(dest: BlobClient, req: ValidationRow, created: bool) -> CopyOutcome | None:
-    props = dest.get_blob_properties()
-    has_md5 = bool(stored_md5(props))
+def _verify_once(blobs: BlobStore, domain: str, dest: str, req: ValidationRow, created: bool) -> CopyOutcome | None:
+    props = blobs.info(domain, dest)
+    has_md5 = bool(props.md5)
     # Block uploads (Storage Explorer, large files) carry no whole-blob MD5: computed once, only
     # when the length already matches.
-    md5 = blob_md5(dest, props) if has_md5 or props.size == req.size else ""
+    md5 = blobs.content_md5(domain, props) if has_md5 or props.size == req.size else ""
     if props.size == req.size and md5 == req.md5:
-        if not has_md5 or props.content_settings.content_type != req.content_type:
-            dest.set_http_headers(
-                ContentSettings(content_type=req.content_type, content_md5=bytearray(bytes.fromhex(req.md5))),
-                etag=props.etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
+        if not has_md5 or props.content_type != req.content_type:
+            blobs.set_headers_if_unchanged(domain, dest, props.etag, content_type=req.content_type, md5=req.md5)
         return None
     if created:
         # We wrote this blob and it does not match what was validated: remove our bad copy so a
         # retry can start clean, and fail loudly.
-        try:
-            dest.delete_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified)
-        except HttpResponseError:
-            pass
+        blobs.delete_if_unchanged(domain, dest, props.etag)
         raise CopyFailed(
             f"copy of {req.name} did not verify: got {props.size} bytes MD5 {md5 or '-'}, expected {req.size} bytes MD5 {req.md5}"
         )
     return CopyOutcome.CONFLICT
 
 
-@dataclass(frozen=True, slots=True)
-class CopyState:
-    """How a server-side copy ended: ``success`` (or no copy at all), ``failed`` or ``aborted``."""
-
-    status: str
-    etag: str
-    why: str = ""
-
-    @property
-    def failed(self) -> bool:
-        return self.status in ("failed", "aborted")
-
-
-def _wait_for_copy(dest: BlobClient, result: Mapping[str, Any] | None) -> CopyState:
-    """Same-account copies usually finish at once; otherwise poll the destination until done.
-
-    Returns how the copy ended; still pending after :data:`COPY_DEADLINE_S` raises :class:`CopyFailed`
-    (retried by the queue). A destination that is no copy at all reads as ``success``.
-    """
-    if result is not None and result.get("copy_status") == "success":
-        return CopyState("success", str(result.get("etag") or ""))
-    deadline = time.monotonic() + COPY_DEADLINE_S
-    delay = 0.05
-    while True:
-        props = dest.get_blob_properties()
-        status = props.copy.status if props.copy else None
-        if status in (None, "success", "failed", "aborted"):
-            why = (props.copy.status_description if props.copy else "") or ""
-            return CopyState(status or "success", props.etag, why)
-        if time.monotonic() > deadline:
-            raise CopyFailed(f"server-side copy to {dest.blob_name} still pending after {COPY_DEADLINE_S:.0f}s")
-        time.sleep(delay)  # polling a remote copy: there is no event to wait on
-        delay = min(delay * 2, 2.0)
-
-
-def _refused(exc: HttpResponseError) -> bool:
-    """The copy was refused by a condition, or its source is gone (not an outage)."""
-    return error_code(exc) in ("BlobAlreadyExists", "ConditionNotMet") or _source_changed_or_gone(exc)
-
-
-def _source_is(src: BlobClient, etag: str) -> bool:
+def _source_is(blobs: BlobStore, container: str, name: str, etag: str) -> bool:
     """True if the staged blob still exists at ``etag``."""
     try:
-        return bare_etag(src.get_blob_properties().etag) == bare_etag(etag)
-    except ResourceNotFoundError:
+        return bare_etag(blobs.info(container, name).etag) == bare_etag(etag)
+    except BlobNotFound:
         return False
 
 
-def _source_changed_or_gone(exc: HttpResponseError) -> bool:
-    return error_code(exc) in ("SourceConditionNotMet", "CannotVerifyCopySource", "BlobNotFound") or (
-        isinstance(exc, ResourceNotFoundError)
-    )
-
-
-def _delete_if_unchanged(client: BlobClient, etag: str) -> None:
+def _delete_if_unchanged(blobs: BlobStore, container: str, name: str, etag: str) -> None:
     """Delete the staged blob only if it is still the upload we processed."""
-    try:
-        client.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
-    except ResourceNotFoundError:
-        pass
-    except ResourceModifiedError:
+    if not blobs.delete_if_unchanged(container, name, etag):
         # Replaced by a newer upload (kept: it has its own event), or already deleted by an
-        # earlier delivery (the emulator answers 412 rather than 404 then).
-        log.debug("staged blob %s changed or is gone; not deleting", client.blob_name)
+        # earlier delivery.
+        log.debug("staged blob %s changed or is gone; not deleting", name)

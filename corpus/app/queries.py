@@ -27,6 +27,7 @@ from typing import Any
 from corpus.domain import transforms
 from corpus.domain.errors import InvalidNameError, TransformError
 from corpus.domain.paths import RESERVED_DOMAINS_PREFIXES, validate_domain
+from corpus.domain.refs import TransformRef
 from corpus.store.catalog import Catalog
 from corpus.store.rows import ImageSetRow, TransformRow
 from corpus.store.settings import Settings
@@ -101,8 +102,8 @@ def matching_transforms(catalog: Catalog, op: str | None = None, transform: str 
         transforms.get(op)  # TransformError for an unknown operation
         return [r for r in rows if op in steps_of(r)]
     if transform is not None:
-        name, _, tversion = transform.partition(":")
-        return [r for r in rows if r.name == name and (not tversion or r.version == tversion)]
+        ref = TransformRef.from_label(transform) or TransformRef("")
+        return [r for r in rows if r.name == ref.name and (not ref.version or r.version == ref.version)]
     return []
 
 

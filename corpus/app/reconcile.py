@@ -17,9 +17,11 @@ Safe at any time: ingest is exactly-once, so a re-drive of a blob whose event is
 two reconcilers at once, can cost work but never a duplicate. Each re-drive of a blob version is
 claimed in table ``Redrives`` (insert-only, or replace with If-Match), so a version is re-driven at
 most once per :data:`REDRIVE_INTERVAL` (or grace period, if longer) even by concurrent reconcilers;
-the row is what ``corpus status`` shows. At most ``CORPUS_RECONCILE_MAX_BLOBS`` blobs are re-driven
-per run; the next run continues. One blob that fails is recorded in ``Failures`` (source
-``reconcile``) and does not stop the others.
+the row is what ``corpus status`` shows. At most ``CORPUS_RECONCILE_MAX_BLOBS`` blobs are downloaded
+(and so re-driven) per run; the next run continues. A blob's validation record and its claim are
+looked up *before* its bytes are read: a version in the copy backlog, or re-driven recently by
+another pass, costs one table read, not a download, so an aged backlog is not re-read every run.
+One blob that fails is recorded in ``Failures`` (source ``reconcile``) and does not stop the others.
 """
 
 from __future__ import annotations
@@ -32,12 +34,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-
 from corpus.app import ingest
 from corpus.app.runtime import Runtime
-from corpus.domain.errors import reason
+from corpus.domain.errors import BlobNotFound, PreconditionFailed, StorageError, reason
+from corpus.store.ports import iter_blobs
 from corpus.store.rows import FailureRow
 
 log = logging.getLogger("corpus.reconcile")
@@ -58,6 +58,7 @@ class ReconcileReport:
     redriven: dict[str, str] = field(default_factory=dict)  # staged name -> outcome
     skipped_recent: int = 0
     deadletters: int = 0
+    downloaded: int = 0  # staged blobs read: bounded by max_blobs
     failed: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
@@ -67,6 +68,7 @@ class ReconcileReport:
             "outcomes": dict(sorted(self.redriven.items())),
             "skipped_recent": self.skipped_recent,
             "deadletter_blobs": self.deadletters,
+            "downloaded": self.downloaded,
             "failed": dict(sorted(self.failed.items())),
         }
 
@@ -79,13 +81,12 @@ def reconcile(rt: Runtime, grace_seconds: float | None = None, max_blobs: int | 
     now = datetime.now(UTC)
     report = ReconcileReport()
     for name, why in _dead_lettered(rt, report):
-        if len(report.redriven) >= budget:
+        if report.downloaded >= budget:
             break
         _redrive(rt, name, None, why, now, REDRIVE_INTERVAL, report)
-    staging = rt.clients.container(s.staging_container)
-    for blob in staging.list_blobs():
+    for blob in iter_blobs(rt.blobs, s.staging_container):
         report.scanned += 1
-        if len(report.redriven) >= budget:
+        if report.downloaded >= budget:
             break
         if blob.last_modified is not None and blob.last_modified > now - grace:
             continue  # its event may still be on the way
@@ -98,27 +99,38 @@ def reconcile(rt: Runtime, grace_seconds: float | None = None, max_blobs: int | 
 def _redrive(
     rt: Runtime, name: str, etag: str | None, why: str, now: datetime, grace: timedelta, report: ReconcileReport
 ) -> None:
-    client = rt.clients.container(rt.settings.staging_container).get_blob_client(name)
-    try:
-        downloader = client.download_blob()
-        data = downloader.readall()
-    except ResourceNotFoundError:
-        return  # handled meanwhile
-    props = downloader.properties
-    if etag is not None and props.etag.strip('"') != etag.strip('"'):
-        return  # replaced since the listing: the new upload has its own event
-    validated = rt.catalog.validations.get(name, props.etag)
-    if etag is not None and validated is not None and validated.at is not None and validated.at > now - VALIDATED_RECENTLY:
-        # The trigger saw this version and queued its copy: it is in the copy backlog (or poisoned,
-        # with its reason in `corpus status`), not lost. Re-driving it would only add to the backlog.
-        report.skipped_recent += 1
-        return
-    claim = rt.catalog.redrives.claim(name, props.etag, why, now, grace)
+    """Re-drive one staged version: validation record and claim first (table reads), then its bytes.
+
+    ``etag`` is the listing's; ``None`` for a dead-lettered name, whose current version is looked up
+    (a HEAD, not a download) and re-driven whatever its validation.
+    """
+    container = rt.settings.staging_container
+    if etag is None:
+        try:
+            etag = rt.blobs.info(container, name).etag
+        except BlobNotFound:
+            return  # handled meanwhile
+    else:
+        validated = rt.catalog.validations.get(name, etag)
+        if validated is not None and validated.at is not None and validated.at > now - VALIDATED_RECENTLY:
+            # The trigger saw this version and queued its copy: it is in the copy backlog (or poisoned,
+            # with its reason in `corpus status`), not lost. Re-driving it would only add to the backlog.
+            report.skipped_recent += 1
+            return
+    claim = rt.catalog.redrives.claim(name, etag, why, now, grace)
     if claim is None:
         report.skipped_recent += 1
         return
+    report.downloaded += 1
     try:
-        staged = ingest.StagedBlob(name=name, data=data, etag=props.etag, metadata=dict(props.metadata or {}))
+        blob = rt.blobs.read(container, name, if_match=etag)
+    except (BlobNotFound, PreconditionFailed):
+        return  # handled meanwhile, or replaced since the listing: the new upload has its own event
+    data, props = blob.data, blob.info
+    try:
+        staged = ingest.StagedBlob(
+            name=name, data=data, etag=props.etag, metadata=dict(props.metadata), blob_type=props.blob_type
+        )
         outcome = str(ingest.on_staged_blob(rt, staged))
         rt.catalog.redrives.finish(claim, outcome)
         report.redriven[name] = outcome
@@ -130,20 +142,19 @@ def _redrive(
 
 def _dead_lettered(rt: Runtime, report: ReconcileReport) -> Iterator[tuple[str, str]]:
     """Staged names from Event Grid's dead-letter blobs; each blob is deleted once read."""
-    container = rt.clients.container(rt.settings.deadletter_container)
+    container = rt.settings.deadletter_container
     prefix = f"/blobServices/default/containers/{rt.settings.staging_container}/blobs/"
     try:
-        blobs = list(container.list_blobs())
-    except ResourceNotFoundError:
+        blobs = list(iter_blobs(rt.blobs, container))
+    except BlobNotFound:
         return
     for item in blobs:
-        client = container.get_blob_client(item.name)
         try:
-            downloader = client.download_blob()
-            events = json.loads(downloader.readall())
-        except ResourceNotFoundError:
+            blob = rt.blobs.read(container, item.name)
+            events = json.loads(blob.data)
+        except BlobNotFound:
             continue
-        except (ValueError, HttpResponseError) as exc:
+        except (ValueError, StorageError) as exc:
             rt.record_failure(FailureRow(SOURCE, f"deadletter/{item.name}", f"unreadable dead-letter blob: {exc}", 1, True))
             continue
         report.deadletters += 1
@@ -152,7 +163,5 @@ def _dead_lettered(rt: Runtime, report: ReconcileReport) -> Iterator[tuple[str, 
             if subject.startswith(prefix):
                 why = f"dead-lettered by Event Grid: {event.get('deadLetterReason', 'unknown reason')}"
                 yield subject[len(prefix) :], why  # subjects carry the blob name as is
-        try:
-            client.delete_blob(etag=downloader.properties.etag, match_condition=MatchConditions.IfNotModified)
-        except HttpResponseError:
-            pass  # deleted by a concurrent reconciler, or replaced: the next run reads it again
+        # deleted by a concurrent reconciler, or replaced (False): the next run reads it again
+        rt.blobs.delete_if_unchanged(container, item.name, blob.info.etag)

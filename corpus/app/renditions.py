@@ -25,13 +25,10 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError, ResourceNotModifiedError
-from azure.storage.blob import ContentSettings
-
 from corpus.app.runtime import Runtime
 from corpus.app.web import HttpError, Request, Response
 from corpus.domain import transforms
+from corpus.domain.errors import BlobConflict, BlobNotFound
 from corpus.domain.limits import MAX_BLOB_NAME
 from corpus.domain.media import CONTENT_TYPES
 
@@ -64,23 +61,14 @@ def _blob_arg(req: Request, prefixes: tuple[str, ...]) -> str:
 
 def _served(rt: Runtime, domain: str, blob: str, inm: str | None) -> Response:
     """Read one blob (conditionally on ``If-None-Match``) and answer it as an image."""
-    client = rt.clients.container(domain).get_blob_client(blob)
-    try:
-        if inm:
-            downloader = client.download_blob(etag=inm, match_condition=MatchConditions.IfModified)
-        else:
-            downloader = client.download_blob()
-    except (ResourceNotModifiedError, ResourceModifiedError) as exc:
-        # Storage answered 304 (the SDK raises ResourceModifiedError for it, as its error code is
-        # ConditionNotMet): the client's copy is current. Any other status is a real failure.
-        if exc.status_code != 304:
-            raise
+    got = rt.blobs.read_if_changed(domain, blob, inm) if inm else rt.blobs.read(domain, blob)
+    if got is None:  # storage answered 304: the client's copy is current
         return Response(304, b"", {"ETag": inm or "", "Cache-Control": CACHE_CONTROL})
-    props = downloader.properties
+    props = got.info
     if props.size > MAX_SERVED_BYTES:
         raise HttpError(413, f"{blob} is {props.size} bytes: too large to show here")
-    data = downloader.readall()
-    ctype = props.content_settings.content_type or ""
+    data = got.data
+    ctype = props.content_type
     return Response(
         200,
         data,
@@ -111,7 +99,7 @@ def serve_preview(rt: Runtime, req: Request) -> Response:
     name = preview_name(source)
     try:
         return _served(rt, domain, name, req.headers.get("if-none-match"))
-    except ResourceNotFoundError:
+    except BlobNotFound:
         pass
     ensure_preview(rt, domain, source)
     return _served(rt, domain, name, None)
@@ -119,19 +107,14 @@ def serve_preview(rt: Runtime, req: Request) -> Response:
 
 def ensure_preview(rt: Runtime, domain: str, source: str) -> str:
     """Render and store the preview of ``source`` unless it exists; return its blob name. Idempotent."""
-    container = rt.clients.container(domain)
     name = preview_name(source)
-    downloader = container.get_blob_client(source).download_blob()
-    if downloader.properties.size > rt.settings.max_blob_bytes:
+    got = rt.blobs.read(domain, source)
+    if got.info.size > rt.settings.max_blob_bytes:
         raise HttpError(413, f"{source} is larger than {rt.settings.max_blob_bytes} bytes")
-    out = transforms.render(
-        downloader.readall(), "thumbnail", {"size": PREVIEW_SIZE}, rt.settings.max_pixels, admit=rt.decode_budget.hold
-    )
+    out = transforms.render(got.data, "thumbnail", {"size": PREVIEW_SIZE}, rt.settings.max_pixels, admit=rt.decode_budget.hold)
     try:
-        container.get_blob_client(name).upload_blob(
-            out.data, overwrite=False, content_settings=ContentSettings(content_type=out.content_type)
-        )
-        log.info("stored preview %s/%s of %s", domain, name, source)
-    except ResourceExistsError:
-        pass  # another request stored it first: same source, same renderer, same preview
+        if rt.blobs.put_once(domain, name, out.data, out.content_type):
+            log.info("stored preview %s/%s of %s", domain, name, source)
+    except BlobConflict:
+        pass  # another request stored it first with other bytes (a renderer changed): it stands
     return name

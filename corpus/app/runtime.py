@@ -6,23 +6,28 @@ invocations), so clients and their connection pool are reused across invocations
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from azure.core.exceptions import ResourceExistsError
+from typing import Any, cast
 
 from corpus.app.admission import MemoryBudget
 from corpus.domain.tags import load_extractor
+from corpus.store.azure_ports import AzureBlobStore, AzureOutbox, encode_message
 from corpus.store.catalog import Catalog
 from corpus.store.groupcommit import ImageRecorder
 from corpus.store.hostconfig import QueueConfig, load_queue_config
+from corpus.store.memory import MemoryBlobStore, MemoryOutbox
+from corpus.store.memory_tables import MemoryTables
+from corpus.store.ports import BlobStore, Outbox
 from corpus.store.rows import FailureRow
 from corpus.store.settings import BLOB_POISON_QUEUE, TABLES, Settings, poison_queue
 from corpus.store.storage import FUNCTION_RETRY, Clients
+
+__all__ = ["Runtime", "app_root", "check_config", "encode_message", "get_runtime"]
 
 log = logging.getLogger("corpus")
 
@@ -37,30 +42,69 @@ def app_root() -> Path:
 
 @dataclass
 class Runtime:
+    """Everything a use case touches, built once per process: ``blobs`` and ``outbox`` are the
+    store ports (:mod:`corpus.store.ports`); ``catalog`` the table stores; ``clients`` remains for
+    the table adapters and the tools that still need a raw client."""
+
     settings: Settings
     clients: Clients
     catalog: Catalog
     queues: QueueConfig
     recorder: ImageRecorder
     decode_budget: MemoryBudget
+    blobs: BlobStore
+    outbox: Outbox
     _containers: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def create(cls, settings: Settings | None = None, host_json: Path | None = None) -> Runtime:
+    def create(
+        cls, settings: Settings | None = None, host_json: Path | None = None, profile: Mapping[str, Any] = FUNCTION_RETRY
+    ) -> Runtime:
         """Wire everything for one process; a bad setting, tag extractor or host.json raises
-        :class:`~corpus.domain.errors.ConfigError` here, once, before any input is touched."""
+        :class:`~corpus.domain.errors.ConfigError` here, once, before any input is touched.
+
+        ``profile``: the clients' retry options, :data:`~corpus.store.storage.FUNCTION_RETRY` for
+        the function app (a retry beats a failed message), ``FAIL_FAST`` for the CLI (a person waits).
+        """
         settings = settings or Settings.from_env()
         load_extractor(settings.tag_extractor)
-        clients = Clients(settings.connection, dict(FUNCTION_RETRY))
-        catalog = Catalog(clients)
+        clients = Clients(settings.connection, dict(profile))
+        blobs = AzureBlobStore(clients)
+        catalog = Catalog(clients, blobs)
+        queues = load_queue_config(host_json or app_root() / "host.json")
         return cls(
             settings=settings,
             clients=clients,
             catalog=catalog,
             recorder=ImageRecorder(catalog),
             decode_budget=MemoryBudget(settings.decode_budget_bytes),
-            queues=load_queue_config(host_json or app_root() / "host.json"),
+            queues=queues,
+            blobs=blobs,
+            outbox=AzureOutbox(clients, queues.message_encoding),
+        )
+
+    @classmethod
+    def in_memory(cls, settings: Settings | None = None, host_json: Path | None = None) -> Runtime:
+        """Every store in memory (:mod:`corpus.store.memory`, :mod:`corpus.store.memory_tables`),
+        with the same use-case code: fast unit tests and scale runs, no Azurite."""
+        settings = settings or Settings.from_env({"CorpusStorage": "UseDevelopmentStorage=true"})
+        load_extractor(settings.tag_extractor)
+        tables = MemoryTables()
+        blobs = MemoryBlobStore()
+        catalog = Catalog(tables, blobs)
+        queues = load_queue_config(host_json or app_root() / "host.json")
+        return cls(
+            settings=settings,
+            # MemoryTables answers table_client() and ensure(): all that is asked of clients once
+            # blobs and queues go through the ports.
+            clients=cast(Clients, tables),
+            catalog=catalog,
+            recorder=ImageRecorder(catalog),
+            decode_budget=MemoryBudget(settings.decode_budget_bytes),
+            queues=queues,
+            blobs=blobs,
+            outbox=MemoryOutbox(queues.message_encoding),
         )
 
     # -- the failure reporter's seam (corpus.app.failures.Reporter) ---------------------------
@@ -80,18 +124,13 @@ class Runtime:
 
         ``time_to_live=-1``: the message never expires (poison messages: the queue default is 7 days).
         """
-        self.clients.queue_client(queue).send_message(
-            encode_message(text, self.queues.message_encoding), time_to_live=time_to_live
-        )
+        self.outbox.send(queue, text, time_to_live)
 
     def ensure_container(self, name: str) -> None:
         """Create a domain container on first use; cached, as containers are never deleted by us."""
         if name in self._containers:
             return
-        try:
-            self.clients.container(name).create_container()
-        except ResourceExistsError:
-            pass
+        self.blobs.ensure_container(name)
         with self._lock:
             self._containers.add(name)
 
@@ -102,22 +141,19 @@ class Runtime:
         host ever has (it creates them lazily), and would get 404 on a fresh account.
         """
         s = self.settings
+        containers = (
+            s.staging_container,
+            s.rejected_container,
+            s.deadletter_container,
+            s.trainsets_container,
+            s.exports_container,
+        )
+        for name in containers:
+            self.blobs.ensure_container(name)
         self.clients.ensure(
-            containers=(
-                s.staging_container,
-                s.rejected_container,
-                s.deadletter_container,
-                s.trainsets_container,
-                s.exports_container,
-            ),
             queues=s.queues + tuple(poison_queue(q) for q in s.queues) + (BLOB_POISON_QUEUE,),
             tables=TABLES,
         )
-
-
-def encode_message(text: str, encoding: str) -> str:
-    """A producer must match the trigger's ``messageEncoding``, or its messages go to poison."""
-    return base64.b64encode(text.encode("utf-8")).decode("ascii") if encoding == "base64" else text
 
 
 _runtime: Runtime | None = None

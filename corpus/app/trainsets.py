@@ -40,8 +40,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from azure.storage.blob import BlobBlock, ContentSettings
-
 from corpus.app.runtime import Runtime
 from corpus.domain import trainsets as ts
 from corpus.domain.errors import MessageError, NotFoundError, PermanentError, reason
@@ -56,6 +54,7 @@ from corpus.domain.manifest import (
 )
 from corpus.domain.paths import SetRef
 from corpus.domain.trainsets import LabelOutcome, TrainsetContinue, TrainsetRequest
+from corpus.store.ports import BlobStore, iter_ranges
 from corpus.store.rows import ImageRow, ImageSetRow, dirs_of
 from corpus.store.trainsets_table import (
     BUILDING,
@@ -66,7 +65,6 @@ from corpus.store.trainsets_table import (
     ModelRow,
     TrainsetRow,
     TrainsetStore,
-    blob_ranges,
     manifest_entry,
     snapshot_images,
 )
@@ -81,7 +79,8 @@ RESOLVE_THREADS = 16
 
 
 def store_of(rt: Runtime) -> TrainsetStore:
-    return TrainsetStore(rt.clients)
+    """The training-set tables: the catalog's, built once per process."""
+    return rt.catalog.training
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +191,7 @@ def _build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
         raise RuntimeError("the TrainingSets row has no service Timestamp")
     req = TrainsetRequest.from_definition(row.name, row.version, row.definition)
     sets = select_sets(rt, req)
-    blob = rt.clients.container(row.manifest_container).get_blob_client(row.manifest_blob)
+    blob = _ManifestBlob(rt.blobs, row.manifest_container, row.manifest_blob)
     per_block = rt.settings.trainset_block_images
     saved = row.state  # the last state stored in the row
     blocks = saved.blocks  # blocks put or being put (one ahead of ``saved`` at most)
@@ -290,10 +289,19 @@ class _Counts:
         )
 
 
-def _put_block(store: TrainsetStore, blob: Any, index: int, lines: list[str], uses: list[BlobUse]) -> None:
+@dataclass(frozen=True, slots=True)
+class _ManifestBlob:
+    """The manifest blob a build writes, block by block."""
+
+    blobs: BlobStore
+    container: str
+    name: str
+
+
+def _put_block(store: TrainsetStore, blob: _ManifestBlob, index: int, lines: list[str], uses: list[BlobUse]) -> None:
     """Put one block (a complete gzip member) and index its images; both idempotent."""
     data = gzip_member("".join(lines).encode("utf-8"))
-    blob.stage_block(block_id(index), data, length=len(data))
+    blob.blobs.stage_block(blob.container, blob.name, block_id(index), data)
     store.lineage.add_blob_uses(uses)
 
 
@@ -307,11 +315,11 @@ def _advance(store: TrainsetStore, row: TrainsetRow, new: BuildState) -> tuple[T
     return fresh, fresh.state
 
 
-def _finish(store: TrainsetStore, blob: Any, row: TrainsetRow, state: BuildState) -> str:
+def _finish(store: TrainsetStore, blob: _ManifestBlob, row: TrainsetRow, state: BuildState) -> str:
     """Commit the blocks, hash the committed manifest, flip to ``ready`` (If-Match)."""
-    blocks = [BlobBlock(block_id=block_id(i)) for i in range(state.blocks)]
-    blob.commit_block_list(blocks, content_settings=ContentSettings(content_type="application/gzip"))
-    digest, count = manifest_digest(blob_ranges(blob))
+    blocks = [block_id(i) for i in range(state.blocks)]
+    blob.blobs.commit_blocks(blob.container, blob.name, blocks, "application/gzip")
+    digest, count = manifest_digest(iter_ranges(blob.blobs, blob.container, blob.name))
     if count != state.images:
         raise RuntimeError(f"manifest {row.manifest_blob} holds {count} lines, the build counted {state.images}; retrying")
     done = replace(row, status=READY, sha256=digest, state=replace(state, cursor=None))

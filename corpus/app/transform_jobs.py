@@ -43,17 +43,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import ContentSettings
-
 from corpus.app.runtime import Runtime
 from corpus.domain import keys, transforms
-from corpus.domain.errors import MessageError, NotFoundError
+from corpus.domain.errors import BlobConflict, BlobNotFound, MessageError, NotFoundError
 from corpus.domain.messages import TransformJob, TransformPage, TransformRequest, is_transform_page
 from corpus.domain.paths import SetRef
 from corpus.domain.tags import tags_for
 from corpus.store.rows import ImageRow, ImageSetRow, dirs_of
-from corpus.store.storage import blob_md5
 
 log = logging.getLogger("corpus.transform")
 
@@ -191,30 +187,24 @@ def on_transform_job(rt: Runtime, job: TransformJob) -> JobOutcome:
         rt.catalog.refresh_counts(ref, transform)
         return JobOutcome.EXISTS
 
-    container = rt.clients.container(job.domain)
     try:
-        data = container.get_blob_client(source.blob).download_blob().readall()
-    except ResourceNotFoundError as exc:
+        data = rt.blobs.read(job.domain, source.blob).data
+    except BlobNotFound as exc:
         raise NotFoundError(f"source image {job.domain}/{source.blob} does not exist") from exc
 
     out = transforms.render(data, job.name, args, rt.settings.max_pixels, admit=rt.decode_budget.hold)
     name = transforms.output_name(job.file, out.extension)
     dest_name = ref.transform_prefix(*transform) + name
-    dest = container.get_blob_client(dest_name)
     md5 = hashlib.md5(out.data, usedforsecurity=False).hexdigest()
     outcome = JobOutcome.WRITTEN
     size = len(out.data)
     try:
-        dest.upload_blob(
-            out.data,
-            overwrite=False,
-            content_settings=ContentSettings(content_type=out.content_type, content_md5=bytearray(bytes.fromhex(md5))),
-        )
-    except ResourceExistsError:
-        # Written by an earlier delivery. It stands (transformed images are immutable too); count
-        # what is stored, which may differ in bytes if the encoder changed since.
-        props = dest.get_blob_properties()
-        md5, size, outcome = blob_md5(dest, props), props.size, JobOutcome.EXISTS
+        if not rt.blobs.put_once(job.domain, dest_name, out.data, out.content_type):
+            outcome = JobOutcome.EXISTS  # the same bytes, written by an earlier delivery
+    except BlobConflict as exc:
+        # Written by an earlier delivery with other bytes (the encoder changed since). It stands
+        # (transformed images are immutable too); count what is stored.
+        md5, size, outcome = exc.stored_md5, exc.stored_size, JobOutcome.EXISTS
 
     rt.catalog.sets.ensure(
         ref,

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from azure.data.tables import TableClient
-
 from corpus.domain.errors import InvalidNameError, NotFoundError
 from corpus.domain.paths import ROOT_PATH, SetRef, validate_domain, validate_version
+from corpus.domain.refs import TransformRef
 from corpus.store.catalog import Catalog
 from corpus.store.rows import ImageRow, ImageSetRow, Transform, dirs_of
-from corpus.store.tables import decode_continuation, encode_continuation, first_page
+from corpus.store.tables import decode_continuation, encode_continuation, table_page
 from corpus.store.trainsets_table import ModelRow, TrainsetRow, TrainsetStore
 
 MAX_PAGE = 1000
@@ -112,10 +111,7 @@ class SetSelector:
             raise InvalidNameError(f"invalid set path {path!r}")
         t: Transform | None = None
         if transform:
-            name, sep, tversion = transform.partition(":")
-            if not sep or not name or not tversion:
-                raise InvalidNameError(f"transform must be NAME:VERSION, not {transform!r}")
-            t = (name, validate_version(tversion, "transform version"))
+            t = TransformRef.parse(transform).pair
         return cls(SetRef(domain, dirs, version), t)
 
 
@@ -186,17 +182,11 @@ def page_trainsets(store: TrainsetStore, limit: int, continuation: str | None) -
     ``[A-Za-z0-9._-]``, which :func:`corpus.domain.keys.escape` leaves as they are, so the keys sort
     as the names do. Pages are key ranges: every training set is on exactly one page.
     """
-    entities, token = _table_page(store.trainsets.table, limit, continuation)
+    entities, token = table_page(store.trainsets.table, limit, _token(continuation))
     return sorted((TrainsetRow.from_entity(e) for e in entities), key=lambda r: (r.name, r.version)), token
 
 
 def page_models(store: TrainsetStore, limit: int, continuation: str | None) -> tuple[list[ModelRow], str | None]:
     """One page of models, as :func:`page_trainsets` (the same keys, the same order as ``corpus model list``)."""
-    entities, token = _table_page(store.models.table, limit, continuation)
+    entities, token = table_page(store.models.table, limit, _token(continuation))
     return sorted((ModelRow.from_entity(e) for e in entities), key=lambda r: (r.name, r.version)), token
-
-
-def _table_page(table: TableClient, limit: int, continuation: str | None) -> tuple[list[Any], str | None]:
-    """One request's worth (≤ ``limit``) of a whole table's entities, in key order, and the next token."""
-    pages = table.list_entities(results_per_page=limit).by_page(continuation_token=_token(continuation))  # type: ignore[arg-type]  # the SDK's token is a dict
-    return first_page(pages)

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-
 from corpus.app import views
 from corpus.app.runtime import Runtime
 from corpus.app.trainsets import lineage_of_blob, store_of
-from corpus.domain.errors import ImageError, InvalidNameError, NotFoundError
+from corpus.domain.errors import BlobNotFound, ImageError, InvalidNameError, NotFoundError
 from corpus.domain.limits import MAX_BLOB_NAME
 from corpus.domain.paths import validate_domain, validate_version
+from corpus.store.azure_ports import as_storage_error
 
 log = logging.getLogger("corpus.web")
 
@@ -101,11 +100,12 @@ def status_of(exc: Exception) -> tuple[int, str]:
         return exc.status, str(exc)
     if isinstance(exc, InvalidNameError):
         return 400, str(exc)
-    if isinstance(exc, NotFoundError | ResourceNotFoundError):
+    storage = as_storage_error(exc)
+    if isinstance(exc, NotFoundError) or isinstance(storage, BlobNotFound):
         return 404, str(exc) if isinstance(exc, NotFoundError) else "not found"
     if isinstance(exc, ImageError):
         return 422, str(exc)
-    if isinstance(exc, HttpResponseError):
+    if storage is not None:
         return 503, "storage is unavailable or refused the request; try again"
     return 500, "internal error (logged on the server)"
 

@@ -10,10 +10,13 @@ service for the entities with ``lo < Timestamp <= hi``, so a sync reads what was
 the last watermark and a query reads what was written after the snapshot's, and both compare
 against the same clock (the service's), with the same bounds, so a row is in exactly one of them.
 
-**Blobs.** Parquet files are immutable and content-addressed (their name holds the SHA-256 of
-their bytes) and are written ``If-None-Match: *``; the manifest (``manifest.json``) is replaced
-``If-Match`` its ETag (created ``If-None-Match: *``), so of two concurrent syncs one commits and
-the other finds out and starts again from the new manifest.
+**Blobs** go through the store's port (:class:`~corpus.store.ports.BlobStore`): Parquet files
+are immutable and content-addressed (their name holds the SHA-256 of their bytes) and written
+``put_once`` (``If-None-Match: *``); the manifest (``manifest.json``) is created ``put_once`` and
+replaced ``If-Match`` its ETag, so of two concurrent syncs one commits and the other finds out
+and starts again from the new manifest. Replace-if-match is the one verb the port lacks: it is
+done here on the SDK client (:meth:`CatalogStorage.commit_manifest`), the place to change when
+the port gains it. Tables are read through a :class:`~corpus.store.tables.TableSource`.
 """
 
 from __future__ import annotations
@@ -21,20 +24,24 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import ContentSettings
 
 from corpus.catalog import records
 from corpus.catalog.records import Row
 from corpus.catalog.schema import IMAGES, TRAINSET_IMAGES, empty, to_arrow
 from corpus.domain import keys
+from corpus.domain.errors import BlobConflict, BlobNotFound
 from corpus.domain.manifest import iter_entries
+from corpus.store.azure_ports import AzureBlobStore
 from corpus.store.images_table import IMAGES_FROM
+from corpus.store.ports import BlobStore, iter_blobs, iter_ranges
 from corpus.store.rows import ImageSetRow, RejectionRow, TransformRow, is_set_entity
 from corpus.store.settings import (
     CATALOG_CONTAINER,
@@ -48,15 +55,17 @@ from corpus.store.settings import (
     Settings,
 )
 from corpus.store.storage import Clients
-from corpus.store.trainsets_table import ModelRow, TrainsetRow, blob_ranges
+from corpus.store.tables import TableSource
+from corpus.store.trainsets_table import ModelRow, TrainsetRow, TrainsetStore
 
 MANIFEST = "manifest.json"
+PARQUET = "application/vnd.apache.parquet"
 READERS = 8
 """Concurrent table reads of one sync or tail (partition-key ranges, or sets)."""
 CHUNK = 2_000
 """Rows converted to Arrow at a time by each reader: 8 readers x 2,000 rows of Python dicts stay ~40 MB."""
 
-__all__ = ["MANIFEST", "CatalogStorage", "Clients", "Settings", "catalog_container"]
+__all__ = ["MANIFEST", "BlobStore", "CatalogStorage", "Clients", "Settings", "catalog_container"]
 
 
 def catalog_container(settings: Settings) -> str:
@@ -64,19 +73,22 @@ def catalog_container(settings: Settings) -> str:
 
 
 class CatalogStorage:
-    def __init__(self, clients: Clients, container: str) -> None:
-        self.clients = clients
+    def __init__(self, tables: TableSource, blobs: BlobStore, container: str, clients: Clients | None = None) -> None:
+        """``clients``: the SDK clients for the manifest's If-Match replace (syncs only; readers need none)."""
+        self.tables = tables
+        self.blobs = blobs
         self.container_name = container
-        self.container = clients.container(container)
+        self.clients = clients
 
     @property
     def location(self) -> str:
         """The container's URL: what a local cache of its files is keyed by."""
-        return str(self.container.url)
+        return self.blobs.url(self.container_name)
 
     @classmethod
-    def of(cls, clients: Clients, settings: Settings) -> CatalogStorage:
-        return cls(clients, catalog_container(settings))
+    def of(cls, clients: Clients, settings: Settings, blobs: BlobStore | None = None) -> CatalogStorage:
+        """The catalog of these settings; ``blobs`` defaults to the Azure adapter on ``clients``."""
+        return cls(clients, blobs if blobs is not None else AzureBlobStore(clients), catalog_container(settings), clients)
 
     # -- tables --------------------------------------------------------------------------------
 
@@ -102,7 +114,7 @@ class CatalogStorage:
             if value:
                 clauses.append(clause)
                 params[name] = value
-        client = self.clients.table_client(table)
+        client = self.tables.table_client(table)
         if not clauses:
             return iter(client.list_entities(results_per_page=1000))
         return iter(client.query_entities(" and ".join(clauses), parameters=params, results_per_page=1000))
@@ -110,7 +122,7 @@ class CatalogStorage:
     def all_sets(self) -> dict[str, tuple[ImageSetRow, datetime | None]]:
         """Every set (originals and transformed) by its ``Images`` partition key, with the service
         time of its entity's last write."""
-        found = self.clients.table_client(TABLE_SETS).query_entities("RowKey lt @hi", parameters={"hi": keys.SETS_UPPER})
+        found = self.tables.table_client(TABLE_SETS).query_entities("RowKey lt @hi", parameters={"hi": keys.SETS_UPPER})
         out = {}
         for e in found:
             s = ImageSetRow.from_entity(e)
@@ -182,9 +194,8 @@ class CatalogStorage:
     def trainset_images(self, row: TrainsetRow) -> pa.Table:
         """The manifest lines of a ready training set, as ``trainset_images`` rows (read in 4 MiB
         ranges, converted :data:`CHUNK` lines at a time)."""
-        blob = self.clients.container(row.manifest_container).get_blob_client(row.manifest_blob)
         chunks, rows = [], []
-        for e in iter_entries(blob_ranges(blob)):
+        for e in iter_entries(TrainsetStore(self.tables, self.blobs).manifest_chunks(row)):
             rows.append(records.trainset_image(row.name, row.version, e))
             if len(rows) == CHUNK:
                 chunks.append(to_arrow(TRAINSET_IMAGES, rows))
@@ -195,58 +206,69 @@ class CatalogStorage:
     # -- blobs ---------------------------------------------------------------------------------
 
     def ensure(self) -> None:
-        self.clients.ensure(containers=(self.container_name,))
+        self.blobs.ensure_container(self.container_name)
 
     def read_manifest(self) -> tuple[bytes | None, str | None]:
         """The manifest's bytes and ETag, or (None, None) when there is no snapshot yet."""
         try:
-            downloaded = self.container.get_blob_client(MANIFEST).download_blob()
-        except ResourceNotFoundError:
+            blob = self.blobs.read(self.container_name, MANIFEST)
+        except BlobNotFound:
             return None, None
-        return downloaded.readall(), str(downloaded.properties.etag)
+        return blob.data, blob.info.etag
 
     def commit_manifest(self, data: bytes, etag: str | None) -> bool:
         """Replace the manifest if it is still at ``etag`` (create it if ``etag`` is None); False if not."""
-        blob = self.container.get_blob_client(MANIFEST)
+        if etag is None:
+            try:
+                return self.blobs.put_once(self.container_name, MANIFEST, data, "application/json")
+            except BlobConflict:
+                return False
+        if self.clients is None:
+            raise RuntimeError("a sync needs the storage clients (CatalogStorage.of) to replace the manifest If-Match")
+        blob = self.clients.container(self.container_name).get_blob_client(MANIFEST)
         try:
-            if etag is None:
-                blob.upload_blob(data, overwrite=False)
-            else:
-                blob.upload_blob(data, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified)
-        except (ResourceExistsError, ResourceModifiedError):
+            blob.upload_blob(
+                data,
+                overwrite=True,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+                content_settings=ContentSettings(content_type="application/json"),
+            )
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
             return False
         return True
 
     def put_file(self, name: str, data: bytes) -> None:
         """Write an immutable, content-addressed file once (If-None-Match: *). When it exists already
-        (same name, same bytes), its Last-Modified is refreshed, so the orphan sweep of a concurrent
-        sync does not take it for an old orphan."""
-        blob = self.container.get_blob_client(name)
-        try:
-            blob.upload_blob(data, overwrite=False)
-        except ResourceExistsError:
-            blob.set_blob_metadata({"touched": "1"})
+        (same name, same bytes), it is written again, which only refreshes its Last-Modified, so the
+        orphan sweep of another sync does not take it for an old orphan."""
+        if not self.blobs.put_once(self.container_name, name, data, PARQUET):
+            self.blobs.put(self.container_name, name, data, PARQUET)
 
     def get_file(self, name: str) -> bytes:
-        return bytes(self.container.get_blob_client(name).download_blob().readall())
+        return self.blobs.read(self.container_name, name).data
 
     def download_to(self, name: str, path: Path) -> None:
-        """Download a file to ``path`` through a temporary name, so a cache never holds half a file;
-        FileNotFoundError if it is gone (swept: the manifest that listed it is more than an hour old)."""
+        """Download a file to ``path`` (4 MiB ranges, through a temporary name, so a cache never holds
+        half a file); FileNotFoundError if it is gone (swept: the manifest that listed it is old)."""
         part = path.with_name(f"{path.name}.{os.getpid()}.part")
         try:
             with open(part, "wb") as out:
-                self.container.get_blob_client(name).download_blob(max_concurrency=4).readinto(out)
-        except ResourceNotFoundError:
+                for chunk in iter_ranges(self.blobs, self.container_name, name):
+                    out.write(chunk)
+        except BlobNotFound:
             part.unlink(missing_ok=True)
             raise FileNotFoundError(f"{self.container_name}/{name} is gone") from None
         part.replace(path)
 
-    def list_files(self) -> list[tuple[str, datetime]]:
-        return [(str(b.name), b.last_modified) for b in self.container.list_blobs() if b.name != MANIFEST]
+    def list_files(self) -> list[tuple[str, datetime, str]]:
+        """(name, last modified, ETag) of every file but the manifest."""
+        return [
+            (b.name, b.last_modified or datetime.now(UTC), b.etag)
+            for b in iter_blobs(self.blobs, self.container_name)
+            if b.name != MANIFEST
+        ]
 
-    def delete(self, name: str) -> None:
-        try:
-            self.container.delete_blob(name)
-        except ResourceNotFoundError:
-            pass
+    def delete(self, name: str, etag: str) -> None:
+        """Delete a file if it is still the version listed (a re-written one is left for the next sweep)."""
+        self.blobs.delete_if_unchanged(self.container_name, name, etag)

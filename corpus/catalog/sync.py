@@ -63,7 +63,7 @@ from corpus.catalog.snapshot import (
     merged_range,
     parquet_bytes,
 )
-from corpus.catalog.storage import CatalogStorage, Clients, Settings
+from corpus.catalog.storage import BlobStore, CatalogStorage, Clients, Settings
 from corpus.domain.errors import ConfigError
 from corpus.store.trainsets_table import READY
 
@@ -114,9 +114,9 @@ def lag_of(values: Mapping[str, str]) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def sync_settings(clients: Clients, settings: Settings) -> SyncResult:
+def sync_settings(clients: Clients, settings: Settings, blobs: BlobStore | None = None) -> SyncResult:
     """One sync of the catalog these settings name (the timer function's and the CLI's entry point)."""
-    result = sync(CatalogStorage.of(clients, settings), lag_of(settings.values))
+    result = sync(CatalogStorage.of(clients, settings, blobs), lag_of(settings.values))
     log.info("catalog sync: %s", result.as_json())
     return result
 
@@ -250,8 +250,8 @@ def sweep(store: CatalogStorage, snapshot: Snapshot, now: datetime) -> int:
     older than :data:`~corpus.catalog.snapshot.GRACE`; returns how many were deleted."""
     keep = {f.name for f in snapshot.files} | {r.name for r in snapshot.retired}
     n = 0
-    for name, modified in store.list_files():
+    for name, modified, etag in store.list_files():
         if name not in keep and modified < now - GRACE:
-            store.delete(name)
+            store.delete(name, etag)
             n += 1
     return n

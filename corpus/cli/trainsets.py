@@ -99,15 +99,9 @@ def _guard(fn: Callable[[], int]) -> int:
 
 def _rt() -> Any:
     from corpus.app.runtime import Runtime
-    from corpus.store.storage import FAIL_FAST, Clients
+    from corpus.store.storage import FAIL_FAST
 
-    settings = _settings()
-    rt = Runtime.create(settings)
-    rt.clients = Clients(settings.connection, FAIL_FAST)
-    from corpus.store.catalog import Catalog
-
-    rt.catalog = Catalog(rt.clients)
-    return rt
+    return Runtime.create(_settings(), profile=FAIL_FAST)
 
 
 def _store(rt: Any) -> Any:

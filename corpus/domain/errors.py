@@ -70,6 +70,43 @@ class StorageError(CorpusError):
         self.code = code
 
 
+class BlobNotFound(StorageError):
+    """The blob (or its container) does not exist: HTTP 404 from either implementation."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional request's condition did not hold (If-Match, If-None-Match, a source ETag).
+
+    The store ports name their conditions in their verbs (``put_once``, ``delete_if_unchanged``…);
+    this is what those verbs raise when the condition is the reason the request did nothing.
+    """
+
+
+class BlobExists(PreconditionFailed):
+    """``If-None-Match: *`` refused: the name is taken (Azure 409 ``BlobAlreadyExists`` or 412)."""
+
+
+class SourceChanged(PreconditionFailed):
+    """A copy's source is no longer at the required ETag, or is gone.
+
+    Azure answers 412 ``SourceConditionNotMet`` (or 404), Azurite 412 ``ConditionNotMet``: the
+    adapter tells them apart from a taken destination by looking at the destination.
+    """
+
+
+class BlobConflict(ConflictError):
+    """``put_once`` found the name taken by other bytes (another MD5): write-once, not overwritten."""
+
+    def __init__(self, message: str, stored_md5: str, stored_size: int) -> None:
+        super().__init__(message)
+        self.stored_md5 = stored_md5
+        self.stored_size = stored_size
+
+
+class MessageTooLarge(PermanentError, ValueError):
+    """A queue message above Azure's 64 KiB, counted after the host's ``messageEncoding``."""
+
+
 MAX_REASON = 16_000
 """Characters of a reason or message body kept in a table row (a string property holds 32 K
 UTF-16 code units; this leaves room for the other properties of the row)."""

@@ -36,9 +36,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from corpus.domain.errors import InvalidNameError, MessageError
+from corpus.domain.errors import MessageError
 from corpus.domain.keys import image_row_key
-from corpus.domain.paths import validate_version
+from corpus.domain.refs import TrainsetRef
 
 MANIFEST_NAME = "manifest.jsonl.gz"
 
@@ -50,13 +50,7 @@ def manifest_blob(name: str, version: str) -> str:
 
 def parse_ref(text: str, what: str = "training set") -> tuple[str, str]:
     """``NAME:VERSION`` → (name, version), both valid version-like names (they become blob path segments)."""
-    name, sep, version = text.partition(":")
-    if not sep:
-        raise MessageError(f"{what} {text!r}: expected NAME:VERSION")
-    try:
-        return validate_version(name, f"{what} name"), validate_version(version, f"{what} version")
-    except InvalidNameError as exc:
-        raise MessageError(str(exc)) from exc
+    return TrainsetRef.parse(text, what).pair
 
 
 def b64_to_hex(md5_b64: str) -> str:

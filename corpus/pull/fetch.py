@@ -2,7 +2,7 @@
 
 A pull is thousands of ~100 KB GETs; the SDK's per-request pipeline costs more CPU than the
 transfer itself on a fast link. This reuses the uploader's List Blobs client
-(:class:`corpus.upload.bloblist.BlobLister`: the same Shared Key / SAS / bearer signing and the
+(:class:`corpus.transfer.bloblist.BlobLister`: the same Shared Key / SAS / bearer signing and the
 same keep-alive ``http.client`` transport, or ``requests`` when a proxy is configured) for the
 one other read-only call needed. Transient failures are retried with the same back-off.
 """
@@ -20,8 +20,8 @@ from urllib.parse import quote, urlparse
 
 from corpus.domain.errors import StorageError
 from corpus.store.settings import Connection
-from corpus.upload import bloblist
-from corpus.upload.bloblist import BlobLister
+from corpus.transfer import bloblist
+from corpus.transfer.bloblist import BlobLister
 
 _TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 

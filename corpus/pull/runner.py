@@ -10,11 +10,11 @@ How it stays correct:
   failure naming ``container/blob``; nothing is written for it;
 * a re-run fetches only what is missing or differs: a local file of the manifest's size whose
   (path, size, mtime) is in the local MD5 cache with the manifest's MD5 is not even read (the
-  cache is :class:`corpus.upload.hashcache.HashCache` in its own file); one not in the cache is
+  cache is :class:`corpus.transfer.hashcache.HashCache` in its own file); one not in the cache is
   hashed once.
 
 Same conventions as ``corpus upload``: ``--concurrency`` requests in flight, ``--cap-mbps`` a
-shared budget (:class:`corpus.upload.runner.RateLimiter`), a progress line, ``--failures FILE``
+shared budget (:class:`corpus.transfer.pacing.RateLimiter`), a progress line, ``--failures FILE``
 (JSON) and ``--retry-from FILE``; the CLI exits 1 on failures and 130 when interrupted.
 """
 
@@ -38,9 +38,8 @@ from corpus.domain.manifest import ManifestEntry
 from corpus.pull.fetch import BlobFetcher
 from corpus.pull.sources import EntryReader, Source
 from corpus.store.settings import Settings
-from corpus.upload.hashcache import HashCache, Md5Cache, NullHashCache, default_path
-from corpus.upload.report import write_status
-from corpus.upload.runner import RateLimiter
+from corpus.transfer.hashcache import HashCache, Md5Cache, NullHashCache, default_path
+from corpus.transfer.pacing import RateLimiter, write_status
 
 NAME_MAP = ".corpus-names.jsonl"
 """In DEST: one JSON line per file whose local name differs from its blob's (``path``, ``container``,

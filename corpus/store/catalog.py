@@ -24,6 +24,7 @@ from azure.data.tables import UpdateMode
 from corpus.domain import keys
 from corpus.domain.paths import SetRef
 from corpus.store.images_table import ImagesTable
+from corpus.store.ports import BlobStore
 from corpus.store.reports_table import FailuresTable, RedrivesTable, RejectionsTable
 from corpus.store.rows import ImageRow, ImageSetRow, Transform
 from corpus.store.sets_table import SetsTable
@@ -36,8 +37,8 @@ from corpus.store.settings import (
     TABLE_TRANSFORMS,
     TABLE_VALIDATIONS,
 )
-from corpus.store.storage import Clients
-from corpus.store.tables import MAX_ATTEMPTS, backoff
+from corpus.store.tables import MAX_ATTEMPTS, TableSource, backoff
+from corpus.store.trainsets_table import TrainsetStore
 from corpus.store.transforms_table import TransformsTable
 from corpus.store.validations_table import ValidationsTable
 
@@ -45,7 +46,9 @@ from corpus.store.validations_table import ValidationsTable
 class Catalog:
     """All table reads and writes; callers never build keys or entities themselves."""
 
-    def __init__(self, clients: Clients) -> None:
+    def __init__(self, clients: TableSource, blobs: BlobStore | None = None) -> None:
+        """Built once per process (:class:`corpus.app.runtime.Runtime`); ``blobs`` reads the
+        training sets' manifests (see :class:`~corpus.store.trainsets_table.TrainsetStore`)."""
         self.sets = SetsTable(clients.table_client(TABLE_SETS))
         self.images = ImagesTable(clients.table_client(TABLE_IMAGES))
         self.transforms = TransformsTable(clients.table_client(TABLE_TRANSFORMS))
@@ -53,6 +56,8 @@ class Catalog:
         self.failures = FailuresTable(clients.table_client(TABLE_FAILURES))
         self.redrives = RedrivesTable(clients.table_client(TABLE_REDRIVES))
         self.validations = ValidationsTable(clients.table_client(TABLE_VALIDATIONS))
+        # Training sets, models and lineage: built here once, not per call.
+        self.training = TrainsetStore(clients, blobs)
 
     # The two steps of group commit (corpus.store.groupcommit.Committer).
 

@@ -2,7 +2,7 @@
 
 Its connection pool is sized for the throttle: the SDK default (10 connections per host) would
 serialise a 24-wide batch and log "connection pool is full" warnings. It lives apart from
-:mod:`corpus.store.storage` so that :mod:`corpus.upload.bloblist` can use it without loading the Azure SDK.
+:mod:`corpus.store.storage` so that :mod:`corpus.transfer.bloblist` can use it without loading the Azure SDK.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from corpus.domain import keys
 from corpus.domain.display import redact
 from corpus.domain.errors import truncate
 from corpus.domain.paths import ROOT_PATH, SetRef
+from corpus.domain.refs import TransformRef
 
 Entity = dict[str, Any]
 Transform = tuple[str, str]
@@ -167,15 +168,14 @@ class ImageSetRow:
 
     @classmethod
     def from_entity(cls, entity: Mapping[str, Any]) -> ImageSetRow:
-        label = _str(entity, "Transform")
-        name, _, tversion = label.partition(":")
+        transform = TransformRef.from_label(_str(entity, "Transform"))
         return cls(
             domain=_str(entity, "Domain"),
             path=_str(entity, "Path"),
             version=_str(entity, "Version"),
             tags=tuple(parse_tags(entity.get("Tags"))),
             blob_path=_str(entity, "BlobPath"),
-            transform=(name, tversion) if label else None,
+            transform=transform.pair if transform else None,
             transform_keys=(_str(entity, "TransformPartitionKey"), _str(entity, "TransformRowKey")),
             image_count=as_int(entity.get("ImageCount")),
             total_bytes=as_int(entity.get("TotalBytes")),

@@ -42,6 +42,7 @@ from corpus.domain import keys
 from corpus.domain.errors import InvalidNameError
 from corpus.domain.limits import MAX_FILTER_COMPARISONS, MAX_TABLE_BATCH
 from corpus.domain.paths import SetRef
+from corpus.domain.refs import TransformRef
 from corpus.domain.tags import check_tag_count, matches, normalize, normalize_tag
 from corpus.store.rows import ImageSetRow, TagIndexRow, Transform, is_set_entity
 from corpus.store.tables import decode_continuation, encode_continuation, first_page
@@ -263,8 +264,8 @@ def _set_prefix(transform: str | None, originals_only: bool) -> str:
     if originals_only:
         return keys.ORIGINALS_PREFIX
     if transform:
-        name, _, tversion = transform.partition(":")
-        return keys.transform_set_prefix(name, tversion)
+        ref = TransformRef.from_label(transform)  # a filter: an unknown one matches nothing
+        return keys.transform_set_prefix(*ref.pair) if ref else ""
     return ""
 
 

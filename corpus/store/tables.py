@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import random
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
 
+from corpus.domain.refs import Cursor
+
 MAX_ATTEMPTS = 200
+
+
+class TableSource(Protocol):
+    """Where the table stores get their ``TableClient`` s: :class:`~corpus.store.storage.Clients`,
+    or :class:`~corpus.store.memory_tables.MemoryTables` in memory."""
+
+    def table_client(self, name: str) -> Any: ...
 
 
 def backoff(attempt: int) -> None:
@@ -26,32 +32,16 @@ def if_unchanged(entity: Any) -> dict[str, Any]:
 
 
 def encode_continuation(token: Any) -> str | None:
-    """The Tables SDK's continuation (``{"PartitionKey": …, "RowKey": …}``) as one URL-safe string."""
-    if not token:
-        return None
-    raw = json.dumps({"pk": token.get("PartitionKey"), "rk": token.get("RowKey")}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii").rstrip("=")
+    """The Tables SDK's continuation (``{"PartitionKey": …, "RowKey": …}``) as one URL-safe string
+    (:class:`~corpus.domain.refs.Cursor`)."""
+    cursor = Cursor.of(token)
+    return cursor.encode() if cursor else None
 
 
 def decode_continuation(text: str | None) -> dict[str, Any] | None:
-    """Inverse of :func:`encode_continuation`; anything else raises ValueError (the caller's 400).
-
-    The token only says where the next page starts: a forged one can skip rows of the same query,
-    never reach another table, so validating its shape is all that is needed.
-    """
-    if not text:
-        return None
-    if len(text) > 4096:
-        raise ValueError("continuation token too long")
-    try:
-        data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (ValueError, binascii.Error) as exc:
-        raise ValueError("malformed continuation token") from exc
-    if not isinstance(data, dict) or set(data) != {"pk", "rk"}:
-        raise ValueError("malformed continuation token")
-    if not all(v is None or (isinstance(v, str) and len(v) <= 1024) for v in data.values()):
-        raise ValueError("malformed continuation token")
-    return {"PartitionKey": data["pk"], "RowKey": data["rk"]}
+    """Inverse of :func:`encode_continuation`; anything else raises ValueError (the caller's 400)."""
+    cursor = Cursor.decode(text)
+    return cursor.token() if cursor else None
 
 
 def first_page(pages: Any) -> tuple[list[Any], str | None]:
@@ -59,3 +49,8 @@ def first_page(pages: Any) -> tuple[list[Any], str | None]:
     page = next(pages, None)
     items = list(page) if page is not None else []
     return items, encode_continuation(pages.continuation_token)
+
+
+def table_page(table: Any, limit: int, continuation: dict[str, Any] | None) -> tuple[list[Any], str | None]:
+    """One request's worth (≤ ``limit``) of a whole table's entities, in key order, and the next token."""
+    return first_page(table.list_entities(results_per_page=limit).by_page(continuation_token=continuation))

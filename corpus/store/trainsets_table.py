@@ -37,15 +37,17 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
-from azure.storage.blob import BlobClient
 
 from corpus.domain import keys
-from corpus.domain.errors import NotFoundError
+from corpus.domain.errors import BlobNotFound, NotFoundError
 from corpus.domain.limits import MAX_TABLE_BATCH
 from corpus.domain.manifest import ManifestEntry, hex_to_b64, iter_entries
+from corpus.store.azure_ports import AzureBlobStore
+from corpus.store.ports import BlobStore, iter_ranges
 from corpus.store.rows import Entity, ImageRow, ImageSetRow, as_int, int64, now
 from corpus.store.settings import TABLE_IMAGES, TABLE_LINEAGE, TABLE_MODELS, TABLE_TRAINSETS
 from corpus.store.storage import Clients
+from corpus.store.tables import TableSource
 
 BUILDING = "building"
 READY = "ready"
@@ -405,34 +407,25 @@ def snapshot_images(images: TableClient, partition_key: str, after: str, at: dat
         yield str(entity["RowKey"]), ImageRow.from_entity(entity)
 
 
-RANGE_BYTES = 4 * 1024 * 1024
-
-
-def blob_ranges(blob: BlobClient) -> Iterator[bytes]:
-    """A blob's bytes in 4 MiB ranges: the SDK's own download would fetch its first 32 MiB at once."""
-    size = blob.get_blob_properties().size
-    for offset in range(0, size, RANGE_BYTES):
-        yield blob.download_blob(offset=offset, length=min(RANGE_BYTES, size - offset)).readall()
-
-
 class TrainsetStore:
     """The three tables of training sets and lineage, plus read access to ``Images`` snapshots."""
 
-    def __init__(self, clients: Clients) -> None:
+    def __init__(self, clients: TableSource, blobs: BlobStore | None = None) -> None:
+        """``blobs`` reads the manifests; by default the Azure adapter on ``clients`` (which must
+        then be :class:`~corpus.store.storage.Clients`): tools that only have clients keep working."""
         self.clients = clients
+        self.blobs = blobs if blobs is not None else AzureBlobStore(_as_clients(clients))
         self.trainsets = TrainsetsTable(clients.table_client(TABLE_TRAINSETS))
         self.models = ModelsTable(clients.table_client(TABLE_MODELS))
         self.lineage = LineageTable(clients.table_client(TABLE_LINEAGE))
         self.images = clients.table_client(TABLE_IMAGES)
 
-    def manifest_blob(self, row: TrainsetRow) -> BlobClient:
-        return self.clients.container(row.manifest_container).get_blob_client(row.manifest_blob)
-
     def manifest_chunks(self, row: TrainsetRow) -> Iterator[bytes]:
         """The compressed bytes of ``row``'s manifest, in ranges (bounded memory)."""
         try:
-            yield from blob_ranges(self.manifest_blob(row))
-        except ResourceNotFoundError as exc:
+            # 4 MiB ranges: the SDK's own download would fetch its first 32 MiB at once
+            yield from iter_ranges(self.blobs, row.manifest_container, row.manifest_blob)
+        except BlobNotFound as exc:
             raise NotFoundError(
                 f"training set {row.name}:{row.version} is {row.status} but its manifest "
                 f"{row.manifest_container}/{row.manifest_blob} is missing"
@@ -442,3 +435,9 @@ class TrainsetStore:
         """The manifest entries of a ``ready`` training set (:meth:`TrainsetsTable.require_ready`),
         streamed: the one way ``corpus pull``, the exports and the datasets read a training set."""
         return iter_entries(self.manifest_chunks(self.trainsets.require_ready(name, version)))
+
+
+def _as_clients(source: TableSource) -> Clients:
+    if not isinstance(source, Clients):
+        raise TypeError("TrainsetStore needs a BlobStore when built on anything but Clients")
+    return source

@@ -30,4 +30,8 @@ class ValidationsTable:
             return None
 
     def delete(self, name: str, etag: str) -> None:
-        self.table.delete_entity(keys.escape(name), keys.escape(bare_etag(etag)))
+        """Idempotent: a record already gone (another delivery's delete) is no error."""
+        try:
+            self.table.delete_entity(keys.escape(name), keys.escape(bare_etag(etag)))
+        except ResourceNotFoundError:
+            pass

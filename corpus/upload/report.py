@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from corpus.domain.display import redact, shown, valid_text
+from corpus.transfer.pacing import write_status
 from corpus.upload.plan import Skip
 
 
@@ -106,15 +107,6 @@ class Progress:
         line = (f"{self.done_files:,}/{total_files:,}+ files  {self.done_bytes / 1e6:,.1f} MB  "
                 f"{rate * 8 / 1e6:,.1f} Mbit/s  {files_rate:,.0f} files/s  ETA {eta}")  # fmt: skip
         write_status(self.stream, self.tty, line, final)
-
-
-def write_status(stream: TextIO, tty: bool, line: str, final: bool) -> None:
-    """A progress line: rewritten in place on a terminal (kept when ``final``), a log line otherwise."""
-    if tty:
-        stream.write("\r\033[K" + line + ("\n" if final else ""))
-        stream.flush()
-    else:
-        print(line, file=stream)
 
 
 def load_retry_file(path: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ ahead of the decisions, and what is remote is listed once per destination direct
 ``original/``) as soon as the walk finds it, so listings overlap with everything else; files flow
 through bounded queues to ``--concurrency`` workers, so memory is bounded by a few directories'
 listings, not by the drop. A re-run reads no file whose size and mtime match the local MD5 cache
-(:mod:`corpus.upload.hashcache`). Every request (listings included) holds one of ``--concurrency``
+(:mod:`corpus.transfer.hashcache`). Every request (listings included) holds one of ``--concurrency``
 slots, and ``--cap-mbps`` is a shared token budget, so neither is exceeded.
 """
 
@@ -37,8 +37,9 @@ from corpus.domain.errors import InvalidNameError, StorageError
 from corpus.domain.paths import WORST_ACCOUNT_BLOB_URL, check_copy_source
 from corpus.store.reasons import azure_reason
 from corpus.store.settings import Settings
-from corpus.upload.bloblist import BlobLister, ListingError
-from corpus.upload.hashcache import HashCache, Md5Cache, NullHashCache
+from corpus.transfer.bloblist import BlobLister, ListingError
+from corpus.transfer.hashcache import HashCache, Md5Cache, NullHashCache
+from corpus.transfer.pacing import RateLimiter
 from corpus.upload.plan import Action, Decision, content_type, decide, parse_extensions, relative_name, staged_name
 from corpus.upload.report import Failure, Progress, Summary
 from corpus.upload.walk import LocalDir, retry_dirs, walk
@@ -58,25 +59,6 @@ class UploadOptions:
     dry_run: bool = False
     only: list[str] | None = None  # relative paths (retry-from)
     use_cache: bool = True
-
-
-class RateLimiter:
-    """Shared bandwidth budget: each request is scheduled after the bytes before it have drained."""
-
-    def __init__(self, bytes_per_s: float, burst_bytes: float = 256 * 1024) -> None:
-        self._rate = bytes_per_s
-        self._credit = burst_bytes / bytes_per_s
-        self._next = time.monotonic()
-        self._lock = threading.Lock()
-
-    def acquire(self, n: int) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(self._next, now - self._credit)
-            self._next = start + n / self._rate
-        delay = start - now
-        if delay > 0:
-            time.sleep(delay)  # pacing to the cap is the point: there is no event to wait for
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +174,7 @@ class Uploader:
     ) -> None:
         self.opts = opts
         self.settings = settings
-        # Listings go out at once, without the SDK (see corpus.upload.bloblist); the SDK, which does the
+        # Listings go out at once, without the SDK (see corpus.transfer.bloblist); the SDK, which does the
         # writes, is loaded when the first file is to be sent, while later listings are under way.
         credential = None
         if (lister is None or sender is None) and not settings.connection.connection_string:

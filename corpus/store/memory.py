@@ -1,0 +1,332 @@
+"""An in-memory implementation of :mod:`corpus.store.ports`, with Azure's semantics where the use
+cases depend on them, for fast unit tests and scale runs.
+
+Faithful where it matters (pinned against Azurite by ``tests/test_store_conformance.py``): quoted
+ETags that change on every write, ``If-Match``/``If-None-Match`` conditions and the typed errors of
+:mod:`corpus.domain.errors`, block blobs committed from staged blocks (no size cap per block),
+listings in name order in pages with a continuation cursor, 64 KiB messages, visibility timeouts
+and dequeue counts, 1,024-character names. Copies finish at once (as on Azurite).
+
+Built on sorted structures so it does not slow as it fills: per container a dict by name plus a
+sorted name list (``bisect``), so a listing page costs O(log n + page), a write O(log n) plus one
+memmove. Every request is counted in :attr:`MemoryBlobStore.requests` (by verb) so tests and
+benchmarks can assert how many reads a use case makes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import threading
+import time
+from bisect import bisect_left, insort
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from corpus.domain.errors import (
+    BlobConflict,
+    BlobExists,
+    BlobNotFound,
+    MessageTooLarge,
+    PreconditionFailed,
+    SourceChanged,
+)
+from corpus.store.ports import LIST_PAGE, MAX_MESSAGE_BYTES, Blob, BlobInfo, BlobPage, CopyState, Message, check_blob_name
+
+ACCOUNT_URL = "https://memory.blob.core.windows.net"
+
+
+@dataclass
+class _Container:
+    blobs: dict[str, Blob] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # sorted
+    staged: dict[str, dict[str, bytes]] = field(default_factory=dict)  # uncommitted blocks by blob
+
+
+class MemoryBlobStore:
+    """:class:`corpus.store.ports.BlobStore` in memory; thread-safe (one lock)."""
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._containers: dict[str, _Container] = {}
+        self._lock = threading.Lock()
+        self._etags = itertools.count(1)
+        self.clock = clock
+        self.requests: Counter[str] = Counter()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _c(self, container: str) -> _Container:
+        c = self._containers.get(container)
+        if c is None:
+            raise BlobNotFound(f"container {container} does not exist", 404, "ContainerNotFound")
+        return c
+
+    def _get(self, container: str, name: str) -> Blob:
+        check_blob_name(name)
+        blob = self._c(container).blobs.get(name)
+        if blob is None:
+            raise BlobNotFound(f"{container}/{name} does not exist", 404, "BlobNotFound")
+        return blob
+
+    def _store(self, container: str, name: str, data: bytes, content_type: str, md5: str) -> BlobInfo:
+        check_blob_name(name)
+        c = self._c(container)
+        info = BlobInfo(
+            name=name,
+            size=len(data),
+            etag=f'"0x8D{next(self._etags):013X}"',
+            md5=md5,
+            content_type=content_type,
+            last_modified=self.clock(),
+        )
+        if name not in c.blobs:
+            insort(c.names, name)
+        c.blobs[name] = Blob(info, bytes(data))
+        c.staged.pop(name, None)
+        return info
+
+    @staticmethod
+    def _md5(data: bytes) -> str:
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def _same_or_conflict(self, container: str, name: str, md5: str) -> None:
+        stored = self._c(container).blobs[name]
+        stored_md5 = stored.info.md5 or self._md5(stored.data)
+        if stored_md5 != md5:
+            raise BlobConflict(
+                f"{container}/{name} exists with other content (MD5 {stored_md5}, not {md5})", stored_md5, stored.info.size
+            )
+
+    # -- the port ---------------------------------------------------------------------------
+
+    def url(self, container: str, name: str = "") -> str:
+        return f"{ACCOUNT_URL}/{container}" + (f"/{quote(name, safe='/~')}" if name else "")
+
+    def ensure_container(self, container: str) -> None:
+        with self._lock:
+            self.requests["ensure_container"] += 1
+            self._containers.setdefault(container, _Container())
+
+    def info(self, container: str, name: str) -> BlobInfo:
+        with self._lock:
+            self.requests["info"] += 1
+            return self._get(container, name).info
+
+    def exists(self, container: str, name: str) -> bool:
+        with self._lock:
+            self.requests["info"] += 1
+            check_blob_name(name)
+            return name in self._c(container).blobs
+
+    def read(self, container: str, name: str, *, if_match: str | None = None) -> Blob:
+        with self._lock:
+            self.requests["read"] += 1
+            blob = self._get(container, name)
+            if if_match is not None and if_match.strip('"') != blob.info.etag.strip('"'):
+                raise PreconditionFailed(f"{container}/{name} is not at {if_match}", 412, "ConditionNotMet")
+            return blob
+
+    def read_if_changed(self, container: str, name: str, etag: str) -> Blob | None:
+        with self._lock:
+            self.requests["read"] += 1
+            blob = self._get(container, name)
+            return None if etag.strip('"') == blob.info.etag.strip('"') else blob
+
+    def read_ranges(self, container: str, name: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        with self._lock:
+            self.requests["read"] += len(ranges)
+            data = self._get(container, name).data
+            return [data[off : off + n] for off, n in ranges]
+
+    def content_md5(self, container: str, info: BlobInfo) -> str:
+        return info.md5 or self._md5(self.read(container, info.name, if_match=info.etag).data)
+
+    def put(self, container: str, name: str, data: bytes, content_type: str = "") -> BlobInfo:
+        with self._lock:
+            self.requests["put"] += 1
+            return self._store(container, name, data, content_type, self._md5(data))
+
+    def put_once(self, container: str, name: str, data: bytes, content_type: str) -> bool:
+        md5 = self._md5(data)
+        with self._lock:
+            self.requests["put"] += 1
+            check_blob_name(name)
+            if name in self._c(container).blobs:
+                self.requests["info"] += 1
+                self._same_or_conflict(container, name, md5)
+                return False
+            self._store(container, name, data, content_type, md5)
+            return True
+
+    def stage_block(self, container: str, name: str, block_id: str, data: bytes) -> None:
+        with self._lock:
+            self.requests["stage_block"] += 1
+            check_blob_name(name)
+            self._c(container).staged.setdefault(name, {})[block_id] = bytes(data)
+
+    def _committed(self, container: str, name: str, block_ids: Sequence[str]) -> bytes:
+        staged = self._c(container).staged.get(name, {})
+        missing = [i for i in block_ids if i not in staged]
+        if missing:
+            raise PreconditionFailed(f"{container}/{name}: block {missing[0]} was not staged", 400, "InvalidBlockList")
+        return b"".join(staged[i] for i in block_ids)
+
+    def commit_blocks(self, container: str, name: str, block_ids: Sequence[str], content_type: str, md5: str = "") -> None:
+        with self._lock:
+            self.requests["commit_blocks"] += 1
+            check_blob_name(name)
+            self._store(container, name, self._committed(container, name, block_ids), content_type, md5)
+
+    def commit_blocks_once(self, container: str, name: str, block_ids: Sequence[str], content_type: str, md5: str) -> bool:
+        with self._lock:
+            self.requests["commit_blocks"] += 1
+            check_blob_name(name)
+            if name in self._c(container).blobs:
+                self._same_or_conflict(container, name, md5)
+                return False
+            self._store(container, name, self._committed(container, name, block_ids), content_type, md5)
+            return True
+
+    def _copy(self, container: str, name: str, source_container: str, source_name: str, etag: str, once: bool) -> CopyState:
+        with self._lock:
+            self.requests["copy"] += 1
+            check_blob_name(name)
+            dest = self._c(container)
+            if once and name in dest.blobs:
+                raise BlobExists(f"{container}/{name} exists", 409, "BlobAlreadyExists")
+            src = self._c(source_container).blobs.get(source_name)
+            if src is None or src.info.etag.strip('"') != etag.strip('"'):
+                raise SourceChanged(f"{source_container}/{source_name} is not at {etag}", 412, "SourceConditionNotMet")
+            info = self._store(container, name, src.data, src.info.content_type, src.info.md5)
+            if src.info.metadata:
+                dest.blobs[name] = Blob(replace(info, metadata=dict(src.info.metadata)), src.data)
+            return CopyState("success", info.etag)
+
+    def copy_once(self, container: str, name: str, *, source_container: str, source_name: str, source_etag: str) -> CopyState:
+        return self._copy(container, name, source_container, source_name, source_etag, once=True)
+
+    def copy_over(self, container: str, name: str, *, source_container: str, source_name: str, source_etag: str) -> CopyState:
+        return self._copy(container, name, source_container, source_name, source_etag, once=False)
+
+    def wait_copy(self, container: str, name: str) -> CopyState:
+        return CopyState("success", self.info(container, name).etag)
+
+    def set_headers_if_unchanged(self, container: str, name: str, etag: str, *, content_type: str, md5: str) -> None:
+        with self._lock:
+            self.requests["set_headers"] += 1
+            blob = self._get(container, name)
+            if etag.strip('"') != blob.info.etag.strip('"'):
+                raise PreconditionFailed(f"{container}/{name} is not at {etag}", 412, "ConditionNotMet")
+            info = replace(
+                blob.info, etag=f'"0x8D{next(self._etags):013X}"', content_type=content_type, md5=md5, last_modified=self.clock()
+            )
+            self._c(container).blobs[name] = Blob(info, blob.data)
+
+    def delete_if_unchanged(self, container: str, name: str, etag: str) -> bool:
+        with self._lock:
+            self.requests["delete"] += 1
+            check_blob_name(name)
+            c = self._c(container)
+            blob = c.blobs.get(name)
+            if blob is None or blob.info.etag.strip('"') != etag.strip('"'):
+                return False
+            del c.blobs[name]
+            del c.names[bisect_left(c.names, name)]
+            return True
+
+    def list_page(self, container: str, prefix: str = "", cursor: str | None = None, limit: int = LIST_PAGE) -> BlobPage:
+        with self._lock:
+            self.requests["list"] += 1
+            c = self._c(container)
+            after = base64.urlsafe_b64decode(cursor.encode()).decode("utf-8") if cursor else prefix
+            start = bisect_left(c.names, after)
+            names: list[str] = []
+            for name in itertools.islice(c.names, start, None):
+                if not name.startswith(prefix) or len(names) == limit:
+                    break
+                names.append(name)
+            more = start + len(names) < len(c.names) and c.names[start + len(names)].startswith(prefix)
+            token = base64.urlsafe_b64encode(c.names[start + len(names)].encode()).decode() if more else None
+            return BlobPage(tuple(c.blobs[n].info for n in names), token)
+
+    # -- for tests ----------------------------------------------------------------------------
+
+    def set_metadata(self, container: str, name: str, metadata: Mapping[str, str]) -> None:
+        """Set a blob's metadata (an uploader's, e.g. ``hdi_isfolder``); a write: new ETag."""
+        with self._lock:
+            blob = self._get(container, name)
+            info = replace(blob.info, metadata=dict(metadata), etag=f'"0x8D{next(self._etags):013X}"')
+            self._c(container).blobs[name] = Blob(info, blob.data)
+
+
+@dataclass
+class _Queued:
+    id: str
+    text: str
+    visible_at: float
+    expires_at: float | None
+    dequeue_count: int = 0
+    pop_receipt: str = ""
+
+
+class MemoryOutbox:
+    """:class:`corpus.store.ports.Outbox` in memory: FIFO per queue, visibility timeouts and TTLs
+    on an injectable monotonic clock, 64 KiB bodies counted after ``encoding`` as on Azure."""
+
+    def __init__(self, encoding: str = "base64", clock: Callable[[], float] = time.monotonic) -> None:
+        self.encoding = encoding
+        self.clock = clock
+        self._queues: dict[str, deque[_Queued]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+
+    def send(self, queue: str, text: str, time_to_live: int | None = None) -> None:
+        body = base64.b64encode(text.encode("utf-8")) if self.encoding == "base64" else text.encode("utf-8")
+        if len(body) > MAX_MESSAGE_BYTES:
+            raise MessageTooLarge(f"message for {queue} is {len(body)} bytes encoded, above Azure's {MAX_MESSAGE_BYTES}")
+        with self._lock:
+            self.requests["send"] += 1
+            now = self.clock()
+            ttl = 7 * 24 * 3600 if time_to_live is None else time_to_live
+            expires = None if ttl == -1 else now + ttl
+            self._queues.setdefault(queue, deque()).append(_Queued(str(next(self._ids)), text, now, expires))
+
+    def receive(self, queue: str, max_messages: int = 32, visibility_timeout: int = 30) -> list[Message]:
+        with self._lock:
+            self.requests["receive"] += 1
+            now = self.clock()
+            got: list[Message] = []
+            q = self._queues.get(queue, deque())
+            for m in list(q):
+                if m.expires_at is not None and m.expires_at <= now:
+                    q.remove(m)
+                    continue
+                if len(got) == max_messages or m.visible_at > now:
+                    continue
+                m.visible_at = now + visibility_timeout
+                m.dequeue_count += 1
+                m.pop_receipt = f"{m.id}.{m.dequeue_count}"
+                got.append(Message(m.id, m.pop_receipt, m.text, m.dequeue_count))
+            return got
+
+    def delete(self, queue: str, message: Message) -> None:
+        with self._lock:
+            self.requests["delete"] += 1
+            q = self._queues.get(queue, deque())
+            for m in q:
+                if m.id == message.id:
+                    if m.pop_receipt != message.pop_receipt:
+                        raise PreconditionFailed(f"message {m.id}: pop receipt is stale", 404, "PopReceiptMismatch")
+                    q.remove(m)
+                    return
+            raise BlobNotFound(f"message {message.id} is not in {queue}", 404, "MessageNotFound")
+
+    def texts(self, queue: str) -> list[str]:
+        """Every message in ``queue`` (visible or not), oldest first: for assertions."""
+        with self._lock:
+            return [m.text for m in self._queues.get(queue, deque())]

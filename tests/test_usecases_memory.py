@@ -1,0 +1,211 @@
+"""Every use case on the in-memory store (``Runtime.in_memory``): the same code as the function app,
+no Azurite, milliseconds per test. The e2e tests on Azurite remain the reference; the conformance
+suite (test_store_conformance.py) is what makes these results carry over.
+
+``drain`` plays the Functions host: it takes messages off the in-memory queues and calls the same
+use-case functions ``function_app.py`` binds to them, until every queue is empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable
+
+import pytest
+
+from corpus.app import ingest
+from corpus.app.exports import index_path, on_export_message
+from corpus.app.gallery import domain_page
+from corpus.app.reconcile import reconcile
+from corpus.app.renditions import serve_preview
+from corpus.app.runtime import Runtime
+from corpus.app.trainsets import on_trainset_message
+from corpus.app.transform_jobs import on_transform_job, on_transform_message
+from corpus.app.views import SetSelector, page_images
+from corpus.app.web import Request
+from corpus.domain.exports import ExportRequest, parse_export_message
+from corpus.domain.messages import CopyRequest, TransformJob
+from corpus.domain.paths import SetRef
+from corpus.domain.trainsets import TrainsetRequest, parse_trainset_message
+from corpus.store.memory import MemoryBlobStore, MemoryOutbox
+from tests.support import jpeg
+
+
+@pytest.fixture
+def rt() -> Runtime:
+    runtime = Runtime.in_memory()
+    runtime.ensure_resources()
+    return runtime
+
+
+def handlers(rt: Runtime) -> dict[str, Callable[[str], object]]:
+    s = rt.settings
+    return {
+        s.copy_queue: lambda body: ingest.on_copy_request(rt, CopyRequest.parse(body)),
+        s.transform_queue: lambda body: on_transform_message(rt, body),
+        s.transform_jobs_queue: lambda body: on_transform_job(rt, TransformJob.parse(body)),
+        s.trainset_queue: lambda body: on_trainset_message(rt, parse_trainset_message(body)),
+        s.export_queue: lambda body: on_export_message(rt, parse_export_message(body)),
+    }
+
+
+def drain(rt: Runtime) -> int:
+    """Run every queued message through its use case until the queues are empty; how many ran."""
+    assert isinstance(rt.outbox, MemoryOutbox)
+    ran = 0
+    for _ in range(10_000):
+        busy = False
+        for queue, handle in handlers(rt).items():
+            for msg in rt.outbox.receive(queue, max_messages=32):
+                handle(msg.text)
+                rt.outbox.delete(queue, msg)
+                ran += 1
+                busy = True
+        if not busy:
+            return ran
+    raise AssertionError("the queues never drained")
+
+
+def stage(rt: Runtime, name: str, data: bytes) -> ingest.StagedOutcome:
+    """Upload into staging and deliver the blob trigger's event, as the host would."""
+    info = rt.blobs.put(rt.settings.staging_container, name, data)
+    return ingest.on_staged_blob(rt, ingest.StagedBlob(name, data, info.etag, {}, "BlockBlob"))
+
+
+def blobs_of(rt: Runtime) -> MemoryBlobStore:
+    assert isinstance(rt.blobs, MemoryBlobStore)
+    return rt.blobs
+
+
+def test_ingest_validates_copies_records_and_clears_staging(rt: Runtime) -> None:
+    data = jpeg(1)
+    assert stage(rt, "birds/v1/red/a.jpg", data) == ingest.StagedOutcome.QUEUED
+    assert stage(rt, "birds/v1/red/.DS_Store", b"junk") == ingest.StagedOutcome.JUNK
+    assert stage(rt, "birds/v1/red/b.jpg", b"not an image") == ingest.StagedOutcome.REJECTED
+    assert drain(rt) == 1
+    ref = SetRef("birds", ("red",), "v1")
+    row = rt.catalog.images.get(ref, "a.jpg")
+    assert row is not None and row.md5 == hashlib.md5(data, usedforsecurity=False).hexdigest()
+    assert rt.blobs.read("birds", ref.original_prefix() + "a.jpg").data == data
+    assert [b.name for b in blobs_of(rt).list_page(rt.settings.staging_container).items] == []
+    assert rt.blobs.exists(rt.settings.rejected_container, "birds/v1/red/b.jpg")
+    # a redelivered copy request finds its work done
+    assert ingest.on_copy_request(rt, CopyRequest("birds/v1/red/a.jpg", '"0x1"')) == ingest.CopyOutcome.EXISTS
+
+
+def test_a_copy_over_different_bytes_is_a_conflict_kept_in_rejected(rt: Runtime) -> None:
+    stage(rt, "birds/v1/a.jpg", jpeg(1))
+    drain(rt)
+    stage(rt, "birds/v1/a.jpg", jpeg(2))  # same name, same version, other bytes
+    drain(rt)
+    assert rt.blobs.read("birds", "original/v1/a.jpg").data == jpeg(1)  # versions are immutable
+    assert rt.blobs.exists(rt.settings.rejected_container, "birds/v1/a.jpg")
+
+
+def test_transform_fans_out_and_each_job_writes_once(rt: Runtime) -> None:
+    for i in range(3):
+        stage(rt, f"birds/v1/{i}.jpg", jpeg(i, size=(64, 48)))
+    drain(rt)
+    request = {
+        "domain": "birds",
+        "source": {"path": "", "version": "v1"},
+        "transform": {"name": "thumbnail", "version": "1", "args": {"size": 16}},
+    }
+    rt.send(rt.settings.transform_queue, json.dumps(request))
+    drain(rt)
+    ref = SetRef("birds", (), "v1")
+    prefix = ref.transform_prefix("thumbnail", "1")
+    names = [b.name for b in blobs_of(rt).list_page("birds", prefix).items]
+    assert len(names) == 3
+    writes = blobs_of(rt).requests["put"]
+    rt.send(rt.settings.transform_queue, json.dumps(request))  # a duplicate request: nothing rendered again
+    drain(rt)
+    assert blobs_of(rt).requests["put"] == writes
+
+
+def build_trainset(rt: Runtime, paths: tuple[str, ...] = ("red", "blue"), name: str = "birds-cls") -> None:
+    sources = [{"domain": "birds", "path": p, "version": "v1"} for p in paths]
+    body = {"trainset": {"name": name, "version": "1"}, "sources": sources, "split": {"train": 100}}
+    rt.send(rt.settings.trainset_queue, TrainsetRequest.parse(json.dumps(body)).to_json())
+    drain(rt)
+
+
+def test_trainset_build_writes_a_manifest_and_records_lineage(rt: Runtime) -> None:
+    for i in range(5):
+        stage(rt, f"birds/v1/{'red' if i % 2 else 'blue'}/{i}.jpg", jpeg(i))
+    drain(rt)
+    build_trainset(rt)
+    store = rt.catalog.training
+    row = store.trainsets.require_ready("birds-cls", "1")
+    entries = list(store.entries("birds-cls", "1"))
+    assert row.status == "ready" and len(entries) == 5
+    assert {e.blob for e in entries} == {f"original/{'red' if i % 2 else 'blue'}/v1/{i}.jpg" for i in range(5)}
+
+
+def test_export_shards_are_written_once_and_their_index_points_into_the_tar(rt: Runtime) -> None:
+    for i in range(4):
+        stage(rt, f"birds/v1/red/{i}.jpg", jpeg(i))
+    drain(rt)
+    build_trainset(rt, ("red",))
+    req = ExportRequest("birds-cls", "1", "webdataset", shard_size=40_000).to_json()
+    rt.send(rt.settings.export_queue, req)
+    drain(rt)
+    exports = rt.settings.exports_container
+    names = [b.name for b in blobs_of(rt).list_page(exports, "birds-cls/1/webdataset/").items]
+    tars = [n for n in names if n.endswith(".tar")]
+    assert tars and sorted(names) == sorted(tars + [index_path(t) for t in tars] + ["birds-cls/1/webdataset/plan.json"])
+    members = []
+    for t in tars:
+        data = rt.blobs.read(exports, t).data
+        index = json.loads(rt.blobs.read(exports, index_path(t)).data)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".jpg"):
+                    members.append(m.name)
+                    offset, size = index["samples"][m.name.removesuffix(".jpg")]["jpg"]
+                    assert data[offset : offset + size] == tar.extractfile(m).read()  # type: ignore[union-attr]
+    assert len(members) == 4
+    commits = blobs_of(rt).requests["commit_blocks"]
+    rt.send(rt.settings.export_queue, req)  # the same export again: nothing rewritten
+    drain(rt)
+    assert blobs_of(rt).requests["commit_blocks"] == commits
+
+
+def test_reconcile_looks_up_validations_before_downloading_and_max_blobs_bounds_downloads(rt: Runtime) -> None:
+    """Issues 24/25 (P4/R2): a staged version the trigger validated costs a table read, not a
+    download; and at most ``max_blobs`` staged blobs are downloaded per run."""
+    staging = rt.settings.staging_container
+    for i in range(6):  # validated, their copies still queued (the copy backlog); listed first
+        stage(rt, f"birds/v1/a{i}.jpg", jpeg(i))
+    for i in range(5):  # events lost: never validated
+        rt.blobs.put(staging, f"birds/v1/z{i}.jpg", jpeg(10 + i))
+    reads = blobs_of(rt).requests["read"]
+    report = reconcile(rt, grace_seconds=0, max_blobs=3)
+    assert blobs_of(rt).requests["read"] - reads == 3 == report.downloaded
+    assert report.skipped_recent == 6 and len(report.redriven) == 3
+    report = reconcile(rt, grace_seconds=0, max_blobs=100)
+    assert report.downloaded == 2 and len(report.redriven) == 2  # the rest; the re-driven are now validated
+    drain(rt)
+    assert [b.name for b in blobs_of(rt).list_page(staging).items] == []
+
+
+def test_gallery_views_page_images_and_previews_are_stored_once(rt: Runtime) -> None:
+    for i in range(3):
+        stage(rt, f"birds/v1/red/{i}.jpg", jpeg(i))
+    drain(rt)
+    page = domain_page(rt, Request("GET", {"domain": "birds"}))
+    assert page.status == 200 and b"red" in page.body
+    images, token = page_images(rt.catalog, SetSelector.parse("birds", "red", "v1", None), 2, None)
+    assert len(images) == 2 and token
+    more, token = page_images(rt.catalog, SetSelector.parse("birds", "red", "v1", None), 2, token)
+    assert len(more) == 1 and token is None
+    req = Request("GET", {"domain": "birds"}, (("blob", "original/red/v1/0.jpg"),))
+    first = serve_preview(rt, req)
+    puts = blobs_of(rt).requests["put"]
+    again = serve_preview(
+        rt, Request("GET", {"domain": "birds"}, (("blob", "original/red/v1/0.jpg"),), {"if-none-match": first.headers["ETag"]})
+    )
+    assert first.status == 200 and again.status == 304 and blobs_of(rt).requests["put"] == puts
