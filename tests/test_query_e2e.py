@@ -186,6 +186,7 @@ def test_bad_sql_is_one_line_and_writes_are_refused(env, clients, app_dir, tmp_p
         ("COPY (SELECT 1) TO 'x.csv'", "only SELECT"),
         ("SELECT 1; SELECT 2", "exactly one"),
         ("SELECT * FROM read_csv('/etc/passwd')", "disabled"),
+        ("SELECT getenv('CorpusStorage')", "getenv"),  # the connection string (and key) stays out of reach
     ):
         proc = run_cli(env, tmp_path, "query", sql)
         assert proc.returncode == 1, sql
