@@ -182,6 +182,9 @@ def test_the_tail_finds_new_images_through_their_sets_and_scan_finds_one_whose_c
     rt.catalog.images.record(tabbies, ImageRow("late.jpg", "original/tabby/v1/late.jpg", 1, "0" * 32, "image/jpeg", 1, 1))
     count = "SELECT count(*) FROM images"
     assert duck(store, tmp_path / "c", count) == [(18,)]
+    # The robins' set is in the tail (its count was raised) and in the snapshot: shown once, the newer row.
+    sets = duck(store, tmp_path / "c", "SELECT domain, path FROM sets ORDER BY ALL")
+    assert sets == [("birds", "red/robin"), ("cats", "tabby")]
     cat = q.open_catalog(store, q.FileCache(tmp_path / "c"), scan=True)
     try:
         assert q.run(cat, count).to_pylist() == [{"count_star()": 19}]
