@@ -103,8 +103,14 @@ def test_containers_queues_tables_match_the_code():
         new["CORPUS_TRAINSET_QUEUE"],
         new["CORPUS_EXPORT_QUEUE"],
     ]
-    # Every queue has its poison queue provisioned up front, and so does the blob trigger.
-    assert resolve(params["queues"]) == [*triggered, *(q + "-poison" for q in triggered), s.BLOB_POISON_QUEUE]
+    # Every queue has its poison queue provisioned up front, and so does the blob trigger; every
+    # poison queue has a recorder function, whose own poison queue is provisioned too.
+    assert resolve(params["queues"]) == [
+        *triggered,
+        *(q + "-poison" for q in triggered),
+        *(q + "-poison-poison" for q in triggered),
+        s.BLOB_POISON_QUEUE,
+    ]
     assert set(resolve(params["tables"])) == {*s.TABLES, *NEW_TABLES}
 
 
