@@ -198,7 +198,9 @@ HOST_LEASE_SECONDS = 600.0
 POISON_TTL_DEFAULT: int | None = None
 """QueueProcessor.CopyMessageToPoisonQueueAsync sends no time-to-live: the queue service's default
 (7 days) applies, after which a host-poisoned message is gone. The app keeps the evidence: the
-failure reporter records every attempt, the last one marked final, in the Failures table."""
+failure reporter records every attempt, the last one marked final, in the Failures table, and each
+poison queue's recorder function (``corpus.app.failures.record_poisoned``, served like any queue
+trigger) turns what the host poisoned on its own into a final row."""
 
 HOST_ID = "corpus-devhost"
 BLOB_TRIGGER_QUEUE = f"azure-webjobs-blobtrigger-{HOST_ID}"
