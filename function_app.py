@@ -79,8 +79,9 @@ def reconcile_staging(timer: func.TimerRequest) -> None:
 # -- Poison queues: each message becomes a final Failures row ------------------------------------
 # The host's own poison messages (a timeout, a dead worker, dequeue count over maxDequeueCount)
 # carry no reason and expire after 7 days; these recorders keep them (see record_poisoned). They
-# are not wrapped in run_queue_job: if one fails, the host retries it and then moves the message
-# to <queue>-poison-poison, which nothing reads. QueueAttribute.QueueName is [AutoResolve]: the
+# are not wrapped in run_queue_job, and bound themselves: a *-poison queue has no poison queue of
+# its own, so on its last attempt a recorder that cannot record moves the body to
+# <queue>-poison-poison, which nothing reads. QueueAttribute.QueueName is [AutoResolve]: the
 # host resolves every %SETTING% token inside the string, so "%X%-poison" is X's poison queue.
 
 

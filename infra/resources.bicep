@@ -62,7 +62,7 @@ var corpusQueueNames = [
   '${trainsetQueueName}-poison'
   '${exportQueueName}-poison'
   // Each poison queue has a recorder function (function_app.py, *_poisoned) that turns its
-  // messages into Failures rows; what a recorder cannot record, the host moves here. Nothing
+  // messages into Failures rows; what a recorder cannot record, it moves here. Nothing
   // reads these: the end of the line, shown by `corpus status`.
   '${copyQueueName}-poison-poison'
   '${transformQueueName}-poison-poison'

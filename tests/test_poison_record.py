@@ -95,15 +95,23 @@ def test_the_body_is_bounded_and_redacted(rt: Runtime) -> None:
     assert row.key == failure_key(body)  # keyed by the whole body, not the stored head
 
 
-def test_a_recorder_that_cannot_write_raises_so_the_host_retries_then_poisons_it(
+def test_a_recorder_that_cannot_write_retries_then_moves_the_body_to_the_end_of_the_line(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Not swallowed: the host retries, then moves it to <queue>-poison-poison, which nothing reads."""
+    """A *-poison queue has no poison queue of its own (the host leaves a failed message invisible and
+    retries it; over maxDequeueCount never again): the recorder bounds itself."""
 
     def down(_: object) -> bool:
         raise ConnectionError("table service unavailable")
 
     monkeypatch.setattr(rt.catalog.failures, "record_once", down)
-    with pytest.raises(ConnectionError):
-        record_poisoned(rt, rt.settings.copy_queue, Msg("{}"))
-    assert poison_queue(poison_queue(rt.settings.copy_queue)) == "copy-requests-poison-poison"
+    q, last = rt.settings.copy_queue, rt.max_dequeue_count
+    end = poison_queue(poison_queue(q))
+    for attempt in range(1, last):  # raised: the host retries when the lease lapses
+        with pytest.raises(ConnectionError):
+            record_poisoned(rt, q, Msg("{}", dequeue_count=attempt))
+        assert rt.outbox.receive(end, max_messages=5) == []
+    assert record_poisoned(rt, q, Msg("{}", dequeue_count=last)) is False  # the last attempt: moved, not raised
+    (moved,) = rt.outbox.receive(end, max_messages=5)
+    assert moved.text == "{}" and end == "copy-requests-poison-poison"
+    assert rt.catalog.failures.list(final_only=False) == []

@@ -139,14 +139,29 @@ def record_poisoned(rt: Reporter, queue: str, msg: QueueMessage) -> bool:
     body is bounded and redacted by the row's ``text`` column. Once recorded, the message is
     deleted by the host (the invocation succeeds): the row, which never expires, is the evidence.
 
-    It must not loop: it is not wrapped in :func:`run_queue_job` (which would send to yet another
-    poison queue). If the table cannot be written, the exception goes to the host, which retries
-    ``maxDequeueCount`` times and then moves the message to ``<queue>-poison-poison``, which no
-    function reads: the end of the line, bounded, and shown by ``corpus status`` as a depth.
+    It must not loop, and the host does not bound it: a queue named ``*-poison`` gets no poison
+    queue (``QueueListenerFactory.CreatePoisonQueueReference``), so a failed message is left
+    invisible until its lease lapses and retried, and once over ``maxDequeueCount`` it is never
+    invoked again but stays until its TTL. So the recorder bounds itself: before the last attempt
+    a failure is raised (the host retries later: a table outage heals by itself); on the last
+    attempt the body is moved to ``<queue>-poison-poison`` with TTL -1, which no function reads,
+    and the invocation succeeds. Not wrapped in :func:`run_queue_job` (which would poison again).
     """
     body = msg.get_body().decode("utf-8", "replace")
     row = FailureRow(queue, failure_key(body), HOST_POISONED, rt.max_dequeue_count, True, body)
-    created = rt.record_failure_once(row)
+    attempt = int(msg.dequeue_count or 1)
+    try:
+        created = rt.record_failure_once(row)
+    except Exception as exc:
+        if attempt < rt.max_dequeue_count:
+            log.error("could not record message %s of %s (attempt %d): %s", msg.id, poison_queue(queue), attempt, reason(exc))
+            raise
+        end = poison_queue(poison_queue(queue))
+        log.exception(
+            "could not record message %s of %s after %d attempts: moved to %s", msg.id, poison_queue(queue), attempt, end
+        )
+        rt.send(end, body, time_to_live=POISON_TTL)  # if this fails too, it is parked in the poison queue until its TTL
+        return False
     if created:
         log.error("message %s of %s recorded as a failure of %s: %s", msg.id, poison_queue(queue), queue, HOST_POISONED)
     return created

@@ -142,8 +142,8 @@ class Runtime:
 
         Poison queues too: the failure reporter writes to ``<queue>-poison`` before the Functions
         host ever has (it creates them lazily), and would get 404 on a fresh account; and
-        ``<queue>-poison-poison``, where the host moves what a poison queue's recorder could not
-        record (:func:`corpus.app.failures.record_poisoned`).
+        ``<queue>-poison-poison``, where a poison queue's recorder moves what it could not record
+        (:func:`corpus.app.failures.record_poisoned`).
         """
         s = self.settings
         containers = (
