@@ -13,6 +13,7 @@ import http.client
 import os
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -90,3 +91,24 @@ class BlobFetcher:
             if status not in _TRANSIENT:
                 raise StorageError(last, status, code)
         raise StorageError(last)
+
+
+RANGE_BYTES = 4 * 1024 * 1024
+
+
+def iter_blob_ranges(fetcher: BlobFetcher, container: str, blob: str, step: int = RANGE_BYTES) -> Iterator[bytes]:
+    """A blob's bytes in ``step``-byte range reads (memory bounded by one range), without a HEAD:
+    a short range is the last one; a range starting exactly at the end is answered 416."""
+    offset = 0
+    while True:
+        try:
+            chunk = fetcher.get(container, blob, offset, step)
+        except StorageError as exc:
+            if exc.status == 416 and offset:
+                return
+            raise
+        if chunk:
+            yield chunk
+        if len(chunk) < step:
+            return
+        offset += len(chunk)
