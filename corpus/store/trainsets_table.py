@@ -42,6 +42,7 @@ from corpus.domain import keys
 from corpus.domain.errors import BlobNotFound, NotFoundError
 from corpus.domain.limits import MAX_TABLE_BATCH
 from corpus.domain.manifest import ManifestEntry, hex_to_b64, iter_entries
+from corpus.store import egt
 from corpus.store.ports import BlobStore, iter_ranges
 from corpus.store.rows import Entity, ImageRow, ImageSetRow, as_int, int64, now
 from corpus.store.settings import TABLE_IMAGES, TABLE_LINEAGE, TABLE_MODELS, TABLE_TRAINSETS
@@ -324,7 +325,7 @@ class LineageTable:
         ]
 
         def send(chunk: list[Entity]) -> None:
-            self.table.submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+            egt.submit(self.table, [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
 
         # Transactions to different partitions are independent: overlap their round trips.
         with ThreadPoolExecutor(INDEX_THREADS) as pool:
