@@ -102,6 +102,13 @@ class BlobLister:
             if not marker:
                 return out
 
+    def probe(self, container: str) -> None:
+        """One List Blobs of at most one blob, no retry: returns if the service answers (a missing
+        container is an answer), else :class:`ListingError`. ``corpus upload`` asks it before the
+        first file so that storage that is down is one line in seconds, without loading the SDK."""
+        query = {"restype": "container", "comp": "list", "maxresults": "1"}
+        BlobLister(self.account_url, self.account_name, self.account_key, self.sas, self.credential, ())._get(container, query)
+
     # -- transport -------------------------------------------------------------------------
 
     def url(self, container: str, query: dict[str, str]) -> str:
