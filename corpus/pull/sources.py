@@ -85,16 +85,26 @@ class EntryReader:
 
     def manifest(self, name: str, version: str) -> Iterator[ManifestEntry]:
         """The entries of a ``ready`` training set (any other status, or none, is a ``NotFoundError``)."""
+        from corpus.domain import keys
         from corpus.domain.manifest import iter_entries
+        from corpus.pull.fetch import TableRowReader
         from corpus.store.settings import TABLE_TRAINSETS
-        from corpus.store.storage import FAIL_FAST, Clients
-        from corpus.store.trainsets_table import TrainsetsTable
 
-        # The row through the Tables SDK, the manifest through the fetcher's plain GETs: a re-run
-        # with nothing to do never loads the blob SDK (~0.14 s; tests/test_import_time.py).
-        clients = Clients(self.settings.connection, dict(FAIL_FAST))
-        row = TrainsetsTable(clients.table_client(TABLE_TRAINSETS)).require_ready(name, version)
-        return iter_entries(self._manifest_chunks(row.manifest_container, row.manifest_blob, f"{name}:{version}", row.status))
+        # The row and the manifest by plain GETs on the fetcher's transport: a re-run with nothing
+        # to do loads no Azure SDK and no `requests` (tests/test_import_time.py). The same rule as
+        # TrainsetsTable.require_ready: only a `ready` row says its manifest is complete.
+        ref = f"{name}:{version}"
+        row = TableRowReader(self.settings.connection, self.fetcher.lister).get(
+            TABLE_TRAINSETS, keys.escape(name), keys.escape(version)
+        )
+        if row is None:
+            raise NotFoundError(f"no training set {ref}")
+        status = str(row.get("Status") or "")
+        if status != "ready":
+            why = f" ({row['Reason']})" if row.get("Reason") else ""
+            raise NotFoundError(f"training set {ref} is {status}{why}, not ready")
+        container, blob = str(row.get("ManifestContainer") or ""), str(row.get("ManifestBlob") or "")
+        return iter_entries(self._manifest_chunks(container, blob, ref, status))
 
     def _manifest_chunks(self, container: str, blob: str, ref: str, status: str) -> Iterator[bytes]:
         from corpus.pull.fetch import BlobNotFound, iter_blob_ranges
