@@ -103,10 +103,11 @@ class BlobLister:
                 return out
 
     def probe(self, container: str) -> None:
-        """One List Blobs of at most one blob, no retry: returns if the service answers (a missing
+        """One Get Container Properties, no retry: returns if the service answers (a missing
         container is an answer), else :class:`ListingError`. ``corpus upload`` asks it before the
-        first file so that storage that is down is one line in seconds, without loading the SDK."""
-        query = {"restype": "container", "comp": "list", "maxresults": "1"}
+        first file so that storage that is down is one line in seconds, without loading the SDK.
+        (Not a listing: Azurite answers a listing, even of one blob, by scanning the container.)"""
+        query = {"restype": "container"}
         BlobLister(self.account_url, self.account_name, self.account_key, self.sas, self.credential, ())._get(container, query)
 
     # -- transport -------------------------------------------------------------------------
