@@ -76,6 +76,16 @@ def reconcile_staging(timer: func.TimerRequest) -> None:
     run_blob_job(rt, "reconcile_staging", "timer", lambda: reconcile(rt))
 
 
+@app.function_name("catalog_sync")
+@app.timer_trigger(arg_name="timer", schedule="%CORPUS_CATALOG_SCHEDULE%")
+def catalog_sync(timer: func.TimerRequest) -> None:
+    """Append what the tables gained since the last sync to the Parquet catalog; see corpus/catalog/sync.py."""
+    from corpus.catalog.sync import sync_settings
+
+    rt = get_runtime()
+    run_blob_job(rt, "catalog_sync", "timer", lambda: sync_settings(rt.clients, rt.settings, rt.blobs))
+
+
 # -- Read-only HTTP: the JSON API and the gallery ------------------------------------------------
 # Routes are the contract (/api/…, /gallery/…): host.json sets routePrefix to "". Anonymous at the
 # function level because App Service Authentication (Easy Auth, infra/resources.bicep) admits only

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import logging
 from itertools import islice
 from urllib.parse import quote, urlencode
 
@@ -31,9 +32,13 @@ from corpus.app.renditions import PREVIEW_SOURCES
 from corpus.app.runtime import Runtime
 from corpus.app.trainsets import lineage_of_blob, store_of
 from corpus.app.web import HttpError, Request, Response
+from corpus.catalog.facets import facets
+from corpus.catalog.storage import CatalogStorage
 from corpus.domain.errors import NotFoundError
 from corpus.domain.paths import SetRef, validate_version
 from corpus.store.rows import ImageRow, ImageSetRow, Transform
+
+log = logging.getLogger("corpus.gallery")
 
 GRID_PAGE = 48
 MAX_GRID_PAGE = 200
@@ -161,8 +166,33 @@ def domain_page(rt: Runtime, req: Request) -> Response:
         else '<p class="muted">No set matches.</p>'
     )
     filters = f"<p>Filtered by {active}</p>" if active else ""
-    body = f"<h1>{e(domain)}</h1>{form}{filters}{table}"
+    body = f"<h1>{e(domain)}</h1>{form}{filters}{table}{_facet_table(rt, domain)}"
     return html_response(domain, [("corpus", "/gallery"), (domain, None)], body)
+
+
+MAX_FACETS = 300
+
+
+def _facet_table(rt: Runtime, domain: str) -> str:
+    """Images per tag × transform, per version, from the catalog snapshot (docs/query.md), as of its watermark."""
+    try:
+        found = facets(CatalogStorage.of(rt.clients, rt.settings, rt.blobs), domain)
+    except Exception:
+        log.exception("facet table of %s", domain)
+        return '<h2>Facets</h2><p class="muted" id="facets">The catalog snapshot could not be read.</p>'
+    if found is None or not found.counts:
+        return '<h2>Facets</h2><p class="muted" id="facets">No catalog snapshot of this domain yet (corpus catalog sync).</p>'
+    rows = sorted(found.counts.items())
+    shown = "".join(
+        f"<tr><td>{e(v)}</td><td>{e(tag)}</td><td>{e(t or 'original')}</td><td>{n}</td></tr>"
+        for (v, tag, t), n in rows[:MAX_FACETS]
+    )
+    left = len(rows) - MAX_FACETS
+    more = f'<p class="muted">{left} more rows: ask <code>corpus query</code>.</p>' if left > 0 else ""
+    return (
+        f'<h2>Facets</h2><table id="facets"><tr><th>version</th><th>tag</th><th>images of</th><th>images</th></tr>{shown}</table>'
+        f'{more}<p class="muted">From the catalog snapshot as of {e(found.watermark)}.</p>'
+    )
 
 
 def _thumbnail_set(rt: Runtime, ref: SetRef) -> Transform | None:

@@ -100,6 +100,8 @@ COPY_MODES = ("auto", "put-from-url", "copy")
 """How ingest copies a validated upload into ``original/``: ``put-from-url`` (one synchronous Put Blob
 From URL, the service checking the MD5), ``copy`` (Copy Blob, then a read of its properties: Azurite
 3.35 has no Put Blob From URL), or ``auto``: ``copy`` on the storage emulator, else ``put-from-url``."""
+CATALOG_CONTAINER = "CORPUS_CATALOG_CONTAINER"
+CATALOG_SCHEDULE = "CORPUS_CATALOG_SCHEDULE"
 
 DEFAULTS: dict[str, str] = {
     STAGING_CONTAINER: "staging",
@@ -123,6 +125,8 @@ DEFAULTS: dict[str, str] = {
     TRAINSET_BLOCK_IMAGES: "10000",
     TRAINSET_BUDGET_SECONDS: "240",
     COPY_MODE: "auto",
+    CATALOG_CONTAINER: "catalog",
+    CATALOG_SCHEDULE: "0 */15 * * * *",
 }
 
 
@@ -277,6 +281,7 @@ class Settings:
                 self.trainsets_container,
                 self.exports_container,
                 self.deadletter_container,
+                self.values.get(CATALOG_CONTAINER) or DEFAULTS[CATALOG_CONTAINER],
             }
         )
 
