@@ -62,6 +62,14 @@ var corpusQueueNames = [
   '${transformJobsQueueName}-poison'
   '${trainsetQueueName}-poison'
   '${exportQueueName}-poison'
+  // Each poison queue has a recorder function (function_app.py, *_poisoned) that turns its
+  // messages into Failures rows; what a recorder cannot record, it moves here. Nothing
+  // reads these: the end of the line, shown by `corpus status`.
+  '${copyQueueName}-poison-poison'
+  '${transformQueueName}-poison-poison'
+  '${transformJobsQueueName}-poison-poison'
+  '${trainsetQueueName}-poison-poison'
+  '${exportQueueName}-poison-poison'
   blobPoisonQueueName
 ]
 var corpusContainerNames = [stagingContainerName, rejectedContainerName, trainsetsContainerName, exportsContainerName, deadLetterContainerName, catalogContainerName]

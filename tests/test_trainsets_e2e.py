@@ -170,7 +170,7 @@ def test_create_lineage_verify_and_immutability(env, clients, app_dir, tmp_path)
     )
     run_host(env, app_dir)
     report = ok_json(env, tmp_path, "status")
-    assert report["queues"]["trainset-requests-poison"] == 1
+    assert report["queues"]["trainset-requests-poison"] == 0  # taken by its recorder; the row below stays
     assert any("TrainsetConflictError" in f["Reason"] and "immutable" in f["Reason"] for f in report["failures"]["latest"])
     assert ok_json(env, tmp_path, "trainset", "show", "birds-cls:1")["sha256"] == show["sha256"]
 

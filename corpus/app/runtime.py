@@ -113,6 +113,9 @@ class Runtime:
     def record_failure(self, row: FailureRow) -> None:
         self.catalog.failures.record(row)
 
+    def record_failure_once(self, row: FailureRow) -> bool:
+        return self.catalog.failures.record_once(row)
+
     def clear_failure(self, source: str, key: str) -> None:
         self.catalog.failures.clear(source, key)
 
@@ -139,7 +142,9 @@ class Runtime:
         """Create the containers, queues and tables the app needs (Bicep does this in Azure).
 
         Poison queues too: the failure reporter writes to ``<queue>-poison`` before the Functions
-        host ever has (it creates them lazily), and would get 404 on a fresh account.
+        host ever has (it creates them lazily), and would get 404 on a fresh account; and
+        ``<queue>-poison-poison``, where a poison queue's recorder moves what it could not record
+        (:func:`corpus.app.failures.record_poisoned`).
         """
         s = self.settings
         containers = (
@@ -152,7 +157,10 @@ class Runtime:
         for name in containers:
             self.blobs.ensure_container(name)
         self.clients.ensure(
-            queues=s.queues + tuple(poison_queue(q) for q in s.queues) + (BLOB_POISON_QUEUE,),
+            queues=s.queues
+            + tuple(poison_queue(q) for q in s.queues)
+            + tuple(poison_queue(poison_queue(q)) for q in s.queues)
+            + (BLOB_POISON_QUEUE,),
             tables=TABLES,
         )
 
