@@ -39,7 +39,7 @@ from corpus.domain.limits import MAX_COPY_SOURCE_URL
 from corpus.domain.messages import CopyRequest
 from corpus.domain.paths import StagedName, check_copy_source, is_junk_file, parse_staged_name
 from corpus.domain.tags import tags_for
-from corpus.store.ports import BlobStore, CopyState
+from corpus.store.ports import BlobStore, CopyState, Expected
 from corpus.store.rows import REJECT_INVALID, REJECT_JUNK, ImageRow, RejectionRow, ValidationRow, bare_etag
 
 log = logging.getLogger("corpus.ingest")
@@ -326,7 +326,14 @@ def _ensure_original(blobs: BlobStore, v: ValidationRow, staging: str, domain: s
     for _ in range(COPY_ATTEMPTS):
         outcome = CopyOutcome.COPIED
         try:
-            state = blobs.copy_once(domain, dest, source_container=staging, source_name=v.name, source_etag=v.etag)
+            state = blobs.copy_once(
+                domain,
+                dest,
+                source_container=staging,
+                source_name=v.name,
+                source_etag=v.etag,
+                expect=Expected(v.md5, v.content_type),
+            )
         except (BlobExists, SourceChanged):
             # The destination is taken, or the source moved on (perhaps because an earlier delivery
             # copied and deleted it): the destination decides.
@@ -343,6 +350,8 @@ def _ensure_original(blobs: BlobStore, v: ValidationRow, staging: str, domain: s
             # delivery's copy: look again
             blobs.delete_if_unchanged(domain, dest, state.etag)
             continue
+        if state.verified:
+            return outcome  # Put Blob From URL: the service checked the MD5 and wrote the headers
         return _verify(blobs, domain, dest, v, created=outcome is CopyOutcome.COPIED) or outcome
     raise CopyFailed(f"server-side copy to {dest} failed {COPY_ATTEMPTS} times in a row")
 

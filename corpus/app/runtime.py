@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from corpus.app.admission import MemoryBudget
 from corpus.domain.tags import load_extractor
-from corpus.store.azure_ports import AzureBlobStore, AzureOutbox, encode_message
+from corpus.store.azure_ports import AzureBlobStore, AzureOutbox, encode_message, put_from_url_supported
 from corpus.store.catalog import Catalog
 from corpus.store.groupcommit import ImageRecorder
 from corpus.store.hostconfig import QueueConfig, load_queue_config
@@ -70,7 +70,7 @@ class Runtime:
         settings = settings or Settings.from_env()
         load_extractor(settings.tag_extractor)
         clients = Clients(settings.connection, dict(profile))
-        blobs = AzureBlobStore(clients)
+        blobs = AzureBlobStore(clients, put_from_url=put_from_url_supported(settings))
         catalog = Catalog(clients, blobs)
         queues = load_queue_config(host_json or app_root() / "host.json")
         return cls(
@@ -91,7 +91,8 @@ class Runtime:
         settings = settings or Settings.from_env({"CorpusStorage": "UseDevelopmentStorage=true"})
         load_extractor(settings.tag_extractor)
         tables = MemoryTables()
-        blobs = MemoryBlobStore()
+        # as Azure unless told otherwise: the production copy path (Put Blob From URL) by default
+        blobs = MemoryBlobStore(put_from_url=settings.copy_mode != "copy")
         catalog = Catalog(tables, blobs)
         queues = load_queue_config(host_json or app_root() / "host.json")
         return cls(

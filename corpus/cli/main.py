@@ -205,20 +205,21 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def _reachable(settings: Settings) -> None:
     """One request before the first file: storage that is down is one line in seconds, not a
-    minute of retries per file and a line per file (``corpus upload`` with Azurite stopped)."""
-    from azure.core.exceptions import AzureError, ResourceNotFoundError
+    minute of retries per file and a line per file (``corpus upload`` with Azurite stopped).
+    Sent by the listing client (no Azure SDK import: a re-run that sends nothing never loads it)."""
+    from corpus.store.reasons import AZURITE_HINT
+    from corpus.transfer.bloblist import BlobLister, ListingError
 
-    from corpus.store.reasons import AZURITE_HINT, azure_reason
-    from corpus.store.storage import FAIL_FAST, Clients
+    credential = None
+    if settings.connection.uses_identity:
+        from corpus.store.storage import identity_credential
 
+        credential = identity_credential(settings.connection)
     try:
-        Clients(settings.connection, {**FAIL_FAST, "retry_total": 0}).container(
-            settings.staging_container
-        ).get_container_properties()
-    except ResourceNotFoundError:
-        return  # reachable; the upload creates the container
-    except AzureError as exc:
-        raise CliError(f"storage is not reachable, nothing uploaded: {azure_reason(exc, AZURITE_HINT)}") from None
+        BlobLister.from_connection(settings.connection, credential).probe(settings.staging_container)
+    except ListingError as exc:
+        hint = f"; {AZURITE_HINT}" if exc.status is None else ""
+        raise CliError(f"storage is not reachable, nothing uploaded: {exc}{hint}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from corpus.domain import keys
 from corpus.domain.display import md5_shown
 from corpus.domain.errors import ConflictError
 from corpus.domain.paths import SetRef
+from corpus.store import egt
 from corpus.store.rows import CounterRow, ImageRow, Transform, facts_properties
 from corpus.store.tables import MAX_ATTEMPTS, backoff, first_page, if_unchanged
 
@@ -85,7 +86,7 @@ class ImagesTable:
             ops: list[Any] = [("create", r.to_entity(pk)) for r in records]
             ops.append(self._counter_op(pk, self.batch_shard, n, sum(r.size for r in records)))
             try:
-                self.table.submit_transaction(ops)
+                egt.submit(self.table, ops)  # a failure is replayed through the SDK for its typed error
                 return [True] * n
             except TableTransactionError as exc:
                 if exc.index == n:  # only the counter step failed: another writer raced us for the shard
