@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from corpus.domain import dupindex as d  # noqa: E402
-from corpus.domain.facts import ImageFacts  # noqa: E402
+from corpus.domain.imagefacts import ImageFacts  # noqa: E402
 from corpus.domain.images import inspect  # noqa: E402
 from tests.photolike import VARIANTS, encode, picture, variant  # noqa: E402
 

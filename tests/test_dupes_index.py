@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from corpus.app.dupes import MemberFilter, dupes_lines, index_original
 from corpus.app.runtime import Runtime
-from corpus.domain.facts import ImageFacts
+from corpus.domain.imagefacts import ImageFacts
 from corpus.domain.images import inspect
 from tests.photolike import jpeg_of, variant
 

@@ -8,7 +8,8 @@ import io
 from PIL import Image, ImageFilter
 
 from corpus.domain.dupindex import hamming, is_near
-from corpus.domain.facts import FACT_FIELDS, ImageFacts, draft_request
+from corpus.domain.facts import draft_request
+from corpus.domain.imagefacts import FACT_FIELDS, ImageFacts
 from corpus.domain.images import inspect
 from tests.photolike import VARIANTS, encode, jpeg_of, picture, rotated_exif, variant
 

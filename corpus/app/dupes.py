@@ -24,7 +24,7 @@ from typing import Any
 
 from corpus.domain import dupindex as d
 from corpus.domain.diff import Diff, diff
-from corpus.domain.facts import ImageFacts
+from corpus.domain.imagefacts import ImageFacts
 from corpus.domain.keys import image_row_key
 from corpus.domain.paths import SetRef
 from corpus.store.dupes_table import Content, DupesTable

@@ -50,12 +50,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import imagehash
 import numpy as np
 from PIL import Image
+
+from corpus.domain.imagefacts import ImageFacts
 
 GREY_SIDE = 256
 """The side of the one grey array every hash and metric is computed from."""
@@ -81,57 +82,6 @@ _TRANSPOSE: dict[int, tuple[Image.Transpose, ...]] = {
 
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _RESIZABLE = frozenset({"RGB", "RGBA", "RGBX", "L", "LA"})
-
-FACT_FIELDS = ("sha256", "phash", "dhash", "width", "height", "sharpness", "brightness", "contrast", "entropy", "grey", "aspect")
-"""The facts' names, in the order they are written (Images row columns, manifest keys, catalog columns)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ImageFacts:
-    """The facts of one image; see the module docstring for each field's definition and range."""
-
-    sha256: str
-    phash: str
-    dhash: str
-    width: int
-    height: int
-    sharpness: float
-    brightness: float
-    contrast: float
-    entropy: float
-    grey: bool
-    aspect: float
-
-    @property
-    def phash_int(self) -> int:
-        return int(self.phash, 16)
-
-    @property
-    def dhash_int(self) -> int:
-        return int(self.dhash, 16)
-
-    def to_json(self) -> dict[str, Any]:
-        """The facts by :data:`FACT_FIELDS` name, JSON types (what rows and manifests carry)."""
-        return {name: getattr(self, name) for name in FACT_FIELDS}
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> ImageFacts | None:
-        """The facts in ``obj`` (a row's or a line's properties), or None when it has none (not backfilled)."""
-        if not isinstance(obj.get("sha256"), str) or not obj.get("sha256"):
-            return None
-        return cls(
-            sha256=str(obj["sha256"]),
-            phash=str(obj["phash"]),
-            dhash=str(obj["dhash"]),
-            width=int(obj["width"]),
-            height=int(obj["height"]),
-            sharpness=float(obj["sharpness"]),
-            brightness=float(obj["brightness"]),
-            contrast=float(obj["contrast"]),
-            entropy=float(obj["entropy"]),
-            grey=bool(obj["grey"]),
-            aspect=float(obj["aspect"]),
-        )
 
 
 def orientation(img: Image.Image) -> int:

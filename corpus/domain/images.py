@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from PIL import Image, UnidentifiedImageError
 
 from corpus.domain.errors import ImageError
-from corpus.domain.facts import ImageFacts, displayed_size, draft_request, facts_of, orientation
+from corpus.domain.facts import displayed_size, draft_request, facts_of, orientation
+from corpus.domain.imagefacts import ImageFacts
 from corpus.domain.limits import DEFAULT_MAX_PIXELS
 from corpus.domain.media import CONTENT_TYPES
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from corpus.domain.errors import MessageError
-from corpus.domain.facts import FACT_FIELDS, ImageFacts
+from corpus.domain.imagefacts import FACT_FIELDS, ImageFacts
 from corpus.domain.keys import image_row_key
 from corpus.domain.refs import TrainsetRef
 

@@ -26,7 +26,8 @@ from typing import Any
 from PIL import Image, ImageCms, ImageOps
 
 from corpus.domain.errors import ImageError, TransformError
-from corpus.domain.facts import ImageFacts, facts_of
+from corpus.domain.facts import facts_of
+from corpus.domain.imagefacts import ImageFacts
 from corpus.domain.images import decoded_bytes, open_capped
 from corpus.domain.limits import DEFAULT_MAX_PIXELS, MAX_PIPELINE_STEPS, MAX_TRANSFORM_DEFINITION_CHARS
 from corpus.domain.media import CONTENT_TYPES, EXTENSIONS

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from corpus.domain.errors import MessageError
-from corpus.domain.facts import ImageFacts
+from corpus.domain.imagefacts import ImageFacts
 
 MAX_WHERE = 512
 MAX_DEPTH = 32

@@ -25,7 +25,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableTransactionError, UpdateMode
 
 from corpus.domain import dupindex as d
-from corpus.domain.facts import ImageFacts
+from corpus.domain.imagefacts import ImageFacts
 
 MAX_BATCH = 100
 

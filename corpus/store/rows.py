@@ -24,7 +24,7 @@ from corpus.domain import keys
 from corpus.domain.display import redact
 from corpus.domain.dupindex import Cluster
 from corpus.domain.errors import truncate
-from corpus.domain.facts import FACT_FIELDS, ImageFacts
+from corpus.domain.imagefacts import FACT_FIELDS, ImageFacts
 from corpus.domain.paths import ROOT_PATH, SetRef
 from corpus.domain.refs import TransformRef
 
