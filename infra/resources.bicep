@@ -32,6 +32,7 @@ var stagingContainerName = 'staging'
 var rejectedContainerName = 'rejected'
 var trainsetsContainerName = 'trainsets'
 var exportsContainerName = 'exports'
+var catalogContainerName = 'catalog'
 var deadLetterContainerName = 'eventgrid-deadletter'
 var copyQueueName = 'copy-requests'
 var transformQueueName = 'transform-requests'
@@ -39,7 +40,7 @@ var transformJobsQueueName = 'transform-jobs'
 var trainsetQueueName = 'trainset-requests'
 var exportQueueName = 'export-requests'
 var blobPoisonQueueName = 'webjobs-blobtrigger-poison'
-var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'Redrives', 'Validations', 'TrainingSets', 'Models', 'Lineage']
+var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'Redrives', 'Validations', 'TrainingSets', 'Models', 'Lineage', 'Duplicates']
 var blobFunctionName = 'ingest_staged_blob'
 // Tables operators write (`corpus model register`; see corpus/cli/access.py).
 var operatorTableNames = ['Models', 'Lineage']
@@ -61,9 +62,17 @@ var corpusQueueNames = [
   '${transformJobsQueueName}-poison'
   '${trainsetQueueName}-poison'
   '${exportQueueName}-poison'
+  // Each poison queue has a recorder function (function_app.py, *_poisoned) that turns its
+  // messages into Failures rows; what a recorder cannot record, it moves here. Nothing
+  // reads these: the end of the line, shown by `corpus status`.
+  '${copyQueueName}-poison-poison'
+  '${transformQueueName}-poison-poison'
+  '${transformJobsQueueName}-poison-poison'
+  '${trainsetQueueName}-poison-poison'
+  '${exportQueueName}-poison-poison'
   blobPoisonQueueName
 ]
-var corpusContainerNames = [stagingContainerName, rejectedContainerName, trainsetsContainerName, exportsContainerName, deadLetterContainerName]
+var corpusContainerNames = [stagingContainerName, rejectedContainerName, trainsetsContainerName, exportsContainerName, deadLetterContainerName, catalogContainerName]
 
 // -- resource names: variables, so they are deploy-time constants -------------------------------
 var functionAppName = 'func-corpus-${resourceToken}'
@@ -152,6 +161,7 @@ module corpusRbac 'modules/storage-rbac.bicep' = {
     admins: admins
     stagingContainerName: stagingContainerName
     rejectedContainerName: rejectedContainerName
+    catalogContainerName: catalogContainerName
     requestQueueNames: requestQueueNames
     adminQueueNames: [copyQueueName]
     operatorTableNames: operatorTableNames
@@ -269,6 +279,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'MALLOC_ARENA_MAX', value: '2' }
         // Reconciliation (corpus/app/reconcile.py): the timer's NCRONTAB schedule; the grace period and batch use the code's defaults.
         { name: 'CORPUS_RECONCILE_SCHEDULE', value: '0 */5 * * * *' }
+        // The catalog (corpus/catalog, docs/query.md): Parquet snapshot container and the sync timer's schedule.
+        { name: 'CORPUS_CATALOG_CONTAINER', value: catalogContainerName }
+        { name: 'CORPUS_CATALOG_SCHEDULE', value: '0 */15 * * * *' }
         // Monitoring, Entra ID only.
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsights.properties.ConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identity.properties.clientId};Authorization=AAD' }

@@ -23,17 +23,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import logging
 from itertools import islice
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from corpus.app import views
+from corpus.app.dupes import duplicates_of
 from corpus.app.renditions import PREVIEW_SOURCES
 from corpus.app.runtime import Runtime
 from corpus.app.trainsets import lineage_of_blob, store_of
 from corpus.app.web import HttpError, Request, Response
+from corpus.catalog.facets import facets
+from corpus.catalog.storage import CatalogStorage
 from corpus.domain.errors import NotFoundError
 from corpus.domain.paths import SetRef, validate_version
 from corpus.store.rows import ImageRow, ImageSetRow, Transform
+
+log = logging.getLogger("corpus.gallery")
 
 GRID_PAGE = 48
 DOMAIN_SETS = 100
@@ -179,8 +186,33 @@ def domain_page(rt: Runtime, req: Request) -> Response:
         if token
         else ""
     )
-    body = f"<h1>{e(domain)}</h1>{form}{filters}{table}{more}"
+    body = f"<h1>{e(domain)}</h1>{form}{filters}{table}{more}{_facet_table(rt, domain)}"
     return html_response(domain, [("corpus", "/gallery"), (domain, None)], body)
+
+
+MAX_FACETS = 300
+
+
+def _facet_table(rt: Runtime, domain: str) -> str:
+    """Images per tag × transform, per version, from the catalog snapshot (docs/query.md), as of its watermark."""
+    try:
+        found = facets(CatalogStorage.of(rt.clients, rt.settings, rt.blobs), domain)
+    except Exception:
+        log.exception("facet table of %s", domain)
+        return '<h2>Facets</h2><p class="muted" id="facets">The catalog snapshot could not be read.</p>'
+    if found is None or not found.counts:
+        return '<h2>Facets</h2><p class="muted" id="facets">No catalog snapshot of this domain yet (corpus catalog sync).</p>'
+    rows = sorted(found.counts.items())
+    shown = "".join(
+        f"<tr><td>{e(v)}</td><td>{e(tag)}</td><td>{e(t or 'original')}</td><td>{n}</td></tr>"
+        for (v, tag, t), n in rows[:MAX_FACETS]
+    )
+    left = len(rows) - MAX_FACETS
+    more = f'<p class="muted">{left} more rows: ask <code>corpus query</code>.</p>' if left > 0 else ""
+    return (
+        f'<h2>Facets</h2><table id="facets"><tr><th>version</th><th>tag</th><th>images of</th><th>images</th></tr>{shown}</table>'
+        f'{more}<p class="muted">From the catalog snapshot as of {e(found.watermark)}.</p>'
+    )
 
 
 def _thumbnail_set(rt: Runtime, ref: SetRef) -> Transform | None:
@@ -370,7 +402,8 @@ def image_page(rt: Runtime, req: Request) -> Response:
             f'<div class="side">{"".join(cells)}</div>' if cells else '<p class="muted">No transform of this image yet.</p>'
         )
     used = _used_in(rt, domain, blob, transform is None)
-    body = f'<h1>{e(record.file)}</h1><div class="side">{main}{table}</div>{side}{used}'
+    dupes = _duplicates(rt, domain, blob, record) if transform is None else _facts_table(record)
+    body = f'<h1>{e(record.file)}</h1><div class="side">{main}{table}</div>{side}{dupes}{used}'
     crumbs = [
         ("corpus", "/gallery"),
         (domain, f"/gallery/{domain}"),
@@ -378,6 +411,29 @@ def image_page(rt: Runtime, req: Request) -> Response:
         (file, None),
     ]
     return html_response(record.file, crumbs, body)
+
+
+def _facts_table(record: ImageRow) -> str:
+    """The "Quality" section: the image's facts (docs/dedupe.md), or why there are none."""
+    if record.facts is None:
+        return '<h2>Quality</h2><p class="muted" id="facts">No facts yet: run <code>corpus reindex --facts</code>.</p>'
+    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in record.facts.to_json().items())
+    return f'<h2>Quality</h2><table id="facts">{rows}</table>'
+
+
+def _duplicates(rt: Runtime, domain: str, blob: str, record: ImageRow) -> str:
+    """The image's facts and its duplicates, linked (what ``GET /api/dupes`` returns)."""
+    found = duplicates_of(rt.catalog.dupes, domain, blob, record)
+
+    def item(d: dict[str, Any]) -> str:
+        how = f"near · {d['distance']} bits" if d["kind"] == "near" else "exact copy"
+        href = url(f"/gallery/{domain}/image", blob=d["blob"])
+        return f'<li><a class="dupe" href="{e(href)}">{e(d["blob"])}</a> {e(how)}</li>'
+
+    items = "".join(item(d) for d in found["duplicates"])
+    more = f"<li>and {found['more']} more</li>" if found["more"] else ""
+    listing = f'<ul id="duplicates">{items}{more}</ul>' if items else '<p class="muted" id="duplicates">No duplicates.</p>'
+    return _facts_table(record) + "<h2>Duplicates</h2>" + listing
 
 
 def _used_in(rt: Runtime, domain: str, blob: str, original: bool) -> str:
