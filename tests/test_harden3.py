@@ -221,6 +221,9 @@ def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
+tiny = io.BytesIO()
+small.save(tiny, fmt)
+transforms.render(tiny.getvalue(), name, args)  # warm: lazy imports (facts) are not image memory
 open("/proc/self/clear_refs", "w").write("5")
 base = rss("VmRSS:")
 transforms.render(data, name, args, admit=Admit)
