@@ -128,6 +128,24 @@ def test_read_ranges(store: BlobStore, box: str) -> None:
     assert store.read_ranges(box, "r", [(0, 3), (50, 2), (98, 2)]) == [b"\x00\x01\x02", b"\x32\x33", b"\x62\x63"]
 
 
+def test_put_if_match_replaces_only_the_version_named(store: BlobStore, box: str) -> None:
+    """Optimistic concurrency on one document (the catalog manifest): of two writers holding the
+    same ETag, one replaces it and the other gets PreconditionFailed; a missing blob is not at any
+    ETag either (Azure answers 412 or 404): PreconditionFailed, never a create."""
+    first = store.put(box, "m.json", b"{}", "application/json")
+    won = store.put_if_match(box, "m.json", b'{"g":1}', first.etag, "application/json")
+    assert won.etag != first.etag and won.size == 7 and won.md5 == md5(b'{"g":1}')
+    got = store.read(box, "m.json", if_match=won.etag)  # the returned ETag is the stored version's
+    assert got.data == b'{"g":1}'
+    assert (got.info.md5, got.info.content_type) == (md5(b'{"g":1}'), "application/json")
+    with pytest.raises(PreconditionFailed):
+        store.put_if_match(box, "m.json", b'{"g":2}', first.etag, "application/json")  # the loser
+    assert store.read(box, "m.json").data == b'{"g":1}'
+    with pytest.raises(PreconditionFailed):
+        store.put_if_match(box, "none.json", b"{}", first.etag, "application/json")
+    assert not store.exists(box, "none.json")
+
+
 def test_delete_if_unchanged(store: BlobStore, box: str) -> None:
     """Azure answers 404 for a blob already deleted, Azurite 412: both read as False."""
     old = store.put(box, "d", b"1")
