@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +11,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from corpus.app.runtime import Runtime
+from corpus.catalog import query as q
 from corpus.catalog import records
 from corpus.catalog.query import QueryError, check_sql
 from corpus.catalog.schema import IMAGES, SCHEMA_VERSION, SETS, TABLES, to_arrow
@@ -25,6 +28,10 @@ from corpus.catalog.snapshot import (
     merged_range,
     parquet_bytes,
 )
+from corpus.catalog.storage import CatalogStorage
+from corpus.catalog.sync import SyncResult, sync
+from corpus.domain.paths import SetRef
+from corpus.store.rows import ImageRow
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "query.md"
 
@@ -147,3 +154,91 @@ def test_the_function_app_side_of_the_catalog_needs_pyarrow_but_not_duckdb() -> 
     assert proc.returncode == 0, proc.stderr
     requirements = (DOCS.parent.parent / "requirements.txt").read_text()
     assert "pyarrow==" in requirements and "duckdb" not in requirements
+
+
+# -- the sync and a query on Runtime.in_memory(): the ports' semantics, no Azurite ------------------
+
+
+def _record(rt: Runtime, path: str, files: range, tags: list[str]) -> None:
+    """Images recorded through the real table stores, as ingest records them."""
+    ref = SetRef("birds", tuple(path.split("/")), "v1")
+    rt.ensure_container("birds")
+    rt.catalog.sets.ensure(ref, tags, f"original/{path}/v1/")
+    rows = [
+        ImageRow(
+            f"f{i:05d}.jpg", f"original/{path}/v1/f{i:05d}.jpg", 1000 + i, hashlib.md5(str(i).encode()).hexdigest(),
+            "image/jpeg", 64, 48, f"birds/v1/{path}/f{i:05d}.jpg",
+        )
+        for i in files
+    ]  # fmt: skip
+    for i in range(0, len(rows), 50):
+        rt.catalog.record_images(ref, rows[i : i + 50])
+    rt.catalog.refresh_counts(ref)  # as ingest ends: what a query's tail finds new images by
+
+
+def _count(store: CatalogStorage, cache: Path, exact: bool = True) -> tuple[int, int]:
+    cat = q.open_catalog(store, q.FileCache(cache), exact=exact)
+    try:
+        row = q.run(cat, "SELECT count(*), count(DISTINCT blob) FROM images").to_pylist()[0]
+    finally:
+        cat.close()
+    return tuple(row.values())  # type: ignore[return-value]
+
+
+@pytest.fixture
+def mem() -> tuple[Runtime, CatalogStorage]:
+    rt = Runtime.in_memory()
+    rt.ensure_resources()
+    return rt, CatalogStorage.of(rt.clients, rt.settings, rt.blobs)
+
+
+def test_sync_and_query_run_on_the_memory_runtime_and_a_second_sync_appends_nothing(mem, tmp_path) -> None:
+    rt, store = mem
+    _record(rt, "red/robin", range(30), ["red", "robin"])
+    first = sync(store, timedelta(0))
+    assert first.rows_added["images"] == 30 and first.files_added >= 1
+    assert _count(store, tmp_path, exact=False) == (30, 30)  # the snapshot alone
+    files = {f.name for f in Snapshot.from_json(store.read_manifest()[0] or b"").files}
+    second = sync(store, timedelta(0))
+    assert second.rows_added["images"] == 0 and second.files_added == 0 and second.generation == first.generation + 1
+    assert {f.name for f in Snapshot.from_json(store.read_manifest()[0] or b"").files} == files
+    _record(rt, "red/robin", range(30, 35), ["red", "robin"])  # after the watermark: the query's tail
+    assert _count(store, tmp_path) == (35, 35)
+
+
+def test_a_sync_that_loses_the_if_match_race_starts_again_from_the_winners_manifest(mem, tmp_path) -> None:
+    rt, store = mem
+    _record(rt, "red/robin", range(20), ["red", "robin"])
+    sync(store, timedelta(0))
+    _record(rt, "blue/jay", range(40), ["blue", "jay"])
+    other: list[SyncResult] = []
+
+    def rival(step: str) -> None:
+        if not other:  # another sync commits between this one's file writes and its manifest commit
+            other.append(sync(CatalogStorage.of(rt.clients, rt.settings, rt.blobs), timedelta(0)))
+
+    loser = sync(store, timedelta(0), fault=rival)
+    assert other[0].rows_added["images"] == 40 and other[0].attempts == 1
+    assert loser.attempts == 2 and loser.rows_added["images"] == 0, "it read again from the winner's watermark"
+    assert _count(store, tmp_path) == (60, 60)
+
+
+def test_a_sync_killed_between_its_files_and_its_manifest_is_completed_once_by_the_next(mem, tmp_path) -> None:
+    rt, store = mem
+    _record(rt, "red/robin", range(25), ["red", "robin"])
+    sync(store, timedelta(0))
+    raw, etag = store.read_manifest()
+    _record(rt, "red/robin", range(25, 70), ["red", "robin"])
+
+    def die(step: str) -> None:
+        raise KeyboardInterrupt(step)  # the process is killed: nothing after this step runs
+
+    with pytest.raises(KeyboardInterrupt):
+        sync(store, timedelta(0), fault=die)
+    assert store.read_manifest() == (raw, etag), "the manifest is untouched: the files written are unlisted"
+    assert len(store.list_files()) > len(Snapshot.from_json(raw or b"").files)
+    assert _count(store, tmp_path / "before", exact=False) == (25, 25)
+    after = sync(store, timedelta(0))
+    assert after.rows_added["images"] == 45
+    assert _count(store, tmp_path / "after", exact=False) == (70, 70), "every row once"
+    assert _count(store, tmp_path / "after") == (70, 70)

@@ -13,10 +13,10 @@ against the same clock (the service's), with the same bounds, so a row is in exa
 **Blobs** go through the store's port (:class:`~corpus.store.ports.BlobStore`): Parquet files
 are immutable and content-addressed (their name holds the SHA-256 of their bytes) and written
 ``put_once`` (``If-None-Match: *``); the manifest (``manifest.json``) is created ``put_once`` and
-replaced ``If-Match`` its ETag, so of two concurrent syncs one commits and the other finds out
-and starts again from the new manifest. Replace-if-match is the one verb the port lacks: it is
-done here on the SDK client (:meth:`CatalogStorage.commit_manifest`), the place to change when
-the port gains it. Tables are read through a :class:`~corpus.store.tables.TableSource`.
+replaced ``put_if_match`` its ETag, so of two concurrent syncs one commits and the other finds out
+and starts again from the new manifest. Tables are read through a
+:class:`~corpus.store.tables.TableSource`. No SDK call is made here, so the catalog runs on
+either implementation of the ports (Azure, or :meth:`Runtime.in_memory` for unit tests).
 """
 
 from __future__ import annotations
@@ -29,15 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import ContentSettings
 
 from corpus.catalog import records
 from corpus.catalog.records import Row
 from corpus.catalog.schema import IMAGES, TRAINSET_IMAGES, empty, to_arrow
 from corpus.domain import keys
-from corpus.domain.errors import BlobConflict, BlobNotFound
+from corpus.domain.errors import BlobConflict, BlobNotFound, PreconditionFailed
 from corpus.domain.manifest import iter_entries
 from corpus.store.azure_ports import AzureBlobStore
 from corpus.store.images_table import IMAGES_FROM
@@ -73,12 +70,10 @@ def catalog_container(settings: Settings) -> str:
 
 
 class CatalogStorage:
-    def __init__(self, tables: TableSource, blobs: BlobStore, container: str, clients: Clients | None = None) -> None:
-        """``clients``: the SDK clients for the manifest's If-Match replace (syncs only; readers need none)."""
+    def __init__(self, tables: TableSource, blobs: BlobStore, container: str) -> None:
         self.tables = tables
         self.blobs = blobs
         self.container_name = container
-        self.clients = clients
 
     @property
     def location(self) -> str:
@@ -87,8 +82,10 @@ class CatalogStorage:
 
     @classmethod
     def of(cls, clients: Clients, settings: Settings, blobs: BlobStore | None = None) -> CatalogStorage:
-        """The catalog of these settings; ``blobs`` defaults to the Azure adapter on ``clients``."""
-        return cls(clients, blobs if blobs is not None else AzureBlobStore(clients), catalog_container(settings), clients)
+        """The catalog of these settings: tables from ``clients`` (a :class:`Clients`, or the
+        ``MemoryTables`` of :meth:`Runtime.in_memory`), blobs through ``blobs``, by default the Azure
+        adapter on ``clients``."""
+        return cls(clients, blobs if blobs is not None else AzureBlobStore(clients), catalog_container(settings))
 
     # -- tables --------------------------------------------------------------------------------
 
@@ -223,18 +220,9 @@ class CatalogStorage:
                 return self.blobs.put_once(self.container_name, MANIFEST, data, "application/json")
             except BlobConflict:
                 return False
-        if self.clients is None:
-            raise RuntimeError("a sync needs the storage clients (CatalogStorage.of) to replace the manifest If-Match")
-        blob = self.clients.container(self.container_name).get_blob_client(MANIFEST)
         try:
-            blob.upload_blob(
-                data,
-                overwrite=True,
-                etag=etag,
-                match_condition=MatchConditions.IfNotModified,
-                content_settings=ContentSettings(content_type="application/json"),
-            )
-        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            self.blobs.put_if_match(self.container_name, MANIFEST, data, etag, "application/json")
+        except PreconditionFailed:
             return False
         return True
 
