@@ -206,18 +206,30 @@ def child(op: str, conn: str, arg: str) -> dict[str, Any]:
     os.environ["CorpusStorage"] = conn
     from corpus.app.runtime import Runtime
     from corpus.catalog import query as q
+    from corpus.catalog import schema
     from corpus.catalog.storage import CatalogStorage
     from corpus.catalog.sync import sync
     from corpus.store.settings import Settings
 
+    if hasattr(schema, "arrow_without_pandas"):
+        schema.arrow_without_pandas()  # as the timer and the CLI do (an older tree has no such step)
     settings = Settings.from_env()
     rt = Runtime.create(settings)
     store = CatalogStorage.of(rt.clients, settings)
     out: dict[str, Any] = {}
     if op == "sync":
+        profile = os.environ.get("CORPUS_BENCH_PROFILE")
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         t0 = time.monotonic()
         r = sync(store, timedelta(0))
-        out = {"sync_s": time.monotonic() - t0, "result": r.as_json()}
+        out = {"sync_s": time.monotonic() - t0, "result": r.as_json(), "pandas_imported": "pandas" in sys.modules}
+        if profile:
+            prof.disable()
+            prof.dump_stats(profile)
     elif op == "query":
         cache_dir, mode, exact = arg.split("|")
         cache = q.FileCache(Path(cache_dir))
@@ -271,9 +283,10 @@ def child(op: str, conn: str, arg: str) -> dict[str, Any]:
     return out
 
 
-def run_child(op: str, conn: str, arg: str = "") -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, __file__, "child", op, conn, arg]
+def run_child(op: str, conn: str, arg: str = "", tree: Path = REPO, env_extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """One step in a child process, with the code of ``tree`` (another checkout: a before/after run)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), **(env_extra or {})}
+    cmd = [sys.executable, str(tree / "bench" / "catalog_bench.py"), "child", op, conn, arg]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"child {op} failed:\n{proc.stderr[-4000:]}")
@@ -321,6 +334,47 @@ def bench_catalog(azurite_sizes: list[int], parquet_sizes: list[int]) -> dict[st
                 print(json.dumps({f"{n}:{how}": entry}), file=sys.stderr, flush=True)
             finally:
                 az.stop()
+    report["load_after"] = os.getloadavg()
+    return report
+
+
+def bench_sync(n: int, trees: dict[str, Path], rounds: int = 2, profile_dir: Path | None = None) -> dict[str, Any]:
+    """The sync rate of several code trees on the same tables, in the same run: N image rows written
+    to one private Azurite, then each tree's sync into its own catalog container, alternating trees
+    round by round (so a change of load hits both). ``profile_dir``: a cProfile of each sync there."""
+    from corpus.app.runtime import Runtime
+    from corpus.store.settings import Settings
+    from tests.support import Azurite
+
+    report: dict[str, Any] = {"load_before": os.getloadavg(), "image_rows": n, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        az = Azurite(Path(tmp)).start()
+        try:
+            rt = Runtime.create(Settings.from_env({"CorpusStorage": az.connection_string}))
+            rt.ensure_resources()
+            report["written"] = write_tables(rt, n)
+            for k in range(rounds):
+                for label, tree in trees.items():
+                    extra = {"CORPUS_CATALOG_CONTAINER": f"catalog-{label}-{k}"}
+                    if profile_dir:
+                        extra["CORPUS_BENCH_PROFILE"] = str(profile_dir / f"sync-{label}-{k}.prof")
+                    load = os.getloadavg()[0]
+                    got = run_child("sync", az.connection_string, tree=tree, env_extra=extra)
+                    rows = sum(got["result"]["rows_added"].values())
+                    run = {
+                        "tree": label,
+                        "round": k,
+                        "rows": rows,
+                        "sync_s": round(got["sync_s"], 2),
+                        "rows_per_s": round(rows / got["sync_s"]),
+                        "peak_rss_mb": got["peak_rss_mb"],
+                        "pandas_imported": got.get("pandas_imported"),
+                        "load1": round(load, 2),
+                    }
+                    report["runs"].append(run)
+                    print(json.dumps(run), file=sys.stderr, flush=True)
+        finally:
+            az.stop()
     report["load_after"] = os.getloadavg()
     return report
 

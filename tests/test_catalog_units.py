@@ -242,3 +242,77 @@ def test_a_sync_killed_between_its_files_and_its_manifest_is_completed_once_by_t
     assert after.rows_added["images"] == 45
     assert _count(store, tmp_path / "after", exact=False) == (70, 70), "every row once"
     assert _count(store, tmp_path / "after") == (70, 70)
+
+
+def test_the_columnar_images_path_gives_the_rows_of_the_row_by_row_one() -> None:
+    """records.images_table (the sync's bulk path) against records.image, entity by entity: originals and
+    transformed images, Int32 and Int64 sizes, a missing CreatedAt (the service time then), facts under any
+    spelling, absent in some entities, unreadable in others."""
+    from azure.data.tables import EdmType, EntityProperty, TableEntity
+
+    from corpus.store.rows import ImageSetRow
+
+    stamp = datetime(2026, 3, 1, tzinfo=UTC)
+    original = ImageSetRow("birds", "red/robin", "v1", ("red", "robin"), "original/red/robin/v1/", None, stamp)
+    crop = ImageSetRow("birds", "red/robin", "v1", ("red", "robin"), "transform/crop/1/red/robin/v1/", ("crop", "1"), stamp)
+    entities = []
+    for i in range(7):
+        s = crop if i % 2 else original
+        e = TableEntity(
+            {
+                "PartitionKey": s.images_partition_key,
+                "RowKey": f'"f{i}.jpg',
+                **ImageRow(f"f{i}.jpg", f"{s.blob_path}f{i}.jpg", 10 + i, "ab" * 16, "image/jpeg", 64 * (i % 3), 48,
+                           "original/red/robin/v1/f0.jpg" if i % 2 else f"birds/v1/red/robin/f{i}.jpg",
+                           stamp if i != 3 else None).to_entity(s.images_partition_key),
+            }
+        )  # fmt: skip
+        if i == 3:
+            del e["CreatedAt"]
+        if i == 4:
+            e["Size"] = 14  # written as Int32 by an older version
+        e.update({0: {}, 1: {"SHA256": "cd" * 32, "Sharpness": 12.5}, 2: {"phash": "00ff", "Gray": "true"}}.get(i % 3, {}))
+        if i == 5:
+            e["Aspect_Ratio"] = "not a number"
+            e["Size"] = EntityProperty(15, EdmType.INT64)
+        e._metadata = {"timestamp": stamp + timedelta(seconds=i), "etag": "x"}
+        entities.append(e)
+    by_pk = {s.images_partition_key: s for s in (original, crop)}
+    expected = [records.image(by_pk[e["PartitionKey"]], e) for e in entities]
+    got = records.images_table(entities, by_pk)
+    assert got.schema == IMAGES.arrow
+    assert got.to_pylist() == to_arrow(IMAGES, expected).to_pylist()
+    assert got.column("added").to_pylist()[3] == stamp + timedelta(seconds=3)
+    assert records.images_table([], by_pk).num_rows == 0
+
+
+def test_the_sync_and_a_query_never_import_pandas() -> None:
+    """pyarrow imports pandas on first use (~1 s a run) unless told it is absent: the catalog's entry points do."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from datetime import timedelta
+from pathlib import Path
+import tempfile
+from corpus.app.runtime import Runtime
+from corpus.catalog import query as q
+from corpus.catalog.schema import arrow_without_pandas
+from corpus.catalog.storage import CatalogStorage
+from corpus.catalog.sync import sync_settings
+from tests.test_catalog_units import _record
+rt = Runtime.in_memory(); rt.ensure_resources()
+_record(rt, "red/robin", range(10), ["red", "robin"])
+rt.settings.values["CORPUS_CATALOG_LAG_SECONDS"] = "0"
+assert sync_settings(rt.clients, rt.settings, rt.blobs).rows_added["images"] == 10
+arrow_without_pandas()
+cat = q.open_catalog(CatalogStorage.of(rt.clients, rt.settings, rt.blobs), q.FileCache(Path(tempfile.mkdtemp())))
+assert q.run(cat, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 10}]
+print("pandas" in sys.modules)
+import pandas  # still importable by anyone else
+"""
+    root = DOCS.parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

@@ -17,9 +17,11 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
+
 from corpus.catalog.schema import IMAGES
 from corpus.domain.manifest import ManifestEntry
-from corpus.store.rows import ImageRow, ImageSetRow, RejectionRow, TransformRow
+from corpus.store.rows import ImageRow, ImageSetRow, RejectionRow, TransformRow, column_lists
 from corpus.store.trainsets_table import ModelRow, TrainsetRow
 
 Row = dict[str, Any]
@@ -87,6 +89,70 @@ def image(s: ImageSetRow, entity: Mapping[str, Any]) -> Row:
         "added": r.created_at or service_time(entity),
         **facts(entity),
     }
+
+
+_SET_COLUMNS = ("domain", "path", "version", "container", "tags", "transform_name", "transform_version")
+_fact_keys: dict[str, str | None] = {}
+
+
+def _fact_of(key: str) -> str | None:
+    """The fact column an entity property names, whatever its capitalisation (memoised: few spellings)."""
+    if key not in _fact_keys:
+        norm = key.lower().replace("_", "")
+        norm = _ALIASES.get(norm, norm)
+        _fact_keys[key] = norm if norm in _FACTS else None
+    return _fact_keys[key]
+
+
+def images_table(entities: list[Mapping[str, Any]], sets: Mapping[str, ImageSetRow]) -> pa.Table:
+    """Many ``Images`` entities (their sets by ``Images`` partition key) as an ``images`` Arrow
+    table: the same rows as :func:`image` gives one by one, built column by column.
+
+    The bulk path of the sync and the query's tail, where decoding is the cost: no dict or
+    dataclass per row; the set's columns (domain, path, tags…) are one row per set, repeated by
+    ``take``; the entity's columns are list comprehensions (:func:`~corpus.store.rows.column_lists`);
+    a fact column is built only when some entity of the chunk carries it.
+    """
+    n = len(entities)
+    cols: dict[str, Any] = {}
+    index: dict[str, int] = {}
+    order = [index.setdefault(str(e["PartitionKey"]), len(index)) for e in entities]
+    per_set: dict[str, list[Any]] = {c: [] for c in _SET_COLUMNS}
+    transformed = []
+    for pk in index:
+        s = sets[pk]
+        t = s.transform
+        for c, v in zip(
+            _SET_COLUMNS,
+            (s.domain, s.path, s.version, s.domain, list(s.tags), t[0] if t else None, t[1] if t else None),
+            strict=True,
+        ):
+            per_set[c].append(v)
+        transformed.append(t is not None)
+    at = pa.array(order, type=pa.int32())
+    for c in _SET_COLUMNS:
+        cols[c] = pa.array(per_set[c], type=IMAGES.arrow.field(c).type).take(at)
+    r = column_lists(ImageRow, entities)
+    cols["file"], cols["blob"], cols["size"], cols["md5"] = r["file"], r["blob"], r["size"], r["md5"]
+    cols["width"] = [w or None for w in r["width"]]
+    cols["height"] = [h or None for h in r["height"]]
+    cols["content_type"] = r["content_type"]
+    is_t = [transformed[i] for i in order]
+    cols["source_blob"] = [src if t else blob for src, blob, t in zip(r["source"], r["blob"], is_t, strict=True)]
+    cols["added"] = [c or service_time(e) for c, e in zip(r["created_at"], entities, strict=True)]
+    present = {k: f for k in set().union(*entities) if (f := _fact_of(k))} if n else {}
+    for key, fact in present.items():
+        values = [_fact(_FACTS[fact], e.get(key)) for e in entities]
+        if fact in cols:  # two spellings of one fact: the first non-null
+            values = [a if a is not None else b for a, b in zip(cols[fact], values, strict=True)]
+        cols[fact] = values
+    arrays = [
+        cols[c.name] if isinstance(cols.get(c.name), pa.Array)
+        else pa.array(cols[c.name], type=c.arrow) if c.name in cols
+        else pa.nulls(n, c.arrow)
+        for c in IMAGES.columns
+    ]  # fmt: skip
+    return pa.Table.from_arrays(arrays, schema=IMAGES.arrow)
 
 
 def set_(s: ImageSetRow) -> Row:

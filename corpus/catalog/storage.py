@@ -150,21 +150,26 @@ class CatalogStorage:
         def read(pk_range: tuple[str, str]) -> list[pa.Table]:
             """One range's rows as Arrow tables of at most :data:`CHUNK` rows: memory stays
             proportional to the Arrow data, not to millions of Python dicts."""
-            known = sets
+            known = {pk: s for pk, (s, _) in sets.items()}
             chunks: list[pa.Table] = []
-            rows: list[Row] = []
+            batch: list[Any] = []
+
+            def convert() -> None:
+                nonlocal known
+                if any(pk not in known for pk in {str(e["PartitionKey"]) for e in batch}):
+                    known = {pk: s for pk, (s, _) in self.all_sets().items()}  # a set created after the listing
+                    missing = sorted({str(e["PartitionKey"]) for e in batch} - known.keys())
+                    if missing:
+                        raise RuntimeError(f"Images partition {missing[0]!r} has no set in ImageSets")
+                chunks.append(records.images_table(batch, known))
+                batch.clear()
+
             for e in self.changed(TABLE_IMAGES, lo, hi, row_from=IMAGES_FROM, pk_range=pk_range):
-                pk = str(e["PartitionKey"])
-                if pk not in known:  # recorded under a set created after the set listing: list again
-                    known = self.all_sets()
-                    if pk not in known:
-                        raise RuntimeError(f"Images partition {pk!r} has no set in ImageSets")
-                rows.append(records.image(known[pk][0], e))
-                if len(rows) == CHUNK:
-                    chunks.append(to_arrow(IMAGES, rows))
-                    rows = []
-            if rows:
-                chunks.append(to_arrow(IMAGES, rows))
+                batch.append(e)
+                if len(batch) == CHUNK:
+                    convert()
+            if batch:
+                convert()
             return chunks
 
         with ThreadPoolExecutor(READERS) as pool:
