@@ -316,3 +316,19 @@ import pandas  # still importable by anyone else
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_the_columnar_trainset_images_path_gives_the_rows_of_the_row_by_row_one() -> None:
+    from corpus.catalog.schema import TRAINSET_IMAGES
+    from corpus.domain.manifest import ManifestEntry
+
+    entries = [
+        ManifestEntry("birds", "original/a.jpg", "q83vEjRWeJA=", 10, 64, 48, "birds", "red", "v1", None,
+                      "original/a.jpg", "", ("robin",), "train"),
+        ManifestEntry("birds", "transform/crop/1/a.jpg", "q83vEjRWeJB=", 9, 32, 24, "birds", "red", "v1", ("crop", "1"),
+                      "original/a.jpg", "q83vEjRWeJA=", ("robin", "red"), "val"),
+    ]  # fmt: skip
+    expected = to_arrow(TRAINSET_IMAGES, [records.trainset_image("ts", "2", e) for e in entries])
+    got = records.trainset_images_table("ts", "2", entries)
+    assert got.schema == TRAINSET_IMAGES.arrow and got.to_pylist() == expected.to_pylist()
+    assert records.trainset_images_table("ts", "2", []).num_rows == 0

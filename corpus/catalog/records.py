@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from corpus.catalog.schema import IMAGES
+from corpus.catalog.schema import IMAGES, TRAINSET_IMAGES
 from corpus.domain.manifest import ManifestEntry
 from corpus.store.rows import ImageRow, ImageSetRow, RejectionRow, TransformRow, column_lists
 from corpus.store.trainsets_table import ModelRow, TrainsetRow
@@ -229,6 +229,33 @@ def trainset_image(name: str, version: str, e: ManifestEntry) -> Row:
         "labels": list(e.labels),
         "split": e.split,
     }
+
+
+def trainset_images_table(name: str, version: str, entries: list[ManifestEntry]) -> pa.Table:
+    """Manifest lines of one training set as a ``trainset_images`` Arrow table: the rows of
+    :func:`trainset_image`, built column by column (no dict per line)."""
+    n = len(entries)
+    cols: dict[str, list[Any]] = {
+        "trainset_name": [name] * n,
+        "trainset_version": [version] * n,
+        "container": [e.container for e in entries],
+        "blob": [e.blob for e in entries],
+        "md5": [e.md5 for e in entries],
+        "size": [e.size for e in entries],
+        "width": [e.width for e in entries],
+        "height": [e.height for e in entries],
+        "domain": [e.domain for e in entries],
+        "path": [e.path for e in entries],
+        "version": [e.version for e in entries],
+        "transform_name": [e.transform[0] if e.transform else None for e in entries],
+        "transform_version": [e.transform[1] if e.transform else None for e in entries],
+        "source_blob": [e.source_blob for e in entries],
+        "source_md5": [e.source_md5 or None for e in entries],
+        "labels": [list(e.labels) for e in entries],
+        "split": [e.split for e in entries],
+    }
+    arrays = [pa.array(cols[c.name], type=c.arrow) for c in TRAINSET_IMAGES.columns]
+    return pa.Table.from_arrays(arrays, schema=TRAINSET_IMAGES.arrow)
 
 
 def _json_default(value: Any) -> Any:

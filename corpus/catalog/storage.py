@@ -32,10 +32,10 @@ import pyarrow as pa
 
 from corpus.catalog import records
 from corpus.catalog.records import Row
-from corpus.catalog.schema import IMAGES, TRAINSET_IMAGES, empty, to_arrow
+from corpus.catalog.schema import IMAGES, empty
 from corpus.domain import keys
 from corpus.domain.errors import BlobConflict, BlobNotFound, PreconditionFailed
-from corpus.domain.manifest import iter_entries
+from corpus.domain.manifest import ManifestEntry, iter_entries
 from corpus.store.azure_ports import AzureBlobStore
 from corpus.store.images_table import IMAGES_FROM
 from corpus.store.ports import BlobStore, iter_blobs, iter_ranges
@@ -196,13 +196,14 @@ class CatalogStorage:
     def trainset_images(self, row: TrainsetRow) -> pa.Table:
         """The manifest lines of a ready training set, as ``trainset_images`` rows (read in 4 MiB
         ranges, converted :data:`CHUNK` lines at a time)."""
-        chunks, rows = [], []
+        chunks: list[pa.Table] = []
+        entries: list[ManifestEntry] = []
         for e in iter_entries(TrainsetStore(self.tables, self.blobs).manifest_chunks(row)):
-            rows.append(records.trainset_image(row.name, row.version, e))
-            if len(rows) == CHUNK:
-                chunks.append(to_arrow(TRAINSET_IMAGES, rows))
-                rows = []
-        chunks.append(to_arrow(TRAINSET_IMAGES, rows))
+            entries.append(e)
+            if len(entries) == CHUNK:
+                chunks.append(records.trainset_images_table(row.name, row.version, entries))
+                entries = []
+        chunks.append(records.trainset_images_table(row.name, row.version, entries))
         return pa.concat_tables(chunks)
 
     # -- blobs ---------------------------------------------------------------------------------
