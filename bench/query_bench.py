@@ -17,6 +17,7 @@ listed separately: it is the Functions runtime's cost, not the corpus's.
     .venv/bin/python bench/query_bench.py ingest --images 400
     .venv/bin/python bench/query_bench.py catalog --azurite 100000 --parquet 1000000   (bench/catalog_bench.py)
     .venv/bin/python bench/query_bench.py catalog-sync --rows 100000 --tree before=/tmp/before --rounds 2
+    .venv/bin/python bench/query_bench.py catalog-decode --rows 100000
 """
 
 from __future__ import annotations
@@ -228,8 +229,14 @@ def main() -> None:
     cs.add_argument("--tree", action="append", default=[], help="LABEL=PATH of another checkout to compare (repeatable)")
     cs.add_argument("--rounds", type=int, default=2)
     cs.add_argument("--profile-dir", default="", help="write a cProfile of each sync here")
+    cd = sub.add_parser("catalog-decode", help="Images entities to Arrow: row by row vs column by column, no storage")
+    cd.add_argument("--rows", type=int, default=100_000)
     args = ap.parse_args()
-    if args.what == "catalog-sync":
+    if args.what == "catalog-decode":
+        from bench.catalog_bench import bench_decode
+
+        result = bench_decode(args.rows)
+    elif args.what == "catalog-sync":
         from bench.catalog_bench import REPO, bench_sync
 
         trees = dict(t.split("=", 1) for t in args.tree)
