@@ -206,18 +206,55 @@ def child(op: str, conn: str, arg: str) -> dict[str, Any]:
     os.environ["CorpusStorage"] = conn
     from corpus.app.runtime import Runtime
     from corpus.catalog import query as q
+    from corpus.catalog import schema
     from corpus.catalog.storage import CatalogStorage
     from corpus.catalog.sync import sync
     from corpus.store.settings import Settings
 
+    if hasattr(schema, "arrow_without_pandas"):
+        schema.arrow_without_pandas()  # as the timer and the CLI do (an older tree has no such step)
     settings = Settings.from_env()
     rt = Runtime.create(settings)
     store = CatalogStorage.of(rt.clients, settings)
     out: dict[str, Any] = {}
     if op == "sync":
+        profile = os.environ.get("CORPUS_BENCH_PROFILE")
+        if profile:
+            import cProfile
+            import pstats
+
+            import corpus.catalog.storage as storage_module
+
+            prof = cProfile.Profile()
+            threads: list[cProfile.Profile] = []
+            pool_class = storage_module.ThreadPoolExecutor
+
+            class Profiled(pool_class):  # type: ignore[misc, valid-type]
+                """The readers' threads profiled too (cProfile sees one thread), merged below."""
+
+                def map(self, fn: Any, *iterables: Any, **kw: Any) -> Any:
+                    def run(*a: Any) -> Any:
+                        p = cProfile.Profile()
+                        p.enable()
+                        try:
+                            return fn(*a)
+                        finally:
+                            p.disable()
+                            threads.append(p)
+
+                    return super().map(run, *iterables, **kw)
+
+            storage_module.ThreadPoolExecutor = Profiled  # type: ignore[misc]
+            prof.enable()
         t0 = time.monotonic()
         r = sync(store, timedelta(0))
-        out = {"sync_s": time.monotonic() - t0, "result": r.as_json()}
+        out = {"sync_s": time.monotonic() - t0, "result": r.as_json(), "pandas_imported": "pandas" in sys.modules}
+        if profile:
+            prof.disable()
+            stats = pstats.Stats(prof)
+            for p in threads:
+                stats.add(p)
+            stats.dump_stats(profile)
     elif op == "query":
         cache_dir, mode, exact = arg.split("|")
         cache = q.FileCache(Path(cache_dir))
@@ -271,9 +308,10 @@ def child(op: str, conn: str, arg: str) -> dict[str, Any]:
     return out
 
 
-def run_child(op: str, conn: str, arg: str = "") -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, __file__, "child", op, conn, arg]
+def run_child(op: str, conn: str, arg: str = "", tree: Path = REPO, env_extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """One step in a child process, with the code of ``tree`` (another checkout: a before/after run)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), **(env_extra or {})}
+    cmd = [sys.executable, str(tree / "bench" / "catalog_bench.py"), "child", op, conn, arg]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"child {op} failed:\n{proc.stderr[-4000:]}")
@@ -323,6 +361,96 @@ def bench_catalog(azurite_sizes: list[int], parquet_sizes: list[int]) -> dict[st
                 az.stop()
     report["load_after"] = os.getloadavg()
     return report
+
+
+def bench_sync(n: int, trees: dict[str, Path], rounds: int = 2, profile_dir: Path | None = None) -> dict[str, Any]:
+    """The sync rate of several code trees on the same tables, in the same run: N image rows written
+    to one private Azurite, then each tree's sync into its own catalog container, alternating trees
+    round by round (so a change of load hits both). ``profile_dir``: a cProfile of each sync there."""
+    from corpus.app.runtime import Runtime
+    from corpus.store.settings import Settings
+    from tests.support import Azurite
+
+    report: dict[str, Any] = {"load_before": os.getloadavg(), "image_rows": n, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        az = Azurite(Path(tmp)).start()
+        try:
+            rt = Runtime.create(Settings.from_env({"CorpusStorage": az.connection_string}))
+            rt.ensure_resources()
+            report["written"] = write_tables(rt, n)
+            for k in range(rounds):
+                for label, tree in trees.items():
+                    extra = {"CORPUS_CATALOG_CONTAINER": f"catalog-{label}-{k}"}
+                    if profile_dir:
+                        extra["CORPUS_BENCH_PROFILE"] = str(profile_dir / f"sync-{label}-{k}.prof")
+                    load = os.getloadavg()[0]
+                    got = run_child("sync", az.connection_string, tree=tree, env_extra=extra)
+                    rows = sum(got["result"]["rows_added"].values())
+                    run = {
+                        "tree": label,
+                        "round": k,
+                        "rows": rows,
+                        "sync_s": round(got["sync_s"], 2),
+                        "rows_per_s": round(rows / got["sync_s"]),
+                        "peak_rss_mb": got["peak_rss_mb"],
+                        "pandas_imported": got.get("pandas_imported"),
+                        "load1": round(load, 2),
+                    }
+                    report["runs"].append(run)
+                    print(json.dumps(run), file=sys.stderr, flush=True)
+        finally:
+            az.stop()
+    report["load_after"] = os.getloadavg()
+    return report
+
+
+def bench_decode(n: int, rounds: int = 3) -> dict[str, Any]:
+    """The catalog's own share of a sync, without storage: N ``Images`` entities as the Tables SDK
+    returns them (``TableEntity``, Int64 ``Size`` as ``EntityProperty``, datetimes, metadata) to
+    Arrow, row by row (``records.image`` + ``Table.from_pylist``, the path before) and column by
+    column (``records.images_table``), in chunks of ``CHUNK``, best of ``rounds``, same process."""
+    from azure.data.tables import TableEntity
+
+    from corpus.catalog import records
+    from corpus.catalog.schema import IMAGES, to_arrow
+    from corpus.catalog.storage import CHUNK
+    from corpus.domain import keys
+    from corpus.domain.paths import SetRef
+    from corpus.store.rows import ImageRow, ImageSetRow
+
+    stamp = datetime(2026, 12, 1, tzinfo=UTC)
+    sets = {}
+    entities = []
+    for s in plan(n):
+        ref = SetRef("birds", (s["species"], f"s{s['k']}"), "v1")
+        t = s["t"]
+        prefix = f"original/{ref.path}/v1/" if t is None else f"transform/{t[0]}/{t[1]}/{ref.path}/v1/"
+        row = ImageSetRow("birds", ref.path, "v1", (s["species"], f"s{s['k']}"), prefix, t, stamp)
+        pk = keys.image_partition_key(ref, t)
+        sets[pk] = row
+        for r in image_rows(s):
+            e = TableEntity(ImageRow(r["file"], r["blob"], 50_000 + r["i"] % 1000, r["md5"], "image/jpeg", 640, 480,
+                                     r["original"], stamp).to_entity(pk))  # fmt: skip
+            e._metadata = {"etag": "x", "timestamp": stamp}
+            entities.append(e)
+    chunks = [entities[i : i + CHUNK] for i in range(0, len(entities), CHUNK)]
+
+    def before() -> int:
+        return sum(to_arrow(IMAGES, [records.image(sets[e["PartitionKey"]], e) for e in c]).num_rows for c in chunks)
+
+    def after() -> int:
+        return sum(records.images_table(c, sets).num_rows for c in chunks)
+
+    out: dict[str, Any] = {"load_before": os.getloadavg(), "entities": len(entities)}
+    for label, fn in (("row_by_row", before), ("columnar", after)) * rounds:
+        t0 = time.process_time()
+        assert fn() == len(entities)
+        cpu = time.process_time() - t0
+        best = min(out.get(label, {}).get("cpu_s", cpu), cpu)
+        out[label] = {"cpu_s": round(best, 3), "rows_per_cpu_s": round(len(entities) / best)}
+    out["ratio"] = round(out["row_by_row"]["cpu_s"] / out["columnar"]["cpu_s"], 1)
+    out["load_after"] = os.getloadavg()
+    return out
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "child":

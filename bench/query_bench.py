@@ -16,6 +16,8 @@ listed separately: it is the Functions runtime's cost, not the corpus's.
     .venv/bin/python bench/query_bench.py sets --sizes 1000,10000,100000
     .venv/bin/python bench/query_bench.py ingest --images 400
     .venv/bin/python bench/query_bench.py catalog --azurite 100000 --parquet 1000000   (bench/catalog_bench.py)
+    .venv/bin/python bench/query_bench.py catalog-sync --rows 100000 --tree before=/tmp/before --rounds 2
+    .venv/bin/python bench/query_bench.py catalog-decode --rows 100000
 """
 
 from __future__ import annotations
@@ -222,8 +224,25 @@ def main() -> None:
     c = sub.add_parser("catalog", help="the Parquet catalog and corpus query (bench/catalog_bench.py)")
     c.add_argument("--azurite", default="100000", help="image rows written to Azurite and synced (comma-separated)")
     c.add_argument("--parquet", default="1000000", help="image rows written straight to Parquet (comma-separated)")
+    cs = sub.add_parser("catalog-sync", help="sync rate of this tree and others on the same tables, same run")
+    cs.add_argument("--rows", type=int, default=100_000)
+    cs.add_argument("--tree", action="append", default=[], help="LABEL=PATH of another checkout to compare (repeatable)")
+    cs.add_argument("--rounds", type=int, default=2)
+    cs.add_argument("--profile-dir", default="", help="write a cProfile of each sync here")
+    cd = sub.add_parser("catalog-decode", help="Images entities to Arrow: row by row vs column by column, no storage")
+    cd.add_argument("--rows", type=int, default=100_000)
     args = ap.parse_args()
-    if args.what == "catalog":
+    if args.what == "catalog-decode":
+        from bench.catalog_bench import bench_decode
+
+        result = bench_decode(args.rows)
+    elif args.what == "catalog-sync":
+        from bench.catalog_bench import REPO, bench_sync
+
+        trees = dict(t.split("=", 1) for t in args.tree)
+        paths = {label: Path(p).resolve() for label, p in trees.items()} | {"this": REPO}
+        result = bench_sync(args.rows, paths, args.rounds, Path(args.profile_dir) if args.profile_dir else None)
+    elif args.what == "catalog":
         from bench.catalog_bench import bench_catalog
 
         sizes = [[int(x) for x in v.split(",") if x] for v in (args.azurite, args.parquet)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +11,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from corpus.app.runtime import Runtime
+from corpus.catalog import query as q
 from corpus.catalog import records
 from corpus.catalog.query import QueryError, check_sql
 from corpus.catalog.schema import IMAGES, SCHEMA_VERSION, SETS, TABLES, to_arrow
@@ -25,6 +28,10 @@ from corpus.catalog.snapshot import (
     merged_range,
     parquet_bytes,
 )
+from corpus.catalog.storage import CatalogStorage
+from corpus.catalog.sync import SyncResult, sync
+from corpus.domain.paths import SetRef
+from corpus.store.rows import ImageRow
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "query.md"
 
@@ -147,3 +154,181 @@ def test_the_function_app_side_of_the_catalog_needs_pyarrow_but_not_duckdb() -> 
     assert proc.returncode == 0, proc.stderr
     requirements = (DOCS.parent.parent / "requirements.txt").read_text()
     assert "pyarrow==" in requirements and "duckdb" not in requirements
+
+
+# -- the sync and a query on Runtime.in_memory(): the ports' semantics, no Azurite ------------------
+
+
+def _record(rt: Runtime, path: str, files: range, tags: list[str]) -> None:
+    """Images recorded through the real table stores, as ingest records them."""
+    ref = SetRef("birds", tuple(path.split("/")), "v1")
+    rt.ensure_container("birds")
+    rt.catalog.sets.ensure(ref, tags, f"original/{path}/v1/")
+    rows = [
+        ImageRow(
+            f"f{i:05d}.jpg", f"original/{path}/v1/f{i:05d}.jpg", 1000 + i, hashlib.md5(str(i).encode()).hexdigest(),
+            "image/jpeg", 64, 48, f"birds/v1/{path}/f{i:05d}.jpg",
+        )
+        for i in files
+    ]  # fmt: skip
+    for i in range(0, len(rows), 50):
+        rt.catalog.record_images(ref, rows[i : i + 50])
+    rt.catalog.refresh_counts(ref)  # as ingest ends: what a query's tail finds new images by
+
+
+def _count(store: CatalogStorage, cache: Path, exact: bool = True) -> tuple[int, int]:
+    cat = q.open_catalog(store, q.FileCache(cache), exact=exact)
+    try:
+        row = q.run(cat, "SELECT count(*), count(DISTINCT blob) FROM images").to_pylist()[0]
+    finally:
+        cat.close()
+    return tuple(row.values())  # type: ignore[return-value]
+
+
+@pytest.fixture
+def mem() -> tuple[Runtime, CatalogStorage]:
+    rt = Runtime.in_memory()
+    rt.ensure_resources()
+    return rt, CatalogStorage.of(rt.clients, rt.settings, rt.blobs)
+
+
+def test_sync_and_query_run_on_the_memory_runtime_and_a_second_sync_appends_nothing(mem, tmp_path) -> None:
+    rt, store = mem
+    _record(rt, "red/robin", range(30), ["red", "robin"])
+    first = sync(store, timedelta(0))
+    assert first.rows_added["images"] == 30 and first.files_added >= 1
+    assert _count(store, tmp_path, exact=False) == (30, 30)  # the snapshot alone
+    files = {f.name for f in Snapshot.from_json(store.read_manifest()[0] or b"").files}
+    second = sync(store, timedelta(0))
+    assert second.rows_added["images"] == 0 and second.files_added == 0 and second.generation == first.generation + 1
+    assert {f.name for f in Snapshot.from_json(store.read_manifest()[0] or b"").files} == files
+    _record(rt, "red/robin", range(30, 35), ["red", "robin"])  # after the watermark: the query's tail
+    assert _count(store, tmp_path) == (35, 35)
+
+
+def test_a_sync_that_loses_the_if_match_race_starts_again_from_the_winners_manifest(mem, tmp_path) -> None:
+    rt, store = mem
+    _record(rt, "red/robin", range(20), ["red", "robin"])
+    sync(store, timedelta(0))
+    _record(rt, "blue/jay", range(40), ["blue", "jay"])
+    other: list[SyncResult] = []
+
+    def rival(step: str) -> None:
+        if not other:  # another sync commits between this one's file writes and its manifest commit
+            other.append(sync(CatalogStorage.of(rt.clients, rt.settings, rt.blobs), timedelta(0)))
+
+    loser = sync(store, timedelta(0), fault=rival)
+    assert other[0].rows_added["images"] == 40 and other[0].attempts == 1
+    assert loser.attempts == 2 and loser.rows_added["images"] == 0, "it read again from the winner's watermark"
+    assert _count(store, tmp_path) == (60, 60)
+
+
+def test_a_sync_killed_between_its_files_and_its_manifest_is_completed_once_by_the_next(mem, tmp_path) -> None:
+    rt, store = mem
+    _record(rt, "red/robin", range(25), ["red", "robin"])
+    sync(store, timedelta(0))
+    raw, etag = store.read_manifest()
+    _record(rt, "red/robin", range(25, 70), ["red", "robin"])
+
+    def die(step: str) -> None:
+        raise KeyboardInterrupt(step)  # the process is killed: nothing after this step runs
+
+    with pytest.raises(KeyboardInterrupt):
+        sync(store, timedelta(0), fault=die)
+    assert store.read_manifest() == (raw, etag), "the manifest is untouched: the files written are unlisted"
+    assert len(store.list_files()) > len(Snapshot.from_json(raw or b"").files)
+    assert _count(store, tmp_path / "before", exact=False) == (25, 25)
+    after = sync(store, timedelta(0))
+    assert after.rows_added["images"] == 45
+    assert _count(store, tmp_path / "after", exact=False) == (70, 70), "every row once"
+    assert _count(store, tmp_path / "after") == (70, 70)
+
+
+def test_the_columnar_images_path_gives_the_rows_of_the_row_by_row_one() -> None:
+    """records.images_table (the sync's bulk path) against records.image, entity by entity: originals and
+    transformed images, Int32 and Int64 sizes, a missing CreatedAt (the service time then), facts under any
+    spelling, absent in some entities, unreadable in others."""
+    from azure.data.tables import EdmType, EntityProperty, TableEntity
+
+    from corpus.store.rows import ImageSetRow
+
+    stamp = datetime(2026, 3, 1, tzinfo=UTC)
+    original = ImageSetRow("birds", "red/robin", "v1", ("red", "robin"), "original/red/robin/v1/", None, stamp)
+    crop = ImageSetRow("birds", "red/robin", "v1", ("red", "robin"), "transform/crop/1/red/robin/v1/", ("crop", "1"), stamp)
+    entities = []
+    for i in range(7):
+        s = crop if i % 2 else original
+        e = TableEntity(
+            {
+                "PartitionKey": s.images_partition_key,
+                "RowKey": f'"f{i}.jpg',
+                **ImageRow(f"f{i}.jpg", f"{s.blob_path}f{i}.jpg", 10 + i, "ab" * 16, "image/jpeg", 64 * (i % 3), 48,
+                           "original/red/robin/v1/f0.jpg" if i % 2 else f"birds/v1/red/robin/f{i}.jpg",
+                           stamp if i != 3 else None).to_entity(s.images_partition_key),
+            }
+        )  # fmt: skip
+        if i == 3:
+            del e["CreatedAt"]
+        if i == 4:
+            e["Size"] = 14  # written as Int32 by an older version
+        e.update({0: {}, 1: {"SHA256": "cd" * 32, "Sharpness": 12.5}, 2: {"phash": "00ff", "Gray": "true"}}.get(i % 3, {}))
+        if i == 5:
+            e["Aspect_Ratio"] = "not a number"
+            e["Size"] = EntityProperty(15, EdmType.INT64)
+        e._metadata = {"timestamp": stamp + timedelta(seconds=i), "etag": "x"}
+        entities.append(e)
+    by_pk = {s.images_partition_key: s for s in (original, crop)}
+    expected = [records.image(by_pk[e["PartitionKey"]], e) for e in entities]
+    got = records.images_table(entities, by_pk)
+    assert got.schema == IMAGES.arrow
+    assert got.to_pylist() == to_arrow(IMAGES, expected).to_pylist()
+    assert got.column("added").to_pylist()[3] == stamp + timedelta(seconds=3)
+    assert records.images_table([], by_pk).num_rows == 0
+
+
+def test_the_sync_and_a_query_never_import_pandas() -> None:
+    """pyarrow imports pandas on first use (~1 s a run) unless told it is absent: the catalog's entry points do."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from datetime import timedelta
+from pathlib import Path
+import tempfile
+from corpus.app.runtime import Runtime
+from corpus.catalog import query as q
+from corpus.catalog.schema import arrow_without_pandas
+from corpus.catalog.storage import CatalogStorage
+from corpus.catalog.sync import sync_settings
+from tests.test_catalog_units import _record
+rt = Runtime.in_memory(); rt.ensure_resources()
+_record(rt, "red/robin", range(10), ["red", "robin"])
+rt.settings.values["CORPUS_CATALOG_LAG_SECONDS"] = "0"
+assert sync_settings(rt.clients, rt.settings, rt.blobs).rows_added["images"] == 10
+arrow_without_pandas()
+cat = q.open_catalog(CatalogStorage.of(rt.clients, rt.settings, rt.blobs), q.FileCache(Path(tempfile.mkdtemp())))
+assert q.run(cat, "SELECT count(*) AS n FROM images").to_pylist() == [{"n": 10}]
+print("pandas" in sys.modules)
+import pandas  # still importable by anyone else
+"""
+    root = DOCS.parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_the_columnar_trainset_images_path_gives_the_rows_of_the_row_by_row_one() -> None:
+    from corpus.catalog.schema import TRAINSET_IMAGES
+    from corpus.domain.manifest import ManifestEntry
+
+    entries = [
+        ManifestEntry("birds", "original/a.jpg", "q83vEjRWeJA=", 10, 64, 48, "birds", "red", "v1", None,
+                      "original/a.jpg", "", ("robin",), "train"),
+        ManifestEntry("birds", "transform/crop/1/a.jpg", "q83vEjRWeJB=", 9, 32, 24, "birds", "red", "v1", ("crop", "1"),
+                      "original/a.jpg", "q83vEjRWeJA=", ("robin", "red"), "val"),
+    ]  # fmt: skip
+    expected = to_arrow(TRAINSET_IMAGES, [records.trainset_image("ts", "2", e) for e in entries])
+    got = records.trainset_images_table("ts", "2", entries)
+    assert got.schema == TRAINSET_IMAGES.arrow and got.to_pylist() == expected.to_pylist()
+    assert records.trainset_images_table("ts", "2", []).num_rows == 0

@@ -20,6 +20,7 @@ models, model_trainsets, trainset_images) never hold two rows with one key; the 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -148,3 +149,31 @@ def empty(table: Table) -> pa.Table:
 def to_arrow(table: Table, rows: list[dict[str, object]]) -> pa.Table:
     """Rows (dicts by column name; missing columns are null) → an Arrow table of ``table``'s schema."""
     return pa.Table.from_pylist(rows, schema=table.arrow)
+
+
+def arrow_without_pandas() -> None:
+    """Keep pyarrow from importing pandas (~1 s per process) when pandas is installed but unused.
+
+    pyarrow tries ``import pandas`` the first time it converts Python objects (``pa.array``,
+    ``Table.from_pylist``, even ``empty_table``), only to recognise pandas objects, which the
+    catalog never hands it; it tries once per process and keeps the answer. Unless pandas is
+    loaded already, this makes that one try fail: pandas stays importable for anyone else, but
+    pyarrow in this process will not convert to or from pandas. Called by the catalog's entry
+    points (the sync's, ``corpus query``), not on import, so importing the catalog changes nothing.
+    """
+    if "pandas" in sys.modules:
+        return
+    sys.meta_path.insert(0, _NoPandas)
+    try:
+        pa.scalar(0)  # pyarrow's pandas shim tries its import now, and remembers it failed
+    finally:
+        sys.meta_path.remove(_NoPandas)
+
+
+class _NoPandas:
+    """A meta-path finder under which ``import pandas`` raises ImportError (while it is installed)."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is not used by the catalog")

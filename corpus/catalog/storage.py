@@ -13,10 +13,10 @@ against the same clock (the service's), with the same bounds, so a row is in exa
 **Blobs** go through the store's port (:class:`~corpus.store.ports.BlobStore`): Parquet files
 are immutable and content-addressed (their name holds the SHA-256 of their bytes) and written
 ``put_once`` (``If-None-Match: *``); the manifest (``manifest.json``) is created ``put_once`` and
-replaced ``If-Match`` its ETag, so of two concurrent syncs one commits and the other finds out
-and starts again from the new manifest. Replace-if-match is the one verb the port lacks: it is
-done here on the SDK client (:meth:`CatalogStorage.commit_manifest`), the place to change when
-the port gains it. Tables are read through a :class:`~corpus.store.tables.TableSource`.
+replaced ``put_if_match`` its ETag, so of two concurrent syncs one commits and the other finds out
+and starts again from the new manifest. Tables are read through a
+:class:`~corpus.store.tables.TableSource`. No SDK call is made here, so the catalog runs on
+either implementation of the ports (Azure, or :meth:`Runtime.in_memory` for unit tests).
 """
 
 from __future__ import annotations
@@ -29,16 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import ContentSettings
 
 from corpus.catalog import records
 from corpus.catalog.records import Row
-from corpus.catalog.schema import IMAGES, TRAINSET_IMAGES, empty, to_arrow
+from corpus.catalog.schema import IMAGES, empty
 from corpus.domain import keys
-from corpus.domain.errors import BlobConflict, BlobNotFound
-from corpus.domain.manifest import iter_entries
+from corpus.domain.errors import BlobConflict, BlobNotFound, PreconditionFailed
+from corpus.domain.manifest import ManifestEntry, iter_entries
 from corpus.store.azure_ports import AzureBlobStore
 from corpus.store.images_table import IMAGES_FROM
 from corpus.store.ports import BlobStore, iter_blobs, iter_ranges
@@ -73,12 +70,10 @@ def catalog_container(settings: Settings) -> str:
 
 
 class CatalogStorage:
-    def __init__(self, tables: TableSource, blobs: BlobStore, container: str, clients: Clients | None = None) -> None:
-        """``clients``: the SDK clients for the manifest's If-Match replace (syncs only; readers need none)."""
+    def __init__(self, tables: TableSource, blobs: BlobStore, container: str) -> None:
         self.tables = tables
         self.blobs = blobs
         self.container_name = container
-        self.clients = clients
 
     @property
     def location(self) -> str:
@@ -87,8 +82,10 @@ class CatalogStorage:
 
     @classmethod
     def of(cls, clients: Clients, settings: Settings, blobs: BlobStore | None = None) -> CatalogStorage:
-        """The catalog of these settings; ``blobs`` defaults to the Azure adapter on ``clients``."""
-        return cls(clients, blobs if blobs is not None else AzureBlobStore(clients), catalog_container(settings), clients)
+        """The catalog of these settings: tables from ``clients`` (a :class:`Clients`, or the
+        ``MemoryTables`` of :meth:`Runtime.in_memory`), blobs through ``blobs``, by default the Azure
+        adapter on ``clients``."""
+        return cls(clients, blobs if blobs is not None else AzureBlobStore(clients), catalog_container(settings))
 
     # -- tables --------------------------------------------------------------------------------
 
@@ -153,21 +150,26 @@ class CatalogStorage:
         def read(pk_range: tuple[str, str]) -> list[pa.Table]:
             """One range's rows as Arrow tables of at most :data:`CHUNK` rows: memory stays
             proportional to the Arrow data, not to millions of Python dicts."""
-            known = sets
+            known = {pk: s for pk, (s, _) in sets.items()}
             chunks: list[pa.Table] = []
-            rows: list[Row] = []
+            batch: list[Any] = []
+
+            def convert() -> None:
+                nonlocal known
+                if any(pk not in known for pk in {str(e["PartitionKey"]) for e in batch}):
+                    known = {pk: s for pk, (s, _) in self.all_sets().items()}  # a set created after the listing
+                    missing = sorted({str(e["PartitionKey"]) for e in batch} - known.keys())
+                    if missing:
+                        raise RuntimeError(f"Images partition {missing[0]!r} has no set in ImageSets")
+                chunks.append(records.images_table(batch, known))
+                batch.clear()
+
             for e in self.changed(TABLE_IMAGES, lo, hi, row_from=IMAGES_FROM, pk_range=pk_range):
-                pk = str(e["PartitionKey"])
-                if pk not in known:  # recorded under a set created after the set listing: list again
-                    known = self.all_sets()
-                    if pk not in known:
-                        raise RuntimeError(f"Images partition {pk!r} has no set in ImageSets")
-                rows.append(records.image(known[pk][0], e))
-                if len(rows) == CHUNK:
-                    chunks.append(to_arrow(IMAGES, rows))
-                    rows = []
-            if rows:
-                chunks.append(to_arrow(IMAGES, rows))
+                batch.append(e)
+                if len(batch) == CHUNK:
+                    convert()
+            if batch:
+                convert()
             return chunks
 
         with ThreadPoolExecutor(READERS) as pool:
@@ -194,13 +196,14 @@ class CatalogStorage:
     def trainset_images(self, row: TrainsetRow) -> pa.Table:
         """The manifest lines of a ready training set, as ``trainset_images`` rows (read in 4 MiB
         ranges, converted :data:`CHUNK` lines at a time)."""
-        chunks, rows = [], []
+        chunks: list[pa.Table] = []
+        entries: list[ManifestEntry] = []
         for e in iter_entries(TrainsetStore(self.tables, self.blobs).manifest_chunks(row)):
-            rows.append(records.trainset_image(row.name, row.version, e))
-            if len(rows) == CHUNK:
-                chunks.append(to_arrow(TRAINSET_IMAGES, rows))
-                rows = []
-        chunks.append(to_arrow(TRAINSET_IMAGES, rows))
+            entries.append(e)
+            if len(entries) == CHUNK:
+                chunks.append(records.trainset_images_table(row.name, row.version, entries))
+                entries = []
+        chunks.append(records.trainset_images_table(row.name, row.version, entries))
         return pa.concat_tables(chunks)
 
     # -- blobs ---------------------------------------------------------------------------------
@@ -223,18 +226,9 @@ class CatalogStorage:
                 return self.blobs.put_once(self.container_name, MANIFEST, data, "application/json")
             except BlobConflict:
                 return False
-        if self.clients is None:
-            raise RuntimeError("a sync needs the storage clients (CatalogStorage.of) to replace the manifest If-Match")
-        blob = self.clients.container(self.container_name).get_blob_client(MANIFEST)
         try:
-            blob.upload_blob(
-                data,
-                overwrite=True,
-                etag=etag,
-                match_condition=MatchConditions.IfNotModified,
-                content_settings=ContentSettings(content_type="application/json"),
-            )
-        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            self.blobs.put_if_match(self.container_name, MANIFEST, data, etag, "application/json")
+        except PreconditionFailed:
             return False
         return True
 

@@ -50,6 +50,7 @@ from corpus.catalog.schema import (
     TRAINSETS,
     TRANSFORMS,
     Table,
+    arrow_without_pandas,
     empty,
     to_arrow,
 )
@@ -116,6 +117,7 @@ def lag_of(values: Mapping[str, str]) -> timedelta:
 
 def sync_settings(clients: Clients, settings: Settings, blobs: BlobStore | None = None) -> SyncResult:
     """One sync of the catalog these settings name (the timer function's and the CLI's entry point)."""
+    arrow_without_pandas()
     result = sync(CatalogStorage.of(clients, settings, blobs), lag_of(settings.values))
     log.info("catalog sync: %s", result.as_json())
     return result

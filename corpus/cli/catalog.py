@@ -35,7 +35,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     from corpus.catalog import query as q
+    from corpus.catalog.schema import arrow_without_pandas
 
+    arrow_without_pandas()
     if args.timeout <= 0:
         raise CliError("--timeout must be positive")
     store, _ = _store()

@@ -44,13 +44,25 @@ class ImageFacts:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ImageFacts | None:
-        """The facts in ``obj`` (a row's or a line's properties), or None when it has none (not backfilled)."""
+        """The facts in ``obj`` (a row's or a line's properties), or None when it has none (not backfilled)
+        or only some of them, or one unreadable (a row written by hand or half-migrated is read as one
+        without facts, which ``corpus reindex --facts`` fills, never as a crash)."""
         if not isinstance(obj.get("sha256"), str) or not obj.get("sha256"):
             return None
+        try:
+            return cls._parse(obj)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @classmethod
+    def _parse(cls, obj: dict[str, Any]) -> ImageFacts:
+        hashes = [obj["sha256"], obj["phash"], obj["dhash"]]
+        if not all(isinstance(h, str) and h for h in hashes):
+            raise TypeError("a hash is missing")
         return cls(
-            sha256=str(obj["sha256"]),
-            phash=str(obj["phash"]),
-            dhash=str(obj["dhash"]),
+            sha256=hashes[0],
+            phash=hashes[1],
+            dhash=hashes[2],
             width=int(obj["width"]),
             height=int(obj["height"]),
             sharpness=float(obj["sharpness"]),

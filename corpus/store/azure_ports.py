@@ -220,6 +220,31 @@ class AzureBlobStore:
         except HttpResponseError as exc:
             raise _storage_error(exc) from exc
 
+    def put_if_match(self, container: str, name: str, data: bytes, etag: str, content_type: str) -> BlobInfo:
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        blob = self._blob(container, name)
+        try:
+            result = blob.upload_blob(
+                data,
+                overwrite=True,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+                content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)),
+            )
+        except HttpResponseError as exc:
+            if isinstance(exc, ResourceModifiedError | ResourceNotFoundError) or exc.status_code in (404, 412):
+                # changed: 412; gone: Azure 412 or 404 (BlobNotFound): neither is at `etag`
+                raise PreconditionFailed(f"{container}/{name} is not at {etag}", exc.status_code, error_code(exc)) from exc
+            raise _storage_error(exc) from exc
+        return BlobInfo(
+            name=name,
+            size=len(data),
+            etag=_quoted(result.get("etag")),
+            md5=md5.hex(),
+            content_type=content_type,
+            last_modified=result.get("last_modified"),
+        )
+
     def _same_or_conflict(self, container: str, name: str, md5: str) -> None:
         stored = self.info(container, name)
         stored_md5 = self.content_md5(container, stored)

@@ -176,6 +176,15 @@ class MemoryBlobStore:
             self._store(container, name, data, content_type, md5)
             return True
 
+    def put_if_match(self, container: str, name: str, data: bytes, etag: str, content_type: str) -> BlobInfo:
+        with self._lock:
+            self.requests["put"] += 1
+            check_blob_name(name)
+            blob = self._c(container).blobs.get(name)
+            if blob is None or blob.info.etag.strip('"') != etag.strip('"'):
+                raise PreconditionFailed(f"{container}/{name} is not at {etag}", 412, "ConditionNotMet")
+            return self._store(container, name, data, content_type, self._md5(data))
+
     def stage_block(self, container: str, name: str, block_id: str, data: bytes) -> None:
         with self._lock:
             self.requests["stage_block"] += 1

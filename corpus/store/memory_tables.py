@@ -8,8 +8,9 @@ surface, with the service's semantics the stores depend on, raising the SDK's ow
   ``update_entity`` (``MERGE``/``REPLACE``; ``If-Match`` ETags: ``ResourceModifiedError``),
   ``delete_entity`` (a missing entity is no error, as in the SDK);
 * ``query_entities`` with the filters we write (``eq ne gt ge lt le``, ``and``/``or``/``not``,
-  parentheses, ``@parameters``) and ``list_entities``, in (PartitionKey, RowKey) order, in pages
-  of at most 1,000 entities with a ``{"PartitionKey", "RowKey"}`` continuation, and ``select``;
+  parentheses, ``@parameters``; ``Timestamp`` compares the service time of the last write) and
+  ``list_entities``, in (PartitionKey, RowKey) order, in pages of at most 1,000 entities with a
+  ``{"PartitionKey", "RowKey"}`` continuation, and ``select``;
 * ``submit_transaction``: at most 100 operations on one partition, all or nothing, failures as
   ``TableTransactionError`` with the failing operation's ``index`` and ``error_code``;
 * Int64: ``EntityProperty(…, INT64)`` round-trips as such; a plain ``int`` outside Int32 is a
@@ -174,6 +175,12 @@ class _Filter:
         compare = _OPS[op]
 
         def test(e: Mapping[str, Any]) -> bool:
+            if prop == "Timestamp":  # the service's time of the last write: in the metadata, as the SDK returns it
+                got = getattr(e, "metadata", {}).get("timestamp")
+                try:
+                    return got is not None and compare(got, value)
+                except TypeError:
+                    return False
             if prop not in e:
                 return False
             got = _plain(e[prop])

@@ -155,6 +155,14 @@ class BlobStore(Protocol):
         there; other bytes raise :class:`BlobConflict`."""
         ...
 
+    def put_if_match(self, container: str, name: str, data: bytes, etag: str, content_type: str) -> BlobInfo:
+        """Replace the blob ``If-Match: etag`` (with Content-MD5): the optimistic-concurrency write of
+        a small document many writers update (the catalog's manifest). Returns the new version's
+        properties; :class:`PreconditionFailed` if the blob is not at ``etag`` (changed, or gone:
+        Azure and Azurite answer 412 or 404, both read as not at ``etag``). Creating one is
+        :meth:`put_once`."""
+        ...
+
     def stage_block(self, container: str, name: str, block_id: str, data: bytes) -> None:
         """Stage one block (any size up to Azure's 4,000 MiB) of a block blob."""
         ...
