@@ -261,6 +261,8 @@ class MemoryTable:
         self._lock = threading.RLock()
         self._n = itertools.count(1)
         self.requests: Counter[str] = Counter()  # entity operations by partition key
+        self.calls: Counter[str] = Counter()  # HTTP requests (a page, a transaction: one) by partition key
+        self.entities: Counter[str] = Counter()  # entities written, read or scanned, by partition key
 
     # -- helpers
 
@@ -331,7 +333,10 @@ class MemoryTable:
 
     def _write(self, op: str, entity: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
         with self._lock:
-            self.requests[str(entity.get("PartitionKey"))] += 1
+            pk = str(entity.get("PartitionKey"))
+            self.requests[pk] += 1
+            self.calls[pk] += 1
+            self.entities[pk] += 1
             rows = _Overlay(self._rows)
             result = self._apply(rows, op, entity, kw)
             self._commit(rows.changes)
@@ -352,12 +357,15 @@ class MemoryTable:
                     break
                 if len(out) == size:
                     self.requests[lo[0]] += 1
+                    self.calls[lo[0]] += 1
                     return out, {"PartitionKey": key[0], "RowKey": key[1]}
+                self.entities[key[0]] += 1  # scanned: the service walks it whether or not the filter keeps it
                 entity = self._entity(key)
                 if flt is None or flt.predicate(entity):
                     out.append(self._entity(key, select) if select else entity)
                 i += 1
             self.requests[lo[0]] += 1
+            self.calls[lo[0]] += 1
             return out, None
 
     # -- the TableClient surface
@@ -368,6 +376,8 @@ class MemoryTable:
     def get_entity(self, partition_key: str, row_key: str, **kw: Any) -> TableEntity:
         with self._lock:
             self.requests[partition_key] += 1
+            self.calls[partition_key] += 1
+            self.entities[partition_key] += 1
             key = (partition_key, row_key)
             if key not in self._rows:
                 raise _error(ResourceNotFoundError, 404, "ResourceNotFound", "The specified resource does not exist.")
@@ -415,7 +425,10 @@ class MemoryTable:
         if len(set(rks)) != len(rks):
             raise self._tx_error(0, "InvalidDuplicateRow", "a transaction names one entity at most once")
         with self._lock:
-            self.requests[pks.pop()] += len(ops)
+            pk = pks.pop()
+            self.requests[pk] += len(ops)
+            self.calls[pk] += 1
+            self.entities[pk] += len(ops)
             rows = _Overlay(self._rows)
             results = []
             for index, (op, entity, opkw) in enumerate(ops):
@@ -482,8 +495,22 @@ class MemoryTables:
 
     def requests(self) -> Counter[str]:
         """Entity operations by ``table/partition`` across every table."""
+        return self._by_partition("requests")
+
+    def calls(self) -> Counter[str]:
+        """HTTP requests (a query page, a transaction: one each) by ``table/partition``."""
+        return self._by_partition("calls")
+
+    def entities(self) -> Counter[str]:
+        """Entities written, read or scanned by ``table/partition``: what Azure's per-partition
+        target (2,000 entities/s) is stated in."""
+        return self._by_partition("entities")
+
+    def _by_partition(self, what: str) -> Counter[str]:
         total: Counter[str] = Counter()
-        for name, table in self._tables.items():
-            for pk, n in table.requests.items():
+        with self._lock:
+            tables = list(self._tables.items())
+        for name, table in tables:
+            for pk, n in getattr(table, what).items():
                 total[f"{name}/{pk}"] += n
         return total
