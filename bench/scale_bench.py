@@ -253,7 +253,8 @@ def run(n: int, transform_share: float) -> dict[str, Any]:
             }
             rt.send(s.transform_queue, json.dumps(body))
         drain(rt, handlers(rt))
-        p.units = sum(rt.catalog.images.count(r.ref, r.transform)[0] for r in rt.catalog.sets.query("birds", (), transform="thumbnail:1"))
+        done = rt.catalog.sets.query("birds", (), transform="thumbnail:1")
+        p.units = sum(rt.catalog.images.count(r.ref, r.transform)[0] for r in done)
 
     with m.phase("tag query (sets --tag c3)", "sets found") as p:
         found = list(find_sets(rt.catalog, ["birds"], ("c3",)))

@@ -26,10 +26,12 @@ from azure.data.tables import TableClient, TableTransactionError
 from corpus.domain import keys
 from corpus.domain.errors import ConflictError
 from corpus.domain.paths import SetRef
-from corpus.store.rows import CounterRow, ImageRow, Transform
+from corpus.store.rows import CounterRow, ImageRow, SourceMarkerRow, Transform
 from corpus.store.tables import MAX_ATTEMPTS, backoff, first_page, if_unchanged
 
 SHARDS = 16
+MAX_MARKERS = 99
+"""Source markers per transaction: 99 inserts and one counter step make Azure's 100."""
 
 IMAGES_FROM = keys.after(keys.SEPARATOR)
 """Counter rows (``!count!NN``) sort below every escaped file name; image rows are ``>= '"'``."""
@@ -117,9 +119,64 @@ class ImagesTable:
         counter = CounterRow(pk, shard_key, shard.count + n, shard.bytes + size)
         return ("update", counter.to_entity(), if_unchanged(entity))
 
+    def mark_sources(self, ref: SetRef, what: str, files: list[str]) -> int:
+        """Count ``files`` (originals of set ``ref``) as sources of ``what`` (an operation or a
+        transform label), each once ever: an insert-only marker row per (set, what, file) in the
+        same transaction as the increment of a counter shard of its partition
+        (:func:`corpus.domain.keys.source_partition_key`), exactly as :meth:`record` counts images.
+        A duplicate delivery, a second transform version with the same operation, or two writers
+        at once find the marker there and add nothing. Returns how many were new.
+
+        One transaction per 99 new markers (the batch path); any marker already there sends the
+        batch one by one."""
+        pk = keys.source_partition_key(ref, what)
+        todo = sorted(set(files))
+        added = 0
+        for i in range(0, len(todo), MAX_MARKERS):
+            chunk = todo[i : i + MAX_MARKERS]
+            added += self._mark_batch(pk, chunk) if len(chunk) > 1 else self._mark_one(pk, chunk[0])
+        return added
+
+    def _mark_batch(self, pk: str, files: list[str]) -> int:
+        n = len(files)
+        for attempt in range(8):
+            ops: list[Any] = [("create", SourceMarkerRow(pk, keys.image_row_key(f)).to_entity()) for f in files]
+            ops.append(self._counter_op(pk, self.batch_shard, n, 0))
+            try:
+                self.table.submit_transaction(ops)
+                return n
+            except TableTransactionError as exc:
+                if exc.index == n:  # only the counter step failed: another writer raced us for the shard
+                    backoff(attempt)
+                    continue
+                break
+        return sum(self._mark_one(pk, f) for f in files)
+
+    def _mark_one(self, pk: str, file: str) -> int:
+        rk = keys.image_row_key(file)
+        shard_key = keys.counter_row_key(zlib.crc32(rk.encode()) % SHARDS)
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                marker = ("create", SourceMarkerRow(pk, rk).to_entity())
+                self.table.submit_transaction([marker, self._counter_op(pk, shard_key, 1, 0)])
+                return 1
+            except TableTransactionError:
+                try:
+                    self.table.get_entity(pk, rk, select=["RowKey"])
+                    return 0  # counted before
+                except ResourceNotFoundError:
+                    backoff(attempt)  # lost the race for the counter shard: try again
+        raise RuntimeError(f"could not mark {file} in {pk}: counter contention did not resolve")
+
+    def sources_count(self, ref: SetRef, what: str) -> int:
+        """How many distinct originals of ``ref`` have an output of ``what``: one counter query."""
+        return self._count(keys.source_partition_key(ref, what))[0]
+
     def count(self, ref: SetRef, transform: Transform | None = None) -> tuple[int, int]:
         """(images, bytes) of a set, summed from its counter shards: exact, not cached."""
-        pk = keys.image_partition_key(ref, transform)
+        return self._count(keys.image_partition_key(ref, transform))
+
+    def _count(self, pk: str) -> tuple[int, int]:
         lo = keys.COUNTER_PREFIX
         rows = self.table.query_entities(
             "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",

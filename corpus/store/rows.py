@@ -295,6 +295,19 @@ class CounterRow(Columns):
 
 
 @dataclass(frozen=True, slots=True)
+class SourceMarkerRow(Columns):
+    """An insert-only marker: this original (RowKey) has an output of one operation or transform
+    (the partition, :func:`corpus.domain.keys.source_partition_key`); counted by the partition's
+    counter shards in the same transaction."""
+
+    partition_key: str = column("PartitionKey")
+    file: str = column("RowKey")
+
+    def to_entity(self) -> Entity:
+        return self.columns()
+
+
+@dataclass(frozen=True, slots=True)
 class TransformRow(Columns):
     """An ``ImageTransforms`` entity: a transform version and its canonical arguments, immutable."""
 
@@ -306,6 +319,21 @@ class TransformRow(Columns):
     @property
     def keys(self) -> tuple[str, str]:
         return keys.transform_keys(self.name, self.version)
+
+    def steps(self) -> list[str]:
+        """The operations this transform applies: itself, or each step of a pipeline."""
+        if self.name != "pipeline":
+            return [self.name]
+        try:
+            args: Any = json.loads(self.args)
+            return [str(step["name"]) for step in args["steps"]]
+        except (ValueError, KeyError, TypeError):
+            return []
+
+    def source_keys(self) -> list[str]:
+        """What its outputs' sources are counted under (:meth:`ImagesTable.mark_sources`): each
+        operation, the transform's name (``--transform NAME``) and ``NAME:VERSION``."""
+        return sorted({*self.steps(), self.name, f"{self.name}:{self.version}"})
 
     def to_entity(self) -> Entity:
         pk, rk = self.keys
