@@ -7,13 +7,18 @@ import json
 import threading
 
 import pytest
+from azure.data.tables import UpdateMode
 
-from corpus.app.queries import count
+from corpus.app import migrate as migrate_mod
+from corpus.app.migrate import migrate
+from corpus.app.queries import Count, count
 from corpus.app.runtime import Runtime
 from corpus.app.transform_jobs import on_transform_job
+from corpus.domain.errors import InvalidNameError
 from corpus.domain.messages import TransformJob
 from corpus.domain.paths import SetRef
 from corpus.store.memory_tables import MemoryTables
+from corpus.store.rows import schema_of
 from tests.support import jpeg
 from tests.test_usecases_memory import drain, stage
 
@@ -80,3 +85,59 @@ def test_source_markers_count_each_file_once_under_concurrent_writers(rt: Runtim
     assert rt.catalog.images.mark_sources(ref, "thumbnail", files) == 0  # a redelivery adds nothing
     assert rt.catalog.images.sources_count(ref, "thumbnail") == 150
     assert rt.catalog.images.sources_count(ref, "blur") == 0
+
+
+def make_old(rt: Runtime) -> None:
+    """Turn the Images table back into what the code before source markers and schema versions
+    wrote: no marker partitions, no ``Schema`` property on image rows."""
+    assert isinstance(rt.clients, MemoryTables)
+    table = rt.clients.table_client("Images")
+    for e in list(table.list_entities()):
+        if "!s!" in e["PartitionKey"]:
+            table.delete_entity(e["PartitionKey"], e["RowKey"])
+        elif "Schema" in e:
+            old = {k: v for k, v in e.items() if k != "Schema"}
+            table.upsert_entity(old, mode=UpdateMode.REPLACE)
+
+
+def test_migrate_source_markers_is_resumable_and_idempotent(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(9):
+        stage(rt, f"birds/v1/{('red', 'blue', 'green')[i % 3]}/{i}.jpg", jpeg(i, size=(32, 24)))
+    drain(rt)
+    for path in ("red", "blue", "green"):
+        transform(rt, path)
+    make_old(rt)
+    assert count(rt.catalog, "birds", (), op="thumbnail").sources == 0  # old rows: not counted yet
+    monkeypatch.setattr(migrate_mod, "SET_PAGE", 2)  # several pages, so a stop can fall between them
+
+    # stopped after the first page that migrated something (sets: 3 originals, then 3 transformed)
+    first = next(p for p in migrate(rt.catalog, "source-markers") if p.rows_migrated)
+    assert first.continuation
+    assert 0 < count(rt.catalog, "birds", (), op="thumbnail").sources < 9
+    rest = list(migrate(rt.catalog, "source-markers", continuation=first.continuation))
+    assert rest and rest[-1].continuation is None
+    assert first.rows_migrated + rest[-1].rows_migrated == 9
+    assert count(rt.catalog, "birds", (), op="thumbnail") == Count(9, 3, 9)
+    # a whole second run, and one from the start: nothing left below version 2, nothing counted twice
+    again = list(migrate(rt.catalog, "source-markers"))
+    assert sum(p.rows_migrated for p in again[-1:]) == 0 and again[-1].rows_seen == 0
+    assert count(rt.catalog, "birds", (), transform="thumbnail:1") == Count(9, 3, 9)
+    # the stamp: every transformed row is at the version the step brings them to
+    assert isinstance(rt.clients, MemoryTables)
+    rows = [e for e in rt.clients.table_client("Images").list_entities() if "!t!" in e["PartitionKey"] and "File" in e]
+    assert len(rows) == 9 and {schema_of(e) for e in rows} == {2}
+
+
+def test_a_killed_migration_between_marking_and_stamping_counts_each_source_once(rt: Runtime) -> None:
+    for i in range(4):
+        stage(rt, f"birds/v1/red/{i}.jpg", jpeg(i, size=(32, 24)))
+    drain(rt)
+    transform(rt, "red")
+    make_old(rt)
+    ref, t = SetRef("birds", ("red",), "v1"), ("thumbnail", "1")
+    page = next(rt.catalog.images.pages_below(ref, t, 2))
+    rt.catalog.mark_sources(ref, t, [image.source for _, image in page[:3]])  # killed here: marked, not stamped
+    list(migrate(rt.catalog, "source-markers"))
+    assert count(rt.catalog, "birds", (), op="thumbnail").sources == 4
+    with pytest.raises(InvalidNameError):
+        list(migrate(rt.catalog, "no-such-step"))

@@ -243,9 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1)
     g.set_defaults(func=cmd_sample)
 
-    from corpus.cli import gallery, pull, reconcile, trainsets
+    from corpus.cli import gallery, migrate, pull, reconcile, trainsets
 
-    for feature in (reconcile, gallery, pull, queries, trainsets):
+    for feature in (reconcile, gallery, pull, queries, trainsets, migrate):
         feature.add_parsers(sub)
     return p
 

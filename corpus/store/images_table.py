@@ -21,12 +21,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableClient, TableTransactionError
+from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from corpus.domain import keys
 from corpus.domain.errors import ConflictError
 from corpus.domain.paths import SetRef
-from corpus.store.rows import CounterRow, ImageRow, SourceMarkerRow, Transform
+from corpus.store.rows import SCHEMA, CounterRow, ImageRow, SourceMarkerRow, Transform, schema_of
 from corpus.store.tables import MAX_ATTEMPTS, backoff, first_page, if_unchanged
 
 SHARDS = 16
@@ -240,6 +240,42 @@ class ImagesTable:
             "PartitionKey eq @pk and RowKey ge @lo", parameters={"pk": pk, "lo": IMAGES_FROM}, select=["RowKey", "Source"]
         )
         return {str(entity.get("Source") or "") for entity in rows}
+
+    def pages_below(
+        self, ref: SetRef, transform: Transform | None, schema: int, page: int = 1000
+    ) -> Iterator[list[tuple[str, ImageRow]]]:
+        """A set's image records written at a schema version below ``schema``, a page of the
+        partition at a time (a page may be empty: its rows are up to date). Filtered here, not by
+        the service: rows written before versions existed have no ``Schema`` property, and a
+        comparison with a missing property is false on Azure."""
+        pk = keys.image_partition_key(ref, transform)
+        rows = self.table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo", parameters={"pk": pk, "lo": IMAGES_FROM}, results_per_page=page
+        )
+        for entities in rows.by_page():
+            yield [(str(e["RowKey"]), ImageRow.from_entity(e)) for e in entities if schema_of(e) < schema]
+
+    def stamp_schema(self, ref: SetRef, transform: Transform | None, row_keys: list[str], schema: int) -> int:
+        """Set ``Schema`` to ``schema`` on these records (MERGE: nothing else changes), 100 per
+        transaction; a record that is gone is skipped. Returns how many were stamped."""
+        pk = keys.image_partition_key(ref, transform)
+        done = 0
+        for i in range(0, len(row_keys), 100):
+            chunk = row_keys[i : i + 100]
+            ops: list[Any] = [
+                ("update", {"PartitionKey": pk, "RowKey": rk, SCHEMA: schema}, {"mode": UpdateMode.MERGE}) for rk in chunk
+            ]
+            try:
+                self.table.submit_transaction(ops)
+                done += len(chunk)
+            except TableTransactionError:
+                for op in ops:
+                    try:
+                        self.table.update_entity(op[1], mode=UpdateMode.MERGE)
+                        done += 1
+                    except ResourceNotFoundError:
+                        continue
+        return done
 
     def iter_after(
         self, ref: SetRef, after: str = "", page: int = 1000, transform: Transform | None = None

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from azure.data.tables import EdmType, EntityProperty
 
@@ -94,14 +94,30 @@ def _decode(entity: Mapping[str, Any], name: str, kind: str) -> Any:
     return _str(entity, name)
 
 
+SCHEMA = "Schema"
+"""The entity property holding the row's schema version (see :attr:`Columns.schema`)."""
+
+
+def schema_of(entity: Mapping[str, Any]) -> int:
+    """The schema version an entity was written at; 0 for rows written before versions existed."""
+    return as_int(entity.get(SCHEMA), 0)
+
+
 class Columns:
     """Mixin for frozen dataclass rows whose fields are declared with :func:`column`: ``columns()``
-    writes them as entity properties, ``from_entity`` reads them back (missing ones as defaults)."""
+    writes them as entity properties, ``from_entity`` reads them back (missing ones as defaults).
+
+    Every row carries its class's :attr:`schema` version in property ``Schema``: a reader knows
+    what an old row lacks, and a migration step (:mod:`corpus.app.migrate`) finds the rows it has
+    still to bring up to date, and skips those it already has (docs/schema.md)."""
 
     __slots__ = ()
+    schema: ClassVar[int] = 1
 
     def columns(self) -> Entity:
-        return {f.metadata["column"]: _encode(getattr(self, f.name), f.metadata["kind"]) for f in _declared(type(self))}
+        out = {f.metadata["column"]: _encode(getattr(self, f.name), f.metadata["kind"]) for f in _declared(type(self))}
+        out[SCHEMA] = self.schema
+        return out
 
     @classmethod
     def from_entity(cls, entity: Mapping[str, Any]) -> Self:
@@ -272,6 +288,11 @@ class ImageRow(Columns):
     height: int = column("Height", INT)
     source: str = column("Source", default="")
     created_at: datetime | None = column("CreatedAt", TIME, default=None)
+
+    schema: ClassVar[int] = 2
+    """1: as declared; 2: a transformed image's source original is counted by the source markers
+    (:meth:`~corpus.store.images_table.ImagesTable.mark_sources`), written before the row
+    (migration step ``source-markers`` brings older rows there)."""
 
     def to_entity(self, partition_key: str) -> Entity:
         return {"PartitionKey": partition_key, "RowKey": keys.image_row_key(self.file), **self.columns()}
