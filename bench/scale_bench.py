@@ -242,9 +242,9 @@ def run(n: int, transform_share: float) -> dict[str, Any]:
     with m.phase("ingest: copy + record (group commit, 16 at once)", "images") as p:
         p.units = drain(rt, handlers(rt))
 
-    classes = max(1, round(CLASSES * transform_share))
-    tags = [f"c{k}" for k in range(classes)]
-    with m.phase(f"transform fan-out + jobs ({classes}/{CLASSES} of the sets)", "transformed images") as p:
+    chosen = max(1, round(CLASSES * transform_share))
+    tags = [f"c{k}" for k in range(chosen)]
+    with m.phase(f"transform fan-out + jobs ({chosen}/{CLASSES} of the sets)", "transformed images") as p:
         for tag in tags:
             body = {
                 "domain": "birds",
@@ -271,7 +271,13 @@ def run(n: int, transform_share: float) -> dict[str, Any]:
         p.notes = c.as_json()
 
     sources = [{"domain": "birds", "tags": [f"c{k}"], "version": "v1"} for k in range(CLASSES)]
-    request = {"trainset": {"name": "all", "version": "1"}, "sources": sources, "split": {"train": 90, "val": 10}}
+    classes = {"classes": [f"c{k}" for k in range(CLASSES)]}  # labels: the class tags, not every set's own tag
+    request = {
+        "trainset": {"name": "all", "version": "1"},
+        "sources": sources,
+        "labels": classes,
+        "split": {"train": 90, "val": 10},
+    }
     with m.phase("training-set build + reverse index", "manifest lines") as p:
         rt.send(s.trainset_queue, TrainsetRequest.parse(json.dumps(request)).to_json())
         drain(rt, handlers(rt), workers=1)
