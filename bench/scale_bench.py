@@ -317,6 +317,52 @@ def run(n: int, transform_share: float) -> dict[str, Any]:
     return {"n": n, "phases": [asdict(ph) | {"account_requests": ph.account_requests} for ph in m.phases]}
 
 
+def build_memory(n: int) -> dict[str, Any]:
+    """The training-set build's own memory, apart from the store's growth: image rows only (no
+    blobs), then the build under ``tracemalloc``; ``transient`` = peak - what is still held at the
+    end (the store's new rows and manifest), ``peak`` = peak - start (an upper bound)."""
+    import tracemalloc
+
+    from corpus.domain.paths import SetRef
+    from corpus.domain.tags import tags_for
+    from corpus.store.rows import ImageRow
+
+    rt = Runtime.in_memory()
+    rt.ensure_resources()
+    sets = max(CLASSES, n // SET_SIZE)
+    per_set = n // sets
+    for j in range(sets):
+        ref = SetRef("birds", tuple(set_path(j).split("/")), "v1")
+        rt.catalog.sets.ensure(ref, tags_for(ref.dirs, rt.settings.tag_extractor), blob_prefix=ref.original_prefix())
+        rows = [
+            ImageRow(f"{i:07d}.jpg", f"{ref.original_prefix()}{i:07d}.jpg", 795, f"{i:032x}", "image/jpeg", 64, 48, "s")
+            for i in range(j * per_set, (j + 1) * per_set)
+        ]
+        for k in range(0, len(rows), 99):
+            rt.catalog.images.record_many(ref, rows[k : k + 99])
+    sources = [{"domain": "birds", "tags": [f"c{k}"], "version": "v1"} for k in range(CLASSES)]
+    classes = {"classes": [f"c{k}" for k in range(CLASSES)]}
+    body = {"trainset": {"name": "all", "version": "1"}, "sources": sources, "labels": classes, "split": {"train": 100}}
+    gc.collect()
+    tracemalloc.start(1)
+    start, _ = tracemalloc.get_traced_memory()
+    rt.send(rt.settings.trainset_queue, TrainsetRequest.parse(json.dumps(body)).to_json())
+    drain(rt, handlers(rt), workers=1)
+    gc.collect()
+    end, peak = tracemalloc.get_traced_memory()
+    top = tracemalloc.take_snapshot().statistics("filename")[:3]
+    tracemalloc.stop()
+    images = rt.catalog.training.trainsets.require_ready("all", "1").state.images
+    mb = 1024 * 1024
+    return {
+        "n": images,
+        "transient_mb": round((peak - end) / mb, 1),
+        "peak_above_start_mb": round((peak - start) / mb, 1),
+        "retained_mb": round((end - start) / mb, 1),
+        "held_at_end_by": [f"{st.traceback[0].filename.rsplit('/', 2)[-1]}: {st.size / mb:.0f} MB" for st in top],
+    }
+
+
 # -- the report ------------------------------------------------------------------------------
 
 
@@ -353,8 +399,18 @@ def main() -> int:
     ap.add_argument("--million", action="store_true", help="add the 1,000,000-image run (~6 GB RAM)")
     ap.add_argument("--transform-share", type=float, default=0.1, help="share of the sets transformed (default 0.1)")
     ap.add_argument("--json", type=Path, help="write the raw figures here")
+    ap.add_argument("--build-memory", metavar="SIZES", help="only the training-set build's own memory (tracemalloc), rows only")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--one-build", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build_memory:
+        for n in (int(x) for x in args.build_memory.split(",")):
+            cmd = [sys.executable, __file__, "--one-build", str(n)]
+            print(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.strip())
+        return 0
+    if args.one_build:
+        print(json.dumps(build_memory(args.one_build)))
+        return 0
     if args.one:
         print(json.dumps(run(args.one, args.transform_share)))
         return 0

@@ -141,3 +141,21 @@ def test_a_killed_migration_between_marking_and_stamping_counts_each_source_once
     assert count(rt.catalog, "birds", (), op="thumbnail").sources == 4
     with pytest.raises(InvalidNameError):
         list(migrate(rt.catalog, "no-such-step"))
+
+
+def test_gunzip_chunks_inflates_a_bounded_amount_at_a_time() -> None:
+    """A manifest range of 4 MiB inflates ~10x: reading one must not hold it all at once."""
+    import gzip
+
+    from corpus.domain import manifest
+
+    blocks = [f'{{"n": {i}, "blob": "original/red/v1/{i:07d}.jpg"}}\n'.encode() for i in range(60_000)]
+    members = [gzip.compress(b"".join(blocks[k : k + 30_000]), mtime=0) for k in range(0, 60_000, 30_000)]
+    stream = b"".join(members)
+    step = 4 << 20
+    chunks = [stream[i : i + step] for i in range(0, len(stream), step)] + [b""]
+    parts = list(manifest.gunzip_chunks(chunks))
+    assert b"".join(parts) == b"".join(blocks)
+    assert max(len(p) for p in parts) <= manifest.GUNZIP_OUT < len(b"".join(blocks)) // 2
+    small = [stream[i : i + 999] for i in range(0, len(stream), 999)]  # small ranges, members split anywhere
+    assert b"".join(manifest.gunzip_chunks(small)) == b"".join(blocks)
