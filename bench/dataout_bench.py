@@ -12,8 +12,11 @@ stored in domain container ``bench`` with their Content-MD5, and its manifest.
 * **DataLoader**: one epoch over the whole training set, ``batch_size=32``, ``num_workers=2``,
   samples as raw bytes (no JPEG decoding, which costs the same whatever the source), over
   ``TrainsetDataset``, ``ShardDataset`` (shards exported in-process by the export use case, 20 MB
-  each), azstoragetorch's ``BlobDataset`` on the same blobs (installed apart, see below), and the
-  folder ``corpus pull`` wrote, read from local disk.
+  each), the Parquet export read by Hugging Face ``datasets`` (its files copied to local disk
+  first: ``datasets`` has no Azurite filesystem here), azstoragetorch's ``BlobDataset`` on the same
+  blobs (installed apart, see below), and an imagefolder ``corpus pull`` read from local disk by
+  torchvision ``ImageFolder``'s rule (sorted class folders; torchvision itself does not install
+  beside this torch build).
 
     .venv/bin/python bench/dataout_bench.py     # AZCOPY=path/to/azcopy to override
 
@@ -85,7 +88,10 @@ class _Rt:
     """The export use case's runtime seam, with the fan-out collected instead of queued."""
 
     def __init__(self, settings: Settings, clients: Clients) -> None:
+        from corpus.store.azure_ports import AzureBlobStore
+
         self.settings, self.clients, self.sent = settings, clients, []
+        self.blobs = AzureBlobStore(clients)
 
     def send(self, queue: str, text: str) -> None:
         self.sent.append(text)
@@ -98,19 +104,44 @@ def collate(batch: list[Any]) -> list[Any]:
     return batch
 
 
-class LocalFolder:
-    """The pulled folder read from disk: (bytes, label) per file, as an ImageFolder would without decoding."""
+class ImageFolderBytes:
+    """torchvision ``ImageFolder``'s documented rule on a pulled imagefolder split: classes are the
+    sorted folder names (``os.scandir``), samples sorted per class; (bytes, class index), no decoding."""
 
     def __init__(self, root: Path) -> None:
-        self.files = sorted(str(p) for p in root.rglob("*.jpg"))
-        self.classes = sorted({Path(f).parent.parent.parent.name for f in self.files})
+        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        self.samples = [(str(p), i) for i, c in enumerate(self.classes) for p in sorted((root / c).iterdir()) if p.is_file()]
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[bytes, int]:
-        with open(self.files[i], "rb") as f:
-            return f.read(), 0
+        path, label = self.samples[i]
+        with open(path, "rb") as f:
+            return f.read(), label
+
+
+class HFBytes:
+    """A Hugging Face ``datasets`` split, images left undecoded (bytes), as a map-style dataset."""
+
+    def __init__(self, files: list[str]) -> None:
+        import datasets
+
+        ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train")
+        self.ds = ds.cast_column("image", datasets.Image(decode=False))
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[bytes, int]:
+        row = self.ds[i]
+        return row["image"]["bytes"], row["label"]
+
+
+def torch_concat(parts: list[Any]) -> Any:
+    from torch.utils.data import ConcatDataset
+
+    return ConcatDataset(parts)
 
 
 def azst_bytes(blob: Any) -> bytes:
@@ -135,6 +166,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=80_000)
     ap.add_argument("--reruns", type=int, default=3)
     ap.add_argument("--tools", default="corpus,azcopy,rclone")
+    ap.add_argument("--skip-pull", action="store_true", help="only the DataLoader comparison")
     args = ap.parse_args()
     tools = args.tools.split(",")
     results: dict[str, Any] = {}
@@ -174,18 +206,18 @@ def main() -> None:
                            "--checkers", str(CONCURRENCY), "-q"],
             }  # fmt: skip
             pull: dict[str, Any] = {"images": len(entries), "bytes": total}
-            for tool in tools:
+            for tool in [] if args.skip_pull else tools:
                 secs, _ = timed(commands[tool], env)
                 assert tree_count(dest[tool]) == len(entries), f"{tool} pulled {tree_count(dest[tool])}"
                 pull[tool] = {"first_s": round(secs, 2), "first_files_per_s": round(len(entries) / secs, 1), "reruns_s": []}
                 print(json.dumps({tool: pull[tool]}), file=sys.stderr, flush=True)
-            for i in range(args.reruns):
+            for i in range(0 if args.skip_pull else args.reruns):
                 for tool in tools if i % 2 == 0 else tools[::-1]:
                     secs, proc = timed(commands[tool], env)
                     if tool == "corpus":
                         assert json.loads(proc.stdout)["downloaded"] == 0
                     pull[tool]["reruns_s"].append(round(secs, 2))
-            for tool in tools:
+            for tool in [] if args.skip_pull else tools:
                 pull[tool]["rerun_s"] = statistics.median(pull[tool]["reruns_s"])
             for peer in ("azcopy", "rclone"):
                 if "corpus" in pull and peer in pull:
@@ -199,19 +231,33 @@ def main() -> None:
             # -- DataLoader ---------------------------------------------------------------------
             os.environ.update({"CorpusStorage": conn})
             settings = Settings.from_env({"CorpusStorage": conn})
-            from corpus.app.exports import plan_webdataset, write_shard
+            from corpus.app.exports import on_export_message
             from corpus.dataset import ShardDataset, TrainsetDataset
-            from corpus.domain.exports import ExportRequest, ExportShardJob
+            from corpus.domain.exports import ExportParams, ExportRequest, parse_export_message
 
             rt = _Rt(settings, clients)
-            t0 = time.perf_counter()
-            plan_webdataset(rt, ExportRequest("bench-set", "1", "webdataset", 20_000_000))  # type: ignore[arg-type]
-            for body in rt.sent:
-                write_shard(rt, ExportShardJob.parse(body))  # type: ignore[arg-type]
-            loading: dict[str, Any] = {"export_webdataset_s": round(time.perf_counter() - t0, 2), "shards": len(rt.sent)}
+            loading: dict[str, Any] = {}
+            for fmt in ("webdataset", "parquet"):
+                rt.sent.clear()
+                t0 = time.perf_counter()
+                req = ExportRequest("bench-set", "1", ExportParams(fmt, 20_000_000))
+                on_export_message(rt, req)  # type: ignore[arg-type]
+                for body in list(rt.sent):
+                    on_export_message(rt, parse_export_message(body))  # type: ignore[arg-type]
+                loading[f"export_{fmt}_s"] = round(time.perf_counter() - t0, 2)
+                loading[f"{fmt}_shards"] = len(rt.sent)
             n = len(entries)
             loading["TrainsetDataset"] = epoch(TrainsetDataset("bench-set", "1", decode=False, settings=settings), n)
             loading["ShardDataset"] = epoch(ShardDataset("bench-set", "1", decode=False, settings=settings), n)
+            pq_prefix = f"bench-set/1/{ExportParams('parquet', 20_000_000).export_id()}/"
+            exports = clients.container("exports")
+            files = []
+            for b in exports.list_blobs(name_starts_with=pq_prefix + "data/"):
+                path = tmp / "parquet" / b.name.rpartition("/")[2]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(exports.download_blob(b.name).readall())
+                files.append(str(path))
+            loading["datasets parquet (local copy)"] = epoch(HFBytes(files), n)
             azst = os.environ.get("AZSTORAGETORCH_PATH")
             if azst:
                 sys.path.insert(0, azst)
@@ -224,12 +270,27 @@ def main() -> None:
                     loading["azstoragetorch.BlobDataset"] = f"did not run against Azurite: {type(exc).__name__}: {str(exc)[:300]}"
             else:
                 loading["azstoragetorch.BlobDataset"] = "not measured: AZSTORAGETORCH_PATH unset"
-            if "corpus" in dest:
-                loading["local folder (pulled)"] = epoch(LocalFolder(dest["corpus"]), n)
+            folder = tmp / "imagefolder"
+            timed([sys.executable, "-m", "corpus", "pull", "bench-set:1", str(folder), "--json"], env)
+            total_local = 0
+            for split in sorted(os.listdir(folder)):
+                if (folder / split).is_dir():
+                    ds_split = ImageFolderBytes(folder / split)
+                    total_local += len(ds_split)
+            loading["ImageFolder rule, local pulled folder (all splits)"] = epoch(
+                torch_concat([ImageFolderBytes(folder / s) for s in sorted(os.listdir(folder)) if (folder / s).is_dir()]), n
+            )
+            assert total_local == n
+            for name, value in list(loading.items()):
+                if isinstance(value, dict) and name != "ImageFolder rule, local pulled folder (all splits)":
+                    base = loading["ImageFolder rule, local pulled folder (all splits)"]["samples_per_s"]
+                    loading[f"ratio {name} / ImageFolder"] = round(value["samples_per_s"] / base, 2)
+            loading["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
             results["dataloader"] = loading
         finally:
             az.stop()
             shutil.rmtree(tmp, ignore_errors=True)
+    results["command"] = " ".join(sys.argv)
     print(json.dumps(results, indent=2))
 
 

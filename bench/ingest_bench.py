@@ -46,6 +46,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--kb", type=int, default=80, help="approximate size of each image")
     ap.add_argument("--sets", type=int, default=5)
+    ap.add_argument(
+        "--host-arg",
+        action="append",
+        default=[],
+        help="extra corpus host option, e.g. --host-arg=--threads=5 --host-arg=--process-per-group (the Azure model)",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +90,7 @@ def main() -> None:
             app = prepare_app_dir(tmp_path)
             trace = tmp_path / "trace.jsonl"
             t0 = time.perf_counter()
-            summary = run_host(env, app, "--trace", str(trace), timeout=1800)
+            summary = run_host(env, app, "--trace", str(trace), *args.host_arg, timeout=1800)
             wall_s = time.perf_counter() - t0
             events = [json.loads(line) for line in trace.read_text().splitlines()]
             busy_s = max(e["end"] for e in events) - min(e["start"] for e in events)
@@ -104,6 +110,9 @@ def main() -> None:
         "images": args.images,
         "bytes_each": size,
         "concurrency": cap,
+        "host_args": args.host_arg,
+        "worker_threads": summary.get("worker_threads"),
+        "max_copies_in_flight": summary.get("max_in_flight", {}).get("copy_to_original"),
         "raw_copy_images_per_s": round(raw_rate, 1),
         "pipeline_images_per_s": round(pipe_rate, 1),
         "pipeline_wall_s_including_host_start": round(wall_s, 2),

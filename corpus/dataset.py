@@ -3,19 +3,25 @@
 * :class:`TrainsetDataset` — map-style over the training set's manifest: one Get Blob per sample,
   so any sampler (shuffling, distributed) works; ``__getitems__`` fetches a whole batch
   concurrently, which is how it prefetches.
+  Its state is O(block) plus 8 bytes a sample: the manifest is streamed once into a local spill
+  file of the split's lines (deleted with the dataset) and only their offsets stay in memory.
 * :class:`ShardDataset` — iterable over the WebDataset shards ``corpus export --format webdataset``
-  wrote: shards are divided between ``DataLoader`` workers and distributed ranks (shard ``i`` goes
-  to reader ``i mod (world_size × num_workers)``), each read sequentially by range requests in a
-  background thread that keeps ``prefetch`` samples ready. Every sample is read exactly once per
-  epoch when the number of shards is at least the number of readers (fewer shards leave readers idle).
+  wrote (``export=`` names one export when a training set has several): shards are divided
+  between ``DataLoader`` workers and distributed ranks (shard ``i`` goes to reader
+  ``i mod (world_size × num_workers)``), each read sequentially by range requests in a background
+  thread that keeps ``prefetch`` samples ready; with ``shuffle=True`` the shard order changes per
+  epoch (:meth:`ShardDataset.set_epoch`) and a buffer mixes samples. The export already mixed
+  the classes into every shard. Every sample is read exactly once per epoch when the number of
+  shards is at least the number of readers (fewer shards leave readers idle).
 
-Both yield ``(image, label)``: ``image`` is a ``PIL.Image`` in RGB (or the raw bytes with
-``decode=False``), passed through ``transform``; ``label`` is the index of the image's class in
-``classes``. An image's class is its label, or its sorted labels joined by ``+`` when it has
+Both yield ``(image, class_index)``: ``image`` is a ``PIL.Image`` in RGB (or the raw bytes with
+``decode=False``), passed through ``transform``; ``class_index`` is the index of the image's class
+in ``classes``. An image's class is its label, or its sorted labels joined by ``+`` when it has
 several (``_unlabeled`` when none), the same names ``corpus pull --layout imagefolder`` gives its
-folders; ``classes`` defaults to those names sorted, over the whole training set (all splits), as
-torchvision's ``ImageFolder`` sorts its folders, so the indices agree with a pulled copy. Pass
-``classes=[...]`` (e.g. the training set's ``labels.classes`` order) to fix another order.
+folders; ``classes`` defaults to those names in the order of their folder names
+(:func:`corpus.domain.layouts.class_order`, over the whole training set), exactly as
+torchvision's ``ImageFolder`` sorts a pulled copy's folders, so the indices agree with it (and
+with the export's ``classes.txt`` and ``.cls`` members). Pass ``classes=[...]`` to fix another order.
 With ``return_meta=True`` a sample is a dict: ``image``, ``label``, and the manifest fields
 (``container``, ``blob``, ``md5``, ``labels``, ``split``, ``width``, ``height``, ``source`` …).
 
@@ -35,7 +41,10 @@ import os
 import queue
 import random
 import tarfile
+import tempfile
 import threading
+import weakref
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -44,8 +53,8 @@ from typing import Any
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from corpus.domain.errors import CorpusError
-from corpus.domain.layouts import label_key
-from corpus.domain.manifest import ManifestEntry, b64_to_hex
+from corpus.domain.layouts import class_order, label_key
+from corpus.domain.manifest import ManifestEntry, b64_to_hex, parse_line
 from corpus.pull.fetch import BlobFetcher, BlobNotFound
 from corpus.pull.sources import EntryReader
 from corpus.store.settings import Settings, load_local_settings
@@ -120,6 +129,59 @@ def _class_index(classes: Sequence[str]) -> dict[str, int]:
     return {c: i for i, c in enumerate(classes)}
 
 
+class _Spill:
+    """Manifest lines in a local file, by index: ``array`` of offsets in memory (8 bytes a line).
+
+    Pickled by path (``DataLoader`` workers, ``spawn`` included, reopen it); the file is removed
+    when the object that created it is collected, or at exit."""
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="corpus-manifest-", suffix=".jsonl")
+        self._w: Any = os.fdopen(fd, "wb")
+        self.offsets = array("Q", [0])
+        self._fd = -1
+        self._pid = -1
+        self._owner = weakref.finalize(self, _remove, self.path)
+
+    def add(self, e: ManifestEntry) -> None:
+        line = e.to_line().encode("utf-8") + b"\n"
+        self._w.write(line)
+        self.offsets.append(self.offsets[-1] + len(line))
+
+    def seal(self) -> None:
+        self._w.close()
+        self._w = None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> ManifestEntry:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        start, end = self.offsets[index], self.offsets[index + 1]
+        return parse_line(os.pread(self._fd, end - start, start), index + 1)
+
+    def __iter__(self) -> Iterator[ManifestEntry]:
+        return (self[i] for i in range(len(self)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "offsets": self.offsets}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self.offsets = state["path"], state["offsets"]
+        self._w, self._fd, self._pid = None, -1, -1  # not the owner: never removes the file
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 class TrainsetDataset(Dataset[Any]):
     """Map-style dataset over training set ``name``:``version`` (see the module docstring)."""
 
@@ -138,11 +200,18 @@ class TrainsetDataset(Dataset[Any]):
         settings: Settings | None = None,
     ) -> None:
         s = _settings(settings)
-        everything = list(EntryReader(s).manifest(name, version))
-        self.classes: list[str] = list(classes) if classes is not None else sorted({label_key(e.labels) for e in everything})
+        seen: set[str] = set()
+        kept: set[str] = set()
+        self._spill = _Spill()
+        for e in EntryReader(s).manifest(name, version):  # streamed: O(block) + 8 bytes a kept entry
+            seen.add(label_key(e.labels))
+            if split is None or e.split == split:
+                kept.add(label_key(e.labels))
+                self._spill.add(e)
+        self._spill.seal()
+        self.classes: list[str] = list(classes) if classes is not None else class_order(seen)
         self.class_to_idx = _class_index(self.classes)
-        self.entries: list[ManifestEntry] = [e for e in everything if split is None or e.split == split]
-        unknown = sorted({label_key(e.labels) for e in self.entries} - set(self.class_to_idx))
+        unknown = sorted(kept - set(self.class_to_idx))
         if unknown:
             raise ValueError(f"images of classes {unknown[:5]} are not in classes")
         self.name, self.version, self.split = name, version, split
@@ -152,7 +221,12 @@ class TrainsetDataset(Dataset[Any]):
         self._lazy = _Lazy(s)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self._spill)
+
+    @property
+    def entries(self) -> _Spill:
+        """The kept manifest entries, by index (read from the spill file)."""
+        return self._spill
 
     def _fetch(self, e: ManifestEntry) -> bytes:
         data = self._lazy.fetcher().get(e.container, e.blob)
@@ -166,7 +240,10 @@ class TrainsetDataset(Dataset[Any]):
         image = _decode(data) if self.decode else data
         if self.transform is not None:
             image = self.transform(image)
-        label = self.class_to_idx[label_key(e.labels)]
+        try:
+            label = self.class_to_idx[label_key(e.labels)]
+        except KeyError:
+            raise ValueError(f"{e.container}/{e.blob}: class {label_key(e.labels)!r} is not in classes") from None
         if self.return_meta:
             return {"image": image, "label": label, **_meta(e)}
         return image, label
@@ -220,6 +297,23 @@ class _RangeReader(io.RawIOBase):
 _END = object()
 
 
+def find_export(settings: Settings, name: str, version: str, fmt: str) -> str:
+    """The id of the one finished ``fmt`` export of ``name``:``version`` (one with ``croissant.json``,
+    written last); an error naming them all when there are several (pass ``export=``) or none."""
+    from corpus.store.storage import FAIL_FAST, Clients
+
+    base = f"{name}/{version}/"
+    exports = Clients(settings.connection, dict(FAIL_FAST)).container(settings.exports_container)
+    listed = exports.list_blobs(name_starts_with=f"{base}{fmt}-") if exports.exists() else []
+    done = sorted({b.name[len(base) :].split("/")[0] for b in listed if b.name.endswith("/croissant.json")})
+    if len(done) == 1:
+        return done[0]
+    if not done:
+        hint = f"corpus export {name}:{version} --format {fmt} --wait"
+        raise CorpusError(f"{name}:{version} has no finished {fmt} export (run `{hint}`)")
+    raise CorpusError(f"{name}:{version} has several {fmt} exports ({', '.join(done)}): pass export=<one of them>")
+
+
 class ShardDataset(IterableDataset[Any]):
     """Iterable dataset over the exported WebDataset shards of ``name``:``version`` (module docstring)."""
 
@@ -239,22 +333,27 @@ class ShardDataset(IterableDataset[Any]):
         shuffle: bool = False,
         seed: int = 0,
         shuffle_buffer: int = 1000,
+        export: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
         settings: Settings | None = None,
     ) -> None:
         s = _settings(settings)
         self._lazy = _Lazy(s)
-        prefix = f"{name}/{version}/webdataset/"
+        self.export = export or find_export(s, name, version, "webdataset")
+        prefix = f"{name}/{version}/{self.export}/"
         try:
             plan = json.loads(self._lazy.fetcher().get(s.exports_container, prefix + "plan.json"))
         except BlobNotFound as exc:
-            hint = f"corpus export {name}:{version} --format webdataset"
-            raise CorpusError(f"{name}:{version} has no webdataset export (run {hint})") from exc
+            raise CorpusError(f"{name}:{version} has no export {self.export}") from exc
+        if plan.get("params", {}).get("format") != "webdataset":
+            raise CorpusError(f"{name}:{version} export {self.export} is not a webdataset export")
         self.classes = list(classes) if classes is not None else list(plan["classes"])
         self.class_to_idx = _class_index(self.classes)
-        self.shards: list[str] = [sh["tar"] for sh in plan["shards"] if split is None or sh["split"] == split]
-        self.samples = sum(int(sh["count"]) for sh in plan["shards"] if split is None or sh["split"] == split)
+        self._same_classes = self.classes == list(plan["classes"])  # then the .cls member is the index
+        mine = [sh for sh in plan["shards"] if split is None or sh["split"] == split]
+        self.shards: list[str] = [prefix + sh["file"] for sh in mine]
+        self.samples = sum(int(sh["count"]) for sh in mine)
         self.container = s.exports_container
         self.name, self.version, self.split = name, version, split
         self.transform = transform
@@ -322,22 +421,27 @@ class ShardDataset(IterableDataset[Any]):
                 raw = _RangeReader(fetcher, self.container, tar_name, int(index["size"]), self.chunk_bytes)
                 with io.BufferedReader(raw, 1024 * 1024) as reader, tarfile.open(fileobj=reader, mode="r|") as tar:
                     image: bytes | None = None
+                    cls: bytes | None = None
                     for member in tar:
                         f = tar.extractfile(member)
                         body = f.read() if f is not None else b""
-                        if member.name.endswith(".json"):
+                        ext = member.name.rpartition(".")[2]
+                        if ext == "cls":
+                            cls = body
+                        elif ext != "json":
+                            image = body
+                        else:  # a sample's last member: image, .cls, .json
                             meta = json.loads(body)
                             if image is None:
                                 raise CorpusError(f"{tar_name}: {member.name} has no image before it")
+                            meta["__cls__"] = int(cls) if cls is not None else None
                             while not stop.is_set():
                                 try:
                                     out.put((image, meta), timeout=0.5)
                                     break
                                 except queue.Full:
                                     continue
-                            image = None
-                        else:
-                            image = body
+                            image = cls = None
                         if stop.is_set():
                             return
             out.put(_END)
@@ -357,7 +461,8 @@ class ShardDataset(IterableDataset[Any]):
                 image = _decode(data) if self.decode else data
                 if self.transform is not None:
                     image = self.transform(image)
-                label = self.class_to_idx[label_key(meta["labels"])]
+                stored = meta.pop("__cls__")
+                label = stored if self._same_classes and stored is not None else self.class_to_idx[label_key(meta["labels"])]
                 if self.return_meta:
                     meta = {k: v for k, v in meta.items() if k != "__key__"} | {"key": meta["__key__"]}
                     meta["class"] = label_key(meta["labels"])

@@ -23,11 +23,15 @@ param location string
 // For a real global cap G on all queue work: maximumInstanceCount = floor(G / (24 x N)) with N the
 // number of queue-triggered functions (and lower batchSize in host.json below 24 per instance);
 // a cap shared across functions needs separate function apps or a shared semaphore in the code.
-// Current docs give 1 as the lowest value (the preview docs said 40); see docs/deploy.md.
-@minValue(1)
+// The lowest value ARM accepts is 40 in most regions: below 40 is a preview in West Europe,
+// Australia East and West US 2 only (Azure/azure-functions-host#10523, 2026-01-05; the docs PR
+// MicrosoftDocs/azure-docs#128255 corrects "1" to "40"). So 40 is both the default and the
+// minimum here: a lower value would fail the deployment in most regions. Throttle below that
+// through host.json (batchSize, newBatchThreshold) and PYTHON_THREADPOOL_THREAD_COUNT.
+@minValue(40)
 @maxValue(1000)
 @description('Most on-demand instances PER FUNCTION GROUP (Flex per-function scaling), not per app. It MULTIPLIES the queue throttle of each queue-triggered function separately: copies and transform jobs can each run (batchSize + newBatchThreshold) x maximumInstanceCount at once. See docs/deploy.md for a global cap.')
-param maximumInstanceCount int = 10
+param maximumInstanceCount int = 40
 
 @allowed([2048, 4096])
 @description('Memory per instance, MB. Image transforms of large photos want 4096.')
@@ -45,6 +49,23 @@ param operatorPrincipalId string = ''
 
 @allowed(['User', 'ServicePrincipal', 'Group'])
 param operatorPrincipalType string = 'Group'
+
+@allowed(['Standard_LRS', 'Standard_ZRS', 'Standard_GRS', 'Standard_RAGRS', 'Standard_GZRS', 'Standard_RAGZRS'])
+@description('Redundancy of both storage accounts (CORPUS_STORAGE_SKU). GRS by default: losing no data is the first requirement; LRS is cheaper (docs/deploy.md, cost table) and loses the corpus with its datacenter.')
+param storageSku string = 'Standard_GRS'
+
+// The Python worker runs synchronous functions on ThreadPoolExecutor(max_workers=N): N is this
+// setting, or, unset, Python's own default min(32, cores + 4) since the 3.9 workers
+// (azure-functions-python-worker, azure_functions_worker/dispatcher.py, _get_sync_tp_max_workers
+// and _create_sync_call_tp): about 5 on a 1-core instance. host.json dispatches batchSize +
+// newBatchThreshold = 24 messages per queue function and instance; with 5 threads 19 of them wait
+// in the worker, leased, for a thread. 24 makes the worker run what the host dispatches (and what
+// `corpus host` runs); memory stays bounded by the decode budget (CORPUS_DECODE_BUDGET_BYTES).
+// tests/test_infra.py keeps it equal to host.json's per-instance queue concurrency.
+@minValue(1)
+@maxValue(32)
+@description('PYTHON_THREADPOOL_THREAD_COUNT: synchronous invocations one instance runs at once (set in infra/main.parameters.json).')
+param pythonThreadCount int = 24
 
 @description('Client id of the Entra ID app registration for signing in to the API and gallery (CORPUS_GALLERY_CLIENT_ID). Empty: HTTP routes answer 401.')
 param galleryAuthClientId string = ''
@@ -72,6 +93,8 @@ module app 'resources.bicep' = {
     operatorPrincipalId: operatorPrincipalId
     operatorPrincipalType: operatorPrincipalType
     galleryAuthClientId: galleryAuthClientId
+    storageSku: storageSku
+    pythonThreadCount: pythonThreadCount
   }
 }
 
@@ -79,6 +102,9 @@ output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = app.outputs.functionAppName
+// The app's real host name (defaultHostName): Flex apps may get a unique regional default host
+// name, not <name>.azurewebsites.net, so the hook builds the webhook URL from this output.
+output AZURE_FUNCTION_APP_HOST string = app.outputs.functionAppHostName
 output CORPUS_STORAGE_ACCOUNT string = app.outputs.corpusStorageAccountName
 output CORPUS_STORAGE_ACCOUNT_ID string = app.outputs.corpusStorageAccountId
 output CORPUS_EVENTGRID_SYSTEM_TOPIC string = app.outputs.systemTopicName

@@ -18,6 +18,13 @@ param operatorPrincipalId string
 param operatorPrincipalType string
 @description('Client id of the Entra ID app registration users sign in with to the API and gallery (Easy Auth). Empty: every HTTP route answers 401.')
 param galleryAuthClientId string = ''
+@allowed(['Standard_LRS', 'Standard_ZRS', 'Standard_GRS', 'Standard_RAGRS', 'Standard_GZRS', 'Standard_RAGZRS'])
+@description('Redundancy of both storage accounts (see main.bicep).')
+param storageSku string
+@minValue(1)
+@maxValue(32)
+@description('Threads of the Python worker per instance (PYTHON_THREADPOOL_THREAD_COUNT, see main.bicep).')
+param pythonThreadCount int
 
 // -- names the code relies on (corpus/settings.py) --------------------------------------------
 var corpusConnection = 'CorpusStorage'
@@ -34,6 +41,8 @@ var exportQueueName = 'export-requests'
 var blobPoisonQueueName = 'webjobs-blobtrigger-poison'
 var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'Redrives', 'Validations', 'TrainingSets', 'Models', 'Lineage']
 var blobFunctionName = 'ingest_staged_blob'
+// Tables operators write (`corpus model register`; see corpus/cli/access.py).
+var operatorTableNames = ['Models', 'Lineage']
 
 // Queues operators may send to. The others (copy-requests, transform-jobs, every -poison queue)
 // are internal: only the function app's identity can write them.
@@ -76,6 +85,9 @@ var roles = {
 var deployerOperator = empty(principalId) ? [] : [{ id: principalId, type: principalType }]
 var extraOperator = empty(operatorPrincipalId) || operatorPrincipalId == principalId ? [] : [{ id: operatorPrincipalId, type: operatorPrincipalType }]
 var operators = concat(deployerOperator, extraOperator)
+// Admins run `corpus reindex` and `corpus reconcile`, which write the catalog and re-drive copies
+// (corpus/cli/access.py): the deployer only, who owns the resource group anyway.
+var admins = deployerOperator
 
 // -- identity ------------------------------------------------------------------------------------
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
@@ -91,6 +103,7 @@ module hostStorage 'modules/storage-account.bicep' = {
     name: hostAccountName
     location: location
     tags: tags
+    skuName: storageSku
     containers: [deploymentContainerName]
   }
 }
@@ -101,6 +114,7 @@ module corpusStorage 'modules/storage-account.bicep' = {
     name: corpusAccountName
     location: location
     tags: tags
+    skuName: storageSku
     containers: corpusContainerNames
     queues: corpusQueueNames
     tables: tableNames
@@ -108,20 +122,22 @@ module corpusStorage 'modules/storage-account.bicep' = {
 }
 
 // -- least-privilege data roles --------------------------------------------------------------------
-// Host storage: the Functions host keeps leases, keys and the deployment package in blobs and uses
-// queues internally (Storage Blob Data Owner + Storage Queue Data Contributor, per the host's docs).
+// Host storage: the Functions host keeps leases, keys and the deployment package in blobs, uses
+// queues internally (the blob trigger's retries go through a host-account queue), and writes its
+// diagnostic events to tables (Storage Blob Data Owner + Storage Queue Data Contributor + Storage
+// Table Data Contributor, per "Connecting to host storage with an identity" in the Functions docs).
 // Corpus storage: the blob trigger needs Blob Data Owner (its documented requirement) and the
 // queue role (poison queue); the code creates a container per domain, copies/deletes blobs, uses
 // the queues and writes the tables. The app's identity is the only writer of the internal queues.
-var hostRoles = [roles.storageBlobDataOwner, roles.storageQueueDataContributor]
+var hostRoles = [roles.storageBlobDataOwner, roles.storageQueueDataContributor, roles.storageTableDataContributor]
 var corpusRoles = [roles.storageBlobDataOwner, roles.storageQueueDataContributor, roles.storageTableDataContributor]
 
-module hostRbac 'modules/storage-rbac.bicep' = {
+module hostRbac 'modules/app-roles.bicep' = {
   name: 'host-storage-rbac'
   params: {
     accountName: hostAccountName
-    appPrincipalId: identity.properties.principalId
-    appRoleIds: hostRoles
+    principalId: identity.properties.principalId
+    roleIds: hostRoles
   }
   dependsOn: [hostStorage]
 }
@@ -133,8 +149,12 @@ module corpusRbac 'modules/storage-rbac.bicep' = {
     appPrincipalId: identity.properties.principalId
     appRoleIds: corpusRoles
     operators: operators
+    admins: admins
     stagingContainerName: stagingContainerName
+    rejectedContainerName: rejectedContainerName
     requestQueueNames: requestQueueNames
+    adminQueueNames: [copyQueueName]
+    operatorTableNames: operatorTableNames
     deadLetterWriterPrincipalId: systemTopic.identity.principalId
     deadLetterContainerName: deadLetterContainerName
   }
@@ -238,6 +258,15 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'CORPUS_EXPORT_QUEUE', value: exportQueueName }
         { name: 'CORPUS_EXPORTS_CONTAINER', value: exportsContainerName }
         { name: 'CORPUS_DEADLETTER_CONTAINER', value: deadLetterContainerName }
+        // The Python worker runs synchronous functions on a thread pool of this size. Unset, Python
+        // 3.9+ workers pass max_workers=None, i.e. min(32, cores + 4): about 5 on a 1-core instance,
+        // while host.json dispatches 24 per queue function (azure-functions-python-worker,
+        // azure_functions_worker/dispatcher.py, _get_sync_tp_max_workers). See main.bicep.
+        { name: 'PYTHON_THREADPOOL_THREAD_COUNT', value: string(pythonThreadCount) }
+        // glibc keeps one malloc arena per thread that ever allocated: with 24 threads decoding
+        // images that is most of the peak memory (docs/benchmarks.md, "decode budget"); two arenas
+        // halve the peak and are faster.
+        { name: 'MALLOC_ARENA_MAX', value: '2' }
         // Reconciliation (corpus/app/reconcile.py): the timer's NCRONTAB schedule; the grace period and batch use the code's defaults.
         { name: 'CORPUS_RECONCILE_SCHEDULE', value: '0 */5 * * * *' }
         // Monitoring, Entra ID only.

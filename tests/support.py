@@ -11,6 +11,7 @@ import io
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import socket
@@ -54,42 +55,72 @@ class Azurite:
     ports: dict[str, int] = field(default_factory=dict)
     key: str = field(default_factory=lambda: base64.b64encode(secrets.token_bytes(64)).decode())
     extra_args: tuple[str, ...] = ()  # e.g. ("--debug", path): Azurite logs every request there
+    requested: dict[str, int] = field(default_factory=dict)  # fixed ports (tests of a failed start); default 0: any
 
-    def start(self) -> Azurite:
+    def start(self, attempts: int = 3, timeout: float = 60.0) -> Azurite:
+        """Start Azurite on ports the kernel picks (``--blobPort 0`` …), read back from its log.
+
+        Choosing a free port, closing it and handing it to Azurite left a window in which another
+        process could take it (a fresh-clone CI run once lost a test to "timed out after 30s
+        waiting for Azurite"). With port 0 there is no window: Node binds, then Azurite logs
+        "… service is successfully listening at http://127.0.0.1:<port>". If Azurite exits or does
+        not report all three services in time, it is started again (``attempts`` times); the
+        failure shows every attempt's log.
+        """
         if not AZURITE.exists():
             raise RuntimeError(f"{AZURITE} is missing: run ./dev setup (npm ci) first")
-        self.ports = {"blob": free_port(), "queue": free_port(), "table": free_port()}
+        failures = []
+        for attempt in range(1, attempts + 1):
+            log_path = self.workdir / f"azurite-{attempt}.log"
+            why = self._start_once(log_path, timeout)
+            if why is None:
+                return self
+            failures.append(f"attempt {attempt}: {why}\n--- {log_path.name} ---\n{_tail(log_path)}")
+        raise RuntimeError("Azurite did not start:\n" + "\n".join(failures))
+
+    def _start_once(self, log_path: Path, timeout: float) -> str | None:
+        """Start one Azurite process; None once all three services listen, else why not (stopped)."""
         env = {**os.environ, "AZURITE_ACCOUNTS": f"{ACCOUNT}:{self.key}"}
-        log = open(self.workdir / "azurite.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                str(AZURITE),
-                "--silent",
-                "--inMemoryPersistence",
-                "--skipApiVersionCheck",
-                "--disableTelemetry",
-                "--blobHost",
-                "127.0.0.1",
-                "--queueHost",
-                "127.0.0.1",
-                "--tableHost",
-                "127.0.0.1",
-                "--blobPort",
-                str(self.ports["blob"]),
-                "--queuePort",
-                str(self.ports["queue"]),
-                "--tablePort",
-                str(self.ports["table"]),
-                *self.extra_args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self.workdir,
-        )
-        for port in self.ports.values():
-            wait_for(lambda p=port: _listening(p), 30, f"Azurite on port {port}")
-        return self
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(AZURITE),
+                    "--silent",
+                    "--inMemoryPersistence",
+                    "--skipApiVersionCheck",
+                    "--disableTelemetry",
+                    "--blobHost",
+                    "127.0.0.1",
+                    "--queueHost",
+                    "127.0.0.1",
+                    "--tableHost",
+                    "127.0.0.1",
+                    "--blobPort",
+                    str(self.requested.get("blob", 0)),
+                    "--queuePort",
+                    str(self.requested.get("queue", 0)),
+                    "--tablePort",
+                    str(self.requested.get("table", 0)),
+                    *self.extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            self.ports = _listening_ports(log_path.read_text(errors="replace"))
+            if len(self.ports) == 3 and all(_listening(p) for p in self.ports.values()):
+                return None
+            code = self.proc.poll()
+            if code is not None:
+                return f"Azurite exited with code {code} before listening"
+            if time.monotonic() > deadline:
+                self.stop()
+                missing = sorted({"blob", "queue", "table"} - set(self.ports))
+                return f"no 'successfully listening' line for {missing} within {timeout}s"
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc:
@@ -108,6 +139,20 @@ class Azurite:
             f"QueueEndpoint=http://127.0.0.1:{p['queue']}/{ACCOUNT};"
             f"TableEndpoint=http://127.0.0.1:{p['table']}/{ACCOUNT};"
         )
+
+
+_LISTENING = re.compile(r"Azurite (Blob|Queue|Table) service is successfully listening at http://127\.0\.0\.1:(\d+)")
+
+
+def _listening_ports(log: str) -> dict[str, int]:
+    return {m.group(1).lower(): int(m.group(2)) for m in _LISTENING.finditer(log)}
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError as exc:
+        return f"(no log: {exc})"
 
 
 def _listening(port: int) -> bool:

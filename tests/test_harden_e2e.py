@@ -268,7 +268,7 @@ def test_names_normalised_limited_and_escaped_end_to_end(
 # -- 16.5, 16.6: poison queues exist and keep their messages; blob triggers follow extensions.blobs
 
 
-def test_blob_trigger_follows_blob_settings_and_poison_messages_never_expire(
+def test_blob_trigger_follows_blob_settings_and_the_app_s_poison_messages_never_expire(
     env: dict[str, str], rt: Runtime, clients: Clients, tmp_path: Path
 ) -> None:
     queues = {q.name for q in clients.queue.list_queues()}
@@ -293,7 +293,12 @@ def test_blob_trigger_follows_blob_settings_and_poison_messages_never_expire(
     assert summary["failed"]["ingest_staged_blob"] == 2  # poisonBlobThreshold, not maxDequeueCount (5)
     assert max_overlap(trace, "ingest_staged_blob") <= 2  # not the queue settings' 24
     (blob_poison,) = clients.queue_client("webjobs-blobtrigger-poison").peek_messages()
-    assert json.loads(blob_poison.content)["BlobName"] == "par/v1/boom/x.png" and blob_poison.expires_on.year >= 9999
+    assert json.loads(blob_poison.content)["BlobName"] == "par/v1/boom/x.png"
+    # The host poisons with the queue's default time-to-live (7 days), as the real one does
+    # (QueueProcessor.CopyMessageToPoisonQueueAsync); the failure itself is kept in the Failures table.
+    lifetime = blob_poison.expires_on - blob_poison.inserted_on
+    assert abs(lifetime.total_seconds() - 7 * 86400) < 60
+    assert [p["queue"] for p in summary["poisoned"]] == ["webjobs-blobtrigger-poison"]
     (poisoned,) = clients.queue_client("copy-requests-poison").peek_messages()
     assert poisoned.content == "not a copy request" and poisoned.expires_on.year >= 9999
 

@@ -18,6 +18,10 @@ import pytest
 from pycep import BicepParser
 
 import function_app
+from corpus.cli import access
+from corpus.cli.access import ANY, Grant
+from corpus.deploycheck.bicep import deploy_time_violations
+from corpus.deploycheck.rules import RULES, Infra, operator_roles, rbac_grants
 from corpus.devhost.discovery import app_functions
 from corpus.store import settings as s
 
@@ -209,48 +213,90 @@ def rbac(module: str) -> dict[str, Any]:
 
 
 def test_least_roles_for_the_app_identity():
-    for module, var, roles in [
-        ("hostRbac", "hostRoles", {"storageBlobDataOwner", "storageQueueDataContributor"}),
-        ("corpusRbac", "corpusRoles", {"storageBlobDataOwner", "storageQueueDataContributor", "storageTableDataContributor"}),
+    every = {"storageBlobDataOwner", "storageQueueDataContributor", "storageTableDataContributor"}
+    for module, param, var, roles in [
+        # P7: the host writes its diagnostic events to the host account's tables.
+        ("hostRbac", "roleIds", "hostRoles", every),
+        ("corpusRbac", "appRoleIds", "corpusRoles", every),
     ]:
-        assert rbac(module)["appRoleIds"] == var
+        assert rbac(module)[param] == var
         names = {r["operator"]["operands"]["operand_2"] for r in variables()[var]}
         assert names == roles
     assert "monitoringMetricsPublisher" in variables()["roles"]
     assert "Contributor" not in json.dumps(variables()["roles"]).replace("DataContributor", "")
 
 
-def test_operators_may_write_only_staging_and_the_request_queues():
+def test_operators_may_write_only_staging_the_request_queues_and_the_model_tables():
     params = rbac("corpusRbac")
     assert resolve(params["stagingContainerName"]) == s.DEFAULTS[s.STAGING_CONTAINER]
     # Internal queues (copy-requests, transform-jobs, every -poison queue) are never operator-writable.
     assert resolve(params["requestQueueNames"]) == [s.DEFAULTS[s.TRANSFORM_QUEUE], "trainset-requests", "export-requests"]
-    mod = parse("modules/storage-rbac.bicep")
-    res, var = mod["resources"], {k: v["value"] for k, v in mod["variables"].items()}
-    staging = res["operatorStaging"]["config"]["config"]
-    assert staging["scope"] == "stagingContainer"
-    assert staging["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"] == "storageBlobDataContributor"
-    # Account-wide, operators only read (corpus status / corpus sets).
-    for symbol, role in [("operatorQueueReaders", "storageQueueDataReader"), ("operatorTableReaders", "storageTableDataReader")]:
-        body = res[symbol]["config"]["config"]
-        assert body["scope"] == "account"
-        assert body["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"] == role
-    dead = res["operatorDeadLetterReaders"]["config"]["config"]
-    assert dead["scope"] == "deadLetterContainer"
-    assert dead["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"] == "storageBlobDataReader"
-    assert var["storageBlobDataReader"] == "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
-    assert not any("Contributor" in k or "Owner" in k for k in var if k != "storageBlobDataContributor")
-    queue_module = mod["modules"]["operatorQueues"]["config"]
-    assert queue_module["loop_type"]["detail"]["array_name"] == "requestQueueNames"
-    assert queue_module["config"]["params"]["roleId"] == "storageQueueDataMessageSender"
+    assert resolve(params["operatorTableNames"]) == [s.TABLE_MODELS, s.TABLE_LINEAGE]
+    # Only the admins (the deployer) may send to copy-requests (reconcile).
+    assert resolve(params["adminQueueNames"]) == [s.DEFAULTS[s.COPY_QUEUE]]
+    grants = rbac_grants(Infra(INFRA))
+    writes = {g for g in grants["operators"] if "Contributor" in g.role or "Sender" in g.role or "Owner" in g.role}
+    assert writes == {
+        Grant("storageBlobDataContributor", "staging"),
+        Grant("storageQueueDataMessageSender", "transform-requests"),
+        Grant("storageQueueDataMessageSender", "trainset-requests"),
+        Grant("storageQueueDataMessageSender", "export-requests"),
+        Grant("storageTableDataContributor", "Models"),
+        Grant("storageTableDataContributor", "Lineage"),
+    }
+    assert {g.role for g in grants["operators"] if g.scope == ANY} == {
+        "storageBlobDataReader",
+        "storageQueueDataReader",
+        "storageTableDataReader",
+    }
+    var = {k: v["value"] for k, v in parse("modules/storage-rbac.bicep")["variables"].items()}
+    # Role ids (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
+    assert var == {
+        "storageBlobDataContributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+        "storageBlobDataReader": "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
+        "storageQueueDataMessageSender": "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a",
+        "storageQueueDataReader": "19e7f393-937e-4f77-808e-94535e297925",
+        "storageTableDataReader": "76199698-9eea-4c19-bc75-cec21354c6b6",
+        "storageTableDataContributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    }
     sender = parse("modules/queue-sender.bicep")["resources"]
     assert sender["queue"]["type"] == "Microsoft.Storage/storageAccounts/queueServices/queues"
     assert sender["senders"]["config"]["config"]["scope"] == "queue"
-    # Role ids: Blob Data Contributor, Queue Data Message Sender, Queue Data Reader, Table Data Reader.
-    assert var["storageBlobDataContributor"] == "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
-    assert var["storageQueueDataMessageSender"] == "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"
-    assert var["storageQueueDataReader"] == "19e7f393-937e-4f77-808e-94535e297925"
-    assert var["storageTableDataReader"] == "76199698-9eea-4c19-bc75-cec21354c6b6"
+    table = parse("modules/table-role.bicep")["resources"]
+    assert table["table"]["type"] == "Microsoft.Storage/storageAccounts/tableServices/tables"
+
+
+def test_p6_every_role_the_cli_needs_is_granted_derived_from_the_command_table():
+    """P6: operators got 403 on pull, trainset manifest/verify, TrainsetDataset, model register,
+    reindex, reconcile. corpus/cli/access.py lists each command's storage operations; every role
+    they need must be granted (operators), and the admin commands' to the deployer."""
+    assert operator_roles(Infra(INFRA)) == []
+    for cmd in ("pull", "trainset manifest", "trainset verify", "TrainsetDataset", "model register", "reindex", "reconcile"):
+        assert access.COMMANDS[cmd], cmd
+    # With no account-wide Blob Data Reader (today's grant before P6), pull is refused:
+    grants = rbac_grants(Infra(INFRA))
+    fewer = {g for g in grants["operators"] if g != Grant("storageBlobDataReader", ANY)}
+    assert any("pull" in line for line in access.missing("operators", fewer))
+
+
+def _cli_commands() -> set[str]:
+    import argparse
+
+    from corpus.cli import main as cli_main
+
+    names: set[str] = set()
+    for action in cli_main.build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                inner = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+                names |= {f"{name} {n}" for a in inner for n in a.choices} if inner else {name}
+    return names
+
+
+def test_the_command_table_lists_every_cli_command():
+    commands = _cli_commands()
+    assert commands, "could not read the CLI's sub-commands"
+    assert commands - {"host"} <= set(access.COMMANDS), sorted(commands - {"host"} - set(access.COMMANDS))
 
 
 def test_principal_types_are_parameters_mapped_by_azd():
@@ -272,8 +318,9 @@ def test_event_grid_topic_on_the_corpus_account_and_a_hook_for_the_subscription(
     assert "preview" not in topic["api_version"]  # GA API version
     assert topic["config"]["identity"]["type"] == "SystemAssigned"  # dead-letters with its identity
     assert rbac("corpusRbac")["deadLetterContainerName"] == "deadLetterContainerName"
-    writer = parse("modules/storage-rbac.bicep")["resources"]["deadLetterWriter"]["config"]["config"]
-    assert writer["scope"] == "deadLetterContainer"
+    writer = parse("modules/storage-rbac.bicep")["modules"]["deadLetterWriter"]
+    assert writer["detail"]["path"] == "container-role.bicep"
+    assert writer["config"]["params"]["containerName"] == "deadLetterContainerName"
     azure_yaml = (INFRA.parent / "azure.yaml").read_text()
     assert "postdeploy" in azure_yaml and "infra/hooks/postdeploy.sh" in azure_yaml
     assert "infra/hooks/postdeploy.ps1" in azure_yaml  # Windows variant
@@ -299,122 +346,8 @@ def test_event_grid_topic_on_the_corpus_account_and_a_hook_for_the_subscription(
 # `.properties.principalId`. Bicep itself accepts a runtime name on an `existing` resource that is
 # never used as a scope, parent or guid() seed; this check is stricter and rejects it outright.
 # Inside a module, its parameters are constants: hence names are passed to modules as parameters.
-# The Bicep CLI can't be installed here, so this is the rule, re-implemented over pycep's AST.
-
-CONSTANT_PROPERTIES = {"id", "name", "type", "apiVersion"}
-RUNTIME_FUNCTIONS = {"reference", "list_keys", "list_account_sas", "list_service_sas", "list", "list_secrets"}
-IDENT = re.compile(r"[A-Za-z_]\w*")
-
-
-class DeployTimeConstants:
-    """Answers "is this expression a deploy-time constant?" for one parsed Bicep file."""
-
-    def __init__(self, tree: dict[str, Any]):
-        self.params = set(tree.get("parameters", {}))
-        self.vars = {k: v["value"] for k, v in tree.get("variables", {}).items()}
-        self.resources = tree.get("resources", {})
-        self.modules = tree.get("modules", {})
-        self._resource_memo: dict[str, bool] = {}
-
-    # A resource symbol can be used as a constant (its .id, .name, as a scope) if its name and its
-    # parent's and scope's are constants.
-    def resource_is_constant(self, symbol: str) -> bool:
-        if symbol not in self._resource_memo:
-            self._resource_memo[symbol] = False  # cycles are not constant
-            body, local = body_and_locals(self.resources[symbol]["config"], self)
-            ok = self.is_constant(body.get("name"), local)
-            for key in ("parent", "scope"):
-                if key in body:
-                    ok = ok and self.is_constant(body[key], local)
-            self._resource_memo[symbol] = ok
-        return self._resource_memo[symbol]
-
-    def symbol_is_constant(self, name: str, local: frozenset[str], prop: str | None) -> bool | None:
-        """None: not a symbol (so a literal)."""
-        if name in local or name in self.params:
-            return True
-        if name in self.vars:
-            return self.is_constant(self.vars[name], local)
-        if name in self.resources:
-            return self.resource_is_constant(name) and (prop is None or prop in CONSTANT_PROPERTIES)
-        if name in self.modules and prop is not None:
-            return prop == "name"  # module.outputs.* is a runtime value
-        return None  # pycep gives literals and identifiers alike as str: a non-symbol is a literal
-
-    def interpolation_is_constant(self, text: str, local: frozenset[str]) -> bool:
-        for inner in re.findall(r"\$\{([^}]*)\}", text):
-            for m in re.finditer(r"([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?", inner):
-                if inner[m.end() :].lstrip().startswith("("):
-                    continue  # a function name
-                if self.symbol_is_constant(m.group(1), local, m.group(2)) is False:
-                    return False
-        return True
-
-    def is_constant(self, expr: Any, local: frozenset[str] = frozenset()) -> bool:
-        if expr is None or isinstance(expr, bool | int | float):
-            return True
-        if isinstance(expr, str):
-            if IDENT.fullmatch(expr):
-                return self.symbol_is_constant(expr, local, None) is not False
-            return self.interpolation_is_constant(expr, local)
-        if isinstance(expr, list):
-            return all(self.is_constant(e, local) for e in expr)
-        if isinstance(expr, dict):
-            if expr.get("type") == "lambda_expression":
-                detail = expr["detail"]
-                names = {v for k, v in detail.items() if k.startswith("var_") and isinstance(v, str)}
-                return self.is_constant(detail["expression"], local | names)
-            op = expr.get("operator")
-            if isinstance(op, dict) and op.get("type") == "property_accessor":
-                first, rest = op["operands"]["operand_1"], op["operands"]["operand_2"]
-                prop = rest if isinstance(rest, str) else rest.get("operator", {}).get("operands", {}).get("operand_1")
-                if isinstance(first, str) and IDENT.fullmatch(first):
-                    known = self.symbol_is_constant(first, local, prop if isinstance(prop, str) else None)
-                    return known is not False
-                return self.is_constant(first, local)
-            fn = expr.get("function")
-            if isinstance(fn, dict) and fn.get("type") in RUNTIME_FUNCTIONS:
-                return False
-            return all(self.is_constant(v, local) for v in expr.values())
-        return True
-
-
-def body_and_locals(config: dict[str, Any], dtc: DeployTimeConstants) -> tuple[dict[str, Any], frozenset[str]]:
-    """A resource or module body, and its loop variables (constant when the looped array is)."""
-    if "loop_type" not in config:
-        if "condition" in config and isinstance(config.get("config"), dict):
-            return config["config"], frozenset()  # `= if (…) {…}`
-        return config, frozenset()
-    detail = config["loop_type"]["detail"]
-    names = frozenset(v for k, v in detail.items() if k in ("item_name", "index_name") and v)
-    source = detail.get("array_name", detail.get("range"))
-    if not dtc.is_constant(source):
-        names = frozenset()
-    return config["config"], names
-
-
-def deploy_time_violations(tree: dict[str, Any]) -> list[str]:
-    dtc = DeployTimeConstants(tree)
-    found = []
-    for symbol, res in tree.get("resources", {}).items():
-        body, local = body_and_locals(res["config"], dtc)
-        what = f"resource {symbol} ({res['type']})"
-        if not dtc.is_constant(body.get("name"), local):
-            kind = (
-                "role-assignment name (its guid() seeds)"
-                if res["type"].lower() == "microsoft.authorization/roleassignments"
-                else "name"
-            )
-            found.append(f"{what}: {kind} is not a deploy-time constant")
-        for key in ("scope", "parent"):
-            if key in body and not dtc.is_constant(body[key], local):
-                found.append(f"{what}: {key} is not a deploy-time constant")
-    for symbol, mod in tree.get("modules", {}).items():
-        body, local = body_and_locals(mod["config"], dtc)
-        for key in ("name", "scope"):
-            if key in body and not dtc.is_constant(body[key], local):
-                found.append(f"module {symbol}: {key} is not a deploy-time constant")
-    return found
+# The Bicep CLI can't be installed here, so this is the rule, re-implemented over pycep's AST in
+# corpus/deploycheck/bicep.py (shared with `python -m corpus.deploycheck`).
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(INFRA)) for p in INFRA.rglob("*.bicep")))
@@ -510,3 +443,236 @@ def test_api_and_gallery_admit_only_signed_in_users_of_the_tenant():
         assert str(getattr(trigger.auth_level, "value", trigger.auth_level)).lower() == "anonymous"
         assert trigger.route.startswith(("api/", "gallery"))
         assert [str(getattr(m, "value", m)) for m in trigger.methods] == ["GET", "HEAD"]  # read-only
+
+
+# -- the what-if: every rule of corpus.deploycheck, on today's infra/ -------------------------------
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_deploycheck_rule_is_obeyed(rule):
+    """`python -m corpus.deploycheck` as a test: one case per rule (P1, P2, P5, P6, P7, P12, BCP120…)."""
+    assert RULES[rule](Infra(INFRA)) == []
+
+
+def test_deploycheck_command_exits_0_here_and_1_on_a_broken_copy(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(INFRA.parent)}
+    cmd = [sys.executable, "-m", "corpus.deploycheck", "--infra"]
+    ok = subprocess.run([*cmd, str(INFRA)], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    broken = tmp_path / "infra"
+    shutil.copytree(INFRA, broken)
+    main = broken / "main.bicep"
+    main.write_text(main.read_text().replace("param maximumInstanceCount int = 40", "param maximumInstanceCount int = 10"))
+    shutil.copy(INFRA.parent / "host.json", tmp_path / "host.json")
+    bad = subprocess.run([*cmd, str(broken)], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1
+    assert "maximumInstanceCount defaults to 10" in bad.stdout
+
+
+def test_p1_no_container_scope_can_have_an_empty_name():
+    """P1: the host's RBAC module got no dead-letter container name, so a condition-false role
+    assignment had the scope `…/containers/`; ARM pre-flight rejects it (Azure/bicep#1492)."""
+    from corpus.deploycheck.rules import empty_segment_scopes
+
+    assert empty_segment_scopes(Infra(INFRA)) == []
+    for name in ("container-role.bicep", "queue-sender.bicep", "table-role.bicep"):
+        params = parse(f"modules/{name}")["parameters"]
+        named = {"container-role.bicep": "containerName", "queue-sender.bicep": "queueName"}.get(name, "tableName")
+        for p in ("accountName", named):
+            assert params[p]["default"] is None, (name, p)  # required: no '' default to fall back on
+            assert {"type": "min_length", "argument": 3} in params[p]["decorators"], (name, p)
+
+
+EMPTY_SEGMENT_SAMPLE_MAIN = """
+param token string
+module good 'child.bicep' = {
+  name: 'good'
+  params: { containerName: 'staging', principalId: token }
+}
+module bad 'child.bicep' = {
+  name: 'bad'
+  params: { principalId: token }
+}
+"""
+EMPTY_SEGMENT_SAMPLE_CHILD = """
+param containerName string = ''
+param principalId string
+resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: 'stcorpus'
+}
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
+  parent: account
+  name: 'default'
+}
+resource container 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: containerName
+}
+resource ra 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(containerName)) {
+  name: guid(container.id, principalId)
+  scope: container
+  properties: { principalId: principalId, roleDefinitionId: 'r' }
+}
+"""
+
+
+def test_the_empty_segment_rule_flags_a_condition_false_assignment(tmp_path):
+    from corpus.deploycheck.rules import empty_segment_scopes
+
+    (tmp_path / "main.bicep").write_text(EMPTY_SEGMENT_SAMPLE_MAIN)
+    (tmp_path / "child.bicep").write_text(EMPTY_SEGMENT_SAMPLE_CHILD)
+    found = empty_segment_scopes(Infra(tmp_path))
+    assert len(found) == 1 and "module bad" in found[0] and "resource ra's scope container" in found[0], found
+
+
+def test_p2_maximum_instance_count_is_at_least_40():
+    """P2: below 40 is a preview in three regions (Azure/azure-functions-host#10523)."""
+    main = parse("main.bicep")["parameters"]["maximumInstanceCount"]
+    assert main["default"] >= 40
+    assert {"type": "min_value", "argument": 40} in main["decorators"]
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert params["maximumInstanceCount"]["value"] >= 40
+
+
+def test_p5_the_worker_runs_as_many_threads_as_the_host_dispatches():
+    """P5: unset, the 3.11 worker's pool is min(32, cores + 4) (about 5 on one core)."""
+    from corpus.store.hostconfig import load_queue_config
+
+    got = app_settings()
+    assert got["PYTHON_THREADPOOL_THREAD_COUNT"]["function"]["type"] == "string"
+    per_instance = load_queue_config(INFRA.parent / "host.json").max_concurrency
+    assert parse("main.bicep")["parameters"]["pythonThreadCount"]["default"] == per_instance == 24
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert params["pythonThreadCount"]["value"] == per_instance
+    assert got["MALLOC_ARENA_MAX"] == "2"
+
+
+def test_storage_redundancy_is_a_parameter_grs_by_default():
+    assert parse("main.bicep")["parameters"]["storageSku"]["default"] == "Standard_GRS"
+    assert parse("modules/storage-account.bicep")["parameters"]["skuName"]["default"] == "Standard_GRS"
+    for module in ("hostStorage", "corpusStorage"):
+        assert parse("resources.bicep")["modules"][module]["config"]["params"]["skuName"] == "storageSku"
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert params["storageSku"]["value"] == "${CORPUS_STORAGE_SKU=Standard_GRS}"
+
+
+# -- the postdeploy hook, run with a fake `az` and `curl` on PATH ---------------------------------
+FAKE_AZ = r"""#!/bin/sh
+# Fake az: answers the hook's calls from files in $FAKE_DIR, records every call.
+echo "$*" >> "$FAKE_DIR/calls"
+case "$*" in
+  "account show"*) echo 00000000-0000-0000-0000-000000000001 ;;
+  "functionapp keys list"*) echo secret-key ;;
+  "eventgrid system-topic show"*) echo /subscriptions/s/resourceGroups/rg/providers/Microsoft.EventGrid/systemTopics/evgt ;;
+  "rest --method put"*)
+    body=$(echo "$*" | sed -n 's/.*--body @\([^ ]*\).*/\1/p')
+    cp "$body" "$FAKE_DIR/put-body.json" ;;
+  "rest --method get"*)
+    # One state per call from $FAKE_DIR/states (the last one repeats).
+    n=$(wc -l < "$FAKE_DIR/calls")
+    state=$(sed -n "$((n - 4))p" "$FAKE_DIR/states")
+    [ -n "$state" ] || state=$(tail -n 1 "$FAKE_DIR/states")
+    echo "$state" ;;
+  *) echo "fake az: unexpected call: $*" >&2; exit 2 ;;
+esac
+"""
+
+FAKE_CURL = """#!/bin/sh
+echo "$*" >> "$FAKE_DIR/curl-calls"
+printf '%s' "$(cat "$FAKE_DIR/anonymous-code")"
+"""
+
+
+def run_hook(tmp_path, states: list[str], anonymous_code: str) -> Any:
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("az", FAKE_AZ), ("curl", FAKE_CURL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "states").write_text("\n".join(states) + "\n")
+    (tmp_path / "anonymous-code").write_text(anonymous_code)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "FAKE_DIR": str(tmp_path),
+        "AZURE_RESOURCE_GROUP": "rg-corpus-dev",
+        "AZURE_FUNCTION_APP_NAME": "func-corpus-abc",
+        "AZURE_FUNCTION_APP_HOST": "func-corpus-abc-h4sh.westeurope-01.azurewebsites.net",
+        "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
+        "CORPUS_EVENTGRID_SYSTEM_TOPIC": "evgt",
+        "CORPUS_STAGING_CONTAINER": "staging",
+        "CORPUS_BLOB_FUNCTION": "ingest_staged_blob",
+        "CORPUS_STORAGE_ACCOUNT_ID": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/st",
+        "CORPUS_DEADLETTER_CONTAINER": "eventgrid-deadletter",
+        "POSTDEPLOY_WAIT_SECONDS": "3",
+        "POSTDEPLOY_POLL_SECONDS": "1",
+    }
+    return subprocess.run(["sh", str(INFRA / "hooks" / "postdeploy.sh")], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_postdeploy_hook_waits_for_the_subscription_and_uses_the_default_host_name(tmp_path):
+    """P3 + P12: the PUT's long-running operation is polled until Succeeded; the webhook URL is
+    built from AZURE_FUNCTION_APP_HOST (the Bicep output of defaultHostName)."""
+    done = run_hook(tmp_path, ["Creating", "AwaitingManualAction", "Succeeded"], "401")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert sum(c.startswith("rest --method get") for c in calls) == 3  # waited until Succeeded
+    endpoint = json.loads((tmp_path / "put-body.json").read_text())["properties"]["destination"]["properties"]["endpointUrl"]
+    assert endpoint.startswith("https://func-corpus-abc-h4sh.westeurope-01.azurewebsites.net/runtime/webhooks/blobs?")
+    assert "functionName=Host.Functions.ingest_staged_blob&code=secret-key" in endpoint
+    assert "https://func-corpus-abc-h4sh.westeurope-01.azurewebsites.net/api/sets" in (tmp_path / "curl-calls").read_text()
+    assert "Easy Auth is in front of the app" in done.stdout
+
+
+def test_postdeploy_hook_fails_with_one_line_when_the_handshake_fails(tmp_path):
+    """P3: Event Grid's validation handshake failed: the hook (and so `azd up`) fails, one line."""
+    done = run_hook(tmp_path, ["Creating", "Failed"], "401")
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("postdeploy: Event Grid subscription staging-blob-created is Failed: ")
+    assert "the webhook validation handshake with https://func-corpus-abc-h4sh" in lines[0]
+    assert "in place" not in done.stdout
+
+
+def test_postdeploy_hook_fails_with_one_line_when_the_subscription_never_settles(tmp_path):
+    done = run_hook(tmp_path, ["Creating"], "401")
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "postdeploy: Event Grid subscription staging-blob-created still Creating after 3s; re-run: azd hooks run postdeploy"
+    ]
+
+
+def test_postdeploy_hook_fails_with_one_line_on_an_anonymous_200(tmp_path):
+    """P8: Easy Auth must refuse anonymous calls; an anonymous 200 from the API fails the hook."""
+    done = run_hook(tmp_path, ["Succeeded"], "200")
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    host = "func-corpus-abc-h4sh.westeurope-01.azurewebsites.net"
+    assert lines[0].startswith(f"postdeploy: an anonymous GET https://{host}/api/sets answered 200: Easy Auth is not protecting")
+
+
+def test_postdeploy_hook_waits_through_a_cold_start_then_accepts_a_redirect_to_sign_in(tmp_path):
+    done = run_hook(tmp_path, ["Succeeded"], "302")
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_keyless_rule_catches_shared_keys_and_a_non_fatal_hook(tmp_path):
+    import shutil
+
+    from corpus.deploycheck.rules import keyless_and_flex
+
+    broken = tmp_path / "infra"
+    shutil.copytree(INFRA, broken)
+    account = broken / "modules" / "storage-account.bicep"
+    account.write_text(account.read_text().replace("allowSharedKeyAccess: false", "allowSharedKeyAccess: true"))
+    azure_yaml = (INFRA.parent / "azure.yaml").read_text()
+    (tmp_path / "azure.yaml").write_text(azure_yaml.replace("continueOnError: false", "continueOnError: true"))
+    found = keyless_and_flex(Infra(broken))
+    assert "modules/storage-account.bicep: allowSharedKeyAccess is True, not False" in found
+    assert any(line.startswith("azure.yaml:") for line in found)

@@ -24,8 +24,8 @@ from azure.storage.blob import ContentSettings
 from torch.utils.data import DataLoader
 
 from corpus.domain.errors import NotFoundError
-from corpus.domain.exports import ExportRequest
-from corpus.domain.layouts import label_key, sample_key
+from corpus.domain.exports import ExportParams, ExportRequest
+from corpus.domain.layouts import class_order, label_key, sample_key
 from corpus.domain.manifest import ManifestEntry, iter_manifest, manifest_blob, manifest_order_key
 from corpus.store.trainsets_table import BUILDING, TrainsetRow, TrainsetStore
 from tests.support import jpeg, run_cli, run_host
@@ -121,12 +121,13 @@ def test_pull_export_and_dataloader_read_exactly_the_real_manifest(env, clients,
     summary = run_host(env, app_dir)
     assert not summary.get("failed"), summary
     exports = clients.container("exports")
-    plan = json.loads(exports.get_blob_client("birds-cls/1/webdataset/plan.json").download_blob().readall())
+    prefix = f"birds-cls/1/{ExportParams('webdataset', 16 * 1024).export_id()}/"
+    plan = json.loads(exports.get_blob_client(prefix + "plan.json").download_blob().readall())
     assert len(plan["shards"]) >= 2
     by_key = {sample_key(e): e for e in entries}
     seen: collections.Counter[str] = collections.Counter()
     for shard in plan["shards"]:
-        data = exports.get_blob_client(shard["tar"]).download_blob().readall()
+        data = exports.get_blob_client(prefix + shard["file"]).download_blob().readall()
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
         for name, body in members.items():
@@ -137,7 +138,10 @@ def test_pull_export_and_dataloader_read_exactly_the_real_manifest(env, clients,
             e = by_key[key]
             meta = json.loads(body)
             assert meta["split"] == e.split == shard["split"] and meta["labels"] == list(e.labels)
-            image = next(b for n, b in members.items() if n != name and n.rpartition(".")[0] == key)
+            image = next(
+                b for n, b in members.items() if n.rpartition(".")[0] == key and n.rpartition(".")[2] not in ("json", "cls")
+            )
+            assert int(members[key + ".cls"]) == plan["classes"].index(label_key(e.labels))
             assert md5_hex(image) == e.md5_hex
     assert seen == collections.Counter(list(by_key))  # every key exactly once
 
@@ -145,7 +149,7 @@ def test_pull_export_and_dataloader_read_exactly_the_real_manifest(env, clients,
     from corpus.dataset import TrainsetDataset
 
     ds = TrainsetDataset("birds-cls", "1", return_meta=True, settings=settings)
-    assert ds.classes == sorted({label_key(e.labels) for e in entries})
+    assert ds.classes == class_order(label_key(e.labels) for e in entries)
     got: collections.Counter[tuple[str, int, tuple[str, ...], str]] = collections.Counter()
     for batch in DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate, shuffle=True):
         for s in batch:
@@ -176,8 +180,10 @@ def test_pull_export_and_dataset_refuse_a_training_set_that_is_not_ready(env, cl
         with pytest.raises(NotFoundError, match=status):
             TrainsetDataset(*ref.split(":"), settings=settings)
     # The export job refuses it too (a message sent behind the CLI's back), writing nothing.
-    clients.queue_client("export-requests").send_message(ExportRequest("half", "1", "webdataset").to_json())
+    clients.queue_client("export-requests").send_message(ExportRequest("half", "1", ExportParams("webdataset")).to_json())
     run_host(env, app_dir)
     report = json.loads(run_cli(env, tmp_path, "status", "--json").stdout)
     assert any("half:1 is building, not ready" in f["Reason"] for f in report["failures"]["latest"]), report["failures"]
-    assert not list(clients.container("exports").list_blobs(name_starts_with="half/"))
+    # Nothing is written but the failure that `corpus export --wait` and `export list` show.
+    written = [b.name for b in clients.container("exports").list_blobs(name_starts_with="half/")]
+    assert [n.rpartition("/_work/")[2] for n in written] == ["failed.json"]

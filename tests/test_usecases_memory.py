@@ -26,7 +26,7 @@ from corpus.app.trainsets import on_trainset_message
 from corpus.app.transform_jobs import on_transform_job, on_transform_message
 from corpus.app.views import SetSelector, page_images
 from corpus.app.web import Request
-from corpus.domain.exports import ExportRequest, parse_export_message
+from corpus.domain.exports import ExportParams, ExportRequest, parse_export_message
 from corpus.domain.messages import CopyRequest, TransformJob
 from corpus.domain.paths import SetRef
 from corpus.domain.trainsets import TrainsetRequest, parse_trainset_message
@@ -150,17 +150,22 @@ def test_export_shards_are_written_once_and_their_index_points_into_the_tar(rt: 
         stage(rt, f"birds/v1/red/{i}.jpg", jpeg(i))
     drain(rt)
     build_trainset(rt, ("red",))
-    req = ExportRequest("birds-cls", "1", "webdataset", shard_size=40_000).to_json()
+    params = ExportParams("webdataset", shard_size=40_000)
+    req = ExportRequest("birds-cls", "1", params).to_json()
     rt.send(rt.settings.export_queue, req)
     drain(rt)
     exports = rt.settings.exports_container
-    names = [b.name for b in blobs_of(rt).list_page(exports, "birds-cls/1/webdataset/").items]
+    prefix = f"birds-cls/1/{params.export_id()}/"
+    names = [b.name[len(prefix) :] for b in blobs_of(rt).list_page(exports, prefix).items]
     tars = [n for n in names if n.endswith(".tar")]
-    assert tars and sorted(names) == sorted(tars + [index_path(t) for t in tars] + ["birds-cls/1/webdataset/plan.json"])
+    data_files = [n for n in names if not n.startswith("_work/")]
+    assert tars and sorted(data_files) == sorted(
+        tars + [index_path(t) for t in tars] + ["plan.json", "classes.txt", "croissant.json"]
+    )
     members = []
     for t in tars:
-        data = rt.blobs.read(exports, t).data
-        index = json.loads(rt.blobs.read(exports, index_path(t)).data)
+        data = rt.blobs.read(exports, prefix + t).data
+        index = json.loads(rt.blobs.read(exports, prefix + index_path(t)).data)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for m in tar.getmembers():
                 if m.name.endswith(".jpg"):
@@ -172,6 +177,34 @@ def test_export_shards_are_written_once_and_their_index_points_into_the_tar(rt: 
     rt.send(rt.settings.export_queue, req)  # the same export again: nothing rewritten
     drain(rt)
     assert blobs_of(rt).requests["commit_blocks"] == commits
+
+
+def test_parquet_and_azureml_exports_on_the_memory_store(rt: Runtime) -> None:
+    """Parquet with Hugging Face's features in its schema, and Azure ML, both finished by croissant.json."""
+    import pyarrow.parquet as pq
+
+    for i in range(4):
+        stage(rt, f"birds/v1/red/{i}.jpg", jpeg(i))
+    drain(rt)
+    build_trainset(rt, ("red",))
+    exports = rt.settings.exports_container
+    for params in (ExportParams("parquet", shard_size=40_000), ExportParams("azureml")):
+        rt.send(rt.settings.export_queue, ExportRequest("birds-cls", "1", params).to_json())
+        drain(rt)
+        prefix = f"birds-cls/1/{params.export_id()}/"
+        doc = json.loads(rt.blobs.read(exports, prefix + "croissant.json").data)
+        for d in doc["distribution"]:
+            if d["@type"] == "cr:FileObject":
+                assert hashlib.sha256(rt.blobs.read(exports, prefix + d["contentUrl"]).data).hexdigest() == d["sha256"]
+    prefix = f"birds-cls/1/{ExportParams('parquet', shard_size=40_000).export_id()}/"
+    files = [b.name for b in blobs_of(rt).list_page(exports, prefix + "data/").items]
+    rows = 0
+    for name in files:
+        table = pq.read_table(io.BytesIO(rt.blobs.read(exports, name).data))
+        features = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
+        assert features["image"] == {"_type": "Image"} and features["label"]["_type"] == "ClassLabel"
+        rows += table.num_rows
+    assert rows == 4
 
 
 def test_reconcile_looks_up_validations_before_downloading_and_max_blobs_bounds_downloads(rt: Runtime) -> None:
@@ -209,3 +242,23 @@ def test_gallery_views_page_images_and_previews_are_stored_once(rt: Runtime) -> 
         rt, Request("GET", {"domain": "birds"}, (("blob", "original/red/v1/0.jpg"),), {"if-none-match": first.headers["ETag"]})
     )
     assert first.status == 200 and again.status == 304 and blobs_of(rt).requests["put"] == puts
+
+
+def test_azureml_export_streams_its_jsonl_in_blocks(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25, R7: the Azure ML export held every line in memory; now it stages blocks as lines
+    come (here 300-byte blocks: several per file) and the committed file is every line once."""
+    import corpus.app.exports as exports_mod
+
+    monkeypatch.setattr(exports_mod, "BLOCK_BYTES", 300)
+    for i in range(6):
+        stage(rt, f"birds/v1/red/{i}.jpg", jpeg(i))
+    drain(rt)
+    build_trainset(rt, ("red",))
+    staged = blobs_of(rt).requests["stage_block"]
+    params = ExportParams("azureml")
+    rt.send(rt.settings.export_queue, ExportRequest("birds-cls", "1", params).to_json())
+    drain(rt)
+    assert blobs_of(rt).requests["stage_block"] - staged >= 3
+    body = rt.blobs.read(rt.settings.exports_container, f"birds-cls/1/{params.export_id()}/train/images.jsonl").data
+    lines = [json.loads(x) for x in body.splitlines()]
+    assert len(lines) == 6 and {type(x["label"]) for x in lines} == {str}

@@ -1,64 +1,93 @@
-"""``corpus export``: a training set into blob storage as WebDataset shards or Azure ML JSONL.
+"""``corpus export``: a training set into blob storage as WebDataset shards, Parquet or Azure ML JSONL.
 
 Everything goes to container ``CORPUS_EXPORTS_CONTAINER`` (``exports``) under
-``<name>/<version>/<format>/``.
+``<name>/<version>/<format>-<digest>/`` (:meth:`corpus.domain.exports.ExportParams.export_id`):
+other parameters make a new export beside the first; the same parameters again change nothing.
+``croissant.json`` is written last, once every file is there: it is the export's "done" marker;
+``_work/failed.json`` says why an export failed. ``_work/`` is bookkeeping (work lists, receipts).
 
-WebDataset: the request handler reads the manifest, plans shards per split
-(:func:`corpus.domain.layouts.plan_shards`, a pure function of the manifest and the shard size),
-writes ``webdataset/plan.json`` and sends one :class:`~corpus.domain.exports.ExportShardJob` per
-shard. A shard job streams the manifest to its window, downloads and MD5-checks each image and
-writes ``<split>/shard-NNNNNN.tar`` with fixed tar headers (mtime 0, uid/gid 0, no user names,
-mode 0644, PAX format), members in manifest order, in 8 MiB blocks committed with
-``If-None-Match: *``; then ``shard-NNNNNN.index.json`` (key → member offsets and sizes, for range
-reads of one sample). Every byte is a function of the manifest and the shard size, so a retried,
-duplicated or concurrent job writes the same bytes, and "already exists with the same MD5" is
-success; different bytes mean the export was planned with another shard size, and the job is
-refused with that reason. Keys are injective in the blob name, so every key is in exactly one shard.
+**Sharded formats** (``webdataset``, ``parquet``). The request handler streams the manifest
+twice, keeping ~16 bytes per entry (sizes, the permutation): it assigns samples to shards by a
+seeded permutation of each split (:func:`corpus.domain.layouts.plan_split`), writes each shard's
+work list (``_work/<split>/shard-NNNNNN.jsonl``: its manifest lines with their positions, written
+in blocks, memory capped by :data:`WORK_BUFFER_BYTES`), then ``classes.txt``, ``plan.json`` (every
+shard's count, first position and work list MD5) and, for Parquet, ``README.md``; and sends one
+:class:`~corpus.domain.exports.ExportShardJob` per shard that has no receipt yet.
 
-Azure ML: one ``<split>/images.jsonl`` per split in AutoML's image-classification format and an
-``MLTable`` beside it, written by the request handler itself.
+A shard job names only (export, split, index): the queue is operator-writable, so the job trusts
+nothing in it (issue 25, B1). It reads the immutable ``plan.json``, refuses a shard the plan does
+not list, reads only its own work list (its bytes, not the manifest: R6), checks its MD5 against
+the plan and its positions against the shard's range, then downloads and MD5-checks each image
+and writes the shard with fixed bytes: a tar (mtime 0, uid/gid 0, no user names, mode 0644, PAX;
+per sample ``<key>.<ext>``, ``<key>.cls``, ``<key>.json``) committed in 8 MiB blocks with
+``If-None-Match: *``, or a Parquet file. Every byte is a function of the manifest and the
+parameters, so a retried, duplicated or concurrent job writes the same bytes; "exists with the
+same MD5" is success, other bytes a :class:`ExportConflict`. Then a receipt (the files' SHA-256),
+and, when every shard has one, ``croissant.json``.
+
+**Azure ML**: ``<split>/images.jsonl`` + ``<split>/MLTable`` written by the request handler itself,
+streamed (blocks per split, R7); ``label`` has one type in every file (R14).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import tarfile
+from array import array
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from corpus.domain.datacards import ExportFile, croissant, dataset_card
 from corpus.domain.errors import BlobConflict, BlobNotFound, MessageError, NotFoundError, PermanentError
-from corpus.domain.exports import MAX_SHARDS, ExportRequest, ExportShardJob
+from corpus.domain.exports import MAX_SHARDS, ExportParams, ExportRequest, ExportShardJob, export_prefix
 from corpus.domain.layouts import (
+    SplitPlan,
     azureml_line,
+    azureml_multilabel,
     canonical_json,
+    class_order,
     label_key,
     mltable_yaml,
-    plan_shards,
+    plan_split,
     sample_json,
     sample_key,
     sample_members,
     split_folder,
 )
-from corpus.domain.manifest import ManifestEntry, block_id, hex_to_b64
-from corpus.store.ports import BlobStore
+from corpus.domain.manifest import ManifestEntry, block_id, hex_to_b64, parse_line
+from corpus.store.ports import BlobStore, iter_blobs
 from corpus.store.trainsets_table import TrainsetStore
 
 log = logging.getLogger("corpus.exports")
 
 BLOCK_BYTES = 8 * 1024 * 1024
+WORK_BUFFER_BYTES = 64 * 1024 * 1024
+"""Work-list bytes the request handler holds before staging them (all shards together)."""
 PLAN_NAME = "plan.json"
+CLASSES_NAME = "classes.txt"
+CROISSANT_NAME = "croissant.json"
+CARD_NAME = "README.md"
+WORK = "_work/"
+FAILED_NAME = WORK + "failed.json"
+RECEIPTS = WORK + "receipts/"
 
 
 class ExportConflict(PermanentError):
-    """An export blob exists with other bytes: the export was made with other parameters."""
+    """An export blob exists with other bytes than this run makes (never expected: exports are keyed
+    by their parameters; it means the export was tampered with)."""
 
 
 class ChangedBlobError(PermanentError):
-    """An image's bytes no longer match the manifest's MD5."""
+    """An image's (or a work list's) bytes no longer match the MD5 recorded for them."""
+
+
+class RefusedJob(PermanentError):
+    """A shard job that the export's plan does not list: dropped without touching the export."""
 
 
 class ExportRuntime(Protocol):
@@ -78,12 +107,20 @@ class ExportRuntime(Protocol):
     def ensure_container(self, name: str) -> None: ...
 
 
-def export_prefix(name: str, version: str, fmt: str) -> str:
-    return f"{name}/{version}/{fmt}/"
+def shard_file(split: str, index: int, total: int, fmt: str) -> str:
+    """A shard's path in its export: ``<split>/shard-NNNNNN.tar`` or ``data/<split>-NNNNN-of-NNNNN.parquet``
+    (the names ``datasets`` maps to splits)."""
+    if fmt == "parquet":
+        return f"data/{split_folder(split)}-{index:05d}-of-{total:05d}.parquet"
+    return f"{split_folder(split)}/shard-{index:06d}.tar"
 
 
-def shard_path(name: str, version: str, split: str, index: int) -> str:
-    return f"{export_prefix(name, version, 'webdataset')}{split_folder(split)}/shard-{index:06d}.tar"
+def work_file(split: str, index: int) -> str:
+    return f"{WORK}{split_folder(split)}/shard-{index:06d}.jsonl"
+
+
+def receipt_file(split: str, index: int) -> str:
+    return f"{RECEIPTS}{split_folder(split)}-{index:06d}.json"
 
 
 def index_path(tar_path: str) -> str:
@@ -92,12 +129,77 @@ def index_path(tar_path: str) -> str:
 
 def on_export_message(rt: ExportRuntime, msg: ExportRequest | ExportShardJob) -> None:
     rt.ensure_container(rt.settings.exports_container)
-    if isinstance(msg, ExportShardJob):
-        write_shard(rt, msg)
-    elif msg.format == "webdataset":
-        plan_webdataset(rt, msg)
-    else:
-        write_azureml(rt, msg)
+    exports = Exports(rt.blobs, rt.settings.exports_container)
+    try:
+        if isinstance(msg, ExportShardJob):
+            write_shard(rt, msg)
+        elif msg.format == "azureml":
+            write_azureml(rt, msg)
+        else:
+            plan_sharded(rt, msg)
+    except RefusedJob:
+        raise  # never marks the export it names: anyone may send one
+    except PermanentError as exc:
+        record_failure(exports, msg.prefix, str(exc))
+        raise
+
+
+class Exports:
+    """The exports container through the :class:`~corpus.store.ports.BlobStore` port, by blob name."""
+
+    def __init__(self, blobs: BlobStore, container: str) -> None:
+        self.blobs, self.container_name = blobs, container
+
+    def exists(self, name: str) -> bool:
+        return self.blobs.exists(self.container_name, name)
+
+    def read(self, name: str) -> bytes:
+        return self.blobs.read(self.container_name, name).data
+
+    def read_json(self, name: str) -> Any:
+        """The parsed JSON blob, ``None`` when there is none."""
+        try:
+            return json.loads(self.read(name))
+        except BlobNotFound:
+            return None
+
+    def names(self, prefix: str) -> Iterator[str]:
+        return (b.name for b in iter_blobs(self.blobs, self.container_name, prefix))
+
+    def put_once(self, name: str, data: bytes, content_type: str) -> bool:
+        """``If-None-Match: *``; True if written. The same MD5 there is success (a duplicate run);
+        another MD5 is an :class:`ExportConflict`."""
+        try:
+            return self.blobs.put_once(self.container_name, name, data, content_type)
+        except BlobConflict as exc:
+            raise _conflict(
+                self.container_name, name, exc.stored_md5, hashlib.md5(data, usedforsecurity=False).hexdigest()
+            ) from exc
+
+    def sink(self, name: str | None, tag: str = "shard") -> BlockSink:
+        return BlockSink(self, name, tag)
+
+
+def _conflict(container: str, name: str, stored: str, made: str) -> ExportConflict:
+    return ExportConflict(
+        f"{container}/{name} exists with other content (MD5 {stored or 'none'}, this export makes {made}): "
+        "the export was changed behind corpus's back"
+    )
+
+
+def record_failure(exports: Exports, prefix: str, reason: str) -> None:
+    """``_work/failed.json``: where ``corpus export --wait`` and ``export list`` find why (overwritten:
+    it describes the latest failure)."""
+    exports.blobs.put(exports.container_name, prefix + FAILED_NAME, canonical_json({"failed": reason[:4000]}), "application/json")
+
+
+def clear_failure(exports: Exports, prefix: str) -> None:
+    """A new request for the export retries it: an earlier failure no longer describes it."""
+    try:
+        info = exports.blobs.info(exports.container_name, prefix + FAILED_NAME)
+    except BlobNotFound:
+        return
+    exports.blobs.delete_if_unchanged(exports.container_name, prefix + FAILED_NAME, info.etag)
 
 
 def read_manifest(rt: ExportRuntime, name: str, version: str) -> Iterator[ManifestEntry]:
@@ -105,81 +207,24 @@ def read_manifest(rt: ExportRuntime, name: str, version: str) -> Iterator[Manife
     return TrainsetStore(rt.clients, rt.blobs).entries(name, version)
 
 
-def put_once(blobs: BlobStore, container: str, name: str, data: bytes, content_type: str) -> bool:
-    """Create ``name`` with ``data`` unless it exists; True if written. Existing with the same MD5
-    is success (a duplicate run); with another MD5 it is an :class:`ExportConflict`."""
-    try:
-        return blobs.put_once(container, name, data, content_type)
-    except BlobConflict as exc:
-        raise _conflict(container, name, exc, hashlib.md5(data, usedforsecurity=False).hexdigest()) from exc
+class BlockSink:
+    """A write-only stream that hashes what passes (MD5, SHA-256) and, when ``name`` is given,
+    stages it in :data:`BLOCK_BYTES` blocks with deterministic ids."""
 
-
-def _conflict(container: str, name: str, exc: BlobConflict, md5: str) -> ExportConflict:
-    return ExportConflict(
-        f"{container}/{name} exists with other content (MD5 {exc.stored_md5 or 'none'}, "
-        f"this export makes {md5}): it was exported with other parameters; export under a new training set version"
-    )
-
-
-# -- webdataset ----------------------------------------------------------------------------------
-
-
-def plan_webdataset(rt: ExportRuntime, req: ExportRequest) -> int:
-    """Write ``plan.json`` and fan out one job per shard; the number of shards."""
-    seen_classes: set[str] = set()
-
-    def counted(entries: Iterator[ManifestEntry]) -> Iterator[ManifestEntry]:
-        for e in entries:  # one streaming pass: memory does not grow with the training set
-            seen_classes.add(label_key(e.labels))
-            yield e
-
-    plans = plan_shards(counted(read_manifest(rt, req.name, req.version)), req.shard_size)
-    if len(plans) > MAX_SHARDS:
-        raise MessageError(
-            f"export of {req.name}:{req.version} would make {len(plans)} shards (at most {MAX_SHARDS}): use a larger shard size"
-        )
-    classes = sorted(seen_classes)
-    samples = sum(p.count for p in plans)
-    plan = {
-        "trainset": {"name": req.name, "version": req.version},
-        "format": "webdataset",
-        "shard_size": req.shard_size,
-        "samples": samples,
-        "classes": classes,
-        "shards": [
-            {"split": p.split, "index": p.index, "count": p.count, "tar": shard_path(req.name, req.version, p.split, p.index)}
-            for p in plans
-        ],
-    }
-    exports = rt.settings.exports_container
-    put_once(
-        rt.blobs,
-        exports,
-        export_prefix(req.name, req.version, "webdataset") + PLAN_NAME,
-        canonical_json(plan),
-        "application/json",
-    )
-    for p in plans:
-        job = ExportShardJob(req.name, req.version, p.split, p.index, p.start, p.count, req.shard_size)
-        rt.send(rt.settings.export_queue, job.to_json())
-    log.info("export %s:%s webdataset: %d shards of %d samples", req.name, req.version, len(plans), samples)
-    return len(plans)
-
-
-class _BlockSink:
-    """A write-only stream that hashes what passes and, when ``blob`` is given, stages it in blocks."""
-
-    def __init__(self, blobs: BlobStore, container: str, blob: str | None) -> None:
-        self.blobs, self.container, self.blob = blobs, container, blob
+    def __init__(self, exports: Exports, name: str | None, tag: str = "shard") -> None:
+        self.exports, self.name, self.tag = exports, name, tag
         self.pos = 0
         self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha256 = hashlib.sha256()
         self.buf = bytearray()
         self.blocks: list[str] = []
+        self.closed = False
 
     def write(self, data: bytes) -> int:
         self.pos += len(data)
         self.md5.update(data)
-        if self.blob is not None:
+        self.sha256.update(data)
+        if self.name is not None:
             self.buf += data
             while len(self.buf) >= BLOCK_BYTES:
                 self._stage(bytes(self.buf[:BLOCK_BYTES]))
@@ -189,16 +234,124 @@ class _BlockSink:
     def tell(self) -> int:
         return self.pos
 
-    def _stage(self, chunk: bytes) -> None:
-        assert self.blob is not None
-        bid = block_id(len(self.blocks), "shard")  # deterministic ids
-        self.blobs.stage_block(self.container, self.blob, bid, chunk)
-        self.blocks.append(bid)
-
-    def finish(self) -> None:
-        if self.blob is not None and self.buf:
+    def flush(self) -> None:
+        """Stage what is buffered as a block of its own (work lists: bounded memory)."""
+        if self.name is not None and self.buf:
             self._stage(bytes(self.buf))
             self.buf.clear()
+
+    def _stage(self, chunk: bytes) -> None:
+        assert self.name is not None
+        bid = block_id(len(self.blocks), self.tag)
+        self.exports.blobs.stage_block(self.exports.container_name, self.name, bid, chunk)
+        self.blocks.append(bid)
+
+    def commit(self, content_type: str) -> bool:
+        """Commit the staged blocks with ``If-None-Match: *``; an existing blob must have these bytes."""
+        assert self.name is not None
+        self.flush()
+        md5 = self.md5.hexdigest()
+        try:
+            return self.exports.blobs.commit_blocks_once(self.exports.container_name, self.name, self.blocks, content_type, md5)
+        except BlobConflict as exc:
+            raise _conflict(self.exports.container_name, self.name, exc.stored_md5, md5) from exc
+
+    def same_as_stored(self, name: str) -> None:
+        """The blob ``name`` (already there) has the bytes that passed, or an :class:`ExportConflict`."""
+        blobs, container = self.exports.blobs, self.exports.container_name
+        stored = blobs.content_md5(container, blobs.info(container, name))
+        if stored != self.md5.hexdigest():
+            raise _conflict(container, name, stored, self.md5.hexdigest())
+
+
+# -- sharded exports: the plan -------------------------------------------------------------------
+
+
+def plan_sharded(rt: ExportRuntime, req: ExportRequest) -> int:
+    """Plan a WebDataset or Parquet export and send its shard jobs; the number of jobs sent."""
+    exports = Exports(rt.blobs, rt.settings.exports_container)
+    prefix = req.prefix
+    if exports.exists(prefix + CROISSANT_NAME):
+        return 0  # the same parameters again: the export is there
+    clear_failure(exports, prefix)
+    existing = exports.read_json(prefix + PLAN_NAME)
+    plan = existing if existing is not None else _write_plan(rt, exports, req)
+    done = set(exports.names(prefix + RECEIPTS))
+    sent = 0
+    for sh in plan["shards"]:
+        if prefix + receipt_file(sh["split"], sh["index"]) in done:
+            continue
+        job = ExportShardJob(req.name, req.version, req.export_id, sh["split"], sh["index"])
+        rt.send(rt.settings.export_queue, job.to_json())
+        sent += 1
+    if not plan["shards"]:
+        finish_if_complete(rt, exports, prefix, plan)
+    log.info("export %s:%s %s: %d shard jobs sent of %d", req.name, req.version, req.export_id, sent, len(plan["shards"]))
+    return sent
+
+
+def _write_plan(rt: ExportRuntime, exports: Exports, req: ExportRequest) -> dict[str, Any]:
+    p = req.params
+    classes: set[str] = set()
+    sizes: dict[str, array[int]] = {}
+    for e in read_manifest(rt, req.name, req.version):  # pass 1: sizes per split, 8 bytes an entry
+        sizes.setdefault(e.split, array("Q")).append(e.size)
+        classes.add(label_key(e.labels))
+    ordered = class_order(classes)
+    splits: dict[str, SplitPlan] = {s: plan_split(s, sz, p.shard_size, p.seed) for s, sz in sorted(sizes.items())}
+    total = sum(sp.shards for sp in splits.values())
+    if total > MAX_SHARDS:
+        raise MessageError(
+            f"export of {req.name}:{req.version} would make {total} shards (at most {MAX_SHARDS}): use a larger shard size"
+        )
+    positions = {s: sp.positions() for s, sp in splits.items()}
+    del sizes
+    writers: dict[tuple[str, int], BlockSink] = {}
+    for s, sp in splits.items():
+        for k in range(sp.shards):
+            writers[(s, k)] = exports.sink(req.prefix + work_file(s, k), "work")
+    held = 0
+    ordinal: dict[str, int] = {}
+    for e in read_manifest(rt, req.name, req.version):  # pass 2: each line into its shard's work list
+        o = ordinal.get(e.split, 0)
+        ordinal[e.split] = o + 1
+        pos = positions[e.split][o]
+        line = canonical_json({"pos": pos, "entry": e.to_json()}) + b"\n"
+        writers[(e.split, splits[e.split].shard_of(pos))].write(line)
+        held += len(line)
+        if held > WORK_BUFFER_BYTES:
+            for w in writers.values():
+                w.flush()
+            held = 0
+    shards = []
+    for (s, k), w in writers.items():
+        w.commit("application/jsonl")
+        sp = splits[s]
+        shards.append({
+            "split": s, "index": k, "count": sp.count(k), "first": sp.starts[k],
+            "file": shard_file(s, k, sp.shards, p.format), "work": work_file(s, k),
+            "work_md5": hex_to_b64(w.md5.hexdigest()), "work_size": w.pos,
+        })  # fmt: skip
+    counts = {s: len(sp.order) for s, sp in splits.items()}
+    plan: dict[str, Any] = {
+        "trainset": {"name": req.name, "version": req.version},
+        "export": req.export_id,
+        "params": {"format": p.format, "shard_size": p.shard_size, "seed": p.seed, "image_format": p.image_format},
+        "samples": sum(counts.values()),
+        "splits": counts,
+        "classes": ordered,
+        "shards": shards,
+    }
+    exports.put_once(req.prefix + CLASSES_NAME, "".join(c + "\n" for c in ordered).encode("utf-8"), "text/plain")
+    if p.format == "parquet":
+        card = dataset_card(name=req.name, version=req.version, export_id=req.export_id, splits=list(counts),
+                            classes=ordered, counts=counts)  # fmt: skip
+        exports.put_once(req.prefix + CARD_NAME, card.encode("utf-8"), "text/markdown")
+    exports.put_once(req.prefix + PLAN_NAME, canonical_json(plan), "application/json")
+    return plan
+
+
+# -- sharded exports: one shard ------------------------------------------------------------------
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -212,62 +365,162 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _window(rt: ExportRuntime, job: ExportShardJob) -> list[ManifestEntry]:
-    out: list[ManifestEntry] = []
-    ordinal = 0
-    for e in read_manifest(rt, job.name, job.version):
-        if e.split != job.split:
-            continue
-        if ordinal >= job.start + job.count:
-            break
-        if ordinal >= job.start:
-            out.append(e)
-        ordinal += 1
-    if len(out) != job.count:
-        raise NotFoundError(
-            f"shard {job.index} of {job.split!r} wants entries {job.start}..{job.start + job.count - 1}; the manifest has fewer"
-        )
-    return out
+def _work(rt: ExportRuntime, exports: Exports, prefix: str, shard: dict[str, Any]) -> list[ManifestEntry]:
+    """The shard's entries in shard order, from its work list, checked against the plan."""
+    try:
+        data = exports.read(prefix + shard["work"])
+    except BlobNotFound as exc:
+        raise NotFoundError(f"{prefix}{shard['work']} is missing: the export's plan is incomplete") from exc
+    if hex_to_b64(hashlib.md5(data, usedforsecurity=False).hexdigest()) != shard["work_md5"]:
+        raise ChangedBlobError(f"{prefix}{shard['work']} does not match the MD5 its plan records")
+    items: list[tuple[int, ManifestEntry]] = []
+    for n, raw in enumerate(data.splitlines(), start=1):
+        obj = json.loads(raw)
+        items.append((int(obj["pos"]), parse_line(json.dumps(obj["entry"]), n)))
+    items.sort(key=lambda t: t[0])
+    first, count = int(shard["first"]), int(shard["count"])
+    if [pos for pos, _ in items] != list(range(first, first + count)) or any(e.split != shard["split"] for _, e in items):
+        raise ChangedBlobError(f"{prefix}{shard['work']} does not hold positions {first}..{first + count - 1} of its split")
+    return [e for _, e in items]
 
 
 def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
-    """Write one shard and its index; True if this call wrote the tar. See the module docstring."""
-    exports = rt.settings.exports_container
-    tar_name = shard_path(job.name, job.version, job.split, job.index)
-    tar_exists = rt.blobs.exists(exports, tar_name)
-    if tar_exists and rt.blobs.exists(exports, index_path(tar_name)):
+    """Write one shard, its receipt and maybe ``croissant.json``; True if this call wrote the shard."""
+    exports = Exports(rt.blobs, rt.settings.exports_container)
+    prefix = job.prefix
+    plan = exports.read_json(prefix + PLAN_NAME)
+    if plan is None:
+        raise RefusedJob(f"export shard job for {prefix}: the export has no plan")
+    shard = next((sh for sh in plan["shards"] if sh["split"] == job.split and sh["index"] == job.index), None)
+    if shard is None:
+        raise RefusedJob(f"export shard job: {prefix}plan.json lists no shard {job.index} of split {job.split!r}")
+    receipt = prefix + receipt_file(job.split, job.index)
+    if exports.exists(receipt):
         return False  # a duplicate of a finished job
-    entries = _window(rt, job)
-    sink = _BlockSink(rt.blobs, exports, None if tar_exists else tar_name)
+    entries = _work(rt, exports, prefix, shard)
+    classes = {c: i for i, c in enumerate(plan["classes"])}
+    fmt, image_format = plan["params"]["format"], plan["params"]["image_format"]
+    if fmt == "parquet":
+        wrote, files = _write_parquet(rt, exports, prefix, shard, entries, classes, image_format)
+    else:
+        wrote, files = _write_tar(rt, exports, prefix, shard, entries, classes, image_format)
+    body = {"files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files], "samples": len(entries)}
+    exports.put_once(receipt, canonical_json(body), "application/json")
+    finish_if_complete(rt, exports, prefix, plan)
+    return wrote
+
+
+def _image_bytes(e: ManifestEntry, data: bytes, image_format: str) -> bytes:
+    """The image member's bytes: as stored, or re-encoded to ``jpg``/``png`` (deterministic for one
+    Pillow version; an image already in that format keeps its bytes)."""
+    if image_format == "keep":
+        return data
+    from PIL import Image
+
+    from corpus.domain.images import open_capped
+
+    with open_capped(data) as img:
+        target = "JPEG" if image_format == "jpg" else "PNG"
+        if img.format == target or (target == "JPEG" and img.format == "MPO"):
+            return data
+        out = io.BytesIO()
+        if target == "JPEG":
+            img.convert("RGB").save(out, "JPEG", quality=95)
+        else:
+            conv: Image.Image = img if img.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16") else img.convert("RGBA")
+            conv.save(out, "PNG", optimize=False, compress_level=6)
+        return out.getvalue()
+
+
+def _write_tar(rt: ExportRuntime, exports: Exports, prefix: str, shard: dict[str, Any], entries: list[ManifestEntry],
+               classes: dict[str, int], image_format: str) -> tuple[bool, list[ExportFile]]:  # fmt: skip
+    tar_name = prefix + shard["file"]
+    tar_exists = exports.exists(tar_name)
+    sink = exports.sink(None if tar_exists else tar_name)
     index: dict[str, Any] = {}
     with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:  # type: ignore[call-overload]
         for e, data in _downloads(rt, entries):
             key = sample_key(e)
-            image_member, json_member = sample_members(e, key)
-            meta = sample_json(e, key)
+            image_member, cls_member, json_member = sample_members(e, key, image_format)
+            cls = str(classes[label_key(e.labels)]).encode("ascii")
             members: dict[str, Any] = {}
-            for member, body in ((image_member, data), (json_member, meta)):
+            for member, body in ((image_member, _image_bytes(e, data, image_format)), (cls_member, cls),
+                                 (json_member, sample_json(e, key))):  # fmt: skip
                 tar.addfile(_tarinfo(member, len(body)), io.BytesIO(body))
-                end = tar.offset
-                data_offset = end - ((len(body) + 511) // 512) * 512
-                members[member.rpartition(".")[2]] = [data_offset, len(body)]
+                members[member.rpartition(".")[2]] = [tar.offset - ((len(body) + 511) // 512) * 512, len(body)]
             index[key] = members
-    sink.finish()
-    md5 = sink.md5.hexdigest()
-    try:
-        if tar_exists:
-            stored = rt.blobs.info(exports, tar_name)
-            stored_md5 = rt.blobs.content_md5(exports, stored)
-            if stored_md5 != md5:
-                raise BlobConflict(f"{exports}/{tar_name} exists with other content", stored_md5, stored.size)
-            wrote = False
-        else:  # If-None-Match: *
-            wrote = rt.blobs.commit_blocks_once(exports, tar_name, sink.blocks, "application/x-tar", md5)
-    except BlobConflict as exc:
-        raise _conflict(exports, tar_name, exc, md5) from exc
-    index_body = {"tar": tar_name, "size": sink.pos, "md5": hex_to_b64(md5), "samples": index}
-    put_once(rt.blobs, exports, index_path(tar_name), canonical_json(index_body), "application/json")
-    return wrote
+    wrote = False
+    if tar_exists:
+        sink.same_as_stored(tar_name)
+    else:
+        wrote = sink.commit("application/x-tar")
+    index_body = canonical_json(
+        {"tar": shard["file"], "size": sink.pos, "md5": hex_to_b64(sink.md5.hexdigest()), "samples": index}
+    )
+    exports.put_once(index_path(tar_name), index_body, "application/json")
+    files = [
+        ExportFile(shard["file"], sink.pos, sink.sha256.hexdigest()),
+        ExportFile(index_path(shard["file"]), len(index_body), hashlib.sha256(index_body).hexdigest()),
+    ]
+    return wrote, files
+
+
+def _write_parquet(rt: ExportRuntime, exports: Exports, prefix: str, shard: dict[str, Any],
+                   entries: list[ManifestEntry], classes: dict[str, int],
+                   image_format: str) -> tuple[bool, list[ExportFile]]:  # fmt: skip
+    """One Parquet file: ``image`` (struct bytes/path, Hugging Face's Image), ``label`` (int64,
+    ClassLabel), ``blob``, ``split``; the ``huggingface`` schema metadata names the features, so
+    ``datasets`` reads it as Image + ClassLabel without the card. Row groups of 100 rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = sorted(classes, key=lambda c: classes[c])
+    features = {
+        "image": {"_type": "Image"},
+        "label": {"_type": "ClassLabel", "names": names},
+        "blob": {"dtype": "string", "_type": "Value"},
+        "split": {"dtype": "string", "_type": "Value"},
+    }
+    schema = pa.schema(
+        [
+            pa.field("image", pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])),
+            pa.field("label", pa.int64()),
+            pa.field("blob", pa.string()),
+            pa.field("split", pa.string()),
+        ],
+        metadata={"huggingface": json.dumps({"info": {"features": features}}, sort_keys=True)},
+    )
+    name = prefix + shard["file"]
+    exists = exports.exists(name)
+    sink = exports.sink(None if exists else name)
+    rows: list[tuple[ManifestEntry, bytes]] = []
+    with pq.ParquetWriter(sink, schema, compression="none", write_statistics=False) as writer:
+
+        def flush() -> None:
+            batch = pa.record_batch(
+                [
+                    pa.array([{"bytes": d, "path": e.blob.rpartition("/")[2]} for e, d in rows], schema.field("image").type),
+                    pa.array([classes[label_key(e.labels)] for e, _ in rows], pa.int64()),
+                    pa.array([f"{e.container}/{e.blob}" for e, _ in rows], pa.string()),
+                    pa.array([e.split for e, _ in rows], pa.string()),
+                ],
+                schema=schema,
+            )
+            writer.write_batch(batch, row_group_size=100)
+            rows.clear()
+
+        for e, data in _downloads(rt, entries):
+            rows.append((e, _image_bytes(e, data, image_format)))
+            if len(rows) >= 100:
+                flush()
+        if rows:
+            flush()
+    wrote = False
+    if exists:
+        sink.same_as_stored(name)
+    else:
+        wrote = sink.commit("application/x-parquet")
+    return wrote, [ExportFile(shard["file"], sink.pos, sink.sha256.hexdigest())]
 
 
 DOWNLOAD_THREADS = 16
@@ -311,24 +564,112 @@ def _download(rt: ExportRuntime, e: ManifestEntry) -> bytes:
     return data
 
 
+# -- the end: croissant.json ---------------------------------------------------------------------
+
+
+def _file_of(exports: Exports, prefix: str, rel: str) -> ExportFile:
+    data = exports.read(prefix + rel)
+    return ExportFile(rel, len(data), hashlib.sha256(data).hexdigest())
+
+
+def finish_if_complete(rt: ExportRuntime, exports: Exports, prefix: str, plan: dict[str, Any]) -> bool:
+    """Write ``croissant.json`` once every shard has its receipt (any job may be the last; all
+    write the same bytes). True if the export is complete."""
+    receipts = list(exports.names(prefix + RECEIPTS))
+    if len(receipts) < len(plan["shards"]):
+        return False
+    files: list[ExportFile] = []
+    for sh in plan["shards"]:
+        r = exports.read_json(prefix + receipt_file(sh["split"], sh["index"]))
+        files += [ExportFile(f["path"], f["size"], f["sha256"]) for f in r["files"]]
+    fmt = plan["params"]["format"]
+    extra = [PLAN_NAME, CLASSES_NAME] + ([CARD_NAME] if fmt == "parquet" else [])
+    files += [_file_of(exports, prefix, rel) for rel in extra]
+    name, version = plan["trainset"]["name"], plan["trainset"]["version"]
+    doc = croissant(name=name, version=version, export_id=plan["export"], fmt=fmt, files=files,
+                    splits=list(plan["splits"]), classes=plan["classes"], samples=plan["samples"])  # fmt: skip
+    exports.put_once(prefix + CROISSANT_NAME, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"), "application/ld+json")
+    return True
+
+
 # -- Azure ML ------------------------------------------------------------------------------------
 
 
 def image_url(rt: ExportRuntime, e: ManifestEntry, datastore: str | None) -> str:
     if datastore:
         return f"azureml://datastores/{datastore.replace('{container}', e.container)}/paths/{quote(e.blob, safe='/~')}"
-    return f"{rt.blobs.url(e.container)}/{quote(e.blob, safe='/~')}"
+    return f"{rt.blobs.url(e.container).rstrip('/')}/{quote(e.blob, safe='/~')}"
 
 
 def write_azureml(rt: ExportRuntime, req: ExportRequest) -> dict[str, int]:
-    """``<split>/images.jsonl`` + ``<split>/MLTable`` per split; lines per split."""
-    lines: dict[str, list[str]] = {}
+    """``<split>/images.jsonl`` + ``<split>/MLTable`` per split, streamed: two passes over the
+    manifest (the first decides the label type for every file), 8 MiB blocks per split."""
+    exports = Exports(rt.blobs, rt.settings.exports_container)
+    prefix = req.prefix
+    if exports.exists(prefix + CROISSANT_NAME):
+        return {}
+    clear_failure(exports, prefix)
+    counts: dict[str, int] = {}
+    classes: set[str] = set()
+    label_counts: set[int] = set()
     for e in read_manifest(rt, req.name, req.version):
-        lines.setdefault(e.split, []).append(azureml_line(e, image_url(rt, e, req.datastore)))
-    exports = rt.settings.exports_container
-    prefix = export_prefix(req.name, req.version, "azureml")
-    for split, body in sorted(lines.items()):
-        folder = f"{prefix}{split_folder(split)}/"
-        put_once(rt.blobs, exports, folder + "images.jsonl", ("\n".join(body) + "\n").encode("utf-8"), "application/jsonl")
-        put_once(rt.blobs, exports, folder + "MLTable", mltable_yaml("images.jsonl").encode("utf-8"), "application/yaml")
-    return {split: len(body) for split, body in lines.items()}
+        counts[e.split] = counts.get(e.split, 0) + 1
+        classes.add(label_key(e.labels))
+        label_counts.add(len(e.labels))
+    multilabel = azureml_multilabel(label_counts)
+    sinks = {s: exports.sink(f"{prefix}{split_folder(s)}/images.jsonl", "jsonl") for s in sorted(counts)}
+    for e in read_manifest(rt, req.name, req.version):
+        sinks[e.split].write((azureml_line(e, image_url(rt, e, req.params.datastore), multilabel) + "\n").encode("utf-8"))
+    files: list[ExportFile] = []
+    table = mltable_yaml("images.jsonl").encode("utf-8")
+    for s, sink in sinks.items():
+        folder = split_folder(s)
+        sink.commit("application/jsonl")
+        exports.put_once(f"{prefix}{folder}/MLTable", table, "application/yaml")
+        files += [ExportFile(f"{folder}/images.jsonl", sink.pos, sink.sha256.hexdigest()),
+                  ExportFile(f"{folder}/MLTable", len(table), hashlib.sha256(table).hexdigest())]  # fmt: skip
+    ordered = class_order(classes)
+    exports.put_once(prefix + CLASSES_NAME, "".join(c + "\n" for c in ordered).encode("utf-8"), "text/plain")
+    p = req.params
+    plan = {"trainset": {"name": req.name, "version": req.version}, "export": req.export_id,
+            "params": {"format": p.format, "datastore": p.datastore}, "samples": sum(counts.values()),
+            "splits": counts, "classes": ordered, "multilabel": multilabel, "shards": []}  # fmt: skip
+    exports.put_once(prefix + PLAN_NAME, canonical_json(plan), "application/json")
+    files += [_file_of(exports, prefix, rel) for rel in (PLAN_NAME, CLASSES_NAME)]
+    doc = croissant(name=req.name, version=req.version, export_id=req.export_id, fmt="azureml", files=files,
+                    splits=list(counts), classes=ordered, samples=sum(counts.values()))  # fmt: skip
+    exports.put_once(prefix + CROISSANT_NAME, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"), "application/ld+json")
+    return counts
+
+
+# -- reading side: what exports a training set has -----------------------------------------------
+
+
+def export_status(exports: Exports, prefix: str) -> dict[str, Any]:
+    """``{"state": "done" | "failed" | "running" | "queued", ...}`` of the export at ``prefix``."""
+    if exports.exists(prefix + CROISSANT_NAME):
+        return {"state": "done"}
+    failed = exports.read_json(prefix + FAILED_NAME)
+    if failed is not None:
+        return {"state": "failed", "reason": failed.get("failed", "")}
+    plan = exports.read_json(prefix + PLAN_NAME)
+    if plan is None:
+        return {"state": "queued"}
+    done = sum(1 for _ in exports.names(prefix + RECEIPTS))
+    return {"state": "running", "shards_done": done, "shards": len(plan["shards"])}
+
+
+def list_exports(exports: Exports, name: str, version: str) -> list[dict[str, Any]]:
+    """Every export of ``name``:``version``: its id, location, parameters and state (a listing of
+    its blobs: the port has no delimiter listing)."""
+    base = f"{name}/{version}/"
+    out = []
+    for export_id in sorted({n[len(base) :].split("/")[0] for n in exports.names(base)}):
+        prefix = export_prefix(name, version, export_id)
+        plan = exports.read_json(prefix + PLAN_NAME) or {}
+        out.append({"export": export_id, "location": f"{exports.container_name}/{prefix}", "params": plan.get("params"),
+                    "samples": plan.get("samples"), **export_status(exports, prefix)})  # fmt: skip
+    return out
+
+
+__all__ = ["ExportParams", "list_exports", "on_export_message"]

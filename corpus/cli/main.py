@@ -31,6 +31,14 @@ def cmd_host(args: argparse.Namespace) -> int:
     if not (app_dir / "function_app.py").is_file():
         raise CliError(f"--app-dir {shown(args.app_dir)}: no function_app.py there")
 
+    if args.process_per_group:
+        from corpus.devhost.groups import run_groups
+
+        summary = run_groups(app_dir.resolve(), dict(_settings().values), _child_args(args), args.until_idle)
+        print(json.dumps(summary), file=sys.stderr)
+        if summary.get("timed_out"):
+            raise CliError(f"work was still pending after --timeout {args.timeout:g}s")
+        return 0
     trace = open(args.trace, "a", encoding="utf-8") if args.trace else None  # noqa: SIM115
     try:
         summary = run_host(
@@ -40,6 +48,9 @@ def cmd_host(args: argparse.Namespace) -> int:
                 idle_timeout=args.timeout,
                 blob_poll_interval=args.blob_poll,
                 lease_seconds=args.lease,
+                poison_ttl=args.poison_ttl,
+                worker_threads=args.threads,
+                only=tuple(args.only),
                 deliver_twice=args.deliver_twice,
                 drop_blob_events=args.drop_blob_events,
                 timers_now=args.timers_now,
@@ -55,6 +66,27 @@ def cmd_host(args: argparse.Namespace) -> int:
     if summary.get("timed_out"):
         raise CliError(f"work was still pending after --timeout {args.timeout:g}s")
     return 0
+
+
+def _child_args(args: argparse.Namespace) -> list[str]:
+    """The options of one ``corpus host`` process of ``--process-per-group``."""
+    out = ["--app-dir", str(Path(args.app_dir).resolve()), "--blob-poll", str(args.blob_poll), "--lease", str(args.lease)]
+    for flag, value in (("--timeout", args.timeout), ("--poison-ttl", args.poison_ttl), ("--threads", args.threads)):
+        if value is not None:
+            out += [flag, str(value)]
+    if args.trace:
+        out += ["--trace", str(Path(args.trace).resolve())]
+    if args.port is not None:
+        out += ["--port", str(args.port)]
+    for flag, on in (
+        ("--until-idle", args.until_idle),
+        ("--deliver-twice", args.deliver_twice),
+        ("--drop-blob-events", args.drop_blob_events),
+        ("--timers-now", args.timers_now),
+    ):
+        if on:
+            out.append(flag)
+    return out
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -191,7 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--until-idle", action="store_true", help="exit once no work is left")
     h.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
     h.add_argument("--blob-poll", type=float, default=0.5, help="seconds between staging scans")
-    h.add_argument("--lease", type=float, default=60.0, help="message lease (visibility) in seconds while processing")
+    h.add_argument(
+        "--lease", type=float, default=600.0, help="message lease (visibility) in seconds while processing (host: 600, renewed)"
+    )
+    h.add_argument(
+        "--poison-ttl", type=int, help="time-to-live of messages this host poisons, seconds (default: the queue's, 7 days)"
+    )
+    h.add_argument(
+        "--threads",
+        type=int,
+        help="worker threads per process (default: PYTHON_THREADPOOL_THREAD_COUNT, else the worker's min(32, cores + 4))",
+    )
+    h.add_argument(
+        "--process-per-group",
+        action="store_true",
+        help="run each Flex function group (each queue or timer function; all blob; all HTTP) in its own process",
+    )
+    h.add_argument("--only", nargs="+", default=(), metavar="FUNCTION", help="run only these functions")
     h.add_argument("--deliver-twice", action="store_true", help="testing: deliver every blob event and message twice")
     h.add_argument("--trace", help="append a JSON line per invocation (start, end, ok) to this file")
     h.add_argument("--drop-blob-events", action="store_true", help="testing: lose every blob event, as Event Grid may")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from corpus.cli.common import CliError, add_transfer_options, finish, settings_from_cwd
 from corpus.domain.errors import CorpusError
@@ -86,33 +89,83 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from corpus.app.exports import Exports, clear_failure, export_status, list_exports
     from corpus.app.runtime import app_root, encode_message
     from corpus.domain.errors import MessageError
-    from corpus.domain.exports import ExportRequest
+    from corpus.domain.exports import ExportParams, ExportRequest
+    from corpus.domain.manifest import parse_ref
+    from corpus.store.azure_ports import AzureBlobStore
     from corpus.store.hostconfig import load_queue_config
     from corpus.store.storage import FAIL_FAST, Clients
     from corpus.store.trainsets_table import TrainsetStore
 
+    listing = args.trainset == "list"
     try:
-        from corpus.domain.manifest import parse_ref
-
-        name, version = parse_ref(args.trainset)
-        req = ExportRequest(name, version, args.format, parse_size(args.shard_size), args.datastore)
-        req = ExportRequest.parse(req.to_json())
+        name, version = parse_ref(args.ref if listing else args.trainset)
+        if args.ref and not listing:
+            raise ValueError(f"unexpected argument {args.ref!r}")
+        if not listing:
+            if not args.format:
+                raise ValueError("--format is required: webdataset, parquet or azureml")
+            params = ExportParams(args.format, parse_size(args.shard_size), args.seed, args.image_format, args.datastore)
+            req = ExportRequest.parse(ExportRequest(name, version, params).to_json())
     except (ValueError, MessageError) as exc:
         raise _cli_error(str(exc)) from exc
     settings = _settings()
     clients = Clients(settings.connection, FAIL_FAST)
+    store = AzureBlobStore(clients)
+    store.ensure_container(settings.exports_container)
+    exports = Exports(store, settings.exports_container)
+    if listing:
+        rows = list_exports(exports, name, version)
+        if args.json:
+            print(json.dumps(rows, indent=2, ensure_ascii=False))
+        for r in [] if args.json else rows:
+            shown = " ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items() if k != "format" and v is not None)
+            extra = f" ({r['reason']})" if r["state"] == "failed" else ""
+            extra = f" ({r['shards_done']}/{r['shards']} shards)" if r["state"] == "running" else extra
+            print(f"{r['export']}  {r['state']}{extra}  {shown}  {r['location']}")
+        if not rows and not args.json:
+            print(f"no exports of {name}:{version}")
+        return 0
     try:  # refused here, not only by the job: a manifest of a set still building is not a training set
         TrainsetStore(clients).trainsets.require_ready(name, version)
     except CorpusError as exc:
         raise _cli_error(str(exc)) from exc
+    where = f"{settings.exports_container}/{req.prefix}"
+    if export_status(exports, req.prefix)["state"] == "done":
+        print(f"already exported: {where} (croissant.json lists its files)")
+        return 0
+    clear_failure(exports, req.prefix)  # a retry: --wait must not see the last run's failure
     body = req.to_json()
     encoding = load_queue_config(app_root() / "host.json").message_encoding
     clients.queue_client(settings.export_queue).send_message(encode_message(body, encoding))
-    where = f"{settings.exports_container}/{name}/{version}/{args.format}/"
-    print(f"queued on {settings.export_queue}: {body}\nresults go to {where}")
-    return 0
+    if not args.wait:
+        print(f"queued on {settings.export_queue}: {body}\nresults go to {where}\n"
+              f"done when {where}croissant.json exists; see `corpus export list {name}:{version}`")  # fmt: skip
+        return 0
+    return _wait(exports, req.prefix, where, args.timeout)
+
+
+def _wait(exports: Any, prefix: str, where: str, timeout: float) -> int:
+    """Poll the export's state until done (0) or failed (1, with the reason) or ``timeout``."""
+    from corpus.app.exports import export_status
+
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    while True:
+        st = export_status(exports, prefix)
+        if st["state"] == "done":
+            print(f"done: {where} (croissant.json lists every file)")
+            return 0
+        if st["state"] == "failed":
+            print(f"failed: {where}: {st['reason']}", file=sys.stderr)
+            return 1
+        if time.monotonic() >= deadline:
+            print(f"not done after {timeout:.0f}s ({st['state']}): {where}; `corpus status` shows failures", file=sys.stderr)
+            return 1
+        time.sleep(delay)  # polling the export's state: what --wait is
+        delay = min(delay * 1.5, 10.0)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -130,10 +183,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     add_transfer_options(p, "count what would be downloaded; write nothing", "write failures here (JSON)")
     p.set_defaults(func=_pull_args)
 
-    e = sub.add_parser("export", help="export a training set to blob storage as WebDataset shards or Azure ML JSONL (queued)")
-    e.add_argument("trainset", metavar="N:V")
-    e.add_argument("--format", choices=("webdataset", "azureml"), required=True)
-    e.add_argument("--shard-size", default="500MB", help="webdataset: bytes per shard (default 500MB)")
+    e = sub.add_parser("export", help="export a training set to blob storage as WebDataset, Parquet or Azure ML JSONL "
+                       "(queued); `corpus export list N:V` lists its exports")  # fmt: skip
+    e.add_argument("trainset", metavar="N:V", help="training set name:version, or `list`")
+    e.add_argument("ref", nargs="?", metavar="N:V", help=argparse.SUPPRESS)
+    e.add_argument("--format", choices=("webdataset", "parquet", "azureml"))
+    e.add_argument("--shard-size", default="500MB", help="webdataset/parquet: bytes per shard (default 500MB)")
+    e.add_argument(
+        "--seed", type=int, default=0, help="webdataset/parquet: seed of the permutation that mixes shards (default 0)"
+    )
+    e.add_argument("--image-format", choices=("keep", "jpg", "png"), default="keep",
+                   help="webdataset/parquet: keep each image's bytes (default) or re-encode all to jpg or png")  # fmt: skip
+    e.add_argument("--wait", action="store_true", help="return when done (exit 0) or failed (exit 1, with the reason)")
+    e.add_argument("--timeout", type=float, default=3600.0, help="--wait: give up after this many seconds (default 3600)")
+    e.add_argument("--json", action="store_true", help="list: JSON")
     e.add_argument("--datastore", help="azureml: image_url as azureml://datastores/<DATASTORE>/paths/<blob>; "
                    "{container} is replaced by the image's container (default: the blob's https URL)")  # fmt: skip
     e.set_defaults(func=cmd_export)

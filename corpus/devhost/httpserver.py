@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -74,6 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     router: HttpRouter
     base_url: str
+    run: Callable[[Callable[[], Any]], Any]
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http: " + format, *args)
@@ -94,7 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         request = _datum_request(method, self.base_url + self.path, headers, values, body)
         try:
-            result = target.call(**{target.arg_name: request})
+            # On the worker's threads, as in Azure (where HTTP invocations share the worker's pool).
+            result = self.run(lambda: target.call(**{target.arg_name: request}))
             datum = HttpResponseConverter.encode(result, expected_type=None)
         except Exception:
             log.exception("%s failed on %s %s", target.name, method, path)
@@ -124,9 +127,17 @@ class _Handler(BaseHTTPRequestHandler):
 class HttpHost:
     """The server, on its own threads; ``port=0`` lets the system choose (see :attr:`url`)."""
 
-    def __init__(self, targets: list[Target], prefix: str, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        targets: list[Target],
+        prefix: str,
+        port: int,
+        host: str = "127.0.0.1",
+        run: Callable[[Callable[[], Any]], Any] | None = None,
+    ) -> None:
         router = HttpRouter(targets, prefix)
-        handler: type[_Handler] = type("Handler", (_Handler,), {"router": router, "base_url": ""})
+        runner = staticmethod(run or (lambda fn: fn()))
+        handler: type[_Handler] = type("Handler", (_Handler,), {"router": router, "base_url": "", "run": runner})
         try:
             self.server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:

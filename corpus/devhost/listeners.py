@@ -2,6 +2,28 @@
 lease, retry and poison semantics, and ``source=EventGrid`` blob triggers with one delivery per
 new or changed blob, remembered across restarts. Inputs are built by the azure-functions library's
 own converters from the same trigger metadata the real host sends.
+
+Sources of the behaviours copied here (Azure/azure-sdk-for-net, the Storage extensions of the
+Functions host; paths under ``sdk/storage/Microsoft.Azure.WebJobs.Extensions.Storage.Common/src/Shared``):
+
+* ``Queues/QueueListener.cs`` (constructor: ``_visibilityTimeout = TimeSpan.FromMinutes(10)``;
+  ``CreateUpdateMessageVisibilityTimer``: renewed when half of it has passed): 10-minute leases;
+* ``Queues/QueueProcessor.cs`` (``BeginProcessingMessageAsync``: ``DequeueCount >
+  MaxDequeueCount`` goes to the poison queue without invoking; ``CompleteProcessingMessageAsync``;
+  ``CopyMessageToPoisonQueueAsync``: ``AddMessageAndCreateIfNotExistsAsync(message.Body)``, no
+  time-to-live, so the service default of 7 days applies);
+* ``Microsoft.Azure.WebJobs.Extensions.Storage.Blobs/src/Listeners/SharedBlobQueueListenerFactory.cs``
+  (``BlobsOptionsToQueuesOptions``: the blob trigger's invocations go through a host-account queue
+  with ``batchSize = maxDegreeOfParallelism / 2 + 1``, ``newBatchThreshold`` the rest, and the
+  default ``VisibilityTimeout`` of zero: a failed blob is re-delivered at once, up to
+  ``poisonBlobThreshold`` times, then poisoned into ``webjobs-blobtrigger-poison`` of the blob's
+  account (``SharedBlobQueueProcessor.GetPoisonQueue``)).
+
+The Python worker runs the functions (azure-functions-python-worker,
+``azure_functions_worker/dispatcher.py``: ``_get_sync_tp_max_workers`` and ``_create_sync_call_tp``):
+synchronous functions on one ``ThreadPoolExecutor`` per worker process, of
+``PYTHON_THREADPOOL_THREAD_COUNT`` threads, or, unset, Python's default ``min(32, cores + 4)``.
+:class:`Worker` does the same, so the host may dispatch 24 while only N run.
 """
 
 from __future__ import annotations
@@ -10,9 +32,12 @@ import base64
 import binascii
 import json
 import logging
+import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +53,7 @@ from azure.functions.timer import TimerRequestConverter
 from corpus.devhost.discovery import Target
 from corpus.domain import cron, keys
 from corpus.store.hostconfig import BlobConfig, QueueConfig
-from corpus.store.settings import BLOB_POISON_QUEUE, POISON_TTL, poison_queue
+from corpus.store.settings import BLOB_POISON_QUEUE, poison_queue
 from corpus.store.storage import Clients
 
 log = logging.getLogger("corpus.host")
@@ -55,6 +80,7 @@ class Stats:
         self.max_in_flight: dict[str, int] = {}
         self.ok: dict[str, int] = {}
         self.failed: dict[str, int] = {}
+        self.poisoned_messages: list[dict[str, str]] = []
         self.last_activity = time.monotonic()
 
     def start(self, fn: str) -> float:
@@ -75,27 +101,108 @@ class Stats:
                 self._trace.write(json.dumps({"fn": fn, "start": started, "end": ended, "ok": ok, "key": key}) + "\n")
                 self._trace.flush()
 
+    def poisoned(self, fn: str, message_id: str, queue: str, why: str) -> None:
+        """Record a message this host poisoned (the host's poison messages expire; this list does not)."""
+        with self._lock:
+            self.poisoned_messages.append({"fn": fn, "message_id": message_id, "queue": queue, "why": why})
+
     def busy(self) -> bool:
         with self._lock:
             return any(self.in_flight.values())
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
-            return {"ok": dict(self.ok), "failed": dict(self.failed), "max_in_flight": dict(self.max_in_flight)}
+            return {
+                "ok": dict(self.ok),
+                "failed": dict(self.failed),
+                "max_in_flight": dict(self.max_in_flight),
+                "poisoned": list(self.poisoned_messages),
+            }
 
 
-def invoke(target: Target, stats: Stats, arg: Any, key: str, what: str) -> bool:
-    """Call one function with its bound input, as the host does: count it, log a failure, never raise."""
-    started = stats.start(target.name)
-    ok = False
+def worker_default_threads() -> int:
+    """The Python worker's pool when PYTHON_THREADPOOL_THREAD_COUNT is unset: ``max_workers=None``,
+    which ``concurrent.futures.ThreadPoolExecutor`` turns into ``min(32, os.cpu_count() + 4)``."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+def worker_threads(values: dict[str, str] | Any) -> int:
+    """``PYTHON_THREADPOOL_THREAD_COUNT`` as the worker reads it (an integer >= 1), else its default."""
+    raw = str(values.get("PYTHON_THREADPOOL_THREAD_COUNT", "") or "").strip()
     try:
-        target.call(**{target.arg_name: arg})
-        ok = True
-    except Exception as exc:  # noqa: BLE001 - the function's failure is the host's to handle
-        log.warning("%s failed on %s: %s", target.name, what, exc)
-    finally:
-        stats.end(target.name, started, ok, key)
-    return ok
+        n = int(raw)
+    except ValueError:
+        return worker_default_threads()
+    return n if n >= 1 else worker_default_threads()
+
+
+class Worker:
+    """The Python worker of one process: every invocation runs on one pool of ``threads`` threads.
+
+    ``function_timeout`` (host.json ``functionTimeout``) is counted from dispatch, as the host
+    counts it, so time spent waiting for a worker thread counts too. A timed-out invocation is a
+    failure (its message is retried or poisoned as usual); the real host then restarts the worker
+    process, which no thread can be made to do here: the thread is abandoned (and logged).
+    """
+
+    def __init__(self, threads: int, function_timeout: float | None = None) -> None:
+        self.threads = threads
+        self.function_timeout = function_timeout
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="worker")
+        self.timed_out = 0
+
+    def invoke(self, target: Target, stats: Stats, arg: Any, key: str, what: str) -> bool:
+        """Call one function with its bound input, as the host does: count it, log a failure, never raise."""
+        future: Future[bool] = self.pool.submit(self._run, target, stats, arg, key, what)
+        try:
+            return future.result(timeout=self.function_timeout)
+        except FutureTimeout:
+            self.timed_out += 1
+            log.error(
+                "%s timed out on %s after functionTimeout %gs: a failure (the real host restarts the worker now)",
+                target.name,
+                what,
+                self.function_timeout or 0,
+            )
+            return False
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on a worker thread and return its result (HTTP triggers); TimeoutError after functionTimeout."""
+        future = self.pool.submit(fn)
+        try:
+            return future.result(timeout=self.function_timeout)
+        except FutureTimeout:
+            self.timed_out += 1
+            raise TimeoutError(f"functionTimeout {self.function_timeout:g}s") from None
+
+    @staticmethod
+    def _run(target: Target, stats: Stats, arg: Any, key: str, what: str) -> bool:
+        started = stats.start(target.name)
+        ok = False
+        try:
+            target.call(**{target.arg_name: arg})
+            ok = True
+        except Exception as exc:  # noqa: BLE001 - the function's failure is the host's to handle
+            log.warning("%s failed on %s: %s", target.name, what, exc)
+        finally:
+            stats.end(target.name, started, ok, key)
+        return ok
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+HOST_LEASE_SECONDS = 600.0
+"""QueueListener.cs: ``_visibilityTimeout = TimeSpan.FromMinutes(10)``, renewed at half."""
+
+POISON_TTL_DEFAULT: int | None = None
+"""QueueProcessor.CopyMessageToPoisonQueueAsync sends no time-to-live: the queue service's default
+(7 days) applies, after which a host-poisoned message is gone. The app keeps the evidence: the
+failure reporter records every attempt, the last one marked final, in the Failures table."""
+
+HOST_ID = "corpus-devhost"
+BLOB_TRIGGER_QUEUE = f"azure-webjobs-blobtrigger-{HOST_ID}"
+"""HostQueueNames.GetHostBlobTriggerQueueName(hostId) in the host's account."""
 
 
 @dataclass
@@ -104,7 +211,10 @@ class HostOptions:
     until_idle: bool = False
     idle_timeout: float | None = None
     blob_poll_interval: float = 0.5
-    lease_seconds: float = 60.0
+    lease_seconds: float = HOST_LEASE_SECONDS
+    poison_ttl: int | None = POISON_TTL_DEFAULT  # seconds; None: the queue's default (7 days), as the host
+    worker_threads: int | None = None  # None: PYTHON_THREADPOOL_THREAD_COUNT, else the worker's default
+    only: tuple[str, ...] = ()  # run only these functions (one function group per process); empty: all
     deliver_twice: bool = False
     trace: TextIO | None = None
     drop_blob_events: bool = False  # testing: lose every blob event, as Event Grid sometimes does
@@ -132,10 +242,13 @@ class _Lease:
 class QueueListener(_Component):
     """One queue trigger, run with the Functions host's batching, retry and poison semantics."""
 
-    def __init__(self, target: Target, clients: Clients, cfg: QueueConfig, stats: Stats, opts: HostOptions) -> None:
-        self.t, self.cfg, self.stats, self.opts = target, cfg, stats, opts
+    def __init__(
+        self, target: Target, clients: Clients, cfg: QueueConfig, stats: Stats, opts: HostOptions, worker: Worker
+    ) -> None:
+        self.t, self.cfg, self.stats, self.opts, self.worker = target, cfg, stats, opts, worker
         self.queue = clients.queue_client(target.source)
         self.poison = clients.queue_client(poison_queue(target.source))
+        self.poisoned: list[dict[str, Any]] = []  # what this host moved to the poison queue, and why
         self.pool = ThreadPoolExecutor(cfg.max_concurrency, thread_name_prefix=target.name)
         self._cv = threading.Condition()
         self._running = 0
@@ -206,6 +319,11 @@ class QueueListener(_Component):
         self._leases[msg.id] = lease
         try:
             raw: str = msg.content
+            # QueueProcessor.BeginProcessingMessageAsync: a message already dequeued more than
+            # maxDequeueCount times (its last attempt died with its host) is poisoned unseen.
+            if msg.dequeue_count > self.cfg.max_dequeue_count:
+                self._poison(lease, raw, f"dequeued {msg.dequeue_count} times, over maxDequeueCount, before invoking")
+                return
             try:
                 body = self._decode(raw)
             except ValueError as exc:
@@ -253,7 +371,7 @@ class QueueListener(_Component):
             "PopReceipt": meta.Datum(lease.pop_receipt, "string"),
         }
         arg = QueueMessageInConverter.decode(meta.Datum(body, "string"), trigger_metadata=metadata)
-        return invoke(self.t, self.stats, arg, msg.id, f"message {msg.id} (attempt {msg.dequeue_count})")
+        return self.worker.invoke(self.t, self.stats, arg, msg.id, f"message {msg.id} (attempt {msg.dequeue_count})")
 
     def _delete(self, lease: _Lease) -> None:
         try:
@@ -267,30 +385,28 @@ class QueueListener(_Component):
             self._poison_locked(lease, raw, why)
 
     def _poison_locked(self, lease: _Lease, raw: str, why: str) -> None:
-        self.poison.send_message(raw, time_to_live=POISON_TTL)
+        # CopyMessageToPoisonQueueAsync: the body, no time-to-live (the queue's default, 7 days).
+        self.poison.send_message(raw, time_to_live=self.opts.poison_ttl)
         self._delete(lease)
-        log.error("message %s moved to %s-poison: %s", lease.message_id, self.t.source, why)
+        self.poisoned.append({"message_id": lease.message_id, "queue": self.poison.queue_name, "why": why})
+        self.stats.poisoned(self.t.name, lease.message_id, self.poison.queue_name, why)
+        log.error("message %s moved to %s: %s", lease.message_id, self.poison.queue_name, why)
 
 
 class BlobListener(_Component):
-    """A ``source=EventGrid`` blob trigger: one delivery per new or changed blob, remembered.
+    """A ``source=EventGrid`` blob trigger's event side: one event per new or changed blob, remembered.
 
-    Follows ``host.json``'s ``extensions.blobs`` as the Functions host does: at most
-    ``maxDegreeOfParallelism`` deliveries at once, ``poisonBlobThreshold`` attempts per blob.
+    Like the blobs extension, an event does not invoke the function directly: it becomes a
+    message on the host account's blob-trigger queue (:data:`BLOB_TRIGGER_QUEUE`), which
+    :class:`BlobQueueListener` runs with the extension's retry and poison rules.
     """
 
-    def __init__(
-        self, target: Target, clients: Clients, host_clients: Clients, cfg: BlobConfig, stats: Stats, opts: HostOptions
-    ) -> None:
-        self.t, self.cfg, self.stats, self.opts = target, cfg, stats, opts
+    def __init__(self, target: Target, clients: Clients, host_clients: Clients, stats: Stats, opts: HostOptions) -> None:
+        self.t, self.stats, self.opts = target, stats, opts
         self.container = clients.container(target.source)
         self.receipts: TableClient = host_clients.table_client(RECEIPTS_TABLE)
-        self.poison = clients.queue_client(BLOB_POISON_QUEUE)  # the trigger's account, as the host does
-        self.pool = ThreadPoolExecutor(cfg.max_degree_of_parallelism, thread_name_prefix=target.name)
+        self.queue = host_clients.queue_client(BLOB_TRIGGER_QUEUE)
         self._delivered: dict[str, str] = {}
-        self._in_flight: set[str] = set()
-        self._lock = threading.Lock()
-        self._slots = threading.Semaphore(cfg.max_degree_of_parallelism)
         self._pk = keys.escape(f"{target.name}/{target.source}")
 
     def load_receipts(self) -> None:
@@ -305,96 +421,132 @@ class BlobListener(_Component):
                 for blob in self.container.list_blobs(include=["metadata"]):
                     if stop.is_set():
                         break
-                    with self._lock:
-                        if self._delivered.get(blob.name) == _bare(blob.etag) or blob.name in self._in_flight:
-                            continue
-                        self._in_flight.add(blob.name)
+                    if self._delivered.get(blob.name) == _bare(blob.etag):
+                        continue
                     found += 1
-                    self._slots.acquire()
-                    self.pool.submit(self._deliver, blob.name)
+                    self._event(blob.name, blob.etag, str(getattr(blob, "blob_type", "") or "BlockBlob"))
             except HttpResponseError as exc:
                 log.warning("listing %s failed: %s", self.t.source, exc)
                 found = 1
-            with self._lock:
-                quiet = found == 0 and not self._in_flight
-            self.idle_since = started if quiet else None
+            self.idle_since = started if found == 0 else None
             stop.wait(self.opts.blob_poll_interval)
-        self.pool.shutdown(wait=True)
 
-    def _deliver(self, name: str) -> None:
-        try:
-            if self.opts.drop_blob_events:
-                props = self.container.get_blob_client(name).get_blob_properties()
-                log.info("dropping the event of blob %s (--drop-blob-events)", name)
-                self._remember(name, props.etag)
-                return
-            client = self.container.get_blob_client(name)
-            try:
-                downloader = client.download_blob()
-                data = downloader.readall()
-            except ResourceNotFoundError:
-                return
-            props = downloader.properties
-            etag = props.etag
-            ok = False
-            for attempt in range(1, self.cfg.poison_blob_threshold + 1):
-                ok = self._invoke(name, data, props)
-                if ok and self.opts.deliver_twice:
-                    ok = self._invoke(name, data, props)
-                if ok:
-                    break
-                time.sleep(min(0.1 * 2**attempt, 2.0))  # retry back-off, as the host's
-            if not ok:
-                self.poison.send_message(
-                    json.dumps(
-                        {
-                            "Type": "BlobTrigger",
-                            "FunctionId": self.t.name,
-                            "BlobType": "BlockBlob",
-                            "ContainerName": self.t.source,
-                            "BlobName": name,
-                            "ETag": etag,
-                        }
-                    ),
-                    time_to_live=POISON_TTL,
-                )
-                log.error("blob %s failed %d times: moved to %s", name, self.cfg.poison_blob_threshold, BLOB_POISON_QUEUE)
-            self._remember(name, etag)
-        except Exception:
-            log.exception("host error delivering blob %s", name)
-        finally:
-            with self._lock:
-                self._in_flight.discard(name)
-            self._slots.release()
+    def _event(self, name: str, etag: str, blob_type: str) -> None:
+        """One BlobCreated event: a BlobTriggerMessage on the host queue, then the receipt."""
+        if self.opts.drop_blob_events:
+            log.info("dropping the event of blob %s (--drop-blob-events)", name)
+        else:
+            # BlobTriggerMessage (Blobs extension, Listeners/BlobTriggerMessage.cs): the JSON the
+            # extension queues, and what it writes to webjobs-blobtrigger-poison at the end.
+            body = {
+                "Type": "BlobTrigger",
+                "FunctionId": f"Host.Functions.{self.t.name}",
+                "BlobType": _rest_blob_type(blob_type),
+                "ContainerName": self.t.source,
+                "BlobName": name,
+                "ETag": etag,
+            }
+            self.queue.send_message(json.dumps(body))
+        self._remember(name, etag)
 
     def _remember(self, name: str, etag: str) -> None:
         """Record the delivery of this version, so neither this host nor a restarted one sends it again."""
         self.receipts.upsert_entity(
             {"PartitionKey": self._pk, "RowKey": keys.escape(name), "Name": name, "ETag": etag}, mode=UpdateMode.REPLACE
         )
-        with self._lock:
-            self._delivered[name] = _bare(etag)
+        self._delivered[name] = _bare(etag)
 
-    def _invoke(self, name: str, data: bytes, props: Any) -> bool:
+
+def _rest_blob_type(value: str) -> str:
+    text = value.lower()
+    return "PageBlob" if "page" in text else "AppendBlob" if "append" in text else "BlockBlob"
+
+
+def blob_queue_config(cfg: BlobConfig) -> QueueConfig:
+    """SharedBlobQueueListenerFactory.BlobsOptionsToQueuesOptions: the queue settings of the blob
+    trigger's host queue. Visibility timeout zero: a failed blob is re-delivered at once."""
+    batch = min(32, cfg.max_degree_of_parallelism // 2 + 1)
+    return QueueConfig(
+        batch_size=batch,
+        new_batch_threshold=cfg.max_degree_of_parallelism - batch,
+        max_dequeue_count=cfg.poison_blob_threshold,
+        visibility_timeout=0.0,
+        max_polling_interval=2.0,
+        message_encoding="none",
+    )
+
+
+class BlobQueueListener(QueueListener):
+    """The blob trigger's invocations: messages of the host's blob-trigger queue, as the extension runs them.
+
+    At most ``maxDegreeOfParallelism`` at once; a failure is released with visibility zero (an
+    immediate re-delivery, dequeue count + 1); after ``poisonBlobThreshold`` attempts the message
+    goes to ``webjobs-blobtrigger-poison`` in the blob's own account. Before invoking, the blob is
+    read; a blob deleted or changed since its event is skipped (BlobQueueTriggerExecutor: the
+    newer version has its own event).
+
+    The input is built from the real host's trigger metadata: ``Properties`` is the v5 SDK's
+    ``BlobProperties`` serialised by Newtonsoft.Json, in which ``ETag`` (an ``Azure.ETag`` struct
+    with no public properties) becomes ``{}`` and ``BlobType`` (an enum) the number ``0``; the
+    function must therefore find the ETag some other way (a HEAD), as it must in Azure.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        clients: Clients,
+        host_clients: Clients,
+        cfg: BlobConfig,
+        stats: Stats,
+        opts: HostOptions,
+        worker: Worker,
+    ) -> None:
+        blob_target = Target(target.name, "queue", BLOB_TRIGGER_QUEUE, "AzureWebJobsStorage", target.arg_name, target.call)
+        super().__init__(blob_target, host_clients, blob_queue_config(cfg), stats, opts, worker)
+        self.blob_target = target
+        self.container = clients.container(target.source)
+        self.poison = clients.queue_client(BLOB_POISON_QUEUE)  # the blob's account (GetPoisonQueue)
+
+    def _invoke(self, msg: Any, lease: _Lease, body: str) -> bool:
+        try:
+            event = json.loads(body)
+            name = str(event["BlobName"])
+        except (ValueError, KeyError, TypeError):
+            log.error("blob-trigger message %s is not a BlobTriggerMessage: %r", msg.id, body[:200])
+            return True  # nothing to run; the extension drops it too
+        client = self.container.get_blob_client(name)
+        try:
+            downloader = client.download_blob()
+            data = downloader.readall()
+        except ResourceNotFoundError:
+            log.info("blob %s is gone since its event: nothing to do", name)
+            return True
+        props = downloader.properties
+        if _bare(props.etag) != _bare(str(event.get("ETag", ""))):
+            log.info("blob %s changed since its event: the newer version has its own", name)
+            return True
         properties = {
-            "BlobType": str(props.blob_type.value if hasattr(props.blob_type, "value") else props.blob_type),
-            "ETag": props.etag,
-            "Length": props.size,
+            # Azure.Storage.Blobs.Models.BlobProperties through Newtonsoft.Json, as the host sends it.
+            "LastModified": _iso(props.last_modified),
+            "CreatedOn": _iso(getattr(props, "creation_time", None)),
+            "Metadata": props.metadata or {},
+            "BlobType": 0,
+            "ContentLength": props.size,
             "ContentType": props.content_settings.content_type,
-            "ContentMD5": base64.b64encode(bytes(props.content_settings.content_md5)).decode()
+            "ContentHash": base64.b64encode(bytes(props.content_settings.content_md5)).decode()
             if props.content_settings.content_md5
             else None,
-            "LastModified": _iso(props.last_modified),
+            "ETag": {},
         }
         metadata = {
-            "BlobTrigger": meta.Datum(f"{self.t.source}/{name}", "string"),
-            "Uri": meta.Datum(self.container.get_blob_client(name).url, "string"),
+            "BlobTrigger": meta.Datum(f"{self.blob_target.source}/{name}", "string"),
+            "Uri": meta.Datum(client.url, "string"),
             "Properties": meta.Datum(json.dumps(properties), "json"),
             "Metadata": meta.Datum(json.dumps(props.metadata or {}), "json"),
             "name": meta.Datum(name, "string"),
         }
         arg = BlobConverter.decode(meta.Datum(data, "bytes"), trigger_metadata=metadata)
-        return invoke(self.t, self.stats, arg, name, f"blob {name}")
+        return self.worker.invoke(self.blob_target, self.stats, arg, name, f"blob {name} (attempt {msg.dequeue_count})")
 
 
 class TimerListener(_Component):
@@ -405,8 +557,8 @@ class TimerListener(_Component):
     reports itself idle, so ``--until-idle`` is not held up by a timer that is not running.
     """
 
-    def __init__(self, target: Target, stats: Stats, opts: HostOptions) -> None:
-        self.t, self.stats, self.opts = target, stats, opts
+    def __init__(self, target: Target, stats: Stats, opts: HostOptions, worker: Worker) -> None:
+        self.t, self.stats, self.opts, self.worker = target, stats, opts, worker
         self.schedule = cron.parse(target.source)
 
     def run(self, stop: threading.Event) -> None:
@@ -422,5 +574,5 @@ class TimerListener(_Component):
             status = {"Last": _iso(now), "Next": _iso(self.schedule.next_after(now)), "LastUpdated": _iso(now)}
             body = json.dumps({"Schedule": {"AdjustForDST": True}, "ScheduleStatus": status, "IsPastDue": past_due})
             arg = TimerRequestConverter.decode(meta.Datum(body, "json"), trigger_metadata=None)
-            invoke(self.t, self.stats, arg, f"timer {_iso(now)}", "its schedule")
+            self.worker.invoke(self.t, self.stats, arg, f"timer {_iso(now)}", "its schedule")
             due = self.schedule.next_after(max(datetime.now(UTC), due))

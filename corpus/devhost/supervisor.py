@@ -20,7 +20,19 @@ app can run and be tested end to end against Azurite on any machine, and it is d
   pass through the library's own ``HttpRequestConverter``/``HttpResponseConverter``
   (:mod:`corpus.devhost.httpserver`);
 * in-flight messages keep their lease (visibility) renewed, and a killed host's messages
-  reappear after the lease expires, exactly as with the real host.
+  reappear after the lease expires, exactly as with the real host: 10 minutes, renewed at half;
+* a message dequeued more often than ``maxDequeueCount`` is poisoned before invoking; poisoned
+  messages get the queue's default time-to-live (7 days), as the host's; this host also lists them
+  in its summary (``poisoned``);
+* blob events become messages on a host-account queue run with the blobs extension's rules
+  (immediate re-delivery, ``poisonBlobThreshold`` attempts), with the real trigger metadata
+  (``Properties.ETag`` is ``{}``);
+* every invocation runs on one :class:`~corpus.devhost.listeners.Worker` per process, of
+  ``PYTHON_THREADPOOL_THREAD_COUNT`` threads (else the worker's default ``min(32, cores + 4)``), and
+  fails after ``functionTimeout``; ``--process-per-group`` runs each Flex function group in its
+  own process, as Flex Consumption scales them.
+
+Each of these cites its source in :mod:`corpus.devhost.listeners`.
 """
 
 from __future__ import annotations
@@ -31,11 +43,32 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from corpus.devhost.discovery import Target, discover
-from corpus.devhost.listeners import RECEIPTS_TABLE, BlobListener, HostOptions, QueueListener, Stats, TimerListener, _Component
-from corpus.store.hostconfig import BlobConfig, QueueConfig, load_blob_config, load_queue_config, load_route_prefix
+from corpus.devhost.listeners import (
+    BLOB_TRIGGER_QUEUE,
+    RECEIPTS_TABLE,
+    BlobListener,
+    BlobQueueListener,
+    HostOptions,
+    QueueListener,
+    Stats,
+    TimerListener,
+    Worker,
+    _Component,
+    worker_threads,
+)
+from corpus.domain.errors import ConfigError
+from corpus.store.hostconfig import (
+    BlobConfig,
+    QueueConfig,
+    load_blob_config,
+    load_queue_config,
+    load_route_prefix,
+    parse_timespan,
+)
 from corpus.store.settings import BLOB_POISON_QUEUE, Connection, Settings, poison_queue
 from corpus.store.storage import Clients
 
@@ -51,6 +84,9 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
     values = dict(settings.values)
     os.environ["AzureWebJobsScriptRoot"] = str(opts.app_dir)  # as the Functions host sets it
     targets = discover(opts.app_dir, values)
+    if opts.only:
+        targets = [t for t in targets if t.name in opts.only]
+    worker = Worker(opts.worker_threads or worker_threads(values), load_function_timeout(opts.app_dir / "host.json"))
     cfg = load_queue_config(opts.app_dir / "host.json")
     blob_cfg = load_blob_config(opts.app_dir / "host.json")
     stats = Stats(opts.trace)
@@ -58,12 +94,12 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
 
     def setup() -> None:
         host_clients = Clients(Connection.from_env(values, "AzureWebJobsStorage"))
-        host_clients.ensure(tables=(RECEIPTS_TABLE,))
+        host_clients.ensure(tables=(RECEIPTS_TABLE,), queues=(BLOB_TRIGGER_QUEUE,))
 
         from corpus.app.runtime import Runtime
 
         Runtime.create(settings, opts.app_dir / "host.json").ensure_resources()
-        _listeners(targets, values, cfg, blob_cfg, host_clients, stats, opts, components)
+        _listeners(targets, values, cfg, blob_cfg, host_clients, stats, opts, components, worker)
 
     if not _before(deadline, setup):
         log.error("storage did not answer within --timeout %gs while starting", opts.idle_timeout or 0)
@@ -75,7 +111,7 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
     if opts.http_port is not None and any(t.kind == "http" for t in targets):
         from corpus.devhost.httpserver import HttpHost
 
-        http = HttpHost(targets, load_route_prefix(opts.app_dir / "host.json"), opts.http_port)
+        http = HttpHost(targets, load_route_prefix(opts.app_dir / "host.json"), opts.http_port, run=worker.call)
         http.start()
         log.info("serving HTTP triggers on %s", http.url)
         print(f"corpus host: listening on {http.url}", file=sys.stderr, flush=True)
@@ -103,10 +139,30 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
             # After a timeout, a listener may be stuck in the SDK's retries against a dead service:
             # give in-flight work a grace period, not forever (the threads are daemons).
             th.join(STOP_GRACE_S if timed_out else None)
+    worker.shutdown()
     summary = stats.summary()
     summary["timed_out"] = timed_out
+    summary["worker_threads"] = worker.threads
+    summary["function_timeouts"] = worker.timed_out
     return summary
 
+
+def load_function_timeout(host_json: Path) -> float | None:
+    """host.json ``functionTimeout`` in seconds (None: unbounded; Flex's default is 30 minutes)."""
+    import json
+
+    try:
+        data = json.loads(host_json.read_text(encoding="utf-8")) if host_json.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{host_json}: unreadable ({exc})") from exc
+    value = data.get("functionTimeout") if isinstance(data, dict) else None
+    if value in (None, "-1"):
+        return FLEX_DEFAULT_TIMEOUT_S if value is None else None
+    return parse_timespan(str(value))
+
+
+FLEX_DEFAULT_TIMEOUT_S = 30 * 60.0
+"""Flex Consumption's default functionTimeout (flex-consumption-plan.md, "Function app timeout")."""
 
 STOP_GRACE_S = 10.0
 
@@ -141,24 +197,26 @@ def _listeners(
     stats: Stats,
     opts: HostOptions,
     components: list[_Component],
+    worker: Worker,
 ) -> None:
     """One listener per discovered function, its queues created first."""
     for t in targets:
         if t.kind == "http":
             continue  # served by HttpHost
         if t.kind == "timer":
-            components.append(TimerListener(t, stats, opts))
+            components.append(TimerListener(t, stats, opts, worker))
             log.info("scheduled: %s (timer trigger, %s)", t.name, t.source)
             continue
         clients = Clients(Connection.from_env(values, t.connection))
         if t.kind == "queue":
             clients.ensure(queues=(t.source, poison_queue(t.source)))
-            components.append(QueueListener(t, clients, cfg, stats, opts))
+            components.append(QueueListener(t, clients, cfg, stats, opts, worker))
         else:
             clients.ensure(queues=(BLOB_POISON_QUEUE,))
-            listener = BlobListener(t, clients, host_clients, blob_cfg, stats, opts)
+            listener = BlobListener(t, clients, host_clients, stats, opts)
             listener.load_receipts()
             components.append(listener)
+            components.append(BlobQueueListener(t, clients, host_clients, blob_cfg, stats, opts, worker))
         limit = cfg.max_concurrency if t.kind == "queue" else blob_cfg.max_degree_of_parallelism
         log.info("listening: %s (%s trigger on %s, at most %d at once)", t.name, t.kind, t.source, limit)
 

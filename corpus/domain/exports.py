@@ -1,25 +1,39 @@
-"""Messages of queue ``export-requests`` (``CORPUS_EXPORT_QUEUE``): a request, and one job per shard.
+"""Messages of queue ``export-requests`` (``CORPUS_EXPORT_QUEUE``) and what names an export.
 
-Both kinds travel on the one queue. A request names a training set and a format; its handler
-plans the shards (a pure function of the manifest, :func:`corpus.domain.layouts.plan_shards`) and
-sends one :class:`ExportShardJob` per shard, which carries only the shard's coordinates (split,
-index, first ordinal, count), never a list of keys, so a message stays small whatever the shard size.
+A **request** names a training set and the export's parameters (:class:`ExportParams`); the
+export lives at ``<name>/<version>/<format>-<digest>/`` where ``digest`` is a short SHA-256 of
+the canonical parameters (:meth:`ExportParams.export_id`): the same parameters again are the same
+export (a no-op), other parameters a new export beside the first.
+
+A **shard job** (:class:`ExportShardJob`) names only an export and a shard (split, index). The
+queue is one operators may write to, so the job carries nothing the worker trusts: the worker
+takes the shard's contents from the export's immutable plan (which the request handler wrote and
+which records every shard's work list and its MD5) and refuses a job the plan does not list.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from corpus.domain.errors import MessageError
+from corpus.domain.layouts import IMAGE_FORMATS
 from corpus.domain.manifest import parse_ref
 from corpus.domain.messages import Fields, decode_body
 
-FORMATS = ("webdataset", "azureml")
+FORMATS = ("webdataset", "parquet", "azureml")
+SHARDED = ("webdataset", "parquet")
 MIN_SHARD_BYTES = 16 * 1024
 MAX_SHARD_BYTES = 16 * 1024**3
+DEFAULT_SHARD_BYTES = 500 * 1000 * 1000
+MAX_SEED = 2**63 - 1
 MAX_SHARDS = 20_000
 """Shard jobs one request may fan out: sending them must fit in one invocation's time."""
+
+EXPORT_ID = re.compile(r"^(webdataset|parquet|azureml)-[0-9a-f]{8}$")
 
 
 def _trainset(f: Fields, where: str) -> tuple[str, str]:
@@ -30,25 +44,81 @@ def _trainset(f: Fields, where: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class ExportParams:
+    """What makes one export differ from another of the same training set."""
+
+    format: str
+    shard_size: int = DEFAULT_SHARD_BYTES
+    seed: int = 0
+    image_format: str = "keep"
+    datastore: str | None = None
+
+    def validate(self, where: str = "export request") -> ExportParams:
+        if self.format not in FORMATS:
+            raise MessageError(f"{where}: format must be one of {', '.join(FORMATS)}")
+        if not MIN_SHARD_BYTES <= self.shard_size <= MAX_SHARD_BYTES:
+            raise MessageError(f"{where}: shard_size must be between {MIN_SHARD_BYTES} and {MAX_SHARD_BYTES} bytes")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise MessageError(f"{where}: seed must be between 0 and {MAX_SEED}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise MessageError(f"{where}: image_format must be one of {', '.join(IMAGE_FORMATS)}")
+        if self.datastore is not None and (not self.datastore or len(self.datastore) > 255 or "/" in self.datastore):
+            raise MessageError(f"{where}: datastore must be 1-255 characters without '/'")
+        return self
+
+    def canonical(self) -> dict[str, Any]:
+        """The parameters that shape this format's bytes, and only those (a seed does not change an
+        Azure ML export, a datastore does not change shards)."""
+        if self.format == "azureml":
+            return {"format": self.format, "datastore": self.datastore}
+        return {"format": self.format, "shard_size": self.shard_size, "seed": self.seed, "image_format": self.image_format}
+
+    def digest(self) -> str:
+        body = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode("utf-8")).hexdigest()[:8]
+
+    def export_id(self) -> str:
+        """``<format>-<8 hex>``: the export's folder under ``<name>/<version>/``."""
+        return f"{self.format}-{self.digest()}"
+
+
+def export_prefix(name: str, version: str, export_id: str) -> str:
+    return f"{name}/{version}/{export_id}/"
+
+
+@dataclass(frozen=True, slots=True)
 class ExportRequest:
     name: str
     version: str
-    format: str
-    shard_size: int = 500 * 1000 * 1000
-    datastore: str | None = None
+    params: ExportParams
 
     KIND = "export"
 
+    @property
+    def format(self) -> str:
+        return self.params.format
+
+    @property
+    def export_id(self) -> str:
+        return self.params.export_id()
+
+    @property
+    def prefix(self) -> str:
+        return export_prefix(self.name, self.version, self.export_id)
+
     def to_json(self) -> str:
-        body = {
+        p = self.params
+        body: dict[str, Any] = {
             "kind": self.KIND,
             "v": 1,
             "trainset": {"name": self.name, "version": self.version},
-            "format": self.format,
-            "shard_size": self.shard_size,
+            "format": p.format,
+            "shard_size": p.shard_size,
+            "seed": p.seed,
+            "image_format": p.image_format,
         }
-        if self.datastore:
-            body["datastore"] = self.datastore
+        if p.datastore:
+            body["datastore"] = p.datastore
         return json.dumps(body, ensure_ascii=False, sort_keys=True)
 
     @classmethod
@@ -57,41 +127,42 @@ class ExportRequest:
         if f.str("kind") != cls.KIND or f.int("v") != 1:
             raise MessageError("export request: expected kind 'export', v 1")
         name, version = _trainset(f, "export request")
-        req = cls(name, version, f.str("format"), f.int("shard_size", required=False, default=500 * 1000 * 1000),
-                  f.str("datastore", required=False))  # fmt: skip
+        params = ExportParams(
+            f.str("format"),
+            f.int("shard_size", required=False, default=DEFAULT_SHARD_BYTES),
+            f.int("seed", required=False, default=0),
+            f.str("image_format", required=False, default="keep"),
+            f.str("datastore", required=False),
+        )
         f.done()
-        if req.format not in FORMATS:
-            raise MessageError(f"export request: format must be one of {', '.join(FORMATS)}")
-        if not MIN_SHARD_BYTES <= req.shard_size <= MAX_SHARD_BYTES:
-            raise MessageError(f"export request: shard_size must be between {MIN_SHARD_BYTES} and {MAX_SHARD_BYTES} bytes")
-        if req.datastore is not None and (not req.datastore or len(req.datastore) > 255 or "/" in req.datastore):
-            raise MessageError("export request: datastore must be 1-255 characters without '/'")
-        return req
+        return cls(name, version, params.validate())
 
 
 @dataclass(frozen=True, slots=True)
 class ExportShardJob:
+    """Write shard ``index`` of ``split`` of export ``export`` (an id, :meth:`ExportParams.export_id`)."""
+
     name: str
     version: str
+    export: str
     split: str
     index: int
-    start: int
-    count: int
-    shard_size: int
 
     KIND = "export-shard"
+
+    @property
+    def prefix(self) -> str:
+        return export_prefix(self.name, self.version, self.export)
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "kind": self.KIND,
-                "v": 1,
+                "v": 2,
                 "trainset": {"name": self.name, "version": self.version},
+                "export": self.export,
                 "split": self.split,
                 "index": self.index,
-                "start": self.start,
-                "count": self.count,
-                "shard_size": self.shard_size,
             },
             ensure_ascii=False,
             sort_keys=True,
@@ -100,14 +171,15 @@ class ExportShardJob:
     @classmethod
     def parse(cls, body: bytes | str) -> ExportShardJob:
         f = Fields(decode_body(body), "export shard job")
-        if f.str("kind") != cls.KIND or f.int("v") != 1:
-            raise MessageError("export shard job: expected kind 'export-shard', v 1")
+        if f.str("kind") != cls.KIND or f.int("v") != 2:
+            raise MessageError("export shard job: expected kind 'export-shard', v 2 (it names a shard of a plan, nothing else)")
         name, version = _trainset(f, "export shard job")
-        job = cls(name, version, f.str("split", required=False, default=""), f.int("index"), f.int("start"), f.int("count"),
-                  f.int("shard_size"))  # fmt: skip
+        job = cls(name, version, f.str("export"), f.str("split", required=False, default=""), f.int("index"))
         f.done()
-        if job.index < 0 or job.start < 0 or job.count <= 0:
-            raise MessageError("export shard job: index and start must be >= 0, count > 0")
+        if not EXPORT_ID.match(job.export):
+            raise MessageError("export shard job: export must be <format>-<8 hex digits>")
+        if job.index < 0 or len(job.split) > 256:
+            raise MessageError("export shard job: index must be >= 0, split at most 256 characters")
         return job
 
 

@@ -1,17 +1,24 @@
-"""Where a training set's files go when they leave the corpus: pure naming rules.
+"""Where a training set's files go when they leave the corpus: pure naming and ordering rules.
 
-* **Local trees** (``corpus pull``): ``imagefolder`` writes ``<split>/<label>/<file>`` (the layout
-  torchvision's ``ImageFolder`` and Hugging Face ``imagefolder`` read), ``corpus`` mirrors
-  ``<container>/<blob>``. Every path component is made safe on Linux, macOS and Windows alike
-  (:func:`safe_component`), reversibly: characters Windows can't hold, ``%`` itself, a trailing dot or
-  space and reserved device names are percent-encoded; a component too long for a file system
-  is shortened with a hash and reported (its original is in the pull's name map). Names that
-  differ only in case, or that collide after the mapping, get a ``~<hash>`` before the extension,
-  so two blobs never share one file on a case-insensitive file system.
-* **WebDataset shards** (``corpus export --format webdataset``): the key of a sample is its
+* **Local trees** (``corpus pull``): ``imagefolder`` writes ``<split>/<class>/<set path>__<file>``
+  (the layout torchvision's ``ImageFolder`` and Hugging Face ``imagefolder`` read), the set path's
+  ``/`` written as ``_`` (``train/jay/blue_calm_jay__IMG_0000.jpg``), so camera names that repeat
+  across sets stay apart and readable; ``corpus`` mirrors ``<container>/<blob>``. Every path
+  component is made safe on Linux, macOS and Windows alike (:func:`safe_component`), reversibly:
+  characters Windows can't hold, ``%`` itself, a trailing dot or space and reserved device names
+  (:data:`WINDOWS_DEVICE_NAMES`, the one list) are percent-encoded; a component too long for a file
+  system is shortened with a hash and reported (its original is in the pull's name map). Only
+  names that truly collide (the same name up to case, after the mapping) get a ``~<hash>`` before
+  the extension, and a renamed name never equals another file's name (:func:`renamed_file`).
+* **Classes** are ordered by their folder name (:func:`class_order`): exactly the order in which
+  ``ImageFolder`` sorts a pulled copy's folders, so class indices agree everywhere (datasets,
+  ``classes.txt``, Parquet labels, pulled copies), even for names the mapping encodes.
+* **Shards** (``corpus export --format webdataset|parquet``): samples are assigned to shards by a
+  seeded permutation of each split (:func:`permutation`, :func:`plan_mixed_shards`), so every
+  shard holds the training set's class mix. A WebDataset sample is ``<key>.<image ext>``,
+  ``<key>.cls`` (the class index) and ``<key>.json`` (the manifest line); its key is its
   ``<container>/<blob>``, dots in the file name percent-encoded (WebDataset cuts a key at the first
-  dot of the member's base name); members ``<key>.<ext>`` and ``<key>.json``.
-  Shard boundaries are a pure function of the manifest and the shard size (:func:`plan_shards`).
+  dot of the member's base name).
 * **Azure ML** (``--format azureml``): one JSONL line per image in AutoML's image-classification
   format (:func:`azureml_line`), and an ``MLTable`` (:func:`mltable_yaml`) beside each split's JSONL.
 """
@@ -21,12 +28,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import random
 import re
-from collections.abc import Iterable, Sequence
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from corpus.domain.manifest import ManifestEntry
+from corpus.domain.media import EXTENSIONS, FORMAT_BY_EXTENSION
 
 UNLABELED = "_unlabeled"
 """The label folder of an image with no label (ad-hoc pulls of sets without tags)."""
@@ -42,7 +53,15 @@ PART_SUFFIX = ".corpus-part"
 """A download in progress; never a final name (no image extension ends so)."""
 
 _WINDOWS_BAD = set('<>:"\\|?*%') | {chr(c) for c in range(32)} | {"\x7f"}
-_RESERVED = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
+
+WINDOWS_DEVICE_NAMES = frozenset(
+    {"con", "prn", "aux", "nul", "conin$", "conout$", "clock$"}
+    | {f"{dev}{n}" for dev in ("com", "lpt") for n in ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "¹", "²", "³")}
+)
+"""Every name Windows reserves for a device, case-insensitively and whatever the extension (``CON``,
+``con.jpg``, ``COM¹.png``, ``CONIN$``): the one list :func:`safe_component` encodes. Superscript
+digits count on Windows 10+ (``COM¹``); ``CONIN$``/``CONOUT$`` are the console's own devices."""
+_RESERVED = WINDOWS_DEVICE_NAMES
 
 
 def _stem(name: str) -> str:
@@ -111,11 +130,18 @@ def unpct(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LocalPath:
-    """Where one manifest entry is written, relative to DEST (``/``-separated), and how it was named."""
+    """Where one manifest entry is written, relative to DEST (``/``-separated), and how it was named:
+    ``changed`` when it differs from the documented name (:func:`planned_path`: encoded or renamed)."""
 
     rel: str
     changed: bool
     lossy: bool
+
+
+SET_SEP = "_"
+"""Joins the segments of a set's path in a pulled file's name (``blue/calm/jay`` → ``blue_calm_jay``)."""
+FILE_SEP = "__"
+"""Between the set's path and the camera's file name: ``blue_calm_jay__IMG_0000.jpg``."""
 
 
 def _with_suffix(name: str, tag: str) -> str:
@@ -123,44 +149,99 @@ def _with_suffix(name: str, tag: str) -> str:
     return f"{stem}~{tag}.{ext}" if dot and stem else f"{name}~{tag}"
 
 
+def readable_file(entry: ManifestEntry) -> str:
+    """The imagefolder file name of ``entry`` before the safety mapping: ``<set path>__<file>``."""
+    file = entry.blob.rpartition("/")[2]
+    prefix = entry.path.strip("/").replace("/", SET_SEP)
+    return f"{prefix}{FILE_SEP}{file}" if prefix else file
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPath:
+    """An entry's documented local name, before collisions are resolved."""
+
+    directory: str
+    file: str
+    changed: bool  # the safety mapping changed a component
+    lossy: bool
+
+    @property
+    def fold(self) -> str:
+        """The name as a case-insensitive file system sees it (what must be unique)."""
+        return f"{self.directory}/{self.file}".casefold()
+
+    def rel(self, file: str | None = None) -> str:
+        f = self.file if file is None else file
+        return f"{self.directory}/{f}" if self.directory else f
+
+
+def planned_path(entry: ManifestEntry, layout: str) -> PlannedPath:
+    """``imagefolder``: ``[<split>/]<class>/<set path>__<file>``; ``corpus``: ``<container>/<blob>``;
+    every component through :func:`safe_component`. A pure function of one entry."""
+    if layout == "imagefolder":
+        raw_dirs = ([entry.split] if entry.split else []) + [label_key(entry.labels)]
+        raw_file = readable_file(entry)
+    elif layout == "corpus":
+        *raw_dirs, raw_file = [entry.container, *entry.blob.split("/")]
+    else:
+        raise ValueError(f"unknown layout {layout!r}: imagefolder or corpus")
+    parts = [safe_component(p) for p in [*raw_dirs, raw_file]]
+    directory = "/".join(p.name for p in parts[:-1])
+    return PlannedPath(directory, parts[-1].name, any(p.changed for p in parts), any(p.lossy for p in parts))
+
+
+RENAME_HASH_LENGTHS = (10, 20, 40)
+
+
+def renamed_file(planned: PlannedPath, entry: ManifestEntry, taken: Callable[[str], bool]) -> str:
+    """The file name of an entry whose planned name collides: ``<stem>~<hash of container/blob>.<ext>``,
+    the hash lengthened while the result is ``taken`` (``taken(fold)``: another file of the
+    selection already has that name, up to case), so a rename never lands on a real file's name."""
+    for n in RENAME_HASH_LENGTHS:
+        candidate = _with_suffix(planned.file, short_hash(f"{entry.container}/{entry.blob}", n))
+        if not taken(f"{planned.directory}/{candidate}".casefold()):
+            return candidate
+    raise ValueError(f"no free local name for {entry.container}/{entry.blob}")
+
+
 def local_paths(entries: Sequence[ManifestEntry], layout: str) -> list[LocalPath]:
     """Relative local paths for ``entries`` (same order), unique even on case-insensitive file systems.
 
-    ``imagefolder``: ``[<split>/]<label>/<file>``; ``corpus``: ``<container>/<blob>``. Every
-    component passes :func:`safe_component`. Files whose names would collide in one folder (same
-    name up to case, after the mapping) all get ``~<hash of container/blob>``, so the result
-    depends only on the set of entries, not on their order or on which one came first.
+    Files whose planned names collide (same name up to case, after the mapping) all get
+    :func:`renamed_file`, so the result depends only on the set of entries, not on their order.
+    In memory: ``corpus pull`` does the same with its counts on disk (:mod:`corpus.pull.names`).
     """
-    if layout not in ("imagefolder", "corpus"):
-        raise ValueError(f"unknown layout {layout!r}: imagefolder or corpus")
-    planned: list[tuple[str, str, bool, bool]] = []  # dir, file, changed, lossy
-    for e in entries:
-        if layout == "imagefolder":
-            raw_dirs = ([e.split] if e.split else []) + [label_key(e.labels)]
-            raw_file = e.blob.rpartition("/")[2]
-        else:
-            *raw_dirs, raw_file = [e.container, *e.blob.split("/")]
-        parts = [safe_component(p) for p in [*raw_dirs, raw_file]]
-        directory = "/".join(p.name for p in parts[:-1])
-        planned.append((directory, parts[-1].name, any(p.changed for p in parts), any(p.lossy for p in parts)))
-    seen: dict[tuple[str, str], int] = {}
-    for directory, file, _, _ in planned:
-        key = (directory.casefold(), file.casefold())
-        seen[key] = seen.get(key, 0) + 1
+    planned = [planned_path(e, layout) for e in entries]
+    seen: dict[str, int] = {}
+    for p in planned:
+        seen[p.fold] = seen.get(p.fold, 0) + 1
     out: list[LocalPath] = []
-    for e, (directory, file, changed, lossy) in zip(entries, planned, strict=True):
-        if seen[(directory.casefold(), file.casefold())] > 1:
-            file = _with_suffix(file, short_hash(f"{e.container}/{e.blob}"))
-            changed = True
-        out.append(LocalPath(f"{directory}/{file}" if directory else file, changed, lossy))
+    for e, p in zip(entries, planned, strict=True):
+        if seen[p.fold] > 1:
+            file = renamed_file(p, e, lambda fold: fold in seen)
+            out.append(LocalPath(p.rel(file), True, p.lossy))
+        else:
+            out.append(LocalPath(p.rel(), p.changed, p.lossy))
     return out
+
+
+def class_folder(name: str) -> str:
+    """The folder a class's images are pulled into (``imagefolder``)."""
+    return safe_component(name).name
+
+
+def class_order(names: Iterable[str]) -> list[str]:
+    """Class names in index order: by their folder name, as ``ImageFolder`` sorts a pulled copy
+    (``sorted(os.scandir(...))``), so index ``i`` is the same class in every way out of the corpus.
+    Equal to ``sorted(names)`` when no name needs encoding (:func:`safe_component`)."""
+    return sorted(set(names), key=lambda c: (class_folder(c), c))
 
 
 # -- WebDataset --------------------------------------------------------------------------------
 
 TAR_BLOCK = 512
-SAMPLE_OVERHEAD = 4 * TAR_BLOCK + 1024
-"""Planning allowance per sample beyond its bytes: two headers (with a PAX record for long names),
+SAMPLE_OVERHEAD = 6 * TAR_BLOCK + 1024
+"""Planning allowance per sample beyond its bytes: three headers (with a PAX record for long names),
 padding, and its JSON. Boundaries only need to be a deterministic function, not exact."""
 
 
@@ -182,10 +263,27 @@ def sample_key(entry: ManifestEntry) -> str:
     return f"{entry.container}/{directory}/{file}" if directory else f"{entry.container}/{file}"
 
 
-def sample_members(entry: ManifestEntry, key: str) -> tuple[str, str]:
-    """(image member, json member) of a sample: ``<key>.<ext>`` and ``<key>.json``."""
+IMAGE_FORMATS = ("keep", "jpg", "png")
+"""``--image-format``: keep each image's bytes, or re-encode every image to JPEG or PNG at export."""
+
+
+def image_ext(entry: ManifestEntry, image_format: str = "keep") -> str:
+    """The image member's extension: ``jpg``/``png`` when re-encoded; with ``keep``, the corpus's
+    one extension for the file's format (``jpeg`` → ``jpg``, ``tiff`` → ``tif``), lower case."""
+    if image_format != "keep":
+        return image_format
     _, ext = split_ext(entry.blob.rpartition("/")[2])
-    return f"{key}.{ext}", f"{key}.json"
+    fmt = FORMAT_BY_EXTENSION.get(ext)
+    return EXTENSIONS[fmt].lstrip(".") if fmt else ext
+
+
+KEEP_EXTENSIONS = "jpg;png;gif;bmp;tif;webp"
+"""The ``to_tuple`` alternatives that match every image member of a ``keep`` export."""
+
+
+def sample_members(entry: ManifestEntry, key: str, image_format: str = "keep") -> tuple[str, str, str]:
+    """(image, class, json) member names of a sample: ``<key>.<ext>``, ``<key>.cls``, ``<key>.json``."""
+    return f"{key}.{image_ext(entry, image_format)}", f"{key}.cls", f"{key}.json"
 
 
 def sample_json(entry: ManifestEntry, key: str) -> bytes:
@@ -198,47 +296,68 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
+def permutation(n: int, seed: int, split: str) -> array[int]:
+    """A seeded permutation of ``range(n)``: ``order[position] = ordinal`` (the entry's place among its
+    split's entries in manifest order). Fisher-Yates driven by ``random.Random(str).random()``, the
+    one part of Python's ``random`` whose sequence is guaranteed across versions; 4 bytes an entry."""
+    rng = random.Random(f"corpus-shards:{seed}:{split}")  # noqa: S311 - a reproducible order, not secrecy
+    order = array("I", range(n))
+    for i in range(n - 1, 0, -1):
+        j = int(rng.random() * (i + 1))
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
 @dataclass(frozen=True, slots=True)
-class ShardPlan:
-    """Shard ``index`` of ``split``: the ``count`` entries of that split from ordinal ``start`` on."""
+class SplitPlan:
+    """The shards of one split: ``order`` (position → ordinal) and where each shard starts.
+
+    Shard ``k`` holds the entries at positions ``starts[k] .. starts[k+1]-1`` of the permuted
+    order, written in that order: a random sample of the split, so of its class mix."""
 
     split: str
-    index: int
-    start: int
-    count: int
+    order: array[int]
+    starts: tuple[int, ...]
 
     @property
-    def name(self) -> str:
-        return shard_name(self.index)
+    def shards(self) -> int:
+        return len(self.starts)
+
+    def count(self, shard: int) -> int:
+        end = self.starts[shard + 1] if shard + 1 < len(self.starts) else len(self.order)
+        return end - self.starts[shard]
+
+    def positions(self) -> array[int]:
+        """ordinal → position (the inverse permutation)."""
+        pos = array("I", bytes(4 * len(self.order)))
+        for p, o in enumerate(self.order):
+            pos[o] = p
+        return pos
+
+    def shard_of(self, position: int) -> int:
+        return bisect_right(self.starts, position) - 1
+
+
+def plan_split(split: str, sizes: Sequence[int], shard_bytes: int, seed: int) -> SplitPlan:
+    """Shard boundaries of one split: walk the permuted order, closing a shard before the sample
+    that would take it past ``shard_bytes`` (a bigger sample gets a shard of its own). A pure
+    function of the split's sizes in manifest order, the shard size and the seed."""
+    if shard_bytes <= 0:
+        raise ValueError("shard size must be positive")
+    order = permutation(len(sizes), seed, split)
+    starts: list[int] = []
+    held = 0
+    for pos, ordinal in enumerate(order):
+        cost = sizes[ordinal] + SAMPLE_OVERHEAD
+        if not starts or (held + cost > shard_bytes and pos > starts[-1]):
+            starts.append(pos)
+            held = 0
+        held += cost
+    return SplitPlan(split, order, tuple(starts))
 
 
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
-
-
-def plan_shards(entries: Iterable[ManifestEntry], shard_bytes: int) -> list[ShardPlan]:
-    """Greedy boundaries per split, in manifest order: a shard closes before the sample that would
-    take it past ``shard_bytes`` (a sample bigger than that gets a shard of its own). A pure
-    function of the manifest and the shard size, so every run of the request plans the same shards."""
-    if shard_bytes <= 0:
-        raise ValueError("shard size must be positive")
-    state: dict[str, list[int]] = {}  # split → [ordinal, shard start, shard count, shard bytes]
-    plans: list[ShardPlan] = []
-    index: dict[str, int] = {}
-    for e in entries:
-        st = state.setdefault(e.split, [0, 0, 0, 0])
-        cost = e.size + SAMPLE_OVERHEAD
-        if st[2] and st[3] + cost > shard_bytes:
-            plans.append(ShardPlan(e.split, index.get(e.split, 0), st[1], st[2]))
-            index[e.split] = index.get(e.split, 0) + 1
-            st[1], st[2], st[3] = st[0], 0, 0
-        st[0] += 1
-        st[2] += 1
-        st[3] += cost
-    for split, st in state.items():
-        if st[2]:
-            plans.append(ShardPlan(split, index.get(split, 0), st[1], st[2]))
-    return sorted(plans, key=lambda p: (p.split, p.index))
 
 
 def split_folder(split: str) -> str:
@@ -249,11 +368,17 @@ def split_folder(split: str) -> str:
 # -- Azure ML ----------------------------------------------------------------------------------
 
 
-def azureml_line(entry: ManifestEntry, image_url: str) -> str:
-    """One line of AutoML's image-classification JSONL: ``image_url``, ``image_details``, ``label``
-    (a string for one label; a list, the multi-label format, for several)."""
+def azureml_multilabel(label_counts: Iterable[int]) -> bool:
+    """Whether a training set is exported in AutoML's multi-label format: unless every image has
+    exactly one label. Decided once per export, so ``label`` has one type in every file."""
+    return any(n != 1 for n in label_counts)
+
+
+def azureml_line(entry: ManifestEntry, image_url: str, multilabel: bool) -> str:
+    """One line of AutoML's image-classification JSONL: ``image_url``, ``image_details``, ``label``:
+    a string (multi-class) or, when ``multilabel`` (:func:`azureml_multilabel`), a list for every line."""
     _, ext = split_ext(entry.blob.rpartition("/")[2])
-    label: Any = entry.labels[0] if len(entry.labels) == 1 else list(entry.labels)
+    label: Any = list(entry.labels) if multilabel else entry.labels[0]
     line = {
         "image_url": image_url,
         "image_details": {"format": ext, "width": f"{entry.width}px", "height": f"{entry.height}px"},

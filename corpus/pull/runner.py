@@ -26,24 +26,25 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from corpus.domain.errors import StorageError
-from corpus.domain.layouts import PART_SUFFIX, LocalPath, local_paths
+from corpus.domain.layouts import PART_SUFFIX, LocalPath
 from corpus.domain.manifest import ManifestEntry
 from corpus.pull.fetch import BlobFetcher
+from corpus.pull.names import NameIndex
 from corpus.pull.sources import EntryReader, Source
 from corpus.store.settings import Settings
 from corpus.transfer.hashcache import HashCache, Md5Cache, NullHashCache, default_path
 from corpus.transfer.pacing import RateLimiter, write_status
 
 NAME_MAP = ".corpus-names.jsonl"
-"""In DEST: one JSON line per file whose local name differs from its blob's (``path``, ``container``,
-``blob``, ``lossy``), rewritten by every pull that maps a name."""
+"""In DEST: one JSON line per file whose local name is not its documented one (encoded or renamed
+on a collision: ``path``, ``container``, ``blob``, ``lossy``); pulls into one folder merge theirs."""
 
 
 def cache_path() -> Path:
@@ -148,39 +149,55 @@ class Puller:
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
-    def entries(self) -> list[ManifestEntry]:
-        found: Iterable[ManifestEntry] = EntryReader(self.settings).entries(self.opts.source)
-        return [
-            e
-            for e in found
-            if (self.opts.split is None or e.split == self.opts.split)
-            and (self.opts.only is None or (e.container, e.blob) in self.opts.only)
-        ]
+    def selection(self) -> Iterator[ManifestEntry]:
+        """Every entry of the source, streamed: names are decided over all of them (every split)."""
+        return EntryReader(self.settings).entries(self.opts.source)
+
+    def wanted(self, e: ManifestEntry) -> bool:
+        return (self.opts.split is None or e.split == self.opts.split) and (
+            self.opts.only is None or (e.container, e.blob) in self.opts.only
+        )
 
     def run(self) -> PullSummary:
         started = time.monotonic()
+        names = NameIndex(self.opts.layout)
         try:
-            entries = self.entries()
-            # Names are decided over the whole selection (collisions), retry-from included.
-            paths = local_paths(entries, self.opts.layout)
-            self.summary.files = len(entries)
-            self.summary.bytes = sum(e.size for e in entries)
+            for e in self.selection():  # pass 1: every planned name, counted on disk
+                names.add(e)
+                if self.wanted(e):
+                    self.summary.files += 1
+                    self.summary.bytes += e.size
             if self.progress_stream is not None:
-                self.progress = PullProgress(self.progress_stream, len(entries))
+                self.progress = PullProgress(self.progress_stream, self.summary.files)
             if not self.opts.dry_run:
                 self.opts.dest.mkdir(parents=True, exist_ok=True)
                 self._sweep_parts()
-                self._write_name_map(entries, paths)
-            self._transfer(entries, paths)
+            self._transfer(self._named(names))  # pass 2: names, then the transfers, streamed
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._stop.set()
         finally:
-            self.cache.close()
-            self.summary.seconds = time.monotonic() - started
+            try:
+                if not self.opts.dry_run and self.opts.dest.is_dir():
+                    self.summary.renamed = names.write_map(self.opts.dest / NAME_MAP)
+            finally:
+                names.close()
+                self.cache.close()
+                self.summary.seconds = time.monotonic() - started
         if self.progress:
             self.progress.render(True)
         return self.summary
+
+    def _named(self, names: NameIndex) -> Iterator[tuple[ManifestEntry, LocalPath]]:
+        for e in self.selection():
+            if not self.wanted(e):
+                continue
+            lp = names.local_path(e)
+            if lp.changed:
+                names.record(e, lp)
+            if lp.lossy:
+                self.summary.lossy_names += 1
+            yield e, lp
 
     def _sweep_parts(self) -> None:
         """Remove what a killed pull left half-written: only ``*.corpus-part`` files, never a final name."""
@@ -192,26 +209,11 @@ class Puller:
                     except OSError:
                         pass
 
-    def _write_name_map(self, entries: list[ManifestEntry], paths: list[LocalPath]) -> None:
-        lines = [
-            json.dumps({"path": p.rel, "container": e.container, "blob": e.blob, "lossy": p.lossy}, ensure_ascii=False)
-            for e, p in zip(entries, paths, strict=True)
-            if p.changed
-        ]
-        self.summary.renamed = len(lines)
-        self.summary.lossy_names = sum(1 for p in paths if p.lossy)
-        if lines:
-            target = self.opts.dest / NAME_MAP
-            tmp = target.with_name(target.name + PART_SUFFIX)
-            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            os.replace(tmp, target)
-
-    def _transfer(self, entries: list[ManifestEntry], paths: list[LocalPath]) -> None:
-        inflight = threading.Semaphore(self.opts.concurrency * 4)
-        futures: list[Future[None]] = []
+    def _transfer(self, named: Iterator[tuple[ManifestEntry, LocalPath]]) -> None:
+        inflight = threading.Semaphore(self.opts.concurrency * 4)  # bounded: no list of futures
         pool = ThreadPoolExecutor(max_workers=self.opts.concurrency, thread_name_prefix="corpus-pull")
         try:
-            for e, p in zip(entries, paths, strict=True):
+            for e, p in named:
                 final = self.opts.dest / p.rel
                 if self._settled(e, str(final)):
                     continue  # already there, by the cache: no thread, no read
@@ -220,7 +222,6 @@ class Puller:
                     break
                 fut = pool.submit(self._safe_one, e, final)
                 fut.add_done_callback(lambda _f: inflight.release())
-                futures.append(fut)
             pool.shutdown(wait=True)
         except KeyboardInterrupt:
             self.summary.interrupted = True

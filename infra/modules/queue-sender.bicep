@@ -1,6 +1,10 @@
 // One role (Storage Queue Data Message Sender) on ONE queue for each principal: operators may send
-// requests to this queue and to no other. Names come from parameters (deploy-time constants).
+// requests to this queue and to no other. Names come from parameters (deploy-time constants), and
+// are required and non-empty (no empty-segment scope, see container-role.bicep).
+@minLength(3)
 param accountName string
+
+@minLength(3)
 param queueName string
 
 @description('[{ id: string, type: User|Group|ServicePrincipal }]')

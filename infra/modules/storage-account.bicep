@@ -9,6 +9,9 @@ param queues array = []
 param tables array = []
 @description('Days deleted blobs and containers stay recoverable: a corpus is expensive to rebuild.')
 param softDeleteDays int = 14
+@allowed(['Standard_LRS', 'Standard_ZRS', 'Standard_GRS', 'Standard_RAGRS', 'Standard_GZRS', 'Standard_RAGZRS'])
+@description('Redundancy. GRS by default: losing no data is the first requirement (a region loss keeps a copy).')
+param skuName string = 'Standard_GRS'
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name
@@ -16,7 +19,7 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   tags: tags
   kind: 'StorageV2'
   sku: {
-    name: 'Standard_GRS'
+    name: skuName
   }
   properties: {
     // checkov:skip=CKV_AZURE_59: Flex Consumption without a VNet reaches storage over public endpoints; access is Entra ID only (no keys, no SAS, no anonymous access). Add private endpoints for a VNet deployment.
