@@ -50,9 +50,9 @@ from corpus.app.runtime import Runtime  # noqa: E402
 from corpus.app.trainsets import lineage_of_blob, on_trainset_message, register_model, trainsets_of_model  # noqa: E402
 from corpus.app.transform_jobs import on_transform_job, on_transform_message  # noqa: E402
 from corpus.domain.exports import parse_export_message  # noqa: E402
-from corpus.domain.layouts import local_paths  # noqa: E402
 from corpus.domain.messages import CopyRequest, TransformJob  # noqa: E402
 from corpus.domain.trainsets import TrainsetRequest, parse_trainset_message  # noqa: E402
+from corpus.pull.names import NameIndex  # noqa: E402
 from corpus.store.memory import MemoryBlobStore, MemoryOutbox  # noqa: E402
 from corpus.store.memory_tables import MemoryTables  # noqa: E402
 
@@ -295,11 +295,18 @@ def run(n: int, transform_share: float) -> dict[str, Any]:
         p.units = 1
         p.notes = {"trainsets": len(found_in.get("trainsets", []))}
 
-    with m.phase("pull planning (manifest → local paths, imagefolder)", "files") as p:
-        entries = list(store.entries("all", "1"))
-        paths = local_paths(entries, "imagefolder")
-        p.units = len(paths)
-        del entries, paths
+    with m.phase("pull planning (manifest → local names, imagefolder, two streamed passes)", "files") as p:
+        names = NameIndex("imagefolder")  # what Puller.run does before its transfers
+        try:
+            for e in store.entries("all", "1"):
+                names.add(e)
+            for e in store.entries("all", "1"):
+                lp = names.local_path(e)
+                if lp.changed:
+                    names.record(e, lp)
+                p.units += 1
+        finally:
+            names.close()
 
     backlog = max(1, n // 10)
     lost = max(1, backlog // 10)
