@@ -425,7 +425,7 @@ def build_memory(n: int) -> dict[str, Any]:
 def table(results: list[dict[str, Any]]) -> str:
     out = [
         "| path | N | units | requests/unit (blob+queue+table calls) | table entities/unit | hottest partition: entities | "
-        "CPU s | peak MB above start | Azure time at targets | binds |",
+        "CPU s | peak MB above start (of which kept by the store) | Azure time at targets | binds |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in results:
@@ -436,7 +436,7 @@ def table(results: list[dict[str, Any]]) -> str:
             out.append(
                 f"| {p.name} | {r['n']:,} | {p.units:,} {p.unit} | {p.account_requests / units:.2f} | "
                 f"{p.table_entities / units:.2f} | `{p.hot_partition}`: {p.hot_entities:,} | {p.cpu_s:.1f} | "
-                f"{p.peak_above_start_mb:.0f} | {fmt_time(secs)} | {limit} |"
+                f"{p.peak_above_start_mb:.0f} ({max(0.0, p.retained_mb):.0f}) | {fmt_time(secs)} | {limit} |"
             )
     return "\n".join(out)
 
@@ -449,6 +449,10 @@ def fmt_time(secs: float) -> str:
     return f"{secs / 3600:.2f} h"
 
 
+def render(paths: list[Path]) -> str:
+    return table([r for path in paths for r in json.loads(path.read_text())])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000", help="comma-separated image counts (default 10000)")
@@ -459,9 +463,13 @@ def main() -> int:
     ap.add_argument(
         "--rows-only", action="store_true", help="ingest and transforms by their table writes only (for 1M on a shared box)"
     )
+    ap.add_argument("--render", type=Path, nargs="+", metavar="JSON", help="print the table of earlier --json runs")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--one-build", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.render:
+        print(render(args.render))
+        return 0
     if args.build_memory:
         for n in (int(x) for x in args.build_memory.split(",")):
             cmd = [sys.executable, __file__, "--one-build", str(n)]
