@@ -15,9 +15,10 @@ surface, with the service's semantics the stores depend on, raising the SDK's ow
 * Int64: ``EntityProperty(…, INT64)`` round-trips as such; a plain ``int`` outside Int32 is a
   ``TypeError`` as in the SDK's serializer. Keys above 1 KiB or with ``/ \\ # ?`` are refused.
 
-Entities live in one dict plus a sorted key list (``bisect``): a query whose filter pins the
-partition (and a RowKey range) starts at its first key and stops after its last, so the cost is
-O(log n + result), not O(table). Requests are counted per partition in :attr:`MemoryTable.requests`.
+Entities live in one dict plus sorted keys (``bisect``; partition keys, and each partition's row
+keys): a query whose filter pins the partition (and a RowKey range) starts at its first key and
+stops after its last, so the cost is O(log n + result), not O(table), and an insert moves one
+partition's keys, not the table's. Requests are counted per partition in :attr:`MemoryTable.requests`.
 """
 
 from __future__ import annotations
@@ -257,7 +258,11 @@ class MemoryTable:
         self.table_name = name
         self.clock = clock
         self._rows: dict[Key, tuple[dict[str, Any], str, datetime]] = {}
-        self._keys: list[Key] = []
+        # Keys in order, two levels deep so that an insert moves at most one partition's row keys
+        # (one sorted list of 1M keys costs a 4 MB memmove per insert): sorted partition keys,
+        # and per partition its sorted row keys.
+        self._pks: list[str] = []
+        self._rks: dict[str, list[str]] = {}
         self._lock = threading.RLock()
         self._n = itertools.count(1)
         self.requests: Counter[str] = Counter()  # entity operations by partition key
@@ -320,16 +325,37 @@ class MemoryTable:
             )
 
     def _commit(self, rows: dict[Key, Any]) -> None:
-        """Make ``rows`` (a transaction's copy of some keys) the table's, keeping the key list sorted."""
+        """Make ``rows`` (a transaction's copy of some keys) the table's, keeping the keys sorted."""
         for key, value in rows.items():
+            pk, rk = key
             if value is None:
                 if key in self._rows:
                     del self._rows[key]
-                    del self._keys[bisect_left(self._keys, key)]
+                    rks = self._rks[pk]
+                    del rks[bisect_left(rks, rk)]
+                    if not rks:
+                        del self._rks[pk]
+                        del self._pks[bisect_left(self._pks, pk)]
             else:
                 if key not in self._rows:
-                    insort(self._keys, key)
+                    part = self._rks.get(pk)
+                    if part is None:
+                        part = self._rks[pk] = []
+                        insort(self._pks, pk)
+                    insort(part, rk)
                 self._rows[key] = value
+
+    def _keys_from(self, lo: Key) -> Iterator[Key]:
+        """Every key at or above ``lo``, in (PartitionKey, RowKey) order."""
+        p = bisect_left(self._pks, lo[0])
+        while p < len(self._pks):
+            pk = self._pks[p]
+            part = self._rks[pk]
+            r = bisect_left(part, lo[1]) if pk == lo[0] else 0
+            while r < len(part):
+                yield pk, part[r]
+                r += 1
+            p += 1
 
     def _write(self, op: str, entity: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
         with self._lock:
@@ -349,10 +375,8 @@ class MemoryTable:
             lo, past = _key_range(flt.bounds if flt else [])
             if token:
                 lo = max(lo, (str(token.get("PartitionKey") or ""), str(token.get("RowKey") or "")))
-            i = bisect_left(self._keys, lo)
             out: list[TableEntity] = []
-            while i < len(self._keys):
-                key = self._keys[i]
+            for key in self._keys_from(lo):
                 if past(key):
                     break
                 if len(out) == size:
@@ -363,7 +387,6 @@ class MemoryTable:
                 entity = self._entity(key)
                 if flt is None or flt.predicate(entity):
                     out.append(self._entity(key, select) if select else entity)
-                i += 1
             self.requests[lo[0]] += 1
             self.calls[lo[0]] += 1
             return out, None
