@@ -76,12 +76,22 @@ def reconcile_staging(timer: func.TimerRequest) -> None:
     run_blob_job(rt, "reconcile_staging", "timer", lambda: reconcile(rt))
 
 
+@app.function_name("catalog_sync")
+@app.timer_trigger(arg_name="timer", schedule="%CORPUS_CATALOG_SCHEDULE%")
+def catalog_sync(timer: func.TimerRequest) -> None:
+    """Append what the tables gained since the last sync to the Parquet catalog; see corpus/catalog/sync.py."""
+    from corpus.catalog.sync import sync_settings
+
+    rt = get_runtime()
+    run_blob_job(rt, "catalog_sync", "timer", lambda: sync_settings(rt.clients, rt.settings, rt.blobs))
+
+
 # -- Read-only HTTP: the JSON API and the gallery ------------------------------------------------
 # Routes are the contract (/api/…, /gallery/…): host.json sets routePrefix to "". Anonymous at the
 # function level because App Service Authentication (Easy Auth, infra/resources.bicep) admits only
-# signed-in users of the tenant before a request reaches the app; see docs/readme/gallery.md.
+# signed-in users of the tenant before a request reaches the app; see docs/gallery.md.
 
-from corpus.app import gallery, renditions, web  # noqa: E402 - grouped with the functions that use it
+from corpus.app import gallery, gallery_ml, renditions, web  # noqa: E402 - grouped with the functions that use it
 
 
 def _http(
@@ -115,6 +125,30 @@ def api_set_images(req: func.HttpRequest) -> func.HttpResponse:
 @_route("gallery")
 def gallery_home(req: func.HttpRequest) -> func.HttpResponse:
     return _http(req, gallery.home, gallery.html_error)
+
+
+@app.function_name("gallery_trainsets")
+@_route("gallery/-/trainsets")
+def gallery_trainsets(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(req, gallery_ml.trainsets_page, gallery.html_error)
+
+
+@app.function_name("gallery_trainset")
+@_route("gallery/-/trainsets/{name}/{version}")
+def gallery_trainset(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(req, gallery_ml.trainset_page, gallery.html_error)
+
+
+@app.function_name("gallery_models")
+@_route("gallery/-/models")
+def gallery_models(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(req, gallery_ml.models_page, gallery.html_error)
+
+
+@app.function_name("gallery_model")
+@_route("gallery/-/models/{name}/{version}")
+def gallery_model(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(req, gallery_ml.model_page, gallery.html_error)
 
 
 @app.function_name("gallery_domain")

@@ -15,6 +15,7 @@ listed separately: it is the Functions runtime's cost, not the corpus's.
 
     .venv/bin/python bench/query_bench.py sets --sizes 1000,10000,100000
     .venv/bin/python bench/query_bench.py ingest --images 400
+    .venv/bin/python bench/query_bench.py catalog --azurite 100000 --parquet 1000000   (bench/catalog_bench.py)
 """
 
 from __future__ import annotations
@@ -218,8 +219,16 @@ def main() -> None:
     i = sub.add_parser("ingest")
     i.add_argument("--images", type=int, default=400)
     i.add_argument("--sets", type=int, default=5)
+    c = sub.add_parser("catalog", help="the Parquet catalog and corpus query (bench/catalog_bench.py)")
+    c.add_argument("--azurite", default="100000", help="image rows written to Azurite and synced (comma-separated)")
+    c.add_argument("--parquet", default="1000000", help="image rows written straight to Parquet (comma-separated)")
     args = ap.parse_args()
-    if args.what == "sets":
+    if args.what == "catalog":
+        from bench.catalog_bench import bench_catalog
+
+        sizes = [[int(x) for x in v.split(",") if x] for v in (args.azurite, args.parquet)]
+        result = bench_catalog(*sizes)
+    elif args.what == "sets":
         result = bench_sets([int(x) for x in args.sizes.split(",")])
     else:
         result = bench_ingest(args.images, args.sets)

@@ -1,4 +1,4 @@
-"""PyTorch datasets over a training set: ``pip install 'corpus[torch]'``.
+"""PyTorch datasets over a training set: ``pip install -e '.[torch]'`` from a clone (distribution ``corpus-images``).
 
 * :class:`TrainsetDataset` — map-style over the training set's manifest: one Get Blob per sample,
   so any sampler (shuffling, distributed) works; ``__getitems__`` fetches a whole batch

@@ -32,6 +32,7 @@ var stagingContainerName = 'staging'
 var rejectedContainerName = 'rejected'
 var trainsetsContainerName = 'trainsets'
 var exportsContainerName = 'exports'
+var catalogContainerName = 'catalog'
 var deadLetterContainerName = 'eventgrid-deadletter'
 var copyQueueName = 'copy-requests'
 var transformQueueName = 'transform-requests'
@@ -63,7 +64,7 @@ var corpusQueueNames = [
   '${exportQueueName}-poison'
   blobPoisonQueueName
 ]
-var corpusContainerNames = [stagingContainerName, rejectedContainerName, trainsetsContainerName, exportsContainerName, deadLetterContainerName]
+var corpusContainerNames = [stagingContainerName, rejectedContainerName, trainsetsContainerName, exportsContainerName, deadLetterContainerName, catalogContainerName]
 
 // -- resource names: variables, so they are deploy-time constants -------------------------------
 var functionAppName = 'func-corpus-${resourceToken}'
@@ -152,6 +153,7 @@ module corpusRbac 'modules/storage-rbac.bicep' = {
     admins: admins
     stagingContainerName: stagingContainerName
     rejectedContainerName: rejectedContainerName
+    catalogContainerName: catalogContainerName
     requestQueueNames: requestQueueNames
     adminQueueNames: [copyQueueName]
     operatorTableNames: operatorTableNames
@@ -269,6 +271,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'MALLOC_ARENA_MAX', value: '2' }
         // Reconciliation (corpus/app/reconcile.py): the timer's NCRONTAB schedule; the grace period and batch use the code's defaults.
         { name: 'CORPUS_RECONCILE_SCHEDULE', value: '0 */5 * * * *' }
+        // The catalog (corpus/catalog, docs/query.md): Parquet snapshot container and the sync timer's schedule.
+        { name: 'CORPUS_CATALOG_CONTAINER', value: catalogContainerName }
+        { name: 'CORPUS_CATALOG_SCHEDULE', value: '0 */15 * * * *' }
         // Monitoring, Entra ID only.
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsights.properties.ConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identity.properties.clientId};Authorization=AAD' }

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,14 @@ def test_exports_a_training_loop_uses_as_is(env, clients, app_dir, rt, settings,
         queued = export(env, tmp_path, "--format", "parquet", "--shard-size", SHARD)
         assert queued.returncode == 0 and "croissant.json" in queued.stdout and "corpus export list" in queued.stdout
         assert export(env, tmp_path, "--format", "azureml").returncode == 0
+        # With no host running yet, --wait says so after ~10 s without progress, and keeps waiting.
+        watchdog = threading.Timer(120, waiting.kill)  # a deadline on the blocking read below
+        watchdog.start()
+        try:
+            hint = waiting.stderr.readline() if waiting.stderr else ""
+        finally:
+            watchdog.cancel()
+        assert "still queued" in hint and "A host must be running" in hint, hint
         summary = run_host(env, app_dir)
         out, err = waiting.communicate(timeout=300)
     finally:

@@ -95,6 +95,7 @@ def test_containers_queues_tables_match_the_code():
         new["CORPUS_TRAINSETS_CONTAINER"],
         new["CORPUS_EXPORTS_CONTAINER"],
         new["CORPUS_DEADLETTER_CONTAINER"],
+        d[s.CATALOG_CONTAINER],
     ]
     triggered = [
         d[s.COPY_QUEUE],
@@ -126,6 +127,8 @@ def test_app_settings_name_the_same_resources_as_the_code_defaults():
         s.TRANSFORM_JOBS_QUEUE,
         s.TRAINSET_QUEUE,
         s.TRAINSETS_CONTAINER,
+        s.CATALOG_CONTAINER,
+        s.CATALOG_SCHEDULE,
     ):
         assert resolve(got[key]) == s.DEFAULTS[key], key
 

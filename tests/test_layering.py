@@ -30,7 +30,31 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "devhost": ("corpus.cli", "corpus.upload", "corpus.pull", "corpus.transfer"),
     "dataset.py": ("azure", "corpus.app", "corpus.cli", "corpus.devhost", "corpus.upload"),
     "lineage.py": ("azure", "corpus.cli", "corpus.devhost", "corpus.upload", "corpus.pull"),
+    # The catalog (issue 21): a capability over the store; storage only in corpus/catalog/storage.py (below).
+    "catalog": (
+        "corpus.app",
+        "corpus.upload",
+        "corpus.pull",
+        "corpus.transfer",
+        "corpus.devhost",
+        "corpus.cli",
+        "azure.functions",
+    ),
 }
+
+CATALOG_STORAGE = ("azure", "corpus.store.storage", "corpus.store.settings", "corpus.store.catalog")
+"""Only the catalog's adapter (corpus/catalog/storage.py) touches storage: moving it onto other ports is one file."""
+
+
+def test_the_catalog_touches_storage_in_one_module_only() -> None:
+    bad = [
+        f"{path.name} imports {name}"
+        for path in sorted((CORPUS / "catalog").glob("*.py"))
+        if path.name != "storage.py"
+        for name in sorted(imports_of(path))
+        if any(name == banned or name.startswith(banned + ".") for banned in CATALOG_STORAGE)
+    ]
+    assert bad == []
 
 
 def imports_of(path: Path) -> set[str]:

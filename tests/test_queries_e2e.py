@@ -108,7 +108,8 @@ def test_reindex_backfills_sets_created_before_the_index_idempotently(env, clien
     before = index_and_scan(clients, "birds")
     for e in list(table.query_entities("PartitionKey eq 'birds' and RowKey ge 'x!'")):
         table.delete_entity(e["PartitionKey"], e["RowKey"])  # as a corpus written before the index existed
-    assert cli_json(env, tmp_path, "sets", "--domain", "birds", "--tag", "robin") == []
+    unindexed = run_cli(env, tmp_path, "sets", "--domain", "birds", "--tag", "robin")  # not a silent empty answer
+    assert unindexed.returncode == 1 and "run `corpus reindex --domain birds` once" in unindexed.stderr
     assert cli_json(env, tmp_path, "reindex") == {"sets": 3, "index_rows": 6}
     assert cli_json(env, tmp_path, "reindex", "--domain", "birds") == {"sets": 3, "index_rows": 6}
     assert index_and_scan(clients, "birds") == before

@@ -23,6 +23,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import logging
+from itertools import islice
 from urllib.parse import quote, urlencode
 
 from corpus.app import views
@@ -30,9 +32,13 @@ from corpus.app.renditions import PREVIEW_SOURCES
 from corpus.app.runtime import Runtime
 from corpus.app.trainsets import lineage_of_blob, store_of
 from corpus.app.web import HttpError, Request, Response
+from corpus.catalog.facets import facets
+from corpus.catalog.storage import CatalogStorage
 from corpus.domain.errors import NotFoundError
 from corpus.domain.paths import SetRef, validate_version
 from corpus.store.rows import ImageRow, ImageSetRow, Transform
+
+log = logging.getLogger("corpus.gallery")
 
 GRID_PAGE = 48
 MAX_GRID_PAGE = 200
@@ -117,6 +123,7 @@ def home(rt: Runtime, req: Request) -> Response:
         if rows
         else '<p class="muted">No image sets yet: upload a folder with <code>corpus upload</code>.</p>'
     )
+    body += '<p><a href="/gallery/-/trainsets">training sets</a> · <a href="/gallery/-/models">models</a></p>'
     return html_response("Domains", [("corpus", None)], body)
 
 
@@ -147,20 +154,45 @@ def domain_page(rt: Runtime, req: Request) -> Response:
     )
     rows = "".join(
         f'<tr class="set"><td><a class="set-link" href="{e(_set_link(r))}">{e(r.path)}</a></td><td>{e(r.version)}</td>'
-        f"<td>{e(r.transform_label or 'original')}</td><td>{r.image_count}</td><td>{r.total_bytes}</td>"
+        f"<td>{e(r.transform_label or 'original')}</td><td>{r.image_count}</td><td>{human_bytes(r.total_bytes)}</td>"
         f"<td>{_tags(r.tags, domain)}</td></tr>"
         for r in shown
     )
     table = (
-        "<table><tr><th>path</th><th>version</th><th>images of</th><th>images</th><th>bytes</th><th>tags</th></tr>"
+        "<table><tr><th>path</th><th>version</th><th>images of</th><th>images</th><th>size</th><th>tags</th></tr>"
         + rows
         + "</table>"
         if rows
         else '<p class="muted">No set matches.</p>'
     )
     filters = f"<p>Filtered by {active}</p>" if active else ""
-    body = f"<h1>{e(domain)}</h1>{form}{filters}{table}"
+    body = f"<h1>{e(domain)}</h1>{form}{filters}{table}{_facet_table(rt, domain)}"
     return html_response(domain, [("corpus", "/gallery"), (domain, None)], body)
+
+
+MAX_FACETS = 300
+
+
+def _facet_table(rt: Runtime, domain: str) -> str:
+    """Images per tag × transform, per version, from the catalog snapshot (docs/query.md), as of its watermark."""
+    try:
+        found = facets(CatalogStorage.of(rt.clients, rt.settings, rt.blobs), domain)
+    except Exception:
+        log.exception("facet table of %s", domain)
+        return '<h2>Facets</h2><p class="muted" id="facets">The catalog snapshot could not be read.</p>'
+    if found is None or not found.counts:
+        return '<h2>Facets</h2><p class="muted" id="facets">No catalog snapshot of this domain yet (corpus catalog sync).</p>'
+    rows = sorted(found.counts.items())
+    shown = "".join(
+        f"<tr><td>{e(v)}</td><td>{e(tag)}</td><td>{e(t or 'original')}</td><td>{n}</td></tr>"
+        for (v, tag, t), n in rows[:MAX_FACETS]
+    )
+    left = len(rows) - MAX_FACETS
+    more = f'<p class="muted">{left} more rows: ask <code>corpus query</code>.</p>' if left > 0 else ""
+    return (
+        f'<h2>Facets</h2><table id="facets"><tr><th>version</th><th>tag</th><th>images of</th><th>images</th></tr>{shown}</table>'
+        f'{more}<p class="muted">From the catalog snapshot as of {e(found.watermark)}.</p>'
+    )
 
 
 def _thumbnail_set(rt: Runtime, ref: SetRef) -> Transform | None:
@@ -202,20 +234,76 @@ def set_page(rt: Runtime, req: Request) -> Response:
             f'<img src="{e(src)}" alt="{e(img.file)}"></a><figcaption>{e(img.file)}</figcaption></figure>'
         )
     label = f" · {row.transform_label}" if row.transform_label else ""
-    more = (
-        f'<p><a id="next" href="{e(url(f"/gallery/{domain}/set", path=ref.path, version=ref.version, transform=row.transform_label or None, limit=str(limit), continuation=token))}">next page →</a></p>'  # noqa: E501
-        if token
-        else ""
-    )
+    more = _pager(domain, ref, row, limit, req, token)
     body = (
         f'<h1 id="set-name">{e(ref.path)} <span class="muted">@ {e(ref.version)}{e(label)}</span></h1>'
-        f"<p>{row.image_count} images, {row.total_bytes} bytes. {_tags(row.tags, domain)}</p>"
+        f"<p>{row.image_count} images, {human_bytes(row.total_bytes)}. {_tags(row.tags, domain)}</p>"
         f'<div class="grid" id="grid">{"".join(cells)}</div>{more}'
         if cells
         else f'<h1 id="set-name">{e(ref.path)}</h1><p class="muted">No images on this page.</p>'
     )
     crumbs = [("corpus", "/gallery"), (domain, f"/gallery/{domain}"), (f"{ref.path} @ {ref.version}{label}", None)]
     return html_response(f"{ref.path} @ {ref.version}", crumbs, body)
+
+
+MAX_BACK = 20
+"""Earlier pages a grid page remembers (in its links) for "previous"; past that, "first page"."""
+FIRST = "-"
+"""Stands for the first page in the ``back`` stack (an empty value counts as absent)."""
+
+
+def _pager(domain: str, ref: SetRef, row: ImageSetRow, limit: int, req: Request, token: str | None) -> str:
+    """Previous / first / next links. Continuation tokens only go forward, so each link carries the
+    tokens of the pages before it (``back``, at most :data:`MAX_BACK`)."""
+    here = req.arg("continuation")
+    back = list(req.args("back"))[-MAX_BACK:]
+
+    def link(ident: str, text: str, continuation: str | None, stack: list[str]) -> str:
+        href = url(
+            f"/gallery/{domain}/set",
+            path=ref.path,
+            version=ref.version,
+            transform=row.transform_label or None,
+            limit=str(limit),
+            continuation=continuation,
+            back=stack,
+        )
+        return f'<a id="{ident}" href="{e(href)}">{text}</a>'
+
+    links = []
+    if here:
+        links.append(link("first", "« first page", None, []))
+        if back:
+            previous = back[-1]
+            links.append(link("previous", "← previous page", None if previous == FIRST else previous, back[:-1]))
+    if token:
+        links.append(link("next", "next page →", token, [*back, here or FIRST][-MAX_BACK:]))
+    return f"<p>{' · '.join(links)}</p>" if links else ""
+
+
+def _versions(rt: Runtime, domain: str, ref: SetRef, file: str) -> str:
+    """Links to the same file in the other versions of its set (originals), newest listed last."""
+    found = []
+    for s in islice(rt.catalog.sets.query(domain, originals_only=True), MAX_SETS_SCANNED):
+        if s.path != ref.path or s.version == ref.version:
+            continue
+        other = rt.catalog.images.get(SetRef(domain, ref.dirs, s.version), file)
+        if other is not None:
+            found.append(f'<a class="version" href="{e(url(f"/gallery/{domain}/image", blob=other.blob))}">{e(s.version)}</a>')
+    return "".join(f'<span class="tag">{a}</span>' for a in found) or '<span class="muted">none</span>'
+
+
+MAX_SETS_SCANNED = 5000
+
+
+def human_bytes(n: int) -> str:
+    """``1536`` → ``1.5 KiB``; exact bytes below 1 KiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 def parse_blob(blob: str) -> tuple[SetRef, Transform | None, str]:
@@ -248,11 +336,12 @@ def image_page(rt: Runtime, req: Request) -> Response:
         ("set", f'<a href="{e(_set_link(row))}">{e(ref.path)} @ {e(ref.version)}</a>'),
         ("file", e(record.file)),
         ("blob", e(record.blob)),
-        ("size", f"{record.size} bytes"),
+        ("size", f"{human_bytes(record.size)} ({record.size:,} bytes)"),
         ("pixels", f"{record.width} x {record.height}"),
         ("type", e(record.content_type)),
-        ("MD5", e(record.md5)),
+        ("MD5 (base64)", e(views.md5_shown(record.md5))),
         ("tags", _tags(row.tags, domain)),
+        *([("other versions", _versions(rt, domain, ref, file))] if transform is None else []),
         ("added", e(record.created_at or "")),
     ]
     if transform:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from corpus.app.progress import INGESTED
 from corpus.app.runtime import Runtime
+from corpus.domain.display import md5_shown
 from corpus.domain.errors import (
     BlobExists,
     BlobNotFound,
@@ -230,7 +232,7 @@ def on_copy_request(rt: Runtime, req: CopyRequest) -> CopyOutcome:
     outcome = _ensure_original(rt.blobs, validated, s.staging_container, domain, dest)
     if outcome is CopyOutcome.CONFLICT:
         existing = rt.blobs.info(domain, dest)
-        md5 = existing.md5 or "unknown"
+        md5 = md5_shown(existing.md5) or "unknown"
         reject(
             rt,
             validated.name,
@@ -291,7 +293,8 @@ def _record(rt: Runtime, staged: StagedName, validated: ValidationRow) -> None:
         source=validated.name,
     )
     try:
-        rt.recorder.record(ref, record)
+        if rt.recorder.record(ref, record):
+            INGESTED.done(f"{ref.domain}/{ref.version}")
     except ConflictError as exc:
         # The blob verified against this MD5, so the table disagrees with storage: never paper over it.
         raise CopyFailed(str(exc)) from exc
@@ -363,7 +366,8 @@ def _verify_once(blobs: BlobStore, domain: str, dest: str, req: ValidationRow, c
         # retry can start clean, and fail loudly.
         blobs.delete_if_unchanged(domain, dest, props.etag)
         raise CopyFailed(
-            f"copy of {req.name} did not verify: got {props.size} bytes MD5 {md5 or '-'}, expected {req.size} bytes MD5 {req.md5}"
+            f"copy of {req.name} did not verify: got {props.size} bytes MD5 {md5_shown(md5) or '-'}, "
+            f"expected {req.size} bytes MD5 {md5_shown(req.md5)}"
         )
     return CopyOutcome.CONFLICT
 

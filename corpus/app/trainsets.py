@@ -167,6 +167,21 @@ def register(rt: Runtime, store: TrainsetStore, req: TrainsetRequest) -> Trainse
             f"training set {req.name}:{req.version} already exists with definition {row.definition}, not {definition}; "
             "a training set version is immutable: use a new version"
         )
+    if row.status == FAILED:
+        # A failed build produced nothing anyone can use (every reader requires ``ready``), so the
+        # same definition may be requested again: start over from an empty state. One racer wins
+        # the If-Match; the others read its row. A ready training set is never rebuilt.
+        fresh = TrainsetRow(
+            row.name,
+            row.version,
+            row.definition,
+            manifest_container=row.manifest_container,
+            manifest_blob=row.manifest_blob,
+            created_at=row.created_at,
+            etag=row.etag,
+        )
+        store.trainsets.advance(fresh)
+        row = store.trainsets.get(req.name, req.version) or row
     return row
 
 

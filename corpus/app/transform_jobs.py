@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 
+from corpus.app.progress import TRANSFORMED
 from corpus.app.runtime import Runtime
 from corpus.domain import keys, transforms
 from corpus.domain.errors import BlobConflict, BlobNotFound, MessageError, NotFoundError
@@ -223,5 +224,6 @@ def on_transform_job(rt: Runtime, job: TransformJob) -> JobOutcome:
         height=out.height,
         source=source.blob,
     )
-    rt.recorder.record(ref, record, transform)
+    if rt.recorder.record(ref, record, transform):
+        TRANSFORMED.done(f"{job.name}:{job.tversion} {ref.domain}/{ref.version}")
     return outcome

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from corpus.domain import display
 from corpus.domain.errors import InvalidNameError, NotFoundError
 from corpus.domain.paths import ROOT_PATH, SetRef, validate_domain, validate_version
 from corpus.domain.refs import TransformRef
@@ -39,13 +40,19 @@ def set_row(r: ImageSetRow) -> dict[str, Any]:
     }
 
 
+def md5_shown(md5_hex: str) -> str:
+    """MD5 as a person reads it everywhere (API, gallery, manifests, lineage): base64, Azure's
+    Content-MD5 spelling, which manifests already carry. The Images table keeps hex; "" stays ""."""
+    return display.md5_shown(md5_hex)
+
+
 def image_row(r: ImageRow) -> dict[str, Any]:
     """One image record as ``GET /api/sets/{domain}/images`` shows it."""
     return {
         "file": r.file,
         "blob": r.blob,
         "size": r.size,
-        "md5": r.md5,
+        "md5": md5_shown(r.md5),
         "content_type": r.content_type,
         "width": r.width,
         "height": r.height,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from corpus.app import views
+from corpus.app import preflight, views
 from corpus.app.runtime import Runtime
 from corpus.app.trainsets import lineage_of_blob, store_of
 from corpus.domain.errors import BlobNotFound, ImageError, InvalidNameError, NotFoundError
@@ -143,6 +143,7 @@ def api_sets(rt: Runtime, req: Request) -> Response:
     domain = req.arg("domain")
     if domain:
         validate_domain(domain)
+        preflight.require_domain(rt.clients, rt.settings, domain, rt.catalog)  # 404 naming it, as the CLI: not an empty list
     limit = req.limit(SETS_PAGE, views.MAX_PAGE)
     rows, token = views.page_sets(rt.catalog, limit, req.arg("continuation"), domain, req.args("tag"), req.arg("transform"))
     return json_response({"sets": [views.set_row(r) for r in rows], "continuation": token})

@@ -48,6 +48,7 @@ def _d(name: str) -> str:
 
 STAGING, REJECTED, DEADLETTER = _d(s.STAGING_CONTAINER), _d(s.REJECTED_CONTAINER), _d(s.DEADLETTER_CONTAINER)
 TRAINSETS = _d(s.TRAINSETS_CONTAINER)
+CATALOG = _d(s.CATALOG_CONTAINER)
 READ_TABLES = Access("table", "read")
 
 COMMANDS: dict[str, tuple[Access, ...]] = {
@@ -74,8 +75,12 @@ COMMANDS: dict[str, tuple[Access, ...]] = {
     "TrainsetDataset": (READ_TABLES, Access("blob", "read", TRAINSETS), Access("blob", "read")),
     "export": (READ_TABLES, Access("queue", "send", _d(s.EXPORT_QUEUE))),
     "gallery": (),
+    # query: the catalog's manifest and Parquet files, and the tables' rows written after its watermark.
+    "query": (READ_TABLES, Access("blob", "read", CATALOG), Access("blob", "read", TRAINSETS)),
     # admins
     "reindex": (READ_TABLES, Access("table", "write", s.TABLE_SETS)),
+    # catalog sync (the timer function's job, by hand): reads the tables and manifests, writes the catalog.
+    "catalog sync": (READ_TABLES, Access("blob", "read", TRAINSETS), Access("blob", "write", CATALOG)),
     # reconcile runs the blob trigger's ingest: reads staging and the dead letters, moves rejects to
     # rejected (copy, delete staged), records validations/redrives/rejections, queues copies.
     "reconcile": (
@@ -89,7 +94,7 @@ COMMANDS: dict[str, tuple[Access, ...]] = {
     ),
 }
 
-ADMIN_COMMANDS = frozenset({"reindex", "reconcile"})
+ADMIN_COMMANDS = frozenset({"reindex", "reconcile", "catalog sync"})
 
 # The least built-in role for each kind of access (role names as in the Bicep's variables).
 ROLE_FOR: dict[tuple[Service, Action], str] = {

@@ -14,6 +14,7 @@ import webbrowser
 from typing import Any
 
 from corpus.cli.common import CliError
+from corpus.cli.parsing import bounded_int
 
 DEFAULT_PORT = 7071
 
@@ -48,6 +49,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     g = sub.add_parser("gallery", help="print (or --open) the URL of the gallery served by a running `corpus host`")
-    g.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"the host's HTTP port (default {DEFAULT_PORT})")
+    g.add_argument(
+        "--port", type=bounded_int(1, 65535), default=DEFAULT_PORT, help=f"the host's HTTP port (default {DEFAULT_PORT})"
+    )
     g.add_argument("--open", action="store_true", help="open it in the default web browser")
     g.set_defaults(func=cmd_gallery)

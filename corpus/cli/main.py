@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from corpus.cli import queries
-from corpus.cli.common import CliError, add_transfer_options, enqueue, finish, settings_from_cwd
+from corpus.cli.common import CliError, add_transfer_options, finish, settings_from_cwd
+from corpus.cli.parsing import CorpusParser, add_examples, bound_every_int, bounded_int, quiet_pipe
 from corpus.domain.display import shown
 from corpus.domain.errors import ConfigError, CorpusError
 from corpus.store.settings import Settings
@@ -62,6 +63,9 @@ def cmd_host(args: argparse.Namespace) -> int:
     finally:
         if trace:
             trace.close()
+    from corpus.app.progress import flush_all
+
+    flush_all()  # the last partial batch, before the summary (the summary stays the last line)
     print(json.dumps(summary), file=sys.stderr)
     if summary.get("timed_out"):
         raise CliError(f"work was still pending after --timeout {args.timeout:g}s")
@@ -92,7 +96,15 @@ def _child_args(args: argparse.Namespace) -> list[str]:
 def cmd_status(args: argparse.Namespace) -> int:
     from corpus.cli.status import collect, render
 
-    report = collect(_settings(), limit=args.limit)
+    if args.ack is not None:
+        from corpus.cli.status import acknowledge
+
+        if args.ack == "" and not args.all:
+            raise CliError("give --ack ID (as corpus status prints it) or --ack --all")
+        done = acknowledge(_settings(), args.ack or None)
+        print(f"acknowledged {len(done)} failure(s)")
+        return 0
+    report = collect(_settings(), limit=args.limit, show_acknowledged=args.all)
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     return 0
 
@@ -134,33 +146,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_transform(args: argparse.Namespace) -> int:
-    from corpus.domain.errors import MessageError, TransformError
-    from corpus.domain.messages import SourceSelector, TransformRequest
-    from corpus.domain.transforms import canonical, check_request
+    from corpus.cli.transform import cmd_transform as request_transform
 
-    try:
-        raw_args = json.loads(args.args) if args.args else {}
-    except json.JSONDecodeError as exc:
-        raise CliError(f"--args is not JSON: {exc}") from exc
-    if (args.path is None) == (not args.tag):
-        raise CliError("give exactly one of --path (with --version) or --tag")
-    req = TransformRequest(
-        domain=args.domain,
-        source=SourceSelector(path=args.path, version=args.version, tags=tuple(args.tag or ())),
-        name=args.name,
-        version=args.tversion,
-        args=raw_args,
-    )
-    try:
-        req = TransformRequest.parse(req.to_json())  # the same validation the function applies
-        check_request(req.name, canonical(req.name, req.args))
-    except (MessageError, TransformError) as exc:
-        raise CliError(str(exc)) from exc
-    settings = _settings()
-    body = req.to_json()
-    enqueue(settings, settings.transform_queue, body)
-    print(f"queued on {settings.transform_queue}: {body}")
-    return 0
+    return request_transform(args)
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -204,6 +192,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
     )
     settings = _settings()
+    if not args.dry_run:
+        _reachable(settings)
     uploader = Uploader(settings, opts)
     progress = None if args.json else Progress(sys.stderr, uploader)
     uploader.progress = progress
@@ -213,8 +203,29 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return finish(summary, args.failures, args.json, write_failures, human_summary)
 
 
+def _reachable(settings: Settings) -> None:
+    """One request before the first file: storage that is down is one line in seconds, not a
+    minute of retries per file and a line per file (``corpus upload`` with Azurite stopped)."""
+    from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+    from corpus.store.reasons import AZURITE_HINT, azure_reason
+    from corpus.store.storage import FAIL_FAST, Clients
+
+    try:
+        Clients(settings.connection, {**FAIL_FAST, "retry_total": 0}).container(
+            settings.staging_container
+        ).get_container_properties()
+    except ResourceNotFoundError:
+        return  # reachable; the upload creates the container
+    except AzureError as exc:
+        raise CliError(f"storage is not reachable, nothing uploaded: {azure_reason(exc, AZURITE_HINT)}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="corpus", description="Versioned image corpus on Azure Storage.")
+    p = CorpusParser(
+        prog="corpus",
+        description="Versioned image corpus on Azure Storage. 'corpus COMMAND --help' shows a command's options and examples.",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -246,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--timers-now", action="store_true", help="run every timer trigger once at start-up, then on schedule")
     h.add_argument(
         "--port",
-        type=int,
+        type=bounded_int(0, 65535),
         help=f"serve the HTTP triggers (API, gallery) on 127.0.0.1:PORT (default {DEFAULT_HTTP_PORT}; "
         "not served with --until-idle unless given; 0: any free port)",
     )
@@ -254,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="queues (with poison), staging, rejections, failures, sets")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--limit", type=int, default=20, help="how many rejections and failures to list")
+    s.add_argument("--limit", type=bounded_int(1, 10_000), default=20, help="how many rejections and failures to list")
+    s.add_argument("--all", action="store_true", help="acknowledged failures too (with --ack: acknowledge every failure)")
+    s.add_argument("--ack", nargs="?", const="", metavar="ID", help="acknowledge a failure: kept, hidden from the default view")
     s.set_defaults(func=cmd_status)
 
     q = sub.add_parser("sets", help="list image sets")
@@ -262,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tag", action="append", help="only sets carrying this tag (repeat: all of them)")
     q.add_argument("--transform", metavar="NAME[:VERSION]", help="transformed sets of this transform")
     q.add_argument("--json", action="store_true")
-    q.add_argument("--limit", type=int, help="at most this many sets, then a continuation token")
+    q.add_argument("--limit", type=bounded_int(1, 100_000), help="at most this many sets, then a continuation token")
     q.add_argument("--continuation", metavar="TOKEN", help="continue a --limit listing where it stopped")
     q.set_defaults(func=cmd_sets)
 
@@ -274,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", required=True, help="transform name, e.g. thumbnail")
     t.add_argument("--tversion", required=True, help="transform version; immutable with its arguments")
     t.add_argument("--args", help="transform arguments as JSON, e.g. '{\"size\": 256}'")
+    t.add_argument("--force", action="store_true", help="queue without checking the domain, the sets and the version first")
+    t.add_argument("--wait", action="store_true", help="return when every selected image is transformed (exit 0)")
+    t.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits at most (default 600)")
     t.set_defaults(func=cmd_transform)
 
     u = sub.add_parser("upload", help="upload a folder of images to staging: throttled, verified, resumable")
@@ -287,18 +303,38 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("sample", help="upload generated sample images to staging (for demos)")
     g.add_argument("--domain", default="birds")
     g.add_argument("--version", default="v1")
-    g.add_argument("--count", type=int, default=50)
-    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--count", type=bounded_int(1, 10_000), default=50)
+    g.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=1)
     g.set_defaults(func=cmd_sample)
 
-    from corpus.cli import gallery, migrate, pull, reconcile, trainsets
+    from corpus.cli import catalog, gallery, migrate, pull, reconcile, trainsets
 
-    for feature in (reconcile, gallery, pull, queries, trainsets, migrate):
+    for feature in (reconcile, gallery, pull, queries, trainsets, catalog, migrate):
         feature.add_parsers(sub)
+    _finish_parser(p)
     return p
 
 
+def _finish_parser(p: argparse.ArgumentParser) -> None:
+    """What applies to every command, including those other modules add: bounded integers,
+    examples in --help, and the transform catalogue in ``transform --help``."""
+    from corpus.cli.examples import EXAMPLES, transform_catalogue
+
+    bound_every_int(p)
+    add_examples(p, EXAMPLES)
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction) and isinstance(action.choices.get("transform"), CorpusParser):
+            action.choices["transform"].lazy_epilog = transform_catalogue
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return quiet_pipe()  # `corpus sets | head`: the reader has what it wanted
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -312,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        raise
     except CliError as exc:
         return _fail(str(exc))
     except ConfigError as exc:
@@ -342,4 +380,9 @@ def _fail(message: str) -> int:
 
 
 def run() -> Any:
-    sys.exit(main())
+    status = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = quiet_pipe()
+    sys.exit(status)

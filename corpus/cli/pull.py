@@ -6,7 +6,6 @@ import argparse
 import json
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -148,24 +147,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _wait(exports: Any, prefix: str, where: str, timeout: float) -> int:
-    """Poll the export's state until done (0) or failed (1, with the reason) or ``timeout``."""
+    """Poll the export's state until done (0) or failed (1, with the reason) or ``timeout``; like
+    every ``--wait``, say after a while without progress that a host must be running."""
     from corpus.app.exports import export_status
+    from corpus.cli.common import wait_for_progress
 
-    deadline = time.monotonic() + timeout
-    delay = 0.5
-    while True:
-        st = export_status(exports, prefix)
-        if st["state"] == "done":
-            print(f"done: {where} (croissant.json lists every file)")
-            return 0
-        if st["state"] == "failed":
-            print(f"failed: {where}: {st['reason']}", file=sys.stderr)
-            return 1
-        if time.monotonic() >= deadline:
-            print(f"not done after {timeout:.0f}s ({st['state']}): {where}; `corpus status` shows failures", file=sys.stderr)
-            return 1
-        time.sleep(delay)  # polling the export's state: what --wait is
-        delay = min(delay * 1.5, 10.0)
+    last: dict[str, Any] = {}
+
+    def poll() -> tuple[bool, Any]:
+        last.update(export_status(exports, prefix))
+        return last["state"] in ("done", "failed"), (last["state"], last.get("shards_done"))
+
+    wait_for_progress(poll, timeout, f"export {where}")
+    if last["state"] == "failed":
+        print(f"failed: {where}: {last['reason']}", file=sys.stderr)
+        return 1
+    print(f"done: {where} (croissant.json lists every file)")
+    return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -65,11 +65,26 @@ def _domains(clients: Any, settings: Settings, domain: str | None) -> list[str]:
         raise QueryError(str(exc)) from None
 
 
+def _require(
+    clients: Any, settings: Settings, catalog: Any, domain: str | None, tags: list[str] | None, transform: str | None = None
+) -> None:
+    """No silent zeros: an unknown domain, or a tag no set of the domain carries, is an error
+    naming it (with the nearest name), not an empty answer. A real zero stays a zero."""
+    from corpus.app import preflight
+
+    if domain is None:
+        return
+    preflight.require_domain(clients, settings, domain, catalog)
+    if tags:
+        preflight.require_tags(catalog, domain, tags, transform=transform)
+
+
 def iter_sets(args: argparse.Namespace) -> tuple[Iterator[ImageSetRow], Any]:
     from corpus.app.queries import find_sets
 
     settings = _settings()
     clients, catalog = _catalog(settings)
+    _require(clients, settings, catalog, args.domain, args.tag, args.transform)
     start = decode_token(args.continuation) if args.continuation else None
     rows = find_sets(catalog, _domains(clients, settings, args.domain), tuple(args.tag or ()), args.transform, start=start)
     return rows, catalog
@@ -82,7 +97,7 @@ def cmd_sets(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise QueryError("--limit must be positive")
-    rows, _ = iter_sets(args)
+    rows, catalog = iter_sets(args)
     out = sys.stdout
     if args.limit is not None:
         page = list(islice(rows, args.limit + 1))
@@ -116,6 +131,10 @@ def cmd_sets(args: argparse.Namespace) -> int:
         n += 1
     if n == 0:
         out.write("no image sets match\n")
+    if not args.transform:
+        ran = sorted({f"{t.name}:{t.version}" for t in catalog.transforms.list()})
+        if ran:
+            out.write(f"(originals only; transformed sets: corpus sets --transform NAME[:VERSION], one of {', '.join(ran)})\n")
     return 0
 
 
@@ -125,6 +144,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     settings = _settings()
     clients, catalog = _catalog(settings)
     (domain,) = _domains(clients, settings, args.domain)
+    _require(clients, settings, catalog, domain, args.tag)
     result = count(catalog, domain, tuple(args.tag or ()), op=args.op, transform=args.transform)
     if args.json:
         print(json.dumps(result.as_json()))
@@ -143,6 +163,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     settings = _settings()
     clients, catalog = _catalog(settings)
     domain = _domains(clients, settings, args.domain)[0] if args.domain else None
+    _require(clients, settings, catalog, domain, None)
     last = None
     for progress in reindex(catalog, domain, args.resume):
         last = progress

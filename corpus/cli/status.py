@@ -20,7 +20,24 @@ def _depth(clients: Clients, queue: str) -> int | None:
         return None
 
 
-def collect(settings: Settings, limit: int = 20) -> dict[str, Any]:
+def acknowledge(settings: Settings, ident: str | None) -> list[str]:
+    """Acknowledge the failure ``ident`` (as ``corpus status`` prints it), or every listed one (``None``)."""
+    catalog = Catalog(Clients(settings.connection, FAIL_FAST))
+    if ident is None:
+        pending = [f for f in catalog.failures.list(final_only=True) if not f.acknowledged]
+        return [f.id for f in pending if catalog.failures.acknowledge(f.source, f.key)]
+    source, sep, key = ident.partition("/")
+    if not sep or not catalog.failures.acknowledge(source, key):
+        from corpus.domain.errors import NotFoundError
+
+        known = [f.id for f in catalog.failures.list(final_only=True)]
+        from corpus.app.preflight import did_you_mean
+
+        raise NotFoundError(f"no failure {ident!r}{did_you_mean(ident, known)}")
+    return [ident]
+
+
+def collect(settings: Settings, limit: int = 20, show_acknowledged: bool = False) -> dict[str, Any]:
     clients = Clients(settings.connection, FAIL_FAST)
     catalog = Catalog(clients)
     queues = {}
@@ -34,7 +51,8 @@ def collect(settings: Settings, limit: int = 20) -> dict[str, Any]:
         staged = 0
     rejected = catalog.rejections.list(REJECT_INVALID)
     junk = catalog.rejections.list(REJECT_JUNK)
-    failures = catalog.failures.list(final_only=True)
+    every_failure = catalog.failures.list(final_only=True)
+    failures = [f for f in every_failure if show_acknowledged or not f.acknowledged]
     redrives = catalog.redrives.list()
     sets = list(catalog.sets.query())
     return {
@@ -48,6 +66,7 @@ def collect(settings: Settings, limit: int = 20) -> dict[str, Any]:
         "junk_removed": len(junk),
         "failures": {
             "count": len(failures),
+            "acknowledged_hidden": len(every_failure) - len(failures),
             "latest": [_failure(f) for f in failures[-limit:]],
         },
         "sets": {"count": len(sets), "images": sum(s.image_count for s in sets)},
@@ -65,7 +84,15 @@ def _rejection(r: RejectionRow) -> dict[str, Any]:
 
 
 def _failure(f: FailureRow) -> dict[str, Any]:
-    return {"Source": f.source, "Key": f.key, "Reason": f.reason, "Attempts": f.attempts, "At": f.at}
+    return {
+        "Id": f.id,
+        "Source": f.source,
+        "Key": f.key,
+        "Reason": f.reason,
+        "Attempts": f.attempts,
+        "At": f.at,
+        "Acknowledged": f.acknowledged,
+    }
 
 
 def render(report: dict[str, Any]) -> str:
@@ -79,10 +106,14 @@ def render(report: dict[str, Any]) -> str:
     for r in rej["latest"]:
         lines.append(f"  {shown(r['Name'])}: {shown(r['Reason'])}")
     fail = report["failures"]
-    lines.append(f"failed messages (poisoned):      {fail['count']}")
+    hidden = f" (+{fail['acknowledged_hidden']} acknowledged: --all)" if fail["acknowledged_hidden"] else ""
+    lines.append(f"failed messages (poisoned):      {fail['count']}{hidden}")
     for f in fail["latest"]:
         reason = str(f["Reason"]).splitlines()[0] if f["Reason"] else ""
-        lines.append(f"  {shown(f['Source'])} {shown(f['Key'])} after {f['Attempts']} attempt(s): {shown(reason)}")
+        ack = " [acknowledged]" if f["Acknowledged"] else ""
+        lines.append(f"  {shown(f['Id'])}{ack} after {f['Attempts']} attempt(s): {shown(reason)}")
+    if fail["latest"] and not all(f["Acknowledged"] for f in fail["latest"]):
+        lines.append("  (corpus status --ack ID, or --ack --all, hides them once dealt with)")
     red = report["redriven"]
     lines.append(f"re-driven by reconciliation:     {red['count']}")
     for r in red["latest"]:

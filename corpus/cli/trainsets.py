@@ -9,18 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from corpus.cli.common import CliError
+from corpus.cli.common import CliError, wait_for_progress
 from corpus.cli.common import settings_from_cwd as _settings
+from corpus.cli.parsing import json_arg
 from corpus.domain.errors import CorpusError
 
 VERIFY_THREADS = 8
-POLL_SECONDS = 0.5
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,6 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     c.add_argument("--from", dest="from_file", metavar="FILE", help="JSON list of sources (as in the message) instead")
     c.add_argument("--wait", action="store_true", help="return when ready (exit 0) or failed (exit 1)")
     c.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits at most (default 600)")
+    c.add_argument("--force", action="store_true", help="queue without checking that the sources select sets")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_create)
 
@@ -161,7 +161,7 @@ def _request(args: argparse.Namespace) -> Any:
 
 def cmd_create(args: argparse.Namespace) -> int:
     def run() -> int:
-        from corpus.store.trainsets_table import BUILDING, READY
+        from corpus.store.trainsets_table import BUILDING, FAILED, READY
 
         req = _request(args)
         rt = _rt()
@@ -172,25 +172,39 @@ def cmd_create(args: argparse.Namespace) -> int:
                 f"training set {req.name}:{req.version} already exists with another definition "
                 f"({existing.definition}); a training set version is immutable: use a new version"
             )
-        if existing is None:
+        # A failed one may be requested again with its definition: the function rebuilds it.
+        send = existing is None or existing.status == FAILED
+        if send and not args.force:
+            _preflight(rt, req)
+        if send:
             rt.send(rt.settings.trainset_queue, req.to_json())
         if not args.wait:
             out = {
-                "queued": existing is None,
+                "queued": send,
                 "name": req.name,
                 "version": req.version,
                 "definition": json.loads(req.definition()),
             }
-            print(json.dumps(out) if args.json else f"queued on {rt.settings.trainset_queue}: {req.to_json()}")
+            if args.json:
+                print(json.dumps(out))
+            elif send:
+                print(f"queued on {rt.settings.trainset_queue}: {req.to_json()}")
+            else:
+                print(f"training set {req.name}:{req.version} exists ({existing.status}); nothing queued")
             return 0
-        deadline = time.monotonic() + args.timeout
-        while True:
+        before = existing.etag if existing is not None and existing.status == FAILED else None
+        found: list[Any] = []
+
+        def poll() -> tuple[bool, Any]:
             row = store.trainsets.get(req.name, req.version)
-            if row is not None and row.status != BUILDING:
-                break
-            if time.monotonic() > deadline:
-                raise CliError(f"training set {req.name}:{req.version} not ready after --timeout {args.timeout:g}s")
-            time.sleep(POLL_SECONDS)
+            if row is None:
+                return False, None
+            found[:] = [row]
+            settled = row.status != BUILDING and row.etag != before  # not the failure being rebuilt
+            return settled, (row.status, row.state.images, row.etag)
+
+        wait_for_progress(poll, args.timeout, f"training set {req.name}:{req.version}")
+        row = found[0]
         _print_show(row, args.json)
         if row.status != READY:
             print(f"corpus: error: training set {req.name}:{req.version} failed: {row.reason}", file=sys.stderr)
@@ -198,6 +212,23 @@ def cmd_create(args: argparse.Namespace) -> int:
         return 0
 
     return _guard(run)
+
+
+def _preflight(rt: Any, req: Any) -> None:
+    """Refuse, before queueing, a request whose sources select nothing (see :mod:`corpus.app.preflight`)."""
+    from corpus.app import preflight
+
+    try:
+        for src in req.sources:
+            preflight.require_domain(rt.clients, rt.settings, src.domain, rt.catalog)
+            if src.transform is not None:
+                preflight.require_transform(rt.catalog, *src.transform)
+            if src.path is not None:
+                preflight.require_set(rt.catalog, src.domain, src.path, src.version or "", src.transform)
+            else:
+                preflight.require_tags(rt.catalog, src.domain, src.tags, src.transform_label, src.version)
+    except CorpusError as exc:
+        raise CliError(f"{exc} (nothing queued; --force queues it anyway)") from None
 
 
 def _print_show(row: Any, as_json: bool) -> None:
@@ -345,9 +376,9 @@ def cmd_model_register(args: argparse.Namespace) -> int:
         from corpus.app.trainsets import register_model
 
         try:
-            metrics = json.loads(args.metrics) if args.metrics else None
-        except json.JSONDecodeError as exc:
-            raise CliError(f"--metrics is not JSON: {exc}") from exc
+            metrics = json_arg(args.metrics, "--metrics")
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
         if metrics is not None and not isinstance(metrics, dict):
             raise CliError("--metrics must be a JSON object")
         sets = [_ref(t) for t in args.trainset]
@@ -400,6 +431,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             container, sep, blob = args.blob.partition("/")
             if not sep or not blob:
                 raise CliError("--blob must be CONTAINER/BLOB")
+            from corpus.app.preflight import require_blob
+
+            require_blob(rt.catalog, container, blob)  # a mistyped name is not "no model used it"
             found = lineage_of_blob(rt, store, container, blob)
             if args.json:
                 print(json.dumps(found))

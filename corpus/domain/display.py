@@ -59,3 +59,17 @@ class RedactingFilter(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
+
+
+def md5_shown(md5_hex: str) -> str:
+    """An MD5 as a person reads it everywhere: base64, Azure's ``Content-MD5`` spelling (see
+    docs/architecture.md, "Checksums"). Code keeps hex where it stores it; anything that is not a
+    16-byte hex digest (``""``, ``"unknown"``) is shown as it is."""
+    import base64
+    import binascii
+
+    try:
+        raw = bytes.fromhex(md5_hex)
+    except (ValueError, binascii.Error):
+        return md5_hex
+    return base64.b64encode(raw).decode("ascii") if len(raw) == 16 else md5_hex

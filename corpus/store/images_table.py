@@ -24,6 +24,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from corpus.domain import keys
+from corpus.domain.display import md5_shown
 from corpus.domain.errors import ConflictError
 from corpus.domain.paths import SetRef
 from corpus.store.rows import SCHEMA, CounterRow, ImageRow, SourceMarkerRow, Transform, schema_of
@@ -63,7 +64,9 @@ class ImagesTable:
                 existing = self.get(ref, record.file, transform)
                 if existing is not None:
                     if existing.md5 != record.md5:
-                        raise ConflictError(f"{record.blob} is recorded with MD5 {existing.md5}, not {record.md5}") from None
+                        raise ConflictError(
+                            f"{record.blob} is recorded with MD5 {md5_shown(existing.md5)}, not {md5_shown(record.md5)}"
+                        ) from None
                     return False
                 backoff(attempt)  # lost the race for the counter shard: try again
         raise RuntimeError(f"could not record {record.blob}: counter contention did not resolve")

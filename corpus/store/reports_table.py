@@ -45,6 +45,16 @@ class FailuresTable:
     def clear(self, source: str, key: str) -> None:
         self.table.delete_entity(keys.escape(source), keys.escape(key))
 
+    def acknowledge(self, source: str, key: str) -> bool:
+        """Mark one failure seen (a merge of one property); False if there is no such failure."""
+        try:
+            self.table.update_entity(
+                {"PartitionKey": keys.escape(source), "RowKey": keys.escape(key), "Acknowledged": True}, mode=UpdateMode.MERGE
+            )
+            return True
+        except ResourceNotFoundError:
+            return False
+
     def list(self, final_only: bool = True) -> list[FailureRow]:
         rows = self.table.query_entities("Final eq true") if final_only else self.table.list_entities()
         return sorted((FailureRow.from_entity(r) for r in rows), key=lambda r: (r.at is None, r.at))

@@ -392,6 +392,14 @@ class FailureRow(Columns):
     final: bool = column("Final", BOOL, default=False)
     body: str = column("Body", TEXT, default="")
     at: datetime | None = column("At", TIME, default=None)
+    acknowledged: bool = column("Acknowledged", BOOL, default=False)
+    """Set by ``corpus status --ack``: kept, but hidden from the default view. A new failure of the
+    same key replaces the row, and so is shown again."""
+
+    @property
+    def id(self) -> str:
+        """What ``corpus status`` prints and ``--ack`` takes: ``<source>/<key>`` (a source has no ``/``)."""
+        return f"{self.source}/{self.key}"
 
     def to_entity(self) -> Entity:
         return {"PartitionKey": keys.escape(self.source), "RowKey": keys.escape(self.key), **self.columns()}

@@ -95,6 +95,8 @@ TRANSFORM_PAGE_SIZE = "CORPUS_TRANSFORM_PAGE_SIZE"
 TRAINSET_QUEUE = "CORPUS_TRAINSET_QUEUE"
 TRAINSET_BLOCK_IMAGES = "CORPUS_TRAINSET_BLOCK_IMAGES"
 TRAINSET_BUDGET_SECONDS = "CORPUS_TRAINSET_BUDGET_SECONDS"
+CATALOG_CONTAINER = "CORPUS_CATALOG_CONTAINER"
+CATALOG_SCHEDULE = "CORPUS_CATALOG_SCHEDULE"
 
 DEFAULTS: dict[str, str] = {
     STAGING_CONTAINER: "staging",
@@ -117,6 +119,8 @@ DEFAULTS: dict[str, str] = {
     TRAINSET_QUEUE: "trainset-requests",
     TRAINSET_BLOCK_IMAGES: "10000",
     TRAINSET_BUDGET_SECONDS: "240",
+    CATALOG_CONTAINER: "catalog",
+    CATALOG_SCHEDULE: "0 */15 * * * *",
 }
 
 
@@ -266,6 +270,7 @@ class Settings:
                 self.trainsets_container,
                 self.exports_container,
                 self.deadletter_container,
+                self.values.get(CATALOG_CONTAINER) or DEFAULTS[CATALOG_CONTAINER],
             }
         )
 

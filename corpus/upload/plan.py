@@ -14,6 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 
+from corpus.domain.display import md5_shown
 from corpus.domain.errors import InvalidNameError
 from corpus.domain.media import FORMAT_BY_EXTENSION, content_type_of_name
 from corpus.domain.paths import is_junk_file, parse_staged_name
@@ -82,16 +83,17 @@ class Decision:
 
 def decide(local_md5: str, staged_md5: str | None, original_md5: str | None) -> Decision:
     """Send only what is missing; never write over a different file under the same name."""
+    local = md5_shown(local_md5)
     if original_md5 is not None:
         if original_md5 == local_md5:
             return Decision(Action.SKIP_INGESTED)
-        return Decision(Action.CONFLICT, f"already ingested with different content (MD5 {original_md5}, local {local_md5})")
+        ingested = md5_shown(original_md5)
+        return Decision(Action.CONFLICT, f"already ingested with different content (MD5 {ingested}, local {local})")
     if staged_md5 is not None:
         if staged_md5 == local_md5:
             return Decision(Action.SKIP_STAGED)
-        return Decision(
-            Action.CONFLICT, f"already staged with different content (MD5 {staged_md5 or 'unknown'}, local {local_md5})"
-        )
+        staged = md5_shown(staged_md5) or "unknown"
+        return Decision(Action.CONFLICT, f"already staged with different content (MD5 {staged}, local {local})")
     return Decision(Action.UPLOAD)
 
 

@@ -145,12 +145,18 @@ def write_failures(path: Path, summary: Summary) -> None:
     path.write_text(json.dumps(body, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
-def human_summary(s: Summary, stream: TextIO = sys.stderr) -> None:
+FAILURES_SHOWN = 5
+"""Failures printed by the summary; ``--failures FILE`` holds every one."""
+
+
+def human_summary(s: Summary, stream: TextIO = sys.stderr, shown_failures: int = FAILURES_SHOWN) -> None:
     skipped = ", ".join(f"{n} {k}" for k, n in s.skipped.items() if n) or "none"
     verb = f"would upload {s.would_upload}" if s.would_upload else f"uploaded {s.uploaded} ({s.bytes_uploaded / 1e6:,.1f} MB)"
     print(f"{verb}; already staged {s.already_staged}; already ingested {s.already_ingested}; "
           f"skipped: {skipped}; conflicts {s.conflicts}; failed {s.failed}; {s.seconds:.1f}s", file=stream)  # fmt: skip
-    for f in s.failures:
+    for f in s.failures[:shown_failures]:
         print(f"  {f.kind}: {shown(f.path)}: {shown(f.reason)}", file=stream)
+    if len(s.failures) > shown_failures:
+        print(f"  … and {len(s.failures) - shown_failures} more (--failures FILE lists every one)", file=stream)
     if s.interrupted:
         print("interrupted: run the same command again to send the rest", file=stream)

@@ -18,7 +18,8 @@
 //     writes (Models, Lineage);
 //   * admins (the deployer only): Table Data Contributor account-wide (reindex, reconcile), Blob
 //     Data Contributor on `rejected` and Queue Data Message Sender on `copy-requests` (reconcile
-//     re-drives staged blobs through the same ingest the trigger runs);
+//     re-drives staged blobs through the same ingest the trigger runs), Blob Data Contributor on
+//     `catalog` (`corpus catalog sync`, which the timer function otherwise runs);
 //   * the Event Grid system topic's identity: Blob Data Contributor on the dead-letter container.
 @minLength(3)
 param accountName string
@@ -43,6 +44,9 @@ param stagingContainerName string
 @description('Container reconcile moves rejected uploads into.')
 param rejectedContainerName string
 
+@minLength(3)
+@description('Container of the Parquet catalog, which `corpus catalog sync` writes.')
+param catalogContainerName string
 @description('Queues operators may send to (request queues only, never the internal ones).')
 param requestQueueNames array
 
@@ -161,6 +165,16 @@ module adminRejected 'container-role.bicep' = {
   params: {
     accountName: accountName
     containerName: rejectedContainerName
+    principals: admins
+    roleId: storageBlobDataContributor
+  }
+}
+
+module adminCatalog 'container-role.bicep' = {
+  name: 'catalog-writers'
+  params: {
+    accountName: accountName
+    containerName: catalogContainerName
     principals: admins
     roleId: storageBlobDataContributor
   }

@@ -1,0 +1,274 @@
+"""The catalog's one storage adapter: every table read and blob operation the catalog makes.
+
+Everything else in :mod:`corpus.catalog` works on Arrow tables, bytes and this object, so moving
+the catalog onto other storage ports means changing this module only.
+
+**What is new.** The rows the catalog copies are insert-only (``Images``, ``ImageTransforms``,
+``Models``) or small (``ImageSets``, ``TrainingSets``, ``Rejections``). Each entity carries the
+storage service's ``Timestamp`` of its last write; :meth:`CatalogStorage.changed` asks the
+service for the entities with ``lo < Timestamp <= hi``, so a sync reads what was written since
+the last watermark and a query reads what was written after the snapshot's, and both compare
+against the same clock (the service's), with the same bounds, so a row is in exactly one of them.
+
+**Blobs** go through the store's port (:class:`~corpus.store.ports.BlobStore`): Parquet files
+are immutable and content-addressed (their name holds the SHA-256 of their bytes) and written
+``put_once`` (``If-None-Match: *``); the manifest (``manifest.json``) is created ``put_once`` and
+replaced ``If-Match`` its ETag, so of two concurrent syncs one commits and the other finds out
+and starts again from the new manifest. Replace-if-match is the one verb the port lacks: it is
+done here on the SDK client (:meth:`CatalogStorage.commit_manifest`), the place to change when
+the port gains it. Tables are read through a :class:`~corpus.store.tables.TableSource`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import ContentSettings
+
+from corpus.catalog import records
+from corpus.catalog.records import Row
+from corpus.catalog.schema import IMAGES, TRAINSET_IMAGES, empty, to_arrow
+from corpus.domain import keys
+from corpus.domain.errors import BlobConflict, BlobNotFound
+from corpus.domain.manifest import iter_entries
+from corpus.store.azure_ports import AzureBlobStore
+from corpus.store.images_table import IMAGES_FROM
+from corpus.store.ports import BlobStore, iter_blobs, iter_ranges
+from corpus.store.rows import ImageSetRow, RejectionRow, TransformRow, is_set_entity
+from corpus.store.settings import (
+    CATALOG_CONTAINER,
+    DEFAULTS,
+    TABLE_IMAGES,
+    TABLE_MODELS,
+    TABLE_REJECTIONS,
+    TABLE_SETS,
+    TABLE_TRAINSETS,
+    TABLE_TRANSFORMS,
+    Settings,
+)
+from corpus.store.storage import Clients
+from corpus.store.tables import TableSource
+from corpus.store.trainsets_table import ModelRow, TrainsetRow, TrainsetStore
+
+MANIFEST = "manifest.json"
+PARQUET = "application/vnd.apache.parquet"
+READERS = 8
+"""Concurrent table reads of one sync or tail (partition-key ranges, or sets)."""
+CHUNK = 2_000
+"""Rows converted to Arrow at a time by each reader: 8 readers x 2,000 rows of Python dicts stay ~40 MB."""
+
+__all__ = ["MANIFEST", "BlobStore", "CatalogStorage", "Clients", "Settings", "catalog_container"]
+
+
+def catalog_container(settings: Settings) -> str:
+    return str(settings.values.get(CATALOG_CONTAINER) or DEFAULTS[CATALOG_CONTAINER])
+
+
+class CatalogStorage:
+    def __init__(self, tables: TableSource, blobs: BlobStore, container: str, clients: Clients | None = None) -> None:
+        """``clients``: the SDK clients for the manifest's If-Match replace (syncs only; readers need none)."""
+        self.tables = tables
+        self.blobs = blobs
+        self.container_name = container
+        self.clients = clients
+
+    @property
+    def location(self) -> str:
+        """The container's URL: what a local cache of its files is keyed by."""
+        return self.blobs.url(self.container_name)
+
+    @classmethod
+    def of(cls, clients: Clients, settings: Settings, blobs: BlobStore | None = None) -> CatalogStorage:
+        """The catalog of these settings; ``blobs`` defaults to the Azure adapter on ``clients``."""
+        return cls(clients, blobs if blobs is not None else AzureBlobStore(clients), catalog_container(settings), clients)
+
+    # -- tables --------------------------------------------------------------------------------
+
+    def changed(
+        self, table: str, lo: datetime | None, hi: datetime | None, row_from: str = "", pk_range: tuple[str, str] = ("", "")
+    ) -> Iterator[Any]:
+        """Entities of ``table`` whose service ``Timestamp`` is in (lo, hi] (unbounded where None),
+        with ``RowKey >= row_from`` and ``pk_range[0] <= PartitionKey < pk_range[1]`` where given
+        (``(pk, "=")``: that partition only)."""
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        if pk_range[1] == "=":
+            clauses.append("PartitionKey eq @pk")
+            params["pk"] = pk_range[0]
+            pk_range = ("", "")
+        for clause, name, value in (
+            ("PartitionKey ge @pklo", "pklo", pk_range[0]),
+            ("PartitionKey lt @pkhi", "pkhi", pk_range[1]),
+            ("RowKey ge @from", "from", row_from),
+            ("Timestamp gt @lo", "lo", lo),
+            ("Timestamp le @hi", "hi", hi),
+        ):
+            if value:
+                clauses.append(clause)
+                params[name] = value
+        client = self.tables.table_client(table)
+        if not clauses:
+            return iter(client.list_entities(results_per_page=1000))
+        return iter(client.query_entities(" and ".join(clauses), parameters=params, results_per_page=1000))
+
+    def all_sets(self) -> dict[str, tuple[ImageSetRow, datetime | None]]:
+        """Every set (originals and transformed) by its ``Images`` partition key, with the service
+        time of its entity's last write."""
+        found = self.tables.table_client(TABLE_SETS).query_entities("RowKey lt @hi", parameters={"hi": keys.SETS_UPPER})
+        out = {}
+        for e in found:
+            s = ImageSetRow.from_entity(e)
+            out[s.images_partition_key] = (s, records.service_time(e))
+        return out
+
+    def images(self, lo: datetime | None, hi: datetime | None, scan: bool = True) -> pa.Table:
+        """``images`` rows recorded in (lo, hi]; counter shards (updated in place) are skipped by key range.
+
+        ``scan=True`` (the sync): every partition is read, in :data:`READERS` partition-key ranges
+        at once, the service filtering by ``Timestamp``: exact whatever happened.
+
+        ``scan=False`` (a query's tail): only the partitions of sets whose entity was written after
+        ``lo``. Recording images ends with raising the set's count (:meth:`Catalog.refresh_counts`,
+        an update of the set's entity, hence of its ``Timestamp``), so a set that gained images
+        after ``lo`` was written after ``lo`` too: one cheap read of ``ImageSets`` finds them, and
+        the tail reads their partitions only, instead of the service scanning all of ``Images``.
+        The one thing it misses is an image whose copy died between recording it and raising the
+        count, until the redelivery raises it (the moment ``corpus sets`` shows it too).
+        """
+        sets = self.all_sets()
+        if scan:
+            bounds = sorted(sets)[:: max(1, len(sets) // READERS)][1:]
+            ranges = list(zip(["", *bounds], [*bounds, ""], strict=True))
+        else:
+            ranges = [(pk, "=") for pk, (_, ts) in sorted(sets.items()) if lo is None or ts is None or ts > lo]
+
+        def read(pk_range: tuple[str, str]) -> list[pa.Table]:
+            """One range's rows as Arrow tables of at most :data:`CHUNK` rows: memory stays
+            proportional to the Arrow data, not to millions of Python dicts."""
+            known = sets
+            chunks: list[pa.Table] = []
+            rows: list[Row] = []
+            for e in self.changed(TABLE_IMAGES, lo, hi, row_from=IMAGES_FROM, pk_range=pk_range):
+                pk = str(e["PartitionKey"])
+                if pk not in known:  # recorded under a set created after the set listing: list again
+                    known = self.all_sets()
+                    if pk not in known:
+                        raise RuntimeError(f"Images partition {pk!r} has no set in ImageSets")
+                rows.append(records.image(known[pk][0], e))
+                if len(rows) == CHUNK:
+                    chunks.append(to_arrow(IMAGES, rows))
+                    rows = []
+            if rows:
+                chunks.append(to_arrow(IMAGES, rows))
+            return chunks
+
+        with ThreadPoolExecutor(READERS) as pool:
+            parts = [t for chunk in pool.map(read, ranges) for t in chunk]
+        return pa.concat_tables(parts) if parts else empty(IMAGES)
+
+    def sets(self, lo: datetime | None, hi: datetime | None) -> list[Row]:
+        return [records.set_(ImageSetRow.from_entity(e)) for e in self.changed(TABLE_SETS, lo, hi) if is_set_entity(e)]
+
+    def transforms(self, lo: datetime | None, hi: datetime | None) -> list[Row]:
+        found = self.changed(TABLE_TRANSFORMS, lo, hi)
+        markers = keys.PAGE_MARKER_PREFIX  # fan-out page markers share the table
+        return [records.transform(TransformRow.from_entity(e)) for e in found if not str(e["PartitionKey"]).startswith(markers)]
+
+    def trainsets(self, lo: datetime | None, hi: datetime | None) -> list[TrainsetRow]:
+        return [TrainsetRow.from_entity(e) for e in self.changed(TABLE_TRAINSETS, lo, hi)]
+
+    def models(self, lo: datetime | None, hi: datetime | None) -> list[ModelRow]:
+        return [ModelRow.from_entity(e) for e in self.changed(TABLE_MODELS, lo, hi)]
+
+    def rejections(self, lo: datetime | None, hi: datetime | None) -> list[Row]:
+        return [records.rejection(RejectionRow.from_entity(e)) for e in self.changed(TABLE_REJECTIONS, lo, hi)]
+
+    def trainset_images(self, row: TrainsetRow) -> pa.Table:
+        """The manifest lines of a ready training set, as ``trainset_images`` rows (read in 4 MiB
+        ranges, converted :data:`CHUNK` lines at a time)."""
+        chunks, rows = [], []
+        for e in iter_entries(TrainsetStore(self.tables, self.blobs).manifest_chunks(row)):
+            rows.append(records.trainset_image(row.name, row.version, e))
+            if len(rows) == CHUNK:
+                chunks.append(to_arrow(TRAINSET_IMAGES, rows))
+                rows = []
+        chunks.append(to_arrow(TRAINSET_IMAGES, rows))
+        return pa.concat_tables(chunks)
+
+    # -- blobs ---------------------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        self.blobs.ensure_container(self.container_name)
+
+    def read_manifest(self) -> tuple[bytes | None, str | None]:
+        """The manifest's bytes and ETag, or (None, None) when there is no snapshot yet."""
+        try:
+            blob = self.blobs.read(self.container_name, MANIFEST)
+        except BlobNotFound:
+            return None, None
+        return blob.data, blob.info.etag
+
+    def commit_manifest(self, data: bytes, etag: str | None) -> bool:
+        """Replace the manifest if it is still at ``etag`` (create it if ``etag`` is None); False if not."""
+        if etag is None:
+            try:
+                return self.blobs.put_once(self.container_name, MANIFEST, data, "application/json")
+            except BlobConflict:
+                return False
+        if self.clients is None:
+            raise RuntimeError("a sync needs the storage clients (CatalogStorage.of) to replace the manifest If-Match")
+        blob = self.clients.container(self.container_name).get_blob_client(MANIFEST)
+        try:
+            blob.upload_blob(
+                data,
+                overwrite=True,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+                content_settings=ContentSettings(content_type="application/json"),
+            )
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
+    def put_file(self, name: str, data: bytes) -> None:
+        """Write an immutable, content-addressed file once (If-None-Match: *). When it exists already
+        (same name, same bytes), it is written again, which only refreshes its Last-Modified, so the
+        orphan sweep of another sync does not take it for an old orphan."""
+        if not self.blobs.put_once(self.container_name, name, data, PARQUET):
+            self.blobs.put(self.container_name, name, data, PARQUET)
+
+    def get_file(self, name: str) -> bytes:
+        return self.blobs.read(self.container_name, name).data
+
+    def download_to(self, name: str, path: Path) -> None:
+        """Download a file to ``path`` (4 MiB ranges, through a temporary name, so a cache never holds
+        half a file); FileNotFoundError if it is gone (swept: the manifest that listed it is old)."""
+        part = path.with_name(f"{path.name}.{os.getpid()}.part")
+        try:
+            with open(part, "wb") as out:
+                for chunk in iter_ranges(self.blobs, self.container_name, name):
+                    out.write(chunk)
+        except BlobNotFound:
+            part.unlink(missing_ok=True)
+            raise FileNotFoundError(f"{self.container_name}/{name} is gone") from None
+        part.replace(path)
+
+    def list_files(self) -> list[tuple[str, datetime, str]]:
+        """(name, last modified, ETag) of every file but the manifest."""
+        return [
+            (b.name, b.last_modified or datetime.now(UTC), b.etag)
+            for b in iter_blobs(self.blobs, self.container_name)
+            if b.name != MANIFEST
+        ]
+
+    def delete(self, name: str, etag: str) -> None:
+        """Delete a file if it is still the version listed (a re-written one is left for the next sweep)."""
+        self.blobs.delete_if_unchanged(self.container_name, name, etag)
