@@ -14,6 +14,7 @@ from corpus.app.migrate import migrate
 from corpus.app.queries import Count, count, find_sets
 from corpus.app.runtime import Runtime
 from corpus.app.transform_jobs import on_transform_job
+from corpus.domain import keys
 from corpus.domain.errors import InvalidNameError
 from corpus.domain.messages import TransformJob
 from corpus.domain.paths import SetRef
@@ -172,3 +173,19 @@ def test_a_tag_query_reads_entities_in_proportion_to_its_answer_not_to_the_domai
     found = list(find_sets(rt.catalog, ["birds"], ("rare",)))
     assert [r.path for r in found] == ["s007", "s107", "s207"]
     assert rt.clients.entities()["ImageSets/birds"] - before <= 2 * len(found)  # index rows + point reads
+
+
+def test_the_catalog_reads_images_but_not_the_source_markers_beside_them(rt: Runtime) -> None:
+    """Source markers share the ``Images`` table (partitions ``<domain>!s!…``): the catalog's read
+    of images skips them instead of refusing a partition with no set."""
+    from corpus.catalog.storage import CatalogStorage
+
+    for i in range(3):
+        stage(rt, f"birds/v1/red/{i}.jpg", jpeg(i, size=(32, 24)))
+    drain(rt)
+    transform(rt, "red")
+    assert isinstance(rt.clients, MemoryTables)
+    assert any(keys.is_source_partition(pk.split("/", 1)[1]) for pk in rt.clients.entities() if pk.startswith("Images/"))
+    store = CatalogStorage(rt.clients, rt.blobs, "catalog")
+    images = store.images(None, None)
+    assert images.num_rows == 6  # 3 originals, 3 thumbnails

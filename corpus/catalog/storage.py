@@ -158,6 +158,8 @@ class CatalogStorage:
             rows: list[Row] = []
             for e in self.changed(TABLE_IMAGES, lo, hi, row_from=IMAGES_FROM, pk_range=pk_range):
                 pk = str(e["PartitionKey"])
+                if keys.is_source_partition(pk):
+                    continue  # count's source markers share the table: not images
                 if pk not in known:  # recorded under a set created after the set listing: list again
                     known = self.all_sets()
                     if pk not in known:

@@ -94,6 +94,12 @@ def source_partition_key(ref: SetRef, what: str) -> str:
     return escape(ref.domain) + SEPARATOR + "s" + SEPARATOR + compose(what, "/".join(ref.dirs), ref.version)
 
 
+def is_source_partition(partition_key: str) -> bool:
+    """True for a partition of source markers (:func:`source_partition_key`), not a set's images."""
+    _, sep, rest = partition_key.partition(SEPARATOR)
+    return bool(sep) and rest.startswith("s" + SEPARATOR)
+
+
 def image_row_key(file: str) -> str:
     """Row key of one image inside its set's partition."""
     return escape(file)
