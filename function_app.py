@@ -11,7 +11,7 @@ from typing import Any
 import azure.functions as func
 
 from corpus.app import ingest
-from corpus.app.failures import run_blob_job, run_queue_job
+from corpus.app.failures import record_poisoned, run_blob_job, run_queue_job
 from corpus.app.reconcile import reconcile
 from corpus.app.runtime import check_config, get_runtime
 from corpus.app.transform_jobs import on_transform_job, on_transform_message
@@ -84,6 +84,50 @@ def catalog_sync(timer: func.TimerRequest) -> None:
 
     rt = get_runtime()
     run_blob_job(rt, "catalog_sync", "timer", lambda: sync_settings(rt.clients, rt.settings, rt.blobs))
+
+
+# -- Poison queues: each message becomes a final Failures row ------------------------------------
+# The host's own poison messages (a timeout, a dead worker, dequeue count over maxDequeueCount)
+# carry no reason and expire after 7 days; these recorders keep them (see record_poisoned). They
+# are not wrapped in run_queue_job, and bound themselves: a *-poison queue has no poison queue of
+# its own, so on its last attempt a recorder that cannot record moves the body to
+# <queue>-poison-poison, which nothing reads. QueueAttribute.QueueName is [AutoResolve]: the
+# host resolves every %SETTING% token inside the string, so "%X%-poison" is X's poison queue.
+
+
+@app.function_name("copy_to_original_poisoned")
+@app.queue_trigger(arg_name="msg", queue_name="%CORPUS_COPY_QUEUE%-poison", connection=CONNECTION)
+def copy_to_original_poisoned(msg: func.QueueMessage) -> None:
+    rt = get_runtime()
+    record_poisoned(rt, rt.settings.copy_queue, msg)
+
+
+@app.function_name("transform_request_poisoned")
+@app.queue_trigger(arg_name="msg", queue_name="%CORPUS_TRANSFORM_QUEUE%-poison", connection=CONNECTION)
+def transform_request_poisoned(msg: func.QueueMessage) -> None:
+    rt = get_runtime()
+    record_poisoned(rt, rt.settings.transform_queue, msg)
+
+
+@app.function_name("transform_job_poisoned")
+@app.queue_trigger(arg_name="msg", queue_name="%CORPUS_TRANSFORM_JOBS_QUEUE%-poison", connection=CONNECTION)
+def transform_job_poisoned(msg: func.QueueMessage) -> None:
+    rt = get_runtime()
+    record_poisoned(rt, rt.settings.transform_jobs_queue, msg)
+
+
+@app.function_name("export_request_poisoned")
+@app.queue_trigger(arg_name="msg", queue_name="%CORPUS_EXPORT_QUEUE%-poison", connection=CONNECTION)
+def export_request_poisoned(msg: func.QueueMessage) -> None:
+    rt = get_runtime()
+    record_poisoned(rt, rt.settings.export_queue, msg)
+
+
+@app.function_name("build_trainset_poisoned")
+@app.queue_trigger(arg_name="msg", queue_name="%CORPUS_TRAINSET_QUEUE%-poison", connection=CONNECTION)
+def build_trainset_poisoned(msg: func.QueueMessage) -> None:
+    rt = get_runtime()
+    record_poisoned(rt, rt.settings.trainset_queue, msg)
 
 
 # -- Read-only HTTP: the JSON API and the gallery ------------------------------------------------
@@ -239,3 +283,10 @@ def api_model(req: func.HttpRequest) -> func.HttpResponse:
 def api_lineage(req: func.HttpRequest) -> func.HttpResponse:
     """The training sets and models that used a blob, as `corpus lineage --blob CONTAINER/BLOB --json`."""
     return _http(req, web.api_lineage)
+
+
+@app.function_name("api_dupes")
+@_route("api/dupes")
+def api_dupes(req: func.HttpRequest) -> func.HttpResponse:
+    """An original's facts and duplicates, as the gallery's image page lists them."""
+    return _http(req, web.api_dupes)

@@ -66,6 +66,11 @@ def main() -> None:
     p.add_argument("--child", nargs=2, metavar=("NAME", "TAG"))
     p.add_argument("--no-blobs", action="store_true", help="write the table rows only (profiling the build)")
     p.add_argument("--profile", action="store_true", help="profile the child builds (top functions on stderr)")
+    p.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="also build each training set with the corpus/ of DIR (`git archive BASE | tar -x -C DIR`), same Azurite and data",
+    )
     args = p.parse_args()
     if args.child:
         if os.environ.get("BENCH_PROFILE"):
@@ -74,7 +79,8 @@ def main() -> None:
 
             prof = cProfile.Profile()
             prof.runcall(child, *args.child)
-            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(15)
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
         else:
             child(*args.child)
         return
@@ -132,10 +138,15 @@ def main() -> None:
 
             results = {}
             sizes = [(f"first{n}", f"first{n}", n // PER_SET * PER_SET) for n in smaller] + [("all", "all", n_sets * PER_SET)]
-            for name, tag, count in sizes:
-                out = subprocess.run([sys.executable, __file__, "--child", name, tag], env=env, capture_output=True, text=True)
+            codes = [("", REPO)] + ([("-compared", Path(args.compare).resolve())] if args.compare else [])
+            runs = [(name + suffix, tag, count, code) for name, tag, count in sizes for suffix, code in codes]
+            for name, tag, count, code in runs:
+                child_env = {**env, "PYTHONPATH": str(code)}
+                cmd = [sys.executable, str(code / "bench" / "trainset_bench.py"), "--child", name, tag]
+                out = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
                 if args.profile or out.returncode:
-                    print(out.stderr[-6000:], file=sys.stderr)
+                    print(f"== {name} ({code})", file=sys.stderr)
+                    print(out.stderr[-12000:], file=sys.stderr)
                 out.check_returncode()
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 r["images"] = count
@@ -157,6 +168,11 @@ def main() -> None:
                     for k, v in results.items()
                 },
                 "build_vs_list": round(results["all"]["images_per_s"] * list_s / max(listed, 1), 2),
+                **(
+                    {"compared_build_vs_list": round(results["all-compared"]["images_per_s"] * list_s / max(listed, 1), 2)}
+                    if args.compare
+                    else {}
+                ),
             }
             print(json.dumps(report, indent=2))
         finally:

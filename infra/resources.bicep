@@ -40,7 +40,7 @@ var transformJobsQueueName = 'transform-jobs'
 var trainsetQueueName = 'trainset-requests'
 var exportQueueName = 'export-requests'
 var blobPoisonQueueName = 'webjobs-blobtrigger-poison'
-var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'Redrives', 'Validations', 'TrainingSets', 'Models', 'Lineage']
+var tableNames = ['ImageSets', 'Images', 'ImageTransforms', 'Rejections', 'Failures', 'Redrives', 'Validations', 'TrainingSets', 'Models', 'Lineage', 'Duplicates']
 var blobFunctionName = 'ingest_staged_blob'
 // Tables operators write (`corpus model register`; see corpus/cli/access.py).
 var operatorTableNames = ['Models', 'Lineage']
@@ -62,6 +62,14 @@ var corpusQueueNames = [
   '${transformJobsQueueName}-poison'
   '${trainsetQueueName}-poison'
   '${exportQueueName}-poison'
+  // Each poison queue has a recorder function (function_app.py, *_poisoned) that turns its
+  // messages into Failures rows; what a recorder cannot record, it moves here. Nothing
+  // reads these: the end of the line, shown by `corpus status`.
+  '${copyQueueName}-poison-poison'
+  '${transformQueueName}-poison-poison'
+  '${transformJobsQueueName}-poison-poison'
+  '${trainsetQueueName}-poison-poison'
+  '${exportQueueName}-poison-poison'
   blobPoisonQueueName
 ]
 var corpusContainerNames = [stagingContainerName, rejectedContainerName, trainsetsContainerName, exportsContainerName, deadLetterContainerName, catalogContainerName]

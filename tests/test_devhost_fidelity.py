@@ -250,3 +250,44 @@ def test_process_per_group_runs_the_pipeline_across_processes(env, clients, tmp_
     assert ["ingest_staged_blob"] in summary["groups"] and ["copy_to_original"] in summary["groups"]
     assert summary["rounds"] >= 2  # the last round found nothing to do
     assert len(list(clients.container("owls").list_blobs())) == 3
+
+
+POISON_APP = """
+import azure.functions as func
+
+app = func.FunctionApp()
+
+@app.function_name("recorder")
+@app.queue_trigger(arg_name="msg", queue_name="boom-poison", connection="CorpusStorage")
+def recorder(msg: func.QueueMessage) -> None:
+    raise RuntimeError("cannot record")
+"""
+
+
+def test_a_queue_named_poison_has_no_poison_queue_so_failures_are_parked_not_poisoned(env, clients, tmp_path):
+    """QueueListenerFactory.CreatePoisonQueueReference: no poison queue for a queue ending in "-poison";
+    QueueProcessor then leaves a failed message invisible (no release) and never invokes one whose
+    dequeue count is over maxDequeueCount (BeginProcessingMessageAsync), without poisoning either."""
+    app = make_app(tmp_path)
+    (app / "function_app.py").write_text(POISON_APP)
+    for q in ("boom-poison", "boom-poison-poison"):
+        clients.queue.create_queue(q)
+    failing = clients.queue_client("boom-poison")
+    failing.send_message("x")
+    summary = run_host(env, app, "--lease", "60", timeout=120)
+    assert summary["failed"]["recorder"] == 1 and summary["poisoned"] == []
+    assert failing.get_queue_properties().approximate_message_count == 1  # parked, invisible for its lease
+    assert failing.peek_messages() == []
+    assert clients.queue_client("boom-poison-poison").get_queue_properties().approximate_message_count == 0
+
+    over = clients.queue_client("boom-poison")
+    over.clear_messages()
+    over.send_message("y")
+    for _ in range(3):  # maxDequeueCount is 2: over it
+        (msg,) = over.receive_messages(max_messages=1, visibility_timeout=30)
+        over.update_message(msg.id, msg.pop_receipt, visibility_timeout=0)
+    summary = run_host(env, app, timeout=120)
+    assert "recorder" not in summary["failed"] and "recorder" not in summary["ok"]  # not invoked
+    assert summary["poisoned"] == []
+    assert over.get_queue_properties().approximate_message_count == 1  # still there, until its TTL
+    assert clients.queue_client("boom-poison-poison").get_queue_properties().approximate_message_count == 0

@@ -95,14 +95,14 @@ def test_followers_are_committed_together_by_one_leader_in_batches_of_at_most_ma
     state = run_all(recorder, [(REF, row(0))])
     assert fake.entered.wait(5)  # the leader is inside its transaction
     more = run_all(recorder, [(REF, row(i)) for i in range(1, 10)])
-    wait_for(lambda: _queued(recorder) == 10, 5, "nine followers queued")
+    wait_for(lambda: _queued(recorder) == 9, 5, "nine followers queued")
     fake.gate.set()
     results = {**join(state), **join(more)}
     assert results == {f"f{i}.jpg": True for i in range(10)}
     sizes = [len(files) for _, files in fake.batches]
     assert sizes[0] == 1 and sizes[1:] == [4, 4, 1]  # followers grouped, never more than max_batch
     assert sorted(f for _, files in fake.batches for f in files) == sorted(f"f{i}.jpg" for i in range(10))
-    # Count refreshes are debounced: at most one per batch, never per image, and one after the last commit.
+    # Count refreshes are shared: at most one per batch, never per image, and one after the last commit.
     assert 1 <= len(fake.refreshes) <= len(fake.batches)
     assert fake.refresh_after_last_batch
 
@@ -125,7 +125,7 @@ def test_an_error_reaches_exactly_the_waiters_of_its_batch_and_leadership_moves_
     first = run_all(recorder, [(REF, row(0))])
     assert fake.entered.wait(5)
     rest = run_all(recorder, [(REF, row(i)) for i in range(1, 7)])
-    wait_for(lambda: _queued(recorder) == 7, 5, "six followers queued")
+    wait_for(lambda: _queued(recorder) == 6, 5, "six followers queued")
     fake.gate.set()
     results = {**join(first), **join(rest)}
     failed_batch = next(files for _, files in fake.batches if "f2.jpg" in files)
@@ -146,6 +146,7 @@ def test_a_duplicate_in_a_batch_is_reported_as_not_new() -> None:
 
 
 def _queued(recorder: ImageRecorder) -> int:
+    """Records queued behind the batch in flight (not yet taken into a batch)."""
     with recorder._lock:
         return sum(len(q) for q in recorder._pending.values())
 
@@ -157,8 +158,42 @@ def test_default_batches_fit_one_entity_group_transaction(n: int) -> None:
     first = run_all(recorder, [(REF, row(0))])
     assert fake.entered.wait(5)
     rest = run_all(recorder, [(REF, row(i)) for i in range(1, n + 1)])
-    wait_for(lambda: _queued(recorder) == n + 1, 10, f"{n} followers queued")
+    wait_for(lambda: _queued(recorder) == n, 10, f"{n} followers queued")
     fake.gate.set()
     join(first)
     join(rest)
     assert max(len(files) for _, files in fake.batches) <= 99  # + 1 counter operation = 100, the transaction limit
+
+
+class SlowRefresh(FakeCatalog):
+    """Commits at once; the first count refresh blocks until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate.set()
+        self.refresh_gate = threading.Event()
+        self.refresh_entered = threading.Event()
+
+    def refresh_counts(self, ref: SetRef, transform: Transform | None = None) -> tuple[int, int]:
+        first = not self.refresh_entered.is_set()
+        self.refresh_entered.set()
+        if first:
+            assert self.refresh_gate.wait(10)
+        return super().refresh_counts(ref, transform)
+
+
+def test_a_batch_commits_while_the_previous_one_is_being_counted() -> None:
+    """Nobody's commit waits for another's count refresh (issue 26: group commit must not block a
+    caller on another caller's batch longer than one round trip)."""
+    fake = SlowRefresh()
+    recorder = ImageRecorder(fake)
+    first = run_all(recorder, [(REF, row(0))])
+    assert fake.refresh_entered.wait(5)  # f0 committed, its refresh blocked
+    later = run_all(recorder, [(REF, row(i)) for i in range(1, 4)])
+    wait_for(lambda: sum(len(f) for _, f in fake.batches) == 4, 5, "the later records committed meanwhile")
+    assert not first["results"] and not later["results"]  # nobody returns before a refresh covers them
+    fake.refresh_gate.set()
+    assert {**join(first), **join(later)} == {f"f{i}.jpg": True for i in range(4)}
+    # f1..f3 were committed after the blocked refresh started: a second refresh covered them
+    assert len(fake.refreshes) == 2 and fake.refresh_after_last_batch
+    assert recorder.commits == len(fake.batches) and not recorder._refreshing and not recorder._awaiting

@@ -234,13 +234,13 @@ def test_debounced_refreshes_still_cover_every_returned_record() -> None:
 
         def refresh_counts(self, ref, transform=None):  # type: ignore[no-untyped-def]
             started = time.monotonic()
-            time.sleep(0.01)
+            time.sleep(0.03)  # three round trips (shard sum, set row, update) to the commit's one
             with self.lock:
                 self.refreshes.append((started, time.monotonic()))
             return (0, 0)
 
     fake = Slow()
-    recorder = ImageRecorder(fake, max_batch=4, refresh_interval=60)
+    recorder = ImageRecorder(fake, max_batch=4)
     ref = SetRef("d0m", (), "v1")
     returned: dict[str, float] = {}
 

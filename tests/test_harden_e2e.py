@@ -122,8 +122,9 @@ def test_crafted_copy_requests_are_refused(env: dict[str, str], rt: Runtime, cli
     assert not web.exists() or list(web.list_blobs(name_starts_with="original/")) == []
     assert clients.container("rejected").get_blob_client("web/v1/evil.jpg").exists()
     failures = [f for f in rt.catalog.failures.list() if f.source == "copy-requests"]
-    assert len(failures) == 1 and "never validated" in failures[0].reason
-    assert clients.queue_client("copy-requests-poison").get_queue_properties().approximate_message_count == 1
+    assert len(failures) == 1 and "never validated" in failures[0].reason and failures[0].final
+    # The poison queue's recorder took the message and kept the app's row (insert-only).
+    assert clients.queue_client("copy-requests-poison").get_queue_properties().approximate_message_count == 0
 
     # A good image is ingested; then a request naming it again, claiming text/html, changes nothing.
     good = jpeg(3)
@@ -149,7 +150,8 @@ def test_crafted_copy_requests_are_refused(env: dict[str, str], rt: Runtime, cli
     assert original.get_blob_properties().content_settings.content_type == "image/jpeg"
     row = rt.catalog.sets.get(SetRef("web", (), "v1"))
     assert row is not None and (row.image_count, row.total_bytes) == (1, len(good))
-    assert clients.queue_client("copy-requests-poison").get_queue_properties().approximate_message_count == 3
+    assert clients.queue_client("copy-requests-poison").get_queue_properties().approximate_message_count == 0
+    assert len([f for f in rt.catalog.failures.list() if f.source == "copy-requests"]) == 3  # recorded, one each
 
 
 # -- 16.2: asynchronous copies that fail ------------------------------------------------------
@@ -268,7 +270,7 @@ def test_names_normalised_limited_and_escaped_end_to_end(
 # -- 16.5, 16.6: poison queues exist and keep their messages; blob triggers follow extensions.blobs
 
 
-def test_blob_trigger_follows_blob_settings_and_the_app_s_poison_messages_never_expire(
+def test_blob_trigger_follows_blob_settings_and_the_app_s_poison_messages_are_recorded(
     env: dict[str, str], rt: Runtime, clients: Clients, tmp_path: Path
 ) -> None:
     queues = {q.name for q in clients.queue.list_queues()}
@@ -299,8 +301,12 @@ def test_blob_trigger_follows_blob_settings_and_the_app_s_poison_messages_never_
     lifetime = blob_poison.expires_on - blob_poison.inserted_on
     assert abs(lifetime.total_seconds() - 7 * 86400) < 60
     assert [p["queue"] for p in summary["poisoned"]] == ["webjobs-blobtrigger-poison"]
-    (poisoned,) = clients.queue_client("copy-requests-poison").peek_messages()
-    assert poisoned.content == "not a copy request" and poisoned.expires_on.year >= 9999
+    # The app's own poison message (sent with TTL -1) is taken by the poison queue's recorder, and
+    # its Failures row, which never expires, keeps the body and the app's reason.
+    assert clients.queue_client("copy-requests-poison").peek_messages() == []
+    assert summary["ok"]["copy_to_original_poisoned"] == 1
+    (failure,) = [f for f in rt.catalog.failures.list() if f.source == "copy-requests"]
+    assert failure.body == "not a copy request" and failure.reason.startswith("MessageError")
 
 
 # -- 13.12: the prefix trap ---------------------------------------------------------------------

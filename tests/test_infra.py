@@ -82,7 +82,7 @@ NEW_SETTINGS = {
     "CORPUS_EXPORTS_CONTAINER": "exports",
     "CORPUS_DEADLETTER_CONTAINER": s.DEFAULTS[s.DEADLETTER_CONTAINER],
 }
-NEW_TABLES = ["TrainingSets", "Models", "Lineage"]
+NEW_TABLES = ["TrainingSets", "Models", "Lineage", "Duplicates"]
 
 
 def test_containers_queues_tables_match_the_code():
@@ -104,8 +104,14 @@ def test_containers_queues_tables_match_the_code():
         new["CORPUS_TRAINSET_QUEUE"],
         new["CORPUS_EXPORT_QUEUE"],
     ]
-    # Every queue has its poison queue provisioned up front, and so does the blob trigger.
-    assert resolve(params["queues"]) == [*triggered, *(q + "-poison" for q in triggered), s.BLOB_POISON_QUEUE]
+    # Every queue has its poison queue provisioned up front, and so does the blob trigger; every
+    # poison queue has a recorder function, whose own poison queue is provisioned too.
+    assert resolve(params["queues"]) == [
+        *triggered,
+        *(q + "-poison" for q in triggered),
+        *(q + "-poison-poison" for q in triggered),
+        s.BLOB_POISON_QUEUE,
+    ]
     assert set(resolve(params["tables"])) == {*s.TABLES, *NEW_TABLES}
 
 
@@ -679,3 +685,44 @@ def test_the_keyless_rule_catches_shared_keys_and_a_non_fatal_hook(tmp_path):
     found = keyless_and_flex(Infra(broken))
     assert "modules/storage-account.bicep: allowSharedKeyAccess is True, not False" in found
     assert any(line.startswith("azure.yaml:") for line in found)
+
+
+def test_every_queue_a_function_listens_on_is_provisioned_with_its_poison_queue():
+    """The poison queues' recorders (``*_poisoned``) listen on ``%X%-poison``; the host moves what
+    they cannot record to ``<queue>-poison-poison``. Both must exist before the host needs them."""
+    from corpus.devhost.discovery import app_functions
+    from corpus.devhost.discovery import resolve as resolve_setting
+
+    settings = {**s.DEFAULTS, **NEW_SETTINGS}
+    provisioned = set(resolve(corpus_storage_params()["queues"]))
+    listened = {
+        resolve_setting(fn.get_trigger().queue_name, settings)
+        for fn in app_functions(function_app.app)
+        if fn.get_trigger().get_binding_name() == "queueTrigger"
+    }
+    assert {"copy-requests-poison", "transform-jobs-poison", "export-requests-poison"} <= listened
+    assert listened <= provisioned
+    assert {q + "-poison" for q in listened} <= provisioned
+
+
+def _fail_messages(hook: str, call: str) -> list[str]:
+    """The literal start of each failure message (up to the first variable) in a hook."""
+    heads = [re.split(r"[$`]", m)[0].strip() for m in re.findall(call + r""" ["']([^"'\n]+)""", hook)]
+    return [h for h in heads if len(h) > 12]
+
+
+def test_the_powershell_hook_fails_where_the_posix_hook_fails():
+    """No pwsh here to run postdeploy.ps1: at least every failure of the tested POSIX hook has its
+    twin (same words, so docs/deploy.md's table holds for both), and the same waits and codes."""
+    sh = (INFRA / "hooks" / "postdeploy.sh").read_text()
+    ps1 = (INFRA / "hooks" / "postdeploy.ps1").read_text()
+    posix = [m for m in _fail_messages(sh, "fail") if not m.startswith("curl is required")]  # ps1: Invoke-WebRequest
+    assert len(posix) >= 10
+    missing = [m for m in posix if m not in ps1]
+    assert missing == []
+    for needle in ("POSTDEPLOY_WAIT_SECONDS", "POSTDEPLOY_POLL_SECONDS", "provisioningState", "'Failed', 'Canceled'"):
+        assert needle in ps1
+    assert "401|302|403" in sh and "401, 302, 403" in ps1
+    assert "az rest --method put" in sh and "Invoke-Az rest --method put" in ps1
+    # Every az call whose failure ends the hook has its stderr captured into the one line.
+    assert re.findall(r"^\$\w+ = az ", ps1, re.M) == ["$current = az "]  # az account show: its error is shown above

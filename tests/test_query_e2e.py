@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from corpus.domain.manifest import MANIFEST_FIELDS
 from tests.support import REPO, ingest, jpeg, run_cli, run_host
 
 pytestmark = pytest.mark.e2e
@@ -140,6 +141,9 @@ def test_query_answers_equal_the_cli_and_the_snapshot_is_exactly_once(env, clien
         assert crops[tag] == (cli["images"], cli["sources"]), tag
     # (c) images that trained model M = corpus lineage --model M
     lineage = [json.loads(x) for x in run_cli(env, tmp_path, "lineage", "--model", "robin-net:1", "--json").stdout.splitlines()]
+    # Manifest lines also carry the image's facts (issue 19); trainset_images keeps the line's own
+    # fields, the facts are the images table's (join on container, blob).
+    lineage = [{k: v for k, v in line.items() if k in MANIFEST_FIELDS} for line in lineage]
     assert lineage and [as_manifest_line(r) for r in query(env, tmp_path, MODEL_IMAGES)] == lineage
     # (d) models that used blob B = corpus lineage --blob B (an original used through its crop, a crop, an unused jay)
     for blob in (f"original/{ROBIN}/v1/r01.jpg", f"transform/crop/1/{ROBIN}/v1/r02.jpg", f"original/{JAY}/v1/j00.jpg"):

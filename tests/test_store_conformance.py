@@ -23,6 +23,7 @@ from corpus.domain.errors import (
     BlobConflict,
     BlobExists,
     BlobNotFound,
+    CopyFailed,
     InvalidNameError,
     MessageTooLarge,
     PreconditionFailed,
@@ -31,7 +32,7 @@ from corpus.domain.errors import (
 from corpus.store.azure_ports import AzureBlobStore, AzureOutbox
 from corpus.store.memory import MemoryBlobStore, MemoryOutbox
 from corpus.store.memory_tables import MemoryTable
-from corpus.store.ports import BlobStore, Outbox, iter_blobs
+from corpus.store.ports import BlobStore, Expected, Outbox, iter_blobs
 from corpus.store.settings import Settings
 from corpus.store.storage import Clients
 from corpus.store.tables import first_page
@@ -354,3 +355,53 @@ def test_table_transactions_are_all_or_nothing_with_the_failing_index(table: Any
             table.get_entity("t", "r0")
     table.submit_transaction([("create", {"PartitionKey": "t", "RowKey": f"r{i}"}) for i in range(100)])
     assert len(list(table.query_entities("PartitionKey eq @pk", parameters={"pk": "t"}))) == 101
+
+
+@pytest.fixture(params=["memory-copy", "memory-put-from-url", "azurite-copy"])
+def copier(request: pytest.FixtureRequest) -> BlobStore:
+    """Both ways ``copy_once`` can copy: Copy Blob (Azurite has nothing else) and Put Blob From URL
+    (Azure; on the memory store here, and its request on the wire in tests/test_put_from_url.py)."""
+    if request.param == "azurite-copy":
+        return AzureBlobStore(request.getfixturevalue("azurite_clients"), put_from_url=False)
+    return MemoryBlobStore(put_from_url=request.param == "memory-put-from-url")
+
+
+def test_copy_once_with_expected_bytes_either_verifies_or_leaves_it_to_the_caller(copier: BlobStore) -> None:
+    box = f"box{next(_names)}"
+    copier.ensure_container(box)
+    src = copier.put(box, "staging/a.png", b"png", "application/octet-stream")
+    expect = Expected(md5(b"png"), "image/png")
+    state = copier.copy_once(
+        box, "original/a.png", source_container=box, source_name="staging/a.png", source_etag=src.etag, expect=expect
+    )
+    got = copier.read(box, "original/a.png")
+    assert got.data == b"png" and got.info.etag == state.etag
+    if state.verified:  # the store checked the MD5 and wrote the validated headers: nothing left to do
+        assert (got.info.md5, got.info.content_type) == (expect.md5, "image/png")
+    else:  # Copy Blob: the source's headers, for the caller to verify and fix up
+        assert got.info.content_type == "application/octet-stream"
+    # the same conditions as without expect
+    with pytest.raises(BlobExists):
+        copier.copy_once(
+            box, "original/a.png", source_container=box, source_name="staging/a.png", source_etag=src.etag, expect=expect
+        )
+    with pytest.raises(SourceChanged):
+        copier.copy_once(
+            box, "original/b.png", source_container=box, source_name="staging/a.png", source_etag='"0x1"', expect=expect
+        )
+    with pytest.raises(SourceChanged):
+        copier.copy_once(
+            box, "original/c.png", source_container=box, source_name="staging/none", source_etag=src.etag, expect=expect
+        )
+
+
+def test_put_from_url_refuses_other_bytes_and_writes_nothing() -> None:
+    store = MemoryBlobStore(put_from_url=True)
+    store.ensure_container("box")
+    src = store.put("box", "staging/a.png", b"png")
+    with pytest.raises(CopyFailed):
+        store.copy_once(
+            "box", "original/a.png", source_container="box", source_name="staging/a.png", source_etag=src.etag,
+            expect=Expected(md5(b"other"), "image/png"),
+        )  # fmt: skip
+    assert not store.exists("box", "original/a.png")

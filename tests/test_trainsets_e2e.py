@@ -100,7 +100,7 @@ def test_create_lineage_verify_and_immutability(env, clients, app_dir, tmp_path)
     raw = manifest_bytes(clients, "birds-cls")
     assert show["sha256"] == hashlib.sha256(gzip.decompress(raw)).hexdigest()
     recs = manifest_records(clients, "birds-cls")
-    assert len(recs) == 32 and all(tuple(r) == mf.MANIFEST_FIELDS for r in recs)
+    assert len(recs) == 32 and all(tuple(r) == mf.MANIFEST_FIELDS + mf.FACT_KEYS for r in recs)  # facts: issue 19
     # Sorted by container then blob (plain names, prefix-free sets: the documented order is plain order).
     assert [(r["container"], r["blob"]) for r in recs] == sorted((r["container"], r["blob"]) for r in recs)
     assert recs == sorted(recs, key=lambda r: mf.manifest_order_key(r["container"], r["blob"]))
@@ -170,7 +170,7 @@ def test_create_lineage_verify_and_immutability(env, clients, app_dir, tmp_path)
     )
     run_host(env, app_dir)
     report = ok_json(env, tmp_path, "status")
-    assert report["queues"]["trainset-requests-poison"] == 1
+    assert report["queues"]["trainset-requests-poison"] == 0  # taken by its recorder; the row below stays
     assert any("TrainsetConflictError" in f["Reason"] and "immutable" in f["Reason"] for f in report["failures"]["latest"])
     assert ok_json(env, tmp_path, "trainset", "show", "birds-cls:1")["sha256"] == show["sha256"]
 

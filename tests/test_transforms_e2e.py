@@ -11,6 +11,7 @@ from PIL import Image
 
 from corpus.domain import keys
 from corpus.domain.paths import SetRef
+from corpus.store.catalog import Catalog
 from corpus.store.hostconfig import load_queue_config
 from corpus.store.rows import as_int
 from tests.support import ingest, max_overlap, photo, prepare_app_dir, run_cli, run_host
@@ -99,7 +100,7 @@ def test_conflicting_arguments_for_an_existing_version_are_refused_visibly(env, 
     run_host(env, app_dir)
     assert blobs(clients, "birds", "transform/") == before
     report = json.loads(run_cli(env, tmp_path, "status", "--json").stdout)
-    assert report["queues"]["transform-requests-poison"] == 1
+    assert report["queues"]["transform-requests-poison"] == 0  # taken by its recorder; the row below stays
     (failure,) = report["failures"]["latest"]
     assert "already exists with" in failure["Reason"] and "immutable" in failure["Reason"]
     assert "already exists with" in run_cli(env, tmp_path, "status").stdout
@@ -115,10 +116,11 @@ def test_corrupt_source_poisons_only_its_own_job(env, clients, tmp_path):
     summary = run_host(env, app)
     assert summary["failed"]["transform_job"] == 2
     assert set(blobs(clients, "birds", "transform/")) == {f"transform/thumbnail/1/red/robin/v1/{i}.jpg" for i in (0, 1, 3)}
-    poison = [json.loads(m.content) for m in clients.queue_client("transform-jobs-poison").receive_messages(max_messages=10)]
-    assert [p["file"] for p in poison] == ["2.jpg"]
+    assert summary["ok"]["transform_job_poisoned"] == 1  # the host's poison copy, taken by its recorder
     report = json.loads(run_cli(env, tmp_path, "status", "--json").stdout)
+    assert report["queues"]["transform-jobs-poison"] == 0
     (failure,) = report["failures"]["latest"]
+    assert json.loads(Catalog(clients).failures.list()[0].body)["file"] == "2.jpg"
     assert failure["Source"] == "transform-jobs" and failure["Attempts"] == 2 and "ImageError" in failure["Reason"]
 
 
@@ -164,8 +166,10 @@ def test_host_honours_base64_message_encoding(env, clients, tmp_path):
     q.send_message("{not base64}")
     run_host(env, app)
     assert set(blobs(clients, "birds", "transform/")) == {"transform/thumbnail/1/red/robin/v1/a.jpg"}
-    poison = [m.content for m in clients.queue_client("transform-requests-poison").receive_messages(max_messages=5)]
-    assert poison == ["{not base64}"]
+    # Not base64: poisoned by the host, and its poison queue's recorder cannot decode it either; a
+    # *-poison queue has no poison queue, so it stays there (invisible while leased), until its TTL.
+    assert clients.queue_client("transform-requests-poison").get_queue_properties().approximate_message_count == 1
+    assert clients.queue_client("transform-requests-poison-poison").get_queue_properties().approximate_message_count == 0
 
 
 def test_a_duplicate_job_repairs_a_count_its_first_delivery_left_behind(env, clients, app_dir):

@@ -25,9 +25,11 @@ import hashlib
 import html
 import logging
 from itertools import islice
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from corpus.app import views
+from corpus.app.dupes import duplicates_of
 from corpus.app.renditions import PREVIEW_SOURCES
 from corpus.app.runtime import Runtime
 from corpus.app.trainsets import lineage_of_blob, store_of
@@ -374,7 +376,8 @@ def image_page(rt: Runtime, req: Request) -> Response:
             f'<div class="side">{"".join(cells)}</div>' if cells else '<p class="muted">No transform of this image yet.</p>'
         )
     used = _used_in(rt, domain, blob, transform is None)
-    body = f'<h1>{e(record.file)}</h1><div class="side">{main}{table}</div>{side}{used}'
+    dupes = _duplicates(rt, domain, blob, record) if transform is None else _facts_table(record)
+    body = f'<h1>{e(record.file)}</h1><div class="side">{main}{table}</div>{side}{dupes}{used}'
     crumbs = [
         ("corpus", "/gallery"),
         (domain, f"/gallery/{domain}"),
@@ -382,6 +385,29 @@ def image_page(rt: Runtime, req: Request) -> Response:
         (file, None),
     ]
     return html_response(record.file, crumbs, body)
+
+
+def _facts_table(record: ImageRow) -> str:
+    """The "Quality" section: the image's facts (docs/dedupe.md), or why there are none."""
+    if record.facts is None:
+        return '<h2>Quality</h2><p class="muted" id="facts">No facts yet: run <code>corpus reindex --facts</code>.</p>'
+    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in record.facts.to_json().items())
+    return f'<h2>Quality</h2><table id="facts">{rows}</table>'
+
+
+def _duplicates(rt: Runtime, domain: str, blob: str, record: ImageRow) -> str:
+    """The image's facts and its duplicates, linked (what ``GET /api/dupes`` returns)."""
+    found = duplicates_of(rt.catalog.dupes, domain, blob, record)
+
+    def item(d: dict[str, Any]) -> str:
+        how = f"near · {d['distance']} bits" if d["kind"] == "near" else "exact copy"
+        href = url(f"/gallery/{domain}/image", blob=d["blob"])
+        return f'<li><a class="dupe" href="{e(href)}">{e(d["blob"])}</a> {e(how)}</li>'
+
+    items = "".join(item(d) for d in found["duplicates"])
+    more = f"<li>and {found['more']} more</li>" if found["more"] else ""
+    listing = f'<ul id="duplicates">{items}{more}</ul>' if items else '<p class="muted" id="duplicates">No duplicates.</p>'
+    return _facts_table(record) + "<h2>Duplicates</h2>" + listing
 
 
 def _used_in(rt: Runtime, domain: str, blob: str, original: bool) -> str:

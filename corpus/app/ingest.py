@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from corpus.app.dupes import index_original
 from corpus.app.progress import INGESTED
 from corpus.app.runtime import Runtime
 from corpus.domain.display import md5_shown
@@ -38,7 +39,7 @@ from corpus.domain.limits import MAX_COPY_SOURCE_URL
 from corpus.domain.messages import CopyRequest
 from corpus.domain.paths import StagedName, check_copy_source, is_junk_file, parse_staged_name
 from corpus.domain.tags import tags_for
-from corpus.store.ports import BlobStore, CopyState
+from corpus.store.ports import BlobStore, CopyState, Expected
 from corpus.store.rows import REJECT_INVALID, REJECT_JUNK, ImageRow, RejectionRow, ValidationRow, bare_etag
 
 log = logging.getLogger("corpus.ingest")
@@ -167,6 +168,7 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
             width=info.width,
             height=info.height,
             format=info.format,
+            facts=info.facts,
         )
     )
     rt.send(s.copy_queue, CopyRequest(staged_name=blob.name, staged_etag=etag).to_json())
@@ -282,6 +284,12 @@ def _forget(rt: Runtime, validated: ValidationRow) -> None:
 def _record(rt: Runtime, staged: StagedName, validated: ValidationRow) -> None:
     ref = staged.set
     rt.catalog.sets.ensure(ref, tags_for(ref.dirs, rt.settings.tag_extractor), blob_prefix=ref.original_prefix())
+    # The duplicate index first (idempotent), so the record, insert-only, carries the cluster.
+    cluster = (
+        index_original(rt.catalog.dupes, ref.domain, staged.original_blob, validated.md5, validated.facts)
+        if validated.facts is not None
+        else None
+    )
     record = ImageRow(
         file=staged.file,
         blob=staged.original_blob,
@@ -291,6 +299,8 @@ def _record(rt: Runtime, staged: StagedName, validated: ValidationRow) -> None:
         width=validated.width,
         height=validated.height,
         source=validated.name,
+        facts=validated.facts,
+        cluster=cluster,
     )
     try:
         if rt.recorder.record(ref, record):
@@ -316,7 +326,14 @@ def _ensure_original(blobs: BlobStore, v: ValidationRow, staging: str, domain: s
     for _ in range(COPY_ATTEMPTS):
         outcome = CopyOutcome.COPIED
         try:
-            state = blobs.copy_once(domain, dest, source_container=staging, source_name=v.name, source_etag=v.etag)
+            state = blobs.copy_once(
+                domain,
+                dest,
+                source_container=staging,
+                source_name=v.name,
+                source_etag=v.etag,
+                expect=Expected(v.md5, v.content_type),
+            )
         except (BlobExists, SourceChanged):
             # The destination is taken, or the source moved on (perhaps because an earlier delivery
             # copied and deleted it): the destination decides.
@@ -333,6 +350,8 @@ def _ensure_original(blobs: BlobStore, v: ValidationRow, staging: str, domain: s
             # delivery's copy: look again
             blobs.delete_if_unchanged(domain, dest, state.etag)
             continue
+        if state.verified:
+            return outcome  # Put Blob From URL: the service checked the MD5 and wrote the headers
         return _verify(blobs, domain, dest, v, created=outcome is CopyOutcome.COPIED) or outcome
     raise CopyFailed(f"server-side copy to {dest} failed {COPY_ATTEMPTS} times in a row")
 

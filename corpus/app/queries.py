@@ -20,7 +20,7 @@ the same exactly-once records ingest and transform jobs write, not from the deri
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,6 +28,7 @@ from corpus.domain import transforms
 from corpus.domain.errors import InvalidNameError, TransformError
 from corpus.domain.paths import RESERVED_DOMAINS_PREFIXES, validate_domain
 from corpus.domain.refs import TransformRef
+from corpus.domain.where import Expr, evaluate, values_of
 from corpus.store.catalog import Catalog
 from corpus.store.rows import ImageSetRow, TransformRow
 from corpus.store.settings import Settings
@@ -107,10 +108,20 @@ def count(
     tags: tuple[str, ...] = (),
     op: str | None = None,
     transform: str | None = None,
+    where: Expr | None = None,
 ) -> Count:
     """Images and sets of the originals carrying ``tags``; with ``op``/``transform``, of the
     transformed sets of the matching transforms whose source carries them, and the number of
-    distinct source originals with at least one such output (see the module docstring)."""
+    distinct source originals with at least one such output (see the module docstring).
+
+    With ``where`` (:mod:`corpus.domain.where`), only images whose facts match are counted, and
+    only sets holding at least one of them: that reads every image record of the selected sets
+    (the exact counters can't answer it), concurrently per set."""
+    if where is not None:
+        if op is not None or transform is not None:
+            raise TransformError("--where counts originals; it does not combine with --op or --transform")
+        matching = [n for n in matching_per_set(catalog, catalog.sets.query(domain, tags, originals_only=True), where) if n]
+        return Count(sum(matching), len(matching))
     if op is None and transform is None:
         sets = list(catalog.sets.query(domain, tags, originals_only=True))
         return Count(_images(catalog, sets), len(sets))
@@ -130,6 +141,19 @@ def count(
     with ThreadPoolExecutor(PARALLEL) as pool:
         sources = sum(pool.map(lambda ref: catalog.images.sources_count(ref, what), source_sets))
     return Count(_images(catalog, sets), len(sets), sources)
+
+
+def matching_in(catalog: Catalog, row: ImageSetRow, where: Expr) -> int:
+    """How many images of one set match ``where`` (reads the set's records in pages)."""
+    return sum(
+        evaluate(where, values_of(i.size, i.width, i.height, i.facts)) for i in catalog.images.iter(row.ref, row.transform)
+    )
+
+
+def matching_per_set(catalog: Catalog, rows: Iterable[ImageSetRow], where: Expr) -> Iterator[int]:
+    """:func:`matching_in` of each set, in order, :data:`PARALLEL` sets at a time."""
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        yield from pool.map(lambda r: matching_in(catalog, r, where), rows)
 
 
 def _images(catalog: Catalog, sets: list[ImageSetRow]) -> int:

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from corpus.app.admission import MemoryBudget
 from corpus.domain.tags import load_extractor
-from corpus.store.azure_ports import AzureBlobStore, AzureOutbox, encode_message
+from corpus.store.azure_ports import AzureBlobStore, AzureOutbox, encode_message, put_from_url_supported
 from corpus.store.catalog import Catalog
 from corpus.store.groupcommit import ImageRecorder
 from corpus.store.hostconfig import QueueConfig, load_queue_config
@@ -70,7 +70,7 @@ class Runtime:
         settings = settings or Settings.from_env()
         load_extractor(settings.tag_extractor)
         clients = Clients(settings.connection, dict(profile))
-        blobs = AzureBlobStore(clients)
+        blobs = AzureBlobStore(clients, put_from_url=put_from_url_supported(settings))
         catalog = Catalog(clients, blobs)
         queues = load_queue_config(host_json or app_root() / "host.json")
         return cls(
@@ -91,7 +91,8 @@ class Runtime:
         settings = settings or Settings.from_env({"CorpusStorage": "UseDevelopmentStorage=true"})
         load_extractor(settings.tag_extractor)
         tables = MemoryTables()
-        blobs = MemoryBlobStore()
+        # as Azure unless told otherwise: the production copy path (Put Blob From URL) by default
+        blobs = MemoryBlobStore(put_from_url=settings.copy_mode != "copy")
         catalog = Catalog(tables, blobs)
         queues = load_queue_config(host_json or app_root() / "host.json")
         return cls(
@@ -111,6 +112,9 @@ class Runtime:
 
     def record_failure(self, row: FailureRow) -> None:
         self.catalog.failures.record(row)
+
+    def record_failure_once(self, row: FailureRow) -> bool:
+        return self.catalog.failures.record_once(row)
 
     def clear_failure(self, source: str, key: str) -> None:
         self.catalog.failures.clear(source, key)
@@ -138,7 +142,9 @@ class Runtime:
         """Create the containers, queues and tables the app needs (Bicep does this in Azure).
 
         Poison queues too: the failure reporter writes to ``<queue>-poison`` before the Functions
-        host ever has (it creates them lazily), and would get 404 on a fresh account.
+        host ever has (it creates them lazily), and would get 404 on a fresh account; and
+        ``<queue>-poison-poison``, where a poison queue's recorder moves what it could not record
+        (:func:`corpus.app.failures.record_poisoned`).
         """
         s = self.settings
         containers = (
@@ -151,7 +157,10 @@ class Runtime:
         for name in containers:
             self.blobs.ensure_container(name)
         self.clients.ensure(
-            queues=s.queues + tuple(poison_queue(q) for q in s.queues) + (BLOB_POISON_QUEUE,),
+            queues=s.queues
+            + tuple(poison_queue(q) for q in s.queues)
+            + tuple(poison_queue(poison_queue(q)) for q in s.queues)
+            + (BLOB_POISON_QUEUE,),
             tables=TABLES,
         )
 

@@ -54,6 +54,8 @@ from corpus.domain.manifest import (
 )
 from corpus.domain.paths import SetRef
 from corpus.domain.trainsets import LabelOutcome, TrainsetContinue, TrainsetRequest
+from corpus.domain.where import evaluate, values_of
+from corpus.domain.where import parse as parse_where
 from corpus.store.ports import BlobStore, iter_ranges
 from corpus.store.rows import ImageRow, ImageSetRow, dirs_of
 from corpus.store.trainsets_table import (
@@ -229,11 +231,14 @@ def _build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
 
     # One block is written (Put Block + its index rows) in the background while the next is read.
     with ThreadPoolExecutor(1) as writer:
-        for sel, rk, image, source_md5 in _resolved(rt, store, sets, saved.cursor, row.snapshot_at):
+        for sel, rk, image, source, kept in _resolved(rt, store, sets, saved.cursor, row.snapshot_at, req):
             last = (sel.container, sel.prefix, rk)
-            entry, outcome = _entry(sel, image, source_md5, req)
+            entry, outcome = _entry(sel, image, source, req)
+            if outcome is LabelOutcome.OK and kept is not LabelOutcome.OK:
+                outcome = kept
             pending.skip_or_count(outcome, entry, f"{sel.container}/{image.blob}")
             if outcome is LabelOutcome.OK:
+                pending.moved += ts.moved(source.md5, source.cluster_md5, req.split)
                 lines.append(entry.to_line() + "\n")
                 uses.append(BlobUse(entry.container, entry.source_blob, entry.blob, (row.name, row.version)))
             if len(lines) < per_block:
@@ -266,13 +271,14 @@ class _Counts:
     """Counts since the last saved state, merged into the next :class:`BuildState`."""
 
     def __init__(
-        self, images: int, splits: dict[str, int], labels: dict[str, int], skipped: dict[str, int], ex: list[str]
+        self, images: int, splits: dict[str, int], labels: dict[str, int], skipped: dict[str, int], ex: list[str], moved: int = 0
     ) -> None:
         self.images, self.splits, self.labels, self.skipped, self.examples = images, splits, labels, skipped, ex
+        self.moved = moved
 
     @classmethod
     def of(cls, s: BuildState) -> _Counts:
-        return cls(s.images, dict(s.splits), dict(s.labels), dict(s.skipped), list(s.examples))
+        return cls(s.images, dict(s.splits), dict(s.labels), dict(s.skipped), list(s.examples), s.moved)
 
     def skip_or_count(self, outcome: LabelOutcome, entry: ManifestEntry, where: str) -> None:
         if outcome is not LabelOutcome.OK:
@@ -301,6 +307,7 @@ class _Counts:
             labels=dict(self.labels),
             skipped=dict(self.skipped),
             examples=tuple(self.examples),
+            moved=self.moved,
         )
 
 
@@ -354,17 +361,73 @@ def manifest_digest(chunks: Iterator[bytes]) -> tuple[str, int]:
     return sha.hexdigest(), lines
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What decides an image's split: its source original's MD5 and that original's duplicate
+    cluster (id and founding MD5; empty for an original without facts yet), and its content key."""
+
+    md5: str
+    cluster_md5: str = ""
+    cluster: str = ""
+    sha256: str = ""
+
+
 def _resolved(
-    rt: Runtime, store: TrainsetStore, sets: list[SelectedSet], cursor: tuple[str, str, str] | None, at: Any
-) -> Iterator[tuple[SelectedSet, str, ImageRow, str]]:
-    """(set, RowKey, image, source original MD5) from the cursor on; transformed images' sources
-    are read in chunks, concurrently, so a page costs one round trip of latency, not 256."""
+    rt: Runtime,
+    store: TrainsetStore,
+    sets: list[SelectedSet],
+    cursor: tuple[str, str, str] | None,
+    at: Any,
+    req: TrainsetRequest,
+) -> Iterator[tuple[SelectedSet, str, ImageRow, Source, LabelOutcome]]:
+    """(set, RowKey, image, its source, kept) from the cursor on; ``kept`` is ``OK``, or why the
+    image is left out (``where``, ``duplicate``). Transformed images' sources are read, and
+    ``--dedupe`` claims made, in chunks, concurrently, so a page costs one round trip of latency,
+    not 256. Claims go chunk after chunk, and within a chunk only the first image (in manifest
+    order) of each key claims it: the first image of each key in manifest order holds it."""
+    where = parse_where(req.where) if req.where is not None else None
     raw = _images_from(store, sets, cursor, at)
     with ThreadPoolExecutor(RESOLVE_THREADS) as pool:
         while chunk := list(itertools.islice(raw, RESOLVE_CHUNK)):
-            md5s = list(pool.map(lambda item: _source_md5(rt, item[0], item[2]), chunk))
-            for (sel, rk, image), md5 in zip(chunk, md5s, strict=True):
-                yield sel, rk, image, md5
+            sources = list(pool.map(lambda item: _source(rt, item[0], item[2]), chunk))
+            kept = [
+                LabelOutcome.FILTERED
+                if where is not None and not evaluate(where, values_of(image.size, image.width, image.height, image.facts))
+                else LabelOutcome.OK
+                for (_, _, image) in chunk
+            ]
+            _dedupe(rt, req, chunk, sources, kept, pool)
+            for (sel, rk, image), source, keep in zip(chunk, sources, kept, strict=True):
+                yield sel, rk, image, source, keep
+
+
+def _dedupe(
+    rt: Runtime,
+    req: TrainsetRequest,
+    chunk: list[tuple[SelectedSet, str, ImageRow]],
+    sources: list[Source],
+    kept: list[LabelOutcome],
+    pool: ThreadPoolExecutor,
+) -> None:
+    """Mark the images ``--dedupe`` leaves out as ``duplicate`` (in place). Only images that would
+    be in the manifest (labelled, matching ``where``) hold a key."""
+    if req.dedupe is None:
+        return
+    first: dict[str, int] = {}
+    for i, source in enumerate(sources):
+        labelled = ts.assign_labels(chunk[i][0].row.tags, req.classes)[0] is LabelOutcome.OK
+        key = ts.dedupe_key(req.dedupe, source.sha256, source.cluster) if kept[i] is LabelOutcome.OK and labelled else None
+        if key is None:
+            continue
+        if key in first:
+            kept[i] = LabelOutcome.DUPLICATE
+        else:
+            first[key] = i
+    places = {key: f"{chunk[i][0].container}/{chunk[i][2].blob}" for key, i in first.items()}
+    held = pool.map(lambda key: rt.catalog.dupes.claim((req.name, req.version), key, places[key]), list(places))
+    for i, holds in zip(first.values(), held, strict=True):
+        if not holds:
+            kept[i] = LabelOutcome.DUPLICATE
 
 
 def _images_from(
@@ -381,9 +444,15 @@ def _images_from(
             yield sel, rk, image
 
 
-def _source_md5(rt: Runtime, sel: SelectedSet, image: ImageRow) -> str:
+def _source_of(original: ImageRow) -> Source:
+    cluster = original.cluster
+    sha = original.facts.sha256 if original.facts else ""
+    return Source(original.md5, cluster.md5 if cluster else "", cluster.id if cluster else "", sha)
+
+
+def _source(rt: Runtime, sel: SelectedSet, image: ImageRow) -> Source:
     if sel.row.transform is None:
-        return image.md5
+        return _source_of(image)
     ref = sel.row.ref
     prefix = ref.original_prefix()
     if not image.source.startswith(prefix):
@@ -391,12 +460,13 @@ def _source_md5(rt: Runtime, sel: SelectedSet, image: ImageRow) -> str:
     original = rt.catalog.images.get(ref, image.source[len(prefix) :])
     if original is None:
         raise NotFoundError(f"{sel.container}/{image.blob}: no record of its source original {image.source}")
-    return original.md5
+    return _source_of(original)
 
 
-def _entry(sel: SelectedSet, image: ImageRow, source_md5: str, req: TrainsetRequest) -> tuple[ManifestEntry, LabelOutcome]:
+def _entry(sel: SelectedSet, image: ImageRow, source: Source, req: TrainsetRequest) -> tuple[ManifestEntry, LabelOutcome]:
     outcome, labels = ts.assign_labels(sel.row.tags, req.classes)
-    entry = manifest_entry(sel.row, image, source_md5_hex=source_md5, labels=labels, split=ts.assign_split(source_md5, req.split))
+    split = ts.assign_split(ts.split_md5(source.md5, source.cluster_md5), req.split)
+    entry = manifest_entry(sel.row, image, source_md5_hex=source.md5, labels=labels, split=split)
     return entry, outcome
 
 

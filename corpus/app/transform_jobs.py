@@ -223,6 +223,11 @@ def on_transform_job(rt: Runtime, job: TransformJob) -> JobOutcome:
         width=out.width,
         height=out.height,
         source=source.blob,
+        # Facts describe the bytes stored: those of an earlier delivery may differ (another
+        # encoder version); then they are left to ``corpus reindex --facts``.
+        facts=out.facts
+        if outcome is JobOutcome.WRITTEN or md5 == hashlib.md5(out.data, usedforsecurity=False).hexdigest()
+        else None,
     )
     if rt.recorder.record(ref, record, transform):
         TRANSFORMED.done(f"{job.name}:{job.tversion} {ref.domain}/{ref.version}")

@@ -58,6 +58,8 @@ def image_row(r: ImageRow) -> dict[str, Any]:
         "height": r.height,
         "source": r.source or None,
         "created": r.created_at,
+        "facts": r.facts.to_json() if r.facts else None,
+        "cluster": r.cluster.id if r.cluster else None,
     }
 
 
@@ -163,6 +165,7 @@ def trainset_json(row: TrainsetRow) -> dict[str, Any]:
         "labels": dict(sorted(s.labels.items())),
         "skipped": dict(sorted(s.skipped.items())),
         "skipped_examples": list(s.examples),
+        "moved": s.moved,
         "manifest": f"{row.manifest_container}/{row.manifest_blob}",
         "definition": json.loads(row.definition) if row.definition else None,
         "created": row.created_at.isoformat() if row.created_at else None,

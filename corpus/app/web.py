@@ -226,3 +226,18 @@ def api_lineage(rt: Runtime, req: Request) -> Response:
     """
     container, blob = blob_arg(req)
     return json_response(lineage_of_blob(rt, store_of(rt), container, blob))
+
+
+def api_dupes(rt: Runtime, req: Request) -> Response:
+    """``GET /api/dupes?blob=CONTAINER/BLOB``: an original's facts and its duplicates (docs/dedupe.md):
+    ``{"blob", "facts", "cluster", "duplicates": [{"container", "blob", "sha256", "distance", "kind"}…], "more"}``."""
+    from corpus.app.dupes import duplicates_of, set_of_original
+
+    container, blob = blob_arg(req)
+    ref = set_of_original(container, blob)
+    if ref is None:
+        raise HttpError(400, "blob must name an original: CONTAINER/original/<dir…>/<version>/<file>")
+    record = rt.catalog.images.get(ref, blob.rsplit("/", 1)[-1])
+    if record is None or record.blob != blob:
+        raise NotFoundError(f"no image {container}/{blob}")
+    return json_response(duplicates_of(rt.catalog.dupes, container, blob, record))

@@ -75,10 +75,20 @@ COMMANDS: dict[str, tuple[Access, ...]] = {
     "TrainsetDataset": (READ_TABLES, Access("blob", "read", TRAINSETS), Access("blob", "read")),
     "export": (READ_TABLES, Access("queue", "send", _d(s.EXPORT_QUEUE))),
     "gallery": (),
+    # dupes: the Duplicates table's member rows (and sets' tags); --trainset also streams the manifest.
+    "dupes": (READ_TABLES, Access("blob", "read", TRAINSETS)),
+    "diff": (READ_TABLES,),
     # query: the catalog's manifest and Parquet files, and the tables' rows written after its watermark.
     "query": (READ_TABLES, Access("blob", "read", CATALOG), Access("blob", "read", TRAINSETS)),
     # admins
-    "reindex": (READ_TABLES, Access("table", "write", s.TABLE_SETS)),
+    # reindex --facts also reads every image (domain containers) and writes Images and Duplicates.
+    "reindex": (
+        READ_TABLES,
+        Access("table", "write", s.TABLE_SETS),
+        Access("table", "write", s.TABLE_IMAGES),
+        Access("table", "write", s.TABLE_DUPES),
+        Access("blob", "read"),
+    ),
     # schema migrations (docs/schema.md): source-markers writes markers and Schema stamps into Images.
     "migrate": (READ_TABLES, Access("table", "write", s.TABLE_IMAGES)),
     # catalog sync (the timer function's job, by hand): reads the tables and manifests, writes the catalog.

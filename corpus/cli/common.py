@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,7 +59,9 @@ def finish(
     if failures_file:
         write_failures(Path(failures_file), summary)
     if as_json:
-        print(json.dumps(summary.as_json(), indent=2, ensure_ascii=False))
+        # streamed, not built as one string: a dry run's file list is 100,000 names
+        json.dump(summary.as_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
     else:
         human_summary(summary)
     if summary.interrupted:

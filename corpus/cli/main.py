@@ -205,20 +205,21 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def _reachable(settings: Settings) -> None:
     """One request before the first file: storage that is down is one line in seconds, not a
-    minute of retries per file and a line per file (``corpus upload`` with Azurite stopped)."""
-    from azure.core.exceptions import AzureError, ResourceNotFoundError
+    minute of retries per file and a line per file (``corpus upload`` with Azurite stopped).
+    Sent by the listing client (no Azure SDK import: a re-run that sends nothing never loads it)."""
+    from corpus.store.reasons import AZURITE_HINT
+    from corpus.transfer.bloblist import BlobLister, ListingError
 
-    from corpus.store.reasons import AZURITE_HINT, azure_reason
-    from corpus.store.storage import FAIL_FAST, Clients
+    credential = None
+    if settings.connection.uses_identity:
+        from corpus.store.storage import identity_credential
 
+        credential = identity_credential(settings.connection)
     try:
-        Clients(settings.connection, {**FAIL_FAST, "retry_total": 0}).container(
-            settings.staging_container
-        ).get_container_properties()
-    except ResourceNotFoundError:
-        return  # reachable; the upload creates the container
-    except AzureError as exc:
-        raise CliError(f"storage is not reachable, nothing uploaded: {azure_reason(exc, AZURITE_HINT)}") from None
+        BlobLister.from_connection(settings.connection, credential).probe(settings.staging_container)
+    except ListingError as exc:
+        hint = f"; {AZURITE_HINT}" if exc.status is None else ""
+        raise CliError(f"storage is not reachable, nothing uploaded: {exc}{hint}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.add_argument("--limit", type=bounded_int(1, 100_000), help="at most this many sets, then a continuation token")
     q.add_argument("--continuation", metavar="TOKEN", help="continue a --limit listing where it stopped")
+    q.add_argument("--where", help="only sets holding images whose facts match, e.g. 'sharpness>=100' (docs/dedupe.md)")
     q.set_defaults(func=cmd_sets)
 
     t = sub.add_parser("transform", help="request a transform of image sets (queues a message)")
@@ -307,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=1)
     g.set_defaults(func=cmd_sample)
 
-    from corpus.cli import catalog, gallery, migrate, pull, reconcile, trainsets
+    from corpus.cli import catalog, dupes, gallery, migrate, pull, reconcile, trainsets
 
-    for feature in (reconcile, gallery, pull, queries, trainsets, catalog, migrate):
+    for feature in (reconcile, gallery, pull, queries, trainsets, catalog, dupes, migrate):
         feature.add_parsers(sub)
     _finish_parser(p)
     return p

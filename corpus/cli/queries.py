@@ -87,6 +87,12 @@ def iter_sets(args: argparse.Namespace) -> tuple[Iterator[ImageSetRow], Any]:
     _require(clients, settings, catalog, args.domain, args.tag, args.transform)
     start = decode_token(args.continuation) if args.continuation else None
     rows = find_sets(catalog, _domains(clients, settings, args.domain), tuple(args.tag or ()), args.transform, start=start)
+    where = _where(args)
+    if where is not None:
+        from corpus.app.queries import matching_per_set
+
+        found = list(rows)  # sets (not images) are held: --where reads each set's image records
+        rows = iter([r for r, n in zip(found, matching_per_set(catalog, found, where), strict=True) if n])
     return rows, catalog
 
 
@@ -145,7 +151,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     clients, catalog = _catalog(settings)
     (domain,) = _domains(clients, settings, args.domain)
     _require(clients, settings, catalog, domain, args.tag)
-    result = count(catalog, domain, tuple(args.tag or ()), op=args.op, transform=args.transform)
+    result = count(catalog, domain, tuple(args.tag or ()), op=args.op, transform=args.transform, where=_where(args))
     if args.json:
         print(json.dumps(result.as_json()))
     else:
@@ -157,6 +163,13 @@ def cmd_count(args: argparse.Namespace) -> int:
     return 0
 
 
+def _where(args: argparse.Namespace) -> Any:
+    """``--where`` parsed (docs/dedupe.md), or None."""
+    from corpus.domain.where import parse
+
+    return parse(args.where) if getattr(args, "where", None) else None
+
+
 def cmd_reindex(args: argparse.Namespace) -> int:
     from corpus.app.queries import reindex
 
@@ -164,6 +177,10 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     clients, catalog = _catalog(settings)
     domain = _domains(clients, settings, args.domain)[0] if args.domain else None
     _require(clients, settings, catalog, domain, None)
+    if args.facts:
+        from corpus.cli.dupes import reindex_facts
+
+        return reindex_facts(domain, args.resume, args.json)
     last = None
     for progress in reindex(catalog, domain, args.resume):
         last = progress
@@ -182,11 +199,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     g = c.add_mutually_exclusive_group()
     g.add_argument("--op", help="transformed sets whose transform is or contains this operation (e.g. crop)")
     g.add_argument("--transform", metavar="NAME[:VERSION]", help="transformed sets of this transform")
+    c.add_argument("--where", help="only images whose facts match, e.g. 'width>=224 and not grey' (docs/dedupe.md)")
     c.add_argument("--json", action="store_true", help='print {"images": N, "sets": K[, "sources": S]}')
     c.set_defaults(func=cmd_count)
 
     r = sub.add_parser("reindex", help="backfill the tag index of sets created before it existed (idempotent)")
     r.add_argument("--domain", help="only this domain")
     r.add_argument("--resume", metavar="TOKEN", help="continue after the page this token names")
+    r.add_argument("--facts", action="store_true", help="backfill image facts and the duplicate index instead (docs/dedupe.md)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_reindex)

@@ -44,7 +44,9 @@ def collect(settings: Settings, limit: int = 20, show_acknowledged: bool = False
     for q in (*settings.queues, BLOB_POISON_QUEUE):
         queues[q] = _depth(clients, q)
         if q != BLOB_POISON_QUEUE:
-            queues[poison_queue(q)] = _depth(clients, poison_queue(q))
+            # <q>-poison is drained into Failures by its recorder; <q>-poison-poison holds what it could not record.
+            for p in (poison_queue(q), poison_queue(poison_queue(q))):
+                queues[p] = _depth(clients, p)
     try:
         staged = sum(1 for _ in clients.container(settings.staging_container).list_blobs())
     except ResourceNotFoundError:

@@ -36,6 +36,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     c.add_argument("--transform", metavar="NAME:VER", help="the sets of this transform instead of the originals")
     c.add_argument("--classes", help="comma-separated class tags; each image gets the one its set carries")
     c.add_argument("--split", default="100", help="TRAIN/VAL[/TEST] percentages or NAME=PCT,… (default: all train)")
+    c.add_argument("--dedupe", choices=("exact", "near"), help="keep one image per exact content / per duplicate cluster")
+    c.add_argument("--where", help="only images whose facts match, e.g. 'width>=224 and not grey' (docs/dedupe.md)")
     c.add_argument("--from", dest="from_file", metavar="FILE", help="JSON list of sources (as in the message) instead")
     c.add_argument("--wait", action="store_true", help="return when ready (exit 0) or failed (exit 1)")
     c.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits at most (default 600)")
@@ -154,6 +156,10 @@ def _request(args: argparse.Namespace) -> Any:
         sources = [src]
     body: dict[str, Any] = {"trainset": {"name": args.name, "version": args.version}, "sources": sources}
     body["split"] = parse_split_arg(args.split)
+    if args.dedupe:
+        body["dedupe"] = args.dedupe
+    if args.where:
+        body["where"] = args.where
     if args.classes:
         body["labels"] = {"classes": [c.strip() for c in args.classes.split(",")]}
     return TrainsetRequest.parse(json.dumps(body))  # the same validation the function applies
@@ -242,6 +248,7 @@ def _print_show(row: Any, as_json: bool) -> None:
     print(f"  manifest {data['manifest']}")
     print("  splits   " + ", ".join(f"{k} {v}" for k, v in data["splits"].items()))
     print("  labels   " + ", ".join(f"{k} {v}" for k, v in data["labels"].items()))
+    print(f"  moved    {data['moved']} (put in their duplicate cluster's split, to keep clusters whole)")
     if data["skipped"]:
         print("  skipped  " + ", ".join(f"{k} {v}" for k, v in data["skipped"].items()))
         for ex in data["skipped_examples"]:

@@ -53,7 +53,7 @@ from azure.functions.timer import TimerRequestConverter
 from corpus.devhost.discovery import Target
 from corpus.domain import cron, keys
 from corpus.store.hostconfig import BlobConfig, QueueConfig
-from corpus.store.settings import BLOB_POISON_QUEUE, poison_queue
+from corpus.store.settings import BLOB_POISON_QUEUE, POISON_SUFFIX, poison_queue
 from corpus.store.storage import Clients
 
 log = logging.getLogger("corpus.host")
@@ -198,7 +198,9 @@ HOST_LEASE_SECONDS = 600.0
 POISON_TTL_DEFAULT: int | None = None
 """QueueProcessor.CopyMessageToPoisonQueueAsync sends no time-to-live: the queue service's default
 (7 days) applies, after which a host-poisoned message is gone. The app keeps the evidence: the
-failure reporter records every attempt, the last one marked final, in the Failures table."""
+failure reporter records every attempt, the last one marked final, in the Failures table, and each
+poison queue's recorder function (``corpus.app.failures.record_poisoned``, served like any queue
+trigger) turns what the host poisoned on its own into a final row."""
 
 HOST_ID = "corpus-devhost"
 BLOB_TRIGGER_QUEUE = f"azure-webjobs-blobtrigger-{HOST_ID}"
@@ -247,7 +249,12 @@ class QueueListener(_Component):
     ) -> None:
         self.t, self.cfg, self.stats, self.opts, self.worker = target, cfg, stats, opts, worker
         self.queue = clients.queue_client(target.source)
-        self.poison = clients.queue_client(poison_queue(target.source))
+        # QueueListenerFactory.CreatePoisonQueueReference: a queue whose name ends in "-poison" has
+        # no poison queue. QueueProcessor then never poisons: a message over maxDequeueCount is not
+        # invoked (BeginProcessingMessageAsync returns false) and a failed one is not released
+        # ("leave the message invisible ... to prevent a fast infinite loop"): it comes back when
+        # its lease lapses, and stays in the queue until its time-to-live ends.
+        self.poison = None if target.source.endswith(POISON_SUFFIX) else clients.queue_client(poison_queue(target.source))
         self.poisoned: list[dict[str, Any]] = []  # what this host moved to the poison queue, and why
         self.pool = ThreadPoolExecutor(cfg.max_concurrency, thread_name_prefix=target.name)
         self._cv = threading.Condition()
@@ -285,7 +292,9 @@ class QueueListener(_Component):
                     self.pool.submit(self._process, msg)
                 continue
             with self._cv:
-                if self._running == 0 and self._approximate_count() == 0:
+                # Without a poison queue, what failed is parked (invisible, or over maxDequeueCount
+                # and never invoked again): --until-idle does not wait for it.
+                if self._running == 0 and (self.poison is None or self._approximate_count() == 0):
                     self.idle_since = started
                 else:
                     self.idle_since = None
@@ -327,6 +336,7 @@ class QueueListener(_Component):
             try:
                 body = self._decode(raw)
             except ValueError as exc:
+                # QueuesExtensionConfigProvider's MessageDecodingFailed handler: HandlePoisonMessageAsync.
                 self._poison(lease, raw, f"not valid {self.cfg.message_encoding} text ({exc})")
                 return
             ok = self._invoke(msg, lease, body)
@@ -336,6 +346,10 @@ class QueueListener(_Component):
                 lease.done = True
                 if ok:
                     self._delete(lease)
+                elif self.poison is None:
+                    log.error(
+                        "message %s of %s failed; no poison queue: left invisible until its lease lapses", msg.id, self.t.source
+                    )
                 elif msg.dequeue_count >= self.cfg.max_dequeue_count:
                     self._poison_locked(lease, raw, f"failed {msg.dequeue_count} attempts")
                 else:
@@ -385,6 +399,9 @@ class QueueListener(_Component):
             self._poison_locked(lease, raw, why)
 
     def _poison_locked(self, lease: _Lease, raw: str, why: str) -> None:
+        if self.poison is None:  # HandlePoisonMessageAsync does nothing without a poison queue: parked
+            log.error("message %s of %s %s; no poison queue: left in place", lease.message_id, self.t.source, why)
+            return
         # CopyMessageToPoisonQueueAsync: the body, no time-to-live (the queue's default, 7 days).
         self.poison.send_message(raw, time_to_live=self.opts.poison_ttl)
         self._delete(lease)

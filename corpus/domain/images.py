@@ -12,11 +12,13 @@ import io
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, UnidentifiedImageError
 
 from corpus.domain.errors import ImageError
+from corpus.domain.facts import displayed_size, draft_request, facts_of, orientation
+from corpus.domain.imagefacts import ImageFacts
 from corpus.domain.limits import DEFAULT_MAX_PIXELS
 from corpus.domain.media import CONTENT_TYPES
 
@@ -26,10 +28,14 @@ OPEN_FORMATS = [f for f in CONTENT_TYPES if f != "MPO"]
 
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
+    """What the decode found: format, size **as displayed** (EXIF orientation applied), mode, and
+    the content's facts (:mod:`corpus.domain.facts`) when they were asked for."""
+
     format: str
     width: int
     height: int
     mode: str
+    facts: ImageFacts | None = None
 
     @property
     def content_type(self) -> str:
@@ -76,25 +82,32 @@ def inspect(
     data: bytes,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     admit: Callable[[int], AbstractContextManager[None]] | None = None,
+    facts: bool = True,
 ) -> ImageInfo:
     """Identify and fully decode ``data``; raise :class:`ImageError` with a readable reason.
 
     ``admit(n)`` (see :mod:`corpus.app.admission`) is entered with the bytes the decode will
     allocate, declared by the header, before a single pixel is decoded, and held until it is done.
+    With ``facts`` the same decode yields the content's :class:`~corpus.domain.facts.ImageFacts`
+    (SHA-256, perceptual hashes, quality metrics): no second decode.
     """
     if not data:
         raise ImageError("empty file")
     img = open_capped(data, max_pixels)
-    info = ImageInfo(format=img.format or "", width=img.size[0], height=img.size[1], mode=img.mode)
+    stored = img.size
+    width, height = displayed_size(stored, orientation(img))
+    info = ImageInfo(format=img.format or "", width=width, height=height, mode=img.mode)
     try:
         if img.format in ("JPEG", "MPO"):
             # Decoding at 1/8 scale still walks the whole entropy-coded stream, so truncation and
-            # corruption are caught, at a fraction of the cost of a full-size decode.
-            img.draft(img.mode, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+            # corruption are caught, at a fraction of the cost of a full-size decode (small images
+            # are decoded at a larger scale, enough pixels for the facts: draft_request).
+            img.draft(img.mode, draft_request(stored) if facts else (max(1, stored[0] // 8), max(1, stored[1] // 8)))
         with admit(decoded_bytes(img)) if admit else nullcontext():
             img.load()
+            found = facts_of(img, data, stored) if facts else None
     except Exception as exc:
         raise ImageError(f"corrupt or truncated {info.format} image: {exc}") from exc
     finally:
         img.close()
-    return info
+    return replace(info, facts=found)

@@ -7,6 +7,11 @@ The contract (training-sets issue): blob ``<name>/<version>/manifest.jsonl.gz`` 
      "domain", "path", "version", "transform": {"name", "version"} | null,
      "source": {"blob", "md5"}, "labels": [...], "split": "train" | "val" | "test" | ...}
 
+followed, when the image has facts (:mod:`corpus.domain.facts`; images ingested before facts
+existed have them once ``corpus reindex --facts`` has run), by ``"sha256"`` (hex), ``"phash"``,
+``"dhash"``, ``"sharpness"``, ``"brightness"``, ``"contrast"``, ``"entropy"``, ``"grey"`` and
+``"aspect"``; ``width`` and ``height`` are then the size as displayed (EXIF orientation applied).
+
 This module is the one model (:class:`ManifestEntry`), reader and writer of that line, shared by
 the builder (:mod:`corpus.app.trainsets`), ``corpus pull``, the exports and :mod:`corpus.dataset`;
 it is pure (no I/O but the stream it is handed), and :func:`iter_manifest` streams, so a manifest
@@ -37,6 +42,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from corpus.domain.errors import MessageError
+from corpus.domain.imagefacts import FACT_FIELDS, ImageFacts
 from corpus.domain.keys import image_row_key
 from corpus.domain.refs import TrainsetRef
 
@@ -155,6 +161,8 @@ MANIFEST_FIELDS = (
     "split",
 )
 """The fields of a line, in the order :meth:`ManifestEntry.to_line` writes them."""
+FACT_KEYS = tuple(f for f in FACT_FIELDS if f not in ("width", "height"))
+"""The facts a line adds after :data:`MANIFEST_FIELDS` when the image has them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +183,7 @@ class ManifestEntry:
     source_md5: str  # base64, or "" when unknown (ad-hoc pulls of transformed sets)
     labels: tuple[str, ...]
     split: str
+    facts: ImageFacts | None = None
 
     @property
     def md5_hex(self) -> str:
@@ -200,7 +209,7 @@ class ManifestEntry:
             "source": {"blob": self.source_blob, "md5": self.source_md5},
             "labels": list(self.labels),
             "split": self.split,
-        }
+        } | ({k: getattr(self.facts, k) for k in FACT_KEYS} if self.facts is not None else {})
 
     def to_line(self) -> str:
         """The canonical line (no spaces, keys in contract order, UTF-8 kept): equal entries, equal bytes."""
@@ -219,6 +228,15 @@ def _int(obj: dict[str, Any], key: str, lineno: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise MessageError(f"manifest line {lineno}: {key!r} must be a non-negative integer")
     return value
+
+
+def _facts(obj: dict[str, Any], lineno: int) -> ImageFacts | None:
+    if obj.get("sha256") is None:
+        return None
+    try:
+        return ImageFacts.from_json(obj)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MessageError(f"manifest line {lineno}: malformed facts: {exc}") from exc
 
 
 def parse_line(line: str | bytes, lineno: int = 0) -> ManifestEntry:
@@ -255,6 +273,7 @@ def parse_line(line: str | bytes, lineno: int = 0) -> ManifestEntry:
         source_md5=_str(source, "md5", lineno),
         labels=tuple(labels),
         split=_str(obj, "split", lineno),
+        facts=_facts(obj, lineno),
     )
     if not entry.container or not entry.blob:
         raise MessageError(f"manifest line {lineno}: empty container or blob")

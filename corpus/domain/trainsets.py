@@ -14,6 +14,17 @@ decides *which* files and *what they say* lives here, without I/O, so it is unit
   Bucket = first 8 bytes of SHA-256(md5 bytes) mod 100; splits take consecutive bucket ranges in
   the *sorted order of their names* (so ``{"train":80,"val":10,"test":10}`` and the same object
   written in another key order are one definition);
+* **Clusters.** With facts (:mod:`corpus.domain.facts`, :mod:`corpus.domain.dupindex`), the MD5
+  that decides the split is the one of the original's *duplicate cluster* (the cluster's founding
+  content): exact copies, re-encodes, resizes and the other near duplicates of a picture, and all
+  their transforms, land in one split, so nothing of the test split leaks into training. A picture
+  without duplicates is its own cluster: its split is the one it always had. An image whose split
+  differs from the one its own MD5 gives was *moved to keep its cluster whole* (:func:`moved`);
+* ``dedupe`` (``exact`` | ``near``) keeps one image per exact content or per cluster, the first in
+  manifest order, and reports the others as skipped ``duplicate``; ``where`` (a
+  :mod:`corpus.domain.where` expression, stored in its canonical form) keeps only the images whose
+  facts match. Both are in the canonical definition only when given, so definitions written
+  before they existed are unchanged;
 * :func:`assign_labels`: with ``classes``, an image gets the one class whose tag its set carries;
   zero or several matching classes are reported (:class:`LabelOutcome`), never guessed;
 * the manifest line itself (model, codec, order) is :mod:`corpus.domain.manifest`'s, shared with
@@ -34,6 +45,7 @@ from corpus.domain.limits import MAX_MESSAGE_BYTES
 from corpus.domain.messages import Fields, decode_body
 from corpus.domain.paths import ROOT_PATH, validate_domain, validate_version
 from corpus.domain.tags import normalize, normalize_tag
+from corpus.domain.where import canonical as canonical_where
 
 MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES * 3 // 4
 """A request must fit one queue message (64 KiB) even after base64 (host.json's messageEncoding)."""
@@ -47,6 +59,13 @@ BUCKETS = 100
 DEFAULT_SPLIT: dict[str, int] = {"train": 100}
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class Dedupe(StrEnum):
+    """``trainset create --dedupe``: keep one image per exact content, or per duplicate cluster."""
+
+    EXACT = "exact"
+    NEAR = "near"
 
 
 class TrainsetConflictError(MessageError):
@@ -90,6 +109,15 @@ class TrainsetRequest:
     sources: tuple[TrainsetSource, ...]
     classes: tuple[str, ...] | None
     split: tuple[tuple[str, int], ...]
+    dedupe: Dedupe | None = None
+    where: str | None = None  # canonical (corpus.domain.where.canonical)
+
+    def _options(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.dedupe is not None:
+            body["dedupe"] = self.dedupe.value
+        if self.where is not None:
+            body["where"] = self.where
+        return body
 
     def definition(self) -> str:
         """The canonical definition: compact JSON, independent of how the request was written."""
@@ -98,7 +126,7 @@ class TrainsetRequest:
             "labels": {"classes": list(self.classes)} if self.classes is not None else None,
             "split": dict(self.split),
         }
-        return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        return json.dumps(self._options(body), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
     def to_json(self) -> str:
         body: dict[str, Any] = {
@@ -108,7 +136,7 @@ class TrainsetRequest:
         }
         if self.classes is not None:
             body["labels"] = {"classes": list(self.classes)}
-        return json.dumps(body, ensure_ascii=False)
+        return json.dumps(self._options(body), ensure_ascii=False)
 
     @classmethod
     def from_definition(cls, name: str, version: str, definition: str) -> TrainsetRequest:
@@ -117,6 +145,9 @@ class TrainsetRequest:
         msg = {"trainset": {"name": name, "version": version}, "sources": body["sources"], "split": body["split"]}
         if body.get("labels") is not None:
             msg["labels"] = body["labels"]
+        for option in ("dedupe", "where"):
+            if option in body:
+                msg[option] = body[option]
         return cls.parse(json.dumps(msg))
 
     @classmethod
@@ -126,6 +157,8 @@ class TrainsetRequest:
         raw_sources = f.any("sources", list)
         labels = f.any("labels", dict, required=False)
         raw_split = f.any("split", dict, required=False)
+        raw_dedupe = f.str("dedupe", required=False)
+        raw_where = f.str("where", required=False)
         f.done()
         name, version = ts.str("name"), ts.str("version")
         ts.done()
@@ -153,7 +186,13 @@ class TrainsetRequest:
             if len(set(classes)) != len(classes):
                 raise MessageError("trainset request: 'labels.classes' names a class twice (classes compare case-insensitively)")
         split = parse_split(raw_split if raw_split is not None else DEFAULT_SPLIT)
-        req = cls(name, version, sources, classes, split)
+        dedupe: Dedupe | None = None
+        if raw_dedupe is not None:
+            if raw_dedupe not in (d.value for d in Dedupe):
+                raise MessageError(f"trainset request: 'dedupe' must be one of {[d.value for d in Dedupe]}, not {raw_dedupe!r}")
+            dedupe = Dedupe(raw_dedupe)
+        where = canonical_where(raw_where) if raw_where is not None else None
+        req = cls(name, version, sources, classes, split, dedupe, where)
         size = len(req.definition().encode("utf-16-le", "surrogatepass")) // 2  # Azure counts UTF-16 code units
         if size > MAX_DEFINITION_CHARS:
             raise MessageError(f"trainset request: definition is {size} characters, more than {MAX_DEFINITION_CHARS}")
@@ -238,6 +277,17 @@ def bucket_of(md5_hex: str) -> int:
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
+def split_md5(source_md5_hex: str, cluster_md5_hex: str | None) -> str:
+    """The MD5 (hex) that decides an image's split: its source original's duplicate cluster's,
+    or, for an original without facts yet, its own (the rule before clusters)."""
+    return cluster_md5_hex or source_md5_hex
+
+
+def moved(source_md5_hex: str, cluster_md5_hex: str | None, split: tuple[tuple[str, int], ...]) -> bool:
+    """Did the cluster rule put this image in another split than its own MD5 would have?"""
+    return assign_split(split_md5(source_md5_hex, cluster_md5_hex), split) != assign_split(source_md5_hex, split)
+
+
 def assign_split(md5_hex: str, split: tuple[tuple[str, int], ...]) -> str:
     """The split whose bucket range holds :func:`bucket_of` (ranges in sorted name order)."""
     bucket = bucket_of(md5_hex)
@@ -253,6 +303,16 @@ class LabelOutcome(StrEnum):
     OK = "ok"
     NO_CLASS = "no-class"
     SEVERAL_CLASSES = "several-classes"
+    DUPLICATE = "duplicate"
+    FILTERED = "where"
+
+
+def dedupe_key(mode: Dedupe | None, sha256: str | None, cluster: str | None) -> str | None:
+    """What ``dedupe`` keeps one image of: the content (``exact``) or the cluster (``near``);
+    None when the image has no facts yet (kept: it can't be compared) or there is no dedupe."""
+    if mode is None or not sha256:
+        return None
+    return sha256 if mode is Dedupe.EXACT else (cluster or sha256)
 
 
 def assign_labels(set_tags: tuple[str, ...], classes: tuple[str, ...] | None) -> tuple[LabelOutcome, tuple[str, ...]]:

@@ -26,6 +26,8 @@ from typing import Any
 from PIL import Image, ImageCms, ImageOps
 
 from corpus.domain.errors import ImageError, TransformError
+from corpus.domain.facts import facts_of
+from corpus.domain.imagefacts import ImageFacts
 from corpus.domain.images import decoded_bytes, open_capped
 from corpus.domain.limits import DEFAULT_MAX_PIXELS, MAX_PIPELINE_STEPS, MAX_TRANSFORM_DEFINITION_CHARS
 from corpus.domain.media import CONTENT_TYPES, EXTENSIONS
@@ -347,6 +349,7 @@ class Output:
     height: int
     content_type: str = field(default="")
     extension: str = field(default="")
+    facts: ImageFacts | None = None
 
 
 def steps_of(name: str, args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -455,7 +458,10 @@ def _encode(img: Image.Image, fmt: str, quality: int | None, icc: bytes | None) 
         options.update(compress_level=6)
     out = io.BytesIO()
     img.save(out, fmt, **options)
-    return Output(out.getvalue(), fmt, img.size[0], img.size[1], CONTENT_TYPES[fmt], EXTENSIONS[fmt])
+    data = out.getvalue()
+    # The facts of the output, from the pixels in hand (no second decode): transformed images
+    # carry the same facts as originals (corpus.domain.facts).
+    return Output(data, fmt, img.size[0], img.size[1], CONTENT_TYPES[fmt], EXTENSIONS[fmt], facts_of(img, data))
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".mpo")

@@ -85,10 +85,34 @@ class EntryReader:
 
     def manifest(self, name: str, version: str) -> Iterator[ManifestEntry]:
         """The entries of a ``ready`` training set (any other status, or none, is a ``NotFoundError``)."""
-        from corpus.store.storage import FAIL_FAST, Clients
-        from corpus.store.trainsets_table import TrainsetStore
+        from corpus.domain import keys
+        from corpus.domain.manifest import iter_entries
+        from corpus.pull.fetch import TableRowReader
+        from corpus.store.settings import TABLE_TRAINSETS
 
-        return TrainsetStore(Clients(self.settings.connection, dict(FAIL_FAST))).entries(name, version)
+        # The row and the manifest by plain GETs on the fetcher's transport: a re-run with nothing
+        # to do loads no Azure SDK and no `requests` (tests/test_import_time.py). The same rule as
+        # TrainsetsTable.require_ready: only a `ready` row says its manifest is complete.
+        ref = f"{name}:{version}"
+        row = TableRowReader(self.settings.connection, self.fetcher.lister).get(
+            TABLE_TRAINSETS, keys.escape(name), keys.escape(version)
+        )
+        if row is None:
+            raise NotFoundError(f"no training set {ref}")
+        status = str(row.get("Status") or "")
+        if status != "ready":
+            why = f" ({row['Reason']})" if row.get("Reason") else ""
+            raise NotFoundError(f"training set {ref} is {status}{why}, not ready")
+        container, blob = str(row.get("ManifestContainer") or ""), str(row.get("ManifestBlob") or "")
+        return iter_entries(self._manifest_chunks(container, blob, ref, status))
+
+    def _manifest_chunks(self, container: str, blob: str, ref: str, status: str) -> Iterator[bytes]:
+        from corpus.pull.fetch import BlobNotFound, iter_blob_ranges
+
+        try:
+            yield from iter_blob_ranges(self.fetcher, container, blob)
+        except BlobNotFound as exc:
+            raise NotFoundError(f"training set {ref} is {status} but its manifest {container}/{blob} is missing") from exc
 
     def ad_hoc(self, source: AdHocSource) -> Iterator[ManifestEntry]:
         from corpus.store.catalog import Catalog

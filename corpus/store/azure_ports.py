@@ -11,15 +11,21 @@ cases see one behaviour. The differences normalised (each pinned by the conforma
 * copies: Azure may finish them asynchronously (``copy_status`` pending), Azurite finishes at once:
   :meth:`AzureBlobStore.copy_once` waits, so both return a finished :class:`CopyState`;
 * 304 on ``If-None-Match``: the SDK raises ``ResourceModifiedError`` or ``ResourceNotModifiedError``
-  (its error code is ``ConditionNotMet``): :meth:`read_if_changed` returns ``None``.
+  (its error code is ``ConditionNotMet``): :meth:`read_if_changed` returns ``None``;
+* Put Blob From URL: Azure has it, Azurite 3.35 does not. With ``put_from_url`` (chosen by
+  :func:`put_from_url_supported` from ``CORPUS_COPY_MODE``) :meth:`AzureBlobStore.copy_once` given
+  an :class:`Expected` sends one synchronous Put Blob From URL instead of Copy Blob + Get Blob
+  Properties (+ Set Blob Properties).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
@@ -49,9 +55,11 @@ from corpus.store.ports import (
     BlobInfo,
     BlobPage,
     CopyState,
+    Expected,
     Message,
     check_blob_name,
 )
+from corpus.store.settings import Settings
 from corpus.store.storage import Clients, error_code
 
 COPY_DEADLINE_S = 120.0
@@ -111,11 +119,32 @@ def _translated() -> Iterator[None]:
         raise _storage_error(exc) from exc
 
 
-class AzureBlobStore:
-    """:class:`corpus.store.ports.BlobStore` on ``azure-storage-blob``."""
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+SOURCE_SAS_MINUTES = 15
+_EMULATOR_HOSTS = ("127.0.0.1", "localhost", "azurite")
 
-    def __init__(self, clients: Clients) -> None:
+
+def put_from_url_supported(settings: Settings) -> bool:
+    """``CORPUS_COPY_MODE``: ``put-from-url`` or ``copy`` as said; ``auto``: ``copy`` against the
+    storage emulator (Azurite 3.35 answers Put Blob From URL with an error), else ``put-from-url``
+    (Azure Storage has had it since service version 2020-04-08)."""
+    if settings.copy_mode != "auto":
+        return settings.copy_mode == "put-from-url"
+    c = settings.connection
+    where = (c.connection_string or c.blob_uri or "").lower()
+    return not ("usedevelopmentstorage" in where or "devstoreaccount1" in where or any(h in where for h in _EMULATOR_HOSTS))
+
+
+class AzureBlobStore:
+    """:class:`corpus.store.ports.BlobStore` on ``azure-storage-blob``.
+
+    ``put_from_url``: :meth:`copy_once` with an :class:`Expected` uses Put Blob From URL (one
+    request, the service checking the MD5 and writing the headers) instead of Copy Blob.
+    """
+
+    def __init__(self, clients: Clients, *, put_from_url: bool = False) -> None:
         self.clients = clients
+        self.put_from_url = put_from_url
 
     def _blob(self, container: str, name: str) -> BlobClient:
         check_blob_name(name)
@@ -221,9 +250,20 @@ class AzureBlobStore:
         except HttpResponseError as exc:
             raise _storage_error(exc) from exc
 
-    def copy_once(self, container: str, name: str, *, source_container: str, source_name: str, source_etag: str) -> CopyState:
+    def copy_once(
+        self,
+        container: str,
+        name: str,
+        *,
+        source_container: str,
+        source_name: str,
+        source_etag: str,
+        expect: Expected | None = None,
+    ) -> CopyState:
         dest = self._blob(container, name)
         source = self._blob(source_container, source_name)
+        if self.put_from_url and expect is not None:
+            return self._put_from_url(dest, source, source_etag, expect)
         try:
             result = dest.start_copy_from_url(
                 source.url,
@@ -243,6 +283,63 @@ class AzureBlobStore:
                 raise SourceChanged(f"{source_container}/{source_name} is not at {source_etag}", exc.status_code, code) from exc
             raise _storage_error(exc) from exc
         return self._finished(dest, result)
+
+    def _put_from_url(self, dest: BlobClient, source: BlobClient, source_etag: str, expect: Expected) -> CopyState:
+        """One synchronous Put Blob From URL: ``If-None-Match: *`` on the destination,
+        ``x-ms-source-if-match`` on the source, ``x-ms-source-content-md5`` (the service computes
+        the source's MD5 and refuses a mismatch with 400 ``Md5Mismatch``, writing nothing), the
+        validated content type and MD5 as the new blob's headers, the source's own properties not
+        copied. The source is authorised as Put Blob From URL requires (a same-account source is
+        not implied): a bearer token of the function's identity, or a short read SAS for a key."""
+        md5 = bytes.fromhex(expect.md5)
+        url, auth = self._source_access(source)
+        try:
+            result = dest.upload_blob_from_url(
+                url,
+                overwrite=False,
+                include_source_blob_properties=False,
+                source_content_md5=bytearray(md5),
+                source_etag=source_etag,
+                source_match_condition=MatchConditions.IfNotModified,
+                content_settings=ContentSettings(content_type=expect.content_type),
+                headers={"x-ms-blob-content-md5": base64.b64encode(md5).decode("ascii")},
+                source_authorization=auth,
+            )
+        except HttpResponseError as exc:
+            code = error_code(exc)
+            where = f"{dest.container_name}/{dest.blob_name}"
+            if code == "BlobAlreadyExists":
+                raise BlobExists(f"{where} exists", exc.status_code, code) from exc
+            if code in ("Md5Mismatch", "InvalidMd5"):
+                raise CopyFailed(f"copy of {source.blob_name} into {where}: the service's MD5 differs from {expect.md5}") from exc
+            if isinstance(exc, ResourceModifiedError) or code in _REFUSED or exc.status_code == 404:
+                if code not in _SOURCE_CODES and self.exists(dest.container_name, dest.blob_name):
+                    raise BlobExists(f"{where} exists", exc.status_code, code) from exc
+                raise SourceChanged(
+                    f"{source.container_name}/{source.blob_name} is not at {source_etag}", exc.status_code, code
+                ) from exc
+            raise _storage_error(exc) from exc
+        return CopyState("success", _quoted(result.get("etag")), verified=True)
+
+    def _source_access(self, source: BlobClient) -> tuple[str, str | None]:
+        """The source URL and the ``x-ms-copy-source-authorization`` for it (``None``: in the URL)."""
+        credential = self.clients.credential
+        if credential is not None:
+            return str(source.url), f"Bearer {credential.get_token(STORAGE_SCOPE).token}"
+        key = getattr(self.clients.blob.credential, "account_key", None)
+        if key is None:  # a SAS connection string: the client's URL carries it
+            return str(source.url), None
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        sas = generate_blob_sas(
+            str(source.account_name),
+            source.container_name,
+            source.blob_name,
+            account_key=key,
+            permission=BlobSasPermissions(read=True),
+            expiry=datetime.now(UTC) + timedelta(minutes=SOURCE_SAS_MINUTES),
+        )
+        return f"{source.url}?{sas}", None
 
     def copy_over(self, container: str, name: str, *, source_container: str, source_name: str, source_etag: str) -> CopyState:
         dest = self._blob(container, name)

@@ -4,7 +4,8 @@
 * ``images`` (:mod:`corpus.store.images_table`): ``Images`` records and counter shards;
 * ``transforms`` (:mod:`corpus.store.transforms_table`): ``ImageTransforms``;
 * ``rejections``, ``failures``, ``redrives`` (:mod:`corpus.store.reports_table`);
-* ``validations`` (:mod:`corpus.store.validations_table`): what the blob trigger validated.
+* ``validations`` (:mod:`corpus.store.validations_table`): what the blob trigger validated;
+* ``dupes`` (:mod:`corpus.store.dupes_table`): ``Duplicates``, the duplicate index.
 
 Exact counts under at-least-once delivery: each image is recorded by an insert-only row in the
 same transaction as its counter shard (see :mod:`corpus.store.images_table`). The set's
@@ -24,12 +25,14 @@ from azure.data.tables import UpdateMode
 from corpus.domain import keys
 from corpus.domain.errors import NotFoundError
 from corpus.domain.paths import SetRef
+from corpus.store.dupes_table import DupesTable
 from corpus.store.images_table import ImagesTable
 from corpus.store.ports import BlobStore
 from corpus.store.reports_table import FailuresTable, RedrivesTable, RejectionsTable
 from corpus.store.rows import ImageRow, ImageSetRow, Transform
 from corpus.store.sets_table import SetsTable
 from corpus.store.settings import (
+    TABLE_DUPES,
     TABLE_FAILURES,
     TABLE_IMAGES,
     TABLE_REDRIVES,
@@ -57,6 +60,7 @@ class Catalog:
         self.failures = FailuresTable(clients.table_client(TABLE_FAILURES))
         self.redrives = RedrivesTable(clients.table_client(TABLE_REDRIVES))
         self.validations = ValidationsTable(clients.table_client(TABLE_VALIDATIONS))
+        self.dupes = DupesTable(clients.table_client(TABLE_DUPES))
         # Training sets, models and lineage: built here once, not per call.
         self.training = TrainsetStore(clients, blobs)
 

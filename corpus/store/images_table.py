@@ -27,7 +27,8 @@ from corpus.domain import keys
 from corpus.domain.display import md5_shown
 from corpus.domain.errors import ConflictError
 from corpus.domain.paths import SetRef
-from corpus.store.rows import SCHEMA, CounterRow, ImageRow, SourceMarkerRow, Transform, schema_of
+from corpus.store import egt
+from corpus.store.rows import SCHEMA, CounterRow, ImageRow, SourceMarkerRow, Transform, facts_properties, schema_of
 from corpus.store.tables import MAX_ATTEMPTS, backoff, first_page, if_unchanged
 
 SHARDS = 16
@@ -87,7 +88,7 @@ class ImagesTable:
             ops: list[Any] = [("create", r.to_entity(pk)) for r in records]
             ops.append(self._counter_op(pk, self.batch_shard, n, sum(r.size for r in records)))
             try:
-                self.table.submit_transaction(ops)
+                egt.submit(self.table, ops)  # a failure is replayed through the SDK for its typed error
                 return [True] * n
             except TableTransactionError as exc:
                 if exc.index == n:  # only the counter step failed: another writer raced us for the shard
@@ -192,6 +193,19 @@ class ImagesTable:
             images += shard.count
             total += shard.bytes
         return images, total
+
+    def add_facts(self, ref: SetRef, image: ImageRow, transform: Transform | None = None) -> None:
+        """Merge ``image``'s facts and cluster into its existing record (``corpus reindex --facts``).
+
+        The one write to an ``Images`` row after its insert: the facts are a pure function of the
+        immutable bytes (and the cluster is decided once, insert-only, in ``Duplicates``), so
+        writing them twice, or racing another backfill, writes the same values."""
+        entity = {
+            "PartitionKey": keys.image_partition_key(ref, transform),
+            "RowKey": keys.image_row_key(image.file),
+            **facts_properties(image.facts, image.cluster),
+        }
+        self.table.update_entity(entity, mode=UpdateMode.MERGE)
 
     def iter(self, ref: SetRef, transform: Transform | None = None) -> Iterator[ImageRow]:
         """Every image record of a set (its partition, counters excluded), in row-key order."""

@@ -31,11 +31,22 @@ from corpus.domain.errors import (
     BlobConflict,
     BlobExists,
     BlobNotFound,
+    CopyFailed,
     MessageTooLarge,
     PreconditionFailed,
     SourceChanged,
 )
-from corpus.store.ports import LIST_PAGE, MAX_MESSAGE_BYTES, Blob, BlobInfo, BlobPage, CopyState, Message, check_blob_name
+from corpus.store.ports import (
+    LIST_PAGE,
+    MAX_MESSAGE_BYTES,
+    Blob,
+    BlobInfo,
+    BlobPage,
+    CopyState,
+    Expected,
+    Message,
+    check_blob_name,
+)
 
 ACCOUNT_URL = "https://memory.blob.core.windows.net"
 
@@ -50,7 +61,10 @@ class _Container:
 class MemoryBlobStore:
     """:class:`corpus.store.ports.BlobStore` in memory; thread-safe (one lock)."""
 
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC), *, put_from_url: bool = False) -> None:
+        """``put_from_url``: :meth:`copy_once` with an ``expect`` behaves as Azure's Put Blob From URL
+        (MD5 checked, headers written, ``verified``), else as Copy Blob (source headers copied)."""
+        self.put_from_url = put_from_url
         self._containers: dict[str, _Container] = {}
         self._lock = threading.Lock()
         self._etags = itertools.count(1)
@@ -198,9 +212,18 @@ class MemoryBlobStore:
             self._store(container, name, self._committed(container, name, block_ids), content_type, md5)
             return True
 
-    def _copy(self, container: str, name: str, source_container: str, source_name: str, etag: str, once: bool) -> CopyState:
+    def _copy(
+        self,
+        container: str,
+        name: str,
+        source_container: str,
+        source_name: str,
+        etag: str,
+        once: bool,
+        expect: Expected | None = None,
+    ) -> CopyState:
         with self._lock:
-            self.requests["copy"] += 1
+            self.requests["put_from_url" if expect else "copy"] += 1
             check_blob_name(name)
             dest = self._c(container)
             if once and name in dest.blobs:
@@ -208,13 +231,30 @@ class MemoryBlobStore:
             src = self._c(source_container).blobs.get(source_name)
             if src is None or src.info.etag.strip('"') != etag.strip('"'):
                 raise SourceChanged(f"{source_container}/{source_name} is not at {etag}", 412, "SourceConditionNotMet")
+            if expect is not None:
+                if hashlib.md5(src.data, usedforsecurity=False).hexdigest() != expect.md5:
+                    raise CopyFailed(
+                        f"copy of {source_name} into {container}/{name}: the service's MD5 differs from {expect.md5}"
+                    )
+                info = self._store(container, name, src.data, expect.content_type, expect.md5)
+                return CopyState("success", info.etag, verified=True)
             info = self._store(container, name, src.data, src.info.content_type, src.info.md5)
             if src.info.metadata:
                 dest.blobs[name] = Blob(replace(info, metadata=dict(src.info.metadata)), src.data)
             return CopyState("success", info.etag)
 
-    def copy_once(self, container: str, name: str, *, source_container: str, source_name: str, source_etag: str) -> CopyState:
-        return self._copy(container, name, source_container, source_name, source_etag, once=True)
+    def copy_once(
+        self,
+        container: str,
+        name: str,
+        *,
+        source_container: str,
+        source_name: str,
+        source_etag: str,
+        expect: Expected | None = None,
+    ) -> CopyState:
+        expect = expect if self.put_from_url else None
+        return self._copy(container, name, source_container, source_name, source_etag, once=True, expect=expect)
 
     def copy_over(self, container: str, name: str, *, source_container: str, source_name: str, source_etag: str) -> CopyState:
         return self._copy(container, name, source_container, source_name, source_etag, once=False)

@@ -77,13 +77,26 @@ class BlobPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Expected:
+    """What a copy must produce: the validated bytes' MD5 (hex) and the content type to store."""
+
+    md5: str
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
 class CopyState:
     """How a server-side copy ended: ``success``, ``failed`` or ``aborted``; ``etag`` is the
-    destination's. Azure may finish a copy later than the request: the adapter waits for it."""
+    destination's. Azure may finish a copy later than the request: the adapter waits for it.
+
+    ``verified``: the store itself checked the copied bytes against :class:`Expected` ``md5`` and
+    wrote them with its ``md5`` and ``content_type`` (Put Blob From URL with
+    ``x-ms-source-content-md5``), so there is nothing left for the caller to read back or fix up."""
 
     status: str
     etag: str
     why: str = ""
+    verified: bool = False
 
     @property
     def failed(self) -> bool:
@@ -154,10 +167,24 @@ class BlobStore(Protocol):
         """Commit under ``If-None-Match: *``: as :meth:`put_once` for a blob made of staged blocks."""
         ...
 
-    def copy_once(self, container: str, name: str, *, source_container: str, source_name: str, source_etag: str) -> CopyState:
+    def copy_once(
+        self,
+        container: str,
+        name: str,
+        *,
+        source_container: str,
+        source_name: str,
+        source_etag: str,
+        expect: Expected | None = None,
+    ) -> CopyState:
         """Server-side copy, ``If-None-Match: *`` on the destination, ``If-Match`` on the source,
         waited for until it ends. :class:`BlobExists` if the destination is taken,
-        :class:`SourceChanged` if the source is not at ``source_etag``."""
+        :class:`SourceChanged` if the source is not at ``source_etag``.
+
+        With ``expect``, a store that can (Put Blob From URL) has the service check the source's
+        MD5 and writes ``expect``'s headers in the same request, and says so (``verified``); one
+        whose bytes differ raises :class:`~corpus.domain.errors.CopyFailed` and writes nothing.
+        Without the capability ``expect`` is ignored and the caller verifies as before."""
         ...
 
     def copy_over(self, container: str, name: str, *, source_container: str, source_name: str, source_etag: str) -> CopyState:

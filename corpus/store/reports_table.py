@@ -42,6 +42,14 @@ class FailuresTable:
     def record(self, row: FailureRow) -> None:
         self.table.upsert_entity(row.to_entity(), mode=UpdateMode.REPLACE)
 
+    def record_once(self, row: FailureRow) -> bool:
+        """Insert-only: False when a row with this key exists (kept as it is, with its reason)."""
+        try:
+            self.table.create_entity(row.to_entity())
+        except ResourceExistsError:
+            return False
+        return True
+
     def clear(self, source: str, key: str) -> None:
         self.table.delete_entity(keys.escape(source), keys.escape(key))
 

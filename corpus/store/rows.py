@@ -22,7 +22,9 @@ from azure.data.tables import EdmType, EntityProperty
 
 from corpus.domain import keys
 from corpus.domain.display import redact
+from corpus.domain.dupindex import Cluster
 from corpus.domain.errors import truncate
+from corpus.domain.imagefacts import FACT_FIELDS, ImageFacts
 from corpus.domain.paths import ROOT_PATH, SetRef
 from corpus.domain.refs import TransformRef
 
@@ -121,8 +123,12 @@ class Columns:
 
     @classmethod
     def from_entity(cls, entity: Mapping[str, Any]) -> Self:
-        present = [f for f in _declared(cls) if f.metadata["column"] in entity]
-        return cls(**{f.name: _decode(entity, f.metadata["column"], f.metadata["kind"]) for f in present})
+        return cls(**_read_columns(cls, entity))
+
+
+def _read_columns(cls: type, entity: Mapping[str, Any]) -> dict[str, Any]:
+    present = [f for f in _declared(cls) if f.metadata["column"] in entity]
+    return {f.name: _decode(entity, f.metadata["column"], f.metadata["kind"]) for f in present}
 
 
 def _declared(cls: type) -> list[Field[Any]]:
@@ -288,6 +294,11 @@ class ImageRow(Columns):
     height: int = column("Height", INT)
     source: str = column("Source", default="")
     created_at: datetime | None = column("CreatedAt", TIME, default=None)
+    facts: ImageFacts | None = None
+    """The content's facts (:mod:`corpus.domain.facts`); None for images recorded before facts
+    existed and not yet backfilled (``corpus reindex --facts``)."""
+    cluster: Cluster | None = None
+    """The duplicate cluster of an original (:mod:`corpus.domain.dupindex`); None when not indexed."""
 
     schema: ClassVar[int] = 2
     """1: as declared; 2: a transformed image's source original is counted by the source markers
@@ -295,7 +306,50 @@ class ImageRow(Columns):
     (migration step ``source-markers`` brings older rows there)."""
 
     def to_entity(self, partition_key: str) -> Entity:
-        return {"PartitionKey": partition_key, "RowKey": keys.image_row_key(self.file), **self.columns()}
+        entity = {"PartitionKey": partition_key, "RowKey": keys.image_row_key(self.file), **self.columns()}
+        return entity | facts_properties(self.facts, self.cluster)
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> Self:
+        facts, cluster = facts_of_entity(entity)
+        return cls(**_read_columns(cls, entity), facts=facts, cluster=cluster)
+
+
+FACT_COLUMNS = {
+    "sha256": "SHA256",
+    "phash": "PHash",
+    "dhash": "DHash",
+    "width": "Width",
+    "height": "Height",
+    "sharpness": "Sharpness",
+    "brightness": "Brightness",
+    "contrast": "Contrast",
+    "entropy": "Entropy",
+    "grey": "Grey",
+    "aspect": "Aspect",
+}
+"""Fact (:data:`corpus.domain.facts.FACT_FIELDS`) → entity property. ``Width``/``Height`` are the
+row's own columns: with facts they hold the size as displayed."""
+assert tuple(FACT_COLUMNS) == FACT_FIELDS
+
+
+def facts_properties(facts: ImageFacts | None, cluster: Cluster | None) -> Entity:
+    """The entity properties of ``facts`` and ``cluster`` (none when absent)."""
+    out: Entity = {}
+    if facts is not None:
+        out.update({FACT_COLUMNS[k]: v for k, v in facts.to_json().items()})
+    if cluster is not None:
+        out.update({"Cluster": cluster.id, "ClusterMD5": cluster.md5})
+    return out
+
+
+def facts_of_entity(entity: Mapping[str, Any]) -> tuple[ImageFacts | None, Cluster | None]:
+    """Inverse of :func:`facts_properties`."""
+    values = {k: entity.get(col) for k, col in FACT_COLUMNS.items()}
+    values["width"], values["height"] = as_int(values["width"]), as_int(values["height"])
+    facts = ImageFacts.from_json(values) if entity.get("SHA256") else None
+    cluster = Cluster(str(entity["Cluster"]), str(entity.get("ClusterMD5") or "")) if entity.get("Cluster") else None
+    return facts, cluster
 
 
 ImageRecord = ImageRow
@@ -450,6 +504,8 @@ class ValidationRow(Columns):
     height: int = column("Height", INT64)
     format: str = column("Format")
     at: datetime | None = column("At", TIME, default=None)
+    facts: ImageFacts | None = None
+    """The facts the trigger's decode found (:mod:`corpus.domain.facts`), carried to the record."""
 
     @property
     def keys(self) -> tuple[str, str]:
@@ -457,4 +513,8 @@ class ValidationRow(Columns):
 
     def to_entity(self) -> Entity:
         pk, rk = self.keys
-        return {"PartitionKey": pk, "RowKey": rk, **self.columns()}
+        return {"PartitionKey": pk, "RowKey": rk, **self.columns()} | facts_properties(self.facts, None)
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> Self:
+        return cls(**_read_columns(cls, entity), facts=facts_of_entity(entity)[0])

@@ -46,6 +46,7 @@ from corpus.domain.limits import MAX_FILTER_COMPARISONS, MAX_TABLE_BATCH
 from corpus.domain.paths import SetRef
 from corpus.domain.refs import TransformRef
 from corpus.domain.tags import check_tag_count, matches, normalize, normalize_tag
+from corpus.store import egt
 from corpus.store.rows import ImageSetRow, TagIndexRow, Transform, is_set_entity
 from corpus.store.tables import decode_continuation, encode_continuation, first_page
 
@@ -117,7 +118,7 @@ class SetsTable:
         the index existed). Returns how many were written."""
         entities = [TagIndexRow(row.domain, tag, row.row_key).to_entity() for tag in normalize(row.tags)]
         for i in range(0, len(entities), MAX_TABLE_BATCH):
-            self.table.submit_transaction([("upsert", e, {"mode": UpdateMode.MERGE}) for e in entities[i : i + MAX_TABLE_BATCH]])
+            egt.submit(self.table, [("upsert", e, {"mode": UpdateMode.MERGE}) for e in entities[i : i + MAX_TABLE_BATCH]])
         return len(entities)
 
     def get(self, ref: SetRef, transform: Transform | None = None) -> ImageSetRow | None:

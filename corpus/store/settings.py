@@ -45,6 +45,8 @@ TABLE_VALIDATIONS = "Validations"
 TABLE_TRAINSETS = "TrainingSets"
 TABLE_MODELS = "Models"
 TABLE_LINEAGE = "Lineage"
+TABLE_DUPES = "Duplicates"
+"""The duplicate index of every domain (:mod:`corpus.store.dupes_table`)."""
 TABLES = (
     TABLE_SETS,
     TABLE_IMAGES,
@@ -56,6 +58,7 @@ TABLES = (
     TABLE_TRAINSETS,
     TABLE_MODELS,
     TABLE_LINEAGE,
+    TABLE_DUPES,
 )
 
 POISON_SUFFIX = "-poison"
@@ -95,6 +98,11 @@ TRANSFORM_PAGE_SIZE = "CORPUS_TRANSFORM_PAGE_SIZE"
 TRAINSET_QUEUE = "CORPUS_TRAINSET_QUEUE"
 TRAINSET_BLOCK_IMAGES = "CORPUS_TRAINSET_BLOCK_IMAGES"
 TRAINSET_BUDGET_SECONDS = "CORPUS_TRAINSET_BUDGET_SECONDS"
+COPY_MODE = "CORPUS_COPY_MODE"
+COPY_MODES = ("auto", "put-from-url", "copy")
+"""How ingest copies a validated upload into ``original/``: ``put-from-url`` (one synchronous Put Blob
+From URL, the service checking the MD5), ``copy`` (Copy Blob, then a read of its properties: Azurite
+3.35 has no Put Blob From URL), or ``auto``: ``copy`` on the storage emulator, else ``put-from-url``."""
 CATALOG_CONTAINER = "CORPUS_CATALOG_CONTAINER"
 CATALOG_SCHEDULE = "CORPUS_CATALOG_SCHEDULE"
 
@@ -119,6 +127,7 @@ DEFAULTS: dict[str, str] = {
     TRAINSET_QUEUE: "trainset-requests",
     TRAINSET_BLOCK_IMAGES: "10000",
     TRAINSET_BUDGET_SECONDS: "240",
+    COPY_MODE: "auto",
     CATALOG_CONTAINER: "catalog",
     CATALOG_SCHEDULE: "0 */15 * * * *",
 }
@@ -204,6 +213,8 @@ class Settings:
     """Manifest lines per block (one gzip member, one Put Block); fixes the compressed bytes."""
     trainset_budget_seconds: float = 240.0
     """A build message stops after this long (at a block boundary) and continues in a new message."""
+    copy_mode: str = "auto"
+    """:data:`COPY_MODES`; see :data:`COPY_MODE`."""
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -235,6 +246,8 @@ class Settings:
             raise ConfigError(f"{MAX_PIXELS}, {MAX_BLOB_BYTES} and {DECODE_BUDGET_BYTES} must be positive")
         if not 1 <= page_size <= 5000:
             raise ConfigError(f"{TRANSFORM_PAGE_SIZE} must be between 1 and 5000, got {page_size}")
+        if v[COPY_MODE] not in COPY_MODES:
+            raise ConfigError(f"{COPY_MODE} must be one of {', '.join(COPY_MODES)}, got {v[COPY_MODE]!r}")
         if block_images < 1 or budget < 0:
             raise ConfigError(f"{TRAINSET_BLOCK_IMAGES} must be positive and {TRAINSET_BUDGET_SECONDS} not negative")
         return cls(
@@ -258,6 +271,7 @@ class Settings:
             trainset_queue=v[TRAINSET_QUEUE],
             trainset_block_images=block_images,
             trainset_budget_seconds=budget,
+            copy_mode=v[COPY_MODE],
             values={**env, **v},
         )
 

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobClient, BlobProperties, BlobServiceClient, ContainerClient
 
-from corpus.store.http import shared_session
+from corpus.store.http import ca_verify, shared_session
 from corpus.store.settings import Connection
 
 if TYPE_CHECKING:  # imported when first used: `corpus upload` needs neither, and each costs ~0.1 s to start
+    # (the blob SDK too: a `corpus pull` re-run reads one table row and the manifest without it)
     from azure.data.tables import TableClient, TableServiceClient
+    from azure.storage.blob import BlobClient, BlobProperties, BlobServiceClient, ContainerClient
     from azure.storage.queue import QueueClient, QueueServiceClient
 
 
@@ -31,7 +32,8 @@ def identity_credential(connection: Connection) -> Any:
 
 
 def _transport() -> RequestsTransport:
-    return RequestsTransport(session=shared_session(), session_owner=False)
+    # verify per request as requests itself would (the session no longer reads the environment)
+    return RequestsTransport(session=shared_session(), session_owner=False, connection_verify=ca_verify())
 
 
 def stored_md5(props: BlobProperties) -> str:
@@ -103,6 +105,8 @@ class Clients:
 
     @cached_property
     def blob(self) -> BlobServiceClient:
+        from azure.storage.blob import BlobServiceClient
+
         client: BlobServiceClient = self._service(BlobServiceClient, self.connection.blob_uri, self.options)
         return client
 

@@ -42,7 +42,7 @@ from corpus.domain import keys
 from corpus.domain.errors import BlobNotFound, NotFoundError
 from corpus.domain.limits import MAX_TABLE_BATCH
 from corpus.domain.manifest import ManifestEntry, hex_to_b64, iter_entries
-from corpus.store.azure_ports import AzureBlobStore
+from corpus.store import egt
 from corpus.store.ports import BlobStore, iter_ranges
 from corpus.store.rows import Entity, ImageRow, ImageSetRow, as_int, int64, now
 from corpus.store.settings import TABLE_IMAGES, TABLE_LINEAGE, TABLE_MODELS, TABLE_TRAINSETS
@@ -91,6 +91,8 @@ class BuildState:
     """Images left out, by reason (``no-class``, ``several-classes``)."""
     examples: tuple[str, ...] = ()
     """A few skipped images (``reason: container/blob``), for ``trainset show``."""
+    moved: int = 0
+    """Images put in another split than their own MD5 gives, to keep their duplicate cluster whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,7 @@ class TrainsetRow:
             "Step": int64(s.step),
             "Cursor": _dumps(list(s.cursor)) if s.cursor else "",
             "Blocks": int64(s.blocks),
+            "Moved": int64(s.moved),
             "CreatedAt": self.created_at or now(),
             "UpdatedAt": now(),
         }
@@ -158,6 +161,7 @@ class TrainsetRow:
             labels={str(k): int(v) for k, v in _json(entity, "Labels", {}).items()},
             skipped={str(k): int(v) for k, v in _json(entity, "Skipped", {}).items()},
             examples=tuple(str(x) for x in _json(entity, "Examples", [])),
+            moved=as_int(entity.get("Moved")),
         )
         created, updated = entity.get("CreatedAt"), entity.get("UpdatedAt")
         return cls(
@@ -325,7 +329,7 @@ class LineageTable:
         ]
 
         def send(chunk: list[Entity]) -> None:
-            self.table.submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+            egt.submit(self.table, [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
 
         # Transactions to different partitions are independent: overlap their round trips.
         with ThreadPoolExecutor(INDEX_THREADS) as pool:
@@ -383,6 +387,7 @@ def manifest_entry(
         source_md5=hex_to_b64(source_md5_hex) if source_md5_hex else "",
         labels=labels,
         split=split,
+        facts=image.facts,
     )
 
 
@@ -414,7 +419,11 @@ class TrainsetStore:
         """``blobs`` reads the manifests; by default the Azure adapter on ``clients`` (which must
         then be :class:`~corpus.store.storage.Clients`): tools that only have clients keep working."""
         self.clients = clients
-        self.blobs = blobs if blobs is not None else AzureBlobStore(_as_clients(clients))
+        if blobs is None:
+            from corpus.store.azure_ports import AzureBlobStore  # the blob SDK: only when manifests are read
+
+            blobs = AzureBlobStore(_as_clients(clients))
+        self.blobs = blobs
         self.trainsets = TrainsetsTable(clients.table_client(TABLE_TRAINSETS))
         self.models = ModelsTable(clients.table_client(TABLE_MODELS))
         self.lineage = LineageTable(clients.table_client(TABLE_LINEAGE))

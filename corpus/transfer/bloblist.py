@@ -102,6 +102,14 @@ class BlobLister:
             if not marker:
                 return out
 
+    def probe(self, container: str) -> None:
+        """One Get Container Properties, no retry: returns if the service answers (a missing
+        container is an answer), else :class:`ListingError`. ``corpus upload`` asks it before the
+        first file so that storage that is down is one line in seconds, without loading the SDK.
+        (Not a listing: Azurite answers a listing, even of one blob, by scanning the container.)"""
+        query = {"restype": "container"}
+        BlobLister(self.account_url, self.account_name, self.account_key, self.sas, self.credential, ())._get(container, query)
+
     # -- transport -------------------------------------------------------------------------
 
     def url(self, container: str, query: dict[str, str]) -> str:
@@ -147,7 +155,16 @@ class BlobLister:
             return self._token[0]
 
 
-_REQUESTS_ONLY_SETTINGS = ("http_proxy", "https_proxy", "all_proxy", "requests_ca_bundle", "curl_ca_bundle")
+_REQUESTS_ONLY_SETTINGS = ("http_proxy", "https_proxy", "all_proxy")
+"""Proxies need ``requests``; a CA bundle does not: :func:`ca_bundle` hands it to ``ssl`` (loading
+``requests`` costs a re-run ~0.4 s, and many machines set ``REQUESTS_CA_BUNDLE`` for other tools)."""
+
+
+def ca_bundle() -> str | None:
+    """The CA bundle ``requests`` would trust (``REQUESTS_CA_BUNDLE``, then ``CURL_CA_BUNDLE``), if set."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
+
 TIMEOUT = 120.0
 
 
@@ -187,12 +204,16 @@ class _StdlibTransport:
         if scheme == "http":
             return http.client.HTTPConnection(netloc, timeout=TIMEOUT)
         if self._tls is None:
-            try:  # the CA bundle requests (and so the SDK) trusts, where the OS store may be empty
-                import certifi
+            bundle = ca_bundle()
+            if bundle:
+                self._tls = ssl.create_default_context(cafile=bundle)
+            else:
+                try:  # the CA bundle requests (and so the SDK) trusts, where the OS store may be empty
+                    import certifi
 
-                self._tls = ssl.create_default_context(cafile=certifi.where())
-            except ImportError:
-                self._tls = ssl.create_default_context()
+                    self._tls = ssl.create_default_context(cafile=certifi.where())
+                except ImportError:
+                    self._tls = ssl.create_default_context()
         return http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=self._tls)
 
 

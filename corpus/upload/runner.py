@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from corpus.domain.display import valid_text
 from corpus.domain.errors import InvalidNameError, StorageError
 from corpus.domain.paths import WORST_ACCOUNT_BLOB_URL, check_copy_source
 from corpus.store.reasons import azure_reason
@@ -366,7 +367,7 @@ class Uploader:
             if action is Action.UPLOAD:
                 if self.opts.dry_run:
                     s.would_upload += 1
-                    s.would_upload_files.append(task.staged)
+                    s.would_upload_files.append(valid_text(task.staged))  # printable once, kept once
                 else:
                     s.uploaded += 1
                     s.bytes_uploaded += nbytes

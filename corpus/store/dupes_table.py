@@ -1,0 +1,172 @@
+"""Table ``Duplicates``: the duplicate index of every domain (rules and keys: :mod:`corpus.domain.dupindex`).
+
+One partition per domain holds three kinds of rows, all insert-only or idempotent:
+
+* band rows ``b<i>!<value>!<phash>!<sha256>``: one per band of each distinct content (props
+  ``SHA256``, ``MD5``, ``PHash``, ``DHash``), written in one transaction (:meth:`add_bands`);
+* content rows ``c!<sha256>``: the cluster the content joined (``Cluster``, ``ClusterMD5``) and
+  the first image seen with it (``Container``, ``Blob``); insert-only, so the first decision
+  stands and every later delivery or exact copy reads it (:meth:`decide`);
+* member rows ``m!<cluster>!<sha256>!<container>!<blob>``: the images of clusters with two or
+  more images, upserted with fixed values (idempotent), for ``corpus dupes`` (:meth:`members`).
+
+Reads are bounded: one point read, and at most :data:`~corpus.domain.dupindex.MAX_BAND_ROWS`
+rows of each of the 4 band ranges, whatever the size of the domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableTransactionError, UpdateMode
+
+from corpus.domain import dupindex as d
+from corpus.domain.imagefacts import ImageFacts
+
+MAX_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """A content row: its cluster and the first image seen with it."""
+
+    sha256: str
+    cluster: d.Cluster
+    container: str
+    blob: str
+    phash: str
+
+
+def _age_seconds(entity: Any) -> float:
+    stamp = getattr(entity, "metadata", {}).get("timestamp")
+    if not isinstance(stamp, datetime):
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - stamp).total_seconds())
+
+
+class DupesTable:
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def add_bands(self, domain: str, facts: ImageFacts, md5: str) -> bool:
+        """Insert the content's band rows in one transaction; False when they exist (a redelivery,
+        or an exact copy indexed before)."""
+        pk = d.partition(domain)
+        props = {"SHA256": facts.sha256, "MD5": md5, "PHash": facts.phash, "DHash": facts.dhash}
+        ops = [("create", {"PartitionKey": pk, "RowKey": rk, **props}) for rk in d.band_row_keys(facts.phash, facts.sha256)]
+        try:
+            self.table.submit_transaction(ops)
+            return True
+        except TableTransactionError as exc:
+            if getattr(exc, "error_code", "") == "EntityAlreadyExists" or "AlreadyExists" in str(exc):
+                return False
+            raise
+
+    def content(self, domain: str, sha256: str) -> Content | None:
+        try:
+            e = self.table.get_entity(d.partition(domain), d.content_row_key(sha256))
+        except ResourceNotFoundError:
+            return None
+        return Content(
+            sha256,
+            d.Cluster(str(e["Cluster"]), str(e["ClusterMD5"])),
+            str(e["Container"]),
+            str(e["Blob"]),
+            str(e.get("PHash") or ""),
+        )
+
+    def neighbours(self, domain: str, facts: ImageFacts) -> list[tuple[d.Neighbour, Content | None]]:
+        """Indexed contents near ``facts`` (not itself), each with its content row if it has one."""
+        pk = d.partition(domain)
+        rows: list[d.Neighbour] = []
+        for low, high in d.band_ranges(facts.phash_int):
+            pages = self.table.query_entities(
+                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                parameters={"pk": pk, "lo": low, "hi": high},
+                results_per_page=d.MAX_BAND_ROWS,
+            ).by_page()
+            for e in next(pages, []):
+                rows.append(
+                    d.Neighbour(
+                        str(e["SHA256"]),
+                        str(e["MD5"]),
+                        d.hash_int(str(e["PHash"])),
+                        d.hash_int(str(e["DHash"])),
+                        None,
+                        _age_seconds(e),
+                    )
+                )
+        found = []
+        for n in d.candidates(facts.phash_int, facts.dhash_int, rows, facts.sha256):
+            c = self.content(domain, n.sha256)
+            found.append((d.Neighbour(n.sha256, n.md5, n.phash, n.dhash, c.cluster if c else None, n.age_seconds), c))
+        return found
+
+    def decide(self, domain: str, content: Content) -> Content:
+        """Insert the content row; if another delivery got there first, theirs stands and is returned."""
+        entity = {
+            "PartitionKey": d.partition(domain),
+            "RowKey": d.content_row_key(content.sha256),
+            "Cluster": content.cluster.id,
+            "ClusterMD5": content.cluster.md5,
+            "Container": content.container,
+            "Blob": content.blob,
+            "PHash": content.phash,
+        }
+        try:
+            self.table.create_entity(entity)
+            return content
+        except ResourceExistsError:
+            existing = self.content(domain, content.sha256)
+            if existing is None:  # pragma: no cover - rows are never deleted
+                raise
+            return existing
+
+    def add_members(self, domain: str, members: list[d.Member]) -> None:
+        """Upsert member rows (fixed values: idempotent), in transactions of at most 100."""
+        pk = d.partition(domain)
+        ops = [
+            (
+                "upsert",
+                {
+                    "PartitionKey": pk,
+                    "RowKey": d.member_row_key(m.cluster, m.sha256, m.container, m.blob),
+                    "Cluster": m.cluster,
+                    "SHA256": m.sha256,
+                    "Container": m.container,
+                    "Blob": m.blob,
+                    "PHash": f"{m.phash:016x}",
+                },
+                {"mode": UpdateMode.REPLACE},
+            )
+            for m in members
+        ]
+        unique = list({op[1]["RowKey"]: op for op in ops}.values())
+        for start in range(0, len(unique), MAX_BATCH):
+            self.table.submit_transaction(unique[start : start + MAX_BATCH])
+
+    def members(self, domain: str, cluster: str | None = None) -> Iterator[d.Member]:
+        """Member rows of ``domain`` (or of one cluster) in RowKey order: grouped by cluster, then content."""
+        low, high = d.cluster_range(cluster) if cluster else d.MEMBERS
+        for e in self.table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            parameters={"pk": d.partition(domain), "lo": low, "hi": high},
+            results_per_page=1000,
+        ):
+            yield d.Member(str(e["Cluster"]), str(e["Container"]), str(e["Blob"]), str(e["SHA256"]), d.hash_int(str(e["PHash"])))
+
+    def claim(self, trainset: tuple[str, str], key: str, place: str) -> bool:
+        """``--dedupe``: does ``place`` (``container/blob``) hold ``key`` (a content or cluster) in the
+        training set? The first claim is inserted and stands; a claim by the same place again (a
+        retried build) is still true; any other place's is false. A build claims in manifest order,
+        one chunk after the other, so the first image in manifest order holds each key."""
+        entity = {"PartitionKey": d.claims_partition(*trainset), "RowKey": key, "Place": place}
+        try:
+            self.table.create_entity(entity)
+            return True
+        except ResourceExistsError:
+            return str(self.table.get_entity(entity["PartitionKey"], key).get("Place")) == place

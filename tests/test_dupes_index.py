@@ -1,0 +1,137 @@
+"""The duplicate index on a real (private) Azurite: exact copies, near duplicates, redelivery, races."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+from corpus.app.dupes import MemberFilter, dupes_lines, index_original
+from corpus.app.runtime import Runtime
+from corpus.domain.imagefacts import ImageFacts
+from corpus.domain.images import inspect
+from tests.photolike import jpeg_of, variant
+
+DOMAIN = "birds"
+
+
+def facts(data: bytes) -> ImageFacts:
+    f = inspect(data).facts
+    assert f is not None
+    return f
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def test_clusters_exact_and_near_and_redelivery_changes_nothing(rt: Runtime) -> None:
+    dupes = rt.catalog.dupes
+    a, other = jpeg_of(1), jpeg_of(2)
+    b = variant(a, "reencode", 3)
+
+    def index(blob: str, data: bytes) -> str:
+        return index_original(dupes, DOMAIN, blob, md5(data), facts(data)).id
+
+    ca = index("original/a/v1/a.jpg", a)
+    assert ca == facts(a).sha256
+    assert list(dupes_lines(dupes, DOMAIN, near=True)) == []  # a single image is no cluster
+    assert index("original/copies/v1/a.jpg", a) == ca  # exact copy
+    assert index("original/reenc/v1/a.jpg", b) == ca  # near duplicate
+    c_other = index("original/a/v1/other.jpg", other)
+    assert c_other != ca
+    rows_before = sorted(e["RowKey"] for e in dupes.table.list_entities())
+    assert index("original/reenc/v1/a.jpg", b) == ca  # delivered again
+    assert sorted(e["RowKey"] for e in dupes.table.list_entities()) == rows_before
+
+    exact = list(dupes_lines(dupes, DOMAIN, near=False))
+    assert [sorted(m["blob"] for m in line["members"]) for line in exact] == [  # type: ignore[attr-defined]
+        ["original/a/v1/a.jpg", "original/copies/v1/a.jpg"]
+    ]
+    near = list(dupes_lines(dupes, DOMAIN, near=True))
+    assert len(near) == 1 and near[0]["kind"] == "near"
+    assert sorted(m["blob"] for m in near[0]["members"]) == [  # type: ignore[attr-defined]
+        "original/a/v1/a.jpg",
+        "original/copies/v1/a.jpg",
+        "original/reenc/v1/a.jpg",
+    ]
+    only = list(dupes_lines(dupes, DOMAIN, near=True, keep=MemberFilter(tags=("reenc",)), set_tags=lambda ref: ref.dirs))
+    assert [[m["blob"] for m in line["members"]] for line in only] == []  # type: ignore[attr-defined]
+    v1 = list(dupes_lines(dupes, DOMAIN, near=True, keep=MemberFilter(version="v1")))
+    assert v1 == near
+
+
+def test_an_original_and_its_variants_indexed_at_once_end_in_one_cluster(rt: Runtime) -> None:
+    dupes = rt.catalog.dupes
+
+    def index(blob: str, data: bytes) -> str:
+        return index_original(dupes, DOMAIN, blob, md5(data), facts(data)).id
+
+    for seed in range(3):
+        a = jpeg_of(10 + seed)
+        group = [a, *(variant(a, kind, seed) for kind in ("reencode", "half", "png", "darker"))]
+        blobs = [f"original/s{seed}/v1/{i}.jpg" for i in range(len(group))]
+        with ThreadPoolExecutor(len(group)) as pool:
+            clusters = list(pool.map(index, blobs, group))
+        assert len(set(clusters)) == 1, clusters
+
+
+def test_backfill_fills_facts_and_clusters_once_and_resumes(rt: Runtime) -> None:
+    from corpus.app.backfill import backfill_facts
+    from corpus.domain.paths import SetRef
+    from corpus.store.rows import ImageRow
+    from tests.photolike import rotated_exif
+
+    ref = SetRef(DOMAIN, ("old",), "v1")
+    rt.catalog.sets.ensure(ref, ("old",), blob_prefix=ref.original_prefix())
+    rt.ensure_container(DOMAIN)
+    a = jpeg_of(30)
+    files = {
+        "a.jpg": a,
+        "copy.jpg": a,
+        "near.jpg": variant(a, "half", 1),
+        "other.jpg": jpeg_of(31),
+        "turned.jpg": rotated_exif(32, (96, 64)),
+    }
+    for name, data in files.items():
+        blob = ref.original_prefix() + name
+        rt.blobs.put(DOMAIN, blob, data, "image/jpeg")
+        stored = (64, 96) if name == "turned.jpg" else (1, 1)  # as recorded before facts: the stored size
+        rt.catalog.images.record(ref, ImageRow(name, blob, len(data), md5(data), "image/jpeg", *stored, source=f"x/{name}"))
+
+    def read(container: str, blob: str) -> bytes:
+        return rt.blobs.read(container, blob).data
+
+    first = list(backfill_facts(rt.catalog, read, rt.settings.max_pixels, DOMAIN, page=2))
+    assert first[-1].filled == 5 and first[-1].failed == 0
+    rows = {r.file: r for r in rt.catalog.images.iter(ref)}
+    assert all(r.facts is not None and r.cluster is not None for r in rows.values())
+    assert rows["a.jpg"].cluster == rows["copy.jpg"].cluster == rows["near.jpg"].cluster != rows["other.jpg"].cluster
+    assert (rows["turned.jpg"].width, rows["turned.jpg"].height) == (96, 64)  # fixed: as displayed
+    again = list(backfill_facts(rt.catalog, read, rt.settings.max_pixels, DOMAIN))
+    assert again[-1].filled == 0 and again[-1].skipped == 5
+    assert {r.file: r for r in rt.catalog.images.iter(ref)} == rows
+
+
+def test_flat_pictures_of_different_colours_are_not_near_duplicates(rt: Runtime) -> None:
+    from tests.support import photo
+
+    dupes = rt.catalog.dupes
+    red, blue = photo(1), photo(2)
+    clusters = {
+        index_original(dupes, DOMAIN, f"original/flat/v1/{i}.jpg", md5(x), facts(x)).id for i, x in enumerate((red, blue))
+    }
+    assert len(clusters) == 2
+    assert index_original(dupes, DOMAIN, "original/flat/v2/0.jpg", md5(red), facts(red)).id == facts(red).sha256  # exact copy
+    assert [len(line["members"]) for line in dupes_lines(dupes, DOMAIN, near=True)] == [2]  # type: ignore[arg-type]
+
+
+def test_the_index_runs_on_the_in_memory_store_too() -> None:
+    """The same use case on Runtime.in_memory (corpus.store.memory_tables): same clusters, no Azurite."""
+    mem = Runtime.in_memory()
+    mem.ensure_resources()
+    dupes = mem.catalog.dupes
+    a = jpeg_of(50)
+    group = [a, a, variant(a, "half", 2), jpeg_of(51)]
+    got = [index_original(dupes, DOMAIN, f"original/m/v1/{i}.jpg", md5(x), facts(x)).id for i, x in enumerate(group)]
+    assert got[0] == got[1] == got[2] != got[3]
+    assert [len(line["members"]) for line in dupes_lines(dupes, DOMAIN, near=True)] == [3]  # type: ignore[arg-type]
