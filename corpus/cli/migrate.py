@@ -6,21 +6,25 @@ import argparse
 import json
 import sys
 
-from corpus.cli.queries import _catalog, _domains, _settings
+from corpus.cli.queries import _domains, _settings
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from corpus.app.migrate import STEPS, MigrateProgress, migrate
+    from corpus.app.migrate import STEPS, Context, MigrateProgress, migrate
+    from corpus.app.runtime import Runtime
+    from corpus.store.storage import FAIL_FAST
 
     if args.step is None:
         for s in STEPS.values():
-            print(f"{s.name}  (table {s.table}, to Schema {s.version}): {s.summary}")
+            to = f"to Schema {s.version}" if s.version is not None else "rows lacking the column"
+            print(f"{s.name}  (table {s.table}, {to}): {s.summary}")
         return 0
     settings = _settings()
-    clients, catalog = _catalog(settings)
-    domain = _domains(clients, settings, args.domain)[0] if args.domain else None
+    rt = Runtime.create(settings, profile=FAIL_FAST)
+    domain = _domains(rt.clients, settings, args.domain)[0] if args.domain else None
+    ctx = Context(rt.catalog, rt.blobs, settings.max_pixels)
     last = MigrateProgress(args.step)
-    for progress in migrate(catalog, args.step, domain, args.resume):
+    for progress in migrate(ctx, args.step, domain, args.resume):
         last = progress
         if progress.continuation:
             done = f"{progress.sets} sets, {progress.rows_migrated} rows migrated"
@@ -29,7 +33,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(json.dumps(last.as_json()))
     else:
         print(f"{args.step}: {last.sets} sets, {last.rows_migrated} of {last.rows_seen} old rows migrated")
-    return 0
+        for example in last.examples:
+            print(f"  failed: {example}")
+    return 1 if last.failed else 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
