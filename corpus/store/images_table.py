@@ -250,14 +250,6 @@ class ImagesTable:
                 out[row.source] = row
         return out
 
-    def sources(self, ref: SetRef, transform: Transform | None = None) -> set[str]:
-        """The ``Source`` of every image record of a set (one column read; counters excluded)."""
-        pk = keys.image_partition_key(ref, transform)
-        rows = self.table.query_entities(
-            "PartitionKey eq @pk and RowKey ge @lo", parameters={"pk": pk, "lo": IMAGES_FROM}, select=["RowKey", "Source"]
-        )
-        return {str(entity.get("Source") or "") for entity in rows}
-
     def pages_below(
         self, ref: SetRef, transform: Transform | None, schema: int, page: int = 1000
     ) -> Iterator[list[tuple[str, ImageRow]]]:
