@@ -9,7 +9,9 @@ Costs (requests), with ``D`` a domain, ``k`` tags, ``S`` matching sets, ``I`` th
   one (a Table partition can't be listed; a container per domain always exists), so one list
   request per 5,000 containers more. Nothing reads sets that don't carry the tags.
 * :func:`count`: the above, plus one counter-shard query per matching set (O(S)) for images
-  and sets; ``sources`` reads the ``Source`` column of each matching transformed image (O(I)).
+  and sets; ``sources`` one counter query per distinct source set of the matching transformed
+  sets (O(S)): the insert-only source markers (:meth:`~corpus.store.images_table.ImagesTable.mark_sources`)
+  count each (source original, operation) once, however many versions or deliveries wrote it.
 
 Counts are summed from the counter shards (:meth:`corpus.store.images_table.ImagesTable.count`),
 the same exactly-once records ingest and transform jobs write, not from the derived
@@ -18,11 +20,9 @@ the same exactly-once records ingest and transform jobs write, not from the deri
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from corpus.domain import transforms
 from corpus.domain.errors import InvalidNameError, TransformError
@@ -87,13 +87,7 @@ class Count:
 
 def steps_of(row: TransformRow) -> list[str]:
     """The operations a registered transform applies: itself, or each step of a pipeline."""
-    if row.name != "pipeline":
-        return [row.name]
-    try:
-        args: Any = json.loads(row.args)
-        return [str(step["name"]) for step in args["steps"]]
-    except (ValueError, KeyError, TypeError):
-        return []
+    return row.steps()
 
 
 def matching_transforms(catalog: Catalog, op: str | None = None, transform: str | None = None) -> list[TransformRow]:
@@ -136,10 +130,17 @@ def count(
     sets = []
     for row in matching_transforms(catalog, op, transform):
         sets += catalog.sets.query(domain, tags, transform=f"{row.name}:{row.version}")
+    if op is not None:
+        what = op
+    else:
+        ref = TransformRef.from_label(transform or "") or TransformRef("")
+        what = f"{ref.name}:{ref.version}" if ref.version else ref.name
+    # Distinct sources: the marker counters of each distinct source set (one query per set), not
+    # a read of every transformed image; see ImagesTable.mark_sources.
+    source_sets = sorted({s.ref for s in sets}, key=lambda r: (r.domain, r.dirs, r.version))
     with ThreadPoolExecutor(PARALLEL) as pool:
-        per_set = list(pool.map(lambda s: catalog.images.sources(s.ref, s.transform), sets))
-    sources: set[str] = set().union(*per_set) if per_set else set()
-    return Count(_images(catalog, sets), len(sets), len(sources))
+        sources = sum(pool.map(lambda ref: catalog.images.sources_count(ref, what), source_sets))
+    return Count(_images(catalog, sets), len(sets), sources)
 
 
 def matching_in(catalog: Catalog, row: ImageSetRow, where: Expr) -> int:

@@ -165,6 +165,8 @@ class CatalogStorage:
                 batch.clear()
 
             for e in self.changed(TABLE_IMAGES, lo, hi, row_from=IMAGES_FROM, pk_range=pk_range):
+                if keys.is_source_partition(str(e["PartitionKey"])):
+                    continue  # count's source markers share the table: not images
                 batch.append(e)
                 if len(batch) == CHUNK:
                     convert()

@@ -12,7 +12,7 @@ Two tiers of principals:
 * **operators** (the deployer and an optional group of people and upload tools): upload to
   staging, send requests, read everything, register models;
 * **admins** (the deployer only): :data:`ADMIN_COMMANDS`, which write the catalog directly
-  (``reindex``) or run the ingest the blob trigger runs, re-driving copies through the internal
+  (``reindex``, ``migrate``) or run the ingest the blob trigger runs, re-driving copies through the internal
   ``copy-requests`` queue (``reconcile``).
 
 ``corpus host`` is not listed: it is a development host run with a connection string (Azurite).
@@ -91,6 +91,8 @@ COMMANDS: dict[str, tuple[Access, ...]] = {
         Access("table", "write", s.TABLE_DUPES),
         Access("blob", "read"),
     ),
+    # schema migrations (docs/schema.md): source-markers writes markers and Schema stamps into Images.
+    "migrate": (READ_TABLES, Access("table", "write", s.TABLE_IMAGES)),
     # catalog sync (the timer function's job, by hand): reads the tables and manifests, writes the catalog.
     "catalog sync": (READ_TABLES, Access("blob", "read", TRAINSETS), Access("blob", "write", CATALOG)),
     # reconcile runs the blob trigger's ingest: reads staging and the dead letters, moves rejects to
@@ -107,7 +109,7 @@ COMMANDS: dict[str, tuple[Access, ...]] = {
     ),
 }
 
-ADMIN_COMMANDS = frozenset({"reindex", "reconcile", "catalog sync"})
+ADMIN_COMMANDS = frozenset({"reindex", "migrate", "reconcile", "catalog sync"})
 
 # The least built-in role for each kind of access (role names as in the Bicep's variables).
 ROLE_FOR: dict[tuple[Service, Action], str] = {

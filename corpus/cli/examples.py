@@ -40,6 +40,11 @@ corpus sample --domain birds --version v1 --count 50
     "reindex": """
 corpus reindex --domain birds
 """,
+    "migrate": """
+corpus migrate
+corpus migrate source-markers
+corpus migrate source-markers --resume TOKEN
+""",
     "trainset create": """
 corpus trainset create --name birds-cls --version 1 --domain birds --tag robin --tag jay \\
     --classes robin,jay --split 80/10/10 --wait

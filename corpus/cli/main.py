@@ -309,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=1)
     g.set_defaults(func=cmd_sample)
 
-    from corpus.cli import catalog, dupes, gallery, pull, reconcile, trainsets
+    from corpus.cli import catalog, dupes, gallery, migrate, pull, reconcile, trainsets
 
-    for feature in (reconcile, gallery, pull, queries, trainsets, catalog, dupes):
+    for feature in (reconcile, gallery, pull, queries, trainsets, catalog, dupes, migrate):
         feature.add_parsers(sub)
     _finish_parser(p)
     return p

@@ -87,6 +87,19 @@ def image_partition_key(ref: SetRef, transform: tuple[str, str] | None = None) -
     return escape(ref.domain) + SEPARATOR + set_row_key(ref, transform)
 
 
+def source_partition_key(ref: SetRef, what: str) -> str:
+    """Partition of the Images table holding the distinct-source markers of one original set for
+    one operation or transform label ``what``: ``<domain>!s!<what>!<path>!<version>``. Set row keys
+    start with ``o!`` or ``t!``, so no set's image partition can equal it."""
+    return escape(ref.domain) + SEPARATOR + "s" + SEPARATOR + compose(what, "/".join(ref.dirs), ref.version)
+
+
+def is_source_partition(partition_key: str) -> bool:
+    """True for a partition of source markers (:func:`source_partition_key`), not a set's images."""
+    _, sep, rest = partition_key.partition(SEPARATOR)
+    return bool(sep) and rest.startswith("s" + SEPARATOR)
+
+
 def image_row_key(file: str) -> str:
     """Row key of one image inside its set's partition."""
     return escape(file)

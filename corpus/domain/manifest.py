@@ -102,21 +102,31 @@ def gzip_member(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
+GUNZIP_OUT = 1 << 20
+"""Decompressed bytes per step of :func:`gunzip_chunks`: a 4 MiB range of a manifest (JSON lines
+compress ~10x) would otherwise inflate to ~40 MB at once."""
+
+
 def gunzip_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """The decompressed bytes of a gzip stream of one or more members (a builder's blocks), as the
-    compressed chunks arrive (e.g. ranged downloads): bounded memory whatever the manifest's size."""
+    compressed chunks arrive (e.g. ranged downloads), at most :data:`GUNZIP_OUT` bytes at a time:
+    bounded memory whatever the manifest's size."""
     d = zlib.decompressobj(wbits=31)
     for chunk in chunks:
         data = chunk
-        while data:
-            out = d.decompress(data)
+        while True:
+            out = d.decompress(data, GUNZIP_OUT)
             if out:
                 yield out
             if d.eof:  # one gzip member ended: the next begins in what is left
                 data = d.unused_data
                 d = zlib.decompressobj(wbits=31)
-            else:
-                data = b""
+                if not data:
+                    break
+                continue
+            data = d.unconsumed_tail
+            if not data and len(out) < GUNZIP_OUT:
+                break  # this chunk is used up and nothing more is pending
 
 
 def split_lines(parts: Iterable[bytes]) -> Iterator[bytes]:

@@ -23,6 +23,7 @@ from azure.core.exceptions import ResourceModifiedError
 from azure.data.tables import UpdateMode
 
 from corpus.domain import keys
+from corpus.domain.errors import NotFoundError
 from corpus.domain.paths import SetRef
 from corpus.store.dupes_table import DupesTable
 from corpus.store.images_table import ImagesTable
@@ -66,7 +67,22 @@ class Catalog:
     # The two steps of group commit (corpus.store.groupcommit.Committer).
 
     def record_images(self, ref: SetRef, records: list[ImageRow], transform: Transform | None = None) -> list[bool]:
+        """Record (and count) images exactly once; for transformed images first mark their sources
+        (:meth:`mark_sources`), so that a recorded image always has its markers: a delivery that
+        dies in between finds the image unrecorded and marks again (a no-op), then records it."""
+        if transform is not None:
+            self.mark_sources(ref, transform, [r.source for r in records])
         return self.images.record_many(ref, records, transform)
+
+    def mark_sources(self, ref: SetRef, transform: Transform, sources: list[str]) -> int:
+        """Count the source originals (blob names in ``ref``) of ``transform``'s outputs under each
+        of its :meth:`~corpus.store.rows.TransformRow.source_keys`, each once ever."""
+        row = self.transforms.registered(*transform)
+        if row is None:
+            raise NotFoundError(f"transform {transform[0]}:{transform[1]} is not registered")
+        prefix = ref.original_prefix()
+        files = [s[len(prefix) :] for s in sources if s.startswith(prefix)]
+        return sum(self.images.mark_sources(ref, what, files) for what in row.source_keys())
 
     def refresh_counts(self, ref: SetRef, transform: Transform | None = None) -> tuple[int, int]:
         """Copy the exact count into the set's entity, never lowering it; see the module doc."""

@@ -28,10 +28,12 @@ from corpus.domain.display import md5_shown
 from corpus.domain.errors import ConflictError
 from corpus.domain.paths import SetRef
 from corpus.store import egt
-from corpus.store.rows import CounterRow, ImageRow, Transform, facts_properties
+from corpus.store.rows import SCHEMA, CounterRow, ImageRow, SourceMarkerRow, Transform, facts_properties, schema_of
 from corpus.store.tables import MAX_ATTEMPTS, backoff, first_page, if_unchanged
 
 SHARDS = 16
+MAX_MARKERS = 99
+"""Source markers per transaction: 99 inserts and one counter step make Azure's 100."""
 
 IMAGES_FROM = keys.after(keys.SEPARATOR)
 """Counter rows (``!count!NN``) sort below every escaped file name; image rows are ``>= '"'``."""
@@ -121,9 +123,64 @@ class ImagesTable:
         counter = CounterRow(pk, shard_key, shard.count + n, shard.bytes + size)
         return ("update", counter.to_entity(), if_unchanged(entity))
 
+    def mark_sources(self, ref: SetRef, what: str, files: list[str]) -> int:
+        """Count ``files`` (originals of set ``ref``) as sources of ``what`` (an operation or a
+        transform label), each once ever: an insert-only marker row per (set, what, file) in the
+        same transaction as the increment of a counter shard of its partition
+        (:func:`corpus.domain.keys.source_partition_key`), exactly as :meth:`record` counts images.
+        A duplicate delivery, a second transform version with the same operation, or two writers
+        at once find the marker there and add nothing. Returns how many were new.
+
+        One transaction per 99 new markers (the batch path); any marker already there sends the
+        batch one by one."""
+        pk = keys.source_partition_key(ref, what)
+        todo = sorted(set(files))
+        added = 0
+        for i in range(0, len(todo), MAX_MARKERS):
+            chunk = todo[i : i + MAX_MARKERS]
+            added += self._mark_batch(pk, chunk) if len(chunk) > 1 else self._mark_one(pk, chunk[0])
+        return added
+
+    def _mark_batch(self, pk: str, files: list[str]) -> int:
+        n = len(files)
+        for attempt in range(8):
+            ops: list[Any] = [("create", SourceMarkerRow(pk, keys.image_row_key(f)).to_entity()) for f in files]
+            ops.append(self._counter_op(pk, self.batch_shard, n, 0))
+            try:
+                self.table.submit_transaction(ops)
+                return n
+            except TableTransactionError as exc:
+                if exc.index == n:  # only the counter step failed: another writer raced us for the shard
+                    backoff(attempt)
+                    continue
+                break
+        return sum(self._mark_one(pk, f) for f in files)
+
+    def _mark_one(self, pk: str, file: str) -> int:
+        rk = keys.image_row_key(file)
+        shard_key = keys.counter_row_key(zlib.crc32(rk.encode()) % SHARDS)
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                marker = ("create", SourceMarkerRow(pk, rk).to_entity())
+                self.table.submit_transaction([marker, self._counter_op(pk, shard_key, 1, 0)])
+                return 1
+            except TableTransactionError:
+                try:
+                    self.table.get_entity(pk, rk, select=["RowKey"])
+                    return 0  # counted before
+                except ResourceNotFoundError:
+                    backoff(attempt)  # lost the race for the counter shard: try again
+        raise RuntimeError(f"could not mark {file} in {pk}: counter contention did not resolve")
+
+    def sources_count(self, ref: SetRef, what: str) -> int:
+        """How many distinct originals of ``ref`` have an output of ``what``: one counter query."""
+        return self._count(keys.source_partition_key(ref, what))[0]
+
     def count(self, ref: SetRef, transform: Transform | None = None) -> tuple[int, int]:
         """(images, bytes) of a set, summed from its counter shards: exact, not cached."""
-        pk = keys.image_partition_key(ref, transform)
+        return self._count(keys.image_partition_key(ref, transform))
+
+    def _count(self, pk: str) -> tuple[int, int]:
         lo = keys.COUNTER_PREFIX
         rows = self.table.query_entities(
             "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
@@ -193,13 +250,41 @@ class ImagesTable:
                 out[row.source] = row
         return out
 
-    def sources(self, ref: SetRef, transform: Transform | None = None) -> set[str]:
-        """The ``Source`` of every image record of a set (one column read; counters excluded)."""
+    def pages_below(
+        self, ref: SetRef, transform: Transform | None, schema: int, page: int = 1000
+    ) -> Iterator[list[tuple[str, ImageRow]]]:
+        """A set's image records written at a schema version below ``schema``, a page of the
+        partition at a time (a page may be empty: its rows are up to date). Filtered here, not by
+        the service: rows written before versions existed have no ``Schema`` property, and a
+        comparison with a missing property is false on Azure."""
         pk = keys.image_partition_key(ref, transform)
         rows = self.table.query_entities(
-            "PartitionKey eq @pk and RowKey ge @lo", parameters={"pk": pk, "lo": IMAGES_FROM}, select=["RowKey", "Source"]
+            "PartitionKey eq @pk and RowKey ge @lo", parameters={"pk": pk, "lo": IMAGES_FROM}, results_per_page=page
         )
-        return {str(entity.get("Source") or "") for entity in rows}
+        for entities in rows.by_page():
+            yield [(str(e["RowKey"]), ImageRow.from_entity(e)) for e in entities if schema_of(e) < schema]
+
+    def stamp_schema(self, ref: SetRef, transform: Transform | None, row_keys: list[str], schema: int) -> int:
+        """Set ``Schema`` to ``schema`` on these records (MERGE: nothing else changes), 100 per
+        transaction; a record that is gone is skipped. Returns how many were stamped."""
+        pk = keys.image_partition_key(ref, transform)
+        done = 0
+        for i in range(0, len(row_keys), 100):
+            chunk = row_keys[i : i + 100]
+            ops: list[Any] = [
+                ("update", {"PartitionKey": pk, "RowKey": rk, SCHEMA: schema}, {"mode": UpdateMode.MERGE}) for rk in chunk
+            ]
+            try:
+                self.table.submit_transaction(ops)
+                done += len(chunk)
+            except TableTransactionError:
+                for op in ops:
+                    try:
+                        self.table.update_entity(op[1], mode=UpdateMode.MERGE)
+                        done += 1
+                    except ResourceNotFoundError:
+                        continue
+        return done
 
     def iter_after(
         self, ref: SetRef, after: str = "", page: int = 1000, transform: Transform | None = None

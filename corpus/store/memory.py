@@ -21,7 +21,7 @@ import itertools
 import threading
 import time
 from bisect import bisect_left, insort
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -70,6 +70,7 @@ class MemoryBlobStore:
         self._etags = itertools.count(1)
         self.clock = clock
         self.requests: Counter[str] = Counter()
+        self.traffic: Counter[str] = Counter()  # bytes "in" (uploads) and "out" (downloads), for bandwidth targets
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -140,6 +141,7 @@ class MemoryBlobStore:
         with self._lock:
             self.requests["read"] += 1
             blob = self._get(container, name)
+            self.traffic["out"] += blob.info.size
             if if_match is not None and if_match.strip('"') != blob.info.etag.strip('"'):
                 raise PreconditionFailed(f"{container}/{name} is not at {if_match}", 412, "ConditionNotMet")
             return blob
@@ -154,7 +156,9 @@ class MemoryBlobStore:
         with self._lock:
             self.requests["read"] += len(ranges)
             data = self._get(container, name).data
-            return [data[off : off + n] for off, n in ranges]
+            out = [data[off : off + n] for off, n in ranges]
+            self.traffic["out"] += sum(len(b) for b in out)
+            return out
 
     def content_md5(self, container: str, info: BlobInfo) -> str:
         return info.md5 or self._md5(self.read(container, info.name, if_match=info.etag).data)
@@ -162,12 +166,14 @@ class MemoryBlobStore:
     def put(self, container: str, name: str, data: bytes, content_type: str = "") -> BlobInfo:
         with self._lock:
             self.requests["put"] += 1
+            self.traffic["in"] += len(data)
             return self._store(container, name, data, content_type, self._md5(data))
 
     def put_once(self, container: str, name: str, data: bytes, content_type: str) -> bool:
         md5 = self._md5(data)
         with self._lock:
             self.requests["put"] += 1
+            self.traffic["in"] += len(data)
             check_blob_name(name)
             if name in self._c(container).blobs:
                 self.requests["info"] += 1
@@ -188,6 +194,7 @@ class MemoryBlobStore:
     def stage_block(self, container: str, name: str, block_id: str, data: bytes) -> None:
         with self._lock:
             self.requests["stage_block"] += 1
+            self.traffic["in"] += len(data)
             check_blob_name(name)
             self._c(container).staged.setdefault(name, {})[block_id] = bytes(data)
 
@@ -329,10 +336,11 @@ class MemoryOutbox:
     def __init__(self, encoding: str = "base64", clock: Callable[[], float] = time.monotonic) -> None:
         self.encoding = encoding
         self.clock = clock
-        self._queues: dict[str, deque[_Queued]] = {}
+        self._queues: dict[str, dict[str, _Queued]] = {}  # by id, in enqueue order
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()  # messages sent, by queue (Azure's per-queue target)
 
     def send(self, queue: str, text: str, time_to_live: int | None = None) -> None:
         body = base64.b64encode(text.encode("utf-8")) if self.encoding == "base64" else text.encode("utf-8")
@@ -343,39 +351,46 @@ class MemoryOutbox:
             now = self.clock()
             ttl = 7 * 24 * 3600 if time_to_live is None else time_to_live
             expires = None if ttl == -1 else now + ttl
-            self._queues.setdefault(queue, deque()).append(_Queued(str(next(self._ids)), text, now, expires))
+            self.sent[queue] += 1
+            mid = str(next(self._ids))
+            self._queues.setdefault(queue, {})[mid] = _Queued(mid, text, now, expires)
 
     def receive(self, queue: str, max_messages: int = 32, visibility_timeout: int = 30) -> list[Message]:
+        """The first ``max_messages`` visible messages; stops there, so a deep queue costs O(taken)
+        (plus the invisible ones ahead of them), not O(queue)."""
         with self._lock:
             self.requests["receive"] += 1
             now = self.clock()
             got: list[Message] = []
-            q = self._queues.get(queue, deque())
-            for m in list(q):
+            q = self._queues.get(queue, {})
+            expired = []
+            for m in q.values():
+                if len(got) == max_messages:
+                    break
                 if m.expires_at is not None and m.expires_at <= now:
-                    q.remove(m)
+                    expired.append(m.id)
                     continue
-                if len(got) == max_messages or m.visible_at > now:
+                if m.visible_at > now:
                     continue
                 m.visible_at = now + visibility_timeout
                 m.dequeue_count += 1
                 m.pop_receipt = f"{m.id}.{m.dequeue_count}"
                 got.append(Message(m.id, m.pop_receipt, m.text, m.dequeue_count))
+            for mid in expired:
+                del q[mid]
             return got
 
     def delete(self, queue: str, message: Message) -> None:
         with self._lock:
             self.requests["delete"] += 1
-            q = self._queues.get(queue, deque())
-            for m in q:
-                if m.id == message.id:
-                    if m.pop_receipt != message.pop_receipt:
-                        raise PreconditionFailed(f"message {m.id}: pop receipt is stale", 404, "PopReceiptMismatch")
-                    q.remove(m)
-                    return
-            raise BlobNotFound(f"message {message.id} is not in {queue}", 404, "MessageNotFound")
+            m = self._queues.get(queue, {}).get(message.id)
+            if m is None:
+                raise BlobNotFound(f"message {message.id} is not in {queue}", 404, "MessageNotFound")
+            if m.pop_receipt != message.pop_receipt:
+                raise PreconditionFailed(f"message {m.id}: pop receipt is stale", 404, "PopReceiptMismatch")
+            del self._queues[queue][message.id]
 
     def texts(self, queue: str) -> list[str]:
         """Every message in ``queue`` (visible or not), oldest first: for assertions."""
         with self._lock:
-            return [m.text for m in self._queues.get(queue, deque())]
+            return [m.text for m in self._queues.get(queue, {}).values()]

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from azure.data.tables import EdmType, EntityProperty
 
@@ -96,14 +96,30 @@ def _decode(entity: Mapping[str, Any], name: str, kind: str) -> Any:
     return _str(entity, name)
 
 
+SCHEMA = "Schema"
+"""The entity property holding the row's schema version (see :attr:`Columns.schema`)."""
+
+
+def schema_of(entity: Mapping[str, Any]) -> int:
+    """The schema version an entity was written at; 0 for rows written before versions existed."""
+    return as_int(entity.get(SCHEMA), 0)
+
+
 class Columns:
     """Mixin for frozen dataclass rows whose fields are declared with :func:`column`: ``columns()``
-    writes them as entity properties, ``from_entity`` reads them back (missing ones as defaults)."""
+    writes them as entity properties, ``from_entity`` reads them back (missing ones as defaults).
+
+    Every row carries its class's :attr:`schema` version in property ``Schema``: a reader knows
+    what an old row lacks, and a migration step (:mod:`corpus.app.migrate`) finds the rows it has
+    still to bring up to date, and skips those it already has (docs/schema.md)."""
 
     __slots__ = ()
+    schema: ClassVar[int] = 1
 
     def columns(self) -> Entity:
-        return {f.metadata["column"]: _encode(getattr(self, f.name), f.metadata["kind"]) for f in _declared(type(self))}
+        out = {f.metadata["column"]: _encode(getattr(self, f.name), f.metadata["kind"]) for f in _declared(type(self))}
+        out[SCHEMA] = self.schema
+        return out
 
     @classmethod
     def from_entity(cls, entity: Mapping[str, Any]) -> Self:
@@ -340,6 +356,11 @@ class ImageRow(Columns):
     cluster: Cluster | None = None
     """The duplicate cluster of an original (:mod:`corpus.domain.dupindex`); None when not indexed."""
 
+    schema: ClassVar[int] = 2
+    """1: as declared; 2: a transformed image's source original is counted by the source markers
+    (:meth:`~corpus.store.images_table.ImagesTable.mark_sources`), written before the row
+    (migration step ``source-markers`` brings older rows there)."""
+
     def to_entity(self, partition_key: str) -> Entity:
         entity = {"PartitionKey": partition_key, "RowKey": keys.image_row_key(self.file), **self.columns()}
         return entity | facts_properties(self.facts, self.cluster)
@@ -405,6 +426,19 @@ class CounterRow(Columns):
 
 
 @dataclass(frozen=True, slots=True)
+class SourceMarkerRow(Columns):
+    """An insert-only marker: this original (RowKey) has an output of one operation or transform
+    (the partition, :func:`corpus.domain.keys.source_partition_key`); counted by the partition's
+    counter shards in the same transaction."""
+
+    partition_key: str = column("PartitionKey")
+    file: str = column("RowKey")
+
+    def to_entity(self) -> Entity:
+        return self.columns()
+
+
+@dataclass(frozen=True, slots=True)
 class TransformRow(Columns):
     """An ``ImageTransforms`` entity: a transform version and its canonical arguments, immutable."""
 
@@ -416,6 +450,21 @@ class TransformRow(Columns):
     @property
     def keys(self) -> tuple[str, str]:
         return keys.transform_keys(self.name, self.version)
+
+    def steps(self) -> list[str]:
+        """The operations this transform applies: itself, or each step of a pipeline."""
+        if self.name != "pipeline":
+            return [self.name]
+        try:
+            args: Any = json.loads(self.args)
+            return [str(step["name"]) for step in args["steps"]]
+        except (ValueError, KeyError, TypeError):
+            return []
+
+    def source_keys(self) -> list[str]:
+        """What its outputs' sources are counted under (:meth:`ImagesTable.mark_sources`): each
+        operation, the transform's name (``--transform NAME``) and ``NAME:VERSION``."""
+        return sorted({*self.steps(), self.name, f"{self.name}:{self.version}"})
 
     def to_entity(self) -> Entity:
         pk, rk = self.keys

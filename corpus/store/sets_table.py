@@ -20,8 +20,9 @@ tags fit one transaction with the set; ingest rejects a path giving more.
 **Queries by tag** (:meth:`SetsTable.query` with ``tags``) read one tag's index range, then the
 matching sets by key. With several tags, the ranges are read a page at a time in turn until the
 first one ends: that tag is the most selective one, found for the price of reading k × its size
-(k tags), with no counters to maintain. Sets are then fetched :data:`KEYS_PER_QUERY` at a time by
-``RowKey eq`` filters, so ~10 results cost 2 requests in all, whatever the domain's size.
+(k tags), with no counters to maintain. Sets are then fetched by point reads, in parallel
+(:meth:`SetsTable.get_many`): one entity per result, whatever the domain's size. (``RowKey eq``
+filters joined by ``or`` would be fewer requests but a scan of the whole partition on Azure.)
 
 Never enumerate a set by listing its ``BlobPath`` prefix in blob storage: ``original/<dir>/<version>/``
 is not prefix-free (the root set ``v2`` has BlobPath ``original/v2/``, which also holds set
@@ -50,7 +51,8 @@ from corpus.store.rows import ImageSetRow, TagIndexRow, Transform, is_set_entity
 from corpus.store.tables import decode_continuation, encode_continuation, first_page
 
 KEYS_PER_QUERY = MAX_FILTER_COMPARISONS - 1
-"""``PartitionKey eq`` plus this many ``RowKey eq`` comparisons per filter."""
+"""``PartitionKey eq`` plus this many ``RowKey eq`` comparisons per filter; also how many point
+reads :meth:`SetsTable.get_many` reads ahead of its consumer (bounded memory)."""
 
 INDEX_PAGE = 1000
 POINT_READS = 8
