@@ -97,8 +97,14 @@ def page_sets(
         rows = list(islice(found, limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
-        return rows, encode_continuation({"PartitionKey": domain, "RowKey": rows[-1].row_key}) if more else None
+        return rows, after_set(domain, rows[-1]) if more else None
     return catalog.sets.page(limit, start, domain=domain, tags=tags, transform=transform, originals_only=transform is None)
+
+
+def after_set(domain: str, last: ImageSetRow) -> str | None:
+    """The token of a tag-index page of :func:`page_sets` that ends with ``last``: the next page
+    starts after it (the index is read from a position, not from a table continuation)."""
+    return encode_continuation({"PartitionKey": domain, "RowKey": last.row_key})
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,52 +138,72 @@ IMAGES_PAGE = 100
 def api_sets(rt: Runtime, req: Request) -> Response:
     """``GET /api/sets?domain=&tag=&transform=&limit=&continuation=``: the rows of ``corpus sets --json``.
 
-    Without ``continuation`` and with fewer than ``limit`` (default 1,000) sets, the one page is
-    exactly the CLI's list. With paging, each page is a key range sorted the CLI's way, and every
-    set is on exactly one page; the end is the page without ``continuation``.
+    Without ``continuation`` and with fewer than ``limit`` (default 1,000) sets whose JSON fits
+    :data:`MAX_PAGE_BYTES`, the one page is exactly the CLI's list. With paging, each page is a key
+    range sorted the CLI's way, and every set is on exactly one page; the end is the page without
+    ``continuation``. A page stopped by its size continues at the first set it left out.
     """
     domain = req.arg("domain")
     if domain:
         validate_domain(domain)
         preflight.require_domain(rt.clients, rt.settings, domain, rt.catalog)  # 404 naming it, as the CLI: not an empty list
     limit = req.limit(SETS_PAGE, views.MAX_PAGE)
-    rows, token = views.page_sets(rt.catalog, limit, req.arg("continuation"), domain, req.args("tag"), req.arg("transform"))
-    return json_response({"sets": [views.set_row(r) for r in rows], "continuation": token})
+    tags = req.args("tag")
+    rows, token = views.page_sets(rt.catalog, limit, req.arg("continuation"), domain, tags, req.arg("transform"))
+    page, cut = cut_page(rows, views.set_row)  # bounded in bytes too (MAX_PAGE_BYTES)
+    if cut is not None and domain and tags:  # a tag-index token is the last set listed: the next page starts after it
+        token = views.after_set(domain, rows[cut - 1])
+    elif cut is not None:  # a key-range token starts *at* its keys: the first set left out
+        token = encode_continuation({"PartitionKey": rows[cut].domain, "RowKey": rows[cut].row_key})
+    return json_response({"sets": page, "continuation": token})
 
 
 def api_set_images(rt: Runtime, req: Request) -> Response:
-    """``GET /api/sets/{domain}/images?path=&version=&transform=&limit=&continuation=``: image records."""
+    """``GET /api/sets/{domain}/images?path=&version=&transform=&limit=&continuation=``: image records,
+    in row-key order, at most ``limit`` and :data:`MAX_PAGE_BYTES` of JSON a page."""
     sel = views.SetSelector.parse(req.domain(), req.arg("path"), req.arg("version"), req.arg("transform"))
     limit = req.limit(IMAGES_PAGE, views.MAX_PAGE)
     rows, token = views.page_images(rt.catalog, sel, limit, req.arg("continuation"))
-    return json_response({"images": [views.image_row(r) for r in rows], "continuation": token})
+    pk = keys.image_partition_key(sel.ref, sel.transform)
+    page, token = bounded_page(rows, token, views.image_row, lambda r: (pk, keys.image_row_key(r.file)))
+    return json_response({"images": page, "continuation": token})
 
 
 # -- training sets, models, lineage --------------------------------------------------------------
 
 MAX_PAGE_BYTES = 1024 * 1024
-"""A page of ``/api/trainsets`` or ``/api/models`` stops before this much JSON (issue 25 R8: a
-training set's row can carry ~90 KB, so 1,000 rows were 29 MiB); never fewer than one row."""
+"""A page of every ``/api/`` listing (sets, a set's images, training sets, models) stops before
+this much JSON (issue 25 R8: a training set's row can carry ~90 KB, so 1,000 rows were 29 MiB;
+1,000 sets or images with long names pass 1 MiB too); never fewer than one row."""
+
+
+def cut_page(rows: list[Any], to_json: Callable[[Any], dict[str, Any]]) -> tuple[list[dict[str, Any]], int | None]:
+    """The rows' JSON up to :data:`MAX_PAGE_BYTES` as :func:`json_response` prints it (each line of
+    a row indented 4 more), and the index of the first row left out (None: all fit). Never fewer
+    than one row, so paging always advances."""
+    out: list[dict[str, Any]] = []
+    size = 128  # the envelope and the continuation
+    for i, row in enumerate(rows):
+        data = to_json(row)
+        text = json.dumps(data, default=str, ensure_ascii=False, indent=2)
+        n = len(text.encode("utf-8")) + 4 * (text.count("\n") + 1) + 2
+        if out and size + n > MAX_PAGE_BYTES:
+            return out, i
+        out.append(data)
+        size += n
+    return out, None
 
 
 def bounded_page(
     rows: list[Any], token: str | None, to_json: Callable[[Any], dict[str, Any]], keys_of: Callable[[Any], tuple[str, str]]
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """The rows' JSON up to :data:`MAX_PAGE_BYTES` as :func:`json_response` prints it (each line of
-    a row indented 4 more), and the token of the first row left out (a table continuation starts
-    *at* its keys), else ``token``."""
-    out: list[dict[str, Any]] = []
-    size = 128  # the envelope and the continuation
-    for row in rows:
-        data = to_json(row)
-        text = json.dumps(data, default=str, ensure_ascii=False, indent=2)
-        n = len(text.encode("utf-8")) + 4 * (text.count("\n") + 1) + 2
-        if out and size + n > MAX_PAGE_BYTES:
-            pk, rk = keys_of(row)
-            return out, encode_continuation({"PartitionKey": pk, "RowKey": rk})
-        out.append(data)
-        size += n
-    return out, token
+    """:func:`cut_page` of rows read as a key range, and the token of the first row left out (a
+    table continuation starts *at* its keys), else ``token``."""
+    out, cut = cut_page(rows, to_json)
+    if cut is None:
+        return out, token
+    pk, rk = keys_of(rows[cut])
+    return out, encode_continuation({"PartitionKey": pk, "RowKey": rk})
 
 
 TRAINSETS_PAGE = 100
