@@ -315,6 +315,192 @@ print(json.dumps(out))
     return {"bench": "tagpages", "code": str(code), "sets": args.sets, "limit": args.limit, **json.loads(proc.stdout)}
 
 
+def exportbytes(args: argparse.Namespace) -> dict[str, Any]:
+    """R6: bytes of the manifest (and of the work lists) read by the shard jobs of a ~``--images``-shard
+    WebDataset export, on the in-memory store (its reads counted per blob). One image per shard:
+    every image (a noise JPEG of 80 × 80, ~10 KB) is more than half of ``MIN_SHARD_BYTES``, the shard size."""
+    import random
+
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from scale_bench import drain, handlers  # type: ignore[import-not-found]
+
+    from corpus.app.runtime import Runtime
+    from corpus.domain.exports import MIN_SHARD_BYTES, ExportParams, ExportRequest
+    from corpus.domain.trainsets import TrainsetRequest
+    from corpus.store.memory import MemoryBlobStore
+    from corpus.store.ports import RANGE_BYTES
+
+    rt = Runtime.in_memory()
+    rt.ensure_resources()
+    s = rt.settings
+    rnd = random.Random(0)
+    from corpus.app import ingest
+
+    for i in range(args.images):
+        buf = io.BytesIO()
+        Image.frombytes("RGB", (80, 80), rnd.randbytes(80 * 80 * 3)).save(buf, "JPEG", quality=92)
+        name = f"birds/v1/c{i % 5}/s{i % 50:03d}/{i:05d}.jpg"
+        info = rt.blobs.put(s.staging_container, name, buf.getvalue())
+        ingest.on_staged_blob(rt, ingest.StagedBlob(name, buf.getvalue(), info.etag, {}, "BlockBlob"))
+    drain(rt, handlers(rt))
+    request = {
+        "trainset": {"name": "big", "version": "1"},
+        "sources": [{"domain": "birds", "tags": [f"c{k}"], "version": "v1"} for k in range(5)],
+        "labels": {"classes": [f"c{k}" for k in range(5)]},
+        "split": {"train": 90, "val": 10},
+    }
+    rt.send(s.trainset_queue, TrainsetRequest.parse(json.dumps(request)).to_json())
+    drain(rt, handlers(rt), workers=1)
+    row = rt.catalog.training.trainsets.require_ready("big", "1")
+    manifest = (row.manifest_container, row.manifest_blob)
+    blobs = rt.blobs
+    assert isinstance(blobs, MemoryBlobStore)
+    manifest_size = blobs.info(*manifest).size
+    read: Counter[str] = Counter()
+    phase = ["plan"]
+    real_read, real_ranges = blobs.read, blobs.read_ranges
+
+    def kind(container: str, name: str) -> str:
+        if (container, name) == manifest:
+            return "manifest"
+        if "/_work/" in name and name.endswith(".jsonl"):
+            return "work lists"
+        return "plan.json" if name.endswith("/plan.json") else ("images" if container == "birds" else "other")
+
+    def counted_read(container: str, name: str, **kw: Any) -> Any:
+        blob = real_read(container, name, **kw)
+        read[f"{phase[0]}: {kind(container, name)}"] += len(blob.data)
+        return blob
+
+    def counted_ranges(container: str, name: str, ranges: Any) -> list[bytes]:
+        out = real_ranges(container, name, ranges)
+        read[f"{phase[0]}: {kind(container, name)}"] += sum(len(b) for b in out)
+        return out
+
+    blobs.read, blobs.read_ranges = counted_read, counted_ranges  # type: ignore[method-assign]
+    params = ExportParams("webdataset", shard_size=MIN_SHARD_BYTES)
+    rt.send(s.export_queue, ExportRequest("big", "1", params).to_json())
+    export_handler = {s.export_queue: handlers(rt)[s.export_queue]}
+    outbox = rt.outbox
+    first = outbox.receive(s.export_queue, max_messages=1, visibility_timeout=3600)  # type: ignore[attr-defined]
+    export_handler[s.export_queue](first[0].text)  # the request: the plan and one job per shard
+    outbox.delete(s.export_queue, first[0])  # type: ignore[attr-defined]
+    phase[0] = "shard jobs"
+    jobs = drain(rt, export_handler)
+    plan = json.loads(real_read(s.exports_container, f"big/1/{params.export_id()}/plan.json").data)
+    shards = len(plan["shards"])
+    # The code before 1e22162 (issue 25 R6): each shard job streamed the manifest from its start in
+    # RANGE_BYTES ranges until past its shard; a manifest smaller than one range is read whole by every job.
+    old = shards * manifest_size if manifest_size <= RANGE_BYTES else None
+    return {
+        "bench": "exportbytes",
+        "images": row.state.images,
+        "shards": shards,
+        "shard_jobs_run": jobs,
+        "manifest_bytes": manifest_size,
+        "bytes_read": dict(read),
+        "before_manifest_bytes_by_shard_jobs": old,
+        "load_avg": os.getloadavg(),
+    }
+
+
+_PULL_SCRIPT = """
+import gc, json, sys, tempfile
+from pathlib import Path
+code, manifest = sys.argv[1], sys.argv[2]
+sys.path.insert(0, code)
+from corpus.domain.manifest import iter_entries
+from corpus.pull import runner, sources
+from corpus.store.settings import Settings
+
+def chunks():
+    with open(manifest, "rb") as f:
+        while b := f.read(4 << 20):
+            yield b
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+# The manifest from a local file instead of storage: the same stream of entries, no network.
+sources.EntryReader.entries = lambda self, source: iter_entries(chunks())
+settings = Settings.from_env({"CorpusStorage": "UseDevelopmentStorage=true"})
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+base = status("VmRSS")
+with tempfile.TemporaryDirectory() as dest:
+    opts = runner.PullOptions(sources.TrainsetSource("big", "1"), Path(dest) / "out", dry_run=True, use_cache=False)
+    summary = runner.Puller(settings, opts).run()
+print(json.dumps({"files": summary.files, "renamed": summary.renamed, "base_rss": base, "peak_rss": status("VmHWM"),
+                  "seconds": summary.seconds}))
+"""
+
+
+def pullmemory(args: argparse.Namespace) -> dict[str, Any]:
+    """R7: peak RSS above the baseline of ``corpus pull --dry-run``'s planning and naming (every
+    entry named, the name map decided) over an ``--entries``-line manifest, read from a local file
+    (the fetch is not run: no blobs needed). ``--code`` runs another tree's pull on the same file."""
+    import base64
+    import hashlib
+
+    from corpus.domain.manifest import ManifestEntry, encode_lines, gzip_member
+
+    code = Path(args.code).resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "manifest.jsonl.gz"
+        with path.open("wb") as f:
+            block: list[ManifestEntry] = []
+            per_set = 100  # sets of 100 files in 20 classes, written in manifest order
+            order = sorted(range(-(-args.entries // per_set)), key=lambda j: f"c{j % 20:02d}/s{j:05d}")
+            for i in (j * per_set + f for j in order for f in range(per_set) if j * per_set + f < args.entries):
+                j = i // per_set
+                k = j % 20
+                md5 = base64.b64encode(hashlib.md5(str(i).encode()).digest()).decode()
+                path_ = f"c{k:02d}/s{j:05d}"
+                split = "train" if i % 10 < 8 else ("val" if i % 10 == 8 else "test")
+                block.append(
+                    ManifestEntry(
+                        "birds",
+                        f"original/{path_}/v1/IMG_{i:07d}.jpg",
+                        md5,
+                        90_000 + i % 5000,
+                        640,
+                        480,
+                        "birds",
+                        path_,
+                        "v1",
+                        None,
+                        "",
+                        "",
+                        (f"class-{k:02d}",),
+                        split,
+                    )
+                )
+                if len(block) == 10_000:
+                    f.write(gzip_member(encode_lines(block)))
+                    block = []
+            if block:
+                f.write(gzip_member(encode_lines(block)))
+        size = path.stat().st_size
+        cmd = [sys.executable, "-c", _PULL_SCRIPT, str(code), str(path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tmp)
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["peak_above_base_mb"] = round((out["peak_rss"] - out["base_rss"]) / 1e6, 1)
+    return {
+        "bench": "pullmemory",
+        "code": str(code),
+        "entries": args.entries,
+        "manifest_bytes": size,
+        **out,
+        "load_avg": os.getloadavg(),
+    }
+
+
 class WireCounter:
     """Counts requests per service and table entity operations, from the shared session's responses."""
 
@@ -432,8 +618,21 @@ def main() -> None:
     tp.add_argument("--sets", type=int, default=5000)
     tp.add_argument("--limit", type=int, default=100)
     tp.add_argument("--code", default=str(REPO))
+    eb = sub.add_parser("exportbytes")
+    eb.add_argument("--images", type=int, default=1000)
+    pm = sub.add_parser("pullmemory")
+    pm.add_argument("--entries", type=int, default=300_000)
+    pm.add_argument("--code", default=str(REPO))
     args = p.parse_args()
-    runs = {"memory": memory, "requests": requests_per_image, "previews": previews, "peaks": peaks, "tagpages": tagpages}
+    runs = {
+        "pullmemory": pullmemory,
+        "memory": memory,
+        "requests": requests_per_image,
+        "previews": previews,
+        "peaks": peaks,
+        "tagpages": tagpages,
+        "exportbytes": exportbytes,
+    }
     result = runs[args.cmd](args)
     print(json.dumps(result, indent=2))
 
