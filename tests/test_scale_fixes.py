@@ -67,6 +67,26 @@ def test_distinct_sources_are_exact_under_duplicates_and_versions_and_read_no_im
     assert count(rt.catalog, "birds", (), transform="thumbnail").sources == 12
 
 
+def test_count_transform_by_name_does_not_count_the_sources_of_pipelines_with_that_step(rt: Runtime) -> None:
+    """``--transform thumbnail`` is the transforms named thumbnail; a pipeline with a thumbnail step
+    is ``--op thumbnail`` only, so the sources it adds are not this name's."""
+    for i in range(4):
+        stage(rt, f"birds/v1/red/{i}.jpg", jpeg(i, size=(32, 24)))
+    drain(rt)
+    transform(rt, "red")
+    for i in range(4, 6):  # the set grows after the thumbnail transform ran
+        stage(rt, f"birds/v1/red/{i}.jpg", jpeg(i, size=(32, 24)))
+    drain(rt)
+    steps = {"steps": [{"name": "thumbnail", "args": {"size": 8}}]}
+    request = {"domain": "birds", "source": {"path": "red", "version": "v1"},
+               "transform": {"name": "pipeline", "version": "1", "args": steps}}  # fmt: skip
+    rt.send(rt.settings.transform_queue, json.dumps(request))
+    drain(rt)
+    assert count(rt.catalog, "birds", (), transform="thumbnail") == Count(4, 1, 4)
+    assert count(rt.catalog, "birds", (), transform="pipeline") == Count(6, 1, 6)
+    assert count(rt.catalog, "birds", (), op="thumbnail") == Count(10, 2, 6)
+
+
 def test_source_markers_count_each_file_once_under_concurrent_writers(rt: Runtime) -> None:
     ref = SetRef("birds", ("red",), "v1")
     files = [f"{i}.jpg" for i in range(150)]
