@@ -332,3 +332,24 @@ def test_the_columnar_trainset_images_path_gives_the_rows_of_the_row_by_row_one(
     got = records.trainset_images_table("ts", "2", entries)
     assert got.schema == TRAINSET_IMAGES.arrow and got.to_pylist() == expected.to_pylist()
     assert records.trainset_images_table("ts", "2", []).num_rows == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review finding, not fixed: add_facts (reindex --facts / migrate facts) rewrites an Images row, "
+    "its Timestamp moves past the watermark and the sync appends it a second time",
+)
+def test_a_backfilled_image_is_not_appended_to_the_catalog_a_second_time(mem, tmp_path) -> None:
+    import dataclasses
+
+    from corpus.domain.imagefacts import ImageFacts
+
+    rt, store = mem
+    _record(rt, "red/robin", range(10), ["red", "robin"])
+    sync(store, timedelta(0))
+    ref = SetRef("birds", ("red", "robin"), "v1")
+    facts = ImageFacts("ab" * 32, "0" * 16, "0" * 16, 64, 48, 1.0, 0.5, 0.5, 3.0, False, 1.33)
+    for image in list(rt.catalog.images.iter(ref)):
+        rt.catalog.images.add_facts(ref, dataclasses.replace(image, facts=facts))  # what the facts backfill writes
+    sync(store, timedelta(0))
+    assert _count(store, tmp_path, exact=False) == (10, 10), "each image once in the snapshot"

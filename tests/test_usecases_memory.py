@@ -179,6 +179,39 @@ def test_export_shards_are_written_once_and_their_index_points_into_the_tar(rt: 
     assert blobs_of(rt).requests["commit_blocks"] == commits
 
 
+def test_an_export_whose_last_shard_job_died_before_croissant_is_finished_by_a_retry(rt: Runtime) -> None:
+    """The last shard job wrote its receipt and was killed before ``croissant.json``: its retry (the
+    receipt is there) and a new request of the export (no job left to send) both finish it."""
+    from corpus.domain.exports import ExportShardJob
+
+    for i in range(4):
+        stage(rt, f"birds/v1/red/{i}.jpg", jpeg(i))
+    drain(rt)
+    build_trainset(rt, ("red",))
+    params = ExportParams("webdataset", shard_size=40_000)
+    req = ExportRequest("birds-cls", "1", params)
+    rt.send(rt.settings.export_queue, req.to_json())
+    drain(rt)
+    exports, prefix = rt.settings.exports_container, f"birds-cls/1/{params.export_id()}/"
+    plan = json.loads(rt.blobs.read(exports, prefix + "plan.json").data)
+    last = plan["shards"][-1]
+
+    def kill_before_croissant() -> None:
+        info = rt.blobs.info(exports, prefix + "croissant.json")
+        assert rt.blobs.delete_if_unchanged(exports, prefix + "croissant.json", info.etag)
+
+    kill_before_croissant()
+    rt.send(
+        rt.settings.export_queue, ExportShardJob("birds-cls", "1", params.export_id(), last["split"], last["index"]).to_json()
+    )
+    drain(rt)  # the host's retry of that job
+    assert rt.blobs.exists(exports, prefix + "croissant.json"), "the retried job finishes the export"
+    kill_before_croissant()
+    rt.send(rt.settings.export_queue, req.to_json())
+    drain(rt)  # the user asks for the export again
+    assert rt.blobs.exists(exports, prefix + "croissant.json"), "a new request finishes the export"
+
+
 def test_parquet_and_azureml_exports_on_the_memory_store(rt: Runtime) -> None:
     """Parquet with Hugging Face's features in its schema, and Azure ML, both finished by croissant.json."""
     import pyarrow.parquet as pq

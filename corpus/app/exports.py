@@ -284,7 +284,7 @@ def plan_sharded(rt: ExportRuntime, req: ExportRequest) -> int:
         job = ExportShardJob(req.name, req.version, req.export_id, sh["split"], sh["index"])
         rt.send(rt.settings.export_queue, job.to_json())
         sent += 1
-    if not plan["shards"]:
+    if not sent:  # every shard has its receipt (or there is none): only croissant.json may be missing
         finish_if_complete(rt, exports, prefix, plan)
     log.info("export %s:%s %s: %d shard jobs sent of %d", req.name, req.version, req.export_id, sent, len(plan["shards"]))
     return sent
@@ -396,7 +396,10 @@ def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
         raise RefusedJob(f"export shard job: {prefix}plan.json lists no shard {job.index} of split {job.split!r}")
     receipt = prefix + receipt_file(job.split, job.index)
     if exports.exists(receipt):
-        return False  # a duplicate of a finished job
+        # A duplicate of a finished job, or the retry of one killed between its receipt and
+        # croissant.json: finishing again is idempotent (same bytes, put once).
+        finish_if_complete(rt, exports, prefix, plan)
+        return False
     entries = _work(rt, exports, prefix, shard)
     classes = {c: i for i, c in enumerate(plan["classes"])}
     fmt, image_format = plan["params"]["format"], plan["params"]["image_format"]

@@ -134,7 +134,7 @@ def count(
         what = op
     else:
         ref = TransformRef.from_label(transform or "") or TransformRef("")
-        what = f"{ref.name}:{ref.version}" if ref.version else ref.name
+        what = f"{ref.name}:{ref.version}"  # "NAME:" without a version: see TransformRow.source_keys
     # Distinct sources: the marker counters of each distinct source set (one query per set), not
     # a read of every transformed image; see ImagesTable.mark_sources.
     source_sets = sorted({s.ref for s in sets}, key=lambda r: (r.domain, r.dirs, r.version))

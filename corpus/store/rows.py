@@ -463,8 +463,10 @@ class TransformRow(Columns):
 
     def source_keys(self) -> list[str]:
         """What its outputs' sources are counted under (:meth:`ImagesTable.mark_sources`): each
-        operation, the transform's name (``--transform NAME``) and ``NAME:VERSION``."""
-        return sorted({*self.steps(), self.name, f"{self.name}:{self.version}"})
+        operation, ``NAME:`` (``--transform NAME``, any version) and ``NAME:VERSION``. The name
+        key has its colon so it never meets an operation's: a transform is named after its
+        operation, and a pipeline with that step must not count under the name."""
+        return sorted({*self.steps(), f"{self.name}:", f"{self.name}:{self.version}"})
 
     def to_entity(self) -> Entity:
         pk, rk = self.keys
