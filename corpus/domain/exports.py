@@ -136,6 +136,9 @@ class ExportRequest:
         return cls(name, version, params.validate())
 
 
+_NOT_A_SHARD_JOB = "export shard job: expected kind 'export-shard', v 2 (it names a shard of a plan, nothing else)"
+
+
 @dataclass(frozen=True, slots=True)
 class ExportShardJob:
     """Write shard ``index`` of ``split`` of export ``export`` (an id, :meth:`ExportParams.export_id`)."""
@@ -168,13 +171,7 @@ class ExportShardJob:
 
     @classmethod
     def parse(cls, body: bytes | str) -> ExportShardJob:
-        f, _ = open_message(
-            body,
-            "export shard job",
-            cls.KIND,
-            (2,),
-            "export shard job: expected kind 'export-shard', v 2 (it names a shard of a plan, nothing else)",
-        )
+        f, _ = open_message(body, "export shard job", cls.KIND, (2,), _NOT_A_SHARD_JOB)
         name, version = _trainset(f, "export shard job")
         job = cls(name, version, f.str("export"), f.str("split", required=False, default=""), f.int("index"))
         f.done()
