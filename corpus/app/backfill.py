@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from corpus.app.dupes import index_original
 from corpus.domain.errors import CorpusError
@@ -44,15 +44,8 @@ class FactsProgress:
     continuation: str | None = None
 
     def as_json(self) -> dict[str, object]:
-        return {
-            "sets": self.sets,
-            "images": self.images,
-            "filled": self.filled,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "examples": self.examples,
-            "continuation": self.continuation,
-        }
+        """Every field under its own name, in declaration order (a copy: the JSON output)."""
+        return asdict(self)
 
 
 def backfill_facts(

@@ -26,6 +26,15 @@ DEEP_RATE_MB = 50.0
 """``verify --deep`` default read rate, MB/s (10^6 bytes): a full re-read must not starve the account."""
 
 
+def _plain(sub: Any, name: str, help: str, func: Callable[[argparse.Namespace], int], ref: str = "") -> None:
+    """A subcommand whose only arguments are a ``ref`` (when its metavar is given) and ``--json``."""
+    p = sub.add_parser(name, help=help)
+    if ref:
+        p.add_argument("ref", metavar=ref)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=func)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = sub.add_parser("trainset", help="training sets: immutable, verifiable lists of exact files")
     ts = t.add_subparsers(dest="trainset_command", required=True)
@@ -55,19 +64,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_create)
 
-    ls = ts.add_parser("list", help="list training sets")
-    ls.add_argument("--json", action="store_true")
-    ls.set_defaults(func=cmd_list)
-
-    sh = ts.add_parser("show", help="one training set: status, counts per split and label, SHA-256")
-    sh.add_argument("ref", metavar="N:V")
-    sh.add_argument("--json", action="store_true")
-    sh.set_defaults(func=cmd_show)
-
-    rs = ts.add_parser("resume", help="re-send a build left 'building' (its message poisoned); harmless if it runs")
-    rs.add_argument("ref", metavar="N:V")
-    rs.add_argument("--json", action="store_true")
-    rs.set_defaults(func=cmd_resume)
+    _plain(ts, "list", "list training sets", cmd_list)
+    _plain(ts, "show", "one training set: status, counts per split and label, SHA-256", cmd_show, "N:V")
+    _plain(ts, "resume", "re-send a build left 'building' (its message poisoned); harmless if it runs", cmd_resume, "N:V")
 
     m = ts.add_parser("manifest", help="stream the manifest's JSON lines")
     m.add_argument("ref", metavar="N:V")
@@ -98,13 +97,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     r.add_argument("--metrics", help="metrics as a JSON object")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_model_register)
-    ml = ms.add_parser("list", help="list models")
-    ml.add_argument("--json", action="store_true")
-    ml.set_defaults(func=cmd_model_list)
-    mh = ms.add_parser("show", help="one model")
-    mh.add_argument("ref", metavar="M:V")
-    mh.add_argument("--json", action="store_true")
-    mh.set_defaults(func=cmd_model_show)
+    _plain(ms, "list", "list models", cmd_model_list)
+    _plain(ms, "show", "one model", cmd_model_show, "M:V")
 
     li = sub.add_parser("lineage", help="images of a model or training set, or the sets and models that used a blob")
     g = li.add_mutually_exclusive_group(required=True)

@@ -100,6 +100,15 @@ def _field(rs: str, name: str, data_type: str, source: dict[str, Any], descripti
     return f
 
 
+def _samples(fields: list[dict[str, Any]], description: str = "") -> dict[str, Any]:
+    """The ``samples`` record set of these fields (``description`` before them when given)."""
+    rs: dict[str, Any] = {"@type": "cr:RecordSet", "@id": "samples", "name": "samples"}
+    if description:
+        rs["description"] = description
+    rs["field"] = fields
+    return rs
+
+
 def _splits(splits: Sequence[str]) -> dict[str, Any]:
     return {
         "@type": "cr:RecordSet",
@@ -145,11 +154,8 @@ def croissant(
                      "encodingFormat": "application/x-parquet", "includes": "data/*.parquet"})  # fmt: skip
         src = {"fileSet": {"@id": "parquet-files"}}
         records.append(
-            {
-                "@type": "cr:RecordSet",
-                "@id": "samples",
-                "name": "samples",
-                "field": [
+            _samples(
+                [
                     _field(
                         "samples",
                         "image",
@@ -160,7 +166,7 @@ def croissant(
                     _field("samples", "blob", "sc:Text", {**src, "extract": {"column": "blob"}}),
                     _field("samples", "split", "sc:Text", {**src, "extract": {"column": "split"}}),
                 ],
-            }
+            )
         )
     elif fmt == "webdataset":
         tars = [f.path for f in files if f.path.endswith(".tar")]
@@ -169,32 +175,26 @@ def croissant(
                      "encodingFormat": "application/json", "includes": "*.json"})  # fmt: skip
         src = {"fileSet": {"@id": "sample-metadata"}}
         records.append(
-            {
-                "@type": "cr:RecordSet",
-                "@id": "samples",
-                "name": "samples",
-                "description": "one <key>.json member per sample; <key>.cls holds the class index, <key>.<ext> the image",
-                "field": [
+            _samples(
+                [
                     _field("samples", "key", "sc:Text", {**src, "extract": {"jsonPath": "$.__key__"}}),
                     _field("samples", "blob", "sc:Text", {**src, "extract": {"jsonPath": "$.blob"}}),
                     _field("samples", "split", "sc:Text", {**src, "extract": {"jsonPath": "$.split"}}),
                 ],
-            }
+                "one <key>.json member per sample; <key>.cls holds the class index, <key>.<ext> the image",
+            )
         )
     else:
         dist.append({"@type": "cr:FileSet", "@id": "jsonl-files", "name": "jsonl-files",
                      "encodingFormat": "application/jsonlines", "includes": "*/images.jsonl"})  # fmt: skip
         src = {"fileSet": {"@id": "jsonl-files"}}
         records.append(
-            {
-                "@type": "cr:RecordSet",
-                "@id": "samples",
-                "name": "samples",
-                "field": [
+            _samples(
+                [
                     _field("samples", "image_url", "sc:URL", {**src, "extract": {"column": "image_url"}}),
                     _field("samples", "label", "sc:Text", {**src, "extract": {"column": "label"}}),
                 ],
-            }
+            )
         )
     return {
         "@context": CROISSANT_CONTEXT,

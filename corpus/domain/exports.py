@@ -22,7 +22,7 @@ from typing import Any
 from corpus.domain.errors import MessageError
 from corpus.domain.layouts import IMAGE_FORMATS
 from corpus.domain.manifest import parse_ref
-from corpus.domain.messages import Fields, decode_body
+from corpus.domain.messages import Fields, decode_body, open_message
 
 FORMATS = ("webdataset", "parquet", "azureml")
 SHARDED = ("webdataset", "parquet")
@@ -123,9 +123,7 @@ class ExportRequest:
 
     @classmethod
     def parse(cls, body: bytes | str) -> ExportRequest:
-        f = Fields(decode_body(body), "export request")
-        if f.str("kind") != cls.KIND or f.int("v") != 1:
-            raise MessageError("export request: expected kind 'export', v 1")
+        f, _ = open_message(body, "export request", cls.KIND, (1,), "export request: expected kind 'export', v 1")
         name, version = _trainset(f, "export request")
         params = ExportParams(
             f.str("format"),
@@ -136,6 +134,9 @@ class ExportRequest:
         )
         f.done()
         return cls(name, version, params.validate())
+
+
+_NOT_A_SHARD_JOB = "export shard job: expected kind 'export-shard', v 2 (it names a shard of a plan, nothing else)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +171,7 @@ class ExportShardJob:
 
     @classmethod
     def parse(cls, body: bytes | str) -> ExportShardJob:
-        f = Fields(decode_body(body), "export shard job")
-        if f.str("kind") != cls.KIND or f.int("v") != 2:
-            raise MessageError("export shard job: expected kind 'export-shard', v 2 (it names a shard of a plan, nothing else)")
+        f, _ = open_message(body, "export shard job", cls.KIND, (2,), _NOT_A_SHARD_JOB)
         name, version = _trainset(f, "export shard job")
         job = cls(name, version, f.str("export"), f.str("split", required=False, default=""), f.int("index"))
         f.done()

@@ -110,6 +110,24 @@ class Fields:
             raise MessageError(f"{self._where}: unknown field(s) {', '.join(map(repr, extra))}")
 
 
+def open_message(
+    body: bytes | str, where: str, kind: str, versions: tuple[int, ...], wrong_kind: str, wrong_version: str | None = None
+) -> tuple[Fields, int]:
+    """The strict reader over a queue message's body, its ``kind`` and schema ``v`` checked first.
+
+    ``kind`` is read before ``v`` (a message of another kind is refused as such, whatever its
+    version); a ``kind`` other than ``kind`` raises ``wrong_kind``, a ``v`` not in ``versions``
+    ``wrong_version`` (``wrong_kind`` when not given: one message for both). Returns the reader
+    (``kind`` and ``v`` marked as read) and the version."""
+    f = Fields(decode_body(body), where)
+    if f.str("kind") != kind:
+        raise MessageError(wrong_kind)
+    version: int = f.int("v")
+    if version not in versions:
+        raise MessageError(wrong_kind if wrong_version is None else wrong_version)
+    return f, version
+
+
 @dataclass(frozen=True, slots=True)
 class CopyRequest:
     """Ask the copy function to move one validated staged upload into ``original/``.
@@ -138,12 +156,14 @@ class CopyRequest:
 
     @classmethod
     def parse(cls, body: bytes | str) -> CopyRequest:
-        f = Fields(decode_body(body), "copy request")
-        if f.str("kind") != cls.KIND:
-            raise MessageError("copy request: field 'kind' must be 'copy'")
-        version = f.int("v")
-        if version not in (1, cls.VERSION):
-            raise MessageError("copy request: unsupported schema version")
+        f, version = open_message(
+            body,
+            "copy request",
+            cls.KIND,
+            (1, cls.VERSION),
+            "copy request: field 'kind' must be 'copy'",
+            "copy request: unsupported schema version",
+        )
         req = cls(staged_name=f.str("staged_name"), staged_etag=f.str("staged_etag"))
         if version == 1:
             for key, kind in cls._V1_CLAIMS:
@@ -256,12 +276,9 @@ class TransformJob:
 
     @classmethod
     def parse(cls, body: bytes | str) -> TransformJob:
-        f = Fields(decode_body(body), "transform job")
-        if f.str("kind") != cls.KIND:
-            raise MessageError("transform job: wrong kind")
-        v = f.int("v")
-        if v not in (1, 2):
-            raise MessageError("transform job: unsupported schema version")
+        f, v = open_message(
+            body, "transform job", cls.KIND, (1, 2), "transform job: wrong kind", "transform job: unsupported schema version"
+        )
         if v == 1:
             f.any("args", dict)  # schema 1 carried the arguments; the registry's are used instead
         dirs = f.any("dirs", list)
@@ -334,9 +351,7 @@ class TransformPage:
         from corpus.domain.errors import InvalidNameError
         from corpus.domain.paths import validate_domain, validate_version
 
-        f = Fields(decode_body(body), "transform page")
-        if f.str("kind") != cls.KIND or f.int("v") != 1:
-            raise MessageError("transform page: wrong kind or schema version")
+        f, _ = open_message(body, "transform page", cls.KIND, (1,), "transform page: wrong kind or schema version")
         request, page = f.str("request"), f.int("page")
         domain, name, tversion = f.str("domain"), f.str("name"), f.str("tversion")
         cursor = f.any("cursor", list)

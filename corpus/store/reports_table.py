@@ -10,6 +10,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from corpus.domain import keys
 from corpus.store.rows import REDRIVE_PARTITION, FailureRow, RedriveRow, RejectionRow
+from corpus.store.tables import entity_or_none, insert_once
 
 
 class RejectionsTable:
@@ -23,10 +24,8 @@ class RejectionsTable:
         self.table.upsert_entity(row.to_entity(), mode=UpdateMode.REPLACE)
 
     def get(self, kind: str, name: str) -> RejectionRow | None:
-        try:
-            return RejectionRow.from_entity(self.table.get_entity(kind, keys.escape(name)))
-        except ResourceNotFoundError:
-            return None
+        entity = entity_or_none(self.table, kind, keys.escape(name))
+        return None if entity is None else RejectionRow.from_entity(entity)
 
     def list(self, kind: str | None = None) -> list[RejectionRow]:
         rows = self.table.query_entities("PartitionKey eq @k", parameters={"k": kind}) if kind else self.table.list_entities()
@@ -44,11 +43,7 @@ class FailuresTable:
 
     def record_once(self, row: FailureRow) -> bool:
         """Insert-only: False when a row with this key exists (kept as it is, with its reason)."""
-        try:
-            self.table.create_entity(row.to_entity())
-        except ResourceExistsError:
-            return False
-        return True
+        return insert_once(self.table, row.to_entity())
 
     def clear(self, source: str, key: str) -> None:
         self.table.delete_entity(keys.escape(source), keys.escape(key))

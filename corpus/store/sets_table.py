@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any, TypedDict, Unpack
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from corpus.domain import keys
@@ -48,7 +48,7 @@ from corpus.domain.refs import TransformRef
 from corpus.domain.tags import check_tag_count, matches, normalize, normalize_tag
 from corpus.store import egt
 from corpus.store.rows import ImageSetRow, TagIndexRow, Transform, is_set_entity
-from corpus.store.tables import decode_continuation, encode_continuation, first_page
+from corpus.store.tables import decode_continuation, encode_continuation, entity_or_none, first_page
 
 KEYS_PER_QUERY = MAX_FILTER_COMPARISONS - 1
 """``PartitionKey eq`` plus this many ``RowKey eq`` comparisons per filter; also how many point
@@ -122,10 +122,8 @@ class SetsTable:
         return len(entities)
 
     def get(self, ref: SetRef, transform: Transform | None = None) -> ImageSetRow | None:
-        try:
-            return ImageSetRow.from_entity(self.table.get_entity(ref.domain, keys.set_row_key(ref, transform)))
-        except ResourceNotFoundError:
-            return None
+        entity = entity_or_none(self.table, ref.domain, keys.set_row_key(ref, transform))
+        return None if entity is None else ImageSetRow.from_entity(entity)
 
     def tagged_from(
         self, domain: str, tags: tuple[str, ...], set_prefix: str, start_at: str = "", version: str | None = None
@@ -168,10 +166,8 @@ class SetsTable:
                         yield row
 
     def _get_key(self, domain: str, row_key: str) -> ImageSetRow | None:
-        try:
-            return ImageSetRow.from_entity(self.table.get_entity(domain, row_key))
-        except ResourceNotFoundError:
-            return None
+        entity = entity_or_none(self.table, domain, row_key)
+        return None if entity is None else ImageSetRow.from_entity(entity)
 
     def index_keys(
         self, domain: str, tag: str, set_prefix: str = "", start_at: str = "", page: int = INDEX_PAGE

@@ -7,6 +7,7 @@ import time
 from typing import Any, Protocol
 
 from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from corpus.domain.refs import Cursor
@@ -29,6 +30,23 @@ def backoff(attempt: int) -> None:
 def if_unchanged(entity: Any) -> dict[str, Any]:
     """Transaction options: replace ``entity`` only if nobody changed it since we read it."""
     return {"mode": UpdateMode.REPLACE, "etag": entity.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+
+
+def entity_or_none(table: Any, partition_key: str, row_key: str) -> Any | None:
+    """The entity at (``partition_key``, ``row_key``), or None where there is none (Get Entity's 404)."""
+    try:
+        return table.get_entity(partition_key, row_key)
+    except ResourceNotFoundError:
+        return None
+
+
+def insert_once(table: Any, entity: dict[str, Any]) -> bool:
+    """Insert-only: True if this call created ``entity``, False if its key exists (that row is kept as it is)."""
+    try:
+        table.create_entity(entity)
+    except ResourceExistsError:
+        return False
+    return True
 
 
 def encode_continuation(token: Any) -> str | None:

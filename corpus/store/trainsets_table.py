@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from corpus.domain import keys
@@ -47,7 +47,7 @@ from corpus.store.ports import BlobStore, iter_ranges
 from corpus.store.rows import Entity, ImageRow, ImageSetRow, as_int, int64, now
 from corpus.store.settings import TABLE_IMAGES, TABLE_LINEAGE, TABLE_MODELS, TABLE_TRAINSETS
 from corpus.store.storage import Clients
-from corpus.store.tables import TableSource
+from corpus.store.tables import TableSource, entity_or_none, insert_once
 
 BUILDING = "building"
 READY = "ready"
@@ -188,17 +188,11 @@ class TrainsetsTable:
 
     def create(self, row: TrainsetRow) -> bool:
         """Insert a new training set; False if (name, version) exists already (the caller compares)."""
-        try:
-            self.table.create_entity(row.to_entity())
-            return True
-        except ResourceExistsError:
-            return False
+        return insert_once(self.table, row.to_entity())
 
     def get(self, name: str, version: str) -> TrainsetRow | None:
-        try:
-            return TrainsetRow.from_entity(self.table.get_entity(keys.escape(name), keys.escape(version)))
-        except ResourceNotFoundError:
-            return None
+        entity = entity_or_none(self.table, keys.escape(name), keys.escape(version))
+        return None if entity is None else TrainsetRow.from_entity(entity)
 
     def require_ready(self, name: str, version: str) -> TrainsetRow:
         """The row of a ``ready`` training set, or :class:`NotFoundError` naming why not.
@@ -280,17 +274,11 @@ class ModelsTable:
         self.table = table
 
     def create(self, row: ModelRow) -> bool:
-        try:
-            self.table.create_entity(row.to_entity())
-            return True
-        except ResourceExistsError:
-            return False
+        return insert_once(self.table, row.to_entity())
 
     def get(self, name: str, version: str) -> ModelRow | None:
-        try:
-            return ModelRow.from_entity(self.table.get_entity(keys.escape(name), keys.escape(version)))
-        except ResourceNotFoundError:
-            return None
+        entity = entity_or_none(self.table, keys.escape(name), keys.escape(version))
+        return None if entity is None else ModelRow.from_entity(entity)
 
     def list(self) -> list[ModelRow]:
         return sorted((ModelRow.from_entity(e) for e in self.table.list_entities()), key=lambda r: (r.name, r.version))

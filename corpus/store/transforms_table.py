@@ -8,6 +8,7 @@ from azure.data.tables import TableClient
 from corpus.domain import keys
 from corpus.domain.errors import TransformConflictError
 from corpus.store.rows import PageMarkerRow, PagePlanRow, TransformRow
+from corpus.store.tables import entity_or_none
 
 
 class TransformsTable:
@@ -83,10 +84,8 @@ class TransformsTable:
         return row.keys
 
     def get(self, name: str, tversion: str) -> TransformRow | None:
-        try:
-            return TransformRow.from_entity(self.table.get_entity(*keys.transform_keys(name, tversion)))
-        except ResourceNotFoundError:
-            return None
+        entity = entity_or_none(self.table, *keys.transform_keys(name, tversion))
+        return None if entity is None else TransformRow.from_entity(entity)
 
     def list(self) -> list[TransformRow]:
         """Every registered transform version (page markers, partitions ``!page!…``, excluded)."""

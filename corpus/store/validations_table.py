@@ -13,6 +13,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from corpus.domain import keys
 from corpus.store.rows import ValidationRow, bare_etag
+from corpus.store.tables import entity_or_none
 
 
 class ValidationsTable:
@@ -24,10 +25,8 @@ class ValidationsTable:
         self.table.upsert_entity(row.to_entity(), mode=UpdateMode.REPLACE)
 
     def get(self, name: str, etag: str) -> ValidationRow | None:
-        try:
-            return ValidationRow.from_entity(self.table.get_entity(keys.escape(name), keys.escape(bare_etag(etag))))
-        except ResourceNotFoundError:
-            return None
+        entity = entity_or_none(self.table, keys.escape(name), keys.escape(bare_etag(etag)))
+        return None if entity is None else ValidationRow.from_entity(entity)
 
     def delete(self, name: str, etag: str) -> None:
         """Idempotent: a record already gone (another delivery's delete) is no error."""
