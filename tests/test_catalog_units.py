@@ -334,11 +334,6 @@ def test_the_columnar_trainset_images_path_gives_the_rows_of_the_row_by_row_one(
     assert records.trainset_images_table("ts", "2", []).num_rows == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding, not fixed: add_facts (reindex --facts / migrate facts) rewrites an Images row, "
-    "its Timestamp moves past the watermark and the sync appends it a second time",
-)
 def test_a_backfilled_image_is_not_appended_to_the_catalog_a_second_time(mem, tmp_path) -> None:
     import dataclasses
 

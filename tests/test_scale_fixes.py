@@ -232,11 +232,6 @@ def test_the_facts_backfill_runs_as_a_migration_step_and_a_second_run_fills_noth
     assert list(migrate(ctx, "facts"))[-1].rows_migrated == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding, not fixed: the migration's Schema stamp (and the facts backfill) rewrites "
-    "Images rows after a training set's snapshot time; the build's snapshot then drops them",
-)
 def test_a_migration_during_a_build_leaves_the_builds_snapshot_of_images_whole(rt: Runtime) -> None:
     from datetime import UTC, datetime
 
