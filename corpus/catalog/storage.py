@@ -9,6 +9,8 @@ storage service's ``Timestamp`` of its last write; :meth:`CatalogStorage.changed
 service for the entities with ``lo < Timestamp <= hi``, so a sync reads what was written since
 the last watermark and a query reads what was written after the snapshot's, and both compare
 against the same clock (the service's), with the same bounds, so a row is in exactly one of them.
+The two rewrites of ``Images`` rows (facts backfill, schema stamp) move ``Timestamp`` but keep
+the insert time in ``Recorded``: a row recorded by the lower bound is skipped (:func:`_recorded_by`).
 
 **Blobs** go through the store's port (:class:`~corpus.store.ports.BlobStore`): Parquet files
 are immutable and content-addressed (their name holds the SHA-256 of their bytes) and written
