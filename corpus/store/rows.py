@@ -97,6 +97,7 @@ def _decode(entity: Mapping[str, Any], name: str, kind: str) -> Any:
 
 
 SCHEMA = "Schema"
+"""The entity property holding the row's schema version (see :attr:`Columns.schema`)."""
 RECORDED = "Recorded"
 """An ``Images`` row's first insert time in the service clock, written by the rewriters of existing
 rows (:meth:`corpus.store.images_table.ImagesTable.rewrite`) because a rewrite moves ``Timestamp``."""
@@ -110,7 +111,6 @@ def recorded_at(entity: Any) -> Any:
     if recorded is not None:
         return recorded
     return getattr(entity, "metadata", {}).get("timestamp")
-"""The entity property holding the row's schema version (see :attr:`Columns.schema`)."""
 
 
 def schema_of(entity: Mapping[str, Any]) -> int:
