@@ -334,11 +334,6 @@ def test_the_columnar_trainset_images_path_gives_the_rows_of_the_row_by_row_one(
     assert records.trainset_images_table("ts", "2", []).num_rows == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding, not fixed: add_facts (reindex --facts / migrate facts) rewrites an Images row, "
-    "its Timestamp moves past the watermark and the sync appends it a second time",
-)
 def test_a_backfilled_image_is_not_appended_to_the_catalog_a_second_time(mem, tmp_path) -> None:
     import dataclasses
 
@@ -351,5 +346,32 @@ def test_a_backfilled_image_is_not_appended_to_the_catalog_a_second_time(mem, tm
     facts = ImageFacts("ab" * 32, "0" * 16, "0" * 16, 64, 48, 1.0, 0.5, 0.5, 3.0, False, 1.33)
     for image in list(rt.catalog.images.iter(ref)):
         rt.catalog.images.add_facts(ref, dataclasses.replace(image, facts=facts))  # what the facts backfill writes
+    assert _count(store, tmp_path / "tail", exact=True) == (10, 10), "nor in a query's tail before the sync"
     sync(store, timedelta(0))
     assert _count(store, tmp_path, exact=False) == (10, 10), "each image once in the snapshot"
+
+
+def test_backfilled_facts_reach_the_catalog_when_its_snapshot_is_rebuilt(mem, tmp_path) -> None:
+    """The documented way (docs/query.md): delete manifest.json; the next sync reads every row again."""
+    import dataclasses
+
+    from corpus.catalog.storage import MANIFEST
+    from corpus.domain.imagefacts import ImageFacts
+
+    rt, store = mem
+    _record(rt, "red/robin", range(6), ["red", "robin"])
+    sync(store, timedelta(0))
+    ref = SetRef("birds", ("red", "robin"), "v1")
+    facts = ImageFacts("ab" * 32, "0" * 16, "0" * 16, 64, 48, 1.0, 0.5, 0.5, 3.0, False, 1.33)
+    for image in list(rt.catalog.images.iter(ref)):
+        rt.catalog.images.add_facts(ref, dataclasses.replace(image, facts=facts))
+    _, etag = store.read_manifest()
+    assert etag is not None
+    store.delete(MANIFEST, etag)
+    sync(store, timedelta(0))
+    cat = q.open_catalog(store, q.FileCache(tmp_path), exact=False)
+    try:
+        row = q.run(cat, "SELECT count(*), count(DISTINCT blob), count(sha256) FROM images").to_pylist()[0]
+    finally:
+        cat.close()
+    assert tuple(row.values()) == (6, 6, 6)

@@ -441,3 +441,23 @@ def test_table_queries_filter_on_the_service_timestamp(table: Any) -> None:
     assert rows("Timestamp gt @lo and Timestamp le @hi", lo=before, hi=last) == ["a", "b"]
     assert rows("PartitionKey eq @pk and Timestamp gt @lo", pk="p", lo=last) == []
     assert rows("Timestamp le @hi", hi=before) == []
+
+
+def test_an_images_rewrite_keeps_the_insert_time_in_recorded(table: Any) -> None:
+    """``ImagesTable.rewrite`` (facts backfill, schema stamp): ``Recorded`` is the first insert's
+    service ``Timestamp`` after any number of rewrites, round-trips as a datetime comparable with
+    ``Timestamp``, while ``Timestamp`` itself moves."""
+    from corpus.store.images_table import ImagesTable
+    from corpus.store.rows import RECORDED, recorded_at
+
+    images = ImagesTable(table)
+    table.create_entity({"PartitionKey": "p", "RowKey": "a", "S": "x"})
+    inserted = table.get_entity("p", "a").metadata["timestamp"]
+    assert images.rewrite("p", "a", {"Schema": 2}) and images.rewrite("p", "a", {"T": "y"})
+    got = table.get_entity("p", "a")
+    assert (got["S"], got["T"], got["Schema"]) == ("x", "y", 2)
+    assert got[RECORDED] == inserted and recorded_at(got) == inserted
+    assert got.metadata["timestamp"] >= got[RECORDED]
+    assert not images.rewrite("p", "gone", {"T": "y"}), "a record that is gone is skipped"
+    with pytest.raises(ResourceNotFoundError):
+        table.get_entity("p", "gone")

@@ -20,7 +20,8 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from corpus.domain import keys
@@ -28,7 +29,7 @@ from corpus.domain.display import md5_shown
 from corpus.domain.errors import ConflictError
 from corpus.domain.paths import SetRef
 from corpus.store import egt
-from corpus.store.rows import SCHEMA, CounterRow, ImageRow, SourceMarkerRow, Transform, facts_properties, schema_of
+from corpus.store.rows import RECORDED, SCHEMA, CounterRow, ImageRow, SourceMarkerRow, Transform, facts_properties, schema_of
 from corpus.store.tables import MAX_ATTEMPTS, backoff, first_page, if_unchanged
 
 SHARDS = 16
@@ -197,15 +198,44 @@ class ImagesTable:
     def add_facts(self, ref: SetRef, image: ImageRow, transform: Transform | None = None) -> None:
         """Merge ``image``'s facts and cluster into its existing record (``corpus reindex --facts``).
 
-        The one write to an ``Images`` row after its insert: the facts are a pure function of the
-        immutable bytes (and the cluster is decided once, insert-only, in ``Duplicates``), so
-        writing them twice, or racing another backfill, writes the same values."""
-        entity = {
-            "PartitionKey": keys.image_partition_key(ref, transform),
-            "RowKey": keys.image_row_key(image.file),
-            **facts_properties(image.facts, image.cluster),
-        }
-        self.table.update_entity(entity, mode=UpdateMode.MERGE)
+        A rewrite of an existing row (:meth:`rewrite`, which keeps its insert time in ``Recorded``):
+        the facts are a pure function of the immutable bytes (and the cluster is decided once,
+        insert-only, in ``Duplicates``), so writing them twice, or racing another backfill, writes
+        the same values. A record that is gone raises ``ResourceNotFoundError``, as before."""
+        pk, rk = keys.image_partition_key(ref, transform), keys.image_row_key(image.file)
+        if not self.rewrite(pk, rk, facts_properties(image.facts, image.cluster)):
+            raise ResourceNotFoundError(f"no image record {pk}/{rk}")
+
+    def rewrite(self, pk: str, rk: str, properties: dict[str, Any]) -> bool:
+        """MERGE ``properties`` into an existing ``Images`` row, keeping its insert time: the one way
+        an ``Images`` row is written after its insert. Returns False if the row is gone.
+
+        Readers that need "inserted by time T" (a training set's snapshot,
+        :func:`corpus.store.trainsets_table.snapshot_images`; the catalog sync's watermark) cannot
+        use the service ``Timestamp`` of a rewritten row (it is the time of the rewrite), so the
+        row is read first and written, ``If-Match`` its ETag, with ``Recorded`` = its ``Recorded``
+        if it has one, else its current ``Timestamp``, which is then still its insert time. Any
+        number of rewrites, concurrent or retried, keep the first insert time: a write that lost the
+        ``If-Match`` race reads the row again (now carrying ``Recorded``) and retries."""
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                entity = self.table.get_entity(pk, rk)
+            except ResourceNotFoundError:
+                return False
+            recorded = entity.get(RECORDED) or entity.metadata["timestamp"]
+            try:
+                self.table.update_entity(
+                    {"PartitionKey": pk, "RowKey": rk, **properties, RECORDED: recorded},
+                    mode=UpdateMode.MERGE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return True
+            except ResourceNotFoundError:
+                return False
+            except ResourceModifiedError:
+                backoff(attempt)  # another rewriter got there first: read its write and keep its Recorded
+        raise RuntimeError(f"image record {pk}/{rk} stayed contended for {MAX_ATTEMPTS} attempts; run again")
 
     def iter(self, ref: SetRef, transform: Transform | None = None) -> Iterator[ImageRow]:
         """Every image record of a set (its partition, counters excluded), in row-key order."""
@@ -265,26 +295,12 @@ class ImagesTable:
             yield [(str(e["RowKey"]), ImageRow.from_entity(e)) for e in entities if schema_of(e) < schema]
 
     def stamp_schema(self, ref: SetRef, transform: Transform | None, row_keys: list[str], schema: int) -> int:
-        """Set ``Schema`` to ``schema`` on these records (MERGE: nothing else changes), 100 per
-        transaction; a record that is gone is skipped. Returns how many were stamped."""
+        """Set ``Schema`` to ``schema`` on these records (MERGE through :meth:`rewrite`, which keeps
+        each row's insert time in ``Recorded``; nothing else changes); a record that is gone is
+        skipped. Returns how many were stamped. A read and a conditional write per row: a batch
+        could not carry each row's own ``Recorded`` without reading it first anyway."""
         pk = keys.image_partition_key(ref, transform)
-        done = 0
-        for i in range(0, len(row_keys), 100):
-            chunk = row_keys[i : i + 100]
-            ops: list[Any] = [
-                ("update", {"PartitionKey": pk, "RowKey": rk, SCHEMA: schema}, {"mode": UpdateMode.MERGE}) for rk in chunk
-            ]
-            try:
-                self.table.submit_transaction(ops)
-                done += len(chunk)
-            except TableTransactionError:
-                for op in ops:
-                    try:
-                        self.table.update_entity(op[1], mode=UpdateMode.MERGE)
-                        done += 1
-                    except ResourceNotFoundError:
-                        continue
-        return done
+        return sum(self.rewrite(pk, rk, {SCHEMA: schema}) for rk in row_keys)
 
     def iter_after(
         self, ref: SetRef, after: str = "", page: int = 1000, transform: Transform | None = None

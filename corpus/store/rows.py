@@ -98,6 +98,19 @@ def _decode(entity: Mapping[str, Any], name: str, kind: str) -> Any:
 
 SCHEMA = "Schema"
 """The entity property holding the row's schema version (see :attr:`Columns.schema`)."""
+RECORDED = "Recorded"
+"""An ``Images`` row's first insert time in the service clock, written by the rewriters of existing
+rows (:meth:`corpus.store.images_table.ImagesTable.rewrite`) because a rewrite moves ``Timestamp``."""
+
+
+def recorded_at(entity: Any) -> Any:
+    """When ``entity`` (an ``Images`` row) was inserted, in the service clock: its ``Recorded``
+    where a rewrite kept it, else its service ``Timestamp`` (never rewritten, so the insert time);
+    None for an entity that has neither (not read from a table)."""
+    recorded = entity.get(RECORDED) if hasattr(entity, "get") else None
+    if recorded is not None:
+        return recorded
+    return getattr(entity, "metadata", {}).get("timestamp")
 
 
 def schema_of(entity: Mapping[str, Any]) -> int:

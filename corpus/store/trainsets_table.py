@@ -44,7 +44,7 @@ from corpus.domain.limits import MAX_TABLE_BATCH
 from corpus.domain.manifest import ManifestEntry, hex_to_b64, iter_entries
 from corpus.store import egt
 from corpus.store.ports import BlobStore, iter_ranges
-from corpus.store.rows import Entity, ImageRow, ImageSetRow, as_int, int64, now
+from corpus.store.rows import Entity, ImageRow, ImageSetRow, as_int, int64, now, recorded_at
 from corpus.store.settings import TABLE_IMAGES, TABLE_LINEAGE, TABLE_MODELS, TABLE_TRAINSETS
 from corpus.store.storage import Clients
 from corpus.store.tables import TableSource, entity_or_none, insert_once
@@ -392,15 +392,17 @@ FIRST_IMAGE_KEY = '"'
 def snapshot_images(images: TableClient, partition_key: str, after: str, at: datetime) -> Iterator[tuple[str, ImageRow]]:
     """A set's image records with RowKey > ``after``, in RowKey order, recorded no later than ``at``.
 
-    ``at`` is compared with the service's own ``Timestamp`` of each insert-only image row (one
-    clock: the storage service's), so an image recorded after the snapshot is never seen, by this
-    message or by any continuation or retry of the build.
+    ``at`` is compared with each image row's insert time in the service's own clock
+    (:func:`~corpus.store.rows.recorded_at`: its ``Recorded`` if a rewrite such as a facts backfill
+    or a schema stamp kept it there, else its ``Timestamp``), so an image recorded after the
+    snapshot is never seen, and one recorded before it is always seen, by this message or by any
+    continuation or retry of the build, whatever rewrites ran in between.
     """
     rows = images.query_entities(
         "PartitionKey eq @pk and RowKey gt @after", parameters={"pk": partition_key, "after": after or FIRST_IMAGE_KEY}
     )
     for entity in rows:
-        stamp = entity.metadata.get("timestamp")
+        stamp = recorded_at(entity)
         if stamp is not None and stamp > at:
             continue
         yield str(entity["RowKey"]), ImageRow.from_entity(entity)
