@@ -120,6 +120,43 @@ def dupes_lines(
     yield from d.cluster_lines(members, near)
 
 
+@dataclass(frozen=True, slots=True)
+class DupesPage:
+    """One page of ``corpus dupes --limit``: its lines and the place of the next line (None: the last page)."""
+
+    lines: list[dict[str, object]]
+    next_key: str | None
+
+
+def dupes_page(
+    dupes: DupesTable,
+    domain: str,
+    near: bool,
+    limit: int,
+    start: str | None = None,
+    keep: MemberFilter | None = None,
+    set_tags: Callable[[SetRef], tuple[str, ...]] = lambda ref: (),
+) -> DupesPage:
+    """``corpus dupes --limit N [--continuation T]``: at most ``limit`` lines from RowKey ``start``
+    on, and the RowKey of the line after them. The member rows are read in requests of a few rows
+    per line asked for, and reading stops at the first row of the line after the page: rows read
+    are proportional to the page (plus the rows a filter drops), whatever the size of the domain.
+    Every line is listed exactly once across pages: a line's key is its first member row's, and a
+    page resumes at that key (rows are insert-only or idempotent; a row inserted behind the place
+    of a later page appears on a later read of those keys, never twice)."""
+    if limit < 1:
+        raise ValueError("limit must be positive")
+    keep = keep or MemberFilter()
+    rows = dupes.members(domain, start=start, per_page=min(1000, 4 * limit + 4))
+    members = (m for m in rows if keep.keeps(set_of_original(domain, m.blob), set_tags))
+    lines: list[dict[str, object]] = []
+    for key, line in d.keyed_cluster_lines(members, near):
+        if len(lines) == limit:
+            return DupesPage(lines, key)
+        lines.append(line)
+    return DupesPage(lines, None)
+
+
 def diff_versions(
     images: Callable[[SetRef], Iterable[tuple[str, str]]], domain: str, dirs: tuple[str, ...], old: str, new: str, listing: bool
 ) -> Diff:

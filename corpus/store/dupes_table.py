@@ -149,13 +149,19 @@ class DupesTable:
         for start in range(0, len(unique), MAX_BATCH):
             self.table.submit_transaction(unique[start : start + MAX_BATCH])
 
-    def members(self, domain: str, cluster: str | None = None) -> Iterator[d.Member]:
-        """Member rows of ``domain`` (or of one cluster) in RowKey order: grouped by cluster, then content."""
+    def members(
+        self, domain: str, cluster: str | None = None, start: str | None = None, per_page: int = 1000
+    ) -> Iterator[d.Member]:
+        """Member rows of ``domain`` (or of one cluster) in RowKey order: grouped by cluster, then content.
+        ``start``: from this RowKey on (a paged listing's place, :func:`~corpus.domain.dupindex.keyed_cluster_lines`);
+        ``per_page``: rows per request (a short listing asks for few, so it reads few)."""
         low, high = d.cluster_range(cluster) if cluster else d.MEMBERS
+        if start is not None:
+            low = max(low, start)
         for e in self.table.query_entities(
             "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
             parameters={"pk": d.partition(domain), "lo": low, "hi": high},
-            results_per_page=1000,
+            results_per_page=per_page,
         ):
             yield d.Member(str(e["Cluster"]), str(e["Container"]), str(e["Blob"]), str(e["SHA256"]), d.hash_int(str(e["PHash"])))
 
