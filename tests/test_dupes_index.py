@@ -135,3 +135,36 @@ def test_the_index_runs_on_the_in_memory_store_too() -> None:
     got = [index_original(dupes, DOMAIN, f"original/m/v1/{i}.jpg", md5(x), facts(x)).id for i, x in enumerate(group)]
     assert got[0] == got[1] == got[2] != got[3]
     assert [len(line["members"]) for line in dupes_lines(dupes, DOMAIN, near=True)] == [3]  # type: ignore[arg-type]
+
+
+def test_the_band_reads_are_in_flight_together() -> None:
+    """The 4 band ranges are read concurrently (latency of one read, not four): each read waits at
+    a barrier for the others, which only a concurrent caller passes (a sequential one breaks it at
+    its deadline). Same neighbours found as without the barrier."""
+    import threading
+
+    from corpus.domain import dupindex as d
+    from corpus.store.dupes_table import DupesTable
+
+    mem = Runtime.in_memory()
+    mem.ensure_resources()
+    dupes = mem.catalog.dupes
+    a = jpeg_of(60)
+    index_original(dupes, DOMAIN, "original/m/v1/a.jpg", md5(a), facts(a))
+    barrier = threading.Barrier(d.BANDS, timeout=30)
+
+    class Gated:
+        def __init__(self, table: object) -> None:
+            self.table = table
+
+        def query_entities(self, *args: object, **kw: object) -> object:
+            barrier.wait()
+            return self.table.query_entities(*args, **kw)  # type: ignore[attr-defined]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.table, name)
+
+    b = variant(a, "half", 3)
+    found = DupesTable(Gated(dupes.table)).neighbours(DOMAIN, facts(b))
+    assert [n.sha256 for n, _ in found] == [facts(a).sha256]
+    assert found[0][1] is not None and found[0][1].blob == "original/m/v1/a.jpg"

@@ -5,7 +5,8 @@
 one transaction (band rows), 4 bounded range reads (band ranges) plus one point read per near
 neighbour found, one insert (its content row) and, only when it has duplicates, one member
 transaction (an exact copy, or a second delivery, also reads its content row): a fixed number
-whatever the size of the corpus: 6 requests for an original without duplicates. It is
+whatever the size of the corpus: 6 requests for an original without duplicates (the 4 band reads
+in flight together: 3 round trips; why no fewer, docs/dedupe.md "Requests per image"). It is
 idempotent: delivered twice, or two exact copies at once, give the same content row (insert-only,
 the first decision stands) and the same member rows (fixed values).
 

@@ -11,15 +11,20 @@ One partition per domain holds three kinds of rows, all insert-only or idempoten
   more images, upserted with fixed values (idempotent), for ``corpus dupes`` (:meth:`members`).
 
 Reads are bounded: one point read, and at most :data:`~corpus.domain.dupindex.MAX_BAND_ROWS`
-rows of each of the 4 band ranges, whatever the size of the domain.
+rows of each of the 4 band ranges, whatever the size of the domain; the 4 band reads (and the
+neighbours' content reads) are in flight together. Why these requests and no fewer: docs/dedupe.md,
+"Requests per image".
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableTransactionError, UpdateMode
@@ -28,6 +33,28 @@ from corpus.domain import dupindex as d
 from corpus.domain.imagefacts import ImageFacts
 
 MAX_BATCH = 100
+READ_THREADS = 16
+"""Threads shared by every ingest worker of the process for the concurrent reads of :meth:`DupesTable.neighbours`."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@cache
+def _pool_of(pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(READ_THREADS, thread_name_prefix="dupes-read")
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One pool per process (a forked worker does not inherit its parent's threads)."""
+    return _pool_of(os.getpid())
+
+
+def _concurrently(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(x) for x in items]``, the calls in flight at once (results in order; the first error raised)."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    return list(_pool().map(fn, items))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,31 +107,39 @@ class DupesTable:
         )
 
     def neighbours(self, domain: str, facts: ImageFacts) -> list[tuple[d.Neighbour, Content | None]]:
-        """Indexed contents near ``facts`` (not itself), each with its content row if it has one."""
+        """Indexed contents near ``facts`` (not itself), each with its content row if it has one.
+
+        The :data:`~corpus.domain.dupindex.BANDS` band ranges are read concurrently (one request
+        each: an ``or`` of RowKey ranges would be a partition scan on Azure), then the neighbours'
+        content rows, also concurrently: the latency of one read of each kind, not of six."""
         pk = d.partition(domain)
-        rows: list[d.Neighbour] = []
-        for low, high in d.band_ranges(facts.phash_int):
+
+        def band(bounds: tuple[str, str]) -> list[d.Neighbour]:
+            low, high = bounds
             pages = self.table.query_entities(
                 "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
                 parameters={"pk": pk, "lo": low, "hi": high},
                 results_per_page=d.MAX_BAND_ROWS,
             ).by_page()
-            for e in next(pages, []):
-                rows.append(
-                    d.Neighbour(
-                        str(e["SHA256"]),
-                        str(e["MD5"]),
-                        d.hash_int(str(e["PHash"])),
-                        d.hash_int(str(e["DHash"])),
-                        None,
-                        _age_seconds(e),
-                    )
+            return [
+                d.Neighbour(
+                    str(e["SHA256"]),
+                    str(e["MD5"]),
+                    d.hash_int(str(e["PHash"])),
+                    d.hash_int(str(e["DHash"])),
+                    None,
+                    _age_seconds(e),
                 )
-        found = []
-        for n in d.candidates(facts.phash_int, facts.dhash_int, rows, facts.sha256):
-            c = self.content(domain, n.sha256)
-            found.append((d.Neighbour(n.sha256, n.md5, n.phash, n.dhash, c.cluster if c else None, n.age_seconds), c))
-        return found
+                for e in next(pages, [])
+            ]
+
+        rows = [n for found in _concurrently(band, d.band_ranges(facts.phash_int)) for n in found]
+        near = list(d.candidates(facts.phash_int, facts.dhash_int, rows, facts.sha256))
+        contents = _concurrently(lambda n: self.content(domain, n.sha256), near)
+        return [
+            (d.Neighbour(n.sha256, n.md5, n.phash, n.dhash, c.cluster if c else None, n.age_seconds), c)
+            for n, c in zip(near, contents, strict=True)
+        ]
 
     def decide(self, domain: str, content: Content) -> Content:
         """Insert the content row; if another delivery got there first, theirs stands and is returned."""
