@@ -3,8 +3,9 @@
 :func:`index_original` is what ingest runs for every original before recording it (the rules are
 :mod:`corpus.domain.dupindex`'s, the rows :mod:`corpus.store.dupes_table`'s). Per image it costs
 one transaction (band rows), 4 bounded range reads (band ranges) plus one point read per near
-neighbour found, one insert (its content row) and, only when it has duplicates, one member
-transaction (an exact copy, or a second delivery, also reads its content row): a fixed number
+neighbour found, and one insert of its content row, which carries its member rows in the same
+transaction when it has near duplicates (an exact copy, or a second delivery, reads its content
+row and writes its member rows in one transaction of their own): a fixed number
 whatever the size of the corpus: 6 requests for an original without duplicates (the 4 band reads
 in flight together: 3 round trips; why no fewer, docs/dedupe.md "Requests per image"). It is
 idempotent: delivered twice, or two exact copies at once, give the same content row (insert-only,
@@ -61,24 +62,32 @@ def index_original(
                 time.sleep(delay)  # another worker's decision: there is no event to wait on
                 delay = min(2 * delay, 1.0)
                 continue
-            own = dupes.decide(domain, Content(facts.sha256, cluster, domain, blob, facts.phash))
+            mine = Content(facts.sha256, cluster, domain, blob, facts.phash)
+            # the member rows ride in the content row's transaction (one request, all or nothing)
+            own = dupes.decide(domain, mine, _members(domain, blob, facts, mine, near_of(neighbours)))
+            if own is mine:
+                return own.cluster
         break
-    _add_members(dupes, domain, blob, facts, own, [c for _, c in neighbours if c is not None])
+    dupes.add_members(domain, _members(domain, blob, facts, own, near_of(neighbours)))
     return own.cluster
 
 
-def _add_members(dupes: DupesTable, domain: str, blob: str, facts: ImageFacts, own: Content, near: list[Content]) -> None:
+def near_of(neighbours: list[tuple[d.Neighbour, Content | None]]) -> list[Content]:
+    return [c for _, c in neighbours if c is not None]
+
+
+def _members(domain: str, blob: str, facts: ImageFacts, own: Content, near: list[Content]) -> list[d.Member]:
     """Member rows for this image, the first image of its content and its neighbours in its cluster,
-    when that makes a cluster of two or more (single images are not listed)."""
+    when that makes a cluster of two or more (single images are not listed: no rows)."""
     cluster = own.cluster.id
     others = [c for c in near if c.cluster.id == cluster]
     if own.blob == blob and not others:
-        return
+        return []
     members = [d.Member(cluster, domain, blob, facts.sha256, facts.phash_int)]
     for c in [own, *others]:
         if c.blob and c.phash:
             members.append(d.Member(cluster, c.container, c.blob, c.sha256, d.hash_int(c.phash)))
-    dupes.add_members(domain, members)
+    return members
 
 
 # -- reading ----------------------------------------------------------------------------------

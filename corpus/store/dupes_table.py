@@ -75,6 +75,11 @@ def _age_seconds(entity: Any) -> float:
     return max(0.0, (datetime.now(UTC) - stamp).total_seconds())
 
 
+def _exists(exc: TableTransactionError) -> bool:
+    """A transaction refused because one of its inserts exists."""
+    return getattr(exc, "error_code", "") == "EntityAlreadyExists" or "AlreadyExists" in str(exc)
+
+
 class DupesTable:
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -89,7 +94,7 @@ class DupesTable:
             self.table.submit_transaction(ops)
             return True
         except TableTransactionError as exc:
-            if getattr(exc, "error_code", "") == "EntityAlreadyExists" or "AlreadyExists" in str(exc):
+            if _exists(exc):
                 return False
             raise
 
@@ -141,8 +146,12 @@ class DupesTable:
             for n, c in zip(near, contents, strict=True)
         ]
 
-    def decide(self, domain: str, content: Content) -> Content:
-        """Insert the content row; if another delivery got there first, theirs stands and is returned."""
+    def decide(self, domain: str, content: Content, members: list[d.Member] | None = None) -> Content:
+        """Insert the content row; if another delivery got there first, theirs stands and is returned.
+
+        ``members``: the member rows that go with *this* decision, inserted in the same transaction
+        (one request instead of two for an image with duplicates; all or nothing, so a losing
+        decision writes none of them: the caller then writes the members of the one that stands)."""
         entity = {
             "PartitionKey": d.partition(domain),
             "RowKey": d.content_row_key(content.sha256),
@@ -153,9 +162,16 @@ class DupesTable:
             "PHash": content.phash,
         }
         try:
-            self.table.create_entity(entity)
+            if members:
+                ops = [("create", entity), *self._member_ops(domain, members)]
+                self.table.submit_transaction(ops[:MAX_BATCH])
+                self._submit(ops[MAX_BATCH:])
+            else:
+                self.table.create_entity(entity)
             return content
-        except ResourceExistsError:
+        except (ResourceExistsError, TableTransactionError) as exc:
+            if isinstance(exc, TableTransactionError) and not _exists(exc):
+                raise
             existing = self.content(domain, content.sha256)
             if existing is None:  # pragma: no cover - rows are never deleted
                 raise
@@ -163,6 +179,14 @@ class DupesTable:
 
     def add_members(self, domain: str, members: list[d.Member]) -> None:
         """Upsert member rows (fixed values: idempotent), in transactions of at most 100."""
+        self._submit(self._member_ops(domain, members))
+
+    def _submit(self, ops: list[Any]) -> None:
+        for start in range(0, len(ops), MAX_BATCH):
+            self.table.submit_transaction(ops[start : start + MAX_BATCH])
+
+    @staticmethod
+    def _member_ops(domain: str, members: list[d.Member]) -> list[Any]:
         pk = d.partition(domain)
         ops = [
             (
@@ -180,9 +204,7 @@ class DupesTable:
             )
             for m in members
         ]
-        unique = list({op[1]["RowKey"]: op for op in ops}.values())
-        for start in range(0, len(unique), MAX_BATCH):
-            self.table.submit_transaction(unique[start : start + MAX_BATCH])
+        return list({op[1]["RowKey"]: op for op in ops}.values())
 
     def members(
         self, domain: str, cluster: str | None = None, start: str | None = None, per_page: int = 1000
