@@ -5,6 +5,12 @@ same concurrency (the copy function's ``batchSize + newBatchThreshold``), so the
 meaningful even though absolute numbers on a shared 2-core machine are not.
 
     .venv/bin/python bench/ingest_bench.py --images 1000 --kb 80
+
+``--photolike`` stages distinct generated photo-like pictures (``tests/photolike.py``, 640×480,
+JPEG quality 90, ~60-90 KB) instead of one flat picture with a unique tail (whose pixels are all
+equal: a worst case for a duplicate index, not a corpus). ``--count-requests`` counts the host's
+HTTP requests to storage on the wire (a ``sitecustomize`` wrapping ``requests.Session.send`` in
+the host process) and reports them per image, split by service.
 """
 
 from __future__ import annotations
@@ -27,7 +33,29 @@ from corpus.store.hostconfig import load_queue_config  # noqa: E402
 from corpus.store.rows import as_int  # noqa: E402
 from corpus.store.settings import Connection  # noqa: E402
 from corpus.store.storage import Clients  # noqa: E402
+from tests.photolike import jpeg_of  # noqa: E402
 from tests.support import Azurite, jpeg, prepare_app_dir, run_host  # noqa: E402
+
+SITECUSTOMIZE = """
+import atexit, collections, json, os, threading
+import requests
+_counts = collections.Counter()
+_lock = threading.Lock()
+_send = requests.Session.send
+_ports = {str(v): k for k, v in json.loads(os.environ["BENCH_PORTS"]).items()}
+def _counted(self, request, **kw):
+    port = (request.url or "").split("/")[2].rsplit(":", 1)[-1]
+    method = request.method or ""
+    with _lock:
+        _counts[_ports.get(port, port) + " " + method] += 1
+    return _send(self, request, **kw)
+requests.Session.send = _counted
+def _dump():
+    d = os.environ["BENCH_REQUEST_COUNTS"]
+    with open(os.path.join(d, str(os.getpid()) + ".json"), "w") as f:
+        json.dump(dict(_counts), f)
+atexit.register(_dump)
+"""
 
 JPEG = ContentSettings(content_type="image/jpeg")  # as corpus upload and Storage Explorer set it
 
@@ -52,6 +80,8 @@ def main() -> None:
         default=[],
         help="extra corpus host option, e.g. --host-arg=--threads=5 --host-arg=--process-per-group (the Azure model)",
     )
+    ap.add_argument("--photolike", action="store_true", help="distinct photo-like pictures (tests/photolike.py)")
+    ap.add_argument("--count-requests", action="store_true", help="count the host's storage requests on the wire")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,6 +89,15 @@ def main() -> None:
         az = Azurite(tmp_path).start()
         try:
             env = {**os.environ, "CorpusStorage": az.connection_string, "AzureWebJobsStorage": az.connection_string}
+            counts = tmp_path / "requests"
+            if args.count_requests:
+                hook = tmp_path / "hook"
+                hook.mkdir()
+                (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+                counts.mkdir()
+                env["PYTHONPATH"] = os.pathsep.join([str(hook), env.get("PYTHONPATH", str(REPO))])
+                env["BENCH_REQUEST_COUNTS"] = str(counts)
+                env["BENCH_PORTS"] = json.dumps(az.ports)
             clients = Clients(Connection(connection_string=az.connection_string))
             clients.ensure(containers=("staging", "rawcopy"))
             staging = clients.container("staging")
@@ -66,14 +105,21 @@ def main() -> None:
             base = image_of_about(args.kb, 0)
             names = [f"bench/v1/set{i % args.sets}/img{i:05d}.jpg" for i in range(args.images)]
 
-            def upload(i_name: tuple[int, str]) -> None:
+            def upload(i_name: tuple[int, str]) -> int:
                 i, name = i_name
                 # Same picture, a unique byte appended in a JPEG comment-free tail: unique MD5s.
                 staging.upload_blob(name, base + i.to_bytes(4, "big"), overwrite=True, content_settings=JPEG)
+                return 0
+
+            def upload_photo(i_name: tuple[int, str]) -> int:
+                i, name = i_name
+                data = jpeg_of(1000 + i, size=(640, 480), quality=90)
+                staging.upload_blob(name, data, overwrite=True, content_settings=JPEG)
+                return len(data)
 
             with ThreadPoolExecutor(cap) as pool:
-                list(pool.map(upload, enumerate(names)))
-            size = len(base) + 4
+                sizes = list(pool.map(upload_photo if args.photolike else upload, enumerate(names)))
+            size = round(sum(sizes) / len(sizes)) if args.photolike else len(base) + 4
 
             raw = clients.container("rawcopy")
 
@@ -102,6 +148,10 @@ def main() -> None:
                 )
             )
             assert counted == args.images, counted
+            wire: dict[str, int] = {}
+            for f in counts.glob("*.json") if args.count_requests else ():
+                for k, v in json.loads(f.read_text()).items():
+                    wire[k] = wire.get(k, 0) + v
         finally:
             az.stop()
 
@@ -117,7 +167,12 @@ def main() -> None:
         "pipeline_images_per_s": round(pipe_rate, 1),
         "pipeline_wall_s_including_host_start": round(wall_s, 2),
         "ratio_pipeline_to_raw": round(pipe_rate / raw_rate, 3),
+        "photolike": args.photolike,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+    if args.count_requests:
+        result["host_requests_per_image"] = {k: round(v / args.images, 2) for k, v in sorted(wire.items())}
+        result["host_requests_per_image_total"] = round(sum(wire.values()) / args.images, 2)
     print(json.dumps(result, indent=2))
 
 

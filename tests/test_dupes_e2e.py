@@ -99,6 +99,18 @@ def test_duplicates_splits_dedupe_where_diff(env, clients, app_dir, tmp_path, rt
     assert {"original/all/robin/v1/r0.jpg", "original/all/copies/v1/r0.jpg", "original/all/robin/v2/r0.jpg"} in [
         {m["blob"] for m in line["members"]} for line in exact
     ]
+    # paged through the CLI: pages of 2 clusters, the token last, every cluster once
+    paged: list[dict[str, Any]] = []
+    token: list[str] = []
+    while True:
+        page = lines(env, tmp_path, "dupes", "--domain", "birds", "--near", "--limit", "2", *token)
+        more = [x["continuation"] for x in page if "continuation" in x]
+        assert len(page) - len(more) <= 2 and more in ([], [page[-1].get("continuation")])
+        paged += [x for x in page if "continuation" not in x]
+        if not more:
+            break
+        token = ["--continuation", more[0]]
+    assert paged == near and len(near) > 2
     only_v1 = lines(env, tmp_path, "dupes", "--domain", "birds", "--near", "--version", "v1", "--tag", "robin")
     assert all(m["blob"].startswith("original/all/robin/v1/") for line in only_v1 for m in line["members"])
 

@@ -135,3 +135,73 @@ def test_the_index_runs_on_the_in_memory_store_too() -> None:
     got = [index_original(dupes, DOMAIN, f"original/m/v1/{i}.jpg", md5(x), facts(x)).id for i, x in enumerate(group)]
     assert got[0] == got[1] == got[2] != got[3]
     assert [len(line["members"]) for line in dupes_lines(dupes, DOMAIN, near=True)] == [3]  # type: ignore[arg-type]
+
+
+def test_the_band_reads_are_in_flight_together() -> None:
+    """The 4 band ranges are read concurrently (latency of one read, not four): each read waits at
+    a barrier for the others, which only a concurrent caller passes (a sequential one breaks it at
+    its deadline). Same neighbours found as without the barrier."""
+    import threading
+
+    from corpus.domain import dupindex as d
+    from corpus.store.dupes_table import DupesTable
+
+    mem = Runtime.in_memory()
+    mem.ensure_resources()
+    dupes = mem.catalog.dupes
+    a = jpeg_of(60)
+    index_original(dupes, DOMAIN, "original/m/v1/a.jpg", md5(a), facts(a))
+    barrier = threading.Barrier(d.BANDS, timeout=30)
+
+    class Gated:
+        def __init__(self, table: object) -> None:
+            self.table = table
+
+        def query_entities(self, *args: object, **kw: object) -> object:
+            barrier.wait()
+            return self.table.query_entities(*args, **kw)  # type: ignore[attr-defined]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.table, name)
+
+    b = variant(a, "half", 3)
+    found = DupesTable(Gated(dupes.table)).neighbours(DOMAIN, facts(b))
+    assert [n.sha256 for n, _ in found] == [facts(a).sha256]
+    assert found[0][1] is not None and found[0][1].blob == "original/m/v1/a.jpg"
+
+
+def test_a_near_duplicate_writes_its_cluster_and_members_in_one_transaction() -> None:
+    """An original with a near duplicate: 1 band transaction, 4 band reads, 1 neighbour read and
+    one transaction for its content row *and* its member rows (7 requests, not 8)."""
+    from corpus.domain import dupindex as d
+
+    mem = Runtime.in_memory()
+    mem.ensure_resources()
+    dupes = mem.catalog.dupes
+    a = jpeg_of(70)
+    b = variant(a, "half", 4)
+    index_original(dupes, DOMAIN, "original/m/v1/a.jpg", md5(a), facts(a))
+    pk = d.partition(DOMAIN)
+    before = dupes.table.calls[pk]  # HTTP requests (a transaction: one)
+    cluster = index_original(dupes, DOMAIN, "original/m/v1/b.jpg", md5(b), facts(b))
+    assert dupes.table.calls[pk] - before == 7
+    assert {m.blob for m in dupes.members(DOMAIN, cluster.id)} == {"original/m/v1/a.jpg", "original/m/v1/b.jpg"}
+
+
+def test_a_losing_decision_writes_none_of_its_members() -> None:
+    """Two deliveries decide at once: the transaction of the one that loses (its content row
+    exists) writes nothing, and it returns the decision that stands."""
+    from corpus.domain import dupindex as d
+    from corpus.store.dupes_table import Content
+
+    mem = Runtime.in_memory()
+    mem.ensure_resources()
+    dupes = mem.catalog.dupes
+    sha, other = "a" * 64, "b" * 64
+    first = Content(sha, d.Cluster(sha, "m1"), DOMAIN, "original/m/v1/x.jpg", "0" * 16)
+    assert dupes.decide(DOMAIN, first) is first
+    losing = Content(sha, d.Cluster(other, "m2"), DOMAIN, "original/m/v1/y.jpg", "0" * 16)
+    members = [d.Member(other, DOMAIN, "original/m/v1/y.jpg", sha, 0), d.Member(other, DOMAIN, "original/m/v1/z.jpg", other, 1)]
+    stands = dupes.decide(DOMAIN, losing, members)
+    assert stands.cluster.id == sha and stands.blob == "original/m/v1/x.jpg"
+    assert list(dupes.members(DOMAIN)) == []

@@ -3,9 +3,11 @@
 :func:`index_original` is what ingest runs for every original before recording it (the rules are
 :mod:`corpus.domain.dupindex`'s, the rows :mod:`corpus.store.dupes_table`'s). Per image it costs
 one transaction (band rows), 4 bounded range reads (band ranges) plus one point read per near
-neighbour found, one insert (its content row) and, only when it has duplicates, one member
-transaction (an exact copy, or a second delivery, also reads its content row): a fixed number
-whatever the size of the corpus: 6 requests for an original without duplicates. It is
+neighbour found, and one insert of its content row, which carries its member rows in the same
+transaction when it has near duplicates (an exact copy, or a second delivery, reads its content
+row and writes its member rows in one transaction of their own): a fixed number
+whatever the size of the corpus: 6 requests for an original without duplicates (the 4 band reads
+in flight together: 3 round trips; why no fewer, docs/dedupe.md "Requests per image"). It is
 idempotent: delivered twice, or two exact copies at once, give the same content row (insert-only,
 the first decision stands) and the same member rows (fixed values).
 
@@ -60,24 +62,32 @@ def index_original(
                 time.sleep(delay)  # another worker's decision: there is no event to wait on
                 delay = min(2 * delay, 1.0)
                 continue
-            own = dupes.decide(domain, Content(facts.sha256, cluster, domain, blob, facts.phash))
+            mine = Content(facts.sha256, cluster, domain, blob, facts.phash)
+            # the member rows ride in the content row's transaction (one request, all or nothing)
+            own = dupes.decide(domain, mine, _members(domain, blob, facts, mine, near_of(neighbours)))
+            if own is mine:
+                return own.cluster
         break
-    _add_members(dupes, domain, blob, facts, own, [c for _, c in neighbours if c is not None])
+    dupes.add_members(domain, _members(domain, blob, facts, own, near_of(neighbours)))
     return own.cluster
 
 
-def _add_members(dupes: DupesTable, domain: str, blob: str, facts: ImageFacts, own: Content, near: list[Content]) -> None:
+def near_of(neighbours: list[tuple[d.Neighbour, Content | None]]) -> list[Content]:
+    return [c for _, c in neighbours if c is not None]
+
+
+def _members(domain: str, blob: str, facts: ImageFacts, own: Content, near: list[Content]) -> list[d.Member]:
     """Member rows for this image, the first image of its content and its neighbours in its cluster,
-    when that makes a cluster of two or more (single images are not listed)."""
+    when that makes a cluster of two or more (single images are not listed: no rows)."""
     cluster = own.cluster.id
     others = [c for c in near if c.cluster.id == cluster]
     if own.blob == blob and not others:
-        return
+        return []
     members = [d.Member(cluster, domain, blob, facts.sha256, facts.phash_int)]
     for c in [own, *others]:
         if c.blob and c.phash:
             members.append(d.Member(cluster, c.container, c.blob, c.sha256, d.hash_int(c.phash)))
-    dupes.add_members(domain, members)
+    return members
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -118,6 +128,43 @@ def dupes_lines(
     keep = keep or MemberFilter()
     members = (m for m in dupes.members(domain) if keep.keeps(set_of_original(domain, m.blob), set_tags))
     yield from d.cluster_lines(members, near)
+
+
+@dataclass(frozen=True, slots=True)
+class DupesPage:
+    """One page of ``corpus dupes --limit``: its lines and the place of the next line (None: the last page)."""
+
+    lines: list[dict[str, object]]
+    next_key: str | None
+
+
+def dupes_page(
+    dupes: DupesTable,
+    domain: str,
+    near: bool,
+    limit: int,
+    start: str | None = None,
+    keep: MemberFilter | None = None,
+    set_tags: Callable[[SetRef], tuple[str, ...]] = lambda ref: (),
+) -> DupesPage:
+    """``corpus dupes --limit N [--continuation T]``: at most ``limit`` lines from RowKey ``start``
+    on, and the RowKey of the line after them. The member rows are read in requests of a few rows
+    per line asked for, and reading stops at the first row of the line after the page: rows read
+    are proportional to the page (plus the rows a filter drops), whatever the size of the domain.
+    Every line is listed exactly once across pages: a line's key is its first member row's, and a
+    page resumes at that key (rows are insert-only or idempotent; a row inserted behind the place
+    of a later page appears on a later read of those keys, never twice)."""
+    if limit < 1:
+        raise ValueError("limit must be positive")
+    keep = keep or MemberFilter()
+    rows = dupes.members(domain, start=start, per_page=min(1000, 4 * limit + 4))
+    members = (m for m in rows if keep.keeps(set_of_original(domain, m.blob), set_tags))
+    lines: list[dict[str, object]] = []
+    for key, line in d.keyed_cluster_lines(members, near):
+        if len(lines) == limit:
+            return DupesPage(lines, key)
+        lines.append(line)
+    return DupesPage(lines, None)
 
 
 def diff_versions(

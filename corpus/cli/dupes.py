@@ -46,8 +46,11 @@ def cmd_dupes(args: argparse.Namespace) -> int:
 
     rt = _runtime()
     if args.trainset:
-        if args.domain or args.tag or args.version or args.near:
-            raise CliError("--trainset lists the pairs of one training set; it takes no --domain, --tag, --version or --near")
+        if args.domain or args.tag or args.version or args.near or args.limit is not None or args.continuation:
+            raise CliError(
+                "--trainset lists the pairs of one training set; it takes no --domain, --tag, --version, --near, --limit "
+                "or --continuation"
+            )
         return _crossing(rt, args.trainset, args.json)
     if not args.domain:
         raise CliError("give --domain D (or --trainset N:V)")
@@ -60,12 +63,56 @@ def cmd_dupes(args: argparse.Namespace) -> int:
         return tuple(row.tags) if row is not None else ()
 
     keep = app.MemberFilter(tags=tuple(normalize(args.tag or ())), version=args.version)
+    if args.limit is not None or args.continuation:
+        return _page(rt, domain, args, keep, set_tags)
     n = 0
     for line in app.dupes_lines(rt.catalog.dupes, domain, near=args.near, keep=keep, set_tags=set_tags):
         _print_cluster(line, args.json)
         n += 1
     if not args.json:
         print(f"{n} cluster(s)" + ("" if args.near else " of exact duplicates (--near for near duplicates too)"))
+    return 0
+
+
+def _decode_place(domain: str, token: str) -> str:
+    """``--continuation``: the token a previous page printed, for this domain (the codec every listing
+    uses, :class:`~corpus.domain.refs.Cursor`), naming a member row of the domain's partition."""
+    from corpus.domain import dupindex as d
+    from corpus.store.tables import decode_continuation
+
+    try:
+        value = decode_continuation(token)
+    except ValueError as exc:
+        raise CliError(f"--continuation: not a token printed by 'corpus dupes' ({exc})") from None
+    low, high = d.MEMBERS
+    rk = value.get("RowKey") if value else None
+    if not value or value.get("PartitionKey") != d.partition(domain) or not isinstance(rk, str) or not low <= rk < high:
+        raise CliError(f"--continuation: not a token printed by 'corpus dupes --domain {domain}'")
+    return rk
+
+
+def _page(rt: Any, domain: str, args: argparse.Namespace, keep: Any, set_tags: Any) -> int:
+    """``--limit N [--continuation T]``: one page; the token of the next is the last line (JSON:
+    ``{"continuation": T}``; text: ``more: --continuation T``) when more remain."""
+    from corpus.app import dupes as app
+    from corpus.domain import dupindex as d
+    from corpus.store.tables import encode_continuation
+
+    limit = 100 if args.limit is None else args.limit
+    if limit < 1:
+        raise CliError("--limit must be positive")
+    start = _decode_place(domain, args.continuation) if args.continuation else None
+    page = app.dupes_page(rt.catalog.dupes, domain, args.near, limit, start, keep, set_tags)
+    for line in page.lines:
+        _print_cluster(line, args.json)
+    token = encode_continuation({"PartitionKey": d.partition(domain), "RowKey": page.next_key}) if page.next_key else None
+    if args.json:
+        if token:
+            print(json.dumps({"continuation": token}), flush=True)
+    else:
+        print(f"{len(page.lines)} cluster(s) on this page")
+        if token:
+            print(f"more: --continuation {token}")
     return 0
 
 
@@ -170,6 +217,12 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--near", action="store_true", help="near-duplicate clusters too (default: exact copies only)")
     d.add_argument("--trainset", metavar="N:V", help="pairs of duplicates that a training set put in different splits")
     d.add_argument("--json", action="store_true", help='one JSON object per line: {"kind", "members": [...]}')
+    d.add_argument("--limit", type=int, metavar="N", help="at most N clusters (a page; the next page's token is printed last)")
+    d.add_argument(
+        "--continuation",
+        metavar="TOKEN",
+        help='the next page: the token a previous page printed ({"continuation": …} or "more:")',
+    )
     d.set_defaults(func=cmd_dupes)
 
     f = sub.add_parser("diff", help="what changed between two versions of an image set, by content (SHA-256)")

@@ -259,21 +259,32 @@ def cluster_lines(members: Iterable[Member], near: bool) -> Iterator[dict[str, o
     ``near``. ``distance`` is each member's pHash distance to the cluster's first member. Memory:
     one cluster at a time.
     """
+    return (line for _, line in keyed_cluster_lines(members, near))
 
-    def lines_of(group: list[Member]) -> Iterator[dict[str, object]]:
+
+def keyed_cluster_lines(members: Iterable[Member], near: bool) -> Iterator[tuple[str, dict[str, object]]]:
+    """:func:`cluster_lines`, each line with the RowKey of its first member row: a read that starts
+    at that key (inclusive) yields this line again and everything after it, so it is the line's
+    place in a paged listing (``corpus dupes --continuation``). A line is the rows of one cluster
+    (``near``) or of one content of one cluster (exact): both are contiguous in RowKey order."""
+
+    def key(m: Member) -> str:
+        return member_row_key(m.cluster, m.sha256, m.container, m.blob)
+
+    def lines_of(group: list[Member]) -> Iterator[tuple[str, dict[str, object]]]:
         if near:
             if len(group) < 2:
                 return
             kind = "exact" if len({m.sha256 for m in group}) == 1 else "near"
             first = group[0].phash
-            yield {"kind": kind, "members": [m.to_json(hamming(first, m.phash)) for m in group]}
+            yield key(group[0]), {"kind": kind, "members": [m.to_json(hamming(first, m.phash)) for m in group]}
             return
         by_sha: dict[str, list[Member]] = {}
         for m in group:
             by_sha.setdefault(m.sha256, []).append(m)
         for same in by_sha.values():
             if len(same) >= 2:
-                yield {"kind": "exact", "members": [m.to_json(0) for m in same]}
+                yield key(same[0]), {"kind": "exact", "members": [m.to_json(0) for m in same]}
 
     group: list[Member] = []
     for m in members:

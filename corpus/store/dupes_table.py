@@ -11,15 +11,20 @@ One partition per domain holds three kinds of rows, all insert-only or idempoten
   more images, upserted with fixed values (idempotent), for ``corpus dupes`` (:meth:`members`).
 
 Reads are bounded: one point read, and at most :data:`~corpus.domain.dupindex.MAX_BAND_ROWS`
-rows of each of the 4 band ranges, whatever the size of the domain.
+rows of each of the 4 band ranges, whatever the size of the domain; the 4 band reads (and the
+neighbours' content reads) are in flight together. Why these requests and no fewer: docs/dedupe.md,
+"Requests per image".
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableTransactionError, UpdateMode
@@ -28,6 +33,28 @@ from corpus.domain import dupindex as d
 from corpus.domain.imagefacts import ImageFacts
 
 MAX_BATCH = 100
+READ_THREADS = 16
+"""Threads shared by every ingest worker of the process for the concurrent reads of :meth:`DupesTable.neighbours`."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@cache
+def _pool_of(pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(READ_THREADS, thread_name_prefix="dupes-read")
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One pool per process (a forked worker does not inherit its parent's threads)."""
+    return _pool_of(os.getpid())
+
+
+def _concurrently(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(x) for x in items]``, the calls in flight at once (results in order; the first error raised)."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    return list(_pool().map(fn, items))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +75,11 @@ def _age_seconds(entity: Any) -> float:
     return max(0.0, (datetime.now(UTC) - stamp).total_seconds())
 
 
+def _exists(exc: TableTransactionError) -> bool:
+    """A transaction refused because one of its inserts exists."""
+    return getattr(exc, "error_code", "") == "EntityAlreadyExists" or "AlreadyExists" in str(exc)
+
+
 class DupesTable:
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -62,7 +94,7 @@ class DupesTable:
             self.table.submit_transaction(ops)
             return True
         except TableTransactionError as exc:
-            if getattr(exc, "error_code", "") == "EntityAlreadyExists" or "AlreadyExists" in str(exc):
+            if _exists(exc):
                 return False
             raise
 
@@ -80,34 +112,46 @@ class DupesTable:
         )
 
     def neighbours(self, domain: str, facts: ImageFacts) -> list[tuple[d.Neighbour, Content | None]]:
-        """Indexed contents near ``facts`` (not itself), each with its content row if it has one."""
+        """Indexed contents near ``facts`` (not itself), each with its content row if it has one.
+
+        The :data:`~corpus.domain.dupindex.BANDS` band ranges are read concurrently (one request
+        each: an ``or`` of RowKey ranges would be a partition scan on Azure), then the neighbours'
+        content rows, also concurrently: the latency of one read of each kind, not of six."""
         pk = d.partition(domain)
-        rows: list[d.Neighbour] = []
-        for low, high in d.band_ranges(facts.phash_int):
+
+        def band(bounds: tuple[str, str]) -> list[d.Neighbour]:
+            low, high = bounds
             pages = self.table.query_entities(
                 "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
                 parameters={"pk": pk, "lo": low, "hi": high},
                 results_per_page=d.MAX_BAND_ROWS,
             ).by_page()
-            for e in next(pages, []):
-                rows.append(
-                    d.Neighbour(
-                        str(e["SHA256"]),
-                        str(e["MD5"]),
-                        d.hash_int(str(e["PHash"])),
-                        d.hash_int(str(e["DHash"])),
-                        None,
-                        _age_seconds(e),
-                    )
+            return [
+                d.Neighbour(
+                    str(e["SHA256"]),
+                    str(e["MD5"]),
+                    d.hash_int(str(e["PHash"])),
+                    d.hash_int(str(e["DHash"])),
+                    None,
+                    _age_seconds(e),
                 )
-        found = []
-        for n in d.candidates(facts.phash_int, facts.dhash_int, rows, facts.sha256):
-            c = self.content(domain, n.sha256)
-            found.append((d.Neighbour(n.sha256, n.md5, n.phash, n.dhash, c.cluster if c else None, n.age_seconds), c))
-        return found
+                for e in next(pages, [])
+            ]
 
-    def decide(self, domain: str, content: Content) -> Content:
-        """Insert the content row; if another delivery got there first, theirs stands and is returned."""
+        rows = [n for found in _concurrently(band, d.band_ranges(facts.phash_int)) for n in found]
+        near = list(d.candidates(facts.phash_int, facts.dhash_int, rows, facts.sha256))
+        contents = _concurrently(lambda n: self.content(domain, n.sha256), near)
+        return [
+            (d.Neighbour(n.sha256, n.md5, n.phash, n.dhash, c.cluster if c else None, n.age_seconds), c)
+            for n, c in zip(near, contents, strict=True)
+        ]
+
+    def decide(self, domain: str, content: Content, members: list[d.Member] | None = None) -> Content:
+        """Insert the content row; if another delivery got there first, theirs stands and is returned.
+
+        ``members``: the member rows that go with *this* decision, inserted in the same transaction
+        (one request instead of two for an image with duplicates; all or nothing, so a losing
+        decision writes none of them: the caller then writes the members of the one that stands)."""
         entity = {
             "PartitionKey": d.partition(domain),
             "RowKey": d.content_row_key(content.sha256),
@@ -118,9 +162,16 @@ class DupesTable:
             "PHash": content.phash,
         }
         try:
-            self.table.create_entity(entity)
+            if members:
+                ops = [("create", entity), *self._member_ops(domain, members)]
+                self.table.submit_transaction(ops[:MAX_BATCH])
+                self._submit(ops[MAX_BATCH:])
+            else:
+                self.table.create_entity(entity)
             return content
-        except ResourceExistsError:
+        except (ResourceExistsError, TableTransactionError) as exc:
+            if isinstance(exc, TableTransactionError) and not _exists(exc):
+                raise
             existing = self.content(domain, content.sha256)
             if existing is None:  # pragma: no cover - rows are never deleted
                 raise
@@ -128,6 +179,14 @@ class DupesTable:
 
     def add_members(self, domain: str, members: list[d.Member]) -> None:
         """Upsert member rows (fixed values: idempotent), in transactions of at most 100."""
+        self._submit(self._member_ops(domain, members))
+
+    def _submit(self, ops: list[Any]) -> None:
+        for start in range(0, len(ops), MAX_BATCH):
+            self.table.submit_transaction(ops[start : start + MAX_BATCH])
+
+    @staticmethod
+    def _member_ops(domain: str, members: list[d.Member]) -> list[Any]:
         pk = d.partition(domain)
         ops = [
             (
@@ -145,17 +204,21 @@ class DupesTable:
             )
             for m in members
         ]
-        unique = list({op[1]["RowKey"]: op for op in ops}.values())
-        for start in range(0, len(unique), MAX_BATCH):
-            self.table.submit_transaction(unique[start : start + MAX_BATCH])
+        return list({op[1]["RowKey"]: op for op in ops}.values())
 
-    def members(self, domain: str, cluster: str | None = None) -> Iterator[d.Member]:
-        """Member rows of ``domain`` (or of one cluster) in RowKey order: grouped by cluster, then content."""
+    def members(
+        self, domain: str, cluster: str | None = None, start: str | None = None, per_page: int = 1000
+    ) -> Iterator[d.Member]:
+        """Member rows of ``domain`` (or of one cluster) in RowKey order: grouped by cluster, then content.
+        ``start``: from this RowKey on (a paged listing's place, :func:`~corpus.domain.dupindex.keyed_cluster_lines`);
+        ``per_page``: rows per request (a short listing asks for few, so it reads few)."""
         low, high = d.cluster_range(cluster) if cluster else d.MEMBERS
+        if start is not None:
+            low = max(low, start)
         for e in self.table.query_entities(
             "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
             parameters={"pk": d.partition(domain), "lo": low, "hi": high},
-            results_per_page=1000,
+            results_per_page=per_page,
         ):
             yield d.Member(str(e["Cluster"]), str(e["Container"]), str(e["Blob"]), str(e["SHA256"]), d.hash_int(str(e["PHash"])))
 
