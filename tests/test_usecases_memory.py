@@ -262,3 +262,71 @@ def test_azureml_export_streams_its_jsonl_in_blocks(rt: Runtime, monkeypatch: py
     body = rt.blobs.read(rt.settings.exports_container, f"birds-cls/1/{params.export_id()}/train/images.jsonl").data
     lines = [json.loads(x) for x in body.splitlines()]
     assert len(lines) == 6 and {type(x["label"]) for x in lines} == {str}
+
+
+def _shard_job_reads(monkeypatch: pytest.MonkeyPatch, n: int) -> tuple[list[int], list[int], int]:
+    """Export ``n`` one-image shards on a fresh memory store; per shard job the bytes it read of the
+    exports container and the blob names it listed, and how many jobs wrote ``croissant.json``."""
+    import corpus.app.exports as exports_mod
+    from corpus.domain.exports import MIN_SHARD_BYTES
+    from corpus.domain.manifest import ManifestEntry, hex_to_b64
+
+    rt = Runtime.in_memory()
+    rt.ensure_resources()
+    rt.ensure_container("birds")
+    entries = []
+    for i in range(n):
+        data = i.to_bytes(4, "big") * (MIN_SHARD_BYTES // 6)  # more than half a shard: one per shard
+        name = f"b/{i:05d}.jpg"
+        rt.blobs.put("birds", name, data)
+        md5 = hex_to_b64(hashlib.md5(data).hexdigest())
+        entries.append(ManifestEntry("birds", name, md5, len(data), 1, 1, "birds", "b", "v1", None, name, md5,
+                                     (f"c{i % 3}",), "train"))  # fmt: skip
+    monkeypatch.setattr(exports_mod, "read_manifest", lambda _rt, _name, _version: iter(entries))
+    params = ExportParams("webdataset", shard_size=MIN_SHARD_BYTES)
+    on_export_message(rt, ExportRequest("big", "1", params))  # the plan; it queues the shard jobs
+    blobs = blobs_of(rt)
+    exports = rt.settings.exports_container
+    counted = {"read": 0, "listed": 0}
+    real_read, real_list = blobs.read, blobs.list_page
+
+    def read(container: str, name: str, **kw: object) -> object:
+        blob = real_read(container, name, **kw)  # type: ignore[arg-type]
+        counted["read"] += len(blob.data) if container == exports else 0
+        return blob
+
+    def list_page(container: str, prefix: str = "", cursor: str | None = None, limit: int = 5000) -> object:
+        page = real_list(container, prefix, cursor, limit)
+        counted["listed"] += len(page.items)
+        return page
+
+    monkeypatch.setattr(blobs, "read", read)
+    monkeypatch.setattr(blobs, "list_page", list_page)
+    reads, listed, finishers = [], [], 0
+    croissant = f"big/1/{params.export_id()}/croissant.json"
+    assert isinstance(rt.outbox, MemoryOutbox)
+    while msgs := rt.outbox.receive(rt.settings.export_queue, max_messages=1):
+        counted.update(read=0, listed=0)
+        done_before = rt.blobs.exists(exports, croissant)
+        on_export_message(rt, parse_export_message(msgs[0].text))
+        rt.outbox.delete(rt.settings.export_queue, msgs[0])
+        if not done_before and rt.blobs.exists(exports, croissant):
+            finishers += 1  # this job wrote croissant.json: it alone reads the plan and the receipts
+        else:
+            reads.append(counted["read"])
+            listed.append(counted["listed"])
+    assert len(json.loads(real_read(exports, croissant).data)["distribution"]) >= n
+    return reads, listed, finishers
+
+
+def test_a_shard_job_reads_the_same_bytes_whatever_the_number_of_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25, R6: every shard job read the whole plan.json (a line per shard) and listed every
+    receipt, O(shards) each. Now it reads its own record, work list, classes.txt and two 32-byte
+    bitmaps; only the job that completes the export reads the plan and the receipts."""
+    small, small_listed, small_finishers = _shard_job_reads(monkeypatch, 10)
+    big, big_listed, big_finishers = _shard_job_reads(monkeypatch, 200)
+    assert (len(small), len(big)) == (9, 199)
+    assert small_finishers == big_finishers == 1
+    assert small_listed == [0] * 9 and big_listed == [0] * 199  # no receipt listing
+    assert max(big) <= max(small) + 16  # a few more digits in the record's ordinal and total
+    assert max(big) < 2_000  # plan.json alone is ~170 bytes a shard
