@@ -10,20 +10,25 @@ other parameters make a new export beside the first; the same parameters again c
 twice, keeping ~16 bytes per entry (sizes, the permutation): it assigns samples to shards by a
 seeded permutation of each split (:func:`corpus.domain.layouts.plan_split`), writes each shard's
 work list (``_work/<split>/shard-NNNNNN.jsonl``: its manifest lines with their positions, written
-in blocks, memory capped by :data:`WORK_BUFFER_BYTES`), then ``classes.txt``, ``plan.json`` (every
-shard's count, first position and work list MD5) and, for Parquet, ``README.md``; and sends one
+in blocks, memory capped by :data:`WORK_BUFFER_BYTES`), then ``classes.txt``, for Parquet
+``README.md``, one record per shard (``_work/<split>/shard-NNNNNN.json``: the shard's count, first
+position, work list MD5, its ordinal in the plan, the shard count, the parameters, the MD5 of
+``classes.txt``), ``plan.json`` last (every shard's entry), all ``If-None-Match``; and sends one
 :class:`~corpus.domain.exports.ExportShardJob` per shard that has no receipt yet.
 
 A shard job names only (export, split, index): the queue is operator-writable, so the job trusts
-nothing in it (issue 25, B1). It reads the immutable ``plan.json``, refuses a shard the plan does
-not list, reads only its own work list (its bytes, not the manifest: R6), checks its MD5 against
-the plan and its positions against the shard's range, then downloads and MD5-checks each image
+nothing in it (issue 25, B1). It checks that ``plan.json`` exists (the plan is complete), reads
+the immutable record of its shard (refused if there is none, or it names another shard), reads only
+its own work list (its bytes, not the manifest: R6), checks its MD5 against the record and its
+positions against the shard's range, and ``classes.txt`` against its MD5; no read grows with the
+number of shards (R6: ``plan.json`` is ~177 bytes a shard). Then it downloads and MD5-checks each image
 and writes the shard with fixed bytes: a tar (mtime 0, uid/gid 0, no user names, mode 0644, PAX;
 per sample ``<key>.<ext>``, ``<key>.cls``, ``<key>.json``) committed in 8 MiB blocks with
 ``If-None-Match: *``, or a Parquet file. Every byte is a function of the manifest and the
 parameters, so a retried, duplicated or concurrent job writes the same bytes; "exists with the
 same MD5" is success, other bytes a :class:`ExportConflict`. Then a receipt (the files' SHA-256),
-and, when every shard has one, ``croissant.json``.
+then the shard is counted done in two levels of bitmaps (:func:`_count_done`), and the job that
+finds them full writes ``croissant.json`` from ``plan.json`` and every receipt.
 
 **Azure ML**: ``<split>/images.jsonl`` + ``<split>/MLTable`` written by the request handler itself,
 streamed (blocks per split, R7); ``label`` has one type in every file (R14).
