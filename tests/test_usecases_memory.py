@@ -265,9 +265,8 @@ def test_azureml_export_streams_its_jsonl_in_blocks(rt: Runtime, monkeypatch: py
     assert len(lines) == 6 and {type(x["label"]) for x in lines} == {str}
 
 
-def _shard_job_reads(monkeypatch: pytest.MonkeyPatch, n: int) -> tuple[list[int], list[int], int]:
-    """Export ``n`` one-image shards on a fresh memory store; per shard job the bytes it read of the
-    exports container and the blob names it listed, and how many jobs wrote ``croissant.json``."""
+def _planned_export(monkeypatch: pytest.MonkeyPatch, n: int) -> tuple[Runtime, ExportParams]:
+    """A fresh memory store with a planned WebDataset export of ``n`` one-image shards (jobs queued)."""
     import corpus.app.exports as exports_mod
     from corpus.domain.exports import MIN_SHARD_BYTES
     from corpus.domain.manifest import ManifestEntry, hex_to_b64
@@ -286,6 +285,13 @@ def _shard_job_reads(monkeypatch: pytest.MonkeyPatch, n: int) -> tuple[list[int]
     monkeypatch.setattr(exports_mod, "read_manifest", lambda _rt, _name, _version: iter(entries))
     params = ExportParams("webdataset", shard_size=MIN_SHARD_BYTES)
     on_export_message(rt, ExportRequest("big", "1", params))  # the plan; it queues the shard jobs
+    return rt, params
+
+
+def _shard_job_reads(monkeypatch: pytest.MonkeyPatch, n: int) -> tuple[list[int], list[int], int]:
+    """Export ``n`` one-image shards on a fresh memory store; per shard job the bytes it read of the
+    exports container and the blob names it listed, and how many jobs wrote ``croissant.json``."""
+    rt, params = _planned_export(monkeypatch, n)
     blobs = blobs_of(rt)
     exports = rt.settings.exports_container
     counted = {"read": 0, "listed": 0}
@@ -370,3 +376,30 @@ def test_a_shard_job_killed_after_its_receipt_finishes_the_export_when_retried(
     monkeypatch.setattr(exports_mod, "_count_done", count_done)
     _, _, finishers = _shard_job_reads(monkeypatch, 5)
     assert killed and finishers == 1
+
+
+def test_an_export_planned_before_the_shard_records_finishes_when_requested_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An export in flight across the upgrade (issue 25 R6): its plan has no shard records and its
+    finished shards no bits. Its queued jobs are refused; the export requested again adds the
+    records and the bits of the shards done, resends the rest, and finishes."""
+    from corpus.app.exports import RefusedJob
+
+    rt, params = _planned_export(monkeypatch, 6)
+    assert isinstance(rt.outbox, MemoryOutbox)
+    exports, queue = rt.settings.exports_container, rt.settings.export_queue
+    for msg in rt.outbox.receive(queue, max_messages=3):  # 3 shards done
+        on_export_message(rt, parse_export_message(msg.text))
+        rt.outbox.delete(queue, msg)
+    prefix = f"big/1/{params.export_id()}/"
+    for b in blobs_of(rt).list_page(exports, prefix + "_work/").items:  # as the code before R6 left it
+        if (b.name.endswith(".json") and "/receipts/" not in b.name) or "/_work/done/" in b.name:
+            rt.blobs.delete_if_unchanged(exports, b.name, b.etag)
+    for msg in rt.outbox.receive(queue, max_messages=32):
+        with pytest.raises(RefusedJob):
+            on_export_message(rt, parse_export_message(msg.text))
+        rt.outbox.delete(queue, msg)
+    rt.send(queue, ExportRequest("big", "1", params).to_json())
+    assert drain(rt) == 1 + 3
+    assert rt.blobs.exists(exports, prefix + "croissant.json")

@@ -303,8 +303,11 @@ def plan_sharded(rt: ExportRuntime, req: ExportRequest) -> int:
     plan = existing if existing is not None else _write_plan(rt, exports, req)
     done = set(exports.names(prefix + RECEIPTS))
     todo = [o for o, sh in enumerate(plan["shards"]) if prefix + receipt_file(sh["split"], sh["index"]) not in done]
-    if existing is not None and todo:  # a plan from before the shard records (issue 25 R6): add theirs
-        _write_records(exports, prefix, plan, exports.read(prefix + CLASSES_NAME), todo)
+    if existing is not None and plan["shards"]:  # the export again: maybe planned before the shard records
+        classes_txt = exports.read(prefix + CLASSES_NAME)  # and completion bitmaps (issue 25 R6): add them
+        _write_records(exports, prefix, plan, classes_txt, todo)
+        for o in sorted(set(range(len(plan["shards"]))) - set(todo)):
+            _count_done(exports, prefix, _record(plan, o, classes_txt))
     sent = 0
     for sh in (plan["shards"][o] for o in todo):
         job = ExportShardJob(req.name, req.version, req.export_id, sh["split"], sh["index"])
@@ -383,13 +386,15 @@ def _write_records(exports: Exports, prefix: str, plan: dict[str, Any], classes_
     """The shards' records (``If-None-Match``; the same bytes for the same plan): each is the
     plan's entry of one shard with its ordinal in the plan, the shard count, the parameters and the
     MD5 of ``classes.txt``, all a shard job needs of the plan."""
-    classes_md5 = hex_to_b64(hashlib.md5(classes_txt, usedforsecurity=False).hexdigest())
-    shards = plan["shards"]
     for ordinal in ordinals:
-        sh = shards[ordinal]
-        record = {**sh, "export": plan["export"], "ordinal": ordinal, "total": len(shards),
-                  "params": plan["params"], "classes_md5": classes_md5}  # fmt: skip
-        exports.put_once(prefix + record_file(sh["split"], sh["index"]), canonical_json(record), "application/json")
+        record = _record(plan, ordinal, classes_txt)
+        exports.put_once(prefix + record_file(record["split"], record["index"]), canonical_json(record), "application/json")
+
+
+def _record(plan: dict[str, Any], ordinal: int, classes_txt: bytes) -> dict[str, Any]:
+    classes_md5 = hex_to_b64(hashlib.md5(classes_txt, usedforsecurity=False).hexdigest())
+    return {**plan["shards"][ordinal], "export": plan["export"], "ordinal": ordinal, "total": len(plan["shards"]),
+            "params": plan["params"], "classes_md5": classes_md5}  # fmt: skip
 
 
 # -- sharded exports: one shard ------------------------------------------------------------------
