@@ -360,14 +360,24 @@ def exportbytes(args: argparse.Namespace) -> dict[str, Any]:
     manifest_size = blobs.info(*manifest).size
     read: Counter[str] = Counter()
     phase = ["plan"]
-    real_read, real_ranges = blobs.read, blobs.read_ranges
+    real_read, real_ranges, real_list = blobs.read, blobs.read_ranges, blobs.list_page
+    listed: Counter[str] = Counter()
 
     def kind(container: str, name: str) -> str:
         if (container, name) == manifest:
             return "manifest"
         if "/_work/" in name and name.endswith(".jsonl"):
             return "work lists"
-        return "plan.json" if name.endswith("/plan.json") else ("images" if container == "birds" else "other")
+        if "/_work/receipts/" in name:
+            return "receipts"
+        if "/_work/done/" in name:
+            return "completion bitmaps"
+        if "/_work/" in name and name.endswith(".json"):
+            return "shard records"
+        for tail in ("plan.json", "classes.txt", "croissant.json"):
+            if name.endswith("/" + tail):
+                return tail
+        return "images" if container == "birds" else "other"
 
     def counted_read(container: str, name: str, **kw: Any) -> Any:
         blob = real_read(container, name, **kw)
@@ -379,7 +389,13 @@ def exportbytes(args: argparse.Namespace) -> dict[str, Any]:
         read[f"{phase[0]}: {kind(container, name)}"] += sum(len(b) for b in out)
         return out
 
+    def counted_list(container: str, prefix: str = "", cursor: str | None = None, limit: int = 5000) -> Any:
+        page = real_list(container, prefix, cursor, limit)
+        listed[f"{phase[0]}: {kind(container, prefix)}"] += len(page.items)
+        return page
+
     blobs.read, blobs.read_ranges = counted_read, counted_ranges  # type: ignore[method-assign]
+    blobs.list_page = counted_list  # type: ignore[method-assign]
     params = ExportParams("webdataset", shard_size=MIN_SHARD_BYTES)
     rt.send(s.export_queue, ExportRequest("big", "1", params).to_json())
     export_handler = {s.export_queue: handlers(rt)[s.export_queue]}
@@ -401,6 +417,7 @@ def exportbytes(args: argparse.Namespace) -> dict[str, Any]:
         "shard_jobs_run": jobs,
         "manifest_bytes": manifest_size,
         "bytes_read": dict(read),
+        "names_listed": dict(listed),
         "before_manifest_bytes_by_shard_jobs": old,
         "load_avg": os.getloadavg(),
     }

@@ -13,6 +13,7 @@ import io
 import json
 import tarfile
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -295,3 +296,143 @@ def test_azureml_export_streams_its_jsonl_in_blocks(rt: Runtime, monkeypatch: py
     body = rt.blobs.read(rt.settings.exports_container, f"birds-cls/1/{params.export_id()}/train/images.jsonl").data
     lines = [json.loads(x) for x in body.splitlines()]
     assert len(lines) == 6 and {type(x["label"]) for x in lines} == {str}
+
+
+def _planned_export(monkeypatch: pytest.MonkeyPatch, n: int) -> tuple[Runtime, ExportParams]:
+    """A fresh memory store with a planned WebDataset export of ``n`` one-image shards (jobs queued)."""
+    import corpus.app.exports as exports_mod
+    from corpus.domain.exports import MIN_SHARD_BYTES
+    from corpus.domain.manifest import ManifestEntry, hex_to_b64
+
+    rt = Runtime.in_memory()
+    rt.ensure_resources()
+    rt.ensure_container("birds")
+    entries = []
+    for i in range(n):
+        data = i.to_bytes(4, "big") * (MIN_SHARD_BYTES // 6)  # more than half a shard: one per shard
+        name = f"b/{i:05d}.jpg"
+        rt.blobs.put("birds", name, data)
+        md5 = hex_to_b64(hashlib.md5(data).hexdigest())
+        entries.append(ManifestEntry("birds", name, md5, len(data), 1, 1, "birds", "b", "v1", None, name, md5,
+                                     (f"c{i % 3}",), "train"))  # fmt: skip
+    monkeypatch.setattr(exports_mod, "read_manifest", lambda _rt, _name, _version: iter(entries))
+    params = ExportParams("webdataset", shard_size=MIN_SHARD_BYTES)
+    on_export_message(rt, ExportRequest("big", "1", params))  # the plan; it queues the shard jobs
+    return rt, params
+
+
+def _shard_job_reads(monkeypatch: pytest.MonkeyPatch, n: int) -> tuple[list[int], list[int], int]:
+    """Export ``n`` one-image shards on a fresh memory store; per shard job the bytes it read of the
+    exports container and the blob names it listed, and how many jobs wrote ``croissant.json``."""
+    rt, params = _planned_export(monkeypatch, n)
+    blobs = blobs_of(rt)
+    exports = rt.settings.exports_container
+    counted = {"read": 0, "listed": 0}
+    real_read, real_list = blobs.read, blobs.list_page
+
+    def read(container: str, name: str, **kw: object) -> object:
+        blob = real_read(container, name, **kw)  # type: ignore[arg-type]
+        counted["read"] += len(blob.data) if container == exports else 0
+        return blob
+
+    def list_page(container: str, prefix: str = "", cursor: str | None = None, limit: int = 5000) -> object:
+        page = real_list(container, prefix, cursor, limit)
+        counted["listed"] += len(page.items)
+        return page
+
+    monkeypatch.setattr(blobs, "read", read)
+    monkeypatch.setattr(blobs, "list_page", list_page)
+    reads, listed, finishers = [], [], 0
+    croissant = f"big/1/{params.export_id()}/croissant.json"
+    assert isinstance(rt.outbox, MemoryOutbox)
+    while msgs := rt.outbox.receive(rt.settings.export_queue, max_messages=1):
+        counted.update(read=0, listed=0)
+        done_before = rt.blobs.exists(exports, croissant)
+        try:
+            on_export_message(rt, parse_export_message(msgs[0].text))
+        except RuntimeError:  # killed half-way (a test's injection): the message is delivered again
+            on_export_message(rt, parse_export_message(msgs[0].text))
+        rt.outbox.delete(rt.settings.export_queue, msgs[0])
+        if not done_before and rt.blobs.exists(exports, croissant):
+            finishers += 1  # this job wrote croissant.json: it alone reads the plan and the receipts
+        else:
+            reads.append(counted["read"])
+            listed.append(counted["listed"])
+    assert len(json.loads(real_read(exports, croissant).data)["distribution"]) >= n
+    return reads, listed, finishers
+
+
+def test_a_shard_job_reads_the_same_bytes_whatever_the_number_of_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25, R6: every shard job read the whole plan.json (a line per shard) and listed every
+    receipt, O(shards) each. Now it reads its own record, work list, classes.txt and two 32-byte
+    bitmaps; only the job that completes the export reads the plan and the receipts."""
+    small, small_listed, small_finishers = _shard_job_reads(monkeypatch, 10)
+    big, big_listed, big_finishers = _shard_job_reads(monkeypatch, 200)
+    assert (len(small), len(big)) == (9, 199)
+    assert small_finishers == big_finishers == 1
+    assert small_listed == [0] * 9 and big_listed == [0] * 199  # no receipt listing
+    assert max(big) <= max(small) + 16  # a few more digits in the record's ordinal and total
+    assert max(big) < 2_000  # plan.json alone is ~170 bytes a shard
+
+
+def test_completion_bitmaps_lose_no_bit_under_concurrent_setters(rt: Runtime) -> None:
+    """Issue 25, R6: shards are counted done in ETag-guarded bitmaps; 64 concurrent setters
+    (and each twice: duplicate delivery) leave every bit set, and exactly one setter sees it full."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from corpus.app.exports import Exports, _set_bit
+
+    rt.ensure_container("exports")
+    exports = Exports(rt.blobs, "exports")
+    with ThreadPoolExecutor(16) as pool:
+        counts = list(pool.map(lambda bit: _set_bit(exports, "x/_work/done/0-00000", bit % 64), range(128)))
+    assert int.from_bytes(rt.blobs.read("exports", "x/_work/done/0-00000").data, "little") == (1 << 64) - 1
+    assert max(counts) == 64
+
+
+def test_a_shard_job_killed_after_its_receipt_finishes_the_export_when_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kill-and-retry of the last shard job between its receipt and its count: the redelivered job
+    finds its receipt, counts the shard and writes croissant.json (checked by the helper)."""
+    import corpus.app.exports as exports_mod
+
+    real = exports_mod._count_done
+    killed: list[str] = []
+
+    def count_done(exports: Any, prefix: str, shard: dict[str, Any]) -> bool:
+        if shard["ordinal"] == shard["total"] - 1 and not killed:
+            killed.append(prefix)
+            raise RuntimeError("killed between the receipt and the count")
+        return real(exports, prefix, shard)
+
+    monkeypatch.setattr(exports_mod, "_count_done", count_done)
+    _, _, finishers = _shard_job_reads(monkeypatch, 5)
+    assert killed and finishers == 1
+
+
+def test_an_export_planned_before_the_shard_records_finishes_when_requested_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An export in flight across the upgrade (issue 25 R6): its plan has no shard records and its
+    finished shards no bits. Its queued jobs are refused; the export requested again adds the
+    records and the bits of the shards done, resends the rest, and finishes."""
+    from corpus.app.exports import RefusedJob
+
+    rt, params = _planned_export(monkeypatch, 6)
+    assert isinstance(rt.outbox, MemoryOutbox)
+    exports, queue = rt.settings.exports_container, rt.settings.export_queue
+    for msg in rt.outbox.receive(queue, max_messages=3):  # 3 shards done
+        on_export_message(rt, parse_export_message(msg.text))
+        rt.outbox.delete(queue, msg)
+    prefix = f"big/1/{params.export_id()}/"
+    for b in blobs_of(rt).list_page(exports, prefix + "_work/").items:  # as the code before R6 left it
+        if (b.name.endswith(".json") and "/receipts/" not in b.name) or "/_work/done/" in b.name:
+            rt.blobs.delete_if_unchanged(exports, b.name, b.etag)
+    for msg in rt.outbox.receive(queue, max_messages=32):
+        with pytest.raises(RefusedJob):
+            on_export_message(rt, parse_export_message(msg.text))
+        rt.outbox.delete(queue, msg)
+    rt.send(queue, ExportRequest("big", "1", params).to_json())
+    assert drain(rt) == 1 + 3
+    assert rt.blobs.exists(exports, prefix + "croissant.json")

@@ -10,20 +10,25 @@ other parameters make a new export beside the first; the same parameters again c
 twice, keeping ~16 bytes per entry (sizes, the permutation): it assigns samples to shards by a
 seeded permutation of each split (:func:`corpus.domain.layouts.plan_split`), writes each shard's
 work list (``_work/<split>/shard-NNNNNN.jsonl``: its manifest lines with their positions, written
-in blocks, memory capped by :data:`WORK_BUFFER_BYTES`), then ``classes.txt``, ``plan.json`` (every
-shard's count, first position and work list MD5) and, for Parquet, ``README.md``; and sends one
+in blocks, memory capped by :data:`WORK_BUFFER_BYTES`), then ``classes.txt``, for Parquet
+``README.md``, one record per shard (``_work/<split>/shard-NNNNNN.json``: the shard's count, first
+position, work list MD5, its ordinal in the plan, the shard count, the parameters, the MD5 of
+``classes.txt``), ``plan.json`` last (every shard's entry), all ``If-None-Match``; and sends one
 :class:`~corpus.domain.exports.ExportShardJob` per shard that has no receipt yet.
 
 A shard job names only (export, split, index): the queue is operator-writable, so the job trusts
-nothing in it (issue 25, B1). It reads the immutable ``plan.json``, refuses a shard the plan does
-not list, reads only its own work list (its bytes, not the manifest: R6), checks its MD5 against
-the plan and its positions against the shard's range, then downloads and MD5-checks each image
+nothing in it (issue 25, B1). It checks that ``plan.json`` exists (the plan is complete), reads
+the immutable record of its shard (refused if there is none, or it names another shard), reads only
+its own work list (its bytes, not the manifest: R6), checks its MD5 against the record and its
+positions against the shard's range, and ``classes.txt`` against its MD5; no read grows with the
+number of shards (R6: ``plan.json`` is ~177 bytes a shard). Then it downloads and MD5-checks each image
 and writes the shard with fixed bytes: a tar (mtime 0, uid/gid 0, no user names, mode 0644, PAX;
 per sample ``<key>.<ext>``, ``<key>.cls``, ``<key>.json``) committed in 8 MiB blocks with
 ``If-None-Match: *``, or a Parquet file. Every byte is a function of the manifest and the
 parameters, so a retried, duplicated or concurrent job writes the same bytes; "exists with the
 same MD5" is success, other bytes a :class:`ExportConflict`. Then a receipt (the files' SHA-256),
-and, when every shard has one, ``croissant.json``.
+then the shard is counted done in two levels of bitmaps (:func:`_count_done`), and the job that
+finds them full writes ``croissant.json`` from ``plan.json`` and every receipt.
 
 **Azure ML**: ``<split>/images.jsonl`` + ``<split>/MLTable`` written by the request handler itself,
 streamed (blocks per split, R7); ``label`` has one type in every file (R14).
@@ -37,13 +42,20 @@ import json
 import logging
 import tarfile
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from corpus.domain.datacards import ExportFile, croissant, dataset_card
-from corpus.domain.errors import BlobConflict, BlobNotFound, MessageError, NotFoundError, PermanentError
+from corpus.domain.errors import (
+    BlobConflict,
+    BlobNotFound,
+    MessageError,
+    NotFoundError,
+    PermanentError,
+    PreconditionFailed,
+)
 from corpus.domain.exports import MAX_SHARDS, ExportParams, ExportRequest, ExportShardJob, export_prefix
 from corpus.domain.layouts import (
     SplitPlan,
@@ -75,6 +87,10 @@ CARD_NAME = "README.md"
 WORK = "_work/"
 FAILED_NAME = WORK + "failed.json"
 RECEIPTS = WORK + "receipts/"
+DONE = WORK + "done/"
+FANOUT = 256
+"""Shards per completion bitmap (32 bytes); two levels cover ``FANOUT ** 2`` shards."""
+assert MAX_SHARDS <= FANOUT * FANOUT
 
 
 class ExportConflict(PermanentError):
@@ -117,6 +133,15 @@ def shard_file(split: str, index: int, total: int, fmt: str) -> str:
 
 def work_file(split: str, index: int) -> str:
     return f"{WORK}{split_folder(split)}/shard-{index:06d}.jsonl"
+
+
+def record_file(split: str, index: int) -> str:
+    """The shard's immutable record (its plan entry, ordinal, parameters): all a shard job reads of the plan."""
+    return f"{WORK}{split_folder(split)}/shard-{index:06d}.json"
+
+
+def done_file(level: int, group: int) -> str:
+    return f"{DONE}{level}-{group:05d}"
 
 
 def receipt_file(split: str, index: int) -> str:
@@ -277,10 +302,14 @@ def plan_sharded(rt: ExportRuntime, req: ExportRequest) -> int:
     existing = exports.read_json(prefix + PLAN_NAME)
     plan = existing if existing is not None else _write_plan(rt, exports, req)
     done = set(exports.names(prefix + RECEIPTS))
+    todo = [o for o, sh in enumerate(plan["shards"]) if prefix + receipt_file(sh["split"], sh["index"]) not in done]
+    if existing is not None and plan["shards"]:  # the export again: maybe planned before the shard records
+        classes_txt = exports.read(prefix + CLASSES_NAME)  # and completion bitmaps (issue 25 R6): add them
+        _write_records(exports, prefix, plan, classes_txt, todo)
+        for o in sorted(set(range(len(plan["shards"]))) - set(todo)):
+            _count_done(exports, prefix, _record(plan, o, classes_txt))
     sent = 0
-    for sh in plan["shards"]:
-        if prefix + receipt_file(sh["split"], sh["index"]) in done:
-            continue
+    for sh in (plan["shards"][o] for o in todo):
         job = ExportShardJob(req.name, req.version, req.export_id, sh["split"], sh["index"])
         rt.send(rt.settings.export_queue, job.to_json())
         sent += 1
@@ -342,13 +371,30 @@ def _write_plan(rt: ExportRuntime, exports: Exports, req: ExportRequest) -> dict
         "classes": ordered,
         "shards": shards,
     }
-    exports.put_once(req.prefix + CLASSES_NAME, "".join(c + "\n" for c in ordered).encode("utf-8"), "text/plain")
+    classes_txt = "".join(c + "\n" for c in ordered).encode("utf-8")
+    exports.put_once(req.prefix + CLASSES_NAME, classes_txt, "text/plain")
     if p.format == "parquet":
         card = dataset_card(name=req.name, version=req.version, export_id=req.export_id, splits=list(counts),
                             classes=ordered, counts=counts)  # fmt: skip
         exports.put_once(req.prefix + CARD_NAME, card.encode("utf-8"), "text/markdown")
+    _write_records(exports, req.prefix, plan, classes_txt, range(len(shards)))  # before plan.json: see write_shard
     exports.put_once(req.prefix + PLAN_NAME, canonical_json(plan), "application/json")
     return plan
+
+
+def _write_records(exports: Exports, prefix: str, plan: dict[str, Any], classes_txt: bytes, ordinals: Iterable[int]) -> None:
+    """The shards' records (``If-None-Match``; the same bytes for the same plan): each is the
+    plan's entry of one shard with its ordinal in the plan, the shard count, the parameters and the
+    MD5 of ``classes.txt``, all a shard job needs of the plan."""
+    for ordinal in ordinals:
+        record = _record(plan, ordinal, classes_txt)
+        exports.put_once(prefix + record_file(record["split"], record["index"]), canonical_json(record), "application/json")
+
+
+def _record(plan: dict[str, Any], ordinal: int, classes_txt: bytes) -> dict[str, Any]:
+    classes_md5 = hex_to_b64(hashlib.md5(classes_txt, usedforsecurity=False).hexdigest())
+    return {**plan["shards"][ordinal], "export": plan["export"], "ordinal": ordinal, "total": len(plan["shards"]),
+            "params": plan["params"], "classes_md5": classes_md5}  # fmt: skip
 
 
 # -- sharded exports: one shard ------------------------------------------------------------------
@@ -388,29 +434,47 @@ def write_shard(rt: ExportRuntime, job: ExportShardJob) -> bool:
     """Write one shard, its receipt and maybe ``croissant.json``; True if this call wrote the shard."""
     exports = Exports(rt.blobs, rt.settings.exports_container)
     prefix = job.prefix
-    plan = exports.read_json(prefix + PLAN_NAME)
-    if plan is None:
-        raise RefusedJob(f"export shard job for {prefix}: the export has no plan")
-    shard = next((sh for sh in plan["shards"] if sh["split"] == job.split and sh["index"] == job.index), None)
-    if shard is None:
-        raise RefusedJob(f"export shard job: {prefix}plan.json lists no shard {job.index} of split {job.split!r}")
+    shard = _shard_record(exports, job)
     receipt = prefix + receipt_file(job.split, job.index)
-    if exports.exists(receipt):
-        # A duplicate of a finished job, or the retry of one killed between its receipt and
-        # croissant.json: finishing again is idempotent (same bytes, put once).
-        finish_if_complete(rt, exports, prefix, plan)
+    if exports.exists(receipt):  # a duplicate of a finished job, or its retry after the receipt
+        _count_done(exports, prefix, shard)
         return False
     entries = _work(rt, exports, prefix, shard)
-    classes = {c: i for i, c in enumerate(plan["classes"])}
-    fmt, image_format = plan["params"]["format"], plan["params"]["image_format"]
+    classes = {c: i for i, c in enumerate(_classes(exports, prefix, shard))}
+    fmt, image_format = shard["params"]["format"], shard["params"]["image_format"]
     if fmt == "parquet":
         wrote, files = _write_parquet(rt, exports, prefix, shard, entries, classes, image_format)
     else:
         wrote, files = _write_tar(rt, exports, prefix, shard, entries, classes, image_format)
     body = {"files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files], "samples": len(entries)}
     exports.put_once(receipt, canonical_json(body), "application/json")
-    finish_if_complete(rt, exports, prefix, plan)
+    _count_done(exports, prefix, shard)
     return wrote
+
+
+def _shard_record(exports: Exports, job: ExportShardJob) -> dict[str, Any]:
+    """The job's shard, from the immutable record the planner wrote before ``plan.json`` (whose
+    existence, a HEAD, says the plan is complete): O(1) in the number of shards (R6)."""
+    prefix = job.prefix
+    if not exports.exists(prefix + PLAN_NAME):
+        raise RefusedJob(f"export shard job for {prefix}: the export has no plan")
+    record = exports.read_json(prefix + record_file(job.split, job.index))
+    if (
+        not isinstance(record, dict)
+        or record.get("export") != job.export
+        or record.get("split") != job.split
+        or record.get("index") != job.index
+    ):
+        raise RefusedJob(f"export shard job: the plan of {prefix} has no shard {job.index} of split {job.split!r}")
+    return record
+
+
+def _classes(exports: Exports, prefix: str, shard: dict[str, Any]) -> list[str]:
+    """``classes.txt``, checked against the MD5 the shard's record holds."""
+    data = exports.read(prefix + CLASSES_NAME)
+    if hex_to_b64(hashlib.md5(data, usedforsecurity=False).hexdigest()) != shard["classes_md5"]:
+        raise ChangedBlobError(f"{prefix}{CLASSES_NAME} does not match the MD5 its plan records")
+    return data.decode("utf-8").split("\n")[:-1]
 
 
 def _image_bytes(e: ManifestEntry, data: bytes, image_format: str) -> bytes:
@@ -575,12 +639,64 @@ def _file_of(exports: Exports, prefix: str, rel: str) -> ExportFile:
     return ExportFile(rel, len(data), hashlib.sha256(data).hexdigest())
 
 
+def _set_bit(exports: Exports, name: str, bit: int) -> int:
+    """Set ``bit`` in the bitmap blob ``name`` (created with ``If-None-Match``, then replaced
+    ``If-Match``: concurrent setters serialise on the ETag, none is lost); its set bits after."""
+    blobs, container = exports.blobs, exports.container_name
+    mask = 1 << bit
+    while True:
+        try:
+            blob = blobs.read(container, name)
+        except BlobNotFound:
+            data = mask.to_bytes(FANOUT // 8, "little")
+            try:
+                blobs.put_once(container, name, data, "application/octet-stream")
+                return 1
+            except BlobConflict:
+                continue  # another setter created it first
+        bits = int.from_bytes(blob.data, "little")
+        if bits & mask:
+            return bits.bit_count()
+        try:
+            blobs.put_if_match(container, name, (bits | mask).to_bytes(FANOUT // 8, "little"), blob.info.etag,
+                               "application/octet-stream")  # fmt: skip
+            return (bits | mask).bit_count()
+        except PreconditionFailed:
+            continue
+
+
+def _count_done(exports: Exports, prefix: str, shard: dict[str, Any]) -> bool:
+    """Count the shard done (its receipt is there) and write ``croissant.json`` if it was the last.
+
+    Two levels of bitmaps in ``_work/done/``: ``0-<g>`` has a bit per shard of group ``g``
+    (``FANOUT`` shards by plan ordinal), ``1-00000`` a bit per full group. A bit is set only after
+    what it stands for is done (the receipt; every bit of the group), each set is idempotent and
+    serialised by ETag, so the setter that fills a bitmap sees it full; a job killed after its set
+    finds its bit set when retried and goes on. The job that sees the top bitmap full writes
+    ``croissant.json`` (a duplicate writes the same bytes). O(1) bytes per job, whatever the shards."""
+    ordinal, total = int(shard["ordinal"]), int(shard["total"])
+    group, bit = divmod(ordinal, FANOUT)
+    if _set_bit(exports, prefix + done_file(0, group), bit) < min(FANOUT, total - group * FANOUT):
+        return False
+    if _set_bit(exports, prefix + done_file(1, 0), group) < -(-total // FANOUT):
+        return False
+    if not exports.exists(prefix + CROISSANT_NAME):  # a duplicate after the end reads no receipt
+        _write_croissant(exports, prefix, exports.read_json(prefix + PLAN_NAME))
+    return True
+
+
 def finish_if_complete(rt: ExportRuntime, exports: Exports, prefix: str, plan: dict[str, Any]) -> bool:
     """Write ``croissant.json`` once every shard has its receipt (any job may be the last; all
     write the same bytes). True if the export is complete."""
     receipts = list(exports.names(prefix + RECEIPTS))
     if len(receipts) < len(plan["shards"]):
         return False
+    _write_croissant(exports, prefix, plan)
+    return True
+
+
+def _write_croissant(exports: Exports, prefix: str, plan: dict[str, Any]) -> None:
+    """``croissant.json`` from the plan and every shard's receipt (all there: the caller checked)."""
     files: list[ExportFile] = []
     for sh in plan["shards"]:
         r = exports.read_json(prefix + receipt_file(sh["split"], sh["index"]))
@@ -592,7 +708,6 @@ def finish_if_complete(rt: ExportRuntime, exports: Exports, prefix: str, plan: d
     doc = croissant(name=name, version=version, export_id=plan["export"], fmt=fmt, files=files,
                     splits=list(plan["splits"]), classes=plan["classes"], samples=plan["samples"])  # fmt: skip
     exports.put_once(prefix + CROISSANT_NAME, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"), "application/ld+json")
-    return True
 
 
 # -- Azure ML ------------------------------------------------------------------------------------
