@@ -205,3 +205,58 @@ def test_a_losing_decision_writes_none_of_its_members() -> None:
     stands = dupes.decide(DOMAIN, losing, members)
     assert stands.cluster.id == sha and stands.blob == "original/m/v1/x.jpg"
     assert list(dupes.members(DOMAIN)) == []
+
+
+def test_the_content_that_wrote_first_but_read_before_the_other_wrote_is_waited_for() -> None:
+    """Issue 19, the exact interleaving, step by step: X (the larger SHA-256) writes its band rows
+    and reads its neighbours before Y has written (it sees nothing); Y then writes, reads, and sees
+    X undecided. Y must wait for X (X wrote first) rather than pass it over for its larger SHA-256
+    and found a second cluster; X decides alone; Y then joins X's cluster."""
+    import threading
+
+    from corpus.store.dupes_table import DupesTable
+
+    mem = Runtime.in_memory()
+    mem.ensure_resources()
+    table = mem.catalog.dupes.table
+    a = jpeg_of(80)
+    b = variant(a, "half", 5)
+    (y, y_data), (x, x_data) = sorted([(facts(a), a), (facts(b), b)], key=lambda p: p[0].sha256)
+    x_at_decide, y_has_read = threading.Event(), threading.Event()
+
+    class GateX:
+        """X's table: X's decision (its content row) waits until Y has read X's content row."""
+
+        def __init__(self, table: object) -> None:
+            self.table = table
+
+        def create_entity(self, entity: dict[str, object]) -> object:
+            x_at_decide.set()
+            assert y_has_read.wait(30)
+            return self.table.create_entity(entity)  # type: ignore[attr-defined]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.table, name)
+
+    class GateY:
+        """Y's table: note when Y has read X's content row (X still undecided then)."""
+
+        def __init__(self, table: object) -> None:
+            self.table = table
+
+        def get_entity(self, *args: object, **kw: object) -> object:
+            try:
+                return self.table.get_entity(*args, **kw)  # type: ignore[attr-defined]
+            finally:
+                y_has_read.set()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.table, name)
+
+    with ThreadPoolExecutor(1) as pool:
+        x_cluster = pool.submit(index_original, DupesTable(GateX(table)), DOMAIN, "original/m/v1/x.jpg", md5(x_data), x)
+        assert x_at_decide.wait(30)  # X wrote its bands and read its neighbours: none yet
+        y_cluster = index_original(DupesTable(GateY(table)), DOMAIN, "original/m/v1/y.jpg", md5(y_data), y)
+        assert x_cluster.result(30).id == x.sha256
+    assert y_cluster.id == x.sha256
+    assert {m.blob for m in mem.catalog.dupes.members(DOMAIN, x.sha256)} == {"original/m/v1/x.jpg", "original/m/v1/y.jpg"}

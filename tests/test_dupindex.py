@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -69,8 +70,15 @@ def test_bands_and_keys() -> None:
         d.hash_int("abc")
 
 
-def n(sha: str, cluster: str | None = None, age: float = 0.0) -> d.Neighbour:
-    return d.Neighbour(sha, "m" + sha, 0, 0, d.Cluster(cluster, "m" + cluster) if cluster else None, age)
+def n(sha: str, cluster: str | None = None, age: float = 0.0, written: datetime | None = None) -> d.Neighbour:
+    return d.Neighbour(sha, "m" + sha, 0, 0, d.Cluster(cluster, "m" + cluster) if cluster else None, age, written)
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def at(tick: int) -> datetime:
+    return T0 + timedelta(milliseconds=tick)
 
 
 def test_choose_cluster() -> None:
@@ -82,23 +90,81 @@ def test_choose_cluster() -> None:
     assert d.choose_cluster("b", "mb", [n("a", age=d.STALE_SECONDS + 1)]) == d.Cluster("b", "mb")
 
 
-@given(st.lists(st.text("0123456789abcdef", min_size=4, max_size=4), min_size=2, max_size=6, unique=True), st.randoms())
-def test_simultaneous_mutual_neighbours_end_in_one_cluster(shas: list[str], rnd: object) -> None:
-    """Images that all see each other undecided: whatever order they are retried in, one cluster."""
+def test_choose_cluster_waits_for_who_wrote_first_not_for_the_smaller_sha() -> None:
+    """Issue 19: X ("b") wrote its bands first and read before Y ("a") wrote: X saw nobody and
+    founds; Y sees X undecided and must wait for it (X wrote first), though its SHA-256 is smaller."""
+    assert d.choose_cluster("b", "mb", [], written=at(1)) == d.Cluster("b", "mb")
+    with pytest.raises(d.NotReady):
+        d.choose_cluster("a", "ma", [n("b", written=at(1))], written=at(2))
+    assert d.choose_cluster("a", "ma", [n("b", "b", written=at(1))], written=at(2)) == d.Cluster("b", "mb")
+    # a later writer is passed over, whatever its SHA-256; same time: the smaller SHA-256 is first
+    assert d.choose_cluster("b", "mb", [n("a", written=at(2))], written=at(1)) == d.Cluster("b", "mb")
+    with pytest.raises(d.NotReady):
+        d.choose_cluster("b", "mb", [n("a", written=at(1))], written=at(1))
+    # own write time unknown (own band rows not read): the SHA-256 rule, as before
+    assert d.choose_cluster("a", "ma", [n("b", written=at(1))]) == d.Cluster("a", "ma")
+    assert d.choose_cluster("a", "ma", [n("b", written=at(1), age=d.STALE_SECONDS + 1)], written=at(2)) == d.Cluster("a", "ma")
+
+
+@given(st.integers(2, 5), st.data())
+def test_any_interleaving_of_write_read_decide_ends_in_one_cluster(count: int, data: st.DataObject) -> None:
+    """Mutual near duplicates, each doing write bands → read neighbours → decide (retrying the
+    read while not ready), their steps interleaved in any order, write times possibly tied (a
+    coarse service clock; but a write after another's read has a later time): they all end in one
+    cluster (the SHA-256 rule failed this, issue 19)."""
+    shas = data.draw(st.lists(st.text("0123456789abcdef", min_size=4, max_size=4), min_size=count, max_size=count, unique=True))
+    written: dict[str, datetime] = {}
+    decided: dict[str, d.Cluster] = {}
+    seen: dict[str, list[d.Neighbour]] = {}
+    step = {sha: "write" for sha in shas}
+    tick = 0
+    for i in range(400):
+        pending = [sha for sha in shas if sha not in decided]
+        if not pending:
+            break
+        # an interleaving drawn for the first steps, then round robin (every worker keeps going)
+        sha = data.draw(st.sampled_from(pending)) if i < 40 else pending[i % len(pending)]
+        if i >= 40 or data.draw(st.booleans()):
+            tick += 1  # else: the same service clock tick as the previous step (writes may tie)
+        if step[sha] == "write":
+            written[sha] = at(tick)
+            step[sha] = "read"
+        elif step[sha] == "read":
+            seen[sha] = [n(o, decided[o].id if o in decided else None, written=written[o]) for o in written if o != sha]
+            step[sha] = "decide"
+            tick += 1  # a read's round trip spans a clock tick: a write after it has a later time
+        else:
+            try:
+                decided[sha] = d.choose_cluster(sha, "m" + sha, seen[sha], written=written[sha])
+            except d.NotReady:
+                step[sha] = "read"
+    assert set(decided) == set(shas)
+    assert len({c.id for c in decided.values()}) == 1
+
+
+@given(
+    st.lists(st.text("0123456789abcdef", min_size=4, max_size=4), min_size=2, max_size=6, unique=True),
+    st.lists(st.integers(0, 3), min_size=6, max_size=6),
+    st.randoms(),
+)
+def test_simultaneous_mutual_neighbours_end_in_one_cluster(shas: list[str], times: list[int], rnd: object) -> None:
+    """Images that all see each other undecided: whatever order they are retried in, one cluster,
+    founded by the first to write its band rows (ties: the smaller SHA-256)."""
     import random
 
     assert isinstance(rnd, random.Random)
+    ticks = dict(zip(shas, times, strict=False))
     decided: dict[str, d.Cluster] = {}
     pending = list(shas)
     while pending:
         sha = rnd.choice(pending)
-        seen = [n(o, decided[o].id if o in decided else None) for o in shas if o != sha]
+        seen = [n(o, decided[o].id if o in decided else None, written=at(ticks[o])) for o in shas if o != sha]
         try:
-            decided[sha] = d.choose_cluster(sha, "m" + sha, seen)
+            decided[sha] = d.choose_cluster(sha, "m" + sha, seen, written=at(ticks[sha]))
         except d.NotReady:
             continue
         pending.remove(sha)
-    assert {c.id for c in decided.values()} == {min(shas)}
+    assert {c.id for c in decided.values()} == {min(shas, key=lambda s: (ticks[s], s))}
 
 
 def test_candidates_dedupe_and_confirm_by_dhash() -> None:

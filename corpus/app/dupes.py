@@ -11,10 +11,15 @@ in flight together: 3 round trips; why no fewer, docs/dedupe.md "Requests per im
 idempotent: delivered twice, or two exact copies at once, give the same content row (insert-only,
 the first decision stands) and the same member rows (fixed values).
 
-Waiting: a content whose undecided neighbour has a smaller SHA-256 waits (polling the neighbour's
+Waiting: a content whose undecided neighbour wrote its band rows first (by the rows' service
+``Timestamp``, ties broken by SHA-256: :func:`corpus.domain.dupindex.written_first`; its own write
+time comes back with its own band rows in the same band reads) waits (polling the neighbour's
 content row with back-off, up to :data:`WAIT_SECONDS`) for it to decide; past the deadline it
 decides without it (the neighbour's worker died mid-way; waiting longer would only poison this
-image's copy request while that message is invisible).
+image's copy request while that message is invisible). Ordering by write time, not by SHA-256,
+is what makes concurrent arrivals safe: the content that wrote second always reads the first's
+band rows (each writes before it reads), so it is the one that waits; the first may have read
+before the second wrote, and never waits for it (issue 19).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from corpus.domain.diff import Diff, diff
 from corpus.domain.imagefacts import ImageFacts
 from corpus.domain.keys import image_row_key
 from corpus.domain.paths import SetRef
-from corpus.store.dupes_table import Content, DupesTable
+from corpus.store.dupes_table import Content, DupesTable, Nearby
 from corpus.store.rows import ImageRow
 
 WAIT_SECONDS = 20.0
@@ -52,12 +57,14 @@ def index_original(
     deadline = clock() + wait_seconds
     delay = 0.05
     while True:
-        neighbours = dupes.neighbours(domain, facts) if structured else []
+        nearby = dupes.nearby(domain, facts) if structured else Nearby(None, [])
+        neighbours = nearby.neighbours
         own = None if fresh else dupes.content(domain, facts.sha256)
         fresh = False
         if own is None:
             try:
-                cluster = d.choose_cluster(facts.sha256, md5, [n for n, _ in neighbours], wait=clock() <= deadline)
+                waiting = clock() <= deadline
+                cluster = d.choose_cluster(facts.sha256, md5, [n for n, _ in neighbours], waiting, nearby.written)
             except d.NotReady:
                 time.sleep(delay)  # another worker's decision: there is no event to wait on
                 delay = min(2 * delay, 1.0)

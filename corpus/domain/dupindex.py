@@ -37,11 +37,19 @@ recorded insert-only in its *content row* and never changed (:func:`choose_clust
 * a content with indexed neighbours that already belong to clusters joins the smallest of those
   cluster ids (cluster ids are SHA-256 hex of the founding content);
 * otherwise it founds a cluster, named by its own SHA-256, unless a neighbour that is *not yet
-  decided* has a smaller SHA-256: then it is not ready, and is retried once that neighbour has
-  decided. Two near duplicates that arrive at the same moment (an original and its re-encode in
-  the same upload) thus end in the same cluster, whichever is delivered first, and delivering
-  either twice changes nothing (its content row is already there). The smallest undecided content
-  never waits, so nobody waits forever; a neighbour undecided for longer than :data:`STALE_SECONDS`
+  decided* wrote its band rows *before* it did: then it is not ready, and is retried once that
+  neighbour has decided. "Before" is the order of (band rows' service ``Timestamp``, SHA-256)
+  (:attr:`Neighbour.written`; a content whose own band rows were not seen falls back to the
+  SHA-256 alone). Why the write time and not the SHA-256 alone: every content writes its band
+  rows before it reads its neighbours', so of two near duplicates the one that wrote second
+  always sees the first; with a SHA-256 rule, the first could read before the second wrote (see
+  nothing, found a cluster) while the second, with the smaller SHA-256, passed the first over
+  (found another): two clusters. With the write order, the second waits for the first, and the
+  first never waits for the second. Two near duplicates that arrive at the same moment (an
+  original and its re-encode in the same upload) thus end in the same cluster, whichever is
+  delivered first, and delivering either twice changes nothing (its content row is already
+  there). The order is strict and total, and the earliest undecided content never waits, so
+  nobody waits forever; a neighbour undecided for longer than :data:`STALE_SECONDS`
   (its ingest failed for good) is ignored, and so is one still undecided when the waiter's own
   deadline passes (its worker died mid-way and its message is not yet visible again): then the
   two may end in different clusters, the price of never blocking ingest on a dead worker.
@@ -62,6 +70,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from corpus.domain.errors import CorpusError
 from corpus.domain.keys import SEPARATOR, escape
@@ -199,10 +208,12 @@ class Neighbour:
     dhash: int
     cluster: Cluster | None
     age_seconds: float = 0.0
+    written: datetime | None = None
+    """When its band rows were written (the service's ``Timestamp``); None if unknown."""
 
 
 class NotReady(CorpusError):
-    """A neighbour with a smaller SHA-256 has not decided its cluster yet: try again later (transient)."""
+    """A neighbour whose band rows were written first has not decided its cluster yet: try again later (transient)."""
 
     def __init__(self, waiting_for: str) -> None:
         super().__init__(f"waiting for content {waiting_for} to join its cluster first")
@@ -220,14 +231,27 @@ def candidates(phash: int, dhash: int, rows: Iterable[Neighbour], own_sha: str =
             yield row
 
 
-def choose_cluster(sha256: str, md5: str, neighbours: Iterable[Neighbour], wait: bool = True) -> Cluster:
-    """The cluster a new content joins; see the module docstring. Raises :class:`NotReady` (only
-    with ``wait``: without it, undecided neighbours are passed over, as stale ones always are)."""
+def written_first(a: tuple[datetime | None, str], b: tuple[datetime | None, str]) -> bool:
+    """Did content ``a`` (its band rows' write time, SHA-256) write before ``b``? By write time,
+    ties broken by SHA-256; by SHA-256 alone when either write time is unknown. A strict order:
+    of two distinct contents exactly one wrote first."""
+    (wa, sa), (wb, sb) = a, b
+    if wa is None or wb is None or wa == wb:
+        return sa < sb
+    return wa < wb
+
+
+def choose_cluster(
+    sha256: str, md5: str, neighbours: Iterable[Neighbour], wait: bool = True, written: datetime | None = None
+) -> Cluster:
+    """The cluster a new content joins; see the module docstring. ``written``: when its own band
+    rows were written. Raises :class:`NotReady` (only with ``wait``: without it, undecided
+    neighbours are passed over, as stale ones always are)."""
     decided: list[Cluster] = []
     for n in neighbours:
         if n.cluster is not None:
             decided.append(n.cluster)
-        elif wait and n.sha256 < sha256 and n.age_seconds <= STALE_SECONDS:
+        elif wait and n.age_seconds <= STALE_SECONDS and written_first((n.written, n.sha256), (written, sha256)):
             raise NotReady(n.sha256)
     if decided:
         return min(decided, key=lambda c: c.id)

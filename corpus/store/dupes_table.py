@@ -68,11 +68,26 @@ class Content:
     phash: str
 
 
-def _age_seconds(entity: Any) -> float:
+def _written(entity: Any) -> datetime | None:
+    """The row's service ``Timestamp`` (when it was written), if the service sent one."""
     stamp = getattr(entity, "metadata", {}).get("timestamp")
-    if not isinstance(stamp, datetime):
+    return stamp if isinstance(stamp, datetime) else None
+
+
+def _age_seconds(entity: Any) -> float:
+    stamp = _written(entity)
+    if stamp is None:
         return 0.0
     return max(0.0, (datetime.now(UTC) - stamp).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class Nearby:
+    """What one read of the band ranges found: when this content's own band rows were written
+    (None if they were not among the rows read) and its near neighbours, each with its content row."""
+
+    written: datetime | None
+    neighbours: list[tuple[d.Neighbour, Content | None]]
 
 
 def _exists(exc: TableTransactionError) -> bool:
@@ -112,7 +127,12 @@ class DupesTable:
         )
 
     def neighbours(self, domain: str, facts: ImageFacts) -> list[tuple[d.Neighbour, Content | None]]:
-        """Indexed contents near ``facts`` (not itself), each with its content row if it has one.
+        """Indexed contents near ``facts`` (not itself), each with its content row if it has one."""
+        return self.nearby(domain, facts).neighbours
+
+    def nearby(self, domain: str, facts: ImageFacts) -> Nearby:
+        """Indexed contents near ``facts`` (not itself), each with its content row if it has one,
+        and when its own band rows were written (they come back in the same band ranges).
 
         The :data:`~corpus.domain.dupindex.BANDS` band ranges are read concurrently (one request
         each: an ``or`` of RowKey ranges would be a partition scan on Azure), then the neighbours'
@@ -134,17 +154,22 @@ class DupesTable:
                     d.hash_int(str(e["DHash"])),
                     None,
                     _age_seconds(e),
+                    _written(e),
                 )
                 for e in next(pages, [])
             ]
 
         rows = [n for found in _concurrently(band, d.band_ranges(facts.phash_int)) for n in found]
+        written = min((n.written for n in rows if n.sha256 == facts.sha256 and n.written), default=None)
         near = list(d.candidates(facts.phash_int, facts.dhash_int, rows, facts.sha256))
         contents = _concurrently(lambda n: self.content(domain, n.sha256), near)
-        return [
-            (d.Neighbour(n.sha256, n.md5, n.phash, n.dhash, c.cluster if c else None, n.age_seconds), c)
-            for n, c in zip(near, contents, strict=True)
-        ]
+        return Nearby(
+            written,
+            [
+                (d.Neighbour(n.sha256, n.md5, n.phash, n.dhash, c.cluster if c else None, n.age_seconds, n.written), c)
+                for n, c in zip(near, contents, strict=True)
+            ],
+        )
 
     def decide(self, domain: str, content: Content, members: list[d.Member] | None = None) -> Content:
         """Insert the content row; if another delivery got there first, theirs stands and is returned.
