@@ -45,7 +45,10 @@ recorded insert-only in its *content row* and never changed (:func:`choose_clust
   always sees the first; with a SHA-256 rule, the first could read before the second wrote (see
   nothing, found a cluster) while the second, with the smaller SHA-256, passed the first over
   (found another): two clusters. With the write order, the second waits for the first, and the
-  first never waits for the second. Two near duplicates that arrive at the same moment (an
+  first never waits for the second (this assumes the service's clock, one per partition, gives
+  a write that follows another's read a later ``Timestamp``: Azure's has sub-millisecond ticks;
+  were the first's write, its read and the second's write all within one tick, the tie is broken
+  by SHA-256 and the old race remains). Two near duplicates that arrive at the same moment (an
   original and its re-encode in the same upload) thus end in the same cluster, whichever is
   delivered first, and delivering either twice changes nothing (its content row is already
   there). The order is strict and total, and the earliest undecided content never waits, so
