@@ -43,15 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from corpus.app import ingest  # noqa: E402
-from corpus.app.exports import on_export_message  # noqa: E402
+from corpus.app.dispatch import queue_handlers  # noqa: E402
 from corpus.app.queries import count, find_sets  # noqa: E402
 from corpus.app.reconcile import reconcile  # noqa: E402
 from corpus.app.runtime import Runtime  # noqa: E402
-from corpus.app.trainsets import lineage_of_blob, on_trainset_message, register_model, trainsets_of_model  # noqa: E402
-from corpus.app.transform_jobs import on_transform_job, on_transform_message  # noqa: E402
-from corpus.domain.exports import parse_export_message  # noqa: E402
-from corpus.domain.messages import CopyRequest, TransformJob  # noqa: E402
-from corpus.domain.trainsets import TrainsetRequest, parse_trainset_message  # noqa: E402
+from corpus.app.trainsets import lineage_of_blob, register_model, trainsets_of_model  # noqa: E402
+from corpus.domain.trainsets import TrainsetRequest  # noqa: E402
 from corpus.pull.names import NameIndex  # noqa: E402
 from corpus.store.memory import MemoryBlobStore, MemoryOutbox  # noqa: E402
 from corpus.store.memory_tables import MemoryTables  # noqa: E402
@@ -211,15 +208,7 @@ def drain(rt: Runtime, queues: dict[str, Callable[[str], object]], workers: int 
                 return ran
 
 
-def handlers(rt: Runtime) -> dict[str, Callable[[str], object]]:
-    s = rt.settings
-    return {
-        s.copy_queue: lambda body: ingest.on_copy_request(rt, CopyRequest.parse(body)),
-        s.transform_queue: lambda body: on_transform_message(rt, body),
-        s.transform_jobs_queue: lambda body: on_transform_job(rt, TransformJob.parse(body)),
-        s.trainset_queue: lambda body: on_trainset_message(rt, parse_trainset_message(body)),
-        s.export_queue: lambda body: on_export_message(rt, parse_export_message(body)),
-    }
+handlers = queue_handlers
 
 
 # -- one size -------------------------------------------------------------------------------

@@ -12,25 +12,23 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from corpus.app import ingest
+from corpus.app.dispatch import queue_handlers
 from corpus.app.exports import index_path, on_export_message
 from corpus.app.gallery import domain_page
 from corpus.app.reconcile import reconcile
 from corpus.app.renditions import serve_preview
 from corpus.app.runtime import Runtime
-from corpus.app.trainsets import on_trainset_message
-from corpus.app.transform_jobs import on_transform_job, on_transform_message
 from corpus.app.views import SetSelector, page_images
 from corpus.app.web import Request
 from corpus.domain.exports import ExportParams, ExportRequest, parse_export_message
-from corpus.domain.messages import CopyRequest, TransformJob
+from corpus.domain.messages import CopyRequest
 from corpus.domain.paths import SetRef
-from corpus.domain.trainsets import TrainsetRequest, parse_trainset_message
+from corpus.domain.trainsets import TrainsetRequest
 from corpus.store.memory import MemoryBlobStore, MemoryOutbox
 from tests.support import jpeg
 
@@ -42,15 +40,7 @@ def rt() -> Runtime:
     return runtime
 
 
-def handlers(rt: Runtime) -> dict[str, Callable[[str], object]]:
-    s = rt.settings
-    return {
-        s.copy_queue: lambda body: ingest.on_copy_request(rt, CopyRequest.parse(body)),
-        s.transform_queue: lambda body: on_transform_message(rt, body),
-        s.transform_jobs_queue: lambda body: on_transform_job(rt, TransformJob.parse(body)),
-        s.trainset_queue: lambda body: on_trainset_message(rt, parse_trainset_message(body)),
-        s.export_queue: lambda body: on_export_message(rt, parse_export_message(body)),
-    }
+handlers = queue_handlers
 
 
 def drain(rt: Runtime) -> int:
