@@ -5,7 +5,11 @@ noise) and, for each, the five variants the dedupe issue names (JPEG re-encode a
 half size, PNG, +10 % and -10 % brightness). Every image goes through ingest's own decode with
 facts (:func:`corpus.domain.images.inspect`), then arrives, in a shuffled order, at the band index
 of :mod:`corpus.domain.dupindex` (held in a dict here: partition → rows, as the table holds them),
-which finds its near duplicates and picks its cluster exactly as ingest does.
+which finds its near duplicates and picks its cluster exactly as ingest does. Arrivals are one
+at a time, so every neighbour found has decided its cluster and the concurrency rule (wait for the
+undecided neighbour whose band rows were written first) never fires here: it does not change
+recall or precision, only who decides first under a race. That rule is tested by replaying
+interleavings (the hypothesis properties in tests/test_dupindex.py).
 
 * **Quality**: pair recall and precision (a true pair = two images of one original's group), per
   variant kind, and cluster recall (a variant in its original's cluster) and purity.

@@ -260,3 +260,37 @@ def test_the_content_that_wrote_first_but_read_before_the_other_wrote_is_waited_
         assert x_cluster.result(30).id == x.sha256
     assert y_cluster.id == x.sha256
     assert {m.blob for m in mem.catalog.dupes.members(DOMAIN, x.sha256)} == {"original/m/v1/x.jpg", "original/m/v1/y.jpg"}
+
+
+def test_backfill_refuses_bytes_that_do_not_match_the_recorded_md5(rt: Runtime) -> None:
+    """A blob changed since it was recorded gets no facts (they would describe other bytes): counted as failed."""
+    from corpus.app.backfill import backfill_facts
+    from corpus.domain.paths import SetRef
+    from corpus.store.rows import ImageRow
+
+    ref = SetRef(DOMAIN, ("swapped",), "v1")
+    rt.catalog.sets.ensure(ref, ("swapped",), blob_prefix=ref.original_prefix())
+    rt.ensure_container(DOMAIN)
+    good, recorded, stored = jpeg_of(40), jpeg_of(41), jpeg_of(42)
+    rt.blobs.put(DOMAIN, ref.original_prefix() + "good.jpg", good, "image/jpeg")
+    rt.blobs.put(DOMAIN, ref.original_prefix() + "bad.jpg", stored, "image/jpeg")  # not the recorded bytes
+    rt.catalog.images.record(
+        ref,
+        ImageRow("good.jpg", ref.original_prefix() + "good.jpg", len(good), md5(good), "image/jpeg", 1, 1, source="x/good.jpg"),
+    )
+    rt.catalog.images.record(
+        ref,
+        ImageRow(
+            "bad.jpg", ref.original_prefix() + "bad.jpg", len(recorded), md5(recorded), "image/jpeg", 1, 1, source="x/bad.jpg"
+        ),
+    )
+
+    def read(container: str, blob: str) -> bytes:
+        return rt.blobs.read(container, blob).data
+
+    last = list(backfill_facts(rt.catalog, read, rt.settings.max_pixels, DOMAIN))[-1]
+    assert (last.filled, last.failed) == (1, 1)
+    assert "bad.jpg" in last.examples[0] and "MD5" in last.examples[0]
+    rows = {r.file: r for r in rt.catalog.images.iter(ref)}
+    assert rows["good.jpg"].facts is not None
+    assert rows["bad.jpg"].facts is None and rows["bad.jpg"].cluster is None

@@ -13,18 +13,20 @@ the decompression-bomb cap included), indexes it when it is an original
   ``--resume TOKEN`` starts there, and anything done past it is skipped as already done.
 * **Bounded memory**: one page of sets and one page of image records, and one image's bytes
   per worker, whatever the size of the corpus.
-* An image that can no longer be decoded is counted as ``failed`` with its reason; it never
-  stops the others.
+* An image that can no longer be decoded, or whose bytes no longer match the recorded size and
+  MD5 (facts would then describe other bytes than the record's), is counted as ``failed`` with
+  its reason and left without facts; it never stops the others. ``corpus verify`` finds such blobs.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 from corpus.app.dupes import index_original
-from corpus.domain.errors import CorpusError
+from corpus.domain.errors import ConflictError, CorpusError
 from corpus.domain.images import inspect
 from corpus.store.catalog import Catalog
 from corpus.store.rows import ImageRow, ImageSetRow
@@ -62,6 +64,7 @@ def backfill_facts(
 
     def fill(row: ImageSetRow, image: ImageRow) -> str | None:
         data = read(row.domain, image.blob)
+        check_recorded_bytes(image, data)
         info = inspect(data, max_pixels)
         assert info.facts is not None
         cluster = None
@@ -94,6 +97,16 @@ def backfill_facts(
                 progress.sets += 1
             progress.continuation = token
             yield progress
+
+
+def check_recorded_bytes(image: ImageRow, data: bytes) -> None:
+    """Raise :class:`ConflictError` unless ``data`` has the image record's size and MD5."""
+    got = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if len(data) != image.size or got != image.md5:
+        raise ConflictError(
+            f"blob is {len(data)} bytes MD5 {got}, its record says {image.size} bytes MD5 {image.md5}: "
+            "changed since it was recorded (run `corpus verify`); no facts written"
+        )
 
 
 def _run(

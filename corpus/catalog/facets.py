@@ -1,9 +1,11 @@
 """The gallery's facet table: images per (version, tag, transform) of one domain, from the snapshot.
 
 Computed with pyarrow alone (the function app does not ship DuckDB) from the domain's ``images``
-files, reading four columns. Counts add up across files and a file never changes, so each
-file's counts are cached in the process by its name (:data:`_PER_FILE`): after the first view, a
-page costs one manifest read plus the files the last sync added.
+files, reading four columns: by ranged reads of the footer and those columns' chunks
+(:meth:`CatalogStorage.open_file`), never a whole file into the function's memory. Counts add
+up across files and a file never changes, so each file's counts are cached in the process by its
+name (:data:`_PER_FILE`): after the first view, a page costs one manifest read plus the files the
+last sync added.
 
 As of the snapshot's watermark (the page says so): the gallery is not where exact counts are
 promised; ``corpus query`` and ``corpus count`` are.
@@ -37,9 +39,13 @@ class Facets:
     counts: dict[Facet, int]
 
 
-def count_file(body: bytes) -> Counter[Facet]:
-    """Images per facet in one ``images`` file; an image with k tags counts once under each."""
-    t = pq.read_table(io.BytesIO(body), columns=["version", "tags", "transform_name", "transform_version"])
+COLUMNS = ["version", "tags", "transform_name", "transform_version"]
+
+
+def count_file(body: bytes | io.RawIOBase) -> Counter[Facet]:
+    """Images per facet in one ``images`` file (its bytes, or a seekable file over them: then only
+    the footer and :data:`COLUMNS`' chunks are read); an image with k tags counts once under each."""
+    t = pq.read_table(io.BytesIO(body) if isinstance(body, bytes) else body, columns=COLUMNS)
     label = pc.if_else(
         pc.is_null(t.column("transform_name")),
         pa.scalar(""),
@@ -74,7 +80,7 @@ def facets(store: CatalogStorage, domain: str) -> Facets | None:
         with _LOCK:
             cached = _PER_FILE.get(f.name)
         if cached is None:
-            cached = count_file(store.get_file(f.name))
+            cached = count_file(store.open_file(f.name, f.bytes))
             with _LOCK:
                 if len(_PER_FILE) >= MAX_CACHED_FILES:
                     _PER_FILE.clear()

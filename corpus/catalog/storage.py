@@ -23,8 +23,9 @@ either implementation of the ports (Azure, or :meth:`Runtime.in_memory` for unit
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +79,47 @@ def _recorded_by(entity: Any, lo: datetime) -> bool:
 
 def catalog_container(settings: Settings) -> str:
     return str(settings.values.get(CATALOG_CONTAINER) or DEFAULTS[CATALOG_CONTAINER])
+
+
+class RangedFile(io.RawIOBase):
+    """A seekable binary file over ``read_range(offset, length)``: each read is one ranged request.
+    ``requests`` and ``bytes_read`` count them (what a caller saved is what it did not read)."""
+
+    def __init__(self, read_range: Callable[[int, int], bytes], size: int) -> None:
+        super().__init__()
+        self._read_range = read_range
+        self._size = size
+        self._pos = 0
+        self.requests = 0
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        length = min(len(view), self._size - self._pos)
+        if length <= 0:
+            return 0
+        data = self._read_range(self._pos, length)
+        self.requests += 1
+        self.bytes_read += len(data)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
 
 
 class CatalogStorage:
@@ -256,6 +298,12 @@ class CatalogStorage:
 
     def get_file(self, name: str) -> bytes:
         return self.blobs.read(self.container_name, name).data
+
+    def open_file(self, name: str, size: int) -> RangedFile:
+        """A read-only, seekable view of a file of ``size`` bytes that fetches only the byte ranges
+        read from it: Parquet readers then fetch the footer and the column chunks they need, not the
+        whole file (the function app reads a few columns of files that may be large)."""
+        return RangedFile(lambda offset, length: self.blobs.read_ranges(self.container_name, name, [(offset, length)])[0], size)
 
     def download_to(self, name: str, path: Path) -> None:
         """Download a file to ``path`` (4 MiB ranges, through a temporary name, so a cache never holds
