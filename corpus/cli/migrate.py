@@ -32,7 +32,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(last.as_json()))
     else:
-        print(f"{args.step}: {last.sets} sets, {last.rows_migrated} of {last.rows_seen} old rows migrated")
+        print(f"{args.step}: {last.sets} sets, {last.rows_migrated} of {last.rows_below} old rows migrated")
         for example in last.examples:
             print(f"  failed: {example}")
     return 1 if last.failed else 0
