@@ -12,7 +12,7 @@ from typing import Any
 
 from corpus.cli import queries
 from corpus.cli.common import CliError, add_transfer_options, finish, settings_from_cwd
-from corpus.cli.parsing import CorpusParser, add_examples, bound_every_int, bounded_int, quiet_pipe
+from corpus.cli.parsing import CorpusParser, add_examples, add_shared, bound_every_int, bounded_int, quiet_pipe
 from corpus.domain.display import shown
 from corpus.domain.errors import ConfigError, CorpusError
 from corpus.store.settings import Settings
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.add_argument("--limit", type=bounded_int(1, 100_000), help="at most this many sets, then a continuation token")
     q.add_argument("--continuation", metavar="TOKEN", help="continue a --limit listing where it stopped")
-    q.add_argument("--where", help="only sets holding images whose facts match, e.g. 'sharpness>=100' (docs/dedupe.md)")
+    add_shared(q, "--where", help="only sets holding images whose facts match, e.g. 'sharpness>=100' (docs/dedupe.md)")
     q.set_defaults(func=cmd_sets)
 
     t = sub.add_parser("transform", help="request a transform of image sets (queues a message)")

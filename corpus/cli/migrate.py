@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from corpus.cli.parsing import add_shared
 from corpus.cli.queries import _domains, _settings
 
 
@@ -42,6 +43,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     m = sub.add_parser("migrate", help="bring old table rows up to the current schema (resumable, idempotent)")
     m.add_argument("step", nargs="?", help="the step to run; without it, list the steps")
     m.add_argument("--domain", help="only this domain")
-    m.add_argument("--resume", metavar="TOKEN", help="continue after the page this token names")
-    m.add_argument("--json", action="store_true")
+    add_shared(m, "--resume", "--json")
     m.set_defaults(func=cmd_migrate)
