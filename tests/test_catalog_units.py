@@ -15,7 +15,7 @@ from corpus.app.runtime import Runtime
 from corpus.catalog import query as q
 from corpus.catalog import records
 from corpus.catalog.query import QueryError, check_sql
-from corpus.catalog.schema import IMAGES, SCHEMA_VERSION, SETS, TABLES, to_arrow
+from corpus.catalog.schema import IMAGES, REJECTIONS, SCHEMA_VERSION, SETS, TABLES, to_arrow
 from corpus.catalog.snapshot import (
     COMPACT_AT,
     GRACE,
@@ -31,7 +31,7 @@ from corpus.catalog.snapshot import (
 from corpus.catalog.storage import CatalogStorage
 from corpus.catalog.sync import SyncResult, sync
 from corpus.domain.paths import SetRef
-from corpus.store.rows import ImageRow
+from corpus.store.rows import ImageRow, RejectionRow
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "query.md"
 
@@ -397,3 +397,16 @@ def test_the_facet_table_reads_the_footer_and_four_columns_not_whole_files(mem) 
     found = fc.facets(store, "birds")
     assert found is not None
     assert found.counts[("v1", "robin", "")] == 15000 and found.counts[("v1", "jay", "")] == 5000
+
+
+def test_a_rejection_row_fills_every_rejections_column_and_an_empty_etag_or_kept_as_is_null() -> None:
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    junk = records.rejection(RejectionRow("junk", "birds/v1/notes.txt", "not an image", at=at))
+    assert list(junk) == list(REJECTIONS.names)
+    assert junk == {
+        "kind": "junk", "name": "birds/v1/notes.txt", "reason": "not an image", "size": 0,
+        "etag": None, "kept_as": None, "at": at,
+    }  # fmt: skip
+    kept = records.rejection(RejectionRow("rejected", "birds/v1/a.png", "too large", 12, '"0x1"', "rejected/birds/v1/a.png"))
+    assert (kept["size"], kept["etag"], kept["kept_as"]) == (12, '"0x1"', "rejected/birds/v1/a.png")
+    assert to_arrow(REJECTIONS, [junk, kept]).num_rows == 2

@@ -141,7 +141,7 @@ def test_migrate_source_markers_is_resumable_and_idempotent(rt: Runtime, monkeyp
     assert count(rt.catalog, "birds", (), op="thumbnail") == Count(9, 3, 9)
     # a whole second run, and one from the start: nothing left below version 2, nothing counted twice
     again = list(migrate(rt.catalog, "source-markers"))
-    assert sum(p.rows_migrated for p in again[-1:]) == 0 and again[-1].rows_seen == 0
+    assert sum(p.rows_migrated for p in again[-1:]) == 0 and again[-1].rows_below == 0
     assert count(rt.catalog, "birds", (), transform="thumbnail:1") == Count(9, 3, 9)
     # the stamp: every transformed row is at the version the step brings them to
     assert isinstance(rt.clients, MemoryTables)

@@ -23,31 +23,23 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from corpus.app.dupes import index_original
+from corpus.app.migrate import PageProgress
 from corpus.domain.errors import ConflictError, CorpusError
 from corpus.domain.images import inspect
 from corpus.store.catalog import Catalog
 from corpus.store.rows import ImageRow, ImageSetRow
 
 THREADS = 4
-MAX_FAILURES_SHOWN = 20
 
 
 @dataclass
-class FactsProgress:
-    sets: int = 0
+class FactsProgress(PageProgress):
     images: int = 0
     filled: int = 0
     skipped: int = 0
-    failed: int = 0
-    examples: list[str] = field(default_factory=list)
-    continuation: str | None = None
-
-    def as_json(self) -> dict[str, object]:
-        """Every field under its own name, in declaration order (a copy: the JSON output)."""
-        return asdict(self)
 
 
 def backfill_facts(
@@ -119,6 +111,4 @@ def _run(
         if failure is None:
             progress.filled += 1
             continue
-        progress.failed += 1
-        if len(progress.examples) < MAX_FAILURES_SHOWN:
-            progress.examples.append(failure)
+        progress.fail(failure)

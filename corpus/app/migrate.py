@@ -18,7 +18,7 @@ See docs/schema.md for how to add a column or a step.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from corpus.domain.errors import InvalidNameError
 from corpus.store.catalog import Catalog
@@ -38,25 +38,37 @@ class Context:
     max_pixels: int = 0
 
 
-@dataclass
-class MigrateProgress:
-    step: str
+MAX_FAILURES_SHOWN = 20
+
+
+@dataclass(kw_only=True)
+class PageProgress:
+    """What a resumable walk over the sets (a step, or the facts backfill) reports after each page
+    of sets: the sets walked, the failures with the first :data:`MAX_FAILURES_SHOWN` reasons, and
+    the token that resumes after the page (``None`` at the end)."""
+
     sets: int = 0
-    rows_seen: int = 0
-    rows_migrated: int = 0
     failed: int = 0
     examples: list[str] = field(default_factory=list)
     continuation: str | None = None
 
+    def fail(self, reason: str) -> None:
+        """Count one failure; keep its reason while fewer than :data:`MAX_FAILURES_SHOWN` are kept."""
+        self.failed += 1
+        if len(self.examples) < MAX_FAILURES_SHOWN:
+            self.examples.append(reason)
+
     def as_json(self) -> dict[str, object]:
-        return {
-            "step": self.step,
-            "sets": self.sets,
-            "rows_below": self.rows_seen,
-            "rows_migrated": self.rows_migrated,
-            "failed": self.failed,
-            "examples": self.examples,
-        }
+        """Every field under its own name (a copy: the JSON output)."""
+        return asdict(self)
+
+
+@dataclass
+class MigrateProgress(PageProgress):
+    step: str
+    rows_below: int = 0
+    """Rows found below the step's version (or lacking its column)."""
+    rows_migrated: int = 0
 
 
 Run = Callable[[Context, str | None, str | None], Iterator[MigrateProgress]]
@@ -85,7 +97,7 @@ def _source_markers(ctx: Context, domain: str | None, continuation: str | None) 
             for page in catalog.images.pages_below(row.ref, row.transform, SOURCE_VERSION):
                 if not page:
                     continue
-                progress.rows_seen += len(page)
+                progress.rows_below += len(page)
                 catalog.mark_sources(row.ref, row.transform, [image.source for _, image in page])
                 stamped = catalog.images.stamp_schema(row.ref, row.transform, [rk for rk, _ in page], SOURCE_VERSION)
                 progress.rows_migrated += stamped
@@ -118,7 +130,15 @@ def _facts(ctx: Context, domain: str | None, continuation: str | None) -> Iterat
         return bytes(blobs.read(container, blob).data)
 
     for p in backfill_facts(ctx.catalog, read, ctx.max_pixels, domain, continuation):
-        yield MigrateProgress(FACTS.name, p.sets, p.filled + p.failed, p.filled, p.failed, list(p.examples), p.continuation)
+        yield MigrateProgress(
+            FACTS.name,
+            p.filled + p.failed,
+            p.filled,
+            sets=p.sets,
+            failed=p.failed,
+            examples=list(p.examples),
+            continuation=p.continuation,
+        )
 
 
 FACTS = Step(

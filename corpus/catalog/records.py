@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from corpus.catalog.schema import IMAGES, TRAINSET_IMAGES
+from corpus.catalog.schema import IMAGES, REJECTIONS, TRAINSET_IMAGES
 from corpus.domain.manifest import ManifestEntry
 from corpus.store.rows import ImageRow, ImageSetRow, RejectionRow, TransformRow, column_lists
 from corpus.store.trainsets_table import ModelRow, TrainsetRow
@@ -197,15 +197,8 @@ def model_trainsets(r: ModelRow) -> list[Row]:
 
 
 def rejection(r: RejectionRow) -> Row:
-    return {
-        "kind": r.kind,
-        "name": r.name,
-        "reason": r.reason,
-        "size": r.size,
-        "etag": r.etag or None,
-        "kept_as": r.kept_as or None,
-        "at": r.at,
-    }
+    """The row's fields are the ``rejections`` columns, one for one; an empty ETag or KeptAs is null."""
+    return {c: getattr(r, c) for c in REJECTIONS.names} | {"etag": r.etag or None, "kept_as": r.kept_as or None}
 
 
 def trainset_image(name: str, version: str, e: ManifestEntry) -> Row:

@@ -182,7 +182,7 @@ def reindex_facts(domain: str | None, resume: str | None, as_json: bool) -> int:
     """``corpus reindex --facts``: :func:`corpus.app.backfill.backfill_facts`, with progress on stderr."""
     import sys
 
-    from corpus.app.backfill import backfill_facts
+    from corpus.app.backfill import FactsProgress, backfill_facts
 
     rt = _runtime()
 
@@ -199,7 +199,7 @@ def reindex_facts(domain: str | None, resume: str | None, as_json: bool) -> int:
             file=sys.stderr,
             flush=True,
         )
-    report = last.as_json() if last else {"sets": 0, "images": 0, "filled": 0, "skipped": 0, "failed": 0, "examples": []}
+    report = (last or FactsProgress()).as_json()
     if as_json:
         print(json.dumps(report, ensure_ascii=False))
     else:

@@ -12,13 +12,56 @@ from typing import Any
 
 from corpus.cli import queries
 from corpus.cli.common import CliError, add_transfer_options, finish, settings_from_cwd
-from corpus.cli.parsing import CorpusParser, add_examples, bound_every_int, bounded_int, quiet_pipe
+from corpus.cli.parsing import CorpusParser, add_examples, add_shared, bound_every_int, bounded_int, quiet_pipe
 from corpus.domain.display import shown
 from corpus.domain.errors import ConfigError, CorpusError
 from corpus.store.settings import Settings
 
 DEFAULT_HTTP_PORT = 7071
 """Where ``func start`` serves HTTP triggers, and so ``corpus host``."""
+
+
+HOST_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("--until-idle", "until_idle", {"action": "store_true", "help": "exit once no work is left"}),
+    ("--timeout", "idle_timeout", {"type": float, "default": None, "help": "give up after this many seconds (exit 1)"}),
+    ("--blob-poll", "blob_poll_interval", {"type": float, "default": 0.5, "help": "seconds between staging scans"}),
+    (
+        "--lease",
+        "lease_seconds",
+        {"type": float, "default": 600.0, "help": "message lease (visibility) in seconds while processing (host: 600, renewed)"},
+    ),
+    (
+        "--poison-ttl",
+        "poison_ttl",
+        {"type": int, "help": "time-to-live of messages this host poisons, seconds (default: the queue's, 7 days)"},
+    ),
+    (
+        "--threads",
+        "worker_threads",
+        {
+            "type": int,
+            "help": "worker threads per process (default: PYTHON_THREADPOOL_THREAD_COUNT, else the worker's min(32, cores + 4))",
+        },
+    ),
+    ("--deliver-twice", "deliver_twice", {"action": "store_true", "help": "testing: deliver every blob event and message twice"}),
+    (
+        "--drop-blob-events",
+        "drop_blob_events",
+        {"action": "store_true", "help": "testing: lose every blob event, as Event Grid may"},
+    ),
+    (
+        "--timers-now",
+        "timers_now",
+        {"action": "store_true", "help": "run every timer trigger once at start-up, then on schedule"},
+    ),
+)
+"""The ``corpus host`` options that are :class:`~corpus.devhost.listeners.HostOptions` fields as
+given: (flag, field, argparse keywords). The parser, the options of the host and the command line
+of each ``--process-per-group`` child all follow this one table."""
+
+
+def _host_value(args: argparse.Namespace, flag: str) -> Any:
+    return getattr(args, flag[2:].replace("-", "_"))
 
 
 def _settings() -> Settings:
@@ -45,18 +88,10 @@ def cmd_host(args: argparse.Namespace) -> int:
         summary = run_host(
             HostOptions(
                 app_dir=Path(args.app_dir).resolve(),
-                until_idle=args.until_idle,
-                idle_timeout=args.timeout,
-                blob_poll_interval=args.blob_poll,
-                lease_seconds=args.lease,
-                poison_ttl=args.poison_ttl,
-                worker_threads=args.threads,
                 only=tuple(args.only),
-                deliver_twice=args.deliver_twice,
-                drop_blob_events=args.drop_blob_events,
-                timers_now=args.timers_now,
                 http_port=args.port if args.port is not None else (None if args.until_idle else DEFAULT_HTTP_PORT),
                 trace=trace,
+                **{field: _host_value(args, flag) for flag, field, _ in HOST_OPTIONS},
             ),
             _settings(),
         )
@@ -74,22 +109,17 @@ def cmd_host(args: argparse.Namespace) -> int:
 
 def _child_args(args: argparse.Namespace) -> list[str]:
     """The options of one ``corpus host`` process of ``--process-per-group``."""
-    out = ["--app-dir", str(Path(args.app_dir).resolve()), "--blob-poll", str(args.blob_poll), "--lease", str(args.lease)]
-    for flag, value in (("--timeout", args.timeout), ("--poison-ttl", args.poison_ttl), ("--threads", args.threads)):
-        if value is not None:
+    out = ["--app-dir", str(Path(args.app_dir).resolve())]
+    for flag, _, spec in HOST_OPTIONS:
+        value = _host_value(args, flag)
+        if spec.get("action") == "store_true":
+            out += [flag] if value else []
+        elif value is not None:
             out += [flag, str(value)]
     if args.trace:
         out += ["--trace", str(Path(args.trace).resolve())]
     if args.port is not None:
         out += ["--port", str(args.port)]
-    for flag, on in (
-        ("--until-idle", args.until_idle),
-        ("--deliver-twice", args.deliver_twice),
-        ("--drop-blob-events", args.drop_blob_events),
-        ("--timers-now", args.timers_now),
-    ):
-        if on:
-            out.append(flag)
     return out
 
 
@@ -232,30 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("host", help="run the function app locally against the configured storage (development host)")
     h.add_argument("--app-dir", default=".", help="folder holding function_app.py and host.json")
-    h.add_argument("--until-idle", action="store_true", help="exit once no work is left")
-    h.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
-    h.add_argument("--blob-poll", type=float, default=0.5, help="seconds between staging scans")
-    h.add_argument(
-        "--lease", type=float, default=600.0, help="message lease (visibility) in seconds while processing (host: 600, renewed)"
-    )
-    h.add_argument(
-        "--poison-ttl", type=int, help="time-to-live of messages this host poisons, seconds (default: the queue's, 7 days)"
-    )
-    h.add_argument(
-        "--threads",
-        type=int,
-        help="worker threads per process (default: PYTHON_THREADPOOL_THREAD_COUNT, else the worker's min(32, cores + 4))",
-    )
+    for flag, _, spec in HOST_OPTIONS:
+        h.add_argument(flag, **spec)
     h.add_argument(
         "--process-per-group",
         action="store_true",
         help="run each Flex function group (each queue or timer function; all blob; all HTTP) in its own process",
     )
     h.add_argument("--only", nargs="+", default=(), metavar="FUNCTION", help="run only these functions")
-    h.add_argument("--deliver-twice", action="store_true", help="testing: deliver every blob event and message twice")
     h.add_argument("--trace", help="append a JSON line per invocation (start, end, ok) to this file")
-    h.add_argument("--drop-blob-events", action="store_true", help="testing: lose every blob event, as Event Grid may")
-    h.add_argument("--timers-now", action="store_true", help="run every timer trigger once at start-up, then on schedule")
     h.add_argument(
         "--port",
         type=bounded_int(0, 65535),
@@ -278,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.add_argument("--limit", type=bounded_int(1, 100_000), help="at most this many sets, then a continuation token")
     q.add_argument("--continuation", metavar="TOKEN", help="continue a --limit listing where it stopped")
-    q.add_argument("--where", help="only sets holding images whose facts match, e.g. 'sharpness>=100' (docs/dedupe.md)")
+    add_shared(q, "--where", help="only sets holding images whose facts match, e.g. 'sharpness>=100' (docs/dedupe.md)")
     q.set_defaults(func=cmd_sets)
 
     t = sub.add_parser("transform", help="request a transform of image sets (queues a message)")

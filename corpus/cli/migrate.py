@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from corpus.cli.parsing import add_shared
 from corpus.cli.queries import _domains, _settings
 
 
@@ -32,7 +33,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(last.as_json()))
     else:
-        print(f"{args.step}: {last.sets} sets, {last.rows_migrated} of {last.rows_seen} old rows migrated")
+        print(f"{args.step}: {last.sets} sets, {last.rows_migrated} of {last.rows_below} old rows migrated")
         for example in last.examples:
             print(f"  failed: {example}")
     return 1 if last.failed else 0
@@ -42,6 +43,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     m = sub.add_parser("migrate", help="bring old table rows up to the current schema (resumable, idempotent)")
     m.add_argument("step", nargs="?", help="the step to run; without it, list the steps")
     m.add_argument("--domain", help="only this domain")
-    m.add_argument("--resume", metavar="TOKEN", help="continue after the page this token names")
-    m.add_argument("--json", action="store_true")
+    add_shared(m, "--resume", "--json")
     m.set_defaults(func=cmd_migrate)

@@ -118,6 +118,28 @@ def finite_float(text: str) -> float:
 finite_float.__name__ = "number"
 
 
+SHARED_OPTIONS: dict[str, dict[str, Any]] = {
+    "--where": {"help": "only images whose facts match, e.g. 'width>=224 and not grey' (docs/dedupe.md)"},
+    "--stuck-after": {
+        "type": finite_float,
+        "metavar": "SECONDS",
+        "help": "resume a training-set build left building with no progress for this long "
+        "(default: max(900, 4 x the build budget))",
+    },
+    "--resume": {"metavar": "TOKEN", "help": "continue after the page this token names"},
+    "--json": {"action": "store_true"},
+}
+"""Options that several commands take, declared once: a flag means the same, and is parsed the
+same way, in every command that has it."""
+
+
+def add_shared(parser: argparse.ArgumentParser, *flags: str, **changes: Any) -> None:
+    """Add each of ``flags`` as :data:`SHARED_OPTIONS` declares it; ``changes`` replace some of its
+    keywords (a command's own help text, say) for every flag named."""
+    for flag in flags:
+        parser.add_argument(flag, **(SHARED_OPTIONS[flag] | changes))
+
+
 def bound_every_int(parser: argparse.ArgumentParser) -> None:
     """Replace ``type=int`` on every option of every sub-command (including ones other modules
     add) with :data:`ANY_INT`, and ``type=float`` with :func:`finite_float`, so no number option

@@ -10,6 +10,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corpus.cli.parsing import add_shared
 from corpus.domain.errors import CorpusError, InvalidNameError
 from corpus.domain.paths import validate_domain
 from corpus.store.settings import Settings, load_local_settings
@@ -199,13 +200,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     g = c.add_mutually_exclusive_group()
     g.add_argument("--op", help="transformed sets whose transform is or contains this operation (e.g. crop)")
     g.add_argument("--transform", metavar="NAME[:VERSION]", help="transformed sets of this transform")
-    c.add_argument("--where", help="only images whose facts match, e.g. 'width>=224 and not grey' (docs/dedupe.md)")
+    add_shared(c, "--where")
     c.add_argument("--json", action="store_true", help='print {"images": N, "sets": K[, "sources": S]}')
     c.set_defaults(func=cmd_count)
 
     r = sub.add_parser("reindex", help="backfill the tag index of sets created before it existed (idempotent)")
     r.add_argument("--domain", help="only this domain")
-    r.add_argument("--resume", metavar="TOKEN", help="continue after the page this token names")
+    add_shared(r, "--resume")
     r.add_argument("--facts", action="store_true", help="backfill image facts and the duplicate index instead (docs/dedupe.md)")
-    r.add_argument("--json", action="store_true")
+    add_shared(r, "--json")
     r.set_defaults(func=cmd_reindex)

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from corpus.cli.common import settings_from_cwd
-from corpus.cli.parsing import bounded_int
+from corpus.cli.parsing import add_shared, bounded_int
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -42,11 +42,5 @@ def add_parsers(sub: Any) -> None:
     r = sub.add_parser("reconcile", help="hand staged blobs whose event was lost (or dead-lettered) to ingest again")
     r.add_argument("--grace", type=float, help="only blobs staged longer ago than this many seconds (default: the setting)")
     r.add_argument("--max", type=bounded_int(1, 10**9), help="re-drive at most this many blobs (default: the setting)")
-    r.add_argument(
-        "--stuck-after",
-        type=float,
-        metavar="SECONDS",
-        help="resume training-set builds with no progress for this long (default: max(900, 4 x the build budget))",
-    )
-    r.add_argument("--json", action="store_true")
+    add_shared(r, "--stuck-after", "--json")
     r.set_defaults(func=cmd_reconcile)

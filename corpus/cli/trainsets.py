@@ -18,7 +18,7 @@ from typing import Any
 
 from corpus.cli.common import CliError, wait_for_progress
 from corpus.cli.common import settings_from_cwd as _settings
-from corpus.cli.parsing import finite_float, json_arg
+from corpus.cli.parsing import add_shared, finite_float, json_arg
 from corpus.domain.errors import CorpusError
 
 VERIFY_THREADS = 8
@@ -50,18 +50,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     c.add_argument("--classes", help="comma-separated class tags; each image gets the one its set carries")
     c.add_argument("--split", default="100", help="TRAIN/VAL[/TEST] percentages or NAME=PCT,… (default: all train)")
     c.add_argument("--dedupe", choices=("exact", "near"), help="keep one image per exact content / per duplicate cluster")
-    c.add_argument("--where", help="only images whose facts match, e.g. 'width>=224 and not grey' (docs/dedupe.md)")
+    add_shared(c, "--where")
     c.add_argument("--from", dest="from_file", metavar="FILE", help="JSON list of sources (as in the message) instead")
     c.add_argument("--wait", action="store_true", help="return when ready (exit 0) or failed (exit 1)")
     c.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits at most (default 600)")
     c.add_argument("--force", action="store_true", help="queue without checking that the sources select sets")
-    c.add_argument(
-        "--stuck-after",
-        type=finite_float,
-        metavar="SECONDS",
-        help="resume it if it is building with no progress for this long (default: max(900, 4 x the build budget))",
-    )
-    c.add_argument("--json", action="store_true")
+    add_shared(c, "--stuck-after", "--json")
     c.set_defaults(func=cmd_create)
 
     _plain(ts, "list", "list training sets", cmd_list)

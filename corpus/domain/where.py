@@ -75,15 +75,19 @@ class Not:
 
 
 @dataclass(frozen=True, slots=True)
-class And:
+class _Binary:
+    """``left`` and ``right`` joined by the connective the class names (equal only to its own kind)."""
+
     left: Expr
     right: Expr
 
 
-@dataclass(frozen=True, slots=True)
-class Or:
-    left: Expr
-    right: Expr
+class And(_Binary):
+    __slots__ = ()
+
+
+class Or(_Binary):
+    __slots__ = ()
 
 
 Expr = Cmp | Flag | Not | And | Or

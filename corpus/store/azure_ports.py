@@ -54,6 +54,8 @@ from corpus.store.ports import (
     Blob,
     BlobInfo,
     BlobPage,
+    BlobStore,
+    CopySource,
     CopyState,
     Expected,
     Message,
@@ -135,7 +137,7 @@ def put_from_url_supported(settings: Settings) -> bool:
     return not ("usedevelopmentstorage" in where or "devstoreaccount1" in where or any(h in where for h in _EMULATOR_HOSTS))
 
 
-class AzureBlobStore:
+class AzureBlobStore(BlobStore):
     """:class:`corpus.store.ports.BlobStore` on ``azure-storage-blob``.
 
     ``put_from_url``: :meth:`copy_once` with an :class:`Expected` uses Put Blob From URL (one
@@ -275,37 +277,28 @@ class AzureBlobStore:
         except HttpResponseError as exc:
             raise _storage_error(exc) from exc
 
-    def copy_once(
-        self,
-        container: str,
-        name: str,
-        *,
-        source_container: str,
-        source_name: str,
-        source_etag: str,
-        expect: Expected | None = None,
-    ) -> CopyState:
+    def copy(self, container: str, name: str, source: CopySource, *, once: bool, expect: Expected | None = None) -> CopyState:
         dest = self._blob(container, name)
-        source = self._blob(source_container, source_name)
-        if self.put_from_url and expect is not None:
-            return self._put_from_url(dest, source, source_etag, expect)
+        src = self._blob(source.container, source.name)
+        if once and self.put_from_url and expect is not None:
+            return self._put_from_url(dest, src, source.etag, expect)
         try:
             result = dest.start_copy_from_url(
-                source.url,
-                source_etag=source_etag,
+                src.url,
+                source_etag=source.etag,
                 source_match_condition=MatchConditions.IfNotModified,
-                match_condition=MatchConditions.IfMissing,
+                match_condition=MatchConditions.IfMissing if once else None,
             )
         except HttpResponseError as exc:
             code = error_code(exc)
-            if code == "BlobAlreadyExists":
+            if once and code == "BlobAlreadyExists":
                 raise BlobExists(f"{container}/{name} exists", exc.status_code, code) from exc
             if isinstance(exc, ResourceModifiedError) or code in _REFUSED:
                 # Azure names the source's condition (SourceConditionNotMet); Azurite says
                 # ConditionNotMet for both: the destination decides.
-                if code not in _SOURCE_CODES and self.exists(container, name):
+                if once and code not in _SOURCE_CODES and self.exists(container, name):
                     raise BlobExists(f"{container}/{name} exists", exc.status_code, code) from exc
-                raise SourceChanged(f"{source_container}/{source_name} is not at {source_etag}", exc.status_code, code) from exc
+                raise SourceChanged(f"{source} is not at {source.etag}", exc.status_code, code) from exc
             raise _storage_error(exc) from exc
         return self._finished(dest, result)
 
@@ -365,21 +358,6 @@ class AzureBlobStore:
             expiry=datetime.now(UTC) + timedelta(minutes=SOURCE_SAS_MINUTES),
         )
         return f"{source.url}?{sas}", None
-
-    def copy_over(self, container: str, name: str, *, source_container: str, source_name: str, source_etag: str) -> CopyState:
-        dest = self._blob(container, name)
-        source = self._blob(source_container, source_name)
-        try:
-            result = dest.start_copy_from_url(
-                source.url, source_etag=source_etag, source_match_condition=MatchConditions.IfNotModified
-            )
-        except HttpResponseError as exc:
-            if isinstance(exc, ResourceModifiedError) or error_code(exc) in _REFUSED:
-                raise SourceChanged(
-                    f"{source_container}/{source_name} is not at {source_etag}", exc.status_code, error_code(exc)
-                ) from exc
-            raise _storage_error(exc) from exc
-        return self._finished(dest, result)
 
     def wait_copy(self, container: str, name: str) -> CopyState:
         return self._finished(self._blob(container, name), None)

@@ -42,6 +42,8 @@ from corpus.store.ports import (
     Blob,
     BlobInfo,
     BlobPage,
+    BlobStore,
+    CopySource,
     CopyState,
     Expected,
     Message,
@@ -58,7 +60,7 @@ class _Container:
     staged: dict[str, dict[str, bytes]] = field(default_factory=dict)  # uncommitted blocks by blob
 
 
-class MemoryBlobStore:
+class MemoryBlobStore(BlobStore):
     """:class:`corpus.store.ports.BlobStore` in memory; thread-safe (one lock)."""
 
     def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC), *, put_from_url: bool = False) -> None:
@@ -221,29 +223,21 @@ class MemoryBlobStore:
             self._store(container, name, self._committed(container, name, block_ids), content_type, md5)
             return True
 
-    def _copy(
-        self,
-        container: str,
-        name: str,
-        source_container: str,
-        source_name: str,
-        etag: str,
-        once: bool,
-        expect: Expected | None = None,
-    ) -> CopyState:
+    def copy(self, container: str, name: str, source: CopySource, *, once: bool, expect: Expected | None = None) -> CopyState:
+        expect = expect if once and self.put_from_url else None
         with self._lock:
             self.requests["put_from_url" if expect else "copy"] += 1
             check_blob_name(name)
             dest = self._c(container)
             if once and name in dest.blobs:
                 raise BlobExists(f"{container}/{name} exists", 409, "BlobAlreadyExists")
-            src = self._c(source_container).blobs.get(source_name)
-            if src is None or src.info.etag.strip('"') != etag.strip('"'):
-                raise SourceChanged(f"{source_container}/{source_name} is not at {etag}", 412, "SourceConditionNotMet")
+            src = self._c(source.container).blobs.get(source.name)
+            if src is None or src.info.etag.strip('"') != source.etag.strip('"'):
+                raise SourceChanged(f"{source} is not at {source.etag}", 412, "SourceConditionNotMet")
             if expect is not None:
                 if hashlib.md5(src.data, usedforsecurity=False).hexdigest() != expect.md5:
                     raise CopyFailed(
-                        f"copy of {source_name} into {container}/{name}: the service's MD5 differs from {expect.md5}"
+                        f"copy of {source.name} into {container}/{name}: the service's MD5 differs from {expect.md5}"
                     )
                 info = self._store(container, name, src.data, expect.content_type, expect.md5)
                 return CopyState("success", info.etag, verified=True)
@@ -251,22 +245,6 @@ class MemoryBlobStore:
             if src.info.metadata:
                 dest.blobs[name] = Blob(replace(info, metadata=dict(src.info.metadata)), src.data)
             return CopyState("success", info.etag)
-
-    def copy_once(
-        self,
-        container: str,
-        name: str,
-        *,
-        source_container: str,
-        source_name: str,
-        source_etag: str,
-        expect: Expected | None = None,
-    ) -> CopyState:
-        expect = expect if self.put_from_url else None
-        return self._copy(container, name, source_container, source_name, source_etag, once=True, expect=expect)
-
-    def copy_over(self, container: str, name: str, *, source_container: str, source_name: str, source_etag: str) -> CopyState:
-        return self._copy(container, name, source_container, source_name, source_etag, once=False)
 
     def wait_copy(self, container: str, name: str) -> CopyState:
         return CopyState("success", self.info(container, name).etag)

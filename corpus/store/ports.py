@@ -85,6 +85,18 @@ class Expected:
 
 
 @dataclass(frozen=True, slots=True)
+class CopySource:
+    """The source of a server-side copy: one blob at one version (the copy is ``If-Match: etag``)."""
+
+    container: str
+    name: str
+    etag: str
+
+    def __str__(self) -> str:
+        return f"{self.container}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class CopyState:
     """How a server-side copy ended: ``success``, ``failed`` or ``aborted``; ``etag`` is the
     destination's. Azure may finish a copy later than the request: the adapter waits for it.
@@ -175,6 +187,12 @@ class BlobStore(Protocol):
         """Commit under ``If-None-Match: *``: as :meth:`put_once` for a blob made of staged blocks."""
         ...
 
+    def copy(self, container: str, name: str, source: CopySource, *, once: bool, expect: Expected | None = None) -> CopyState:
+        """The server-side copy each store implements, ``If-Match`` on ``source``'s ETag (the verbs
+        below name its two uses). ``once``: ``If-None-Match: *`` on the destination too; otherwise
+        the destination is replaced and ``expect`` is ignored."""
+        ...
+
     def copy_once(
         self,
         container: str,
@@ -192,12 +210,14 @@ class BlobStore(Protocol):
         With ``expect``, a store that can (Put Blob From URL) has the service check the source's
         MD5 and writes ``expect``'s headers in the same request, and says so (``verified``); one
         whose bytes differ raises :class:`~corpus.domain.errors.CopyFailed` and writes nothing.
-        Without the capability ``expect`` is ignored and the caller verifies as before."""
-        ...
+        Without the capability ``expect`` is ignored and the caller verifies as before.
+
+        Written here once for every store (each subclasses this protocol and implements :meth:`copy`)."""
+        return self.copy(container, name, CopySource(source_container, source_name, source_etag), once=True, expect=expect)
 
     def copy_over(self, container: str, name: str, *, source_container: str, source_name: str, source_etag: str) -> CopyState:
         """Server-side copy that overwrites the destination; ``If-Match`` on the source only."""
-        ...
+        return self.copy(container, name, CopySource(source_container, source_name, source_etag), once=False)
 
     def wait_copy(self, container: str, name: str) -> CopyState:
         """How the copy into ``name`` ended (``success`` when it is no copy); :class:`BlobNotFound`."""

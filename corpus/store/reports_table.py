@@ -6,44 +6,41 @@ from datetime import datetime, timedelta
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import UpdateMode
 
 from corpus.domain import keys
 from corpus.store.rows import REDRIVE_PARTITION, FailureRow, RedriveRow, RejectionRow
-from corpus.store.tables import entity_or_none, insert_once
+from corpus.store.tables import RowTable
 
 
-class RejectionsTable:
+class RejectionsTable(RowTable[RejectionRow]):
     """Rejected (``rejected``) and junk (``junk``) staged names, latest rejection per name."""
 
-    def __init__(self, table: TableClient) -> None:
-        self.table = table
+    row = RejectionRow
 
     def record(self, row: RejectionRow) -> None:
         """Upsert: the latest rejection of a staged name is the one that matters to its owner."""
-        self.table.upsert_entity(row.to_entity(), mode=UpdateMode.REPLACE)
+        self._upsert(row)
 
     def get(self, kind: str, name: str) -> RejectionRow | None:
-        entity = entity_or_none(self.table, kind, keys.escape(name))
-        return None if entity is None else RejectionRow.from_entity(entity)
+        return self._get(kind, keys.escape(name))
 
     def list(self, kind: str | None = None) -> list[RejectionRow]:
         rows = self.table.query_entities("PartitionKey eq @k", parameters={"k": kind}) if kind else self.table.list_entities()
         return sorted((RejectionRow.from_entity(r) for r in rows), key=lambda r: (r.at is None, r.at))
 
 
-class FailuresTable:
+class FailuresTable(RowTable[FailureRow]):
     """Why a message or delivery failed, per (source, key); ``final`` once it is poisoned."""
 
-    def __init__(self, table: TableClient) -> None:
-        self.table = table
+    row = FailureRow
 
     def record(self, row: FailureRow) -> None:
-        self.table.upsert_entity(row.to_entity(), mode=UpdateMode.REPLACE)
+        self._upsert(row)
 
     def record_once(self, row: FailureRow) -> bool:
         """Insert-only: False when a row with this key exists (kept as it is, with its reason)."""
-        return insert_once(self.table, row.to_entity())
+        return self._insert_once(row)
 
     def clear(self, source: str, key: str) -> None:
         self.table.delete_entity(keys.escape(source), keys.escape(key))
@@ -63,11 +60,10 @@ class FailuresTable:
         return sorted((FailureRow.from_entity(r) for r in rows), key=lambda r: (r.at is None, r.at))
 
 
-class RedrivesTable:
+class RedrivesTable(RowTable[RedriveRow]):
     """What reconciliation handed to ingest again: one row per staged name, its latest re-drive."""
 
-    def __init__(self, table: TableClient) -> None:
-        self.table = table
+    row = RedriveRow
 
     def claim(self, name: str, etag: str, why: str, at: datetime, grace: timedelta) -> RedriveRow | None:
         """Claim the re-drive of this version of ``name`` now, or None when another reconciler

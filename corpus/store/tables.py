@@ -1,14 +1,15 @@
-"""Small helpers shared by the table homes: retry back-off and the ETag condition."""
+"""Small helpers shared by the table homes: retry back-off, the ETag condition, and :class:`RowTable`."""
 
 from __future__ import annotations
 
 import random
 import time
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableClient, UpdateMode
 
 from corpus.domain.refs import Cursor
 
@@ -47,6 +48,38 @@ def insert_once(table: Any, entity: dict[str, Any]) -> bool:
     except ResourceExistsError:
         return False
     return True
+
+
+class StoredRow(Protocol):
+    """A row class of :mod:`corpus.store.rows` that knows its own keys."""
+
+    def to_entity(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> Self: ...
+
+
+R = TypeVar("R", bound=StoredRow)
+
+
+class RowTable(Generic[R]):
+    """The home of one row class (:attr:`row`) in one table: what every such home does alike,
+    point reads by key, upserts and insert-only writes, written once here."""
+
+    row: type[R]
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def _get(self, partition_key: str, row_key: str) -> R | None:
+        entity = entity_or_none(self.table, partition_key, row_key)
+        return None if entity is None else self.row.from_entity(entity)
+
+    def _upsert(self, row: R) -> None:
+        self.table.upsert_entity(row.to_entity(), mode=UpdateMode.REPLACE)
+
+    def _insert_once(self, row: R) -> bool:
+        return insert_once(self.table, row.to_entity())
 
 
 def encode_continuation(token: Any) -> str | None:

@@ -47,7 +47,7 @@ from corpus.store.ports import BlobStore, iter_ranges
 from corpus.store.rows import Entity, ImageRow, ImageSetRow, as_int, int64, now, recorded_at
 from corpus.store.settings import TABLE_IMAGES, TABLE_LINEAGE, TABLE_MODELS, TABLE_TRAINSETS
 from corpus.store.storage import Clients
-from corpus.store.tables import TableSource, entity_or_none, insert_once
+from corpus.store.tables import R, RowTable, TableSource
 
 BUILDING = "building"
 READY = "ready"
@@ -182,17 +182,19 @@ class TrainsetRow:
         )
 
 
-class TrainsetsTable:
-    def __init__(self, table: TableClient) -> None:
-        self.table = table
+class _VersionedTable(RowTable[R]):
+    """A table of immutable ``name``:``version`` things (PK = escaped name, RK = escaped version)."""
 
-    def create(self, row: TrainsetRow) -> bool:
-        """Insert a new training set; False if (name, version) exists already (the caller compares)."""
-        return insert_once(self.table, row.to_entity())
+    def create(self, row: R) -> bool:
+        """Insert-only; False if (name, version) exists already (the caller compares)."""
+        return self._insert_once(row)
 
-    def get(self, name: str, version: str) -> TrainsetRow | None:
-        entity = entity_or_none(self.table, keys.escape(name), keys.escape(version))
-        return None if entity is None else TrainsetRow.from_entity(entity)
+    def get(self, name: str, version: str) -> R | None:
+        return self._get(keys.escape(name), keys.escape(version))
+
+
+class TrainsetsTable(_VersionedTable[TrainsetRow]):
+    row = TrainsetRow
 
     def require_ready(self, name: str, version: str) -> TrainsetRow:
         """The row of a ``ready`` training set, or :class:`NotFoundError` naming why not.
@@ -269,16 +271,8 @@ class ModelRow:
         )
 
 
-class ModelsTable:
-    def __init__(self, table: TableClient) -> None:
-        self.table = table
-
-    def create(self, row: ModelRow) -> bool:
-        return insert_once(self.table, row.to_entity())
-
-    def get(self, name: str, version: str) -> ModelRow | None:
-        entity = entity_or_none(self.table, keys.escape(name), keys.escape(version))
-        return None if entity is None else ModelRow.from_entity(entity)
+class ModelsTable(_VersionedTable[ModelRow]):
+    row = ModelRow
 
     def list(self) -> list[ModelRow]:
         return sorted((ModelRow.from_entity(e) for e in self.table.list_entities()), key=lambda r: (r.name, r.version))

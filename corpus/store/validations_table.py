@@ -9,24 +9,21 @@ the image recorded, or nothing to do).
 from __future__ import annotations
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableClient, UpdateMode
 
 from corpus.domain import keys
 from corpus.store.rows import ValidationRow, bare_etag
-from corpus.store.tables import entity_or_none
+from corpus.store.tables import RowTable
 
 
-class ValidationsTable:
-    def __init__(self, table: TableClient) -> None:
-        self.table = table
+class ValidationsTable(RowTable[ValidationRow]):
+    row = ValidationRow
 
     def record(self, row: ValidationRow) -> None:
         """Upsert: the same (name, ETag) always describes the same bytes, so a rewrite is identical."""
-        self.table.upsert_entity(row.to_entity(), mode=UpdateMode.REPLACE)
+        self._upsert(row)
 
     def get(self, name: str, etag: str) -> ValidationRow | None:
-        entity = entity_or_none(self.table, keys.escape(name), keys.escape(bare_etag(etag)))
-        return None if entity is None else ValidationRow.from_entity(entity)
+        return self._get(keys.escape(name), keys.escape(bare_etag(etag)))
 
     def delete(self, name: str, etag: str) -> None:
         """Idempotent: a record already gone (another delivery's delete) is no error."""
