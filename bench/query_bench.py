@@ -49,6 +49,10 @@ from corpus.store.settings import TABLE_DUPES, Settings  # noqa: E402
 from tests.support import Azurite, jpeg  # noqa: E402
 
 
+def _bytes(body: Any) -> bytes:
+    return body if isinstance(body, bytes) else str(body).encode()
+
+
 class RequestCounter:
     """Counts every HTTP request of this process, by service and method."""
 
@@ -67,10 +71,14 @@ class RequestCounter:
         kind = f"{service} {response.request.method}"
         if service == "queue":
             kind += " message" if "/messages" in url.path else ""
-        if service == "table" and (url.path.split("/")[2:3] or [""])[0].startswith(TABLE_DUPES):
-            kind = "index " + kind  # the duplicate index (issue 19): listed apart
-        elif service == "table" and "$batch" in url.path:
-            kind += " $batch"
+        if service == "table":
+            table = (url.path.split("/")[2:3] or [""])[0]  # Azurite: /<account>/<table>(…)
+            body = response.request.body or b""
+            batch = table == "$batch"
+            if table.startswith(TABLE_DUPES) or (batch and f"/{TABLE_DUPES}".encode() in _bytes(body)):
+                kind = "index " + kind  # the duplicate index (issue 19): listed apart
+            elif batch:
+                kind += " $batch"
         with self.lock:
             self.counts[kind] += 1
 
