@@ -71,6 +71,8 @@ class RequestCounter:
         kind = f"{service} {response.request.method}"
         if service == "queue":
             kind += " message" if "/messages" in url.path else ""
+        if service == "blob" and "comp=batch" in (url.query or ""):
+            kind += " batch"  # Blob Batch: the staged blobs' deletes (corpus/store/groupdelete.py)
         if service == "table":
             table = (url.path.split("/")[2:3] or [""])[0]  # Azurite: /<account>/<table>(…)
             body = response.request.body or b""

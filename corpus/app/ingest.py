@@ -26,7 +26,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from corpus.app.dupes import index_original
 from corpus.app.progress import INGESTED
@@ -311,7 +311,8 @@ def _copy_step(rt: Runtime, staged_name: StagedName, validated: ValidationRow) -
         return CopyOutcome.SUPERSEDED
 
     _record(rt, staged_name, validated)
-    _delete_if_unchanged(rt.blobs, s.staging_container, validated.name, validated.etag)
+    # batched with the deletes of concurrent invocations (corpus/store/groupdelete.py)
+    _delete_if_unchanged(rt.deleter, s.staging_container, validated.name, validated.etag)
     return outcome
 
 
@@ -459,7 +460,11 @@ def _source_is(blobs: BlobStore, container: str, name: str, etag: str) -> bool:
         return False
 
 
-def _delete_if_unchanged(blobs: BlobStore, container: str, name: str, etag: str) -> None:
+class _Deletes(Protocol):
+    def delete_if_unchanged(self, container: str, name: str, etag: str) -> bool: ...
+
+
+def _delete_if_unchanged(blobs: _Deletes, container: str, name: str, etag: str) -> None:
     """Delete the staged blob only if it is still the upload we processed."""
     if not blobs.delete_if_unchanged(container, name, etag):
         # Replaced by a newer upload (kept: it has its own event), or already deleted by an
