@@ -184,6 +184,41 @@ def test_same_copy_message_concurrently_counts_once(rt: Runtime, clients):
     assert rt.catalog.images.count(SetRef("race", ("x",), "v1")) == (1, len(data))
 
 
+def test_same_blob_event_concurrently_in_direct_mode_counts_once(rt: Runtime, clients):
+    """CORPUS_INGEST=direct on Azurite: 8 deliveries of one blob event at once (the host can run a
+    redelivery while the first is still copying), then one more: one copy, one record, one count."""
+    data = jpeg(8)
+    staging(clients).upload_blob("race/v1/d/z.jpg", data)
+    etag = staging(clients).get_blob_client("race/v1/d/z.jpg").get_blob_properties().etag
+    event = ingest.StagedBlob("race/v1/d/z.jpg", data, etag, {}, "BlockBlob")
+    results: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def deliver() -> None:
+        start.wait()
+        try:
+            results.append(ingest.on_staged_blob(rt, event, "direct"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results.count("copied") == 1 and set(results) <= {"copied", "exists"}, results
+    assert ingest.on_staged_blob(rt, event, "direct") == "exists"
+    ref = SetRef("race", ("d",), "v1")
+    assert rt.catalog.images.count(ref) == (1, len(data))
+    row = rt.catalog.sets.get(ref)
+    assert row is not None and (row.image_count, row.total_bytes) == (1, len(data))
+    assert originals(clients, "race") == {"original/d/v1/z.jpg": md5(data)}
+    assert list(staging(clients).list_blobs()) == []
+    assert not list(clients.table_client("Validations").list_entities())
+
+
 @pytest.mark.parametrize("mode", ["direct", "queued"])
 def test_200_images_into_one_set_exact_count_and_throttle(env, clients, tmp_path, mode):
     """Copies are bounded per instance by the function that runs them: the blob trigger's
