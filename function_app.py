@@ -31,7 +31,8 @@ app = func.FunctionApp()
     source=func.BlobSource.EVENT_GRID,
 )
 def ingest_staged_blob(blob: func.InputStream) -> None:
-    """A blob landed in staging: classify it and queue its copy, or reject it with a reason."""
+    """A blob landed in staging: classify it, then copy and record it (or queue its copy,
+    CORPUS_INGEST=queued), or reject it with a reason."""
     rt = get_runtime()
     name = blob.name or ""
 
@@ -47,7 +48,8 @@ def ingest_staged_blob(blob: func.InputStream) -> None:
 @app.function_name("copy_to_original")
 @app.queue_trigger(arg_name="msg", queue_name="%CORPUS_COPY_QUEUE%", connection=CONNECTION)
 def copy_to_original(msg: func.QueueMessage) -> None:
-    """Copy one validated staged image into original/, verify it, count it, clear staging."""
+    """Copy one validated staged image into original/, verify it, count it, clear staging
+    (CORPUS_INGEST=queued, re-drives by reconcile, and any backlog queued before a switch to direct)."""
     rt = get_runtime()
     run_queue_job(rt, rt.settings.copy_queue, msg, lambda body: ingest.on_copy_request(rt, CopyRequest.parse(body)))
 

@@ -563,7 +563,8 @@ def requests_per_image(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         az = Azurite(Path(d)).start()
         try:
-            rt = Runtime.create(Settings.from_env({"CorpusStorage": az.connection_string}))
+            # the trigger and the copy function counted apart: the queued path (issue 26)
+            rt = Runtime.create(Settings.from_env({"CorpusStorage": az.connection_string, "CORPUS_INGEST": "queued"}))
             rt.ensure_resources()
             staging = rt.clients.container("staging")
             names = [f"req/v1/set{i % args.sets}/{i:05d}.jpg" for i in range(args.images)]

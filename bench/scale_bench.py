@@ -261,7 +261,10 @@ def bookkeeping(rt: Runtime, m: Meter, n: int, sets: int, chosen: int) -> None:
 
 
 def run(n: int, transform_share: float, rows_only: bool = False) -> dict[str, Any]:
-    rt = Runtime.in_memory()
+    from corpus.store.settings import Settings
+
+    # its phases time the blob trigger and the copy queue apart: the queued path (issue 26)
+    rt = Runtime.in_memory(Settings.from_env({"CorpusStorage": "UseDevelopmentStorage=true", "CORPUS_INGEST": "queued"}))
     rt.ensure_resources()
     m = Meter(rt)
     data = jpeg()

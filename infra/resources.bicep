@@ -261,6 +261,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'CORPUS_STAGING_CONTAINER', value: stagingContainerName }
         { name: 'CORPUS_REJECTED_CONTAINER', value: rejectedContainerName }
         { name: 'CORPUS_COPY_QUEUE', value: copyQueueName }
+        // direct: the blob trigger copies what it validated (host.json extensions.blobs bounds it);
+        // queued: through copy-requests, throttled by the queue settings (docs/deploy.md).
+        { name: 'CORPUS_INGEST', value: 'direct' }
         { name: 'CORPUS_TRANSFORM_QUEUE', value: transformQueueName }
         { name: 'CORPUS_TRANSFORM_JOBS_QUEUE', value: transformJobsQueueName }
         { name: 'CORPUS_TRAINSET_QUEUE', value: trainsetQueueName }

@@ -89,7 +89,7 @@ def _stage_and_validate(rt: Runtime, name: str, data: bytes) -> CopyRequest:
     staging = rt.clients.container("staging")
     staging.upload_blob(name, data)
     etag = staging.get_blob_client(name).get_blob_properties().etag
-    assert ingest.on_staged_blob(rt, ingest.StagedBlob(name, data, etag, {})) == "queued"
+    assert ingest.on_staged_blob(rt, ingest.StagedBlob(name, data, etag, {}), "queued") == "queued"
     body = rt.clients.queue_client("copy-requests").receive_message().content
     return CopyRequest.parse(body)
 

@@ -558,6 +558,21 @@ def test_p5_the_worker_runs_as_many_threads_as_the_host_dispatches():
     assert got["MALLOC_ARENA_MAX"] == "2"
 
 
+def test_direct_ingest_copies_in_the_blob_trigger_within_the_worker_s_threads():
+    """Issue 26: with CORPUS_INGEST=direct (deployed as the code's default) the blob trigger copies,
+    so its per-instance dispatch (extensions.blobs.maxDegreeOfParallelism, the Storage extension's
+    SharedBlobQueueListenerFactory.BlobsOptionsToQueuesOptions) is the copy throttle: set
+    explicitly, and no larger than the worker's thread pool (else invocations wait for a thread)."""
+    from corpus.store.hostconfig import load_blob_config
+
+    got = app_settings()
+    assert resolve(got["CORPUS_INGEST"]) == s.DEFAULTS[s.INGEST] == "direct"
+    host = json.loads((INFRA.parent / "host.json").read_text())
+    assert "maxDegreeOfParallelism" in host["extensions"]["blobs"]
+    blob = load_blob_config(INFRA.parent / "host.json").max_degree_of_parallelism
+    assert 1 < blob <= parse("main.bicep")["parameters"]["pythonThreadCount"]["default"]
+
+
 def test_storage_redundancy_is_a_parameter_grs_by_default():
     assert parse("main.bicep")["parameters"]["storageSku"]["default"] == "Standard_GRS"
     assert parse("modules/storage-account.bicep")["parameters"]["skuName"]["default"] == "Standard_GRS"

@@ -18,7 +18,7 @@ from corpus.domain import keys
 from corpus.domain.messages import CopyRequest
 from corpus.domain.paths import SetRef
 from corpus.store.catalog import Catalog
-from corpus.store.hostconfig import load_queue_config
+from corpus.store.hostconfig import load_blob_config, load_queue_config
 from corpus.store.rows import ValidationRow, as_int
 from corpus.store.storage import Clients
 from tests.support import host_command, jpeg, max_overlap, png, prepare_app_dir, run_cli, run_host, wait_for
@@ -126,19 +126,30 @@ def _drop(clients: Clients, domain: str, n: int) -> None:
         st.upload_blob(f"{domain}/v1/{['a', 'b/c', 'd'][i % 3]}/img{i}.jpg", jpeg(i))
 
 
-def test_every_event_and_message_delivered_twice_gives_the_same_result(env, clients, app_dir):
+@pytest.mark.parametrize("mode", ["direct", "queued"])
+def test_every_event_and_message_delivered_twice_gives_the_same_result(env, clients, app_dir, mode):
+    env = {**env, "CORPUS_INGEST": mode}
+    copier = "ingest_staged_blob" if mode == "direct" else "copy_to_original"
     _drop(clients, "once", 30)
     first = run_host(env, app_dir)
-    assert first["ok"]["copy_to_original"] == 30
+    assert first["ok"][copier] == 30
     _drop(clients, "twice", 30)
     second = run_host(env, app_dir, "--deliver-twice")
-    assert second["ok"]["ingest_staged_blob"] == 60 and second["ok"]["copy_to_original"] >= 60  # really twice
+    if mode == "queued":
+        assert second["ok"]["ingest_staged_blob"] == 60 and second["ok"]["copy_to_original"] >= 60  # really twice
+    else:
+        # The host reads the blob before each delivery: a second one after the first finished finds
+        # it gone and invokes nothing (Azure's BlobQueueTriggerExecutor too); the in-memory tests
+        # (test_ingest_copy_modes.py) deliver the same bytes twice and concurrently.
+        assert second["ok"]["ingest_staged_blob"] >= 30
+        assert "copy_to_original" not in second["ok"]
     once, twice = _snapshot(clients, "once"), _snapshot(clients, "twice")
     assert once["sets"] == twice["sets"]
     assert once["images"] == twice["images"]
     assert {k: v for k, v in once["originals"].items()} == twice["originals"]
     assert [r[3] for r in once["sets"]] == [10, 10, 10]
     assert list(staging(clients).list_blobs()) == []
+    assert not list(clients.table_client("Validations").list_entities())  # every record forgotten, or never written
 
 
 def test_same_copy_message_concurrently_counts_once(rt: Runtime, clients):
@@ -146,7 +157,7 @@ def test_same_copy_message_concurrently_counts_once(rt: Runtime, clients):
     staging(clients).upload_blob("race/v1/x/y.jpg", data)
     blob = staging(clients).get_blob_client("race/v1/x/y.jpg")
     etag = blob.get_blob_properties().etag
-    assert ingest.on_staged_blob(rt, ingest.StagedBlob("race/v1/x/y.jpg", data, etag, {})) == "queued"
+    assert ingest.on_staged_blob(rt, ingest.StagedBlob("race/v1/x/y.jpg", data, etag, {}), "queued") == "queued"
     body = clients.queue_client("copy-requests").receive_message().content
     req = CopyRequest.parse(body)
     results: list[str] = []
@@ -173,10 +184,55 @@ def test_same_copy_message_concurrently_counts_once(rt: Runtime, clients):
     assert rt.catalog.images.count(SetRef("race", ("x",), "v1")) == (1, len(data))
 
 
-def test_200_images_into_one_set_exact_count_and_throttle(env, clients, tmp_path):
+def test_same_blob_event_concurrently_in_direct_mode_counts_once(rt: Runtime, clients):
+    """CORPUS_INGEST=direct on Azurite: 8 deliveries of one blob event at once (the host can run a
+    redelivery while the first is still copying), then one more: one copy, one record, one count."""
+    data = jpeg(8)
+    staging(clients).upload_blob("race/v1/d/z.jpg", data)
+    etag = staging(clients).get_blob_client("race/v1/d/z.jpg").get_blob_properties().etag
+    event = ingest.StagedBlob("race/v1/d/z.jpg", data, etag, {}, "BlockBlob")
+    results: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def deliver() -> None:
+        start.wait()
+        try:
+            results.append(ingest.on_staged_blob(rt, event, "direct"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results.count("copied") == 1 and set(results) <= {"copied", "exists"}, results
+    assert ingest.on_staged_blob(rt, event, "direct") == "exists"
+    ref = SetRef("race", ("d",), "v1")
+    assert rt.catalog.images.count(ref) == (1, len(data))
+    row = rt.catalog.sets.get(ref)
+    assert row is not None and (row.image_count, row.total_bytes) == (1, len(data))
+    assert originals(clients, "race") == {"original/d/v1/z.jpg": md5(data)}
+    assert list(staging(clients).list_blobs()) == []
+    assert not list(clients.table_client("Validations").list_entities())
+
+
+@pytest.mark.parametrize("mode", ["direct", "queued"])
+def test_200_images_into_one_set_exact_count_and_throttle(env, clients, tmp_path, mode):
+    """Copies are bounded per instance by the function that runs them: the blob trigger's
+    ``maxDegreeOfParallelism`` (direct) or the copy queue's ``batchSize + newBatchThreshold``."""
     app = prepare_app_dir(tmp_path, {"batchSize": 8, "newBatchThreshold": 4})
-    cap = load_queue_config(app / "host.json").max_concurrency
-    assert cap == 12
+    host = json.loads((app / "host.json").read_text())
+    host["extensions"]["blobs"]["maxDegreeOfParallelism"] = 6
+    (app / "host.json").write_text(json.dumps(host))
+    cap = (
+        load_queue_config(app / "host.json").max_concurrency
+        if mode == "queued"
+        else load_blob_config(app / "host.json").max_degree_of_parallelism
+    )
+    assert cap == (12 if mode == "queued" else 6)
     st = staging(clients)
     sizes = 0
     for i in range(200):
@@ -184,11 +240,11 @@ def test_200_images_into_one_set_exact_count_and_throttle(env, clients, tmp_path
         sizes += len(data)
         st.upload_blob(f"flock/v2/sky/img{i:03d}.jpg", data)
     trace = tmp_path / "trace.jsonl"
-    run_host(env, app, "--trace", str(trace))
+    run_host({**env, "CORPUS_INGEST": mode}, app, "--trace", str(trace))
     entity = clients.table_client("ImageSets").get_entity("flock", keys.set_row_key(SetRef("flock", ("sky",), "v2")))
     assert (as_int(entity["ImageCount"]), as_int(entity["TotalBytes"])) == (200, sizes)
     assert len(originals(clients, "flock")) == 200
-    observed = max_overlap(trace, "copy_to_original")
+    observed = max_overlap(trace, "ingest_staged_blob" if mode == "direct" else "copy_to_original")
     assert 1 < observed <= cap, f"observed {observed} copies in flight, cap {cap}"
 
 

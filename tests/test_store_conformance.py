@@ -148,6 +148,18 @@ def test_put_if_match_replaces_only_the_version_named(store: BlobStore, box: str
     assert not store.exists(box, "none.json")
 
 
+def test_delete_many_if_unchanged_is_one_batch_of_conditional_deletes(store: BlobStore, box: str) -> None:
+    """Issue 26: the staged blobs' deletes in one Blob Batch request, each ``If-Match`` its ETag."""
+    names = ["a/1.jpg", "a/2 x#.jpg", "b/ü %.jpg", "c.jpg"]
+    etags = {n: store.put(box, n, n.encode()).etag for n in names}
+    newer = store.put(box, "c.jpg", b"newer")  # replaced since: kept
+    items = [(n, etags[n]) for n in names] + [("gone.jpg", '"0x8D000000000000"')]
+    assert store.delete_many_if_unchanged(box, items) == [True, True, True, False, False]
+    assert [b.name for b in store.list_page(box).items] == ["c.jpg"]
+    assert store.delete_many_if_unchanged(box, [("c.jpg", newer.etag), ("a/1.jpg", etags["a/1.jpg"])]) == [True, False]
+    assert store.delete_many_if_unchanged(box, []) == []
+
+
 def test_delete_if_unchanged(store: BlobStore, box: str) -> None:
     """Azure answers 404 for a blob already deleted, Azurite 412: both read as False."""
     old = store.put(box, "d", b"1")

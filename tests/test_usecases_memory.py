@@ -60,10 +60,11 @@ def drain(rt: Runtime) -> int:
     raise AssertionError("the queues never drained")
 
 
-def stage(rt: Runtime, name: str, data: bytes) -> ingest.StagedOutcome:
-    """Upload into staging and deliver the blob trigger's event, as the host would."""
+def stage(rt: Runtime, name: str, data: bytes, mode: str | None = None) -> ingest.StagedOutcome:
+    """Upload into staging and deliver the blob trigger's event, as the host would (``mode``:
+    ``CORPUS_INGEST``, default ``direct``)."""
     info = rt.blobs.put(rt.settings.staging_container, name, data)
-    return ingest.on_staged_blob(rt, ingest.StagedBlob(name, data, info.etag, {}, "BlockBlob"))
+    return ingest.on_staged_blob(rt, ingest.StagedBlob(name, data, info.etag, {}, "BlockBlob"), mode)
 
 
 def blobs_of(rt: Runtime) -> MemoryBlobStore:
@@ -71,12 +72,13 @@ def blobs_of(rt: Runtime) -> MemoryBlobStore:
     return rt.blobs
 
 
-def test_ingest_validates_copies_records_and_clears_staging(rt: Runtime) -> None:
+@pytest.mark.parametrize(("mode", "outcome", "messages"), [("direct", "copied", 0), ("queued", "queued", 1)])
+def test_ingest_validates_copies_records_and_clears_staging(rt: Runtime, mode: str, outcome: str, messages: int) -> None:
     data = jpeg(1)
-    assert stage(rt, "birds/v1/red/a.jpg", data) == ingest.StagedOutcome.QUEUED
-    assert stage(rt, "birds/v1/red/.DS_Store", b"junk") == ingest.StagedOutcome.JUNK
-    assert stage(rt, "birds/v1/red/b.jpg", b"not an image") == ingest.StagedOutcome.REJECTED
-    assert drain(rt) == 1
+    assert stage(rt, "birds/v1/red/a.jpg", data, mode) == outcome
+    assert stage(rt, "birds/v1/red/.DS_Store", b"junk", mode) == ingest.StagedOutcome.JUNK
+    assert stage(rt, "birds/v1/red/b.jpg", b"not an image", mode) == ingest.StagedOutcome.REJECTED
+    assert drain(rt) == messages
     ref = SetRef("birds", ("red",), "v1")
     row = rt.catalog.images.get(ref, "a.jpg")
     assert row is not None and row.md5 == hashlib.md5(data, usedforsecurity=False).hexdigest()
@@ -236,7 +238,7 @@ def test_reconcile_looks_up_validations_before_downloading_and_max_blobs_bounds_
     download; and at most ``max_blobs`` staged blobs are downloaded per run."""
     staging = rt.settings.staging_container
     for i in range(6):  # validated, their copies still queued (the copy backlog); listed first
-        stage(rt, f"birds/v1/a{i}.jpg", jpeg(i))
+        stage(rt, f"birds/v1/a{i}.jpg", jpeg(i), "queued")
     for i in range(5):  # events lost: never validated
         rt.blobs.put(staging, f"birds/v1/z{i}.jpg", jpeg(10 + i))
     reads = blobs_of(rt).requests["read"]

@@ -1,13 +1,22 @@
 """Ingest: a staged blob becomes an immutable original, recorded in its image set, exactly once.
 
-Two steps, each safe to run twice or concurrently on the same input:
+:func:`on_staged_blob` (the blob trigger) classifies the blob by name and content. Junk is removed
+and counted; anything else that can't be ingested is moved to the rejected container with its
+reason; a good image is then handed on, as ``CORPUS_INGEST`` says:
 
-1. :func:`on_staged_blob` (blob trigger): classify the blob by name and content. Junk is
-   removed and counted; anything else that can't be ingested is moved to the rejected container
-   with its reason; a good image gets its set created and a :class:`CopyRequest` queued.
-2. :func:`on_copy_request` (queue trigger, throttled by the queue's batch settings): server-side
-   copy into ``original/`` (never over an existing blob), verify length and MD5, record and count
-   the image, and only then delete the staged blob, conditionally on the ETag that was validated.
+* ``direct`` (default): the trigger runs the copy step itself with the verdict it holds in memory
+  (:func:`ingest_validated`): nothing is written between validation and copy, so no
+  ``Validations`` row, no copy request and no queue hop (issue 26).
+* ``queued``: the verdict is written as a ``Validations`` row and a :class:`CopyRequest` queued;
+  :func:`on_copy_request` (queue trigger, throttled by the queue's batch settings) reads the row
+  and runs the same copy step. The queue is consumed in both modes (a backlog queued before a
+  switch to ``direct`` still drains).
+
+The copy step: server-side copy into ``original/`` (never over an existing blob) of exactly the
+validated bytes (source ETag, MD5), record and count the image, and only then delete the staged
+blob, conditionally on the ETag that was validated. Every step is conditional or insert-only, so
+a delivery run twice, concurrently, or killed half-way and run again gives the same result
+whichever process runs it.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from corpus.app.dupes import index_original
 from corpus.app.progress import INGESTED
@@ -55,7 +64,10 @@ log = logging.getLogger("corpus.ingest")
 class StagedOutcome(StrEnum):
     """What the blob trigger did with one staged blob."""
 
-    QUEUED = "queued"
+    QUEUED = "queued"  # CORPUS_INGEST=queued: validated, copy request sent
+    COPIED = "copied"  # direct: copied, recorded and cleared by this delivery
+    EXISTS = "exists"  # direct: an earlier or concurrent delivery had copied it (recorded, cleared)
+    CONFLICT = "conflict"  # direct: original/ holds other bytes under this name: rejected with a reason
     JUNK = "junk"
     REJECTED = "rejected"
     GONE = "gone"
@@ -122,8 +134,12 @@ def blob_type(value: Any) -> str:
 # -- step 1: the blob trigger ---------------------------------------------------------------
 
 
-def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
-    """Classify one staged blob; return what was done (for logs and tests)."""
+def on_staged_blob(rt: Runtime, blob: StagedBlob, mode: str | None = None) -> StagedOutcome:
+    """Classify one staged blob and hand a good image on; return what was done (for logs and tests).
+
+    ``mode``: ``direct`` or ``queued`` (:data:`~corpus.store.settings.INGEST_MODES`); ``None``: the
+    setting ``CORPUS_INGEST``. Reconciliation passes ``queued`` (:data:`corpus.app.reconcile.REDRIVE_MODE`).
+    """
     s = rt.settings
     staging = s.staging_container
     etag, kind = blob.etag, blob.blob_type
@@ -167,21 +183,22 @@ def on_staged_blob(rt: Runtime, blob: StagedBlob) -> StagedOutcome:
         reject(rt, blob.name, etag, len(blob.data), str(exc), data=blob.data)
         return StagedOutcome.REJECTED
 
+    validated = ValidationRow(
+        name=blob.name,
+        etag=etag,
+        size=len(blob.data),
+        md5=hashlib.md5(blob.data, usedforsecurity=False).hexdigest(),
+        content_type=info.content_type,
+        width=info.width,
+        height=info.height,
+        format=info.format,
+        facts=info.facts,
+    )
+    if (mode or s.ingest) == "direct":
+        return StagedOutcome(ingest_validated(rt, staged, validated).value)
     rt.catalog.sets.ensure(staged.set, tags, blob_prefix=staged.set.original_prefix())
     # The verdict is recorded before the request is queued: the copy acts on this row only.
-    rt.catalog.validations.record(
-        ValidationRow(
-            name=blob.name,
-            etag=etag,
-            size=len(blob.data),
-            md5=hashlib.md5(blob.data, usedforsecurity=False).hexdigest(),
-            content_type=info.content_type,
-            width=info.width,
-            height=info.height,
-            format=info.format,
-            facts=info.facts,
-        )
-    )
+    rt.catalog.validations.record(validated)
     rt.send(s.copy_queue, CopyRequest(staged_name=blob.name, staged_etag=etag).to_json())
     return StagedOutcome.QUEUED
 
@@ -233,14 +250,15 @@ def reject(rt: Runtime, name: str, etag: str, size: int, reason: str, data: byte
     log.warning("rejected staged blob %s: %s", name, reason)
 
 
-# -- step 2: the copy queue -----------------------------------------------------------------
+# -- the copy step, and its queue (CORPUS_INGEST=queued, and any backlog) -------------------
 
 
 def on_copy_request(rt: Runtime, req: CopyRequest) -> CopyOutcome:
     """Copy, verify, record, count, then delete the staged blob. Returns what was done.
 
     Only what the blob trigger validated is acted on: size, MD5, content type and dimensions come
-    from its :class:`ValidationRow` for (staged name, ETag), never from the message.
+    from its :class:`ValidationRow` for (staged name, ETag), never from the message. The row is
+    deleted once the staged blob is gone (or kept in ``rejected``).
     """
     s = rt.settings
     try:
@@ -250,6 +268,28 @@ def on_copy_request(rt: Runtime, req: CopyRequest) -> CopyOutcome:
     validated = rt.catalog.validations.get(req.staged_name, req.staged_etag)
     if validated is None:
         return _unvalidated(rt, staged_name, req)
+    outcome = _copy_step(rt, staged_name, validated)
+    if outcome is not CopyOutcome.SUPERSEDED:
+        _forget(rt, validated)  # the staged blob is gone, or kept in rejected/
+    return outcome
+
+
+def ingest_validated(rt: Runtime, staged_name: StagedName, validated: ValidationRow) -> CopyOutcome:
+    """The copy step for a verdict held in memory (``CORPUS_INGEST=direct``): no ``Validations`` row.
+
+    Called by the blob trigger right after it validated the bytes at ``validated.etag``; the
+    verdict never leaves the process, so nothing else can forge or lose it. A redelivery (or a
+    concurrent delivery) validates again and takes the same conditional steps: the copy finds the
+    destination (``exists``), the insert-only record is not repeated, the delete on the ETag is a
+    no-op. A delivery killed half-way leaves the staged blob (deleted last), so the host's retry,
+    or failing that ``reconcile``, finishes the job.
+    """
+    return _copy_step(rt, staged_name, validated)
+
+
+def _copy_step(rt: Runtime, staged_name: StagedName, validated: ValidationRow) -> CopyOutcome:
+    """Copy, verify, record, count, then delete the staged blob; 'superseded' when the source moved on."""
+    s = rt.settings
     domain, dest = staged_name.set.domain, staged_name.original_blob
     rt.ensure_container(domain)
 
@@ -265,15 +305,14 @@ def on_copy_request(rt: Runtime, req: CopyRequest) -> CopyOutcome:
             f"conflict: {staged_name.set.domain}/{staged_name.original_blob} already exists with different "
             f"content (MD5 {md5}, {existing.size} bytes); versions are immutable, upload under a new version",
         )
-        _forget(rt, validated)
         return CopyOutcome.CONFLICT
     if outcome is CopyOutcome.SOURCE_GONE:
-        log.info("staged blob %s changed or vanished before copy; its newer upload has its own event", req.staged_name)
+        log.info("staged blob %s changed or vanished before copy; its newer upload has its own event", validated.name)
         return CopyOutcome.SUPERSEDED
 
     _record(rt, staged_name, validated)
-    _delete_if_unchanged(rt.blobs, s.staging_container, req.staged_name, validated.etag)
-    _forget(rt, validated)
+    # batched with the deletes of concurrent invocations (corpus/store/groupdelete.py)
+    _delete_if_unchanged(rt.deleter, s.staging_container, validated.name, validated.etag)
     return outcome
 
 
@@ -421,7 +460,11 @@ def _source_is(blobs: BlobStore, container: str, name: str, etag: str) -> bool:
         return False
 
 
-def _delete_if_unchanged(blobs: BlobStore, container: str, name: str, etag: str) -> None:
+class _Deletes(Protocol):
+    def delete_if_unchanged(self, container: str, name: str, etag: str) -> bool: ...
+
+
+def _delete_if_unchanged(blobs: _Deletes, container: str, name: str, etag: str) -> None:
     """Delete the staged blob only if it is still the upload we processed."""
     if not blobs.delete_if_unchanged(container, name, etag):
         # Replaced by a newer upload (kept: it has its own event), or already deleted by an

@@ -8,7 +8,8 @@ trigger (``reconcile_staging``) and by ``corpus reconcile``, closes that gap:
 * **Scan**: every staged blob older than the grace period (``CORPUS_RECONCILE_GRACE_SECONDS``)
   is still in staging only because its handling did not finish (ingest deletes or moves every
   blob it handles): it is re-driven through the same :func:`corpus.app.ingest.on_staged_blob`
-  the trigger calls. Cost: one List Blobs page per 5,000 staged blobs, O(staged), never O(corpus).
+  the trigger calls, its copy through the copy queue (:data:`REDRIVE_MODE`). Cost: one List
+  Blobs page per 5,000 staged blobs, O(staged), never O(corpus).
 * **Dead letters**: Event Grid's dead-lettered events (blobs of JSON event arrays in
   ``CORPUS_DEADLETTER_CONTAINER``) name staged blobs whose delivery failed; those still staged are
   re-driven at once, whatever their age, and the dead-letter blob is then deleted (If-Match).
@@ -57,6 +58,12 @@ lost: the scan leaves it alone (dead-lettered events are re-driven whatever thei
 REDRIVE_INTERVAL = timedelta(minutes=10)
 """A blob version is re-driven at most once per this interval (or per grace period, if longer), whatever
 the grace period: two reconcilers started together must not both re-drive it, even with ``--grace 0``."""
+REDRIVE_MODE = "queued"
+"""Re-driven uploads are handed to the copy queue whatever ``CORPUS_INGEST`` says: a pass then only
+validates (up to ``CORPUS_RECONCILE_MAX_BLOBS`` downloads, well within the timer's
+``functionTimeout``) while ``copy_to_original`` copies them in parallel; and ``corpus reconcile``,
+run by an admin, needs no write access to the domain containers (corpus/cli/access.py). Re-drives
+are rare, so the queue's extra requests per image do not matter here."""
 WHY_SCAN = "still staged after the grace period (event lost or handling unfinished)"
 
 
@@ -133,6 +140,8 @@ def _redrive(
         except BlobNotFound:
             return  # handled meanwhile
     else:
+        # Written by re-drives and by CORPUS_INGEST=queued; with direct ingest the trigger writes
+        # none, and this read finds none for a blob whose event was lost.
         validated = rt.catalog.validations.get(name, etag)
         if validated is not None and validated.at is not None and validated.at > now - VALIDATED_RECENTLY:
             # The trigger saw this version and queued its copy: it is in the copy backlog (or poisoned,
@@ -153,7 +162,7 @@ def _redrive(
         staged = ingest.StagedBlob(
             name=name, data=data, etag=props.etag, metadata=dict(props.metadata), blob_type=props.blob_type
         )
-        outcome = str(ingest.on_staged_blob(rt, staged))
+        outcome = str(ingest.on_staged_blob(rt, staged, REDRIVE_MODE))
         rt.catalog.redrives.finish(claim, outcome)
         report.redriven[name] = outcome
     except Exception as exc:  # noqa: BLE001 - one bad blob never stops the others; it is recorded

@@ -19,6 +19,7 @@ from corpus.domain.tags import load_extractor
 from corpus.store.azure_ports import AzureBlobStore, AzureOutbox, encode_message, put_from_url_supported
 from corpus.store.catalog import Catalog
 from corpus.store.groupcommit import ImageRecorder
+from corpus.store.groupdelete import BatchDeleter
 from corpus.store.hostconfig import QueueConfig, load_queue_config
 from corpus.store.memory import MemoryBlobStore, MemoryOutbox
 from corpus.store.memory_tables import MemoryTables
@@ -54,6 +55,7 @@ class Runtime:
     decode_budget: MemoryBudget
     blobs: BlobStore
     outbox: Outbox
+    deleter: BatchDeleter  # the staged blobs' conditional deletes, batched across invocations
     _containers: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,6 +85,7 @@ class Runtime:
             queues=queues,
             blobs=blobs,
             outbox=AzureOutbox(clients, queues.message_encoding),
+            deleter=BatchDeleter(blobs),
         )
 
     @classmethod
@@ -107,6 +110,7 @@ class Runtime:
             queues=queues,
             blobs=blobs,
             outbox=MemoryOutbox(queues.message_encoding),
+            deleter=BatchDeleter(blobs),
         )
 
     # -- the failure reporter's seam (corpus.app.failures.Reporter) ---------------------------

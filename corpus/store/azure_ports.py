@@ -50,6 +50,7 @@ from corpus.domain.errors import (
 )
 from corpus.store.ports import (
     LIST_PAGE,
+    MAX_BATCH_DELETES,
     MAX_MESSAGE_BYTES,
     Blob,
     BlobInfo,
@@ -399,6 +400,27 @@ class AzureBlobStore(BlobStore):
             if exc.status_code in (404, 412):
                 return False
             raise _storage_error(exc) from exc
+
+    def delete_many_if_unchanged(self, container: str, items: Sequence[tuple[str, str]]) -> list[bool]:
+        """One Blob Batch request per :data:`MAX_BATCH_DELETES`: each subrequest a Delete Blob with
+        ``If-Match``; 202 deleted, 404/412 changed or gone (False), anything else raised."""
+        client = self.clients.container(container)
+        out: list[bool] = []
+        for start in range(0, len(items), MAX_BATCH_DELETES):
+            chunk = items[start : start + MAX_BATCH_DELETES]
+            with _translated():
+                replies = list(
+                    client.delete_blobs(
+                        *({"name": n, "etag": e, "match_condition": MatchConditions.IfNotModified} for n, e in chunk),
+                        raise_on_any_failure=False,
+                    )
+                )
+            for (name, _), reply in zip(chunk, replies, strict=True):
+                if reply.status_code not in (202, 404, 412):
+                    why = f"batch delete of {container}/{name}: HTTP {reply.status_code} {reply.reason or ''}"
+                    raise StorageError(why.strip(), reply.status_code)
+                out.append(reply.status_code == 202)
+        return out
 
     def list_page(self, container: str, prefix: str = "", cursor: str | None = None, limit: int = LIST_PAGE) -> BlobPage:
         client = self.clients.container(container)

@@ -38,6 +38,7 @@ from corpus.domain.errors import (
 )
 from corpus.store.ports import (
     LIST_PAGE,
+    MAX_BATCH_DELETES,
     MAX_MESSAGE_BYTES,
     Blob,
     BlobInfo,
@@ -271,6 +272,22 @@ class MemoryBlobStore(BlobStore):
             del c.blobs[name]
             del c.names[bisect_left(c.names, name)]
             return True
+
+    def delete_many_if_unchanged(self, container: str, items: Sequence[tuple[str, str]]) -> list[bool]:
+        with self._lock:
+            self.requests["delete_batch"] += -(-len(items) // MAX_BATCH_DELETES)
+            c = self._c(container)
+            out = []
+            for name, etag in items:
+                check_blob_name(name)
+                blob = c.blobs.get(name)
+                if blob is None or blob.info.etag.strip('"') != etag.strip('"'):
+                    out.append(False)
+                    continue
+                del c.blobs[name]
+                del c.names[bisect_left(c.names, name)]
+                out.append(True)
+            return out
 
     def list_page(self, container: str, prefix: str = "", cursor: str | None = None, limit: int = LIST_PAGE) -> BlobPage:
         with self._lock:

@@ -37,6 +37,9 @@ MAX_MESSAGE_BYTES = 64 * 1024
 LIST_PAGE = 5000
 """Azure's largest blob listing page."""
 
+MAX_BATCH_DELETES = 256
+"""Subrequests of one Blob Batch request (*Blob Batch* REST reference: at most 256)."""
+
 
 def check_blob_name(name: str) -> None:
     """Azure refuses names above 1,024 characters (with a 400 whose code differs by service
@@ -230,6 +233,11 @@ class BlobStore(Protocol):
     def delete_if_unchanged(self, container: str, name: str, etag: str) -> bool:
         """Delete ``If-Match: etag``; False when the blob changed or is gone (Azurite answers 412
         rather than 404 for a deleted blob: both read as False)."""
+        ...
+
+    def delete_many_if_unchanged(self, container: str, items: Sequence[tuple[str, str]]) -> list[bool]:
+        """:meth:`delete_if_unchanged` of each (name, etag), in Blob Batch requests of at most
+        :data:`MAX_BATCH_DELETES` Delete Blob subrequests each (one request for the lot)."""
         ...
 
     def list_page(self, container: str, prefix: str = "", cursor: str | None = None, limit: int = LIST_PAGE) -> BlobPage:

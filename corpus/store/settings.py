@@ -103,6 +103,15 @@ COPY_MODES = ("auto", "put-from-url", "copy")
 """How ingest copies a validated upload into ``original/``: ``put-from-url`` (one synchronous Put Blob
 From URL, the service checking the MD5), ``copy`` (Copy Blob, then a read of its properties: Azurite
 3.35 has no Put Blob From URL), or ``auto``: ``copy`` on the storage emulator, else ``put-from-url``."""
+INGEST = "CORPUS_INGEST"
+INGEST_MODES = ("direct", "queued")
+"""How the blob trigger hands a validated upload on: ``direct`` (default: it copies, records and
+clears the upload itself, in the same invocation; copies are then bounded by the blob trigger's
+concurrency, host.json ``extensions.blobs.maxDegreeOfParallelism`` per instance) or ``queued``
+(it records a ``Validations`` row and queues a copy request for ``copy_to_original``, whose queue
+settings throttle copies separately from validation: 4 to 5 more storage requests per image). The
+copy function consumes the queue in both modes, so a backlog queued before a switch still drains
+(docs/deploy.md, "Ingest: direct or queued")."""
 CATALOG_CONTAINER = "CORPUS_CATALOG_CONTAINER"
 CATALOG_SCHEDULE = "CORPUS_CATALOG_SCHEDULE"
 
@@ -128,6 +137,7 @@ DEFAULTS: dict[str, str] = {
     TRAINSET_BLOCK_IMAGES: "10000",
     TRAINSET_BUDGET_SECONDS: "240",
     COPY_MODE: "auto",
+    INGEST: "direct",
     CATALOG_CONTAINER: "catalog",
     CATALOG_SCHEDULE: "0 */15 * * * *",
 }
@@ -215,6 +225,8 @@ class Settings:
     """A build message stops after this long (at a block boundary) and continues in a new message."""
     copy_mode: str = "auto"
     """:data:`COPY_MODES`; see :data:`COPY_MODE`."""
+    ingest: str = "direct"
+    """:data:`INGEST_MODES`; see :data:`INGEST`."""
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -248,6 +260,8 @@ class Settings:
             raise ConfigError(f"{TRANSFORM_PAGE_SIZE} must be between 1 and 5000, got {page_size}")
         if v[COPY_MODE] not in COPY_MODES:
             raise ConfigError(f"{COPY_MODE} must be one of {', '.join(COPY_MODES)}, got {v[COPY_MODE]!r}")
+        if v[INGEST] not in INGEST_MODES:
+            raise ConfigError(f"{INGEST} must be one of {', '.join(INGEST_MODES)}, got {v[INGEST]!r}")
         if block_images < 1 or budget < 0:
             raise ConfigError(f"{TRAINSET_BLOCK_IMAGES} must be positive and {TRAINSET_BUDGET_SECONDS} not negative")
         return cls(
@@ -272,6 +286,7 @@ class Settings:
             trainset_block_images=block_images,
             trainset_budget_seconds=budget,
             copy_mode=v[COPY_MODE],
+            ingest=v[INGEST],
             values={**env, **v},
         )
 
