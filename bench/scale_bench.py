@@ -118,6 +118,7 @@ class Phase:
     hot_partition: str = ""
     hot_entities: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
+    load1: float = 0.0  # the host's 1-minute load average at the phase's end (a shared box)
 
     @property
     def account_requests(self) -> int:
@@ -168,6 +169,7 @@ class Meter:
         yield p
         p.cpu_s = time.process_time() - cpu
         p.wall_s = time.perf_counter() - wall
+        p.load1 = os.getloadavg()[0]
         p.peak_above_start_mb = rss_kib("VmHWM") / 1024 - p.rss_start_mb
         gc.collect()
         p.retained_mb = rss_kib("VmRSS") / 1024 - p.rss_start_mb
@@ -179,7 +181,12 @@ class Meter:
         if ents:
             p.hot_partition, p.hot_entities = ents.most_common(1)[0]
         self.phases.append(p)
-        print(f"  {name}: {p.units:,} {unit}, cpu {p.cpu_s:.1f} s, peak +{p.peak_above_start_mb:.0f} MB", file=sys.stderr)
+        print(
+            f"  {name}: {p.units:,} {unit}, cpu {p.cpu_s:.1f} s, wall {p.wall_s:.0f} s, "
+            f"rss {p.rss_start_mb:.0f} MB + peak {p.peak_above_start_mb:.0f} MB, load {p.load1:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 # -- the host's part: run queued messages through their use cases ----------------------------

@@ -16,10 +16,11 @@ surface, with the service's semantics the stores depend on, raising the SDK's ow
 * Int64: ``EntityProperty(…, INT64)`` round-trips as such; a plain ``int`` outside Int32 is a
   ``TypeError`` as in the SDK's serializer. Keys above 1 KiB or with ``/ \\ # ?`` are refused.
 
-Entities live in one dict plus sorted keys (``bisect``; partition keys, and each partition's row
-keys): a query whose filter pins the partition (and a RowKey range) starts at its first key and
-stops after its last, so the cost is O(log n + result), not O(table), and an insert moves one
-partition's keys, not the table's. Requests are counted per partition in :attr:`MemoryTable.requests`.
+Entities live in one dict plus sorted keys (:class:`corpus.store.sorted_keys.SortedKeys`, chunked;
+partition keys, and each partition's row keys): a query whose filter pins the partition (and a
+RowKey range) starts at its first key and stops after its last, so the cost is O(log n + result),
+not O(table), and an insert moves one chunk of one partition's keys, not the table's.
+Requests are counted per partition in :attr:`MemoryTable.requests`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -36,6 +36,8 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty, TableEntity, TableTransactionError, UpdateMode
+
+from corpus.store.sorted_keys import SortedKeys
 
 MAX_PAGE = 1000
 MAX_BATCH = 100
@@ -265,11 +267,11 @@ class MemoryTable:
         self.table_name = name
         self.clock = clock
         self._rows: dict[Key, tuple[dict[str, Any], str, datetime]] = {}
-        # Keys in order, two levels deep so that an insert moves at most one partition's row keys
-        # (one sorted list of 1M keys costs a 4 MB memmove per insert): sorted partition keys,
-        # and per partition its sorted row keys.
-        self._pks: list[str] = []
-        self._rks: dict[str, list[str]] = {}
+        # Keys in order, two levels deep (sorted partition keys, and per partition its sorted row
+        # keys), each a chunked SortedKeys so that an insert moves one chunk, not the tail of a
+        # list of every key (one sorted list of 1M keys costs a 4 MB memmove per insert).
+        self._pks = SortedKeys()
+        self._rks: dict[str, SortedKeys] = {}
         self._lock = threading.RLock()
         self._n = itertools.count(1)
         self.requests: Counter[str] = Counter()  # entity operations by partition key
@@ -340,30 +342,24 @@ class MemoryTable:
                 if key in self._rows:
                     del self._rows[key]
                     rks = self._rks[pk]
-                    del rks[bisect_left(rks, rk)]
+                    rks.remove(rk)
                     if not rks:
                         del self._rks[pk]
-                        del self._pks[bisect_left(self._pks, pk)]
+                        self._pks.remove(pk)
             else:
                 if key not in self._rows:
                     part = self._rks.get(pk)
                     if part is None:
-                        part = self._rks[pk] = []
-                        insort(self._pks, pk)
-                    insort(part, rk)
+                        part = self._rks[pk] = SortedKeys()
+                        self._pks.add(pk)
+                    part.add(rk)
                 self._rows[key] = value
 
     def _keys_from(self, lo: Key) -> Iterator[Key]:
         """Every key at or above ``lo``, in (PartitionKey, RowKey) order."""
-        p = bisect_left(self._pks, lo[0])
-        while p < len(self._pks):
-            pk = self._pks[p]
-            part = self._rks[pk]
-            r = bisect_left(part, lo[1]) if pk == lo[0] else 0
-            while r < len(part):
-                yield pk, part[r]
-                r += 1
-            p += 1
+        for pk in self._pks.iter_from(lo[0]):
+            for rk in self._rks[pk].iter_from(lo[1] if pk == lo[0] else ""):
+                yield pk, rk
 
     def _write(self, op: str, entity: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
         with self._lock:
