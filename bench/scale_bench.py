@@ -181,6 +181,8 @@ class Meter:
         if ents:
             p.hot_partition, p.hot_entities = ents.most_common(1)[0]
         self.phases.append(p)
+        if partial := os.environ.get("SCALE_BENCH_PARTIAL"):  # the phases so far, should a long run die
+            Path(partial).write_text(json.dumps([asdict(ph) for ph in self.phases], indent=1))
         print(
             f"  {name}: {p.units:,} {unit}, cpu {p.cpu_s:.1f} s, wall {p.wall_s:.0f} s, "
             f"rss {p.rss_start_mb:.0f} MB + peak {p.peak_above_start_mb:.0f} MB, load {p.load1:.1f}",
