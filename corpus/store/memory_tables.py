@@ -260,13 +260,31 @@ class _Paged:
             yield from page
 
 
+_Row = tuple[tuple[str, ...], tuple[Any, ...], int, datetime]
+"""A stored entity: property names (shared by every row of that shape), values, write number, time."""
+
+
+def _props(row: _Row) -> dict[str, Any]:
+    return dict(zip(row[0], row[1], strict=True))
+
+
+def _etag(row: _Row) -> str:
+    """The ETag of a write: its time and sequence number, as Azure's weak ``datetime'…'`` ETags."""
+    return f"W/\"datetime'{row[3].strftime('%Y-%m-%dT%H%%3A%M%%3A%S.%f')}{row[2]:07d}Z'\""
+
+
 class MemoryTable:
     """A ``TableClient`` in memory (the methods the table stores call); thread-safe."""
 
     def __init__(self, name: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.table_name = name
         self.clock = clock
-        self._rows: dict[Key, tuple[dict[str, Any], str, datetime]] = {}
+        # A row is compact (10M rows must fit in memory for the scale runs): its property names
+        # as one tuple shared by every row of that shape, its values as a tuple, the write's
+        # sequence number and time (the ETag is made from these two when asked for), see _Row.
+        self._rows: dict[Key, _Row] = {}
+        self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._pk_names: dict[str, str] = {}  # one string object per partition key, not one per row
         # Keys in order, two levels deep (sorted partition keys, and per partition its sorted row
         # keys), each a chunked SortedKeys so that an insert moves one chunk, not the tail of a
         # list of every key (one sorted list of 1M keys costs a 4 MB memmove per insert).
@@ -282,23 +300,24 @@ class MemoryTable:
     # -- helpers
 
     def _entity(self, key: Key, select: Any = None) -> TableEntity:
-        props, etag, stamp = self._rows[key]
-        out = TableEntity({"PartitionKey": key[0], "RowKey": key[1], **props})
+        row = self._rows[key]
+        out = TableEntity({"PartitionKey": key[0], "RowKey": key[1], **_props(row)})
         if select:
             out = TableEntity({k: v for k, v in out.items() if k in select})
-        out._metadata = {"etag": etag, "timestamp": stamp}
+        out._metadata = {"etag": _etag(row), "timestamp": row[3]}
         return out
 
     def _props(self, entity: Mapping[str, Any]) -> tuple[Key, dict[str, Any]]:
-        key = (_check_key("PartitionKey", entity.get("PartitionKey")), _check_key("RowKey", entity.get("RowKey")))
+        pk = _check_key("PartitionKey", entity.get("PartitionKey"))
+        key = (self._pk_names.setdefault(pk, pk), _check_key("RowKey", entity.get("RowKey")))
         props = {k: _stored_value(k, v) for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
         return key, props
 
     def _put(self, rows: dict[Key, Any], key: Key, props: dict[str, Any]) -> dict[str, Any]:
-        stamp = self.clock()
-        etag = f"W/\"datetime'{stamp.strftime('%Y-%m-%dT%H%%3A%M%%3A%S.%f')}{next(self._n):07d}Z'\""
-        rows[key] = (props, etag, stamp)
-        return {"etag": etag, "date": stamp}
+        names = tuple(props)
+        row: _Row = (self._shapes.setdefault(names, names), tuple(props.values()), next(self._n), self.clock())
+        rows[key] = row
+        return {"etag": _etag(row), "date": row[3]}
 
     def _apply(self, rows: dict[Key, Any], op: str, entity: Mapping[str, Any], kw: Mapping[str, Any]) -> dict[str, Any]:
         """One write against ``rows`` (the table, or a transaction's copy); raises the SDK's errors."""
@@ -321,12 +340,12 @@ class MemoryTable:
         elif op != "upsert":
             raise ValueError(f"unknown transaction operation {op!r}")
         if op in ("update", "upsert") and mode == UpdateMode.MERGE and key in rows:
-            props = {**rows[key][0], **props}
+            props = {**_props(rows[key]), **props}
         return self._put(rows, key, props)
 
     @staticmethod
     def _check_etag(rows: dict[Key, Any], key: Key, kw: Mapping[str, Any]) -> None:
-        if kw.get("match_condition") == MatchConditions.IfNotModified and kw.get("etag") != rows[key][1]:
+        if kw.get("match_condition") == MatchConditions.IfNotModified and kw.get("etag") != _etag(rows[key]):
             raise _error(
                 ResourceModifiedError,
                 412,
