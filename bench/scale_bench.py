@@ -320,7 +320,9 @@ def bookkeeping(rt: Runtime, m: Meter, n: int, sets: int, chosen: int) -> None:
                 p.units += len(rows)
 
 
-def run(n: int, transform_share: float, rows_only: bool = False, once: bool = False) -> dict[str, Any]:
+def run(
+    n: int, transform_share: float, rows_only: bool = False, once: bool = False, queries_only: bool = False
+) -> dict[str, Any]:
     rt = Runtime.in_memory()
     rt.ensure_resources()
     m = Meter(rt)
@@ -368,6 +370,9 @@ def run(n: int, transform_share: float, rows_only: bool = False, once: bool = Fa
         c = count(rt.catalog, "birds", ("c0",), op="thumbnail")
         p.units = c.sets
         p.notes = c.as_json()
+
+    if queries_only:  # the table-side query paths only: no build, lineage, pull or reconcile (10M rows)
+        return result(n, rows_only, decode, m)
 
     sources = [{"domain": "birds", "tags": [f"c{k}"], "version": "v1"} for k in range(CLASSES)]
     classes = {"classes": [f"c{k}" for k in range(CLASSES)]}  # labels: the class tags, not every set's own tag
@@ -420,10 +425,18 @@ def run(n: int, transform_share: float, rows_only: bool = False, once: bool = Fa
         p.units = report.scanned
         p.notes = {"downloaded": report.downloaded, "redriven": len(report.redriven), "skipped_recent": report.skipped_recent}
 
+    return result(n, rows_only, decode, m)
+
+
+def result(n: int, rows_only: bool, decode: dict[str, float], m: Meter) -> dict[str, Any]:
     return {
         "n": n,
         "rows_only": rows_only,
         "decode_once": decode,
+        # The process's peak: the highest phase peak (the high-water mark is reset per phase, so the
+        # kernel's own maxrss, e.g. /usr/bin/time's, is the last phase's only).
+        "peak_rss_mb": round(max((ph.rss_start_mb + ph.peak_above_start_mb for ph in m.phases), default=0.0)),
+        "rss_end_mb": round(rss_kib("VmRSS") / 1024),
         "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "phases": [asdict(ph) | {"account_requests": ph.account_requests} for ph in m.phases],
     }
@@ -524,6 +537,11 @@ def main() -> int:
         action="store_true",
         help="decode + facts once per distinct content (pure CPU, no requests; measured apart): for 1M real-code runs",
     )
+    ap.add_argument(
+        "--queries-only",
+        action="store_true",
+        help="rows only, then only the tag query and count --op (no build, lineage, pull, reconcile): for 10M rows",
+    )
     ap.add_argument("--render", type=Path, nargs="+", metavar="JSON", help="print the table of earlier --json runs")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--one-build", type=int, help=argparse.SUPPRESS)
@@ -540,7 +558,11 @@ def main() -> int:
         print(json.dumps(build_memory(args.one_build)))
         return 0
     if args.one:
-        print(json.dumps(run(args.one, args.transform_share, args.rows_only, args.decode_once)))
+        print(
+            json.dumps(
+                run(args.one, args.transform_share, args.rows_only or args.queries_only, args.decode_once, args.queries_only)
+            )
+        )
         return 0
     sizes = [int(x) for x in args.sizes.split(",") if x] + ([1_000_000] if args.million else [])
     results = []
@@ -549,6 +571,7 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--one", str(n), "--transform-share", str(args.transform_share)]
         cmd += ["--rows-only"] if args.rows_only else []
         cmd += ["--decode-once"] if args.decode_once else []
+        cmd += ["--queries-only"] if args.queries_only else []
         proc = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONHASHSEED": "0"})
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores", file=sys.stderr)
