@@ -494,18 +494,20 @@ def build_memory(n: int) -> dict[str, Any]:
 def table(results: list[dict[str, Any]]) -> str:
     out = [
         "| path | N | units | requests/unit (blob+queue+table calls) | table entities/unit | hottest partition: entities | "
-        "CPU s | peak MB above start (of which kept by the store) | Azure time at targets | binds |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
+        "CPU s (µs/unit) | peak MB above start (of which kept by the store) | Azure time at targets | binds | load |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|",
     ]
     for r in results:
         for ph in r["phases"]:
             p = Phase(**{k: v for k, v in ph.items() if k != "account_requests"})
             units = max(1, p.units)
             secs, limit = p.projection()
+            load = f"{p.load1:.0f}" if p.load1 else "n/a"
             out.append(
                 f"| {p.name} | {r['n']:,} | {p.units:,} {p.unit} | {p.account_requests / units:.2f} | "
-                f"{p.table_entities / units:.2f} | `{p.hot_partition}`: {p.hot_entities:,} | {p.cpu_s:.1f} | "
-                f"{p.peak_above_start_mb:.0f} ({max(0.0, p.retained_mb):.0f}) | {fmt_time(secs)} | {limit} |"
+                f"{p.table_entities / units:.2f} | `{p.hot_partition}`: {p.hot_entities:,} | "
+                f"{p.cpu_s:.1f} ({p.cpu_s * 1e6 / units:,.0f}) | "
+                f"{p.peak_above_start_mb:.0f} ({max(0.0, p.retained_mb):.0f}) | {fmt_time(secs)} | {limit} | {load} |"
             )
     return "\n".join(out)
 
