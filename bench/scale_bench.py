@@ -53,6 +53,15 @@ from corpus.pull.names import NameIndex  # noqa: E402
 from corpus.store.memory import MemoryBlobStore, MemoryOutbox  # noqa: E402
 from corpus.store.memory_tables import MemoryTables  # noqa: E402
 
+def _commit() -> str:
+    """The tree this process loaded (read at start: commits made during a long run are not its code)."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "corpus", "bench"], capture_output=True, text=True).stdout.strip()
+    return head + ("-dirty" if dirty else "")
+
+
+COMMIT = _commit()
 PARTITION_ENTITIES_S = 2_000
 ACCOUNT_TABLE_ENTITIES_S = 20_000
 ACCOUNT_REQUESTS_S = 20_000
@@ -453,7 +462,7 @@ def result(n: int, rows_only: bool, decode: dict[str, float], m: Meter) -> dict[
         # kernel's own maxrss, e.g. /usr/bin/time's, is the last phase's only).
         "peak_rss_mb": round(max((ph.rss_start_mb + ph.peak_above_start_mb for ph in m.phases), default=0.0)),
         "rss_end_mb": round(rss_kib("VmRSS") / 1024),
-        "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": COMMIT,
         "phases": [asdict(ph) | {"account_requests": ph.account_requests} for ph in m.phases],
     }
 
