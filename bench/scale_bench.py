@@ -53,6 +53,7 @@ from corpus.pull.names import NameIndex  # noqa: E402
 from corpus.store.memory import MemoryBlobStore, MemoryOutbox  # noqa: E402
 from corpus.store.memory_tables import MemoryTables  # noqa: E402
 
+
 def _commit() -> str:
     """The tree this process loaded (read at start: commits made during a long run are not its code)."""
     git = ["git", "-C", str(ROOT)]
