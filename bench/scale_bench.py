@@ -18,7 +18,8 @@ Usage (the default run is small; 1M is an explicit flag)::
 
     python bench/scale_bench.py                      # 10,000 images
     python bench/scale_bench.py --sizes 10000,100000
-    python bench/scale_bench.py --million            # adds 1,000,000 (about 6 GB of RAM, ~1 h CPU)
+    python bench/scale_bench.py --sizes 1000000 --decode-once   # real code at 1M: ~6 GB, ~18 min CPU
+    python bench/scale_bench.py --sizes 10000000 --queries-only # the query paths at 10M rows: ~11 GB
     python bench/scale_bench.py --json out.json      # the raw figures as well
 """
 
