@@ -18,7 +18,8 @@ Usage (the default run is small; 1M is an explicit flag)::
 
     python bench/scale_bench.py                      # 10,000 images
     python bench/scale_bench.py --sizes 10000,100000
-    python bench/scale_bench.py --million            # adds 1,000,000 (about 6 GB of RAM, ~1 h CPU)
+    python bench/scale_bench.py --sizes 1000000 --decode-once   # real code at 1M: ~6 GB, ~18 min CPU
+    python bench/scale_bench.py --sizes 10000000 --queries-only # the query paths at 10M rows: ~11 GB
     python bench/scale_bench.py --json out.json      # the raw figures as well
 """
 
@@ -53,6 +54,16 @@ from corpus.pull.names import NameIndex  # noqa: E402
 from corpus.store.memory import MemoryBlobStore, MemoryOutbox  # noqa: E402
 from corpus.store.memory_tables import MemoryTables  # noqa: E402
 
+
+def _commit() -> str:
+    """The tree this process loaded (read at start: commits made during a long run are not its code)."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "corpus", "bench"], capture_output=True, text=True).stdout.strip()
+    return head + ("-dirty" if dirty else "")
+
+
+COMMIT = _commit()
 PARTITION_ENTITIES_S = 2_000
 ACCOUNT_TABLE_ENTITIES_S = 20_000
 ACCOUNT_REQUESTS_S = 20_000
@@ -118,6 +129,7 @@ class Phase:
     hot_partition: str = ""
     hot_entities: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
+    load1: float = 0.0  # the host's 1-minute load average at the phase's end (a shared box)
 
     @property
     def account_requests(self) -> int:
@@ -168,6 +180,7 @@ class Meter:
         yield p
         p.cpu_s = time.process_time() - cpu
         p.wall_s = time.perf_counter() - wall
+        p.load1 = os.getloadavg()[0]
         p.peak_above_start_mb = rss_kib("VmHWM") / 1024 - p.rss_start_mb
         gc.collect()
         p.retained_mb = rss_kib("VmRSS") / 1024 - p.rss_start_mb
@@ -179,7 +192,65 @@ class Meter:
         if ents:
             p.hot_partition, p.hot_entities = ents.most_common(1)[0]
         self.phases.append(p)
-        print(f"  {name}: {p.units:,} {unit}, cpu {p.cpu_s:.1f} s, peak +{p.peak_above_start_mb:.0f} MB", file=sys.stderr)
+        if partial := os.environ.get("SCALE_BENCH_PARTIAL"):  # the phases so far, should a long run die
+            Path(partial).write_text(json.dumps([asdict(ph) for ph in self.phases], indent=1))
+        print(
+            f"  {name}: {p.units:,} {unit}, cpu {p.cpu_s:.1f} s, wall {p.wall_s:.0f} s, "
+            f"rss {p.rss_start_mb:.0f} MB + peak {p.peak_above_start_mb:.0f} MB, load {p.load1:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+# -- decoding once per distinct content (--decode-once) -----------------------------------
+
+
+def decode_once(data: bytes, samples: int = 200) -> dict[str, float]:
+    """Compute image decode + facts once per distinct content, for runs whose images are all the
+    same bytes (this bench's one JPEG), and return their measured CPU per call.
+
+    ``inspect`` (the blob trigger's decode, hashes and quality metrics) and the transforms'
+    ``facts_of`` are pure functions of the bytes: no storage request, so every count stays the real
+    code's. What changes is the CPU column of the blob trigger and transform phases, which then
+    leaves out ``inspect_ms`` per image and ``facts_ms`` per transformed image; both are measured
+    here, on this box, unmemoised, and recorded in the run's JSON.
+    """
+    import io
+
+    from PIL import Image
+
+    from corpus.domain import images, transforms
+
+    t = time.process_time()
+    for _ in range(samples):
+        images.inspect(data)
+    inspect_ms = (time.process_time() - t) * 1000 / samples
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    t = time.process_time()
+    for _ in range(samples):
+        transforms.facts_of(img, data)
+    facts_ms = (time.process_time() - t) * 1000 / samples
+
+    inspected: dict[tuple[bytes, int, bool], images.ImageInfo] = {}
+    real_inspect, real_facts = ingest.inspect, transforms.facts_of
+
+    def inspect_once(data: bytes, max_pixels: int = images.DEFAULT_MAX_PIXELS, admit: Any = None, facts: bool = True) -> Any:
+        key = (data, max_pixels, facts)
+        if key not in inspected:
+            inspected[key] = real_inspect(data, max_pixels, admit=admit, facts=facts)
+        return inspected[key]
+
+    faceted: dict[bytes, Any] = {}
+
+    def facts_once(img: Any, data: bytes, stored_size: tuple[int, int] | None = None) -> Any:
+        if data not in faceted:
+            faceted[data] = real_facts(img, data, stored_size)
+        return faceted[data]
+
+    ingest.inspect = inspect_once  # type: ignore[assignment]
+    transforms.facts_of = facts_once  # type: ignore[assignment]
+    return {"inspect_ms": round(inspect_ms, 3), "facts_ms": round(facts_ms, 3), "samples": samples}
 
 
 # -- the host's part: run queued messages through their use cases ----------------------------
@@ -214,19 +285,26 @@ handlers = queue_handlers
 # -- one size -------------------------------------------------------------------------------
 
 
-def bookkeeping(rt: Runtime, m: Meter, n: int, sets: int, chosen: int) -> None:
+def bookkeeping(rt: Runtime, m: Meter, n: int, sets: int, chosen: int, fill: bool = False) -> None:
     """``--rows-only``: the table side of ingest and of the transform jobs, through the same
     catalog verbs the use cases call (sets.ensure, record_images with its source markers,
     refresh_counts), in batches of 16 (what group commit forms under the host's 16 concurrent
-    invocations); no blobs, no validation, no rendering."""
+    invocations); no blobs, no validation, no rendering.
+
+    ``fill`` (``--queries-only``, for 10M rows on a shared box): the same verbs in batches of 96
+    with one count refresh per set, a cheaper way to the same rows and counts; its phases are
+    named "fill" and are not ingest figures."""
     from corpus.domain.paths import SetRef
     from corpus.domain.tags import tags_for
     from corpus.domain.transforms import canonical_json
     from corpus.store.rows import ImageRow
 
     refs = [SetRef("birds", tuple(set_path(j).split("/")), "v1") for j in range(sets)]
-    batch = WORKERS
-    with m.phase("ingest bookkeeping (rows only: sets, records + counters, count refresh; batches of 16)", "images") as p:
+    batch = 96 if fill else WORKERS
+    ingest_name = "ingest bookkeeping (rows only: sets, records + counters, count refresh; batches of 16)"
+    if fill:
+        ingest_name = "fill: originals (rows only: records + counters in batches of 96, one count refresh per set)"
+    with m.phase(ingest_name, "images") as p:
         for j, ref in enumerate(refs):
             rt.catalog.sets.ensure(ref, tags_for(ref.dirs, rt.settings.tag_extractor), blob_prefix=ref.original_prefix())
             files = [f"{i:07d}.jpg" for i in range(j, n, sets)]
@@ -238,10 +316,16 @@ def bookkeeping(rt: Runtime, m: Meter, n: int, sets: int, chosen: int) -> None:
                     for f in files[k : k + batch]
                 ]
                 rt.catalog.record_images(ref, rows)
-                rt.catalog.refresh_counts(ref)
+                if not fill:
+                    rt.catalog.refresh_counts(ref)
                 p.units += len(rows)
+            if fill:
+                rt.catalog.refresh_counts(ref)
     transform = ("thumbnail", "1")
-    with m.phase(f"transform bookkeeping (rows only, {chosen}/{CLASSES} of the sets; batches of 16)", "transformed images") as p:
+    transform_name = f"transform bookkeeping (rows only, {chosen}/{CLASSES} of the sets; batches of 16)"
+    if fill:
+        transform_name = f"fill: transformed (rows only, {chosen}/{CLASSES} of the sets; batches of 96)"
+    with m.phase(transform_name, "transformed images") as p:
         keys = rt.catalog.transforms.register(*transform, canonical_json("thumbnail", {"size": 16}))
         for j, ref in enumerate(refs):
             if j % CLASSES >= chosen:
@@ -256,11 +340,16 @@ def bookkeeping(rt: Runtime, m: Meter, n: int, sets: int, chosen: int) -> None:
                     for o in originals[k : k + batch]
                 ]
                 rt.catalog.record_images(ref, rows, transform)
-                rt.catalog.refresh_counts(ref, transform)
+                if not fill:
+                    rt.catalog.refresh_counts(ref, transform)
                 p.units += len(rows)
+            if fill:
+                rt.catalog.refresh_counts(ref, transform)
 
 
-def run(n: int, transform_share: float, rows_only: bool = False) -> dict[str, Any]:
+def run(
+    n: int, transform_share: float, rows_only: bool = False, once: bool = False, queries_only: bool = False
+) -> dict[str, Any]:
     from corpus.store.settings import Settings
 
     # its phases time the blob trigger and the copy queue apart: the queued path (issue 26)
@@ -268,6 +357,7 @@ def run(n: int, transform_share: float, rows_only: bool = False) -> dict[str, An
     rt.ensure_resources()
     m = Meter(rt)
     data = jpeg()
+    decode = decode_once(data) if once else {}
     s = rt.settings
     sets = max(CLASSES, n // SET_SIZE)
     names = (f"birds/v1/{set_path(i % sets)}/{i:07d}.jpg" for i in range(n))
@@ -275,7 +365,7 @@ def run(n: int, transform_share: float, rows_only: bool = False) -> dict[str, An
     chosen = max(1, round(CLASSES * transform_share))
     tags = [f"c{k}" for k in range(chosen)]
     if rows_only:
-        bookkeeping(rt, m, n, sets, chosen)
+        bookkeeping(rt, m, n, sets, chosen, fill=queries_only)
     else:
         with m.phase("ingest: blob trigger (validate, queue the copy)", "images") as p:
             for name in names:
@@ -310,6 +400,9 @@ def run(n: int, transform_share: float, rows_only: bool = False) -> dict[str, An
         c = count(rt.catalog, "birds", ("c0",), op="thumbnail")
         p.units = c.sets
         p.notes = c.as_json()
+
+    if queries_only:  # the table-side query paths only: no build, lineage, pull or reconcile (10M rows)
+        return result(n, rows_only, decode, m)
 
     sources = [{"domain": "birds", "tags": [f"c{k}"], "version": "v1"} for k in range(CLASSES)]
     classes = {"classes": [f"c{k}" for k in range(CLASSES)]}  # labels: the class tags, not every set's own tag
@@ -362,7 +455,21 @@ def run(n: int, transform_share: float, rows_only: bool = False) -> dict[str, An
         p.units = report.scanned
         p.notes = {"downloaded": report.downloaded, "redriven": len(report.redriven), "skipped_recent": report.skipped_recent}
 
-    return {"n": n, "rows_only": rows_only, "phases": [asdict(ph) | {"account_requests": ph.account_requests} for ph in m.phases]}
+    return result(n, rows_only, decode, m)
+
+
+def result(n: int, rows_only: bool, decode: dict[str, float], m: Meter) -> dict[str, Any]:
+    return {
+        "n": n,
+        "rows_only": rows_only,
+        "decode_once": decode,
+        # The process's peak: the highest phase peak (the high-water mark is reset per phase, so the
+        # kernel's own maxrss, e.g. /usr/bin/time's, is the last phase's only).
+        "peak_rss_mb": round(max((ph.rss_start_mb + ph.peak_above_start_mb for ph in m.phases), default=0.0)),
+        "rss_end_mb": round(rss_kib("VmRSS") / 1024),
+        "commit": COMMIT,
+        "phases": [asdict(ph) | {"account_requests": ph.account_requests} for ph in m.phases],
+    }
 
 
 def build_memory(n: int) -> dict[str, Any]:
@@ -417,18 +524,20 @@ def build_memory(n: int) -> dict[str, Any]:
 def table(results: list[dict[str, Any]]) -> str:
     out = [
         "| path | N | units | requests/unit (blob+queue+table calls) | table entities/unit | hottest partition: entities | "
-        "CPU s | peak MB above start (of which kept by the store) | Azure time at targets | binds |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
+        "CPU s (µs/unit) | peak MB above start (of which kept by the store) | Azure time at targets | binds | load |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|",
     ]
     for r in results:
         for ph in r["phases"]:
             p = Phase(**{k: v for k, v in ph.items() if k != "account_requests"})
             units = max(1, p.units)
             secs, limit = p.projection()
+            load = f"{p.load1:.0f}" if p.load1 else "n/a"
             out.append(
                 f"| {p.name} | {r['n']:,} | {p.units:,} {p.unit} | {p.account_requests / units:.2f} | "
-                f"{p.table_entities / units:.2f} | `{p.hot_partition}`: {p.hot_entities:,} | {p.cpu_s:.1f} | "
-                f"{p.peak_above_start_mb:.0f} ({max(0.0, p.retained_mb):.0f}) | {fmt_time(secs)} | {limit} |"
+                f"{p.table_entities / units:.2f} | `{p.hot_partition}`: {p.hot_entities:,} | "
+                f"{p.cpu_s:.1f} ({p.cpu_s * 1e6 / units:,.0f}) | "
+                f"{p.peak_above_start_mb:.0f} ({max(0.0, p.retained_mb):.0f}) | {fmt_time(secs)} | {limit} | {load} |"
             )
     return "\n".join(out)
 
@@ -455,6 +564,16 @@ def main() -> int:
     ap.add_argument(
         "--rows-only", action="store_true", help="ingest and transforms by their table writes only (for 1M on a shared box)"
     )
+    ap.add_argument(
+        "--decode-once",
+        action="store_true",
+        help="decode + facts once per distinct content (pure CPU, no requests; measured apart): for 1M real-code runs",
+    )
+    ap.add_argument(
+        "--queries-only",
+        action="store_true",
+        help="rows only, then only the tag query and count --op (no build, lineage, pull, reconcile): for 10M rows",
+    )
     ap.add_argument("--render", type=Path, nargs="+", metavar="JSON", help="print the table of earlier --json runs")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--one-build", type=int, help=argparse.SUPPRESS)
@@ -471,7 +590,11 @@ def main() -> int:
         print(json.dumps(build_memory(args.one_build)))
         return 0
     if args.one:
-        print(json.dumps(run(args.one, args.transform_share, args.rows_only)))
+        print(
+            json.dumps(
+                run(args.one, args.transform_share, args.rows_only or args.queries_only, args.decode_once, args.queries_only)
+            )
+        )
         return 0
     sizes = [int(x) for x in args.sizes.split(",") if x] + ([1_000_000] if args.million else [])
     results = []
@@ -479,6 +602,8 @@ def main() -> int:
         print(f"N = {n:,}", file=sys.stderr)
         cmd = [sys.executable, __file__, "--one", str(n), "--transform-share", str(args.transform_share)]
         cmd += ["--rows-only"] if args.rows_only else []
+        cmd += ["--decode-once"] if args.decode_once else []
+        cmd += ["--queries-only"] if args.queries_only else []
         proc = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONHASHSEED": "0"})
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores", file=sys.stderr)

@@ -7,9 +7,10 @@ ETags that change on every write, ``If-Match``/``If-None-Match`` conditions and 
 listings in name order in pages with a continuation cursor, 64 KiB messages, visibility timeouts
 and dequeue counts, 1,024-character names. Copies finish at once (as on Azurite).
 
-Built on sorted structures so it does not slow as it fills: per container a dict by name plus a
-sorted name list (``bisect``), so a listing page costs O(log n + page), a write O(log n) plus one
-memmove. Every request is counted in :attr:`MemoryBlobStore.requests` (by verb) so tests and
+Built on sorted structures so it does not slow as it fills: per container a dict by name plus the
+names in order (:class:`corpus.store.sorted_keys.SortedKeys`, chunked), so a listing page costs
+O(log n + page), a write or delete O(log n) plus a memmove of one chunk.
+Every request is counted in :attr:`MemoryBlobStore.requests` (by verb) so tests and
 benchmarks can assert how many reads a use case makes.
 """
 
@@ -20,7 +21,6 @@ import hashlib
 import itertools
 import threading
 import time
-from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -50,6 +50,7 @@ from corpus.store.ports import (
     Message,
     check_blob_name,
 )
+from corpus.store.sorted_keys import SortedKeys
 
 ACCOUNT_URL = "https://memory.blob.core.windows.net"
 
@@ -57,7 +58,7 @@ ACCOUNT_URL = "https://memory.blob.core.windows.net"
 @dataclass
 class _Container:
     blobs: dict[str, Blob] = field(default_factory=dict)
-    names: list[str] = field(default_factory=list)  # sorted
+    names: SortedKeys = field(default_factory=SortedKeys)
     staged: dict[str, dict[str, bytes]] = field(default_factory=dict)  # uncommitted blocks by blob
 
 
@@ -102,7 +103,7 @@ class MemoryBlobStore(BlobStore):
             last_modified=self.clock(),
         )
         if name not in c.blobs:
-            insort(c.names, name)
+            c.names.add(name)
         c.blobs[name] = Blob(info, bytes(data))
         c.staged.pop(name, None)
         return info
@@ -270,7 +271,7 @@ class MemoryBlobStore(BlobStore):
             if blob is None or blob.info.etag.strip('"') != etag.strip('"'):
                 return False
             del c.blobs[name]
-            del c.names[bisect_left(c.names, name)]
+            c.names.remove(name)
             return True
 
     def delete_many_if_unchanged(self, container: str, items: Sequence[tuple[str, str]]) -> list[bool]:
@@ -285,7 +286,7 @@ class MemoryBlobStore(BlobStore):
                     out.append(False)
                     continue
                 del c.blobs[name]
-                del c.names[bisect_left(c.names, name)]
+                c.names.remove(name)
                 out.append(True)
             return out
 
@@ -294,14 +295,15 @@ class MemoryBlobStore(BlobStore):
             self.requests["list"] += 1
             c = self._c(container)
             after = base64.urlsafe_b64decode(cursor.encode()).decode("utf-8") if cursor else prefix
-            start = bisect_left(c.names, after)
             names: list[str] = []
-            for name in itertools.islice(c.names, start, None):
-                if not name.startswith(prefix) or len(names) == limit:
+            token: str | None = None
+            for name in c.names.iter_from(after):
+                if not name.startswith(prefix):
+                    break
+                if len(names) == limit:
+                    token = base64.urlsafe_b64encode(name.encode()).decode()
                     break
                 names.append(name)
-            more = start + len(names) < len(c.names) and c.names[start + len(names)].startswith(prefix)
-            token = base64.urlsafe_b64encode(c.names[start + len(names)].encode()).decode() if more else None
             return BlobPage(tuple(c.blobs[n].info for n in names), token)
 
     # -- for tests ----------------------------------------------------------------------------

@@ -16,10 +16,11 @@ surface, with the service's semantics the stores depend on, raising the SDK's ow
 * Int64: ``EntityProperty(…, INT64)`` round-trips as such; a plain ``int`` outside Int32 is a
   ``TypeError`` as in the SDK's serializer. Keys above 1 KiB or with ``/ \\ # ?`` are refused.
 
-Entities live in one dict plus sorted keys (``bisect``; partition keys, and each partition's row
-keys): a query whose filter pins the partition (and a RowKey range) starts at its first key and
-stops after its last, so the cost is O(log n + result), not O(table), and an insert moves one
-partition's keys, not the table's. Requests are counted per partition in :attr:`MemoryTable.requests`.
+Entities live in one dict plus sorted keys (:class:`corpus.store.sorted_keys.SortedKeys`, chunked;
+partition keys, and each partition's row keys): a query whose filter pins the partition (and a
+RowKey range) starts at its first key and stops after its last, so the cost is O(log n + result),
+not O(table), and an insert moves one chunk of one partition's keys, not the table's.
+Requests are counted per partition in :attr:`MemoryTable.requests`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -36,6 +36,8 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty, TableEntity, TableTransactionError, UpdateMode
+
+from corpus.store.sorted_keys import SortedKeys
 
 MAX_PAGE = 1000
 MAX_BATCH = 100
@@ -258,18 +260,36 @@ class _Paged:
             yield from page
 
 
+_Row = tuple[tuple[str, ...], tuple[Any, ...], int, datetime]
+"""A stored entity: property names (shared by every row of that shape), values, write number, time."""
+
+
+def _props(row: _Row) -> dict[str, Any]:
+    return dict(zip(row[0], row[1], strict=True))
+
+
+def _etag(row: _Row) -> str:
+    """The ETag of a write: its time and sequence number, as Azure's weak ``datetime'…'`` ETags."""
+    return f"W/\"datetime'{row[3].strftime('%Y-%m-%dT%H%%3A%M%%3A%S.%f')}{row[2]:07d}Z'\""
+
+
 class MemoryTable:
     """A ``TableClient`` in memory (the methods the table stores call); thread-safe."""
 
     def __init__(self, name: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.table_name = name
         self.clock = clock
-        self._rows: dict[Key, tuple[dict[str, Any], str, datetime]] = {}
-        # Keys in order, two levels deep so that an insert moves at most one partition's row keys
-        # (one sorted list of 1M keys costs a 4 MB memmove per insert): sorted partition keys,
-        # and per partition its sorted row keys.
-        self._pks: list[str] = []
-        self._rks: dict[str, list[str]] = {}
+        # A row is compact (10M rows must fit in memory for the scale runs): its property names
+        # as one tuple shared by every row of that shape, its values as a tuple, the write's
+        # sequence number and time (the ETag is made from these two when asked for), see _Row.
+        self._rows: dict[Key, _Row] = {}
+        self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._pk_names: dict[str, str] = {}  # one string object per partition key, not one per row
+        # Keys in order, two levels deep (sorted partition keys, and per partition its sorted row
+        # keys), each a chunked SortedKeys so that an insert moves one chunk, not the tail of a
+        # list of every key (one sorted list of 1M keys costs a 4 MB memmove per insert).
+        self._pks = SortedKeys()
+        self._rks: dict[str, SortedKeys] = {}
         self._lock = threading.RLock()
         self._n = itertools.count(1)
         self.requests: Counter[str] = Counter()  # entity operations by partition key
@@ -280,23 +300,24 @@ class MemoryTable:
     # -- helpers
 
     def _entity(self, key: Key, select: Any = None) -> TableEntity:
-        props, etag, stamp = self._rows[key]
-        out = TableEntity({"PartitionKey": key[0], "RowKey": key[1], **props})
+        row = self._rows[key]
+        out = TableEntity({"PartitionKey": key[0], "RowKey": key[1], **_props(row)})
         if select:
             out = TableEntity({k: v for k, v in out.items() if k in select})
-        out._metadata = {"etag": etag, "timestamp": stamp}
+        out._metadata = {"etag": _etag(row), "timestamp": row[3]}
         return out
 
     def _props(self, entity: Mapping[str, Any]) -> tuple[Key, dict[str, Any]]:
-        key = (_check_key("PartitionKey", entity.get("PartitionKey")), _check_key("RowKey", entity.get("RowKey")))
+        pk = _check_key("PartitionKey", entity.get("PartitionKey"))
+        key = (self._pk_names.setdefault(pk, pk), _check_key("RowKey", entity.get("RowKey")))
         props = {k: _stored_value(k, v) for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
         return key, props
 
     def _put(self, rows: dict[Key, Any], key: Key, props: dict[str, Any]) -> dict[str, Any]:
-        stamp = self.clock()
-        etag = f"W/\"datetime'{stamp.strftime('%Y-%m-%dT%H%%3A%M%%3A%S.%f')}{next(self._n):07d}Z'\""
-        rows[key] = (props, etag, stamp)
-        return {"etag": etag, "date": stamp}
+        names = tuple(props)
+        row: _Row = (self._shapes.setdefault(names, names), tuple(props.values()), next(self._n), self.clock())
+        rows[key] = row
+        return {"etag": _etag(row), "date": row[3]}
 
     def _apply(self, rows: dict[Key, Any], op: str, entity: Mapping[str, Any], kw: Mapping[str, Any]) -> dict[str, Any]:
         """One write against ``rows`` (the table, or a transaction's copy); raises the SDK's errors."""
@@ -319,12 +340,12 @@ class MemoryTable:
         elif op != "upsert":
             raise ValueError(f"unknown transaction operation {op!r}")
         if op in ("update", "upsert") and mode == UpdateMode.MERGE and key in rows:
-            props = {**rows[key][0], **props}
+            props = {**_props(rows[key]), **props}
         return self._put(rows, key, props)
 
     @staticmethod
     def _check_etag(rows: dict[Key, Any], key: Key, kw: Mapping[str, Any]) -> None:
-        if kw.get("match_condition") == MatchConditions.IfNotModified and kw.get("etag") != rows[key][1]:
+        if kw.get("match_condition") == MatchConditions.IfNotModified and kw.get("etag") != _etag(rows[key]):
             raise _error(
                 ResourceModifiedError,
                 412,
@@ -340,30 +361,24 @@ class MemoryTable:
                 if key in self._rows:
                     del self._rows[key]
                     rks = self._rks[pk]
-                    del rks[bisect_left(rks, rk)]
+                    rks.remove(rk)
                     if not rks:
                         del self._rks[pk]
-                        del self._pks[bisect_left(self._pks, pk)]
+                        self._pks.remove(pk)
             else:
                 if key not in self._rows:
                     part = self._rks.get(pk)
                     if part is None:
-                        part = self._rks[pk] = []
-                        insort(self._pks, pk)
-                    insort(part, rk)
+                        part = self._rks[pk] = SortedKeys()
+                        self._pks.add(pk)
+                    part.add(rk)
                 self._rows[key] = value
 
     def _keys_from(self, lo: Key) -> Iterator[Key]:
         """Every key at or above ``lo``, in (PartitionKey, RowKey) order."""
-        p = bisect_left(self._pks, lo[0])
-        while p < len(self._pks):
-            pk = self._pks[p]
-            part = self._rks[pk]
-            r = bisect_left(part, lo[1]) if pk == lo[0] else 0
-            while r < len(part):
-                yield pk, part[r]
-                r += 1
-            p += 1
+        for pk in self._pks.iter_from(lo[0]):
+            for rk in self._rks[pk].iter_from(lo[1] if pk == lo[0] else ""):
+                yield pk, rk
 
     def _write(self, op: str, entity: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
         with self._lock:
