@@ -42,7 +42,7 @@ from corpus.domain import keys
 from corpus.domain.errors import BlobNotFound, NotFoundError
 from corpus.domain.limits import MAX_TABLE_BATCH
 from corpus.domain.manifest import ManifestEntry, hex_to_b64, iter_entries
-from corpus.store import egt
+from corpus.store import egt, tablequery
 from corpus.store.ports import BlobStore, iter_ranges
 from corpus.store.rows import Entity, ImageRow, ImageSetRow, as_int, int64, now, recorded_at
 from corpus.store.settings import TABLE_IMAGES, TABLE_LINEAGE, TABLE_MODELS, TABLE_TRAINSETS
@@ -398,8 +398,8 @@ def snapshot_images(images: TableClient, partition_key: str, after: str, at: dat
     snapshot is never seen, and one recorded before it is always seen, by this message or by any
     continuation or retry of the build, whatever rewrites ran in between.
     """
-    rows = images.query_entities(
-        "PartitionKey eq @pk and RowKey gt @after", parameters={"pk": partition_key, "after": after or FIRST_IMAGE_KEY}
+    rows = tablequery.query_entities(
+        images, "PartitionKey eq @pk and RowKey gt @after", parameters={"pk": partition_key, "after": after or FIRST_IMAGE_KEY}
     )
     for entity in rows:
         stamp = recorded_at(entity)
