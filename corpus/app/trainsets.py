@@ -353,7 +353,7 @@ def _put_block(store: TrainsetStore, blob: _ManifestBlob, index: int, lines: lis
     """Put one block (a complete gzip member) and index its images; both idempotent."""
     data = gzip_member("".join(lines).encode("utf-8"))
     blob.blobs.stage_block(blob.container, blob.name, block_id(index), data)
-    store.lineage.add_blob_uses(uses)
+    store.lineage.add_blob_uses(uses, index)
 
 
 def _advance(store: TrainsetStore, row: TrainsetRow, new: BuildState) -> tuple[TrainsetRow, BuildState]:
