@@ -28,6 +28,11 @@ from tests.support import Azurite
 _names = itertools.count()
 
 
+def memory_index(name: str) -> LineageTable:
+    table: Any = MemoryTable(name)  # the in-memory TableClient stand-in
+    return LineageTable(table)
+
+
 def legacy_rows(uses: list[BlobUse]) -> list[dict[str, Any]]:
     """Version-1 rows, one per image, exactly as builds before issue 26 wrote them."""
     return [
@@ -60,7 +65,7 @@ def a_set(container: str, folder: str, n: int, trainset: tuple[str, str]) -> lis
 
 
 def test_a_block_of_10000_images_in_sets_of_1000_is_a_few_hundred_rows_in_a_few_transactions() -> None:
-    index = LineageTable(MemoryTable("Lineage"))
+    index = memory_index("Lineage")
     uses = [u for k in range(10) for u in a_set("bench", f"original/s{k:03d}/v1", 1000, ("t", "1"))]
     sent = index.add_blob_uses(uses, 0)
     rows = list(index.table.list_entities())
@@ -70,7 +75,7 @@ def test_a_block_of_10000_images_in_sets_of_1000_is_a_few_hundred_rows_in_a_few_
     assert again == sent and len(list(index.table.list_entities())) == len(rows)
 
 
-names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/"), min_size=1, max_size=12)
+names = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="/"), min_size=1, max_size=12)
 
 
 @st.composite
@@ -94,7 +99,7 @@ def builds(draw: Any) -> list[tuple[int, list[BlobUse]]]:
 @settings(max_examples=150)
 @given(blocks=builds())
 def test_packed_and_one_row_per_image_give_the_same_answers(blocks: list[tuple[int, list[BlobUse]]]) -> None:
-    packed, legacy = LineageTable(MemoryTable("P")), LineageTable(MemoryTable("L"))
+    packed, legacy = memory_index("P"), memory_index("L")
     everything = [u for _, uses in blocks for u in uses]
     for block, uses in blocks:
         packed.add_blob_uses(uses, block)
@@ -107,7 +112,7 @@ def test_packed_and_one_row_per_image_give_the_same_answers(blocks: list[tuple[i
 
 
 def test_rows_written_by_older_builds_are_still_read_beside_packed_ones() -> None:
-    index = LineageTable(MemoryTable("Lineage"))
+    index = memory_index("Lineage")
     old = BlobUse("birds", "original/red/v1/r1.jpg", "transform/thumb/1/red/v1/r1.png", ("old", "1"))
     new = BlobUse("birds", "original/red/v1/r1.jpg", "original/red/v1/r1.jpg", ("new", "1"))
     for row in legacy_rows([old]):
@@ -118,7 +123,7 @@ def test_rows_written_by_older_builds_are_still_read_beside_packed_ones() -> Non
 
 
 def test_a_folder_of_long_names_splits_into_parts_under_the_property_limit() -> None:
-    index = LineageTable(MemoryTable("Lineage"))
+    index = memory_index("Lineage")
     folder = "original/" + "d" * 200 + "/v1"
     uses = [
         BlobUse("birds", f"{folder}/{'é' * 300}{i:04d}.jpg", f"{folder}/{'é' * 300}{i:04d}.jpg", ("t", "1")) for i in range(2000)
