@@ -163,20 +163,24 @@ def main() -> None:
 
             t0 = time.perf_counter()
             with ThreadPoolExecutor(args.threads) as pool:
-                list(pool.map(fill, range(n_sets)))
+                for done, _ in enumerate(pool.map(fill, range(n_sets)), 1):
+                    if done % max(1, n_sets // 20) == 0:  # progress: a long setup can be reported as far as it got
+                        print(f"setup: {done * PER_SET} images in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             setup = time.perf_counter() - t0
 
             t0 = time.perf_counter()
             listed = sum(1 for _ in container.list_blobs(name_starts_with="original/"))
             list_s = time.perf_counter() - t0
             assert listed == n_sets * PER_SET or args.no_blobs, listed
+            print(f"list blobs: {listed} in {list_s:.2f} s", file=sys.stderr, flush=True)
             if args.profile:
                 env["BENCH_PROFILE"] = "1"
 
             results = {}
             sizes = [(f"first{n}", f"first{n}", n // PER_SET * PER_SET) for n in smaller] + [("all", "all", n_sets * PER_SET)]
             codes = [("", REPO)] + ([("-compared", Path(args.compare).resolve())] if args.compare else [])
-            runs = [(name + suffix, tag, count, code) for name, tag, count in sizes for suffix, code in codes]
+            # this code's builds first, then the compared code's: a run cut short still has ours
+            runs = [(name + suffix, tag, count, code) for suffix, code in codes for name, tag, count in sizes]
             for name, tag, count, code in runs:
                 child_env = {**env, "PYTHONPATH": str(code)}
                 cmd = [sys.executable, str(code / "bench" / "trainset_bench.py"), "--child", name, tag]
@@ -188,6 +192,7 @@ def main() -> None:
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 r["images"] = count
                 r["images_per_s"] = count / r["seconds"]
+                print(f"build {name}: {count} images in {r['seconds']:.2f} s", file=sys.stderr, flush=True)
                 results[name] = r
             report = {
                 "images": n_sets * PER_SET,
