@@ -187,7 +187,13 @@ def main() -> None:
             codes = [("", REPO)] + ([("-compared", Path(args.compare).resolve())] if args.compare else [])
             # this code's builds first, then the compared code's: a run cut short still has ours
             runs = [(name + suffix, tag, count, code) for suffix, code in codes for name, tag, count in sizes]
+            lists = []
             for name, tag, count, code in runs:
+                # List Blobs again right before each build: on a shared box the load moves, and the
+                # ratio of a build is taken against the listing next to it (and the first one)
+                t0 = time.perf_counter()
+                relisted = sum(1 for _ in container.list_blobs(name_starts_with="original/"))
+                lists.append(time.perf_counter() - t0)
                 child_env = {**env, "PYTHONPATH": str(code)}
                 cmd = [sys.executable, str(code / "bench" / "trainset_bench.py"), "--child", name, tag]
                 out = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
@@ -198,6 +204,8 @@ def main() -> None:
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 r["images"] = count
                 r["images_per_s"] = count / r["seconds"]
+                r["list_before_s"] = lists[-1]
+                r["vs_list_before"] = r["images_per_s"] * lists[-1] / max(relisted, 1)
                 print(f"build {name}: {count} images in {r['seconds']:.2f} s", file=sys.stderr, flush=True)
                 results[name] = r
             report = {
@@ -212,6 +220,8 @@ def main() -> None:
                         "peak_growth_mb": round(v["growth_mb"], 1),
                         "peak_rss_mb": round(v["peak_mb"], 1),
                         "status": v["status"],
+                        "list_before_s": round(v["list_before_s"], 2),
+                        "build_vs_list_before": round(v["vs_list_before"], 2),
                     }
                     for k, v in results.items()
                 },

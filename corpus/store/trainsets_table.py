@@ -39,7 +39,7 @@ from datetime import datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError, ServiceResponseError
 from azure.data.tables import TableClient, UpdateMode
 
 from corpus.domain import keys
@@ -61,6 +61,7 @@ BLOB_BUCKETS = 64
 FILE_BUCKETS = 16
 """Groups of a folder's files in the packed index: a lookup reads 1/16 of a folder's uses per training set."""
 INDEX_THREADS = 8
+SEND_ATTEMPTS = 3
 LINEAGE_SCHEMA = 2
 """The packed blob → training set rows (:class:`LineageTable`); rows without ``Schema`` are version 1."""
 MAX_USES_CHARS = 30_000
@@ -425,7 +426,16 @@ class LineageTable:
         chunks = _transactions(packed_rows(uses, block))
 
         def send(chunk: list[Entity]) -> None:
-            egt.submit(self.table, [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+            for attempt in range(SEND_ATTEMPTS):
+                try:
+                    egt.submit(self.table, [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+                    return
+                except ServiceResponseError:
+                    # The pipeline retries no POST whose connection dropped (a pooled connection
+                    # the server closed while the build read a block: seen on Azurite at 100,000
+                    # rows). These rows are upserts of fixed content, so sending them again is safe.
+                    if attempt == SEND_ATTEMPTS - 1:
+                        raise
 
         # Transactions to different partitions are independent: overlap their round trips.
         with ThreadPoolExecutor(INDEX_THREADS) as pool:
