@@ -159,3 +159,25 @@ def test_on_azurite_big_parts_fit_the_service_limits_and_read_back(azurite_clien
     uses += [BlobUse("birds", f"{folder}/{i:05d}.jpg", f"transform/crop/1/x/v1/{i:05d}.png", ("t", "2")) for i in range(500)]
     index.add_blob_uses(uses, 0)
     assert answers(index, {(u.container, u.source) for u in uses[::7]}) == expected(uses[::7])
+
+
+def test_a_transaction_whose_connection_dropped_is_sent_again() -> None:
+    """The pipeline retries no POST whose connection dropped; the index's upserts are safe to send again."""
+    from azure.core.exceptions import ServiceResponseError
+
+    class Dropping(MemoryTable):
+        drops = 2
+
+        def submit_transaction(self, operations: Any, **kwargs: Any) -> Any:
+            if self.drops:
+                self.drops -= 1
+                raise ServiceResponseError("Connection aborted.")
+            return super().submit_transaction(operations, **kwargs)
+
+    table: Any = Dropping("Lineage")
+    uses = a_set("birds", "original/red/v1", 50, ("t", "1"))
+    LineageTable(table).add_blob_uses(uses, 0)
+    assert table.drops == 0 and answers(LineageTable(table), {(u.container, u.source) for u in uses}) == expected(uses)
+    table.drops = 3  # more drops than attempts: the error reaches the build (its message is retried)
+    with pytest.raises(ServiceResponseError):
+        LineageTable(table).add_blob_uses(a_set("birds", "original/blue/v1", 1, ("t", "1")), 0)
