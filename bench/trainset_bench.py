@@ -187,7 +187,8 @@ def main() -> None:
             codes = [("", REPO)] + ([("-compared", Path(args.compare).resolve())] if args.compare else [])
             # this code's builds first, then the compared code's: a run cut short still has ours
             runs = [(name + suffix, tag, count, code) for suffix, code in codes for name, tag, count in sizes]
-            lists = []
+            lists: list[float] = []
+            failures: dict[str, str] = {}
             for name, tag, count, code in runs:
                 # List Blobs again right before each build: on a shared box the load moves, and the
                 # ratio of a build is taken against the listing next to it (and the first one)
@@ -200,13 +201,20 @@ def main() -> None:
                 if args.profile or out.returncode:
                     print(f"== {name} ({code})", file=sys.stderr)
                     print(out.stderr[-12000:], file=sys.stderr)
-                out.check_returncode()
+                if out.returncode:  # reported, and the other builds still run
+                    failures[name] = out.stderr.strip().splitlines()[-1][:300] if out.stderr.strip() else f"exit {out.returncode}"
+                    continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 r["images"] = count
                 r["images_per_s"] = count / r["seconds"]
                 r["list_before_s"] = lists[-1]
                 r["vs_list_before"] = r["images_per_s"] * lists[-1] / max(relisted, 1)
-                print(f"build {name}: {count} images in {r['seconds']:.2f} s", file=sys.stderr, flush=True)
+                print(
+                    f"build {name}: {count} images in {r['seconds']:.2f} s; listing before it: {relisted} in {lists[-1]:.2f} s;"
+                    f" build/list {r['vs_list_before']:.2f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 results[name] = r
             report = {
                 "images": n_sets * PER_SET,
@@ -225,12 +233,13 @@ def main() -> None:
                     }
                     for k, v in results.items()
                 },
-                "build_vs_list": round(results["all"]["images_per_s"] * list_s / max(listed, 1), 2),
+                "build_vs_list": round(results["all"]["images_per_s"] * list_s / max(listed, 1), 2) if "all" in results else None,
                 **(
                     {"compared_build_vs_list": round(results["all-compared"]["images_per_s"] * list_s / max(listed, 1), 2)}
-                    if args.compare
+                    if "all-compared" in results
                     else {}
                 ),
+                "failed": failures,
             }
             print(json.dumps(report, indent=2))
         finally:
