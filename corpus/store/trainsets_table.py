@@ -10,12 +10,16 @@ deliveries of one build message can't both advance it.
 
 ``Lineage`` is the reverse index, two kinds of rows:
 
-* blob → training set: PK = ``b`` + bucket (:data:`BLOB_BUCKETS` buckets by a hash of the
-  *source original*), RK = ``compose(container, source original, set name, set version, blob)``.
-  An original and all its transforms share one RK prefix inside one partition, so "which
-  training sets used this original, directly or through any transform" is one range query:
-  O(result). Buckets (rather than one partition per original) let the build write the index in
-  batched transactions: a block of 10,000 images spreads over 64 partitions, ~2 batches each.
+* blob → training set, packed (version 2, :class:`LineageTable`): PK = ``d`` + bucket
+  (:data:`BLOB_BUCKETS` buckets by a hash of the *source original's folder*), RK =
+  ``compose(container, folder, file bucket, set name, set version, block, part)``, the uses of
+  one manifest block in that folder and file bucket in one ``Uses`` property. An original and
+  all its transforms are in one row group inside one partition, so "which training sets used
+  this original, directly or through any transform" is one range query reading 1/16 of the
+  folder's uses per training set that used the folder. A block of 10,000 images in sets of 1,000
+  is ~160 rows (issue 26: one row per image made the index most of the build's time). Version 1
+  (PK ``b`` + a hash of the source original, RK ``compose(container, source original, set name,
+  set version, blob)``, one row per image), written by older builds, is still read.
 * training set → model: PK = ``m!`` + ``compose(set name, set version)``, RK = ``compose(model,
   version)``, written before the model's own row, so a model never exists without its index.
 
@@ -35,14 +39,14 @@ from datetime import datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError, ServiceResponseError
 from azure.data.tables import TableClient, UpdateMode
 
 from corpus.domain import keys
 from corpus.domain.errors import BlobNotFound, NotFoundError
 from corpus.domain.limits import MAX_TABLE_BATCH
 from corpus.domain.manifest import ManifestEntry, hex_to_b64, iter_entries
-from corpus.store import egt
+from corpus.store import egt, tablequery
 from corpus.store.ports import BlobStore, iter_ranges
 from corpus.store.rows import Entity, ImageRow, ImageSetRow, as_int, int64, now, recorded_at
 from corpus.store.settings import TABLE_IMAGES, TABLE_LINEAGE, TABLE_MODELS, TABLE_TRAINSETS
@@ -54,7 +58,16 @@ READY = "ready"
 FAILED = "failed"
 
 BLOB_BUCKETS = 64
+FILE_BUCKETS = 16
+"""Groups of a folder's files in the packed index: a lookup reads 1/16 of a folder's uses per training set."""
 INDEX_THREADS = 8
+SEND_ATTEMPTS = 3
+LINEAGE_SCHEMA = 2
+"""The packed blob → training set rows (:class:`LineageTable`); rows without ``Schema`` are version 1."""
+MAX_USES_CHARS = 30_000
+"""One ``Uses`` property: under the service's 32 K UTF-16 units of a string property."""
+MAX_BATCH_BYTES = 3_500_000
+"""Serialised ``Uses`` bytes per transaction: a ``$batch`` body stays under the service's 4 MiB."""
 
 
 def _str(entity: Mapping[str, Any], name: str) -> str:
@@ -290,34 +303,133 @@ class BlobUse:
 
 
 def blob_bucket(container: str, source: str) -> str:
+    """The partition of a version-1 (one row per image) index row: ``b`` + a hash of the source."""
     digest = hashlib.sha256(f"{container}/{source}".encode("utf-8", "surrogatepass")).digest()
     return f"b{int.from_bytes(digest[:4], 'big') % BLOB_BUCKETS:02d}"
 
 
+def folder_bucket(container: str, folder: str) -> str:
+    """The partition of a packed (version 2) index row: ``d`` + a hash of the source's folder."""
+    digest = hashlib.sha256(f"{container}/{folder}".encode("utf-8", "surrogatepass")).digest()
+    return f"d{int.from_bytes(digest[:4], 'big') % BLOB_BUCKETS:02d}"
+
+
+def file_bucket(file: str) -> str:
+    """Which of a folder's :data:`FILE_BUCKETS` groups a source file's uses are packed in."""
+    digest = hashlib.sha256(file.encode("utf-8", "surrogatepass")).digest()
+    return f"{int.from_bytes(digest[:4], 'big') % FILE_BUCKETS:02d}"
+
+
+def split_source(source: str) -> tuple[str, str]:
+    """(folder, file name) of a source original's blob name."""
+    folder, _, file = source.rpartition("/")
+    return folder, file
+
+
+def _utf16_units(text: str) -> int:
+    """A string property's size as the service counts it (≤ 32 K UTF-16 code units)."""
+    return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
+
+
+def _pack(entries: list[Any]) -> Iterator[str]:
+    """``entries`` as JSON arrays of at most :data:`MAX_USES_CHARS` UTF-16 units each, in order."""
+    part: list[Any] = []
+    size = 2
+    for entry in entries:
+        cost = _utf16_units(json.dumps(entry, ensure_ascii=False)) + 1
+        if part and size + cost > MAX_USES_CHARS:
+            yield json.dumps(part, ensure_ascii=False, separators=(",", ":"))
+            part, size = [], 2
+        part.append(entry)
+        size += cost
+    if part:
+        yield json.dumps(part, ensure_ascii=False, separators=(",", ":"))
+
+
+def packed_rows(uses: Iterable[BlobUse], block: int) -> list[Entity]:
+    """The version-2 index rows of one manifest block's ``uses`` (see :class:`LineageTable`)."""
+    groups: dict[tuple[str, str, str, str, str], dict[tuple[str, str], Any]] = defaultdict(dict)
+    for u in uses:
+        folder, file = split_source(u.source)
+        entry: Any = file if u.blob == u.source else [file, u.blob]
+        groups[(u.container, folder, file_bucket(file), u.trainset[0], u.trainset[1])][(file, u.blob)] = entry
+    rows: list[Entity] = []
+    for (container, folder, bucket, name, version), entries in groups.items():
+        for part, packed in enumerate(_pack(list(entries.values()))):
+            rows.append(
+                {
+                    "PartitionKey": folder_bucket(container, folder),
+                    "RowKey": keys.compose(container, folder, bucket, name, version, f"{block:08d}", f"{part:04d}"),
+                    "Container": container,
+                    "Folder": folder,
+                    "Name": name,
+                    "Version": version,
+                    "Block": block,
+                    "Uses": packed,
+                    "Schema": LINEAGE_SCHEMA,
+                }
+            )
+    return rows
+
+
+def _transactions(rows: list[Entity]) -> list[list[Entity]]:
+    """``rows`` grouped by partition, ≤ 100 rows and ≤ :data:`MAX_BATCH_BYTES` of ``Uses`` each."""
+    by_pk: dict[str, list[Entity]] = defaultdict(list)
+    for row in rows:
+        by_pk[str(row["PartitionKey"])].append(row)
+    chunks: list[list[Entity]] = []
+    for group in by_pk.values():
+        chunk: list[Entity] = []
+        size = 0
+        for row in group:
+            cost = len(json.dumps(row["Uses"])) + 1024  # as the request body escapes it, plus the keys
+            if chunk and (len(chunk) == MAX_TABLE_BATCH or size + cost > MAX_BATCH_BYTES):
+                chunks.append(chunk)
+                chunk, size = [], 0
+            chunk.append(row)
+            size += cost
+        if chunk:
+            chunks.append(chunk)
+    return chunks
+
+
 class LineageTable:
+    """The ``Lineage`` table: which training sets used a source original (and models, a training set).
+
+    Blob → training set rows, **version 2 (packed)**, written by every build since issue 26: one
+    row per (container, source folder, file bucket, training set, manifest block, part), holding
+    in ``Uses`` the JSON list of that block's uses of the folder's files in that bucket (a file
+    name for an original used as itself, ``[file, blob]`` for a transformed image of it). PK =
+    ``d`` + a hash of (container, folder) (:func:`folder_bucket`, 64 partitions), RK =
+    ``compose(container, folder, file bucket, name, version, block, part)``. So a block of 10,000
+    images in sets of 1,000 writes ~10 × 16 rows (a few transactions), not 10,000 rows; a lookup
+    is still one range query in one partition, reading the uses of one file bucket (1/16) of the
+    folder for each training set that used the folder. Rows are deterministic in the block's
+    lines, so a retried block rewrites the same rows (upsert).
+
+    Version 1 (one row per image, PK ``b`` + a hash of the source, RK ``compose(container,
+    source, name, version, blob)``), written by builds before, is still read: a lookup also reads
+    that range. Nothing rewrites old rows; both shapes give the same answers (docs/schema.md).
+    """
+
     def __init__(self, table: TableClient) -> None:
         self.table = table
 
-    def add_blob_uses(self, uses: Iterable[BlobUse]) -> int:
-        """Upsert the index rows, grouped by partition, ≤ 100 per transaction; returns transactions sent."""
-        by_pk: dict[str, dict[str, Entity]] = defaultdict(dict)
-        for u in uses:
-            rk = keys.compose(u.container, u.source, u.trainset[0], u.trainset[1], u.blob)
-            by_pk[blob_bucket(u.container, u.source)][rk] = {
-                "PartitionKey": blob_bucket(u.container, u.source),
-                "RowKey": rk,
-                "Container": u.container,
-                "Source": u.source,
-                "Blob": u.blob,
-                "Name": u.trainset[0],
-                "Version": u.trainset[1],
-            }
-        chunks = [
-            list(rows.values())[i : i + MAX_TABLE_BATCH] for rows in by_pk.values() for i in range(0, len(rows), MAX_TABLE_BATCH)
-        ]
+    def add_blob_uses(self, uses: Iterable[BlobUse], block: int) -> int:
+        """Upsert the packed index rows of manifest block ``block``; returns transactions sent."""
+        chunks = _transactions(packed_rows(uses, block))
 
         def send(chunk: list[Entity]) -> None:
-            egt.submit(self.table, [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+            for attempt in range(SEND_ATTEMPTS):
+                try:
+                    egt.submit(self.table, [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+                    return
+                except ServiceResponseError:
+                    # The pipeline retries no POST whose connection dropped (a pooled connection
+                    # the server closed while the build read a block: seen on Azurite at 100,000
+                    # rows). These rows are upserts of fixed content, so sending them again is safe.
+                    if attempt == SEND_ATTEMPTS - 1:
+                        raise
 
         # Transactions to different partitions are independent: overlap their round trips.
         with ThreadPoolExecutor(INDEX_THREADS) as pool:
@@ -325,14 +437,28 @@ class LineageTable:
         return len(chunks)
 
     def uses_of(self, container: str, source: str) -> Iterator[BlobUse]:
-        """Every indexed use of ``source`` (an original) or of any transform of it: one range query."""
+        """Every indexed use of ``source`` (an original) or of any transform of it: one range
+        query over the packed rows of its folder and file bucket, one over version-1 rows."""
+        folder, file = split_source(source)
+        lo = keys.compose(container, folder, file_bucket(file)) + keys.SEPARATOR
+        for e in self._range(folder_bucket(container, folder), lo):
+            trainset = (_str(e, "Name"), _str(e, "Version"))
+            for entry in _json(e, "Uses", []):
+                used, blob = (entry, source) if isinstance(entry, str) else (str(entry[0]), str(entry[1]))
+                if used == file:
+                    yield BlobUse(container, source, blob, trainset)
         lo = keys.compose(container, source) + keys.SEPARATOR
-        hi = lo[:-1] + chr(ord(keys.SEPARATOR) + 1)
-        for e in self.table.query_entities(
-            "PartitionKey eq @pk and RowKey gt @lo and RowKey lt @hi",
-            parameters={"pk": blob_bucket(container, source), "lo": lo, "hi": hi},
-        ):
+        for e in self._range(blob_bucket(container, source), lo):
             yield BlobUse(_str(e, "Container"), _str(e, "Source"), _str(e, "Blob"), (_str(e, "Name"), _str(e, "Version")))
+
+    def _range(self, partition_key: str, lo: str) -> Iterator[Any]:
+        """The rows of one partition whose RowKey starts with ``lo`` (which ends in the separator)."""
+        hi = lo[:-1] + chr(ord(keys.SEPARATOR) + 1)
+        return tablequery.query_entities(
+            self.table,
+            "PartitionKey eq @pk and RowKey gt @lo and RowKey lt @hi",
+            parameters={"pk": partition_key, "lo": lo, "hi": hi},
+        )
 
     def add_model_use(self, trainset: tuple[str, str], model: tuple[str, str]) -> None:
         self.table.upsert_entity(
@@ -392,8 +518,8 @@ def snapshot_images(images: TableClient, partition_key: str, after: str, at: dat
     snapshot is never seen, and one recorded before it is always seen, by this message or by any
     continuation or retry of the build, whatever rewrites ran in between.
     """
-    rows = images.query_entities(
-        "PartitionKey eq @pk and RowKey gt @after", parameters={"pk": partition_key, "after": after or FIRST_IMAGE_KEY}
+    rows = tablequery.query_entities(
+        images, "PartitionKey eq @pk and RowKey gt @after", parameters={"pk": partition_key, "after": after or FIRST_IMAGE_KEY}
     )
     for entity in rows:
         stamp = recorded_at(entity)
