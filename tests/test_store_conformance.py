@@ -473,3 +473,57 @@ def test_an_images_rewrite_keeps_the_insert_time_in_recorded(table: Any) -> None
     assert not images.rewrite("p", "gone", {"T": "y"}), "a record that is gone is skipped"
     with pytest.raises(ResourceNotFoundError):
         table.get_entity("p", "gone")
+
+
+def test_a_transaction_returns_each_written_entitys_etag_for_the_next_if_match(table: Any) -> None:
+    """``egt.submit`` (the lean ``$batch`` on Azure/Azurite, the SDK's call otherwise) returns the
+    ETag of each write: the next conditional write can use it without reading the entity again."""
+    from corpus.store import egt
+
+    replies = egt.submit(
+        table, [("create", {"PartitionKey": "p", "RowKey": "a", "N": 1}), ("create", {"PartitionKey": "p", "RowKey": "b"})]
+    )
+    assert len(replies) == 2 and replies[0]["etag"] == table.get_entity("p", "a").metadata["etag"]
+    step = (
+        "update",
+        {"PartitionKey": "p", "RowKey": "a", "N": 2},
+        {"mode": UpdateMode.REPLACE, "etag": replies[0]["etag"], "match_condition": MatchConditions.IfNotModified},
+    )
+    again = egt.submit(table, [step])
+    assert table.get_entity("p", "a")["N"] == 2 and again[0]["etag"] != replies[0]["etag"]
+    with pytest.raises(TableTransactionError):  # the first ETag is stale now
+        egt.submit(table, [step])
+
+
+def test_counter_shards_kept_in_process_save_reads_and_stay_exact_beside_another_writer(table: Any) -> None:
+    """Two ``ImagesTable`` (two processes) record into one set: each keeps the shard value and ETag it
+    last wrote, so its next commit reads no shard, and a value made stale by the other fails its
+    If-Match, is forgotten and read again. The count stays exact."""
+    from corpus.domain.paths import SetRef
+    from corpus.store.images_table import ImagesTable
+    from corpus.store.rows import ImageRow
+
+    ref = SetRef("birds", ("red",), "v1")
+    one, other = ImagesTable(table), ImagesTable(table)
+    other.batch_shard = one.batch_shard  # the worst case: both commit batches to the same shard
+
+    def rows(lo: int, hi: int) -> list[ImageRow]:
+        return [ImageRow(f"f{i}.jpg", f"original/red/v1/f{i}.jpg", 10, f"{i:032x}", "image/jpeg", 1, 1) for i in range(lo, hi)]
+
+    reads = 0
+    real_get = table.get_entity
+
+    def counting_get(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return real_get(*args, **kwargs)
+
+    table.get_entity = counting_get
+    one.record_many(ref, rows(0, 5))
+    first = reads
+    one.record_many(ref, rows(5, 10))
+    assert reads == first, "the second commit of this process read no counter shard"
+    other.record_many(ref, rows(10, 15))  # makes one's kept ETag stale
+    one.record_many(ref, rows(15, 20))  # If-Match fails, the shard is read again, the batch retried
+    assert one.record(ref, rows(20, 21)[0]) and not other.record(ref, rows(20, 21)[0])
+    assert one.count(ref) == (21, 210) == other.count(ref)

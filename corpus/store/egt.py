@@ -34,6 +34,7 @@ from azure.data.tables._table_batch import TableBatchOperations
 
 _CRLF = b"\r\n"
 _STATUS = re.compile(rb"^HTTP/1\.1 (\d{3})", re.MULTILINE)
+_ETAG = re.compile(rb"^etag:[ \t]*(.+?)\r?$", re.MULTILINE | re.IGNORECASE)
 _METHODS_WITH_BODY = frozenset({"PATCH", "POST", "PUT"})
 
 
@@ -98,11 +99,14 @@ def operation_requests(table: TableClient, operations: Iterable[Any]) -> list[Ht
     return list(batch.requests)
 
 
-def submit(table: Any, operations: Sequence[Any]) -> None:
-    """``table.submit_transaction(operations)``, framed and read without ``email`` (see the module)."""
+def submit(table: Any, operations: Sequence[Any]) -> list[Mapping[str, Any]]:
+    """``table.submit_transaction(operations)``, framed and read without ``email`` (see the module).
+
+    Returns each operation's metadata as the SDK does, of which only ``etag`` is filled here (from
+    its sub-response's ``ETag`` header; absent for a delete): what a caller needs to make its next
+    conditional write without reading the entity again."""
     if not isinstance(table, TableClient) or not operations:
-        table.submit_transaction(operations)
-        return
+        return list(table.submit_transaction(operations) or [])
     reqs = operation_requests(table, operations)
     batch_boundary, changeset_boundary = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
     body = encode_batch(batch_boundary, changeset_boundary, [serialize_part(r.method, r.url, r.headers, _body(r)) for r in reqs])
@@ -120,9 +124,23 @@ def submit(table: Any, operations: Sequence[Any]) -> None:
     )
     # stream: the pipeline must not try to decode a multipart reply (the SDK streams it too)
     response = table._client.send_request(request, stream=True)
-    if accepted(response.status_code, response.read(), len(reqs)):
-        return
-    table.submit_transaction(operations)  # the SDK's typed error (the failed batch changed nothing)
+    reply = response.read()
+    if accepted(response.status_code, reply, len(reqs)):
+        return [{"etag": etag} if etag else {} for etag in etags(reply)]
+    return list(table.submit_transaction(operations))  # the SDK's typed error (the failed batch changed nothing)
+
+
+def etags(reply: bytes) -> list[str | None]:
+    """The ``ETag`` header of each sub-response of a ``$batch`` reply, in operation order (None
+    where a sub-response has none, as a delete's)."""
+    starts = [m.start() for m in _STATUS.finditer(reply)]
+    out: list[str | None] = []
+    for start, end in zip(starts, [*starts[1:], len(reply)], strict=True):
+        part = reply[start:end]
+        head = part.split(_CRLF + _CRLF, 1)[0]
+        found = _ETAG.search(head)
+        out.append(found.group(1).strip().decode("latin-1") if found else None)
+    return out
 
 
 def accepted(status: int, reply: bytes, operations: int) -> bool:

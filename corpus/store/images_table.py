@@ -30,20 +30,30 @@ from corpus.domain.errors import ConflictError
 from corpus.domain.paths import SetRef
 from corpus.store import egt
 from corpus.store.rows import RECORDED, SCHEMA, CounterRow, ImageRow, SourceMarkerRow, Transform, facts_properties, schema_of
-from corpus.store.tables import MAX_ATTEMPTS, backoff, first_page, if_unchanged
+from corpus.store.tables import MAX_ATTEMPTS, backoff, entity_or_none, first_page, if_unchanged
 
 SHARDS = 16
 MAX_MARKERS = 99
 """Source markers per transaction: 99 inserts and one counter step make Azure's 100."""
 
+MAX_KEPT_SHARDS = 4096
+"""Counter shards whose last written value and ETag a process keeps (~100 bytes each)."""
+
 IMAGES_FROM = keys.after(keys.SEPARATOR)
 """Counter rows (``!count!NN``) sort below every escaped file name; image rows are ``>= '"'``."""
+
+
+def _if_match(etag: str) -> dict[str, Any]:
+    """Transaction options: replace only the version at ``etag``."""
+    return {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified}
 
 
 class ImagesTable:
     def __init__(self, table: TableClient) -> None:
         self.table = table
         self.batch_shard = keys.counter_row_key(random.randrange(SHARDS))  # noqa: S311 - load spreading per process
+        self._shards: dict[tuple[str, str], tuple[CounterRow, str]] = {}
+        """(partition, shard) -> the value and ETag this process last wrote there (see :meth:`_transact`)."""
 
     def get(self, ref: SetRef, file: str, transform: Transform | None = None) -> ImageRow | None:
         try:
@@ -58,9 +68,8 @@ class ImagesTable:
         rk = keys.image_row_key(record.file)
         shard_key = keys.counter_row_key(zlib.crc32(rk.encode()) % SHARDS)
         for attempt in range(MAX_ATTEMPTS):
-            ops: list[Any] = [("create", record.to_entity(pk)), self._counter_op(pk, shard_key, 1, record.size)]
             try:
-                self.table.submit_transaction(ops)
+                self._transact([("create", record.to_entity(pk))], pk, shard_key, 1, record.size)
                 return True
             except TableTransactionError:
                 existing = self.get(ref, record.file, transform)
@@ -87,9 +96,9 @@ class ImagesTable:
         n = len(records)
         for attempt in range(8):
             ops: list[Any] = [("create", r.to_entity(pk)) for r in records]
-            ops.append(self._counter_op(pk, self.batch_shard, n, sum(r.size for r in records)))
             try:
-                egt.submit(self.table, ops)  # a failure is replayed through the SDK for its typed error
+                # lean: a failure is replayed through the SDK for its typed error
+                self._transact(ops, pk, self.batch_shard, n, sum(r.size for r in records), lean=True)
                 return [True] * n
             except TableTransactionError as exc:
                 if exc.index == n:  # only the counter step failed: another writer raced us for the shard
@@ -113,16 +122,44 @@ class ImagesTable:
             raise first
         return results
 
-    def _counter_op(self, pk: str, shard_key: str, n: int, size: int) -> tuple[Any, ...]:
-        """The transaction step adding ``n`` images of ``size`` bytes to a counter shard: create it,
-        or replace it only if nobody changed it since this read (else the transaction fails)."""
+    def _transact(self, ops: list[Any], pk: str, shard_key: str, n: int, size: int, lean: bool = False) -> None:
+        """Submit ``ops`` and the step adding ``n`` images of ``size`` bytes to counter shard
+        ``(pk, shard_key)`` as one transaction; raises :class:`TableTransactionError` (the counter
+        step is at index ``len(ops)``).
+
+        The counter step creates the shard, or replaces it only if nobody changed it since it was
+        read: read from the table, or taken from :attr:`_shards`, the value and ETag this process
+        last wrote to it (the transaction's reply carries the new ETag), which saves a read per
+        commit while this process is the shard's only writer. A kept ETag that another writer has
+        made stale fails the counter step like a stale read would; it is then forgotten, and the
+        caller's retry reads the shard again. Any failure forgets it (a commit whose reply was lost
+        may have been applied)."""
+        key = (pk, shard_key)
+        kept = self._shards.get(key)
+        if kept is not None:
+            counter = CounterRow(pk, shard_key, kept[0].count + n, kept[0].bytes + size)
+            step: tuple[Any, ...] = ("update", counter.to_entity(), _if_match(kept[1]))
+        else:
+            entity = entity_or_none(self.table, pk, shard_key)
+            if entity is None:
+                counter = CounterRow(pk, shard_key, n, size)
+                step = ("create", counter.to_entity())
+            else:
+                shard = CounterRow.from_entity(entity)
+                counter = CounterRow(pk, shard_key, shard.count + n, shard.bytes + size)
+                step = ("update", counter.to_entity(), if_unchanged(entity))
         try:
-            entity = self.table.get_entity(pk, shard_key)
-        except ResourceNotFoundError:
-            return ("create", CounterRow(pk, shard_key, n, size).to_entity())
-        shard = CounterRow.from_entity(entity)
-        counter = CounterRow(pk, shard_key, shard.count + n, shard.bytes + size)
-        return ("update", counter.to_entity(), if_unchanged(entity))
+            replies = egt.submit(self.table, [*ops, step]) if lean else self.table.submit_transaction([*ops, step])
+        except BaseException:
+            self._shards.pop(key, None)
+            raise
+        etag = replies[-1].get("etag") if replies and len(replies) == len(ops) + 1 else None
+        if not etag:
+            self._shards.pop(key, None)
+            return
+        if len(self._shards) >= MAX_KEPT_SHARDS and key not in self._shards:
+            self._shards.clear()
+        self._shards[key] = (counter, str(etag))
 
     def mark_sources(self, ref: SetRef, what: str, files: list[str]) -> int:
         """Count ``files`` (originals of set ``ref``) as sources of ``what`` (an operation or a
@@ -146,9 +183,8 @@ class ImagesTable:
         n = len(files)
         for attempt in range(8):
             ops: list[Any] = [("create", SourceMarkerRow(pk, keys.image_row_key(f)).to_entity()) for f in files]
-            ops.append(self._counter_op(pk, self.batch_shard, n, 0))
             try:
-                self.table.submit_transaction(ops)
+                self._transact(ops, pk, self.batch_shard, n, 0)
                 return n
             except TableTransactionError as exc:
                 if exc.index == n:  # only the counter step failed: another writer raced us for the shard
@@ -162,8 +198,7 @@ class ImagesTable:
         shard_key = keys.counter_row_key(zlib.crc32(rk.encode()) % SHARDS)
         for attempt in range(MAX_ATTEMPTS):
             try:
-                marker = ("create", SourceMarkerRow(pk, rk).to_entity())
-                self.table.submit_transaction([marker, self._counter_op(pk, shard_key, 1, 0)])
+                self._transact([("create", SourceMarkerRow(pk, rk).to_entity())], pk, shard_key, 1, 0)
                 return 1
             except TableTransactionError:
                 try:
