@@ -115,3 +115,14 @@ def test_listing_on_azurite_over_either_transport(settings, clients, monkeypatch
     assert listed == {"a.jpg": hashlib.md5(b"a").hexdigest()}  # direct children only, with their MD5
     assert lister.list_md5s("no-such-container", "d/") == {}
     assert type(bloblist._transport()).__name__ == ("_RequestsTransport" if proxied else "_StdlibTransport")
+
+
+def test_a_flat_page_lists_nested_names_and_says_whether_it_was_all(settings, clients) -> None:
+    staging = clients.container(settings.staging_container)
+    for name in ("d/v/a/1.jpg", "d/v/a/b/2.jpg", "d/v/c/3.jpg", "d/v2/x.jpg"):
+        staging.upload_blob(name, name.encode())
+    lister = BlobLister.from_connection(settings.connection)
+    everything = {n: hashlib.md5(f"d/v/{n}".encode()).hexdigest() for n in ("a/1.jpg", "a/b/2.jpg", "c/3.jpg")}
+    assert lister.list_page(settings.staging_container, "d/v/", 3) == (everything, True)
+    assert lister.list_page(settings.staging_container, "d/v/", 2) == ({n: everything[n] for n in ("a/1.jpg", "a/b/2.jpg")}, False)
+    assert lister.list_page("no-such-container", "d/", 5) == ({}, True)

@@ -102,6 +102,21 @@ class BlobLister:
             if not marker:
                 return out
 
+    def list_page(self, container: str, prefix: str, limit: int) -> tuple[dict[str, str], bool]:
+        """One page of *every* blob under ``prefix`` (no delimiter: names in sub-folders too), at
+        most ``limit`` (≤ 5,000): relative name → hex MD5, and whether that was all of them.
+
+        One request for a whole small tree where :meth:`list_md5s` takes one per folder: Azurite
+        answers each List Blobs by scanning the container, so the count of requests is what a
+        re-run waits for. A missing container is an empty, complete page.
+        """
+        query = {"restype": "container", "comp": "list", "prefix": prefix, "maxresults": str(limit)}
+        out: dict[str, str] = {}
+        body = self._get(container, query)
+        if body is None:
+            return out, True
+        return out, not parse_listing(body, prefix, out)
+
     def probe(self, container: str) -> None:
         """One Get Container Properties, no retry: returns if the service answers (a missing
         container is an answer), else :class:`ListingError`. ``corpus upload`` asks it before the

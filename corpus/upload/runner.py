@@ -11,10 +11,18 @@ How it stays correct:
   exactly what is missing.
 
 How it stays fast and small: the tree is walked lazily, directory by directory, a few directories
-ahead of the decisions, and what is remote is listed once per destination directory (staging and
-``original/``) as soon as the walk finds it, so listings overlap with everything else; files flow
-through bounded queues to ``--concurrency`` workers, so memory is bounded by a few directories'
-listings, not by the drop. A re-run reads no file whose size and mtime match the local MD5 cache
+ahead of the decisions, and what is remote is listed as soon as the walk finds it, so listings
+overlap with everything else; files flow through bounded queues to ``--concurrency`` workers, so
+memory is bounded by a few directories' listings, not by the drop. What is listed, fewest
+requests first (each List Blobs costs Azurite a scan of the container, and a re-run with nothing
+to do is mostly waiting for them):
+
+* staging: one flat page (:data:`FLAT_LISTING_LIMIT` blobs) of the whole version at the start;
+  if that is all of it, no folder is listed again; if not, the folders the page fully covers use
+  it and the others are listed one by one (so memory holds at most one page, whatever the drop);
+* ``original/``: only for a folder where some file is not already staged. A name both staged and
+  ingested is then decided by staging: either way this run writes nothing under it, and ingest
+  settles the staged blob against the ingested one. A re-run reads no file whose size and mtime match the local MD5 cache
 (:mod:`corpus.transfer.hashcache`). Every request (listings included) holds one of ``--concurrency``
 slots, and ``--cap-mbps`` is a shared token budget, so neither is exceeded.
 """
@@ -80,6 +88,9 @@ _Planned = tuple[str, str, str, str, os.stat_result | None]
 """One file as the planner named it: local path, relative name, staged name, destination folder, stat."""
 
 
+FLAT_LISTING_LIMIT = 5000
+"""Blobs of the version's staging prefix listed in one request (List Blobs' largest page)."""
+
 _PLANNED_AHEAD = 8
 """Directories walked, and listed remotely, ahead of the one being decided: listings overlap with
 deciding, and memory stays bounded by a few directories whatever the size of the drop."""
@@ -88,7 +99,49 @@ deciding, and memory stays bounded by a few directories whatever the size of the
 class Lister(Protocol):
     """Lists what is remote: blob name (relative to ``prefix``) → hex MD5, ``""`` when it has none."""
 
-    def list_md5s(self, container: str, prefix: str) -> dict[str, str]: ...
+    def list_md5s(self, container: str, prefix: str) -> dict[str, str]:
+        """The blobs directly under ``prefix`` (a delimited listing, every page)."""
+        ...
+
+    def list_page(self, container: str, prefix: str, limit: int) -> tuple[dict[str, str], bool]:
+        """At most ``limit`` blobs anywhere under ``prefix``, in name order, and whether that was all."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StagedPage:
+    """The first page of a flat listing of the version's staging prefix, by folder.
+
+    ``upto`` is None when the page held every staged blob of the version; else the last name it
+    held, and a folder is *covered* (its staged files all in the page) when every name in it sorts
+    before ``upto``. Listing order is the service's; should it ever differ from Python's for
+    some exotic name, a staged file taken for missing is still never overwritten: its Put Blob is
+    conditional (``If-None-Match: *``) and then decided against the blob's MD5.
+    """
+
+    folders: dict[str, dict[str, str]]
+    upto: str | None
+
+    @classmethod
+    def of(cls, listed: dict[str, str], complete: bool) -> StagedPage:
+        folders: dict[str, dict[str, str]] = {}
+        for rel, md5 in listed.items():
+            rdir, _, name = rel.rpartition("/")
+            folders.setdefault(rdir, {})[name] = md5
+        return cls(folders, None if complete else max(listed, default=""))
+
+    def covers(self, rdir: str) -> bool:
+        if self.upto is None:
+            return True
+        prefix = f"{rdir}/" if rdir else ""
+        return bool(prefix) and self.upto > prefix and not self.upto.startswith(prefix)
+
+    def folder(self, rdir: str) -> dict[str, str]:
+        return self.folders.get(rdir, {})
+
+
+NOTHING_LISTED = StagedPage({}, "")
+"""A page that covers no folder: each is listed on its own (and a listing error is reported per file)."""
 
 
 class Sender(Protocol):
@@ -190,6 +243,7 @@ class Uploader:
         self.progress = progress
         self.cache: Md5Cache = cache if cache is not None else (HashCache() if opts.use_cache else NullHashCache())
         self._listers = ThreadPoolExecutor(max_workers=min(4, opts.concurrency), thread_name_prefix="corpus-list")
+        self._staged_page: Future[StagedPage] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -206,6 +260,8 @@ class Uploader:
         tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=self.opts.concurrency * 4)
         planner = threading.Thread(target=self._plan, args=(planned,), daemon=True, name="corpus-plan")
         workers = [threading.Thread(target=self._work, args=(tasks,), daemon=True) for _ in range(self.opts.concurrency)]
+        # First in the listers' queue, so no folder's listing (which waits for it) can hold its thread.
+        self._staged_page = self._listers.submit(self._list_staged_page)
         planner.start()
         for w in workers:
             w.start()
@@ -240,7 +296,7 @@ class Uploader:
             for local in self._local_dirs():
                 base = relative_name(local.parts)
                 entries: list[_Planned] = []
-                listings: dict[str, Future[Remote]] = {}
+                names: dict[str, set[str]] = {}  # destination folder → the file names planned into it
                 for path, name, st in local.files:
                     piece = relative_name([name])  # a backslash in a name is a separator: may go deeper
                     rel = f"{base}/{piece}" if base else piece
@@ -252,10 +308,10 @@ class Uploader:
                     except InvalidNameError as exc:
                         self._fail(path, rel, f"name does not fit the staging contract: {exc}")
                         continue
-                    rdir = rel.rpartition("/")[0]
-                    if rdir not in listings:
-                        listings[rdir] = self._listers.submit(self._list_remote, rdir)
+                    rdir, _, file_name = rel.rpartition("/")
+                    names.setdefault(rdir, set()).add(file_name)
                     entries.append((path, rel, staged, rdir, st))
+                listings = {rdir: self._listers.submit(self._list_remote, rdir, frozenset(n)) for rdir, n in names.items()}
                 if not self._put_unless_stopped(planned, (local.path, entries, listings)):
                     return
         except Exception as exc:  # noqa: BLE001 - a bug here must not hang the run: report it as the run's failure
@@ -272,16 +328,38 @@ class Uploader:
                 continue
         return False
 
-    def _list_remote(self, rdir: str) -> Remote:
-        """What is staged and ingested *directly* in one destination folder (a delimited listing).
+    def _list_staged_page(self) -> StagedPage:
+        """One flat page of the version's staging prefix (``<domain>/<version>/`` holds nothing
+        else: a version has no ``/``). A failure here is not reported: the folders are listed one
+        by one instead, and their failures are."""
+        try:
+            with self.slots:
+                listed, complete = self.lister.list_page(
+                    self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/", FLAT_LISTING_LIMIT
+                )
+        except ListingError:
+            return NOTHING_LISTED
+        return StagedPage.of(listed, complete)
 
-        ``original/<dir>/<version>/`` is not prefix-free (root set ``v2``'s folder ``original/v2/``
-        also holds set ``v2@v1``'s ``original/v2/v1/``): only the folder's own blobs are read, never
-        everything under the prefix; sets themselves are enumerated from the ``Images`` table.
+    def _list_remote(self, rdir: str, names: frozenset[str]) -> Remote:
+        """What is staged and ingested *directly* in one destination folder.
+
+        Staging from the flat page when it covers the folder, else a delimited listing.
+        ``original/`` only when some of ``names`` (the files planned into the folder) is not
+        staged: a re-run right after an upload never lists it. ``original/<dir>/<version>/`` is
+        not prefix-free (root set ``v2``'s folder ``original/v2/`` also holds set ``v2@v1``'s
+        ``original/v2/v1/``): only the folder's own blobs are read (a delimited listing); sets
+        themselves are enumerated from the ``Images`` table.
         """
         sub = rdir + "/" if rdir else ""
-        with self.slots:
-            staged = self.lister.list_md5s(self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/{sub}")
+        page = self._staged_page.result() if self._staged_page is not None else NOTHING_LISTED
+        if page.covers(rdir):
+            staged = page.folder(rdir)
+        else:
+            with self.slots:
+                staged = self.lister.list_md5s(self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/{sub}")
+        if names <= staged.keys():
+            return staged, {}
         with self.slots:
             ingested = self.lister.list_md5s(self.opts.domain, f"original/{sub}{self.opts.version}/")
         return staged, ingested
