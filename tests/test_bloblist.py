@@ -124,5 +124,8 @@ def test_a_flat_page_lists_nested_names_and_says_whether_it_was_all(settings, cl
     lister = BlobLister.from_connection(settings.connection)
     everything = {n: hashlib.md5(f"d/v/{n}".encode()).hexdigest() for n in ("a/1.jpg", "a/b/2.jpg", "c/3.jpg")}
     assert lister.list_page(settings.staging_container, "d/v/", 3) == (everything, True)
-    assert lister.list_page(settings.staging_container, "d/v/", 2) == ({n: everything[n] for n in ("a/1.jpg", "a/b/2.jpg")}, False)
+    assert lister.list_page(settings.staging_container, "d/v/", 2) == (
+        {n: everything[n] for n in ("a/1.jpg", "a/b/2.jpg")},
+        False,
+    )
     assert lister.list_page("no-such-container", "d/", 5) == ({}, True)

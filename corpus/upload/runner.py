@@ -35,7 +35,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +212,30 @@ class SdkSender:
             raise StorageError(azure_reason(exc)) from exc
 
 
+class _Workers:
+    """``--concurrency`` threads fed through a bounded queue, started with the first task: a re-run
+    with nothing to send starts none. Used from the deciding thread only."""
+
+    def __init__(self, n: int, work: Callable[[queue.Queue[_Task | None]], None]) -> None:
+        self.n, self.work = n, work
+        self.tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=n * 4)
+        self.threads: list[threading.Thread] = []
+
+    def put(self, task: _Task) -> None:
+        if not self.threads:
+            self.threads = [threading.Thread(target=self.work, args=(self.tasks,), daemon=True) for _ in range(self.n)]
+            for t in self.threads:
+                t.start()
+        self.tasks.put(task)
+
+    def finish(self) -> None:
+        """Let every worker drain the queue and stop; wait for them."""
+        for _ in self.threads:
+            self.tasks.put(None)
+        for t in self.threads:
+            t.join()
+
+
 class Uploader:
     """Plans, decides and sends one drop. ``lister``, ``sender`` and ``cache`` are seams: by default
     List Blobs without the SDK, Put Blob through the SDK, and the on-disk MD5 cache."""
@@ -257,27 +281,21 @@ class Uploader:
     def run(self) -> Summary:
         started = time.monotonic()
         planned: queue.Queue[tuple[str, list[_Planned], dict[str, Future[Remote]]] | None] = queue.Queue(maxsize=_PLANNED_AHEAD)
-        tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=self.opts.concurrency * 4)
         planner = threading.Thread(target=self._plan, args=(planned,), daemon=True, name="corpus-plan")
-        workers = [threading.Thread(target=self._work, args=(tasks,), daemon=True) for _ in range(self.opts.concurrency)]
+        workers = _Workers(self.opts.concurrency, self._work)
         # First in the listers' queue, so no folder's listing (which waits for it) can hold its thread.
         self._staged_page = self._listers.submit(self._list_staged_page)
         planner.start()
-        for w in workers:
-            w.start()
         try:
             while (item := planned.get()) is not None:
-                self._decide_dir(*item, tasks)
+                self._decide_dir(*item, workers)
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._stop.set()
         finally:
             self._listers.shutdown(wait=False, cancel_futures=True)
-            for _ in workers:
-                tasks.put(None)
             try:
-                for w in workers:
-                    w.join()
+                workers.finish()
             except KeyboardInterrupt:
                 self.summary.interrupted = True
                 self._stop.set()
@@ -369,7 +387,7 @@ class Uploader:
         directory: str,
         entries: list[_Planned],
         listings: dict[str, Future[Remote]],
-        tasks: queue.Queue[_Task | None],
+        workers: _Workers,
     ) -> None:
         cached = self.cache.directory(directory)
         for path, rel, staged, rdir, st in entries:
@@ -391,7 +409,7 @@ class Uploader:
                 self.summary.seen_files += 1
                 self.summary.seen_bytes += task.size
             if not self._settled_from_cache(task, cached.get(path)):
-                tasks.put(task)
+                workers.put(task)
 
     def _settled_from_cache(self, task: _Task, entry: tuple[int, int, str] | None) -> bool:
         """Skip a file already remote with the MD5 cached for its size and mtime, without reading it."""
