@@ -179,3 +179,22 @@ def test_the_flat_page_settles_what_is_staged_whether_or_not_it_holds_everything
     assert per_folder == sorted(
         [("birds", "original/c/v1/")] + [("staging", f"birds/v1/{d}/") for d in ("a", "b", "c") if d not in covered]
     )  # original/ only where something is missing: a and b, all staged, are never listed there
+
+
+def test_a_name_outside_the_staging_contract_fails_when_it_would_be_sent_and_only_then(tmp_path: Path) -> None:
+    # "x." as a folder: Azure may trim a segment's trailing dot, so the name is refused before any
+    # write. A re-run checks names only of what it would send: one already staged (by another tool,
+    # same bytes) is skipped like any other, and ingest, which checks every staged name, reports it.
+    src = drop(tmp_path)
+    (src / "x.").mkdir()
+    (src / "x." / "p.jpg").write_bytes(b"p" * 10)
+    sender = FakeSender()
+    s = run(src, FakeLister({}), sender).summary
+    assert "birds/v1/x./p.jpg" not in sender.puts and s.uploaded == 3
+    (failure,) = s.failures
+    assert failure.staged == "x./p.jpg" and "does not fit the staging contract" in failure.reason and "'.'" in failure.reason
+    dry = run(src, FakeLister({}), FakeSender(), dry_run=True).summary
+    assert dry.would_upload == 3 and len(dry.failures) == 1
+    staged = FakeLister({("staging", "birds/v1/x./"): {"p.jpg": md5(b"p" * 10)}})
+    again = run(src, staged, FakeSender()).summary
+    assert again.failures == [] and again.already_staged == 1

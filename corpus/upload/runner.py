@@ -310,6 +310,7 @@ class Uploader:
 
     def _plan(self, planned: queue.Queue[Any]) -> None:
         """Name each file, and start listing each destination directory before it is needed."""
+        prefix = f"{self.opts.domain}/{self.opts.version}/"
         try:
             for local in self._local_dirs():
                 base = relative_name(local.parts)
@@ -318,14 +319,12 @@ class Uploader:
                 for path, name, st in local.files:
                     piece = relative_name([name])  # a backslash in a name is a separator: may go deeper
                     rel = f"{base}/{piece}" if base else piece
-                    try:
-                        if not piece:
-                            raise InvalidNameError(f"{name!r} is only separators")
-                        staged = staged_name(self.opts.domain, self.opts.version, rel)
-                        check_copy_source(WORST_ACCOUNT_BLOB_URL + self.settings.staging_container, staged)
-                    except InvalidNameError as exc:
-                        self._fail(path, rel, f"name does not fit the staging contract: {exc}")
+                    if not piece:
+                        self._fail(path, rel, f"name does not fit the staging contract: {name!r} is only separators")
                         continue
+                    # Checked against the staging contract only if it is to be sent (_one): a re-run
+                    # skips what is already remote without paying for the validation of every name.
+                    staged = f"{prefix}{rel}"
                     rdir, _, file_name = rel.rpartition("/")
                     names.setdefault(rdir, set()).add(file_name)
                     entries.append((path, rel, staged, rdir, st))
@@ -390,26 +389,34 @@ class Uploader:
         workers: _Workers,
     ) -> None:
         cached = self.cache.directory(directory)
+        remote: dict[str, Remote | ListingError] = {}
+        seen = seen_bytes = 0
         for path, rel, staged, rdir, st in entries:
             if self._stop.is_set():
-                return
+                break
             try:
                 st = st or os.stat(path)
             except OSError as exc:
                 self._fail(path, staged, f"cannot read: {exc.strerror or exc}")
                 continue
-            try:
-                staged_map, ingested_map = listings[rdir].result()
-            except ListingError as exc:
-                self._fail(path, staged, f"cannot list what is already remote: {exc}")
+            listed = remote.get(rdir)
+            if listed is None:
+                try:
+                    listed = remote[rdir] = listings[rdir].result()
+                except ListingError as exc:
+                    listed = remote[rdir] = exc
+            if isinstance(listed, ListingError):
+                self._fail(path, staged, f"cannot list what is already remote: {listed}")
                 continue
             name = rel.rpartition("/")[2]
-            task = _Task(path, rel, staged, st.st_size, st.st_mtime_ns, staged_map.get(name), ingested_map.get(name))
-            with self._lock:
-                self.summary.seen_files += 1
-                self.summary.seen_bytes += task.size
+            task = _Task(path, rel, staged, st.st_size, st.st_mtime_ns, listed[0].get(name), listed[1].get(name))
+            seen += 1
+            seen_bytes += task.size
             if not self._settled_from_cache(task, cached.get(path)):
                 workers.put(task)
+        with self._lock:
+            self.summary.seen_files += seen
+            self.summary.seen_bytes += seen_bytes
 
     def _settled_from_cache(self, task: _Task, entry: tuple[int, int, str] | None) -> bool:
         """Skip a file already remote with the MD5 cached for its size and mtime, without reading it."""
@@ -427,6 +434,8 @@ class Uploader:
                 continue
             try:
                 self._one(task)
+            except InvalidNameError as exc:
+                self._fail(task.path, task.rel, f"name does not fit the staging contract: {exc}")
             except StorageError as exc:
                 self._fail(task.path, task.staged, str(exc))
             except OSError as exc:
@@ -445,6 +454,9 @@ class Uploader:
         if staged_md5 == "":  # staged without an MD5 (block upload by another tool): hash it
             staged_md5 = self._remote_md5(task.staged)
         decision = decide(md5_hex, staged_md5, task.original_md5)
+        if decision.action is Action.UPLOAD:  # what would be sent must fit the staging contract
+            staged_name(self.opts.domain, self.opts.version, task.rel)
+            check_copy_source(WORST_ACCOUNT_BLOB_URL + self.settings.staging_container, task.staged)
         if decision.action is Action.UPLOAD and not self.opts.dry_run:
             decision = self._put(task, data, md5.digest())
         if decision.action is Action.CONFLICT:
