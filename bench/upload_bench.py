@@ -113,7 +113,11 @@ class Contest:
         signer = BlobSharedAccessSignature(ACCOUNT, self.az.key)
         signer.x_ms_version = SAS_VERSION  # the SDK would sign with a version Azurite refuses
         self.sas = signer.generate_container("staging", permission="racwdl", expiry=datetime.now(UTC) + timedelta(hours=6))
-        self.env = {**os.environ, "CorpusStorage": conn, "AzureWebJobsStorage": conn,
+        # As installed, Python finds each module's bytecode cached (pip compiles it; or the first run
+        # writes __pycache__): a machine-wide PYTHONDONTWRITEBYTECODE would make every corpus run
+        # compile its modules again, a cost no user's re-run pays. Removed, like the CA bundles below.
+        base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        self.env = {**base, "CorpusStorage": conn, "AzureWebJobsStorage": conn,
                     "CORPUS_CACHE_DIR": str(tmp / f"cache-{self.az.ports['blob']}"),
                     "AZCOPY_LOG_LOCATION": str(tmp / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp / "azplans"),
                     "AZCOPY_DISABLE_SYSLOG": "true", "AZCOPY_CONCURRENCY_VALUE": str(CONCURRENCY),
