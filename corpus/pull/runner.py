@@ -30,20 +30,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from corpus.domain.errors import StorageError
-from corpus.domain.layouts import PART_SUFFIX, LocalPath
-from corpus.domain.manifest import ManifestEntry
 from corpus.pull.fetch import BlobFetcher
-from corpus.pull.names import NameIndex
 from corpus.pull.sources import EntryReader, Source, TrainsetSource
 from corpus.pull.stamp import NullStamp, PullStamp
 from corpus.store.settings import Settings
 from corpus.transfer.hashcache import HashCache, Md5Cache, NullHashCache, default_path
+
+if TYPE_CHECKING:  # a re-run settled by its stamp loads neither the manifest nor the naming modules
+    from corpus.domain.layouts import LocalPath
+    from corpus.domain.manifest import ManifestEntry
+    from corpus.pull.names import NameIndex
 from corpus.transfer.pacing import RateLimiter, write_status
 
 NAME_MAP = ".corpus-names.jsonl"
@@ -150,7 +151,9 @@ class Puller:
         self.settings = settings
         self.opts = opts
         self.fetcher = fetcher or BlobFetcher(settings.connection)
-        self.cache: Md5Cache = cache if cache is not None else (HashCache(cache_path()) if opts.use_cache else NullHashCache())
+        self._given_cache = cache
+        self.cache: Md5Cache = NullHashCache()  # opened by run() unless the stamp settles the pull
+        self._hashes: HashCache | None = None  # self.cache when it is the on-disk MD5 cache (lookups worth a stat)
         self.limiter = RateLimiter(opts.cap_mbps * 1_000_000 / 8) if opts.cap_mbps else None
         self.summary = PullSummary(opts.source.describe(), str(opts.dest), opts.layout, opts.split)
         self.progress_stream = progress_stream
@@ -198,6 +201,13 @@ class Puller:
             self._close()
             s.seconds = time.monotonic() - started
             return s
+        from corpus.pull.names import NameIndex
+
+        if self._given_cache is not None:
+            self.cache = self._given_cache
+        elif self.opts.use_cache:
+            self.cache = HashCache(cache_path())
+        self._hashes = self.cache if isinstance(self.cache, HashCache) else None
         self.stamp.begin()
         names = NameIndex(self.opts.layout)
         completed = False
@@ -251,6 +261,8 @@ class Puller:
 
     def _sweep_parts(self) -> None:
         """Remove what a killed pull left half-written: only ``*.corpus-part`` files, never a final name."""
+        from corpus.domain.layouts import PART_SUFFIX
+
         for root, _, files in os.walk(self.opts.dest):
             for name in files:
                 if name.endswith(PART_SUFFIX):
@@ -260,6 +272,8 @@ class Puller:
                         pass
 
     def _transfer(self, named: Iterator[tuple[ManifestEntry, LocalPath]]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         inflight = threading.Semaphore(self.opts.concurrency * 4)  # bounded: no list of futures
         pool = ThreadPoolExecutor(max_workers=self.opts.concurrency, thread_name_prefix="corpus-pull")
         try:
@@ -281,13 +295,13 @@ class Puller:
 
     def _settled(self, entry: ManifestEntry, path: str, rel: str) -> bool:
         """True (and counted) if ``path`` is the entry's file by the MD5 cache: a stat and a lookup."""
-        if not isinstance(self.cache, HashCache):
+        if self._hashes is None:
             return False
         try:
             st = os.stat(path)
         except OSError:
             return False
-        if st.st_size != entry.size or self.cache.get(path, st.st_size, st.st_mtime_ns) != entry.md5_hex:
+        if st.st_size != entry.size or self._hashes.get(path, st.st_size, st.st_mtime_ns) != entry.md5_hex:
             return False
         self.stamp.add(rel, st)
         with self._lock:
@@ -320,7 +334,7 @@ class Puller:
         except FileNotFoundError:
             st = None
         if st is not None and st.st_size == entry.size:
-            have = self.cache.get(path, st.st_size, st.st_mtime_ns) if isinstance(self.cache, HashCache) else None
+            have = self._hashes.get(path, st.st_size, st.st_mtime_ns) if self._hashes is not None else None
             if have is None:
                 with open(path, "rb") as f:
                     have = hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
@@ -345,6 +359,8 @@ class Puller:
                 f"{entry.container}/{entry.blob} changed behind the corpus's back: its MD5 is {got}, the manifest says {want}"
             )
         final.parent.mkdir(parents=True, exist_ok=True)
+        from corpus.domain.layouts import PART_SUFFIX  # loaded once, by the first download
+
         part = path + PART_SUFFIX
         with open(part, "wb") as f:
             f.write(data)

@@ -12,13 +12,15 @@ import hashlib
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corpus.domain.errors import NotFoundError
-from corpus.domain.manifest import ManifestEntry
 from corpus.domain.paths import SetRef, validate_domain, validate_version
 from corpus.pull.fetch import BlobFetcher
 from corpus.store.settings import Settings
+
+if TYPE_CHECKING:
+    from corpus.domain.manifest import ManifestEntry
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlparse, urlsplit
-from xml.etree import ElementTree
 
 from corpus.domain.errors import ConfigError, StorageError
 from corpus.store.settings import Connection
@@ -281,6 +280,8 @@ def parse_listing(body: bytes, prefix: str, out: dict[str, str]) -> str:
 
     Streamed: each ``<Blob>`` is read and then cleared, so a 5,000-blob page never becomes a tree.
     """
+    from xml.etree import ElementTree  # here: a pull, which lists nothing, never loads it
+
     marker = ""
     for _, el in ElementTree.iterparse(io.BytesIO(body), events=("end",)):  # noqa: S314 - our own storage account; expat refuses entity bombs
         if el.tag == "Blob":
@@ -297,6 +298,8 @@ def parse_listing(body: bytes, prefix: str, out: dict[str, str]) -> str:
 
 
 def _error(body: bytes) -> tuple[str, str]:
+    from xml.etree import ElementTree
+
     try:
         root = ElementTree.fromstring(body)  # noqa: S314 - an error document from our own storage account
     except ElementTree.ParseError:
