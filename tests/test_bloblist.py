@@ -35,6 +35,29 @@ def test_shared_key_signature_is_the_sdks(prefix: str, marker: str, path_style: 
     assert ours["Authorization"] == request.headers["Authorization"]
 
 
+@given(name=names.filter(bool), size=st.integers(0, 10**9), with_md5=st.booleans())
+def test_shared_key_signature_of_a_put_blob_is_the_sdks(name: str, size: int, with_md5: bool) -> None:
+    # corpus.upload.sender signs Put Blob (a body, Content-MD5, If-None-Match) with the same function.
+    from urllib.parse import quote
+
+    lister = BlobLister.from_connection(
+        Connection(f"AccountName=acct;AccountKey={KEY};BlobEndpoint=https://acct.blob.core.windows.net")
+    )
+    url = f"{lister.account_url}/staging/{quote(name.encode('utf-8', 'surrogatepass'), safe='/~')}"
+    extra = {
+        "x-ms-blob-type": "BlockBlob",
+        "Content-Length": str(size),
+        "If-None-Match": "*",
+        "x-ms-blob-content-type": "image/jpeg",
+    }
+    if with_md5:
+        extra |= {"Content-MD5": "1B2M2Y8AsgTpgAmY7PhCfg==", "x-ms-blob-content-md5": "1B2M2Y8AsgTpgAmY7PhCfg=="}
+    ours = lister.signed("PUT", url, {}, extra)
+    request = HttpRequest("PUT", url, headers={k: v for k, v in ours.items() if k != "Authorization"})
+    SharedKeyCredentialPolicy("acct", KEY).on_request(PipelineRequest(request, PipelineContext(None)))
+    assert ours["Authorization"] == request.headers["Authorization"]
+
+
 def test_connection_strings() -> None:
     sas = "sv=2025-11-05&ss=b&sig=abc%2Fdef%3D"
     lister = BlobLister.from_connection(Connection(f"BlobEndpoint=https://x.example/;SharedAccessSignature={sas}"))

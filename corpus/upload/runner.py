@@ -29,7 +29,6 @@ slots, and ``--cap-mbps`` is a shared token budget, so neither is exceeded.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import queue
@@ -44,17 +43,14 @@ from typing import Any, Protocol
 from corpus.domain.display import valid_text
 from corpus.domain.errors import InvalidNameError, StorageError
 from corpus.domain.paths import WORST_ACCOUNT_BLOB_URL, check_copy_source
-from corpus.store.reasons import azure_reason
 from corpus.store.settings import Settings
 from corpus.transfer.bloblist import BlobLister, ListingError
 from corpus.transfer.hashcache import HashCache, Md5Cache, NullHashCache
 from corpus.transfer.pacing import RateLimiter
 from corpus.upload.plan import Action, Decision, content_type, decide, parse_extensions, relative_name, staged_name
 from corpus.upload.report import Failure, Progress, Summary
+from corpus.upload.sender import RawSender
 from corpus.upload.walk import LocalDir, retry_dirs, walk
-
-UPLOAD_CLIENT_OPTIONS = {"retry_total": 5, "initial_backoff": 1, "increment_base": 2, "max_single_put_size": 256 * 1024 * 1024}
-"""Transient errors are retried with exponential back-off (1, 3, 5, 9, 17 s) before a file fails."""
 
 
 @dataclass
@@ -156,62 +152,6 @@ class Sender(Protocol):
         ...
 
 
-class SdkSender:
-    """The Azure SDK behind :class:`Sender`, loaded when the first file is sent (its import is
-    the slow part of start-up, and a re-run that sends nothing never pays for it)."""
-
-    def __init__(self, settings: Settings, credential: Any = None) -> None:
-        self._settings = settings
-        self._credential = credential
-        self._staging: Any = None
-        self._lock = threading.Lock()
-
-    def _container(self) -> Any:
-        with self._lock:
-            if self._staging is None:
-                from corpus.store.storage import Clients
-
-                clients = Clients(self._settings.connection, dict(UPLOAD_CLIENT_OPTIONS), self._credential)
-                staging = clients.container(self._settings.staging_container)
-                from azure.core.exceptions import HttpResponseError
-
-                try:  # a new account has no staging container yet: create it, as AzCopy and rclone do
-                    staging.create_container()
-                except HttpResponseError:
-                    pass  # it exists, or this identity may not create containers: the put will say which
-                self._staging = staging
-            return self._staging
-
-    def put(self, name: str, data: bytes, md5: bytes, content_type: str) -> bool:
-        from azure.core.exceptions import AzureError, ResourceExistsError
-        from azure.storage.blob import ContentSettings
-
-        try:
-            self._container().get_blob_client(name).upload_blob(
-                data,
-                overwrite=False,
-                content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)),
-                headers={"Content-MD5": base64.b64encode(md5).decode()},  # verified by the service
-                max_concurrency=1,
-            )
-            return True
-        except ResourceExistsError:
-            return False
-        except AzureError as exc:
-            raise StorageError(azure_reason(exc)) from exc
-
-    def remote_md5(self, name: str) -> str:
-        from azure.core.exceptions import AzureError
-
-        from corpus.store.storage import blob_md5
-
-        blob = self._container().get_blob_client(name)
-        try:
-            return blob_md5(blob, blob.get_blob_properties())
-        except AzureError as exc:
-            raise StorageError(azure_reason(exc)) from exc
-
-
 class _Workers:
     """``--concurrency`` threads fed through a bounded queue, started with the first task: a re-run
     with nothing to send starts none. Used from the deciding thread only."""
@@ -238,7 +178,8 @@ class _Workers:
 
 class Uploader:
     """Plans, decides and sends one drop. ``lister``, ``sender`` and ``cache`` are seams: by default
-    List Blobs without the SDK, Put Blob through the SDK, and the on-disk MD5 cache."""
+    List Blobs and Put Blob without the SDK (:mod:`corpus.transfer.bloblist`,
+    :mod:`corpus.upload.sender`), and the on-disk MD5 cache."""
 
     def __init__(
         self,
@@ -252,15 +193,17 @@ class Uploader:
     ) -> None:
         self.opts = opts
         self.settings = settings
-        # Listings go out at once, without the SDK (see corpus.transfer.bloblist); the SDK, which does the
-        # writes, is loaded when the first file is to be sent, while later listings are under way.
-        credential = None
-        if (lister is None or sender is None) and not settings.connection.connection_string:
-            from corpus.store.storage import identity_credential
+        if lister is None or sender is None:
+            credential = None
+            if not settings.connection.connection_string:
+                from corpus.store.storage import identity_credential
 
-            credential = identity_credential(settings.connection)
-        self.lister: Lister = lister or BlobLister.from_connection(settings.connection, credential)
-        self.sender: Sender = sender or SdkSender(settings, credential)
+                credential = identity_credential(settings.connection)
+            client = BlobLister.from_connection(settings.connection, credential)
+            lister = lister or client
+            sender = sender or RawSender(client, settings.staging_container)
+        self.lister: Lister = lister
+        self.sender: Sender = sender
         self.summary = Summary(opts.domain, opts.version, str(opts.source))
         self.slots = threading.Semaphore(opts.concurrency)
         self.limiter = RateLimiter(opts.cap_mbps * 1_000_000 / 8) if opts.cap_mbps else None
