@@ -72,11 +72,13 @@ def make_drop(root: Path, files: int, size: int, dirs: int) -> int:
     return total
 
 
-def timed(cmd: list[str], env: dict[str, str], cwd: str | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+def timed(
+    cmd: list[str], env: dict[str, str], cwd: str | None = None, ok: tuple[int, ...] = (0,)
+) -> tuple[float, subprocess.CompletedProcess[str]]:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, cwd=cwd)
     elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return elapsed, proc
 
@@ -124,12 +126,14 @@ class Contest:
                     "RCLONE_CONFIG_AZ_TYPE": "azureblob",
                     "RCLONE_CONFIG_AZ_SAS_URL": f"{self.blob_url}/staging?{self.sas}"}  # fmt: skip
 
-    def run(self, tool: str, src: Path, tag: str, azcopy: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    def run(
+        self, tool: str, src: Path, tag: str, azcopy: str, ok: tuple[int, ...] = (0,)
+    ) -> tuple[float, subprocess.CompletedProcess[str]]:
         """``tool`` is a peer, or ``corpus`` / a label of ``--corpus-trees``: that code tree's corpus."""
         if tool in self.trees:  # the tree's own `corpus` package: `python -m` looks in the working directory first
             env = {**self.env, "PYTHONPATH": self.trees[tool]}
-            return timed(self.commands("corpus", src, tag, azcopy), env, cwd=self.trees[tool])
-        return timed(self.commands(tool, src, tag, azcopy), self.env)
+            return timed(self.commands("corpus", src, tag, azcopy), env, cwd=self.trees[tool], ok=ok)
+        return timed(self.commands(tool, src, tag, azcopy), self.env, ok=ok)
 
     def commands(self, tool: str, src: Path, tag: str, azcopy: str) -> list[str]:
         return {
@@ -146,7 +150,14 @@ class Contest:
         return f"bench/{'corpus' if tool in self.trees else tool}{tag}/"
 
     def first(self, tool: str, src: Path, tag: str, n: int, azcopy: str) -> dict[str, Any]:
-        first, _ = self.run(tool, src, tag, azcopy)
+        if tool not in self.trees:
+            first, _ = self.run(tool, src, tag, azcopy)
+        else:  # a file failed for good (Azurite resets connections under load): run again, as a user would
+            first, proc = self.run(tool, src, tag, azcopy, ok=(0, 1))
+            if proc.returncode:
+                again, _ = self.run(tool, src, tag, azcopy)
+                print(f"{tool}: {json.loads(proc.stdout)['failed']} failed, run again ({again:.1f}s)", file=sys.stderr)
+                first += again
         uploaded = count(self.clients, self.prefix(tool, tag))
         assert uploaded == n, f"{tool} uploaded {uploaded} of {n}"
         return {"first_s": round(first, 2), "first_files_per_s": round(n / first, 1), "reruns_s": []}
