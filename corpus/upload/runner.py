@@ -22,7 +22,9 @@ to do is mostly waiting for them):
   it and the others are listed one by one (so memory holds at most one page, whatever the drop);
 * ``original/``: only for a folder where some file is not already staged. A name both staged and
   ingested is then decided by staging: either way this run writes nothing under it, and ingest
-  settles the staged blob against the ingested one. A re-run reads no file whose size and mtime match the local MD5 cache
+  settles the staged blob against the ingested one.
+
+A re-run reads no file whose size and mtime match the local MD5 cache
 (:mod:`corpus.transfer.hashcache`). Every request (listings included) holds one of ``--concurrency``
 slots, and ``--cap-mbps`` is a shared token budget, so neither is exceeded.
 """
@@ -80,8 +82,9 @@ class _Task:
 Remote = tuple[dict[str, str], dict[str, str]]
 """Per destination directory: file name → MD5 of what is staged, and of what is ingested."""
 
-_Planned = tuple[str, str, str, str, os.stat_result | None]
-"""One file as the planner named it: local path, relative name, staged name, destination folder, stat."""
+_Planned = tuple[str, str, str, tuple[int, int] | None]
+"""One file as the planner named it: local path, relative name, destination folder, (size, mtime_ns)
+if the walk could stat it. Small on purpose: the planner keeps a few folders of them ahead."""
 
 
 FLAT_LISTING_LIMIT = 5000
@@ -253,7 +256,6 @@ class Uploader:
 
     def _plan(self, planned: queue.Queue[Any]) -> None:
         """Name each file, and start listing each destination directory before it is needed."""
-        prefix = f"{self.opts.domain}/{self.opts.version}/"
         try:
             for local in self._local_dirs():
                 base = relative_name(local.parts)
@@ -267,10 +269,9 @@ class Uploader:
                         continue
                     # Checked against the staging contract only if it is to be sent (_one): a re-run
                     # skips what is already remote without paying for the validation of every name.
-                    staged = f"{prefix}{rel}"
                     rdir, _, file_name = rel.rpartition("/")
                     names.setdefault(rdir, set()).add(file_name)
-                    entries.append((path, rel, staged, rdir, st))
+                    entries.append((path, rel, rdir, (st.st_size, st.st_mtime_ns) if st is not None else None))
                 listings = {rdir: self._listers.submit(self._list_remote, rdir, frozenset(n)) for rdir, n in names.items()}
                 if not self._put_unless_stopped(planned, (local.path, entries, listings)):
                     return
@@ -334,11 +335,15 @@ class Uploader:
         cached = self.cache.directory(directory)
         remote: dict[str, Remote | ListingError] = {}
         seen = seen_bytes = 0
-        for path, rel, staged, rdir, st in entries:
+        prefix = f"{self.opts.domain}/{self.opts.version}/"
+        for path, rel, rdir, stat in entries:
             if self._stop.is_set():
                 break
+            staged = prefix + rel
             try:
-                st = st or os.stat(path)
+                if stat is None:
+                    st = os.stat(path)
+                    stat = (st.st_size, st.st_mtime_ns)
             except OSError as exc:
                 self._fail(path, staged, f"cannot read: {exc.strerror or exc}")
                 continue
@@ -352,7 +357,7 @@ class Uploader:
                 self._fail(path, staged, f"cannot list what is already remote: {listed}")
                 continue
             name = rel.rpartition("/")[2]
-            task = _Task(path, rel, staged, st.st_size, st.st_mtime_ns, listed[0].get(name), listed[1].get(name))
+            task = _Task(path, rel, staged, stat[0], stat[1], listed[0].get(name), listed[1].get(name))
             seen += 1
             seen_bytes += task.size
             if not self._settled_from_cache(task, cached.get(path)):
