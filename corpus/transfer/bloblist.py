@@ -105,9 +105,9 @@ class BlobLister:
         """One page of *every* blob under ``prefix`` (no delimiter: names in sub-folders too), at
         most ``limit`` (≤ 5,000): relative name → hex MD5, and whether that was all of them.
 
-        One request for a whole small tree where :meth:`list_md5s` takes one per folder: Azurite
-        answers each List Blobs by scanning the container, so the count of requests is what a
-        re-run waits for. A missing container is an empty, complete page.
+        One request for a whole small tree where :meth:`list_md5s` takes one per folder (and
+        ``original/`` one more each): a re-run with nothing to do waits on these round trips.
+        A missing container is an empty, complete page.
         """
         query = {"restype": "container", "comp": "list", "prefix": prefix, "maxresults": str(limit)}
         out: dict[str, str] = {}

@@ -14,8 +14,7 @@ How it stays fast and small: the tree is walked lazily, directory by directory, 
 ahead of the decisions, and what is remote is listed as soon as the walk finds it, so listings
 overlap with everything else; files flow through bounded queues to ``--concurrency`` workers, so
 memory is bounded by a few directories' listings, not by the drop. What is listed, fewest
-requests first (each List Blobs costs Azurite a scan of the container, and a re-run with nothing
-to do is mostly waiting for them):
+requests first (a re-run with nothing to do is mostly waiting for its listings):
 
 * staging: one flat page (:data:`FLAT_LISTING_LIMIT` blobs) of the whole version at the start;
   if that is all of it, no folder is listed again; if not, the folders the page fully covers use
