@@ -167,8 +167,19 @@ def main() -> None:
     ap.add_argument("--reruns", type=int, default=3)
     ap.add_argument("--tools", default="corpus,azcopy,rclone")
     ap.add_argument("--skip-pull", action="store_true", help="only the DataLoader comparison")
+    ap.add_argument("--skip-dataloader", action="store_true", help="only the pull comparison")
+    ap.add_argument(
+        "--corpus-trees",
+        default="",
+        help="LABEL=DIR,...: `corpus pull` from each of these code trees, each into its own folder "
+        "(e.g. before=/tmp/base,after=.), in place of `corpus` in --tools",
+    )
     args = ap.parse_args()
+    trees = {k: str(Path(v).resolve()) for k, _, v in (t.partition("=") for t in args.corpus_trees.split(",") if t)}
     tools = args.tools.split(",")
+    if trees and "corpus" in tools:
+        i = tools.index("corpus")
+        tools[i : i + 1] = list(trees)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -188,7 +199,12 @@ def main() -> None:
             sas = signer.generate_container("bench", permission="rl", expiry=datetime.now(UTC) + timedelta(hours=6))
             # The CA-bundle variables some machines set make corpus use requests instead of http.client;
             # they mean nothing to a plain-http emulator, so every tool runs without them.
-            base = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+            # Likewise PYTHONDONTWRITEBYTECODE (set on this machine): installed, corpus's bytecode is cached.
+            base = {
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PYTHONDONTWRITEBYTECODE")
+            }
             env = {**base, "CorpusStorage": conn, "AzureWebJobsStorage": conn, "CORPUS_CACHE_DIR": str(tmp / "cache"),
                    "PYTHONPATH": str(REPO), "AZCOPY_LOG_LOCATION": str(tmp / "azlogs"),
                    "AZCOPY_JOB_PLAN_LOCATION": str(tmp / "azplans"), "AZCOPY_DISABLE_SYSLOG": "true",
@@ -205,88 +221,99 @@ def main() -> None:
                 "rclone": ["rclone", "copy", "az:bench/original", str(dest.get("rclone")), "--transfers", str(CONCURRENCY),
                            "--checkers", str(CONCURRENCY), "-q"],
             }  # fmt: skip
-            pull: dict[str, Any] = {"images": len(entries), "bytes": total}
+            cwd: dict[str, str | None] = {}
+            envs = {t: env for t in tools}
+            for label, tree in trees.items():
+                dest[label] = tmp / f"pull-{label}"
+                commands[label] = [*commands["corpus"][:5], str(dest[label]), *commands["corpus"][6:]]
+                envs[label], cwd[label] = {**env, "PYTHONPATH": tree}, tree  # `python -m` looks in the cwd first
+            pull: dict[str, Any] = {"images": len(entries), "bytes": total, "trees": trees}
             for tool in [] if args.skip_pull else tools:
-                secs, _ = timed(commands[tool], env)
+                secs, _ = timed(commands[tool], envs[tool], cwd.get(tool))
                 assert tree_count(dest[tool]) == len(entries), f"{tool} pulled {tree_count(dest[tool])}"
                 pull[tool] = {"first_s": round(secs, 2), "first_files_per_s": round(len(entries) / secs, 1), "reruns_s": []}
                 print(json.dumps({tool: pull[tool]}), file=sys.stderr, flush=True)
             for i in range(0 if args.skip_pull else args.reruns):
                 for tool in tools if i % 2 == 0 else tools[::-1]:
-                    secs, proc = timed(commands[tool], env)
-                    if tool == "corpus":
-                        assert json.loads(proc.stdout)["downloaded"] == 0
+                    secs, proc = timed(commands[tool], envs[tool], cwd.get(tool))
+                    if tool == "corpus" or tool in trees:
+                        out = json.loads(proc.stdout)
+                        assert out["downloaded"] == 0 and out["failed"] == 0 and out["present"] == len(entries), out
                     pull[tool]["reruns_s"].append(round(secs, 2))
             for tool in [] if args.skip_pull else tools:
                 pull[tool]["rerun_s"] = statistics.median(pull[tool]["reruns_s"])
-            for peer in ("azcopy", "rclone"):
-                if "corpus" in pull and peer in pull:
-                    pull[f"ratio_first_vs_{peer}"] = round(
-                        pull["corpus"]["first_files_per_s"] / pull[peer]["first_files_per_s"], 2
-                    )
-                    pull[f"ratio_rerun_vs_{peer}"] = round(pull[peer]["rerun_s"] / pull["corpus"]["rerun_s"], 2)
+            for mine in [t for t in tools if t == "corpus" or t in trees]:
+                for peer in ("azcopy", "rclone"):
+                    if mine in pull and peer in pull:
+                        tag = "" if mine == "corpus" else f"{mine}_"
+                        pull[f"ratio_first_{tag}vs_{peer}"] = round(
+                            pull[mine]["first_files_per_s"] / pull[peer]["first_files_per_s"], 2
+                        )
+                        pull[f"ratio_rerun_{tag}vs_{peer}"] = round(pull[peer]["rerun_s"] / pull[mine]["rerun_s"], 2)
+            pull["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
             results["pull"] = pull
             print(json.dumps({"pull": pull}), file=sys.stderr, flush=True)
 
-            # -- DataLoader ---------------------------------------------------------------------
-            os.environ.update({"CorpusStorage": conn})
-            settings = Settings.from_env({"CorpusStorage": conn})
-            from corpus.app.exports import on_export_message
-            from corpus.dataset import ShardDataset, TrainsetDataset
-            from corpus.domain.exports import ExportParams, ExportRequest, parse_export_message
+            if not args.skip_dataloader:  # -- DataLoader ---------------------------------------------------------------------
+                os.environ.update({"CorpusStorage": conn})
+                settings = Settings.from_env({"CorpusStorage": conn})
+                from corpus.app.exports import on_export_message
+                from corpus.dataset import ShardDataset, TrainsetDataset
+                from corpus.domain.exports import ExportParams, ExportRequest, parse_export_message
 
-            rt = _Rt(settings, clients)
-            loading: dict[str, Any] = {}
-            for fmt in ("webdataset", "parquet"):
-                rt.sent.clear()
-                t0 = time.perf_counter()
-                req = ExportRequest("bench-set", "1", ExportParams(fmt, 20_000_000))
-                on_export_message(rt, req)  # type: ignore[arg-type]
-                for body in list(rt.sent):
-                    on_export_message(rt, parse_export_message(body))  # type: ignore[arg-type]
-                loading[f"export_{fmt}_s"] = round(time.perf_counter() - t0, 2)
-                loading[f"{fmt}_shards"] = len(rt.sent)
-            n = len(entries)
-            loading["TrainsetDataset"] = epoch(TrainsetDataset("bench-set", "1", decode=False, settings=settings), n)
-            loading["ShardDataset"] = epoch(ShardDataset("bench-set", "1", decode=False, settings=settings), n)
-            pq_prefix = f"bench-set/1/{ExportParams('parquet', 20_000_000).export_id()}/"
-            exports = clients.container("exports")
-            files = []
-            for b in exports.list_blobs(name_starts_with=pq_prefix + "data/"):
-                path = tmp / "parquet" / b.name.rpartition("/")[2]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(exports.download_blob(b.name).readall())
-                files.append(str(path))
-            loading["datasets parquet (local copy)"] = epoch(HFBytes(files), n)
-            azst = os.environ.get("AZSTORAGETORCH_PATH")
-            if azst:
-                sys.path.insert(0, azst)
-                from azstoragetorch.datasets import BlobDataset
+                rt = _Rt(settings, clients)
+                loading: dict[str, Any] = {}
+                for fmt in ("webdataset", "parquet"):
+                    rt.sent.clear()
+                    t0 = time.perf_counter()
+                    req = ExportRequest("bench-set", "1", ExportParams(fmt, 20_000_000))
+                    on_export_message(rt, req)  # type: ignore[arg-type]
+                    for body in list(rt.sent):
+                        on_export_message(rt, parse_export_message(body))  # type: ignore[arg-type]
+                    loading[f"export_{fmt}_s"] = round(time.perf_counter() - t0, 2)
+                    loading[f"{fmt}_shards"] = len(rt.sent)
+                n = len(entries)
+                loading["TrainsetDataset"] = epoch(TrainsetDataset("bench-set", "1", decode=False, settings=settings), n)
+                loading["ShardDataset"] = epoch(ShardDataset("bench-set", "1", decode=False, settings=settings), n)
+                pq_prefix = f"bench-set/1/{ExportParams('parquet', 20_000_000).export_id()}/"
+                exports = clients.container("exports")
+                files = []
+                for b in exports.list_blobs(name_starts_with=pq_prefix + "data/"):
+                    path = tmp / "parquet" / b.name.rpartition("/")[2]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(exports.download_blob(b.name).readall())
+                    files.append(str(path))
+                loading["datasets parquet (local copy)"] = epoch(HFBytes(files), n)
+                azst = os.environ.get("AZSTORAGETORCH_PATH")
+                if azst:
+                    sys.path.insert(0, azst)
+                    from azstoragetorch.datasets import BlobDataset
 
-                try:
-                    ds = BlobDataset.from_container_url(f"{blob_url}/bench?{sas}", prefix="original/", transform=azst_bytes)
-                    loading["azstoragetorch.BlobDataset"] = epoch(ds, n)
-                except Exception as exc:
-                    loading["azstoragetorch.BlobDataset"] = f"did not run against Azurite: {type(exc).__name__}: {str(exc)[:300]}"
-            else:
-                loading["azstoragetorch.BlobDataset"] = "not measured: AZSTORAGETORCH_PATH unset"
-            folder = tmp / "imagefolder"
-            timed([sys.executable, "-m", "corpus", "pull", "bench-set:1", str(folder), "--json"], env)
-            total_local = 0
-            for split in sorted(os.listdir(folder)):
-                if (folder / split).is_dir():
-                    ds_split = ImageFolderBytes(folder / split)
-                    total_local += len(ds_split)
-            loading["ImageFolder rule, local pulled folder (all splits)"] = epoch(
-                torch_concat([ImageFolderBytes(folder / s) for s in sorted(os.listdir(folder)) if (folder / s).is_dir()]), n
-            )
-            assert total_local == n
-            for name, value in list(loading.items()):
-                if isinstance(value, dict) and name != "ImageFolder rule, local pulled folder (all splits)":
-                    base = loading["ImageFolder rule, local pulled folder (all splits)"]["samples_per_s"]
-                    loading[f"ratio {name} / ImageFolder"] = round(value["samples_per_s"] / base, 2)
-            loading["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
-            results["dataloader"] = loading
+                    try:
+                        ds = BlobDataset.from_container_url(f"{blob_url}/bench?{sas}", prefix="original/", transform=azst_bytes)
+                        loading["azstoragetorch.BlobDataset"] = epoch(ds, n)
+                    except Exception as exc:
+                        why = f"{type(exc).__name__}: {str(exc)[:300]}"
+                        loading["azstoragetorch.BlobDataset"] = f"did not run against Azurite: {why}"
+                else:
+                    loading["azstoragetorch.BlobDataset"] = "not measured: AZSTORAGETORCH_PATH unset"
+                folder = tmp / "imagefolder"
+                timed([sys.executable, "-m", "corpus", "pull", "bench-set:1", str(folder), "--json"], env)
+                total_local = 0
+                for split in sorted(os.listdir(folder)):
+                    if (folder / split).is_dir():
+                        ds_split = ImageFolderBytes(folder / split)
+                        total_local += len(ds_split)
+                loading["ImageFolder rule, local pulled folder (all splits)"] = epoch(
+                    torch_concat([ImageFolderBytes(folder / s) for s in sorted(os.listdir(folder)) if (folder / s).is_dir()]), n
+                )
+                assert total_local == n
+                for name, value in list(loading.items()):
+                    if isinstance(value, dict) and name != "ImageFolder rule, local pulled folder (all splits)":
+                        base = loading["ImageFolder rule, local pulled folder (all splits)"]["samples_per_s"]
+                        loading[f"ratio {name} / ImageFolder"] = round(value["samples_per_s"] / base, 2)
+                loading["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+                results["dataloader"] = loading
         finally:
             az.stop()
             shutil.rmtree(tmp, ignore_errors=True)

@@ -35,6 +35,29 @@ def test_shared_key_signature_is_the_sdks(prefix: str, marker: str, path_style: 
     assert ours["Authorization"] == request.headers["Authorization"]
 
 
+@given(name=names.filter(bool), size=st.integers(0, 10**9), with_md5=st.booleans())
+def test_shared_key_signature_of_a_put_blob_is_the_sdks(name: str, size: int, with_md5: bool) -> None:
+    # corpus.upload.sender signs Put Blob (a body, Content-MD5, If-None-Match) with the same function.
+    from urllib.parse import quote
+
+    lister = BlobLister.from_connection(
+        Connection(f"AccountName=acct;AccountKey={KEY};BlobEndpoint=https://acct.blob.core.windows.net")
+    )
+    url = f"{lister.account_url}/staging/{quote(name.encode('utf-8', 'surrogatepass'), safe='/~')}"
+    extra = {
+        "x-ms-blob-type": "BlockBlob",
+        "Content-Length": str(size),
+        "If-None-Match": "*",
+        "x-ms-blob-content-type": "image/jpeg",
+    }
+    if with_md5:
+        extra |= {"Content-MD5": "1B2M2Y8AsgTpgAmY7PhCfg==", "x-ms-blob-content-md5": "1B2M2Y8AsgTpgAmY7PhCfg=="}
+    ours = lister.signed("PUT", url, {}, extra)
+    request = HttpRequest("PUT", url, headers={k: v for k, v in ours.items() if k != "Authorization"})
+    SharedKeyCredentialPolicy("acct", KEY).on_request(PipelineRequest(request, PipelineContext(None)))
+    assert ours["Authorization"] == request.headers["Authorization"]
+
+
 def test_connection_strings() -> None:
     sas = "sv=2025-11-05&ss=b&sig=abc%2Fdef%3D"
     lister = BlobLister.from_connection(Connection(f"BlobEndpoint=https://x.example/;SharedAccessSignature={sas}"))
@@ -115,3 +138,17 @@ def test_listing_on_azurite_over_either_transport(settings, clients, monkeypatch
     assert listed == {"a.jpg": hashlib.md5(b"a").hexdigest()}  # direct children only, with their MD5
     assert lister.list_md5s("no-such-container", "d/") == {}
     assert type(bloblist._transport()).__name__ == ("_RequestsTransport" if proxied else "_StdlibTransport")
+
+
+def test_a_flat_page_lists_nested_names_and_says_whether_it_was_all(settings, clients) -> None:
+    staging = clients.container(settings.staging_container)
+    for name in ("d/v/a/1.jpg", "d/v/a/b/2.jpg", "d/v/c/3.jpg", "d/v2/x.jpg"):
+        staging.upload_blob(name, name.encode())
+    lister = BlobLister.from_connection(settings.connection)
+    everything = {n: hashlib.md5(f"d/v/{n}".encode()).hexdigest() for n in ("a/1.jpg", "a/b/2.jpg", "c/3.jpg")}
+    assert lister.list_page(settings.staging_container, "d/v/", 3) == (everything, True)
+    assert lister.list_page(settings.staging_container, "d/v/", 2) == (
+        {n: everything[n] for n in ("a/1.jpg", "a/b/2.jpg")},
+        False,
+    )
+    assert lister.list_page("no-such-container", "d/", 5) == ({}, True)

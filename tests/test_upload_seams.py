@@ -7,6 +7,8 @@ import hashlib
 import threading
 from pathlib import Path
 
+import pytest
+
 from corpus.domain.errors import StorageError
 from corpus.store.settings import Settings
 from corpus.transfer.hashcache import NullHashCache
@@ -25,6 +27,18 @@ class FakeLister:
         with self.lock:
             self.calls.append((container, prefix))
         return dict(self.remote.get((container, prefix), {}))
+
+    def list_page(self, container: str, prefix: str, limit: int) -> tuple[dict[str, str], bool]:
+        """The folders' blobs under ``prefix`` as one flat listing, in name order, ``limit`` at most."""
+        with self.lock:
+            self.calls.append((container, prefix))
+        flat = sorted(
+            (folder[len(prefix) :] + name, md5)
+            for (c, folder), blobs in self.remote.items()
+            if c == container and folder.startswith(prefix)
+            for name, md5 in blobs.items()
+        )
+        return dict(flat[:limit]), len(flat) <= limit
 
 
 class FakeSender:
@@ -78,13 +92,9 @@ def test_plans_names_lists_each_folder_once_and_sends_only_images(tmp_path: Path
     s = run(src, lister, sender).summary
     assert set(sender.puts) == {"birds/v1/red/robin/a.jpg", "birds/v1/red/robin/b.jpg", "birds/v1/blue/c.png"}
     assert s.uploaded == 3 and s.failures == [] and s.skipped["junk"] == 1 and s.skipped["not an image extension"] == 1
+    # Staging: one flat page of the version (it was all of it); original/: the folders with files to send.
     assert sorted(lister.calls) == sorted(
-        [
-            ("staging", "birds/v1/red/robin/"),
-            ("birds", "original/red/robin/v1/"),
-            ("staging", "birds/v1/blue/"),
-            ("birds", "original/blue/v1/"),
-        ]
+        [("staging", "birds/v1/"), ("birds", "original/red/robin/v1/"), ("birds", "original/blue/v1/")]
     )
 
 
@@ -134,3 +144,57 @@ def test_a_file_that_vanishes_after_the_walk_is_reported_not_lost(tmp_path: Path
     assert s.uploaded == 2
     (failure,) = s.failures
     assert failure.path.endswith("c.png") and "cannot read" in failure.reason
+
+
+def many(tmp_path: Path) -> tuple[Path, dict[tuple[str, str], dict[str, str]]]:
+    """12 files in 3 folders; 10 already staged (all of ``a`` and ``b``, half of ``c``): the remote."""
+    src = tmp_path / "many"
+    remote: dict[tuple[str, str], dict[str, str]] = {}
+    for d in ("a", "b", "c"):
+        (src / d).mkdir(parents=True)
+        for i in range(4):
+            data = f"{d}{i}".encode() * 5
+            (src / d / f"{i}.jpg").write_bytes(data)
+            if d != "c" or i < 2:
+                remote.setdefault(("staging", f"birds/v1/{d}/"), {})[f"{i}.jpg"] = md5(data)
+    return src, remote
+
+
+@pytest.mark.parametrize("limit", [10, 9, 5, 1])
+def test_the_flat_page_settles_what_is_staged_whether_or_not_it_holds_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    # FLAT_LISTING_LIMIT just at the 10 staged blobs (one page holds them all) and just under it (the
+    # page stops inside folder c, or earlier): the same outcome, only the requests differ.
+    from corpus.upload import runner
+
+    monkeypatch.setattr(runner, "FLAT_LISTING_LIMIT", limit)
+    src, remote = many(tmp_path)
+    lister, sender = FakeLister(remote), FakeSender()
+    s = run(src, lister, sender).summary
+    assert set(sender.puts) == {"birds/v1/c/2.jpg", "birds/v1/c/3.jpg"}
+    assert (s.uploaded, s.already_staged, s.failures) == (2, 10, [])
+    per_folder = sorted(c for c in lister.calls if c != ("staging", "birds/v1/"))
+    covered = {10: {"a", "b", "c"}, 9: {"a", "b"}, 5: {"a"}, 1: set()}[limit]  # the page ends in c, in b, in a
+    assert per_folder == sorted(
+        [("birds", "original/c/v1/")] + [("staging", f"birds/v1/{d}/") for d in ("a", "b", "c") if d not in covered]
+    )  # original/ only where something is missing: a and b, all staged, are never listed there
+
+
+def test_a_name_outside_the_staging_contract_fails_when_it_would_be_sent_and_only_then(tmp_path: Path) -> None:
+    # "x." as a folder: Azure may trim a segment's trailing dot, so the name is refused before any
+    # write. A re-run checks names only of what it would send: one already staged (by another tool,
+    # same bytes) is skipped like any other, and ingest, which checks every staged name, reports it.
+    src = drop(tmp_path)
+    (src / "x.").mkdir()
+    (src / "x." / "p.jpg").write_bytes(b"p" * 10)
+    sender = FakeSender()
+    s = run(src, FakeLister({}), sender).summary
+    assert "birds/v1/x./p.jpg" not in sender.puts and s.uploaded == 3
+    (failure,) = s.failures
+    assert failure.staged == "x./p.jpg" and "does not fit the staging contract" in failure.reason and "'.'" in failure.reason
+    dry = run(src, FakeLister({}), FakeSender(), dry_run=True).summary
+    assert dry.would_upload == 3 and len(dry.failures) == 1
+    staged = FakeLister({("staging", "birds/v1/x./"): {"p.jpg": md5(b"p" * 10)}})
+    again = run(src, staged, FakeSender()).summary
+    assert again.failures == [] and again.already_staged == 1

@@ -11,7 +11,10 @@ How it stays correct:
 * a re-run fetches only what is missing or differs: a local file of the manifest's size whose
   (path, size, mtime) is in the local MD5 cache with the manifest's MD5 is not even read (the
   cache is :class:`corpus.transfer.hashcache.HashCache` in its own file); one not in the cache is
-  hashed once.
+  hashed once;
+* a re-run of a pull that completed, with the same manifest (by the digest of its bytes), is a
+  stat of each file it placed (:mod:`corpus.pull.stamp`): any file missing or changed, and the
+  pull runs in full.
 
 Same conventions as ``corpus upload``: ``--concurrency`` requests in flight, ``--cap-mbps`` a
 shared budget (:class:`corpus.transfer.pacing.RateLimiter`), a progress line, ``--failures FILE``
@@ -27,19 +30,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from corpus.domain.errors import StorageError
-from corpus.domain.layouts import PART_SUFFIX, LocalPath
-from corpus.domain.manifest import ManifestEntry
 from corpus.pull.fetch import BlobFetcher
-from corpus.pull.names import NameIndex
-from corpus.pull.sources import EntryReader, Source
+from corpus.pull.sources import EntryReader, Source, TrainsetSource
+from corpus.pull.stamp import NullStamp, PullStamp
 from corpus.store.settings import Settings
 from corpus.transfer.hashcache import HashCache, Md5Cache, NullHashCache, default_path
+
+if TYPE_CHECKING:  # a re-run settled by its stamp loads neither the manifest nor the naming modules
+    from corpus.domain.layouts import LocalPath
+    from corpus.domain.manifest import ManifestEntry
+    from corpus.pull.names import NameIndex
 from corpus.transfer.pacing import RateLimiter, write_status
 
 NAME_MAP = ".corpus-names.jsonl"
@@ -49,6 +54,10 @@ on a collision: ``path``, ``container``, ``blob``, ``lossy``); pulls into one fo
 
 def cache_path() -> Path:
     return default_path().with_name("pull-md5.sqlite")
+
+
+def stamp_dir() -> Path:
+    return default_path().with_name("pull-stamps")
 
 
 @dataclass
@@ -89,6 +98,7 @@ class PullSummary:
     failures: list[PullFailure] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    stamped: bool = False  # complete by the stamp of the last pull: every file's size and mtime unchanged
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -98,7 +108,7 @@ class PullSummary:
             "would_download": self.would_download, "renamed": self.renamed, "lossy_names": self.lossy_names,
             "failed": len(self.failures), "seconds": round(self.seconds, 3),
             "files_per_s": round(self.files / self.seconds, 1) if self.seconds else None,
-            "interrupted": self.interrupted, "failures": [f.__dict__ for f in self.failures],
+            "interrupted": self.interrupted, "stamped": self.stamped, "failures": [f.__dict__ for f in self.failures],
         }  # fmt: skip
 
 
@@ -141,17 +151,34 @@ class Puller:
         self.settings = settings
         self.opts = opts
         self.fetcher = fetcher or BlobFetcher(settings.connection)
-        self.cache: Md5Cache = cache if cache is not None else (HashCache(cache_path()) if opts.use_cache else NullHashCache())
+        self._given_cache = cache
+        self.cache: Md5Cache = NullHashCache()  # opened by run() unless the stamp settles the pull
+        self._hashes: HashCache | None = None  # self.cache when it is the on-disk MD5 cache (lookups worth a stat)
         self.limiter = RateLimiter(opts.cap_mbps * 1_000_000 / 8) if opts.cap_mbps else None
         self.summary = PullSummary(opts.source.describe(), str(opts.dest), opts.layout, opts.split)
         self.progress_stream = progress_stream
         self.progress: PullProgress | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._reader: EntryReader | None = None
+        self.stamp: PullStamp | NullStamp = NullStamp()
 
     def selection(self) -> Iterator[ManifestEntry]:
-        """Every entry of the source, streamed: names are decided over all of them (every split)."""
-        return EntryReader(self.settings).entries(self.opts.source)
+        """Every entry of the source, streamed: names are decided over all of them (every split).
+        A training set's manifest is fetched once for both passes."""
+        if self._reader is None:
+            self._reader = EntryReader(self.settings)
+        return self._reader.entries(self.opts.source)
+
+    def _stamp(self) -> PullStamp | NullStamp:
+        """The stamp of this pull: a complete pull of a training set into DEST, MD5 cache in use."""
+        o = self.opts
+        if o.dry_run or o.only is not None or not o.use_cache or not isinstance(o.source, TrainsetSource):
+            return NullStamp()
+        if self._reader is None:
+            self._reader = EntryReader(self.settings)
+        digest = self._reader.spooled(o.source).sha256
+        return PullStamp(stamp_dir(), o.dest, digest, {"source": o.source.describe(), "layout": o.layout, "split": o.split})
 
     def wanted(self, e: ManifestEntry) -> bool:
         return (self.opts.split is None or e.split == self.opts.split) and (
@@ -160,7 +187,30 @@ class Puller:
 
     def run(self) -> PullSummary:
         started = time.monotonic()
+        try:
+            self.stamp = self._stamp()
+            counts = self.stamp.holds()
+        except BaseException:
+            self._close()
+            raise
+        if counts is not None:  # nothing to do: every file the last pull placed is as it left it
+            s = self.summary
+            s.files = s.present = int(counts["files"])
+            s.bytes, s.renamed, s.lossy_names = int(counts["bytes"]), int(counts["renamed"]), int(counts["lossy_names"])
+            s.stamped = True
+            self._close()
+            s.seconds = time.monotonic() - started
+            return s
+        from corpus.pull.names import NameIndex
+
+        if self._given_cache is not None:
+            self.cache = self._given_cache
+        elif self.opts.use_cache:
+            self.cache = HashCache(cache_path())
+        self._hashes = self.cache if isinstance(self.cache, HashCache) else None
+        self.stamp.begin()
         names = NameIndex(self.opts.layout)
+        completed = False
         try:
             for e in self.selection():  # pass 1: every planned name, counted on disk
                 names.add(e)
@@ -173,6 +223,7 @@ class Puller:
                 self.opts.dest.mkdir(parents=True, exist_ok=True)
                 self._sweep_parts()
             self._transfer(self._named(names))  # pass 2: names, then the transfers, streamed
+            completed = True
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._stop.set()
@@ -180,13 +231,22 @@ class Puller:
             try:
                 if not self.opts.dry_run and self.opts.dest.is_dir():
                     self.summary.renamed = names.write_map(self.opts.dest / NAME_MAP)
+                s = self.summary
+                if completed and not s.failures and not s.interrupted:
+                    self.stamp.commit({"files": s.files, "bytes": s.bytes, "renamed": s.renamed, "lossy_names": s.lossy_names})
             finally:
+                self.stamp.abandon()  # a no-op once committed
                 names.close()
-                self.cache.close()
+                self._close()
                 self.summary.seconds = time.monotonic() - started
         if self.progress:
             self.progress.render(True)
         return self.summary
+
+    def _close(self) -> None:
+        self.cache.close()
+        if self._reader is not None:
+            self._reader.close()
 
     def _named(self, names: NameIndex) -> Iterator[tuple[ManifestEntry, LocalPath]]:
         for e in self.selection():
@@ -201,6 +261,8 @@ class Puller:
 
     def _sweep_parts(self) -> None:
         """Remove what a killed pull left half-written: only ``*.corpus-part`` files, never a final name."""
+        from corpus.domain.layouts import PART_SUFFIX
+
         for root, _, files in os.walk(self.opts.dest):
             for name in files:
                 if name.endswith(PART_SUFFIX):
@@ -210,17 +272,19 @@ class Puller:
                         pass
 
     def _transfer(self, named: Iterator[tuple[ManifestEntry, LocalPath]]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         inflight = threading.Semaphore(self.opts.concurrency * 4)  # bounded: no list of futures
         pool = ThreadPoolExecutor(max_workers=self.opts.concurrency, thread_name_prefix="corpus-pull")
         try:
             for e, p in named:
                 final = self.opts.dest / p.rel
-                if self._settled(e, str(final)):
+                if self._settled(e, str(final), p.rel):
                     continue  # already there, by the cache: no thread, no read
                 inflight.acquire()
                 if self._stop.is_set():
                     break
-                fut = pool.submit(self._safe_one, e, final)
+                fut = pool.submit(self._safe_one, e, final, p.rel)
                 fut.add_done_callback(lambda _f: inflight.release())
             pool.shutdown(wait=True)
         except KeyboardInterrupt:
@@ -229,27 +293,28 @@ class Puller:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
-    def _settled(self, entry: ManifestEntry, path: str) -> bool:
+    def _settled(self, entry: ManifestEntry, path: str, rel: str) -> bool:
         """True (and counted) if ``path`` is the entry's file by the MD5 cache: a stat and a lookup."""
-        if not isinstance(self.cache, HashCache):
+        if self._hashes is None:
             return False
         try:
             st = os.stat(path)
         except OSError:
             return False
-        if st.st_size != entry.size or self.cache.get(path, st.st_size, st.st_mtime_ns) != entry.md5_hex:
+        if st.st_size != entry.size or self._hashes.get(path, st.st_size, st.st_mtime_ns) != entry.md5_hex:
             return False
+        self.stamp.add(rel, st)
         with self._lock:
             self.summary.present += 1
         if self.progress:
             self.progress.tick(0)
         return True
 
-    def _safe_one(self, entry: ManifestEntry, final: Path) -> None:
+    def _safe_one(self, entry: ManifestEntry, final: Path, rel: str) -> None:
         if self._stop.is_set():
             return
         try:
-            nbytes = self._one(entry, final)
+            nbytes = self._one(entry, final, rel)
         except StorageError as exc:
             self._fail(entry, final, str(exc))
         except OSError as exc:
@@ -260,7 +325,7 @@ class Puller:
             if self.progress:
                 self.progress.tick(nbytes)
 
-    def _one(self, entry: ManifestEntry, final: Path) -> int:
+    def _one(self, entry: ManifestEntry, final: Path, rel: str) -> int:
         """Make ``final`` hold exactly the entry's bytes; the bytes downloaded (0 when already there)."""
         want = entry.md5_hex
         path = str(final)
@@ -269,12 +334,13 @@ class Puller:
         except FileNotFoundError:
             st = None
         if st is not None and st.st_size == entry.size:
-            have = self.cache.get(path, st.st_size, st.st_mtime_ns) if isinstance(self.cache, HashCache) else None
+            have = self._hashes.get(path, st.st_size, st.st_mtime_ns) if self._hashes is not None else None
             if have is None:
                 with open(path, "rb") as f:
                     have = hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
                 self.cache.put(path, st.st_size, st.st_mtime_ns, have)
             if have == want:
+                self.stamp.add(rel, st)
                 with self._lock:
                     self.summary.present += 1
                 return 0
@@ -293,12 +359,15 @@ class Puller:
                 f"{entry.container}/{entry.blob} changed behind the corpus's back: its MD5 is {got}, the manifest says {want}"
             )
         final.parent.mkdir(parents=True, exist_ok=True)
+        from corpus.domain.layouts import PART_SUFFIX  # loaded once, by the first download
+
         part = path + PART_SUFFIX
         with open(part, "wb") as f:
             f.write(data)
         os.replace(part, path)
         st = os.stat(path)
         self.cache.put(path, st.st_size, st.st_mtime_ns, got)
+        self.stamp.add(rel, st)
         with self._lock:
             self.summary.downloaded += 1
             self.summary.bytes_downloaded += len(data)

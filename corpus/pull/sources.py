@@ -8,15 +8,19 @@ select sets; it has no splits, and each image carries its set's tags.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corpus.domain.errors import NotFoundError
-from corpus.domain.manifest import ManifestEntry
 from corpus.domain.paths import SetRef, validate_domain, validate_version
 from corpus.pull.fetch import BlobFetcher
 from corpus.store.settings import Settings
+
+if TYPE_CHECKING:
+    from corpus.domain.manifest import ManifestEntry
 
 
 @dataclass(frozen=True)
@@ -70,23 +74,70 @@ def source_from_json(data: dict[str, Any]) -> Source:
     return AdHocSource.from_json(data)
 
 
+SPOOL_IN_MEMORY = 1024 * 1024
+"""Bytes of a spooled manifest kept in memory; beyond, it goes to a temporary file."""
+
+
+class ManifestSpool:
+    """A manifest's compressed bytes, fetched once and read as often as needed (a pull reads the
+    entries twice: names are decided over all of them first), with the SHA-256 of those bytes."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by close()
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+            self.file.write(chunk)
+        self.sha256 = digest.hexdigest()
+
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes from the start (one reader at a time)."""
+        self.file.seek(0)
+        while block := self.file.read(SPOOL_IN_MEMORY):
+            yield block
+
+    def close(self) -> None:
+        self.file.close()
+
+
 @dataclass
 class EntryReader:
     settings: Settings
     fetcher: BlobFetcher = field(init=False)
+    _spools: dict[TrainsetSource, ManifestSpool] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.fetcher = BlobFetcher(self.settings.connection)
 
     def entries(self, source: Source) -> Iterator[ManifestEntry]:
+        """The source's entries; a training set's manifest is fetched once per reader (:meth:`spooled`)."""
         if isinstance(source, TrainsetSource):
-            return self.manifest(source.name, source.version)
+            from corpus.domain.manifest import iter_entries
+
+            return iter_entries(self.spooled(source).chunks())
         return self.ad_hoc(source)
 
+    def spooled(self, source: TrainsetSource) -> ManifestSpool:
+        """The training set's manifest bytes, fetched on the first call (after the ``ready`` check)."""
+        if source not in self._spools:
+            container, blob, ref, status = self._ready(source.name, source.version)
+            self._spools[source] = ManifestSpool(self._manifest_chunks(container, blob, ref, status))
+        return self._spools[source]
+
+    def close(self) -> None:
+        for spool in self._spools.values():
+            spool.close()
+        self._spools.clear()
+
     def manifest(self, name: str, version: str) -> Iterator[ManifestEntry]:
-        """The entries of a ``ready`` training set (any other status, or none, is a ``NotFoundError``)."""
-        from corpus.domain import keys
+        """The entries of a ``ready`` training set (any other status, or none, is a ``NotFoundError``), streamed."""
         from corpus.domain.manifest import iter_entries
+
+        return iter_entries(self._manifest_chunks(*self._ready(name, version)))
+
+    def _ready(self, name: str, version: str) -> tuple[str, str, str, str]:
+        """Where a ``ready`` training set's manifest is: (container, blob, ``name:version``, status)."""
+        from corpus.domain import keys
         from corpus.pull.fetch import TableRowReader
         from corpus.store.settings import TABLE_TRAINSETS
 
@@ -104,7 +155,7 @@ class EntryReader:
             why = f" ({row['Reason']})" if row.get("Reason") else ""
             raise NotFoundError(f"training set {ref} is {status}{why}, not ready")
         container, blob = str(row.get("ManifestContainer") or ""), str(row.get("ManifestBlob") or "")
-        return iter_entries(self._manifest_chunks(container, blob, ref, status))
+        return container, blob, ref, status
 
     def _manifest_chunks(self, container: str, blob: str, ref: str, status: str) -> Iterator[bytes]:
         from corpus.pull.fetch import BlobNotFound, iter_blob_ranges

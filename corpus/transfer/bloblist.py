@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlparse, urlsplit
-from xml.etree import ElementTree
 
 from corpus.domain.errors import ConfigError, StorageError
 from corpus.store.settings import Connection
@@ -102,6 +101,21 @@ class BlobLister:
             if not marker:
                 return out
 
+    def list_page(self, container: str, prefix: str, limit: int) -> tuple[dict[str, str], bool]:
+        """One page of *every* blob under ``prefix`` (no delimiter: names in sub-folders too), at
+        most ``limit`` (≤ 5,000): relative name → hex MD5, and whether that was all of them.
+
+        One request for a whole small tree where :meth:`list_md5s` takes one per folder (and
+        ``original/`` one more each): a re-run with nothing to do waits on these round trips.
+        A missing container is an empty, complete page.
+        """
+        query = {"restype": "container", "comp": "list", "prefix": prefix, "maxresults": str(limit)}
+        out: dict[str, str] = {}
+        body = self._get(container, query)
+        if body is None:
+            return out, True
+        return out, not parse_listing(body, prefix, out)
+
     def probe(self, container: str) -> None:
         """One Get Container Properties, no retry: returns if the service answers (a missing
         container is an answer), else :class:`ListingError`. ``corpus upload`` asks it before the
@@ -138,10 +152,15 @@ class BlobLister:
         raise ListingError(last)
 
     def headers(self, url: str, query: dict[str, str]) -> dict[str, str]:
-        headers = {"x-ms-version": API_VERSION, "x-ms-date": format_datetime(datetime.now(UTC), usegmt=True)}
+        return self.signed("GET", url, query, {})
+
+    def signed(self, verb: str, url: str, query: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+        """``extra`` with the version, the date and the authorisation (Shared Key, or a bearer
+        token; a SAS is in the URL) for a request of ``verb`` to ``url`` with ``query``."""
+        headers = {"x-ms-version": API_VERSION, "x-ms-date": format_datetime(datetime.now(UTC), usegmt=True), **extra}
         if self.account_key is not None and not self.sas:
             path = urlparse(url).path
-            signature = shared_key_signature(self.account_name, self.account_key, "GET", path, query, headers)
+            signature = shared_key_signature(self.account_name, self.account_key, verb, path, query, headers)
             headers["Authorization"] = f"SharedKey {self.account_name}:{signature}"
         elif self.credential is not None:
             headers["Authorization"] = f"Bearer {self._bearer()}"
@@ -176,6 +195,11 @@ class _StdlibTransport:
         self._tls: ssl.SSLContext | None = None
 
     def get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        status, _, body = self.send("GET", url, headers)
+        return status, body
+
+    def send(self, method: str, url: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        """One request: (status, response headers with lower-case names, body)."""
         parts = urlsplit(url)
         conns: dict[tuple[str, str], http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
         key = (parts.scheme, parts.netloc)
@@ -185,9 +209,9 @@ class _StdlibTransport:
             if conn is None:
                 conn = self._connect(parts.scheme, parts.netloc)
             try:
-                conn.request("GET", f"{parts.path}?{parts.query}", headers=headers)
+                conn.request(method, f"{parts.path}?{parts.query}" if parts.query else parts.path, body or None, headers)
                 response = conn.getresponse()
-                body = response.read()
+                data = response.read()
             except (http.client.HTTPException, OSError):
                 conn.close()
                 if reused:  # the server had closed an idle keep-alive connection: once more, fresh
@@ -198,7 +222,7 @@ class _StdlibTransport:
                 conn.close()
             else:
                 conns[key] = conn
-            return response.status, body
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
     def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         if scheme == "http":
@@ -219,10 +243,14 @@ class _StdlibTransport:
 
 class _RequestsTransport:
     def get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        status, _, body = self.send("GET", url, headers)
+        return status, body
+
+    def send(self, method: str, url: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
         from corpus.store.http import shared_session
 
-        response = shared_session().get(url, headers=headers, timeout=(20, TIMEOUT))  # its errors are OSErrors
-        return response.status_code, response.content
+        response = shared_session().request(method, url, headers=headers, data=body or None, timeout=(20, TIMEOUT))  # OSErrors
+        return response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content
 
 
 _transport_lock = threading.Lock()
@@ -238,15 +266,28 @@ def _transport() -> _StdlibTransport | _RequestsTransport:
         return _the_transport
 
 
-def shared_key_signature(account: str, key: bytes, verb: str, path: str, query: dict[str, str], headers: dict[str, str]) -> str:
-    """Shared Key for the Blob service, for a request with no body and no conditional headers.
+_SIGNED_STANDARD_HEADERS = (
+    "content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
+    "if-modified-since", "if-match", "if-none-match", "if-unmodified-since",
+)  # fmt: skip
+"""The standard headers of the string-to-sign, in order; the eleventh, Range, is always empty here
+(ranges go in ``x-ms-range``, as the SDK sends them)."""
 
-    String-to-sign: the verb, eleven standard headers (all empty here), the ``x-ms-`` headers
-    sorted, then ``/<account><path>`` and the query parameters sorted, decoded, one per line.
+
+def shared_key_signature(account: str, key: bytes, verb: str, path: str, query: dict[str, str], headers: dict[str, str]) -> str:
+    """Shared Key for the Blob service.
+
+    String-to-sign: the verb, eleven standard headers (``Content-Length`` empty when 0), the
+    ``x-ms-`` headers sorted, then ``/<account><path>`` and the query parameters sorted, decoded,
+    one per line.
     """
-    canonical_headers = "".join(f"{k.lower()}:{v.strip()}\n" for k, v in sorted(headers.items()) if k.lower().startswith("x-ms-"))
+    lower = {k.lower(): v for k, v in headers.items() if v}
+    if lower.get("content-length") == "0":
+        del lower["content-length"]
+    standard = "".join(lower.get(h, "") + "\n" for h in _SIGNED_STANDARD_HEADERS) + "\n"
+    canonical_headers = "".join(f"{k}:{v.strip()}\n" for k, v in sorted(lower.items()) if k.startswith("x-ms-"))
     resource = f"/{account}{path}" + "".join(f"\n{k.lower()}:{v}" for k, v in sorted(query.items(), key=lambda kv: kv[0].lower()))
-    to_sign = verb + "\n" * 12 + canonical_headers + resource
+    to_sign = verb + "\n" + standard + canonical_headers + resource
     return base64.b64encode(hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).digest()).decode()
 
 
@@ -266,6 +307,8 @@ def parse_listing(body: bytes, prefix: str, out: dict[str, str]) -> str:
 
     Streamed: each ``<Blob>`` is read and then cleared, so a 5,000-blob page never becomes a tree.
     """
+    from xml.etree import ElementTree  # here: a pull, which lists nothing, never loads it
+
     marker = ""
     for _, el in ElementTree.iterparse(io.BytesIO(body), events=("end",)):  # noqa: S314 - our own storage account; expat refuses entity bombs
         if el.tag == "Blob":
@@ -282,6 +325,8 @@ def parse_listing(body: bytes, prefix: str, out: dict[str, str]) -> str:
 
 
 def _error(body: bytes) -> tuple[str, str]:
+    from xml.etree import ElementTree
+
     try:
         root = ElementTree.fromstring(body)  # noqa: S314 - an error document from our own storage account
     except ElementTree.ParseError:

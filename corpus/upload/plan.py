@@ -83,18 +83,20 @@ class Decision:
 
 def decide(local_md5: str, staged_md5: str | None, original_md5: str | None) -> Decision:
     """Send only what is missing; never write over a different file under the same name."""
-    local = md5_shown(local_md5)
     if original_md5 is not None:
         if original_md5 == local_md5:
-            return Decision(Action.SKIP_INGESTED)
-        ingested = md5_shown(original_md5)
+            return _SKIP_INGESTED
+        ingested, local = md5_shown(original_md5), md5_shown(local_md5)
         return Decision(Action.CONFLICT, f"already ingested with different content (MD5 {ingested}, local {local})")
     if staged_md5 is not None:
         if staged_md5 == local_md5:
-            return Decision(Action.SKIP_STAGED)
-        staged = md5_shown(staged_md5) or "unknown"
+            return _SKIP_STAGED
+        staged, local = md5_shown(staged_md5) or "unknown", md5_shown(local_md5)
         return Decision(Action.CONFLICT, f"already staged with different content (MD5 {staged}, local {local})")
-    return Decision(Action.UPLOAD)
+    return _UPLOAD
+
+
+_SKIP_INGESTED, _SKIP_STAGED, _UPLOAD = Decision(Action.SKIP_INGESTED), Decision(Action.SKIP_STAGED), Decision(Action.UPLOAD)
 
 
 __all__ = [

@@ -11,23 +11,31 @@ How it stays correct:
   exactly what is missing.
 
 How it stays fast and small: the tree is walked lazily, directory by directory, a few directories
-ahead of the decisions, and what is remote is listed once per destination directory (staging and
-``original/``) as soon as the walk finds it, so listings overlap with everything else; files flow
-through bounded queues to ``--concurrency`` workers, so memory is bounded by a few directories'
-listings, not by the drop. A re-run reads no file whose size and mtime match the local MD5 cache
+ahead of the decisions, and what is remote is listed as soon as the walk finds it, so listings
+overlap with everything else; files flow through bounded queues to ``--concurrency`` workers, so
+memory is bounded by a few directories' listings, not by the drop. What is listed, fewest
+requests first (a re-run with nothing to do is mostly waiting for its listings):
+
+* staging: one flat page (:data:`FLAT_LISTING_LIMIT` blobs) of the whole version at the start;
+  if that is all of it, no folder is listed again; if not, the folders the page fully covers use
+  it and the others are listed one by one (so memory holds at most one page, whatever the drop);
+* ``original/``: only for a folder where some file is not already staged. A name both staged and
+  ingested is then decided by staging: either way this run writes nothing under it, and ingest
+  settles the staged blob against the ingested one.
+
+A re-run reads no file whose size and mtime match the local MD5 cache
 (:mod:`corpus.transfer.hashcache`). Every request (listings included) holds one of ``--concurrency``
 slots, and ``--cap-mbps`` is a shared token budget, so neither is exceeded.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,17 +44,14 @@ from typing import Any, Protocol
 from corpus.domain.display import valid_text
 from corpus.domain.errors import InvalidNameError, StorageError
 from corpus.domain.paths import WORST_ACCOUNT_BLOB_URL, check_copy_source
-from corpus.store.reasons import azure_reason
 from corpus.store.settings import Settings
 from corpus.transfer.bloblist import BlobLister, ListingError
 from corpus.transfer.hashcache import HashCache, Md5Cache, NullHashCache
 from corpus.transfer.pacing import RateLimiter
 from corpus.upload.plan import Action, Decision, content_type, decide, parse_extensions, relative_name, staged_name
 from corpus.upload.report import Failure, Progress, Summary
+from corpus.upload.sender import RawSender
 from corpus.upload.walk import LocalDir, retry_dirs, walk
-
-UPLOAD_CLIENT_OPTIONS = {"retry_total": 5, "initial_backoff": 1, "increment_base": 2, "max_single_put_size": 256 * 1024 * 1024}
-"""Transient errors are retried with exponential back-off (1, 3, 5, 9, 17 s) before a file fails."""
 
 
 @dataclass
@@ -76,9 +81,13 @@ class _Task:
 Remote = tuple[dict[str, str], dict[str, str]]
 """Per destination directory: file name → MD5 of what is staged, and of what is ingested."""
 
-_Planned = tuple[str, str, str, str, os.stat_result | None]
-"""One file as the planner named it: local path, relative name, staged name, destination folder, stat."""
+_Planned = tuple[str, str, str, tuple[int, int] | None]
+"""One file as the planner named it: local path, relative name, destination folder, (size, mtime_ns)
+if the walk could stat it. Small on purpose: the planner keeps a few folders of them ahead."""
 
+
+FLAT_LISTING_LIMIT = 5000
+"""Blobs of the version's staging prefix listed in one request (List Blobs' largest page)."""
 
 _PLANNED_AHEAD = 8
 """Directories walked, and listed remotely, ahead of the one being decided: listings overlap with
@@ -88,7 +97,49 @@ deciding, and memory stays bounded by a few directories whatever the size of the
 class Lister(Protocol):
     """Lists what is remote: blob name (relative to ``prefix``) → hex MD5, ``""`` when it has none."""
 
-    def list_md5s(self, container: str, prefix: str) -> dict[str, str]: ...
+    def list_md5s(self, container: str, prefix: str) -> dict[str, str]:
+        """The blobs directly under ``prefix`` (a delimited listing, every page)."""
+        ...
+
+    def list_page(self, container: str, prefix: str, limit: int) -> tuple[dict[str, str], bool]:
+        """At most ``limit`` blobs anywhere under ``prefix``, in name order, and whether that was all."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StagedPage:
+    """The first page of a flat listing of the version's staging prefix, by folder.
+
+    ``upto`` is None when the page held every staged blob of the version; else the last name it
+    held, and a folder is *covered* (its staged files all in the page) when every name in it sorts
+    before ``upto``. Listing order is the service's; should it ever differ from Python's for
+    some exotic name, a staged file taken for missing is still never overwritten: its Put Blob is
+    conditional (``If-None-Match: *``) and then decided against the blob's MD5.
+    """
+
+    folders: dict[str, dict[str, str]]
+    upto: str | None
+
+    @classmethod
+    def of(cls, listed: dict[str, str], complete: bool) -> StagedPage:
+        folders: dict[str, dict[str, str]] = {}
+        for rel, md5 in listed.items():
+            rdir, _, name = rel.rpartition("/")
+            folders.setdefault(rdir, {})[name] = md5
+        return cls(folders, None if complete else max(listed, default=""))
+
+    def covers(self, rdir: str) -> bool:
+        if self.upto is None:
+            return True
+        prefix = f"{rdir}/" if rdir else ""
+        return bool(prefix) and self.upto > prefix and not self.upto.startswith(prefix)
+
+    def folder(self, rdir: str) -> dict[str, str]:
+        return self.folders.get(rdir, {})
+
+
+NOTHING_LISTED = StagedPage({}, "")
+"""A page that covers no folder: each is listed on its own (and a listing error is reported per file)."""
 
 
 class Sender(Protocol):
@@ -103,65 +154,34 @@ class Sender(Protocol):
         ...
 
 
-class SdkSender:
-    """The Azure SDK behind :class:`Sender`, loaded when the first file is sent (its import is
-    the slow part of start-up, and a re-run that sends nothing never pays for it)."""
+class _Workers:
+    """``--concurrency`` threads fed through a bounded queue, started with the first task: a re-run
+    with nothing to send starts none. Used from the deciding thread only."""
 
-    def __init__(self, settings: Settings, credential: Any = None) -> None:
-        self._settings = settings
-        self._credential = credential
-        self._staging: Any = None
-        self._lock = threading.Lock()
+    def __init__(self, n: int, work: Callable[[queue.Queue[_Task | None]], None]) -> None:
+        self.n, self.work = n, work
+        self.tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=n * 4)
+        self.threads: list[threading.Thread] = []
 
-    def _container(self) -> Any:
-        with self._lock:
-            if self._staging is None:
-                from corpus.store.storage import Clients
+    def put(self, task: _Task) -> None:
+        if not self.threads:
+            self.threads = [threading.Thread(target=self.work, args=(self.tasks,), daemon=True) for _ in range(self.n)]
+            for t in self.threads:
+                t.start()
+        self.tasks.put(task)
 
-                clients = Clients(self._settings.connection, dict(UPLOAD_CLIENT_OPTIONS), self._credential)
-                staging = clients.container(self._settings.staging_container)
-                from azure.core.exceptions import HttpResponseError
-
-                try:  # a new account has no staging container yet: create it, as AzCopy and rclone do
-                    staging.create_container()
-                except HttpResponseError:
-                    pass  # it exists, or this identity may not create containers: the put will say which
-                self._staging = staging
-            return self._staging
-
-    def put(self, name: str, data: bytes, md5: bytes, content_type: str) -> bool:
-        from azure.core.exceptions import AzureError, ResourceExistsError
-        from azure.storage.blob import ContentSettings
-
-        try:
-            self._container().get_blob_client(name).upload_blob(
-                data,
-                overwrite=False,
-                content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)),
-                headers={"Content-MD5": base64.b64encode(md5).decode()},  # verified by the service
-                max_concurrency=1,
-            )
-            return True
-        except ResourceExistsError:
-            return False
-        except AzureError as exc:
-            raise StorageError(azure_reason(exc)) from exc
-
-    def remote_md5(self, name: str) -> str:
-        from azure.core.exceptions import AzureError
-
-        from corpus.store.storage import blob_md5
-
-        blob = self._container().get_blob_client(name)
-        try:
-            return blob_md5(blob, blob.get_blob_properties())
-        except AzureError as exc:
-            raise StorageError(azure_reason(exc)) from exc
+    def finish(self) -> None:
+        """Let every worker drain the queue and stop; wait for them."""
+        for _ in self.threads:
+            self.tasks.put(None)
+        for t in self.threads:
+            t.join()
 
 
 class Uploader:
     """Plans, decides and sends one drop. ``lister``, ``sender`` and ``cache`` are seams: by default
-    List Blobs without the SDK, Put Blob through the SDK, and the on-disk MD5 cache."""
+    List Blobs and Put Blob without the SDK (:mod:`corpus.transfer.bloblist`,
+    :mod:`corpus.upload.sender`), and the on-disk MD5 cache."""
 
     def __init__(
         self,
@@ -175,21 +195,24 @@ class Uploader:
     ) -> None:
         self.opts = opts
         self.settings = settings
-        # Listings go out at once, without the SDK (see corpus.transfer.bloblist); the SDK, which does the
-        # writes, is loaded when the first file is to be sent, while later listings are under way.
-        credential = None
-        if (lister is None or sender is None) and not settings.connection.connection_string:
-            from corpus.store.storage import identity_credential
+        if lister is None or sender is None:
+            credential = None
+            if not settings.connection.connection_string:
+                from corpus.store.storage import identity_credential
 
-            credential = identity_credential(settings.connection)
-        self.lister: Lister = lister or BlobLister.from_connection(settings.connection, credential)
-        self.sender: Sender = sender or SdkSender(settings, credential)
+                credential = identity_credential(settings.connection)
+            client = BlobLister.from_connection(settings.connection, credential)
+            lister = lister or client
+            sender = sender or RawSender(client, settings.staging_container)
+        self.lister: Lister = lister
+        self.sender: Sender = sender
         self.summary = Summary(opts.domain, opts.version, str(opts.source))
         self.slots = threading.Semaphore(opts.concurrency)
         self.limiter = RateLimiter(opts.cap_mbps * 1_000_000 / 8) if opts.cap_mbps else None
         self.progress = progress
         self.cache: Md5Cache = cache if cache is not None else (HashCache() if opts.use_cache else NullHashCache())
         self._listers = ThreadPoolExecutor(max_workers=min(4, opts.concurrency), thread_name_prefix="corpus-list")
+        self._staged_page: Future[StagedPage] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -203,25 +226,21 @@ class Uploader:
     def run(self) -> Summary:
         started = time.monotonic()
         planned: queue.Queue[tuple[str, list[_Planned], dict[str, Future[Remote]]] | None] = queue.Queue(maxsize=_PLANNED_AHEAD)
-        tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=self.opts.concurrency * 4)
         planner = threading.Thread(target=self._plan, args=(planned,), daemon=True, name="corpus-plan")
-        workers = [threading.Thread(target=self._work, args=(tasks,), daemon=True) for _ in range(self.opts.concurrency)]
+        workers = _Workers(self.opts.concurrency, self._work)
+        # First in the listers' queue, so no folder's listing (which waits for it) can hold its thread.
+        self._staged_page = self._listers.submit(self._list_staged_page)
         planner.start()
-        for w in workers:
-            w.start()
         try:
             while (item := planned.get()) is not None:
-                self._decide_dir(*item, tasks)
+                self._decide_dir(*item, workers)
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._stop.set()
         finally:
             self._listers.shutdown(wait=False, cancel_futures=True)
-            for _ in workers:
-                tasks.put(None)
             try:
-                for w in workers:
-                    w.join()
+                workers.finish()
             except KeyboardInterrupt:
                 self.summary.interrupted = True
                 self._stop.set()
@@ -240,22 +259,19 @@ class Uploader:
             for local in self._local_dirs():
                 base = relative_name(local.parts)
                 entries: list[_Planned] = []
-                listings: dict[str, Future[Remote]] = {}
+                names: dict[str, set[str]] = {}  # destination folder → the file names planned into it
                 for path, name, st in local.files:
                     piece = relative_name([name])  # a backslash in a name is a separator: may go deeper
                     rel = f"{base}/{piece}" if base else piece
-                    try:
-                        if not piece:
-                            raise InvalidNameError(f"{name!r} is only separators")
-                        staged = staged_name(self.opts.domain, self.opts.version, rel)
-                        check_copy_source(WORST_ACCOUNT_BLOB_URL + self.settings.staging_container, staged)
-                    except InvalidNameError as exc:
-                        self._fail(path, rel, f"name does not fit the staging contract: {exc}")
+                    if not piece:
+                        self._fail(path, rel, f"name does not fit the staging contract: {name!r} is only separators")
                         continue
-                    rdir = rel.rpartition("/")[0]
-                    if rdir not in listings:
-                        listings[rdir] = self._listers.submit(self._list_remote, rdir)
-                    entries.append((path, rel, staged, rdir, st))
+                    # Checked against the staging contract only if it is to be sent (_one): a re-run
+                    # skips what is already remote without paying for the validation of every name.
+                    rdir, _, file_name = rel.rpartition("/")
+                    names.setdefault(rdir, set()).add(file_name)
+                    entries.append((path, rel, rdir, (st.st_size, st.st_mtime_ns) if st is not None else None))
+                listings = {rdir: self._listers.submit(self._list_remote, rdir, frozenset(n)) for rdir, n in names.items()}
                 if not self._put_unless_stopped(planned, (local.path, entries, listings)):
                     return
         except Exception as exc:  # noqa: BLE001 - a bug here must not hang the run: report it as the run's failure
@@ -272,16 +288,38 @@ class Uploader:
                 continue
         return False
 
-    def _list_remote(self, rdir: str) -> Remote:
-        """What is staged and ingested *directly* in one destination folder (a delimited listing).
+    def _list_staged_page(self) -> StagedPage:
+        """One flat page of the version's staging prefix (``<domain>/<version>/`` holds nothing
+        else: a version has no ``/``). A failure here is not reported: the folders are listed one
+        by one instead, and their failures are."""
+        try:
+            with self.slots:
+                listed, complete = self.lister.list_page(
+                    self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/", FLAT_LISTING_LIMIT
+                )
+        except ListingError:
+            return NOTHING_LISTED
+        return StagedPage.of(listed, complete)
 
-        ``original/<dir>/<version>/`` is not prefix-free (root set ``v2``'s folder ``original/v2/``
-        also holds set ``v2@v1``'s ``original/v2/v1/``): only the folder's own blobs are read, never
-        everything under the prefix; sets themselves are enumerated from the ``Images`` table.
+    def _list_remote(self, rdir: str, names: frozenset[str]) -> Remote:
+        """What is staged and ingested *directly* in one destination folder.
+
+        Staging from the flat page when it covers the folder, else a delimited listing.
+        ``original/`` only when some of ``names`` (the files planned into the folder) is not
+        staged: a re-run right after an upload never lists it. ``original/<dir>/<version>/`` is
+        not prefix-free (root set ``v2``'s folder ``original/v2/`` also holds set ``v2@v1``'s
+        ``original/v2/v1/``): only the folder's own blobs are read (a delimited listing); sets
+        themselves are enumerated from the ``Images`` table.
         """
         sub = rdir + "/" if rdir else ""
-        with self.slots:
-            staged = self.lister.list_md5s(self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/{sub}")
+        page = self._staged_page.result() if self._staged_page is not None else NOTHING_LISTED
+        if page.covers(rdir):
+            staged = page.folder(rdir)
+        else:
+            with self.slots:
+                staged = self.lister.list_md5s(self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/{sub}")
+        if names <= staged.keys():
+            return staged, {}
         with self.slots:
             ingested = self.lister.list_md5s(self.opts.domain, f"original/{sub}{self.opts.version}/")
         return staged, ingested
@@ -291,29 +329,41 @@ class Uploader:
         directory: str,
         entries: list[_Planned],
         listings: dict[str, Future[Remote]],
-        tasks: queue.Queue[_Task | None],
+        workers: _Workers,
     ) -> None:
         cached = self.cache.directory(directory)
-        for path, rel, staged, rdir, st in entries:
+        remote: dict[str, Remote | ListingError] = {}
+        seen = seen_bytes = 0
+        prefix = f"{self.opts.domain}/{self.opts.version}/"
+        for path, rel, rdir, stat in entries:
             if self._stop.is_set():
-                return
+                break
+            staged = prefix + rel
             try:
-                st = st or os.stat(path)
+                if stat is None:
+                    st = os.stat(path)
+                    stat = (st.st_size, st.st_mtime_ns)
             except OSError as exc:
                 self._fail(path, staged, f"cannot read: {exc.strerror or exc}")
                 continue
-            try:
-                staged_map, ingested_map = listings[rdir].result()
-            except ListingError as exc:
-                self._fail(path, staged, f"cannot list what is already remote: {exc}")
+            listed = remote.get(rdir)
+            if listed is None:
+                try:
+                    listed = remote[rdir] = listings[rdir].result()
+                except ListingError as exc:
+                    listed = remote[rdir] = exc
+            if isinstance(listed, ListingError):
+                self._fail(path, staged, f"cannot list what is already remote: {listed}")
                 continue
             name = rel.rpartition("/")[2]
-            task = _Task(path, rel, staged, st.st_size, st.st_mtime_ns, staged_map.get(name), ingested_map.get(name))
-            with self._lock:
-                self.summary.seen_files += 1
-                self.summary.seen_bytes += task.size
+            task = _Task(path, rel, staged, stat[0], stat[1], listed[0].get(name), listed[1].get(name))
+            seen += 1
+            seen_bytes += task.size
             if not self._settled_from_cache(task, cached.get(path)):
-                tasks.put(task)
+                workers.put(task)
+        with self._lock:
+            self.summary.seen_files += seen
+            self.summary.seen_bytes += seen_bytes
 
     def _settled_from_cache(self, task: _Task, entry: tuple[int, int, str] | None) -> bool:
         """Skip a file already remote with the MD5 cached for its size and mtime, without reading it."""
@@ -331,6 +381,8 @@ class Uploader:
                 continue
             try:
                 self._one(task)
+            except InvalidNameError as exc:
+                self._fail(task.path, task.rel, f"name does not fit the staging contract: {exc}")
             except StorageError as exc:
                 self._fail(task.path, task.staged, str(exc))
             except OSError as exc:
@@ -349,6 +401,9 @@ class Uploader:
         if staged_md5 == "":  # staged without an MD5 (block upload by another tool): hash it
             staged_md5 = self._remote_md5(task.staged)
         decision = decide(md5_hex, staged_md5, task.original_md5)
+        if decision.action is Action.UPLOAD:  # what would be sent must fit the staging contract
+            staged_name(self.opts.domain, self.opts.version, task.rel)
+            check_copy_source(WORST_ACCOUNT_BLOB_URL + self.settings.staging_container, task.staged)
         if decision.action is Action.UPLOAD and not self.opts.dry_run:
             decision = self._put(task, data, md5.digest())
         if decision.action is Action.CONFLICT:
