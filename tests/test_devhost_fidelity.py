@@ -245,7 +245,7 @@ def test_process_per_group_runs_the_pipeline_across_processes(env, clients, tmp_
     app = prepare_app_dir(tmp_path)
     for i in range(3):
         clients.container("staging").upload_blob(f"owls/v1/{i}.jpg", jpeg(40 + i), content_settings=ContentSettings("image/jpeg"))
-    summary = run_host(env, app, "--process-per-group", "--threads", "5", timeout=120)
+    summary = run_host(env, app, "--process-per-group", "--threads", "5")  # 240 s: a process per group (~14) per round
     assert summary["ok"]["ingest_staged_blob"] == 3 and summary["ok"]["copy_to_original"] == 3
     assert ["ingest_staged_blob"] in summary["groups"] and ["copy_to_original"] in summary["groups"]
     assert summary["rounds"] >= 2  # the last round found nothing to do
