@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from azure.storage.blob import ContentSettings
 
 from corpus.devhost.discovery import Target
@@ -115,6 +116,7 @@ def test_a_message_dequeued_more_than_max_dequeue_count_is_poisoned_without_invo
     assert [m.content for m in clients.queue_client("slow-poison").peek_messages()] == ["0"]
 
 
+@pytest.mark.serial  # the 3 s TTL must outlast the host's exit and the peek: not on a CPU shared with other tests
 def test_host_poisoned_messages_expire_as_configured_and_are_recorded(env, clients, tmp_path):
     """P11: CopyMessageToPoisonQueueAsync sets no time-to-live (7 days by default); with
     --poison-ttl the expiry shows in a test. The host lists what it poisoned in its summary."""
