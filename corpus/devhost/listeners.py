@@ -396,7 +396,7 @@ class QueueListener(_Component):
         except ResourceNotFoundError:
             pass
         except HttpResponseError as exc:
-            if exc.error_code != "PopReceiptMismatch":
+            if getattr(exc, "error_code", None) != "PopReceiptMismatch":
                 raise
             log.warning(
                 "message %s of %s: leased again before its delete, left to that delivery", lease.message_id, self.t.source
