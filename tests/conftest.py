@@ -17,6 +17,41 @@ from tests.support import Azurite, prepare_app_dir
 hypothesis_settings.register_profile("corpus", deadline=None)
 hypothesis_settings.load_profile("corpus")
 
+# `./dev test` runs pytest-xdist with --dist loadfile: a file is one unit of work on one worker, handed
+# out in collection order (--no-loadscope-reorder). The suite's wall time is then at least its longest
+# file, and a long file that starts last ends last: so the slowest files (mostly e2e: a private
+# Azurite, `corpus host` subprocesses, waits on conditions) are collected first, the rest after in
+# their usual order. Scheduling only: no test depends on another file's, and within a file the order
+# is unchanged (the gallery's module world relies on it). Roughly slowest first, from --durations.
+SLOW_FILES_FIRST = (
+    "test_gallery_e2e.py",
+    "test_newcomer_e2e.py",
+    "test_ingest_e2e.py",
+    "test_readme_tour.py",
+    "test_query_e2e.py",
+    "test_transforms_e2e.py",
+    "test_trainsets_e2e.py",
+    "test_devhost_fidelity.py",
+    "test_fanout_e2e.py",
+    "test_queries_e2e.py",
+    "test_export_e2e.py",
+    "test_trainset_dataout_e2e.py",
+    "test_dupes_e2e.py",
+    "test_reconcile_e2e.py",
+    "test_pull_e2e.py",
+    "test_catalog_engines.py",
+    "test_harden_e2e.py",
+    "test_harden3_e2e.py",
+    "test_upload_e2e.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # only on an xdist worker: a serial run keeps its order
+        return
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's order is kept
+
 
 @pytest.fixture
 def azurite(tmp_path: Path) -> Iterator[Azurite]:

@@ -192,7 +192,28 @@ def prepare_app_dir(tmp: Path, queues: dict[str, Any] | None = None) -> Path:
 
 
 def host_command(app_dir: Path, *args: str) -> list[str]:
+    """``corpus host`` on ``app_dir``. A host that serves HTTP (no ``--until-idle``) gets ``--port 0``
+    unless a port is given: the default, 7071, is shared by every test (and every developer) on the
+    machine, so two hosts at once (``pytest -n``, or a ``corpus host`` left running) would collide."""
+    if "--until-idle" not in args and "--port" not in args:
+        args = ("--port", "0", *args)
     return [sys.executable, "-m", "corpus", "host", "--app-dir", str(app_dir), "--blob-poll", "0.2", *args]
+
+
+_SERVING = re.compile(r"corpus host: listening on (http://127\.0\.0\.1:\d+)")
+
+
+def served_url(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> str:
+    """The URL a ``corpus host --port 0`` (``proc``, its stderr in ``log``) reports it listens on."""
+
+    def url() -> str | None:
+        m = _SERVING.search(log.read_text(errors="replace"))
+        if m:
+            return m.group(1)
+        assert proc.poll() is None, f"corpus host exited {proc.returncode}:\n{_tail(log, 3000)}"
+        return None
+
+    return str(wait_for(url, timeout, "corpus host to report its HTTP port"))
 
 
 def run_host(env: dict[str, str], app_dir: Path, *args: str, timeout: float = 240) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from azure.storage.blob import ContentSettings
 
 from corpus.devhost.discovery import Target
@@ -115,6 +116,7 @@ def test_a_message_dequeued_more_than_max_dequeue_count_is_poisoned_without_invo
     assert [m.content for m in clients.queue_client("slow-poison").peek_messages()] == ["0"]
 
 
+@pytest.mark.serial  # the 3 s TTL must outlast the host's exit and the peek: not on a CPU shared with other tests
 def test_host_poisoned_messages_expire_as_configured_and_are_recorded(env, clients, tmp_path):
     """P11: CopyMessageToPoisonQueueAsync sets no time-to-live (7 days by default); with
     --poison-ttl the expiry shows in a test. The host lists what it poisoned in its summary."""
@@ -246,7 +248,8 @@ def test_process_per_group_runs_the_pipeline_across_processes(env, clients, tmp_
     app = prepare_app_dir(tmp_path)
     for i in range(3):
         clients.container("staging").upload_blob(f"owls/v1/{i}.jpg", jpeg(40 + i), content_settings=ContentSettings("image/jpeg"))
-    summary = run_host({**env, "CORPUS_INGEST": "queued"}, app, "--process-per-group", "--threads", "5", timeout=120)
+    # 240 s (run_host's default): a process per group (~14) per round
+    summary = run_host({**env, "CORPUS_INGEST": "queued"}, app, "--process-per-group", "--threads", "5")
     assert summary["ok"]["ingest_staged_blob"] == 3 and summary["ok"]["copy_to_original"] == 3
     assert ["ingest_staged_blob"] in summary["groups"] and ["copy_to_original"] in summary["groups"]
     assert summary["rounds"] >= 2  # the last round found nothing to do

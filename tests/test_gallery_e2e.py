@@ -37,7 +37,7 @@ from corpus.domain.messages import SourceSelector, TransformRequest
 from corpus.domain.paths import SetRef
 from corpus.store.rows import ImageRow
 from corpus.store.settings import Settings
-from tests.support import Azurite, free_port, host_command, jpeg, png, prepare_app_dir, run_cli, run_host, wait_for
+from tests.support import Azurite, free_port, host_command, jpeg, png, prepare_app_dir, run_cli, run_host, served_url, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -184,15 +184,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         run_host(env, app_dir)
         _trainsets(rt, env, app_dir)
         _big_set(rt)
-        port = free_port()
         host = subprocess.Popen(
-            host_command(app_dir, "--port", str(port)),
+            host_command(app_dir, "--port", "0"),  # the kernel's choice: no race with other tests' ports
             env=env,
             cwd=tmp,
             stdout=subprocess.DEVNULL,
             stderr=(tmp / "host.log").open("wb"),
         )
-        url = f"http://127.0.0.1:{port}"
+        url = served_url(host, tmp / "host.log")
 
         def up() -> bool:
             assert host is not None and host.poll() is None, (tmp / "host.log").read_text()[-3000:]

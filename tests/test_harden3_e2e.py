@@ -23,7 +23,7 @@ from corpus.domain.paths import SetRef
 from corpus.store.azure_ports import AzureBlobStore
 from corpus.store.ports import iter_blobs
 from corpus.store.settings import Settings
-from tests.support import Azurite, free_port, host_command, ingest, photo, prepare_app_dir, run_cli, run_host, wait_for
+from tests.support import Azurite, host_command, ingest, photo, prepare_app_dir, run_cli, run_host, served_url, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -60,11 +60,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         for i in range(2):
             rt.blobs.put(rt.settings.staging_container, f"birds/v1/red/{i}.jpg", photo(i), "image/jpeg")
         run_host(env, app_dir)
-        port = free_port()
         log = (tmp / "host.log").open("wb")
-        cmd = host_command(app_dir, "--port", str(port))
+        cmd = host_command(app_dir, "--port", "0")  # the kernel's choice: no race with other tests' ports
         host = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=log)
-        url = f"http://127.0.0.1:{port}"
+        url = served_url(host, tmp / "host.log")
 
         def up() -> bool:
             assert host is not None and host.poll() is None, (tmp / "host.log").read_text()[-3000:]

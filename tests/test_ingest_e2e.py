@@ -260,8 +260,13 @@ def test_sigkill_mid_ingest_then_restart_is_exactly_once(env, clients, tmp_path)
         expected[f"original/{['x', 'y'][i % 2]}/v1/img{i:03d}.jpg"] = md5(data)
     proc = subprocess.Popen(host_command(app, "--lease", "3"), env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
     try:
+        # Each look lists the container (hundreds of blobs): every 0.5 s, not 20 times a second, or the
+        # test's own listings take Azurite's (one) thread from the host it is waiting for.
         wait_for(
-            lambda: len(originals(clients, "kill")) >= 120 if clients.container("kill").exists() else False, 180, "120 originals"
+            lambda: len(originals(clients, "kill")) >= 120 if clients.container("kill").exists() else False,
+            180,
+            "120 originals",
+            interval=0.5,
         )
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -185,6 +185,7 @@ def test_killed_run_then_rerun_is_complete_without_partial_blobs(env, clients, t
     assert staged(clients, "birds/v1/") == expected
 
 
+@pytest.mark.serial  # a measured rate: a busy CPU (other tests beside it) pulls it below the cap
 def test_bandwidth_cap_holds_within_20_percent(env, clients, tmp_path):
     src = tmp_path / "drop"
     (src / "c").mkdir(parents=True)

@@ -388,10 +388,19 @@ class QueueListener(_Component):
         return self.worker.invoke(self.t, self.stats, arg, msg.id, f"message {msg.id} (attempt {msg.dequeue_count})")
 
     def _delete(self, lease: _Lease) -> None:
+        """As the WebJobs SDK's QueueProcessor.DeleteMessageAsync: a message already gone (404), or
+        leased again by another delivery after this lease lapsed (400 PopReceiptMismatch: a renewal
+        came too late on a busy machine), is that delivery's to delete; the function is idempotent."""
         try:
             self.queue.delete_message(lease.message_id, lease.pop_receipt)
         except ResourceNotFoundError:
             pass
+        except HttpResponseError as exc:
+            if getattr(exc, "error_code", None) != "PopReceiptMismatch":
+                raise
+            log.warning(
+                "message %s of %s: leased again before its delete, left to that delivery", lease.message_id, self.t.source
+            )
 
     def _poison(self, lease: _Lease, raw: str, why: str) -> None:
         with lease.lock:
