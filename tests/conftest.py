@@ -53,6 +53,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's order is kept
 
 
+@pytest.fixture(scope="module")
+def azurite_clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clients]:
+    """One private Azurite for a whole test module (for tests that each use their own table or
+    container in it), as SDK clients."""
+    az = Azurite(Path(tmp_path_factory.mktemp("azurite"))).start()
+    try:
+        yield Clients(Settings.from_env({"CorpusStorage": az.connection_string}).connection)
+    finally:
+        az.stop()
+
+
 @pytest.fixture
 def azurite(tmp_path: Path) -> Iterator[Azurite]:
     az = Azurite(tmp_path).start()

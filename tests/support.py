@@ -21,9 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 AZURITE = REPO / "node_modules" / ".bin" / "azurite"
@@ -34,6 +36,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def at_once(call: Callable[[], T], times: int) -> list[T]:
+    """Run ``call`` in ``times`` threads released together (a barrier): the results, in finishing
+    order. Any exception of any thread is raised after all have finished (the first one)."""
+    import threading
+
+    results: list[T] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(times)
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(call())
+        except BaseException as exc:  # raised below, after every thread is done
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(times)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

@@ -5,7 +5,6 @@ with the blob requests each costs per image (the figures of docs/benchmarks.md, 
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections import Counter
 
 import pytest
@@ -17,7 +16,7 @@ from corpus.domain.paths import SetRef
 from corpus.store.memory import MemoryBlobStore, MemoryOutbox
 from corpus.store.memory_tables import MemoryTables
 from corpus.store.settings import TABLE_VALIDATIONS, Settings
-from tests.support import jpeg
+from tests.support import at_once, jpeg
 
 IMAGES = 6
 
@@ -99,23 +98,7 @@ def test_direct_the_same_delivery_twice_and_concurrently_counts_once(mode: str) 
     data = jpeg(3)
     info = rt.blobs.put(rt.settings.staging_container, "birds/v1/red/a.jpg", data)
     event = ingest.StagedBlob("birds/v1/red/a.jpg", data, info.etag, {}, "BlockBlob")
-    results: list[str] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(8)
-
-    def deliver() -> None:
-        start.wait()
-        try:
-            results.append(ingest.on_staged_blob(rt, event))
-        except BaseException as exc:  # collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=deliver) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    results = at_once(lambda: ingest.on_staged_blob(rt, event), 8)
     assert results.count("copied") == 1 and set(results) <= {"copied", "exists"}, results
     assert ingest.on_staged_blob(rt, event) == "exists"  # a late redelivery of the bytes already ingested
     ref = SetRef("birds", ("red",), "v1")

@@ -6,7 +6,6 @@ import hashlib
 import json
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from corpus.store.catalog import Catalog
 from corpus.store.hostconfig import load_blob_config, load_queue_config
 from corpus.store.rows import ValidationRow, as_int
 from corpus.store.storage import Clients
-from tests.support import host_command, jpeg, max_overlap, png, prepare_app_dir, run_cli, run_host, wait_for
+from tests.support import at_once, host_command, jpeg, max_overlap, png, prepare_app_dir, run_cli, run_host, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -160,21 +159,7 @@ def test_same_copy_message_concurrently_counts_once(rt: Runtime, clients):
     assert ingest.on_staged_blob(rt, ingest.StagedBlob("race/v1/x/y.jpg", data, etag, {}), "queued") == "queued"
     body = clients.queue_client("copy-requests").receive_message().content
     req = CopyRequest.parse(body)
-    results: list[str] = []
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            results.append(ingest.on_copy_request(rt, req))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    results = at_once(lambda: ingest.on_copy_request(rt, req), 8)
     assert results.count("copied") == 1 and set(results) <= {"copied", "exists"}
     row = rt.catalog.sets.get(SetRef("race", ("x",), "v1"))
     assert row is not None and (row.image_count, row.total_bytes) == (1, len(data))
@@ -191,23 +176,7 @@ def test_same_blob_event_concurrently_in_direct_mode_counts_once(rt: Runtime, cl
     staging(clients).upload_blob("race/v1/d/z.jpg", data)
     etag = staging(clients).get_blob_client("race/v1/d/z.jpg").get_blob_properties().etag
     event = ingest.StagedBlob("race/v1/d/z.jpg", data, etag, {}, "BlockBlob")
-    results: list[str] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(8)
-
-    def deliver() -> None:
-        start.wait()
-        try:
-            results.append(ingest.on_staged_blob(rt, event, "direct"))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=deliver) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    results = at_once(lambda: ingest.on_staged_blob(rt, event, "direct"), 8)
     assert results.count("copied") == 1 and set(results) <= {"copied", "exists"}, results
     assert ingest.on_staged_blob(rt, event, "direct") == "exists"
     ref = SetRef("race", ("d",), "v1")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +12,6 @@ from hypothesis import strategies as st
 
 from corpus.domain import keys
 from corpus.store.memory_tables import MemoryTable
-from corpus.store.settings import Settings
 from corpus.store.storage import Clients
 from corpus.store.trainsets_table import (
     MAX_USES_CHARS,
@@ -23,7 +20,6 @@ from corpus.store.trainsets_table import (
     blob_bucket,
     packed_rows,
 )
-from tests.support import Azurite
 
 _names = itertools.count()
 
@@ -133,15 +129,6 @@ def test_a_folder_of_long_names_splits_into_parts_under_the_property_limit() -> 
     assert len(rows) > 16, "more than one part in some bucket"
     index.add_blob_uses(uses, 3)
     assert answers(index, {(u.container, u.source) for u in uses}) == expected(uses)
-
-
-@pytest.fixture(scope="module")
-def azurite_clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clients]:
-    az = Azurite(Path(tmp_path_factory.mktemp("azurite"))).start()
-    try:
-        yield Clients(Settings.from_env({"CorpusStorage": az.connection_string}).connection)
-    finally:
-        az.stop()
 
 
 @pytest.mark.e2e

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,21 +32,10 @@ from corpus.store.azure_ports import AzureBlobStore, AzureOutbox
 from corpus.store.memory import MemoryBlobStore, MemoryOutbox
 from corpus.store.memory_tables import MemoryTable
 from corpus.store.ports import BlobStore, Expected, Outbox, iter_blobs
-from corpus.store.settings import Settings
 from corpus.store.storage import Clients
 from corpus.store.tables import first_page
-from tests.support import Azurite
 
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def azurite_clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clients]:
-    az = Azurite(Path(tmp_path_factory.mktemp("azurite"))).start()
-    try:
-        yield Clients(Settings.from_env({"CorpusStorage": az.connection_string}).connection)
-    finally:
-        az.stop()
 
 
 @pytest.fixture(params=["memory", "azurite"])

@@ -7,9 +7,8 @@ import itertools
 import json
 import math
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +22,7 @@ from hypothesis import strategies as st
 
 from corpus.store import tablequery
 from corpus.store.memory_tables import MemoryTable
-from corpus.store.settings import Settings
 from corpus.store.storage import Clients
-from tests.support import Azurite
 
 _names = itertools.count()
 _convert_to_entity: Callable[[Any], TableEntity] = _sdk_convert
@@ -146,15 +143,6 @@ def test_service_times_parse_as_the_sdk_parses_them(value: str) -> None:
 
 
 # -- on Azurite and on the in-memory table --------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def azurite_clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clients]:
-    az = Azurite(Path(tmp_path_factory.mktemp("azurite"))).start()
-    try:
-        yield Clients(Settings.from_env({"CorpusStorage": az.connection_string}).connection)
-    finally:
-        az.stop()
 
 
 def new_table(clients: Clients) -> TableClient:
