@@ -396,17 +396,18 @@ def test_a_counter_race_between_batches_retries_as_a_batch(rt: Runtime) -> None:
     fallbacks: list[str] = []
     a.record = lambda ref, r, transform=None: fallbacks.append(r.file) or True  # type: ignore[method-assign]
     b.record_many(ref, [_image(900, 5)])  # the shard exists
-    real = a._counter_op
+    real = a.table.get_entity
     raced: list[bool] = []
 
-    def counter_op_then_lose_the_race(pk: str, shard: str, n: int, size: int) -> tuple[Any, ...]:
-        op = real(pk, shard, n, size)
-        if not raced:  # another instance commits into the same shard between our read and our write
-            raced.append(True)
-            assert b.record_many(ref, [_image(1000 + i, 10) for i in range(5)]) == [True] * 5
-        return op
+    def read_then_lose_the_race(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return real(*args, **kwargs)  # the shard, or ResourceNotFoundError: then a creates it
+        finally:
+            if not raced:  # another instance commits into the same shard between our read and our write
+                raced.append(True)
+                assert b.record_many(ref, [_image(1000 + i, 10) for i in range(5)]) == [True] * 5
 
-    a._counter_op = counter_op_then_lose_the_race  # type: ignore[method-assign]
+    a.table.get_entity = read_then_lose_the_race  # type: ignore[method-assign]
     assert a.record_many(ref, [_image(2000 + i, 100) for i in range(50)]) == [True] * 50
     assert raced and fallbacks == []  # retried as one batch, not 50 single transactions
     assert a.count(ref) == (56, 5 + 50 + 5000)
