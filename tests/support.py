@@ -18,7 +18,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -242,6 +243,33 @@ def served_url(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) ->
         return None
 
     return str(wait_for(url, timeout, "corpus host to report its HTTP port"))
+
+
+@contextmanager
+def serving_host(env: dict[str, str], app_dir: Path, cwd: Path) -> Iterator[str]:
+    """A ``corpus host --port 0`` (its stderr in ``cwd/host.log``) that answers HTTP: yields its URL,
+    and stops it afterwards."""
+    import urllib.request
+
+    log = cwd / "host.log"
+    with log.open("wb") as err:  # the child keeps its own descriptor
+        host = subprocess.Popen(host_command(app_dir, "--port", "0"), env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        url = served_url(host, log)
+
+        def up() -> bool:
+            assert host.poll() is None, _tail(log, 3000)
+            try:
+                urllib.request.urlopen(url + "/api/sets?limit=1", timeout=2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(up, 60, "corpus host serving HTTP")
+        yield url
+    finally:
+        host.terminate()
+        host.wait(20)
 
 
 def run_host(env: dict[str, str], app_dir: Path, *args: str, timeout: float = 240) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import re
-import subprocess
 import urllib.error
 import urllib.request
 import uuid
@@ -37,7 +36,7 @@ from corpus.domain.messages import SourceSelector, TransformRequest
 from corpus.domain.paths import SetRef
 from corpus.store.rows import ImageRow
 from corpus.store.settings import Settings
-from tests.support import Azurite, free_port, host_command, jpeg, png, prepare_app_dir, run_cli, run_host, served_url, wait_for
+from tests.support import Azurite, free_port, jpeg, png, prepare_app_dir, run_cli, run_host, serving_host, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -155,7 +154,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("gallery")
     debug_log = tmp / "azurite-debug.log"
     az = Azurite(tmp, extra_args=("--debug", str(debug_log))).start()
-    host = None
     try:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("CORPUS_", "CorpusStorage", "AzureWebJobsStorage"))}
         env = {
@@ -184,29 +182,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         run_host(env, app_dir)
         _trainsets(rt, env, app_dir)
         _big_set(rt)
-        host = subprocess.Popen(
-            host_command(app_dir, "--port", "0"),  # the kernel's choice: no race with other tests' ports
-            env=env,
-            cwd=tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp / "host.log").open("wb"),
-        )
-        url = served_url(host, tmp / "host.log")
-
-        def up() -> bool:
-            assert host is not None and host.poll() is None, (tmp / "host.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(url + "/api/sets?limit=1", timeout=2).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(up, 60, "corpus host serving HTTP")
-        yield World(url, env, tmp, rt, debug_log)
+        with serving_host(env, app_dir, tmp) as url:
+            yield World(url, env, tmp, rt, debug_log)
     finally:
-        if host is not None:
-            host.terminate()
-            host.wait(20)
         az.stop()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from corpus.domain.paths import SetRef
 from corpus.store.azure_ports import AzureBlobStore
 from corpus.store.ports import iter_blobs
 from corpus.store.settings import Settings
-from tests.support import Azurite, host_command, ingest, photo, prepare_app_dir, run_cli, run_host, served_url, wait_for
+from tests.support import Azurite, ingest, photo, prepare_app_dir, run_cli, run_host, serving_host
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +48,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Two photos ingested by the host, then the host serving HTTP."""
     tmp = tmp_path_factory.mktemp("harden3")
     az = Azurite(tmp).start()
-    host = None
+
     try:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("CORPUS_", "CorpusStorage", "AzureWebJobsStorage"))}
         conn = az.connection_string
@@ -60,25 +59,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         for i in range(2):
             rt.blobs.put(rt.settings.staging_container, f"birds/v1/red/{i}.jpg", photo(i), "image/jpeg")
         run_host(env, app_dir)
-        log = (tmp / "host.log").open("wb")
-        cmd = host_command(app_dir, "--port", "0")  # the kernel's choice: no race with other tests' ports
-        host = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=log)
-        url = served_url(host, tmp / "host.log")
-
-        def up() -> bool:
-            assert host is not None and host.poll() is None, (tmp / "host.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(url + "/api/sets?limit=1", timeout=2).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(up, 60, "corpus host serving HTTP")
-        yield Served(url, env, rt, app_dir)
+        with serving_host(env, app_dir, tmp) as url:
+            yield Served(url, env, rt, app_dir)
     finally:
-        if host is not None:
-            host.terminate()
-            host.wait(20)
         az.stop()
 
 
