@@ -30,7 +30,7 @@ from corpus.domain.errors import ConflictError
 from corpus.domain.paths import SetRef
 from corpus.store import egt
 from corpus.store.rows import RECORDED, SCHEMA, CounterRow, ImageRow, SourceMarkerRow, Transform, facts_properties, schema_of
-from corpus.store.tables import MAX_ATTEMPTS, backoff, entity_or_none, first_page, if_unchanged
+from corpus.store.tables import MAX_ATTEMPTS, backoff, entity_or_none, first_page, if_match, if_unchanged
 
 SHARDS = 16
 MAX_MARKERS = 99
@@ -41,11 +41,6 @@ MAX_KEPT_SHARDS = 4096
 
 IMAGES_FROM = keys.after(keys.SEPARATOR)
 """Counter rows (``!count!NN``) sort below every escaped file name; image rows are ``>= '"'``."""
-
-
-def _if_match(etag: str) -> dict[str, Any]:
-    """Transaction options: replace only the version at ``etag``."""
-    return {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified}
 
 
 class ImagesTable:
@@ -138,7 +133,7 @@ class ImagesTable:
         kept = self._shards.get(key)
         if kept is not None:
             counter = CounterRow(pk, shard_key, kept[0].count + n, kept[0].bytes + size)
-            step: tuple[Any, ...] = ("update", counter.to_entity(), _if_match(kept[1]))
+            step: tuple[Any, ...] = ("update", counter.to_entity(), if_match(kept[1]))
         else:
             entity = entity_or_none(self.table, pk, shard_key)
             if entity is None:

@@ -30,7 +30,12 @@ def backoff(attempt: int) -> None:
 
 def if_unchanged(entity: Any) -> dict[str, Any]:
     """Transaction options: replace ``entity`` only if nobody changed it since we read it."""
-    return {"mode": UpdateMode.REPLACE, "etag": entity.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+    return if_match(entity.metadata["etag"])
+
+
+def if_match(etag: str) -> dict[str, Any]:
+    """Transaction options: replace the entity only if it is still the version at ``etag``."""
+    return {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified}
 
 
 def entity_or_none(table: Any, partition_key: str, row_key: str) -> Any | None:
