@@ -86,9 +86,13 @@ class BlobLister:
     def list_md5s(self, container: str, prefix: str) -> dict[str, str]:
         """Blobs directly under ``prefix`` (relative names) → hex MD5, ``""`` when a blob has none.
 
-        A missing container lists as empty. Transient failures are retried with back-off.
+        A missing container lists as empty, and so does a prefix that is not valid Unicode (a
+        folder name with undecodable bytes: no blob name can hold it). Transient failures are
+        retried with back-off.
         """
         out: dict[str, str] = {}
+        if not _encodable(prefix):
+            return out
         marker = ""
         while True:
             query = {"restype": "container", "comp": "list", "prefix": prefix, "delimiter": "/", "maxresults": "5000"}
@@ -107,10 +111,12 @@ class BlobLister:
 
         One request for a whole small tree where :meth:`list_md5s` takes one per folder (and
         ``original/`` one more each): a re-run with nothing to do waits on these round trips.
-        A missing container is an empty, complete page.
+        A missing container, or a prefix that is not valid Unicode, is an empty, complete page.
         """
         query = {"restype": "container", "comp": "list", "prefix": prefix, "maxresults": str(limit)}
         out: dict[str, str] = {}
+        if not _encodable(prefix):
+            return out, True
         body = self._get(container, query)
         if body is None:
             return out, True
@@ -333,3 +339,12 @@ def _error(body: bytes) -> tuple[str, str]:
         return "", body[:200].decode("utf-8", "replace")
     message = root.findtext("Message") or ""
     return root.findtext("Code") or "", message.splitlines()[0] if message else ""
+
+
+def _encodable(text: str) -> bool:
+    """True if ``text`` encodes as UTF-8 (a path read from disk may hold surrogate escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -312,10 +312,6 @@ class Uploader:
         themselves are enumerated from the ``Images`` table.
         """
         sub = rdir + "/" if rdir else ""
-        if not _encodable(rdir):
-            # A folder name that is not valid Unicode (undecodable bytes): no blob can have it, and
-            # each file in it fails its name check when it comes to be sent, with the reason.
-            return {}, {}
         page = self._staged_page.result() if self._staged_page is not None else NOTHING_LISTED
         if page.covers(rdir):
             staged = page.folder(rdir)
@@ -456,12 +452,3 @@ class Uploader:
             self.summary.failures.append(Failure(path, staged, reason))
         if self.progress:
             self.progress.tick(0, None)
-
-
-def _encodable(text: str) -> bool:
-    """True if ``text`` encodes as UTF-8 (a path read from disk may hold surrogate escapes)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
