@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFilter
 
 from corpus.domain.dupindex import hamming, is_near
-from corpus.domain.facts import draft_request
+from corpus.domain.facts import GREY_OUTLIERS, GREY_TOLERANCE, channel_spread, draft_request, is_grey
 from corpus.domain.imagefacts import FACT_FIELDS, ImageFacts
 from corpus.domain.images import inspect
 from tests.photolike import VARIANTS, encode, jpeg_of, picture, rotated_exif, variant
@@ -140,3 +143,17 @@ def test_transformed_images_carry_facts_of_their_own_bytes() -> None:
         out.height,
     )
     assert (out.width, out.height) == (32, 21)  # upright: the EXIF turn was applied before the thumbnail
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1), st.integers(0, 40))
+def test_channel_spread_is_the_per_pixel_max_minus_min_of_the_channels(w: int, h: int, seed: int, noise: int) -> None:
+    """The element-wise spread (issue 26: 1 ms less per image) equals numpy's reduction over the channel axis."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(h, w, 1), dtype=np.int16)
+    rgb = np.clip(base + rng.integers(-noise, noise + 1, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    small = Image.fromarray(rgb, "RGB")
+    wide = rgb.astype(np.int16)
+    expected = wide.max(axis=2) - wide.min(axis=2)
+    assert np.array_equal(channel_spread(small).astype(np.int16), expected)
+    assert is_grey("RGB", small) == (int(np.count_nonzero(expected > GREY_TOLERANCE)) <= GREY_OUTLIERS * expected.size)

@@ -127,9 +127,18 @@ def is_grey(mode: str, small: Image.Image) -> bool:
     """See :data:`GREY_TOLERANCE`: a grey mode, or colour channels that (nearly) agree everywhere."""
     if mode in _GREY_MODES or small.mode == "L":
         return True
-    rgb = np.asarray(small, dtype=np.int16)
-    spread = rgb.max(axis=2) - rgb.min(axis=2)
-    return bool(int(np.count_nonzero(spread > GREY_TOLERANCE)) <= GREY_OUTLIERS * spread.size)
+    return bool(int(np.count_nonzero(channel_spread(small) > GREY_TOLERANCE)) <= GREY_OUTLIERS * small.width * small.height)
+
+
+def channel_spread(small: Image.Image) -> np.ndarray[Any, Any]:
+    """Per pixel, the largest minus the smallest of the R, G, B levels of an ``RGB`` image.
+
+    Element-wise over the three channel planes: numpy's ``max(axis=2)`` reduces over an inner
+    axis of length 3, which took ~1 ms per 256² image, a fifth of ingest's facts.
+    """
+    rgb = np.asarray(small, dtype=np.uint8)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # uint8: max >= min, no wrap
 
 
 def laplacian_variance(grey: np.ndarray[Any, Any]) -> float:
