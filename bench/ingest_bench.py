@@ -47,15 +47,29 @@ import atexit, collections, json, os, threading
 import requests
 _counts = collections.Counter()
 _lock = threading.Lock()
-_send = requests.Session.send
 _ports = {str(v): k for k, v in json.loads(os.environ["BENCH_PORTS"]).items()}
-def _counted(self, request, **kw):
-    port = (request.url or "").split("/")[2].rsplit(":", 1)[-1]
-    method = request.method or ""
+def _count(url, method):
+    port = (url or "").split("/")[2].rsplit(":", 1)[-1]
     with _lock:
-        _counts[_ports.get(port, port) + " " + method] += 1
+        _counts[_ports.get(port, port) + " " + (method or "")] += 1
+_send = requests.Session.send
+def _counted(self, request, **kw):
+    _count(request.url, request.method)
     return _send(self, request, **kw)
 requests.Session.send = _counted
+# the SDK's requests through corpus's own transport, and the lean listings
+from corpus.store import lean_http
+_exchange = lean_http.LeanTransport._exchange
+def _lean(self, key, head, body, method, *a, **kw):
+    _count(f"x://{key[1]}:{key[2]}/", method)
+    return _exchange(self, key, head, body, method, *a, **kw)
+lean_http.LeanTransport._exchange = _lean
+from corpus.transfer import bloblist
+_std_send = bloblist._StdlibTransport.send
+def _std(self, method, url, *a, **kw):
+    _count(url, method)
+    return _std_send(self, method, url, *a, **kw)
+bloblist._StdlibTransport.send = _std
 def _dump():
     d = os.environ["BENCH_REQUEST_COUNTS"]
     with open(os.path.join(d, str(os.getpid()) + ".json"), "w") as f:

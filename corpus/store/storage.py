@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
-from azure.core.pipeline.transport import RequestsTransport
+from azure.core.pipeline.transport import HttpTransport, RequestsTransport
 
-from corpus.store.http import ca_verify, shared_session
+from corpus.store.http import ca_verify, proxies_configured, shared_session
+from corpus.store.lean_http import LeanTransport, lean_enabled
 from corpus.store.settings import Connection
 
 if TYPE_CHECKING:  # imported when first used: `corpus upload` needs neither, and each costs ~0.1 s to start
@@ -31,9 +32,15 @@ def identity_credential(connection: Connection) -> Any:
     return DefaultAzureCredential(managed_identity_client_id=connection.client_id)
 
 
-def _transport() -> RequestsTransport:
+def _transport() -> HttpTransport[Any, Any]:
+    """The storage clients' transport: :class:`~corpus.store.lean_http.LeanTransport` over the
+    shared ``requests`` session, which serves what the lean one hands on (and everything when a
+    proxy is configured, or ``CORPUS_HTTP=requests``)."""
     # verify per request as requests itself would (the session no longer reads the environment)
-    return RequestsTransport(session=shared_session(), session_owner=False, connection_verify=ca_verify())
+    fallback = RequestsTransport(session=shared_session(), session_owner=False, connection_verify=ca_verify())
+    if proxies_configured() or not lean_enabled():
+        return cast("HttpTransport[Any, Any]", fallback)
+    return LeanTransport(fallback, ca_verify())
 
 
 def stored_md5(props: BlobProperties) -> str:
