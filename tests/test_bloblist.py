@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from corpus.domain.errors import ConfigError
 from corpus.store.settings import Connection
-from corpus.transfer.bloblist import BlobLister, parse_connection_string, parse_listing
+from corpus.transfer.bloblist import BlobLister, parse_connection_string, parse_listing, parse_versions
 
 KEY = base64.b64encode(bytes(range(64))).decode()  # any key: both sides sign with the same one
 names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
@@ -152,3 +152,59 @@ def test_a_flat_page_lists_nested_names_and_says_whether_it_was_all(settings, cl
         False,
     )
     assert lister.list_page("no-such-container", "d/", 5) == ({}, True)
+
+
+def _listing_xml(entries: list[tuple[str, str, str, bool]], marker: str) -> bytes:
+    """A List Blobs page as the service writes it (ElementTree escapes the text)."""
+    from urllib.parse import quote
+    from xml.etree import ElementTree as ET
+
+    root = ET.Element("EnumerationResults", ContainerName="c")
+    blobs = ET.SubElement(root, "Blobs")
+    for name, etag, blob_type, encoded in entries:
+        blob = ET.SubElement(blobs, "Blob")
+        el = ET.SubElement(blob, "Name")
+        el.text = quote(name) if encoded else name
+        if encoded:
+            el.set("Encoded", "true")
+        props = ET.SubElement(blob, "Properties")
+        ET.SubElement(props, "Content-Length").text = "3"
+        ET.SubElement(props, "Etag").text = etag
+        ET.SubElement(props, "BlobType").text = blob_type
+    ET.SubElement(root, "NextMarker").text = marker
+    return b'<?xml version="1.0" encoding="utf-8"?>' + ET.tostring(root, encoding="utf-8")
+
+
+xml_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=30)  # what XML 1.0 can carry
+
+
+@given(
+    entries=st.lists(
+        st.tuples(
+            xml_text.filter(bool),
+            st.sampled_from(['"0x8D1"', "0x8DABC", "x&y"]),
+            st.sampled_from(["BlockBlob", "AppendBlob"]),
+            st.booleans(),
+        ),
+        max_size=8,
+    ),
+    marker=xml_text,
+)
+def test_versions_parse_reads_what_the_service_wrote(entries: list[tuple[str, str, str, bool]], marker: str) -> None:
+    # corpus host's event source reads the staging listing with regular expressions (issue 26):
+    # any name, escaped or Encoded, comes back exactly, with its bare ETag and type.
+    listed, next_marker = parse_versions(_listing_xml(entries, marker))
+    assert [(x.name, x.etag, x.blob_type) for x in listed] == [(n, e.strip('"'), t) for n, e, t, _ in entries]
+    assert next_marker == marker
+
+
+def test_versions_on_azurite_match_the_sdks_listing(settings, clients) -> None:
+    staging = clients.container(settings.staging_container)
+    for name in ("d/v/a & b <c>.jpg", "d/v/ünï 'q' \"d\".jpg", "d/v/x/../y.jpg", "e/z.jpg"):
+        staging.upload_blob(name, name.encode())
+    lister = BlobLister.from_connection(settings.connection)
+    ours = [(x.name, x.etag, x.blob_type) for x in lister.list_versions(settings.staging_container)]
+    sdk = [(b.name, b.etag.strip('"'), "BlockBlob") for b in staging.list_blobs()]
+    assert ours == sdk and len(ours) == 4
+    assert [x.name for x in lister.list_versions(settings.staging_container, "d/")] == [n for n, _, _ in sdk[:3]]
+    assert list(lister.list_versions("no-such-container")) == []
