@@ -213,7 +213,8 @@ def _listeners(
             components.append(QueueListener(t, clients, cfg, stats, opts, worker))
         else:
             clients.ensure(queues=(BLOB_POISON_QUEUE,))
-            listener = BlobListener(t, clients, host_clients, stats, opts)
+            # two rounds of invocations queued: enough work while the next listing runs
+            listener = BlobListener(t, clients, host_clients, stats, opts, backlog=2 * blob_cfg.max_degree_of_parallelism)
             listener.load_receipts()
             components.append(listener)
             components.append(BlobQueueListener(t, clients, host_clients, blob_cfg, stats, opts, worker))
