@@ -23,9 +23,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from azure.core import MatchConditions
@@ -36,7 +37,9 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
     ResourceNotModifiedError,
 )
+from azure.core.rest import HttpRequest
 from azure.storage.blob import BlobBlock, BlobClient, BlobProperties, ContentSettings
+from azure.storage.blob._blob_client_helpers import _format_url
 
 from corpus.domain.errors import (
     BlobConflict,
@@ -85,6 +88,23 @@ def _info(name: str, props: Any) -> BlobInfo:
         metadata=dict(props.metadata or {}),
         last_modified=props.last_modified,
         blob_type=_blob_type(getattr(props, "blob_type", None)),
+    )
+
+
+def _info_of_headers(name: str, headers: Mapping[str, str]) -> BlobInfo:
+    """:class:`BlobInfo` from a Get Blob Properties response's headers (names case-insensitive)."""
+    md5 = headers.get("content-md5", "")
+    modified = headers.get("last-modified")
+    metadata = {k[len("x-ms-meta-") :]: v for k, v in headers.items() if k.lower().startswith("x-ms-meta-")}
+    return BlobInfo(
+        name=name,
+        size=int(headers.get("content-length", 0) or 0),
+        etag=_quoted(headers.get("etag", "")),
+        md5=base64.b64decode(md5).hex() if md5 else "",
+        content_type=headers.get("content-type", ""),
+        metadata=metadata,
+        last_modified=parsedate_to_datetime(modified) if modified else None,
+        blob_type=_blob_type(headers.get("x-ms-blob-type")),
     )
 
 
@@ -165,8 +185,29 @@ class AzureBlobStore(BlobStore):
             pass
 
     def info(self, container: str, name: str) -> BlobInfo:
+        """One Get Blob Properties through the container client's pipeline (signing, retries),
+        reading only the headers :class:`BlobInfo` holds: the SDK's own call builds a ``BlobClient``
+        and deserialises some fifty headers, ~2 ms of CPU under load; ingest makes it twice an image."""
+        check_blob_name(name)
+        cc = self.clients.container(container)
+        url = _format_url(
+            container_name=cc.container_name,
+            scheme=cc.scheme,
+            blob_name=name,
+            query_str=str(getattr(cc, "_query_str", "")),  # a SAS, as the SDK appends it
+            hostname=cc.primary_hostname,
+        )
+        request = HttpRequest("HEAD", url, headers={"x-ms-version": cc.api_version})
         with _translated():
-            return _info(name, self._blob(container, name).get_blob_properties())
+            response = cc._client._send_request(request)
+        if response.status_code != 200:
+            code = response.headers.get("x-ms-error-code", "")
+            if response.status_code == 404:
+                raise BlobNotFound(f"{code or 'not found'}: {container}/{name}", 404, code)
+            if response.status_code == 412:
+                raise PreconditionFailed(f"{code or 'condition not met'}: {container}/{name}", 412, code)
+            raise StorageError(f"{code or response.reason}: HEAD {container}/{name}", response.status_code, code)
+        return _info_of_headers(name, response.headers)
 
     def exists(self, container: str, name: str) -> bool:
         with _translated():
