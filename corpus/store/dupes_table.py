@@ -24,13 +24,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from itertools import islice
 from typing import Any, TypeVar
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableTransactionError, UpdateMode
 
 from corpus.domain import dupindex as d
 from corpus.domain.imagefacts import ImageFacts
+from corpus.store import egt, tablequery
 
 MAX_BATCH = 100
 READ_THREADS = 16
@@ -106,7 +108,7 @@ class DupesTable:
         props = {"SHA256": facts.sha256, "MD5": md5, "PHash": facts.phash, "DHash": facts.dhash}
         ops = [("create", {"PartitionKey": pk, "RowKey": rk, **props}) for rk in d.band_row_keys(facts.phash, facts.sha256)]
         try:
-            self.table.submit_transaction(ops)
+            egt.submit(self.table, ops)
             return True
         except TableTransactionError as exc:
             if _exists(exc):
@@ -114,9 +116,14 @@ class DupesTable:
             raise
 
     def content(self, domain: str, sha256: str) -> Content | None:
-        try:
-            e = self.table.get_entity(d.partition(domain), d.content_row_key(sha256))
-        except ResourceNotFoundError:
+        # a query on both keys: a point read on Azure, decoded without the SDK's deserialiser
+        found = tablequery.query_entities(
+            self.table,
+            "PartitionKey eq @pk and RowKey eq @rk",
+            parameters={"pk": d.partition(domain), "rk": d.content_row_key(sha256)},
+        )
+        e = next(iter(found), None)
+        if e is None:
             return None
         return Content(
             sha256,
@@ -141,11 +148,12 @@ class DupesTable:
 
         def band(bounds: tuple[str, str]) -> list[d.Neighbour]:
             low, high = bounds
-            pages = self.table.query_entities(
+            rows = tablequery.query_entities(
+                self.table,
                 "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
                 parameters={"pk": pk, "lo": low, "hi": high},
                 results_per_page=d.MAX_BAND_ROWS,
-            ).by_page()
+            )
             return [
                 d.Neighbour(
                     str(e["SHA256"]),
@@ -156,7 +164,7 @@ class DupesTable:
                     _age_seconds(e),
                     _written(e),
                 )
-                for e in next(pages, [])
+                for e in islice(rows, d.MAX_BAND_ROWS)  # the first page's worth: a query is lazy
             ]
 
         rows = [n for found in _concurrently(band, d.band_ranges(facts.phash_int)) for n in found]
@@ -189,7 +197,7 @@ class DupesTable:
         try:
             if members:
                 ops = [("create", entity), *self._member_ops(domain, members)]
-                self.table.submit_transaction(ops[:MAX_BATCH])
+                egt.submit(self.table, ops[:MAX_BATCH])
                 self._submit(ops[MAX_BATCH:])
             else:
                 self.table.create_entity(entity)
@@ -208,7 +216,7 @@ class DupesTable:
 
     def _submit(self, ops: list[Any]) -> None:
         for start in range(0, len(ops), MAX_BATCH):
-            self.table.submit_transaction(ops[start : start + MAX_BATCH])
+            egt.submit(self.table, ops[start : start + MAX_BATCH])
 
     @staticmethod
     def _member_ops(domain: str, members: list[d.Member]) -> list[Any]:
