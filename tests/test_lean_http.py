@@ -1,0 +1,450 @@
+"""LeanTransport (:mod:`corpus.store.lean_http`) on the wire, then under the real SDKs on Azurite.
+
+The wire tests talk to :class:`Scripted`, a loopback HTTP server that answers each request with
+bytes scripted by the test and records what it received (raw and parsed) and how many connections
+it accepted, so keep-alive, stale connections and error mapping are asserted on the wire. Where
+``RequestsTransport`` is the reference (body decoding, error classes), the same script runs
+through both transports and the results must agree.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from azure.core import PipelineClient
+from azure.core.exceptions import (
+    DecodeError,
+    IncompleteReadError,
+    ServiceRequestError,
+    ServiceResponseError,
+    ServiceResponseTimeoutError,
+)
+from azure.core.pipeline.policies import RequestIdPolicy
+from azure.core.pipeline.transport import HttpRequest as LegacyHttpRequest
+from azure.core.pipeline.transport import RequestsTransport
+from azure.core.rest import HttpRequest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from corpus.store import lean_http
+from corpus.store.lean_http import READ_BLOCK, LeanTransport
+from tests.support import wait_for
+
+# -- the scripted server ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the server does with one request: send ``reply`` (in ``pieces`` of these sizes, then
+    the rest), then ``close`` the connection, or ``reset`` it (RST) or ``hang`` without answering."""
+
+    reply: bytes = b""
+    close: bool = False
+    reset: bool = False
+    hang: bool = False
+    pieces: tuple[int, ...] = ()
+
+
+@dataclass
+class Seen:
+    """One request as the server read it."""
+
+    conn: int
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    raw: bytes
+
+
+def _head(headers: tuple[str, ...]) -> str:
+    return "".join(f"{h}\r\n" for h in headers)
+
+
+def ok(body: bytes = b"", *headers: str, status: str = "200 OK") -> bytes:
+    head = _head(headers)
+    return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body
+
+
+def chunked(pieces: list[bytes], *, extension: str = "", trailers: tuple[str, ...] = (), headers: tuple[str, ...] = ()) -> bytes:
+    head = _head(headers)
+    out = f"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n{head}\r\n".encode()
+    for piece in pieces:
+        out += f"{len(piece):x}{extension}\r\n".encode() + piece + b"\r\n"
+    return out + b"0\r\n" + "".join(f"{t}\r\n" for t in trailers).encode() + b"\r\n"
+
+
+UNSCRIPTED = ok(b"unscripted request", status="599 Unscripted")
+
+
+class Scripted:
+    """A loopback HTTP/1.1 server answering requests, in the order they arrive, with scripted steps."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port: int = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.steps: list[Step] = []
+        self.seen: list[Seen] = []
+        self.accepts = 0
+        self.closed = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._socks: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def script(self, *steps: Step | bytes) -> None:
+        with self._lock:
+            self.steps.extend(s if isinstance(s, Step) else Step(s) for s in steps)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for sock in list(self._socks):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(5)
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                index, self.accepts = self.accepts, self.accepts + 1
+                self._socks.append(sock)
+            thread = threading.Thread(target=self._serve, args=(sock, index), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, sock: socket.socket, index: int) -> None:
+        rfile = sock.makefile("rb")
+        try:
+            while True:
+                seen = _read_request(rfile, index)
+                if seen is None:
+                    return
+                with self._lock:
+                    self.seen.append(seen)
+                    step = self.steps.pop(0) if self.steps else Step(UNSCRIPTED, close=True)
+                if step.hang:
+                    self._stop.wait()
+                    return
+                if step.reset:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                at = 0
+                for size in step.pieces:
+                    sock.sendall(step.reply[at : at + size])
+                    at += size
+                sock.sendall(step.reply[at:])
+                if step.close:
+                    return
+        except OSError:
+            return
+        finally:
+            rfile.close()
+            sock.close()
+            with self._lock:
+                self.closed += 1
+
+
+def _read_request(rfile: Any, conn: int) -> Seen | None:
+    line = rfile.readline()
+    if not line:
+        return None
+    raw = line
+    headers: dict[str, str] = {}
+    while True:
+        header = rfile.readline()
+        raw += header
+        if header in (b"\r\n", b""):
+            break
+        name, _, value = header.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = b""
+    if "chunked" in headers.get("transfer-encoding", ""):
+        while True:
+            size_line = rfile.readline()
+            raw += size_line
+            size = int(size_line.split(b";")[0], 16)
+            data = rfile.read(size + 2)
+            raw += data
+            body += data[:size]
+            if size == 0:
+                break
+    elif "content-length" in headers:
+        body = rfile.read(int(headers["content-length"]))
+        raw += body
+    method, target, _ = line.decode("latin-1").split(" ", 2)
+    return Seen(conn, method, target, headers, body, raw)
+
+
+@pytest.fixture
+def server() -> Iterator[Scripted]:
+    srv = Scripted()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        lean_http._pool.clear()  # the idle sockets to this server (other tests reconnect if theirs go)
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[Scripted]:
+    """One server for the property tests (a function-scoped fixture would be shared by examples anyway)."""
+    srv = Scripted()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        lean_http._pool.clear()
+
+
+# -- transports ---------------------------------------------------------------------------------
+
+
+class Recording(RequestsTransport):
+    """A fallback that records what it was handed, and sends it (with requests) anyway."""
+
+    def __init__(self) -> None:
+        super().__init__(use_env_settings=False)
+        self.sent: list[Any] = []
+
+    def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        self.sent.append(request)
+        return super().send(request, **kwargs)
+
+
+def lean(fallback: RequestsTransport | None = None) -> LeanTransport:
+    return LeanTransport(fallback or Recording(), True)
+
+
+def requests_transport() -> RequestsTransport:
+    return RequestsTransport(use_env_settings=False)
+
+
+TRANSPORTS = {"lean": lean, "requests": requests_transport}
+
+
+@pytest.fixture(params=sorted(TRANSPORTS))
+def either(request: pytest.FixtureRequest) -> Any:
+    """Each transport in turn: for behaviour LeanTransport must share with RequestsTransport."""
+    return TRANSPORTS[request.param]()
+
+
+def client(server: Scripted, transport: Any) -> PipelineClient[HttpRequest, Any]:
+    """A pipeline as the SDKs run it, without ContentDecodePolicy (it would parse the test bodies as JSON)."""
+    return PipelineClient(server.url, transport=transport, policies=[RequestIdPolicy()])
+
+
+def send(server: Scripted, transport: Any, method: str = "GET", path: str = "/", **kwargs: Any) -> Any:
+    """``method path`` through a PipelineClient, the way the SDKs send (``send_request``)."""
+    content = kwargs.pop("content", None)
+    headers = kwargs.pop("headers", None)
+    request = HttpRequest(method, server.url + path, content=content, headers=headers)
+    return client(server, transport).send_request(request, **kwargs)
+
+
+# -- response framing ---------------------------------------------------------------------------
+
+
+def test_a_content_length_body_is_read_and_the_connection_kept(server: Scripted) -> None:
+    server.script(ok(b"hello", "Content-Type: text/plain"), ok(b"again"))
+    t = lean()
+    first = send(server, t)
+    assert (first.status_code, first.reason, first.content, first.headers["content-type"]) == (200, "OK", b"hello", "text/plain")
+    assert send(server, t).content == b"again"
+    assert server.accepts == 1
+    assert [s.conn for s in server.seen] == [0, 0]
+    assert t.fallback.sent == []
+
+
+def test_a_chunked_body_with_extensions_and_trailers(server: Scripted) -> None:
+    pieces = [b"a" * 10, b"", b"bc" * 3000, b"d"]
+    reply = chunked([p for p in pieces if p], extension=";name=value;x", trailers=("X-Trailer: 1", "X-Other: 2"))
+    server.script(Step(reply, pieces=(5, 17, 300)), ok(b"next"))
+    t = lean()
+    response = send(server, t)
+    assert response.content == b"".join(pieces)
+    assert "content-length" not in response.headers
+    # the trailers were consumed: the next response on the same connection parses
+    assert send(server, t).content == b"next"
+    assert server.accepts == 1
+
+
+def test_a_body_without_length_runs_to_the_close_and_the_connection_is_not_reused(server: Scripted) -> None:
+    server.script(Step(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end" + b"x" * 100_000, close=True), ok(b"2"))
+    t = lean()
+    assert send(server, t).content == b"until the end" + b"x" * 100_000
+    assert send(server, t).content == b"2"
+    assert server.accepts == 2
+
+
+def test_head_with_a_content_length_has_no_body(server: Scripted) -> None:
+    server.script(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nETag: \"e\"\r\n\r\n", ok(b"after"))
+    t = lean()
+    head = send(server, t, "HEAD", "/blob")
+    assert (head.status_code, head.content, head.headers["content-length"], head.headers["etag"]) == (200, b"", "1234", '"e"')
+    assert send(server, t).content == b"after"
+    assert server.accepts == 1  # the HEAD left nothing unread on the connection
+
+
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
+def test_204_and_304_have_no_body(server: Scripted, status: str) -> None:
+    server.script(f"HTTP/1.1 {status}\r\nETag: \"e\"\r\n\r\n".encode(), ok(b"after"))
+    t = lean()
+    response = send(server, t)
+    assert (response.status_code, response.content) == (int(status[:3]), b"")
+    assert send(server, t).content == b"after"
+    assert server.accepts == 1
+
+
+def test_interim_100_continue_is_skipped(server: Scripted) -> None:
+    server.script(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"real", "X-Real: yes", status="201 Created"), ok(b"after"))
+    t = lean()
+    response = send(server, t, "PUT", "/x", content=b"body")
+    assert (response.status_code, response.content, response.headers["x-real"]) == (201, b"real", "yes")
+    assert send(server, t).content == b"after"
+    assert server.accepts == 1
+
+
+# -- keep-alive and stale connections -----------------------------------------------------------
+
+
+def test_connection_close_is_honoured(server: Scripted) -> None:
+    server.script(Step(ok(b"one", "Connection: close"), close=True), ok(b"two"), ok(b"three"))
+    t = lean()
+    assert [send(server, t).content for _ in range(3)] == [b"one", b"two", b"three"]
+    assert server.accepts == 2
+    assert [s.conn for s in server.seen] == [0, 1, 1]
+
+
+def _idle_connection_closed_by_server(server: Scripted) -> LeanTransport:
+    """A kept-alive connection (no ``Connection: close``) that the server then closes while it idles."""
+    server.script(Step(ok(b"first"), close=True))
+    t = lean()
+    assert send(server, t).content == b"first"
+    wait_for(lambda: server.closed == 1, 5, "the server to close the idle connection")
+    return t
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "POST", "DELETE"])
+def test_an_idle_connection_the_server_closed_is_not_used(server: Scripted, method: str) -> None:
+    t = _idle_connection_closed_by_server(server)
+    server.script(ok(b"fresh"))
+    assert send(server, t, method, "/x", content=b"body").content == b"fresh"
+    assert server.accepts == 2
+    assert [(s.conn, s.method) for s in server.seen] == [(0, "GET"), (1, method)]  # sent once, on the new one
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "HEAD"])
+def test_an_idempotent_request_on_a_reused_connection_closed_before_any_response_is_sent_again_once(
+    server: Scripted, method: str, how: str
+) -> None:
+    server.script(ok(b"first"), Step(close=how == "close", reset=how == "reset"), ok(b""))
+    t = lean()
+    assert send(server, t).content == b"first"
+    assert send(server, t, method, "/again").status_code == 200
+    assert server.accepts == 2
+    assert [(s.conn, s.method) for s in server.seen] == [(0, "GET"), (0, method), (1, method)]
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_post_on_a_reused_connection_closed_before_any_response_is_not_sent_again(server: Scripted, how: str) -> None:
+    server.script(ok(b"first"), Step(close=how == "close", reset=how == "reset"))
+    t = lean()
+    assert send(server, t).content == b"first"
+    with pytest.raises(ServiceResponseError):
+        send(server, t, "POST", "/messages", content=b"<QueueMessage/>")
+    assert [(s.conn, s.method) for s in server.seen] == [(0, "GET"), (0, "POST")]
+    assert server.accepts == 1
+
+
+def test_a_fresh_connection_closed_before_any_response_is_not_sent_again(server: Scripted) -> None:
+    server.script(Step(close=True))
+    with pytest.raises(ServiceResponseError):
+        send(server, lean(), "GET", "/once")
+    assert [(s.conn, s.method) for s in server.seen] == [(0, "GET")]
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_a_truncated_content_length_body_is_an_incomplete_read(server: Scripted, either: Any) -> None:
+    server.script(Step(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", close=True))
+    with pytest.raises(IncompleteReadError):
+        send(server, either)
+
+
+def test_a_truncated_chunked_body_is_an_incomplete_read(server: Scripted, either: Any) -> None:
+    server.script(Step(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nonly this", close=True))
+    with pytest.raises(IncompleteReadError):
+        send(server, either)
+
+
+def test_a_server_that_never_answers_times_out(server: Scripted, either: Any) -> None:
+    server.script(Step(hang=True))
+    with pytest.raises(ServiceResponseTimeoutError):
+        send(server, either, read_timeout=0.2)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_body_that_stalls_times_out(server: Scripted, stream: bool) -> None:
+    """(RequestsTransport calls this one a ServiceRequestError when not streaming: a read is a response's.)"""
+    server.script(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart")  # and then nothing
+    with pytest.raises(ServiceResponseTimeoutError):
+        send(server, lean(), read_timeout=0.2, stream=stream).read()
+
+
+def test_a_refused_port_is_a_request_error(either: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(ServiceRequestError):
+            either.send(HttpRequest("GET", f"http://127.0.0.1:{port}/"))
+
+
+@pytest.mark.parametrize("garbage", [b"SSH-2.0-OpenSSH_9.6\r\n\r\n", b"HTTP/1.1 OK\r\n\r\n", b"\r\n"])
+def test_a_response_that_is_not_http_is_a_response_error(server: Scripted, either: Any, garbage: bytes) -> None:
+    server.script(Step(garbage, close=True))
+    with pytest.raises(ServiceResponseError):
+        send(server, either)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain",  # headers cut short
+        b"HTTP/1.1 200 OK\r\n" + b"X-Many: 1\r\n" * 300 + b"\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+    ],
+    ids=["letters", "negative", "cut", "too-many", "too-long"],
+)
+def test_a_broken_response_head_is_a_response_error(server: Scripted, head: bytes) -> None:
+    """(RequestsTransport lets a ValueError out for the first one.)"""
+    server.script(Step(head, close=True), ok(b"next"))
+    t = lean()
+    with pytest.raises(ServiceResponseError):
+        send(server, t)
+    assert send(server, t).content == b"next"
