@@ -16,23 +16,21 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from azure.core import PipelineClient
 from azure.core.exceptions import (
-    DecodeError,
     IncompleteReadError,
     ServiceRequestError,
     ServiceResponseError,
     ServiceResponseTimeoutError,
 )
 from azure.core.pipeline.policies import RequestIdPolicy
-from azure.core.pipeline.transport import HttpRequest as LegacyHttpRequest
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corpus.store import lean_http
@@ -291,15 +289,16 @@ def test_a_chunked_body_with_extensions_and_trailers(server: Scripted) -> None:
 
 
 def test_a_body_without_length_runs_to_the_close_and_the_connection_is_not_reused(server: Scripted) -> None:
-    server.script(Step(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end" + b"x" * 100_000, close=True), ok(b"2"))
+    body = b"until the end" + b"x" * 100_000
+    server.script(Step(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body, close=True), ok(b"2"))
     t = lean()
-    assert send(server, t).content == b"until the end" + b"x" * 100_000
+    assert send(server, t).content == body
     assert send(server, t).content == b"2"
     assert server.accepts == 2
 
 
 def test_head_with_a_content_length_has_no_body(server: Scripted) -> None:
-    server.script(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nETag: \"e\"\r\n\r\n", ok(b"after"))
+    server.script(b'HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nETag: "e"\r\n\r\n', ok(b"after"))
     t = lean()
     head = send(server, t, "HEAD", "/blob")
     assert (head.status_code, head.content, head.headers["content-length"], head.headers["etag"]) == (200, b"", "1234", '"e"')
@@ -309,7 +308,7 @@ def test_head_with_a_content_length_has_no_body(server: Scripted) -> None:
 
 @pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
 def test_204_and_304_have_no_body(server: Scripted, status: str) -> None:
-    server.script(f"HTTP/1.1 {status}\r\nETag: \"e\"\r\n\r\n".encode(), ok(b"after"))
+    server.script(f'HTTP/1.1 {status}\r\nETag: "e"\r\n\r\n'.encode(), ok(b"after"))
     t = lean()
     response = send(server, t)
     assert (response.status_code, response.content) == (int(status[:3]), b"")
@@ -448,3 +447,136 @@ def test_a_broken_response_head_is_a_response_error(server: Scripted, head: byte
     with pytest.raises(ServiceResponseError):
         send(server, t)
     assert send(server, t).content == b"next"
+
+
+# -- streaming ----------------------------------------------------------------------------------
+
+
+def test_a_streamed_body_comes_in_blocks_and_releases_the_connection_at_its_end(server: Scripted) -> None:
+    body = os.urandom(300_000)
+    server.script(ok(body), ok(body), ok(b"after"))
+    t = lean()
+    response = send(server, t, stream=True)
+    blocks = list(response.iter_bytes())
+    assert b"".join(blocks) == body
+    assert len(blocks) > 1
+    assert all(len(b) <= READ_BLOCK for b in blocks)
+    # the blob SDK's way: the generator stream_download gives, joined, with its content_length
+    sdk_style = send(server, t, stream=True)
+    generator = sdk_style.stream_download(None)
+    assert (len(generator), generator.response) == (len(body), sdk_style)
+    assert b"".join(list(generator)) == body
+    assert send(server, t).content == b"after"
+    assert server.accepts == 1
+
+
+@pytest.mark.parametrize("ending", ["close", "keep-reference", "drop"])
+def test_a_stream_abandoned_half_way_is_not_reused(server: Scripted, ending: str) -> None:
+    body = os.urandom(500_000)
+    server.script(ok(body), ok(b"after"))
+    t = lean()
+    response = send(server, t, stream=True)
+    blocks = response.iter_bytes()
+    assert len(next(blocks)) > 0
+    if ending == "close":
+        response.close()
+    elif ending == "drop":
+        del response, blocks
+    assert send(server, t).content == b"after"
+    assert [s.conn for s in server.seen] == [0, 1]
+    if ending != "keep-reference":  # its socket is closed, not left open
+        wait_for(lambda: server.closed >= 1, 5, "the abandoned connection to close")
+
+
+def test_a_stream_closed_before_reading_is_not_reused(server: Scripted) -> None:
+    server.script(ok(b"never read"), ok(b"after"))
+    t = lean()
+    send(server, t, stream=True).close()
+    assert send(server, t).content == b"after"
+    assert server.accepts == 2
+
+
+# -- content encoding: as RequestsTransport decodes ---------------------------------------------
+
+TEXT = b"The quick brown fox jumps over the lazy dog. " * 2000
+
+
+def _deflate(data: bytes, wbits: int) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    return c.compress(data) + c.flush()
+
+
+ENCODED = {
+    "gzip": ("gzip", gzip.compress(TEXT)),
+    "gzip-upper": ("GZIP", gzip.compress(TEXT)),
+    "x-gzip": ("x-gzip", gzip.compress(TEXT)),
+    "gzip-two-members": ("gzip", gzip.compress(TEXT[:5000]) + gzip.compress(TEXT[5000:])),
+    "gzip-trailing-garbage": ("gzip", gzip.compress(TEXT) + b"\x00garbage"),
+    "gzip-corrupt": ("gzip", gzip.compress(TEXT)[:20] + b"\xff" * 50 + gzip.compress(TEXT)[70:]),
+    "gzip-not-gzip": ("gzip", b"plain text"),
+    "deflate-zlib": ("deflate", zlib.compress(TEXT)),
+    "deflate-raw": ("deflate", _deflate(TEXT, -zlib.MAX_WBITS)),
+    "deflate-then-gzip": ("deflate, gzip", gzip.compress(zlib.compress(TEXT))),
+    "identity": ("identity", TEXT),
+    "unknown": ("compress", b"whatever it is"),
+    "empty-gzip": ("gzip", b""),
+}
+
+
+def _outcome(call: Any) -> tuple[str, Any]:
+    try:
+        return "ok", call()
+    except Exception as exc:
+        return "error", type(exc).__name__
+
+
+def _body_with(server: Scripted, transport: Any, mode: str, chunks: bool) -> Any:
+    response = send(server, transport, stream=mode != "read")
+    if mode == "read":
+        return response.content
+    return b"".join(response.iter_bytes() if mode == "iter_bytes" else response.iter_raw())
+
+
+@pytest.mark.parametrize("chunks", [False, True], ids=["length", "chunked"])
+@pytest.mark.parametrize("mode", ["read", "iter_bytes", "iter_raw"])
+@pytest.mark.parametrize("case", sorted(ENCODED))
+def test_content_encoding_is_decoded_as_requests_decodes_it(server: Scripted, case: str, mode: str, chunks: bool) -> None:
+    encoding, body = ENCODED[case]
+    header = f"Content-Encoding: {encoding}"
+    reply = chunked([body[i : i + 7000] for i in range(0, len(body), 7000)], headers=(header,)) if chunks else ok(body, header)
+    server.script(reply, reply)
+    reference = _outcome(lambda: _body_with(server, requests_transport(), mode, chunks))
+    assert _outcome(lambda: _body_with(server, lean(), mode, chunks)) == reference
+    if mode == "iter_raw":
+        assert reference == ("ok", body)
+    elif case in ("gzip", "gzip-upper", "deflate-zlib", "gzip-two-members"):
+        assert reference == ("ok", TEXT)
+
+
+@st.composite
+def _encoded_bodies(draw: st.DrawFn) -> tuple[str, bytes, list[int]]:
+    members = draw(st.lists(st.binary(max_size=3000), min_size=1, max_size=3))
+    coding = draw(st.sampled_from(["gzip", "deflate-zlib", "deflate-raw", "deflate, gzip"]))
+    if coding == "gzip":
+        body = b"".join(gzip.compress(m) for m in members)
+    elif coding == "deflate-zlib":
+        body = zlib.compress(members[0])
+    elif coding == "deflate-raw":
+        body = _deflate(members[0], -zlib.MAX_WBITS)
+    else:
+        body = gzip.compress(zlib.compress(members[0]))
+    cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=8)))
+    return coding.replace("-zlib", "").replace("-raw", ""), body, cuts
+
+
+@given(_encoded_bodies())
+@settings(max_examples=150, deadline=None)
+def test_decoding_any_split_of_any_encoded_body_matches_urllib3(case: tuple[str, bytes, list[int]]) -> None:
+    from urllib3.response import _get_decoder  # the decoder requests uses: the reference
+
+    coding, body, cuts = case
+    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    reference = _get_decoder(coding)
+    expected = b"".join(reference.decompress(p) for p in pieces) + reference.flush()
+    got = b"".join(lean_http._decoded((p for p in pieces), lean_http._decoders(coding)))
+    assert got == expected

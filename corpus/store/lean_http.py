@@ -26,9 +26,11 @@ Invariants:
   ``ServiceRequestTimeoutError``, ``ServiceResponseError`` (connection broke while reading),
   ``ServiceResponseTimeoutError``, ``IncompleteReadError`` (body shorter than announced), so
   the SDK's retry policies treat them exactly as they treat ``RequestsTransport``'s.
-* A body with ``Content-Encoding: gzip``/``deflate`` is decompressed when the caller asks for it
-  (``decompress=True``, the default), as ``requests`` does; ``Accept-Encoding`` is not sent, so
-  the service compresses nothing on its own.
+* A body with ``Content-Encoding: gzip``/``x-gzip``/``deflate`` (or a list of them) is
+  decompressed when the caller asks for it (``decompress=True``, the default) exactly as
+  ``requests`` (urllib3) does: every gzip member, zlib or raw deflate, and a body that does not
+  decode is a ``DecodeError`` (a ``ServiceResponseError`` when read whole by ``send``, as there).
+  ``Accept-Encoding`` is not sent, so the service compresses nothing on its own.
 * A forked child starts with an empty pool (a DataLoader worker must not share sockets).
 """
 
@@ -41,11 +43,12 @@ import socket
 import ssl
 import threading
 import zlib
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Generator, Iterator, Mapping, MutableMapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
+    DecodeError,
     IncompleteReadError,
     ServiceRequestError,
     ServiceRequestTimeoutError,
@@ -155,7 +158,7 @@ class _Raw:
         if self.remaining == 0 and not self.chunked:
             self._finish()
 
-    def blocks(self) -> Iterator[bytes]:
+    def blocks(self) -> Generator[bytes, None, None]:
         """The body in blocks of at most :data:`READ_BLOCK`; the connection is released at its end."""
         if self.preloaded is not None:
             if self.preloaded:
@@ -207,7 +210,7 @@ class _Raw:
             raise ServiceResponseError("a chunk line of the response is too long")
         return line
 
-    def _chunked(self) -> Iterator[bytes]:
+    def _chunked(self) -> Generator[bytes, None, None]:
         while True:
             line = self._line()
             if not line:
@@ -230,7 +233,7 @@ class _Raw:
                 yield data
             self._line()  # the CRLF after the chunk
 
-    def _to_close(self) -> Iterator[bytes]:
+    def _to_close(self) -> Generator[bytes, None, None]:
         while True:
             data = self._read(READ_BLOCK)
             if not data:
@@ -251,17 +254,91 @@ class _Raw:
             conn.close()
 
 
-def _decoded(blocks: Iterator[bytes], encoding: str) -> Iterator[bytes]:
-    """``gzip``/``deflate`` bodies decompressed as they stream (what ``requests`` would do)."""
-    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    decoder = zlib.decompressobj(wbits)
-    for block in blocks:
-        out = decoder.decompress(block)
+class _Gzip:
+    """gzip members one after another, as urllib3 decodes them: bytes after a complete member
+    start the next member, and bytes that are not one (trailing garbage) end the body."""
+
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._after_first = False
+        self._done = False
+
+    def decompress(self, data: bytes) -> bytes:
+        out = bytearray()
+        while data and not self._done:
+            try:
+                out += self._obj.decompress(data)
+            except zlib.error:
+                self._done = True
+                if self._after_first:
+                    break
+                raise
+            data = self._obj.unused_data  # non-empty only past the end of a member
+            if data:
+                self._after_first = True
+                self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        return b"" if self._done else self._obj.flush()
+
+
+class _Deflate:
+    """``deflate`` as urllib3 decodes it: the zlib format, or a raw deflate stream if the first
+    bytes are not zlib's (servers send both)."""
+
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj()
+        self._first: bytes | None = b""  # the bytes seen until the format is known
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._first is None:
+            return self._obj.decompress(data)
+        self._first += data
+        try:
+            out = self._obj.decompress(data)
+        except zlib.error:
+            self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
+            data, self._first = self._first, None
+            return self._obj.decompress(data)
         if out:
-            yield out
-    tail = decoder.flush()
-    if tail:
-        yield tail
+            self._first = None
+        return out
+
+    def flush(self) -> bytes:
+        return self._obj.flush()
+
+
+_DECODERS: dict[str, type[_Gzip | _Deflate]] = {"gzip": _Gzip, "x-gzip": _Gzip, "deflate": _Deflate}
+
+
+def _decoders(content_encoding: str) -> list[_Gzip | _Deflate]:
+    """The decoders for a ``Content-Encoding`` (codings in the order they were applied), or none
+    if it names a coding ``requests`` would not decode either (``identity``, ``br`` without brotli…)."""
+    codings = [c.strip() for c in content_encoding.lower().split(",") if c.strip()]
+    if not codings or any(c not in _DECODERS for c in codings):
+        return []
+    return [_DECODERS[c]() for c in codings]
+
+
+def _decoded(blocks: Generator[bytes, None, None], decoders: list[_Gzip | _Deflate]) -> Iterator[bytes]:
+    """The body decompressed as it streams (what ``requests`` would do); a body that does not
+    decode is azure-core's ``DecodeError``, as from ``RequestsTransport``'s stream."""
+    try:
+        for block in blocks:
+            for decoder in reversed(decoders):  # the last coding applied is undone first
+                block = decoder.decompress(block)
+            if block:
+                yield block
+        tail = b""
+        for decoder in reversed(decoders):
+            tail = decoder.decompress(tail) + decoder.flush()
+        if tail:
+            yield tail
+    except zlib.error as exc:
+        raise DecodeError(f"the body does not decode as its Content-Encoding says: {exc}", error=exc) from exc
+    finally:
+        blocks.close()  # given up half-way: the connection is closed now, not when collected
 
 
 class _BodyStream:
@@ -276,9 +353,9 @@ class _BodyStream:
         raw: _Raw = response._internal_response  # the transport's own object
         self.block_size = READ_BLOCK
         self.content_length = int(raw.headers.get("content-length", 0) or 0)
-        encoding = raw.headers.get("content-encoding", "").strip().lower()
         blocks = raw.blocks()
-        self._blocks = _decoded(blocks, encoding) if decompress and encoding in ("gzip", "deflate") else blocks
+        decoders = _decoders(raw.headers.get("content-encoding", "")) if decompress else []
+        self._blocks = _decoded(blocks, decoders) if decoders else blocks
 
     def __len__(self) -> int:
         return self.content_length
@@ -331,7 +408,12 @@ class LeanTransport(HttpTransport[Any, Any]):
             block_size=READ_BLOCK,
         )
         if not stream:
-            response.read()  # loads the body and releases the connection, as RequestsTransport does
+            try:
+                response.read()  # loads the body and releases the connection, as RequestsTransport does
+            except IncompleteReadError:  # a DecodeError too, and one as from RequestsTransport
+                raise
+            except DecodeError as exc:  # which reports this one so when the body is read inside requests
+                raise ServiceResponseError(str(exc), error=exc) from exc
         return response
 
     # -- what to send ----------------------------------------------------------------------
