@@ -450,7 +450,8 @@ class LeanTransport(HttpTransport[Any, Any]):
         lines = [f"{method} {target} HTTP/1.1"]
         if "host" not in headers:
             default = 443 if scheme == "https" else 80
-            lines.append(f"Host: {url.hostname}" + (f":{port}" if port != default else ""))
+            host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname  # an IPv6 literal keeps its brackets
+            lines.append(f"Host: {host}" + (f":{port}" if port != default else ""))
         for name, value in headers.items():
             text = str(value)
             if _UNSAFE.intersection(name) or _UNSAFE.intersection(text) or ":" in name:
