@@ -10,6 +10,7 @@ through both transports and the results must agree.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import socket
 import struct
@@ -28,6 +29,7 @@ from azure.core.exceptions import (
     ServiceResponseTimeoutError,
 )
 from azure.core.pipeline.policies import RequestIdPolicy
+from azure.core.pipeline.transport import HttpRequest as LegacyHttpRequest
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
 from hypothesis import given, settings
@@ -87,11 +89,12 @@ UNSCRIPTED = ok(b"unscripted request", status="599 Unscripted")
 class Scripted:
     """A loopback HTTP/1.1 server answering requests, in the order they arrive, with scripted steps."""
 
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.create_server((host, 0), family=family)
         self.listener.settimeout(0.05)
         self.port: int = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
         self.steps: list[Step] = []
         self.seen: list[Seen] = []
         self.accepts = 0
@@ -580,3 +583,241 @@ def test_decoding_any_split_of_any_encoded_body_matches_urllib3(case: tuple[str,
     expected = b"".join(reference.decompress(p) for p in pieces) + reference.flush()
     got = b"".join(lean_http._decoded((p for p in pieces), lean_http._decoders(coding)))
     assert got == expected
+
+
+# -- the request on the wire --------------------------------------------------------------------
+
+
+def test_a_put_without_body_sends_content_length_0(server: Scripted) -> None:
+    server.script(ok(status="201 Created"))
+    t = lean()
+    assert t.send(HttpRequest("PUT", f"{server.url}/c/b?comp=block&blockid=QQ%3D%3D")).status_code == 201
+    assert server.seen[0].raw == (
+        f"PUT /c/b?comp=block&blockid=QQ%3D%3D HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+
+
+def test_a_get_sends_no_content_length(server: Scripted) -> None:
+    server.script(ok())
+    lean().send(HttpRequest("GET", server.url, headers={"x-ms-version": "2025-11-05"}))
+    assert server.seen[0].raw == f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nx-ms-version: 2025-11-05\r\n\r\n".encode()
+
+
+def test_a_post_with_a_bytes_body(server: Scripted) -> None:
+    body = bytes(range(256)) * 300  # larger than one send block, every byte value
+    server.script(ok(status="201 Created"))
+    lean().send(HttpRequest("POST", f"{server.url}/q/messages", content=body, headers={"x-ms-version": "2025-11-05"}))
+    head = (
+        f"POST /q/messages HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Length: {len(body)}\r\nx-ms-version: 2025-11-05\r\n\r\n"
+    )
+    assert server.seen[0].raw == head.encode() + body
+
+
+def test_a_post_with_a_str_body(server: Scripted) -> None:
+    server.script(ok(status="201 Created"))
+    lean().send(HttpRequest("POST", f"{server.url}/t", content='{"PartitionKey": "p"}'))
+    head = f"POST /t HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\n"
+    assert server.seen[0].raw == head.encode() + b'{"PartitionKey": "p"}'
+
+
+def test_a_non_ascii_str_body_is_sent_as_requests_sends_it(server: Scripted) -> None:
+    """azure-core announces ``len(str)``; requests sends UTF-8 with the UTF-8 length: the fallback serves it."""
+    server.script(ok(), ok())
+    for transport in (requests_transport(), lean()):
+        transport.send(HttpRequest("POST", f"{server.url}/t", content="bl\u00e5b\u00e6r"))
+    assert server.seen[0].body == server.seen[1].body == "bl\u00e5b\u00e6r".encode()
+    assert server.seen[1].headers["content-length"] == "8"
+
+
+def test_the_host_header_names_a_non_default_port_only(server: Scripted) -> None:
+    head_of = LeanTransport._head_of
+    assert b"\r\nHost: example.com\r\n" in head_of(HttpRequest("GET", "http://example.com/x"))[1]  # type: ignore[index]
+    assert b"\r\nHost: example.com\r\n" in head_of(HttpRequest("GET", "https://example.com:443/x"))[1]  # type: ignore[index]
+    assert b"\r\nHost: example.com:8443\r\n" in head_of(HttpRequest("GET", "https://example.com:8443/x"))[1]  # type: ignore[index]
+    assert b"\r\nHost: example.com:80\r\n" in head_of(HttpRequest("GET", "https://example.com:80/x"))[1]  # type: ignore[index]
+    server.script(ok())
+    lean().send(HttpRequest("GET", f"{server.url}/x"))
+    assert server.seen[0].headers["host"] == f"127.0.0.1:{server.port}"
+
+
+def test_an_ipv6_host_is_bracketed() -> None:
+    try:
+        server = Scripted("::1")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        server.script(ok(b"over v6"))
+        assert lean().send(HttpRequest("GET", f"{server.url}/x")).content == b"over v6"
+        assert server.seen[0].headers["host"] == f"[::1]:{server.port}"
+    finally:
+        server.stop()
+
+
+def test_an_explicit_host_header_is_not_doubled(server: Scripted) -> None:
+    server.script(ok())
+    lean().send(HttpRequest("GET", server.url, headers={"Host": "account.blob.core.windows.net"}))
+    assert server.seen[0].raw.count(b"Host:") == 1
+    assert server.seen[0].headers["host"] == "account.blob.core.windows.net"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"x-ms-meta-a": "v\r\nX-Injected: 1"}, {"x-ms-meta-a": "v\nX"}, {"x-ms-meta-a": "v\rX"}, {"x-bad\r\nX": "v"}],
+    ids=["crlf", "lf", "cr", "in-name"],
+)
+def test_a_header_with_a_line_break_is_refused_and_nothing_is_sent(
+    server: Scripted, either: Any, headers: dict[str, str]
+) -> None:
+    """A ValueError from lean, as http.client raises; RequestsTransport wraps requests' InvalidHeader
+    in a ServiceResponseError, which retry policies would send again to no purpose."""
+    expected = ValueError if isinstance(either, LeanTransport) else ServiceResponseError
+    with pytest.raises(expected):
+        either.send(HttpRequest("PUT", f"{server.url}/x", headers=headers, content=b"body"))
+    assert (server.accepts, server.seen) == (0, [])
+
+
+# -- what goes to the fallback ------------------------------------------------------------------
+
+
+def _gen() -> Iterator[bytes]:
+    yield b"streamed "
+    yield b"body"
+
+
+FALLBACK_CASES: dict[str, tuple[Any, dict[str, Any], str, bytes]] = {
+    # request, send kwargs, the target the server sees, the body it receives
+    "non-ascii-path": (lambda url: HttpRequest("GET", url + "/\u00e6\u00f8\u00e5"), {}, "/%C3%A6%C3%B8%C3%A5", b""),
+    "space-in-path": (lambda url: HttpRequest("GET", url + "/a b"), {}, "/a%20b", b""),
+    "generator-body": (lambda url: HttpRequest("PUT", url + "/g", content=_gen()), {}, "/g", b"streamed body"),
+    "file-body": (lambda url: HttpRequest("PUT", url + "/f", content=io.BytesIO(b"file body")), {}, "/f", b"file body"),
+    "form": (lambda url: HttpRequest("POST", url + "/form", data={"a": "b c"}), {}, "/form", b"a=b+c"),
+    "files": (lambda url: HttpRequest("POST", url + "/up", files={"f": ("n.txt", b"xyz")}), {}, "/up", b""),
+    "legacy-request": (lambda url: LegacyHttpRequest("GET", url + "/legacy"), {}, "/legacy", b""),
+    "length-mismatch": (
+        lambda url: HttpRequest("PUT", url + "/m", content=b"abc", headers={"Content-Length": "3 "}),
+        {},
+        "/m",
+        b"abc",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FALLBACK_CASES))
+def test_what_lean_does_not_serve_goes_to_the_fallback(server: Scripted, case: str) -> None:
+    make, kwargs, target, body = FALLBACK_CASES[case]
+    server.script(ok(b"served"))
+    t = lean()
+    request = make(server.url)
+    response = t.send(request, **kwargs)
+    assert t.fallback.sent == [request]
+    seen = server.seen[0]
+    assert seen.target == target
+    if case == "files":
+        assert b'filename="n.txt"' in seen.body and b"xyz" in seen.body
+    else:
+        assert seen.body == body
+    assert (response.status_code, response.read() if hasattr(response, "read") else response.body()) == (200, b"served")
+
+
+def test_a_proxy_goes_to_the_fallback(server: Scripted) -> None:
+    """``proxies`` is requests' business: here the scripted server plays the proxy."""
+    server.script(ok(b"via proxy"))
+    t = lean()
+    response = t.send(HttpRequest("GET", "http://account.invalid/c/b"), proxies={"http": server.url})
+    assert response.content == b"via proxy"
+    assert len(t.fallback.sent) == 1
+    assert server.seen[0].target == "http://account.invalid/c/b"
+
+
+def test_lean_serves_the_rest_itself(server: Scripted) -> None:
+    server.script(*[ok()] * 4)
+    t = lean()
+    for request in (
+        HttpRequest("GET", server.url + "/a?b=c%20d"),
+        HttpRequest("PUT", server.url + "/a", content=b"x"),
+        HttpRequest("POST", server.url + "/a", json={"k": "v"}),
+        HttpRequest("DELETE", server.url + "/a", headers={"If-Match": '"e"'}),
+    ):
+        t.send(request)
+    assert t.fallback.sent == []
+    assert server.accepts == 1
+
+
+# -- multipart (the Tables $batch reply) --------------------------------------------------------
+
+BATCH_REPLY = (
+    b"--batchresponse_1\r\n"
+    b"Content-Type: multipart/mixed; boundary=changesetresponse_2\r\n"
+    b"\r\n"
+    b"--changesetresponse_2\r\n"
+    b"Content-Type: application/http\r\n"
+    b"Content-Transfer-Encoding: binary\r\n"
+    b"\r\n"
+    b"HTTP/1.1 204 No Content\r\n"
+    b"X-Content-Type-Options: nosniff\r\n"
+    b"DataServiceVersion: 1.0;\r\n"
+    b"ETag: W/\"datetime'2026-12-05T16%3A00%3A00.0000000Z'\"\r\n"
+    b"\r\n"
+    b"\r\n"
+    b"--changesetresponse_2\r\n"
+    b"Content-Type: application/http\r\n"
+    b"Content-Transfer-Encoding: binary\r\n"
+    b"\r\n"
+    b"HTTP/1.1 201 Created\r\n"
+    b"Content-Type: application/json;odata=minimalmetadata\r\n"
+    b"ETag: W/\"datetime'2026-12-05T16%3A00%3A01.0000000Z'\"\r\n"
+    b"\r\n"
+    b'{"PartitionKey":"p","RowKey":"r2"}\r\n'
+    b"--changesetresponse_2--\r\n"
+    b"--batchresponse_1--\r\n"
+)
+
+
+def test_a_multipart_batch_reply_splits_into_parts(server: Scripted, either: Any) -> None:
+    reply = ok(BATCH_REPLY, "Content-Type: multipart/mixed; boundary=batchresponse_1", status="202 Accepted")
+    server.script(Step(reply, pieces=(100, 300)))
+    changeset = HttpRequest("POST", "")
+    changeset.set_multipart_mixed(
+        HttpRequest("PATCH", f"{server.url}/t(PartitionKey='p',RowKey='r1')", json={"v": 1}),
+        HttpRequest("POST", f"{server.url}/t", json={"PartitionKey": "p", "RowKey": "r2"}),
+        boundary="changeset_3",
+    )
+    batch = HttpRequest("POST", f"{server.url}/$batch", headers={"Content-Type": "application/json"})
+    batch.set_multipart_mixed(changeset, boundary="batch_4", enforce_https=False)
+    response = client(server, either).send_request(batch, stream=True)  # as the Tables SDK sends it
+    parts = list(response.parts())
+    assert [p.status_code for p in parts] == [204, 201]
+    assert parts[1].headers["etag"].startswith('W/"datetime')
+    assert b"PATCH " in server.seen[0].body and b"--changeset_3" in server.seen[0].body
+
+
+# -- fork ---------------------------------------------------------------------------------------
+
+
+def test_a_forked_child_starts_with_an_empty_pool(server: Scripted) -> None:
+    server.script(ok(b"parent"), ok(b"child"), ok(b"parent again"))
+    t = lean()
+    assert send(server, t).content == b"parent"
+    parent_pool = lean_http._pool
+    assert parent_pool._idle  # one idle connection to the server
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, never return into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            fresh = lean_http._pool is not parent_pool and not lean_http._pool._idle
+            body = t.send(HttpRequest("GET", server.url), read_timeout=10).content
+            os.write(write_end, f"{fresh} {body.decode()}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert (report, os.waitstatus_to_exitcode(status)) == (b"True child", 0)
+    assert send(server, t).content == b"parent again"
+    assert lean_http._pool is parent_pool
+    assert [s.conn for s in server.seen] == [0, 1, 0]  # the child on its own connection, the parent on its old one
