@@ -71,6 +71,7 @@ IDLE_PER_HOST = 512
 _NO_BODY_STATUS = frozenset({204, 304})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _UNSAFE = frozenset("\r\n\0")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 class _Connection:
@@ -216,13 +217,14 @@ class _Raw:
             if not line:
                 raise IncompleteReadError("connection closed inside a chunked body")
             size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError as exc:
-                raise ServiceResponseError(f"bad chunk size {size_text[:20]!r}") from exc
+            if not size_text or not _HEX.issuperset(size_text):  # int() would take "-5", "0x5", "5_0"
+                raise ServiceResponseError(f"bad chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
-                while self._line() not in (b"\r\n", b"\n", b""):  # trailers, ignored
-                    pass
+                while (trailer := self._line()) not in (b"\r\n", b"\n"):  # trailers, ignored
+                    if not trailer:  # closed before the blank line: the body is whole, the connection is not
+                        self.keep_alive = False
+                        break
                 return
             left = size
             while left:
