@@ -134,10 +134,14 @@ os.register_at_fork(after_in_child=_forget_in_child)
 class _Raw:
     """The wire response: status, headers, and a body reader that gives the connection back at its end."""
 
-    def __init__(self, conn: _Connection, status: int, reason: str, headers: MutableMapping[str, str], method: str) -> None:
+    def __init__(
+        self, conn: _Connection, version: str, status: int, reason: str, headers: MutableMapping[str, str], method: str
+    ) -> None:
         self.conn: _Connection | None = conn
         self.status, self.reason, self.headers = status, reason, headers
-        self.keep_alive = headers.get("connection", "").lower() != "close"
+        tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+        # HTTP/1.1 keeps the connection unless told to close it; HTTP/1.0 closes it unless told to keep it
+        self.keep_alive = "close" not in tokens and (version != "HTTP/1.0" or "keep-alive" in tokens)
         if method == "HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200:
             self.remaining: int | None = 0
             self.chunked = False
@@ -515,19 +519,19 @@ class LeanTransport(HttpTransport[Any, Any]):
                 raise _Stale("connection closed")
             raise ServiceResponseError("connection closed before a response")
         try:
-            status, reason, headers = self._head(conn, status_line)
+            version, status, reason, headers = self._head(conn, status_line)
             while 100 <= status < 200:  # 100 Continue and friends: read on to the real status
-                status, reason, headers = self._head(conn, conn.rfile.readline(MAX_LINE + 1))
+                version, status, reason, headers = self._head(conn, conn.rfile.readline(MAX_LINE + 1))
         except TimeoutError as exc:
             conn.close()
             raise ServiceResponseTimeoutError(f"read timed out: {exc}") from exc
         except OSError as exc:
             conn.close()
             raise ServiceResponseError(f"connection broke while reading: {exc}") from exc
-        return _Raw(conn, status, reason, headers, method)
+        return _Raw(conn, version, status, reason, headers, method)
 
     @staticmethod
-    def _head(conn: _Connection, status_line: bytes) -> tuple[int, str, MutableMapping[str, str]]:
+    def _head(conn: _Connection, status_line: bytes) -> tuple[str, int, str, MutableMapping[str, str]]:
         parts = status_line.decode("latin-1").rstrip("\r\n").split(" ", 2)
         if len(status_line) > MAX_LINE or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
             conn.close()
@@ -536,7 +540,7 @@ class LeanTransport(HttpTransport[Any, Any]):
         for _ in range(MAX_HEADERS + 1):
             line = conn.rfile.readline(MAX_LINE + 1)
             if line in (b"\r\n", b"\n"):
-                return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+                return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "", headers
             if not line or len(line) > MAX_LINE:
                 conn.close()
                 raise ServiceResponseError("the response's headers are cut short or too long")
