@@ -180,6 +180,8 @@ class _Raw:
                     if not data:
                         raise IncompleteReadError(f"connection closed with {self.remaining} bytes of the body unread")
                     self.remaining -= len(data)
+                    if not self.remaining:  # released now, for a reader that stops at the announced length
+                        self._finish()
                     yield data
             self._finish()
         finally:
