@@ -11,8 +11,9 @@ offers (``transport=``), the way httpx separates its transports.
 What it serves, and what it hands on: a request of the ``azure.core.rest`` kind (every storage
 SDK's generated code) whose body is absent, ``bytes`` or ``str``, to an ``http``/``https`` URL
 with an ASCII target and header values without line breaks. Anything else (a file-like or
-streamed body, form files, a legacy request, a configured proxy) goes to the wrapped
-``RequestsTransport`` unchanged, so no caller needs to know which one ran.
+streamed body, form files, a legacy request, a configured proxy, a ``connection_verify`` or
+``connection_cert`` for one request) goes to the wrapped ``RequestsTransport`` unchanged, so no
+caller needs to know which one ran.
 
 Invariants:
 
@@ -430,6 +431,8 @@ class LeanTransport(HttpTransport[Any, Any]):
         """The connection key, request head and body, or ``None`` for the fallback's cases."""
         if not is_rest(request) or kwargs.get("proxies") or getattr(request, "_files", None):
             return None
+        if kwargs.get("connection_cert") or kwargs.get("connection_verify", self._verify) != self._verify:
+            return None  # TLS settings for this request alone: requests applies them per request, lean has one context
         return self._head_of(request)
 
     @staticmethod
