@@ -13,6 +13,7 @@ import gzip
 import io
 import os
 import socket
+import ssl
 import struct
 import threading
 import zlib
@@ -25,6 +26,7 @@ from azure.core import PipelineClient
 from azure.core.exceptions import (
     IncompleteReadError,
     ServiceRequestError,
+    ServiceRequestTimeoutError,
     ServiceResponseError,
     ServiceResponseTimeoutError,
 )
@@ -89,12 +91,13 @@ UNSCRIPTED = ok(b"unscripted request", status="599 Unscripted")
 class Scripted:
     """A loopback HTTP/1.1 server answering requests, in the order they arrive, with scripted steps."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.create_server((host, 0), family=family)
-        self.listener.settimeout(0.05)
         self.port: int = self.listener.getsockname()[1]
-        self.url = f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://[{host}]:{self.port}" if ":" in host else f"{scheme}://{host}:{self.port}"
+        self.tls = tls
         self.steps: list[Step] = []
         self.seen: list[Seen] = []
         self.accepts = 0
@@ -111,6 +114,8 @@ class Scripted:
 
     def stop(self) -> None:
         self._stop.set()
+        with socket.create_connection(self.listener.getsockname()[:2]):  # wakes the accept loop to see it
+            pass
         for sock in list(self._socks):
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -121,12 +126,13 @@ class Scripted:
         self.listener.close()
 
     def _accept(self) -> None:
-        while not self._stop.is_set():
+        while True:
             try:
                 sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
             except OSError:
+                return
+            if self._stop.is_set():
+                sock.close()
                 return
             with self._lock:
                 index, self.accepts = self.accepts, self.accepts + 1
@@ -136,6 +142,14 @@ class Scripted:
             thread.start()
 
     def _serve(self, sock: socket.socket, index: int) -> None:
+        if self.tls:
+            try:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            except OSError:  # a client that did not trust the certificate
+                sock.close()
+                return
+            with self._lock:
+                self._socks.append(sock)  # the wrapped one: stop() shuts it down
         rfile = sock.makefile("rb")
         try:
             while True:
@@ -821,3 +835,154 @@ def test_a_forked_child_starts_with_an_empty_pool(server: Scripted) -> None:
     assert send(server, t).content == b"parent again"
     assert lean_http._pool is parent_pool
     assert [s.conn for s in server.seen] == [0, 1, 0]  # the child on its own connection, the parent on its old one
+
+
+# -- what the first draft got wrong, pinned --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status_line", "connection", "reused"),
+    [
+        ("HTTP/1.0 200 OK", "", False),  # HTTP/1.0 closes unless it says keep-alive
+        ("HTTP/1.0 200 OK", "Connection: keep-alive", True),
+        ("HTTP/1.1 200 OK", "Connection: Keep-Alive, Close", False),
+        ("HTTP/1.1 200 OK", "Connection: TE, close", False),
+        ("HTTP/1.1 200 OK", "Connection: keep-alive", True),
+    ],
+)
+def test_keep_alive_follows_the_version_and_connection_tokens(
+    server: Scripted, status_line: str, connection: str, reused: bool
+) -> None:
+    headers = f"{connection}\r\n" if connection else ""
+    server.script(f"{status_line}\r\nContent-Length: 2\r\n{headers}\r\nhi".encode(), ok(b"next"))  # the server keeps it open
+    t = lean()
+    assert send(server, t).content == b"hi"
+    assert send(server, t).content == b"next"
+    assert server.accepts == (1 if reused else 2)
+
+
+@pytest.mark.parametrize("size", [b"-5", b"+5", b"0x5", b"5_0", b" ", b"5 5"])
+def test_a_chunk_size_that_is_not_hex_digits_is_refused_at_once(server: Scripted, size: bytes) -> None:
+    server.script(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nhello\r\n0\r\n\r\n")  # kept open
+    with pytest.raises(ServiceResponseError) as caught:
+        send(server, lean(), read_timeout=5)
+    assert not isinstance(caught.value, ServiceResponseTimeoutError)
+
+
+def test_a_connection_closed_inside_the_trailers_is_not_pooled(server: Scripted) -> None:
+    server.script(Step(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Trailer: 1\r\n", close=True))
+    assert send(server, lean()).content == b"hi"
+    assert not lean_http._pool._idle.get(("http", "127.0.0.1", server.port))
+
+
+def test_a_stream_read_to_its_length_releases_the_connection_without_a_last_call(server: Scripted) -> None:
+    """A consumer that stops after the announced length (and never calls ``next`` again) leaves nothing to read."""
+    body = os.urandom(3 * READ_BLOCK)
+    server.script(ok(body), ok(b"after"))
+    t = lean()
+    blocks = send(server, t, stream=True).iter_bytes()
+    got = b""
+    while len(got) < len(body):
+        got += next(blocks)
+    assert got == body
+    assert send(server, t).content == b"after"
+    assert server.accepts == 1
+
+
+def test_a_connect_timeout_is_a_request_timeout(either: Any) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        # one connection fills the backlog: the next SYN is dropped
+        with socket.create_connection(("127.0.0.1", port)), pytest.raises(ServiceRequestTimeoutError):
+            either.send(HttpRequest("GET", f"http://127.0.0.1:{port}/"), connection_timeout=0.3)
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and localhost: (certificate file, key file)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corpus test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_file), str(key_file)
+
+
+@pytest.fixture
+def tls_server(certificate: tuple[str, str]) -> Iterator[Scripted]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    srv = Scripted(tls=context)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        lean_http._pool.clear()
+
+
+def test_https_verifies_against_the_given_bundle_and_keeps_the_connection(
+    tls_server: Scripted, certificate: tuple[str, str]
+) -> None:
+    tls_server.script(ok(b"secret"), ok(b"again"))
+    t = LeanTransport(Recording(), certificate[0])
+    assert t.send(HttpRequest("GET", f"{tls_server.url}/x")).content == b"secret"
+    assert t.send(HttpRequest("GET", f"{tls_server.url}/y")).content == b"again"
+    assert (tls_server.accepts, t.fallback.sent) == (1, [])
+    assert tls_server.seen[0].headers["host"] == f"127.0.0.1:{tls_server.port}"
+
+
+def test_https_refuses_a_certificate_that_does_not_verify(tls_server: Scripted, either: Any) -> None:
+    with pytest.raises(ServiceRequestError):
+        either.send(HttpRequest("GET", f"{tls_server.url}/x"))  # certifi's bundle does not know it
+    assert tls_server.seen == []
+
+
+def test_https_without_verification(tls_server: Scripted) -> None:
+    tls_server.script(ok(b"unverified"))
+    assert LeanTransport(Recording(), False).send(HttpRequest("GET", tls_server.url)).content == b"unverified"
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@pytest.mark.parametrize("setting", ["connection_verify", "connection_cert"])
+def test_per_request_tls_settings_go_to_the_fallback(tls_server: Scripted, certificate: tuple[str, str], setting: str) -> None:
+    """requests honours them per request; lean has one TLS context, so it hands such a request on."""
+    tls_server.script(ok(b"served"))
+    fallback = Recording()
+    fallback.connection_config.verify = certificate[0]
+    t = LeanTransport(fallback, certificate[0])
+    request = HttpRequest("GET", tls_server.url)
+    per_request = {"connection_verify": False} if setting == "connection_verify" else {"connection_cert": certificate}
+    assert t.send(request, **per_request).content == b"served"
+    assert t.fallback.sent == [request]
