@@ -20,9 +20,12 @@ Invariants:
 * One request at a time per connection; a connection returns to the pool only after its whole
   response body was read and the server did not say ``Connection: close``. A stream abandoned
   half-way closes its socket instead.
-* A request sent on a *reused* keep-alive connection that meets a closed socket before any byte
-  of the response is sent again once on a new connection (the server timed the idle connection
-  out; urllib3 does the same). Nothing else is retried here: retries are the pipeline's policies.
+* An idle connection the server has closed is never used (checked before each reuse, as urllib3
+  does). A request on a *reused* keep-alive connection that meets a closed socket before any byte
+  of the response (the server timed it out just then) is sent again once on a new connection if
+  it could not be sent at all or is idempotent (GET, HEAD, PUT, DELETE, OPTIONS); a POST that may
+  have reached the server is not: it fails with ``ServiceResponseError``, as on a new connection.
+  Nothing else is retried here: retries are the pipeline's policies.
 * Errors are azure-core's: ``ServiceRequestError`` (could not connect or send),
   ``ServiceRequestTimeoutError``, ``ServiceResponseError`` (connection broke while reading),
   ``ServiceResponseTimeoutError``, ``IncompleteReadError`` (body shorter than announced), so
