@@ -986,3 +986,36 @@ def test_per_request_tls_settings_go_to_the_fallback(tls_server: Scripted, certi
     per_request = {"connection_verify": False} if setting == "connection_verify" else {"connection_cert": certificate}
     assert t.send(request, **per_request).content == b"served"
     assert t.fallback.sent == [request]
+
+
+# -- property: any framing of any body reassembles exactly ----------------------------------------
+
+
+@st.composite
+def _framed_bodies(draw: st.DrawFn) -> tuple[bytes, bytes, tuple[int, ...]]:
+    """(body, the whole response, how the server splits its sends)."""
+    body = draw(
+        st.binary(max_size=5000) | st.builds(lambda n, b: b * n, st.integers(1, 200_000), st.binary(min_size=1, max_size=3))
+    )
+    if draw(st.booleans()):
+        cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=12)))
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        extension = draw(st.sampled_from(["", ";x", ";name=value", ';q="a;b"']))
+        trailers = tuple(draw(st.lists(st.sampled_from(["X-A: 1", "X-Checksum: abc"]), max_size=2)))
+        reply = chunked([p for p in pieces if p], extension=extension, trailers=trailers)
+    else:
+        reply = ok(body)
+    sends = tuple(draw(st.lists(st.integers(1, 4000), max_size=6)))
+    return body, reply, sends
+
+
+@given(_framed_bodies(), st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_any_framing_of_any_body_reassembles_exactly(
+    shared_server: Scripted, case: tuple[bytes, bytes, tuple[int, ...]], stream: bool
+) -> None:
+    body, reply, sends = case
+    shared_server.script(Step(reply, pieces=sends))
+    response = send(shared_server, lean(), stream=stream)
+    assert (b"".join(response.iter_bytes()) if stream else response.content) == body
+    assert lean_http._pool._idle[("http", "127.0.0.1", shared_server.port)]  # read to its end: back in the pool
