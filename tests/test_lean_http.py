@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from corpus.store import lean_http
 from corpus.store.lean_http import READ_BLOCK, LeanTransport
 from corpus.store.storage import Clients
-from tests.support import wait_for
+from tests.support import at_once, wait_for
 
 # -- the scripted server ------------------------------------------------------------------------
 
@@ -48,13 +48,15 @@ from tests.support import wait_for
 @dataclass(frozen=True)
 class Step:
     """What the server does with one request: send ``reply`` (in ``pieces`` of these sizes, then
-    the rest), then ``close`` the connection, or ``reset`` it (RST) or ``hang`` without answering."""
+    the rest), then ``close`` the connection, or ``reset`` it (RST) or ``hang`` without answering;
+    ``echo``: the reply is the request's target and body instead."""
 
     reply: bytes = b""
     close: bool = False
     reset: bool = False
     hang: bool = False
     pieces: tuple[int, ...] = ()
+    echo: bool = False
 
 
 @dataclass
@@ -166,11 +168,12 @@ class Scripted:
                 if step.reset:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
+                reply = ok(seen.target.encode() + b" " + seen.body) if step.echo else step.reply
                 at = 0
                 for size in step.pieces:
-                    sock.sendall(step.reply[at : at + size])
+                    sock.sendall(reply[at : at + size])
                     at += size
-                sock.sendall(step.reply[at:])
+                sock.sendall(reply[at:])
                 if step.close:
                     return
         except OSError:
@@ -1200,3 +1203,33 @@ def test_queue_messages_are_sent_received_and_deleted(
     if transport == "lean":
         assert counted.requests == 0
         assert counted.lean >= len(sent) * 2 + 2
+
+
+# -- threads ------------------------------------------------------------------------------------
+
+
+def test_threads_sharing_a_transport_each_get_their_own_response(server: Scripted) -> None:
+    """One request at a time per connection: under concurrency no response reaches the wrong caller."""
+    threads, each = 8, 25
+    server.script(*[Step(echo=True)] * (threads * each))
+    t = lean()
+    ids = iter(range(threads * each))
+    lock = threading.Lock()
+
+    def caller() -> list[tuple[bytes, bytes]]:
+        pairs = []
+        for _ in range(each):
+            with lock:
+                n = next(ids)
+            payload = os.urandom(n % 3000)
+            stream = n % 2 == 0
+            response = send(server, t, "PUT", f"/item/{n}", content=payload, stream=stream)
+            got = b"".join(response.iter_bytes()) if stream else response.content
+            pairs.append((got, f"/item/{n} ".encode() + payload))
+        return pairs
+
+    results = at_once(caller, threads)
+    assert all(got == expected for pairs in results for got, expected in pairs)
+    assert len(server.seen) == threads * each
+    assert server.accepts <= threads  # connections are reused, never shared by two requests at once
+    assert t.fallback.sent == []
