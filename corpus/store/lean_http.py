@@ -18,8 +18,9 @@ caller needs to know which one ran.
 Invariants:
 
 * One request at a time per connection; a connection returns to the pool only after its whole
-  response body was read and the server did not say ``Connection: close``. A stream abandoned
-  half-way closes its socket instead.
+  request was sent, its whole response body read, and the server did not say ``Connection:
+  close``. A stream abandoned half-way closes its socket instead. An answer the server sent
+  before it stopped reading the request (a 413, a 403) is read and returned, as urllib3 does.
 * An idle connection the server has closed is never used (checked before each reuse, as urllib3
   does). A request on a *reused* keep-alive connection that meets a closed socket before any byte
   of the response (the server timed it out just then) is sent again once on a new connection if
@@ -139,13 +140,21 @@ class _Raw:
     """The wire response: status, headers, and a body reader that gives the connection back at its end."""
 
     def __init__(
-        self, conn: _Connection, version: str, status: int, reason: str, headers: MutableMapping[str, str], method: str
+        self,
+        conn: _Connection,
+        version: str,
+        status: int,
+        reason: str,
+        headers: MutableMapping[str, str],
+        method: str,
+        *,
+        reusable: bool = True,
     ) -> None:
         self.conn: _Connection | None = conn
         self.status, self.reason, self.headers = status, reason, headers
         tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
         # HTTP/1.1 keeps the connection unless told to close it; HTTP/1.0 closes it unless told to keep it
-        self.keep_alive = "close" not in tokens and (version != "HTTP/1.0" or "keep-alive" in tokens)
+        self.keep_alive = reusable and "close" not in tokens and (version != "HTTP/1.0" or "keep-alive" in tokens)
         if method == "HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200:
             self.remaining: int | None = 0
             self.chunked = False
@@ -502,14 +511,20 @@ class LeanTransport(HttpTransport[Any, Any]):
     def _once(self, conn: _Connection, head: bytes, body: bytes, method: str, read_timeout: float) -> _Raw:
         reused, conn.used = conn.used, True
         sent = False
+        broke: OSError | None = None
         try:
             conn.sock.settimeout(read_timeout)
-            if len(body) <= READ_BLOCK:
-                conn.sock.sendall(head + body)
-            else:
-                conn.sock.sendall(head)
-                conn.sock.sendall(body)
-            sent = True
+            try:
+                if len(body) <= READ_BLOCK:
+                    conn.sock.sendall(head + body)
+                else:
+                    conn.sock.sendall(head)
+                    conn.sock.sendall(body)
+                sent = True
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # the server may have answered from the head (413, 403) and closed without reading
+                # the body: read that answer, as urllib3 does, rather than report a failed send
+                broke = exc
             status_line = conn.rfile.readline(MAX_LINE + 1)
         except TimeoutError as exc:
             conn.close()
@@ -517,14 +532,16 @@ class LeanTransport(HttpTransport[Any, Any]):
         except OSError as exc:
             conn.close()
             if reused and (not sent or method in _IDEMPOTENT):
-                raise _Stale(str(exc)) from exc
+                raise _Stale(str(broke or exc)) from exc
             if not sent:
-                raise ServiceRequestError(f"could not send the request: {exc}") from exc
+                raise ServiceRequestError(f"could not send the request: {broke or exc}") from exc
             raise ServiceResponseError(f"connection broke before a response: {exc}") from exc
         if not status_line:
             conn.close()
-            if reused and method in _IDEMPOTENT:  # a POST is not sent twice here: the policies decide
-                raise _Stale("connection closed")
+            if reused and (not sent or method in _IDEMPOTENT):  # a POST is not sent twice here: the policies decide
+                raise _Stale(str(broke or "connection closed"))
+            if not sent:
+                raise ServiceRequestError(f"could not send the request: {broke}") from broke
             raise ServiceResponseError("connection closed before a response")
         try:
             version, status, reason, headers = self._head(conn, status_line)
@@ -536,7 +553,7 @@ class LeanTransport(HttpTransport[Any, Any]):
         except OSError as exc:
             conn.close()
             raise ServiceResponseError(f"connection broke while reading: {exc}") from exc
-        return _Raw(conn, version, status, reason, headers, method)
+        return _Raw(conn, version, status, reason, headers, method, reusable=sent)
 
     @staticmethod
     def _head(conn: _Connection, status_line: bytes) -> tuple[str, int, str, MutableMapping[str, str]]:
