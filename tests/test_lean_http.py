@@ -49,7 +49,8 @@ from tests.support import at_once, wait_for
 class Step:
     """What the server does with one request: send ``reply`` (in ``pieces`` of these sizes, then
     the rest), then ``close`` the connection, or ``reset`` it (RST) or ``hang`` without answering;
-    ``echo``: the reply is the request's target and body instead."""
+    ``echo``: the reply is the request's target and body instead; ``early``: answer after the
+    request's head, without reading its body (then close: the unread body makes it a reset)."""
 
     reply: bytes = b""
     close: bool = False
@@ -57,6 +58,7 @@ class Step:
     hang: bool = False
     pieces: tuple[int, ...] = ()
     echo: bool = False
+    early: bool = False
 
 
 @dataclass
@@ -156,7 +158,9 @@ class Scripted:
         rfile = sock.makefile("rb")
         try:
             while True:
-                seen = _read_request(rfile, index)
+                with self._lock:
+                    early = bool(self.steps) and self.steps[0].early
+                seen = _read_request(rfile, index, body=not early)
                 if seen is None:
                     return
                 with self._lock:
@@ -185,7 +189,7 @@ class Scripted:
                 self.closed += 1
 
 
-def _read_request(rfile: Any, conn: int) -> Seen | None:
+def _read_request(rfile: Any, conn: int, *, body: bool = True) -> Seen | None:
     line = rfile.readline()
     if not line:
         return None
@@ -198,22 +202,24 @@ def _read_request(rfile: Any, conn: int) -> Seen | None:
             break
         name, _, value = header.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
-    body = b""
-    if "chunked" in headers.get("transfer-encoding", ""):
+    content = b""
+    if not body:
+        pass
+    elif "chunked" in headers.get("transfer-encoding", ""):
         while True:
             size_line = rfile.readline()
             raw += size_line
             size = int(size_line.split(b";")[0], 16)
             data = rfile.read(size + 2)
             raw += data
-            body += data[:size]
+            content += data[:size]
             if size == 0:
                 break
     elif "content-length" in headers:
-        body = rfile.read(int(headers["content-length"]))
-        raw += body
+        content = rfile.read(int(headers["content-length"]))
+        raw += content
     method, target, _ = line.decode("latin-1").split(" ", 2)
-    return Seen(conn, method, target, headers, body, raw)
+    return Seen(conn, method, target, headers, content, raw)
 
 
 @pytest.fixture
@@ -1233,3 +1239,23 @@ def test_threads_sharing_a_transport_each_get_their_own_response(server: Scripte
     assert len(server.seen) == threads * each
     assert server.accepts <= threads  # connections are reused, never shared by two requests at once
     assert t.fallback.sent == []
+
+
+@pytest.mark.parametrize(
+    ("size", "close"),
+    # (a small body is all sent before the answer: a server that closes without saying so races the next request)
+    [(10_000_000, True), (10_000_000, False), (100, True)],
+    ids=["big-says-close", "big-just-closes", "small-says-close"],
+)
+def test_an_answer_before_the_body_was_read_reaches_the_caller(server: Scripted, either: Any, size: int, close: bool) -> None:
+    """A server may refuse a request from its head (413, 403) and close without reading the body:
+    the send then breaks, and the answer is read anyway, as urllib3 does; that connection is done."""
+    error = b"<Error><Code>RequestBodyTooLarge</Code></Error>"
+    refusal = ok(error, *(["Connection: close"] if close else []), status="413 Request Entity Too Large")
+    server.script(Step(refusal, early=True, close=True), ok(b"next"))
+    response = either.send(HttpRequest("PUT", f"{server.url}/c/b", content=b"x" * size))
+    assert (response.status_code, response.content) == (413, error)
+    if isinstance(either, LeanTransport):
+        assert not lean_http._pool._idle.get(("http", "127.0.0.1", server.port))
+    assert either.send(HttpRequest("GET", f"{server.url}/c/b")).content == b"next"
+    assert server.accepts == 2
