@@ -613,12 +613,18 @@ class LeanTransport(HttpTransport[Any, Any]):
 
 
 def _dropped(conn: _Connection) -> bool:
-    """True if an idle connection has something to read: the server's close (or garbage)."""
+    """True if an idle connection has something to read (the server's close, or garbage) or is
+    broken. ``poll``, not ``select``: a busy host has descriptors above ``FD_SETSIZE`` (1024),
+    which ``select`` refuses, and every such connection would count as dropped."""
     try:
-        readable, _, _ = select.select([conn.sock], [], [], 0)
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(conn.sock, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([conn.sock], [], [], 0)  # pragma: no cover - Windows
     except (OSError, ValueError):
         return True
-    return bool(readable)
+    return bool(readable)  # pragma: no cover - Windows
 
 
 class _Stale(Exception):
