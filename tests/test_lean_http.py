@@ -1259,3 +1259,24 @@ def test_an_answer_before_the_body_was_read_reaches_the_caller(server: Scripted,
         assert not lean_http._pool._idle.get(("http", "127.0.0.1", server.port))
     assert either.send(HttpRequest("GET", f"{server.url}/c/b")).content == b"next"
     assert server.accepts == 2
+
+
+def test_connections_with_high_descriptor_numbers_are_reused(server: Scripted) -> None:
+    """A busy host holds over 1024 descriptors; select() cannot watch those, so an idle-check built
+    on it would take every such connection for dropped and connect anew for each request."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"this process may open only {soft} descriptors")
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        server.script(ok(b"one"), ok(b"two"))
+        t = lean()
+        assert send(server, t).content == b"one"
+        assert max(conn.sock.fileno() for conn in lean_http._pool._idle[("http", "127.0.0.1", server.port)]) >= 1024
+        assert send(server, t).content == b"two"
+        assert server.accepts == 1
+    finally:
+        for fd in filler:
+            os.close(fd)
