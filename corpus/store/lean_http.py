@@ -129,8 +129,17 @@ _pool = _Pool()
 
 
 def _forget_in_child() -> None:
+    """A forked child starts with an empty pool and closes its copies of the parent's idle sockets
+    (closing a copy sends nothing: the parent's connections are untouched, and the child holds no
+    descriptors of connections it will never use)."""
     global _pool
-    _pool = _Pool()
+    inherited, _pool = _pool, _Pool()
+    for conns in inherited._idle.values():  # no lock: the child has one thread, and the lock may be held by a parent's
+        for conn in conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
