@@ -824,7 +824,8 @@ def test_a_forked_child_starts_with_an_empty_pool(server: Scripted) -> None:
     t = lean()
     assert send(server, t).content == b"parent"
     parent_pool = lean_http._pool
-    assert parent_pool._idle  # one idle connection to the server
+    (idle,) = parent_pool._idle[("http", "127.0.0.1", server.port)]  # one idle connection to the server
+    inherited = idle.sock.fileno()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report, never return into pytest
@@ -832,8 +833,13 @@ def test_a_forked_child_starts_with_an_empty_pool(server: Scripted) -> None:
         try:
             os.close(read_end)
             fresh = lean_http._pool is not parent_pool and not lean_http._pool._idle
+            try:
+                os.fstat(inherited)
+                closed = False
+            except OSError:
+                closed = True
             body = t.send(HttpRequest("GET", server.url), read_timeout=10).content
-            os.write(write_end, f"{fresh} {body.decode()}".encode())
+            os.write(write_end, f"{fresh} {closed} {body.decode()}".encode())
             code = 0
         finally:
             os._exit(code)
@@ -841,7 +847,7 @@ def test_a_forked_child_starts_with_an_empty_pool(server: Scripted) -> None:
     with os.fdopen(read_end, "rb") as pipe:
         report = pipe.read()
     _, status = os.waitpid(pid, 0)
-    assert (report, os.waitstatus_to_exitcode(status)) == (b"True child", 0)
+    assert (report, os.waitstatus_to_exitcode(status)) == (b"True True child", 0)
     assert send(server, t).content == b"parent again"
     assert lean_http._pool is parent_pool
     assert [s.conn for s in server.seen] == [0, 1, 0]  # the child on its own connection, the parent on its old one
