@@ -1286,3 +1286,29 @@ def test_connections_with_high_descriptor_numbers_are_reused(server: Scripted) -
     finally:
         for fd in filler:
             os.close(fd)
+
+
+# -- header text, both ways -----------------------------------------------------------------------
+
+
+def test_header_text_is_latin_1_both_ways_as_with_requests(server: Scripted) -> None:
+    reply = b"HTTP/1.1 200\r\nContent-Length: 0\r\nx-ms-meta-name: bl\xc3\xa5\r\nX-Twice: 1\r\nx-twice: 2\r\n\r\n"
+    server.script(reply, reply)
+    seen = []
+    for transport in (requests_transport(), lean()):
+        response = transport.send(HttpRequest("PUT", f"{server.url}/b", headers={"x-ms-meta-fruit": "bl\u00e5b\u00e6r"}))
+        seen.append((response.status_code, response.reason, response.headers["x-ms-meta-name"], response.headers["x-twice"]))
+    assert seen[0] == seen[1] == (200, "", "bl\u00c3\u00a5", "1, 2")
+    assert (
+        server.seen[0].raw.count(b"x-ms-meta-fruit: bl\xe5b\xe6r\r\n")
+        == server.seen[1].raw.count(b"x-ms-meta-fruit: bl\xe5b\xe6r\r\n")
+        == 1
+    )
+
+
+def test_a_header_latin_1_cannot_carry_goes_to_the_fallback(server: Scripted) -> None:
+    t = lean()
+    request = HttpRequest("PUT", f"{server.url}/b", headers={"x-ms-meta-snow": "\u2603"})
+    with pytest.raises(UnicodeEncodeError):  # requests' (http.client's) own refusal, as without lean
+        t.send(request)
+    assert t.fallback.sent == [request]
