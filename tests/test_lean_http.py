@@ -38,6 +38,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corpus.store import lean_http
+from corpus.store.http import PROXY_VARIABLES
 from corpus.store.lean_http import READ_BLOCK, LeanTransport
 from corpus.store.storage import Clients
 from tests.support import at_once, wait_for
@@ -1094,8 +1095,8 @@ def _transport_of(client: Any) -> Any:
 def test_clients_choose_the_transport_from_the_environment(
     azurite_clients: Clients, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: type
 ) -> None:
-    for name in [*lean_http.os.environ]:
-        if name.lower() in ("corpus_http", "http_proxy", "https_proxy", "all_proxy"):
+    for name in [*os.environ]:
+        if name.lower() in ("corpus_http", *PROXY_VARIABLES):
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
