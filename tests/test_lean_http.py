@@ -911,9 +911,20 @@ def test_a_connect_timeout_is_a_request_timeout(either: Any) -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)
         port = listener.getsockname()[1]
-        # one connection fills the backlog: the next SYN is dropped
-        with socket.create_connection(("127.0.0.1", port)), pytest.raises(ServiceRequestTimeoutError):
-            either.send(HttpRequest("GET", f"http://127.0.0.1:{port}/"), connection_timeout=0.3)
+        # one connection fills the backlog: the next SYN is dropped (Linux; a kernel set to reset instead is skipped)
+        with socket.create_connection(("127.0.0.1", port)):
+            with socket.socket() as probe:
+                probe.settimeout(0.3)
+                try:
+                    probe.connect(("127.0.0.1", port))
+                except TimeoutError:
+                    pass
+                except OSError as exc:
+                    pytest.skip(f"a connection beyond the backlog is not left hanging here: {exc}")
+                else:
+                    pytest.skip("a connection beyond the backlog is accepted here")
+            with pytest.raises(ServiceRequestTimeoutError):
+                either.send(HttpRequest("GET", f"http://127.0.0.1:{port}/"), connection_timeout=0.3)
 
 
 # -- TLS ----------------------------------------------------------------------------------------
