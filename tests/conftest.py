@@ -43,6 +43,7 @@ SLOW_FILES_FIRST = (
     "test_harden_e2e.py",
     "test_harden3_e2e.py",
     "test_upload_e2e.py",
+    "test_lean_http.py",
 )
 
 

@@ -11,24 +11,31 @@ offers (``transport=``), the way httpx separates its transports.
 What it serves, and what it hands on: a request of the ``azure.core.rest`` kind (every storage
 SDK's generated code) whose body is absent, ``bytes`` or ``str``, to an ``http``/``https`` URL
 with an ASCII target and header values without line breaks. Anything else (a file-like or
-streamed body, form files, a legacy request, a configured proxy) goes to the wrapped
-``RequestsTransport`` unchanged, so no caller needs to know which one ran.
+streamed body, form files, a legacy request, a configured proxy, a ``connection_verify`` or
+``connection_cert`` for one request) goes to the wrapped ``RequestsTransport`` unchanged, so no
+caller needs to know which one ran.
 
 Invariants:
 
 * One request at a time per connection; a connection returns to the pool only after its whole
-  response body was read and the server did not say ``Connection: close``. A stream abandoned
-  half-way closes its socket instead.
-* A request sent on a *reused* keep-alive connection that meets a closed socket before any byte
-  of the response is sent again once on a new connection (the server timed the idle connection
-  out; urllib3 does the same). Nothing else is retried here: retries are the pipeline's policies.
+  request was sent, its whole response body read, and the server did not say ``Connection:
+  close``. A stream abandoned half-way closes its socket instead. An answer the server sent
+  before it stopped reading the request (a 413, a 403) is read and returned, as urllib3 does.
+* An idle connection the server has closed is never used (checked before each reuse, as urllib3
+  does). A request on a *reused* keep-alive connection that meets a closed socket before any byte
+  of the response (the server timed it out just then) is sent again once on a new connection if
+  it could not be sent at all or is idempotent (GET, HEAD, PUT, DELETE, OPTIONS); a POST that may
+  have reached the server is not: it fails with ``ServiceResponseError``, as on a new connection.
+  Nothing else is retried here: retries are the pipeline's policies.
 * Errors are azure-core's: ``ServiceRequestError`` (could not connect or send),
   ``ServiceRequestTimeoutError``, ``ServiceResponseError`` (connection broke while reading),
   ``ServiceResponseTimeoutError``, ``IncompleteReadError`` (body shorter than announced), so
   the SDK's retry policies treat them exactly as they treat ``RequestsTransport``'s.
-* A body with ``Content-Encoding: gzip``/``deflate`` is decompressed when the caller asks for it
-  (``decompress=True``, the default), as ``requests`` does; ``Accept-Encoding`` is not sent, so
-  the service compresses nothing on its own.
+* A body with ``Content-Encoding: gzip``/``x-gzip``/``deflate`` (or a list of them) is
+  decompressed when the caller asks for it (``decompress=True``, the default) exactly as
+  ``requests`` (urllib3) does: every gzip member, zlib or raw deflate, and a body that does not
+  decode is a ``DecodeError`` (a ``ServiceResponseError`` when read whole by ``send``, as there).
+  ``Accept-Encoding`` is not sent, so the service compresses nothing on its own.
 * A forked child starts with an empty pool (a DataLoader worker must not share sockets).
 """
 
@@ -41,11 +48,12 @@ import socket
 import ssl
 import threading
 import zlib
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Generator, Iterator, Mapping, MutableMapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
+    DecodeError,
     IncompleteReadError,
     ServiceRequestError,
     ServiceRequestTimeoutError,
@@ -68,6 +76,7 @@ IDLE_PER_HOST = 512
 _NO_BODY_STATUS = frozenset({204, 304})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _UNSAFE = frozenset("\r\n\0")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 class _Connection:
@@ -120,8 +129,17 @@ _pool = _Pool()
 
 
 def _forget_in_child() -> None:
+    """A forked child starts with an empty pool and closes its copies of the parent's idle sockets
+    (closing a copy sends nothing: the parent's connections are untouched, and the child holds no
+    descriptors of connections it will never use)."""
     global _pool
-    _pool = _Pool()
+    inherited, _pool = _pool, _Pool()
+    for conns in inherited._idle.values():  # no lock: the child has one thread, and the lock may be held by a parent's
+        for conn in conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
@@ -130,10 +148,22 @@ os.register_at_fork(after_in_child=_forget_in_child)
 class _Raw:
     """The wire response: status, headers, and a body reader that gives the connection back at its end."""
 
-    def __init__(self, conn: _Connection, status: int, reason: str, headers: MutableMapping[str, str], method: str) -> None:
+    def __init__(
+        self,
+        conn: _Connection,
+        version: str,
+        status: int,
+        reason: str,
+        headers: MutableMapping[str, str],
+        method: str,
+        *,
+        reusable: bool = True,
+    ) -> None:
         self.conn: _Connection | None = conn
         self.status, self.reason, self.headers = status, reason, headers
-        self.keep_alive = headers.get("connection", "").lower() != "close"
+        tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+        # HTTP/1.1 keeps the connection unless told to close it; HTTP/1.0 closes it unless told to keep it
+        self.keep_alive = reusable and "close" not in tokens and (version != "HTTP/1.0" or "keep-alive" in tokens)
         if method == "HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200:
             self.remaining: int | None = 0
             self.chunked = False
@@ -155,7 +185,7 @@ class _Raw:
         if self.remaining == 0 and not self.chunked:
             self._finish()
 
-    def blocks(self) -> Iterator[bytes]:
+    def blocks(self) -> Generator[bytes, None, None]:
         """The body in blocks of at most :data:`READ_BLOCK`; the connection is released at its end."""
         if self.preloaded is not None:
             if self.preloaded:
@@ -172,6 +202,8 @@ class _Raw:
                     if not data:
                         raise IncompleteReadError(f"connection closed with {self.remaining} bytes of the body unread")
                     self.remaining -= len(data)
+                    if not self.remaining:  # released now, for a reader that stops at the announced length
+                        self._finish()
                     yield data
             self._finish()
         finally:
@@ -207,19 +239,20 @@ class _Raw:
             raise ServiceResponseError("a chunk line of the response is too long")
         return line
 
-    def _chunked(self) -> Iterator[bytes]:
+    def _chunked(self) -> Generator[bytes, None, None]:
         while True:
             line = self._line()
             if not line:
                 raise IncompleteReadError("connection closed inside a chunked body")
             size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError as exc:
-                raise ServiceResponseError(f"bad chunk size {size_text[:20]!r}") from exc
+            if not size_text or not _HEX.issuperset(size_text):  # int() would take "-5", "0x5", "5_0"
+                raise ServiceResponseError(f"bad chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
-                while self._line() not in (b"\r\n", b"\n", b""):  # trailers, ignored
-                    pass
+                while (trailer := self._line()) not in (b"\r\n", b"\n"):  # trailers, ignored
+                    if not trailer:  # closed before the blank line: the body is whole, the connection is not
+                        self.keep_alive = False
+                        break
                 return
             left = size
             while left:
@@ -230,7 +263,7 @@ class _Raw:
                 yield data
             self._line()  # the CRLF after the chunk
 
-    def _to_close(self) -> Iterator[bytes]:
+    def _to_close(self) -> Generator[bytes, None, None]:
         while True:
             data = self._read(READ_BLOCK)
             if not data:
@@ -251,17 +284,91 @@ class _Raw:
             conn.close()
 
 
-def _decoded(blocks: Iterator[bytes], encoding: str) -> Iterator[bytes]:
-    """``gzip``/``deflate`` bodies decompressed as they stream (what ``requests`` would do)."""
-    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    decoder = zlib.decompressobj(wbits)
-    for block in blocks:
-        out = decoder.decompress(block)
+class _Gzip:
+    """gzip members one after another, as urllib3 decodes them: bytes after a complete member
+    start the next member, and bytes that are not one (trailing garbage) end the body."""
+
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._after_first = False
+        self._done = False
+
+    def decompress(self, data: bytes) -> bytes:
+        out = bytearray()
+        while data and not self._done:
+            try:
+                out += self._obj.decompress(data)
+            except zlib.error:
+                self._done = True
+                if self._after_first:
+                    break
+                raise
+            data = self._obj.unused_data  # non-empty only past the end of a member
+            if data:
+                self._after_first = True
+                self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        return b"" if self._done else self._obj.flush()
+
+
+class _Deflate:
+    """``deflate`` as urllib3 decodes it: the zlib format, or a raw deflate stream if the first
+    bytes are not zlib's (servers send both)."""
+
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj()
+        self._first: bytes | None = b""  # the bytes seen until the format is known
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._first is None:
+            return self._obj.decompress(data)
+        self._first += data
+        try:
+            out = self._obj.decompress(data)
+        except zlib.error:
+            self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
+            data, self._first = self._first, None
+            return self._obj.decompress(data)
         if out:
-            yield out
-    tail = decoder.flush()
-    if tail:
-        yield tail
+            self._first = None
+        return out
+
+    def flush(self) -> bytes:
+        return self._obj.flush()
+
+
+_DECODERS: dict[str, type[_Gzip | _Deflate]] = {"gzip": _Gzip, "x-gzip": _Gzip, "deflate": _Deflate}
+
+
+def _decoders(content_encoding: str) -> list[_Gzip | _Deflate]:
+    """The decoders for a ``Content-Encoding`` (codings in the order they were applied), or none
+    if it names a coding ``requests`` would not decode either (``identity``, ``br`` without brotli…)."""
+    codings = [c.strip() for c in content_encoding.lower().split(",") if c.strip()]
+    if not codings or any(c not in _DECODERS for c in codings):
+        return []
+    return [_DECODERS[c]() for c in codings]
+
+
+def _decoded(blocks: Generator[bytes, None, None], decoders: list[_Gzip | _Deflate]) -> Iterator[bytes]:
+    """The body decompressed as it streams (what ``requests`` would do); a body that does not
+    decode is azure-core's ``DecodeError``, as from ``RequestsTransport``'s stream."""
+    try:
+        for block in blocks:
+            for decoder in reversed(decoders):  # the last coding applied is undone first
+                block = decoder.decompress(block)
+            if block:
+                yield block
+        tail = b""
+        for decoder in reversed(decoders):
+            tail = decoder.decompress(tail) + decoder.flush()
+        if tail:
+            yield tail
+    except zlib.error as exc:
+        raise DecodeError(f"the body does not decode as its Content-Encoding says: {exc}", error=exc) from exc
+    finally:
+        blocks.close()  # given up half-way: the connection is closed now, not when collected
 
 
 class _BodyStream:
@@ -276,9 +383,9 @@ class _BodyStream:
         raw: _Raw = response._internal_response  # the transport's own object
         self.block_size = READ_BLOCK
         self.content_length = int(raw.headers.get("content-length", 0) or 0)
-        encoding = raw.headers.get("content-encoding", "").strip().lower()
         blocks = raw.blocks()
-        self._blocks = _decoded(blocks, encoding) if decompress and encoding in ("gzip", "deflate") else blocks
+        decoders = _decoders(raw.headers.get("content-encoding", "")) if decompress else []
+        self._blocks = _decoded(blocks, decoders) if decoders else blocks
 
     def __len__(self) -> int:
         return self.content_length
@@ -331,7 +438,12 @@ class LeanTransport(HttpTransport[Any, Any]):
             block_size=READ_BLOCK,
         )
         if not stream:
-            response.read()  # loads the body and releases the connection, as RequestsTransport does
+            try:
+                response.read()  # loads the body and releases the connection, as RequestsTransport does
+            except IncompleteReadError:  # a DecodeError too, and one as from RequestsTransport
+                raise
+            except DecodeError as exc:  # which reports this one so when the body is read inside requests
+                raise ServiceResponseError(str(exc), error=exc) from exc
         return response
 
     # -- what to send ----------------------------------------------------------------------
@@ -340,6 +452,8 @@ class LeanTransport(HttpTransport[Any, Any]):
         """The connection key, request head and body, or ``None`` for the fallback's cases."""
         if not is_rest(request) or kwargs.get("proxies") or getattr(request, "_files", None):
             return None
+        if kwargs.get("connection_cert") or kwargs.get("connection_verify", self._verify) != self._verify:
+            return None  # TLS settings for this request alone: requests applies them per request, lean has one context
         return self._head_of(request)
 
     @staticmethod
@@ -368,7 +482,8 @@ class LeanTransport(HttpTransport[Any, Any]):
         lines = [f"{method} {target} HTTP/1.1"]
         if "host" not in headers:
             default = 443 if scheme == "https" else 80
-            lines.append(f"Host: {url.hostname}" + (f":{port}" if port != default else ""))
+            host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname  # an IPv6 literal keeps its brackets
+            lines.append(f"Host: {host}" + (f":{port}" if port != default else ""))
         for name, value in headers.items():
             text = str(value)
             if _UNSAFE.intersection(name) or _UNSAFE.intersection(text) or ":" in name:
@@ -405,14 +520,20 @@ class LeanTransport(HttpTransport[Any, Any]):
     def _once(self, conn: _Connection, head: bytes, body: bytes, method: str, read_timeout: float) -> _Raw:
         reused, conn.used = conn.used, True
         sent = False
+        broke: OSError | None = None
         try:
             conn.sock.settimeout(read_timeout)
-            if len(body) <= READ_BLOCK:
-                conn.sock.sendall(head + body)
-            else:
-                conn.sock.sendall(head)
-                conn.sock.sendall(body)
-            sent = True
+            try:
+                if len(body) <= READ_BLOCK:
+                    conn.sock.sendall(head + body)
+                else:
+                    conn.sock.sendall(head)
+                    conn.sock.sendall(body)
+                sent = True
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # the server may have answered from the head (413, 403) and closed without reading
+                # the body: read that answer, as urllib3 does, rather than report a failed send
+                broke = exc
             status_line = conn.rfile.readline(MAX_LINE + 1)
         except TimeoutError as exc:
             conn.close()
@@ -420,29 +541,31 @@ class LeanTransport(HttpTransport[Any, Any]):
         except OSError as exc:
             conn.close()
             if reused and (not sent or method in _IDEMPOTENT):
-                raise _Stale(str(exc)) from exc
+                raise _Stale(str(broke or exc)) from exc
             if not sent:
-                raise ServiceRequestError(f"could not send the request: {exc}") from exc
+                raise ServiceRequestError(f"could not send the request: {broke or exc}") from exc
             raise ServiceResponseError(f"connection broke before a response: {exc}") from exc
         if not status_line:
             conn.close()
-            if reused and method in _IDEMPOTENT:  # a POST is not sent twice here: the policies decide
-                raise _Stale("connection closed")
+            if reused and (not sent or method in _IDEMPOTENT):  # a POST is not sent twice here: the policies decide
+                raise _Stale(str(broke or "connection closed"))
+            if not sent:
+                raise ServiceRequestError(f"could not send the request: {broke}") from broke
             raise ServiceResponseError("connection closed before a response")
         try:
-            status, reason, headers = self._head(conn, status_line)
+            version, status, reason, headers = self._head(conn, status_line)
             while 100 <= status < 200:  # 100 Continue and friends: read on to the real status
-                status, reason, headers = self._head(conn, conn.rfile.readline(MAX_LINE + 1))
+                version, status, reason, headers = self._head(conn, conn.rfile.readline(MAX_LINE + 1))
         except TimeoutError as exc:
             conn.close()
             raise ServiceResponseTimeoutError(f"read timed out: {exc}") from exc
         except OSError as exc:
             conn.close()
             raise ServiceResponseError(f"connection broke while reading: {exc}") from exc
-        return _Raw(conn, status, reason, headers, method)
+        return _Raw(conn, version, status, reason, headers, method, reusable=sent)
 
     @staticmethod
-    def _head(conn: _Connection, status_line: bytes) -> tuple[int, str, MutableMapping[str, str]]:
+    def _head(conn: _Connection, status_line: bytes) -> tuple[str, int, str, MutableMapping[str, str]]:
         parts = status_line.decode("latin-1").rstrip("\r\n").split(" ", 2)
         if len(status_line) > MAX_LINE or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
             conn.close()
@@ -451,7 +574,7 @@ class LeanTransport(HttpTransport[Any, Any]):
         for _ in range(MAX_HEADERS + 1):
             line = conn.rfile.readline(MAX_LINE + 1)
             if line in (b"\r\n", b"\n"):
-                return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+                return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "", headers
             if not line or len(line) > MAX_LINE:
                 conn.close()
                 raise ServiceResponseError("the response's headers are cut short or too long")
@@ -499,12 +622,18 @@ class LeanTransport(HttpTransport[Any, Any]):
 
 
 def _dropped(conn: _Connection) -> bool:
-    """True if an idle connection has something to read: the server's close (or garbage)."""
+    """True if an idle connection has something to read (the server's close, or garbage) or is
+    broken. ``poll``, not ``select``: a busy host has descriptors above ``FD_SETSIZE`` (1024),
+    which ``select`` refuses, and every such connection would count as dropped."""
     try:
-        readable, _, _ = select.select([conn.sock], [], [], 0)
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(conn.sock, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([conn.sock], [], [], 0)  # pragma: no cover - Windows
     except (OSError, ValueError):
         return True
-    return bool(readable)
+    return bool(readable)  # pragma: no cover - Windows
 
 
 class _Stale(Exception):
