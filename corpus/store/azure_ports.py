@@ -199,7 +199,8 @@ class AzureBlobStore(BlobStore):
         )
         request = HttpRequest("HEAD", url, headers={"x-ms-version": cc.api_version})
         with _translated():
-            response = cc._client._send_request(request)
+            response = cc._client._send_request(request, stream=True)  # no body to decode (a HEAD)
+            response.read()
         if response.status_code != 200:
             code = response.headers.get("x-ms-error-code", "")
             if response.status_code == 404:

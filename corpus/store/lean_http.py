@@ -466,6 +466,10 @@ class LeanTransport(HttpTransport[Any, Any]):
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         if not target.isascii() or any(c.isspace() or ord(c) < 32 for c in target):
             return None
+        if any(seg in (".", "..") for seg in (url.path or "").split("/")):
+            # urllib3 removes dot segments (RFC 3986 5.2.4) before sending, and the signature was
+            # made over the path as given: whatever that does (a 403 on Azure), requests does it
+            return None
         data = getattr(request, "_data", None)
         if data is None:
             body = b""
