@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pytest
 from azure.core.pipeline import PipelineContext, PipelineRequest
@@ -152,3 +153,83 @@ def test_a_flat_page_lists_nested_names_and_says_whether_it_was_all(settings, cl
         False,
     )
     assert lister.list_page("no-such-container", "d/", 5) == ({}, True)
+
+
+def _xml_valid(c: str) -> bool:
+    o = ord(c)
+    return o in (0x9, 0xA, 0xD) or 0x20 <= o <= 0xD7FF or 0xE000 <= o <= 0xFFFD or o >= 0x10000
+
+
+def _escaped(text: str, refs: bool) -> str:
+    """Text as an XML writer may put it: the markup characters escaped, CR as a reference (XML
+    would read a literal one as LF), optionally more references (``refs``)."""
+    out = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+    return out.replace('"', "&#34;").replace("é", "&#xE9;") if refs else out
+
+
+@st.composite
+def listings(draw: st.DrawFn) -> tuple[bytes, str]:
+    """A listing page as the service writes it (hostile names, each XML-escaped, or percent-encoded
+    with ``Encoded="true"`` when it holds a character XML cannot carry), and its prefix."""
+    prefix = draw(st.sampled_from(["", "d/v/", "a & b/<v>/"]))
+    refs = draw(st.booleans())
+    blobs = []
+    for name in draw(st.lists(names, max_size=8)):
+        full = prefix + name
+        if all(_xml_valid(c) for c in full):
+            tag = f"<Name>{_escaped(full, refs)}</Name>"
+        else:
+            tag = f'<Name Encoded="true">{quote(full, safe="")}</Name>'
+        md5 = draw(st.one_of(st.none(), st.binary(min_size=16, max_size=16)))
+        md5_tag = "" if md5 is None else f"<Content-MD5>{base64.b64encode(md5).decode()}</Content-MD5>"
+        props = f"<Properties>{md5_tag}</Properties>" if md5_tag else "<Properties/>"
+        blobs.append(f"<Blob>{tag}{props}</Blob>")
+    valid = names.filter(lambda n: all(_xml_valid(c) for c in n))
+    subfolders = draw(st.lists(valid, max_size=2))
+    folders = "".join(f"<BlobPrefix><Name>{_escaped(prefix + p, refs)}/</Name></BlobPrefix>" for p in subfolders)
+    marker = draw(st.one_of(st.just(""), valid))
+    next_marker = f"<NextMarker>{_escaped(marker, refs)}</NextMarker>" if marker else "<NextMarker/>"
+    body = (
+        f'<?xml version="1.0" encoding="utf-8"?><EnumerationResults ContainerName="c"><Prefix>{_escaped(prefix, refs)}</Prefix>'
+        f"<Blobs>{''.join(blobs)}{folders}</Blobs>{next_marker}</EnumerationResults>"
+    )
+    return body.encode("utf-8"), prefix
+
+
+@given(listings())
+def test_the_byte_scan_of_a_listing_is_the_xml_parsers_answer_or_none(listing: tuple[bytes, str]) -> None:
+    """The scan is only a shortcut: on any page it gives the XML parser's result, or leaves it to it."""
+    from corpus.transfer.bloblist import _parse_plain, _parse_tree
+
+    body, prefix = listing
+    exact: dict[str, str] = {}
+    marker = _parse_tree(body, prefix, exact)
+    fast = _parse_plain(body, prefix)
+    if fast is not None:
+        assert fast == (exact, marker)
+    got: dict[str, str] = {}
+    assert (parse_listing(body, prefix, got), got) == (marker, exact)
+    if b"&#" not in body and b"\r" not in body:
+        assert fast is not None  # the service's usual page is read by the scan, not the parser
+
+
+def test_the_byte_scan_leaves_unusual_markup_to_the_xml_parser() -> None:
+    from corpus.transfer.bloblist import _parse_plain
+
+    blob = b"<Blob><Name>p/a.jpg</Name><Properties><Content-MD5>AAECAwQFBgcICQoLDA0ODw==</Content-MD5></Properties></Blob>"
+    plain = b'<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs>' + blob + b"</Blobs></EnumerationResults>"
+    assert _parse_plain(plain, "p/") == ({"a.jpg": bytes(range(16)).hex()}, "")
+    unusual = (
+        plain.replace(b"<Blobs>", b"<Blobs><!-- <Blob><Name>p/ghost</Name></Blob> -->"),  # a comment hiding markup
+        plain.replace(b"<Name>p/a.jpg</Name>", b"<Name><![CDATA[p/a.jpg]]></Name>"),
+        plain.replace(b"<Blob>", b'<Blob kind="x">'),
+        plain.replace(b"<Name>p/a.jpg</Name>", b"<Name>p/a&#46;jpg</Name>"),
+        plain.replace(b"utf-8", b"iso-8859-1"),
+        plain.replace(b"<Blobs>", b"<Blobs><?pi x?>"),
+        plain.replace(b"<Blob><Name>", b"<Blob>\n<Name>"),
+    )
+    for body in unusual:
+        assert _parse_plain(body, "p/") is None, body
+        out: dict[str, str] = {}
+        assert parse_listing(body, "p/", out) == ""  # the XML parser reads each (the comment's ghost is no blob)
+        assert out == {"a.jpg": bytes(range(16)).hex()}, body
