@@ -233,3 +233,39 @@ def test_the_byte_scan_leaves_unusual_markup_to_the_xml_parser() -> None:
         out: dict[str, str] = {}
         assert parse_listing(body, "p/", out) == ""  # the XML parser reads each (the comment's ghost is no blob)
         assert out == {"a.jpg": bytes(range(16)).hex()}, body
+
+
+def test_a_lister_that_must_not_retry_the_unreached_fails_at_once_then_retries_once_answered(monkeypatch) -> None:
+    """``retry_unreached=False`` (corpus upload's lister): storage that never answered fails on the
+    first refused connection; once it has answered, a dropped connection is retried as before."""
+    from corpus.transfer import bloblist
+
+    class Flaky:
+        def __init__(self, script: list[object]) -> None:
+            self.script, self.calls = script, 0
+
+        def get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+            self.calls += 1
+            step = self.script.pop(0)
+            if isinstance(step, BaseException):
+                raise step
+            return 200, b"<EnumerationResults><Blobs/></EnumerationResults>"
+
+    down = Flaky([ConnectionRefusedError("refused")] * 3)
+    monkeypatch.setattr(bloblist, "_transport", lambda: down)
+    lister = BlobLister("http://127.0.0.1:9/x", retry_delays=(0.0, 0.0), retry_unreached=False)
+    with pytest.raises(bloblist.ListingError, match=r"cannot reach .*ConnectionRefusedError") as err:
+        lister.list_page("staging", "d/v/", 10)
+    assert err.value.status is None and down.calls == 1
+
+    up = Flaky([None, ConnectionResetError("reset"), None])  # answers, drops one connection, answers
+    monkeypatch.setattr(bloblist, "_transport", lambda: up)
+    lister = BlobLister("http://127.0.0.1:9/x", retry_delays=(0.0, 0.0), retry_unreached=False)
+    assert lister.list_page("staging", "d/v/", 10) == ({}, True)
+    assert lister.list_page("staging", "d/v/", 10) == ({}, True)
+    assert up.calls == 3
+
+    patient = Flaky([ConnectionRefusedError("refused"), None])  # the default lister (pull) retries
+    monkeypatch.setattr(bloblist, "_transport", lambda: patient)
+    assert BlobLister("http://127.0.0.1:9/x", retry_delays=(0.0,)).list_page("staging", "d/v/", 10) == ({}, True)
+    assert patient.calls == 2

@@ -139,6 +139,23 @@ def test_retry_from_walks_again_a_directory_that_could_not_be_listed(env, client
     assert set(staged(clients, "birds/v1/")) == {"b/x.jpg", "b/deeper/x.jpg"}
 
 
+def test_storage_that_refuses_the_credentials_is_one_line_and_nothing_uploaded(env, clients, tmp_path):
+    # The first listing is the reachability check (tests/test_newcomer_e2e.py: storage down). A
+    # wrong key is answered (403): one line naming the refusal, no file tried, no retries.
+    src = tmp_path / "drop"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "x.jpg").write_bytes(jpeg(1))
+    wrong = env["CorpusStorage"].replace(env["CorpusStorage"].split("AccountKey=")[1].split(";")[0], "d3Jvbmc=")
+    for extra in ((), ("--dry-run",)):
+        proc = run_cli(
+            {**env, "CorpusStorage": wrong}, tmp_path, "upload", str(src), "--domain", "birds", "--version", "v1", *extra
+        )
+        assert proc.returncode == 1, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("corpus: error: storage refused to list staging, nothing uploaded: storage error 403"), line
+    assert staged(clients, "birds/v1/") == {}
+
+
 def test_conflicting_file_is_reported_not_overwritten(env, clients, app_dir, tmp_path):
     src = tmp_path / "drop"
     (src / "d").mkdir(parents=True)

@@ -14,7 +14,7 @@ from corpus.cli import queries
 from corpus.cli.common import CliError, add_transfer_options, finish, settings_from_cwd
 from corpus.cli.parsing import CorpusParser, add_examples, add_shared, bound_every_int, bounded_int, quiet_pipe
 from corpus.domain.display import shown
-from corpus.domain.errors import ConfigError, CorpusError
+from corpus.domain.errors import ConfigError, CorpusError, StorageError
 from corpus.store.settings import Settings
 
 DEFAULT_HTTP_PORT = 7071
@@ -184,6 +184,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
 def cmd_upload(args: argparse.Namespace) -> int:
     from corpus.domain.errors import InvalidNameError
     from corpus.domain.paths import validate_domain, validate_version
+    from corpus.transfer.bloblist import ListingError
     from corpus.upload.plan import parse_extensions
     from corpus.upload.report import Progress, human_summary, load_retry_file, retry_paths, write_failures
     from corpus.upload.runner import Uploader, UploadOptions
@@ -221,35 +222,28 @@ def cmd_upload(args: argparse.Namespace) -> int:
         only,
         use_cache=not args.no_cache,
     )
-    settings = _settings()
-    if not args.dry_run:
-        _reachable(settings)
-    uploader = Uploader(settings, opts)
+    uploader = Uploader(_settings(), opts)
     progress = None if args.json else Progress(sys.stderr, uploader)
     uploader.progress = progress
-    summary = uploader.run()
+    try:
+        summary = uploader.run()
+    except ListingError as exc:  # the first listing: nothing was decided or sent
+        raise CliError(_unlisted(exc)) from None
     if progress:
         progress.render(final=True)
     return finish(summary, args.failures, args.json, write_failures, human_summary)
 
 
-def _reachable(settings: Settings) -> None:
-    """One request before the first file: storage that is down is one line in seconds, not a
-    minute of retries per file and a line per file (``corpus upload`` with Azurite stopped).
-    Sent by the listing client (no Azure SDK import: a re-run that sends nothing never loads it)."""
+def _unlisted(exc: StorageError) -> str:
+    """One line for a staging prefix that cannot be listed: storage down (in seconds: the
+    uploader's lister does not retry a service that never answered) or refusing the request.
+    That listing is the upload's first request, so it also checks that storage is reachable
+    without a request of its own."""
     from corpus.store.reasons import AZURITE_HINT
-    from corpus.transfer.bloblist import BlobLister, ListingError
 
-    credential = None
-    if settings.connection.uses_identity:
-        from corpus.store.storage import identity_credential
-
-        credential = identity_credential(settings.connection)
-    try:
-        BlobLister.from_connection(settings.connection, credential).probe(settings.staging_container)
-    except ListingError as exc:
-        hint = f"; {AZURITE_HINT}" if exc.status is None else ""
-        raise CliError(f"storage is not reachable, nothing uploaded: {exc}{hint}") from None
+    if exc.status is None:
+        return f"storage is not reachable, nothing uploaded: {exc}; {AZURITE_HINT}"
+    return f"storage refused to list staging, nothing uploaded: {exc}"
 
 
 def build_parser() -> argparse.ArgumentParser:

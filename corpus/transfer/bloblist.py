@@ -55,6 +55,10 @@ class BlobLister:
     sas: str = ""
     credential: Any = None  # an azure.core TokenCredential
     retry_delays: tuple[float, ...] = RETRY_DELAYS
+    retry_unreached: bool = True
+    """False: until the service has answered once, a request that cannot reach it fails at once
+    (``corpus upload``: storage that is down is one line in seconds, not a minute of retries)."""
+    _answered: bool = field(default=False, repr=False)
     _token: tuple[str, float] | None = field(default=None, repr=False)
     _token_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -123,14 +127,6 @@ class BlobLister:
             return out, True
         return out, not parse_listing(body, prefix, out)
 
-    def probe(self, container: str) -> None:
-        """One Get Container Properties, no retry: returns if the service answers (a missing
-        container is an answer), else :class:`ListingError`. ``corpus upload`` asks it before the
-        first file so that storage that is down is one line in seconds, without loading the SDK.
-        (Not a listing: Azurite answers a listing, even of one blob, by scanning the container.)"""
-        query = {"restype": "container"}
-        BlobLister(self.account_url, self.account_name, self.account_key, self.sas, self.credential, ())._get(container, query)
-
     # -- transport -------------------------------------------------------------------------
 
     def url(self, container: str, query: dict[str, str]) -> str:
@@ -147,7 +143,10 @@ class BlobLister:
                 status, body = _transport().get(url, self.headers(url, query))
             except (OSError, http.client.HTTPException) as exc:  # refused, reset, timeout, TLS; requests' are OSErrors
                 last = f"cannot reach {self.account_url}: {type(exc).__name__}: {exc}"
+                if not (self.retry_unreached or self._answered):
+                    break
                 continue
+            self._answered = True
             if status == 200:
                 return body
             if status == 404:

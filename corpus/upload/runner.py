@@ -202,6 +202,7 @@ class Uploader:
 
                 credential = identity_credential(settings.connection)
             client = BlobLister.from_connection(settings.connection, credential)
+            client.retry_unreached = False  # the first listing is the reachability check: down is one line
             lister = lister or client
             sender = sender or RawSender(client, settings.staging_container)
         self.lister: Lister = lister
@@ -224,6 +225,9 @@ class Uploader:
     # the rest to ``--concurrency`` workers, which read, hash, decide for real and upload.
 
     def run(self) -> Summary:
+        """Upload the drop; the summary says what happened to each file. Raises
+        :class:`~corpus.transfer.bloblist.ListingError`, having sent nothing, if the version's
+        staging prefix cannot be listed at all."""
         started = time.monotonic()
         planned: queue.Queue[tuple[str, list[_Planned], dict[str, Future[Remote]]] | None] = queue.Queue(maxsize=_PLANNED_AHEAD)
         planner = threading.Thread(target=self._plan, args=(planned,), daemon=True, name="corpus-plan")
@@ -232,11 +236,15 @@ class Uploader:
         self._staged_page = self._listers.submit(self._list_staged_page)
         planner.start()
         try:
+            self._staged_page.result()  # storage down, or refusing to list: nothing is decided, nothing sent
             while (item := planned.get()) is not None:
                 self._decide_dir(*item, workers)
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._stop.set()
+        except ListingError:
+            self._stop.set()
+            raise
         finally:
             self._listers.shutdown(wait=False, cancel_futures=True)
             try:
@@ -290,15 +298,14 @@ class Uploader:
 
     def _list_staged_page(self) -> StagedPage:
         """One flat page of the version's staging prefix (``<domain>/<version>/`` holds nothing
-        else: a version has no ``/``). A failure here is not reported: the folders are listed one
-        by one instead, and their failures are."""
-        try:
-            with self.slots:
-                listed, complete = self.lister.list_page(
-                    self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/", FLAT_LISTING_LIMIT
-                )
-        except ListingError:
-            return NOTHING_LISTED
+        else: a version has no ``/``). It is also the run's reachability check, the first
+        request and the one every decision waits for: if it fails (storage down, which the
+        default lister does not retry before the service has answered once; credentials
+        refused) :meth:`run` raises its :class:`ListingError` before any file is decided."""
+        with self.slots:
+            listed, complete = self.lister.list_page(
+                self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/", FLAT_LISTING_LIMIT
+            )
         return StagedPage.of(listed, complete)
 
     def _list_remote(self, rdir: str, names: frozenset[str]) -> Remote:
