@@ -269,3 +269,22 @@ def test_a_lister_that_must_not_retry_the_unreached_fails_at_once_then_retries_o
     monkeypatch.setattr(bloblist, "_transport", lambda: patient)
     assert BlobLister("http://127.0.0.1:9/x", retry_delays=(0.0,)).list_page("staging", "d/v/", 10) == ({}, True)
     assert patient.calls == 2
+
+
+def test_the_development_account_is_the_sdks_and_loads_no_sdk() -> None:
+    """``UseDevelopmentStorage=true`` (the sample settings) lists without importing the blob SDK."""
+    import subprocess
+    import sys
+
+    from azure.storage.blob._shared.parser import DEVSTORE_ACCOUNT_KEY, DEVSTORE_ACCOUNT_NAME
+
+    from corpus.transfer import bloblist
+
+    assert (bloblist.DEVSTORE_ACCOUNT_NAME, bloblist.DEVSTORE_ACCOUNT_KEY) == (DEVSTORE_ACCOUNT_NAME, DEVSTORE_ACCOUNT_KEY)
+    code = (
+        "import sys; from corpus.store.settings import Connection; from corpus.transfer.bloblist import BlobLister;"
+        "BlobLister.from_connection(Connection('UseDevelopmentStorage=true'));"
+        "print(sorted(m for m in sys.modules if m.startswith('azure')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", (proc.stdout, proc.stderr)

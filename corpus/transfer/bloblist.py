@@ -37,6 +37,13 @@ API_VERSION = "2025-11-05"
 """A service version both Azure and Azurite 3.35 (the newest it knows) accept; the listing XML
 has not changed shape in years, so there is no reason to chase the SDK's default."""
 
+DEVSTORE_ACCOUNT_NAME = "devstoreaccount1"
+DEVSTORE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+"""The storage emulator's well-known account (``UseDevelopmentStorage=true``, as in
+``local.settings.sample.json``), public in Microsoft's documentation and no secret. Written out
+here, not imported from the blob SDK, whose import (~90 ms) a re-run with nothing to send must not
+pay; ``tests/test_bloblist.py`` checks it is the SDK's."""
+
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 RETRY_DELAYS = (1.0, 3.0, 5.0, 9.0, 17.0)
 """Back-off between attempts on a transient failure, as the upload's SDK clients are configured."""
@@ -71,9 +78,6 @@ class BlobLister:
             return cls(account_url=(connection.blob_uri or "").rstrip("/"), credential=credential)
         conn = parse_connection_string(connection.connection_string)
         if conn.get("usedevelopmentstorage") == "true":
-            # Azurite's well-known account, read from the SDK rather than written out a second time.
-            from azure.storage.blob._shared.parser import DEVSTORE_ACCOUNT_KEY, DEVSTORE_ACCOUNT_NAME
-
             url = f"http://127.0.0.1:10000/{DEVSTORE_ACCOUNT_NAME}"
             return cls(account_url=url, account_name=DEVSTORE_ACCOUNT_NAME, account_key=base64.b64decode(DEVSTORE_ACCOUNT_KEY))
         name = conn.get("accountname", "")
