@@ -223,27 +223,45 @@ def test_requests_in_flight_never_exceed_concurrency(settings, clients, tmp_path
         for i in range(25):
             (src / d / f"{i}.jpg").write_bytes(jpeg(i))
     # Counted where every request goes, whichever client sends it (the SDK through requests and
-    # urllib3, the listings through http.client): from the request line to the response's arrival.
+    # http.client, were anything to use it; the listings and Put Blobs through bloblist's socket
+    # transport): from the request line to the response's arrival.
+    from corpus.transfer import bloblist
+
     lock = threading.Lock()
     state = {"now": 0, "max": 0, "total": 0}
     putrequest, getresponse = http.client.HTTPConnection.putrequest, http.client.HTTPConnection.getresponse
+    send = bloblist._StdlibTransport.send
 
-    def counting_putrequest(self, *args, **kwargs):
+    def started() -> None:
         with lock:
             state["now"] += 1
             state["total"] += 1
             state["max"] = max(state["max"], state["now"])
+
+    def ended() -> None:
+        with lock:
+            state["now"] -= 1
+
+    def counting_putrequest(self, *args, **kwargs):
+        started()
         return putrequest(self, *args, **kwargs)
 
     def counting_getresponse(self, *args, **kwargs):
         try:
             return getresponse(self, *args, **kwargs)
         finally:
-            with lock:
-                state["now"] -= 1
+            ended()
+
+    def counting_send(self, *args, **kwargs):
+        started()
+        try:
+            return send(self, *args, **kwargs)
+        finally:
+            ended()
 
     monkeypatch.setattr(http.client.HTTPConnection, "putrequest", counting_putrequest)
     monkeypatch.setattr(http.client.HTTPConnection, "getresponse", counting_getresponse)
+    monkeypatch.setattr(bloblist._StdlibTransport, "send", counting_send)
     summary = Uploader(settings, UploadOptions(src, "birds", "v1", concurrency=3)).run()
     assert summary.uploaded == 75 and not summary.failures
     assert 1 < state["max"] <= 3, state

@@ -3,7 +3,7 @@
 A first upload of thousands of ~100 KB files is CPU-bound in the client on a fast link: the SDK's
 per-request pipeline (policies, model serialisation, ``requests``/``urllib3``) costs several times
 the transfer's own work. The one write ``corpus upload`` needs is a single-shot Put Blob, so it is
-sent the way :mod:`corpus.transfer.bloblist` sends its listings: ``http.client`` keep-alive
+sent the way :mod:`corpus.transfer.bloblist` sends its listings: keep-alive socket
 connections (``requests`` when a proxy is configured), signed with Shared Key, a SAS or a bearer
 token, transient failures retried with the same back-off. The contract is the SDK sender's:
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import threading
 import time
 from urllib.parse import quote
@@ -92,7 +91,7 @@ class RawSender:
             headers = self.lister.signed(verb, url, query, extra)  # a fresh date for each attempt
             try:
                 status, response_headers, data = bloblist._transport().send(verb, url, headers, body)
-            except (OSError, http.client.HTTPException) as exc:
+            except OSError as exc:  # refused, reset, timeout, TLS, a malformed answer (bloblist.ProtocolError)
                 last = f"cannot reach {self.lister.account_url}: {type(exc).__name__}: {exc}"
                 continue
             if status in ok:
