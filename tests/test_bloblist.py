@@ -288,3 +288,29 @@ def test_the_development_account_is_the_sdks_and_loads_no_sdk() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", (proc.stdout, proc.stderr)
+
+
+def test_a_prefetched_page_is_asked_once_and_taken_by_the_same_call_only(monkeypatch) -> None:
+    from corpus.transfer import bloblist
+
+    calls: list[str] = []
+    answers = {"a/": b"<EnumerationResults><Blobs><Blob><Name>a/x</Name><Properties/></Blob></Blobs></EnumerationResults>"}
+
+    class Counting:
+        def get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+            calls.append(url)
+            if "prefix=down" in url:
+                return 403, b"<Error><Code>AuthorizationFailure</Code><Message>no</Message></Error>"
+            return 200, answers["a/"]
+
+    monkeypatch.setattr(bloblist, "_transport", Counting)
+    lister = BlobLister("http://127.0.0.1:9/x", retry_delays=())
+    lister.prefetch_page("c", "a/", 10)
+    assert lister.list_page("c", "a/", 5) == ({"x": ""}, True)  # another limit: asked afresh
+    assert lister.list_page("c", "a/", 10) == ({"x": ""}, True)  # the prefetched answer
+    assert lister.list_page("c", "a/", 10) == ({"x": ""}, True)  # taken once: asked again
+    assert len(calls) == 3
+    lister.prefetch_page("c", "down", 10)
+    with pytest.raises(bloblist.ListingError, match="403 AuthorizationFailure"):  # its error, raised to the taker
+        lister.list_page("c", "down", 10)
+    assert len(calls) == 4

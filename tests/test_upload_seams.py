@@ -212,6 +212,9 @@ def test_a_version_that_cannot_be_listed_stops_the_run_before_any_file(tmp_path:
             raise ListingError("cannot reach http://127.0.0.1:9/x: ConnectionRefusedError: refused")
 
     src = drop(tmp_path)
+    for i in range(40):  # still planning when the listing fails: stopping it is no failure of the run
+        (src / "many" / str(i)).mkdir(parents=True)
+        (src / "many" / str(i) / "x.jpg").write_bytes(b"x")
     for dry_run in (False, True):
         lister, sender = DownLister({}), FakeSender()
         uploader = Uploader(

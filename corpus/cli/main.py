@@ -183,14 +183,13 @@ def cmd_transform(args: argparse.Namespace) -> int:
 def cmd_upload(args: argparse.Namespace) -> int:
     from corpus.domain.errors import InvalidNameError
     from corpus.domain.paths import validate_domain, validate_version
-    from corpus.transfer.bloblist import ListingError
     from corpus.upload.plan import parse_extensions
-    from corpus.upload.report import Progress, human_summary, load_retry_file, retry_paths, write_failures
-    from corpus.upload.runner import Uploader, UploadOptions
 
     only = None
     source, domain, version = args.source, args.domain, args.version
     if args.retry_from:
+        from corpus.upload.report import load_retry_file, retry_paths
+
         try:
             data = load_retry_file(Path(args.retry_from))
         except (OSError, ValueError) as exc:
@@ -210,6 +209,17 @@ def cmd_upload(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     if args.concurrency < 1 or (args.cap_mbps is not None and args.cap_mbps <= 0):
         raise CliError("--concurrency and --cap-mbps must be positive")
+    # The first listing leaves now, before the rest of the run is imported and set up: a re-run
+    # with nothing to send is mostly waiting for it (it is also the reachability check).
+    from corpus.transfer.bloblist import MAX_PAGE, ListingError
+    from corpus.upload.sender import RawSender, upload_client
+
+    settings = _settings()
+    client = upload_client(settings)
+    client.prefetch_page(settings.staging_container, f"{domain}/{version}/", MAX_PAGE)
+    from corpus.upload.report import Progress, human_summary, write_failures
+    from corpus.upload.runner import Uploader, UploadOptions
+
     opts = UploadOptions(
         src.resolve(),
         domain,
@@ -221,7 +231,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         only,
         use_cache=not args.no_cache,
     )
-    uploader = Uploader(_settings(), opts)
+    uploader = Uploader(settings, opts, lister=client, sender=RawSender(client, settings.staging_container))
     progress = None if args.json else Progress(sys.stderr, uploader)
     uploader.progress = progress
     try:

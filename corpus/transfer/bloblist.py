@@ -24,6 +24,7 @@ import re
 import socket
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlparse, urlsplit
@@ -41,6 +42,9 @@ DEVSTORE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErC
 ``local.settings.sample.json``), public in Microsoft's documentation and no secret. Written out
 here, not imported from the blob SDK, whose import (~90 ms) a re-run with nothing to send must not
 pay; ``tests/test_bloblist.py`` checks it is the SDK's."""
+
+MAX_PAGE = 5000
+"""The most blobs one List Blobs returns."""
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 RETRY_DELAYS = (1.0, 3.0, 5.0, 9.0, 17.0)
@@ -64,6 +68,7 @@ class BlobLister:
     """False: until the service has answered once, a request that cannot reach it fails at once
     (``corpus upload``: storage that is down is one line in seconds, not a minute of retries)."""
     _answered: bool = field(default=False, repr=False)
+    _prefetched: dict[tuple[str, str, int], Future[tuple[dict[str, str], bool]]] = field(default_factory=dict, repr=False)
     _token: tuple[str, float] | None = field(default=None, repr=False)
     _token_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -102,7 +107,7 @@ class BlobLister:
             return out
         marker = ""
         while True:
-            query = {"restype": "container", "comp": "list", "prefix": prefix, "delimiter": "/", "maxresults": "5000"}
+            query = {"restype": "container", "comp": "list", "prefix": prefix, "delimiter": "/", "maxresults": str(MAX_PAGE)}
             if marker:
                 query["marker"] = marker
             body = self._get(container, query)
@@ -112,14 +117,38 @@ class BlobLister:
             if not marker:
                 return out
 
+    def prefetch_page(self, container: str, prefix: str, limit: int) -> None:
+        """Send :meth:`list_page` now, from a thread of its own: the next call with the same
+        arguments takes its answer (or raises its error) instead of asking again. ``corpus
+        upload`` sends its first listing before it imports and sets up the rest of the run,
+        which then happens while the service answers."""
+        future: Future[tuple[dict[str, str], bool]] = Future()
+
+        def fetch() -> None:
+            try:
+                future.set_result(self._list_page(container, prefix, limit))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the page
+                future.set_exception(exc)
+
+        with self._token_lock:
+            self._prefetched[(container, prefix, limit)] = future
+        threading.Thread(target=fetch, daemon=True, name="corpus-first-page").start()
+
     def list_page(self, container: str, prefix: str, limit: int) -> tuple[dict[str, str], bool]:
         """One page of *every* blob under ``prefix`` (no delimiter: names in sub-folders too), at
-        most ``limit`` (≤ 5,000): relative name → hex MD5, and whether that was all of them.
+        most ``limit`` (≤ :data:`MAX_PAGE`): relative name → hex MD5, and whether that was all of them.
 
         One request for a whole small tree where :meth:`list_md5s` takes one per folder (and
         ``original/`` one more each): a re-run with nothing to do waits on these round trips.
         A missing container, or a prefix that is not valid Unicode, is an empty, complete page.
         """
+        with self._token_lock:
+            pending = self._prefetched.pop((container, prefix, limit), None)
+        if pending is not None:
+            return pending.result()
+        return self._list_page(container, prefix, limit)
+
+    def _list_page(self, container: str, prefix: str, limit: int) -> tuple[dict[str, str], bool]:
         query = {"restype": "container", "comp": "list", "prefix": prefix, "maxresults": str(limit)}
         out: dict[str, str] = {}
         if not _encodable(prefix):

@@ -45,12 +45,12 @@ from corpus.domain.display import valid_text
 from corpus.domain.errors import InvalidNameError, StorageError
 from corpus.domain.paths import WORST_ACCOUNT_BLOB_URL, check_copy_source
 from corpus.store.settings import Settings
-from corpus.transfer.bloblist import BlobLister, ListingError
+from corpus.transfer.bloblist import MAX_PAGE, ListingError
 from corpus.transfer.hashcache import HashCache, Md5Cache, NullHashCache
 from corpus.transfer.pacing import RateLimiter
 from corpus.upload.plan import Action, Decision, content_type, decide, parse_extensions, relative_name, staged_name
 from corpus.upload.report import Failure, Progress, Summary
-from corpus.upload.sender import RawSender
+from corpus.upload.sender import RawSender, upload_client
 from corpus.upload.walk import LocalDir, retry_dirs, walk
 
 
@@ -86,7 +86,7 @@ _Planned = tuple[str, str, str, tuple[int, int] | None]
 if the walk could stat it. Small on purpose: the planner keeps a few folders of them ahead."""
 
 
-FLAT_LISTING_LIMIT = 5000
+FLAT_LISTING_LIMIT = MAX_PAGE
 """Blobs of the version's staging prefix listed in one request (List Blobs' largest page)."""
 
 _PLANNED_AHEAD = 8
@@ -196,13 +196,7 @@ class Uploader:
         self.opts = opts
         self.settings = settings
         if lister is None or sender is None:
-            credential = None
-            if not settings.connection.connection_string:
-                from corpus.store.storage import identity_credential
-
-                credential = identity_credential(settings.connection)
-            client = BlobLister.from_connection(settings.connection, credential)
-            client.retry_unreached = False  # the first listing is the reachability check: down is one line
+            client = upload_client(settings)
             lister = lister or client
             sender = sender or RawSender(client, settings.staging_container)
         self.lister: Lister = lister
@@ -283,7 +277,8 @@ class Uploader:
                 if not self._put_unless_stopped(planned, (local.path, entries, listings)):
                     return
         except Exception as exc:  # noqa: BLE001 - a bug here must not hang the run: report it as the run's failure
-            self._fail(str(self.opts.source), "", f"planning stopped: {type(exc).__name__}: {exc}")
+            if not self._stop.is_set():  # stopped: the listers were shut down under it, nothing to report
+                self._fail(str(self.opts.source), "", f"planning stopped: {type(exc).__name__}: {exc}")
         finally:
             self._put_unless_stopped(planned, None)
 

@@ -24,10 +24,26 @@ import time
 from urllib.parse import quote
 
 from corpus.domain.errors import StorageError
+from corpus.store.settings import Settings
 from corpus.transfer import bloblist
 from corpus.transfer.bloblist import BlobLister
 
 _TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def upload_client(settings: Settings) -> BlobLister:
+    """The one client ``corpus upload`` lists and sends with: the connection string's key or
+    SAS, else the identity's tokens. It does not retry a service that has never answered, so
+    that storage that is down is one line in seconds (its first listing is the reachability
+    check)."""
+    credential = None
+    if not settings.connection.connection_string:
+        from corpus.store.storage import identity_credential
+
+        credential = identity_credential(settings.connection)
+    client = BlobLister.from_connection(settings.connection, credential)
+    client.retry_unreached = False
+    return client
 
 
 class RawSender:
