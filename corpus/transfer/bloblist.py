@@ -317,7 +317,11 @@ class _StdlibTransport:
             raise ProtocolError(f"unsupported URL scheme {scheme!r}")
         host, _, port = netloc.rpartition(":") if netloc.rpartition(":")[2].isdigit() else (netloc, "", "")
         host = host.strip("[]")  # an IPv6 literal
-        sock = socket.create_connection((host, int(port) if port else (80 if scheme == "http" else 443)), timeout=TIMEOUT)
+        # An ASCII host as bytes (getaddrinfo takes either): a str goes through the idna codec,
+        # imported (~1 ms) and run for every connection.
+        address = host.encode("ascii") if host.isascii() else host
+        port_number = int(port) if port else (80 if scheme == "http" else 443)
+        sock = socket.create_connection((address, port_number), timeout=TIMEOUT)  # type: ignore[arg-type]
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":

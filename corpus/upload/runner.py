@@ -89,6 +89,12 @@ if the walk could stat it. Small on purpose: the planner keeps a few folders of 
 FLAT_LISTING_LIMIT = MAX_PAGE
 """Blobs of the version's staging prefix listed in one request (List Blobs' largest page)."""
 
+_Cached = dict[str, tuple[int, int, str]]
+"""A directory's MD5 cache rows: path → (size, mtime_ns, md5)."""
+
+_SETTLED_UNREAD = (Action.SKIP_STAGED, Action.SKIP_INGESTED)
+"""What a file can be settled as from its cached MD5, without reading it."""
+
 _PLANNED_AHEAD = 8
 """Directories walked, and listed remotely, ahead of the one being decided: listings overlap with
 deciding, and memory stays bounded by a few directories whatever the size of the drop."""
@@ -223,7 +229,9 @@ class Uploader:
         :class:`~corpus.transfer.bloblist.ListingError`, having sent nothing, if the version's
         staging prefix cannot be listed at all."""
         started = time.monotonic()
-        planned: queue.Queue[tuple[str, list[_Planned], dict[str, Future[Remote]]] | None] = queue.Queue(maxsize=_PLANNED_AHEAD)
+        planned: queue.Queue[tuple[str, list[_Planned], dict[str, Future[Remote]], _Cached] | None] = queue.Queue(
+            maxsize=_PLANNED_AHEAD
+        )
         planner = threading.Thread(target=self._plan, args=(planned,), daemon=True, name="corpus-plan")
         workers = _Workers(self.opts.concurrency, self._work)
         # First in the listers' queue, so no folder's listing (which waits for it) can hold its thread.
@@ -274,7 +282,8 @@ class Uploader:
                     names.setdefault(rdir, set()).add(file_name)
                     entries.append((path, rel, rdir, (st.st_size, st.st_mtime_ns) if st is not None else None))
                 listings = {rdir: self._listers.submit(self._list_remote, rdir, frozenset(n)) for rdir, n in names.items()}
-                if not self._put_unless_stopped(planned, (local.path, entries, listings)):
+                cached = self.cache.directory(local.path)  # read here, while the listings are on their way
+                if not self._put_unless_stopped(planned, (local.path, entries, listings, cached)):
                     return
         except Exception as exc:  # noqa: BLE001 - a bug here must not hang the run: report it as the run's failure
             if not self._stop.is_set():  # stopped: the listers were shut down under it, nothing to report
@@ -331,11 +340,15 @@ class Uploader:
         directory: str,
         entries: list[_Planned],
         listings: dict[str, Future[Remote]],
+        cached: _Cached,
         workers: _Workers,
     ) -> None:
-        cached = self.cache.directory(directory)
+        """Hand each file of one local directory to the workers, or settle it here: a file whose
+        cached MD5 (same size and mtime) is what is remote is skipped without being read; those
+        are counted once for the directory (a re-run settles thousands of files here)."""
         remote: dict[str, Remote | ListingError] = {}
         seen = seen_bytes = 0
+        settled = dict.fromkeys(_SETTLED_UNREAD, 0)
         prefix = f"{self.opts.domain}/{self.opts.version}/"
         for path, rel, rdir, stat in entries:
             if self._stop.is_set():
@@ -358,24 +371,25 @@ class Uploader:
                 self._fail(path, staged, f"cannot list what is already remote: {listed}")
                 continue
             name = rel.rpartition("/")[2]
-            task = _Task(path, rel, staged, stat[0], stat[1], listed[0].get(name), listed[1].get(name))
+            staged_md5, original_md5 = listed[0].get(name), listed[1].get(name)
             seen += 1
-            seen_bytes += task.size
-            if not self._settled_from_cache(task, cached.get(path)):
-                workers.put(task)
+            seen_bytes += stat[0]
+            entry = cached.get(path)
+            if entry is not None and entry[0] == stat[0] and entry[1] == stat[1]:
+                action = decide(entry[2], staged_md5, original_md5).action
+                if action in settled:
+                    settled[action] += 1
+                    continue
+                # to upload or a conflict: a worker reads the file and decides for real
+            workers.put(_Task(path, rel, staged, stat[0], stat[1], staged_md5, original_md5))
         with self._lock:
             self.summary.seen_files += seen
             self.summary.seen_bytes += seen_bytes
-
-    def _settled_from_cache(self, task: _Task, entry: tuple[int, int, str] | None) -> bool:
-        """Skip a file already remote with the MD5 cached for its size and mtime, without reading it."""
-        if entry is None or entry[:2] != (task.size, task.mtime_ns):
-            return False
-        action = decide(entry[2], task.staged_md5, task.original_md5).action
-        if action not in (Action.SKIP_STAGED, Action.SKIP_INGESTED):
-            return False  # to upload or a conflict: a worker reads the file and decides for real
-        self._count(action, task, 0)
-        return True
+            self.summary.already_staged += settled[Action.SKIP_STAGED]
+            self.summary.already_ingested += settled[Action.SKIP_INGESTED]
+        if self.progress:
+            for _ in range(sum(settled.values())):
+                self.progress.tick(0, None)
 
     def _work(self, tasks: queue.Queue[_Task | None]) -> None:
         while (task := tasks.get()) is not None:
