@@ -84,6 +84,8 @@ class RawSender:
         return hashlib.md5(body, usedforsecurity=False).hexdigest()
 
     def _ensure_container(self) -> None:
+        if self._created:  # every put but the first few: no lock (32 workers queued on it, cProfile)
+            return
         with self._lock:
             if self._created:
                 return
