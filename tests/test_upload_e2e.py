@@ -139,6 +139,23 @@ def test_retry_from_walks_again_a_directory_that_could_not_be_listed(env, client
     assert set(staged(clients, "birds/v1/")) == {"b/x.jpg", "b/deeper/x.jpg"}
 
 
+def test_storage_that_refuses_the_credentials_is_one_line_and_nothing_uploaded(env, clients, tmp_path):
+    # The first listing is the reachability check (tests/test_newcomer_e2e.py: storage down). A
+    # wrong key is answered (403): one line naming the refusal, no file tried, no retries.
+    src = tmp_path / "drop"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "x.jpg").write_bytes(jpeg(1))
+    wrong = env["CorpusStorage"].replace(env["CorpusStorage"].split("AccountKey=")[1].split(";")[0], "d3Jvbmc=")
+    for extra in ((), ("--dry-run",)):
+        proc = run_cli(
+            {**env, "CorpusStorage": wrong}, tmp_path, "upload", str(src), "--domain", "birds", "--version", "v1", *extra
+        )
+        assert proc.returncode == 1, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("corpus: error: storage refused to list staging, nothing uploaded: storage error 403"), line
+    assert staged(clients, "birds/v1/") == {}
+
+
 def test_conflicting_file_is_reported_not_overwritten(env, clients, app_dir, tmp_path):
     src = tmp_path / "drop"
     (src / "d").mkdir(parents=True)
@@ -206,27 +223,45 @@ def test_requests_in_flight_never_exceed_concurrency(settings, clients, tmp_path
         for i in range(25):
             (src / d / f"{i}.jpg").write_bytes(jpeg(i))
     # Counted where every request goes, whichever client sends it (the SDK through requests and
-    # urllib3, the listings through http.client): from the request line to the response's arrival.
+    # http.client, were anything to use it; the listings and Put Blobs through bloblist's socket
+    # transport): from the request line to the response's arrival.
+    from corpus.transfer import bloblist
+
     lock = threading.Lock()
     state = {"now": 0, "max": 0, "total": 0}
     putrequest, getresponse = http.client.HTTPConnection.putrequest, http.client.HTTPConnection.getresponse
+    send = bloblist._StdlibTransport.send
 
-    def counting_putrequest(self, *args, **kwargs):
+    def started() -> None:
         with lock:
             state["now"] += 1
             state["total"] += 1
             state["max"] = max(state["max"], state["now"])
+
+    def ended() -> None:
+        with lock:
+            state["now"] -= 1
+
+    def counting_putrequest(self, *args, **kwargs):
+        started()
         return putrequest(self, *args, **kwargs)
 
     def counting_getresponse(self, *args, **kwargs):
         try:
             return getresponse(self, *args, **kwargs)
         finally:
-            with lock:
-                state["now"] -= 1
+            ended()
+
+    def counting_send(self, *args, **kwargs):
+        started()
+        try:
+            return send(self, *args, **kwargs)
+        finally:
+            ended()
 
     monkeypatch.setattr(http.client.HTTPConnection, "putrequest", counting_putrequest)
     monkeypatch.setattr(http.client.HTTPConnection, "getresponse", counting_getresponse)
+    monkeypatch.setattr(bloblist._StdlibTransport, "send", counting_send)
     summary = Uploader(settings, UploadOptions(src, "birds", "v1", concurrency=3)).run()
     assert summary.uploaded == 75 and not summary.failures
     assert 1 < state["max"] <= 3, state

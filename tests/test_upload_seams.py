@@ -198,3 +198,34 @@ def test_a_name_outside_the_staging_contract_fails_when_it_would_be_sent_and_onl
     staged = FakeLister({("staging", "birds/v1/x./"): {"p.jpg": md5(b"p" * 10)}})
     again = run(src, staged, FakeSender()).summary
     assert again.failures == [] and again.already_staged == 1
+
+
+def test_a_version_that_cannot_be_listed_stops_the_run_before_any_file(tmp_path: Path) -> None:
+    # The flat listing is the run's first request and its reachability check (there is no probe
+    # before it): when it fails, run() raises that failure having decided and sent nothing, and
+    # lists no folder either (each would fail the same way, one line per file).
+    from corpus.transfer.bloblist import ListingError
+
+    class DownLister(FakeLister):
+        def list_page(self, container: str, prefix: str, limit: int) -> tuple[dict[str, str], bool]:
+            super().list_page(container, prefix, limit)
+            raise ListingError("cannot reach http://127.0.0.1:9/x: ConnectionRefusedError: refused")
+
+    src = drop(tmp_path)
+    for i in range(40):  # still planning when the listing fails: stopping it is no failure of the run
+        (src / "many" / str(i)).mkdir(parents=True)
+        (src / "many" / str(i) / "x.jpg").write_bytes(b"x")
+    for dry_run in (False, True):
+        lister, sender = DownLister({}), FakeSender()
+        uploader = Uploader(
+            SETTINGS,
+            UploadOptions(src, "birds", "v1", concurrency=4, dry_run=dry_run),
+            lister=lister,
+            sender=sender,
+            cache=NullHashCache(),
+        )
+        with pytest.raises(ListingError, match="cannot reach"):
+            uploader.run()
+        assert sender.puts == {} and lister.calls == [("staging", "birds/v1/")]
+        s = uploader.summary
+        assert (s.uploaded, s.would_upload, s.failures) == (0, 0, [])

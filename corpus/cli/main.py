@@ -6,15 +6,14 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from corpus.cli import queries
 from corpus.cli.common import CliError, add_transfer_options, finish, settings_from_cwd
 from corpus.cli.parsing import CorpusParser, add_examples, add_shared, bound_every_int, bounded_int, quiet_pipe
 from corpus.domain.display import shown
-from corpus.domain.errors import ConfigError, CorpusError
+from corpus.domain.errors import ConfigError, CorpusError, StorageError
 from corpus.store.settings import Settings
 
 DEFAULT_HTTP_PORT = 7071
@@ -185,12 +184,12 @@ def cmd_upload(args: argparse.Namespace) -> int:
     from corpus.domain.errors import InvalidNameError
     from corpus.domain.paths import validate_domain, validate_version
     from corpus.upload.plan import parse_extensions
-    from corpus.upload.report import Progress, human_summary, load_retry_file, retry_paths, write_failures
-    from corpus.upload.runner import Uploader, UploadOptions
 
     only = None
     source, domain, version = args.source, args.domain, args.version
     if args.retry_from:
+        from corpus.upload.report import load_retry_file, retry_paths
+
         try:
             data = load_retry_file(Path(args.retry_from))
         except (OSError, ValueError) as exc:
@@ -210,6 +209,17 @@ def cmd_upload(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     if args.concurrency < 1 or (args.cap_mbps is not None and args.cap_mbps <= 0):
         raise CliError("--concurrency and --cap-mbps must be positive")
+    # The first listing leaves now, before the rest of the run is imported and set up: a re-run
+    # with nothing to send is mostly waiting for it (it is also the reachability check).
+    from corpus.transfer.bloblist import MAX_PAGE, ListingError
+    from corpus.upload.sender import RawSender, upload_client
+
+    settings = _settings()
+    client = upload_client(settings)
+    client.prefetch_page(settings.staging_container, f"{domain}/{version}/", MAX_PAGE)
+    from corpus.upload.report import Progress, human_summary, write_failures
+    from corpus.upload.runner import Uploader, UploadOptions
+
     opts = UploadOptions(
         src.resolve(),
         domain,
@@ -221,45 +231,31 @@ def cmd_upload(args: argparse.Namespace) -> int:
         only,
         use_cache=not args.no_cache,
     )
-    settings = _settings()
-    if not args.dry_run:
-        _reachable(settings)
-    uploader = Uploader(settings, opts)
+    uploader = Uploader(settings, opts, lister=client, sender=RawSender(client, settings.staging_container))
     progress = None if args.json else Progress(sys.stderr, uploader)
     uploader.progress = progress
-    summary = uploader.run()
+    try:
+        summary = uploader.run()
+    except ListingError as exc:  # the first listing: nothing was decided or sent
+        raise CliError(_unlisted(exc)) from None
     if progress:
         progress.render(final=True)
     return finish(summary, args.failures, args.json, write_failures, human_summary)
 
 
-def _reachable(settings: Settings) -> None:
-    """One request before the first file: storage that is down is one line in seconds, not a
-    minute of retries per file and a line per file (``corpus upload`` with Azurite stopped).
-    Sent by the listing client (no Azure SDK import: a re-run that sends nothing never loads it)."""
+def _unlisted(exc: StorageError) -> str:
+    """One line for a staging prefix that cannot be listed: storage down (in seconds: the
+    uploader's lister does not retry a service that never answered) or refusing the request.
+    That listing is the upload's first request, so it also checks that storage is reachable
+    without a request of its own."""
     from corpus.store.reasons import AZURITE_HINT
-    from corpus.transfer.bloblist import BlobLister, ListingError
 
-    credential = None
-    if settings.connection.uses_identity:
-        from corpus.store.storage import identity_credential
-
-        credential = identity_credential(settings.connection)
-    try:
-        BlobLister.from_connection(settings.connection, credential).probe(settings.staging_container)
-    except ListingError as exc:
-        hint = f"; {AZURITE_HINT}" if exc.status is None else ""
-        raise CliError(f"storage is not reachable, nothing uploaded: {exc}{hint}") from None
+    if exc.status is None:
+        return f"storage is not reachable, nothing uploaded: {exc}; {AZURITE_HINT}"
+    return f"storage refused to list staging, nothing uploaded: {exc}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = CorpusParser(
-        prog="corpus",
-        description="Versioned image corpus on Azure Storage. 'corpus COMMAND --help' shows a command's options and examples.",
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_host(sub: Any) -> None:
     h = sub.add_parser("host", help="run the function app locally against the configured storage (development host)")
     h.add_argument("--app-dir", default=".", help="folder holding function_app.py and host.json")
     for flag, _, spec in HOST_OPTIONS:
@@ -279,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     h.set_defaults(func=cmd_host)
 
+
+def _add_status(sub: Any) -> None:
     s = sub.add_parser("status", help="queues (with poison), staging, rejections, failures, sets")
     s.add_argument("--json", action="store_true")
     s.add_argument("--limit", type=bounded_int(1, 10_000), default=20, help="how many rejections and failures to list")
@@ -286,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ack", nargs="?", const="", metavar="ID", help="acknowledge a failure: kept, hidden from the default view")
     s.set_defaults(func=cmd_status)
 
+
+def _add_sets(sub: Any) -> None:
     q = sub.add_parser("sets", help="list image sets")
     q.add_argument("--domain")
     q.add_argument("--tag", action="append", help="only sets carrying this tag (repeat: all of them)")
@@ -296,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_shared(q, "--where", help="only sets holding images whose facts match, e.g. 'sharpness>=100' (docs/dedupe.md)")
     q.set_defaults(func=cmd_sets)
 
+
+def _add_transform(sub: Any) -> None:
     t = sub.add_parser("transform", help="request a transform of image sets (queues a message)")
     t.add_argument("--domain", required=True)
     t.add_argument("--path", help="source set path (use <root> for the root set)")
@@ -309,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits at most (default 600)")
     t.set_defaults(func=cmd_transform)
 
+
+def _add_upload(sub: Any) -> None:
     u = sub.add_parser("upload", help="upload a folder of images to staging: throttled, verified, resumable")
     u.add_argument("source", nargs="?", metavar="SRC", help="folder whose sub-folders are tags")
     u.add_argument("--domain")
@@ -317,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_transfer_options(u, "show what would be sent; send nothing", "write failures and conflicts here (JSON)")
     u.set_defaults(func=cmd_upload)
 
+
+def _add_sample(sub: Any) -> None:
     g = sub.add_parser("sample", help="upload generated sample images to staging (for demos)")
     g.add_argument("--domain", default="birds")
     g.add_argument("--version", default="v1")
@@ -324,12 +330,49 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=1)
     g.set_defaults(func=cmd_sample)
 
-    from corpus.cli import catalog, dupes, gallery, migrate, pull, reconcile, trainsets
 
-    for feature in (reconcile, gallery, pull, queries, trainsets, catalog, dupes, migrate):
-        feature.add_parsers(sub)
+CORE_COMMANDS: dict[str, Callable[[Any], None]] = {
+    "host": _add_host,
+    "status": _add_status,
+    "sets": _add_sets,
+    "transform": _add_transform,
+    "upload": _add_upload,
+    "sample": _add_sample,
+}
+"""The commands defined in this module, in ``corpus --help`` order (the feature modules' follow)."""
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``corpus`` parser: every command, or with ``only`` (a command of :data:`CORE_COMMANDS`)
+    that one alone. ``corpus upload`` re-runs in a fraction of a second, of which building and
+    importing every other command's parser was ~10 ms: :func:`main` builds only the command
+    named on the command line when it is one of these (``corpus --help``, a mistyped command or
+    any other gets the whole parser, so help and "did you mean" see every command)."""
+    p = CorpusParser(
+        prog="corpus",
+        description="Versioned image corpus on Azure Storage. 'corpus COMMAND --help' shows a command's options and examples.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, add in CORE_COMMANDS.items():
+        if only is None or only == name:
+            add(sub)
+    if only is None:
+        from corpus.cli import catalog, dupes, gallery, migrate, pull, queries, reconcile, trainsets
+
+        for feature in (reconcile, gallery, pull, queries, trainsets, catalog, dupes, migrate):
+            feature.add_parsers(sub)
     _finish_parser(p)
     return p
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The command of ``argv`` if it is one of :data:`CORE_COMMANDS` and comes after nothing but
+    ``-v``/``--verbose``; else None (the whole parser decides)."""
+    for token in argv:
+        if token not in ("-v", "--verbose"):
+            return token if token in CORE_COMMANDS else None
+    return None
 
 
 def _finish_parser(p: argparse.ArgumentParser) -> None:
@@ -352,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(chosen_command(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

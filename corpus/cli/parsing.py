@@ -17,7 +17,6 @@ Invariants:
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import re
@@ -37,6 +36,8 @@ _INVALID_CHOICE = re.compile(r"argument (?P<arg>[^:]+): invalid choice: '(?P<got
 
 def suggestion(got: str, names: list[str] | tuple[str, ...]) -> str:
     """``" (did you mean 'x'?)"`` for the nearest of ``names``, or ``""`` when none is near."""
+    import difflib  # here: only a mistake needs it
+
     near = difflib.get_close_matches(got, list(names), n=1, cutoff=0.6)
     return f" (did you mean {near[0]!r}?)" if near else ""
 

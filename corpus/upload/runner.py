@@ -45,12 +45,12 @@ from corpus.domain.display import valid_text
 from corpus.domain.errors import InvalidNameError, StorageError
 from corpus.domain.paths import WORST_ACCOUNT_BLOB_URL, check_copy_source
 from corpus.store.settings import Settings
-from corpus.transfer.bloblist import BlobLister, ListingError
+from corpus.transfer.bloblist import MAX_PAGE, ListingError
 from corpus.transfer.hashcache import HashCache, Md5Cache, NullHashCache
 from corpus.transfer.pacing import RateLimiter
 from corpus.upload.plan import Action, Decision, content_type, decide, parse_extensions, relative_name, staged_name
 from corpus.upload.report import Failure, Progress, Summary
-from corpus.upload.sender import RawSender
+from corpus.upload.sender import RawSender, upload_client
 from corpus.upload.walk import LocalDir, retry_dirs, walk
 
 
@@ -86,8 +86,14 @@ _Planned = tuple[str, str, str, tuple[int, int] | None]
 if the walk could stat it. Small on purpose: the planner keeps a few folders of them ahead."""
 
 
-FLAT_LISTING_LIMIT = 5000
+FLAT_LISTING_LIMIT = MAX_PAGE
 """Blobs of the version's staging prefix listed in one request (List Blobs' largest page)."""
+
+_Cached = dict[str, tuple[int, int, str]]
+"""A directory's MD5 cache rows: path → (size, mtime_ns, md5)."""
+
+_SETTLED_UNREAD = (Action.SKIP_STAGED, Action.SKIP_INGESTED)
+"""What a file can be settled as from its cached MD5, without reading it."""
 
 _PLANNED_AHEAD = 8
 """Directories walked, and listed remotely, ahead of the one being decided: listings overlap with
@@ -196,12 +202,7 @@ class Uploader:
         self.opts = opts
         self.settings = settings
         if lister is None or sender is None:
-            credential = None
-            if not settings.connection.connection_string:
-                from corpus.store.storage import identity_credential
-
-                credential = identity_credential(settings.connection)
-            client = BlobLister.from_connection(settings.connection, credential)
+            client = upload_client(settings)
             lister = lister or client
             sender = sender or RawSender(client, settings.staging_container)
         self.lister: Lister = lister
@@ -224,19 +225,28 @@ class Uploader:
     # the rest to ``--concurrency`` workers, which read, hash, decide for real and upload.
 
     def run(self) -> Summary:
+        """Upload the drop; the summary says what happened to each file. Raises
+        :class:`~corpus.transfer.bloblist.ListingError`, having sent nothing, if the version's
+        staging prefix cannot be listed at all."""
         started = time.monotonic()
-        planned: queue.Queue[tuple[str, list[_Planned], dict[str, Future[Remote]]] | None] = queue.Queue(maxsize=_PLANNED_AHEAD)
+        planned: queue.Queue[tuple[str, list[_Planned], dict[str, Future[Remote]], _Cached] | None] = queue.Queue(
+            maxsize=_PLANNED_AHEAD
+        )
         planner = threading.Thread(target=self._plan, args=(planned,), daemon=True, name="corpus-plan")
         workers = _Workers(self.opts.concurrency, self._work)
         # First in the listers' queue, so no folder's listing (which waits for it) can hold its thread.
         self._staged_page = self._listers.submit(self._list_staged_page)
         planner.start()
         try:
+            self._staged_page.result()  # storage down, or refusing to list: nothing is decided, nothing sent
             while (item := planned.get()) is not None:
                 self._decide_dir(*item, workers)
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._stop.set()
+        except ListingError:
+            self._stop.set()
+            raise
         finally:
             self._listers.shutdown(wait=False, cancel_futures=True)
             try:
@@ -272,10 +282,12 @@ class Uploader:
                     names.setdefault(rdir, set()).add(file_name)
                     entries.append((path, rel, rdir, (st.st_size, st.st_mtime_ns) if st is not None else None))
                 listings = {rdir: self._listers.submit(self._list_remote, rdir, frozenset(n)) for rdir, n in names.items()}
-                if not self._put_unless_stopped(planned, (local.path, entries, listings)):
+                cached = self.cache.directory(local.path)  # read here, while the listings are on their way
+                if not self._put_unless_stopped(planned, (local.path, entries, listings, cached)):
                     return
         except Exception as exc:  # noqa: BLE001 - a bug here must not hang the run: report it as the run's failure
-            self._fail(str(self.opts.source), "", f"planning stopped: {type(exc).__name__}: {exc}")
+            if not self._stop.is_set():  # stopped: the listers were shut down under it, nothing to report
+                self._fail(str(self.opts.source), "", f"planning stopped: {type(exc).__name__}: {exc}")
         finally:
             self._put_unless_stopped(planned, None)
 
@@ -290,15 +302,14 @@ class Uploader:
 
     def _list_staged_page(self) -> StagedPage:
         """One flat page of the version's staging prefix (``<domain>/<version>/`` holds nothing
-        else: a version has no ``/``). A failure here is not reported: the folders are listed one
-        by one instead, and their failures are."""
-        try:
-            with self.slots:
-                listed, complete = self.lister.list_page(
-                    self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/", FLAT_LISTING_LIMIT
-                )
-        except ListingError:
-            return NOTHING_LISTED
+        else: a version has no ``/``). It is also the run's reachability check, the first
+        request and the one every decision waits for: if it fails (storage down, which the
+        default lister does not retry before the service has answered once; credentials
+        refused) :meth:`run` raises its :class:`ListingError` before any file is decided."""
+        with self.slots:
+            listed, complete = self.lister.list_page(
+                self.settings.staging_container, f"{self.opts.domain}/{self.opts.version}/", FLAT_LISTING_LIMIT
+            )
         return StagedPage.of(listed, complete)
 
     def _list_remote(self, rdir: str, names: frozenset[str]) -> Remote:
@@ -329,11 +340,15 @@ class Uploader:
         directory: str,
         entries: list[_Planned],
         listings: dict[str, Future[Remote]],
+        cached: _Cached,
         workers: _Workers,
     ) -> None:
-        cached = self.cache.directory(directory)
+        """Hand each file of one local directory to the workers, or settle it here: a file whose
+        cached MD5 (same size and mtime) is what is remote is skipped without being read; those
+        are counted once for the directory (a re-run settles thousands of files here)."""
         remote: dict[str, Remote | ListingError] = {}
         seen = seen_bytes = 0
+        settled = dict.fromkeys(_SETTLED_UNREAD, 0)
         prefix = f"{self.opts.domain}/{self.opts.version}/"
         for path, rel, rdir, stat in entries:
             if self._stop.is_set():
@@ -356,24 +371,25 @@ class Uploader:
                 self._fail(path, staged, f"cannot list what is already remote: {listed}")
                 continue
             name = rel.rpartition("/")[2]
-            task = _Task(path, rel, staged, stat[0], stat[1], listed[0].get(name), listed[1].get(name))
+            staged_md5, original_md5 = listed[0].get(name), listed[1].get(name)
             seen += 1
-            seen_bytes += task.size
-            if not self._settled_from_cache(task, cached.get(path)):
-                workers.put(task)
+            seen_bytes += stat[0]
+            entry = cached.get(path)
+            if entry is not None and entry[0] == stat[0] and entry[1] == stat[1]:
+                action = decide(entry[2], staged_md5, original_md5).action
+                if action in settled:
+                    settled[action] += 1
+                    continue
+                # to upload or a conflict: a worker reads the file and decides for real
+            workers.put(_Task(path, rel, staged, stat[0], stat[1], staged_md5, original_md5))
         with self._lock:
             self.summary.seen_files += seen
             self.summary.seen_bytes += seen_bytes
-
-    def _settled_from_cache(self, task: _Task, entry: tuple[int, int, str] | None) -> bool:
-        """Skip a file already remote with the MD5 cached for its size and mtime, without reading it."""
-        if entry is None or entry[:2] != (task.size, task.mtime_ns):
-            return False
-        action = decide(entry[2], task.staged_md5, task.original_md5).action
-        if action not in (Action.SKIP_STAGED, Action.SKIP_INGESTED):
-            return False  # to upload or a conflict: a worker reads the file and decides for real
-        self._count(action, task, 0)
-        return True
+            self.summary.already_staged += settled[Action.SKIP_STAGED]
+            self.summary.already_ingested += settled[Action.SKIP_INGESTED]
+        if self.progress:
+            for _ in range(sum(settled.values())):
+                self.progress.tick(0, None)
 
     def _work(self, tasks: queue.Queue[_Task | None]) -> None:
         while (task := tasks.get()) is not None:

@@ -3,7 +3,7 @@
 A first upload of thousands of ~100 KB files is CPU-bound in the client on a fast link: the SDK's
 per-request pipeline (policies, model serialisation, ``requests``/``urllib3``) costs several times
 the transfer's own work. The one write ``corpus upload`` needs is a single-shot Put Blob, so it is
-sent the way :mod:`corpus.transfer.bloblist` sends its listings: ``http.client`` keep-alive
+sent the way :mod:`corpus.transfer.bloblist` sends its listings: keep-alive socket
 connections (``requests`` when a proxy is configured), signed with Shared Key, a SAS or a bearer
 token, transient failures retried with the same back-off. The contract is the SDK sender's:
 
@@ -19,16 +19,31 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import threading
 import time
 from urllib.parse import quote
 
 from corpus.domain.errors import StorageError
+from corpus.store.settings import Settings
 from corpus.transfer import bloblist
 from corpus.transfer.bloblist import BlobLister
 
 _TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def upload_client(settings: Settings) -> BlobLister:
+    """The one client ``corpus upload`` lists and sends with: the connection string's key or
+    SAS, else the identity's tokens. It does not retry a service that has never answered, so
+    that storage that is down is one line in seconds (its first listing is the reachability
+    check)."""
+    credential = None
+    if not settings.connection.connection_string:
+        from corpus.store.storage import identity_credential
+
+        credential = identity_credential(settings.connection)
+    client = BlobLister.from_connection(settings.connection, credential)
+    client.retry_unreached = False
+    return client
 
 
 class RawSender:
@@ -69,6 +84,8 @@ class RawSender:
         return hashlib.md5(body, usedforsecurity=False).hexdigest()
 
     def _ensure_container(self) -> None:
+        if self._created:  # every put but the first few: no lock (32 workers queued on it, cProfile)
+            return
         with self._lock:
             if self._created:
                 return
@@ -92,7 +109,7 @@ class RawSender:
             headers = self.lister.signed(verb, url, query, extra)  # a fresh date for each attempt
             try:
                 status, response_headers, data = bloblist._transport().send(verb, url, headers, body)
-            except (OSError, http.client.HTTPException) as exc:
+            except OSError as exc:  # refused, reset, timeout, TLS, a malformed answer (bloblist.ProtocolError)
                 last = f"cannot reach {self.lister.account_url}: {type(exc).__name__}: {exc}"
                 continue
             if status in ok:
