@@ -135,7 +135,7 @@ def channel_spread(small: Image.Image) -> np.ndarray[Any, Any]:
 
     Element-wise over the three channel planes rather than ``max(axis=2) - min(axis=2)``: numpy's
     reductions along a 3-long last axis cost ~2 ms on GREY_SIDE² pixels, this ~0.1 ms, with the
-    same values (max >= min, so the ``uint8`` difference never wraps). A tenth of a thumbnail
+    same values (max >= min, so the ``uint8`` difference never wraps). About 8 % of a thumbnail
     render used to go there (docs/benchmarks.md, "Thumbnails, issue 26 round 3").
     """
     rgb = np.asarray(small)
