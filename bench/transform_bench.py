@@ -6,15 +6,25 @@ for ImageMagick, the peak of the forked `convert` processes). Then jobs/s end to
 request fanned out and run through `corpus host` on a private Azurite.
 
     .venv/bin/python bench/transform_bench.py --images 12 --e2e-images 24
+
+``--rounds N`` runs the three contenders N times, interleaved (corpus, pyvips, ImageMagick, corpus,
+…), and reports each one's median rate and CPU time per image as well as every round's ratios: on a
+shared machine one round's ratio moves by tens of per cent with the neighbours' load, and the CPU
+time (user + system over all threads; for ImageMagick, of the forked processes) moves much less.
+``--profile N`` prints the cProfile of N corpus renders (one child, after a warm-up), top entries by
+own time.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import io
 import json
 import os
+import pstats
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,10 +71,15 @@ def peak_mb() -> float:
     return _status_kb("VmHWM") / 1024
 
 
+def _cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_child(method: str, files: list[str]) -> dict:
     """Runs inside the child: time every image, report time and memory growth."""
     datas = [Path(f).read_bytes() for f in files]
-    if method == "corpus":
+    if method in ("corpus", "profile"):
         from corpus.domain import transforms
 
         args = transforms.canonical("thumbnail", {"size": SIZE})
@@ -91,10 +106,19 @@ def run_child(method: str, files: list[str]) -> dict:
                 return im.size
 
     one(datas[0], files[0])  # warm up: codec initialisation
+    if method == "profile":
+        profile = cProfile.Profile()
+        profile.runcall(lambda: [one(d, f) for d, f in zip(datas, files, strict=True)])
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(12)
+        return {"method": method, "images": len(files), "profile": text.getvalue()}
+    who = resource.RUSAGE_CHILDREN if method == "imagemagick" else resource.RUSAGE_SELF
     base = reset_peak()  # after imports, inputs and warm-up: what follows is per-image working memory
+    cpu0 = _cpu_seconds(who)
     t0 = time.perf_counter()
     sizes = [one(d, f) for d, f in zip(datas, files, strict=True)]
     elapsed = time.perf_counter() - t0
+    cpu = _cpu_seconds(who) - cpu0
     peak = peak_mb()
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {
@@ -102,6 +126,7 @@ def run_child(method: str, files: list[str]) -> dict:
         "images": len(files),
         "seconds": elapsed,
         "images_per_s": len(files) / elapsed,
+        "cpu_ms_per_image": round(cpu / len(files) * 1000, 2),
         "peak_working_set_mb": round(peak - base, 1) if method != "imagemagick" else None,
         "peak_child_rss_mb": round(children, 1) if method == "imagemagick" else None,
         "output": sizes[0],
@@ -150,6 +175,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=12)
     ap.add_argument("--e2e-images", type=int, default=24)
+    ap.add_argument("--rounds", type=int, default=1, help="run the contenders this many times, interleaved (0: only --profile)")
+    ap.add_argument("--profile", type=int, default=0, help="print the cProfile of this many corpus renders")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -165,19 +192,41 @@ def main() -> None:
             path.write_bytes(make_photo(i))
             files.append(str(path))
         mean_mb = sum(os.path.getsize(f) for f in files) / len(files) / 1e6
-        results = {}
-        for method in ("corpus", "pyvips", "imagemagick"):
+
+        def child(method: str, paths: list[str]) -> dict:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", method, *files], capture_output=True, text=True, check=True
+                [sys.executable, __file__, "--child", method, *paths], capture_output=True, text=True, check=True
             )
-            results[method] = json.loads(out.stdout.strip().splitlines()[-1])
-        report = {
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        if args.profile:
+            profiled = [files[i % len(files)] for i in range(args.profile)]
+            print(child("profile", profiled)["profile"])
+            if args.rounds == 0:
+                return
+        methods = ("corpus", "pyvips", "imagemagick")
+        rounds = [{m: child(m, files) for m in methods} for _ in range(max(1, args.rounds))]
+        results = {m: dict(rounds[len(rounds) // 2][m]) for m in methods}
+        for m in methods:
+            results[m]["images_per_s"] = statistics.median(r[m]["images_per_s"] for r in rounds)
+            results[m]["cpu_ms_per_image"] = statistics.median(r[m]["cpu_ms_per_image"] for r in rounds)
+        report: dict = {
             "images": args.images,
             "source": f"4000x3000 JPEG q92, mean {mean_mb:.1f} MB",
             "results": results,
             "ratio_corpus_vs_pyvips": round(results["corpus"]["images_per_s"] / results["pyvips"]["images_per_s"], 2),
             "ratio_corpus_vs_imagemagick": round(results["corpus"]["images_per_s"] / results["imagemagick"]["images_per_s"], 2),
+            "cpu_ratio_corpus_vs_pyvips": round(results["pyvips"]["cpu_ms_per_image"] / results["corpus"]["cpu_ms_per_image"], 2),
         }
+        if len(rounds) > 1:
+            report["rounds"] = [
+                {
+                    "images_per_s": {m: round(r[m]["images_per_s"], 2) for m in methods},
+                    "cpu_ms_per_image": {m: r[m]["cpu_ms_per_image"] for m in methods},
+                    "ratio_corpus_vs_pyvips": round(r["corpus"]["images_per_s"] / r["pyvips"]["images_per_s"], 2),
+                }
+                for r in rounds
+            ]
         if args.e2e_images:
             e2e_dir = tmp / "e2e"
             e2e_dir.mkdir()

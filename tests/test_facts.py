@@ -56,6 +56,25 @@ def test_grey_flag_flat_and_blurred_pictures() -> None:
     assert blurred.sharpness < sharp.sharpness / 4
 
 
+def test_channel_spread_is_max_minus_min_of_the_channels_and_the_grey_flag_counts_it() -> None:
+    rng = np.random.default_rng(26)
+    extremes = np.array([[[0, 255, 0], [255, 0, 255], [12, 0, 0], [13, 0, 0], [0, 0, 255], [7, 7, 7]]], dtype=np.uint8)
+    for rgb in (rng.integers(0, 256, (64, 48, 3), dtype=np.uint8), extremes):
+        reference = rgb.astype(np.int16).max(axis=2) - rgb.astype(np.int16).min(axis=2)  # the definition
+        spread = channel_spread(Image.fromarray(rgb, "RGB"))
+        assert spread.shape == reference.shape and spread.tolist() == reference.tolist()
+    assert channel_spread(Image.fromarray(extremes, "RGB")).tolist() == [[255, 255, 12, 13, 255, 0]]
+    # At the tolerance a pixel is still grey; one level above, it is an outlier, and the flag
+    # turns once more than GREY_OUTLIERS of the pixels are.
+    side = 100
+    limit = int(GREY_OUTLIERS * side * side)
+    for outliers, expected in ((limit, True), (limit + 1, False)):
+        rgb = np.full((side, side, 3), 128, dtype=np.uint8)
+        rgb[0, :, 0] = 128 + GREY_TOLERANCE  # a whole row at the tolerance: grey
+        rgb.reshape(-1, 3)[side : side + outliers, 2] = 128 + GREY_TOLERANCE + 1
+        assert is_grey("RGB", Image.fromarray(rgb, "RGB")) is expected
+
+
 def test_palette_and_16_bit_modes_have_facts() -> None:
     for img in (picture(8).convert("P"), picture(8).convert("L").convert("I;16"), picture(8).convert("RGBA")):
         out = io.BytesIO()

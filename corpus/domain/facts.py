@@ -127,18 +127,21 @@ def is_grey(mode: str, small: Image.Image) -> bool:
     """See :data:`GREY_TOLERANCE`: a grey mode, or colour channels that (nearly) agree everywhere."""
     if mode in _GREY_MODES or small.mode == "L":
         return True
-    return bool(int(np.count_nonzero(channel_spread(small) > GREY_TOLERANCE)) <= GREY_OUTLIERS * small.width * small.height)
+    return bool(int(np.count_nonzero(channel_spread(small) > GREY_TOLERANCE)) <= GREY_OUTLIERS * small.size[0] * small.size[1])
 
 
 def channel_spread(small: Image.Image) -> np.ndarray[Any, Any]:
-    """Per pixel, the largest minus the smallest of the R, G, B levels of an ``RGB`` image.
+    """Per pixel of an ``RGB`` image, its largest channel minus its smallest (``uint8``, 0-255).
 
-    Element-wise over the three channel planes: numpy's ``max(axis=2)`` reduces over an inner
-    axis of length 3, which took ~1 ms per 256² image, a fifth of ingest's facts.
+    Element-wise over the three channel planes rather than ``max(axis=2) - min(axis=2)``: numpy's
+    reductions along a 3-long last axis cost ~2 ms on GREY_SIDE² pixels, this ~0.1 ms, with the
+    same values (max >= min, so the ``uint8`` difference never wraps). About 8 % of a thumbnail
+    render used to go there (docs/benchmarks.md, "Thumbnails, issue 26 round 3").
     """
-    rgb = np.asarray(small, dtype=np.uint8)
+    rgb = np.asarray(small)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    return np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # uint8: max >= min, no wrap
+    spread: np.ndarray[Any, Any] = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    return spread
 
 
 def laplacian_variance(grey: np.ndarray[Any, Any]) -> float:
