@@ -464,7 +464,7 @@ class LeanTransport(HttpTransport[Any, Any]):
             return None
         port = url.port or (443 if scheme == "https" else 80)
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        if not target.isascii() or any(c.isspace() or ord(c) < 32 for c in target):
+        if not target.isascii() or not target.isprintable() or " " in target:  # controls, DEL, spaces
             return None
         if any(seg in (".", "..") for seg in (url.path or "").split("/")):
             # urllib3 removes dot segments (RFC 3986 5.2.4) before sending, and the signature was
@@ -488,7 +488,7 @@ class LeanTransport(HttpTransport[Any, Any]):
             default = 443 if scheme == "https" else 80
             host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname  # an IPv6 literal keeps its brackets
             lines.append(f"Host: {host}" + (f":{port}" if port != default else ""))
-        for name, value in headers.items():
+        for name, value in _items(headers):
             text = str(value)
             if _UNSAFE.intersection(name) or _UNSAFE.intersection(text) or ":" in name:
                 raise ValueError(f"invalid header {name!r}")  # as http.client refuses it
@@ -574,11 +574,11 @@ class LeanTransport(HttpTransport[Any, Any]):
         if len(status_line) > MAX_LINE or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
             conn.close()
             raise ServiceResponseError(f"not an HTTP response: {status_line[:80]!r}")
-        headers: MutableMapping[str, str] = case_insensitive_dict()
+        store: dict[str, tuple[str, str]] = {}  # lower-case name -> (name as sent, value)
         for _ in range(MAX_HEADERS + 1):
             line = conn.rfile.readline(MAX_LINE + 1)
             if line in (b"\r\n", b"\n"):
-                return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+                return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "", _headers(store)
             if not line or len(line) > MAX_LINE:
                 conn.close()
                 raise ServiceResponseError("the response's headers are cut short or too long")
@@ -586,7 +586,9 @@ class LeanTransport(HttpTransport[Any, Any]):
             if not sep:
                 continue
             name, value = name.strip(), value.strip()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            key = name.lower()
+            seen = store.get(key)
+            store[key] = (seen[0], f"{seen[1]}, {value}") if seen else (name, value)
         conn.close()
         raise ServiceResponseError(f"more than {MAX_HEADERS} response headers")
 
@@ -638,6 +640,28 @@ def _dropped(conn: _Connection) -> bool:
     except (OSError, ValueError):
         return True
     return bool(readable)  # pragma: no cover - Windows
+
+
+def _headers(store: dict[str, tuple[str, str]]) -> MutableMapping[str, str]:
+    """azure-core's case-insensitive headers, filled in one step: its ``__setitem__`` per header was
+    a visible share of a request's CPU. The store is the shape ``CaseInsensitiveDict`` keeps (lower-case
+    name -> (name as sent, value)); where that class is not what it was, the mapping is built item by item."""
+    headers = case_insensitive_dict()
+    if isinstance(getattr(headers, "_store", None), dict):
+        headers._store = store  # type: ignore[attr-defined]
+    else:  # pragma: no cover - another azure-core
+        for name, value in store.values():
+            headers[name] = value
+    return headers
+
+
+def _items(headers: Any) -> Iterator[tuple[str, Any]]:
+    """The request's headers as (name, value), without a ``__getitem__`` per name when they are
+    azure-core's ``CaseInsensitiveDict`` (whose ``items()`` is the generic, slower, view)."""
+    store = getattr(headers, "_store", None)
+    if isinstance(store, dict) and all(isinstance(v, tuple) and len(v) == 2 for v in store.values()):
+        return iter(store.values())
+    return iter(headers.items())
 
 
 class _Stale(Exception):
