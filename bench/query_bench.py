@@ -62,20 +62,35 @@ class RequestCounter:
         self.lock = threading.Lock()
         self.on = True
         shared_session().hooks["response"].append(self.hook)
+        # the SDK's requests through corpus's own transport (corpus.store.lean_http) are counted too
+        from corpus.store import lean_http
+
+        exchange = lean_http.LeanTransport._exchange
+        counter = self
+
+        def counted(transport: Any, key: Any, head: bytes, body: bytes, method: str, *args: Any, **kwargs: Any) -> Any:
+            target = head.split(b" ", 2)[1].decode("latin-1")
+            counter.count(f"http://{key[1]}:{key[2]}{target}", method, body)
+            return exchange(transport, key, head, body, method, *args, **kwargs)
+
+        lean_http.LeanTransport._exchange = counted  # type: ignore[method-assign]
 
     def hook(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        self.count(response.request.url, response.request.method or "", response.request.body)
+
+    def count(self, request_url: str, method: str, request_body: Any) -> None:
         if not self.on:
             return
-        url = urlparse(response.request.url)
+        url = urlparse(request_url)
         service = self.by_port.get(url.port or 0, "?")
-        kind = f"{service} {response.request.method}"
+        kind = f"{service} {method}"
         if service == "queue":
             kind += " message" if "/messages" in url.path else ""
         if service == "blob" and "comp=batch" in (url.query or ""):
             kind += " batch"  # Blob Batch: the staged blobs' deletes (corpus/store/groupdelete.py)
         if service == "table":
             table = (url.path.split("/")[2:3] or [""])[0]  # Azurite: /<account>/<table>(…)
-            body = response.request.body or b""
+            body = request_body or b""
             batch = table == "$batch"
             if table.startswith(TABLE_DUPES) or (batch and f"/{TABLE_DUPES}".encode() in _bytes(body)):
                 kind = "index " + kind  # the duplicate index (issue 19): listed apart

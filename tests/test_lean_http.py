@@ -1120,6 +1120,18 @@ def test_clients_choose_the_transport_from_the_environment(
             assert isinstance(_transport_of(service).fallback, RequestsTransport)
 
 
+def test_client_timeouts_reach_both_transports(azurite_clients: Clients, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAIL_FAST's 5 s to connect: a client handed a transport never passes it on, so Clients does."""
+    from corpus.store.storage import FAIL_FAST
+
+    monkeypatch.delenv("CORPUS_HTTP", raising=False)
+    transport = _transport_of(Clients(azurite_clients.connection, options=dict(FAIL_FAST)).blob)
+    assert isinstance(transport, LeanTransport) and transport._timeouts == (5.0, lean_http.DEFAULT_TIMEOUT)
+    assert transport.fallback.connection_config.timeout == 5
+    default = _transport_of(Clients(azurite_clients.connection).blob)
+    assert default._timeouts == (lean_http.DEFAULT_TIMEOUT, lean_http.DEFAULT_TIMEOUT)
+
+
 @pytest.mark.parametrize("transport", ["lean", "requests"])
 def test_a_5mb_blob_goes_up_in_blocks_and_down_in_ranges(
     azurite_clients: Clients, monkeypatch: pytest.MonkeyPatch, transport: str

@@ -400,9 +400,17 @@ class _BodyStream:
 class LeanTransport(HttpTransport[Any, Any]):
     """The storage clients' transport: HTTP/1.1 on pooled sockets, ``fallback`` for what it does not serve."""
 
-    def __init__(self, fallback: RequestsTransport, verify: bool | str = True) -> None:
+    def __init__(
+        self,
+        fallback: RequestsTransport,
+        verify: bool | str = True,
+        *,
+        connection_timeout: float = DEFAULT_TIMEOUT,
+        read_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         self.fallback = fallback
         self._verify = verify
+        self._timeouts = (_seconds(connection_timeout), _seconds(read_timeout))
         self._ssl: ssl.SSLContext | None = None
         self._ssl_lock = threading.Lock()
 
@@ -423,8 +431,8 @@ class LeanTransport(HttpTransport[Any, Any]):
         if plan is None:
             return self.fallback.send(request, **kwargs)
         key, head, body = plan
-        connect_timeout = _seconds(kwargs.get("connection_timeout"))
-        read_timeout = _seconds(kwargs.get("read_timeout"))
+        connect_timeout = _seconds(kwargs.get("connection_timeout"), self._timeouts[0])
+        read_timeout = _seconds(kwargs.get("read_timeout"), self._timeouts[1])
         stream = bool(kwargs.get("stream", False))
         raw = self._exchange(key, head, body, request.method.upper(), connect_timeout, read_timeout)
         response = HttpResponseImpl(
@@ -668,10 +676,10 @@ class _Stale(Exception):
     """A reused connection that the server had closed: safe to send the request again."""
 
 
-def _seconds(value: Any) -> float:
+def _seconds(value: Any, default: float = DEFAULT_TIMEOUT) -> float:
     if isinstance(value, int | float) and value > 0:
         return float(value)
-    return DEFAULT_TIMEOUT
+    return default
 
 
 def _default_bundle() -> str | None:

@@ -32,15 +32,20 @@ def identity_credential(connection: Connection) -> Any:
     return DefaultAzureCredential(managed_identity_client_id=connection.client_id)
 
 
-def _transport() -> HttpTransport[Any, Any]:
+def _transport(options: dict[str, Any] | None = None) -> HttpTransport[Any, Any]:
     """The storage clients' transport: :class:`~corpus.store.lean_http.LeanTransport` over the
     shared ``requests`` session, which serves what the lean one hands on (and everything when a
-    proxy is configured, or ``CORPUS_HTTP=requests``)."""
+    proxy is configured, or ``CORPUS_HTTP=requests``).
+
+    The clients' ``connection_timeout``/``read_timeout`` options are given to the transports here:
+    a client handed a transport never passes them on (``FAIL_FAST``'s 5 s reached neither before)."""
+    opts = options or {}
+    timeouts = {k: float(opts[k]) for k in ("connection_timeout", "read_timeout") if isinstance(opts.get(k), int | float)}
     # verify per request as requests itself would (the session no longer reads the environment)
-    fallback = RequestsTransport(session=shared_session(), session_owner=False, connection_verify=ca_verify())
+    fallback = RequestsTransport(session=shared_session(), session_owner=False, connection_verify=ca_verify(), **timeouts)
     if proxies_configured() or not lean_enabled():
         return cast("HttpTransport[Any, Any]", fallback)
-    return LeanTransport(fallback, ca_verify())
+    return LeanTransport(fallback, ca_verify(), **timeouts)
 
 
 def stored_md5(props: BlobProperties) -> str:
@@ -108,8 +113,8 @@ class Clients:
     def _service(self, cls: Any, uri: str | None, options: dict[str, Any]) -> Any:
         """A service client from the connection string, or from the service URI and identity."""
         if self.connection.connection_string:
-            return cls.from_connection_string(self.connection.connection_string, transport=_transport(), **options)
-        return cls(uri or "", credential=self.credential, transport=_transport(), **options)
+            return cls.from_connection_string(self.connection.connection_string, transport=_transport(options), **options)
+        return cls(uri or "", credential=self.credential, transport=_transport(options), **options)
 
     @cached_property
     def blob(self) -> BlobServiceClient:
