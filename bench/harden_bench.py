@@ -519,7 +519,10 @@ def pullmemory(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class WireCounter:
-    """Counts requests per service and table entity operations, from the shared session's responses."""
+    """Counts requests per service and table entity operations, from the shared session's responses.
+
+    It reads responses (entities per query page) through ``requests``' hooks, so the runs that use
+    it set ``CORPUS_HTTP=requests``: what is sent is the same on either transport."""
 
     def __init__(self, ports: dict[str, int]) -> None:
         self.by_port = {str(p): s for s, p in ports.items()}
@@ -554,6 +557,7 @@ class WireCounter:
 
 
 def requests_per_image(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ["CORPUS_HTTP"] = "requests"  # WireCounter reads requests' response hooks
     from corpus.app import ingest
     from corpus.app.runtime import Runtime
     from corpus.domain.messages import CopyRequest

@@ -65,15 +65,7 @@ class RequestCounter:
         # the SDK's requests through corpus's own transport (corpus.store.lean_http) are counted too
         from corpus.store import lean_http
 
-        exchange = lean_http.LeanTransport._exchange
-        counter = self
-
-        def counted(transport: Any, key: Any, head: bytes, body: bytes, method: str, *args: Any, **kwargs: Any) -> Any:
-            target = head.split(b" ", 2)[1].decode("latin-1")
-            counter.count(f"http://{key[1]}:{key[2]}{target}", method, body)
-            return exchange(transport, key, head, body, method, *args, **kwargs)
-
-        lean_http.LeanTransport._exchange = counted  # type: ignore[method-assign]
+        lean_http.observe(self.count)
 
     def hook(self, response: Any, *args: Any, **kwargs: Any) -> None:
         self.count(response.request.url, response.request.method or "", response.request.body)

@@ -321,3 +321,21 @@ def ingest(env: dict[str, str], clients: Any, app_dir: Path, files: dict[str, by
     for name, data in files.items():
         st.upload_blob(name, data, content_settings=ContentSettings(content_type="image/jpeg"))
     run_host(env, app_dir)
+
+
+@contextmanager
+def requests_seen() -> Iterator[list[str]]:
+    """The URL of every storage request this process sends while inside: through corpus's own
+    transport (``corpus.store.lean_http.observe``) and through the shared ``requests`` session."""
+    from corpus.store import lean_http
+    from corpus.store.http import shared_session
+
+    seen: list[str] = []
+    stop = lean_http.observe(lambda method, url, body: seen.append(url))
+    hook = lambda response, *a, **k: seen.append(response.request.url)  # noqa: E731
+    shared_session().hooks["response"].append(hook)
+    try:
+        yield seen
+    finally:
+        stop()
+        shared_session().hooks["response"].remove(hook)

@@ -78,8 +78,10 @@ SAS_CONNECTION = (
 )
 
 
-def test_sas_signatures_are_never_printed(tmp_path) -> None:
-    """A CLI error with a SAS connection to a dead endpoint; ``upload --json`` and the failures file."""
+@pytest.mark.parametrize("transport", ["lean", "requests"])
+def test_sas_signatures_are_never_printed(tmp_path, transport: str) -> None:
+    """A CLI error with a SAS connection to a dead endpoint; ``upload --json`` and the failures file.
+    requests' errors quote the URL (redacted here); corpus's own transport names only host and port."""
     import json
     import os
 
@@ -87,9 +89,10 @@ def test_sas_signatures_are_never_printed(tmp_path) -> None:
     from tests.support import run_cli
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CORPUS_", "CorpusStorage"))}
-    env.update(CorpusStorage=SAS_CONNECTION, CORPUS_CACHE_DIR=str(tmp_path / "cache"))
+    env.update(CorpusStorage=SAS_CONNECTION, CORPUS_CACHE_DIR=str(tmp_path / "cache"), CORPUS_HTTP=transport)
     status = run_cli(env, tmp_path, "status")
-    assert status.returncode == 1 and "sig=REDACTED" in status.stderr
+    assert status.returncode == 1 and "cannot reach storage" in status.stderr
+    assert ("sig=REDACTED" in status.stderr) == (transport == "requests")
     assert "SECRETSIG" not in status.stdout + status.stderr
 
     # What a dead endpoint makes `corpus upload` report (measured: 35 s of retries, so built here).

@@ -146,18 +146,13 @@ def test_reindex_resumes_from_its_token_and_skips_index_rows(rt):
 
 def test_several_tags_cost_requests_by_the_most_selective_one(rt):
     from corpus.domain.paths import SetRef
-    from corpus.store.http import shared_session
+    from tests.support import requests_seen
 
     for i in range(300):
         tags = ["all"] + (["rare"] if i % 100 == 7 else [])
         rt.catalog.sets.ensure(SetRef("birds", ("all", f"s{i:03d}"), "v1"), tags, "x/")
-    seen: list[str] = []
-    hook = lambda response, *a, **k: seen.append(response.request.url)  # noqa: E731
-    shared_session().hooks["response"].append(hook)
-    try:
+    with requests_seen() as seen:
         rows = list(rt.catalog.sets.query("birds", ("all", "rare"), originals_only=True))
-    finally:
-        shared_session().hooks["response"].remove(hook)
     assert [r.path for r in rows] == ["all/s007", "all/s107", "all/s207"]
     # 16 rows of 'all', all 3 of 'rare' (ended), then the 3 sets by point reads (an 'or' of RowKeys
     # is a partition scan for the Table service, issue 25 R4)

@@ -48,7 +48,7 @@ import socket
 import ssl
 import threading
 import zlib
-from collections.abc import Generator, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Generator, Iterator, Mapping, MutableMapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -126,6 +126,17 @@ class _Pool:
 
 
 _pool = _Pool()
+
+Observer = Callable[[str, str, bytes], None]
+_observers: list[Observer] = []
+
+
+def observe(observer: Observer) -> Callable[[], None]:
+    """Call ``observer(method, url, body)`` before each request this transport sends itself (what
+    ``requests``' response hooks were to benchmarks and tests that count requests on the wire);
+    returns the function that removes it. What goes to the fallback shows in the session's hooks."""
+    _observers.append(observer)
+    return lambda: _observers.remove(observer)
 
 
 def _forget_in_child() -> None:
@@ -431,6 +442,8 @@ class LeanTransport(HttpTransport[Any, Any]):
         if plan is None:
             return self.fallback.send(request, **kwargs)
         key, head, body = plan
+        for observer in _observers:
+            observer(request.method.upper(), request.url, body)
         connect_timeout = _seconds(kwargs.get("connection_timeout"), self._timeouts[0])
         read_timeout = _seconds(kwargs.get("read_timeout"), self._timeouts[1])
         stream = bool(kwargs.get("stream", False))
