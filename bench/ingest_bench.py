@@ -103,6 +103,12 @@ def main() -> None:
     ap.add_argument("--photolike", action="store_true", help="distinct photo-like pictures (tests/photolike.py)")
     ap.add_argument("--count-requests", action="store_true", help="count the host's storage requests on the wire")
     ap.add_argument("--ingest", choices=("direct", "queued"), default="direct", help="CORPUS_INGEST for the host")
+    ap.add_argument(
+        "--peer-transport",
+        choices=("lean", "requests"),
+        default="lean",
+        help="the raw copy's HTTP transport (CORPUS_HTTP for the peer's client only)",
+    )
     ap.add_argument("--blob-parallelism", type=int, help="override host.json's extensions.blobs.maxDegreeOfParallelism")
     args = ap.parse_args()
 
@@ -159,8 +165,25 @@ def main() -> None:
 
             clients.ensure(containers=("rawcopy2",))
 
+            def peer_clients() -> Clients:
+                """The raw copy's client: corpus's transport (the default), or azure-core's own
+                (``--peer-transport requests``, what the peer ran on before issue 26's lean transport)."""
+                saved = os.environ.get("CORPUS_HTTP")
+                os.environ["CORPUS_HTTP"] = args.peer_transport
+                try:
+                    made = Clients(Connection(connection_string=az.connection_string))
+                    made.blob  # noqa: B018 - built now, while CORPUS_HTTP says which transport
+                    return made
+                finally:
+                    if saved is None:
+                        del os.environ["CORPUS_HTTP"]
+                    else:
+                        os.environ["CORPUS_HTTP"] = saved
+
+            peer = peer_clients()
+
             def raw_copy_s(container: str, threads: int) -> float:
-                raw = clients.container(container)
+                raw = peer.container(container)
 
                 def copy(name: str) -> None:
                     src = staging.get_blob_client(name)
@@ -207,6 +230,7 @@ def main() -> None:
         "worker_threads": summary.get("worker_threads"),
         "max_copies_in_flight": summary.get("max_in_flight", {}).get(copier),
         "raw_copy_images_per_s": round(raw_rate, 1),
+        "peer_transport": args.peer_transport,
         "pipeline_images_per_s": round(pipe_rate, 1),
         "pipeline_wall_s_including_host_start": round(wall_s, 2),
         "ratio_pipeline_to_raw": round(pipe_rate / raw_rate, 3),
