@@ -1,11 +1,13 @@
 """CPU per storage request through the SDKs: corpus's transport (``CORPUS_HTTP=lean``) vs azure-core's
-``RequestsTransport`` (``CORPUS_HTTP=requests``), the same calls on one private Azurite.
+``RequestsTransport`` (``CORPUS_HTTP=requests``), the same calls on one private Azurite; and, with
+``--server-cpu``, Azurite's own CPU per request of each kind ingest makes (8 client threads).
 
 Each transport runs in its own child process (imports, pools and caches its own), one thread, after
 a warm-up call; what is reported is the child's CPU time (user + system) per call, which is what a
 host whose threads share one GIL runs out of, and the wall time per call.
 
     .venv/bin/python bench/transport_bench.py --calls 300
+    .venv/bin/python bench/transport_bench.py --calls 300 --server-cpu
 """
 
 from __future__ import annotations
@@ -63,9 +65,63 @@ def child(connection_string: str, calls: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def _process_cpu(pid: int) -> float:
+    """user + system seconds of ``pid`` and its children (Azurite runs under a node launcher)."""
+    total = 0.0
+    kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for p in [pid, *map(int, kids)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def server_cpu(az: object, calls: int) -> dict[str, float]:
+    """Azurite's CPU (ms) per request of each kind, 8 client threads, after ``calls`` 100 KB blobs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from corpus.store.settings import Connection
+    from corpus.store.storage import Clients
+
+    pid = az.proc.pid  # type: ignore[attr-defined]
+    clients = Clients(Connection(connection_string=az.connection_string))  # type: ignore[attr-defined]
+    clients.ensure(containers=("src", "dst"), queues=("srvq",), tables=("srvt",))
+    src, dst = clients.container("src"), clients.container("dst")
+    q, t = clients.queue_client("srvq"), clients.table_client("srvt")
+    data = os.urandom(100_000)
+    out: dict[str, float] = {}
+
+    def measure(name: str, call: Callable[[int], object], n: int = calls) -> None:
+        c0 = _process_cpu(pid)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(call, range(n)))
+        out[name] = round(1000 * (_process_cpu(pid) - c0) / n, 3)
+
+    measure("Put Blob 100 KB", lambda i: src.upload_blob(f"b{i}", data, overwrite=True))
+    c0 = _process_cpu(pid)
+    for _ in range(20):
+        list(src.list_blobs())
+    out[f"List Blobs, per listed blob ({calls} blobs)"] = round(1000 * (_process_cpu(pid) - c0) / (20 * calls), 4)
+    measure("Get Blob Properties (HEAD)", lambda i: src.get_blob_client(f"b{i}").get_blob_properties())
+    measure("Get Blob 100 KB", lambda i: src.get_blob_client(f"b{i}").download_blob().readall())
+    measure("Copy Blob 100 KB", lambda i: dst.get_blob_client(f"b{i}").start_copy_from_url(src.get_blob_client(f"b{i}").url))
+    measure("Delete Blob", lambda i: dst.get_blob_client(f"b{i}").delete_blob())
+    measure("Put Message", lambda i: q.send_message("x" * 200))
+    measure("Insert Or Replace Entity", lambda i: t.upsert_entity({"PartitionKey": "p", "RowKey": f"r{i}", "A": 1}))
+    measure("Query Entity (point)", lambda i: t.get_entity("p", f"r{i}"))
+    measure(
+        "$batch of 5 upserts",
+        lambda i: t.submit_transaction([("upsert", {"PartitionKey": f"q{i}", "RowKey": f"r{j}", "A": 1}) for j in range(5)]),
+    )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--server-cpu", action="store_true", help="also Azurite's CPU per request of each kind")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -82,6 +138,7 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--calls", str(args.calls), "--child", az.connection_string]
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 results[transport] = json.loads(done.stdout)
+            server = server_cpu(az, args.calls) if args.server_cpu else None
         finally:
             az.stop()
     table = {
@@ -94,7 +151,11 @@ def main() -> None:
         }
         for op in results["lean"]
     }
-    print(json.dumps({"calls": args.calls, "per_call": table, "load_average": [round(x, 2) for x in os.getloadavg()]}, indent=2))
+    report: dict[str, object] = {"calls": args.calls, "per_call": table}
+    if server is not None:
+        report["azurite_cpu_ms_per_request"] = server
+    report["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
