@@ -295,3 +295,65 @@ def test_a_queue_named_poison_has_no_poison_queue_so_failures_are_parked_not_poi
     assert summary["poisoned"] == []
     assert over.get_queue_properties().approximate_message_count == 1  # still there, until its TTL
     assert clients.queue_client("boom-poison-poison").get_queue_properties().approximate_message_count == 0
+
+
+def test_the_blob_event_source_outlives_storage_errors_and_sends_each_blob_once() -> None:
+    """An unreachable service (an AzureError that is not an HTTP response) in the listing, the
+    backlog probe or a send is logged and tried again next round; the thread never dies, and only
+    what was queued is remembered (at least once)."""
+    import threading
+
+    from azure.core.exceptions import ServiceRequestError
+
+    from corpus.devhost.listeners import BlobListener
+    from corpus.transfer.bloblist import Listed
+
+    stop = threading.Event()
+    rounds, probes = itertools.count(), itertools.count()
+    sent: list[str] = []
+    receipts: list[list[str]] = []
+
+    class Lister:
+        def list_versions(self, container: str) -> Any:
+            n = next(rounds)
+            if n == 0:
+                raise ServiceRequestError("connection refused")
+            if n >= 3:
+                stop.set()
+            yield Listed("d/v1/a.jpg", "0x1", "BlockBlob")
+            yield Listed("d/v1/b.jpg", "0x2", "BlockBlob")
+
+    class Queue:
+        fail_once = True
+
+        def get_queue_properties(self) -> Any:
+            if next(probes) == 0:
+                raise ServiceRequestError("refused")
+            return SimpleNamespace(approximate_message_count=0)
+
+        def send_message(self, body: str) -> None:
+            name = json.loads(body)["BlobName"]
+            if name == "d/v1/b.jpg" and Queue.fail_once:
+                Queue.fail_once = False
+                raise ServiceRequestError("send failed")
+            sent.append(name)
+
+    class Receipts:
+        def submit_transaction(self, ops: list[Any]) -> None:
+            receipts.append([op[1]["Name"] for op in ops])
+
+    listener = BlobListener.__new__(BlobListener)
+    listener.t = Target("ingest", "blob", "staging", "CorpusStorage", "blob", lambda *a: None)
+    opts = HostOptions(Path("."), blob_poll_interval=0.0)
+    listener.stats, listener.opts, listener.backlog = Stats(None), opts, 1
+    listener.lister, listener.queue, listener.receipts = Lister(), Queue(), Receipts()  # type: ignore[assignment]
+    listener._delivered, listener._pk = {}, "pk"
+    from concurrent.futures import ThreadPoolExecutor
+
+    listener._senders = ThreadPoolExecutor(2)  # as __init__ would (8)
+    thread = threading.Thread(target=listener.run, args=(stop,))
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert sorted(sent) == ["d/v1/a.jpg", "d/v1/b.jpg"]  # each queued once: b after its failed send
+    assert [sorted(r) for r in receipts] == [["d/v1/a.jpg"], ["d/v1/b.jpg"]]  # remembered only once queued

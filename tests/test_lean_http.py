@@ -1126,10 +1126,12 @@ def test_client_timeouts_reach_both_transports(azurite_clients: Clients, monkeyp
 
     monkeypatch.delenv("CORPUS_HTTP", raising=False)
     transport = _transport_of(Clients(azurite_clients.connection, options=dict(FAIL_FAST)).blob)
-    assert isinstance(transport, LeanTransport) and transport._timeouts == (5.0, lean_http.DEFAULT_TIMEOUT)
+    assert isinstance(transport, LeanTransport) and transport._timeouts == (5.0, 60.0)
     assert transport.fallback.connection_config.timeout == 5
-    default = _transport_of(Clients(azurite_clients.connection).blob)
-    assert default._timeouts == (lean_http.DEFAULT_TIMEOUT, lean_http.DEFAULT_TIMEOUT)
+    # without options: the blob and queue SDKs' own defaults (20 s, 60 s), the tables SDK's (azure-core's 300 s)
+    clients = Clients(azurite_clients.connection)
+    assert _transport_of(clients.blob)._timeouts == _transport_of(clients.queue)._timeouts == (20.0, 60.0)
+    assert _transport_of(clients.table)._timeouts == (lean_http.DEFAULT_TIMEOUT, lean_http.DEFAULT_TIMEOUT)
 
 
 @pytest.mark.parametrize("transport", ["lean", "requests"])

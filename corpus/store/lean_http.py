@@ -10,10 +10,11 @@ offers (``transport=``), the way httpx separates its transports.
 
 What it serves, and what it hands on: a request of the ``azure.core.rest`` kind (every storage
 SDK's generated code) whose body is absent, ``bytes`` or ``str``, to an ``http``/``https`` URL
-with an ASCII target and header values without line breaks. Anything else (a file-like or
-streamed body, form files, a legacy request, a configured proxy, a ``connection_verify`` or
-``connection_cert`` for one request) goes to the wrapped ``RequestsTransport`` unchanged, so no
-caller needs to know which one ran.
+with an ASCII target without dot segments. Anything else (a file-like or streamed body, form
+files, a legacy request, a configured proxy, a ``connection_verify`` or ``connection_cert`` for one
+request, a path with ``.``/``..`` segments, which urllib3 would normalise) goes to the wrapped
+``RequestsTransport`` unchanged, so no caller needs to know which one ran. A header name or value
+holding CR, LF or NUL is refused with ``ValueError`` before anything is sent (header injection).
 
 Invariants:
 
@@ -668,7 +669,7 @@ def _headers(store: dict[str, tuple[str, str]]) -> MutableMapping[str, str]:
     a visible share of a request's CPU. The store is the shape ``CaseInsensitiveDict`` keeps (lower-case
     name -> (name as sent, value)); where that class is not what it was, the mapping is built item by item."""
     headers = case_insensitive_dict()
-    if isinstance(getattr(headers, "_store", None), dict):
+    if _STORE_LAYOUT:
         headers._store = store  # type: ignore[attr-defined]
     else:  # pragma: no cover - another azure-core
         for name, value in store.values():
@@ -680,9 +681,21 @@ def _items(headers: Any) -> Iterator[tuple[str, Any]]:
     """The request's headers as (name, value), without a ``__getitem__`` per name when they are
     azure-core's ``CaseInsensitiveDict`` (whose ``items()`` is the generic, slower, view)."""
     store = getattr(headers, "_store", None)
-    if isinstance(store, dict) and all(isinstance(v, tuple) and len(v) == 2 for v in store.values()):
+    if _STORE_LAYOUT and isinstance(store, dict) and all(isinstance(v, tuple) and len(v) == 2 for v in store.values()):
         return iter(store.values())
     return iter(headers.items())
+
+
+def _store_layout() -> bool:
+    """Whether azure-core's ``CaseInsensitiveDict`` keeps ``{lower-case name: (name, value)}`` in
+    ``_store``, as 1.x does: probed once, so another layout falls back to its public methods."""
+    probe = case_insensitive_dict()
+    probe["X-Probe"] = "v"
+    store = getattr(probe, "_store", None)
+    return isinstance(store, dict) and store == {"x-probe": ("X-Probe", "v")} and probe.get("x-PROBE") == "v"
+
+
+_STORE_LAYOUT = _store_layout()
 
 
 class _Stale(Exception):

@@ -48,6 +48,17 @@ def _transport(options: dict[str, Any] | None = None) -> HttpTransport[Any, Any]
     return LeanTransport(fallback, ca_verify(), **timeouts)
 
 
+STORAGE_SDK_TIMEOUTS = {"connection_timeout": 20, "read_timeout": 60}
+"""What the blob and queue SDKs set when they build their own transport
+(``azure/storage/*/_shared/constants.py``: ``CONNECTION_TIMEOUT``, ``READ_TIMEOUT``); the tables SDK
+leaves azure-core's 300 s. Kept when a transport is passed in, which the SDKs then do not touch."""
+
+
+def _timeouts(cls: Any, options: dict[str, Any]) -> dict[str, Any]:
+    defaults = {} if cls.__name__ == "TableServiceClient" else STORAGE_SDK_TIMEOUTS
+    return {**defaults, **options}
+
+
 def stored_md5(props: BlobProperties) -> str:
     """The blob's ``Content-MD5`` property as hex, or ``""`` when it has none (block uploads)."""
     return bytes(props.content_settings.content_md5 or b"").hex()
@@ -113,8 +124,10 @@ class Clients:
     def _service(self, cls: Any, uri: str | None, options: dict[str, Any]) -> Any:
         """A service client from the connection string, or from the service URI and identity."""
         if self.connection.connection_string:
-            return cls.from_connection_string(self.connection.connection_string, transport=_transport(options), **options)
-        return cls(uri or "", credential=self.credential, transport=_transport(options), **options)
+            return cls.from_connection_string(
+                self.connection.connection_string, transport=_transport(_timeouts(cls, options)), **options
+            )
+        return cls(uri or "", credential=self.credential, transport=_transport(_timeouts(cls, options)), **options)
 
     @cached_property
     def blob(self) -> BlobServiceClient:
