@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from corpus.domain.errors import ConfigError
 from corpus.store.settings import Connection
-from corpus.transfer.bloblist import BlobLister, parse_connection_string, parse_listing, parse_versions
+from corpus.transfer.bloblist import BlobLister, _versions_xml, parse_connection_string, parse_listing, parse_versions
 
 KEY = base64.b64encode(bytes(range(64))).decode()  # any key: both sides sign with the same one
 names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
@@ -194,7 +194,9 @@ xml_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=30
 def test_versions_parse_reads_what_the_service_wrote(entries: list[tuple[str, str, str, bool]], marker: str) -> None:
     # corpus host's event source reads the staging listing with regular expressions (issue 26):
     # any name, escaped or Encoded, comes back exactly, with its bare ETag and type.
-    listed, next_marker = parse_versions(_listing_xml(entries, marker))
+    body = _listing_xml(entries, marker)
+    listed, next_marker = parse_versions(body)
+    assert _versions_xml(body) == (listed, next_marker)  # the byte scan and the XML parser agree
     assert [(x.name, x.etag, x.blob_type) for x in listed] == [(n, e.strip('"'), t) for n, e, t, _ in entries]
     assert next_marker == marker
 

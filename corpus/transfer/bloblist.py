@@ -537,21 +537,30 @@ def parse_listing(body: bytes, prefix: str, out: dict[str, str]) -> str:
 
 def _parse_tree(body: bytes, prefix: str, out: dict[str, str]) -> str:
     """:func:`parse_listing` by the XML parser: exact for any well-formed listing."""
+    marker: list[str] = []
+    for name, props in _tree_blobs(body, marker):
+        md5 = props.get("Content-MD5", "")
+        out[name[len(prefix) :]] = base64.b64decode(md5).hex() if md5 else ""
+    return marker[0] if marker else ""
+
+
+def _tree_blobs(body: bytes, marker: list[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """Each ``<Blob>`` of a listing page, by the XML parser: its name (``Encoded`` names decoded)
+    and its ``Properties`` by tag; the page's ``NextMarker`` is appended to ``marker``. Streamed:
+    each element is cleared once read, so a 5,000-blob page never becomes a tree."""
     from xml.etree import ElementTree  # here: a pull, which lists nothing, never loads it
 
-    marker = ""
     for _, el in ElementTree.iterparse(io.BytesIO(body), events=("end",)):  # noqa: S314 - our own storage account; expat refuses entity bombs
         if el.tag == "Blob":
             name_el = el.find("Name")
             name = (name_el.text or "") if name_el is not None else ""
             if name_el is not None and name_el.get("Encoded") == "true":
                 name = unquote(name)
-            md5 = el.findtext("Properties/Content-MD5") or ""
-            out[name[len(prefix) :]] = base64.b64decode(md5).hex() if md5 else ""
+            props = el.find("Properties")
+            yield name, {p.tag: p.text or "" for p in props} if props is not None else {}
             el.clear()
         elif el.tag == "NextMarker":
-            marker = el.text or ""
-    return marker
+            marker.append(el.text or "")
 
 
 @dataclass(frozen=True)
@@ -603,22 +612,12 @@ def _versions_plain(body: bytes) -> tuple[list[Listed], str] | None:
 
 
 def _versions_xml(body: bytes) -> tuple[list[Listed], str]:
-    from xml.etree import ElementTree
-
-    out: list[Listed] = []
-    marker = ""
-    for _, el in ElementTree.iterparse(io.BytesIO(body), events=("end",)):  # noqa: S314 - our own storage account; expat refuses entity bombs
-        if el.tag == "Blob":
-            name_el = el.find("Name")
-            name = (name_el.text or "") if name_el is not None else ""
-            if name_el is not None and name_el.get("Encoded") == "true":
-                name = unquote(name)
-            etag = (el.findtext("Properties/Etag") or "").strip('"')
-            out.append(Listed(name, etag, el.findtext("Properties/BlobType") or "BlockBlob"))
-            el.clear()
-        elif el.tag == "NextMarker":
-            marker = el.text or ""
-    return out, marker
+    marker: list[str] = []
+    out = [
+        Listed(name, props.get("Etag", "").strip('"'), props.get("BlobType") or "BlockBlob")
+        for name, props in _tree_blobs(body, marker)
+    ]
+    return out, marker[0] if marker else ""
 
 
 _PLAIN_NAME = re.compile(rb'<Name( Encoded="true")?>([^<]*)</Name>')
