@@ -45,20 +45,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
-from azure.core.rest import HttpRequest
 from azure.data.tables import TableClient, UpdateMode
 from azure.functions import meta
 from azure.functions.blob import BlobConverter
 from azure.functions.queue import QueueMessageInConverter
 from azure.functions.timer import TimerRequestConverter
-from azure.storage.blob._blob_client_helpers import _format_url
 
 from corpus.devhost.discovery import Target
 from corpus.domain import cron, keys
 from corpus.domain.errors import StorageError
 from corpus.store.hostconfig import BlobConfig, QueueConfig
 from corpus.store.settings import BLOB_POISON_QUEUE, POISON_SUFFIX, poison_queue
-from corpus.store.storage import Clients
+from corpus.store.storage import Clients, blob_request
 from corpus.transfer.bloblist import BlobLister
 
 log = logging.getLogger("corpus.host")
@@ -682,16 +680,8 @@ class BlobQueueListener(QueueListener):
                     "ContentHash": base64.b64encode(bytes(md5)).decode() if md5 else None,
                 },
             )
-        cc = self.container
-        url = _format_url(
-            container_name=cc.container_name,
-            scheme=cc.scheme,
-            blob_name=name,
-            query_str=str(getattr(cc, "_query_str", "")),
-            hostname=cc.primary_hostname,
-        )
-        # stream: the pipeline must not try to decode the body by its Content-Type (the SDK streams it too)
-        response = cc._client._send_request(HttpRequest("GET", url, headers={"x-ms-version": cc.api_version}), stream=True)
+        response = blob_request(self.container, "GET", name)
+        url = response.request.url
         if response.status_code != 200:
             code = response.headers.get("x-ms-error-code", "")
             error = ResourceNotFoundError if response.status_code == 404 else HttpResponseError

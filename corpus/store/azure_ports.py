@@ -37,9 +37,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
     ResourceNotModifiedError,
 )
-from azure.core.rest import HttpRequest
 from azure.storage.blob import BlobBlock, BlobClient, BlobProperties, ContentSettings
-from azure.storage.blob._blob_client_helpers import _format_url
 
 from corpus.domain.errors import (
     BlobConflict,
@@ -66,7 +64,7 @@ from corpus.store.ports import (
     check_blob_name,
 )
 from corpus.store.settings import Settings
-from corpus.store.storage import Clients, error_code
+from corpus.store.storage import Clients, blob_request, error_code
 
 COPY_DEADLINE_S = 120.0
 
@@ -189,18 +187,9 @@ class AzureBlobStore(BlobStore):
         reading only the headers :class:`BlobInfo` holds: the SDK's own call builds a ``BlobClient``
         and deserialises some fifty headers, ~2 ms of CPU under load; ingest makes it twice an image."""
         check_blob_name(name)
-        cc = self.clients.container(container)
-        url = _format_url(
-            container_name=cc.container_name,
-            scheme=cc.scheme,
-            blob_name=name,
-            query_str=str(getattr(cc, "_query_str", "")),  # a SAS, as the SDK appends it
-            hostname=cc.primary_hostname,
-        )
-        request = HttpRequest("HEAD", url, headers={"x-ms-version": cc.api_version})
         with _translated():
-            response = cc._client._send_request(request, stream=True)  # no body to decode (a HEAD)
-            response.read()
+            response = blob_request(self.clients.container(container), "HEAD", name)
+            response.read()  # nothing: a HEAD
         if response.status_code != 200:
             code = response.headers.get("x-ms-error-code", "")
             if response.status_code == 404:

@@ -59,6 +59,24 @@ def _timeouts(cls: Any, options: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **options}
 
 
+def blob_request(container: ContainerClient, method: str, name: str) -> Any:
+    """One ``method`` request for the blob ``name`` through ``container``'s own pipeline (its
+    signing, retries and transport), the body left unread and undecoded (``stream``): what the
+    store's HEAD and the host's trigger read need, without building a ``BlobClient`` and
+    deserialising its ~50 header models. The URL is the SDK's own (``_format_url``, a SAS appended)."""
+    from azure.core.rest import HttpRequest
+    from azure.storage.blob._blob_client_helpers import _format_url
+
+    url = _format_url(
+        container_name=container.container_name,
+        scheme=container.scheme,
+        blob_name=name,
+        query_str=str(getattr(container, "_query_str", "")),
+        hostname=container.primary_hostname,
+    )
+    return container._client._send_request(HttpRequest(method, url, headers={"x-ms-version": container.api_version}), stream=True)
+
+
 def stored_md5(props: BlobProperties) -> str:
     """The blob's ``Content-MD5`` property as hex, or ``""`` when it has none (block uploads)."""
     return bytes(props.content_settings.content_md5 or b"").hex()
