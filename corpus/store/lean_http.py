@@ -66,14 +66,16 @@ from azure.core.pipeline.transport import HttpTransport, RequestsTransport
 from azure.core.rest._http_response_impl import HttpResponseImpl
 from azure.core.utils import case_insensitive_dict
 
+from corpus.store.http import POOL_SIZE
+
 DEFAULT_TIMEOUT = 300.0
 """azure-core's ``ConnectionConfiguration`` defaults: 300 s to connect, 300 s between reads."""
 READ_BLOCK = 64 * 1024
 MAX_LINE = 64 * 1024
 """Longest status or header line accepted (Azure's are far shorter); longer is a broken response."""
 MAX_HEADERS = 256
-IDLE_PER_HOST = 512
-"""Idle connections kept per endpoint: as many as :data:`corpus.store.http.POOL_SIZE`, for the same reason."""
+IDLE_PER_HOST = POOL_SIZE
+"""Idle connections kept per endpoint: :data:`corpus.store.http.POOL_SIZE`, for the same reason."""
 _NO_BODY_STATUS = frozenset({204, 304})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _UNSAFE = frozenset("\r\n\0")
