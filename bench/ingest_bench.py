@@ -59,11 +59,7 @@ def _counted(self, request, **kw):
 requests.Session.send = _counted
 # the SDK's requests through corpus's own transport, and the lean listings
 from corpus.store import lean_http
-_exchange = lean_http.LeanTransport._exchange
-def _lean(self, key, head, body, method, *a, **kw):
-    _count(f"x://{key[1]}:{key[2]}/", method)
-    return _exchange(self, key, head, body, method, *a, **kw)
-lean_http.LeanTransport._exchange = _lean
+lean_http.observe(lambda method, url, body: _count(url, method))
 from corpus.transfer import bloblist
 _std_send = bloblist._StdlibTransport.send
 def _std(self, method, url, *a, **kw):
