@@ -428,3 +428,24 @@ def test_an_export_planned_before_the_shard_records_finishes_when_requested_agai
     rt.send(queue, ExportRequest("big", "1", params).to_json())
     assert drain(rt) == 1 + 3
     assert rt.blobs.exists(exports, prefix + "croissant.json")
+
+
+def test_a_claimed_version_gone_before_its_read_is_recorded_with_its_outcome(rt: Runtime) -> None:
+    """A reconciler claims a staged version, then finds it ingested (or replaced) by its own event
+    before it could read it: the claim gets an outcome and the report names it, so `corpus status`
+    never counts a re-drive that no reconciler reported."""
+    from datetime import UTC, datetime, timedelta
+
+    from corpus.app.reconcile import OUTCOME_GONE, OUTCOME_REPLACED, ReconcileReport, _redrive
+
+    staging = rt.settings.staging_container
+    gone = rt.blobs.put(staging, "birds/v1/gone.jpg", jpeg(1))
+    replaced = rt.blobs.put(staging, "birds/v1/replaced.jpg", jpeg(2))
+    rt.blobs.delete_if_unchanged(staging, "birds/v1/gone.jpg", gone.etag)  # ingested meanwhile
+    rt.blobs.put(staging, "birds/v1/replaced.jpg", jpeg(3))  # a newer upload
+    report = ReconcileReport()
+    now = datetime.now(UTC)
+    for info in (gone, replaced):
+        _redrive(rt, info.name, info.etag, "scan", now, timedelta(0), report)
+    assert report.redriven == {"birds/v1/gone.jpg": OUTCOME_GONE, "birds/v1/replaced.jpg": OUTCOME_REPLACED}
+    assert {r.name: r.outcome for r in rt.catalog.redrives.list()} == report.redriven

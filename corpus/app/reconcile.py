@@ -92,6 +92,12 @@ class ReconcileReport:
         }
 
 
+OUTCOME_GONE = "gone meanwhile"
+"""A claimed version that was no longer staged when read: ingested by its own event meanwhile."""
+OUTCOME_REPLACED = "replaced meanwhile"
+"""A claimed version replaced by a newer upload before it was read (which has its own event)."""
+
+
 def reconcile(
     rt: Runtime, grace_seconds: float | None = None, max_blobs: int | None = None, stuck_after: timedelta | None = None
 ) -> ReconcileReport:
@@ -155,8 +161,14 @@ def _redrive(
     report.downloaded += 1
     try:
         blob = rt.blobs.read(container, name, if_match=etag)
-    except (BlobNotFound, PreconditionFailed):
-        return  # handled meanwhile, or replaced since the listing: the new upload has its own event
+    except (BlobNotFound, PreconditionFailed) as exc:
+        # Ingested meanwhile (its own event), or replaced since the listing (the new upload has its
+        # own event): nothing to re-drive, but the claim is recorded, so its outcome is too, and
+        # `corpus status` counts no re-drive without one.
+        outcome = OUTCOME_GONE if isinstance(exc, BlobNotFound) else OUTCOME_REPLACED
+        rt.catalog.redrives.finish(claim, outcome)
+        report.redriven[name] = outcome
+        return
     data, props = blob.data, blob.info
     try:
         staged = ingest.StagedBlob(
