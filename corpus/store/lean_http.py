@@ -682,9 +682,8 @@ def _headers(store: dict[str, tuple[str, str]]) -> MutableMapping[str, str]:
 def _items(headers: Any) -> Iterator[tuple[str, Any]]:
     """The request's headers as (name, value), without a ``__getitem__`` per name when they are
     azure-core's ``CaseInsensitiveDict`` (whose ``items()`` is the generic, slower, view)."""
-    store = getattr(headers, "_store", None)
-    if _STORE_LAYOUT and isinstance(store, dict) and all(isinstance(v, tuple) and len(v) == 2 for v in store.values()):
-        return iter(store.values())
+    if _STORE_LAYOUT and isinstance(headers, _CASE_INSENSITIVE):  # its store's layout was probed at import
+        return iter(headers._store.values())  # type: ignore[attr-defined]
     return iter(headers.items())
 
 
@@ -698,6 +697,7 @@ def _store_layout() -> bool:
 
 
 _STORE_LAYOUT = _store_layout()
+_CASE_INSENSITIVE = type(case_insensitive_dict())
 
 
 class _Stale(Exception):
