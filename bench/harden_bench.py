@@ -151,7 +151,7 @@ def previews(args: argparse.Namespace) -> dict[str, Any]:
 
     from corpus.store.settings import Connection
     from corpus.store.storage import Clients
-    from tests.support import free_port, wait_for
+    from tests.support import free_port, serves_http, wait_for
 
     code = Path(args.code).resolve()
     data = [photo_jpeg(args.side, i) if args.format == "jpeg" else big_png(args.side) for i in range(2)]
@@ -174,14 +174,7 @@ def previews(args: argparse.Namespace) -> dict[str, Any]:
             host = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             base = f"http://127.0.0.1:{port}"
 
-            def up() -> bool:
-                try:
-                    urllib.request.urlopen(base + "/api/sets?limit=1", timeout=2).close()
-                    return True
-                except OSError:
-                    return False
-
-            wait_for(up, 120, "the host serving HTTP")
+            wait_for(lambda: serves_http(base), 120, "the host serving HTTP")
             status_file = Path(f"/proc/{host.pid}/status")
 
             def hwm() -> int:

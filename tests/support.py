@@ -249,7 +249,6 @@ def served_url(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) ->
 def serving_host(env: dict[str, str], app_dir: Path, cwd: Path) -> Iterator[str]:
     """A ``corpus host --port 0`` (its stderr in ``cwd/host.log``) that answers HTTP: yields its URL,
     and stops it afterwards."""
-    import urllib.request
 
     log = cwd / "host.log"
     with log.open("wb") as err:  # the child keeps its own descriptor
@@ -259,11 +258,7 @@ def serving_host(env: dict[str, str], app_dir: Path, cwd: Path) -> Iterator[str]
 
         def up() -> bool:
             assert host.poll() is None, _tail(log, 3000)
-            try:
-                urllib.request.urlopen(url + "/api/sets?limit=1", timeout=2).close()
-                return True
-            except OSError:
-                return False
+            return serves_http(url)
 
         wait_for(up, 60, "corpus host serving HTTP")
         yield url
@@ -339,3 +334,14 @@ def requests_seen() -> Iterator[list[str]]:
     finally:
         stop()
         shared_session().hooks["response"].remove(hook)
+
+
+def serves_http(base: str) -> bool:
+    """Whether ``corpus host`` at ``base`` answers an API request (the readiness probe of tests and benches)."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(base + "/api/sets?limit=1", timeout=2).close()
+        return True
+    except OSError:
+        return False
