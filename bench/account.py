@@ -272,7 +272,11 @@ class Storage:
 
     def env(self) -> dict[str, str]:
         """The app settings corpus (CLI, host, library) needs to use this storage under the run's names."""
-        return {"CorpusStorage": self.connection_string, "AzureWebJobsStorage": self.connection_string, **corpus_settings(self.names)}
+        return {
+            "CorpusStorage": self.connection_string,
+            "AzureWebJobsStorage": self.connection_string,
+            **corpus_settings(self.names),
+        }
 
     def claim(self, tables: Iterable[str] = (), queues: Iterable[str] = (), wait_s: float = 300.0) -> None:
         """Fixed-name tables and queues this run writes (external accounts only): refused if any
@@ -336,12 +340,8 @@ def run_resources(clients: Any, names: Names, claimed: Mapping[str, set[str]]) -
     claimed_tables = {t.lower() for t in claimed.get("table", ())}
     return {
         "containers": sorted(c.name for c in clients.blob.list_containers(name_starts_with=names.prefix) if names.owns(c.name)),
-        "queues": sorted(
-            q.name for q in clients.queue.list_queues() if names.owns(q.name) or q.name in claimed.get("queue", ())
-        ),
-        "tables": sorted(
-            t.name for t in clients.table.list_tables() if names.owns(t.name) or t.name.lower() in claimed_tables
-        ),
+        "queues": sorted(q.name for q in clients.queue.list_queues() if names.owns(q.name) or q.name in claimed.get("queue", ())),
+        "tables": sorted(t.name for t in clients.table.list_tables() if names.owns(t.name) or t.name.lower() in claimed_tables),
     }
 
 

@@ -207,7 +207,8 @@ def main() -> None:
             # they mean nothing to a plain-http emulator, so every tool runs without them (against an
             # external account, over https, they stay: the machine may need them to trust its endpoint).
             # Likewise PYTHONDONTWRITEBYTECODE (set on this machine): installed, corpus's bytecode is cached.
-            dropped = ("PYTHONDONTWRITEBYTECODE",) if storage.external else ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PYTHONDONTWRITEBYTECODE")
+            ca_bundles = () if storage.external else ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+            dropped = (*ca_bundles, "PYTHONDONTWRITEBYTECODE")
             base = {k: v for k, v in os.environ.items() if k not in dropped}
             env = {**base, **storage.env(), "CORPUS_CACHE_DIR": str(tmp / "cache"),
                    "PYTHONPATH": str(REPO), "AZCOPY_LOG_LOCATION": str(tmp / "azlogs"),
@@ -294,7 +295,8 @@ def main() -> None:
                     from azstoragetorch.datasets import BlobDataset
 
                     try:
-                        ds = BlobDataset.from_container_url(f"{blob_url}/{domain}?{sas}", prefix="original/", transform=azst_bytes)
+                        url = f"{blob_url}/{domain}?{sas}"
+                        ds = BlobDataset.from_container_url(url, prefix="original/", transform=azst_bytes)
                         loading["azstoragetorch.BlobDataset"] = epoch(ds, n)
                     except Exception as exc:
                         why = f"{type(exc).__name__}: {str(exc)[:300]}"
