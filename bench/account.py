@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
@@ -204,9 +205,9 @@ def redact_output() -> None:
     """Route this process's stdout and stderr (prints, logging set up later, tracebacks) through
     :func:`redact`, and make SIGTERM an exit so that ``finally`` clean-ups run."""
     if not isinstance(sys.stdout, _Redacting):
-        sys.stdout = _Redacting(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = _Redacting(sys.stdout)
     if not isinstance(sys.stderr, _Redacting):
-        sys.stderr = _Redacting(sys.stderr)  # type: ignore[assignment]
+        sys.stderr = _Redacting(sys.stderr)
 
     def exit_on_term(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
@@ -296,10 +297,10 @@ class Storage:
                 "from a bench run that was killed, delete them and run again"
             )
         for name in tables:  # claimed once created: one made by someone else in between is not ours to delete
-            _create_waiting(lambda n=name: clients.table.create_table(n), "TableBeingDeleted", wait_s)
+            _create_waiting(partial(clients.table.create_table, name), "TableBeingDeleted", wait_s)
             self._claimed["table"].add(name)
         for name in queues:
-            _create_waiting(lambda n=name: clients.queue_client(n).create_queue(), "QueueBeingDeleted", wait_s)
+            _create_waiting(clients.queue_client(name).create_queue, "QueueBeingDeleted", wait_s)
             self._claimed["queue"].add(name)
 
     def close(self) -> None:

@@ -10,10 +10,12 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote
 
 import pytest
@@ -144,33 +146,84 @@ def test_an_external_account_is_reported_by_its_host_and_signs_the_peers_sas() -
     assert storage.env()["CORPUS_STAGING_CONTAINER"] == names.container("staging")
 
 
-@pytest.mark.e2e
-def test_ingest_bench_runs_against_an_external_account_and_leaves_nothing(azurite: Azurite, tmp_path: Path) -> None:
+def run_bench(azurite: Azurite, cwd: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``bench/<script>`` with the option naming a variable that holds ``azurite``'s connection string."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CORPUS_", "CorpusStorage", "AzureWebJobsStorage"))}
+    env = {**base, "BENCH_STORAGE": azurite.connection_string, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, str(REPO / "bench" / script), *args, OPTION, "BENCH_STORAGE"]
+    proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert azurite.key not in proc.stdout + proc.stderr
+    return proc
+
+
+def account_contents(clients: Clients) -> dict[str, list[str]]:
+    return {
+        "containers": [c.name for c in clients.blob.list_containers()],
+        "queues": [q.name for q in clients.queue.list_queues()],
+        "tables": [t.name for t in clients.table.list_tables()],
+    }
+
+
+def cleanup_report(stderr: str) -> dict[str, Any]:
+    reports = [json.loads(line)["storage_cleanup"] for line in stderr.splitlines() if line.startswith('{"storage_cleanup"')]
+    assert len(reports) >= 1, stderr[-2000:]
+    return dict(reports[0])
+
+
+@pytest.fixture
+def account(azurite: Azurite) -> Clients:
     """Azurite standing in for an external account, holding someone else's container and table."""
     clients = Clients(Settings.from_env({"CorpusStorage": azurite.connection_string}).connection)
     clients.ensure(containers=("keepme",), tables=("KeepMe",))
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("CORPUS_", "CorpusStorage", "AzureWebJobsStorage"))}
-    env = {**base, "BENCH_STORAGE": azurite.connection_string, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "ingest_bench.py"), "--images", "12", "--count-requests", OPTION, "BENCH_STORAGE"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return clients
+
+
+SOMEONE_ELSES = {"containers": ["keepme"], "queues": [], "tables": ["KeepMe"]}
+
+
+@pytest.mark.e2e
+def test_ingest_bench_runs_against_an_external_account_and_leaves_nothing(
+    azurite: Azurite, account: Clients, tmp_path: Path
+) -> None:
+    proc = run_bench(azurite, tmp_path, "ingest_bench.py", "--images", "12", "--count-requests")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert azurite.key not in proc.stdout + proc.stderr
     result = json.loads(proc.stdout)
     prefix = result["storage"]["prefix"]
     assert result["storage"]["kind"] == "external storage account" and PREFIX_PATTERN.match(prefix)
     assert result["images"] == 12 and result["raw_copy_images_per_s"] > 0 and result["pipeline_images_per_s"] > 0
     assert set(result["host_requests_per_image"]) >= {"blob PUT", "queue GET", "table POST"}  # counted by service
-    cleanup = [json.loads(line)["storage_cleanup"] for line in proc.stderr.splitlines() if "storage_cleanup" in line]
-    assert cleanup and cleanup[0]["deleted"]["tables"] == len(TABLES) + 1 and cleanup[0]["deleted"]["containers"] >= 4
-    assert [c.name for c in clients.blob.list_containers()] == ["keepme"]
-    assert [q.name for q in clients.queue.list_queues()] == []
-    assert [t.name for t in clients.table.list_tables()] == ["KeepMe"]
+    cleanup = cleanup_report(proc.stderr)
+    assert cleanup["prefix"] == prefix and cleanup["deleted"]["tables"] == len(TABLES) + 1  # + the host's receipts
+    assert cleanup["deleted"]["containers"] >= 4 and cleanup["deleted"]["queues"] >= 5
+    assert account_contents(account) == SOMEONE_ELSES
+
+
+@pytest.mark.e2e
+def test_upload_bench_gives_corpus_and_rclone_the_account(azurite: Azurite, account: Clients, tmp_path: Path) -> None:
+    tools = "corpus,rclone" if shutil.which("rclone") else "corpus"
+    print(f"upload bench peers: {tools}")  # rclone is a Debian package (./dev setup); without it, corpus alone
+    proc = run_bench(azurite, tmp_path, "upload_bench.py", "--images", "10", "--small", "0", "--memory-files", "0",
+                     "--reruns", "1", "--tools", tools)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["storage"]["kind"] == "external storage account"
+    for tool in tools.split(","):
+        assert result["2000 x 80 KB"][tool]["first_files_per_s"] > 0  # the bench counted 10 blobs under each prefix
+    assert cleanup_report(proc.stderr)["deleted"] == {"containers": 1, "queues": 0, "tables": 0}
+    assert account_contents(account) == SOMEONE_ELSES
+
+
+@pytest.mark.e2e
+def test_dataout_bench_pulls_from_the_account_and_claims_its_trainsets_table(
+    azurite: Azurite, account: Clients, tmp_path: Path
+) -> None:
+    proc = run_bench(azurite, tmp_path, "dataout_bench.py", "--images", "10", "--reruns", "1", "--tools", "corpus",
+                     "--skip-dataloader")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["storage"]["kind"] == "external storage account" and result["pull"]["corpus"]["first_s"] > 0
+    assert cleanup_report(proc.stderr)["deleted"] == {"containers": 3, "queues": 0, "tables": 1}
+    assert account_contents(account) == SOMEONE_ELSES
 
 
 @pytest.mark.e2e
@@ -178,16 +231,6 @@ def test_a_bench_refuses_an_account_that_already_has_corpus_tables(azurite: Azur
     """corpus's table names are fixed: a bench never writes into (or deletes) tables it did not create."""
     clients = Clients(Settings.from_env({"CorpusStorage": azurite.connection_string}).connection)
     clients.ensure(tables=("Images",))
-    env = {**os.environ, "BENCH_STORAGE": azurite.connection_string, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "ingest_bench.py"), "--images", "3", OPTION, "BENCH_STORAGE"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_bench(azurite, tmp_path, "ingest_bench.py", "--images", "3")
     assert proc.returncode == 1 and "already has table Images" in proc.stderr, proc.stderr[-2000:]
-    assert azurite.key not in proc.stdout + proc.stderr
-    assert [t.name for t in clients.table.list_tables()] == ["Images"]
-    assert [c.name for c in clients.blob.list_containers()] == [] and [q.name for q in clients.queue.list_queues()] == []
+    assert account_contents(clients) == {"containers": [], "queues": [], "tables": ["Images"]}
