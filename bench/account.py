@@ -194,6 +194,10 @@ class _Redacting(io.TextIOBase):
     def flush(self) -> None:
         self.inner.flush()
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.inner.encoding
+
     def fileno(self) -> int:
         return self.inner.fileno()
 

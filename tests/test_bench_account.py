@@ -109,6 +109,7 @@ def test_redacting_stream_masks_what_is_written() -> None:
     stream = _Redacting(inner)  # type: ignore[arg-type]
     print(f"failed: {CONN}", file=stream)
     assert KEY not in inner.getvalue() and "AccountKey=REDACTED" in inner.getvalue()
+    assert _Redacting(io.TextIOWrapper(io.BytesIO(), encoding="utf-8")).encoding == "utf-8"  # what libraries ask of stderr
 
 
 def test_option_reads_the_connection_string_from_the_named_variable() -> None:
