@@ -234,6 +234,8 @@ class Storage:
     on_close: Callable[[], None] = lambda: None
     service_ids: dict[str, str] = field(default_factory=dict)
     """blob/queue/table → what tells a request's URL apart: Azurite's port, else the host name."""
+    azurite: Any = None
+    """The private :class:`tests.support.Azurite` (its process, for benches that measure its CPU), or None."""
     _claimed: dict[str, set[str]] = field(default_factory=lambda: {"table": set(), "queue": set()})
     _clients: Any = None
 
@@ -389,7 +391,7 @@ def open_storage(var: str | None, tmp: Path, env: Mapping[str, str] | None = Non
 
     az = Azurite(tmp).start()
     return Storage(az.connection_string, Names(), external=False, on_close=az.stop,
-                   service_ids={k: str(v) for k, v in az.ports.items()})  # fmt: skip
+                   service_ids={k: str(v) for k, v in az.ports.items()}, azurite=az)  # fmt: skip
 
 
 def _service_hosts(conn: str) -> dict[str, str]:

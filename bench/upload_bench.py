@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from PIL import Image  # noqa: E402
 
-from bench.account import SAS_VERSION, Storage, add_storage_option, open_storage  # noqa: E402, F401 - SAS_VERSION: re-exported
+from bench.account import Storage, add_storage_option, open_storage  # noqa: E402
 from corpus.store.storage import Clients  # noqa: E402
 
 CONCURRENCY = 32
@@ -108,6 +108,7 @@ class Contest:
     def __init__(self, tmp: Path, trees: dict[str, str] | None = None, account_env: str | None = None) -> None:
         self.trees = trees or {"corpus": str(REPO)}
         self.storage: Storage = open_storage(account_env, tmp)
+        self.az = self.storage.azurite  # the private Azurite (upload_split_bench reads its pid), or None
         try:
             self._setup(tmp)
         except BaseException:
