@@ -23,6 +23,10 @@ stored in domain container ``bench`` with their Content-MD5, and its manifest.
 azstoragetorch 0.2.0 pins ``azure-storage-blob<=12.27``, below what corpus needs, so it is not
 installed in the project's environment: ``pip install --no-deps --target DIR azstoragetorch==0.2.0``
 and ``AZSTORAGETORCH_PATH=DIR``; without it that row is skipped and says so.
+
+``--storage-connection-string-env VAR`` runs it against the storage account in ``$VAR`` instead of
+a private Azurite (``bench/account.py``: the domain, trainsets and exports containers under a per-run
+prefix; the ``TrainingSets`` table, whose name is fixed, claimed; all deleted at the end).
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,23 +48,24 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from azure.storage.blob import ContentSettings  # noqa: E402
-from azure.storage.blob._shared_access_signature import BlobSharedAccessSignature  # noqa: E402
 
-from bench.upload_bench import CONCURRENCY, SAS_VERSION, find_azcopy, photo_like, timed  # noqa: E402
+from bench.account import Names, add_storage_option, open_storage  # noqa: E402
+from bench.upload_bench import CONCURRENCY, find_azcopy, photo_like, timed  # noqa: E402
 from corpus.domain.manifest import ManifestEntry, hex_to_b64  # noqa: E402
-from corpus.store.settings import Connection, Settings  # noqa: E402
+from corpus.store.settings import TABLE_TRAINSETS, Settings  # noqa: E402
 from corpus.store.storage import Clients  # noqa: E402
-from tests.support import ACCOUNT, Azurite  # noqa: E402
 from tests.trainset_support import publish_ready  # noqa: E402
 
 TAGS = ["robin", "jay", "parrot", "owl", "wren"]
 SPLITS = ("train",) * 8 + ("val", "test")
 
 
-def make_trainset(clients: Clients, n: int, size: int) -> list[ManifestEntry]:
-    clients.ensure(containers=("bench", "trainsets", "exports"))
+def make_trainset(clients: Clients, n: int, size: int, names: Names | None = None) -> list[ManifestEntry]:
+    names = names or Names()
+    domain = names.domain("bench")
+    clients.ensure(containers=(domain, names.container("trainsets"), names.container("exports")))
     bases = [photo_like(i, size) for i in range(16)]
-    bench = clients.container("bench")
+    bench = clients.container(domain)
 
     def one(i: int) -> ManifestEntry:
         tag = TAGS[i % len(TAGS)]
@@ -72,11 +76,11 @@ def make_trainset(clients: Clients, n: int, size: int) -> list[ManifestEntry]:
                           content_settings=ContentSettings(content_type="image/jpeg", content_md5=bytearray(md5)))  # fmt: skip
         b64 = hex_to_b64(md5.hex())
         split = SPLITS[int(md5.hex(), 16) % len(SPLITS)]
-        return ManifestEntry("bench", blob, b64, len(data), 200, 200, "bench", tag, "v1", None, blob, b64, (tag,), split)
+        return ManifestEntry(domain, blob, b64, len(data), 200, 200, domain, tag, "v1", None, blob, b64, (tag,), split)
 
     with ThreadPoolExecutor(16) as pool:
         entries = list(pool.map(one, range(n)))
-    publish_ready(clients, "trainsets", "bench-set", "1", entries)  # manifest + a ready TrainingSets row
+    publish_ready(clients, names.container("trainsets"), "bench-set", "1", entries)  # manifest + a ready TrainingSets row
     return entries
 
 
@@ -174,6 +178,7 @@ def main() -> None:
         help="LABEL=DIR,...: `corpus pull` from each of these code trees, each into its own folder "
         "(e.g. before=/tmp/base,after=.), in place of `corpus` in --tools",
     )
+    add_storage_option(ap)
     args = ap.parse_args()
     trees = {k: str(Path(v).resolve()) for k, _, v in (t.partition("=") for t in args.corpus_trees.split(",") if t)}
     tools = args.tools.split(",")
@@ -183,42 +188,42 @@ def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        az = Azurite(tmp).start()
+        storage = open_storage(args.storage_connection_string_env, tmp)
+        results["storage"] = storage.server
         try:
-            conn = az.connection_string
-            clients = Clients(Connection(connection_string=conn))
+            storage.claim(tables=(TABLE_TRAINSETS,))  # an external account's; nothing on the private Azurite
+            names = storage.names
+            domain = names.domain("bench")
+            clients = storage.clients
             t0 = time.perf_counter()
-            entries = make_trainset(clients, args.images, args.size)
+            entries = make_trainset(clients, args.images, args.size, names)
             total = sum(e.size for e in entries)
             print(
                 f"training set of {len(entries)} images, {total / 1e6:.0f} MB in {time.perf_counter() - t0:.0f}s", file=sys.stderr
             )
-            blob_url = f"http://127.0.0.1:{az.ports['blob']}/{ACCOUNT}"
-            signer = BlobSharedAccessSignature(ACCOUNT, az.key)
-            signer.x_ms_version = SAS_VERSION
-            sas = signer.generate_container("bench", permission="rl", expiry=datetime.now(UTC) + timedelta(hours=6))
+            blob_url = storage.blob_url
+            sas = storage.container_sas(domain, "rl")
             # The CA-bundle variables some machines set make corpus use requests instead of http.client;
-            # they mean nothing to a plain-http emulator, so every tool runs without them.
+            # they mean nothing to a plain-http emulator, so every tool runs without them (against an
+            # external account, over https, they stay: the machine may need them to trust its endpoint).
             # Likewise PYTHONDONTWRITEBYTECODE (set on this machine): installed, corpus's bytecode is cached.
-            base = {
-                k: v
-                for k, v in os.environ.items()
-                if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PYTHONDONTWRITEBYTECODE")
-            }
-            env = {**base, "CorpusStorage": conn, "AzureWebJobsStorage": conn, "CORPUS_CACHE_DIR": str(tmp / "cache"),
+            ca_bundles = () if storage.external else ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+            dropped = (*ca_bundles, "PYTHONDONTWRITEBYTECODE")
+            base = {k: v for k, v in os.environ.items() if k not in dropped}
+            env = {**base, **storage.env(), "CORPUS_CACHE_DIR": str(tmp / "cache"),
                    "PYTHONPATH": str(REPO), "AZCOPY_LOG_LOCATION": str(tmp / "azlogs"),
                    "AZCOPY_JOB_PLAN_LOCATION": str(tmp / "azplans"), "AZCOPY_DISABLE_SYSLOG": "true",
                    "AZCOPY_CONCURRENCY_VALUE": str(CONCURRENCY), "RCLONE_CONFIG_AZ_TYPE": "azureblob",
-                   "RCLONE_CONFIG_AZ_SAS_URL": f"{blob_url}/bench?{sas}"}  # fmt: skip
+                   "RCLONE_CONFIG_AZ_SAS_URL": f"{blob_url}/{domain}?{sas}"}  # fmt: skip
             azcopy = find_azcopy(tmp) if "azcopy" in tools else ""
             dest = {t: tmp / f"pull-{t}" for t in tools}
             commands = {
                 "corpus": [sys.executable, "-m", "corpus", "pull", "bench-set:1", str(dest.get("corpus")), "--layout", "corpus",
                            "--concurrency", str(CONCURRENCY), "--json"],
-                "azcopy": [azcopy, "copy", f"{blob_url}/bench/original?{sas}", str(dest.get("azcopy")), "--recursive",
+                "azcopy": [azcopy, "copy", f"{blob_url}/{domain}/original?{sas}", str(dest.get("azcopy")), "--recursive",
                            "--from-to", "BlobLocal", "--check-md5", "FailIfDifferent", "--overwrite=false", "--log-level=ERROR",
                            "--output-level=quiet", "--skip-version-check"],
-                "rclone": ["rclone", "copy", "az:bench/original", str(dest.get("rclone")), "--transfers", str(CONCURRENCY),
+                "rclone": ["rclone", "copy", f"az:{domain}/original", str(dest.get("rclone")), "--transfers", str(CONCURRENCY),
                            "--checkers", str(CONCURRENCY), "-q"],
             }  # fmt: skip
             cwd: dict[str, str | None] = {}
@@ -255,8 +260,8 @@ def main() -> None:
             print(json.dumps({"pull": pull}), file=sys.stderr, flush=True)
 
             if not args.skip_dataloader:  # -- DataLoader ---------------------------------------------------------------------
-                os.environ.update({"CorpusStorage": conn})
-                settings = Settings.from_env({"CorpusStorage": conn})
+                os.environ.update(storage.env())
+                settings = Settings.from_env(storage.env())
                 from corpus.app.exports import on_export_message
                 from corpus.dataset import ShardDataset, TrainsetDataset
                 from corpus.domain.exports import ExportParams, ExportRequest, parse_export_message
@@ -276,7 +281,7 @@ def main() -> None:
                 loading["TrainsetDataset"] = epoch(TrainsetDataset("bench-set", "1", decode=False, settings=settings), n)
                 loading["ShardDataset"] = epoch(ShardDataset("bench-set", "1", decode=False, settings=settings), n)
                 pq_prefix = f"bench-set/1/{ExportParams('parquet', 20_000_000).export_id()}/"
-                exports = clients.container("exports")
+                exports = clients.container(settings.exports_container)
                 files = []
                 for b in exports.list_blobs(name_starts_with=pq_prefix + "data/"):
                     path = tmp / "parquet" / b.name.rpartition("/")[2]
@@ -290,11 +295,12 @@ def main() -> None:
                     from azstoragetorch.datasets import BlobDataset
 
                     try:
-                        ds = BlobDataset.from_container_url(f"{blob_url}/bench?{sas}", prefix="original/", transform=azst_bytes)
+                        url = f"{blob_url}/{domain}?{sas}"
+                        ds = BlobDataset.from_container_url(url, prefix="original/", transform=azst_bytes)
                         loading["azstoragetorch.BlobDataset"] = epoch(ds, n)
                     except Exception as exc:
                         why = f"{type(exc).__name__}: {str(exc)[:300]}"
-                        loading["azstoragetorch.BlobDataset"] = f"did not run against Azurite: {why}"
+                        loading["azstoragetorch.BlobDataset"] = f"did not run against {storage.server['blob_endpoint']}: {why}"
                 else:
                     loading["azstoragetorch.BlobDataset"] = "not measured: AZSTORAGETORCH_PATH unset"
                 folder = tmp / "imagefolder"
@@ -315,7 +321,7 @@ def main() -> None:
                 loading["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
                 results["dataloader"] = loading
         finally:
-            az.stop()
+            storage.close()
             shutil.rmtree(tmp, ignore_errors=True)
     results["command"] = " ".join(sys.argv)
     print(json.dumps(results, indent=2))

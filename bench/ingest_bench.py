@@ -17,6 +17,12 @@ JPEG quality 90, ~60-90 KB) instead of one flat picture with a unique tail (whos
 equal: a worst case for a duplicate index, not a corpus). ``--count-requests`` counts the host's
 HTTP requests to storage on the wire (a ``sitecustomize`` wrapping ``requests.Session.send`` in
 the host process) and reports them per image, split by service.
+
+``--storage-connection-string-env VAR`` runs it against the storage account in ``$VAR`` instead of
+a private Azurite (``bench/account.py``): containers, queues and the domain under a per-run prefix;
+corpus's tables and the host's trigger queues, whose names are fixed, claimed (the account must
+hold none of them); all deleted at the end. There the copy is Azure's (``CORPUS_COPY_MODE=auto``
+picks Put Blob From URL), and the raw copy peer waits for a copy Azure reports ``pending``.
 """
 
 from __future__ import annotations
@@ -29,18 +35,21 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from azure.storage.blob import ContentSettings  # noqa: E402
 
+from bench.account import add_storage_option, open_storage  # noqa: E402
+from corpus.devhost.listeners import BLOB_TRIGGER_QUEUE, RECEIPTS_TABLE  # noqa: E402
 from corpus.store.hostconfig import load_blob_config, load_queue_config  # noqa: E402
 from corpus.store.rows import as_int  # noqa: E402
-from corpus.store.settings import Connection  # noqa: E402
+from corpus.store.settings import BLOB_POISON_QUEUE, TABLES, Connection  # noqa: E402
 from corpus.store.storage import Clients  # noqa: E402
 from tests.photolike import jpeg_of  # noqa: E402
-from tests.support import Azurite, jpeg, prepare_app_dir, run_host  # noqa: E402
+from tests.support import jpeg, prepare_app_dir, run_host, wait_for  # noqa: E402
 
 SITECUSTOMIZE = """
 import atexit, collections, json, os, threading
@@ -85,6 +94,12 @@ def image_of_about(kb: int, seed: int) -> bytes:
         side = int(side * 1.4)
 
 
+def _copy_done(blob: Any) -> str | None:
+    """A finished copy's status (``success``, ``failed``, ``aborted``), or None while it is pending."""
+    status = blob.get_blob_properties().copy.status
+    return None if status == "pending" else str(status)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=1000)
@@ -106,17 +121,21 @@ def main() -> None:
         help="the raw copy's HTTP transport (CORPUS_HTTP for the peer's client only)",
     )
     ap.add_argument("--blob-parallelism", type=int, help="override host.json's extensions.blobs.maxDegreeOfParallelism")
+    add_storage_option(ap)
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        az = Azurite(tmp_path).start()
+        storage = open_storage(args.storage_connection_string_env, tmp_path)
         try:
+            # corpus's tables and the host's queues have fixed names: an external account's are claimed
+            storage.claim(tables=(*TABLES, RECEIPTS_TABLE), queues=(BLOB_TRIGGER_QUEUE, BLOB_POISON_QUEUE))
+            names = storage.names
+            domain = names.domain("bench")
             env = {
                 "PYTHON_THREADPOOL_THREAD_COUNT": "24",
                 **os.environ,
-                "CorpusStorage": az.connection_string,
-                "AzureWebJobsStorage": az.connection_string,
+                **storage.env(),
                 "CORPUS_INGEST": args.ingest,
             }
             counts = tmp_path / "requests"
@@ -127,10 +146,10 @@ def main() -> None:
                 counts.mkdir()
                 env["PYTHONPATH"] = os.pathsep.join([str(hook), env.get("PYTHONPATH", str(REPO))])
                 env["BENCH_REQUEST_COUNTS"] = str(counts)
-                env["BENCH_PORTS"] = json.dumps(az.ports)
-            clients = Clients(Connection(connection_string=az.connection_string))
-            clients.ensure(containers=("staging", "rawcopy"))
-            staging = clients.container("staging")
+                env["BENCH_PORTS"] = json.dumps(storage.service_ids)
+            clients = storage.clients
+            clients.ensure(containers=(names.container("staging"), names.container("rawcopy")))
+            staging = clients.container(names.container("staging"))
             app = prepare_app_dir(tmp_path)
             if args.blob_parallelism:
                 host = json.loads((app / "host.json").read_text())
@@ -141,7 +160,7 @@ def main() -> None:
             copier = "ingest_staged_blob" if args.ingest == "direct" else "copy_to_original"
             cap = blob_cap if args.ingest == "direct" else queue_cap
             base = image_of_about(args.kb, 0)
-            names = [f"bench/v1/set{i % args.sets}/img{i:05d}.jpg" for i in range(args.images)]
+            blobs = [f"{domain}/v1/set{i % args.sets}/img{i:05d}.jpg" for i in range(args.images)]
 
             def upload(i_name: tuple[int, str]) -> int:
                 i, name = i_name
@@ -156,10 +175,10 @@ def main() -> None:
                 return len(data)
 
             with ThreadPoolExecutor(cap) as pool:
-                sizes = list(pool.map(upload_photo if args.photolike else upload, enumerate(names)))
+                sizes = list(pool.map(upload_photo if args.photolike else upload, enumerate(blobs)))
             size = round(sum(sizes) / len(sizes)) if args.photolike else len(base) + 4
 
-            clients.ensure(containers=("rawcopy2",))
+            clients.ensure(containers=(names.container("rawcopy2"),))
 
             def peer_clients() -> Clients:
                 """The raw copy's client: corpus's transport (the default), or azure-core's own
@@ -167,7 +186,7 @@ def main() -> None:
                 saved = os.environ.get("CORPUS_HTTP")
                 os.environ["CORPUS_HTTP"] = args.peer_transport
                 try:
-                    made = Clients(Connection(connection_string=az.connection_string))
+                    made = Clients(Connection(connection_string=storage.connection_string))
                     made.blob  # noqa: B018 - built now, while CORPUS_HTTP says which transport
                     return made
                 finally:
@@ -183,16 +202,19 @@ def main() -> None:
 
                 def copy(name: str) -> None:
                     src = staging.get_blob_client(name)
-                    r = raw.get_blob_client(name).start_copy_from_url(src.url)
-                    assert r["copy_status"] == "success"
+                    dest = raw.get_blob_client(name)
+                    r = dest.start_copy_from_url(src.url)
+                    if r["copy_status"] == "pending":  # Azure may finish a copy after answering (Azurite never does)
+                        r = {"copy_status": wait_for(lambda: _copy_done(dest), 300, f"the copy of {name}")}
+                    assert r["copy_status"] == "success", r["copy_status"]
 
                 t0 = time.perf_counter()
                 with ThreadPoolExecutor(threads) as pool:
-                    list(pool.map(copy, names))
+                    list(pool.map(copy, blobs))
                 return time.perf_counter() - t0
 
-            raw_s = raw_copy_s("rawcopy", cap)
-            raw_queue_s = raw_copy_s("rawcopy2", queue_cap)
+            raw_s = raw_copy_s(names.container("rawcopy"), cap)
+            raw_queue_s = raw_copy_s(names.container("rawcopy2"), queue_cap)
 
             trace = tmp_path / "trace.jsonl"
             t0 = time.perf_counter()
@@ -204,7 +226,7 @@ def main() -> None:
             counted = sum(
                 as_int(e["ImageCount"])
                 for e in clients.table_client("ImageSets").query_entities(
-                    "PartitionKey eq 'bench' and RowKey lt 'x!'"  # set rows, not the tag index beside them
+                    f"PartitionKey eq '{domain}' and RowKey lt 'x!'"  # set rows, not the tag index beside them
                 )
             )
             assert counted == args.images, counted
@@ -213,11 +235,12 @@ def main() -> None:
                 for k, v in json.loads(f.read_text()).items():
                     wire[k] = wire.get(k, 0) + v
         finally:
-            az.stop()
+            storage.close()
 
     raw_rate, pipe_rate = args.images / raw_s, args.images / busy_s
     raw_queue_rate = args.images / raw_queue_s
     result = {
+        "storage": storage.server,
         "images": args.images,
         "bytes_each": size,
         "ingest": args.ingest,

@@ -12,6 +12,9 @@ All three send an MD5 per file (``--put-md5``; rclone always does for single-par
 use 32 transfers in parallel.
 
     .venv/bin/python bench/upload_bench.py            # AZCOPY=path/to/azcopy to override
+
+``--storage-connection-string-env VAR`` runs it against the storage account in ``$VAR`` instead of
+a private Azurite (``bench/account.py``: a per-run staging container, deleted at the end).
 """
 
 from __future__ import annotations
@@ -28,22 +31,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from azure.storage.blob._shared_access_signature import BlobSharedAccessSignature  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from corpus.store.settings import Connection  # noqa: E402
+from bench.account import Storage, add_storage_option, open_storage  # noqa: E402
 from corpus.store.storage import Clients  # noqa: E402
-from tests.support import ACCOUNT, Azurite  # noqa: E402
 
 CONCURRENCY = 32
-SAS_VERSION = "2025-11-05"  # the newest Azurite 3.35 accepts
 
 
 def photo_like(seed: int, target: int) -> bytes:
@@ -83,8 +82,8 @@ def timed(
     return elapsed, proc
 
 
-def count(clients: Clients, prefix: str) -> int:
-    return sum(1 for _ in clients.container("staging").list_blobs(name_starts_with=prefix))
+def count(clients: Clients, prefix: str, container: str = "staging") -> int:
+    return sum(1 for _ in clients.container(container).list_blobs(name_starts_with=prefix))
 
 
 def find_azcopy(tmp: Path) -> str:
@@ -103,28 +102,36 @@ def find_azcopy(tmp: Path) -> str:
 
 
 class Contest:
-    """One Azurite, the staging container, a container SAS and the environment every tool runs in."""
+    """One storage (a private Azurite, or an external account under a per-run prefix), the staging
+    container, a container SAS and the environment every tool runs in."""
 
-    def __init__(self, tmp: Path, trees: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, trees: dict[str, str] | None = None, account_env: str | None = None) -> None:
         self.trees = trees or {"corpus": str(REPO)}
-        self.az = Azurite(tmp).start()
-        conn = self.az.connection_string
-        self.clients = Clients(Connection(connection_string=conn))
-        self.clients.ensure(containers=("staging",))
-        self.blob_url = f"http://127.0.0.1:{self.az.ports['blob']}/{ACCOUNT}"
-        signer = BlobSharedAccessSignature(ACCOUNT, self.az.key)
-        signer.x_ms_version = SAS_VERSION  # the SDK would sign with a version Azurite refuses
-        self.sas = signer.generate_container("staging", permission="racwdl", expiry=datetime.now(UTC) + timedelta(hours=6))
+        self.storage: Storage = open_storage(account_env, tmp)
+        self.az = self.storage.azurite  # the private Azurite (upload_split_bench reads its pid), or None
+        try:
+            self._setup(tmp)
+        except BaseException:
+            self.storage.close()
+            raise
+
+    def _setup(self, tmp: Path) -> None:
+        storage = self.storage
+        self.staging = storage.names.container("staging")
+        self.clients = storage.clients
+        self.clients.ensure(containers=(self.staging,))
+        self.blob_url = storage.blob_url
+        self.sas = storage.container_sas(self.staging, "racwdl")
         # As installed, Python finds each module's bytecode cached (pip compiles it; or the first run
         # writes __pycache__): a machine-wide PYTHONDONTWRITEBYTECODE would make every corpus run
         # compile its modules again, a cost no user's re-run pays. Removed, like the CA bundles below.
         base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        self.env = {**base, "CorpusStorage": conn, "AzureWebJobsStorage": conn,
-                    "CORPUS_CACHE_DIR": str(tmp / f"cache-{self.az.ports['blob']}"),
+        self.env = {**base, **storage.env(),
+                    "CORPUS_CACHE_DIR": str(tmp / f"cache-{storage.names.prefix or storage.service_ids['blob']}"),
                     "AZCOPY_LOG_LOCATION": str(tmp / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp / "azplans"),
                     "AZCOPY_DISABLE_SYSLOG": "true", "AZCOPY_CONCURRENCY_VALUE": str(CONCURRENCY),
                     "RCLONE_CONFIG_AZ_TYPE": "azureblob",
-                    "RCLONE_CONFIG_AZ_SAS_URL": f"{self.blob_url}/staging?{self.sas}"}  # fmt: skip
+                    "RCLONE_CONFIG_AZ_SAS_URL": f"{self.blob_url}/{self.staging}?{self.sas}"}  # fmt: skip
 
     def run(
         self, tool: str, src: Path, tag: str, azcopy: str, ok: tuple[int, ...] = (0,)
@@ -139,10 +146,10 @@ class Contest:
         return {
             "corpus": [sys.executable, "-m", "corpus", "upload", str(src), "--domain", "bench",
                        "--version", f"corpus{tag}", "--concurrency", str(CONCURRENCY), "--json"],
-            "azcopy": [azcopy, "copy", f"{src}/*", f"{self.blob_url}/staging/bench/azcopy{tag}?{self.sas}", "--recursive",
+            "azcopy": [azcopy, "copy", f"{src}/*", f"{self.blob_url}/{self.staging}/bench/azcopy{tag}?{self.sas}", "--recursive",
                        "--from-to", "LocalBlob", "--put-md5", "--overwrite=false", "--log-level=ERROR",
                        "--output-level=quiet", "--skip-version-check"],
-            "rclone": ["rclone", "copy", str(src), f"az:staging/bench/rclone{tag}", "--transfers", str(CONCURRENCY),
+            "rclone": ["rclone", "copy", str(src), f"az:{self.staging}/bench/rclone{tag}", "--transfers", str(CONCURRENCY),
                        "--checkers", str(CONCURRENCY), "--azureblob-upload-concurrency", "1", "-q"],
         }[tool]  # fmt: skip
 
@@ -158,7 +165,7 @@ class Contest:
                 again, _ = self.run(tool, src, tag, azcopy)
                 print(f"{tool}: {json.loads(proc.stdout)['failed']} failed, run again ({again:.1f}s)", file=sys.stderr)
                 first += again
-        uploaded = count(self.clients, self.prefix(tool, tag))
+        uploaded = count(self.clients, self.prefix(tool, tag), self.staging)
         assert uploaded == n, f"{tool} uploaded {uploaded} of {n}"
         return {"first_s": round(first, 2), "first_files_per_s": round(n / first, 1), "reruns_s": []}
 
@@ -167,13 +174,13 @@ class Contest:
         if tool in self.trees:
             out = json.loads(proc.stdout)
             assert out["uploaded"] == 0 and out["failed"] == 0, out
-        assert count(self.clients, self.prefix(tool, tag)) == n
+        assert count(self.clients, self.prefix(tool, tag), self.staging) == n
         row["reruns_s"].append(round(again, 2))
         row["rerun_s"] = round(statistics.median(row["reruns_s"]), 2)
         row["rerun_files_per_s"] = round(n / row["rerun_s"], 1)
 
     def stop(self) -> None:
-        self.az.stop()
+        self.storage.close()
 
 
 def main() -> None:
@@ -199,6 +206,7 @@ def main() -> None:
         metavar="FILE",
         help="after the first runs, wait until FILE exists before the re-runs (a later code tree on the filled Azurite)",
     )
+    add_storage_option(ap)
     args = ap.parse_args()
     trees = {k: str(Path(v).resolve()) for k, _, v in (t.partition("=") for t in args.corpus_trees.split(",") if t)}
     tools = {t for t in ("corpus", "azcopy", "rclone") if t in f"{args.tools},{args.small_tools}".split(",")}
@@ -212,7 +220,8 @@ def main() -> None:
         # every blob), so the tool that uploads later is handicapped on its first run: for the
         # 20,000-file drop the peers go first and corpus last; a fresh Azurite per drop.
         drops = {"2000 x 80 KB": (args.images, 80_000, 5, args.tools), "20000 small": (args.small, 2_000, 5, args.small_tools)}
-        shared = Contest(tmp, trees)
+        shared = Contest(tmp, trees, args.storage_connection_string_env)
+        results["storage"] = shared.storage.server
         try:
             for label, (n, size, dirs, which) in drops.items():
                 if not n:
@@ -224,7 +233,7 @@ def main() -> None:
                 small = label == "20000 small"
                 if not small:
                     order = order[-1:] + order[:-1]  # 2,000 files: corpus first, the peers after it
-                contest = Contest(tmp, trees) if small else shared
+                contest = Contest(tmp, trees, args.storage_connection_string_env) if small else shared
                 labels = list(contest.trees)
                 if "corpus" in order:  # the first tree uploads; every tree re-runs
                     order[order.index("corpus")] = labels[0]
