@@ -34,6 +34,28 @@ The build then walks the selected sets and streams the manifest into blob
 * **Index, then status.** Each block's reverse-index rows (``Lineage``) are written before the
   state that covers them; the status flips to ``ready`` last, with the manifest's SHA-256
   (computed from the committed blob, decompressed). Readers ignore index rows of sets not ready.
+* **Attempts.** A ``failed`` set may be requested again (:func:`register`); the rebuild starts
+  from an empty state with a fresh snapshot, so it may select other images than the failed
+  attempt did (images that arrived since, the copy ``--dedupe`` keeps). The failed attempt's index
+  rows, staged blocks and ``--dedupe`` claims stay where they are. So the row carries an
+  ``Attempt`` number, incremented by the very ``If-Match`` that restarts the failed set (two
+  racers restarting it: one wins, both build the one new attempt), and everything a build writes
+  is the attempt's own: index rows carry it (in their RowKey too, so no two attempts write one
+  row), block ids have a prefix per attempt, claims are filed per attempt. Readers of the index
+  count a use only when its attempt is the ready row's, reading each training set's row once per
+  query; a delivery of an older attempt finds the row at another attempt before it commits, and
+  commits nothing. Every lineage answer is then exactly what the ready manifest holds, whichever
+  attempt wrote which rows, and rows written before attempts existed (no ``Attempt``) are
+  attempt 0, the first: no migration.
+
+  Rejected: deleting the failed attempt's rows before the rebuild. The index is keyed by the
+  source's folder, not by training set, so finding one set's rows is a scan of the table (or a
+  re-read of a snapshot the rebuild no longer has); the delete would have to be resumable and
+  would still race a delivery of the failed attempt writing rows after it. Writing the index only
+  after the manifest is complete: a second pass over the whole manifest at the end of every
+  build (its own cursor, its own budget), and a build failing during that pass leaves the same
+  partial rows. The attempt costs one integer per row and a comparison per use read; failed
+  attempts' rows are left for a sweep (none yet), read by lookups until then.
 """
 
 from __future__ import annotations

@@ -24,7 +24,11 @@ deliveries of one build message can't both advance it.
   version)``, written before the model's own row, so a model never exists without its index.
 
 Index rows of a set that is not ``ready`` (still building, or failed) are ignored by readers:
-the index is written during the build, the status flips to ``ready`` last.
+the index is written during the build, the status flips to ``ready`` last. A failed set
+requested again is rebuilt as its next *attempt* (``Attempt`` on the ``TrainingSets`` row, 0 when
+absent): packed rows of attempt ``n`` > 0 carry ``Attempt`` and one more RowKey segment ``a<n>``
+(:func:`lineage_row_key`), and readers count only the uses of the ready attempt
+(:func:`corpus.app.trainsets.lineage_of_blob`), so a failed attempt's rows never answer.
 """
 
 from __future__ import annotations
