@@ -318,6 +318,45 @@ def test_a_straggler_that_reaches_its_commit_commits_nothing_over_the_rebuild(mo
     assert_lineage_is_the_manifest(rt, corpus, dedupe=True)
 
 
+def test_a_straggler_failing_for_good_does_not_fail_the_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery of the failed attempt meets a permanent error while the rebuild is building:
+    it fails its own attempt, which is over, not the rebuild."""
+    rt = runtime(block=2)
+    corpus: dict[str, dict[str, int]] = {"b": {f"{i}.jpg": i for i in range(6)}}
+    add(rt, "b", corpus["b"])
+    store = app.store_of(rt)
+    app.register(rt, store, TrainsetRequest.parse(request()))
+    straggler = store.trainsets.get(NAME, VERSION)
+    assert straggler is not None
+    fail_then_change(monkeypatch, rt, corpus, fail_at=3)
+    rebuilding = app.register(rt, store, TrainsetRequest.parse(request()))
+    assert (rebuilding.status, rebuilding.attempt) == (BUILDING, 1)
+    injected = fault(monkeypatch, 2, lambda: NotFoundError("injected: the straggler fails"))
+    with injected, pytest.raises(NotFoundError):
+        app.build(rt, store, straggler)
+    after = store.trainsets.get(NAME, VERSION)
+    assert after is not None and (after.status, after.attempt) == (BUILDING, 1)
+    assert settle(rt, request()) == READY
+    assert_lineage_is_the_manifest(rt, corpus, dedupe=True)
+
+
+def test_two_attempts_of_one_block_are_distinct_rows_and_read_back_with_their_attempt() -> None:
+    """Packed rows: attempt 0 keeps the old RowKey (no ``Attempt``), attempt n one more segment."""
+    from corpus.store.memory_tables import MemoryTable
+    from corpus.store.trainsets_table import BlobUse, LineageTable, packed_rows
+
+    first = BlobUse("birds", "original/b/v1/1.jpg", "original/b/v1/1.jpg", (NAME, VERSION))
+    again = BlobUse("birds", "original/b/v1/1.jpg", "original/b/v1/1.jpg", (NAME, VERSION), attempt=2)
+    old, new = packed_rows([first], 0), packed_rows([again], 0)
+    assert "Attempt" not in old[0] and new[0]["Attempt"] == 2
+    assert old[0]["PartitionKey"] == new[0]["PartitionKey"] and old[0]["RowKey"] != new[0]["RowKey"]
+    assert str(new[0]["RowKey"]).startswith(str(old[0]["RowKey"]))
+    index = LineageTable(MemoryTable("Lineage"))  # type: ignore[arg-type]
+    index.add_blob_uses([first], 0)
+    index.add_blob_uses([again], 0)
+    assert sorted(u.attempt for u in index.uses_of("birds", "original/b/v1/1.jpg")) == [0, 2]
+
+
 @pytest.mark.e2e
 @pytest.mark.usefixtures("rt")  # a private Azurite with the corpus's tables, queues and containers
 def test_on_azurite_the_rebuilds_rows_blocks_and_claims_are_its_own(

@@ -222,12 +222,16 @@ def register(rt: Runtime, store: TrainsetStore, req: TrainsetRequest) -> Trainse
 
 
 def build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
-    """Advance the build of ``row`` until done or out of time; see the module docstring."""
+    """Advance the build of ``row`` until done or out of time; see the module docstring.
+
+    A permanent error fails the build of *this attempt* only: a delivery of a failed attempt
+    still running after the rebuild started must not fail the rebuild (the If-Match is on the
+    row just read, whose attempt is compared)."""
     try:
         return _build(rt, store, row)
     except PermanentError as exc:
         latest = store.trainsets.get(row.name, row.version)
-        if latest is not None and latest.status == BUILDING:
+        if latest is not None and latest.status == BUILDING and latest.attempt == row.attempt:
             store.trainsets.advance(replace(latest, status=FAILED, reason=reason(exc)))
         raise
 
