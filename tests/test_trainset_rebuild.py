@@ -357,6 +357,35 @@ def test_two_attempts_of_one_block_are_distinct_rows_and_read_back_with_their_at
     assert sorted(u.attempt for u in index.uses_of("birds", "original/b/v1/1.jpg")) == [0, 2]
 
 
+def test_failed_twice_then_ready_and_each_set_row_is_read_once_per_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attempts 0 and 1 fail, attempt 2 is ready: the original b/0.jpg has index rows of all
+    three, and a lookup reads the training set's row once, not once per row."""
+    rt = runtime(block=1)
+    corpus: dict[str, dict[str, int]] = {"b": {f"{i}.jpg": i for i in range(4)}}
+    add(rt, "b", corpus["b"])
+    fail_then_change(monkeypatch, rt, corpus, fail_at=3)
+    fail_then_change(monkeypatch, rt, corpus, fail_at=4)
+    corpus["a"] = {"x0.jpg": 0}
+    add(rt, "a", corpus["a"])
+    assert settle(rt, request()) == READY
+    store = app.store_of(rt)
+    assert store.trainsets.require_ready(NAME, VERSION).attempt == 2
+    source = blob("b", "0.jpg")
+    assert sorted(u.attempt for u in store.lineage.uses_of("birds", source)) == [0, 1]  # kept by a/x0 in attempt 2
+    reads: list[tuple[str, str]] = []
+    real_get = store.trainsets.get
+
+    def get(name: str, version: str) -> TrainsetRow | None:
+        reads.append((name, version))
+        return real_get(name, version)
+
+    monkeypatch.setattr(store.trainsets, "get", get)
+    assert app.lineage_of_blob(rt, store, "birds", source)["trainsets"] == []
+    assert reads == [(NAME, VERSION)]
+    monkeypatch.setattr(store.trainsets, "get", real_get)
+    assert_lineage_is_the_manifest(rt, corpus, dedupe=True)
+
+
 @pytest.mark.e2e
 @pytest.mark.usefixtures("rt")  # a private Azurite with the corpus's tables, queues and containers
 def test_on_azurite_the_rebuilds_rows_blocks_and_claims_are_its_own(
