@@ -5,9 +5,10 @@ rows and ``--dedupe`` claims of the blocks it finished. The same definition may 
 again; the rebuild takes a fresh snapshot and may select other images (new images arrived, an
 exact copy earlier in manifest order is now the one ``--dedupe`` keeps). Every lineage answer must
 then equal what the ready manifest holds, whichever attempt wrote which rows. On the code before
-attempts every test here but the one without ``--dedupe`` failed: ``corpus lineage --blob`` named
-the training set for images its manifest does not hold (the first test; on Azurite, the last),
-a delivery of the failed attempt overwrote the rebuild's manifest or failed the rebuild.
+attempts, ``corpus lineage --blob`` named the training set for images its manifest does not hold
+(the first test, the property test, the racers, the first straggler; on Azurite, the last test).
+The two other straggler tests were checked by removing their guard alone: the straggler then
+replaced the ready manifest, or failed the rebuild.
 """
 
 from __future__ import annotations
