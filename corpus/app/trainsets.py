@@ -405,10 +405,11 @@ def _finish(store: TrainsetStore, blob: _ManifestBlob, row: TrainsetRow, state: 
 
     The row is read again first: a delivery of an attempt that is no longer the row's (it failed
     and a rebuild started, or another delivery finished) commits nothing, so it can't replace a
-    rebuild's manifest with its own blocks. (A delivery that passes this read and is then
-    overtaken by a whole failure, restart and rebuild before its commit lands is not excluded by
-    it; its commit then names blocks the rebuild's commit discarded and fails, unless its attempt
-    wrote one block only. ``trainset verify`` checks the manifest's hash against the row.)"""
+    rebuild's manifest with its own blocks. (Left open: a delivery that passes this read and is
+    overtaken, between it and its commit, by its attempt's failure, a new request and a whole
+    rebuild. Its commit then names blocks the rebuild's commit discarded and fails, unless its
+    attempt had one block only. Closing that needs a commit conditional on the blob's ETag read
+    before this row, which the blob port does not offer yet.)"""
     latest = store.trainsets.get(row.name, row.version)
     if latest is None or latest.status != BUILDING or latest.attempt != row.attempt:
         return latest.status if latest is not None and latest.attempt == row.attempt else BUILDING
