@@ -203,7 +203,7 @@ def cases(draw: Any) -> Case:
     return Case(block, originals, fail_at, copies, fresh, kill_at)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=cases())
 def test_fail_after_k_blocks_change_the_corpus_rebuild_lineage_is_the_manifest(
     monkeypatch: pytest.MonkeyPatch, case: Case
