@@ -34,6 +34,28 @@ The build then walks the selected sets and streams the manifest into blob
 * **Index, then status.** Each block's reverse-index rows (``Lineage``) are written before the
   state that covers them; the status flips to ``ready`` last, with the manifest's SHA-256
   (computed from the committed blob, decompressed). Readers ignore index rows of sets not ready.
+* **Attempts.** A ``failed`` set may be requested again (:func:`register`); the rebuild starts
+  from an empty state with a fresh snapshot, so it may select other images than the failed
+  attempt did (images that arrived since, the copy ``--dedupe`` keeps). The failed attempt's index
+  rows, staged blocks and ``--dedupe`` claims stay where they are. So the row carries an
+  ``Attempt`` number, incremented by the very ``If-Match`` that restarts the failed set (two
+  racers restarting it: one wins, both build the one new attempt), and everything a build writes
+  is the attempt's own: index rows carry it (in their RowKey too, so no two attempts write one
+  row), block ids have a prefix per attempt, claims are filed per attempt. Readers of the index
+  count a use only when its attempt is the ready row's, reading each training set's row once per
+  query; a delivery of an older attempt finds the row at another attempt before it commits, and
+  commits nothing. Every lineage answer is then exactly what the ready manifest holds, whichever
+  attempt wrote which rows, and rows written before attempts existed (no ``Attempt``) are
+  attempt 0, the first: no migration.
+
+  Rejected: deleting the failed attempt's rows before the rebuild. The index is keyed by the
+  source's folder, not by training set, so finding one set's rows is a scan of the table (or a
+  re-read of a snapshot the rebuild no longer has); the delete would have to be resumable and
+  would still race a delivery of the failed attempt writing rows after it. Writing the index only
+  after the manifest is complete: a second pass over the whole manifest at the end of every
+  build (its own cursor, its own budget), and a build failing during that pass leaves the same
+  partial rows. The attempt costs one integer per row and a comparison per use read; failed
+  attempts' rows are left for a sweep (none yet), read by lookups until then.
 """
 
 from __future__ import annotations
@@ -180,8 +202,10 @@ def register(rt: Runtime, store: TrainsetStore, req: TrainsetRequest) -> Trainse
         )
     if row.status == FAILED:
         # A failed build produced nothing anyone can use (every reader requires ``ready``), so the
-        # same definition may be requested again: start over from an empty state. One racer wins
-        # the If-Match; the others read its row. A ready training set is never rebuilt.
+        # same definition may be requested again: start over from an empty state as the next
+        # attempt (see "Attempts" in the module docstring). One racer wins the If-Match; the others
+        # read its row, so two racers never start two attempts from one failure. A ready training
+        # set is never rebuilt.
         fresh = TrainsetRow(
             row.name,
             row.version,
@@ -190,6 +214,7 @@ def register(rt: Runtime, store: TrainsetStore, req: TrainsetRequest) -> Trainse
             manifest_blob=row.manifest_blob,
             created_at=row.created_at,
             etag=row.etag,
+            attempt=row.attempt + 1,
         )
         store.trainsets.advance(fresh)
         row = store.trainsets.get(req.name, req.version) or row
@@ -197,12 +222,16 @@ def register(rt: Runtime, store: TrainsetStore, req: TrainsetRequest) -> Trainse
 
 
 def build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
-    """Advance the build of ``row`` until done or out of time; see the module docstring."""
+    """Advance the build of ``row`` until done or out of time; see the module docstring.
+
+    A permanent error fails the build of *this attempt* only: a delivery of a failed attempt
+    still running after the rebuild started must not fail the rebuild (the If-Match is on the
+    row just read, whose attempt is compared)."""
     try:
         return _build(rt, store, row)
     except PermanentError as exc:
         latest = store.trainsets.get(row.name, row.version)
-        if latest is not None and latest.status == BUILDING:
+        if latest is not None and latest.status == BUILDING and latest.attempt == row.attempt:
             store.trainsets.advance(replace(latest, status=FAILED, reason=reason(exc)))
         raise
 
@@ -217,7 +246,7 @@ def _build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
         raise RuntimeError("the TrainingSets row has no service Timestamp")
     req = TrainsetRequest.from_definition(row.name, row.version, row.definition)
     sets = select_sets(rt, req)
-    blob = _ManifestBlob(rt.blobs, row.manifest_container, row.manifest_blob)
+    blob = _ManifestBlob(rt.blobs, row.manifest_container, row.manifest_blob, ts.block_prefix(row.attempt))
     per_block = rt.settings.trainset_block_images
     saved = row.state  # the last state stored in the row
     blocks = saved.blocks  # blocks put or being put (one ahead of ``saved`` at most)
@@ -249,7 +278,7 @@ def _build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
 
     # One block is written (Put Block + its index rows) in the background while the next is read.
     with ThreadPoolExecutor(1) as writer:
-        for sel, rk, image, source, kept in _resolved(rt, store, sets, saved.cursor, row.snapshot_at, req):
+        for sel, rk, image, source, kept in _resolved(rt, store, sets, saved.cursor, row.snapshot_at, req, row.attempt):
             if saved.step > started_at and time.monotonic() > deadline:
                 # Checked per image read (issue 25 R3), once this message has saved progress: the
                 # lines read since the last checkpoint (< per_block images) are read again next time.
@@ -263,7 +292,7 @@ def _build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
             if outcome is LabelOutcome.OK:
                 pending.moved += ts.moved(source.md5, source.cluster_md5, req.split)
                 lines.append(entry.to_line() + "\n")
-                uses.append(BlobUse(entry.container, entry.source_blob, entry.blob, (row.name, row.version)))
+                uses.append(BlobUse(entry.container, entry.source_blob, entry.blob, (row.name, row.version), row.attempt))
             if reads < per_block:
                 continue
             # A checkpoint every per_block images *read* (lines <= reads): its place depends only on
@@ -347,12 +376,17 @@ class _ManifestBlob:
     blobs: BlobStore
     container: str
     name: str
+    prefix: str = ts.MANIFEST_BLOCK_PREFIX
+    """Of the block ids: one per attempt (:func:`corpus.domain.trainsets.block_prefix`)."""
+
+    def block(self, index: int) -> str:
+        return block_id(index, self.prefix)
 
 
 def _put_block(store: TrainsetStore, blob: _ManifestBlob, index: int, lines: list[str], uses: list[BlobUse]) -> None:
     """Put one block (a complete gzip member) and index its images; both idempotent."""
     data = gzip_member("".join(lines).encode("utf-8"))
-    blob.blobs.stage_block(blob.container, blob.name, block_id(index), data)
+    blob.blobs.stage_block(blob.container, blob.name, blob.block(index), data)
     store.lineage.add_blob_uses(uses, index)
 
 
@@ -367,8 +401,19 @@ def _advance(store: TrainsetStore, row: TrainsetRow, new: BuildState) -> tuple[T
 
 
 def _finish(store: TrainsetStore, blob: _ManifestBlob, row: TrainsetRow, state: BuildState) -> str:
-    """Commit the blocks, hash the committed manifest, flip to ``ready`` (If-Match)."""
-    blocks = [block_id(i) for i in range(state.blocks)]
+    """Commit the blocks, hash the committed manifest, flip to ``ready`` (If-Match).
+
+    The row is read again first: a delivery of an attempt that is no longer the row's (it failed
+    and a rebuild started, or another delivery finished) commits nothing, so it can't replace a
+    rebuild's manifest with its own blocks. (Left open: a delivery that passes this read and is
+    overtaken, between it and its commit, by its attempt's failure, a new request and a whole
+    rebuild. Its commit then names blocks the rebuild's commit discarded and fails, unless its
+    attempt had one block only. Closing that needs a commit conditional on the blob's ETag read
+    before this row, which the blob port does not offer yet.)"""
+    latest = store.trainsets.get(row.name, row.version)
+    if latest is None or latest.status != BUILDING or latest.attempt != row.attempt:
+        return latest.status if latest is not None and latest.attempt == row.attempt else BUILDING
+    blocks = [blob.block(i) for i in range(state.blocks)]
     blob.blobs.commit_blocks(blob.container, blob.name, blocks, "application/gzip")
     digest, count = manifest_digest(iter_ranges(blob.blobs, blob.container, blob.name))
     if count != state.images:
@@ -408,6 +453,7 @@ def _resolved(
     cursor: tuple[str, str, str] | None,
     at: Any,
     req: TrainsetRequest,
+    attempt: int = 0,
 ) -> Iterator[tuple[SelectedSet, str, ImageRow, Source, LabelOutcome]]:
     """(set, RowKey, image, its source, kept) from the cursor on; ``kept`` is ``OK``, or why the
     image is left out (``where``, ``duplicate``). Transformed images' sources are read, and
@@ -425,7 +471,7 @@ def _resolved(
                 else LabelOutcome.OK
                 for (_, _, image) in chunk
             ]
-            _dedupe(rt, req, chunk, sources, kept, pool)
+            _dedupe(rt, req, chunk, sources, kept, pool, attempt)
             for (sel, rk, image), source, keep in zip(chunk, sources, kept, strict=True):
                 yield sel, rk, image, source, keep
 
@@ -446,9 +492,12 @@ def _dedupe(
     sources: list[Source],
     kept: list[LabelOutcome],
     pool: ThreadPoolExecutor,
+    attempt: int = 0,
 ) -> None:
     """Mark the images ``--dedupe`` leaves out as ``duplicate`` (in place). Only images that would
-    be in the manifest (labelled, matching ``where``) hold a key."""
+    be in the manifest (labelled, matching ``where``) hold a key. Claims are the attempt's own
+    (:func:`corpus.domain.trainsets.attempt_owner`): a failed attempt's claim on a key must not
+    make a rebuild drop the copy that is first in *its* snapshot."""
     if req.dedupe is None:
         return
     first: dict[str, int] = {}
@@ -462,7 +511,8 @@ def _dedupe(
         else:
             first[key] = i
     places = {key: f"{chunk[i][0].container}/{chunk[i][2].blob}" for key, i in first.items()}
-    held = pool.map(lambda key: rt.catalog.dupes.claim((req.name, req.version), key, places[key]), list(places))
+    owner = ts.attempt_owner(req.name, req.version, attempt)
+    held = pool.map(lambda key: rt.catalog.dupes.claim(owner, key, places[key]), list(places))
     for i, holds in zip(first.values(), held, strict=True):
         if not holds:
             kept[i] = LabelOutcome.DUPLICATE
@@ -641,15 +691,24 @@ def original_of(rt: Runtime, container: str, blob: str) -> str:
 
 
 def lineage_of_blob(rt: Runtime, store: TrainsetStore, container: str, blob: str) -> dict[str, list[dict[str, str]]]:
-    """Training sets (ready) and models that used ``blob``, or any transform of it when it is an original."""
+    """Training sets (ready) and models that used ``blob``, or any transform of it when it is an original.
+
+    A use counts only if its training set is ``ready`` and the use was written by the ready
+    attempt (:attr:`~corpus.store.trainsets_table.TrainsetRow.attempt`): the index rows of a
+    failed attempt, and of a delivery of it still running after the rebuild started, stay in the
+    table but are never an answer. So the answer is exactly "the ready manifest holds it". Each
+    training set's row is read once per query (:class:`_ReadyAttempts`), however many rows name it.
+    """
     source = original_of(rt, container, blob)
     direct_only = source != blob
+    attempts = _ReadyAttempts(store)
     found: set[tuple[str, str]] = set()
     for use in store.lineage.uses_of(container, source):
         if direct_only and use.blob != blob:
             continue
-        found.add(use.trainset)
-    ready = sorted(t for t in found if (r := store.trainsets.get(*t)) is not None and r.status == READY)
+        if attempts.holds(use):
+            found.add(use.trainset)
+    ready = sorted(found)
     models: set[tuple[str, str]] = set()
     for t in ready:
         for m in store.lineage.models_of(t):
@@ -660,3 +719,24 @@ def lineage_of_blob(rt: Runtime, store: TrainsetStore, container: str, blob: str
         "trainsets": [{"name": n, "version": v} for n, v in ready],
         "models": [{"name": n, "version": v} for n, v in sorted(models)],
     }
+
+
+class _ReadyAttempts:
+    """The ready attempt of each training set a lineage query meets, read once per set (a query
+    reads one row per training set found, never one per index row)."""
+
+    def __init__(self, store: TrainsetStore) -> None:
+        self.store = store
+        self.seen: dict[tuple[str, str], int | None] = {}
+
+    def attempt(self, trainset: tuple[str, str]) -> int | None:
+        """The attempt whose manifest is ready, or None when the set is not ready (or gone)."""
+        if trainset not in self.seen:
+            row = self.store.trainsets.get(*trainset)
+            self.seen[trainset] = row.attempt if row is not None and row.status == READY else None
+        return self.seen[trainset]
+
+    def holds(self, use: BlobUse) -> bool:
+        """Is ``use`` in its training set's ready manifest (written by the ready attempt)?"""
+        ready = self.attempt(use.trainset)
+        return ready is not None and use.attempt == ready

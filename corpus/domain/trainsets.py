@@ -359,3 +359,31 @@ def parse_trainset_message(body: bytes | str) -> TrainsetRequest | TrainsetConti
     msg = TrainsetContinue(f.str("name"), f.str("version"), f.int("step"))
     f.done()
     return msg
+
+
+# -- attempts: a failed build requested again is built afresh ------------------------------------
+
+MANIFEST_BLOCK_PREFIX = "manifest"
+
+
+def block_prefix(attempt: int) -> str:
+    """The Put Block id prefix of an attempt's manifest blocks (:func:`corpus.domain.manifest.block_id`).
+
+    Attempt 0 keeps the ids every build used before attempts existed (``manifest``); attempt
+    ``n`` > 0 uses ``m`` + ``n`` in 7 digits: the same 8 characters, as every block id of one blob
+    must have one length, and never an id of another attempt. So a delivery of a failed attempt
+    still running after the rebuild started can't put its block under an id the rebuild commits.
+    """
+    if attempt == 0:
+        return MANIFEST_BLOCK_PREFIX
+    if not 0 < attempt < 10**7:
+        raise ValueError(f"attempt {attempt} is out of range 0..9999999")
+    return f"m{attempt:07d}"
+
+
+def attempt_owner(name: str, version: str, attempt: int) -> tuple[str, str]:
+    """The (name, version) an attempt's ``--dedupe`` claims are filed under: the training set's
+    own for attempt 0 (as before attempts existed), ``version~n`` for attempt ``n`` > 0. ``~`` is
+    in no valid version, so no training set's claims meet another's, nor an attempt's another
+    attempt's: a rebuild claims afresh, never losing a key to a copy the failed attempt kept."""
+    return (name, version) if attempt == 0 else (name, f"{version}~{attempt}")

@@ -24,7 +24,11 @@ deliveries of one build message can't both advance it.
   version)``, written before the model's own row, so a model never exists without its index.
 
 Index rows of a set that is not ``ready`` (still building, or failed) are ignored by readers:
-the index is written during the build, the status flips to ``ready`` last.
+the index is written during the build, the status flips to ``ready`` last. A failed set
+requested again is rebuilt as its next *attempt* (``Attempt`` on the ``TrainingSets`` row, 0 when
+absent): packed rows of attempt ``n`` > 0 carry ``Attempt`` and one more RowKey segment ``a<n>``
+(:func:`lineage_row_key`), and readers count only the uses of the ready attempt
+(:func:`corpus.app.trainsets.lineage_of_blob`), so a failed attempt's rows never answer.
 """
 
 from __future__ import annotations
@@ -125,6 +129,11 @@ class TrainsetRow:
     etag: str = ""
     server_time: datetime | None = None
     """The entity's service ``Timestamp`` when read (used once, as the snapshot time)."""
+    attempt: int = 0
+    """Which build of this definition the row describes: 0 for the first, one more each time a
+    ``failed`` build is requested again and restarted (by the If-Match that restarts it). Index
+    rows, manifest blocks and ``--dedupe`` claims carry it; readers use only the ready attempt's.
+    A row written before attempts existed has no ``Attempt``: it is attempt 0."""
 
     @property
     def keys(self) -> tuple[str, str]:
@@ -153,6 +162,7 @@ class TrainsetRow:
             "Cursor": _dumps(list(s.cursor)) if s.cursor else "",
             "Blocks": int64(s.blocks),
             "Moved": int64(s.moved),
+            "Attempt": int64(self.attempt),
             "CreatedAt": self.created_at or now(),
             "UpdatedAt": now(),
         }
@@ -192,6 +202,7 @@ class TrainsetRow:
             updated_at=updated if isinstance(updated, datetime) else None,
             etag=str(meta.get("etag") or ""),
             server_time=meta.get("timestamp"),
+            attempt=as_int(entity.get("Attempt")),
         )
 
 
@@ -300,6 +311,8 @@ class BlobUse:
     """The source original's blob (the image itself for an original)."""
     blob: str
     trainset: tuple[str, str]
+    attempt: int = 0
+    """The build attempt that wrote the use (:attr:`TrainsetRow.attempt`); 0 for rows without one."""
 
 
 def blob_bucket(container: str, source: str) -> str:
@@ -348,28 +361,40 @@ def _pack(entries: list[Any]) -> Iterator[str]:
 
 def packed_rows(uses: Iterable[BlobUse], block: int) -> list[Entity]:
     """The version-2 index rows of one manifest block's ``uses`` (see :class:`LineageTable`)."""
-    groups: dict[tuple[str, str, str, str, str], dict[tuple[str, str], Any]] = defaultdict(dict)
+    groups: dict[tuple[str, str, str, str, str, int], dict[tuple[str, str], Any]] = defaultdict(dict)
     for u in uses:
         folder, file = split_source(u.source)
         entry: Any = file if u.blob == u.source else [file, u.blob]
-        groups[(u.container, folder, file_bucket(file), u.trainset[0], u.trainset[1])][(file, u.blob)] = entry
+        groups[(u.container, folder, file_bucket(file), u.trainset[0], u.trainset[1], u.attempt)][(file, u.blob)] = entry
     rows: list[Entity] = []
-    for (container, folder, bucket, name, version), entries in groups.items():
+    for (container, folder, bucket, name, version, attempt), entries in groups.items():
         for part, packed in enumerate(_pack(list(entries.values()))):
-            rows.append(
-                {
-                    "PartitionKey": folder_bucket(container, folder),
-                    "RowKey": keys.compose(container, folder, bucket, name, version, f"{block:08d}", f"{part:04d}"),
-                    "Container": container,
-                    "Folder": folder,
-                    "Name": name,
-                    "Version": version,
-                    "Block": block,
-                    "Uses": packed,
-                    "Schema": LINEAGE_SCHEMA,
-                }
-            )
+            row: Entity = {
+                "PartitionKey": folder_bucket(container, folder),
+                "RowKey": lineage_row_key(container, folder, bucket, name, version, block, part, attempt),
+                "Container": container,
+                "Folder": folder,
+                "Name": name,
+                "Version": version,
+                "Block": block,
+                "Uses": packed,
+                "Schema": LINEAGE_SCHEMA,
+            }
+            if attempt:
+                row["Attempt"] = attempt
+            rows.append(row)
     return rows
+
+
+def lineage_row_key(
+    container: str, folder: str, bucket: str, name: str, version: str, block: int, part: int, attempt: int
+) -> str:
+    """The RowKey of a packed index row. Attempt 0 has the key every build wrote before attempts
+    existed; attempt ``n`` > 0 one more segment, ``a<n>``. So two attempts never write the same
+    row: a delivery of a failed attempt still running can't overwrite the rebuild's rows (an
+    upsert of the same key would), only add rows every reader ignores."""
+    head = (container, folder, bucket, name, version, f"{block:08d}", f"{part:04d}")
+    return keys.compose(*head) if attempt == 0 else keys.compose(*head, f"a{attempt}")
 
 
 def _transactions(rows: list[Entity]) -> list[list[Entity]]:
@@ -443,10 +468,11 @@ class LineageTable:
         lo = keys.compose(container, folder, file_bucket(file)) + keys.SEPARATOR
         for e in self._range(folder_bucket(container, folder), lo):
             trainset = (_str(e, "Name"), _str(e, "Version"))
+            attempt = as_int(e.get("Attempt"))
             for entry in _json(e, "Uses", []):
                 used, blob = (entry, source) if isinstance(entry, str) else (str(entry[0]), str(entry[1]))
                 if used == file:
-                    yield BlobUse(container, source, blob, trainset)
+                    yield BlobUse(container, source, blob, trainset, attempt)
         lo = keys.compose(container, source) + keys.SEPARATOR
         for e in self._range(blob_bucket(container, source), lo):
             yield BlobUse(_str(e, "Container"), _str(e, "Source"), _str(e, "Blob"), (_str(e, "Name"), _str(e, "Version")))
