@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corpus.app import trainsets as app
+from corpus.app import views
 from corpus.app.runtime import Runtime
 from corpus.domain.errors import NotFoundError
 from corpus.domain.manifest import parse_line
@@ -308,6 +309,7 @@ def test_a_straggler_that_reaches_its_commit_commits_nothing_over_the_rebuild(mo
     assert settle(rt, request()) == READY
     ready = store.trainsets.require_ready(NAME, VERSION)
     assert ready.attempt == 1
+    assert views.trainset_json(ready)["attempt"] == 1  # `trainset show --json` and the API say which build it is
     data = rt.blobs.read(ready.manifest_container, ready.manifest_blob).data
     assert app.build(rt, store, straggler) == BUILDING
     assert rt.blobs.read(ready.manifest_container, ready.manifest_blob).data == data

@@ -170,6 +170,7 @@ def trainset_json(row: TrainsetRow) -> dict[str, Any]:
         "version": row.version,
         "status": row.status,
         "reason": row.reason or None,
+        "attempt": row.attempt,
         "images": s.images,
         "sha256": row.sha256 or None,
         "splits": dict(sorted(s.splits.items())),
