@@ -17,7 +17,12 @@ Functions host; paths under ``sdk/storage/Microsoft.Azure.WebJobs.Extensions.Sto
   with ``batchSize = maxDegreeOfParallelism / 2 + 1``, ``newBatchThreshold`` the rest, and the
   default ``VisibilityTimeout`` of zero: a failed blob is re-delivered at once, up to
   ``poisonBlobThreshold`` times, then poisoned into ``webjobs-blobtrigger-poison`` of the blob's
-  account (``SharedBlobQueueProcessor.GetPoisonQueue``)).
+  account (``SharedBlobQueueProcessor.GetPoisonQueue``));
+* ``…Storage.Blobs/src/Listeners/BlobListenerFactory.cs`` and ``BlobQueueTriggerExecutor.cs``: one
+  shared listener for the host's blob-trigger queue, each message dispatched to the function its
+  ``FunctionId`` names (unknown: logged and completed without invoking); ``Config/
+  BlobsExtensionConfigProvider.cs`` (``ProcessEventsAsync``): each Event Grid subscription's
+  events become messages naming its function.
 
 The Python worker runs the functions (azure-functions-python-worker,
 ``azure_functions_worker/dispatcher.py``: ``_get_sync_tp_max_workers`` and ``_create_sync_call_tp``):

@@ -13,8 +13,9 @@ app can run and be tested end to end against Azurite on any machine, and it is d
   at once), polling backs off up to ``maxPollingInterval``, a failed message becomes visible again
   after ``visibilityTimeout``, and after ``maxDequeueCount`` attempts it moves to ``<queue>-poison``;
   ``messageEncoding: base64`` bodies are decoded, and undecodable ones are poisoned;
-* blob triggers (``source=EventGrid``) get each new or changed blob once, like one BlobCreated
-  event per upload; what was delivered is remembered in a receipts table across restarts;
+* blob triggers (``source=EventGrid``) get each new or changed blob that matches their path
+  template once, like one BlobCreated event per upload and event subscription; what was delivered
+  is remembered per function in a receipts table across restarts;
 * HTTP triggers are served on 127.0.0.1 (``--port``, default 7071 as ``func start``), with the
   route templates and ``extensions.http.routePrefix`` of ``host.json``; requests and responses
   pass through the library's own ``HttpRequestConverter``/``HttpResponseConverter``
@@ -24,8 +25,10 @@ app can run and be tested end to end against Azurite on any machine, and it is d
 * a message dequeued more often than ``maxDequeueCount`` is poisoned before invoking; poisoned
   messages get the queue's default time-to-live (7 days), as the host's; this host also lists them
   in its summary (``poisoned``);
-* blob events become messages on a host-account queue run with the blobs extension's rules
-  (immediate re-delivery, ``poisonBlobThreshold`` attempts), with the real trigger metadata
+* blob events become messages on the host account's one blob-trigger queue, one per function whose
+  path template matches the blob, each naming its function (``FunctionId``); one shared listener
+  dispatches them by it with the blobs extension's rules (a message for no function here dropped,
+  immediate re-delivery, ``poisonBlobThreshold`` attempts), with the real trigger metadata
   (``Properties.ETag`` is ``{}``);
 * every invocation runs on one :class:`~corpus.devhost.listeners.Worker` per process, of
   ``PYTHON_THREADPOOL_THREAD_COUNT`` threads (else the worker's default ``min(32, cores + 4)``), and
