@@ -237,6 +237,8 @@ def test_a_message_naming_no_function_here_is_dropped_without_invoking_and_liste
         ("{{raw}}/{name}", "{raw}/x", {"name": "x"}),  # {{ }} are literal braces
         ("a+b(c)/{name}", "a+b(c)/x", {"name": "x"}),  # literals are escaped
         ("a+b(c)/{name}", "aab(c)/x", None),
+        ("{name}", "a\nFORGED.jpg", {"name": "a\nFORGED.jpg"}),  # a control character still reaches the function
+        ("{stem}.jpg", "a.jpg\n", None),
     ],
 )
 def test_blob_name_templates_match_as_the_webjobs_sdk_s(template: str, name: str, values: dict[str, str] | None) -> None:

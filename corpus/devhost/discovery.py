@@ -74,9 +74,13 @@ def blob_name_pattern(template: str) -> re.Pattern[str]:
     """The regular expression the WebJobs SDK builds from a blob-name template to match blob names
     and capture binding data (``BindingTemplateSource.FromString``; ``BindingTemplateToken.
     BuildCapturePattern``): anchored ``^…$``, each ``{param}`` a greedy ``(?<param>.*)``, every
-    literal escaped, ``{{``/``}}`` literal braces, case-sensitive. A malformed template (a lone
-    brace, a parameter that is not an identifier, one used twice) is a ValueError, as the host
-    refuses to index such a function."""
+    literal escaped, ``{{``/``}}`` literal braces, case-sensitive. One difference: a parameter
+    here spans line breaks too (``re.DOTALL``, and ``\\Z`` for ``$``). .NET's ``.`` stops at
+    ``\\n``, which in the host only leaves such a blob without binding data; here the pattern also
+    stands for the Event Grid subscription's filter, which sees every name, and a name with a
+    control character must reach the function (which rejects it) rather than vanish.
+    A malformed template (a lone brace, a parameter that is not an identifier, one used twice) is
+    a ValueError, as the host refuses to index such a function."""
     out, names, pos = ["^"], set(), 0
     for m in _TEMPLATE_TOKEN.finditer(template):
         out.append(re.escape(template[pos : m.start()]))
@@ -95,8 +99,8 @@ def blob_name_pattern(template: str) -> re.Pattern[str]:
             names.add(name)
             out.append(f"(?P<{name}>.*)")
     out.append(re.escape(template[pos:]))
-    out.append("$")
-    return re.compile("".join(out))
+    out.append(r"\Z")
+    return re.compile("".join(out), re.DOTALL)
 
 
 def discover(app_dir: Path, values: dict[str, str] | Any) -> list[Target]:
