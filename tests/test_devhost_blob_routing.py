@@ -25,7 +25,7 @@ from corpus.devhost.listeners import BLOB_TRIGGER_QUEUE, RECEIPTS_TABLE
 from corpus.domain import keys
 from tests.support import run_host
 
-ROUTING_APP = """
+RECORDER = """
 import hashlib, json, os, threading
 import azure.functions as func
 
@@ -37,25 +37,26 @@ def record(fn: str, blob: func.InputStream) -> None:
     line = json.dumps({"fn": fn, "name": blob.name, "md5": hashlib.md5(blob.read()).hexdigest()})
     with _lock, open(os.path.join(os.environ["AzureWebJobsScriptRoot"], "calls.jsonl"), "a") as out:
         out.write(line + "\\n")
-
-
-@app.function_name("jpegs")
-@app.blob_trigger(arg_name="blob", path="drop/{stem}.jpg", connection="CorpusStorage", source=func.BlobSource.EVENT_GRID)
-def jpegs(blob: func.InputStream) -> None:
-    record("jpegs", blob)
-
-
-@app.function_name("inbox")
-@app.blob_trigger(arg_name="blob", path="drop/in/{name}", connection="CorpusStorage", source=func.BlobSource.EVENT_GRID)
-def inbox(blob: func.InputStream) -> None:
-    record("inbox", blob)
-
-
-@app.function_name("side")
-@app.blob_trigger(arg_name="blob", path="side/{name}", connection="CorpusStorage", source=func.BlobSource.EVENT_GRID)
-def side(blob: func.InputStream) -> None:
-    record("side", blob)
 """
+"""Each function of the apps below records what it ran on, and a digest of the bytes it read."""
+
+TRIGGER = """
+
+@app.function_name("{fn}")
+@app.blob_trigger(arg_name="blob", path="{path}", connection="CorpusStorage", source=func.BlobSource.EVENT_GRID)
+def {fn}(blob: func.InputStream) -> None:
+    record("{fn}", blob)
+"""
+
+
+def blob_app(**paths: str) -> str:
+    """A function_app.py of one recording blob-triggered function per ``name=path``."""
+    return RECORDER + "".join(TRIGGER.replace("{fn}", fn).replace("{path}", path) for fn, path in paths.items())
+
+
+ROUTING_APP = blob_app(jpegs="drop/{stem}.jpg", inbox="drop/in/{name}", side="side/{name}")
+TWO_CONTAINERS_APP = blob_app(left="left/{name}", right="right/{name}")
+
 
 HOST_JSON = {
     "version": "2.0",
@@ -145,33 +146,6 @@ def test_each_blob_reaches_exactly_the_functions_whose_path_matches_it(env, clie
     clients.container("drop").upload_blob("in/d.jpg", content("drop", "in/d.jpg"), overwrite=True)
     assert run_host(env, app, timeout=180)["ok"] == {"jpegs": 1, "inbox": 1}
     assert calls(app) == [("inbox", "drop/in/d.jpg"), ("jpegs", "drop/in/d.jpg")]
-
-
-TWO_CONTAINERS_APP = """
-import hashlib, json, os, threading
-import azure.functions as func
-
-app = func.FunctionApp()
-_lock = threading.Lock()
-
-
-def record(fn: str, blob: func.InputStream) -> None:
-    line = json.dumps({"fn": fn, "name": blob.name, "md5": hashlib.md5(blob.read()).hexdigest()})
-    with _lock, open(os.path.join(os.environ["AzureWebJobsScriptRoot"], "calls.jsonl"), "a") as out:
-        out.write(line + "\\n")
-
-
-@app.function_name("left")
-@app.blob_trigger(arg_name="blob", path="left/{name}", connection="CorpusStorage", source=func.BlobSource.EVENT_GRID)
-def left(blob: func.InputStream) -> None:
-    record("left", blob)
-
-
-@app.function_name("right")
-@app.blob_trigger(arg_name="blob", path="right/{name}", connection="CorpusStorage", source=func.BlobSource.EVENT_GRID)
-def right(blob: func.InputStream) -> None:
-    record("right", blob)
-"""
 
 
 def test_two_blob_triggers_sharing_the_queue_never_take_each_other_s_messages(env, clients, tmp_path):
