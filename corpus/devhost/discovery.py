@@ -55,6 +55,52 @@ class Target:
     arg_name: str
     call: Callable[..., Any]
     methods: tuple[str, ...] = ()  # http: the methods it answers; empty: all of them
+    path: str = ""  # blob: the blob-name template after the container ("{name}", "in/{stem}.jpg")
+    scan: bool = False  # blob: source LogsAndContainerScan (the library's default), not EventGrid
+
+    @property
+    def function_id(self) -> str:
+        """The FunctionId the Functions host puts on this function's blob-trigger messages: the
+        FunctionDescriptor.Id of a script function (the Event Grid webhook of a Python function is
+        ``/runtime/webhooks/blobs?functionName=Host.Functions.<name>``)."""
+        return f"Host.Functions.{self.name}"
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+def blob_name_pattern(template: str) -> re.Pattern[str]:
+    """The regular expression the WebJobs SDK builds from a blob-name template to match blob names
+    and capture binding data (``BindingTemplateSource.FromString``; ``BindingTemplateToken.
+    BuildCapturePattern``): anchored ``^…$``, each ``{param}`` a greedy ``(?<param>.*)``, every
+    literal escaped, ``{{``/``}}`` literal braces, case-sensitive. One difference: a parameter
+    here spans line breaks too (``re.DOTALL``, and ``\\Z`` for ``$``). .NET's ``.`` stops at
+    ``\\n``, which in the host only leaves such a blob without binding data; here the pattern also
+    stands for the Event Grid subscription's filter, which sees every name, and a name with a
+    control character must reach the function (which rejects it) rather than vanish.
+    A malformed template (a lone brace, a parameter that is not an identifier, one used twice) is
+    a ValueError, as the host refuses to index such a function."""
+    out, names, pos = ["^"], set(), 0
+    for m in _TEMPLATE_TOKEN.finditer(template):
+        out.append(re.escape(template[pos : m.start()]))
+        pos = m.end()
+        token = m.group(0)
+        if token in ("{{", "}}"):
+            out.append(re.escape(token[0]))
+        elif m.group(1) is None:
+            raise ValueError(f"blob path template {template!r}: unmatched {token!r} at {m.start()}")
+        else:
+            name = m.group(1)
+            if not _IDENT.fullmatch(name):
+                raise ValueError(f"blob path template {template!r}: the parameter name {name!r} is invalid")
+            if name in names:
+                raise ValueError(f"blob path template {template!r}: the parameter {name!r} appears twice")
+            names.add(name)
+            out.append(f"(?P<{name}>.*)")
+    out.append(re.escape(template[pos:]))
+    out.append(r"\Z")
+    return re.compile("".join(out), re.DOTALL)
 
 
 def discover(app_dir: Path, values: dict[str, str] | Any) -> list[Target]:
@@ -66,13 +112,18 @@ def discover(app_dir: Path, values: dict[str, str] | Any) -> list[Target]:
         trigger = fn.get_trigger()
         ttype = trigger.get_binding_name()
         if ttype == "blobTrigger":
+            name = fn.get_function_name()
             path = resolve(trigger.path, values)
-            container, _, pattern = path.partition("/")
-            if pattern != "{name}":
-                raise ValueError(f"{fn.get_function_name()}: only '<container>/{{name}}' blob paths are supported here")
-            targets.append(
-                Target(fn.get_function_name(), "blob", container, trigger.connection, trigger.name, fn.get_user_function())
-            )
+            container, _, template = path.partition("/")
+            if not container or not template or "{" in container or "}" in container:
+                raise ValueError(f"{name}: blob path {path!r} is not '<container>/<blob name template>' with a literal container")
+            try:
+                blob_name_pattern(template)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            scan = str(getattr(trigger, "source", None) or "LogsAndContainerScan") != "EventGrid"
+            call = fn.get_user_function()
+            targets.append(Target(name, "blob", container, trigger.connection, trigger.name, call, path=template, scan=scan))
         elif ttype == "queueTrigger":
             targets.append(
                 Target(

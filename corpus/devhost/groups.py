@@ -1,8 +1,9 @@
 """``corpus host --process-per-group``: one process per Flex Consumption function group.
 
 Flex Consumption scales per function: every HTTP function shares one group, every blob (Event
-Grid) function one group, and each other function (here each queue and timer function) is a group
-of its own, on its own instances (MicrosoftDocs/azure-docs, ``articles/azure-functions/
+Grid) function one group (they share the host's one blob-trigger queue, whose listener drops a
+message for a function it does not run), and each other function (here each queue and timer
+function) is a group of its own, on its own instances (MicrosoftDocs/azure-docs, ``articles/azure-functions/
 flex-consumption-plan.md``, "Per-function scaling"). Each instance runs one Python worker with its
 own thread pool, so a slow group never takes threads from another. This runs each group as a
 child ``corpus host --only …`` with the same options, i.e. its own :class:`Worker` and cap.
@@ -32,7 +33,7 @@ def function_groups(targets: list[Target]) -> list[tuple[str, ...]]:
 
 
 def merge(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"ok": {}, "failed": {}, "max_in_flight": {}, "poisoned": [], "timed_out": False}
+    out: dict[str, Any] = {"ok": {}, "failed": {}, "max_in_flight": {}, "poisoned": [], "dropped": [], "timed_out": False}
     for s in summaries:
         for key in ("ok", "failed"):
             for fn, n in s.get(key, {}).items():
@@ -40,6 +41,7 @@ def merge(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         for fn, n in s.get("max_in_flight", {}).items():
             out["max_in_flight"][fn] = max(n, out["max_in_flight"].get(fn, 0))
         out["poisoned"] += s.get("poisoned", [])
+        out["dropped"] += s.get("dropped", [])
         out["timed_out"] = out["timed_out"] or bool(s.get("timed_out"))
         out["worker_threads"] = s.get("worker_threads")
     return out

@@ -17,7 +17,12 @@ Functions host; paths under ``sdk/storage/Microsoft.Azure.WebJobs.Extensions.Sto
   with ``batchSize = maxDegreeOfParallelism / 2 + 1``, ``newBatchThreshold`` the rest, and the
   default ``VisibilityTimeout`` of zero: a failed blob is re-delivered at once, up to
   ``poisonBlobThreshold`` times, then poisoned into ``webjobs-blobtrigger-poison`` of the blob's
-  account (``SharedBlobQueueProcessor.GetPoisonQueue``)).
+  account (``SharedBlobQueueProcessor.GetPoisonQueue``));
+* ``…Storage.Blobs/src/Listeners/BlobListenerFactory.cs`` and ``BlobQueueTriggerExecutor.cs``: one
+  shared listener for the host's blob-trigger queue, each message dispatched to the function its
+  ``FunctionId`` names (unknown: logged and completed without invoking); ``Config/
+  BlobsExtensionConfigProvider.cs`` (``ProcessEventsAsync``): each Event Grid subscription's
+  events become messages naming its function.
 
 The Python worker runs the functions (azure-functions-python-worker,
 ``azure_functions_worker/dispatcher.py``: ``_get_sync_tp_max_workers`` and ``_create_sync_call_tp``):
@@ -33,6 +38,7 @@ import binascii
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
@@ -51,13 +57,17 @@ from azure.functions.blob import BlobConverter
 from azure.functions.queue import QueueMessageInConverter
 from azure.functions.timer import TimerRequestConverter
 
-from corpus.devhost.discovery import Target
+from corpus.devhost.discovery import Target, blob_name_pattern
 from corpus.domain import cron, keys
 from corpus.domain.errors import StorageError
 from corpus.store.hostconfig import BlobConfig, QueueConfig
 from corpus.store.settings import BLOB_POISON_QUEUE, POISON_SUFFIX, poison_queue
 from corpus.store.storage import Clients, blob_request
 from corpus.transfer.bloblist import BlobLister
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
+    from azure.storage.queue import QueueClient
 
 log = logging.getLogger("corpus.host")
 
@@ -89,6 +99,7 @@ class Stats:
         self.ok: dict[str, int] = {}
         self.failed: dict[str, int] = {}
         self.poisoned_messages: list[dict[str, str]] = []
+        self.dropped_messages: list[dict[str, str]] = []
         self.last_activity = time.monotonic()
 
     def start(self, fn: str) -> float:
@@ -114,6 +125,11 @@ class Stats:
         with self._lock:
             self.poisoned_messages.append({"fn": fn, "message_id": message_id, "queue": queue, "why": why})
 
+    def dropped(self, function_id: str, message_id: str, blob: str, why: str) -> None:
+        """Record a message completed without invoking anything because it names no function here."""
+        with self._lock:
+            self.dropped_messages.append({"function_id": function_id, "message_id": message_id, "blob": blob, "why": why})
+
     def busy(self) -> bool:
         with self._lock:
             return any(self.in_flight.values())
@@ -125,6 +141,7 @@ class Stats:
                 "failed": dict(self.failed),
                 "max_in_flight": dict(self.max_in_flight),
                 "poisoned": list(self.poisoned_messages),
+                "dropped": list(self.dropped_messages),
             }
 
 
@@ -415,31 +432,75 @@ class QueueListener(_Component):
             lease.done = True
             self._poison_locked(lease, raw, why)
 
+    def _poison_queue(self, raw: str) -> Any:
+        """Where a poisoned message goes: the listener's poison queue (None: there is none)."""
+        return self.poison
+
+    def _function_of(self, raw: str) -> str:
+        """The function a message was for (the summary's ``poisoned[].fn``)."""
+        return self.t.name
+
     def _poison_locked(self, lease: _Lease, raw: str, why: str) -> None:
-        if self.poison is None:  # HandlePoisonMessageAsync does nothing without a poison queue: parked
+        poison = self._poison_queue(raw)
+        if poison is None:  # HandlePoisonMessageAsync does nothing without a poison queue: parked
             log.error("message %s of %s %s; no poison queue: left in place", lease.message_id, self.t.source, why)
             return
         # CopyMessageToPoisonQueueAsync: the body, no time-to-live (the queue's default, 7 days).
-        self.poison.send_message(raw, time_to_live=self.opts.poison_ttl)
+        poison.send_message(raw, time_to_live=self.opts.poison_ttl)
         self._delete(lease)
-        self.poisoned.append({"message_id": lease.message_id, "queue": self.poison.queue_name, "why": why})
-        self.stats.poisoned(self.t.name, lease.message_id, self.poison.queue_name, why)
-        log.error("message %s moved to %s: %s", lease.message_id, self.poison.queue_name, why)
+        self.poisoned.append({"message_id": lease.message_id, "queue": poison.queue_name, "why": why})
+        self.stats.poisoned(self._function_of(raw), lease.message_id, poison.queue_name, why)
+        log.error("message %s moved to %s: %s", lease.message_id, poison.queue_name, why)
+
+
+@dataclass
+class Subscription:
+    """One blob-triggered function's subscription to a container's events, as an Event Grid event
+    subscription with its filter: the blobs whose names match the function's path template, its
+    FunctionId on their messages, and its own receipts (the extension's receipts are per function
+    too: ``BlobReceiptManager``, ``blobreceipts/<hostId>/<functionId>/<etag>/<container>/<blob>``).
+
+    ``delivered`` maps each blob name to the (bare) ETag whose message was queued for it."""
+
+    target: Target
+    pattern: re.Pattern[str]
+    delivered: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, target: Target) -> Subscription:
+        return cls(target, blob_name_pattern(target.path or "{name}"))
+
+    @property
+    def partition(self) -> str:
+        """The receipts' partition: ``<function>/<container>``, one per function (and as before)."""
+        return keys.escape(f"{self.target.name}/{self.target.source}")
+
+    def wants(self, name: str, etag: str) -> bool:
+        return self.pattern.match(name) is not None and self.delivered.get(name) != etag
+
+
+Event = tuple[str, str, str]  # blob name, ETag, blob type
 
 
 class BlobListener(_Component):
-    """A ``source=EventGrid`` blob trigger's event side: one event per new or changed blob, remembered.
+    """The event side of the ``source=EventGrid`` blob triggers on one container: one event per new or
+    changed blob and per function whose path template matches it, remembered per function.
 
-    Like the blobs extension, an event does not invoke the function directly: it becomes a
-    message on the host account's blob-trigger queue (:data:`BLOB_TRIGGER_QUEUE`), which
-    :class:`BlobQueueListener` runs with the extension's retry and poison rules.
+    Event Grid delivers a storage account's events to each event subscription (a webhook
+    ``…/runtime/webhooks/blobs?functionName=Host.Functions.<name>`` whose filter selects that
+    function's blobs); the extension turns each into a BlobTriggerMessage carrying that
+    ``FunctionId`` (``BlobsExtensionConfigProvider.ProcessEventsAsync``) on the host account's one
+    blob-trigger queue (:data:`BLOB_TRIGGER_QUEUE`), which :class:`BlobQueueListener` dispatches by
+    it. This stand-in lists the container once for all its subscriptions: a blob that matches two
+    functions' templates gives two messages and two receipts, one per function.
 
     Event Grid delivers events in batches and the extension enqueues them concurrently, so this
     stand-in does not feed one blob at a time either: the new blobs of a listing are taken in
-    chunks of at most :data:`EVENT_CHUNK` (one entity-group transaction's limit), their messages
-    sent by :data:`EVENT_SENDERS` threads at once, then the chunk's receipts written in one
-    transaction (they share a partition). A blob is remembered only after its message is on the
-    queue; a crash in between sends it again (at least once, as Event Grid), never loses it.
+    chunks of at most :data:`EVENT_CHUNK` per function (one entity-group transaction's limit),
+    their messages sent by :data:`EVENT_SENDERS` threads at once, then the chunk's receipts written
+    in one transaction (they share the function's partition). A blob is remembered only after its
+    message is on the queue; a crash in between sends it again (at least once, as Event Grid),
+    never loses it.
 
     The listing is this stand-in's cost, not Event Grid's, so it is paced: the wait after a listing
     is at least :data:`LISTING_PACE` times what it took, and there is none while the host queue
@@ -447,21 +508,44 @@ class BlobListener(_Component):
     """
 
     def __init__(
-        self, target: Target, clients: Clients, host_clients: Clients, stats: Stats, opts: HostOptions, backlog: int = 0
+        self,
+        container: str,
+        subscriptions: list[Subscription],
+        lister: BlobLister,
+        queue: QueueClient,
+        receipts: TableClient,
+        stats: Stats,
+        opts: HostOptions,
+        backlog: int = 0,
+        senders: int = EVENT_SENDERS,
     ) -> None:
-        self.t, self.stats, self.opts = target, stats, opts
+        self.container, self.subscriptions, self.stats, self.opts = container, subscriptions, stats, opts
+        self.lister, self.queue, self.receipts = lister, queue, receipts
         self.backlog = backlog  # no listing while the host queue holds this many messages (0: always list)
-        # Listed without the SDK's models (~0.1 ms a blob): this listing runs every poll interval.
-        self.lister = BlobLister.from_connection(clients.connection, clients.credential)
-        self.receipts: TableClient = host_clients.table_client(RECEIPTS_TABLE)
-        self.queue = host_clients.queue_client(BLOB_TRIGGER_QUEUE)
-        self._delivered: dict[str, str] = {}
-        self._pk = keys.escape(f"{target.name}/{target.source}")
-        self._senders = ThreadPoolExecutor(EVENT_SENDERS, thread_name_prefix=f"events-{target.name}")
+        self._senders = ThreadPoolExecutor(senders, thread_name_prefix=f"events-{container}")
+
+    @classmethod
+    def create(
+        cls, targets: list[Target], clients: Clients, host_clients: Clients, stats: Stats, opts: HostOptions, backlog: int = 0
+    ) -> BlobListener:
+        """The event source of these functions' triggers, all on one container of ``clients``' account."""
+        (container,) = {t.source for t in targets}
+        return cls(
+            container,
+            [Subscription.of(t) for t in targets],
+            # Listed without the SDK's models (~0.1 ms a blob): this listing runs every poll interval.
+            BlobLister.from_connection(clients.connection, clients.credential),
+            host_clients.queue_client(BLOB_TRIGGER_QUEUE),
+            host_clients.table_client(RECEIPTS_TABLE),
+            stats,
+            opts,
+            backlog,
+        )
 
     def load_receipts(self) -> None:
-        for row in self.receipts.query_entities("PartitionKey eq @pk", parameters={"pk": self._pk}):
-            self._delivered[row["Name"]] = _bare(row["ETag"])
+        for sub in self.subscriptions:
+            for row in self.receipts.query_entities("PartitionKey eq @pk", parameters={"pk": sub.partition}):
+                sub.delivered[row["Name"]] = _bare(row["ETag"])
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -474,27 +558,29 @@ class BlobListener(_Component):
                         stop.wait(self.opts.blob_poll_interval)
                         continue
                     found = 0
-                    chunk: list[tuple[str, str, str]] = []
-                    pages = iter(self.lister.list_versions(self.t.source))
+                    chunks: dict[int, list[Event]] = {i: [] for i in range(len(self.subscriptions))}
+                    pages = iter(self.lister.list_versions(self.container))
                     while not stop.is_set():
                         t0 = time.monotonic()
                         blob = next(pages, None)
                         listing += time.monotonic() - t0
                         if blob is None:
                             break
-                        if self._delivered.get(blob.name) == blob.etag:
-                            continue
-                        found += 1
-                        chunk.append((blob.name, blob.etag, blob.blob_type))
-                        if len(chunk) == EVENT_CHUNK:
-                            self._events(chunk)
-                            chunk = []
-                    self._events(chunk)
+                        for i, sub in enumerate(self.subscriptions):
+                            if not sub.wants(blob.name, blob.etag):
+                                continue
+                            found += 1
+                            chunks[i].append((blob.name, blob.etag, blob.blob_type))
+                            if len(chunks[i]) == EVENT_CHUNK:
+                                self._events(sub, chunks[i])
+                                chunks[i] = []
+                    for i, sub in enumerate(self.subscriptions):
+                        self._events(sub, chunks[i])
                 except (AzureError, StorageError) as exc:
-                    log.warning("blob events of %s: %s (listed again next time)", self.t.source, exc)
+                    log.warning("blob events of %s: %s (listed again next time)", self.container, exc)
                     found = 1
                 except Exception:  # one bad round never stops the event source
-                    log.exception("blob events of %s failed (listed again next time)", self.t.source)
+                    log.exception("blob events of %s failed (listed again next time)", self.container)
                     found = 1
                 self.idle_since = started if found == 0 else None
                 stop.wait(max(self.opts.blob_poll_interval, LISTING_PACE * listing))
@@ -517,54 +603,56 @@ class BlobListener(_Component):
             return False
         return int(count or 0) >= self.backlog
 
-    def _events(self, chunk: list[tuple[str, str, str]]) -> None:
-        """BlobCreated events: a BlobTriggerMessage each on the host queue, then their receipts."""
+    def _events(self, sub: Subscription, chunk: list[Event]) -> None:
+        """BlobCreated events for one function: a BlobTriggerMessage each on the host queue, then their receipts."""
         if not chunk:
             return
         if self.opts.drop_blob_events:
             for name, _, _ in chunk:
-                log.info("dropping the event of blob %s (--drop-blob-events)", name)
+                log.info("dropping the event of blob %s for %s (--drop-blob-events)", name, sub.target.name)
             sent = chunk
         else:
-            futures = [(event, self._senders.submit(self._send, *event)) for event in chunk]
+            futures = [(event, self._senders.submit(self._send, sub, *event)) for event in chunk]
             sent = []
             for event, future in futures:
                 try:
                     future.result()
                     sent.append(event)
                 except AzureError as exc:  # not remembered: the next listing sends it again
-                    log.warning("event of blob %s not queued: %s", event[0], exc)
-        self._remember(sent)
+                    log.warning("event of blob %s for %s not queued: %s", event[0], sub.target.name, exc)
+        self._remember(sub, sent)
 
-    def _send(self, name: str, etag: str, blob_type: str) -> None:
+    def _send(self, sub: Subscription, name: str, etag: str, blob_type: str) -> None:
         # BlobTriggerMessage (Blobs extension, Listeners/BlobTriggerMessage.cs): the JSON the
         # extension queues, and what it writes to webjobs-blobtrigger-poison at the end.
         body = {
             "Type": "BlobTrigger",
-            "FunctionId": f"Host.Functions.{self.t.name}",
+            "FunctionId": sub.target.function_id,
             "BlobType": _rest_blob_type(blob_type),
-            "ContainerName": self.t.source,
+            "ContainerName": self.container,
             "BlobName": name,
             "ETag": etag,
         }
         self.queue.send_message(json.dumps(body))
 
-    def _remember(self, events: list[tuple[str, str, str]]) -> None:
-        """Record the delivery of these versions, so neither this host nor a restarted one sends them again."""
+    def _remember(self, sub: Subscription, events: list[Event]) -> None:
+        """Record the delivery of these versions to this function, so neither this host nor a
+        restarted one sends them to it again."""
         if not events:
             return
         replace = {"mode": UpdateMode.REPLACE}
+        pk = sub.partition
         ops = [
-            ("upsert", {"PartitionKey": self._pk, "RowKey": keys.escape(name), "Name": name, "ETag": etag}, replace)
+            ("upsert", {"PartitionKey": pk, "RowKey": keys.escape(name), "Name": name, "ETag": etag}, replace)
             for name, etag, _ in events
         ]
         try:
             self.receipts.submit_transaction(ops)
         except AzureError as exc:  # TableTransactionError too; not remembered: sent again, at least once
-            log.warning("receipts of %d blob events not written: %s", len(ops), exc)
+            log.warning("receipts of %d blob events of %s not written: %s", len(ops), sub.target.name, exc)
             return
         for name, etag, _ in events:
-            self._delivered[name] = _bare(etag)
+            sub.delivered[name] = _bare(etag)
 
 
 def _rest_blob_type(value: str) -> str:
@@ -586,48 +674,114 @@ def blob_queue_config(cfg: BlobConfig) -> QueueConfig:
     )
 
 
-class BlobQueueListener(QueueListener):
-    """The blob trigger's invocations: messages of the host's blob-trigger queue, as the extension runs them.
+@dataclass(frozen=True)
+class BlobRegistration:
+    """A blob-triggered function as the shared blob-trigger queue knows it (``BlobQueueRegistration``):
+    what to run, the account its blobs are read from, and that account's blob-trigger poison queue."""
 
-    At most ``maxDegreeOfParallelism`` at once; a failure is released with visibility zero (an
-    immediate re-delivery, dequeue count + 1); after ``poisonBlobThreshold`` attempts the message
-    goes to ``webjobs-blobtrigger-poison`` in the blob's own account. Before invoking, the blob is
-    read; a blob deleted or changed since its event is skipped (BlobQueueTriggerExecutor: the
-    newer version has its own event).
+    target: Target
+    clients: Clients
+    pattern: re.Pattern[str]
+    poison: QueueClient  # webjobs-blobtrigger-poison in the function's account
+
+    @classmethod
+    def of(cls, target: Target, clients: Clients) -> BlobRegistration:
+        return cls(target, clients, blob_name_pattern(target.path or "{name}"), clients.queue_client(BLOB_POISON_QUEUE))
+
+
+SHARED_BLOB_QUEUE_LISTENER = "SharedBlobQueueListener"
+"""SharedBlobQueueListenerFactory.SharedBlobQueueListenerFunctionId: the shared listener is no function."""
+
+
+class BlobQueueListener(QueueListener):
+    """The blob triggers' invocations: ONE listener on the host's blob-trigger queue for every blob
+    function, dispatching each message to the function its ``FunctionId`` names, as the extension's
+    ``SharedBlobQueueListener`` does (``BlobListenerFactory``: one instance per host, shared through
+    ``ISharedContextProvider``; each function registers under its FunctionDescriptor ``Id`` and
+    ``ShortName``: ``Host.Functions.<name>`` and ``Functions.<name>`` for a script function).
+
+    ``BlobQueueTriggerExecutor.ExecuteAsync`` decides, per message:
+
+    * a ``FunctionId`` no function registered (a function since removed, disabled, or not run by
+      this process: ``--only``) is logged and the message completed (deleted) without invoking
+      anything; this host also lists it in its summary (``dropped``);
+    * a blob that is gone is completed without invoking;
+    * a blob whose ETag changed since its event is completed without invoking for a
+      ``LogsAndContainerScan`` trigger only (the scan sends the newer version); an ``EventGrid``
+      trigger is invoked on the blob as it is now (its newer version also has its own event);
+    * otherwise the function runs on the blob.
+
+    The queue is one ``QueueListener`` with the options of ``BlobsOptionsToQueuesOptions``: at most
+    ``maxDegreeOfParallelism`` invocations at once across all blob functions; a failure is released
+    with visibility zero (an immediate re-delivery, dequeue count + 1); after ``poisonBlobThreshold``
+    attempts the message goes to ``webjobs-blobtrigger-poison`` in the account of the function it
+    names (``SharedBlobQueueProcessor.GetPoisonQueue``), else in the host's account.
 
     The input is built from the real host's trigger metadata: ``Properties`` is the v5 SDK's
     ``BlobProperties`` serialised by Newtonsoft.Json, in which ``ETag`` (an ``Azure.ETag`` struct
     with no public properties) becomes ``{}`` and ``BlobType`` (an enum) the number ``0``; the
-    function must therefore find the ETag some other way (a HEAD), as it must in Azure.
+    function must therefore find the ETag some other way (a HEAD), as it must in Azure. The
+    parameters of the path template (``{name}``…) are binding data too, when the blob matches it.
     """
 
     def __init__(
         self,
-        target: Target,
-        clients: Clients,
+        registrations: list[BlobRegistration],
         host_clients: Clients,
         cfg: BlobConfig,
         stats: Stats,
         opts: HostOptions,
         worker: Worker,
     ) -> None:
-        blob_target = Target(target.name, "queue", BLOB_TRIGGER_QUEUE, "AzureWebJobsStorage", target.arg_name, target.call)
-        super().__init__(blob_target, host_clients, blob_queue_config(cfg), stats, opts, worker)
-        self.blob_target = target
-        self.container = clients.container(target.source)
-        self.poison = clients.queue_client(BLOB_POISON_QUEUE)  # the blob's account (GetPoisonQueue)
+        shared = Target(SHARED_BLOB_QUEUE_LISTENER, "queue", BLOB_TRIGGER_QUEUE, "AzureWebJobsStorage", "", lambda **_: None)
+        super().__init__(shared, host_clients, blob_queue_config(cfg), stats, opts, worker)
+        self.poison = host_clients.queue_client(BLOB_POISON_QUEUE)  # the default: for a message naming no function
+        self.registry: dict[str, BlobRegistration] = {}
+        for reg in registrations:
+            self.registry[reg.target.function_id] = reg  # FunctionDescriptor.Id
+            self.registry[f"Functions.{reg.target.name}"] = reg  # FunctionDescriptor.ShortName
+
+    def _registration(self, raw: str) -> BlobRegistration | None:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            return None
+        return self.registry.get(str(event.get("FunctionId"))) if isinstance(event, dict) else None
+
+    def _poison_queue(self, raw: str) -> Any:
+        reg = self._registration(raw)
+        return reg.poison if reg else self.poison
+
+    def _function_of(self, raw: str) -> str:
+        reg = self._registration(raw)
+        return reg.target.name if reg else self.t.name
 
     def _invoke(self, msg: Any, lease: _Lease, body: str) -> bool:
         try:
             event = json.loads(body)
-            name = str(event["BlobName"])
-        except (ValueError, KeyError, TypeError):
-            log.error("blob-trigger message %s is not a BlobTriggerMessage: %r", msg.id, body[:200])
-            return True  # nothing to run; the extension drops it too
+            function_id, container, name = event["FunctionId"], event["ContainerName"], event["BlobName"]
+            if not all(isinstance(v, str) and v for v in (function_id, container, name)):
+                raise TypeError("FunctionId, ContainerName and BlobName must be non-empty strings")
+        except (ValueError, KeyError, TypeError) as exc:
+            # The extension throws here (InvalidOperationException); the message is not completed
+            # and ends in the poison queue. A failed attempt: retried, then poisoned, never lost.
+            log.error("blob-trigger message %s is not a BlobTriggerMessage (%s): %r", msg.id, exc, body[:200])
+            return False
+        reg = self.registry.get(function_id)
+        if reg is None:
+            log.warning(
+                "blob-trigger message %s names function %r, which this host does not run: deleted without invoking (blob %s)",
+                msg.id,
+                function_id[:200],
+                name[:200],
+            )
+            self.stats.dropped(function_id, msg.id, f"{container}/{name}", "function not found")
+            return True
+        target = reg.target
         try:
-            fetched = self._download(name)
+            fetched = self._download(reg.clients.container(container), name)
         except ResourceNotFoundError:
-            log.info("blob %s is gone since its event: nothing to do", name)
+            log.info("blob %s is gone since its event: nothing to do for %s", name, target.name)
             return True
         except AzureError as exc:
             # A read that fails (a name with a '..' segment, whose URL the client normalises to
@@ -636,8 +790,8 @@ class BlobQueueListener(QueueListener):
             log.error("blob %s cannot be read: %s", name, getattr(exc, "reason", None) or exc)
             return False
         data, url, etag, blob_props = fetched
-        if _bare(etag) != _bare(str(event.get("ETag", ""))):
-            log.info("blob %s changed since its event: the newer version has its own", name)
+        if target.scan and _bare(etag) != _bare(str(event.get("ETag", ""))):
+            log.info("blob %s changed since its event: the scan sends the newer version to %s", name, target.name)
             return True
         properties = {
             # Azure.Storage.Blobs.Models.BlobProperties through Newtonsoft.Json, as the host sends it.
@@ -645,24 +799,26 @@ class BlobQueueListener(QueueListener):
             "BlobType": 0,
             "ETag": {},
         }
-        client_url = url
         metadata = {
-            "BlobTrigger": meta.Datum(f"{self.blob_target.source}/{name}", "string"),
-            "Uri": meta.Datum(client_url, "string"),
+            "BlobTrigger": meta.Datum(f"{container}/{name}", "string"),
+            "Uri": meta.Datum(url, "string"),
             "Properties": meta.Datum(json.dumps(properties), "json"),
             "Metadata": meta.Datum(json.dumps(blob_props["Metadata"]), "json"),
-            "name": meta.Datum(name, "string"),
         }
+        matched = reg.pattern.match(name)  # BlobTriggerBinding.CreateBindingData: the template's values, if it matches
+        for param, value in (matched.groupdict() if matched else {}).items():
+            metadata[param] = meta.Datum(value, "string")
         arg = BlobConverter.decode(meta.Datum(data, "bytes"), trigger_metadata=metadata)
-        return self.worker.invoke(self.blob_target, self.stats, arg, name, f"blob {name} (attempt {msg.dequeue_count})")
+        return self.worker.invoke(target, self.stats, arg, name, f"blob {name} (attempt {msg.dequeue_count})")
 
-    def _download(self, name: str) -> tuple[bytes, str, str, dict[str, Any]]:
+    @staticmethod
+    def _download(container: ContainerClient, name: str) -> tuple[bytes, str, str, dict[str, Any]]:
         """The blob's bytes, URL, ETag and the trigger's ``Properties`` fields: one Get Blob through the
         container client's pipeline, read without the SDK's downloader (whose header models cost more
         CPU than the read; the host that does this in Azure is not Python). A name with ``.``/``..``
         segments takes the SDK's path, which normalises it as it always did (issue 25 R9)."""
         if any(part in (".", "..") for part in name.split("/")):
-            client = self.container.get_blob_client(name)
+            client = container.get_blob_client(name)
             downloader = client.download_blob()
             data = downloader.readall()
             props = downloader.properties
@@ -680,7 +836,7 @@ class BlobQueueListener(QueueListener):
                     "ContentHash": base64.b64encode(bytes(md5)).decode() if md5 else None,
                 },
             )
-        response = blob_request(self.container, "GET", name)
+        response = blob_request(container, "GET", name)
         url = response.request.url
         if response.status_code != 200:
             code = response.headers.get("x-ms-error-code", "")

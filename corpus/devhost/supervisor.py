@@ -13,8 +13,9 @@ app can run and be tested end to end against Azurite on any machine, and it is d
   at once), polling backs off up to ``maxPollingInterval``, a failed message becomes visible again
   after ``visibilityTimeout``, and after ``maxDequeueCount`` attempts it moves to ``<queue>-poison``;
   ``messageEncoding: base64`` bodies are decoded, and undecodable ones are poisoned;
-* blob triggers (``source=EventGrid``) get each new or changed blob once, like one BlobCreated
-  event per upload; what was delivered is remembered in a receipts table across restarts;
+* blob triggers (``source=EventGrid``) get each new or changed blob that matches their path
+  template once, like one BlobCreated event per upload and event subscription; what was delivered
+  is remembered per function in a receipts table across restarts;
 * HTTP triggers are served on 127.0.0.1 (``--port``, default 7071 as ``func start``), with the
   route templates and ``extensions.http.routePrefix`` of ``host.json``; requests and responses
   pass through the library's own ``HttpRequestConverter``/``HttpResponseConverter``
@@ -24,8 +25,10 @@ app can run and be tested end to end against Azurite on any machine, and it is d
 * a message dequeued more often than ``maxDequeueCount`` is poisoned before invoking; poisoned
   messages get the queue's default time-to-live (7 days), as the host's; this host also lists them
   in its summary (``poisoned``);
-* blob events become messages on a host-account queue run with the blobs extension's rules
-  (immediate re-delivery, ``poisonBlobThreshold`` attempts), with the real trigger metadata
+* blob events become messages on the host account's one blob-trigger queue, one per function whose
+  path template matches the blob, each naming its function (``FunctionId``); one shared listener
+  dispatches them by it with the blobs extension's rules (a message for no function here dropped,
+  immediate re-delivery, ``poisonBlobThreshold`` attempts), with the real trigger metadata
   (``Properties.ETag`` is ``{}``);
 * every invocation runs on one :class:`~corpus.devhost.listeners.Worker` per process, of
   ``PYTHON_THREADPOOL_THREAD_COUNT`` threads (else the worker's default ``min(32, cores + 4)``), and
@@ -52,6 +55,7 @@ from corpus.devhost.listeners import (
     RECEIPTS_TABLE,
     BlobListener,
     BlobQueueListener,
+    BlobRegistration,
     HostOptions,
     QueueListener,
     Stats,
@@ -85,7 +89,12 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
     os.environ["AzureWebJobsScriptRoot"] = str(opts.app_dir)  # as the Functions host sets it
     targets = discover(opts.app_dir, values)
     if opts.only:
+        left_out = [t.name for t in targets if t.kind == "blob" and t.name not in opts.only]
         targets = [t for t in targets if t.name in opts.only]
+        if left_out and any(t.kind == "blob" for t in targets):
+            # One blob-trigger queue serves every blob function; its listener completes a message
+            # for a function it does not run without invoking it, as the real host does.
+            log.warning("--only runs some blob functions but not %s: their blob-trigger messages are dropped here", left_out)
     worker = Worker(opts.worker_threads or worker_threads(values), load_function_timeout(opts.app_dir / "host.json"))
     cfg = load_queue_config(opts.app_dir / "host.json")
     blob_cfg = load_blob_config(opts.app_dir / "host.json")
@@ -199,7 +208,11 @@ def _listeners(
     components: list[_Component],
     worker: Worker,
 ) -> None:
-    """One listener per discovered function, its queues created first."""
+    """One listener per queue and timer function, its queues created first; for the blob functions,
+    one event source per watched container and ONE shared blob-trigger queue listener that runs
+    them all (the extension's SharedBlobQueueListener)."""
+    registrations: list[BlobRegistration] = []
+    watched: dict[tuple[str, str], list[Target]] = {}
     for t in targets:
         if t.kind == "http":
             continue  # served by HttpHost
@@ -211,15 +224,27 @@ def _listeners(
         if t.kind == "queue":
             clients.ensure(queues=(t.source, poison_queue(t.source)))
             components.append(QueueListener(t, clients, cfg, stats, opts, worker))
-        else:
-            clients.ensure(queues=(BLOB_POISON_QUEUE,))
-            # two rounds of invocations queued: enough work while the next listing runs
-            listener = BlobListener(t, clients, host_clients, stats, opts, backlog=2 * blob_cfg.max_degree_of_parallelism)
-            listener.load_receipts()
-            components.append(listener)
-            components.append(BlobQueueListener(t, clients, host_clients, blob_cfg, stats, opts, worker))
-        limit = cfg.max_concurrency if t.kind == "queue" else blob_cfg.max_degree_of_parallelism
-        log.info("listening: %s (%s trigger on %s, at most %d at once)", t.name, t.kind, t.source, limit)
+            log.info("listening: %s (queue trigger on %s, at most %d at once)", t.name, t.source, cfg.max_concurrency)
+            continue
+        clients.ensure(queues=(BLOB_POISON_QUEUE,))
+        registrations.append(BlobRegistration.of(t, clients))
+        watched.setdefault((t.connection, t.source), []).append(t)
+        log.info("listening: %s (blob trigger on %s/%s, as %s)", t.name, t.source, t.path, t.function_id)
+    for group in watched.values():
+        clients = next(r.clients for r in registrations if r.target is group[0])
+        # two rounds of invocations queued: enough work while the next listing runs
+        source = BlobListener.create(group, clients, host_clients, stats, opts, backlog=2 * blob_cfg.max_degree_of_parallelism)
+        source.load_receipts()
+        components.append(source)
+    if registrations:
+        host_clients.ensure(queues=(BLOB_POISON_QUEUE,))  # the default poison queue, for a message naming no function
+        components.append(BlobQueueListener(registrations, host_clients, blob_cfg, stats, opts, worker))
+        log.info(
+            "listening: %s (%s, at most %d blob invocations at once)",
+            BLOB_TRIGGER_QUEUE,
+            ", ".join(r.target.name for r in registrations),
+            blob_cfg.max_degree_of_parallelism,
+        )
 
 
 def _idle(components: list[_Component], stats: Stats) -> bool:
