@@ -5,9 +5,9 @@ Faithful where it matters (pinned against Azurite by ``tests/test_store_conforma
 ETags that change on every write, ``If-Match``/``If-None-Match`` conditions and the typed errors of
 :mod:`corpus.domain.errors`, block blobs committed from staged blocks (no size cap per block; a
 commit takes a staged block before a committed one of the same id and discards every other
-uncommitted block of the blob),
-listings in name order in pages with a continuation cursor, 64 KiB messages, visibility timeouts
-and dequeue counts, 1,024-character names. Copies finish at once (as on Azurite).
+uncommitted block of the blob), listings in name order in pages with a continuation cursor,
+64 KiB messages, visibility timeouts and dequeue counts, 1,024-character names. Copies finish at
+once (as on Azurite).
 
 Built on sorted structures so it does not slow as it fills: per container a dict by name plus the
 names in order (:class:`corpus.store.sorted_keys.SortedKeys`, chunked), so a listing page costs
