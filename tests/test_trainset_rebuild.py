@@ -526,3 +526,15 @@ def test_on_azurite_the_rebuilds_rows_blocks_and_claims_are_its_own(
         assert named == held, (file, proc.stdout)
     assert_lineage_is_the_manifest(rt, corpus, dedupe=True)
     assert app.store_of(rt).trainsets.require_ready(NAME, VERSION).attempt == 1
+
+
+def test_create_wait_settles_on_a_later_attempt_not_on_another_etag() -> None:
+    """``trainset create --wait`` of a failed set (attempt 2) waits for a later attempt to end:
+    the same failure rewritten (another ETag) is not its answer, a later attempt's end is."""
+    from corpus.cli.trainsets import settled
+
+    failed = TrainsetRow(NAME, VERSION, "{}", status=FAILED, attempt=2, etag='W/"1"')
+    assert not settled(replace(failed, etag='W/"2"'), 2)
+    assert not settled(replace(failed, status=BUILDING, attempt=3), 2)
+    assert settled(replace(failed, attempt=3), 2) and settled(replace(failed, status=READY, attempt=3), 2)
+    assert settled(failed, None) and not settled(replace(failed, status=BUILDING), None)  # a first request
