@@ -34,9 +34,9 @@ from hypothesis import strategies as st
 from corpus.app import trainsets as app
 from corpus.app import views
 from corpus.app.runtime import Runtime
-from corpus.domain.errors import NotFoundError
 from corpus.domain import manifest as mf
 from corpus.domain import trainsets as ts
+from corpus.domain.errors import NotFoundError
 from corpus.domain.manifest import parse_line
 from corpus.domain.trainsets import TrainsetContinue, TrainsetRequest, parse_trainset_message
 from corpus.store.memory import MemoryOutbox
