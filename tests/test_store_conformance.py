@@ -27,6 +27,7 @@ from corpus.domain.errors import (
     MessageTooLarge,
     PreconditionFailed,
     SourceChanged,
+    StorageError,
 )
 from corpus.store.azure_ports import AzureBlobStore, AzureOutbox
 from corpus.store.memory import MemoryBlobStore, MemoryOutbox
@@ -218,6 +219,38 @@ def test_blocks_commit_in_order_and_once(store: BlobStore, box: str) -> None:
     assert store.read(box, "m.gz").data == b"ba"
     assert store.info(box, "m.gz").md5 == ""  # no whole-blob MD5 unless given...
     assert store.content_md5(box, store.info(box, "m.gz")) == md5(b"ba")  # ...then computed from the bytes
+
+
+def test_a_commit_discards_every_uncommitted_block_it_does_not_name(store: BlobStore, box: str) -> None:
+    """Put Block List commits the blocks it names (staged ones first, else the blob's committed
+    ones: "Latest") and discards every other uncommitted block of the blob: a writer's commit can
+    take another writer's staged blocks away (review 27: a failed training-set build's straggler
+    wedged the rebuild that way, so each attempt now writes its own blob). A failed commit changes
+    nothing; another blob's staged blocks are untouched."""
+    ids = ["YmxrMDAwMA==", "YmxrMDAwMQ==", "YmxrMDAwMg=="]  # blk0000..blk0002
+    store.stage_block(box, "m.gz", ids[0], b"a")
+    store.stage_block(box, "m.gz", ids[1], b"b")  # another writer's block, not yet committed
+    store.stage_block(box, "n.gz", ids[1], b"n")  # another blob's
+    store.commit_blocks(box, "m.gz", [ids[0]], "application/gzip")
+    assert store.read(box, "m.gz").data == b"a"
+    with pytest.raises(StorageError) as caught:
+        store.commit_blocks(box, "m.gz", [ids[0], ids[1]], "application/gzip")  # block 1 was discarded
+    assert (caught.value.status, caught.value.code) == (400, "InvalidBlockList")
+    assert not isinstance(caught.value, PreconditionFailed)
+    assert store.read(box, "m.gz").data == b"a"  # the failed commit changed nothing
+    store.stage_block(box, "m.gz", ids[2], b"c")
+    store.commit_blocks(box, "m.gz", [ids[0], ids[2]], "application/gzip")  # block 0: the committed one
+    assert store.read(box, "m.gz").data == b"ac"
+    store.commit_blocks(box, "m.gz", [ids[2], ids[0]], "application/gzip")  # committed blocks only, reordered
+    assert store.read(box, "m.gz").data == b"ca"
+    store.stage_block(box, "m.gz", ids[0], b"A")  # a staged block is taken before a committed one
+    store.commit_blocks(box, "m.gz", [ids[0]], "application/gzip")
+    assert store.read(box, "m.gz").data == b"A"
+    with pytest.raises(StorageError) as caught:
+        store.commit_blocks(box, "m.gz", [ids[2]], "application/gzip")  # left out of the last commit: gone
+    assert caught.value.code == "InvalidBlockList"
+    store.commit_blocks(box, "n.gz", [ids[1]], "application/gzip")
+    assert store.read(box, "n.gz").data == b"n"
 
 
 def test_list_page_in_name_order_with_a_cursor(store: BlobStore, box: str) -> None:

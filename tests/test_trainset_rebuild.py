@@ -9,27 +9,36 @@ attempts, ``corpus lineage --blob`` named the training set for images its manife
 (the first test, the property test, the racers, the first straggler; on Azurite, the last test).
 The two other straggler tests were checked by removing their guard alone: the straggler then
 replaced the ready manifest, or failed the rebuild.
+
+Review 27: a straggler of the failed attempt that passed its re-read of the row committed its
+blocks to the blob the rebuild was staging; Put Block List discards the blob's uncommitted blocks
+it does not name, so the rebuild's commit failed on every retry, wedged in ``building``. The
+straggler tests below (in memory, on Azurite) and the property test's ``straggle`` cases failed on
+the code before a rebuild had a blob of its own (``InvalidBlockList``).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from corpus.app import trainsets as app
 from corpus.app import views
 from corpus.app.runtime import Runtime
+from corpus.domain import manifest as mf
+from corpus.domain import trainsets as ts
 from corpus.domain.errors import NotFoundError
 from corpus.domain.manifest import parse_line
-from corpus.domain.trainsets import TrainsetRequest, parse_trainset_message
+from corpus.domain.trainsets import TrainsetContinue, TrainsetRequest, parse_trainset_message
 from corpus.store.memory import MemoryOutbox
 from corpus.store.settings import Settings
 from corpus.store.trainsets_table import BUILDING, FAILED, READY, TrainsetRow
@@ -39,10 +48,11 @@ from tests.test_usecases_memory import drain, stage
 NAME, VERSION = "birds-dd", "1"
 
 
-def runtime(block: int) -> Runtime:
-    rt = Runtime.in_memory(
-        Settings.from_env({"CorpusStorage": "UseDevelopmentStorage=true", "CORPUS_TRAINSET_BLOCK_IMAGES": str(block)})
-    )
+def runtime(block: int, budget: float | None = None) -> Runtime:
+    env = {"CorpusStorage": "UseDevelopmentStorage=true", "CORPUS_TRAINSET_BLOCK_IMAGES": str(block)}
+    if budget is not None:
+        env["CORPUS_TRAINSET_BUDGET_SECONDS"] = str(budget)
+    rt = Runtime.in_memory(Settings.from_env(env))
     rt.ensure_resources()
     return rt
 
@@ -191,6 +201,9 @@ class Case:
     copies: tuple[int, ...]
     fresh: int
     kill_at: int | None
+    straggle: bool = False
+    """The failure comes while a delivery of attempt 0 is at its commit (past its re-read of the
+    row): the change and the (killed) rebuild run there, then that delivery commits."""
 
 
 @st.composite
@@ -201,30 +214,127 @@ def cases(draw: Any) -> Case:
     copies = tuple(sorted(draw(st.sets(st.integers(0, originals - 1), max_size=originals))))
     fresh = draw(st.integers(0, 3))
     kill_at = draw(st.none() | st.integers(1, originals + len(copies) + fresh))
-    return Case(block, originals, fail_at, copies, fresh, kill_at)
+    return Case(block, originals, fail_at, copies, fresh, kill_at, draw(st.booleans()))
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=cases())
+@example(case=Case(block=1, originals=2, fail_at=1, copies=(0,), fresh=0, kill_at=3, straggle=True))  # review 27
 def test_fail_after_k_blocks_change_the_corpus_rebuild_lineage_is_the_manifest(
     monkeypatch: pytest.MonkeyPatch, case: Case
 ) -> None:
-    """Fail after any number of blocks; add copies (kept instead of the originals) and new images;
-    rebuild, optionally killed at some image and retried (a non-permanent error: the message is
-    delivered again): lineage by blob names the training set exactly for the manifest's images."""
+    """Fail after any number of blocks (or while a delivery of the failing attempt is at its
+    commit); add copies (kept instead of the originals) and new images; rebuild, optionally killed
+    at some image and retried (a non-permanent error: the message is delivered again): lineage by
+    blob names the training set exactly for the manifest's images."""
     rt = runtime(case.block)
     corpus: dict[str, dict[str, int]] = {"b": {f"{i:02d}.jpg": i for i in range(case.originals)}}
     add(rt, "b", corpus["b"])
-    fail_then_change(monkeypatch, rt, corpus, case.fail_at)
-    corpus["a"] = {f"c{i:02d}.jpg": i for i in case.copies} | {f"n{i:02d}.jpg": 1000 + i for i in range(case.fresh)}
-    if corpus["a"]:
-        add(rt, "a", corpus["a"])
-    if case.kill_at is not None:
-        killed = fault(monkeypatch, case.kill_at, lambda: ConnectionError("injected: the host was killed"))
-        with killed, pytest.raises(ConnectionError):
-            deliver(rt, request())
+    change = {f"c{i:02d}.jpg": i for i in case.copies} | {f"n{i:02d}.jpg": 1000 + i for i in range(case.fresh)}
+
+    def change_and_rebuild() -> None:
+        corpus["a"] = change
+        if change:
+            add(rt, "a", change)
+        if case.kill_at is not None:  # the rebuild stages blocks, then is killed: they wait uncommitted
+            killed = fault(monkeypatch, case.kill_at, lambda: ConnectionError("injected: the host was killed"))
+            with killed, pytest.raises(ConnectionError):
+                deliver(rt, request())
+
+    if case.straggle:
+        straggler_commits_amid(monkeypatch, rt, change_and_rebuild)
+    else:
+        fail_then_change(monkeypatch, rt, corpus, case.fail_at)
+        change_and_rebuild()
     assert settle(rt, request()) == READY
     assert_lineage_is_the_manifest(rt, corpus, dedupe=True)
+
+
+def straggler_commits_amid(monkeypatch: pytest.MonkeyPatch, rt: Runtime, meanwhile: Callable[[], None]) -> None:
+    """A delivery of attempt 0 builds to its commit, passing its re-read of the row; between that
+    read and its Put Block List attempt 0 fails (another delivery's permanent error) and
+    ``meanwhile`` runs (a change, a rebuild's delivery). Then it commits its blocks, and stops on
+    the If-Match of its ``ready``. On one shared blob that commit discarded every block the rebuild
+    had staged, and the rebuild's commit failed on every retry (review 27)."""
+    store = app.store_of(rt)
+    app.register(rt, store, TrainsetRequest.parse(request()))
+    straggler = store.trainsets.get(NAME, VERSION)
+    assert straggler is not None and (straggler.status, straggler.attempt) == (BUILDING, 0)
+    real_commit = rt.blobs.commit_blocks
+    commits: list[str] = []
+
+    def commit(container: str, name: str, ids: Any, *args: Any, **kwargs: Any) -> None:
+        if not commits:
+            latest = store.trainsets.get(NAME, VERSION)
+            assert latest is not None and (latest.status, latest.attempt) == (BUILDING, 0)
+            assert store.trainsets.advance(replace(latest, status=FAILED, reason="injected: another delivery failed it"))
+            meanwhile()
+        commits.append(name)
+        real_commit(container, name, ids, *args, **kwargs)
+
+    monkeypatch.setattr(rt.blobs, "commit_blocks", commit)
+    try:
+        assert app.build(rt, store, straggler) == BUILDING
+    finally:
+        monkeypatch.setattr(rt.blobs, "commit_blocks", real_commit)
+    assert commits[0] == straggler.manifest_blob
+
+
+def drive(rt: Runtime, limit: int = 20) -> str:
+    """Deliver the build's continuations until it is no longer ``building`` (on Azurite the
+    queue has no consumer here: each continuation is made from the row, as the queue would)."""
+    store = app.store_of(rt)
+    for _ in range(limit):
+        row = store.trainsets.get(NAME, VERSION)
+        assert row is not None
+        if row.status != BUILDING:
+            return row.status
+        deliver(rt, TrainsetContinue(NAME, VERSION, row.state.step).to_json())
+    raise AssertionError(f"still building after {limit} continuations")
+
+
+def a_straggler_commits_while_the_rebuild_has_staged_blocks(monkeypatch: pytest.MonkeyPatch, rt: Runtime) -> None:
+    """Review 27's case: one image, so attempt 0's delivery reaches its commit with no checkpoint;
+    there, attempt 0 fails, three images arrive, the set is requested again, and attempt 1 stages
+    its first block and runs out of budget (``rt``: blocks of 2, budget 0). The straggler then
+    commits. Attempt 1 must still end ``ready``, with exactly its own manifest and lineage."""
+    corpus: dict[str, dict[str, int]] = {"b": {"0.jpg": 0}}
+    add(rt, "b", corpus["b"])
+    store = app.store_of(rt)
+
+    def rebuild_stages_a_block() -> None:
+        corpus["a"] = {"x1.jpg": 11, "x2.jpg": 12, "x3.jpg": 13}
+        add(rt, "a", corpus["a"])
+        assert deliver(rt, request()) == BUILDING
+        row = store.trainsets.get(NAME, VERSION)
+        assert row is not None and (row.attempt, row.state.blocks) == (1, 1)
+        assert row.manifest_blob == f"{NAME}/{VERSION}/attempt-1/manifest.jsonl.gz"
+
+    straggler_commits_amid(monkeypatch, rt, rebuild_stages_a_block)
+    assert drive(rt) == READY
+    ready = store.trainsets.require_ready(NAME, VERSION)
+    assert (ready.attempt, ready.state.images) == (1, 4)
+    assert_lineage_is_the_manifest(rt, corpus, dedupe=True)
+    # The straggler's commit is attempt 0's blob, the contract's name, which no reader reads now.
+    stale = rt.blobs.read(ready.manifest_container, mf.manifest_blob(NAME, VERSION)).data
+    assert [parse_line(line).blob for line in gzip.decompress(stale).decode().splitlines()] == [blob("b", "0.jpg")]
+
+
+def test_a_straggler_committing_while_the_rebuild_has_staged_blocks_does_not_wedge_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a_straggler_commits_while_the_rebuild_has_staged_blocks(monkeypatch, runtime(block=2, budget=0))
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("rt")
+def test_on_azurite_a_straggler_committing_while_the_rebuild_has_staged_blocks_does_not_wedge_it(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    """The same through the real SDK on a private Azurite, whose Put Block List discards the
+    blob's uncommitted blocks it does not name (the reviewer's test, review 27)."""
+    settings = Settings.from_env({**env, "CORPUS_TRAINSET_BLOCK_IMAGES": "2", "CORPUS_TRAINSET_BUDGET_SECONDS": "0"})
+    a_straggler_commits_while_the_rebuild_has_staged_blocks(monkeypatch, Runtime.create(settings))
 
 
 def test_two_racers_restart_the_same_failed_set_and_build_it_concurrently(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,10 +401,26 @@ def test_without_dedupe_a_rebuild_over_new_images_is_the_manifest_too(monkeypatc
 def test_rows_written_before_attempts_read_as_the_first_attempt() -> None:
     """A TrainingSets row without ``Attempt`` (written before it existed) is attempt 0, and so is
     every index row without one: a set built before this change answers as it did."""
-    row = TrainsetRow(NAME, VERSION, "{}")
+    row = TrainsetRow(NAME, VERSION, "{}", manifest_blob=mf.manifest_blob(NAME, VERSION))
     entity = dict(row.to_entity())
     entity.pop("Attempt", None)
     assert TrainsetRow.from_entity(entity).attempt == 0
+
+
+def test_older_code_rewriting_a_rebuilt_row_does_not_take_its_attempt_back() -> None:
+    """Code older than attempts replaces the whole entity without ``Attempt`` (a rolling deploy, a
+    rollback) but keeps ``ManifestBlob``: a rebuild's blob names its attempt, so the row stays at
+    it; a contract-named blob, or another name, says nothing."""
+    entity = dict(TrainsetRow(NAME, VERSION, "{}", manifest_blob=ts.attempt_manifest_blob(NAME, VERSION, 3)).to_entity())
+    entity.pop("Attempt")
+    assert TrainsetRow.from_entity(entity).attempt == 3
+    assert TrainsetRow.from_entity({**entity, "Attempt": 4}).attempt == 4
+    assert ts.attempt_manifest_blob(NAME, VERSION, 0) == mf.manifest_blob(NAME, VERSION)
+    assert [ts.manifest_attempt(ts.attempt_manifest_blob(NAME, VERSION, n)) for n in (0, 1, 9999999)] == [0, 1, 9999999]
+    for other in ("a/1/attempt-0/manifest.jsonl.gz", "a/1/attempt-01/manifest.jsonl.gz", "a/1/attempt-2/other.gz", ""):
+        assert ts.manifest_attempt(other) == 0
+    with pytest.raises(ValueError):
+        ts.attempt_manifest_blob(NAME, VERSION, 10**7)
 
 
 def test_a_straggler_that_reaches_its_commit_commits_nothing_over_the_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -363,7 +489,8 @@ def test_failed_twice_then_ready_and_each_set_row_is_read_once_per_lookup(monkey
     add(rt, "a", corpus["a"])
     assert settle(rt, request()) == READY
     store = app.store_of(rt)
-    assert store.trainsets.require_ready(NAME, VERSION).attempt == 2
+    ready = store.trainsets.require_ready(NAME, VERSION)
+    assert (ready.attempt, ready.manifest_blob) == (2, f"{NAME}/{VERSION}/attempt-2/manifest.jsonl.gz")
     source = blob("b", "0.jpg")
     assert sorted(u.attempt for u in store.lineage.uses_of("birds", source)) == [0, 1]  # kept by a/x0 in attempt 2
     reads: list[tuple[str, str]] = []
@@ -399,3 +526,15 @@ def test_on_azurite_the_rebuilds_rows_blocks_and_claims_are_its_own(
         assert named == held, (file, proc.stdout)
     assert_lineage_is_the_manifest(rt, corpus, dedupe=True)
     assert app.store_of(rt).trainsets.require_ready(NAME, VERSION).attempt == 1
+
+
+def test_create_wait_settles_on_a_later_attempt_not_on_another_etag() -> None:
+    """``trainset create --wait`` of a failed set (attempt 2) waits for a later attempt to end:
+    the same failure rewritten (another ETag) is not its answer, a later attempt's end is."""
+    from corpus.cli.trainsets import settled
+
+    failed = TrainsetRow(NAME, VERSION, "{}", status=FAILED, attempt=2, etag='W/"1"')
+    assert not settled(replace(failed, etag='W/"2"'), 2)
+    assert not settled(replace(failed, status=BUILDING, attempt=3), 2)
+    assert settled(replace(failed, attempt=3), 2) and settled(replace(failed, status=READY, attempt=3), 2)
+    assert settled(failed, None) and not settled(replace(failed, status=BUILDING), None)  # a first request

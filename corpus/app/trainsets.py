@@ -4,7 +4,8 @@ Build (queue ``trainset-requests``): the request's canonical definition is regis
 ``TrainingSets`` (insert-only; the same name+version with another definition is refused as a
 :class:`~corpus.domain.trainsets.TrainsetConflictError`, the same definition again is a no-op).
 The build then walks the selected sets and streams the manifest into blob
-``<name>/<version>/manifest.jsonl.gz`` of container ``trainsets``:
+``<name>/<version>/manifest.jsonl.gz`` of container ``trainsets`` (a rebuild, attempt ``n`` > 0,
+into ``<name>/<version>/attempt-<n>/manifest.jsonl.gz``: see "Attempts"):
 
 * **Snapshot.** Only image records whose service ``Timestamp`` is no later than the
   ``TrainingSets`` row's creation are read, by every message and every retry of the build, so
@@ -41,10 +42,13 @@ The build then walks the selected sets and streams the manifest into blob
   ``Attempt`` number, incremented by the very ``If-Match`` that restarts the failed set (two
   racers restarting it: one wins, both build the one new attempt), and everything a build writes
   is the attempt's own: index rows carry it (in their RowKey too, so no two attempts write one
-  row), block ids have a prefix per attempt, claims are filed per attempt. Readers of the index
+  row), block ids have a prefix per attempt, claims are filed per attempt, and each attempt
+  ``n`` > 0 writes its own manifest blob (:func:`corpus.domain.trainsets.attempt_manifest_blob`,
+  stored in the row's ``ManifestBlob``, which is where every reader looks). Readers of the index
   count a use only when its attempt is the ready row's, reading each training set's row once per
   query; a delivery of an older attempt finds the row at another attempt before it commits, and
-  commits nothing. Every lineage answer is then exactly what the ready manifest holds, whichever
+  commits nothing, or (overtaken after that read) commits its own attempt's blob, which no other
+  attempt writes. Every lineage answer is then exactly what the ready manifest holds, whichever
   attempt wrote which rows, and rows written before attempts existed (no ``Attempt``) are
   attempt 0, the first: no migration.
 
@@ -56,6 +60,18 @@ The build then walks the selected sets and streams the manifest into blob
   build (its own cursor, its own budget), and a build failing during that pass leaves the same
   partial rows. The attempt costs one integer per row and a comparison per use read; failed
   attempts' rows are left for a sweep (none yet), read by lookups until then.
+
+  Rejected (review 27): all attempts sharing the contract's blob, a rebuild whose commit finds
+  its staged blocks gone (``InvalidBlockList``) resetting itself to an empty state of the same
+  attempt and staging them again. Put Block List discards every uncommitted block of its blob
+  that it does not name, and no condition on the commit can stop that: staged blocks change
+  neither the blob's ETag nor its existence. So a failed attempt's delivery that passed its
+  re-read of the row and committed its own blocks took the rebuild's away, and the rebuild's
+  commit failed on every retry (resumed as stuck, failing again: wedged in ``building``). The
+  reset would notice this only at the rebuild's final commit, start over as often as stragglers
+  commit (a loop to bound), and need its own tests; a blob per attempt makes the case
+  impossible with one name in the row. Its cost: a rebuilt set's manifest is not at the
+  contract's fixed name (``trainset show`` and the API give the row's); every set built once is.
 """
 
 from __future__ import annotations
@@ -211,7 +227,7 @@ def register(rt: Runtime, store: TrainsetStore, req: TrainsetRequest) -> Trainse
             row.version,
             row.definition,
             manifest_container=row.manifest_container,
-            manifest_blob=row.manifest_blob,
+            manifest_blob=ts.attempt_manifest_blob(row.name, row.version, row.attempt + 1),
             created_at=row.created_at,
             etag=row.etag,
             attempt=row.attempt + 1,
@@ -404,12 +420,15 @@ def _finish(store: TrainsetStore, blob: _ManifestBlob, row: TrainsetRow, state: 
     """Commit the blocks, hash the committed manifest, flip to ``ready`` (If-Match).
 
     The row is read again first: a delivery of an attempt that is no longer the row's (it failed
-    and a rebuild started, or another delivery finished) commits nothing, so it can't replace a
-    rebuild's manifest with its own blocks. (Left open: a delivery that passes this read and is
-    overtaken, between it and its commit, by its attempt's failure, a new request and a whole
-    rebuild. Its commit then names blocks the rebuild's commit discarded and fails, unless its
-    attempt had one block only. Closing that needs a commit conditional on the blob's ETag read
-    before this row, which the blob port does not offer yet.)"""
+    and a rebuild started, or another delivery finished) commits nothing. A delivery that passes
+    this read and is overtaken before its commit by its attempt's failure and a rebuild commits
+    its own attempt's blob, which the rebuild never writes (its ``manifest_blob``, see "Attempts"):
+    Put Block List discards the blob's uncommitted blocks it does not name, so on a shared blob
+    that commit took the rebuild's staged blocks away and wedged it (review 27). Deliveries of one
+    attempt stage the same bytes under the same ids (the blocks depend only on the snapshot) and
+    commit the same list, the final one, whose blocks a commit finds staged or already committed:
+    one delivery's commit never takes away a block another of its attempt needs. (A row restarted
+    before attempts had blobs of their own shares the contract's blob and keeps that window.)"""
     latest = store.trainsets.get(row.name, row.version)
     if latest is None or latest.status != BUILDING or latest.attempt != row.attempt:
         return latest.status if latest is not None and latest.attempt == row.attempt else BUILDING

@@ -213,7 +213,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             else:
                 print(f"training set {req.name}:{req.version} exists ({existing.status}); nothing queued")
             return 0
-        before = existing.etag if existing is not None and existing.status == FAILED else None
+        rebuilt = existing.attempt if existing is not None and existing.status == FAILED else None
         found: list[Any] = []
 
         def poll() -> tuple[bool, Any]:
@@ -221,18 +221,34 @@ def cmd_create(args: argparse.Namespace) -> int:
             if row is None:
                 return False, None
             found[:] = [row]
-            settled = row.status != BUILDING and row.etag != before  # not the failure being rebuilt
-            return settled, (row.status, row.state.images, row.etag)
+            return settled(row, rebuilt), (row.status, row.attempt, row.state.images, row.etag)
 
         wait_for_progress(poll, args.timeout, f"training set {req.name}:{req.version}")
         row = found[0]
         _print_show(row, args.json)
         if row.status != READY:
             print(f"corpus: error: training set {req.name}:{req.version} failed: {row.reason}", file=sys.stderr)
+            if rebuilt is not None:
+                print(
+                    f"corpus: that was attempt {row.attempt}; a request of the same definition made at the same "
+                    f"time may start attempt {row.attempt + 1}: see `corpus trainset show {req.name}:{req.version}`",
+                    file=sys.stderr,
+                )
             return 1
         return 0
 
     return _guard(run)
+
+
+def settled(row: Any, rebuilt: int | None) -> bool:
+    """Has ``create --wait`` its answer in ``row``? Not ``building``, and when the request re-requests
+    a failed set (its attempt ``rebuilt``), a later attempt: the failure being rebuilt is no answer.
+    By attempt, not ETag: the attempt only grows, and only the restart of a failed set grows it,
+    whatever else rewrites the row. (Two users re-requesting one failure at once can't tell whose
+    message started which attempt; the failure message says which attempt it reports.)"""
+    from corpus.store.trainsets_table import BUILDING
+
+    return bool(row.status != BUILDING and (rebuilt is None or row.attempt > rebuilt))
 
 
 def _resume_if_stuck(rt: Any, row: Any, stuck_after: float | None) -> bool:

@@ -42,6 +42,7 @@ from typing import Any
 
 from corpus.domain.errors import InvalidNameError, MessageError
 from corpus.domain.limits import MAX_MESSAGE_BYTES
+from corpus.domain.manifest import MANIFEST_NAME, manifest_blob
 from corpus.domain.messages import Fields, decode_body
 from corpus.domain.paths import ROOT_PATH, validate_domain, validate_version
 from corpus.domain.tags import normalize, normalize_tag
@@ -379,6 +380,32 @@ def block_prefix(attempt: int) -> str:
     if not 0 < attempt < 10**7:
         raise ValueError(f"attempt {attempt} is out of range 0..9999999")
     return f"m{attempt:07d}"
+
+
+ATTEMPT_MANIFEST = re.compile(r"/attempt-([1-9][0-9]{0,6})/" + re.escape(MANIFEST_NAME) + "$")
+
+
+def attempt_manifest_blob(name: str, version: str, attempt: int) -> str:
+    """The manifest blob an attempt writes: attempt 0 the contract's ``<name>/<version>/manifest.jsonl.gz``
+    (every build before attempts existed), attempt ``n`` > 0 ``<name>/<version>/attempt-<n>/manifest.jsonl.gz``.
+
+    No two attempts share a blob (review 27): Put Block List discards every uncommitted block of
+    its blob that it does not name, so a delivery of a failed attempt committing its blocks to the
+    blob a rebuild is staging took the rebuild's blocks away, and the rebuild's commit then failed
+    on every retry. Names and versions hold no ``/``, so no other training set's blob is one of
+    these. Where a set's manifest is, is the row's ``ManifestBlob``; every reader reads that."""
+    if attempt == 0:
+        return manifest_blob(name, version)
+    block_prefix(attempt)  # the same bound
+    return f"{name}/{version}/attempt-{attempt}/{MANIFEST_NAME}"
+
+
+def manifest_attempt(blob: str) -> int:
+    """The attempt :func:`attempt_manifest_blob` named ``blob`` for (0 for any other name): the
+    row's ``ManifestBlob``, which code older than attempts rewrites unchanged, still says which
+    attempt the row is when such code dropped its ``Attempt``."""
+    found = ATTEMPT_MANIFEST.search(blob)
+    return int(found.group(1)) if found else 0
 
 
 def attempt_owner(name: str, version: str, attempt: int) -> tuple[str, str]:

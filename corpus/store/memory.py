@@ -3,9 +3,11 @@ cases depend on them, for fast unit tests and scale runs.
 
 Faithful where it matters (pinned against Azurite by ``tests/test_store_conformance.py``): quoted
 ETags that change on every write, ``If-Match``/``If-None-Match`` conditions and the typed errors of
-:mod:`corpus.domain.errors`, block blobs committed from staged blocks (no size cap per block),
-listings in name order in pages with a continuation cursor, 64 KiB messages, visibility timeouts
-and dequeue counts, 1,024-character names. Copies finish at once (as on Azurite).
+:mod:`corpus.domain.errors`, block blobs committed from staged blocks (no size cap per block; a
+commit takes a staged block before a committed one of the same id and discards every other
+uncommitted block of the blob), listings in name order in pages with a continuation cursor,
+64 KiB messages, visibility timeouts and dequeue counts, 1,024-character names. Copies finish at
+once (as on Azurite).
 
 Built on sorted structures so it does not slow as it fills: per container a dict by name plus the
 names in order (:class:`corpus.store.sorted_keys.SortedKeys`, chunked), so a listing page costs
@@ -35,6 +37,7 @@ from corpus.domain.errors import (
     MessageTooLarge,
     PreconditionFailed,
     SourceChanged,
+    StorageError,
 )
 from corpus.store.ports import (
     LIST_PAGE,
@@ -60,6 +63,10 @@ class _Container:
     blobs: dict[str, Blob] = field(default_factory=dict)
     names: SortedKeys = field(default_factory=SortedKeys)
     staged: dict[str, dict[str, bytes]] = field(default_factory=dict)  # uncommitted blocks by blob
+    committed: dict[str, tuple[str, dict[str, bytes]]] = field(default_factory=dict)
+    """By blob: (the ETag its Put Block List gave it, its committed blocks), valid while the blob is at
+    that ETag: any later write forgets them (stricter than Azure after Set Blob Properties, after
+    which nothing here commits)."""
 
 
 class MemoryBlobStore(BlobStore):
@@ -202,18 +209,37 @@ class MemoryBlobStore(BlobStore):
             check_blob_name(name)
             self._c(container).staged.setdefault(name, {})[block_id] = bytes(data)
 
-    def _committed(self, container: str, name: str, block_ids: Sequence[str]) -> bytes:
-        staged = self._c(container).staged.get(name, {})
-        missing = [i for i in block_ids if i not in staged]
+    def _committed(self, container: str, name: str, block_ids: Sequence[str]) -> dict[str, bytes]:
+        """The blocks ``block_ids`` name, as Put Block List finds them ("Latest"): the blob's
+        uncommitted block of that id, else its committed one; a missing one fails the commit
+        (400 ``InvalidBlockList``) and changes nothing."""
+        c = self._c(container)
+        staged = c.staged.get(name, {})
+        committed: dict[str, bytes] = {}
+        blob, held = c.blobs.get(name), c.committed.get(name)
+        if blob is not None and held is not None and held[0] == blob.info.etag:
+            committed = held[1]
+        found = {i: staged[i] if i in staged else committed.get(i) for i in block_ids}
+        missing = [i for i, data in found.items() if data is None]
         if missing:
-            raise PreconditionFailed(f"{container}/{name}: block {missing[0]} was not staged", 400, "InvalidBlockList")
-        return b"".join(staged[i] for i in block_ids)
+            raise StorageError(
+                f"{container}/{name}: block {missing[0]} is neither uncommitted nor committed", 400, "InvalidBlockList"
+            )
+        return {i: data for i, data in found.items() if data is not None}
+
+    def _commit(self, container: str, name: str, block_ids: Sequence[str], content_type: str, md5: str) -> None:
+        """Put Block List: the blob becomes the named blocks, in order; every other uncommitted
+        block of the blob is discarded (:meth:`_store` drops them), as on Azure: a commit can take
+        another writer's staged blocks away (``tests/test_store_conformance.py`` pins it on Azurite)."""
+        blocks = self._committed(container, name, block_ids)
+        info = self._store(container, name, b"".join(blocks[i] for i in block_ids), content_type, md5)
+        self._c(container).committed[name] = (info.etag, blocks)
 
     def commit_blocks(self, container: str, name: str, block_ids: Sequence[str], content_type: str, md5: str = "") -> None:
         with self._lock:
             self.requests["commit_blocks"] += 1
             check_blob_name(name)
-            self._store(container, name, self._committed(container, name, block_ids), content_type, md5)
+            self._commit(container, name, block_ids, content_type, md5)
 
     def commit_blocks_once(self, container: str, name: str, block_ids: Sequence[str], content_type: str, md5: str) -> bool:
         with self._lock:
@@ -222,7 +248,7 @@ class MemoryBlobStore(BlobStore):
             if name in self._c(container).blobs:
                 self._same_or_conflict(container, name, md5)
                 return False
-            self._store(container, name, self._committed(container, name, block_ids), content_type, md5)
+            self._commit(container, name, block_ids, content_type, md5)
             return True
 
     def copy(self, container: str, name: str, source: CopySource, *, once: bool, expect: Expected | None = None) -> CopyState:

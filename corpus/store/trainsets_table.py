@@ -47,6 +47,7 @@ from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError, 
 from azure.data.tables import TableClient, UpdateMode
 
 from corpus.domain import keys
+from corpus.domain import trainsets as ts
 from corpus.domain.errors import BlobNotFound, NotFoundError
 from corpus.domain.limits import MAX_TABLE_BATCH
 from corpus.domain.manifest import ManifestEntry, hex_to_b64, iter_entries
@@ -132,8 +133,10 @@ class TrainsetRow:
     attempt: int = 0
     """Which build of this definition the row describes: 0 for the first, one more each time a
     ``failed`` build is requested again and restarted (by the If-Match that restarts it). Index
-    rows, manifest blocks and ``--dedupe`` claims carry it; readers use only the ready attempt's.
-    A row written before attempts existed has no ``Attempt``: it is attempt 0."""
+    rows, manifest blocks and ``--dedupe`` claims carry it, and attempts restarted since review 27
+    write their own manifest blob (:func:`corpus.domain.trainsets.attempt_manifest_blob`); readers
+    use only the ready attempt's. A row written before attempts existed has no ``Attempt``: it is
+    attempt 0, unless its ``ManifestBlob`` names another (older code rewriting a rebuilt row)."""
 
     @property
     def keys(self) -> tuple[str, str]:
@@ -202,7 +205,9 @@ class TrainsetRow:
             updated_at=updated if isinstance(updated, datetime) else None,
             etag=str(meta.get("etag") or ""),
             server_time=meta.get("timestamp"),
-            attempt=as_int(entity.get("Attempt")),
+            # Code older than attempts rewrites the row without ``Attempt`` but keeps its
+            # ``ManifestBlob``, which names the attempt (docs/schema.md): the attempt never goes back.
+            attempt=max(as_int(entity.get("Attempt")), ts.manifest_attempt(_str(entity, "ManifestBlob"))),
         )
 
 
