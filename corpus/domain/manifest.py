@@ -1,7 +1,10 @@
 """A training set's manifest: one JSON object per line, gzip, in the documented order.
 
 The contract (training-sets issue): blob ``<name>/<version>/manifest.jsonl.gz`` in the container
-``CORPUS_TRAINSETS_CONTAINER`` (default ``trainsets``), each line exactly::
+``CORPUS_TRAINSETS_CONTAINER`` (default ``trainsets``; a set rebuilt after a failed build,
+attempt ``n`` > 0, has it at ``<name>/<version>/attempt-<n>/manifest.jsonl.gz``: the
+``TrainingSets`` row's ``ManifestBlob`` names it, :func:`corpus.domain.trainsets.attempt_manifest_blob`),
+each line exactly::
 
     {"container", "blob", "md5" (base64, as Azure stores Content-MD5), "size", "width", "height",
      "domain", "path", "version", "transform": {"name", "version"} | null,
