@@ -204,7 +204,9 @@ def test_blob_trigger_retries_are_immediate_re_deliveries_through_the_host_queue
     (poison,) = clients.queue_client("webjobs-blobtrigger-poison").peek_messages()
     body = json.loads(poison.content)
     assert body["BlobName"] == "a.jpg" and body["FunctionId"] == "Host.Functions.blob_fails"
-    assert blob_trigger_queue(host_id(app, {})) in {q.name for q in clients.queue.list_queues()}  # AzureWebJobsStorage = same Azurite here
+    assert blob_trigger_queue(host_id(app, {})) in {
+        q.name for q in clients.queue.list_queues()
+    }  # AzureWebJobsStorage = same Azurite here
 
 
 def test_blob_trigger_metadata_has_the_real_host_s_shape(clients, tmp_path):
@@ -216,7 +218,13 @@ def test_blob_trigger_metadata_has_the_real_host_s_shape(clients, tmp_path):
     seen: list[Any] = []
     target = Target("blob_fails", "blob", "drop", "CorpusStorage", "blob", lambda blob: seen.append(blob), path="{name}")
     listener = BlobQueueListener(
-        [BlobRegistration.of(target, clients)], clients, BlobConfig(4, 3), Stats(None), HostOptions(app_dir=tmp_path), Worker(2), "test"
+        [BlobRegistration.of(target, clients)],
+        clients,
+        BlobConfig(4, 3),
+        Stats(None),
+        HostOptions(app_dir=tmp_path),
+        Worker(2),
+        "test",
     )
     msg = SimpleNamespace(id="m1", dequeue_count=1)
     body = json.dumps(
@@ -237,7 +245,13 @@ def test_blob_trigger_metadata_has_the_real_host_s_shape(clients, tmp_path):
     assert [b.read() for b in seen[1:]] == [jpeg(3)]
     scanned = Target("scanned", "blob", "drop", "CorpusStorage", "blob", lambda blob: seen.append(blob), path="{name}", scan=True)
     listener = BlobQueueListener(
-        [BlobRegistration.of(scanned, clients)], clients, BlobConfig(4, 3), Stats(None), HostOptions(app_dir=tmp_path), Worker(2), "test"
+        [BlobRegistration.of(scanned, clients)],
+        clients,
+        BlobConfig(4, 3),
+        Stats(None),
+        HostOptions(app_dir=tmp_path),
+        Worker(2),
+        "test",
     )
     body = json.dumps({**json.loads(body), "FunctionId": scanned.function_id})
     assert listener._invoke(msg, _Lease("m1", "r"), body) is True
