@@ -136,7 +136,7 @@ def test_only_keeps_every_blob_function_or_none() -> None:
     assert [t.name for t in select(targets, ())] == ["left", "right", "copy", "api"]
     assert [t.name for t in select(targets, ("copy",))] == ["copy"]  # no blob function: no blob queue
     assert [t.name for t in select(targets, ("left", "right"))] == ["left", "right"]  # the Flex blob group
-    with pytest.raises(ConfigError, match="but not right: .* Add right to --only"):
+    with pytest.raises(ConfigError, match=r"but not right: .* Add right to --only"):
         select(targets, ("left", "copy"))
     with pytest.raises(ConfigError, match="--only names lefty, which the app does not have"):
         select(targets, ("lefty",))
@@ -177,7 +177,7 @@ def templates(draw: Any) -> str:
     literals = draw(st.lists(st.text(alphabet="ab-./", max_size=3), min_size=1, max_size=5))
     out = literals[0]
     for i, literal in enumerate(literals[1:]):
-        out += "{p%d}" % i + literal
+        out += f"{{p{i}}}{literal}"
     return out
 
 

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
-import hashlib
 import os
 import platform
 import re
