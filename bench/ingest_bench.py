@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from azure.storage.blob import ContentSettings  # noqa: E402
 
 from bench.account import add_storage_option, open_storage  # noqa: E402
-from corpus.devhost.listeners import BLOB_TRIGGER_QUEUE, RECEIPTS_TABLE  # noqa: E402
+from corpus.devhost.listeners import HOST_ID_SETTING, RECEIPTS_TABLE, blob_trigger_queue  # noqa: E402
 from corpus.store.hostconfig import load_blob_config, load_queue_config  # noqa: E402
 from corpus.store.rows import as_int  # noqa: E402
 from corpus.store.settings import BLOB_POISON_QUEUE, TABLES, Connection  # noqa: E402
@@ -83,6 +83,9 @@ atexit.register(_dump)
 """
 
 JPEG = ContentSettings(content_type="image/jpeg")  # as corpus upload and Storage Explorer set it
+
+HOST_ID = "corpus-devhost"
+"""The stand-in host's id in this bench (it names the blob-trigger queue the bench claims)."""
 
 
 def image_of_about(kb: int, seed: int) -> bytes:
@@ -129,13 +132,14 @@ def main() -> None:
         storage = open_storage(args.storage_connection_string_env, tmp_path)
         try:
             # corpus's tables and the host's queues have fixed names: an external account's are claimed
-            storage.claim(tables=(*TABLES, RECEIPTS_TABLE), queues=(BLOB_TRIGGER_QUEUE, BLOB_POISON_QUEUE))
+            storage.claim(tables=(*TABLES, RECEIPTS_TABLE), queues=(blob_trigger_queue(HOST_ID), BLOB_POISON_QUEUE))
             names = storage.names
             domain = names.domain("bench")
             env = {
                 "PYTHON_THREADPOOL_THREAD_COUNT": "24",
                 **os.environ,
                 **storage.env(),
+                HOST_ID_SETTING: HOST_ID,  # the host's blob-trigger queue, claimed above
                 "CORPUS_INGEST": args.ingest,
             }
             counts = tmp_path / "requests"

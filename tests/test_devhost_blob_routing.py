@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from azure.core.exceptions import ResourceExistsError
 
-from corpus.devhost.discovery import blob_name_pattern
-from corpus.devhost.listeners import BLOB_TRIGGER_QUEUE, RECEIPTS_TABLE
+from corpus.devhost.discovery import blob_name_pattern, blob_name_regex
+from corpus.devhost.listeners import RECEIPTS_TABLE, blob_trigger_queue, host_id, receipts_partition
 from corpus.domain import keys
 from tests.support import run_host
 
@@ -90,6 +90,16 @@ def upload(clients: Any, container: str, *names: str) -> None:
         clients.container(container).upload_blob(name, content(container, name), overwrite=True)
 
 
+def host_queue(app: Path) -> str:
+    """The app's blob-trigger queue (its name holds the app's host id)."""
+    return blob_trigger_queue(host_id(app, {}))
+
+
+def partition(app: Path, function: str, container: str) -> str:
+    """The receipts partition of one function of the app on one container."""
+    return receipts_partition(host_id(app, {}), function, container)
+
+
 def calls(app: Path) -> list[tuple[str, str]]:
     """(function, container/blob) per invocation, each checked to have received that blob's bytes."""
     path = app / "calls.jsonl"
@@ -125,12 +135,12 @@ def test_each_blob_reaches_exactly_the_functions_whose_path_matches_it(env, clie
     assert calls(app) == expected  # drop/e.png and drop/in match no template: no event
     assert summary["ok"] == {"jpegs": 3, "inbox": 2, "side": 2}
     assert summary["failed"] == {} and summary["poisoned"] == [] and summary["dropped"] == []
-    assert clients.queue_client(BLOB_TRIGGER_QUEUE).get_queue_properties().approximate_message_count == 0
+    assert clients.queue_client(host_queue(app)).get_queue_properties().approximate_message_count == 0
 
     receipts = clients.table_client(RECEIPTS_TABLE)
     by_function = {
-        fn: sorted(r["Name"] for r in receipts.query_entities("PartitionKey eq @pk", parameters={"pk": keys.escape(pk)}))
-        for fn, pk in (("jpegs", "jpegs/drop"), ("inbox", "inbox/drop"), ("side", "side/side"))
+        fn: sorted(r["Name"] for r in receipts.query_entities("PartitionKey eq @pk", parameters={"pk": partition(app, fn, c)}))
+        for fn, c in (("jpegs", "drop"), ("inbox", "drop"), ("side", "side"))
     }
     assert by_function == {
         "jpegs": ["a.jpg", "deep/b.jpg", "in/d.jpg"],
@@ -174,9 +184,9 @@ def test_a_message_naming_no_function_here_is_dropped_without_invoking_and_liste
     etag = clients.container("left").get_blob_client("a.jpg").get_blob_properties().etag
     # Delivered already, as far as the event source knows: only the hand-made messages below run.
     receipts.create_entity(
-        {"PartitionKey": keys.escape("left/left"), "RowKey": keys.escape("a.jpg"), "Name": "a.jpg", "ETag": etag}
+        {"PartitionKey": partition(app, "left", "left"), "RowKey": keys.escape("a.jpg"), "Name": "a.jpg", "ETag": etag}
     )
-    queue = clients.queue.create_queue(BLOB_TRIGGER_QUEUE)
+    queue = clients.queue.create_queue(host_queue(app))
 
     def message(function_id: str) -> str:
         body = {"Type": "BlobTrigger", "FunctionId": function_id, "BlobType": "BlockBlob", "ContainerName": "left"}
@@ -217,7 +227,8 @@ def test_a_message_naming_no_function_here_is_dropped_without_invoking_and_liste
 )
 def test_blob_name_templates_match_as_the_webjobs_sdk_s(template: str, name: str, values: dict[str, str] | None) -> None:
     """BindingTemplateSource.FromString: ``^…$``, each parameter ``(?<p>.*)``, literals escaped."""
-    m = blob_name_pattern(template).match(name)
+    assert blob_name_pattern(template).match(name) == values
+    m = blob_name_regex(template).match(name)  # the specification the matcher implements
     assert (m.groupdict() if m else None) == values
 
 
@@ -225,3 +236,5 @@ def test_blob_name_templates_match_as_the_webjobs_sdk_s(template: str, name: str
 def test_malformed_blob_name_templates_are_refused(template: str) -> None:
     with pytest.raises(ValueError, match="blob path template"):
         blob_name_pattern(template)
+    with pytest.raises(ValueError, match="blob path template"):
+        blob_name_regex(template)

@@ -20,13 +20,14 @@ from azure.storage.blob import ContentSettings
 from corpus.devhost.discovery import Target
 from corpus.devhost.groups import function_groups
 from corpus.devhost.listeners import (
-    BLOB_TRIGGER_QUEUE,
     BlobQueueListener,
     BlobRegistration,
     HostOptions,
     Stats,
     Worker,
     _Lease,
+    blob_trigger_queue,
+    host_id,
 )
 from corpus.store.hostconfig import BlobConfig
 from tests.support import Azurite, jpeg, max_overlap, prepare_app_dir, run_host
@@ -203,7 +204,9 @@ def test_blob_trigger_retries_are_immediate_re_deliveries_through_the_host_queue
     (poison,) = clients.queue_client("webjobs-blobtrigger-poison").peek_messages()
     body = json.loads(poison.content)
     assert body["BlobName"] == "a.jpg" and body["FunctionId"] == "Host.Functions.blob_fails"
-    assert BLOB_TRIGGER_QUEUE in {q.name for q in clients.queue.list_queues()}  # AzureWebJobsStorage = same Azurite here
+    assert blob_trigger_queue(host_id(app, {})) in {
+        q.name for q in clients.queue.list_queues()
+    }  # AzureWebJobsStorage = same Azurite here
 
 
 def test_blob_trigger_metadata_has_the_real_host_s_shape(clients, tmp_path):
@@ -215,7 +218,13 @@ def test_blob_trigger_metadata_has_the_real_host_s_shape(clients, tmp_path):
     seen: list[Any] = []
     target = Target("blob_fails", "blob", "drop", "CorpusStorage", "blob", lambda blob: seen.append(blob), path="{name}")
     listener = BlobQueueListener(
-        [BlobRegistration.of(target, clients)], clients, BlobConfig(4, 3), Stats(None), HostOptions(app_dir=tmp_path), Worker(2)
+        [BlobRegistration.of(target, clients)],
+        clients,
+        BlobConfig(4, 3),
+        Stats(None),
+        HostOptions(app_dir=tmp_path),
+        Worker(2),
+        "test",
     )
     msg = SimpleNamespace(id="m1", dequeue_count=1)
     body = json.dumps(
@@ -236,7 +245,13 @@ def test_blob_trigger_metadata_has_the_real_host_s_shape(clients, tmp_path):
     assert [b.read() for b in seen[1:]] == [jpeg(3)]
     scanned = Target("scanned", "blob", "drop", "CorpusStorage", "blob", lambda blob: seen.append(blob), path="{name}", scan=True)
     listener = BlobQueueListener(
-        [BlobRegistration.of(scanned, clients)], clients, BlobConfig(4, 3), Stats(None), HostOptions(app_dir=tmp_path), Worker(2)
+        [BlobRegistration.of(scanned, clients)],
+        clients,
+        BlobConfig(4, 3),
+        Stats(None),
+        HostOptions(app_dir=tmp_path),
+        Worker(2),
+        "test",
     )
     body = json.dumps({**json.loads(body), "FunctionId": scanned.function_id})
     assert listener._invoke(msg, _Lease("m1", "r"), body) is True
@@ -365,7 +380,7 @@ def test_the_blob_event_source_outlives_storage_errors_and_sends_each_blob_once(
     target = Target("ingest", "blob", "staging", "CorpusStorage", "blob", lambda *a: None, path="{name}")
     listener = BlobListener(
         "staging",
-        [Subscription.of(target)],
+        [Subscription.of(target, "test")],
         Lister(),
         Queue(),
         Receipts(),

@@ -14,6 +14,7 @@ from azure.storage.blob import BlobClient, BlobType
 
 from corpus.app import ingest
 from corpus.app.runtime import Runtime
+from corpus.devhost.listeners import host_id, receipts_partition
 from corpus.domain import keys
 from corpus.domain.messages import CopyRequest
 from corpus.domain.paths import SetRef
@@ -140,7 +141,7 @@ def test_crafted_copy_requests_are_refused(env: dict[str, str], rt: Runtime, cli
     rt.send("copy-requests", CopyRequest("web/v1/ok.jpg", etag).to_json())
     rt.clients.table_client("DevHostBlobReceipts").upsert_entity(  # the trigger is not to run on it
         {
-            "PartitionKey": keys.escape("ingest_staged_blob/staging"),
+            "PartitionKey": receipts_partition(host_id(app_dir, env), "ingest_staged_blob", "staging"),
             "RowKey": keys.escape("web/v1/ok.jpg"),
             "Name": "web/v1/ok.jpg",
             "ETag": etag,

@@ -13,6 +13,7 @@ from azure.storage.blob import BlobBlock, ContentSettings
 
 from corpus.app import ingest
 from corpus.app.runtime import Runtime
+from corpus.devhost.listeners import host_id, receipts_partition
 from corpus.domain import keys
 from corpus.domain.messages import CopyRequest
 from corpus.domain.paths import SetRef
@@ -369,7 +370,7 @@ def test_failing_copy_retries_then_poisons_after_max_dequeue(env, rt, clients, t
     receipts = clients.table.create_table_if_not_exists("DevHostBlobReceipts")
     receipts.create_entity(
         {
-            "PartitionKey": keys.escape("ingest_staged_blob/staging"),
+            "PartitionKey": receipts_partition(host_id(app, env), "ingest_staged_blob", "staging"),
             "RowKey": keys.escape("fail/v1/a.jpg"),
             "Name": "fail/v1/a.jpg",
             "ETag": etag,

@@ -2,7 +2,8 @@
 
 Flex Consumption scales per function: every HTTP function shares one group, every blob (Event
 Grid) function one group (they share the host's one blob-trigger queue, whose listener drops a
-message for a function it does not run), and each other function (here each queue and timer
+message for a function it has no registration for: ``corpus host --only`` keeps all of them or none),
+and each other function (here each queue and timer
 function) is a group of its own, on its own instances (MicrosoftDocs/azure-docs, ``articles/azure-functions/
 flex-consumption-plan.md``, "Per-function scaling"). Each instance runs one Python worker with its
 own thread pool, so a slow group never takes threads from another. This runs each group as a

@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import os
+import platform
 import re
 import threading
 import time
@@ -57,9 +59,9 @@ from azure.functions.blob import BlobConverter
 from azure.functions.queue import QueueMessageInConverter
 from azure.functions.timer import TimerRequestConverter
 
-from corpus.devhost.discovery import Target, blob_name_pattern
+from corpus.devhost.discovery import NamePattern, Target, blob_name_pattern
 from corpus.domain import cron, keys
-from corpus.domain.errors import StorageError
+from corpus.domain.errors import ConfigError, StorageError
 from corpus.store.hostconfig import BlobConfig, QueueConfig
 from corpus.store.settings import BLOB_POISON_QUEUE, POISON_SUFFIX, poison_queue
 from corpus.store.storage import Clients, blob_request
@@ -227,9 +229,41 @@ failure reporter records every attempt, the last one marked final, in the Failur
 poison queue's recorder function (``corpus.app.failures.record_poisoned``, served like any queue
 trigger) turns what the host poisoned on its own into a final row."""
 
-HOST_ID = "corpus-devhost"
-BLOB_TRIGGER_QUEUE = f"azure-webjobs-blobtrigger-{HOST_ID}"
-"""HostQueueNames.GetHostBlobTriggerQueueName(hostId) in the host's account."""
+HOST_ID_SETTING = "AzureFunctionsJobHost__id"
+"""The app setting that names the host id (``ConfigurationSectionNames.HostIdPath``,
+``AzureFunctionsJobHost:id``), as the host reads it; unset, the id is derived from the app."""
+MAX_HOST_ID = 32  # ScriptConstants.MaximumHostIdLength
+_HOST_ID = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,31}")
+
+
+def host_id(app_dir: Path, values: dict[str, str] | Any) -> str:
+    """The host id of the app in ``app_dir``: what names its blob-trigger queue and its receipts,
+    so that two apps on one storage account never take each other's messages.
+
+    As the Functions host (``ScriptHostIdProvider.GetDefaultHostId``) when it runs outside App
+    Service: the machine name's letters and digits, ``-``, and a stable hash of the app's root
+    path, lower-cased, at most 32 characters. The host truncates the whole, which can cut the hash
+    off a long machine name and give two folders one id; here the machine name is cut instead, so
+    the hash (of the canonical path: a symlink or ``..`` is the same app) always survives.
+    ``AzureFunctionsJobHost__id`` overrides it, as in the host; it must be 1-32 lower-case letters,
+    digits and single dashes, neither first nor last (a valid part of a queue name)."""
+    configured = str(values.get(HOST_ID_SETTING, "") or "").strip()
+    if configured:
+        if not _HOST_ID.fullmatch(configured):
+            raise ConfigError(
+                f"{HOST_ID_SETTING}={configured[:80]!r}: a host id is 1-{MAX_HOST_ID} lower-case letters, "
+                "digits and single dashes, not first or last"
+            )
+        return configured
+    digest = hashlib.sha256(str(Path(app_dir).resolve()).encode("utf-8")).digest()
+    suffix = str(int.from_bytes(digest[:4], "big") & 0x7FFFFFFF)  # as Math.Abs of a 32-bit hash: up to 10 digits
+    machine = "".join(c for c in platform.node().lower() if c.isascii() and c.isalnum()) or "host"
+    return f"{machine[: MAX_HOST_ID - 1 - len(suffix)]}-{suffix}"
+
+
+def blob_trigger_queue(hostid: str) -> str:
+    """HostQueueNames.GetHostBlobTriggerQueueName(hostId): the host's blob-trigger queue, in its account."""
+    return f"azure-webjobs-blobtrigger-{hostid}"
 
 
 @dataclass
@@ -463,20 +497,30 @@ class Subscription:
     ``delivered`` maps each blob name to the (bare) ETag whose message was queued for it."""
 
     target: Target
-    pattern: re.Pattern[str]
+    pattern: NamePattern
+    host_id: str
     delivered: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, target: Target) -> Subscription:
-        return cls(target, blob_name_pattern(target.path or "{name}"))
+    def of(cls, target: Target, hostid: str) -> Subscription:
+        return cls(target, blob_name_pattern(target.path or "{name}"), hostid)
 
     @property
     def partition(self) -> str:
-        """The receipts' partition: ``<function>/<container>``, one per function (and as before)."""
-        return keys.escape(f"{self.target.name}/{self.target.source}")
+        """The receipts' partition: :func:`receipts_partition`."""
+        return receipts_partition(self.host_id, self.target.name, self.target.source)
 
     def wants(self, name: str, etag: str) -> bool:
-        return self.pattern.match(name) is not None and self.delivered.get(name) != etag
+        """A new or changed version of a blob whose name matches the template. The receipt is looked
+        up first: the common case (delivered already) costs one dict lookup, not a match."""
+        return self.delivered.get(name) != etag and self.pattern.match(name) is not None
+
+
+def receipts_partition(hostid: str, function: str, container: str) -> str:
+    """The receipts of one function on one container, of one host id: ``<host id>/<function>/<container>``
+    (the extension's receipts are ``blobreceipts/<hostId>/<functionId>/…``: another app on the same
+    account keeps its own)."""
+    return keys.escape(f"{hostid}/{function}/{container}")
 
 
 Event = tuple[str, str, str]  # blob name, ETag, blob type
@@ -490,7 +534,7 @@ class BlobListener(_Component):
     ``…/runtime/webhooks/blobs?functionName=Host.Functions.<name>`` whose filter selects that
     function's blobs); the extension turns each into a BlobTriggerMessage carrying that
     ``FunctionId`` (``BlobsExtensionConfigProvider.ProcessEventsAsync``) on the host account's one
-    blob-trigger queue (:data:`BLOB_TRIGGER_QUEUE`), which :class:`BlobQueueListener` dispatches by
+    blob-trigger queue (:func:`blob_trigger_queue`), which :class:`BlobQueueListener` dispatches by
     it. This stand-in lists the container once for all its subscriptions: a blob that matches two
     functions' templates gives two messages and two receipts, one per function.
 
@@ -526,16 +570,23 @@ class BlobListener(_Component):
 
     @classmethod
     def create(
-        cls, targets: list[Target], clients: Clients, host_clients: Clients, stats: Stats, opts: HostOptions, backlog: int = 0
+        cls,
+        targets: list[Target],
+        clients: Clients,
+        host_clients: Clients,
+        stats: Stats,
+        opts: HostOptions,
+        hostid: str,
+        backlog: int = 0,
     ) -> BlobListener:
         """The event source of these functions' triggers, all on one container of ``clients``' account."""
         (container,) = {t.source for t in targets}
         return cls(
             container,
-            [Subscription.of(t) for t in targets],
+            [Subscription.of(t, hostid) for t in targets],
             # Listed without the SDK's models (~0.1 ms a blob): this listing runs every poll interval.
             BlobLister.from_connection(clients.connection, clients.credential),
-            host_clients.queue_client(BLOB_TRIGGER_QUEUE),
+            host_clients.queue_client(blob_trigger_queue(hostid)),
             host_clients.table_client(RECEIPTS_TABLE),
             stats,
             opts,
@@ -655,6 +706,17 @@ class BlobListener(_Component):
             sub.delivered[name] = _bare(etag)
 
 
+def _function_id(value: Any) -> str | None:
+    """``BlobTriggerMessage.FunctionId`` as Newtonsoft.Json reads it into a string: a string as it
+    is, a number or boolean as text (the spelling differs from .NET's, but no function is named
+    so: it is dropped either way); None (the extension throws) for null, an object or an array."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    return None
+
+
 def _rest_blob_type(value: str) -> str:
     text = value.lower()
     return "PageBlob" if "page" in text else "AppendBlob" if "append" in text else "BlockBlob"
@@ -681,7 +743,7 @@ class BlobRegistration:
 
     target: Target
     clients: Clients
-    pattern: re.Pattern[str]
+    pattern: NamePattern
     poison: QueueClient  # webjobs-blobtrigger-poison in the function's account
 
     @classmethod
@@ -702,13 +764,26 @@ class BlobQueueListener(QueueListener):
 
     ``BlobQueueTriggerExecutor.ExecuteAsync`` decides, per message:
 
-    * a ``FunctionId`` no function registered (a function since removed, disabled, or not run by
-      this process: ``--only``) is logged and the message completed (deleted) without invoking
-      anything; this host also lists it in its summary (``dropped``);
+    * a body that is not a JSON object, or whose ``FunctionId`` is missing, null, an object or an
+      array, is a failed attempt (the extension throws: Newtonsoft cannot make it a
+      ``BlobTriggerMessage``, or ``FunctionId == null``): retried, then poisoned;
+    * any other ``FunctionId`` (an empty string, or a number or boolean, which Newtonsoft turns into
+      a string) is looked up; one no function registered (a function since removed or renamed) is
+      logged and the message completed (deleted) without invoking anything; this host also lists
+      it in its summary (``dropped``). Every function of the app is registered: the supervisor
+      refuses ``--only`` that keeps some of the app's blob functions but not all, so a message for
+      a function of this app is never deleted by a process that does not run it; and the queue's
+      name holds the app's :func:`host_id`, so another app's messages never reach it;
+    * a registered function's message without a non-empty ``ContainerName`` and ``BlobName`` is a
+      failed attempt (the SDK throws on reading such a blob);
     * a blob that is gone is completed without invoking;
     * a blob whose ETag changed since its event is completed without invoking for a
       ``LogsAndContainerScan`` trigger only (the scan sends the newer version); an ``EventGrid``
-      trigger is invoked on the blob as it is now (its newer version also has its own event);
+      trigger is invoked on the blob as it is now (its newer version also has its own event).
+      Here the rule is the trigger's of the function the message names; in the host it is the
+      shared executor's, i.e. the source of whichever blob function created the shared listener,
+      applied to every function's messages (the same for an app whose blob triggers all have one
+      source, as this one's);
     * otherwise the function runs on the blob.
 
     The queue is one ``QueueListener`` with the options of ``BlobsOptionsToQueuesOptions``: at most
@@ -732,8 +807,10 @@ class BlobQueueListener(QueueListener):
         stats: Stats,
         opts: HostOptions,
         worker: Worker,
+        hostid: str,
     ) -> None:
-        shared = Target(SHARED_BLOB_QUEUE_LISTENER, "queue", BLOB_TRIGGER_QUEUE, "AzureWebJobsStorage", "", lambda **_: None)
+        queue = blob_trigger_queue(hostid)
+        shared = Target(SHARED_BLOB_QUEUE_LISTENER, "queue", queue, "AzureWebJobsStorage", "", lambda **_: None)
         super().__init__(shared, host_clients, blob_queue_config(cfg), stats, opts, worker)
         self.poison = host_clients.queue_client(BLOB_POISON_QUEUE)  # the default: for a message naming no function
         self.registry: dict[str, BlobRegistration] = {}
@@ -746,7 +823,8 @@ class BlobQueueListener(QueueListener):
             event = json.loads(raw)
         except ValueError:
             return None
-        return self.registry.get(str(event.get("FunctionId"))) if isinstance(event, dict) else None
+        function_id = _function_id(event.get("FunctionId")) if isinstance(event, dict) else None
+        return self.registry.get(function_id) if function_id is not None else None
 
     def _poison_queue(self, raw: str) -> Any:
         reg = self._registration(raw)
@@ -759,24 +837,31 @@ class BlobQueueListener(QueueListener):
     def _invoke(self, msg: Any, lease: _Lease, body: str) -> bool:
         try:
             event = json.loads(body)
-            function_id, container, name = event["FunctionId"], event["ContainerName"], event["BlobName"]
-            if not all(isinstance(v, str) and v for v in (function_id, container, name)):
-                raise TypeError("FunctionId, ContainerName and BlobName must be non-empty strings")
-        except (ValueError, KeyError, TypeError) as exc:
-            # The extension throws here (InvalidOperationException); the message is not completed
-            # and ends in the poison queue. A failed attempt: retried, then poisoned, never lost.
+            if not isinstance(event, dict):
+                raise TypeError("not a JSON object")
+            function_id = _function_id(event.get("FunctionId"))
+            if function_id is None:
+                raise TypeError("no FunctionId (null, missing, or not a string, number or boolean)")
+        except (ValueError, TypeError) as exc:
+            # The extension throws here (InvalidOperationException, or Newtonsoft's error); the
+            # message is not completed. A failed attempt: retried, then poisoned, never lost.
             log.error("blob-trigger message %s is not a BlobTriggerMessage (%s): %r", msg.id, exc, body[:200])
             return False
+        container, name = event.get("ContainerName"), event.get("BlobName")
         reg = self.registry.get(function_id)
         if reg is None:
+            blob = f"{str(container)[:200]}/{str(name)[:1024]}"
             log.warning(
-                "blob-trigger message %s names function %r, which this host does not run: deleted without invoking (blob %s)",
+                "blob-trigger message %s names function %r, which this app does not have: deleted without invoking (blob %s)",
                 msg.id,
                 function_id[:200],
-                name[:200],
+                blob[:400],
             )
-            self.stats.dropped(function_id, msg.id, f"{container}/{name}", "function not found")
+            self.stats.dropped(function_id[:200], msg.id, blob, "function not found")
             return True
+        if not (isinstance(container, str) and container and isinstance(name, str) and name):
+            log.error("blob-trigger message %s for %s has no ContainerName or BlobName: %r", msg.id, reg.target.name, body[:200])
+            return False
         target = reg.target
         try:
             fetched = self._download(reg.clients.container(container), name)
@@ -805,9 +890,12 @@ class BlobQueueListener(QueueListener):
             "Properties": meta.Datum(json.dumps(properties), "json"),
             "Metadata": meta.Datum(json.dumps(blob_props["Metadata"]), "json"),
         }
-        matched = reg.pattern.match(name)  # BlobTriggerBinding.CreateBindingData: the template's values, if it matches
-        for param, value in (matched.groupdict() if matched else {}).items():
-            metadata[param] = meta.Datum(value, "string")
+        # BlobTriggerBinding.CreateBindingData: the template's values, if it matches, in a dictionary
+        # keyed case-insensitively, overriding the built-in entries ("In case of conflict, binding
+        # data from the value type overrides"): {uri} replaces Uri's value, under the name Uri.
+        for param, value in (reg.pattern.match(name) or {}).items():
+            key = next((k for k in metadata if k.lower() == param.lower()), param)
+            metadata[key] = meta.Datum(value, "string")
         arg = BlobConverter.decode(meta.Datum(data, "bytes"), trigger_metadata=metadata)
         return self.worker.invoke(target, self.stats, arg, name, f"blob {name} (attempt {msg.dequeue_count})")
 

@@ -26,8 +26,10 @@ app can run and be tested end to end against Azurite on any machine, and it is d
   messages get the queue's default time-to-live (7 days), as the host's; this host also lists them
   in its summary (``poisoned``);
 * blob events become messages on the host account's one blob-trigger queue, one per function whose
-  path template matches the blob, each naming its function (``FunctionId``); one shared listener
-  dispatches them by it with the blobs extension's rules (a message for no function here dropped,
+  path template matches the blob, each naming its function (``FunctionId``); the queue's name holds
+  the app's host id (:func:`~corpus.devhost.listeners.host_id`), so two apps never share it, and
+  ``--only`` keeps all blob functions or none; one shared listener dispatches them by it with the
+  blobs extension's rules (a message for a function the app does not have dropped,
   immediate re-delivery, ``poisonBlobThreshold`` attempts), with the real trigger metadata
   (``Properties.ETag`` is ``{}``);
 * every invocation runs on one :class:`~corpus.devhost.listeners.Worker` per process, of
@@ -51,7 +53,6 @@ from typing import Any
 
 from corpus.devhost.discovery import Target, discover
 from corpus.devhost.listeners import (
-    BLOB_TRIGGER_QUEUE,
     RECEIPTS_TABLE,
     BlobListener,
     BlobQueueListener,
@@ -62,6 +63,8 @@ from corpus.devhost.listeners import (
     TimerListener,
     Worker,
     _Component,
+    blob_trigger_queue,
+    host_id,
     worker_threads,
 )
 from corpus.domain.errors import ConfigError
@@ -87,14 +90,8 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
     deadline = time.monotonic() + opts.idle_timeout if opts.idle_timeout else None
     values = dict(settings.values)
     os.environ["AzureWebJobsScriptRoot"] = str(opts.app_dir)  # as the Functions host sets it
-    targets = discover(opts.app_dir, values)
-    if opts.only:
-        left_out = [t.name for t in targets if t.kind == "blob" and t.name not in opts.only]
-        targets = [t for t in targets if t.name in opts.only]
-        if left_out and any(t.kind == "blob" for t in targets):
-            # One blob-trigger queue serves every blob function; its listener completes a message
-            # for a function it does not run without invoking it, as the real host does.
-            log.warning("--only runs some blob functions but not %s: their blob-trigger messages are dropped here", left_out)
+    targets = select(discover(opts.app_dir, values), opts.only)
+    hostid = host_id(opts.app_dir, values)
     worker = Worker(opts.worker_threads or worker_threads(values), load_function_timeout(opts.app_dir / "host.json"))
     cfg = load_queue_config(opts.app_dir / "host.json")
     blob_cfg = load_blob_config(opts.app_dir / "host.json")
@@ -103,12 +100,12 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
 
     def setup() -> None:
         host_clients = Clients(Connection.from_env(values, "AzureWebJobsStorage"))
-        host_clients.ensure(tables=(RECEIPTS_TABLE,), queues=(BLOB_TRIGGER_QUEUE,))
+        host_clients.ensure(tables=(RECEIPTS_TABLE,), queues=(blob_trigger_queue(hostid),))
 
         from corpus.app.runtime import Runtime
 
         Runtime.create(settings, opts.app_dir / "host.json").ensure_resources()
-        _listeners(targets, values, cfg, blob_cfg, host_clients, stats, opts, components, worker)
+        _listeners(targets, values, cfg, blob_cfg, host_clients, stats, opts, components, worker, hostid)
 
     if not _before(deadline, setup):
         log.error("storage did not answer within --timeout %gs while starting", opts.idle_timeout or 0)
@@ -154,6 +151,33 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
     summary["worker_threads"] = worker.threads
     summary["function_timeouts"] = worker.timed_out
     return summary
+
+
+def select(targets: list[Target], only: tuple[str, ...]) -> list[Target]:
+    """The functions ``--only`` keeps (all of them without it).
+
+    The app's blob functions share one blob-trigger queue, whose listener deletes a message naming
+    a function it has no registration for (as the host's does, for a function removed from the
+    app). A process running some of them but not the others would delete the others' messages,
+    whose receipts are written: those blobs would never reach their functions. In Azure every
+    instance registers every function, so this cannot happen there; here ``--only`` must keep all
+    of the app's blob functions or none of them (``--process-per-group`` does: they are one Flex
+    group), and a ConfigError says which are missing."""
+    if not only:
+        return targets
+    unknown = sorted(set(only) - {t.name for t in targets})
+    if unknown:
+        raise ConfigError(f"--only names {', '.join(unknown)}, which the app does not have")
+    blob = [t.name for t in targets if t.kind == "blob"]
+    kept = [name for name in blob if name in only]
+    if kept and len(kept) < len(blob):
+        missing = [name for name in blob if name not in only]
+        raise ConfigError(
+            f"--only keeps the blob functions {', '.join(kept)} but not {', '.join(missing)}: all blob functions "
+            "share one blob-trigger queue, and a process that does not run a function would delete its messages. "
+            f"Add {' '.join(missing)} to --only, or leave out every blob function"
+        )
+    return [t for t in targets if t.name in only]
 
 
 def load_function_timeout(host_json: Path) -> float | None:
@@ -207,6 +231,7 @@ def _listeners(
     opts: HostOptions,
     components: list[_Component],
     worker: Worker,
+    hostid: str,
 ) -> None:
     """One listener per queue and timer function, its queues created first; for the blob functions,
     one event source per watched container and ONE shared blob-trigger queue listener that runs
@@ -233,15 +258,17 @@ def _listeners(
     for group in watched.values():
         clients = next(r.clients for r in registrations if r.target is group[0])
         # two rounds of invocations queued: enough work while the next listing runs
-        source = BlobListener.create(group, clients, host_clients, stats, opts, backlog=2 * blob_cfg.max_degree_of_parallelism)
+        source = BlobListener.create(
+            group, clients, host_clients, stats, opts, hostid, backlog=2 * blob_cfg.max_degree_of_parallelism
+        )
         source.load_receipts()
         components.append(source)
     if registrations:
         host_clients.ensure(queues=(BLOB_POISON_QUEUE,))  # the default poison queue, for a message naming no function
-        components.append(BlobQueueListener(registrations, host_clients, blob_cfg, stats, opts, worker))
+        components.append(BlobQueueListener(registrations, host_clients, blob_cfg, stats, opts, worker, hostid))
         log.info(
             "listening: %s (%s, at most %d blob invocations at once)",
-            BLOB_TRIGGER_QUEUE,
+            blob_trigger_queue(hostid),
             ", ".join(r.target.name for r in registrations),
             blob_cfg.max_degree_of_parallelism,
         )
