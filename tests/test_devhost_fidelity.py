@@ -209,6 +209,19 @@ def test_blob_trigger_retries_are_immediate_re_deliveries_through_the_host_queue
     }  # AzureWebJobsStorage = same Azurite here
 
 
+def one_function_listener(target: Target, clients: Any, app_dir: Path) -> BlobQueueListener:
+    """The shared blob-trigger queue's listener with ``target`` as its only function."""
+    return BlobQueueListener(
+        [BlobRegistration.of(target, clients)],
+        clients,
+        BlobConfig(4, 3),
+        Stats(None),
+        HostOptions(app_dir=app_dir),
+        Worker(2),
+        "test",
+    )
+
+
 def test_blob_trigger_metadata_has_the_real_host_s_shape(clients, tmp_path):
     """P9: Properties is Azure.Storage.Blobs.Models.BlobProperties through Newtonsoft.Json:
     ETag (a struct with no public properties) is {} and BlobType (an enum) is 0."""
@@ -217,15 +230,7 @@ def test_blob_trigger_metadata_has_the_real_host_s_shape(clients, tmp_path):
     etag = client.get_blob_properties().etag
     seen: list[Any] = []
     target = Target("blob_fails", "blob", "drop", "CorpusStorage", "blob", lambda blob: seen.append(blob), path="{name}")
-    listener = BlobQueueListener(
-        [BlobRegistration.of(target, clients)],
-        clients,
-        BlobConfig(4, 3),
-        Stats(None),
-        HostOptions(app_dir=tmp_path),
-        Worker(2),
-        "test",
-    )
+    listener = one_function_listener(target, clients, tmp_path)
     msg = SimpleNamespace(id="m1", dequeue_count=1)
     body = json.dumps(
         {"Type": "BlobTrigger", "FunctionId": target.function_id, "BlobName": "b.jpg", "ContainerName": "drop", "ETag": etag}
@@ -244,15 +249,7 @@ def test_blob_trigger_metadata_has_the_real_host_s_shape(clients, tmp_path):
     assert listener._invoke(msg, _Lease("m1", "r"), body) is True
     assert [b.read() for b in seen[1:]] == [jpeg(3)]
     scanned = Target("scanned", "blob", "drop", "CorpusStorage", "blob", lambda blob: seen.append(blob), path="{name}", scan=True)
-    listener = BlobQueueListener(
-        [BlobRegistration.of(scanned, clients)],
-        clients,
-        BlobConfig(4, 3),
-        Stats(None),
-        HostOptions(app_dir=tmp_path),
-        Worker(2),
-        "test",
-    )
+    listener = one_function_listener(scanned, clients, tmp_path)
     body = json.dumps({**json.loads(body), "FunctionId": scanned.function_id})
     assert listener._invoke(msg, _Lease("m1", "r"), body) is True
     assert len(seen) == 2
