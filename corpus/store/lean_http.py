@@ -14,7 +14,15 @@ with an ASCII target without dot segments. Anything else (a file-like or streame
 files, a legacy request, a configured proxy, a ``connection_verify`` or ``connection_cert`` for one
 request, a path with ``.``/``..`` segments, which urllib3 would normalise) goes to the wrapped
 ``RequestsTransport`` unchanged, so no caller needs to know which one ran. A header name or value
-holding CR, LF or NUL is refused with ``ValueError`` before anything is sent (header injection).
+holding CR, LF or NUL is refused before anything is sent (header injection) with the error
+``RequestsTransport`` raises for it: ``ServiceResponseError``, its ``error`` a ``ValueError``
+(requests' ``InvalidHeader`` there, :class:`corpus.store.wire.InvalidHeader` here). The storage
+SDKs' retry policies retry it as they retry any ``AzureError``, on either transport.
+
+The wire work (request heads, the pool, stale connections, response heads and body framing, the
+content codings) is :mod:`corpus.store.wire`'s, shared with the SDK-free clients of ``corpus
+upload``/``pull``; this module is the azure-core side: what to serve, the response objects, and
+the wire's errors as azure-core's.
 
 Invariants:
 
