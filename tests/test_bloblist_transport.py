@@ -278,18 +278,3 @@ def test_a_content_length_that_is_not_ascii_digits_is_a_protocol_error(length: b
     bare ValueError, which no caller catches as a transport failure."""
     with scripted(b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\nok") as server, pytest.raises(ProtocolError):
         _StdlibTransport().get(server.url(), {})
-
-
-def test_threads_share_the_pooled_connections() -> None:
-    """One pool per transport (the wire module's), not one connection per thread: a request from
-    another thread reuses the idle connection."""
-    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    with scripted(ok, ok) as server:
-        transport = _StdlibTransport()
-        assert transport.get(server.url(), {}) == (200, b"ok")
-        got: list[tuple[int, bytes]] = []
-        thread = threading.Thread(target=lambda: got.append(transport.get(server.url(), {})))
-        thread.start()
-        thread.join(10)
-        assert got == [(200, b"ok")]
-    assert server.connections == 1

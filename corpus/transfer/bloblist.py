@@ -5,9 +5,9 @@ A re-run of an upload over 20,000 files is a directory walk plus a few List Blob
 listings are bound by the service. Importing ``azure.storage.blob`` takes about 0.4 s of CPU
 before the first request could leave, and parsing its models costs ~0.5 ms per blob. This module
 speaks the read-only call the planner needs (``GET ?restype=container&comp=list``) over the
-standard library's sockets (:class:`_StdlibTransport` on :mod:`corpus.store.wire`: pooled keep-alive connections;
-``requests`` alone takes ~0.15 s to import, ``http.client`` ~10 ms and ~0.13 ms of CPU per
-request), signs it the way the SDK would (Shared Key for an account key, a SAS as given, or a
+standard library's sockets (:class:`_StdlibTransport` on :mod:`corpus.store.wire`: keep-alive, one
+connection per thread; ``requests`` alone takes ~0.15 s to import, ``http.client`` ~10 ms and
+~0.13 ms of CPU per request), signs it the way the SDK would (Shared Key for an account key, a SAS as given, or a
 bearer token from the same identity), and reads two fields per blob (:func:`parse_listing`).
 When a proxy is configured in the environment it uses the SDK's ``requests`` session instead,
 which honours it the way the SDK does; a CA bundle is handed to ``ssl`` directly.
@@ -260,9 +260,6 @@ def ca_bundle() -> str | None:
 
 
 TIMEOUT = 120.0
-IDLE_PER_HOST = 512
-"""Idle connections kept per endpoint: at least the threads that send at once (``--concurrency``;
-each kept its own connection when they were thread-local), as :data:`corpus.store.http.POOL_SIZE`."""
 _MAX_HEADERS = 100
 """http.client's limit on a response's header lines."""
 
@@ -284,8 +281,8 @@ def _refused(exc: wire.InvalidHeader) -> HeaderRefused:
 
 class _StdlibTransport:
     """HTTP/1.1 over the standard library's sockets (:mod:`corpus.store.wire`, which
-    :mod:`corpus.store.lean_http` speaks too): a pool of keep-alive connections per host, shared by
-    the threads of this transport.
+    :mod:`corpus.store.lean_http` speaks too): one keep-alive connection per thread and host
+    (:class:`corpus.store.wire.ThreadPool`).
 
     Not ``http.client``: its response parsing goes through the ``email`` package, ~0.13 ms of CPU
     per request (a first upload of 2,000 files sends 2,000 Put Blobs), and importing it is ~10 ms
@@ -293,15 +290,15 @@ class _StdlibTransport:
     (refused with :class:`HeaderRefused` if one holds CR, LF or NUL), one ``sendall`` of head and
     body; a status line, at most :data:`_MAX_HEADERS` header lines (one without a colon is a
     :data:`ProtocolError`), and a body by ``Content-Length``, chunked, or up to the close (none for
-    HEAD, 1xx, 204, 304). An idle connection the server has closed is not used, and a request on
-    a reused connection that meets a closed socket before any byte of the response is sent once
-    more on a fresh one: every request sent here may be repeated (reads, and Put Blobs with
-    ``If-None-Match``). Failures are ``OSError`` s: the socket's own when connecting (refused,
+    HEAD, 1xx, 204, 304). A request on a reused connection that meets a closed socket before any
+    byte of the response (the server closed it while idle) is sent once more on a fresh one:
+    every request sent here may be repeated (reads, and Put Blobs with ``If-None-Match``), so idle
+    connections are not polled before reuse. Failures are ``OSError`` s: the socket's own when connecting (refused,
     TLS), the wire's after.
     """
 
     def __init__(self) -> None:
-        self._pool = wire.Pool(IDLE_PER_HOST)
+        self._pool = wire.ThreadPool(check_idle=False)  # every request here may be sent twice
         self._tls: Any = None  # ssl.SSLContext, made (and ssl imported) on the first https request
 
     def get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
