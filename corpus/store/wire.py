@@ -53,6 +53,7 @@ COALESCE = 256 * 1024
 a larger one after it. Two sends were ~10 % more CPU per 80 KB Put Blob from 32 threads."""
 MAX_LINE = 64 * 1024
 """Longest status, header or chunk-size line accepted (Azure's are far shorter)."""
+_LINE_LIMIT = MAX_LINE + 1
 _NO_BODY_STATUS = frozenset({204, 304})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _UNSAFE = frozenset("\r\n\0")
@@ -390,9 +391,10 @@ def _head(conn: Connection, status_line: bytes, max_headers: int, skip_bad_lines
     if len(status_line) > MAX_LINE or not well_formed:
         raise ProtocolError(f"not an HTTP/1.x response: {status_line[:80]!r}")
     store: Store = {}
+    readline = conn.rfile.readline
     for _ in range(max_headers + 1):
-        line = conn.rfile.readline(MAX_LINE + 1)
-        if line in (b"\r\n", b"\n"):
+        line = readline(_LINE_LIMIT)
+        if line == b"\r\n" or line == b"\n":
             return version, int(code), reason, store
         if not line or len(line) > MAX_LINE:
             raise ProtocolError("the response's headers are cut short or too long")
@@ -401,10 +403,13 @@ def _head(conn: Connection, status_line: bytes, max_headers: int, skip_bad_lines
             if skip_bad_lines:
                 continue
             raise ProtocolError(f"not a header line: {line[:80]!r}")
-        name, value = name.strip(), value.strip()
+        name = name.strip()
         key = name.lower()
-        seen = store.get(key)
-        store[key] = (seen[0], f"{seen[1]}, {value}") if seen else (name, value)
+        if key in store:  # a repeated header: one value, as requests (urllib3) joins them
+            first, seen = store[key]
+            store[key] = (first, f"{seen}, {value.strip()}")
+        else:
+            store[key] = (name, value.strip())
     raise ProtocolError(f"more than {max_headers} response headers")
 
 
