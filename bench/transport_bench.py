@@ -1,6 +1,8 @@
 """CPU per storage request through the SDKs: corpus's transport (``CORPUS_HTTP=lean``) vs azure-core's
 ``RequestsTransport`` (``CORPUS_HTTP=requests``), the same calls on one private Azurite; and, with
-``--server-cpu``, Azurite's own CPU per request of each kind ingest makes (8 client threads).
+``--server-cpu``, Azurite's own CPU per request of each kind ingest makes (8 client threads); and,
+with ``--sdk-free``, the SDK-free clients of ``corpus upload``/``pull`` (``corpus.transfer.bloblist``'s
+socket transport: Get Blob, Put Blob, List Blobs) in the same run, peers of the SDK's calls.
 
 Each transport runs in its own child process (imports, pools and caches its own), one thread, after
 a warm-up call; what is reported is the child's CPU time (user + system) per call, which is what a
@@ -8,11 +10,13 @@ host whose threads share one GIL runs out of, and the wall time per call.
 
     .venv/bin/python bench/transport_bench.py --calls 300
     .venv/bin/python bench/transport_bench.py --calls 300 --server-cpu
+    .venv/bin/python bench/transport_bench.py --calls 300 --sdk-free
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -27,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def child(connection_string: str, calls: int) -> dict[str, dict[str, float]]:
+def child(connection_string: str, calls: int, sdk_free: bool = False) -> dict[str, dict[str, float]]:
     from corpus.store.settings import Connection
     from corpus.store.storage import Clients
 
@@ -52,6 +56,22 @@ def child(connection_string: str, calls: int) -> dict[str, dict[str, float]]:
         "table GET (get_entity)": lambda: t.get_entity("p", "r"),
         "table GET (query_entities, 1 row)": lambda: list(t.query_entities("PartitionKey eq 'p'")),
     }
+    if sdk_free:  # the same process: the SDK-free clients cost no more for the SDK's having loaded
+        from corpus.pull.fetch import BlobFetcher
+        from corpus.transfer.bloblist import BlobLister
+        from corpus.upload.sender import RawSender
+
+        fetcher = BlobFetcher(Connection(connection_string=connection_string))
+        sender = RawSender(BlobLister.from_connection(Connection(connection_string=connection_string)), container)
+        lister = fetcher.lister
+        data = b"y" * 100_000
+        md5 = hashlib.md5(data).digest()
+        names = iter(range(10**9))
+        ops.update({
+            "sdk-free GET 100 KB (BlobFetcher.get)": lambda: fetcher.get(container, "x"),
+            "sdk-free Put Blob 100 KB (RawSender.put)": lambda: sender.put(f"p{next(names)}", data, md5, "image/jpeg"),
+            "sdk-free List Blobs, 1 blob (BlobLister.list_page)": lambda: lister.list_page(container, "x", 5000),
+        })  # fmt: skip
     out: dict[str, dict[str, float]] = {}
     for name, call in ops.items():
         call()
@@ -122,10 +142,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--server-cpu", action="store_true", help="also Azurite's CPU per request of each kind")
+    ap.add_argument("--sdk-free", action="store_true", help="also corpus upload/pull's SDK-free clients (lean's child)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.calls)))
+        print(json.dumps(child(args.child, args.calls, args.sdk_free)))
         return
     from tests.support import Azurite
 
@@ -136,6 +157,7 @@ def main() -> None:
             for transport in ("requests", "lean"):
                 env = {**os.environ, "CORPUS_HTTP": transport, "PYTHONPATH": str(REPO)}
                 cmd = [sys.executable, __file__, "--calls", str(args.calls), "--child", az.connection_string]
+                cmd += ["--sdk-free"] if args.sdk_free and transport == "lean" else []
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 results[transport] = json.loads(done.stdout)
             server = server_cpu(az, args.calls) if args.server_cpu else None
@@ -149,9 +171,16 @@ def main() -> None:
             "requests_wall_ms": results["requests"][op]["wall_ms"],
             "lean_wall_ms": results["lean"][op]["wall_ms"],
         }
-        for op in results["lean"]
+        for op in results["requests"]
     }
     report: dict[str, object] = {"calls": args.calls, "per_call": table}
+    if args.sdk_free:
+        peer = results["requests"]["blob GET 100 KB (download_blob)"]["cpu_ms"]
+        report["sdk_free_per_call"] = {
+            op: {**got, "cpu_over_requests_download_blob": round(got["cpu_ms"] / peer, 2)}
+            for op, got in results["lean"].items()
+            if op not in results["requests"]
+        }
     if server is not None:
         report["azurite_cpu_ms_per_request"] = server
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]

@@ -219,3 +219,62 @@ def test_https_verifies_the_server_against_the_ca_bundle_given(tmp_path, monkeyp
     finally:
         thread.join(10)
         listener.close()
+
+
+# -- branch wire27: the wire module's rules, and a refused header as a storage error -----------
+
+
+def test_a_refused_header_is_a_storage_error_naming_the_header_not_its_value() -> None:
+    """Was a bare ValueError (a traceback from ``corpus upload``; one file's bad header stopped the
+    run): now a ``StorageError`` (a ``ListingError`` for the listings), nothing sent, no retry."""
+    from corpus.domain.errors import StorageError
+
+    with scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") as server:
+        transport = _StdlibTransport()
+        for headers in ({"x-ms-meta-a": "secret\r\nInjected: yes"}, {"x-ms-meta-a": "a\nb"}, {"x-bad\rname": "v"}):
+            with pytest.raises(bloblist.HeaderRefused) as refused:
+                transport.get(server.url(), headers)
+            assert isinstance(refused.value, StorageError) and isinstance(refused.value, bloblist.ListingError)
+            assert "CR or LF" in str(refused.value) and "secret" not in str(refused.value)
+        assert transport.get(server.url(), {}) == (200, b"")
+    assert len(server.requests) == 1
+
+
+def test_the_proxy_transport_refuses_such_a_header_too_rather_than_report_it_unreachable() -> None:
+    """``requests`` raises its InvalidHeader, an OSError, which every caller retried with back-off
+    as "cannot reach" storage; the proxy path refuses it as the socket path does."""
+    with pytest.raises(bloblist.HeaderRefused):
+        bloblist._RequestsTransport().send("GET", "http://127.0.0.1:9/acct/c", {"x-ms-meta-a": "1\r\nInjected: yes"})
+
+
+def test_a_put_with_such_a_header_fails_that_file_at_once(tmp_path) -> None:
+    """Through the upload's sender: a StorageError (the runner reports that file and goes on), not
+    retried, and the Put Blob never sent."""
+    from corpus.domain.errors import StorageError
+    from corpus.upload.sender import RawSender
+
+    with scripted(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n") as server:
+        lister = bloblist.BlobLister(account_url=server.url("/acct"), retry_delays=(60.0,))  # a retry would wait a minute
+        with pytest.raises(StorageError, match="CR or LF"):
+            RawSender(lister, "c").put("a.jpg", b"DATA", b"\0" * 16, "image/jpeg\r\nInjected: yes")
+    (created,) = server.requests  # the container's creation only
+    assert created.startswith(b"PUT /acct/c?restype=container HTTP/1.1\r\n")
+
+
+def test_interim_1xx_answers_are_skipped_not_taken_for_the_answer() -> None:
+    """Only 100 was skipped: a 103 Early Hints was returned as the answer, and the real one then
+    read as the next request's."""
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with scripted(early, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext") as server:
+        transport = _StdlibTransport()
+        assert transport.get(server.url(), {}) == (200, b"ok")
+        assert transport.get(server.url(), {}) == (200, b"next")
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"+2", b"2, 2"])
+def test_a_content_length_that_is_not_ascii_digits_is_a_protocol_error(length: bytes) -> None:
+    """``"\\xb2"`` (superscript two, Latin-1) passed ``str.isdigit`` and then failed ``int()`` with a
+    bare ValueError, which no caller catches as a transport failure."""
+    with scripted(b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\nok") as server, pytest.raises(ProtocolError):
+        _StdlibTransport().get(server.url(), {})

@@ -30,6 +30,8 @@ FORBIDDEN = (
     "PIL",  # ingest and transforms, never the transfer commands
     "requests",  # only with a proxy configured (corpus.transfer.bloblist)
     "corpus.app",  # the use cases and their runtime
+    "http.client",  # both stdlib transports speak through corpus.store.wire (fetch.py imported it, and ssl with it)
+    "email",  # http.client's header parser; x-ms-date is bloblist.http_date
 )
 
 

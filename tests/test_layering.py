@@ -20,6 +20,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # without the Azure SDK.
     "store/ports.py": ("azure",),
     "store/memory.py": ("azure",),
+    # HTTP/1.1 for the SDKs' transport and for upload/pull, whose start-up must not load an SDK.
+    "store/wire.py": ("azure", "requests", "urllib3", "http.client", "corpus"),
     # Use cases reach storage only through the ports (corpus.store.ports) and the table stores.
     "app": ("azure", "corpus.upload", "corpus.pull", "corpus.transfer", "corpus.devhost", "corpus.cli"),
     "upload": ("corpus.app", "corpus.pull", "corpus.devhost", "corpus.cli", "azure.functions", "PIL"),

@@ -694,12 +694,36 @@ def test_an_explicit_host_header_is_not_doubled(server: Scripted) -> None:
 def test_a_header_with_a_line_break_is_refused_and_nothing_is_sent(
     server: Scripted, either: Any, headers: dict[str, str]
 ) -> None:
-    """A ValueError from lean, as http.client raises; RequestsTransport wraps requests' InvalidHeader
-    in a ServiceResponseError, which retry policies would send again to no purpose."""
-    expected = ValueError if isinstance(either, LeanTransport) else ServiceResponseError
-    with pytest.raises(expected):
+    """Both transports raise azure-core's ServiceResponseError around a ValueError (RequestsTransport
+    wraps requests' InvalidHeader so; lean raised a bare ValueError, which no caller of the SDK
+    expects from a transport, until branch wire27). Lean's message names the header, not its value
+    (a signature or a token may be one)."""
+    with pytest.raises(ServiceResponseError) as refused:
         either.send(HttpRequest("PUT", f"{server.url}/x", headers=headers, content=b"body"))
+    assert isinstance(refused.value.inner_exception, ValueError)
+    if isinstance(either, LeanTransport):
+        assert "Injected" not in str(refused.value) and "CR or LF" in str(refused.value)
     assert (server.accepts, server.seen) == (0, [])
+
+
+@pytest.mark.parametrize("http", ["lean", "requests"])
+def test_a_header_refused_fails_the_sdk_call_alike_on_either_transport(
+    azurite_clients: Clients, monkeypatch: pytest.MonkeyPatch, http: str
+) -> None:
+    """Through a blob client's whole pipeline (no retries, so no back-off to wait out): the caller
+    sees the same error class on either transport, and lean sent nothing."""
+    monkeypatch.setenv("CORPUS_HTTP", http)
+    seen: list[str] = []
+    stop = lean_http.observe(lambda method, url, body: seen.append(url))
+    try:
+        clients = Clients(azurite_clients.connection, options={"retry_total": 0})
+        assert type(_transport_of(clients.blob)) is (LeanTransport if http == "lean" else RequestsTransport)
+        blob = clients.container("refused").get_blob_client("b")
+        with pytest.raises(ServiceResponseError):
+            blob.upload_blob(b"x", metadata={"a": "1\r\nx-ms-meta-b: 2"}, overwrite=True)
+    finally:
+        stop()
+    assert seen == []
 
 
 # -- what goes to the fallback ------------------------------------------------------------------

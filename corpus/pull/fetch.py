@@ -3,7 +3,7 @@
 A pull is thousands of ~100 KB GETs; the SDK's per-request pipeline costs more CPU than the
 transfer itself on a fast link. This reuses the uploader's List Blobs client
 (:class:`corpus.transfer.bloblist.BlobLister`: the same Shared Key / SAS / bearer signing and the
-same keep-alive ``http.client`` transport, or ``requests`` when a proxy is configured) for the
+same keep-alive socket transport, :mod:`corpus.store.wire`, or ``requests`` when a proxy is configured) for the
 one other read-only call needed. Transient failures are retried with the same back-off.
 """
 
@@ -12,13 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.client
 import os
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -62,7 +59,7 @@ class BlobFetcher:
         if not extra:
             return self.lister.headers(url, {})
         lister = self.lister
-        headers = {"x-ms-version": bloblist.API_VERSION, "x-ms-date": format_datetime(datetime.now(UTC), usegmt=True), **extra}
+        headers = {"x-ms-version": bloblist.API_VERSION, "x-ms-date": bloblist.http_date(), **extra}
         if lister.account_key is not None and not lister.sas:
             path = urlparse(url).path
             signature = bloblist.shared_key_signature(lister.account_name, lister.account_key, "GET", path, {}, headers)
@@ -82,7 +79,7 @@ class BlobFetcher:
                 time.sleep(delays[attempt - 1])  # back-off between attempts is the point
             try:
                 status, body = bloblist._transport().get(url, self.headers(url, extra))
-            except (OSError, http.client.HTTPException) as exc:
+            except OSError as exc:  # every failure of the transports (bloblist.ProtocolError too)
                 last = f"cannot reach {self.lister.account_url}: {type(exc).__name__}: {exc}"
                 continue
             if status in (200, 206):
@@ -150,7 +147,7 @@ class TableRowReader:
         url = f"{self.account_url}/{table}(PartitionKey='{odata(partition_key)}',RowKey='{odata(row_key)}')"
         if self.lister.sas:
             url = f"{url}?{self.lister.sas}"
-        date = format_datetime(datetime.now(UTC), usegmt=True)
+        date = bloblist.http_date()
         headers = {
             "x-ms-date": date,
             "x-ms-version": TABLE_API_VERSION,
@@ -172,7 +169,7 @@ class TableRowReader:
                 time.sleep(delays[attempt - 1])  # back-off between attempts is the point
             try:
                 status, body = bloblist._transport().get(url, headers)
-            except (OSError, http.client.HTTPException) as exc:
+            except OSError as exc:  # every failure of the transports (bloblist.ProtocolError too)
                 last = f"cannot reach {self.account_url}: {type(exc).__name__}: {exc}"
                 continue
             if status == 200:

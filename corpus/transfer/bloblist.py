@@ -5,9 +5,9 @@ A re-run of an upload over 20,000 files is a directory walk plus a few List Blob
 listings are bound by the service. Importing ``azure.storage.blob`` takes about 0.4 s of CPU
 before the first request could leave, and parsing its models costs ~0.5 ms per blob. This module
 speaks the read-only call the planner needs (``GET ?restype=container&comp=list``) over the
-standard library's sockets (:class:`_StdlibTransport`: keep-alive, one connection per thread;
-``requests`` alone takes ~0.15 s to import, ``http.client`` ~10 ms and ~0.13 ms of CPU per
-request), signs it the way the SDK would (Shared Key for an account key, a SAS as given, or a
+standard library's sockets (:class:`_StdlibTransport` on :mod:`corpus.store.wire`: keep-alive, one
+connection per thread; ``requests`` alone takes ~0.15 s to import, ``http.client`` ~10 ms and
+~0.13 ms of CPU per request), signs it the way the SDK would (Shared Key for an account key, a SAS as given, or a
 bearer token from the same identity), and reads two fields per blob (:func:`parse_listing`).
 When a proxy is configured in the environment it uses the SDK's ``requests`` session instead,
 which honours it the way the SDK does; a CA bundle is handed to ``ssl`` directly.
@@ -21,7 +21,6 @@ import hmac
 import io
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlparse, urlsplit
 
 from corpus.domain.errors import ConfigError, StorageError
+from corpus.store import wire
 from corpus.store.settings import Connection
 
 API_VERSION = "2025-11-05"
@@ -260,48 +260,45 @@ def ca_bundle() -> str | None:
 
 
 TIMEOUT = 120.0
-
-
-class ProtocolError(ConnectionError):
-    """The server's answer is not HTTP/1.x as this client reads it (an ``OSError``, like every
-    failure of the transports: retried, then reported as storage that cannot be reached)."""
-
-
-_MAX_LINE = 65536
 _MAX_HEADERS = 100
-"""http.client's limits on a response's header lines."""
-_NO_BODY_STATUS = frozenset({204, 304})
+"""http.client's limit on a response's header lines."""
+
+ProtocolError = wire.ProtocolError
+"""The server's answer is not HTTP/1.x as read here, or the connection broke (an ``OSError``, like
+every failure of the transports: retried, then reported as storage that cannot be reached)."""
 
 
-class _Connection:
-    """One keep-alive HTTP/1.1 connection: a socket (TLS when https) and a buffered reader of it."""
+class HeaderRefused(ListingError, ValueError):
+    """A request header (or target) holding CR, LF or NUL, refused before anything was sent: it
+    would split the request (header injection), and it will on every retry, so it is not retried
+    as a transport failure is. A :class:`ListingError` for the listings' callers, a
+    ``StorageError`` for the senders'; a ``ValueError`` as it was (``http.client`` raises one)."""
 
-    __slots__ = ("reader", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.reader = sock.makefile("rb")
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
+def _refused(exc: wire.InvalidHeader) -> HeaderRefused:
+    return HeaderRefused(f"refused to send a request: {exc}")
 
 
 class _StdlibTransport:
-    """HTTP/1.1 over the standard library's sockets, one keep-alive connection per thread and host.
+    """HTTP/1.1 over the standard library's sockets (:mod:`corpus.store.wire`, which
+    :mod:`corpus.store.lean_http` speaks too): one keep-alive connection per thread and host
+    (:class:`corpus.store.wire.ThreadPool`).
 
     Not ``http.client``: its response parsing goes through the ``email`` package, ~0.13 ms of CPU
     per request (a first upload of 2,000 files sends 2,000 Put Blobs), and importing it is ~10 ms
-    of every re-run's start. What is spoken here is small and exact: a request line, the headers
-    (refused if a name or value holds CR or LF, as ``http.client`` refuses them), one ``sendall``
-    of head and body; a status line, at most :data:`_MAX_HEADERS` header lines, and a body by
-    ``Content-Length``, chunked, or up to the close (none for HEAD, 1xx, 204, 304). A failure on
-    a reused connection (the server closed it while idle) is tried once more on a fresh one, as
-    before: every request sent here may be repeated (reads, and Put Blobs with ``If-None-Match``).
+    of every re-run's start. What is spoken here is the wire module's: a request line, the headers
+    (refused with :class:`HeaderRefused` if one holds CR, LF or NUL), one ``sendall`` of head and
+    body; a status line, at most :data:`_MAX_HEADERS` header lines (one without a colon is a
+    :data:`ProtocolError`), and a body by ``Content-Length``, chunked, or up to the close (none for
+    HEAD, 1xx, 204, 304). A request on a reused connection that meets a closed socket before any
+    byte of the response (the server closed it while idle) is sent once more on a fresh one:
+    every request sent here may be repeated (reads, and Put Blobs with ``If-None-Match``), so idle
+    connections are not polled before reuse. Failures are ``OSError`` s: the socket's own when connecting (refused,
+    TLS), the wire's after.
     """
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        self._pool = wire.ThreadPool(check_idle=False)  # every request here may be sent twice
         self._tls: Any = None  # ssl.SSLContext, made (and ssl imported) on the first https request
 
     def get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -314,145 +311,39 @@ class _StdlibTransport:
         head = _request_head(
             method, parts.netloc, f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/", headers, body
         )
-        conns: dict[tuple[str, str], _Connection] = self._local.__dict__.setdefault("conns", {})
-        key = (parts.scheme, parts.netloc)
-        conn = conns.pop(key, None)
-        reused = conn is not None
-        while True:
-            if conn is None:
-                conn = self._connect(parts.scheme, parts.netloc)
-            try:
-                conn.sock.sendall(head + body if body else head)
-                status, response_headers, data, keep = _read_response(conn.reader, method)
-            except OSError:
-                conn.close()
-                if reused:  # the server had closed an idle keep-alive connection: once more, fresh
-                    reused, conn = False, None
-                    continue
-                raise
-            if keep:
-                conns[key] = conn
-            else:
-                conn.close()
-            return status, response_headers, data
+        key = _key(parts.scheme, parts.netloc)
+        response = self._pool.exchange(
+            key, head, body, method, TIMEOUT, lambda: self._connect(key), max_headers=_MAX_HEADERS, skip_bad_lines=False
+        )
+        data = response.read_all()
+        return response.status, {name: value for name, (_, value) in response.store.items()}, data
 
-    def _connect(self, scheme: str, netloc: str) -> _Connection:
-        if scheme not in ("http", "https"):
-            raise ProtocolError(f"unsupported URL scheme {scheme!r}")
-        host, _, port = netloc.rpartition(":") if netloc.rpartition(":")[2].isdigit() else (netloc, "", "")
-        host = host.strip("[]")  # an IPv6 literal
-        # An ASCII host as bytes (getaddrinfo takes either): a str goes through the idna codec,
-        # imported (~1 ms) and run for every connection.
-        address = host.encode("ascii") if host.isascii() else host
-        port_number = int(port) if port else (80 if scheme == "http" else 443)
-        sock = socket.create_connection((address, port_number), timeout=TIMEOUT)  # type: ignore[arg-type]
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if scheme == "https":
-                sock = self._tls_context().wrap_socket(sock, server_hostname=host)
-        except BaseException:
-            sock.close()
-            raise
-        return _Connection(sock)
+    def _connect(self, key: wire.Key) -> wire.Connection:
+        scheme, host, port = key
+        sock = wire.open_tcp(host, port, TIMEOUT)
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = wire.tls_context(ca_bundle() or True)  # the CA bundle requests (and so the SDK) trusts
+            sock = wire.wrap_tls(sock, self._tls, host)
+        return wire.Connection(key, sock)
 
-    def _tls_context(self) -> Any:
-        if self._tls is None:
-            import ssl
 
-            bundle = ca_bundle()
-            if bundle:
-                self._tls = ssl.create_default_context(cafile=bundle)
-            else:
-                try:  # the CA bundle requests (and so the SDK) trusts, where the OS store may be empty
-                    import certifi
-
-                    self._tls = ssl.create_default_context(cafile=certifi.where())
-                except ImportError:
-                    self._tls = ssl.create_default_context()
-        return self._tls
+def _key(scheme: str, netloc: str) -> wire.Key:
+    """(scheme, host, port) of a URL's parts; an IPv6 literal without its brackets."""
+    if scheme not in ("http", "https"):
+        raise ProtocolError(f"unsupported URL scheme {scheme!r}")
+    host, _, port = netloc.rpartition(":") if netloc.rpartition(":")[2].isdigit() else (netloc, "", "")
+    return scheme, host.strip("[]"), int(port) if port else (80 if scheme == "http" else 443)
 
 
 def _request_head(method: str, netloc: str, target: str, headers: dict[str, str], body: bytes) -> bytes:
-    """Request line and headers, ending in the blank line. ``Content-Length`` is added for a body
-    (and for an empty PUT or POST, as ``http.client`` adds it) unless given."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {netloc}"]
-    given = False
-    for name, value in headers.items():
-        lines.append(f"{name}: {value}")
-        given = given or name.lower() == "content-length"
-    if not given and (body or method in ("PUT", "POST", "PATCH")):
-        lines.append(f"Content-Length: {len(body)}")
-    if any("\r" in line or "\n" in line for line in lines):
-        raise ValueError("a request line or header holds CR or LF")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def _read_response(reader: Any, method: str) -> tuple[int, dict[str, str], bytes, bool]:
-    """(status, headers with lower-case names, body, whether the connection may be kept)."""
-    while True:
-        line = reader.readline(_MAX_LINE + 1)
-        if not line:
-            raise ProtocolError("the server closed the connection without answering")
-        version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-            raise ProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
-        status = int(code)
-        headers = _read_headers(reader)
-        if status != 100:  # a 100 Continue is followed by the real answer
-            break
-    keep = version != "HTTP/1.0"
-    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-    keep = (keep and "close" not in tokens) or (version == "HTTP/1.0" and "keep-alive" in tokens)
-    if method == "HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200:
-        return status, headers, b"", keep
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return status, headers, _read_chunked(reader), keep
-    length = headers.get("content-length")
-    if length is None:
-        return status, headers, reader.read(), False  # the body ends when the server closes
-    if not length.strip().isdigit():
-        raise ProtocolError(f"bad Content-Length {length[:40]!r}")
-    n = int(length)
-    data = reader.read(n)
-    if len(data) != n:
-        raise ProtocolError(f"the connection closed after {len(data)} of {n} bytes")
-    return status, headers, data, keep
-
-
-def _read_headers(reader: Any) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for _ in range(_MAX_HEADERS + 1):
-        line = reader.readline(_MAX_LINE + 1)
-        if len(line) > _MAX_LINE:
-            raise ProtocolError("a header line is too long")
-        if line in (b"\r\n", b"\n"):
-            return headers
-        if not line:
-            raise ProtocolError("the connection closed inside the headers")
-        name, sep, value = line.decode("latin-1").partition(":")
-        if not sep:
-            raise ProtocolError(f"not a header line: {line[:80]!r}")
-        headers[name.strip().lower()] = value.strip()
-    raise ProtocolError(f"more than {_MAX_HEADERS} headers")
-
-
-def _read_chunked(reader: Any) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        line = reader.readline(_MAX_LINE + 1)
-        size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ProtocolError(f"bad chunk size {line[:40]!r}") from None
-        if size == 0:
-            _read_headers(reader)  # trailers, up to the blank line
-            return b"".join(chunks)
-        data = reader.read(size)
-        if len(data) != size or reader.read(2) != b"\r\n":
-            raise ProtocolError("the connection closed inside a chunk")
-        chunks.append(data)
+    """Request line and headers, ending in the blank line (:func:`corpus.store.wire.request_head`);
+    :class:`HeaderRefused` for a header or target holding CR, LF or NUL."""
+    given = any(name.lower() == "content-length" for name in headers)
+    try:
+        return wire.request_head(method, target, netloc, headers.items(), len(body), length_given=given)
+    except wire.InvalidHeader as exc:
+        raise _refused(exc) from exc
 
 
 class _RequestsTransport:
@@ -463,6 +354,11 @@ class _RequestsTransport:
     def send(self, method: str, url: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
         from corpus.store.http import shared_session
 
+        try:  # requests' InvalidHeader is an OSError, which callers would retry as "cannot reach"
+            for name, value in headers.items():
+                wire.check_header(name, value)
+        except wire.InvalidHeader as exc:
+            raise _refused(exc) from exc
         response = shared_session().request(method, url, headers=headers, data=body or None, timeout=(20, TIMEOUT))  # OSErrors
         return response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content
 
