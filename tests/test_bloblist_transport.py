@@ -7,9 +7,11 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
+from corpus.store import wire
 from corpus.transfer import bloblist
 from corpus.transfer.bloblist import ProtocolError, _StdlibTransport, http_date
 
@@ -278,3 +280,36 @@ def test_a_content_length_that_is_not_ascii_digits_is_a_protocol_error(length: b
     bare ValueError, which no caller catches as a transport failure."""
     with scripted(b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\nok") as server, pytest.raises(ProtocolError):
         _StdlibTransport().get(server.url(), {})
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\nbody",
+    ],
+    ids=["short-content-length", "204-with-a-body"],
+)
+def test_bytes_beyond_the_framing_are_not_read_as_the_next_response(answer: bytes) -> None:
+    with scripted(answer, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal") as server:
+        transport = _StdlibTransport()
+        assert transport.get(server.url(), {})[0] in (200, 204)
+        assert transport.get(server.url(), {}) == (200, b"real")
+    assert server.connections == 2
+
+
+def test_a_huge_content_length_is_an_oserror_not_a_memory_error() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000000\r\n\r\nshort"
+    with scripted(answer) as server, pytest.raises(wire.IncompleteRead):  # an OSError: the retry loops see it
+        _StdlibTransport().get(server.url(), {})
+
+
+def test_a_tls_context_that_fails_closes_the_tcp_socket(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "no-such-bundle.pem"))
+    opened: list[socket.socket] = []
+    real = wire.open_tcp
+    monkeypatch.setattr(wire, "open_tcp", lambda *a: opened.append(real(*a)) or opened[-1])
+    with scripted(None) as server, pytest.raises(OSError):
+        _StdlibTransport().get(server.url().replace("http:", "https:"), {})
+    (sock,) = opened
+    assert sock.fileno() == -1

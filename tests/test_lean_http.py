@@ -49,7 +49,8 @@ from tests.support import at_once, wait_for
 @dataclass(frozen=True)
 class Step:
     """What the server does with one request: send ``reply`` (in ``pieces`` of these sizes, then
-    the rest), then ``close`` the connection, or ``reset`` it (RST) or ``hang`` without answering;
+    the rest), then ``close`` the connection, or ``reset`` it (RST: after ``reply`` as one piece)
+    or ``hang`` without answering;
     ``echo``: the reply is the request's target and body instead; ``early``: answer after the
     request's head, without reading its body (then close: the unread body makes it a reset)."""
 
@@ -171,6 +172,7 @@ class Scripted:
                     self._stop.wait()
                     return
                 if step.reset:
+                    sock.sendall(step.reply)  # a part of an answer, then the reset (it keeps what arrived)
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
                 reply = ok(seen.target.encode() + b" " + seen.body) if step.echo else step.reply
@@ -411,6 +413,85 @@ def test_a_fresh_connection_closed_before_any_response_is_not_sent_again(server:
     with pytest.raises(ServiceResponseError):
         send(server, lean(), "GET", "/once")
     assert [(s.conn, s.method) for s in server.seen] == [(0, "GET")]
+
+
+_BEYOND = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"  # what a next request must not read
+BEYOND_THE_FRAMING = {
+    "head-with-a-body": ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody"),
+    "204-with-a-body": ("GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\nbody"),
+    "304-with-a-body": ("GET", b"HTTP/1.1 304 Not Modified\r\n\r\nbody"),
+    "short-content-length": ("GET", ok(b"ok") + _BEYOND),
+    "after-a-chunked-body": ("GET", chunked([b"ok"]) + _BEYOND),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BEYOND_THE_FRAMING))
+def test_bytes_beyond_the_framing_are_not_read_as_the_next_response(server: Scripted, case: str) -> None:
+    """A server that sends more than its framing says (review 27w): the connection is not reused,
+    so the next request reads its own answer (it read the surplus as its answer, and every later
+    one was off by one). requests gets the Content-Length case right (a fresh reader per response:
+    ``test_requests_discards_bytes_beyond_a_content_length``). Bytes that arrive after the answer
+    was read and the next request sent cannot be told from its answer by any client."""
+    method, reply = BEYOND_THE_FRAMING[case]
+    server.script(reply, ok(b"real"), ok(b"real2"))
+    t = lean()
+    assert send(server, t, method).status_code in (200, 204, 304)
+    assert send(server, t).content == b"real"
+    assert send(server, t).content == b"real2"
+    assert [s.conn for s in server.seen] == [0, 1, 1]
+
+
+def test_requests_discards_bytes_beyond_a_content_length(server: Scripted) -> None:
+    """The reference lean now agrees with."""
+    server.script(ok(b"ok") + _BEYOND, ok(b"real"))
+    t = requests_transport()
+    assert send(server, t).content == b"ok"
+    assert send(server, t).content == b"real"
+
+
+@pytest.mark.parametrize("size", [2, 100_000])
+def test_bytes_beyond_the_framing_over_tls_are_not_read_as_the_next_response(
+    tls_server: Scripted, certificate: tuple[str, str], size: int
+) -> None:
+    """Over TLS the surplus may also be decrypted and held by ssl (``pending``) rather than by the
+    reader's buffer: a body read straight into its result, shorter than the last record."""
+    body = b"b" * size
+    tls_server.script(ok(body) + _BEYOND, ok(b"real"))
+    t = LeanTransport(Recording(), certificate[0])
+    assert t.send(HttpRequest("GET", tls_server.url)).content == body
+    assert t.send(HttpRequest("GET", tls_server.url)).content == b"real"
+    assert [s.conn for s in tls_server.seen] == [0, 1]
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "GET"])
+def test_a_request_is_not_sent_again_once_a_byte_of_its_answer_arrived(server: Scripted, method: str) -> None:
+    """On a reused connection, part of a status line then a reset: the server processed the
+    request (a queue Update Message, a table Update with If-Match), so sending it again would fail
+    it (404, 412) or repeat it; it is a response error, as requests reports it."""
+    server.script(ok(b"first"), Step(b"HTTP/1.1 20", reset=True), ok(b"must not be sent"))
+    t = lean()
+    assert send(server, t).content == b"first"
+    with pytest.raises(ServiceResponseError):
+        send(server, t, method, "/once", content=b"body" if method != "GET" else None)
+    assert [(s.conn, s.method) for s in server.seen] == [(0, "GET"), (0, method)]
+
+
+def test_a_huge_content_length_is_an_incomplete_read_not_a_memory_error(server: Scripted, either: Any) -> None:
+    """Memory follows what arrives, not what Content-Length announces (10**14 was a MemoryError)."""
+    server.script(Step(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000000\r\n\r\nshort", close=True))
+    with pytest.raises(IncompleteReadError):
+        send(server, either)
+
+
+def test_a_body_larger_than_one_whole_read_is_read_exactly(server: Scripted) -> None:
+    from corpus.store import wire
+
+    body = bytes(range(256)) * (wire.WHOLE_READ // 256 * 2 + 3)
+    server.script(ok(body), ok(b"next"))
+    t = lean()
+    assert send(server, t).content == body
+    assert send(server, t).content == b"next"
+    assert server.accepts == 1
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -1004,6 +1085,20 @@ def tls_server(certificate: tuple[str, str]) -> Iterator[Scripted]:
     finally:
         srv.stop()
         lean_http._pool.clear()
+
+
+def test_a_tls_context_that_fails_closes_the_tcp_socket(
+    tls_server: Scripted, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from corpus.store import wire
+
+    opened: list[socket.socket] = []
+    real = wire.open_tcp
+    monkeypatch.setattr(wire, "open_tcp", lambda *a: opened.append(real(*a)) or opened[-1])
+    with pytest.raises(ServiceRequestError):
+        LeanTransport(Recording(), str(tmp_path / "no-such-bundle.pem")).send(HttpRequest("GET", tls_server.url))
+    (sock,) = opened
+    assert sock.fileno() == -1
 
 
 def test_https_verifies_against_the_given_bundle_and_keeps_the_connection(

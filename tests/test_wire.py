@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -72,3 +73,23 @@ def test_a_checking_pool_drops_an_idle_connection_the_server_closed() -> None:
         b.close()  # the server's close: readable at once
         assert pool.take(key) is None
         assert a.fileno() == -1  # and closed
+
+
+def test_a_ca_bundle_directory_is_taken_as_requests_takes_it(tmp_path: Path) -> None:
+    """``REQUESTS_CA_BUNDLE=/etc/ssl/certs``: requests uses a directory as ``ca_cert_dir``."""
+    import ssl
+
+    context = wire.tls_context(str(tmp_path))
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_leftover_counts_what_the_reader_holds_beyond_what_was_read() -> None:
+    a, b = socket.socketpair()
+    conn = wire.Connection(("http", "127.0.0.1", 1), a)
+    try:
+        b.sendall(b"line\r\nmore")
+        assert conn.rfile.readline() == b"line\r\n" and conn.leftover()
+        assert conn.rfile.read(4) == b"more" and not conn.leftover()
+    finally:
+        conn.close()
+        b.close()

@@ -316,7 +316,12 @@ class LeanTransport(HttpTransport[Any, Any]):
             raise ServiceRequestError(f"could not connect to {host}:{port}: {exc}") from exc
         if scheme == "https":
             try:
-                sock = wire.wrap_tls(sock, self._tls(), host)
+                try:
+                    context = self._tls()
+                except BaseException:  # a CA bundle that does not load: the TCP socket is not left open
+                    sock.close()
+                    raise
+                sock = wire.wrap_tls(sock, context, host)
             except TimeoutError as exc:
                 raise ServiceRequestTimeoutError(f"TLS handshake with {host}:{port} timed out") from exc
             except OSError as exc:  # ssl.SSLError included: a certificate that does not verify

@@ -20,14 +20,16 @@ What is spoken, once for both clients:
   for HEAD, 1xx, 204 and 304. Streamed in blocks of at most :data:`READ_BLOCK`.
 * Keep-alive: a connection goes back to its :class:`Pool` (shared by threads, LIFO; or a
   :class:`ThreadPool`, one idle connection per thread) only after its whole request was sent,
-  its whole body read, and neither the version nor ``Connection`` said close; a body abandoned
-  half-way closes its socket. An idle connection the server has closed is not used (``poll``
-  before each reuse, as urllib3 does; unless the pool's ``check_idle`` is off, for a client whose
-  every request may be sent twice). A request on a *reused* connection that meets a closed
-  socket before any byte of the response is sent again once, on a new connection, if it could
-  not be sent at all or is idempotent (GET, HEAD, PUT, DELETE, OPTIONS); nothing else is retried
-  here. An answer the server sent before it stopped reading the request (a 413, a 403) is read
-  and returned, as urllib3 does.
+  its whole body read, nothing received beyond the body's framing (a body on a HEAD/204/304, a
+  Content-Length short of what was sent: the next request would read it as its answer), and
+  neither the version nor ``Connection`` said close; a body abandoned half-way closes its
+  socket. An idle connection the server has closed is not used (``poll`` before each reuse, as
+  urllib3 does; unless the pool's ``check_idle`` is off, for a client whose every request may be
+  sent twice). A request on a *reused* connection that meets a closed socket before any byte of
+  the response (once one arrived, the server has the request) is sent again once, on a new
+  connection, if it could not be sent at all or is idempotent (GET, HEAD, PUT, DELETE, OPTIONS);
+  nothing else is retried here. An answer the server sent before it stopped reading the request
+  (a 413, a 403) is read and returned, as urllib3 does.
 
 Errors, all ``OSError`` but :class:`InvalidHeader` (so the SDK-free callers, which retry
 ``OSError`` s as "cannot reach", treat them as before): :class:`SendFailed` (nothing answered a
@@ -45,12 +47,14 @@ import socket
 import threading
 import zlib
 from collections.abc import Callable, Generator, Iterable
-from typing import Any, cast
+from typing import Any
 
 READ_BLOCK = 64 * 1024
 COALESCE = 256 * 1024
 """A body up to this size goes out in one ``sendall`` with the head (one copy, ~20 µs at most);
 a larger one after it. Two sends were ~10 % more CPU per 80 KB Put Blob from 32 threads."""
+WHOLE_READ = 4 * 1024 * 1024
+"""A body of known length up to this size is read in one call; a larger one in pieces of it."""
 MAX_LINE = 64 * 1024
 """Longest status, header or chunk-size line accepted (Azure's are far shorter)."""
 _LINE_LIMIT = MAX_LINE + 1
@@ -136,16 +140,47 @@ def _refuse(lines: list[str]) -> None:
 # -- connections ------------------------------------------------------------------------------
 
 
+class _CountingIO(socket.SocketIO):
+    """The socket's raw reader, counting what it received: ``tell()`` is that count, so the
+    buffered reader's own ``tell()`` is what was consumed, and the difference is what its buffer
+    still holds, known without a system call (``peek`` would block on an empty buffer)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock, "rb")
+        self.received = 0
+
+    def readinto(self, b: Any) -> int | None:
+        n = super().readinto(b)
+        if n:
+            self.received += n
+        return n
+
+    def tell(self) -> int:
+        return self.received
+
+
 class Connection:
     """One keep-alive socket and its buffered reader."""
 
-    __slots__ = ("key", "rfile", "sock", "used")
+    __slots__ = ("key", "pending", "raw", "rfile", "sock", "used")
 
     def __init__(self, key: Key, sock: socket.socket) -> None:
         self.key = key
         self.sock = sock
-        self.rfile = cast(io.BufferedReader, sock.makefile("rb", buffering=READ_BLOCK))
+        self.raw = _CountingIO(sock)
+        self.rfile = io.BufferedReader(self.raw, READ_BLOCK)
+        self.pending: Callable[[], int] | None = getattr(sock, "pending", None)  # TLS: decrypted bytes ssl holds
         self.used = False
+
+    def leftover(self) -> bool:
+        """True if bytes the response's framing did not account for were received already: in the
+        reader's buffer, or decrypted and held by ``ssl``. No system call (this runs per response).
+        Surplus sent with the answer is in the buffer (each read takes what has arrived, up to
+        :data:`READ_BLOCK`); surplus still in the kernel shows to the next reuse's ``poll``
+        (:meth:`dropped`) in a pool that checks. A pool that does not (the SDK-free clients': a
+        ``poll`` per request cost their 32 threads ~10 % more CPU) misses only surplus that arrives
+        after its answer was read, which no client can tell from the next answer once that is sent."""
+        return self.raw.received != self.rfile.tell() or bool(self.pending and self.pending())
 
     def close(self) -> None:
         try:
@@ -194,9 +229,11 @@ def wrap_tls(sock: socket.socket, context: Any, host: str) -> socket.socket:
 
 
 def tls_context(verify: bool | str) -> Any:
-    """An ``ssl.SSLContext``: ``verify`` a CA bundle's path, ``True`` the bundle ``requests`` trusts
-    by default (certifi's, so both transports verify alike; the system's without certifi), ``False``
-    no verification at all."""
+    """An ``ssl.SSLContext``: ``verify`` a CA bundle's path (a file, or a directory of hashed
+    certificates, which ``requests`` takes as ``ca_cert_dir``), ``True`` the bundle ``requests``
+    trusts by default (certifi's, so both transports verify alike; the system's without certifi),
+    ``False`` no verification at all."""
+    import os
     import ssl
 
     if verify is False:
@@ -205,6 +242,8 @@ def tls_context(verify: bool | str) -> Any:
         context.verify_mode = ssl.CERT_NONE
         return context
     if isinstance(verify, str):
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
         return ssl.create_default_context(cafile=verify)
     try:
         import certifi
@@ -310,7 +349,9 @@ class Pool:
                 # the server may have answered from the head (413, 403) and closed without reading
                 # the body: read that answer, as urllib3 does, rather than report a failed send
                 broke = exc
-            status_line = conn.rfile.readline(MAX_LINE + 1)
+            # the first byte of the answer, not its line: a line cut short by a reset would be
+            # lost in the reader, and the request sent again though the server processed it
+            first = conn.rfile.peek(1)
         except TimeoutError as exc:
             conn.close()
             raise ReadTimeout(f"no response within {read_timeout} s") from exc
@@ -321,15 +362,15 @@ class Pool:
             if not sent:
                 raise SendFailed(f"could not send the request: {broke or exc}") from exc
             raise ProtocolError(f"connection broke before a response: {exc}") from exc
-        if not status_line:
+        if not first:
             conn.close()
             if reused and (not sent or method in _IDEMPOTENT):  # a POST is not sent twice here
                 raise _Stale(str(broke or "connection closed"))
             if not sent:
                 raise SendFailed(f"could not send the request: {broke}") from broke
             raise ProtocolError("connection closed before a response")
-        try:
-            version, status, reason, headers = _head(conn, status_line, max_headers, skip)
+        try:  # a byte of the answer arrived: from here on nothing is sent again
+            version, status, reason, headers = _head(conn, conn.rfile.readline(MAX_LINE + 1), max_headers, skip)
             while 100 <= status < 200:  # 100 Continue and friends: read on to the real status
                 version, status, reason, headers = _head(conn, conn.rfile.readline(MAX_LINE + 1), max_headers, skip)
         except TimeoutError as exc:
@@ -482,7 +523,7 @@ class Response:
                 self.preloaded = b"".join(self.blocks())
             else:
                 try:
-                    data = self.conn.rfile.read(self.remaining)
+                    data = self._read_exactly(self.remaining)
                 except TimeoutError as exc:
                     self._abandon()
                     raise ReadTimeout(f"read timed out: {exc}") from exc
@@ -500,6 +541,22 @@ class Response:
     def close(self) -> None:
         if self.conn is not None:
             self._abandon()
+
+    def _read_exactly(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at the close): one buffered read for a body up to
+        :data:`WHOLE_READ`, else pieces of it into a growing buffer, so memory follows what
+        arrives, not what ``Content-Length`` announces (10**14 would be a ``MemoryError``)."""
+        assert self.conn is not None
+        read = self.conn.rfile.read
+        if n <= WHOLE_READ:
+            return read(n)
+        out = bytearray()
+        while len(out) < n:
+            piece = read(min(n - len(out), WHOLE_READ))
+            if not piece:
+                break
+            out += piece
+        return bytes(out)
 
     def _read(self, n: int) -> bytes:
         assert self.conn is not None
@@ -558,9 +615,12 @@ class Response:
             yield data
 
     def _finish(self) -> None:
+        """Release the connection at the body's end: back to the pool only if nothing beyond the
+        framing was received (a body on a HEAD/204/304, a Content-Length short of what was sent),
+        which the next request on it would read as its answer, and every later one off by one."""
         conn, self.conn = self.conn, None
         if conn is not None:
-            if self.keep_alive:
+            if self.keep_alive and not conn.leftover():
                 self.pool.give(conn)
             else:
                 conn.close()

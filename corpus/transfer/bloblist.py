@@ -323,7 +323,11 @@ class _StdlibTransport:
         sock = wire.open_tcp(host, port, TIMEOUT)
         if scheme == "https":
             if self._tls is None:
-                self._tls = wire.tls_context(ca_bundle() or True)  # the CA bundle requests (and so the SDK) trusts
+                try:
+                    self._tls = wire.tls_context(ca_bundle() or True)  # the CA bundle requests (and so the SDK) trusts
+                except BaseException:  # one that does not load: the TCP socket is not left open
+                    sock.close()
+                    raise
             sock = wire.wrap_tls(sock, self._tls, host)
         return wire.Connection(key, sock)
 
