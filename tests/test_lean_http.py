@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from azure.core import PipelineClient
 from azure.core.exceptions import (
+    AzureError,
     IncompleteReadError,
     ServiceRequestError,
     ServiceRequestTimeoutError,
@@ -775,36 +776,54 @@ def test_an_explicit_host_header_is_not_doubled(server: Scripted) -> None:
 def test_a_header_with_a_line_break_is_refused_and_nothing_is_sent(
     server: Scripted, either: Any, headers: dict[str, str]
 ) -> None:
-    """Both transports raise azure-core's ServiceResponseError around a ValueError (RequestsTransport
-    wraps requests' InvalidHeader so; lean raised a bare ValueError, which no caller of the SDK
-    expects from a transport, until branch wire27). Lean's message names the header, not its value
-    (a signature or a token may be one)."""
-    with pytest.raises(ServiceResponseError) as refused:
-        either.send(HttpRequest("PUT", f"{server.url}/x", headers=headers, content=b"body"))
-    assert isinstance(refused.value.inner_exception, ValueError)
+    """Lean raises the wire's InvalidHeader, a ValueError and no AzureError, so no retry policy
+    retries it (a deterministic input error: every try fails alike); RequestsTransport wraps
+    requests' InvalidHeader in a ServiceResponseError, which the storage policies retry. Lean's
+    message names the header, not its value (a signature or a token may be one)."""
+    from corpus.store import wire
+
+    request = HttpRequest("PUT", f"{server.url}/x", headers=headers, content=b"body")
     if isinstance(either, LeanTransport):
+        with pytest.raises(wire.InvalidHeader) as refused:
+            either.send(request)
+        assert not isinstance(refused.value, AzureError)
         assert "Injected" not in str(refused.value) and "CR or LF" in str(refused.value)
+    else:
+        with pytest.raises(ServiceResponseError) as wrapped:
+            either.send(request)
+        assert isinstance(wrapped.value.inner_exception, ValueError)
     assert (server.accepts, server.seen) == (0, [])
 
 
 @pytest.mark.parametrize("http", ["lean", "requests"])
-def test_a_header_refused_fails_the_sdk_call_alike_on_either_transport(
+def test_a_header_refused_fails_the_sdk_call_at_once_on_lean(
     azurite_clients: Clients, monkeypatch: pytest.MonkeyPatch, http: str
 ) -> None:
-    """Through a blob client's whole pipeline (no retries, so no back-off to wait out): the caller
-    sees the same error class on either transport, and lean sent nothing."""
+    """Through a blob client's whole pipeline, retries as configured in production for lean (one
+    refusal, no back-off), none for requests (whose ServiceResponseError would be retried for ~67 s)."""
+    from corpus.store import wire
+
     monkeypatch.setenv("CORPUS_HTTP", http)
     seen: list[str] = []
+    refusals: list[str] = []
+    real = wire._refuse
+
+    def counting(lines: list[str]) -> None:
+        refusals.append(lines[0])
+        real(lines)
+
+    monkeypatch.setattr(wire, "_refuse", counting)
     stop = lean_http.observe(lambda method, url, body: seen.append(url))
     try:
-        clients = Clients(azurite_clients.connection, options={"retry_total": 0})
+        clients = Clients(azurite_clients.connection, options={} if http == "lean" else {"retry_total": 0})
         assert type(_transport_of(clients.blob)) is (LeanTransport if http == "lean" else RequestsTransport)
         blob = clients.container("refused").get_blob_client("b")
-        with pytest.raises(ServiceResponseError):
+        with pytest.raises(wire.InvalidHeader if http == "lean" else ServiceResponseError):
             blob.upload_blob(b"x", metadata={"a": "1\r\nx-ms-meta-b: 2"}, overwrite=True)
     finally:
         stop()
     assert seen == []
+    assert len(refusals) == (1 if http == "lean" else 0)  # refused once: not retried
 
 
 # -- what goes to the fallback ------------------------------------------------------------------
@@ -961,6 +980,27 @@ def test_a_forked_child_starts_with_an_empty_pool(server: Scripted) -> None:
     assert [s.conn for s in server.seen] == [0, 1, 0]  # the child on its own connection, the parent on its old one
 
 
+def test_a_forked_child_gets_a_fresh_tls_lock_if_a_parent_thread_held_it() -> None:
+    t = lean()
+    read_end, write_end = os.pipe()
+    with t._ssl_lock:  # held (by this thread here; by any other thread in production) at the fork
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(read_end)
+                free = t._ssl_lock.acquire(blocking=False)
+                os.write(write_end, f"{free} {len(lean_http._pools)}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert (report, os.waitstatus_to_exitcode(status)) == (b"True 1", 0)
+
+
 # -- what the first draft got wrong, pinned --------------------------------------------------------
 
 
@@ -1099,6 +1139,21 @@ def test_a_tls_context_that_fails_closes_the_tcp_socket(
         LeanTransport(Recording(), str(tmp_path / "no-such-bundle.pem")).send(HttpRequest("GET", tls_server.url))
     (sock,) = opened
     assert sock.fileno() == -1
+
+
+def test_a_connection_made_without_verification_is_not_reused_by_a_verifying_transport(
+    tls_server: Scripted, certificate: tuple[str, str]
+) -> None:
+    """Transports share pools per verify setting (review 27w): the verifying one makes its own
+    connection, and fails its handshake against a certificate it does not trust."""
+    tls_server.script(ok(b"unverified"), ok(b"must not be served"), ok(b"verified"))
+    assert LeanTransport(Recording(), False).send(HttpRequest("GET", tls_server.url)).content == b"unverified"
+    with pytest.raises(ServiceRequestError):
+        LeanTransport(Recording(), True).send(HttpRequest("GET", tls_server.url))
+    assert LeanTransport(Recording(), certificate[0]).send(HttpRequest("GET", tls_server.url)).content == b"must not be served"
+    assert [s.conn for s in tls_server.seen] == [0, 2]  # the bundle's transport did not take conn 0 either
+    for pool in list(lean_http._pools.values()):
+        pool.clear()
 
 
 def test_https_verifies_against_the_given_bundle_and_keeps_the_connection(

@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,15 +27,6 @@ _TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 
 class BlobNotFound(StorageError):
     """The blob (or its container) does not exist."""
-
-
-def _forget_connections() -> None:
-    """A forked child (a DataLoader worker) must not reuse its parent's keep-alive sockets."""
-    bloblist._the_transport = None
-    bloblist._transport_lock = threading.Lock()  # it may have been held by another thread at the fork
-
-
-os.register_at_fork(after_in_child=_forget_connections)
 
 
 class BlobFetcher:

@@ -14,10 +14,12 @@ with an ASCII target without dot segments. Anything else (a file-like or streame
 files, a legacy request, a configured proxy, a ``connection_verify`` or ``connection_cert`` for one
 request, a path with ``.``/``..`` segments, which urllib3 would normalise) goes to the wrapped
 ``RequestsTransport`` unchanged, so no caller needs to know which one ran. A header name or value
-holding CR, LF or NUL is refused before anything is sent (header injection) with the error
-``RequestsTransport`` raises for it: ``ServiceResponseError``, its ``error`` a ``ValueError``
-(requests' ``InvalidHeader`` there, :class:`corpus.store.wire.InvalidHeader` here). The storage
-SDKs' retry policies retry it as they retry any ``AzureError``, on either transport.
+holding CR, LF or NUL is refused before anything is sent (header injection) with
+:class:`corpus.store.wire.InvalidHeader`, a ``ValueError`` naming the header (never its value),
+and deliberately not as ``RequestsTransport`` raises it (``ServiceResponseError`` around requests'
+``InvalidHeader``): that is an ``AzureError``, which the blob and queue retry policies retry for
+~67 s of back-off, though a deterministic input error fails the same way on every try. A
+``ValueError`` passes azure-core's retry policy at once.
 
 The wire work (request heads, the pool, stale connections, response heads and body framing, the
 content codings) is :mod:`corpus.store.wire`'s, shared with the SDK-free clients of ``corpus
@@ -45,13 +47,17 @@ Invariants:
   ``requests`` (urllib3) does: every gzip member, zlib or raw deflate, and a body that does not
   decode is a ``DecodeError`` (a ``ServiceResponseError`` when read whole by ``send``, as there).
   ``Accept-Encoding`` is not sent, so the service compresses nothing on its own.
-* A forked child starts with an empty pool (a DataLoader worker must not share sockets).
+* A forked child starts with empty pools (a DataLoader worker must not share sockets), and each
+  transport's TLS context lock fresh (a parent's thread may have held it at the fork).
+* One pool per TLS ``verify`` setting: a connection made without verification (or against
+  another CA bundle) is never reused by a transport that verifies otherwise.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 import zlib
 from collections.abc import Callable, Generator, Iterator, Mapping, MutableMapping
 from typing import Any, NoReturn
@@ -85,6 +91,24 @@ IDLE_PER_HOST = POOL_SIZE
 """Idle connections kept per endpoint: :data:`corpus.store.http.POOL_SIZE`, for the same reason."""
 
 _pool = wire.Pool(IDLE_PER_HOST)
+"""The pool of transports that verify with the default bundle (every storage client's)."""
+_pools: dict[bool | str, wire.Pool] = {True: _pool}
+"""A pool per TLS ``verify`` setting: a connection opened without verification (or against
+another bundle) is never handed to a transport that verifies otherwise. (A client certificate
+goes to the fallback, so it is no part of the key.)"""
+_pools_lock = threading.Lock()
+
+
+def _pool_for(verify: bool | str) -> wire.Pool:
+    pool = _pools.get(verify)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.setdefault(verify, wire.Pool(IDLE_PER_HOST))
+    return pool
+
+
+_transports: weakref.WeakSet[LeanTransport] = weakref.WeakSet()
+"""Every live transport, for the fork hook (their TLS context locks)."""
 
 Observer = Callable[[str, str, bytes], None]
 _observers: list[Observer] = []
@@ -102,9 +126,14 @@ def _forget_in_child() -> None:
     """A forked child starts with an empty pool and closes its copies of the parent's idle sockets
     (closing a copy sends nothing: the parent's connections are untouched, and the child holds no
     descriptors of connections it will never use)."""
-    global _pool
-    inherited, _pool = _pool, wire.Pool(IDLE_PER_HOST)
-    inherited.forget_in_child()
+    global _pool, _pools, _pools_lock
+    inherited = list(_pools.values())
+    _pool = wire.Pool(IDLE_PER_HOST)
+    _pools, _pools_lock = {True: _pool}, threading.Lock()  # the lock may have been held by a parent's thread
+    for pool in inherited:
+        pool.forget_in_child()
+    for transport in list(_transports):
+        transport._ssl_lock = threading.Lock()  # held by a parent's thread at the fork, it never would be released
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
@@ -200,6 +229,7 @@ class LeanTransport(HttpTransport[Any, Any]):
         self._timeouts = (_seconds(connection_timeout), _seconds(read_timeout))
         self._ssl: Any = None  # ssl.SSLContext, made on the first https request
         self._ssl_lock = threading.Lock()
+        _transports.add(self)
 
     def __enter__(self) -> LeanTransport:
         return self
@@ -224,7 +254,7 @@ class LeanTransport(HttpTransport[Any, Any]):
         read_timeout = _seconds(kwargs.get("read_timeout"), self._timeouts[1])
         stream = bool(kwargs.get("stream", False))
         try:
-            raw = _pool.exchange(
+            raw = _pool_for(self._verify).exchange(
                 key, head, body, request.method.upper(), read_timeout, lambda: self._connect(key, connect_timeout),
                 max_headers=MAX_HEADERS,
             )  # fmt: skip
@@ -263,8 +293,8 @@ class LeanTransport(HttpTransport[Any, Any]):
     @staticmethod
     def _head_of(request: Any) -> tuple[wire.Key, bytes, bytes] | None:
         """The connection key, request head and body, or ``None`` for the fallback's cases. A
-        header holding CR, LF or NUL is refused with ``ServiceResponseError`` (its ``error`` the
-        wire's ``InvalidHeader``), as ``RequestsTransport`` wraps ``requests``' ``InvalidHeader``."""
+        header holding CR, LF or NUL is refused with the wire's ``InvalidHeader`` (a ``ValueError``:
+        see the module's docstring for why not ``RequestsTransport``'s ``ServiceResponseError``)."""
         url = urlsplit(request.url)
         scheme = url.scheme.lower()
         if scheme not in ("http", "https") or not url.hostname:
@@ -296,10 +326,8 @@ class LeanTransport(HttpTransport[Any, Any]):
             default = 443 if scheme == "https" else 80
             host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname  # an IPv6 literal keeps its brackets
             host += f":{port}" if port != default else ""
-        try:
+        try:  # wire.InvalidHeader (a ValueError, no AzureError) goes to the caller at once
             head = wire.request_head(method, target, host, _items(headers), len(body), length_given=given)
-        except wire.InvalidHeader as exc:
-            raise ServiceResponseError(str(exc), error=exc) from exc
         except UnicodeEncodeError:
             return None
         return (scheme, url.hostname, port), head, body

@@ -301,6 +301,7 @@ class Pool:
                 except OSError:
                     pass
         self._idle = {}
+        self._lock = threading.Lock()  # usable again, should anything still hold this pool
 
     def exchange(
         self,
@@ -417,6 +418,14 @@ class ThreadPool(Pool):
             conn.close()
 
     def forget_in_child(self) -> None:
+        """In a forked child: close the copies of the forking thread's idle sockets (the child's
+        one thread is that thread; the other threads' copies went with them) and start empty."""
+        conns: dict[Key, Connection] = self._local.__dict__.pop("conns", {})
+        for conn in conns.values():
+            try:
+                conn.close()
+            except OSError:
+                pass
         self._local = threading.local()
 
 

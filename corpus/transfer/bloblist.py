@@ -318,6 +318,9 @@ class _StdlibTransport:
         data = response.read_all()
         return response.status, {name: value for name, (_, value) in response.store.items()}, data
 
+    def forget_in_child(self) -> None:
+        self._pool.forget_in_child()
+
     def _connect(self, key: wire.Key) -> wire.Connection:
         scheme, host, port = key
         sock = wire.open_tcp(host, port, TIMEOUT)
@@ -369,6 +372,19 @@ class _RequestsTransport:
 
 _transport_lock = threading.Lock()
 _the_transport: _StdlibTransport | _RequestsTransport | None = None
+
+
+def _forget_in_child() -> None:
+    """A forked child (a DataLoader worker) starts with no transport: it closes its copies of the
+    parent's keep-alive sockets (closing a copy sends nothing) and makes its own on first use."""
+    global _the_transport, _transport_lock
+    inherited, _the_transport = _the_transport, None
+    _transport_lock = threading.Lock()  # it may have been held by another thread at the fork
+    if isinstance(inherited, _StdlibTransport):
+        inherited.forget_in_child()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _transport() -> _StdlibTransport | _RequestsTransport:
