@@ -336,6 +336,36 @@ def requests_seen() -> Iterator[list[str]]:
         shared_session().hooks["response"].remove(hook)
 
 
+def in_forked_child(child: Callable[[], str]) -> tuple[str, int]:
+    """Fork; in the child run ``child`` and send back what it returns, never returning into
+    pytest (``os._exit``); in the parent, ``(what the child said, its exit code)``. For the
+    at-fork hooks' tests: what a forked DataLoader worker inherits."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, child().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return report, os.waitstatus_to_exitcode(status)
+
+
+def fd_closed(fd: int) -> bool:
+    """Whether file descriptor ``fd`` is closed in this process."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
 def serves_http(base: str) -> bool:
     """Whether ``corpus host`` at ``base`` answers an API request (the readiness probe of tests and benches)."""
     import urllib.request

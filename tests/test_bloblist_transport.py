@@ -14,6 +14,7 @@ import pytest
 from corpus.store import wire
 from corpus.transfer import bloblist
 from corpus.transfer.bloblist import ProtocolError, _StdlibTransport, http_date
+from tests.support import fd_closed, in_forked_child
 
 
 @pytest.fixture(autouse=True)
@@ -317,7 +318,6 @@ def test_a_tls_context_that_fails_closes_the_tcp_socket(monkeypatch: pytest.Monk
 
 def test_a_forked_child_closes_its_copy_of_the_parent_connection_and_starts_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
     """bloblist's own at-fork hook (it was fetch.py's, registered only when fetch was imported)."""
-    import os
 
     with scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\np", b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nq") as server:
         monkeypatch.setattr(bloblist, "_the_transport", None)
@@ -326,25 +326,7 @@ def test_a_forked_child_closes_its_copy_of_the_parent_connection_and_starts_afre
         assert isinstance(parent, _StdlibTransport)
         (conn,) = parent._pool._local.conns.values()
         inherited = conn.sock.fileno()
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(read_end)
-                try:
-                    os.fstat(inherited)
-                    closed = False
-                except OSError:
-                    closed = True
-                os.write(write_end, f"{bloblist._the_transport is None} {closed}".encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            report = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        assert (report, os.waitstatus_to_exitcode(status)) == (b"True True", 0)
+        report = in_forked_child(lambda: f"{bloblist._the_transport is None} {fd_closed(inherited)}")
+        assert report == ("True True", 0)
         assert parent.get(server.url(), {}) == (200, b"q")  # the parent's connection is untouched
     assert server.connections == 1

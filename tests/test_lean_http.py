@@ -42,7 +42,7 @@ from corpus.store import lean_http
 from corpus.store.http import PROXY_VARIABLES
 from corpus.store.lean_http import READ_BLOCK, LeanTransport
 from corpus.store.storage import Clients
-from tests.support import at_once, wait_for
+from tests.support import at_once, fd_closed, in_forked_child, wait_for
 
 # -- the scripted server ------------------------------------------------------------------------
 
@@ -953,28 +953,14 @@ def test_a_forked_child_starts_with_an_empty_pool(server: Scripted) -> None:
     parent_pool = lean_http._pool
     (idle,) = parent_pool._idle[("http", "127.0.0.1", server.port)]  # one idle connection to the server
     inherited = idle.sock.fileno()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report, never return into pytest
-        code = 1
-        try:
-            os.close(read_end)
-            fresh = lean_http._pool is not parent_pool and not lean_http._pool._idle
-            try:
-                os.fstat(inherited)
-                closed = False
-            except OSError:
-                closed = True
-            body = t.send(HttpRequest("GET", server.url), read_timeout=10).content
-            os.write(write_end, f"{fresh} {closed} {body.decode()}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert (report, os.waitstatus_to_exitcode(status)) == (b"True True child", 0)
+
+    def child() -> str:
+        fresh = lean_http._pool is not parent_pool and not lean_http._pool._idle
+        closed = fd_closed(inherited)  # before the child's own connection, which may get the same number
+        body = t.send(HttpRequest("GET", server.url), read_timeout=10).content
+        return f"{fresh} {closed} {body.decode()}"
+
+    assert in_forked_child(child) == ("True True child", 0)
     assert send(server, t).content == b"parent again"
     assert lean_http._pool is parent_pool
     assert [s.conn for s in server.seen] == [0, 1, 0]  # the child on its own connection, the parent on its old one
@@ -982,23 +968,9 @@ def test_a_forked_child_starts_with_an_empty_pool(server: Scripted) -> None:
 
 def test_a_forked_child_gets_a_fresh_tls_lock_if_a_parent_thread_held_it() -> None:
     t = lean()
-    read_end, write_end = os.pipe()
     with t._ssl_lock:  # held (by this thread here; by any other thread in production) at the fork
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(read_end)
-                free = t._ssl_lock.acquire(blocking=False)
-                os.write(write_end, f"{free} {len(lean_http._pools)}".encode())
-                code = 0
-            finally:
-                os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert (report, os.waitstatus_to_exitcode(status)) == (b"True 1", 0)
+        report = in_forked_child(lambda: f"{t._ssl_lock.acquire(blocking=False)} {len(lean_http._pools)}")
+    assert report == ("True 1", 0)
 
 
 # -- what the first draft got wrong, pinned --------------------------------------------------------
