@@ -484,10 +484,11 @@ def test_a_huge_content_length_is_an_incomplete_read_not_a_memory_error(server: 
         send(server, either)
 
 
-def test_a_body_larger_than_one_whole_read_is_read_exactly(server: Scripted) -> None:
+def test_a_body_larger_than_one_whole_read_is_read_exactly(server: Scripted, monkeypatch: pytest.MonkeyPatch) -> None:
     from corpus.store import wire
 
-    body = bytes(range(256)) * (wire.WHOLE_READ // 256 * 2 + 3)
+    monkeypatch.setattr(wire, "WHOLE_READ", 256 * 1024)  # pieces of PIECE above it (4 MiB: the body spans three)
+    body = bytes(range(256)) * (wire.PIECE // 256 * 2 + 3)
     server.script(ok(body), ok(b"next"))
     t = lean()
     assert send(server, t).content == body

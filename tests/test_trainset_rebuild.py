@@ -137,6 +137,11 @@ def manifest_blobs(rt: Runtime) -> list[str]:
     return [parse_line(line).blob for line in app.manifest_lines(rt, row)]
 
 
+def stored_manifests(rt: Runtime, container: str) -> list[str]:
+    """The names of the blobs under the training set's ``<name>/<version>/`` (one listing page)."""
+    return [b.name for b in rt.blobs.list_page(container, f"{NAME}/{VERSION}/").items]
+
+
 def lineage_answers(rt: Runtime, corpus: dict[str, dict[str, int]]) -> set[str]:
     """Every blob of the corpus for which ``corpus lineage --blob`` names the training set."""
     store = app.store_of(rt)
@@ -315,9 +320,29 @@ def a_straggler_commits_while_the_rebuild_has_staged_blocks(monkeypatch: pytest.
     ready = store.trainsets.require_ready(NAME, VERSION)
     assert (ready.attempt, ready.state.images) == (1, 4)
     assert_lineage_is_the_manifest(rt, corpus, dedupe=True)
-    # The straggler's commit is attempt 0's blob, the contract's name, which no reader reads now.
-    stale = rt.blobs.read(ready.manifest_container, mf.manifest_blob(NAME, VERSION)).data
-    assert [parse_line(line).blob for line in gzip.decompress(stale).decode().splitlines()] == [blob("b", "0.jpg")]
+    # The straggler committed attempt 0's blob (the contract's name), found its attempt over when
+    # its advance failed, and deleted what it had committed (review 27x): no dead manifest stays.
+    assert not rt.blobs.exists(ready.manifest_container, mf.manifest_blob(NAME, VERSION))
+    assert stored_manifests(rt, ready.manifest_container) == [ready.manifest_blob]
+
+
+def test_a_rebuild_first_deletes_the_failed_attempts_committed_manifest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed attempt whose manifest was committed (it failed after its commit, or a delivery
+    of it committed late) leaves a complete-looking manifest at the contract's path; the rebuild
+    deletes it before its first block, so a tool reading that path finds nothing rather than the
+    failed attempt's images (review 27x)."""
+    rt = runtime(block=2)
+    corpus: dict[str, dict[str, int]] = {"b": {f"{i}.jpg": i for i in range(4)}}
+    add(rt, "b", corpus["b"])
+    fail_then_change(monkeypatch, rt, corpus, fail_at=3)
+    failed = app.store_of(rt).trainsets.get(NAME, VERSION)
+    assert failed is not None and failed.attempt == 0
+    rt.blobs.put(failed.manifest_container, failed.manifest_blob, gzip.compress(b"{}\n"), "application/gzip")
+    assert settle(rt, request()) == READY
+    ready = app.store_of(rt).trainsets.require_ready(NAME, VERSION)
+    assert ready.attempt == 1
+    assert stored_manifests(rt, ready.manifest_container) == [ready.manifest_blob]
+    assert_lineage_is_the_manifest(rt, corpus, dedupe=True)
 
 
 def test_a_straggler_committing_while_the_rebuild_has_staged_blocks_does_not_wedge_it(
@@ -419,6 +444,11 @@ def test_older_code_rewriting_a_rebuilt_row_does_not_take_its_attempt_back() -> 
     assert [ts.manifest_attempt(ts.attempt_manifest_blob(NAME, VERSION, n)) for n in (0, 1, 9999999)] == [0, 1, 9999999]
     for other in ("a/1/attempt-0/manifest.jsonl.gz", "a/1/attempt-01/manifest.jsonl.gz", "a/1/attempt-2/other.gz", ""):
         assert ts.manifest_attempt(other) == 0
+    # a *version* may be called attempt-3: its first attempt's blob is not attempt 3's (review 27x)
+    assert ts.manifest_attempt(ts.attempt_manifest_blob(NAME, "attempt-3", 0)) == 0
+    assert ts.manifest_attempt(ts.attempt_manifest_blob(NAME, "attempt-9999999", 2)) == 2
+    first = dict(TrainsetRow(NAME, "attempt-9999999", "{}", manifest_blob=mf.manifest_blob(NAME, "attempt-9999999")).to_entity())
+    assert TrainsetRow.from_entity(first).attempt == 0
     with pytest.raises(ValueError):
         ts.attempt_manifest_blob(NAME, VERSION, 10**7)
 

@@ -89,7 +89,7 @@ from typing import Any
 
 from corpus.app.runtime import Runtime
 from corpus.domain import trainsets as ts
-from corpus.domain.errors import MessageError, NotFoundError, PermanentError, reason
+from corpus.domain.errors import BlobNotFound, MessageError, NotFoundError, PermanentError, reason
 from corpus.domain.manifest import (
     ManifestEntry,
     block_id,
@@ -260,6 +260,12 @@ def _build(rt: Runtime, store: TrainsetStore, row: TrainsetRow) -> str:
         row = replace(row, snapshot_at=row.server_time)
     if row.snapshot_at is None:  # pragma: no cover - the service always returns a Timestamp
         raise RuntimeError("the TrainingSets row has no service Timestamp")
+    if row.attempt > 0 and row.state.blocks == 0:
+        # the failed attempt's manifest, if it was ever committed, must not stay beside the
+        # rebuild's for a tool that reads the contract's path (review 27x): first thing, before
+        # anything can fail this attempt too; see _drop_dead_manifest
+        previous = ts.attempt_manifest_blob(row.name, row.version, row.attempt - 1)
+        _drop_dead_manifest(rt.blobs, row.manifest_container, previous)
     req = TrainsetRequest.from_definition(row.name, row.version, row.definition)
     sets = select_sets(rt, req)
     blob = _ManifestBlob(rt.blobs, row.manifest_container, row.manifest_blob, ts.block_prefix(row.attempt))
@@ -416,6 +422,23 @@ def _advance(store: TrainsetStore, row: TrainsetRow, new: BuildState) -> tuple[T
     return fresh, fresh.state
 
 
+def _drop_dead_manifest(blobs: BlobStore, container: str, name: str) -> None:
+    """Delete the manifest blob of an attempt that is over (failed, and a rebuild started), if it
+    exists. Every reader takes the manifest's path from the row, but the first attempt's blob is
+    at the contract's ``<name>/<version>/manifest.jsonl.gz``, where a tool of the user's own may
+    look: a failed attempt's complete-looking manifest must not stay there. Called by the rebuild
+    before its first block (the failed attempt's blob) and by a delivery of a dead attempt that
+    committed after the rebuild started (its own blob): between them no dead blob outlives a
+    rebuild. Idempotent: gone is done; ``If-Match`` on the ETag just read, so a commit landing in
+    between (only a dead attempt's delivery writes this blob) is left to that delivery's own call."""
+    try:
+        info = blobs.info(container, name)
+    except BlobNotFound:
+        return
+    if blobs.delete_if_unchanged(container, name, info.etag):
+        log.info("deleted %s/%s, the manifest of a failed attempt", container, name)
+
+
 def _finish(store: TrainsetStore, blob: _ManifestBlob, row: TrainsetRow, state: BuildState) -> str:
     """Commit the blocks, hash the committed manifest, flip to ``ready`` (If-Match).
 
@@ -439,7 +462,12 @@ def _finish(store: TrainsetStore, blob: _ManifestBlob, row: TrainsetRow, state: 
         raise RuntimeError(f"manifest {row.manifest_blob} holds {count} lines, the build counted {state.images}; retrying")
     done = replace(row, status=READY, sha256=digest, state=replace(state, cursor=None))
     if not store.trainsets.advance(done):
-        return BUILDING  # another delivery finished it
+        latest = store.trainsets.get(row.name, row.version)
+        if latest is None or latest.attempt != row.attempt:
+            # overtaken between the read above and the commit: this attempt is dead, and what it
+            # just committed is a complete-looking manifest nobody may read (review 27x)
+            _drop_dead_manifest(blob.blobs, blob.container, blob.name)
+        return BUILDING  # another delivery finished it, or a rebuild took over
     log.info("training set %s:%s ready: %d images, sha256 %s", row.name, row.version, state.images, digest)
     return READY
 

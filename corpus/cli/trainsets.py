@@ -228,12 +228,12 @@ def cmd_create(args: argparse.Namespace) -> int:
         _print_show(row, args.json)
         if row.status != READY:
             print(f"corpus: error: training set {req.name}:{req.version} failed: {row.reason}", file=sys.stderr)
-            if rebuilt is not None:
-                print(
-                    f"corpus: that was attempt {row.attempt}; a request of the same definition made at the same "
-                    f"time may start attempt {row.attempt + 1}: see `corpus trainset show {req.name}:{req.version}`",
-                    file=sys.stderr,
-                )
+            # always: even a first request may have met another user's failed attempt (review 27x)
+            print(
+                f"corpus: that was attempt {row.attempt}; a request of the same definition made at the same "
+                f"time may start attempt {row.attempt + 1}: see `corpus trainset show {req.name}:{req.version}`",
+                file=sys.stderr,
+            )
             return 1
         return 0
 

@@ -92,6 +92,7 @@ def run_host(opts: HostOptions, settings: Settings | None = None) -> dict[str, A
     os.environ["AzureWebJobsScriptRoot"] = str(opts.app_dir)  # as the Functions host sets it
     targets = select(discover(opts.app_dir, values), opts.only)
     hostid = host_id(opts.app_dir, values)
+    log.info("host id %s (blob-trigger queue and receipts; AzureFunctionsJobHost__id sets it)", hostid)
     worker = Worker(opts.worker_threads or worker_threads(values), load_function_timeout(opts.app_dir / "host.json"))
     cfg = load_queue_config(opts.app_dir / "host.json")
     blob_cfg = load_blob_config(opts.app_dir / "host.json")

@@ -382,7 +382,9 @@ def block_prefix(attempt: int) -> str:
     return f"m{attempt:07d}"
 
 
-ATTEMPT_MANIFEST = re.compile(r"/attempt-([1-9][0-9]{0,6})/" + re.escape(MANIFEST_NAME) + "$")
+ATTEMPT_MANIFEST = re.compile(r"[^/]+/[^/]+/attempt-([1-9][0-9]{0,6})/" + re.escape(MANIFEST_NAME))
+"""The whole name of an attempt's blob (``fullmatch``): a *version* may be ``attempt-3``, whose
+first attempt's blob ``<name>/attempt-3/manifest.jsonl.gz`` is not attempt 3's (review 27x)."""
 
 
 def attempt_manifest_blob(name: str, version: str, attempt: int) -> str:
@@ -404,7 +406,7 @@ def manifest_attempt(blob: str) -> int:
     """The attempt :func:`attempt_manifest_blob` named ``blob`` for (0 for any other name): the
     row's ``ManifestBlob``, which code older than attempts rewrites unchanged, still says which
     attempt the row is when such code dropped its ``Attempt``."""
-    found = ATTEMPT_MANIFEST.search(blob)
+    found = ATTEMPT_MANIFEST.fullmatch(blob)
     return int(found.group(1)) if found else 0
 
 
