@@ -47,11 +47,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from corpus.domain.paths import CONTAINER_NAME_RE  # noqa: E402  (Azure's container and queue names)
+
 OPTION = "--storage-connection-string-env"
 SAS_VERSION = "2025-11-05"  # the newest Azurite 3.35 accepts; Azure accepts it as well
 REDACTED = "REDACTED"
 
-_CONTAINER_OR_QUEUE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 _TABLE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 PREFIX_PATTERN = re.compile(r"^bn\d{10}[0-9a-f]{4}$")
 """What :func:`run_prefix` makes: 16 characters, lowercase, a letter first; room for roles of up
@@ -103,10 +104,10 @@ class Names:
     prefix: str = ""
 
     def container(self, role: str) -> str:
-        return _checked(f"{self.prefix}-{role}" if self.prefix else role, _CONTAINER_OR_QUEUE, "container")
+        return _checked(f"{self.prefix}-{role}" if self.prefix else role, CONTAINER_NAME_RE, "container")
 
     def queue(self, role: str) -> str:
-        return _checked(f"{self.prefix}-{role}" if self.prefix else role, _CONTAINER_OR_QUEUE, "queue")
+        return _checked(f"{self.prefix}-{role}" if self.prefix else role, CONTAINER_NAME_RE, "queue")
 
     def domain(self, role: str) -> str:
         """A corpus domain, whose container bears its name."""

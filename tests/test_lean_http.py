@@ -226,25 +226,19 @@ def _read_request(rfile: Any, conn: int, *, body: bool = True) -> Seen | None:
     return Seen(conn, method, target, headers, content, raw)
 
 
-@pytest.fixture
-def server() -> Iterator[Scripted]:
-    srv = Scripted()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        lean_http._pool.clear()  # the idle sockets to this server (other tests reconnect if theirs go)
-
-
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[Scripted]:
-    """One server for the property tests (a function-scoped fixture would be shared by examples anyway)."""
+def serving() -> Iterator[Scripted]:
+    """A scripted server, stopped at the end with the idle sockets to it (other tests reconnect if theirs go)."""
     srv = Scripted()
     try:
         yield srv
     finally:
         srv.stop()
         lean_http._pool.clear()
+
+
+server = pytest.fixture(serving, name="server")
+shared_server = pytest.fixture(serving, scope="module", name="shared_server")
+"""One server for the property tests (a function-scoped fixture would be shared by examples anyway)."""
 
 
 # -- transports ---------------------------------------------------------------------------------

@@ -72,6 +72,8 @@ into ``<name>/<version>/attempt-<n>/manifest.jsonl.gz``: see "Attempts"):
   commit (a loop to bound), and need its own tests; a blob per attempt makes the case
   impossible with one name in the row. Its cost: a rebuilt set's manifest is not at the
   contract's fixed name (``trainset show`` and the API give the row's); every set built once is.
+  A failed attempt's committed manifest is deleted (:func:`_drop_dead_manifest`), so the fixed
+  name of a rebuilt set holds nothing rather than a failed attempt's images.
 """
 
 from __future__ import annotations

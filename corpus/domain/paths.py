@@ -36,7 +36,9 @@ _BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 ROOT_PATH = "<root>"
 """How the root set (empty ``<dir…>``) is shown in tables and on the command line."""
 
-_DOMAIN_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+CONTAINER_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+"""Azure's rule for a container name, and a queue's (the same): 3-63 lower-case letters, digits
+and single dashes, neither first nor last. A domain is a container, so its name obeys it."""
 _VERSION_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 JUNK_FILE_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
@@ -88,7 +90,7 @@ class StagedName:
 
 def validate_domain(domain: str) -> str:
     """Return ``domain`` if it is a valid container name usable as a corpus domain."""
-    if not _DOMAIN_RE.match(domain):
+    if not CONTAINER_NAME_RE.match(domain):
         raise InvalidNameError(
             f"invalid domain {domain!r}: a domain names a container: 3-63 characters, "
             "lowercase letters, digits and single hyphens, starting and ending with a letter or digit"
